@@ -1,0 +1,64 @@
+"""Named datasets: built-in ones are generated and cached on first use; ``folder`` reads the user's own."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .disk_format import DATALIST_NAME, validate_datalist
+from .shapes import SHAPES_VERSION, generate_shapes
+
+__all__ = ["BUILTIN_DATASETS", "prepare_dataset"]
+
+logger = logging.getLogger(__name__)
+
+#: name -> (generator(root, seed=..., **kwargs) -> datalist path, generator version)
+BUILTIN_DATASETS: dict[str, tuple[Callable[..., Path], int]] = {"shapes": (generate_shapes, SHAPES_VERSION)}
+
+
+def _cached_params(datalist: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(datalist.read_text()).get("generator")
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def prepare_dataset(name: str, root: str | Path, seed: int = 0, **kwargs: Any) -> str:
+    """Return the path of a dataset's ``datalist.json``, generating a built-in dataset on first use.
+
+    Args:
+        name: a built-in dataset (see :data:`BUILTIN_DATASETS`) or ``"folder"`` for an existing dataset in the
+            project's on-disk format (e.g. written by ``python -m preprocessing.lidc``).
+        root: the dataset folder (cache location for built-in datasets).
+        seed: generation seed of a built-in dataset.
+        kwargs: generator parameters of a built-in dataset (e.g. ``num_patients``, ``image_size``).
+
+    Raises:
+        ValueError: unknown ``name`` or generator parameters.
+        FileNotFoundError: ``name="folder"`` and ``root/datalist.json`` is missing.
+    """
+    root = Path(root)
+    datalist = root / DATALIST_NAME
+    if name == "folder":
+        validate_datalist(datalist)
+        return str(datalist)
+    if name not in BUILTIN_DATASETS:
+        raise ValueError(
+            f"unknown dataset name {name!r}: expected one of {sorted(BUILTIN_DATASETS)} (built-in, generated on "
+            f"first use) or 'folder' (your own data in the on-disk format)."
+        )
+    generator, version = BUILTIN_DATASETS[name]
+    cached = _cached_params(datalist)
+    if cached is not None and cached.get("version") == version:
+        wanted = {**cached.get("params", {}), "seed": seed, **kwargs}
+        if wanted == cached.get("params"):
+            return str(datalist)
+        logger.info("dataset %s at %s was generated with other parameters; regenerating.", name, root)
+    logger.info("generating the built-in %r dataset into %s (first use) ...", name, root)
+    try:
+        return str(generator(root, seed=seed, **kwargs))
+    except TypeError as e:
+        raise ValueError(f"invalid parameters for dataset {name!r}: {kwargs} ({e})") from e

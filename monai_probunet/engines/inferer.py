@@ -1,0 +1,63 @@
+"""Sampling inferer: S hypotheses per image from any model with ``sample(image, num_samples)``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn as nn
+from monai.inferers import Inferer
+
+from ..networks.utils import hypotheses_to_labels
+from .precision import autocast_context
+
+__all__ = ["SamplingInferer"]
+
+
+class SamplingInferer(Inferer):
+    """Calls ``network.sample(image, num_samples)`` (unwrapping DDP) and returns labels or logits.
+
+    Args:
+        num_samples: S, hypotheses per image.
+        return_labels: return arg-max label maps ``B x S x *spatial`` (default) instead of logits
+            ``B x S x C x *spatial``.
+        seed: if given, latent noise comes from a private generator seeded once with it (reproducible, and the
+            global RNG that drives training is left untouched); otherwise from the global RNG.
+        precision: ``"auto"``, ``"fp32"`` or ``"bf16"`` (see :func:`resolve_precision`).
+        channels_last: feed 2-D inputs in channels-last memory format.
+    """
+
+    def __init__(
+        self,
+        num_samples: int = 16,
+        return_labels: bool = True,
+        seed: int | None = None,
+        precision: str = "fp32",
+        channels_last: bool = False,
+    ) -> None:
+        super().__init__()
+        if num_samples < 1:
+            raise ValueError(f"num_samples must be >= 1, got {num_samples}.")
+        self.num_samples = num_samples
+        self.return_labels = return_labels
+        self.seed = seed
+        self.precision = precision
+        self.channels_last = channels_last
+        self._generator: torch.Generator | None = None
+
+    def _get_generator(self, device: torch.device) -> torch.Generator | None:
+        if self.seed is None:
+            return None
+        if self._generator is None or self._generator.device != device:
+            self._generator = torch.Generator(device=device).manual_seed(self.seed)
+        return self._generator
+
+    def __call__(self, inputs: torch.Tensor, network: nn.Module, *args: Any, **kwargs: Any) -> torch.Tensor:
+        model = network.module if isinstance(network, nn.parallel.DistributedDataParallel) else network
+        if not hasattr(model, "sample"):
+            raise TypeError(f"{type(model).__name__} has no sample(image, num_samples) method.")
+        if self.channels_last and inputs.ndim == 4:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        with autocast_context(self.precision, inputs.device):
+            logits = model.sample(inputs, self.num_samples, generator=self._get_generator(inputs.device))
+        return hypotheses_to_labels(logits) if self.return_labels else logits.float()

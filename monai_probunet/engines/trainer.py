@@ -1,0 +1,125 @@
+"""The training engine: MONAI's SupervisedTrainer with the ELBO terms, device-aware bf16 and channels_last."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import torch
+from monai.engines import SupervisedTrainer
+from monai.engines.utils import IterationEvents, default_prepare_batch
+from monai.utils import CommonKeys as Keys
+
+from .precision import autocast_context, resolve_precision
+
+__all__ = ["ProbUNetTrainer", "loss_terms"]
+
+
+def loss_terms(output: dict | list) -> dict[str, float]:
+    """``{"loss", "ce", "kl"}`` as floats from a :class:`ProbUNetTrainer` iteration output (for logging handlers)."""
+    first = output[0] if isinstance(output, list) else output
+    return {k: float(first[k]) for k in ("loss", "ce", "kl")}
+
+
+class ProbUNetTrainer(SupervisedTrainer):
+    """SupervisedTrainer for models trained by the ELBO (and deterministic baselines).
+
+    Differences from :class:`monai.engines.SupervisedTrainer`:
+
+    - the loss function returns :class:`monai_probunet.losses.ELBOTerms`; ``engine.state.output`` holds
+      ``loss``, ``ce`` and ``kl`` (detached) so handlers can log the terms separately;
+    - ``precision="bf16"`` runs the forward pass under ``torch.autocast`` on the engine's device type (CPU too,
+      unlike MONAI's CUDA-only ``amp``) with float32 master weights; ``"auto"`` picks bf16 where the hardware
+      computes it natively;
+    - ``channels_last=True`` converts the network and 2-D inputs to the channels-last memory format.
+
+    Use ``prepare_batch=monai.engines.PrepareBatchExtraInput(extra_keys={"seg": "label"})`` so the network is
+    called as ``network(image, seg=label)``. Gradient accumulation is not supported (``accumulation_steps=1``).
+
+    Args:
+        precision: ``"auto"``, ``"fp32"`` or ``"bf16"``.
+        channels_last: use the channels-last memory format for 2-D networks.
+        other args: as :class:`monai.engines.SupervisedTrainer`.
+    """
+
+    def __init__(
+        self,
+        device: str | torch.device,
+        max_epochs: int,
+        train_data_loader: Iterable | torch.utils.data.DataLoader,
+        network: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        loss_function: Callable,
+        epoch_length: int | None = None,
+        non_blocking: bool = False,
+        prepare_batch: Callable = default_prepare_batch,
+        iteration_update: Callable | None = None,
+        inferer: Any = None,
+        postprocessing: Any = None,
+        key_train_metric: dict | None = None,
+        additional_metrics: dict | None = None,
+        metric_cmp_fn: Callable = lambda current, prev: current > prev,
+        train_handlers: Sequence | None = None,
+        precision: str = "auto",
+        channels_last: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            device=device,
+            max_epochs=max_epochs,
+            train_data_loader=train_data_loader,
+            network=network,
+            optimizer=optimizer,
+            loss_function=loss_function,
+            epoch_length=epoch_length,
+            non_blocking=non_blocking,
+            prepare_batch=prepare_batch,
+            iteration_update=iteration_update,
+            inferer=inferer,
+            postprocessing=postprocessing,
+            key_train_metric=key_train_metric,
+            additional_metrics=additional_metrics,
+            metric_cmp_fn=metric_cmp_fn,
+            train_handlers=train_handlers,
+            **kwargs,
+        )
+        if self.accumulation_steps != 1:
+            raise ValueError("ProbUNetTrainer does not support gradient accumulation (accumulation_steps must be 1).")
+        self.precision = resolve_precision(precision, device)
+        self.channels_last = channels_last
+        if channels_last:
+            self.network.to(memory_format=torch.channels_last)
+
+    def _to_memory_format(self, x: Any) -> Any:
+        if self.channels_last and isinstance(x, torch.Tensor) and x.ndim == 4:
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def _iteration(self, engine: ProbUNetTrainer, batchdata: dict[str, torch.Tensor]) -> dict:  # type: ignore[override]
+        if batchdata is None:
+            raise ValueError("Must provide batch data for current iteration.")
+        batch = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
+        if len(batch) == 2:
+            inputs, targets = batch
+            args: tuple = ()
+            kwargs: dict = {}
+        else:
+            inputs, targets, args, kwargs = batch
+        inputs = self._to_memory_format(inputs)
+        engine.state.output = {Keys.IMAGE: inputs, Keys.LABEL: targets}
+        engine.network.train()
+        engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
+        with autocast_context(self.precision, engine.state.device):
+            pred = engine.inferer(inputs, engine.network, *args, **kwargs)
+        engine.state.output[Keys.PRED] = pred[0] if isinstance(pred, (tuple, list)) else pred
+        engine.fire_event(IterationEvents.FORWARD_COMPLETED)
+        terms = engine.loss_function(pred, targets)
+        engine.state.output[Keys.LOSS] = terms.loss
+        engine.state.output["ce"] = terms.ce.detach()
+        engine.state.output["kl"] = terms.kl.detach()
+        engine.fire_event(IterationEvents.LOSS_COMPLETED)
+        terms.loss.backward()
+        engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+        engine.optimizer.step()
+        engine.fire_event(IterationEvents.MODEL_COMPLETED)
+        return engine.state.output

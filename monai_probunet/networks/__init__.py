@@ -1,0 +1,21 @@
+from .fcomb import FComb
+from .gaussian_encoder import AxisAlignedGaussianEncoder
+from .init import init_weights_orthogonal
+from .prob_unet import ProbUNet, segmentation_to_onehot
+from .unet import DeterministicUNet
+from .unet_core import ConvBlock, UNetCore, UNetDecoder, UNetEncoder
+from .utils import hypotheses_to_labels
+
+__all__ = [
+    "AxisAlignedGaussianEncoder",
+    "ConvBlock",
+    "DeterministicUNet",
+    "FComb",
+    "ProbUNet",
+    "UNetCore",
+    "UNetDecoder",
+    "UNetEncoder",
+    "hypotheses_to_labels",
+    "init_weights_orthogonal",
+    "segmentation_to_onehot",
+]

@@ -1,0 +1,73 @@
+"""Deterministic U-Net: the shared core with a 1x1 logits head (the paper's 1-member ensemble)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+from monai.networks.layers.factories import Conv
+
+from .init import init_weights_orthogonal
+from .unet_core import UNetCore, check_image_channels
+
+__all__ = ["DeterministicUNet"]
+
+
+class DeterministicUNet(nn.Module):
+    """U-Net core + 1x1 convolution to class logits.
+
+    ``forward(image, seg=None)`` accepts (and ignores) the segmentation so it trains with the same engine as
+    :class:`ProbUNet`; ``sample`` repeats the single prediction S times (or, with ``dropout > 0``, keeps dropout
+    active and draws S stochastic passes: the Dropout U-Net baseline).
+
+    Args:
+        spatial_dims: number of spatial dimensions.
+        in_channels: image channels.
+        out_channels: number of classes C.
+        channels: U-Net channels per scale, finest first.
+        num_convs: 3x3 convolutions per block.
+        dropout: input dropout of the three innermost encoder and decoder blocks.
+
+    Shapes:
+        ``forward``: ``B x in_channels x *spatial`` -> ``B x C x *spatial``;
+        ``sample`` -> ``B x S x C x *spatial``.
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int = 2,
+        in_channels: int = 1,
+        out_channels: int = 2,
+        channels: Sequence[int] = (32, 64, 128, 256, 512),
+        num_convs: int = 3,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.spatial_dims = spatial_dims
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.dropout = dropout
+        self.unet = UNetCore(spatial_dims, in_channels, channels, num_convs, dropout=dropout)
+        self.head = Conv[Conv.CONV, spatial_dims](self.unet.out_channels, out_channels, kernel_size=1)
+        init_weights_orthogonal(self)
+
+    def forward(self, image: torch.Tensor, seg: torch.Tensor | None = None) -> torch.Tensor:
+        check_image_channels(image, self.in_channels, self.spatial_dims)
+        return self.head(self.unet(image))
+
+    def sample(self, image: torch.Tensor, num_samples: int = 16, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``B x S x C x *spatial`` logits: S copies of the prediction, or S dropout passes if ``dropout > 0``."""
+        if num_samples < 1:
+            raise ValueError(f"num_samples must be >= 1, got {num_samples}.")
+        if self.dropout == 0:
+            logits = self.forward(image)
+            return logits.unsqueeze(1).expand(-1, num_samples, *logits.shape[1:])
+        was_training = self.training
+        self.train()  # dropout stays on when sampling (Bayesian SegNet)
+        try:
+            batched = image.repeat_interleave(num_samples, dim=0)
+            logits = self.forward(batched)
+        finally:
+            self.train(was_training)
+        return logits.reshape(image.shape[0], num_samples, *logits.shape[1:])
