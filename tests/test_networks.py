@@ -132,3 +132,13 @@ def test_channels_last_and_bf16_match_fp32(model):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = m.sample(x.contiguous(memory_format=torch.channels_last), 3, generator=torch.Generator().manual_seed(0))
     assert F.cosine_similarity(out.float().flatten(), ref.flatten(), dim=0) > 0.99
+
+
+def test_dropout_sampling_is_reproducible_with_a_generator():
+    m = DeterministicUNet(2, 1, 2, channels=(4, 8, 16, 32), dropout=0.5).eval()
+    x = torch.randn(1, 1, 16, 16)
+    state = torch.get_rng_state()
+    a = m.sample(x, 3, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(torch.get_rng_state(), state)  # the global RNG is left untouched
+    assert torch.equal(a, m.sample(x, 3, generator=torch.Generator().manual_seed(1)))
+    assert not torch.equal(a, m.sample(x, 3, generator=torch.Generator().manual_seed(2)))

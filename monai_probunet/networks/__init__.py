@@ -1,6 +1,8 @@
+from .ensemble import UNetEnsemble
 from .fcomb import FComb
 from .gaussian_encoder import AxisAlignedGaussianEncoder
 from .init import init_weights_orthogonal
+from .mheads import MHeadsUNet
 from .prob_unet import ProbUNet, segmentation_to_onehot
 from .unet import DeterministicUNet
 from .unet_core import ConvBlock, UNetCore, UNetDecoder, UNetEncoder
@@ -11,10 +13,12 @@ __all__ = [
     "ConvBlock",
     "DeterministicUNet",
     "FComb",
+    "MHeadsUNet",
     "ProbUNet",
     "UNetCore",
     "UNetDecoder",
     "UNetEncoder",
+    "UNetEnsemble",
     "hypotheses_to_labels",
     "init_weights_orthogonal",
     "segmentation_to_onehot",

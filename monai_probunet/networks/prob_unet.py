@@ -1,4 +1,8 @@
-"""The Probabilistic U-Net (Kohl et al., NeurIPS 2018): U-Net core + prior/posterior nets + f_comb."""
+"""The Probabilistic U-Net (Kohl et al., NeurIPS 2018): U-Net core + prior/posterior nets + f_comb.
+
+The same class gives the paper's Appendix D ablations and the Image2Image VAE baseline (Sec. 3.2) through
+``fixed_prior``, ``posterior_context`` and ``latent_injection``.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +11,18 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.distributions import Independent, kl_divergence
+from monai.networks.layers.factories import Conv
+from torch.distributions import Independent, Normal, kl_divergence
 
 from .fcomb import FComb
 from .gaussian_encoder import AxisAlignedGaussianEncoder
 from .init import init_weights_orthogonal
 from .unet_core import UNetCore, check_image_channels
 
-__all__ = ["ProbUNet", "segmentation_to_onehot"]
+__all__ = ["LATENT_INJECTIONS", "ProbUNet", "segmentation_to_onehot"]
+
+#: where the latent enters the network: ``"fcomb"`` (the paper's model) or ``"input"`` (Appendix D ablation)
+LATENT_INJECTIONS = ("fcomb", "input")
 
 
 def segmentation_to_onehot(seg: torch.Tensor, num_classes: int, centre: float = 0.5) -> torch.Tensor:
@@ -48,6 +56,24 @@ class ProbUNet(nn.Module):
     Sampling (:meth:`sample`): the U-Net and the prior run once per image; S latents from ``P(z | X)`` go
     through f_comb in one batched call.
 
+    Ablations (paper Appendix D) and the Image2Image VAE baseline (paper Sec. 3.2, Fig. 2d), all with the same U-Net
+    core; the defaults are the paper's model:
+
+    - ``fixed_prior=True``: "Fixing the prior: Instead of making the prior a function of the context, here we fix
+      it to be a standard Gaussian distribution." ``P = N(0, I)``; there is no prior net.
+    - ``fixed_prior=True, posterior_context=False``: "Fixing the prior, and not using the context (input image)
+      in the posterior: [...] we also make the posterior a function of the ground truth mask only, ignoring the
+      context." The posterior net sees only the centred one-hot segmentation.
+    - ``latent_injection="input"``: "Injecting the latent features at the beginning of the U-Net: [...] we
+      concatenate them to the context (input image) and propagate that through the U-Net." z is broadcast to the
+      image grid and concatenated to the image channels; a plain 1x1 convolution maps the U-Net's last activation
+      to logits (no f_comb), so sampling runs the U-Net once per sample (batched as ``B * S`` images).
+    - Image2Image VAE = ``fixed_prior=True, posterior_context=False, latent_injection="input"``: "normal
+      distributed latents that are broadcasted and fed into the encoder path of the U-Net [...] employs a prior
+      that is not conditioned on the input image (a fixed normal distribution) and a posterior net that is not
+      conditioned on the input either", trained with cross-entropy + KL only (no discriminator); the paper's best
+      LIDC setting was beta = 10 and a 3-D latent space (Appendix H.1).
+
     Args:
         spatial_dims: number of spatial dimensions (2 for slices, 3 for patches).
         in_channels: image channels.
@@ -55,9 +81,15 @@ class ProbUNet(nn.Module):
         channels: U-Net channels per scale, finest first.
         latent_dim: latent dimension N (paper: 6).
         num_convs: 3x3 convolutions per U-Net block (paper: 3).
-        fcomb_channels: width of f_comb's hidden 1x1 convolutions (default ``channels[0]``).
-        fcomb_convs: number of 1x1 convolutions in f_comb (paper: 3).
+        fcomb_channels: width of f_comb's hidden 1x1 convolutions (default ``channels[0]``; unused with
+            ``latent_injection="input"``).
+        fcomb_convs: number of 1x1 convolutions in f_comb (paper: 3; unused with ``latent_injection="input"``).
         posterior_centre: value subtracted from the one-hot segmentation fed to the posterior.
+        fixed_prior: use ``N(0, I)`` as the prior instead of a prior net conditioned on the image.
+        posterior_context: feed the image to the posterior net along with the segmentation (``False``: the
+            centred one-hot segmentation only).
+        latent_injection: ``"fcomb"`` (z meets the U-Net's last activation in f_comb) or ``"input"`` (z is
+            concatenated to the U-Net's input channels, followed by a 1x1 logits head).
 
     Shapes:
         image ``B x in_channels x *spatial``; seg ``B x 1 x *spatial`` integer labels;
@@ -75,41 +107,88 @@ class ProbUNet(nn.Module):
         fcomb_channels: int | None = None,
         fcomb_convs: int = 3,
         posterior_centre: float = 0.5,
+        fixed_prior: bool = False,
+        posterior_context: bool = True,
+        latent_injection: str = "fcomb",
     ) -> None:
         super().__init__()
         if out_channels < 2:
             raise ValueError(f"out_channels must be >= 2 (softmax over classes), got {out_channels}.")
+        if latent_injection not in LATENT_INJECTIONS:
+            raise ValueError(f"latent_injection must be one of {LATENT_INJECTIONS}, got {latent_injection!r}.")
+        if latent_dim < 1:
+            raise ValueError(f"latent_dim must be >= 1, got {latent_dim}.")
         self.spatial_dims = spatial_dims
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.latent_dim = latent_dim
         self.posterior_centre = posterior_centre
-        self.unet = UNetCore(spatial_dims, in_channels, channels, num_convs)
-        self.prior_net = AxisAlignedGaussianEncoder(spatial_dims, in_channels, channels, latent_dim, num_convs)
+        self.fixed_prior = bool(fixed_prior)
+        self.posterior_context = bool(posterior_context)
+        self.latent_injection = latent_injection
+        # registration order (unet, prior, posterior, f_comb/head) fixes the initialisation's RNG stream
+        inject_input = latent_injection == "input"
+        self.unet = UNetCore(spatial_dims, in_channels + (latent_dim if inject_input else 0), channels, num_convs)
+        self.prior_net: AxisAlignedGaussianEncoder | None = None
+        if not self.fixed_prior:
+            self.prior_net = AxisAlignedGaussianEncoder(spatial_dims, in_channels, channels, latent_dim, num_convs)
         self.posterior_net = AxisAlignedGaussianEncoder(
-            spatial_dims, in_channels + out_channels, channels, latent_dim, num_convs
+            spatial_dims, (in_channels if self.posterior_context else 0) + out_channels, channels, latent_dim, num_convs
         )
-        self.fcomb = FComb(spatial_dims, self.unet.out_channels, latent_dim, out_channels, fcomb_channels, fcomb_convs)
+        self.fcomb: FComb | None = None
+        self.head: nn.Module | None = None
+        if inject_input:
+            self.head = Conv[Conv.CONV, spatial_dims](self.unet.out_channels, out_channels, kernel_size=1)
+        else:
+            self.fcomb = FComb(
+                spatial_dims, self.unet.out_channels, latent_dim, out_channels, fcomb_channels, fcomb_convs
+            )
         init_weights_orthogonal(self)
 
     def posterior_input(self, image: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
-        """``B x (in_channels + C) x *spatial``: the image and the centred one-hot segmentation."""
+        """``B x (in_channels + C) x *spatial``: the image and the centred one-hot segmentation.
+
+        With ``posterior_context=False``: ``B x C x *spatial``, the centred one-hot segmentation only.
+        """
         onehot = segmentation_to_onehot(seg, self.out_channels, self.posterior_centre).to(image.dtype)
-        if image.ndim == 4 and image.is_contiguous(memory_format=torch.channels_last):
-            return torch.cat([image, onehot], dim=1).contiguous(memory_format=torch.channels_last)
-        return torch.cat([image, onehot], dim=1)
+        x = torch.cat([image, onehot], dim=1) if self.posterior_context else onehot
+        return _like_memory_format(x, image)
+
+    def prior_moments(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(mu, log_sigma)`` of ``P(z | X)``, each ``B x N`` float32 (zeros for the fixed prior ``N(0, I)``)."""
+        if self.prior_net is None:
+            zeros = torch.zeros((image.shape[0], self.latent_dim), device=image.device, dtype=torch.float32)
+            return zeros, zeros
+        return self.prior_net.moments(image)
 
     def prior(self, image: torch.Tensor) -> Independent:
-        """``P(z | X)``, batch shape ``B``, event shape ``N``."""
+        """``P(z | X)`` (``N(0, I)`` with ``fixed_prior``), batch shape ``B``, event shape ``N``."""
+        if self.prior_net is None:
+            mu, log_sigma = self.prior_moments(image)
+            return Independent(Normal(loc=mu, scale=torch.exp(log_sigma)), 1)
         return self.prior_net(image)
 
     def posterior(self, image: torch.Tensor, seg: torch.Tensor) -> Independent:
-        """``Q(z | X, Y)``, batch shape ``B``, event shape ``N``."""
+        """``Q(z | X, Y)`` (``Q(z | Y)`` without ``posterior_context``), batch shape ``B``, event shape ``N``."""
         return self.posterior_net(self.posterior_input(image, seg))
 
     def decode(self, image: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """Logits ``B x S x C x *spatial`` for given latents ``z`` (``B x S x N``); the U-Net runs once."""
-        return self.fcomb(self.unet(image), z)
+        """Logits ``B x S x C x *spatial`` for given latents ``z`` (``B x S x N``).
+
+        With f_comb injection the U-Net runs once per image; with input injection it runs once on the ``B * S``
+        images, each concatenated with its broadcast latent.
+        """
+        if self.fcomb is not None:
+            return self.fcomb(self.unet(image), z)
+        b = image.shape[0]
+        if z.ndim != 3 or z.shape[0] != b or z.shape[2] != self.latent_dim:
+            raise ValueError(f"z must be B x S x {self.latent_dim} with B = {b}, got {tuple(z.shape)}.")
+        s = z.shape[1]
+        spatial = image.shape[2:]
+        images = image.repeat_interleave(s, dim=0)  # (B * S) x in_channels x *spatial, sample-major per image
+        tiled = z.reshape(b * s, self.latent_dim, *([1] * len(spatial))).to(images.dtype).expand(-1, -1, *spatial)
+        logits = self.head(self.unet(_like_memory_format(torch.cat([images, tiled], dim=1), image)))
+        return logits.reshape(b, s, *logits.shape[1:])
 
     def forward(self, image: torch.Tensor, seg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One training pass: reconstruction logits from a posterior sample, and ``KL(Q || P)`` per image."""
@@ -117,7 +196,7 @@ class ProbUNet(nn.Module):
         q = self.posterior(image, seg)
         p = self.prior(image)
         z = q.rsample()
-        logits = self.fcomb(self.unet(image), z.unsqueeze(1))[:, 0]
+        logits = self.decode(image, z.unsqueeze(1))[:, 0]
         return logits, kl_divergence(q, p)
 
     def reconstruct(self, image: torch.Tensor, seg: torch.Tensor, use_posterior_mean: bool = False) -> torch.Tensor:
@@ -139,6 +218,9 @@ class ProbUNet(nn.Module):
     ) -> torch.Tensor:
         """Draw ``num_samples`` segmentation hypotheses per image.
 
+        The prior runs once per image; the U-Net once per image with f_comb injection, once on ``B * S`` images
+        with input injection.
+
         Args:
             image: ``B x in_channels x *spatial``.
             num_samples: S.
@@ -151,7 +233,7 @@ class ProbUNet(nn.Module):
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}.")
         check_image_channels(image, self.in_channels, self.spatial_dims)
-        mu, log_sigma = self.prior_net.moments(image)
+        mu, log_sigma = self.prior_moments(image)
         b = mu.shape[0]
         if use_prior_mean:
             z = mu.unsqueeze(1).expand(b, num_samples, self.latent_dim)
@@ -161,3 +243,10 @@ class ProbUNet(nn.Module):
             )
             z = mu.unsqueeze(1) + torch.exp(log_sigma).unsqueeze(1) * eps
         return self.decode(image, z)
+
+
+def _like_memory_format(x: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """``x`` in channels-last memory format if the 2-D ``reference`` is channels-last, else ``x`` unchanged."""
+    if reference.ndim == 4 and reference.is_contiguous(memory_format=torch.channels_last):
+        return x.contiguous(memory_format=torch.channels_last)
+    return x

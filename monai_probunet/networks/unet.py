@@ -56,8 +56,14 @@ class DeterministicUNet(nn.Module):
         check_image_channels(image, self.in_channels, self.spatial_dims)
         return self.head(self.unet(image))
 
-    def sample(self, image: torch.Tensor, num_samples: int = 16, generator: torch.Generator | None = None) -> torch.Tensor:
-        """``B x S x C x *spatial`` logits: S copies of the prediction, or S dropout passes if ``dropout > 0``."""
+    def sample(
+        self, image: torch.Tensor, num_samples: int = 16, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """``B x S x C x *spatial`` logits: S copies of the prediction, or S dropout passes if ``dropout > 0``.
+
+        With a ``generator``, the dropout masks are drawn under a seed taken from it (the global RNG state is
+        restored afterwards), so the same generator state gives the same samples.
+        """
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}.")
         if self.dropout == 0:
@@ -65,9 +71,16 @@ class DeterministicUNet(nn.Module):
             return logits.unsqueeze(1).expand(-1, num_samples, *logits.shape[1:])
         was_training = self.training
         self.train()  # dropout stays on when sampling (Bayesian SegNet)
+        batched = image.repeat_interleave(num_samples, dim=0)
+        devices = [image.device] if image.device.type == "cuda" else []
         try:
-            batched = image.repeat_interleave(num_samples, dim=0)
-            logits = self.forward(batched)
+            if generator is None:
+                logits = self.forward(batched)
+            else:
+                seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
+                with torch.random.fork_rng(devices=devices, device_type=image.device.type):
+                    torch.manual_seed(seed)
+                    logits = self.forward(batched)
         finally:
             self.train(was_training)
         return logits.reshape(image.shape[0], num_samples, *logits.shape[1:])
