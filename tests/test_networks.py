@@ -142,3 +142,20 @@ def test_dropout_sampling_is_reproducible_with_a_generator():
     assert torch.equal(torch.get_rng_state(), state)  # the global RNG is left untouched
     assert torch.equal(a, m.sample(x, 3, generator=torch.Generator().manual_seed(1)))
     assert not torch.equal(a, m.sample(x, 3, generator=torch.Generator().manual_seed(2)))
+
+
+def test_sample_grid_writes_png(tmp_path):
+    from PIL import Image
+
+    from monai_probunet.visualize import sample_grid
+
+    images = torch.rand(2, 1, 16, 16)
+    graders = (torch.rand(2, 4, 16, 16) > 0.5).long()
+    samples = (torch.rand(2, 6, 16, 16) > 0.5).long()
+    sample_grid(images, graders, samples, tmp_path / "grid.png", titles=["a", "b"])
+    with Image.open(tmp_path / "grid.png") as im:
+        assert im.format == "PNG" and im.size[0] > im.size[1]  # 11 panels wide, 2 rows high
+    import pytest
+
+    with pytest.raises(ValueError, match="expected images"):
+        sample_grid(images, graders[:1], samples)
