@@ -71,3 +71,208 @@ def sample_grid(
         fig.savefig(path, dpi=100)
         plt.close(fig)
     return fig
+
+
+# ------------------------------------------------------------------ evaluation figures (Figs. 4, 6, 12 style)
+
+from typing import TYPE_CHECKING  # noqa: E402
+
+if TYPE_CHECKING:
+    from .metrics import PresenceThreshold
+
+__all__ += ["ged_vs_samples", "presence_histogram", "latent_grid"]
+
+
+def ged_vs_samples(
+    results: dict[str, dict], path: str | Path | None = None, metric: str = "ged", title: str | None = None
+) -> plt.Figure:
+    """Mean of a metric against the number of samples S, one line per model, with CI error bars (Fig. 4 style).
+
+    Args:
+        results: ``{name: summary}`` with ``summary["metrics"][metric]`` a list of ``{"S", "mean", "ci_low",
+            "ci_high"}`` (:meth:`monai_probunet.evaluation.EvaluationResult.summary`); the model named ``"oracle"``
+            is drawn dashed in black.
+        path: if given, the figure is saved there as PNG (and closed).
+        metric: which metric to plot (default the squared GED).
+        title: optional title (default: the estimator, if the summaries state it).
+
+    Returns:
+        The matplotlib figure (closed if ``path`` was given).
+    """
+    fig, ax = plt.subplots(figsize=(4.5, 3.4))
+    all_s: set[int] = set()
+    for name, summary in results.items():
+        try:
+            entries = [e for e in summary["metrics"][metric] if e.get("mean") is not None]
+        except (KeyError, TypeError) as e:
+            raise ValueError(f"results[{name!r}] has no summary['metrics'][{metric!r}] list.") from e
+        if not entries:
+            continue
+        s = np.array([e["S"] for e in entries], dtype=float)
+        mean = np.array([e["mean"] for e in entries], dtype=float)
+        lo = np.array([e["ci_low"] if e.get("ci_low") is not None else e["mean"] for e in entries], dtype=float)
+        hi = np.array([e["ci_high"] if e.get("ci_high") is not None else e["mean"] for e in entries], dtype=float)
+        style = dict(color="black", linestyle="--") if name == "oracle" else {}
+        ax.errorbar(s, mean, yerr=[mean - lo, hi - mean], marker="o", ms=4, capsize=3, label=name, **style)
+        all_s.update(int(v) for v in s)
+    if all_s:
+        ax.set_xscale("log", base=2)
+        ticks = sorted(all_s)
+        ax.set_xticks(ticks)
+        ax.set_xticklabels([str(t) for t in ticks])
+        ax.minorticks_off()
+    ax.set_xlabel("number of samples S")
+    ax.set_ylabel("squared GED" if metric == "ged" else metric)
+    estimator = next((r.get("estimator") for r in results.values() if isinstance(r, dict) and r.get("estimator")), None)
+    ax.set_title(title or (estimator or metric), fontsize=7)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+    return fig
+
+
+def presence_histogram(
+    counts: torch.Tensor | np.ndarray,
+    ambiguous: torch.Tensor | np.ndarray,
+    threshold: PresenceThreshold | None = None,
+    path: str | Path | None = None,
+    num_samples: int | None = None,
+    title: str | None = None,
+) -> plt.Figure:
+    """Histograms of lesion-presence counts for ambiguous and unambiguous images (Fig. 12 style).
+
+    Args:
+        counts: ``N`` lesion-presence counts in ``[0, S]`` (samples with a lesion, of S).
+        ambiguous: ``N`` bool, graders disagree on presence.
+        threshold: optional :class:`~monai_probunet.metrics.PresenceThreshold`; its ambiguous interval
+            ``low < count < high`` is shaded.
+        path: if given, the figure is saved there as PNG (and closed).
+        num_samples: S (default ``threshold.num_samples``, else ``max(counts)``).
+        title: optional title (e.g. the model name).
+
+    Returns:
+        The matplotlib figure (closed if ``path`` was given).
+    """
+    c = _np(counts).astype(np.int64).ravel()
+    amb = _np(ambiguous).astype(bool).ravel()
+    if c.shape != amb.shape:
+        raise ValueError(f"counts and ambiguous must both be N values, got shapes {c.shape} and {amb.shape}.")
+    if num_samples is None:
+        num_samples = threshold.num_samples if threshold is not None else max(int(c.max(initial=0)), 1)
+    s = int(num_samples)
+    bins = np.arange(s + 2) - 0.5
+    fig, ax = plt.subplots(figsize=(4.5, 3.0))
+    ax.hist([c[~amb], c[amb]], bins=bins, label=["unambiguous", "ambiguous"], color=["tab:blue", "tab:orange"])
+    if threshold is not None:
+        ax.axvspan(threshold.low + 0.5, threshold.high - 0.5, color="gray", alpha=0.2,
+                   label=f"predicted ambiguous ({threshold.low} < count < {threshold.high})")
+    ax.set_xlim(-0.5, s + 0.5)
+    ax.set_xlabel(f"samples with a lesion (of {s})")
+    ax.set_ylabel("images")
+    if title:
+        ax.set_title(title, fontsize=8)
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+    return fig
+
+
+def latent_grid(
+    model: torch.nn.Module,
+    image: torch.Tensor,
+    path: str | Path | None = None,
+    extent: float = 3.0,
+    steps: int = 7,
+    graders: torch.Tensor | None = None,
+) -> np.ndarray:
+    """Decode a grid over a 2-D latent space around the prior mean (Fig. 6 style).
+
+    The latent at grid cell ``(i, j)`` is ``z = mu + sigma * (t_j, t_i)`` with ``t = linspace(-extent, extent,
+    steps)`` and ``(mu, sigma)`` the prior's moments for this image, i.e. the axes are in units of the prior's sigma.
+    With ``graders``, each grader mask's posterior mean is marked (green numbers) in the same units, with the
+    1-3 sigma circles.
+
+    Args:
+        model: a :class:`~monai_probunet.networks.ProbUNet` with ``latent_dim == 2`` (``prior_moments``, ``decode``).
+        image: ``C x *spatial`` or ``1 x C x *spatial``.
+        path: if given, the mosaic is saved there as PNG.
+        extent: half-width of the grid in prior sigmas.
+        steps: grid points per axis.
+        graders: optional ``A x *spatial`` grader masks.
+
+    Returns:
+        ``steps x steps x *spatial`` int64 labels; entry ``[i, j]`` decodes ``(z0, z1) = (t_j, t_i)`` in sigmas.
+
+    Raises:
+        ValueError: if the model has no 2-D latent space, or ``steps < 1``.
+    """
+    latent_dim = getattr(model, "latent_dim", None)
+    if not (hasattr(model, "prior_moments") and hasattr(model, "decode")):
+        raise ValueError(
+            f"latent_grid needs a ProbUNet-like model (prior_moments, decode), got {type(model).__name__}."
+        )
+    if latent_dim != 2:
+        raise ValueError(
+            f"latent_grid needs a 2-D latent space (latent_dim == 2), the model has latent_dim={latent_dim}."
+        )
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}.")
+    device = next(model.parameters()).device
+    spatial_dims = int(getattr(model, "spatial_dims", image.ndim - 1))
+    if image.ndim == spatial_dims + 1:
+        image = image.unsqueeze(0)
+    if image.ndim != spatial_dims + 2 or image.shape[0] != 1:
+        raise ValueError(
+            f"image must be C x *spatial or 1 x C x *spatial ({spatial_dims}-D), got {tuple(image.shape)}."
+        )
+    x = image.float().to(device)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            mu, log_sigma = model.prior_moments(x)  # 1 x 2 each
+            sigma = torch.exp(log_sigma)
+            t = torch.linspace(-extent, extent, steps, device=device, dtype=mu.dtype)
+            t1, t0 = torch.meshgrid(t, t, indexing="ij")  # [i, j] -> (z0, z1) = (t[j], t[i])
+            unit = torch.stack([t0, t1], dim=-1).reshape(1, steps * steps, 2)
+            z = mu.unsqueeze(1) + sigma.unsqueeze(1) * unit
+            labels = model.decode(x, z).argmax(dim=2)[0]  # (steps * steps) x *spatial
+            positions = None
+            if graders is not None:
+                g = graders.long().to(device).unsqueeze(1)  # A x 1 x *spatial
+                q = model.posterior(x.expand(g.shape[0], *x.shape[1:]), g)
+                positions = ((q.mean - mu) / sigma).cpu().numpy()  # A x 2, in prior sigmas
+    finally:
+        model.train(was_training)
+    grid = labels.reshape(steps, steps, *labels.shape[1:]).cpu().numpy()
+    if path is not None:
+        if grid.ndim != 4:
+            raise ValueError(f"latent_grid can draw 2-D images only, got decoded maps of shape {grid.shape[2:]}.")
+        h, w = grid.shape[2:]
+        mosaic = np.full((steps * (h + 1) - 1, steps * (w + 1) - 1), np.nan)  # NaN: white separators
+        for i in range(steps):
+            r = steps - 1 - i  # top row = largest z1
+            for j in range(steps):
+                mosaic[r * (h + 1) : r * (h + 1) + h, j * (w + 1) : j * (w + 1) + w] = grid[i, j]
+        half = extent + (extent / max(steps - 1, 1) if steps > 1 else 0.5)
+        fig, ax = plt.subplots(figsize=(5, 5))
+        cmap = plt.get_cmap("magma").with_extremes(bad="white")
+        ax.imshow(mosaic, cmap=cmap, vmin=0, vmax=max(1, int(grid.max())), extent=(-half, half, -half, half),
+                  interpolation="nearest")
+        for k in range(1, int(extent) + 1):
+            ax.add_patch(plt.Circle((0, 0), k, fill=False, color="yellow", lw=0.8, alpha=0.8))
+        if positions is not None:
+            for a, (p0, p1) in enumerate(positions):
+                ax.text(p0, p1, str(a), color="lime", fontsize=9, ha="center", va="center", fontweight="bold")
+        ax.set_xlabel("z0 (prior sigma)")
+        ax.set_ylabel("z1 (prior sigma)")
+        ax.set_title("decoded prior latent grid", fontsize=8)
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+    return grid
