@@ -1,0 +1,357 @@
+"""Evaluation workflow: oracle, nested sample counts, writers, presence threshold, latent grid, bundle end to end."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from monai.transforms import Compose, EnsureTyped, LoadImaged
+
+from monai_probunet.data import write_nifti
+from monai_probunet.evaluation import (
+    ESTIMATOR,
+    METRICS,
+    compare,
+    evaluate,
+    evaluate_model,
+    load_presence_threshold,
+    run_evaluation,
+    save_presence_threshold,
+)
+from monai_probunet.metrics import (
+    PresenceThreshold,
+    generalized_energy_distance,
+    hungarian_matched_iou,
+    lesion_presence_counts,
+    sample_diversity,
+)
+from monai_probunet.networks import DeterministicUNet, MHeadsUNet, ProbUNet
+from monai_probunet.visualize import latent_grid
+
+from .conftest import REPO, TRAIN_YAML, run_bundle
+
+SIZE = 16
+TRANSFORM = Compose(
+    [
+        LoadImaged(keys=["image", "label"], image_only=True, ensure_channel_first=True),
+        EnsureTyped(keys=["image", "label"], track_meta=False),
+    ]
+)
+
+
+def _disk(size: int, centre: tuple[int, int], radius: float) -> np.ndarray:
+    yy, xx = np.mgrid[:size, :size]
+    return (((yy - centre[0]) ** 2 + (xx - centre[1]) ** 2) <= radius**2).astype(np.uint8)
+
+
+def _write_dataset(root: Path, cases: dict[str, list[dict]]) -> Path:
+    """cases: split -> [{"graders": [masks], "modes": [masks] | None, "probs": [...] | None}]."""
+    for sub in ("images", "labels", "modes"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    datalist: dict[str, list] = {}
+    for split, entries in cases.items():
+        datalist[split] = []
+        for k, case in enumerate(entries):
+            cid = f"{split}-{k}"
+            img = rng.normal(size=(SIZE, SIZE)).astype(np.float32)
+            write_nifti(root / f"images/{cid}.nii.gz", img, (1.0, 1.0))
+            item = {"image": f"images/{cid}.nii.gz", "label": [], "case_id": cid, "patient_id": cid}
+            for g, mask in enumerate(case["graders"]):
+                item["label"].append(f"labels/{cid}_g{g}.nii.gz")
+                write_nifti(root / item["label"][-1], mask, (1.0, 1.0))
+            if case.get("modes") is not None:
+                item["modes"], item["mode_probs"] = [], list(case["probs"])
+                for j, mask in enumerate(case["modes"]):
+                    item["modes"].append(f"modes/{cid}_m{j}.nii.gz")
+                    write_nifti(root / item["modes"][-1], mask, (1.0, 1.0))
+            datalist[split].append(item)
+    (root / "datalist.json").write_text(json.dumps(datalist))
+    return root / "datalist.json"
+
+
+EMPTY = np.zeros((SIZE, SIZE), np.uint8)
+A = _disk(SIZE, (8, 8), 3)
+B = _disk(SIZE, (8, 8), 5)
+C = _disk(SIZE, (4, 11), 2)
+
+
+def _one_mode_cases() -> list[dict]:
+    return [
+        {"graders": [A] * 4, "modes": [A], "probs": [1.0]},
+        {"graders": [EMPTY] * 4, "modes": [EMPTY], "probs": [1.0]},
+        {"graders": [C] * 3, "modes": [C], "probs": [1.0]},  # 3 graders: its own group in a batch
+    ]
+
+
+def _mixed_cases() -> list[dict]:
+    return [
+        {"graders": [A, B, A, B], "modes": [A, B], "probs": [0.5, 0.5]},
+        {"graders": [EMPTY, A, A, EMPTY], "modes": [EMPTY, A, B], "probs": [0.25, 0.5, 0.25]},
+        {"graders": [C, C, EMPTY, C], "modes": None, "probs": None},  # unknown distribution
+        {"graders": [B, B, B, B], "modes": [B], "probs": [1.0]},
+    ]
+
+
+def _items(datalist: Path, split: str) -> list[dict]:
+    from monai_probunet.data import load_datalist
+
+    return load_datalist(datalist, split)
+
+
+def _tiny_probunet(latent_dim: int = 2) -> ProbUNet:
+    torch.manual_seed(0)
+    return ProbUNet(2, 1, 2, channels=(4, 8), latent_dim=latent_dim, num_convs=1)
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("mixed")
+    return _write_dataset(root, {"training": _mixed_cases(), "validation": _mixed_cases(), "test": _mixed_cases()})
+
+
+# ------------------------------------------------------------------------------------------------ oracle
+
+
+def test_oracle_of_one_mode_distribution_scores_zero_at_any_s(tmp_path):
+    cases = _one_mode_cases()
+    datalist = _write_dataset(tmp_path, {"training": cases, "validation": cases, "test": cases})
+    res = evaluate_model("oracle", _items(datalist, "test"), TRANSFORM, sample_counts=(1, 2, 5, 16), batch_size=2)
+    assert res.name == "oracle" and res.case_ids == ["test-0", "test-1", "test-2"]
+    for metric in ("ged", "d_sy", "d_ss", "d_yy", "ged_modes", "diversity"):
+        assert np.array_equal(res.values[metric], np.zeros((3, 4))), metric
+    assert np.array_equal(res.values["matched_iou"], np.ones((3, 4)))
+    assert res.values["presence_count"][:, -1].tolist() == [16, 0, 16]
+    assert res.ambiguous.tolist() == [False, False, False]
+    assert res.num_graders.tolist() == [4, 4, 3] and res.num_modes.tolist() == [1, 1, 1]
+
+
+def test_oracle_draws_from_graders_without_modes_and_is_seeded(mixed):
+    items = _items(mixed, "test")
+    r1 = evaluate_model("oracle", items, TRANSFORM, sample_counts=(16,), seed=3, batch_size=1)
+    r2 = evaluate_model("oracle", items, TRANSFORM, sample_counts=(16,), seed=3, batch_size=4)
+    for metric in METRICS:  # per-image generators: batching does not change the draws
+        np.testing.assert_array_equal(r1.values[metric], r2.values[metric])
+    assert np.isnan(r1.values["ged_modes"][2]).all() and np.isfinite(r1.values["ged_modes"][[0, 1, 3]]).all()
+    # image 2: graders C, C, empty, C -> samples are C or empty, 16 draws: presence between 0 and 16
+    assert r1.ambiguous.tolist() == [False, True, True, False]
+
+
+# ------------------------------------------------------------------------------------------------ nested S
+
+
+def test_nested_sample_counts_match_direct_metrics(mixed):
+    items = _items(mixed, "test")
+    model = _tiny_probunet().eval()
+    counts = (1, 3, 8)
+    res = evaluate({"m": model}, items, TRANSFORM, sample_counts=counts, seed=5, batch_size=4, oracle=False)["m"]
+    only8 = evaluate_model(model, items, TRANSFORM, name="m", sample_counts=(8,), seed=5, batch_size=4)
+    np.testing.assert_array_equal(res.metric("ged", 8), only8.metric("ged", 8))
+    # the same draws, scored directly with the metric functions
+    images = torch.stack([TRANSFORM(dict(image=i["image"], label=i["label"]))["image"] for i in items]).float()
+    graders = torch.stack([TRANSFORM(dict(image=i["image"], label=i["label"]))["label"] for i in items]).long()
+    with torch.no_grad():
+        samples = model.sample(images, 8, generator=torch.Generator().manual_seed(5)).argmax(2)
+    for k, s in enumerate(counts):
+        direct = generalized_energy_distance(samples[:, :s], graders)
+        np.testing.assert_allclose(res.values["ged"][:, k], direct.ged.double().numpy(), atol=1e-6)
+        np.testing.assert_allclose(res.values["d_yy"][:, k], direct.d_yy.double().numpy(), atol=1e-6)
+        np.testing.assert_allclose(
+            res.values["diversity"][:, k], sample_diversity(samples[:, :s]).double().numpy(), atol=1e-6
+        )
+        np.testing.assert_allclose(
+            res.values["matched_iou"][:, k], hungarian_matched_iou(samples[:, :s], graders).numpy(), atol=1e-6
+        )
+        assert res.values["presence_count"][:, k].tolist() == lesion_presence_counts(samples[:, :s]).tolist()
+        # Eq. 7 vs the known modes (image 0: {A, B} at 1/2 each)
+        modes0 = torch.stack([torch.as_tensor(A), torch.as_tensor(B)]).long().unsqueeze(0)
+        eq7 = generalized_energy_distance(samples[:1, :s], modes0, torch.tensor([[0.5, 0.5]]))
+        assert res.values["ged_modes"][0, k] == pytest.approx(float(eq7.ged), abs=1e-6)
+    # nested: a larger S never changes the first draws, d_yy does not depend on S
+    assert np.allclose(res.values["d_yy"], res.values["d_yy"][:, :1])
+    assert res.presence_counts.tolist() == lesion_presence_counts(samples).tolist()  # presence at min(16, 8) = 8
+
+
+def test_bad_arguments_raise_clear_errors(mixed):
+    items = _items(mixed, "test")
+    with pytest.raises(ValueError, match="max_samples"):
+        evaluate_model("oracle", items, TRANSFORM, sample_counts=(1, 16), max_samples=8)
+    with pytest.raises(ValueError, match="positive integers"):
+        evaluate_model("oracle", items, TRANSFORM, sample_counts=(0, 4))
+    bad = [dict(items[0], mode_probs=[1.0])]
+    with pytest.raises(ValueError, match="'modes' .* and 'mode_probs'"):
+        evaluate_model("oracle", bad, TRANSFORM)
+
+
+def test_compare_is_paired_wilcoxon(mixed):
+    items = _items(mixed, "test")
+    res = evaluate({"m": _tiny_probunet()}, items, TRANSFORM, sample_counts=(1, 4), batch_size=4)
+    out = compare(res["m"], res["oracle"], "ged", 4)
+    assert out["a"] == "m" and out["b"] == "oracle" and out["S"] == 4 and out["n"] == 4
+    assert 0.0 <= out["p_value"] <= 1.0
+    assert out["mean_a"] == pytest.approx(res["m"].metric("ged", 4).mean())
+    with pytest.raises(ValueError, match="S = 16 was not evaluated"):
+        compare(res["m"], res["oracle"], "ged", 16)
+
+
+# ------------------------------------------------------------------------------------------------ writers
+
+
+def test_run_evaluation_writes_csv_json_pngs_and_threshold(mixed, tmp_path):
+    ckpt = tmp_path / "models" / "model.pt"
+    ckpt.parent.mkdir()
+    torch.save(_tiny_probunet().state_dict(), ckpt)
+    out = tmp_path / "eval"
+    summary = run_evaluation(
+        _tiny_probunet(), mixed, TRANSFORM, out, ckpt_path=ckpt, sample_counts=(1, 4, 8), batch_size=3,
+        num_plot_images=2, bootstrap_resamples=200,
+    )
+    rows = list(csv.DictReader(open(out / "per_image.csv")))
+    assert len(rows) == 2 * 4 * 3  # (model + oracle) x images x S
+    header = ["model", "split", "case_id", "index", "S", *METRICS, "ambiguous", "num_graders", "num_modes"]
+    assert list(rows[0]) == header
+    assert {r["model"] for r in rows} == {"probunet", "oracle"} and {r["S"] for r in rows} == {"1", "4", "8"}
+    assert [r["ged_modes"] for r in rows if r["case_id"] == "test-2"] == ["nan"] * 6
+    data = json.loads((out / "summary.json").read_text())
+    assert data["estimator"] == ESTIMATOR == "squared GED, V-statistic, d = 1 - IoU, empty-empty = 0"
+    assert data["sample_counts"] == [1, 4, 8] and data["split"] == "test" and data["num_images"] == 4
+    assert data == summary | {"comparisons": data["comparisons"]}  # JSON-safe copy of the returned summary
+    for name in ("probunet", "oracle"):
+        s = data["models"][name]
+        assert s["estimator"] == ESTIMATOR and s["sample_counts"] == [1, 4, 8]
+        ged = s["metrics"]["ged"]
+        assert [e["S"] for e in ged] == [1, 4, 8]
+        assert all(e["ci_low"] <= e["mean"] <= e["ci_high"] for e in ged)
+        assert s["metrics"]["ged_modes"][0]["n"] == 3  # image 2 has no modes
+        p = s["presence"]
+        assert p["num_samples"] == 8 and p["fitted_on"] == "validation" and 0 <= p["test_accuracy"] <= 1
+    assert [c["S"] for c in data["comparisons"]] == [1, 4, 8] and data["comparisons"][0]["b"] == "oracle"
+    # the presence rule: in output_dir and next to the checkpoint, round-trips
+    for path in (out / "presence_threshold.json", ckpt.parent / "presence_threshold.json"):
+        t = load_presence_threshold(path)
+        assert t.to_dict() == PresenceThreshold.from_dict(data["models"]["probunet"]["presence"]["threshold"]).to_dict()
+        assert json.loads(path.read_text())["test_accuracy"] == data["models"]["probunet"]["presence"]["test_accuracy"]
+    for png in ("ged_vs_samples", "presence_histogram_probunet", "presence_histogram_oracle", "samples", "latent_grid"):
+        assert (out / f"{png}.png").read_bytes()[:4] == b"\x89PNG", png
+
+
+def test_run_evaluation_of_a_unet_ensemble(mixed, tmp_path):
+    paths = []
+    for i in range(2):
+        torch.manual_seed(i)
+        paths.append(tmp_path / f"member_{i}.pt")
+        torch.save(DeterministicUNet(2, 1, 2, channels=(4, 8), num_convs=1).state_dict(), paths[-1])
+    template = DeterministicUNet(2, 1, 2, channels=(4, 8), num_convs=1)
+    summary = run_evaluation(
+        template, mixed, TRANSFORM, tmp_path / "eval", ensemble_ckpts=paths, sample_counts=(1, 2),
+        bootstrap_resamples=100, num_plot_images=1,
+    )
+    assert set(summary["models"]) == {"unet_ensemble2", "oracle"} and summary["checkpoint"] == [str(p) for p in paths]
+    assert (tmp_path / "eval" / "presence_threshold.json").is_file()
+    assert not (tmp_path / "presence_threshold.json").exists()  # no single checkpoint to sit next to
+    with pytest.raises(FileNotFoundError, match="member_9.pt"):
+        run_evaluation(template, mixed, TRANSFORM, tmp_path / "e2", ensemble_ckpts=[tmp_path / "member_9.pt"])
+
+
+def test_missing_checkpoint_names_the_path(mixed, tmp_path):
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / "nope.pt")):
+        run_evaluation(_tiny_probunet(), mixed, TRANSFORM, tmp_path / "e", ckpt_path=tmp_path / "nope.pt")
+
+
+def test_presence_threshold_json_round_trip(tmp_path):
+    t = PresenceThreshold(low=2, high=14, accuracy=0.75, num_samples=16)
+    path = save_presence_threshold(t, tmp_path / "m" / "presence_threshold.json", test_accuracy=0.7, model="x")
+    back = load_presence_threshold(path)
+    assert back == t and back.predict([0, 3, 14]).tolist() == [False, True, False]
+    data = json.loads(path.read_text())
+    assert data["rule"] == "ambiguous iff low < count < high" and data["test_accuracy"] == 0.7
+    with pytest.raises(FileNotFoundError, match="missing.json"):
+        load_presence_threshold(tmp_path / "missing.json")
+    (tmp_path / "bad.json").write_text(json.dumps({"low": 1}))
+    with pytest.raises(ValueError, match="bad.json"):
+        load_presence_threshold(tmp_path / "bad.json")
+
+
+# ------------------------------------------------------------------------------------------------ latent grid
+
+
+def test_latent_grid_shape_png_and_error(tmp_path):
+    model = _tiny_probunet(latent_dim=2)
+    image = torch.randn(1, SIZE, SIZE)
+    graders = torch.stack([torch.as_tensor(A), torch.as_tensor(B)])
+    grid = latent_grid(model, image, tmp_path / "grid.png", extent=2.0, steps=5, graders=graders)
+    assert grid.shape == (5, 5, SIZE, SIZE) and grid.dtype == np.int64
+    assert (tmp_path / "grid.png").read_bytes()[:4] == b"\x89PNG"
+    # the centre cell decodes the prior mean
+    with torch.no_grad():
+        mean = model.sample(image.unsqueeze(0), 1, use_prior_mean=True).argmax(2)[0, 0]
+    assert np.array_equal(grid[2, 2], mean.numpy())
+    with pytest.raises(ValueError, match="latent_dim == 2"):
+        latent_grid(_tiny_probunet(latent_dim=3), image)
+
+
+# ------------------------------------------------------------------------------------------------ bundle
+
+
+def _bundle(run_id: str, config_files: list[Path], *args: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "monai.bundle", "run", run_id, "--config_file", str([str(f) for f in config_files])]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    return subprocess.run(cmd + list(args), capture_output=True, text=True, timeout=600, cwd="/", env=env, check=False)
+
+
+def test_bundle_evaluate_end_to_end(tmp_path):
+    small = [
+        "--dataset_kwargs#num_patients", "12",
+        "--dataset_kwargs#image_size", "32",
+        "--channels", "[8, 16, 32]",
+        "--latent_dim", "2",
+        "--max_epochs", "1",
+        "--val_interval", "1",
+        "--ckpt_dir", str(tmp_path / "models"),
+        "--dataset_dir", str(tmp_path / "data"),
+    ]  # fmt: skip
+    proc = run_bundle(*small)  # ~10 s
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    evaluate_yaml = REPO / "bundle" / "configs" / "evaluate.yaml"
+    out = tmp_path / "eval"
+    proc = _bundle(
+        "evaluating", [TRAIN_YAML, evaluate_yaml], *small, "--output_dir", str(out), "--bootstrap_resamples", "500"
+    )
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    data = json.loads((out / "summary.json").read_text())
+    assert data["estimator"] == ESTIMATOR and data["sample_counts"] == [1, 4, 8, 16]
+    assert set(data["models"]) == {"probunet", "oracle"}
+    n = data["num_images"]
+    rows = list(csv.DictReader(open(out / "per_image.csv")))
+    assert len(rows) == 2 * n * 4 and all(0.0 <= float(r["ged"]) <= 2.0 for r in rows)
+    assert all(np.isfinite(float(r["ged_modes"])) for r in rows)  # built-in data knows its modes
+    oracle_ged = data["models"]["oracle"]["metrics"]["ged_modes"]
+    assert oracle_ged[-1]["mean"] < 0.2  # 16 draws from the truth are close to it under Eq. 7
+    threshold = load_presence_threshold(tmp_path / "models" / "presence_threshold.json")
+    assert threshold.num_samples == 16
+    for png in ("ged_vs_samples", "presence_histogram_probunet", "presence_histogram_oracle", "samples", "latent_grid"):
+        assert (out / f"{png}.png").stat().st_size > 1000, png
+    # a baseline: its override file before evaluate.yaml picks network_def and ckpt_dir (an untrained M-Heads here)
+    mheads_dir = tmp_path / "mheads"
+    mheads_dir.mkdir()
+    torch.save(MHeadsUNet(2, 1, 2, channels=(8, 16, 32), num_heads=16).state_dict(), mheads_dir / "model.pt")
+    mheads_yaml = REPO / "bundle" / "configs" / "baselines" / "mheads.yaml"
+    proc = _bundle(
+        "evaluating", [TRAIN_YAML, mheads_yaml, evaluate_yaml], *small, "--ckpt_dir", str(mheads_dir),
+        "--output_dir", str(tmp_path / "eval_mheads"), "--sample_counts", "[1, 4]", "--bootstrap_resamples", "100",
+    )
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    data = json.loads((tmp_path / "eval_mheads" / "summary.json").read_text())
+    assert set(data["models"]) == {"mheads", "oracle"} and data["sample_counts"] == [1, 4]
+    assert (mheads_dir / "presence_threshold.json").is_file()
+    assert not (tmp_path / "eval_mheads" / "latent_grid.png").exists()
+    # a missing checkpoint fails with the path in the message
+    proc = _bundle("evaluating", [TRAIN_YAML, evaluate_yaml], *small, "--ckpt_path", str(tmp_path / "none.pt"))
+    assert proc.returncode != 0 and f"checkpoint {tmp_path / 'none.pt'} does not exist" in proc.stdout + proc.stderr
