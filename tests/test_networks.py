@@ -159,3 +159,21 @@ def test_sample_grid_writes_png(tmp_path):
 
     with pytest.raises(ValueError, match="expected images"):
         sample_grid(images, graders[:1], samples)
+
+
+def test_sampling_inferer_reseeds_per_run():
+    from ignite.engine import Engine
+
+    from monai_probunet.engines import SamplingInferer
+
+    torch.manual_seed(0)
+    net = ProbUNet(2, 1, 2, channels=(4, 8), latent_dim=2).eval()
+    x = torch.randn(2, 1, 8, 8)
+    inferer = SamplingInferer(num_samples=5, seed=3, return_labels=False)
+    outputs = []
+    engine = Engine(lambda e, b: outputs.append(inferer(x, net)))
+    inferer.attach(engine)
+    engine.run([0, 1], max_epochs=1)
+    engine.run([0, 1], max_epochs=1)
+    assert torch.equal(outputs[0], outputs[2]) and torch.equal(outputs[1], outputs[3])
+    assert not torch.equal(outputs[0], outputs[1])

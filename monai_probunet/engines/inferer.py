@@ -6,6 +6,7 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+from ignite.engine import Engine, Events
 from monai.inferers import Inferer
 
 from ..networks.utils import hypotheses_to_labels
@@ -21,8 +22,10 @@ class SamplingInferer(Inferer):
         num_samples: S, hypotheses per image.
         return_labels: return arg-max label maps ``B x S x *spatial`` (default) instead of logits
             ``B x S x C x *spatial``.
-        seed: if given, latent noise comes from a private generator seeded once with it (reproducible, and the
-            global RNG that drives training is left untouched); otherwise from the global RNG.
+        seed: if given, latent noise comes from a private generator seeded with it (reproducible, and the global
+            RNG that drives training is left untouched); otherwise from the global RNG. Attached to an evaluator
+            as a handler (``attach``), the generator is re-seeded at every evaluation run, so successive
+            validations score the same latent draws and their GED differences reflect the model, not the noise.
         precision: ``"auto"``, ``"fp32"`` or ``"bf16"`` (see :func:`resolve_precision`).
         channels_last: feed 2-D inputs in channels-last memory format.
     """
@@ -44,6 +47,14 @@ class SamplingInferer(Inferer):
         self.precision = precision
         self.channels_last = channels_last
         self._generator: torch.Generator | None = None
+
+    def reset(self, engine: Engine | None = None) -> None:
+        """Re-seed the private generator (next call starts the same noise sequence again)."""
+        self._generator = None
+
+    def attach(self, engine: Engine) -> None:
+        """Re-seed at the start of every run of ``engine`` (use it in an evaluator's handlers)."""
+        engine.add_event_handler(Events.STARTED, self.reset)
 
     def _get_generator(self, device: torch.device) -> torch.Generator | None:
         if self.seed is None:
