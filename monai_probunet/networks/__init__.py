@@ -1,4 +1,5 @@
 from .ensemble import UNetEnsemble
+from .export import ProbUNetSampler, unstack_hypotheses
 from .fcomb import FComb
 from .gaussian_encoder import AxisAlignedGaussianEncoder
 from .init import init_weights_orthogonal
@@ -15,6 +16,7 @@ __all__ = [
     "FComb",
     "MHeadsUNet",
     "ProbUNet",
+    "ProbUNetSampler",
     "UNetCore",
     "UNetDecoder",
     "UNetEncoder",
@@ -22,4 +24,5 @@ __all__ = [
     "hypotheses_to_labels",
     "init_weights_orthogonal",
     "segmentation_to_onehot",
+    "unstack_hypotheses",
 ]

@@ -1,0 +1,3 @@
+from .probunet import ProbUNetConfig
+
+__all__ = ["ProbUNetConfig"]

@@ -1,0 +1,3 @@
+from .probunet import ProbUNetInfer
+
+__all__ = ["ProbUNetInfer"]

@@ -1,0 +1,1090 @@
+"""Inference on a CT image: S segmentation hypotheses of the lesion at a given centre, on the input's own grid.
+
+:func:`predict_hypotheses` is the library entry point (the CLI :mod:`monai_probunet.infer`, the bundle run id
+``inferring`` and the MONAI Label app all call it):
+
+1. **load** a 2-D CT slice (NIfTI, or one DICOM file) or a 3-D CT volume (NIfTI, or a DICOM series folder) with
+   MONAI's ``LoadImage`` (``PydicomReader`` for DICOM: rescale slope/intercept applied, i.e. HU), or take an already
+   loaded channel-first ``MetaTensor``; DICOM must have ``Modality == "CT"``;
+2. **centre**: the lesion centre in voxel coordinates of the loaded array, or in world coordinates (``world=True``,
+   millimetres, ``frame="RAS"`` or ``"LPS"``);
+3. for a 3-D volume take the **axial slice through the centre** (the array axis most aligned with the world S axis);
+4. window HU to ``[0, 1]`` (``ScaleIntensityRange`` with clipping, as in training), **resample in-plane** to the
+   model's spacing (``Spacingd``, bilinear; the slice axis is kept), pad by the ROI (``SpatialPadd``, value 0 =
+   air) and **crop** ``roi_size`` around the centre (``SpatialCropd``); the crop keeps the loaded array's axis
+   order (no reorientation: for DICOM that is ``(column, row)``, the transpose of the LIDC crops' ``(row, col)``,
+   which train.yaml's flips + 90-degree rotations cover);
+5. draw S **hypotheses** with ``model.sample(image, S, generator)`` from a generator seeded with ``seed`` (same seed,
+   same output);
+6. **map back** onto the input's grid and geometry by inverting crop, pad and resampling with MONAI's ``Invertd``
+   (nearest neighbour for the label maps, linear for the probability and entropy maps); for a volume the result
+   is written into the centre slice of an otherwise empty volume. Outside the ROI: label 0, probability 0,
+   entropy 0.
+
+Coordinates
+-----------
+*Voxel* coordinates index the array as MONAI loads it (spatial axes after the channel): for NIfTI ``(i, j[, k])`` as
+stored in the file; for DICOM ``(column, row[, slice])`` (MONAI's ``PydicomReader`` returns ``pixel_array.T``; a
+series is stacked by slice position). Fractional values are allowed.
+*World* coordinates are millimetres in the patient frame: ``frame="RAS"`` (NIfTI / MONAI: +x towards the patient's
+right, +y anterior, +z superior) or ``frame="LPS"`` (DICOM, e.g. ``ImagePositionPatient`` and what DICOM viewers show:
++x left, +y posterior, +z superior); ``(x, y, z)_RAS = (-x, -y, z)_LPS``. The loaded MetaTensor's affine maps voxels to
+RAS (MONAI converts DICOM's LPS geometry on load) and the saved NIfTI files carry that RAS affine. For a 2-D image a
+world centre may have 2 components (in-plane x, y; z is taken from the image plane) or 3.
+
+The lesion-presence probability is the fraction of the S hypotheses with any lesion pixel. The "ambiguous" flag
+(paper Appendix E: graders would disagree on presence) comes from the fitted :class:`PresenceThreshold`
+(``presence_threshold.json`` written next to the checkpoint by the evaluation run); without one the
+:data:`FALLBACK_RULE` is used and a warning is issued.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+from monai.data import MetaTensor
+from monai.data.utils import to_affine_nd
+from monai.transforms import (
+    ApplyTransformToPoints,
+    Compose,
+    Invertd,
+    LoadImage,
+    ScaleIntensityRange,
+    Spacingd,
+    SpatialCrop,
+    SpatialCropd,
+    SpatialPadd,
+)
+
+from .metrics import PresenceThreshold, pairwise_iou_distance
+
+__all__ = [
+    "DEFAULT_HU_WINDOW",
+    "DEFAULT_ROI_SIZE",
+    "DEFAULT_SPACING",
+    "FALLBACK_RULE",
+    "Hypotheses",
+    "Variant",
+    "find_presence_threshold",
+    "group_variants",
+    "load_ct",
+    "load_model",
+    "predict_hypotheses",
+    "read_inference_cases",
+    "resolve_center",
+    "run_inference",
+]
+
+logger = logging.getLogger(__name__)
+
+#: the model's in-plane pixel spacing in mm (the built-in data and the LIDC recipe: 0.5 mm)
+DEFAULT_SPACING = 0.5
+#: the model's input crop in pixels (the built-in data: 64 x 64)
+DEFAULT_ROI_SIZE = 64
+#: HU window scaled to [0, 1] (``hu_window`` in bundle/configs/train.yaml)
+DEFAULT_HU_WINDOW = (-1000.0, 400.0)
+#: hypotheses with IoU >= this are one variant
+VARIANT_IOU = 0.9
+#: the rule used for the ambiguous flag when no fitted presence threshold is available
+FALLBACK_MARGIN = 0.25
+FALLBACK_RULE = (
+    "fallback 0.5 rule (no fitted presence_threshold.json): ambiguous iff |p - 0.5| <= 0.25, i.e. "
+    "0.25 <= p <= 0.75 with p the fraction of hypotheses showing a lesion (neither presence nor absence has a 3:1 "
+    "majority)"
+)
+WORLD_FRAMES = ("RAS", "LPS")
+#: where the repository's bundle configuration lives (default network definition for :func:`load_model`)
+REPO_CONFIG = Path(__file__).resolve().parents[1] / "bundle" / "configs" / "train.yaml"
+PRESENCE_THRESHOLD_NAME = "presence_threshold.json"
+
+
+# --------------------------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A group of hypotheses that are the same outline up to IoU >= 0.9 (:func:`group_variants`).
+
+    Attributes
+    ----------
+    members : tuple of int
+        Indices (into the S hypotheses) of the hypotheses in this group, ascending.
+    representative : int
+        The member with the smallest summed distance ``1 - IoU`` to the other members (the medoid; ties: lowest
+        index); its label map stands for the variant.
+    frequency : float
+        ``len(members) / S``.
+    has_lesion : bool
+        Whether the representative has any lesion pixel.
+    area_mm2 : float
+        Lesion area of the representative on the model's grid.
+    """
+
+    members: tuple[int, ...]
+    representative: int
+    frequency: float
+    has_lesion: bool
+    area_mm2: float
+
+    @property
+    def count(self) -> int:
+        """Number of hypotheses in the group."""
+        return len(self.members)
+
+
+@dataclass
+class Hypotheses:
+    """S segmentation hypotheses of one lesion, on the input image's own grid, with their summaries.
+
+    Arrays are numpy; ``*spatial`` is the input's spatial shape (``H x W`` for a slice, ``H x W x D`` for a volume,
+    axes as MONAI loaded them).
+
+    Attributes
+    ----------
+    labels : numpy.ndarray
+        ``S x *spatial`` uint8 label maps (0 = background, 1 = lesion), nearest-neighbour resampled back.
+    mean_probability : numpy.ndarray
+        ``*spatial`` float32 in [0, 1]: mean over the S hypotheses of the softmax lesion probability (all
+        foreground classes), linearly resampled back.
+    entropy : numpy.ndarray
+        ``*spatial`` float32 in bits, ``>= 0``: entropy of the mean class distribution over the hypotheses
+        (predictive entropy; at most ``log2(C)`` = 1 bit for lesion/background), linearly resampled back.
+    affine : numpy.ndarray
+        ``4 x 4`` float64 voxel -> RAS mm affine of the input (what the saved NIfTI files carry).
+    presence_count : int
+        Hypotheses (of S) with any lesion pixel.
+    presence_probability : float
+        ``presence_count / S``.
+    ambiguous : bool
+        Predicted ground-truth ambiguity of lesion presence (:attr:`ambiguity_rule`).
+    ambiguity_rule : str
+        The rule the flag came from (the fitted threshold, or :data:`FALLBACK_RULE`).
+    threshold : PresenceThreshold or None
+        The fitted threshold used, ``None`` with the fallback rule.
+    areas_mm2 : numpy.ndarray
+        ``S`` float64 lesion areas in mm^2, counted on the model's grid (``spacing`` mm pixels) before resampling back.
+    volumes_mm3 : numpy.ndarray or None
+        ``S`` float64 lesion volumes in mm^3 for a 3-D input (area x slice thickness of the input), else ``None``.
+    variants : list of Variant
+        Distinct outlines (IoU >= 0.9 groups), most frequent first.
+    center_voxel : tuple of float
+        The centre in voxel coordinates of the input.
+    center_world_ras : tuple of float
+        The centre in RAS millimetres.
+    slice_axis, slice_index : int or None
+        For a volume: the spatial axis treated as axial and the slice that was segmented; ``None`` for a slice.
+    model_input : numpy.ndarray
+        ``roi x roi`` float32 windowed crop fed to the model.
+    crop_labels : numpy.ndarray
+        ``S x roi x roi`` uint8 hypotheses on the model's grid.
+    source : str
+        File name (or ``"<MetaTensor>"``) of the input.
+    num_samples, seed : int
+        S and the sampling seed.
+    spacing : tuple of float
+        The model's in-plane spacing in mm.
+    roi_size : tuple of int
+        The model's crop size.
+    """
+
+    labels: np.ndarray
+    mean_probability: np.ndarray
+    entropy: np.ndarray
+    affine: np.ndarray
+    presence_count: int
+    presence_probability: float
+    ambiguous: bool
+    ambiguity_rule: str
+    threshold: PresenceThreshold | None
+    areas_mm2: np.ndarray
+    volumes_mm3: np.ndarray | None
+    variants: list[Variant]
+    center_voxel: tuple[float, ...]
+    center_world_ras: tuple[float, ...]
+    slice_axis: int | None
+    slice_index: int | None
+    model_input: np.ndarray
+    crop_labels: np.ndarray
+    source: str
+    num_samples: int
+    seed: int
+    spacing: tuple[float, float]
+    roi_size: tuple[int, int]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def spatial_shape(self) -> tuple[int, ...]:
+        """The input's spatial shape."""
+        return tuple(self.labels.shape[1:])
+
+    @property
+    def most_frequent_label(self) -> np.ndarray:
+        """``*spatial`` uint8: the representative hypothesis of the most frequent variant."""
+        return self.labels[self.variants[0].representative]
+
+    def summary(self, values: np.ndarray | None) -> dict[str, float] | None:
+        """Spread of per-hypothesis values: ``{mean, std, min, median, max}`` (``None`` for ``None``)."""
+        if values is None:
+            return None
+        v = np.asarray(values, dtype=np.float64)
+        return {
+            "mean": float(v.mean()),
+            "std": float(v.std()),
+            "min": float(v.min()),
+            "median": float(np.median(v)),
+            "max": float(v.max()),
+        }
+
+    def to_report(self) -> dict[str, Any]:
+        """JSON-serialisable summary (what :meth:`save` writes as ``report.json``)."""
+        thickness = None
+        if self.volumes_mm3 is not None and self.slice_axis is not None:
+            thickness = float(np.linalg.norm(self.affine[:3, self.slice_axis]))
+        return {
+            "source": self.source,
+            "spatial_shape": list(self.spatial_shape),
+            "affine_ras": np.asarray(self.affine, dtype=float).tolist(),
+            "center_voxel": [float(c) for c in self.center_voxel],
+            "center_world_ras": [float(c) for c in self.center_world_ras],
+            "slice_axis": self.slice_axis,
+            "slice_index": self.slice_index,
+            "num_samples": int(self.num_samples),
+            "seed": int(self.seed),
+            "model_spacing_mm": [float(s) for s in self.spacing],
+            "roi_size": [int(r) for r in self.roi_size],
+            "presence_count": int(self.presence_count),
+            "presence_probability": float(self.presence_probability),
+            "ambiguous": bool(self.ambiguous),
+            "ambiguity_rule": self.ambiguity_rule,
+            "threshold": None if self.threshold is None else self.threshold.to_dict(),
+            "areas_mm2": [float(a) for a in self.areas_mm2],
+            "area_mm2_spread": self.summary(self.areas_mm2),
+            "volumes_mm3": None if self.volumes_mm3 is None else [float(v) for v in self.volumes_mm3],
+            "volume_mm3_spread": self.summary(self.volumes_mm3),
+            "slice_thickness_mm": thickness,
+            "area_grid": "model grid (model_spacing_mm pixels) before resampling back",
+            "entropy_units": "bits",
+            "variant_iou": VARIANT_IOU,
+            "num_variants": len(self.variants),
+            "variants": [
+                {
+                    "rank": r,
+                    "count": v.count,
+                    "frequency": float(v.frequency),
+                    "members": list(v.members),
+                    "representative": int(v.representative),
+                    "has_lesion": bool(v.has_lesion),
+                    "area_mm2": float(v.area_mm2),
+                    "volume_mm3": None if thickness is None else float(v.area_mm2 * thickness),
+                }
+                for r, v in enumerate(self.variants)
+            ],
+            **self.extra,
+        }
+
+    def save(self, out_dir: str | os.PathLike) -> dict[str, Path]:
+        """Write NIfTI files with the input's affine and a JSON report into ``out_dir``.
+
+        Files
+        -----
+        ``hypotheses.nii.gz``
+            uint8, 4-D: ``*spatial x S`` for a volume, ``H x W x 1 x S`` for a slice (hypothesis = 4th axis).
+        ``mean_probability.nii.gz``, ``entropy.nii.gz``
+            float32 ``*spatial``.
+        ``variant_label.nii.gz``
+            uint8 ``*spatial``: the most frequent variant's label map.
+        ``report.json``
+            :meth:`to_report` plus ``files`` (name -> file name).
+
+        Returns
+        -------
+        dict
+            Name -> written path (keys ``hypotheses``, ``mean_probability``, ``entropy``, ``variant_label``,
+            ``report``).
+        """
+        import nibabel as nib
+
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        affine = np.asarray(self.affine, dtype=np.float64)
+        stack = np.moveaxis(self.labels, 0, -1)  # *spatial x S
+        if self.labels.ndim == 3:  # a slice: H x W x 1 x S, so that axis 4 holds the hypotheses
+            stack = stack[:, :, None, :]
+        arrays = {
+            "hypotheses": stack.astype(np.uint8),
+            "mean_probability": self.mean_probability.astype(np.float32),
+            "entropy": self.entropy.astype(np.float32),
+            "variant_label": self.most_frequent_label.astype(np.uint8),
+        }
+        paths: dict[str, Path] = {}
+        for name, arr in arrays.items():
+            img = nib.Nifti1Image(np.ascontiguousarray(arr), affine)
+            img.header.set_xyzt_units("mm")
+            paths[name] = out / f"{name}.nii.gz"
+            nib.save(img, str(paths[name]))
+        report = self.to_report()
+        report["files"] = {k: p.name for k, p in paths.items()}
+        paths["report"] = out / "report.json"
+        paths["report"].write_text(json.dumps(report, indent=1))
+        return paths
+
+
+# --------------------------------------------------------------------------------------------- loading
+
+
+def _is_dicom(path: Path) -> bool:
+    from pydicom.misc import is_dicom
+
+    try:
+        return path.suffix.lower() == ".dcm" or is_dicom(str(path))
+    except OSError:
+        return False
+
+
+def _check_ct_dicom(files: Sequence[Path], source: str) -> None:
+    """Raise ``ValueError`` unless every DICOM header in ``files`` says ``Modality == "CT"``."""
+    import pydicom
+
+    for f in files:
+        try:
+            ds = pydicom.dcmread(str(f), stop_before_pixels=True)
+        except Exception as e:  # noqa: BLE001 -- pydicom raises many types for a broken file
+            raise ValueError(f"{f} is not a readable DICOM file ({type(e).__name__}: {e}).") from e
+        modality = getattr(ds, "Modality", None)
+        if modality != "CT":
+            raise ValueError(
+                f"{source}: DICOM file {f.name} has Modality {modality!r}; this model segments CT (HU) only."
+            )
+
+
+def load_ct(image: str | os.PathLike | MetaTensor) -> tuple[MetaTensor, str]:
+    """Load a CT slice or volume as a channel-first float32 ``MetaTensor`` in HU with a RAS affine.
+
+    Parameters
+    ----------
+    image : str, path or MetaTensor
+        A NIfTI file (2-D slice or 3-D volume; any format MONAI's default readers take), one DICOM file (a slice),
+        a folder holding one DICOM series (a volume), or an already loaded channel-first ``MetaTensor``
+        (``1 x H x W`` or ``1 x H x W x D``, e.g. from ``LoadImage(ensure_channel_first=True)``).
+
+    Returns
+    -------
+    tuple
+        ``(MetaTensor 1 x *spatial, source name)``.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the path does not exist.
+    ValueError
+        If a DICOM file is not CT or unreadable, a folder holds no DICOM file, the file cannot be read as an image,
+        or the image is not a single-channel 2-D/3-D image.
+    """
+    if isinstance(image, MetaTensor):
+        source = str(image.meta.get("filename_or_obj", "") or "<MetaTensor>")
+        img = image
+    elif isinstance(image, (torch.Tensor, np.ndarray)):
+        raise ValueError(
+            "image: a plain tensor/array has no geometry; pass a file path or a channel-first MetaTensor with an "
+            "affine."
+        )
+    else:
+        path = Path(image)
+        source = str(path)
+        if not path.exists():
+            raise FileNotFoundError(f"image {path} does not exist.")
+        if path.is_dir():
+            files = sorted(p for p in path.iterdir() if p.is_file() and _is_dicom(p))
+            if not files:
+                raise ValueError(f"image folder {path} holds no DICOM file (a folder must be one DICOM series).")
+            _check_ct_dicom(files, source)
+            loader = LoadImage(reader="PydicomReader", image_only=True, ensure_channel_first=True, dtype=np.float32)
+        elif _is_dicom(path):
+            _check_ct_dicom([path], source)
+            loader = LoadImage(reader="PydicomReader", image_only=True, ensure_channel_first=True, dtype=np.float32)
+        else:
+            loader = LoadImage(image_only=True, ensure_channel_first=True, dtype=np.float32)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                img = loader(str(path))
+        except Exception as e:  # noqa: BLE001 -- readers raise many types for a corrupt file
+            raise ValueError(f"could not read image {path}: {type(e).__name__}: {e}") from e
+        if not isinstance(img, MetaTensor):
+            raise ValueError(f"could not read image {path} with its geometry (got {type(img).__name__}).")
+    _check_image(img, source)
+    return img, source
+
+
+def _check_image(img: MetaTensor, source: str) -> None:
+    if img.ndim not in (3, 4):
+        raise ValueError(
+            f"{source}: expected a channel-first 2-D slice (1 x H x W) or 3-D volume (1 x H x W x D), got shape "
+            f"{tuple(img.shape)} ({img.ndim - 1} spatial dimensions)."
+        )
+    if img.shape[0] != 1:
+        raise ValueError(
+            f"{source}: expected a single-channel CT image (channel-first 1 x *spatial), got {img.shape[0]} channels "
+            f"(shape {tuple(img.shape)})."
+        )
+    if min(img.shape[1:]) < 1:
+        raise ValueError(f"{source}: empty image of shape {tuple(img.shape)}.")
+    if img.dtype == torch.bool or img.is_complex():
+        raise ValueError(f"{source}: unsupported voxel type {img.dtype}; expected HU values.")
+    bad = ~torch.isfinite(img.as_tensor().float())
+    if bool(bad.any()):
+        raise ValueError(f"{source}: {int(bad.sum())} voxels are NaN or infinite; expected finite HU values.")
+
+
+def _affine4(img: MetaTensor) -> torch.Tensor:
+    """The image's voxel -> RAS affine as ``4 x 4`` float64 (a 2-D ``3 x 3`` affine gets an identity z)."""
+    return to_affine_nd(3, torch.as_tensor(img.affine, dtype=torch.float64))
+
+
+# --------------------------------------------------------------------------------------------- geometry
+
+
+def _points(affine: torch.Tensor, pts: np.ndarray, invert: bool, lps: bool = False) -> np.ndarray:
+    """Map ``N x 3`` points with MONAI's ``ApplyTransformToPoints`` (world -> voxel with ``invert``)."""
+    t = ApplyTransformToPoints(dtype=torch.float64, affine=affine, invert_affine=invert, affine_lps_to_ras=lps)
+    out = t(torch.as_tensor(np.asarray(pts, dtype=np.float64))[None])
+    return np.asarray(out.as_tensor() if isinstance(out, MetaTensor) else out)[0]
+
+
+def resolve_center(
+    img: MetaTensor,
+    center: Sequence[float],
+    *,
+    world: bool = False,
+    frame: str = "RAS",
+    source: str = "image",
+) -> tuple[np.ndarray, np.ndarray]:
+    """The lesion centre as continuous voxel coordinates of ``img`` and as RAS millimetres.
+
+    Parameters
+    ----------
+    img : MetaTensor
+        ``1 x *spatial`` image (2 or 3 spatial dimensions) with its voxel -> RAS affine.
+    center : sequence of float
+        Voxel coordinates (one per spatial axis), or with ``world=True`` world millimetres (3 values; 2 allowed
+        for a slice, z then comes from the image plane).
+    world : bool
+        Interpret ``center`` as world coordinates.
+    frame : {"RAS", "LPS"}
+        The world frame of ``center`` (``(x, y, z)_RAS = (-x, -y, z)_LPS``).
+    source : str
+        Name used in error messages.
+
+    Returns
+    -------
+    tuple of numpy.ndarray
+        ``(voxel, world_ras)``: voxel has one entry per spatial axis, world_ras 3 entries.
+
+    Raises
+    ------
+    ValueError
+        If the centre has the wrong length, is not finite, or lies outside the image (more than half a voxel
+        beyond the border) or off a slice's plane.
+    """
+    nd = img.ndim - 1
+    shape = tuple(int(s) for s in img.shape[1:])
+    try:
+        c = np.asarray([float(v) for v in center], dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"center must be a sequence of numbers, got {center!r}.") from e
+    if not np.isfinite(c).all():
+        raise ValueError(f"center must be finite, got {center!r}.")
+    frame = str(frame).upper()
+    if frame not in WORLD_FRAMES:
+        raise ValueError(f"frame must be one of {WORLD_FRAMES}, got {frame!r}.")
+    affine = _affine4(img)
+    if world:
+        if len(c) not in ((2, 3) if nd == 2 else (3,)):
+            raise ValueError(
+                f"center: a world centre of a {nd}-D image needs {'2 or 3' if nd == 2 else '3'} coordinates, "
+                f"got {len(c)} ({center!r})."
+            )
+        if len(c) == 2:  # in-plane world (x, y); z of the slice plane (at voxel 0, 0)
+            plane = _points(affine, np.zeros((1, 3)), invert=False, lps=frame == "LPS")[0]
+            c = np.array([c[0], c[1], plane[2]])
+        vox3 = _points(affine, c[None], invert=True, lps=frame == "LPS")[0]
+        if nd == 2 and abs(vox3[2]) > 0.5 + 1e-6:
+            raise ValueError(
+                f"center {list(center)} ({frame}) lies {abs(vox3[2]):.2f} voxels off the plane of the slice {source}."
+            )
+        voxel = vox3[:nd]
+    else:
+        if len(c) != nd:
+            raise ValueError(
+                f"center: a voxel centre of a {nd}-D image needs {nd} coordinates, got {len(c)} ({center!r})."
+            )
+        voxel = c
+    outside = [(a, v) for a, v in enumerate(voxel) if not (-0.5 <= v <= shape[a] - 0.5)]
+    if outside:
+        raise ValueError(
+            f"center {list(center)} ({frame + ' world' if world else 'voxel'}) maps to voxel "
+            f"{np.round(voxel, 2).tolist()}, outside the image {source} of spatial shape {shape}."
+        )
+    vox3 = np.zeros(3)
+    vox3[:nd] = voxel
+    world_ras = _points(affine, vox3[None], invert=False)[0]
+    return voxel, world_ras
+
+
+def _slice_axis(affine: torch.Tensor, nd: int) -> int:
+    """The spatial axis whose direction is most aligned with the world S (z) axis."""
+    r = np.asarray(affine[:3, :nd], dtype=np.float64)
+    cos = np.abs(r[2]) / np.maximum(np.linalg.norm(r, axis=0), 1e-12)
+    return int(np.argmax(cos))
+
+
+def _pair(value: float | Sequence[float], name: str, cast: type) -> tuple:
+    vals = [value, value] if np.isscalar(value) else list(value)
+    if len(vals) != 2:
+        raise ValueError(f"{name} must be a number or 2 numbers (in-plane), got {value!r}.")
+    out = tuple(cast(v) for v in vals)
+    if any(v <= 0 for v in out):
+        raise ValueError(f"{name} must be positive, got {value!r}.")
+    return out
+
+
+# --------------------------------------------------------------------------------------------- variants
+
+
+def group_variants(labels: torch.Tensor, pixel_area_mm2: float, iou: float = VARIANT_IOU) -> list[Variant]:
+    """Group hypotheses whose pairwise IoU is ``>= iou`` into variants, most frequent first.
+
+    Leader clustering in hypothesis order over ``d = 1 - IoU`` from :func:`pairwise_iou_distance` (lesion class,
+    empty vs empty = IoU 1): hypothesis ``i`` joins the first existing group whose first member is within
+    ``1 - iou`` of it, else it opens a new group. Groups are ordered by size (descending), then by their first
+    member.
+
+    Parameters
+    ----------
+    labels : torch.Tensor
+        ``S x *spatial`` label maps.
+    pixel_area_mm2 : float
+        Area of one pixel (for ``Variant.area_mm2``).
+    iou : float
+        Grouping threshold.
+
+    Returns
+    -------
+    list of Variant
+    """
+    s = labels.shape[0]
+    num_classes = max(2, int(labels.max()) + 1)
+    d = pairwise_iou_distance(labels[None].long(), classes=tuple(range(1, num_classes)))[0].double().cpu().numpy()
+    tol = 1.0 - iou + 1e-9
+    groups: list[list[int]] = []
+    for i in range(s):
+        for g in groups:
+            if d[i, g[0]] <= tol:
+                g.append(i)
+                break
+        else:
+            groups.append([i])
+    groups.sort(key=lambda g: (-len(g), g[0]))
+    flat = labels.reshape(s, -1)
+    out = []
+    for g in groups:
+        sub = d[np.ix_(g, g)].sum(axis=1)
+        rep = g[int(np.argmin(sub))]
+        area = float((flat[rep] > 0).sum()) * pixel_area_mm2
+        out.append(
+            Variant(members=tuple(g), representative=rep, frequency=len(g) / s, has_lesion=area > 0, area_mm2=area)
+        )
+    return out
+
+
+# --------------------------------------------------------------------------------------------- inference
+
+
+def _ambiguity(
+    count: int, num_samples: int, threshold: PresenceThreshold | None
+) -> tuple[bool, str]:
+    p = count / num_samples
+    if threshold is None:
+        return bool(abs(p - 0.5) <= FALLBACK_MARGIN + 1e-12), FALLBACK_RULE
+    rule = (
+        f"fitted presence threshold: ambiguous iff {threshold.low} < count < {threshold.high} lesion-presence "
+        f"count out of {threshold.num_samples} hypotheses (validation accuracy {threshold.accuracy:.3f})"
+    )
+    c = count
+    if threshold.num_samples != num_samples:
+        c = int(round(p * threshold.num_samples))
+        warnings.warn(
+            f"the presence threshold was fitted on {threshold.num_samples} hypotheses, these are {num_samples}: "
+            f"the count is rescaled to {c} of {threshold.num_samples}.",
+            stacklevel=3,
+        )
+        rule += f"; count rescaled from {count} of {num_samples}"
+    return bool(threshold.predict(np.array([c]))[0]), rule
+
+
+def _as_threshold(threshold: PresenceThreshold | str | os.PathLike | Mapping | None) -> PresenceThreshold | None:
+    if threshold is None or isinstance(threshold, PresenceThreshold):
+        return threshold
+    if isinstance(threshold, Mapping):
+        return PresenceThreshold.from_dict(dict(threshold))
+    from .evaluation import load_presence_threshold
+
+    return load_presence_threshold(threshold)
+
+
+def predict_hypotheses(
+    image: str | os.PathLike | MetaTensor,
+    center: Sequence[float],
+    model: nn.Module,
+    *,
+    world: bool = False,
+    frame: str = "RAS",
+    spacing: float | Sequence[float] = DEFAULT_SPACING,
+    roi_size: int | Sequence[int] = DEFAULT_ROI_SIZE,
+    num_samples: int = 16,
+    seed: int = 0,
+    threshold: PresenceThreshold | str | os.PathLike | Mapping | None = None,
+    hu_window: Sequence[float] = DEFAULT_HU_WINDOW,
+    device: str | torch.device = "cpu",
+) -> Hypotheses:
+    """Draw S segmentation hypotheses of the lesion at ``center`` and map them onto the input's grid.
+
+    Parameters
+    ----------
+    image : str, path or MetaTensor
+        2-D CT slice (NIfTI or one DICOM file) or 3-D CT volume (NIfTI or a DICOM series folder) in HU, or a loaded
+        channel-first ``MetaTensor`` ``1 x *spatial`` (see :func:`load_ct`).
+    center : sequence of float
+        Lesion centre: voxel coordinates of the loaded array, or world mm with ``world=True`` (module docstring).
+    model : torch.nn.Module
+        A network with ``sample(image B x 1 x H x W, num_samples, generator) -> B x S x C x H x W`` logits
+        (:class:`~monai_probunet.networks.ProbUNet` and the baselines); put into eval mode.
+    world : bool
+        ``center`` is in world coordinates.
+    frame : {"RAS", "LPS"}
+        World frame of ``center``.
+    spacing : float or pair of float
+        The model's in-plane pixel spacing in mm.
+    roi_size : int or pair of int
+        The model's crop size in pixels.
+    num_samples : int
+        S, hypotheses to draw (16 in the paper).
+    seed : int
+        Seed of the latent-noise generator (same seed, same hypotheses).
+    threshold : PresenceThreshold, path, dict or None
+        The fitted lesion-presence rule (or the path of ``presence_threshold.json``); ``None``: the
+        :data:`FALLBACK_RULE` with a warning.
+    hu_window : pair of float
+        HU range scaled to ``[0, 1]`` with clipping (as in training).
+    device : str or torch.device
+        Where the model runs (it is moved there).
+
+    Returns
+    -------
+    Hypotheses
+        Label maps ``S x *spatial``, mean probability and entropy ``*spatial``, presence probability, ambiguous
+        flag, areas/volumes and variants.
+
+    Raises
+    ------
+    ValueError
+        For a bad image (NaN/inf voxels, wrong rank or channels, non-CT DICOM, unreadable file), a centre outside
+        the image, or bad parameters.
+    FileNotFoundError
+        If the image path does not exist.
+    """
+    if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
+        raise ValueError(f"num_samples must be an integer >= 1, got {num_samples!r}.")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise ValueError(f"seed must be an integer, got {seed!r}.")
+    if not hasattr(model, "sample"):
+        raise ValueError(f"model {type(model).__name__} has no sample(image, num_samples, generator) method.")
+    spacing2 = _pair(spacing, "spacing", float)
+    roi2 = _pair(roi_size, "roi_size", int)
+    if len(hu_window) != 2 or not float(hu_window[0]) < float(hu_window[1]):
+        raise ValueError(f"hu_window must be [low, high] with low < high, got {hu_window!r}.")
+    thr = _as_threshold(threshold)
+    device = torch.device(device)
+
+    img, source = load_ct(image)
+    voxel, world_ras = resolve_center(img, center, world=world, frame=frame, source=source)
+    nd = img.ndim - 1
+    affine = _affine4(img)
+
+    # 1. the axial slice through the centre (3-D): a 1-voxel-thick crop along the slice axis
+    slice_axis = slice_index = None
+    if nd == 3:
+        slice_axis = _slice_axis(affine, nd)
+        slice_index = int(np.clip(np.floor(voxel[slice_axis] + 0.5), 0, img.shape[1 + slice_axis] - 1))
+        start = [0, 0, 0]
+        end = list(img.shape[1:])
+        start[slice_axis], end[slice_axis] = slice_index, slice_index + 1
+        plane = SpatialCrop(roi_start=start, roi_end=end)(img)
+        plane = MetaTensor(plane.as_tensor(), affine=plane.affine, meta={"filename_or_obj": source})
+    else:
+        plane = MetaTensor(img.as_tensor(), affine=img.affine, meta={"filename_or_obj": source})
+    plane_shape = tuple(int(s) for s in plane.shape[1:])
+
+    # 2. window, resample in-plane, pad, crop around the centre (all invertible MONAI transforms)
+    plane = ScaleIntensityRange(
+        a_min=float(hu_window[0]), a_max=float(hu_window[1]), b_min=0.0, b_max=1.0, clip=True
+    )(plane.float())
+    inplane = [a for a in range(nd) if a != slice_axis]
+    pixdim = [-1.0] * nd
+    pad_size = [-1] * nd
+    crop_size = [1] * nd
+    for a, s, r in zip(inplane, spacing2, roi2):
+        pixdim[a], crop_size[a] = s, r
+    spacing_t = Spacingd(keys="image", pixdim=pixdim, mode="bilinear", padding_mode="border")
+    data = spacing_t({"image": plane})
+    for a in inplane:
+        pad_size[a] = int(data["image"].shape[1 + a]) + crop_size[a]
+    pad_t = SpatialPadd(keys="image", spatial_size=pad_size, mode="constant", value=0.0)
+    data = pad_t(data)
+    vox_padded = _points(_affine4(data["image"]), np.asarray(world_ras)[None], invert=True)[0][:nd]
+    roi_center = [int(np.floor(v + 0.5)) for v in vox_padded]
+    if slice_axis is not None:
+        roi_center[slice_axis] = 0
+    crop_t = SpatialCropd(keys="image", roi_center=roi_center, roi_size=crop_size)
+    data = crop_t(data)
+    chain = Compose([spacing_t, pad_t, crop_t])
+    crop = data["image"]
+    crop_pixdim = [float(np.linalg.norm(np.asarray(crop.affine)[:3, a])) for a in inplane]
+    pixel_area = float(np.prod(crop_pixdim))
+
+    # 3. sample S hypotheses on the model's grid
+    x = crop.as_tensor().float()
+    if slice_axis is not None:
+        x = x.squeeze(1 + slice_axis)
+    x = x[None].to(device)  # 1 x 1 x roi x roi
+    model = model.to(device).eval()
+    generator = torch.Generator(device=device).manual_seed(int(seed))
+    with torch.no_grad():
+        logits = model.sample(x, int(num_samples), generator=generator)
+    if logits.ndim != 5 or logits.shape[:2] != (1, num_samples) or tuple(logits.shape[3:]) != tuple(x.shape[2:]):
+        raise ValueError(
+            f"model.sample returned shape {tuple(logits.shape)}, expected 1 x {num_samples} x C x {tuple(x.shape[2:])}."
+        )
+    probs = torch.softmax(logits[0].float(), dim=1).cpu()  # S x C x roi x roi
+    crop_labels = probs.argmax(dim=1)  # S x roi x roi
+    mean = probs.mean(dim=0)  # C x roi x roi
+    fg = mean[1:].sum(dim=0)
+    ent = -(torch.where(mean > 0, mean * torch.log2(mean.clamp_min(1e-30)), torch.zeros_like(mean))).sum(dim=0)
+
+    # 4. map back onto the input's grid: Invertd undoes crop, pad and resampling
+    def on_crop_grid(t: torch.Tensor) -> MetaTensor:
+        if slice_axis is not None:
+            t = t.unsqueeze(1 + slice_axis)
+        return MetaTensor(t.float(), affine=crop.affine, meta={"filename_or_obj": source})
+
+    data["hyp"] = on_crop_grid(crop_labels)
+    data["maps"] = on_crop_grid(torch.stack([fg, ent]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        inv = Invertd(keys=["hyp", "maps"], transform=chain, orig_keys="image", nearest_interp=[True, False])(data)
+    hyp = torch.as_tensor(inv["hyp"].as_tensor()).round().clamp(0, 255).to(torch.uint8).numpy()
+    maps = torch.as_tensor(inv["maps"].as_tensor()).float().numpy()
+    if tuple(hyp.shape[1:]) != plane_shape or tuple(maps.shape[1:]) != plane_shape:
+        raise RuntimeError(f"inverse mapping returned {hyp.shape[1:]}, expected the slice grid {plane_shape}.")
+    mean_prob = np.clip(maps[0], 0.0, 1.0)
+    entropy = np.clip(maps[1], 0.0, None)
+    spatial = tuple(int(s) for s in img.shape[1:])
+    if slice_axis is not None:  # write the slice into an otherwise empty volume
+        labels = np.zeros((num_samples, *spatial), dtype=np.uint8)
+        mp = np.zeros(spatial, dtype=np.float32)
+        en = np.zeros(spatial, dtype=np.float32)
+        idx = [slice(None)] * nd
+        idx[slice_axis] = slice(slice_index, slice_index + 1)
+        labels[(slice(None), *idx)] = hyp
+        mp[tuple(idx)] = mean_prob
+        en[tuple(idx)] = entropy
+    else:
+        labels, mp, en = hyp, mean_prob.astype(np.float32), entropy.astype(np.float32)
+
+    # 5. summaries (on the model's grid)
+    present = (crop_labels.reshape(num_samples, -1) > 0).any(dim=1)
+    count = int(present.sum())
+    ambiguous, rule = _ambiguity(count, int(num_samples), thr)
+    if thr is None:
+        warnings.warn(f"no fitted presence threshold given: {FALLBACK_RULE}.", UserWarning, stacklevel=2)
+    areas = (crop_labels.reshape(num_samples, -1) > 0).sum(dim=1).double().numpy() * pixel_area
+    volumes = None
+    if slice_axis is not None:
+        volumes = areas * float(np.linalg.norm(np.asarray(affine)[:3, slice_axis]))
+    variants = group_variants(crop_labels, pixel_area)
+    return Hypotheses(
+        labels=labels,
+        mean_probability=mp,
+        entropy=en,
+        affine=np.asarray(affine, dtype=np.float64),
+        presence_count=count,
+        presence_probability=count / num_samples,
+        ambiguous=ambiguous,
+        ambiguity_rule=rule,
+        threshold=thr,
+        areas_mm2=areas,
+        volumes_mm3=volumes,
+        variants=variants,
+        center_voxel=tuple(float(v) for v in voxel),
+        center_world_ras=tuple(float(v) for v in world_ras),
+        slice_axis=slice_axis,
+        slice_index=slice_index,
+        model_input=x[0, 0].cpu().numpy(),
+        crop_labels=crop_labels.to(torch.uint8).numpy(),
+        source=source,
+        num_samples=int(num_samples),
+        seed=int(seed),
+        spacing=spacing2,
+        roi_size=roi2,
+    )
+
+
+# --------------------------------------------------------------------------------------------- model & threshold
+
+
+def load_model(
+    ckpt_path: str | os.PathLike,
+    config_file: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
+    network_id: str = "network_def",
+    device: str | torch.device = "cpu",
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Build the network from a bundle config and load a checkpoint into it (``weights_only=True``).
+
+    Parameters
+    ----------
+    ckpt_path : str or path
+        ``model.pt`` (a state dict, or a checkpoint dict holding it under ``"model"``).
+    config_file : path or list of paths, optional
+        Bundle config file(s) defining ``network_id`` (default: the repository's ``bundle/configs/train.yaml``).
+    network_id : str
+        Config id of the network definition.
+    device : str or torch.device
+        Where to put the network.
+
+    Returns
+    -------
+    tuple
+        ``(network in eval mode, settings)`` where ``settings`` holds ``hu_window``, ``spacing`` and ``roi_size``
+        from the config where it defines ``hu_window`` / ``infer_spacing`` / ``infer_roi_size`` (else the
+        defaults).
+    """
+    from monai.bundle import ConfigParser
+
+    from .evaluation import load_network_weights
+
+    files = [REPO_CONFIG] if config_file is None else config_file
+    files = [str(f) for f in ([files] if isinstance(files, (str, os.PathLike)) else files)]
+    for f in files:
+        if not Path(f).is_file():
+            raise FileNotFoundError(f"config file {f} does not exist.")
+    parser = ConfigParser()
+    parser.read_config(files)
+    if network_id not in parser:
+        raise ValueError(f"config {files} defines no {network_id!r}.")
+    network = parser.get_parsed_content(network_id, instantiate=True)
+    load_network_weights(network, ckpt_path)
+    settings = {
+        "hu_window": tuple(parser.get_parsed_content("hu_window")) if "hu_window" in parser else DEFAULT_HU_WINDOW,
+        "spacing": parser.get_parsed_content("infer_spacing") if "infer_spacing" in parser else DEFAULT_SPACING,
+        "roi_size": parser.get_parsed_content("infer_roi_size") if "infer_roi_size" in parser else DEFAULT_ROI_SIZE,
+    }
+    return network.to(device).eval(), settings
+
+
+def find_presence_threshold(ckpt_path: str | os.PathLike) -> PresenceThreshold | None:
+    """The fitted threshold in ``presence_threshold.json`` next to ``ckpt_path``, or ``None`` if there is none."""
+    path = Path(ckpt_path).parent / PRESENCE_THRESHOLD_NAME
+    if not path.is_file():
+        return None
+    return _as_threshold(path)
+
+
+# --------------------------------------------------------------------------------------------- many images
+
+
+def _case_entry(raw: Any, image: str, where: str) -> dict[str, Any]:
+    if isinstance(raw, Mapping):
+        if "center" not in raw:
+            raise ValueError(f"{where}: entry for {image} has no 'center'.")
+        entry = {"center": raw["center"], "world": bool(raw.get("world", False)), "frame": raw.get("frame", "RAS")}
+        if "case_id" in raw:
+            entry["case_id"] = str(raw["case_id"])
+    else:
+        entry = {"center": raw, "world": False, "frame": "RAS"}
+    if not isinstance(entry["center"], (list, tuple)) or not entry["center"]:
+        raise ValueError(f"{where}: center of {image} must be a list of numbers, got {entry['center']!r}.")
+    return entry
+
+
+def read_inference_cases(
+    dataset_dir: str | os.PathLike, centers: str | os.PathLike | None = None, split: str = "test"
+) -> list[dict[str, Any]]:
+    """The images to run on and their lesion centres.
+
+    Sources, in this order:
+
+    1. ``centers`` (or ``<dataset_dir>/centers.json``): a dict ``{image: center}`` where ``image`` is a path
+       relative to ``dataset_dir`` (or absolute) and ``center`` is ``[x, y(, z)]`` voxel coordinates or
+       ``{"center": [...], "world": true, "frame": "LPS"|"RAS"}``; or a list of ``{"image", "center", ...}``.
+    2. ``<dataset_dir>/datalist.json`` (the project's on-disk format): the entries of ``split``; an entry's
+       ``center`` if it has one, else the image's centre voxel (the built-in data are lesion-centred crops).
+
+    Returns
+    -------
+    list of dict
+        ``{"image": absolute path, "center": list | None, "world": bool, "frame": str, "case_id": str}``
+        (``center`` None = the image centre).
+    """
+    root = Path(dataset_dir)
+    cpath = Path(centers) if centers is not None else root / "centers.json"
+    cases: list[dict[str, Any]] = []
+
+    def _abs(p: str) -> str:
+        q = Path(p)
+        return str(q if q.is_absolute() else root / q)
+
+    def _case_id(p: str) -> str:
+        name = Path(p.rstrip("/")).name
+        for ext in (".nii.gz", ".nii", ".dcm"):
+            if name.endswith(ext):
+                return name[: -len(ext)]
+        return name
+
+    if centers is not None or cpath.is_file():
+        if not cpath.is_file():
+            raise FileNotFoundError(f"centers file {cpath} does not exist.")
+        try:
+            data = json.loads(cpath.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{cpath} is not valid JSON: {e}") from e
+        items = data.items() if isinstance(data, Mapping) else [(d.get("image"), d) for d in data]
+        for image, raw in items:
+            if not image:
+                raise ValueError(f"{cpath}: an entry has no 'image'.")
+            entry = _case_entry(raw, image, str(cpath))
+            cases.append({"image": _abs(image), "case_id": entry.pop("case_id", _case_id(image)), **entry})
+    else:
+        dl = root / "datalist.json"
+        if not dl.is_file():
+            raise FileNotFoundError(f"{root} holds neither centers.json nor datalist.json (images + lesion centres).")
+        data = json.loads(dl.read_text())
+        entries = data.get(split) if isinstance(data, Mapping) else data
+        if not isinstance(entries, list):
+            raise ValueError(f"{dl} has no list of entries under {split!r}.")
+        for k, e in enumerate(entries):
+            image = e["image"] if isinstance(e, Mapping) else e
+            center = e.get("center") if isinstance(e, Mapping) else None
+            cases.append(
+                {
+                    "image": _abs(image),
+                    "center": center,
+                    "world": bool(e.get("world", False)) if isinstance(e, Mapping) else False,
+                    "frame": e.get("frame", "RAS") if isinstance(e, Mapping) else "RAS",
+                    "case_id": str(e.get("case_id", _case_id(image))) if isinstance(e, Mapping) else _case_id(image),
+                }
+            )
+    seen: dict[str, int] = {}
+    for c in cases:  # unique output folder names
+        n = seen.get(c["case_id"], 0)
+        seen[c["case_id"]] = n + 1
+        if n:
+            c["case_id"] = f"{c['case_id']}_{n}"
+    return cases
+
+
+def run_inference(
+    network: nn.Module,
+    ckpt_path: str | os.PathLike,
+    dataset_dir: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    centers: str | os.PathLike | None = None,
+    split: str = "test",
+    num_samples: int = 16,
+    seed: int = 0,
+    spacing: float | Sequence[float] = DEFAULT_SPACING,
+    roi_size: int | Sequence[int] = DEFAULT_ROI_SIZE,
+    hu_window: Sequence[float] = DEFAULT_HU_WINDOW,
+    threshold_path: str | os.PathLike | None = None,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run :func:`predict_hypotheses` on every image of a folder and save each result (bundle id ``inferring``).
+
+    Loads ``ckpt_path`` into ``network`` (``weights_only=True``); the presence threshold comes from
+    ``threshold_path`` or ``presence_threshold.json`` next to the checkpoint (else the fallback rule). Cases come
+    from :func:`read_inference_cases`. Each case is written to ``<output_dir>/<case_id>/`` (:meth:`Hypotheses.save`);
+    a case that fails is recorded with its error and the run goes on. Writes ``<output_dir>/inference_summary.json``
+    (``{"cases": [{case_id, image, presence_probability, ambiguous, num_variants, ...} | {case_id, image,
+    error}], "num_ok", "num_failed", "ambiguity_rule"}``).
+
+    Returns
+    -------
+    dict
+        The summary.
+    """
+    from tqdm import tqdm
+
+    from .evaluation import load_network_weights
+
+    load_network_weights(network, ckpt_path)
+    network = network.to(device).eval()
+    thr = _as_threshold(threshold_path) if threshold_path else find_presence_threshold(ckpt_path)
+    if thr is None:
+        warnings.warn(f"no presence_threshold.json next to {ckpt_path}: {FALLBACK_RULE}.", UserWarning, stacklevel=2)
+    cases = read_inference_cases(dataset_dir, centers, split)
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for case in tqdm(cases, desc="inferring", unit="image", disable=not progress):
+        row: dict[str, Any] = {"case_id": case["case_id"], "image": case["image"]}
+        try:
+            center = case["center"]
+            if center is None:
+                img, _ = load_ct(case["image"])
+                center = [(s - 1) / 2 for s in img.shape[1:]]
+                image: Any = img
+            else:
+                image = case["image"]
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                hyp = predict_hypotheses(
+                    image, center, network, world=case["world"], frame=case["frame"], spacing=spacing,
+                    roi_size=roi_size, num_samples=num_samples, seed=seed, threshold=thr, hu_window=hu_window,
+                    device=device,
+                )
+            hyp.extra["case_id"] = case["case_id"]
+            paths = hyp.save(out / case["case_id"])
+            row.update(
+                presence_probability=hyp.presence_probability,
+                ambiguous=hyp.ambiguous,
+                num_variants=len(hyp.variants),
+                top_variant_frequency=hyp.variants[0].frequency,
+                mean_area_mm2=float(np.mean(hyp.areas_mm2)),
+                output_dir=str(paths["report"].parent),
+            )
+        except (ValueError, FileNotFoundError, RuntimeError) as e:
+            logger.error("case %s (%s) failed: %s", case["case_id"], case["image"], e)
+            row["error"] = f"{type(e).__name__}: {e}"
+        rows.append(row)
+    summary = {
+        "checkpoint": str(ckpt_path),
+        "num_samples": num_samples,
+        "seed": seed,
+        "ambiguity_rule": FALLBACK_RULE if thr is None else thr.to_dict(),
+        "num_ok": sum("error" not in r for r in rows),
+        "num_failed": sum("error" in r for r in rows),
+        "cases": rows,
+    }
+    (out / "inference_summary.json").write_text(json.dumps(summary, indent=1))
+    logger.info("inference: %d ok, %d failed -> %s", summary["num_ok"], summary["num_failed"], out)
+    return summary
