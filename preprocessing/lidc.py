@@ -42,7 +42,7 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import pydicom
@@ -71,11 +71,13 @@ __all__ = [
     "select_readers",
     "annotation_planes",
     "lesion_crops",
+    "lesion_mask_crops",
     "SeriesFiles",
     "select_series_files",
     "Lesion",
     "scan_lesions",
     "locate_lesion_slices",
+    "reader_masks",
     "write_lesion_cases",
     "process_scan",
     "build_datalist",
@@ -437,24 +439,69 @@ def lesion_crops(
         raise ValueError(
             f"expected volume (X, Y, K) and masks (A, X, Y, K), got {tuple(volume.shape)} and {masks.shape}."
         )
-    affine = torch.as_tensor(_affine(volume))
-    data = {
-        "image": MetaTensor(volume.as_tensor()[None].float(), affine=affine),
-        "label": MetaTensor(torch.as_tensor(masks, dtype=torch.float32), affine=affine),
-    }
-    data = Spacingd(keys=["image", "label"], pixdim=[spacing, spacing, -1], mode=["bilinear", "nearest"])(data)
-    _, nx, ny, nk = data["image"].shape
-    data = SpatialPadd(keys="image", spatial_size=[nx + size, ny + size, -1], value=HU_AIR)(data)
+    images, labels, centre_rc = _resample_and_crop(_affine(volume), masks, center_xy, spacing, size, volume)
+    return cast(np.ndarray, images), labels, centre_rc
+
+
+def lesion_mask_crops(
+    masks: np.ndarray,
+    affine: np.ndarray,
+    center_xy: Sequence[float],
+    spacing: float = 0.5,
+    size: int = 180,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`lesion_crops` of the reader masks alone (no CT image needed): the same resampling and crop.
+
+    Args:
+        masks: ``(A, X, Y, K)`` binary reader masks (MONAI order).
+        affine: ``(4, 4)`` voxel-to-world affine of the mask grid (what :func:`read_ct_series` gives the volume).
+        center_xy: crop centre as a (fractional) ``(x, y)`` voxel index.
+        spacing: in-plane output spacing in mm.
+        size: crop side in output pixels.
+
+    Returns:
+        ``(masks (K, A, size, size) uint8 in (row, col) order, centre_rc)``; identical to the masks and centre that
+        :func:`lesion_crops` returns for any volume with this affine.
+    """
+    affine = np.asarray(affine, dtype=np.float64)
+    if masks.ndim != 4 or affine.shape != (4, 4):
+        raise ValueError(f"expected masks (A, X, Y, K) and a 4 x 4 affine, got {masks.shape} and {affine.shape}.")
+    _, labels, centre_rc = _resample_and_crop(affine, masks, center_xy, spacing, size, None)
+    return labels, centre_rc
+
+
+def _resample_and_crop(
+    affine_np: np.ndarray,
+    masks: np.ndarray,
+    center_xy: Sequence[float],
+    spacing: float,
+    size: int,
+    volume: MetaTensor | None,
+) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+    """The shared body of :func:`lesion_crops` and :func:`lesion_mask_crops` (``volume=None``: masks only)."""
+    affine = torch.as_tensor(affine_np)
+    data = {"label": MetaTensor(torch.as_tensor(masks, dtype=torch.float32), affine=affine)}
+    keys, modes = ["label"], ["nearest"]
+    if volume is not None:
+        data["image"] = MetaTensor(volume.as_tensor()[None].float(), affine=affine)
+        keys, modes = ["image", "label"], ["bilinear", "nearest"]
+    ref = keys[0]  # every key shares the resampled grid
+    data = Spacingd(keys=keys, pixdim=[spacing, spacing, -1], mode=modes)(data)
+    _, nx, ny, nk = data[ref].shape
+    if volume is not None:
+        data = SpatialPadd(keys="image", spatial_size=[nx + size, ny + size, -1], value=HU_AIR)(data)
     data = SpatialPadd(keys="label", spatial_size=[nx + size, ny + size, -1], value=0)(data)
     # index -> world -> index through the affines MONAI updated (hand-written: two 4x4 products)
     world = affine.numpy() @ np.array([center_xy[0], center_xy[1], 0.0, 1.0])
-    padded = _affine(data["image"])
+    padded = _affine(data[ref])
     cx, cy = (np.linalg.solve(padded, world))[:2]
     start = [int(round(cx - (size - 1) / 2)), int(round(cy - (size - 1) / 2)), 0]
-    data = SpatialCropd(keys=["image", "label"], roi_start=start, roi_end=[start[0] + size, start[1] + size, nk])(data)
-    centre_world = _affine(data["image"]) @ np.array([(size - 1) / 2, (size - 1) / 2, 0, 1])
+    data = SpatialCropd(keys=keys, roi_start=start, roi_end=[start[0] + size, start[1] + size, nk])(data)
+    centre_world = _affine(data[ref]) @ np.array([(size - 1) / 2, (size - 1) / 2, 0, 1])
     centre_xy = np.linalg.solve(affine.numpy(), centre_world)[:2]
-    images = data["image"].as_tensor()[0].permute(2, 1, 0).numpy().astype(np.float32)  # (K, Y=row, X=col)
+    images = None
+    if volume is not None:
+        images = data["image"].as_tensor()[0].permute(2, 1, 0).numpy().astype(np.float32)  # (K, Y=row, X=col)
     labels = (data["label"].as_tensor().permute(3, 0, 2, 1).numpy() > 0.5).astype(np.uint8)  # (K, A, row, col)
     return images, labels, np.array([centre_xy[1], centre_xy[0]])
 
@@ -620,6 +667,26 @@ def locate_lesion_slices(scan: Scan, lesions: list[Lesion], series: SeriesFiles)
     return missing_total, notes
 
 
+def reader_masks(lesion: Lesion, ks: Sequence[int]) -> np.ndarray:
+    """A lesion's reader masks on slices ``ks`` in MONAI order, always :data:`NUM_GRADERS` of them.
+
+    Args:
+        lesion: a lesion whose ``planes`` are filled (:func:`locate_lesion_slices`).
+        ks: slice indices (into ``scan.slice_zvals``).
+
+    Returns:
+        ``(NUM_GRADERS, X = cols, Y = rows, len(ks))`` uint8: pylidc's ``(row, col)`` planes transposed; a missing
+        reader, or a slice outside a reader's bounding box, is an empty mask.
+    """
+    rows, cols = lesion.planes[0][next(iter(lesion.planes[0]))].shape
+    masks = np.zeros((NUM_GRADERS, cols, rows, len(ks)), dtype=np.uint8)
+    for g, planes in enumerate(lesion.planes):
+        for j, k in enumerate(ks):
+            if k in planes:
+                masks[g, :, :, j] = planes[k].T
+    return masks
+
+
 def write_lesion_cases(
     scan: Scan, index: int, lesion: Lesion, volume: MetaTensor, settings: LIDCSettings, folder: Path
 ) -> list[dict[str, Any]]:
@@ -634,19 +701,13 @@ def write_lesion_cases(
         folder: where ``images/`` and ``labels/`` are written.
     """
     zvals, vol_z = scan.slice_zvals, np.asarray(volume.meta["slice_z"], dtype=np.float64)
-    rows, cols = lesion.planes[0][next(iter(lesion.planes[0]))].shape
     spacing = (settings.spacing_mm, settings.spacing_mm)
     cases = []
     for c0 in range(0, len(lesion.slices), SLICE_CHUNK):
         ks = lesion.slices[c0 : c0 + SLICE_CHUNK]
         idx = [_match_z([float(zvals[k])], vol_z)[float(zvals[k])] for k in ks]
         sub = MetaTensor(volume.as_tensor()[..., idx], affine=volume.affine)
-        # pylidc (row, col) planes -> MONAI (x = col, y = row); a missing reader is an empty mask
-        masks = np.zeros((NUM_GRADERS, cols, rows, len(ks)), dtype=np.uint8)
-        for g, planes in enumerate(lesion.planes):
-            for j, k in enumerate(ks):
-                if k in planes:
-                    masks[g, :, :, j] = planes[k].T
+        masks = reader_masks(lesion, ks)
         centre_xy = (lesion.center_rc[1], lesion.center_rc[0])
         images, labels, centre_rc = lesion_crops(sub, masks, centre_xy, settings.spacing_mm, settings.crop_size)
         for j, k in enumerate(ks):

@@ -9,14 +9,20 @@ from pathlib import Path
 from typing import Any
 
 from .disk_format import DATALIST_NAME, validate_datalist
+from .lidc_phantom import LIDC_PHANTOM_VERSION, generate_lidc_phantom
 from .shapes import SHAPES_VERSION, generate_shapes
+from .scenes32 import SCENES32_VERSION, generate_scenes32
 
 __all__ = ["BUILTIN_DATASETS", "prepare_dataset"]
 
 logger = logging.getLogger(__name__)
 
 #: name -> (generator(root, seed=..., **kwargs) -> datalist path, generator version)
-BUILTIN_DATASETS: dict[str, tuple[Callable[..., Path], int]] = {"shapes": (generate_shapes, SHAPES_VERSION)}
+BUILTIN_DATASETS: dict[str, tuple[Callable[..., Path], int]] = {
+    "shapes": (generate_shapes, SHAPES_VERSION),
+    "lidc_phantom": (generate_lidc_phantom, LIDC_PHANTOM_VERSION),
+}
+BUILTIN_DATASETS["scenes32"] = (generate_scenes32, SCENES32_VERSION)
 
 
 def _cached_params(datalist: Path) -> dict[str, Any] | None:
@@ -53,7 +59,8 @@ def prepare_dataset(name: str, root: str | Path, seed: int = 0, **kwargs: Any) -
     generator, version = BUILTIN_DATASETS[name]
     cached = _cached_params(datalist)
     if cached is not None and cached.get("version") == version:
-        wanted = {**cached.get("params", {}), "seed": seed, **kwargs}
+        # through JSON, as the cached params were: a tuple argument equals the list it was recorded as
+        wanted = json.loads(json.dumps({**cached.get("params", {}), "seed": seed, **kwargs}, default=str))
         if wanted == cached.get("params"):
             return str(datalist)
         logger.info("dataset %s at %s was generated with other parameters; regenerating.", name, root)
