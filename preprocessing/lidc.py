@@ -711,29 +711,48 @@ def write_lesion_cases(
         centre_xy = (lesion.center_rc[1], lesion.center_rc[0])
         images, labels, centre_rc = lesion_crops(sub, masks, centre_xy, settings.spacing_mm, settings.crop_size)
         for j, k in enumerate(ks):
-            case = f"{scan.patient_id}_s{scan.id:04d}_n{index:02d}_k{k:03d}"
-            label_paths = [f"labels/{case}_g{g}.nii.gz" for g in range(NUM_GRADERS)]
-            write_nifti(folder / "images" / f"{case}.nii.gz", images[j], spacing)
-            for g in range(NUM_GRADERS):
-                write_nifti(folder / label_paths[g], labels[j, g], spacing)
             cases.append(
-                {
-                    "image": f"images/{case}.nii.gz",
-                    "label": label_paths,
-                    "modes": list(label_paths),
-                    "mode_probs": [1.0 / NUM_GRADERS] * NUM_GRADERS,
-                    "patient_id": scan.patient_id,
-                    "case_id": case,
-                    "scan_id": int(scan.id),
-                    "nodule_index": index,
-                    "slice_index": int(k),
-                    "z_mm": float(zvals[k]),
-                    "annotation_ids": [int(a.id) for a in lesion.annotations],
-                    "readers_drawn": int(labels[j].reshape(NUM_GRADERS, -1).any(1).sum()),
-                    "crop_center_rc": [round(float(c), 4) for c in centre_rc],
-                }
+                write_case(folder, scan, index, lesion, int(k), float(zvals[k]), images[j], labels[j], centre_rc, spacing)
             )
     return cases
+
+
+def write_case(
+    folder: Path,
+    scan: Any,
+    index: int,
+    lesion: Any,
+    k: int,
+    z_mm: float,
+    image: np.ndarray,
+    labels: np.ndarray,
+    centre_rc: Sequence[float],
+    spacing: Sequence[float],
+) -> dict[str, Any]:
+    """Write one crop (``H x W`` image, ``4 x H x W`` reader masks) as NIfTI and return its datalist entry.
+
+    The modes of the true distribution are the 4 reader masks with probability 1/4 each (empties included).
+    """
+    case = f"{scan.patient_id}_s{scan.id:04d}_n{index:02d}_k{k:03d}"
+    label_paths = [f"labels/{case}_g{g}.nii.gz" for g in range(NUM_GRADERS)]
+    write_nifti(folder / "images" / f"{case}.nii.gz", image, spacing)
+    for g in range(NUM_GRADERS):
+        write_nifti(folder / label_paths[g], labels[g], spacing)
+    return {
+        "image": f"images/{case}.nii.gz",
+        "label": label_paths,
+        "modes": list(label_paths),
+        "mode_probs": [1.0 / NUM_GRADERS] * NUM_GRADERS,
+        "patient_id": scan.patient_id,
+        "case_id": case,
+        "scan_id": int(scan.id),
+        "nodule_index": index,
+        "slice_index": k,
+        "z_mm": z_mm,
+        "annotation_ids": [int(a.id) for a in lesion.annotations],
+        "readers_drawn": int(np.asarray(labels).reshape(NUM_GRADERS, -1).any(1).sum()),
+        "crop_center_rc": [round(float(c), 4) for c in centre_rc],
+    }
 
 
 def _commit_scan(out_dir: Path, staging: Path, manifest: dict[str, Any]) -> None:

@@ -59,7 +59,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from scipy.ndimage import binary_dilation, binary_erosion, distance_transform_edt, gaussian_filter
 
-from .disk_format import DATALIST_NAME, SPLITS, atomic_dataset_dir, patient_level_split, write_nifti
+from .disk_format import DATALIST_NAME, SPLITS, atomic_dataset_dir, patient_level_split
 
 if TYPE_CHECKING:  # imported lazily: pylidc's import is slow, preprocessing.lidc imports this package
     from pylidc import Scan
@@ -330,7 +330,7 @@ def phantom_scan_cases(
         ``{"cases": datalist entries (without split), "annotations", "lesions", "groups_over_4",
         "dropped_all_empty", "notes"}``.
     """
-    from preprocessing.lidc import _get_scan, scan_lesions
+    from preprocessing.lidc import _get_scan, scan_lesions, write_case
 
     folder = Path(folder)
     scan = _get_scan(scan_id)
@@ -349,27 +349,8 @@ def phantom_scan_cases(
             if not drawn.any():
                 dropped += 1
                 continue
-            case = f"{scan.patient_id}_s{scan.id:04d}_n{index:02d}_k{k:03d}"
-            label_paths = [f"labels/{case}_g{g}.nii.gz" for g in range(NUM_GRADERS)]
-            write_nifti(folder / "images" / f"{case}.nii.gz", image, spacing)
-            for g in range(NUM_GRADERS):
-                write_nifti(folder / label_paths[g], labels[g], spacing)
             cases.append(
-                {
-                    "image": f"images/{case}.nii.gz",
-                    "label": label_paths,
-                    "modes": list(label_paths),
-                    "mode_probs": [1.0 / NUM_GRADERS] * NUM_GRADERS,
-                    "patient_id": scan.patient_id,
-                    "case_id": case,
-                    "scan_id": int(scan.id),
-                    "nodule_index": index,
-                    "slice_index": int(k),
-                    "z_mm": float(zvals[k]),
-                    "annotation_ids": [int(a.id) for a in lesion.annotations],
-                    "readers_drawn": int(drawn.sum()),
-                    "crop_center_rc": [round(float(c), 4) for c in centre_rc],
-                }
+                write_case(folder, scan, index, lesion, int(k), float(zvals[k]), image, labels, centre_rc, spacing)
             )
     return {
         "cases": cases,
