@@ -289,7 +289,8 @@ def test_override_configs_build_the_baselines(name):
 
 def test_bundle_trains_mheads(tmp_path):
     config = str([str(REPO / "bundle" / "configs" / "train.yaml"), str(BASELINES / "mheads.yaml")])
-    small = ("--dataset_kwargs#num_patients", "12", "--dataset_kwargs#image_size", "32", "--channels", "[8, 16, 32]",
+    small = ("--dataset_name", "shapes", "--dataset_kwargs", "{'num_patients': 12, 'image_size': 32}",
+             "--channels", "[8, 16, 32]",
              "--max_epochs", "1", "--val_interval", "1")  # fmt: skip
     proc = run_bundle(
         *small, "--ckpt_dir", str(tmp_path / "models"), "--dataset_dir", str(tmp_path / "data"), config_file=config

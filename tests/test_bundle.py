@@ -11,8 +11,8 @@ from monai_probunet.networks import ProbUNet
 from .conftest import REPO, run_bundle
 
 SMALL = (
-    "--dataset_kwargs#num_patients", "12",
-    "--dataset_kwargs#image_size", "32",
+    "--dataset_name", "shapes",  # engine tests: 12 patients x 2 images of 32 x 32 -> 16 training images
+    "--dataset_kwargs", "{'num_patients': 12, 'image_size': 32}",
     "--channels", "[8, 16, 32]",
     "--max_epochs", "2",
     "--val_interval", "1",

@@ -308,8 +308,8 @@ def _bundle(run_id: str, config_files: list[Path], *args: str) -> subprocess.Com
 
 def test_bundle_evaluate_end_to_end(tmp_path):
     small = [
-        "--dataset_kwargs#num_patients", "12",
-        "--dataset_kwargs#image_size", "32",
+        "--dataset_name", "shapes",
+        "--dataset_kwargs", "{'num_patients': 12, 'image_size': 32}",
         "--channels", "[8, 16, 32]",
         "--latent_dim", "2",
         "--max_epochs", "1",
