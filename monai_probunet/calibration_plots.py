@@ -20,9 +20,14 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-import torch.nn as nn
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never needs a display
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
 
 from .data.disk_format import load_datalist
 from .data.scenes32 import FLIPS, IGNORE_INDEX, SWITCHABLE_CLASSES
@@ -30,6 +35,16 @@ from .engines.precision import autocast_context
 from .metrics.calibration import CalibrationAccumulator, ModeCalibration, PixelMarginals
 from .metrics.oracle import sample_modes
 from .networks.utils import hypotheses_to_labels
+
+
+def _save(fig: plt.Figure, path: str | Path, dpi: int) -> Path:
+    """Lay out, write ``fig`` as PNG (creating the folder) and close it."""
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
 
 __all__ = [
     "ORACLE",
@@ -113,11 +128,6 @@ def label_sample_grid(
     Returns:
         ``path``.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     n, a, s = images.shape[0], references.shape[1], samples.shape[1]
     h, w = images.shape[-2:]
     cols = 1 + a + s
@@ -138,12 +148,7 @@ def label_sample_grid(
                 ax.set_title(name, fontsize=6)
         if titles is not None:
             axes[r, 0].set_ylabel(str(titles[r]), fontsize=6)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path, dpi=100)
 
 
 def evaluate_calibration(
@@ -244,11 +249,6 @@ def mode_calibration_plot(
     Returns:
         ``path``.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     cals = {"model": calibrations} if isinstance(calibrations, ModeCalibration) else dict(calibrations)
     if not cals:
         raise ValueError("nothing to plot: pass at least one ModeCalibration.")
@@ -269,12 +269,7 @@ def mode_calibration_plot(
     ax.set_ylabel("predicted mode frequency" + (" (all flips visible)" if exact else ""))
     ax.set_title(title or "Reproduction of the mode probabilities")
     ax.legend(fontsize=7, loc="upper left")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path, dpi=120)
 
 
 def pixel_marginals_plot(
@@ -291,11 +286,6 @@ def pixel_marginals_plot(
     Returns:
         ``path``.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     margs = {"model": marginals} if isinstance(marginals, PixelMarginals) else dict(marginals)
     if not margs:
         raise ValueError("nothing to plot: pass at least one PixelMarginals.")
@@ -325,12 +315,7 @@ def pixel_marginals_plot(
     handles, labels = ax.get_legend_handles_labels()
     uniq = dict(zip(labels, handles))
     ax.legend(uniq.values(), uniq.keys(), fontsize=7, loc="lower right")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path, dpi=120)
 
 
 def _pad_stack(maps: Sequence[torch.Tensor]) -> torch.Tensor:
