@@ -50,14 +50,12 @@ from PIL import Image
 
 from monai_probunet.data.disk_format import DATALIST_NAME, SPLITS, write_nifti
 from monai_probunet.data.scenes32 import (
-    CLASS_NAMES,
     FLIP_PROBS,
     FLIPS,
     IGNORE_INDEX,
-    NUM_CLASSES,
-    SWITCHABLE_CLASSES,
     distinct_modes,
     enumerate_modes,
+    flip_task_metadata,
 )
 
 __all__ = [
@@ -311,11 +309,7 @@ def convert_cityscapes(
         "(Kohl et al. 2018)",
         "generator": {"name": "preprocessing.cityscapes", "params": settings},
         "num_graders": num_graders,
-        "num_classes": NUM_CLASSES,
-        "ignore_index": IGNORE_INDEX,
-        "switchable_classes": list(SWITCHABLE_CLASSES),
-        "class_names": list(CLASS_NAMES),
-        "flips": [{"source": s, "target": t, "probability": p, "name": n} for s, t, p, n in FLIPS],
+        **flip_task_metadata(),
         "validation_cities": list(validation_cities),
         **{s: [] for s in SPLITS},
     }

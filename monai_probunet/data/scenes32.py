@@ -449,6 +449,17 @@ def render_scene(
 # --------------------------------------------------------------------------------------------- dataset
 
 
+def flip_task_metadata() -> dict[str, Any]:
+    """``datalist.json`` keys describing the flipped-class task (shared by scenes32 and the Cityscapes converter)."""
+    return {
+        "num_classes": NUM_CLASSES,
+        "ignore_index": IGNORE_INDEX,
+        "switchable_classes": list(SWITCHABLE_CLASSES),
+        "class_names": list(CLASS_NAMES),
+        "flips": [{"source": s, "target": t, "probability": p, "name": n} for s, t, p, n in FLIPS],
+    }
+
+
 def generate_scenes32(
     root: str | Path,
     seed: int = 0,
@@ -503,11 +514,7 @@ def generate_scenes32(
         "description": "procedural street scenes, Cityscapes train ids, 5 classes flipped at random (32 modes)",
         "generator": {"name": "scenes32", "version": SCENES32_VERSION, "params": params},
         "num_graders": num_graders,
-        "num_classes": NUM_CLASSES,
-        "ignore_index": IGNORE_INDEX,
-        "switchable_classes": list(SWITCHABLE_CLASSES),
-        "class_names": list(CLASS_NAMES),
-        "flips": [{"source": s, "target": t, "probability": p, "name": n} for s, t, p, n in FLIPS],
+        **flip_task_metadata(),
         "patterns": [{"index": j, "flips": list(b), "probability": p} for j, (b, p) in enumerate(patterns)],
         **{s: [] for s in SPLITS},
     }
