@@ -35,16 +35,8 @@ from .engines.precision import autocast_context
 from .metrics.calibration import CalibrationAccumulator, ModeCalibration, PixelMarginals
 from .metrics.oracle import sample_modes
 from .networks.utils import hypotheses_to_labels
+from .visualize import save_figure
 
-
-def _save(fig: plt.Figure, path: str | Path, dpi: int) -> Path:
-    """Lay out, write ``fig`` as PNG (creating the folder) and close it."""
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
-    return path
 
 __all__ = [
     "ORACLE",
@@ -148,7 +140,8 @@ def label_sample_grid(
                 ax.set_title(name, fontsize=6)
         if titles is not None:
             axes[r, 0].set_ylabel(str(titles[r]), fontsize=6)
-    return _save(fig, path, dpi=100)
+    fig.tight_layout()
+    return save_figure(fig, path, dpi=100)
 
 
 def evaluate_calibration(
@@ -269,7 +262,8 @@ def mode_calibration_plot(
     ax.set_ylabel("predicted mode frequency" + (" (all flips visible)" if exact else ""))
     ax.set_title(title or "Reproduction of the mode probabilities")
     ax.legend(fontsize=7, loc="upper left")
-    return _save(fig, path, dpi=120)
+    fig.tight_layout()
+    return save_figure(fig, path, dpi=120)
 
 
 def pixel_marginals_plot(
@@ -315,7 +309,8 @@ def pixel_marginals_plot(
     handles, labels = ax.get_legend_handles_labels()
     uniq = dict(zip(labels, handles))
     ax.legend(uniq.values(), uniq.keys(), fontsize=7, loc="lower right")
-    return _save(fig, path, dpi=120)
+    fig.tight_layout()
+    return save_figure(fig, path, dpi=120)
 
 
 def _pad_stack(maps: Sequence[torch.Tensor]) -> torch.Tensor:

@@ -13,7 +13,16 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-__all__ = ["sample_grid"]
+__all__ = ["save_figure", "sample_grid"]
+
+
+def save_figure(fig: plt.Figure, path: str | Path, dpi: int = 120) -> Path:
+    """Write ``fig`` as PNG to ``path`` (creating its folder) and close it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
 
 
 def _np(x: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -68,8 +77,7 @@ def sample_grid(
             axes[r, 0].set_ylabel(str(titles[r]), fontsize=6)
     fig.tight_layout(pad=0.2)
     if path is not None:
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
+        save_figure(fig, path, dpi=100)
     return fig
 
 
@@ -129,8 +137,7 @@ def ged_vs_samples(
     ax.legend(fontsize=7)
     fig.tight_layout()
     if path is not None:
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
+        save_figure(fig, path, dpi=120)
     return fig
 
 
@@ -177,8 +184,7 @@ def presence_histogram(
     ax.legend(fontsize=6)
     fig.tight_layout()
     if path is not None:
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
+        save_figure(fig, path, dpi=120)
     return fig
 
 
