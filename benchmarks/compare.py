@@ -5,9 +5,14 @@ Every model is trained by the same bundle command with one shared CPU-sized sche
 the oracle (draws from the true distribution). Writes ``results.md`` (GED at 1/4/8/16 samples, matched IoU at 16,
 lesion-presence accuracy, oracle row included) and ``ged_vs_samples.png`` into ``--out``.
 
-    python benchmarks/compare.py                 # the full run (about 90 minutes on 2 CPU cores)
+    python benchmarks/compare.py --jobs 2        # the full run: two 1-thread trainings at a time on 2 CPU cores
     python benchmarks/compare.py --quick         # minutes: tiny data, 2 epochs, to check the pipeline
     python benchmarks/compare.py --dataset shapes --models probunet unet
+    python benchmarks/compare.py --task scenes32  # the 32-mode street-scene task (scenes32.yaml appended last)
+
+With ``--task scenes32`` the table adds Eq. 7 GED against the 32 known modes, the Pearson r of mode frequencies
+against mode probabilities and the modes hit (from each model's ``calibration.json``), and ``mode_calibration.png``
+overlays every model's Fig. 5 scatter.
 
 The U-Net Ensemble has ``--ensemble-members`` members (trained with different seeds); for S above that number its
 members are reused cyclically, so its curve flattens there (the paper trains one ensemble per S).
@@ -17,9 +22,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,32 +46,60 @@ MODELS: dict[str, str | None] = {
 }
 
 
-def _configs(name: str, extra: str | None = None) -> str:
+#: relative training cost (1-thread minutes at the default schedule, measured): the longest start first with --jobs
+COST: dict[str, float] = {"input_injection": 12, "probunet": 10, "dropout_unet": 10, "image2image_vae": 9,
+                          "fixed_prior": 9, "fixed_prior_context_free_posterior": 9, "mheads": 6, "unet": 6,
+                          "unet_ensemble": 6}  # fmt: skip
+
+#: task name -> override config appended last (it may replace the `evaluating` list)
+TASKS: dict[str, str | None] = {"lidc": None, "scenes32": "scenes32.yaml"}
+
+
+def _configs(name: str, task: str, evaluate: bool = False) -> str:
     files = [str(CONFIGS / "train.yaml")]
     if MODELS[name] is not None:
         files.append(str(CONFIGS / MODELS[name]))
-    if extra is not None:
-        files.append(str(CONFIGS / extra))
+    if evaluate:
+        files.append(str(CONFIGS / "evaluate.yaml"))
+    if TASKS[task] is not None:
+        files.append(str(CONFIGS / TASKS[task]))
     return repr(files)
 
 
-def _bundle(run_id: str, config_files: str, overrides: list[str], log: Path) -> None:
+def _bundle(run_id: str, config_files: str, overrides: list[str], log: Path, threads: int | None = None) -> float:
+    """Run a bundle workflow in a subprocess (stdout + stderr into ``log``); returns its wall seconds."""
     cmd = [sys.executable, "-m", "monai.bundle", "run", run_id, "--config_file", config_files, *overrides]
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads)) if threads else None
+    t0 = time.perf_counter()
     with open(log, "w") as f:
-        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, check=False)
+        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, check=False, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed; see {log}")
+    return time.perf_counter() - t0
+
+
+#: quick mode: a few images and a narrow network per task
+QUICK_DATA: dict[str, list[str]] = {
+    "lidc": ["--dataset_kwargs#num_patients", "24"],
+    "scenes32": [
+        "--dataset_kwargs", "{'num_cities': 8, 'images_per_city': 2, 'image_size': [32, 64], 'num_graders': 3}",
+    ],  # fmt: skip
+}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=REPO / "bundle" / "eval" / "compare")
-    parser.add_argument("--dataset", default=None, help="built-in dataset name (default: train.yaml's)")
+    parser.add_argument("--task", default="lidc", choices=list(TASKS), help="lidc: train.yaml's data; scenes32")
+    parser.add_argument("--dataset", default=None, help="built-in dataset name (default: the task's)")
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-    parser.add_argument("--max-epochs", type=int, default=None, help="shared schedule (default: train.yaml's)")
+    parser.add_argument("--max-epochs", type=int, default=None, help="shared schedule (default: the task's)")
     parser.add_argument("--ensemble-members", type=int, default=4)
+    parser.add_argument("--jobs", type=int, default=1, help="trainings at once, each with cores // jobs threads")
     parser.add_argument("--quick", action="store_true", help="tiny data and 2 epochs: checks the pipeline in minutes")
     args = parser.parse_args()
+    if args.jobs < 1:
+        parser.error(f"--jobs must be >= 1, got {args.jobs}")
 
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -72,41 +107,72 @@ def main() -> None:
     if args.dataset is not None:
         common += ["--dataset_name", args.dataset]
     if args.quick:
-        common += ["--dataset_kwargs#num_patients", "24", "--channels", "[8, 16, 32]", "--val_interval", "1"]
+        common += [*QUICK_DATA[args.task], "--channels", "[8, 16, 32]", "--val_interval", "1"]
         args.max_epochs = args.max_epochs or 2
         args.ensemble_members = min(args.ensemble_members, 2)
     if args.max_epochs is not None:
         common += ["--max_epochs", str(args.max_epochs)]
+    threads = max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else None
 
-    summaries: dict[str, dict] = {}
-    timings: dict[str, float] = {}
+    # the data are generated once, before trainings share them
+    _bundle("datalist", _configs(args.models[0], args.task), common, out / "prepare_data.log")
+    # one training per model (per member for the ensemble), the most expensive first
+    units: list[tuple[str, int | None]] = []
     for name in args.models:
-        t0 = time.perf_counter()
-        ckpt = out / "models" / name
+        units += [(name, s) for s in range(args.ensemble_members)] if name == "unet_ensemble" else [(name, None)]
+    units.sort(key=lambda u: COST.get(u[0], 1.0), reverse=True)
+    ckpts = {name: out / "models" / name for name in args.models}
+
+    def train(unit: tuple[str, int | None]) -> float:
+        name, seed = unit
+        if seed is None:
+            overrides, log = [*common, "--ckpt_dir", str(ckpts[name])], out / f"train_{name}.log"
+        else:
+            member = ckpts[name] / f"member_{seed}"
+            overrides, log = [*common, "--seed", str(seed), "--ckpt_dir", str(member)], out / f"train_{name}_{seed}.log"
+        seconds = _bundle("training", _configs(name, args.task), overrides, log, threads)
+        print(f"trained {name}{'' if seed is None else f' member {seed}'} in {seconds / 60:.1f} min", flush=True)
+        return seconds
+
+    def evaluate(name: str) -> float:
         if name == "unet_ensemble":
-            members = []
-            for seed in range(args.ensemble_members):
-                member = ckpt / f"member_{seed}"
-                overrides = [*common, "--seed", str(seed), "--ckpt_dir", str(member)]
-                _bundle("training", _configs(name), overrides, out / f"train_{name}_{seed}.log")
-                members.append(str(member / "model.pt"))
+            members = [str(ckpts[name] / f"member_{s}" / "model.pt") for s in range(args.ensemble_members)]
             evaluation = ["--ensemble_ckpts", repr(members), "--model_name", name]
         else:
-            _bundle("training", _configs(name), [*common, "--ckpt_dir", str(ckpt)], out / f"train_{name}.log")
             evaluation = ["--model_name", name]
-        eval_dir = out / "eval" / name
-        overrides = [*common, "--ckpt_dir", str(ckpt), "--output_dir", str(eval_dir), *evaluation]
-        _bundle("evaluating", _configs(name, "evaluate.yaml"), overrides, out / f"eval_{name}.log")
-        summaries[name] = json.loads((eval_dir / "summary.json").read_text())
-        timings[name] = time.perf_counter() - t0
-        print(f"{name}: done in {timings[name] / 60:.1f} min", flush=True)
+        overrides = [*common, "--ckpt_dir", str(ckpts[name]), "--output_dir", str(out / "eval" / name), *evaluation]
+        return _bundle("evaluating", _configs(name, args.task, evaluate=True), overrides, out / f"eval_{name}.log",
+                       threads)  # fmt: skip
 
-    write_table(summaries, timings, out / "results.md")
+    timings: dict[str, float] = dict.fromkeys(args.models, 0.0)
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        for unit, seconds in zip(units, pool.map(train, units)):
+            timings[unit[0]] += seconds
+        for name, seconds in zip(args.models, pool.map(evaluate, args.models)):
+            timings[name] += seconds
+    summaries: dict[str, dict] = {}
+    calibrations: dict[str, dict] = {}
+    for name in args.models:
+        eval_dir = out / "eval" / name
+        summaries[name] = json.loads((eval_dir / "summary.json").read_text())
+        if (eval_dir / "calibration.json").is_file():
+            calibrations[name] = json.loads((eval_dir / "calibration.json").read_text())
+
+    write_table(summaries, timings, out / "results.md", calibrations)
     from monai_probunet.visualize import ged_vs_samples
 
     curves = {name: s["models"][name] for name, s in summaries.items()}
     curves["oracle"] = next(iter(summaries.values()))["models"]["oracle"]
     ged_vs_samples(curves, out / "ged_vs_samples.png")
+    if calibrations:
+        from monai_probunet.calibration_plots import mode_calibration_plot
+        from monai_probunet.metrics.calibration import ModeCalibration
+
+        names = [*calibrations, "oracle"]
+        any_cal = next(iter(calibrations.values()))
+        sources = {n: any_cal if n == "oracle" else calibrations[n] for n in names}
+        cals = {n: ModeCalibration.from_dict(c["models"][n]["mode_calibration"]) for n, c in sources.items()}
+        mode_calibration_plot(cals, out / "mode_calibration.png")
     print((out / "results.md").read_text())
 
 
@@ -117,22 +183,34 @@ def _metric(model_summary: dict, metric: str, s: int) -> float | None:
     return None
 
 
-def write_table(summaries: dict[str, dict], timings: dict[str, float], path: Path) -> None:
-    """Markdown table: squared GED at S = 1/4/8/16, matched IoU at 16, presence accuracy, training + eval time."""
+def write_table(
+    summaries: dict[str, dict], timings: dict[str, float], path: Path, calibrations: dict[str, dict] | None = None
+) -> None:
+    """Markdown table: squared GED at S = 1/4/8/16, matched IoU at 16, presence accuracy (binary tasks) or Eq. 7 GED,
+    Pearson r and modes hit (``calibrations``: the 32-mode task), training + evaluation minutes."""
+    calibrations = calibrations or {}
     any_summary = next(iter(summaries.values()))
-    rows = [(name, s["models"][name], timings.get(name)) for name, s in summaries.items()]
-    rows.append(("oracle", any_summary["models"]["oracle"], None))
+    any_cal = next(iter(calibrations.values()), None)
+    rows = [(name, s["models"][name], timings.get(name), calibrations.get(name, {}).get("models", {}).get(name))
+            for name, s in summaries.items()]  # fmt: skip
+    rows.append(("oracle", any_summary["models"]["oracle"], None, any_cal and any_cal["models"]["oracle"]))
+    extra = "Eq. 7 GED² S=16 | mode r | modes hit" if calibrations else "presence accuracy"
     lines = [
         f"Test split, {any_summary['num_images']} images; {any_summary['estimator']}; lower GED is better.",
         "",
-        "| model | GED² S=1 | S=4 | S=8 | S=16 | matched IoU S=16 | presence accuracy | minutes |",
-        "|---|---|---|---|---|---|---|---|",
+        f"| model | GED² S=1 | S=4 | S=8 | S=16 | matched IoU S=16 | {extra} | minutes |",
+        "|---|---|---|---|---|---|---|---|" + ("---|---|" if calibrations else ""),
     ]
-    for name, summary, seconds in rows:
-        geds = [_metric(summary, "ged", s) for s in (1, 4, 8, 16)]
-        iou = _metric(summary, "matched_iou", 16)
-        acc = summary.get("presence", {}).get("test_accuracy")
-        cells = [f"{v:.3f}" if v is not None else "–" for v in (*geds, iou, acc)]
+    for name, summary, seconds, cal in rows:
+        values = [_metric(summary, "ged", s) for s in (1, 4, 8, 16)] + [_metric(summary, "matched_iou", 16)]
+        if calibrations:
+            mc = cal["mode_calibration"] if cal else {}
+            values += [cal["ged"]["ged"] if cal else None, mc.get("pearson_r")]
+        else:
+            values.append(summary.get("presence", {}).get("test_accuracy"))
+        cells = [f"{v:.3f}" if v is not None else "–" for v in values]
+        if calibrations:
+            cells.append(f"{mc['modes_hit']}/{mc['num_patterns']}" if cal else "–")
         minutes = f"{seconds / 60:.1f}" if seconds is not None else "–"
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {minutes} |")
     path.write_text("\n".join(lines) + "\n")

@@ -337,6 +337,7 @@ def run_calibration(
     transform: Callable[[dict], dict],
     output_dir: str | Path,
     ckpt_path: str | Path | None = None,
+    ensemble_ckpts: Sequence[str | Path] | None = None,
     model_name: str = "probunet",
     eval_split: str = "test",
     num_samples: int = 16,
@@ -362,7 +363,8 @@ def run_calibration(
         datalist: path of ``datalist.json``.
         transform: the bundle's ``load_transforms`` (as for :func:`evaluate_calibration`).
         output_dir: output folder.
-        ckpt_path: checkpoint (``model.pt``); ``None`` evaluates ``network`` as it is.
+        ckpt_path: checkpoint (``model.pt``); ``None`` (and no ``ensemble_ckpts``) evaluates ``network`` as it is.
+        ensemble_ckpts: member checkpoints of a U-Net ensemble (instead of ``ckpt_path``).
         model_name: name in the outputs.
         eval_split: datalist split.
         oracle: also analyse the oracle (true modes at their true probabilities) as a reference.
@@ -372,11 +374,11 @@ def run_calibration(
     Returns:
         The dict written to ``calibration.json``.
     """
-    from .evaluation import load_network_weights
+    from .evaluation import load_model
 
     device = torch.device(device)
-    if ckpt_path is not None:
-        network = load_network_weights(network, ckpt_path)
+    if ckpt_path is not None or ensemble_ckpts:
+        network = load_model(network, ckpt_path, ensemble_ckpts)
     network = network.to(device).eval()
     items = load_datalist(datalist, eval_split)
     common = dict(num_samples=num_samples, seed=seed, device=device, batch_size=batch_size, precision=precision,
@@ -393,7 +395,7 @@ def run_calibration(
     out = {
         "split": eval_split,
         "num_samples": num_samples,
-        "checkpoint": None if ckpt_path is None else str(ckpt_path),
+        "checkpoint": [str(p) for p in ensemble_ckpts] if ensemble_ckpts else (ckpt_path and str(ckpt_path)),
         "models": {name: acc.summary() for name, acc in accs.items()},
     }
     output_dir = Path(output_dir)

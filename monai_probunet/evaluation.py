@@ -48,6 +48,7 @@ from torch.utils.data import DataLoader
 
 from .data.disk_format import load_datalist
 from .engines.precision import autocast_context
+from .metrics.calibration import mask_ignored
 from .metrics import (
     PresenceThreshold,
     bootstrap_ci,
@@ -72,6 +73,7 @@ __all__ = [
     "evaluate",
     "evaluate_model",
     "fit_presence",
+    "load_model",
     "load_network_weights",
     "load_presence_threshold",
     "presence_counts",
@@ -502,6 +504,7 @@ def evaluate(
     presence_samples: int | None = None,
     split: str = "test",
     keep_examples: int = 0,
+    ignore_index: int | None = None,
 ) -> dict[str, EvaluationResult]:
     """Evaluate several models (and the oracle) on the same images; each image is loaded once.
 
@@ -526,6 +529,8 @@ def evaluate(
         presence_samples: S of the lesion-presence counts (default ``min(16, max_samples)``).
         split: recorded in the results.
         keep_examples: keep the first this many images' tensors (up to 16 samples) for figures.
+        ignore_index: label of unannotated regions (Cityscapes 255): sampled pixels where the graders have it are
+            set to it as well, so predictions there count for nothing (paper Appendix H.2). ``None``: no masking.
 
     Returns:
         ``{name: EvaluationResult}`` (the oracle last).
@@ -563,6 +568,8 @@ def evaluate(
                 )
             else:
                 samples = _model_labels(model, t["images"], smax, generators[name], precision)
+                if ignore_index is not None:
+                    samples = mask_ignored(samples, t["graders"], ignore_index)
             scores = _score(samples, t["graders"], t["modes"], t["weights"], t["has_modes"], counts, cls)
             a = acc[name]
             a["idx"] += [c.index for c in group]
@@ -754,6 +761,23 @@ def load_network_weights(network: nn.Module, path: str | Path) -> nn.Module:
     return network
 
 
+def load_model(
+    network: nn.Module, ckpt_path: str | Path | None = None, ensemble_ckpts: Sequence[str | Path] | None = None
+) -> nn.Module:
+    """``network`` with ``ckpt_path`` loaded, or a :class:`~monai_probunet.networks.UNetEnsemble` of one copy of
+    ``network`` per member checkpoint in ``ensemble_ckpts`` (all with ``weights_only=True``)."""
+    from .networks import UNetEnsemble
+
+    if ensemble_ckpts:
+        missing = [str(p) for p in ensemble_ckpts if not Path(p).is_file()]
+        if missing:
+            raise FileNotFoundError(f"ensemble_ckpts: member checkpoint(s) {missing} do not exist.")
+        return UNetEnsemble([load_network_weights(copy.deepcopy(network), p) for p in ensemble_ckpts])
+    if ckpt_path is None:
+        raise ValueError("give ckpt_path (a model.pt) or ensemble_ckpts (a list of member checkpoints).")
+    return load_network_weights(network, ckpt_path)
+
+
 def default_model_name(ckpt_dir: str | Path, ensemble_ckpts: Sequence[str] | None = None) -> str:
     """A short model name: ``unet_ensemble<K>`` for an ensemble, else the checkpoint folder's name
     (``mheads``, ``fixed_prior``, ...), ``probunet`` for the default ``models`` folder."""
@@ -786,6 +810,7 @@ def run_evaluation(
     bootstrap_resamples: int = 10000,
     confidence: float = 0.95,
     threshold_path: str | Path | None = None,
+    ignore_index: int | None = None,
 ) -> dict[str, Any]:
     """Evaluate a checkpoint (or a U-Net ensemble) on a split and write CSV, JSON and PNGs into ``output_dir``.
 
@@ -797,28 +822,23 @@ def run_evaluation(
     Writes into ``output_dir``: ``per_image.csv`` (:func:`write_per_image_csv`), ``summary.json``
     (``{"estimator", "sample_counts", "split", "models": {name: EvaluationResult.summary() + presence fit},
     "comparisons": [...], "presence_threshold_file"}``), ``ged_vs_samples.png``, ``presence_histogram_<name>.png``,
-    ``samples.png`` (first ``num_plot_images`` test images, 16 samples), ``latent_grid.png`` (ProbUNet with a 2-D
-    latent only), and ``presence_threshold.json`` (the model's rule), also written to ``threshold_path``
-    (default: next to ``ckpt_path``; none for an ensemble).
+    ``samples.png`` (first ``num_plot_images`` test images, 16 samples; class colours when ``num_classes > 2``),
+    ``latent_grid.png`` (ProbUNet with a 2-D latent only), and ``presence_threshold.json`` (the model's rule), also
+    written to ``threshold_path`` (default: next to ``ckpt_path``; none for an ensemble).
+
+    The lesion-presence rule and its histograms are for binary masks (``num_classes == 2``); with more classes
+    they are skipped. ``ignore_index`` masks sampled pixels in unannotated regions (see :func:`evaluate`).
 
     Returns:
         The summary dict written to ``summary.json``.
     """
-    from .networks import ProbUNet, UNetEnsemble
+    from .calibration_plots import label_sample_grid
+    from .networks import ProbUNet
     from .visualize import ged_vs_samples, latent_grid, presence_histogram, sample_grid
 
     device = torch.device(device)
     output_dir = Path(output_dir)
-    if ensemble_ckpts:
-        missing = [str(p) for p in ensemble_ckpts if not Path(p).is_file()]
-        if missing:
-            raise FileNotFoundError(f"ensemble_ckpts: member checkpoint(s) {missing} do not exist.")
-        model: nn.Module = UNetEnsemble([load_network_weights(copy.deepcopy(network), p) for p in ensemble_ckpts])
-    else:
-        if ckpt_path is None:
-            raise ValueError("give ckpt_path (a model.pt) or ensemble_ckpts (a list of member checkpoints).")
-        model = load_network_weights(network, ckpt_path)
-    model = model.to(device).eval()
+    model = load_model(network, ckpt_path, ensemble_ckpts).to(device).eval()
     name = model_name or default_model_name(Path(ckpt_path).parent if ckpt_path else "", ensemble_ckpts)
     common = dict(seed=seed, device=device, batch_size=batch_size, num_workers=num_workers, precision=precision)
 
@@ -826,12 +846,15 @@ def run_evaluation(
     logger.info("evaluating %s on %d %s images at S = %s ...", name, len(items), eval_split, list(sample_counts))
     results = evaluate(
         {name: model}, items, transform, sample_counts=sample_counts, num_classes=num_classes, classes=classes,
-        oracle=oracle, split=eval_split, keep_examples=num_plot_images, **common,
+        oracle=oracle, split=eval_split, keep_examples=num_plot_images, ignore_index=ignore_index, **common,
     )
     summaries = {n: r.summary(bootstrap_resamples, confidence) for n, r in results.items()}
 
     thresholds: dict[str, PresenceThreshold] = {}
-    if threshold_split:
+    binary = num_classes == 2
+    if threshold_split and not binary:
+        logger.info("lesion-presence rule skipped: it is defined for binary masks, num_classes is %d", num_classes)
+    if threshold_split and binary:
         val_items = load_datalist(datalist, threshold_split)
         for n, r in results.items():
             sampler = OracleSampler() if n == ORACLE and oracle else model
@@ -870,17 +893,19 @@ def run_evaluation(
     write_summary_json(summary, output_dir / SUMMARY_JSON)
 
     ged_vs_samples(summaries, output_dir / "ged_vs_samples.png")
-    for n, r in results.items():
+    for n, r in (results.items() if binary else ()):
         presence_histogram(
             r.presence_counts, r.ambiguous, thresholds.get(n), output_dir / f"presence_histogram_{n}.png",
             num_samples=r.presence_samples, title=n,
         )
     ex = results[name].examples
     if ex:
-        sample_grid(
-            torch.stack([e["image"][0] for e in ex]), torch.stack([e["graders"] for e in ex]),
-            torch.stack([e["samples"] for e in ex]), output_dir / "samples.png", titles=[e["case_id"] for e in ex],
-        )
+        images, graders = torch.stack([e["image"] for e in ex]), torch.stack([e["graders"] for e in ex])
+        samples, titles = torch.stack([e["samples"] for e in ex]), [e["case_id"] for e in ex]
+        if binary:
+            sample_grid(images[:, 0], graders, samples, output_dir / "samples.png", titles=titles)
+        else:  # class colours (Cityscapes palette), RGB images
+            label_sample_grid(images, graders, samples, output_dir / "samples.png", titles=titles)
         if isinstance(model, ProbUNet) and model.latent_dim == 2:
             latent_grid(model, ex[0]["image"], output_dir / "latent_grid.png", graders=ex[0]["graders"])
     for n, s in summaries.items():

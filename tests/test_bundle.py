@@ -27,7 +27,7 @@ def test_bundle_training_writes_checkpoint_and_finite_ged(tmp_path):
     assert len(geds) >= 2 and all(0.0 <= g <= 2.0 for g in geds), log[-2000:]
     assert re.search(r"train_ce: [0-9.]+", log) and re.search(r"train_kl: [0-9.]+", log)
     state = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
-    net = ProbUNet(2, 1, 2, channels=(8, 16, 32), latent_dim=6)
+    net = ProbUNet(2, 1, 2, channels=(8, 16, 32), latent_dim=6, fcomb_channels=128)
     net.load_state_dict(state)
     assert (tmp_path / "models" / "checkpoint_final.pt").is_file()
     assert (tmp_path / "data" / "datalist.json").is_file()

@@ -152,7 +152,7 @@ def test_torchrun_two_cpu_processes(tmp_path):
     assert sorted(p.name for p in models.iterdir()) == ["checkpoint_final.pt", "checkpoint_last.pt", "model.pt"]
     from monai_probunet.networks import ProbUNet
 
-    net = ProbUNet(2, 1, 2, channels=(8, 16, 32), latent_dim=6)
+    net = ProbUNet(2, 1, 2, channels=(8, 16, 32), latent_dim=6, fcomb_channels=128)
     net.load_state_dict(torch.load(models / "model.pt", weights_only=True))  # unwrapped from DDP
     last = torch.load(models / "checkpoint_last.pt", weights_only=True)
     net.load_state_dict(last["model"])
@@ -275,7 +275,7 @@ def test_same_seed_gives_bit_identical_weights_and_hypotheses(tmp_path):
     geds = [re.findall(r"Epoch\[\d+\] Metrics -- .*val_ged: ([0-9.]+)", log) for log in (log_a, log_b)]
     assert len(geds[0]) == 2 and geds[0] == geds[1]
 
-    net = ProbUNet(2, 1, 2, channels=(8, 16, 32), latent_dim=6)
+    net = ProbUNet(2, 1, 2, channels=(8, 16, 32), latent_dim=6, fcomb_channels=128)
     net.load_state_dict(a["model"])
     net.eval()
     image = torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(1))

@@ -355,3 +355,45 @@ def test_bundle_evaluate_end_to_end(tmp_path):
     # a missing checkpoint fails with the path in the message
     proc = _bundle("evaluating", [TRAIN_YAML, evaluate_yaml], *small, "--ckpt_path", str(tmp_path / "none.pt"))
     assert proc.returncode != 0 and f"checkpoint {tmp_path / 'none.pt'} does not exist" in proc.stdout + proc.stderr
+
+
+class _AllLesion(torch.nn.Module):
+    """A sampler that paints class 1 on every pixel of every sample (logits ``B x S x 2 x H x W``)."""
+
+    def sample(self, image: torch.Tensor, num_samples: int, generator=None) -> torch.Tensor:
+        b, _, h, w = image.shape
+        logits = torch.zeros(b, num_samples, 2, h, w)
+        logits[:, :, 1] = 1.0
+        return logits
+
+
+def test_ignore_index_masks_sampled_pixels_in_unannotated_regions(tmp_path):
+    disk = _disk(SIZE, (8, 12), 2.5)  # inside the annotated right half
+    grader = disk.copy()
+    grader[:, : SIZE // 2] = 255  # left half unannotated
+    case = [{"graders": [grader] * 2, "modes": None, "probs": None}]
+    datalist = _write_dataset(tmp_path, {"training": case, "validation": case, "test": case})
+    items = _items(datalist, "test")
+    n_disk, half = int(disk.sum()), SIZE * SIZE // 2
+    kw = dict(sample_counts=(1, 4), oracle=False, classes=(1,))
+    # every sample and grader identical: GED = 2 d(S, Y) = 2 (1 - |disk| / |class-1 pixels of the sample|)
+    masked = evaluate({"all": _AllLesion()}, items, TRANSFORM, ignore_index=255, **kw)["all"]
+    np.testing.assert_allclose(masked.metric("ged"), 2 * (1 - n_disk / half), atol=1e-9)
+    unmasked = evaluate({"all": _AllLesion()}, items, TRANSFORM, **kw)["all"]
+    np.testing.assert_allclose(unmasked.metric("ged"), 2 * (1 - n_disk / (2 * half)), atol=1e-9)
+
+
+def test_multi_class_evaluation_skips_the_lesion_presence_rule(mixed, tmp_path):
+    torch.manual_seed(0)
+    ckpt = tmp_path / "model.pt"
+    torch.save(ProbUNet(2, 1, 3, channels=(4, 8), latent_dim=2, num_convs=1).state_dict(), ckpt)
+    net = ProbUNet(2, 1, 3, channels=(4, 8), latent_dim=2, num_convs=1)
+    summary = run_evaluation(
+        net, mixed, TRANSFORM, tmp_path / "eval", ckpt_path=ckpt, model_name="three", sample_counts=(1, 2),
+        num_classes=3, bootstrap_resamples=100, num_plot_images=1,
+    )
+    assert "test_accuracy" not in summary["models"]["three"]["presence"]
+    assert summary["presence_threshold_files"] == []
+    assert not list((tmp_path / "eval").glob("presence_histogram_*.png"))
+    for name in ("summary.json", "ged_vs_samples.png", "samples.png"):  # samples.png in class colours
+        assert (tmp_path / "eval" / name).is_file()

@@ -32,6 +32,7 @@ from monai_probunet.networks import ProbUNet
 from monai_probunet.metrics.calibration import (
     CalibrationAccumulator,
     MaskIgnoredd,
+    ModeCalibration,
     known_mixture_ged,
     mask_ignored,
     match_modes,
@@ -169,6 +170,9 @@ def test_a_sampler_at_the_true_frequencies_is_calibrated_and_has_near_zero_ged()
     np.testing.assert_allclose(pm.p_other, 0.0)
     summary = acc.summary()
     assert abs(summary["ged"]["ged"]) < 5e-3 and summary["mode_calibration"]["modes_hit"] == 32
+    back = ModeCalibration.from_dict(json.loads(json.dumps(summary["mode_calibration"])))  # as read from JSON
+    np.testing.assert_allclose(back.frequencies, cal.frequencies)
+    assert back.pearson == pytest.approx(cal.pearson) and back.modes_hit == 32 and back.patterns == cal.patterns
     # a deterministic model (always the unflipped map): one mode hit, far from the distribution
     b = bad.mode_calibration()
     assert b.modes_hit == 1 and bad.summary()["ged"]["ged"] > 0.1
@@ -305,7 +309,7 @@ def test_bundle_trains_and_evaluates_on_scenes32(tmp_path):
     assert proc.returncode == 0, log[-3000:]
     geds = [float(v) for v in re.findall(r"val_ged: ([0-9.]+)", log)]
     assert len(geds) >= 2 and all(math.isfinite(g) and 0.0 <= g <= 2.0 for g in geds), log[-2000:]
-    net = ProbUNet(2, in_channels=3, out_channels=24, channels=(8, 16, 32), latent_dim=6)
+    net = ProbUNet(2, in_channels=3, out_channels=24, channels=(8, 16, 32), latent_dim=6, fcomb_channels=128)
     net.load_state_dict(torch.load(tmp_path / "models" / "model.pt", weights_only=True))  # RGB in, 24 classes out
     # evaluation: evaluate.yaml's metrics over the 10 switchable classes + the Fig. 5 / Appendix C analysis
     import subprocess

@@ -307,6 +307,23 @@ class ModeCalibration:
         c = self.exact_counts if self.num_exact_images else self.counts
         return int((c > 0).sum())
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ModeCalibration:
+        """Rebuild from :meth:`to_dict` output (e.g. the ``mode_calibration`` entry of ``calibration.json``)."""
+        try:
+            rows = data["patterns"]
+            return cls(
+                patterns=[tuple(int(b) for b in row["flips"]) for row in rows],
+                true_probs=np.array([row["true_prob"] for row in rows], dtype=np.float64),
+                counts=np.array([row["count"] for row in rows], dtype=np.float64),
+                exact_counts=np.array([row["exact_count"] for row in rows], dtype=np.float64),
+                num_images=int(data["num_images"]),
+                num_exact_images=int(data["num_exact_images"]),
+                num_samples=int(data["num_samples"]),
+            )
+        except (KeyError, TypeError) as e:
+            raise ValueError(f"not a ModeCalibration dict (missing or malformed {e}).") from e
+
     def to_dict(self) -> dict[str, Any]:
         r, p = self.pearson
         er, ep = self.exact_pearson
