@@ -5,6 +5,7 @@ per-sample latent offset, so extra samples only cost two small 1x1 convolutions 
 takes 1.67x (103 ms vs 62 ms on this CPU) because it reruns f_comb on concatenated inputs per sample.
 
     python benchmarks/sample_latency.py [--repeats 30]
+    python benchmarks/sample_latency.py --fcomb-channels 128   # f_comb as wide as the bundle default's
 """
 
 from __future__ import annotations
@@ -35,9 +36,10 @@ def latency_ms(net: ProbUNet, image: torch.Tensor, num_samples: int, precision: 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--fcomb-channels", type=int, default=None, help="f_comb width (default: 32, the paper's)")
     args = parser.parse_args()
     torch.manual_seed(0)
-    net = ProbUNet(2, 1, 2, channels=(32, 64, 128, 192), latent_dim=6).eval()
+    net = ProbUNet(2, 1, 2, channels=(32, 64, 128, 192), latent_dim=6, fcomb_channels=args.fcomb_channels).eval()
     image = torch.rand(1, 1, 128, 128)
     precisions = ["fp32"] + (["bf16"] if resolve_precision("auto", "cpu") == "bf16" else [])
     for precision in precisions:
