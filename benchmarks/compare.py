@@ -21,6 +21,7 @@ members are reused cyclically, so its curve flattens there (the paper trains one
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import subprocess
@@ -28,6 +29,8 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "bundle" / "configs"
@@ -97,6 +100,7 @@ def main() -> None:
     parser.add_argument("--ensemble-members", type=int, default=4)
     parser.add_argument("--jobs", type=int, default=1, help="trainings at once, each with cores // jobs threads")
     parser.add_argument("--quick", action="store_true", help="tiny data and 2 epochs: checks the pipeline in minutes")
+    parser.add_argument("--report", action="store_true", help="only rebuild results.md and the figures from --out")
     args = parser.parse_args()
     if args.jobs < 1:
         parser.error(f"--jobs must be >= 1, got {args.jobs}")
@@ -114,7 +118,45 @@ def main() -> None:
         common += ["--max_epochs", str(args.max_epochs)]
     threads = max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else None
 
-    # the data are generated once, before trainings share them
+    if args.report:
+        path = out / "timings.json"
+        timings = json.loads(path.read_text()) if path.is_file() else {}
+    else:
+        timings = _train_and_evaluate(args, out, common, threads)
+        (out / "timings.json").write_text(json.dumps(timings, indent=1))
+    summaries: dict[str, dict] = {}
+    calibrations: dict[str, dict] = {}
+    for name in args.models:
+        eval_dir = out / "eval" / name
+        if not (eval_dir / "summary.json").is_file():
+            raise FileNotFoundError(f"{eval_dir / 'summary.json'} does not exist: run without --report first.")
+        summaries[name] = json.loads((eval_dir / "summary.json").read_text())
+        if (eval_dir / "calibration.json").is_file():
+            calibrations[name] = json.loads((eval_dir / "calibration.json").read_text())
+
+    write_table(summaries, timings, out / "results.md", calibrations, _wilcoxon_vs(out, args.models, "probunet"))
+    from monai_probunet.visualize import ged_vs_samples
+
+    curves = {name: s["models"][name] for name, s in summaries.items()}
+    curves["oracle"] = next(iter(summaries.values()))["models"]["oracle"]
+    ged_vs_samples(curves, out / "ged_vs_samples.png")
+    if calibrations:
+        from monai_probunet.calibration_plots import mode_calibration_plot
+        from monai_probunet.metrics.calibration import ModeCalibration
+
+        names = [*calibrations, "oracle"]
+        any_cal = next(iter(calibrations.values()))
+        sources = {n: any_cal if n == "oracle" else calibrations[n] for n in names}
+        cals = {n: ModeCalibration.from_dict(c["models"][n]["mode_calibration"]) for n, c in sources.items()}
+        mode_calibration_plot(cals, out / "mode_calibration.png")
+    print((out / "results.md").read_text())
+
+
+def _train_and_evaluate(
+    args: argparse.Namespace, out: Path, common: list[str], threads: int | None
+) -> dict[str, float]:
+    """Generate the data once, train every model (``--jobs`` at a time), evaluate each; returns wall seconds per
+    model (training + evaluation)."""
     _bundle("datalist", _configs(args.models[0], args.task), common, out / "prepare_data.log")
     # one training per model (per member for the ensemble), the most expensive first
     units: list[tuple[str, int | None]] = []
@@ -144,36 +186,30 @@ def main() -> None:
         return _bundle("evaluating", _configs(name, args.task, evaluate=True), overrides, out / f"eval_{name}.log",
                        threads)  # fmt: skip
 
-    timings: dict[str, float] = dict.fromkeys(args.models, 0.0)
+    timings = dict.fromkeys(args.models, 0.0)
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         for unit, seconds in zip(units, pool.map(train, units)):
             timings[unit[0]] += seconds
         for name, seconds in zip(args.models, pool.map(evaluate, args.models)):
             timings[name] += seconds
-    summaries: dict[str, dict] = {}
-    calibrations: dict[str, dict] = {}
-    for name in args.models:
-        eval_dir = out / "eval" / name
-        summaries[name] = json.loads((eval_dir / "summary.json").read_text())
-        if (eval_dir / "calibration.json").is_file():
-            calibrations[name] = json.loads((eval_dir / "calibration.json").read_text())
+    return timings
 
-    write_table(summaries, timings, out / "results.md", calibrations)
-    from monai_probunet.visualize import ged_vs_samples
 
-    curves = {name: s["models"][name] for name, s in summaries.items()}
-    curves["oracle"] = next(iter(summaries.values()))["models"]["oracle"]
-    ged_vs_samples(curves, out / "ged_vs_samples.png")
-    if calibrations:
-        from monai_probunet.calibration_plots import mode_calibration_plot
-        from monai_probunet.metrics.calibration import ModeCalibration
+def _per_image_ged(out: Path, name: str, s: int) -> np.ndarray:
+    """Per-image squared GED at S = ``s`` of model ``name`` from its ``per_image.csv``, datalist order."""
+    with open(out / "eval" / name / "per_image.csv", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["model"] == name and int(r["S"]) == s]
+    return np.array([float(r["ged"]) for r in sorted(rows, key=lambda r: int(r["index"]))])
 
-        names = [*calibrations, "oracle"]
-        any_cal = next(iter(calibrations.values()))
-        sources = {n: any_cal if n == "oracle" else calibrations[n] for n in names}
-        cals = {n: ModeCalibration.from_dict(c["models"][n]["mode_calibration"]) for n, c in sources.items()}
-        mode_calibration_plot(cals, out / "mode_calibration.png")
-    print((out / "results.md").read_text())
+
+def _wilcoxon_vs(out: Path, models: list[str], reference: str, s: int = 16) -> dict[str, float]:
+    """Two-sided Wilcoxon signed-rank p-value of each model's per-image GED at S = ``s`` against ``reference``'s."""
+    from monai_probunet.metrics import wilcoxon_signed_rank
+
+    if reference not in models:
+        return {}
+    ref = _per_image_ged(out, reference, s)
+    return {n: float(wilcoxon_signed_rank(_per_image_ged(out, n, s), ref)["p_value"]) for n in models if n != reference}
 
 
 def _metric(model_summary: dict, metric: str, s: int) -> float | None:
@@ -184,11 +220,14 @@ def _metric(model_summary: dict, metric: str, s: int) -> float | None:
 
 
 def write_table(
-    summaries: dict[str, dict], timings: dict[str, float], path: Path, calibrations: dict[str, dict] | None = None
+    summaries: dict[str, dict], timings: dict[str, float], path: Path, calibrations: dict[str, dict] | None = None,
+    p_values: dict[str, float] | None = None,
 ) -> None:
     """Markdown table: squared GED at S = 1/4/8/16, matched IoU at 16, presence accuracy (binary tasks) or Eq. 7 GED,
-    Pearson r and modes hit (``calibrations``: the 32-mode task), training + evaluation minutes."""
+    Pearson r and modes hit (``calibrations``: the 32-mode task), the Wilcoxon p-value of per-image GED at S = 16
+    against ProbUNet (``p_values``), training + evaluation minutes."""
     calibrations = calibrations or {}
+    p_values = p_values or {}
     any_summary = next(iter(summaries.values()))
     any_cal = next(iter(calibrations.values()), None)
     rows = [(name, s["models"][name], timings.get(name), calibrations.get(name, {}).get("models", {}).get(name))
@@ -198,8 +237,8 @@ def write_table(
     lines = [
         f"Test split, {any_summary['num_images']} images; {any_summary['estimator']}; lower GED is better.",
         "",
-        f"| model | GED² S=1 | S=4 | S=8 | S=16 | matched IoU S=16 | {extra} | minutes |",
-        "|---|---|---|---|---|---|---|---|" + ("---|---|" if calibrations else ""),
+        f"| model | GED² S=1 | S=4 | S=8 | S=16 | matched IoU S=16 | {extra} | p vs probunet (S=16) | minutes |",
+        "|---|---|---|---|---|---|---|---|---|" + ("---|---|" if calibrations else ""),
     ]
     for name, summary, seconds, cal in rows:
         values = [_metric(summary, "ged", s) for s in (1, 4, 8, 16)] + [_metric(summary, "matched_iou", 16)]
@@ -211,6 +250,7 @@ def write_table(
         cells = [f"{v:.3f}" if v is not None else "–" for v in values]
         if calibrations:
             cells.append(f"{mc['modes_hit']}/{mc['num_patterns']}" if cal else "–")
+        cells.append(f"{p_values[name]:.2g}" if name in p_values else "–")
         minutes = f"{seconds / 60:.1f}" if seconds is not None else "–"
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {minutes} |")
     path.write_text("\n".join(lines) + "\n")

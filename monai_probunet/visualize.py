@@ -107,7 +107,8 @@ def ged_vs_samples(
     Returns:
         The matplotlib figure (closed if ``path`` was given).
     """
-    fig, ax = plt.subplots(figsize=(4.5, 3.4))
+    many = len(results) > 4  # legend beside the axes, not over the curves
+    fig, ax = plt.subplots(figsize=(7.0 if many else 4.5, 3.4))
     all_s: set[int] = set()
     for name, summary in results.items():
         try:
@@ -134,7 +135,10 @@ def ged_vs_samples(
     estimator = next((r.get("estimator") for r in results.values() if isinstance(r, dict) and r.get("estimator")), None)
     ax.set_title(title or (estimator or metric), fontsize=7)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    if many:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+    else:
+        ax.legend(fontsize=7)
     fig.tight_layout()
     if path is not None:
         save_figure(fig, path, dpi=120)

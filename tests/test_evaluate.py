@@ -397,3 +397,38 @@ def test_multi_class_evaluation_skips_the_lesion_presence_rule(mixed, tmp_path):
     assert not list((tmp_path / "eval").glob("presence_histogram_*.png"))
     for name in ("summary.json", "ged_vs_samples.png", "samples.png"):  # samples.png in class colours
         assert (tmp_path / "eval" / name).is_file()
+
+
+def test_compare_report_writes_table_with_wilcoxon_and_figure(mixed, tmp_path):
+    """benchmarks/compare.py --report: the results table (oracle row, p-values vs probunet) and the GED figure."""
+    out = tmp_path / "compare"
+    nets = {"probunet": _tiny_probunet(), "unet": DeterministicUNet(2, 1, 2, channels=(4, 8), num_convs=1)}
+    for name, net in nets.items():
+        torch.save(net.state_dict(), tmp_path / f"{name}.pt")
+        run_evaluation(net, mixed, TRANSFORM, out / "eval" / name, ckpt_path=tmp_path / f"{name}.pt", model_name=name,
+                       sample_counts=(1, 4, 8, 16), bootstrap_resamples=50, num_plot_images=0)  # fmt: skip
+    (out / "timings.json").write_text(json.dumps({"probunet": 120.0, "unet": 60.0}))
+    cmd = [sys.executable, str(REPO / "benchmarks" / "compare.py"), "--report", "--out", str(out),
+           "--models", "probunet", "unet"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = (out / "results.md").read_text().splitlines()
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in table if line[:2] == "| "}
+    assert set(rows) == {"model", "probunet", "unet", "oracle"}
+    summary = json.loads((out / "eval" / "unet" / "summary.json").read_text())
+    ged16 = next(e["mean"] for e in summary["models"]["unet"]["metrics"]["ged"] if e["S"] == 16)
+    assert rows["unet"][3] == f"{ged16:.3f}" and rows["unet"][-1] == "1.0" and rows["probunet"][-1] == "2.0"
+    a = _per_image(out / "eval" / "unet", "unet")
+    b = _per_image(out / "eval" / "probunet", "probunet")
+    from scipy.stats import wilcoxon
+
+    assert float(rows["unet"][-2]) == pytest.approx(wilcoxon(a, b).pvalue, rel=0.05)
+    assert (out / "ged_vs_samples.png").is_file()
+    missing = subprocess.run([*cmd[:-2], "mheads"], capture_output=True, text=True, timeout=300, check=False)
+    assert missing.returncode != 0 and "mheads" in missing.stderr and "summary.json" in missing.stderr
+
+
+def _per_image(eval_dir: Path, name: str, s: int = 16) -> np.ndarray:
+    with open(eval_dir / "per_image.csv", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["model"] == name and int(r["S"]) == s]
+    return np.array([float(r["ged"]) for r in sorted(rows, key=lambda r: int(r["index"]))])
