@@ -412,8 +412,8 @@ def test_compare_report_writes_table_with_wilcoxon_and_figure(mixed, tmp_path):
            "--models", "probunet", "unet"]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    table = (out / "results.md").read_text().splitlines()
-    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in table if line[:2] == "| "}
+    cells = [line.split("|") for line in (out / "results.md").read_text().splitlines() if line.startswith("| ")]
+    rows = {c[1].strip(): [v.strip() for v in c[2:-1]] for c in cells}
     assert set(rows) == {"model", "probunet", "unet", "oracle"}
     summary = json.loads((out / "eval" / "unet" / "summary.json").read_text())
     ged16 = next(e["mean"] for e in summary["models"]["unet"]["metrics"]["ged"] if e["S"] == 16)
