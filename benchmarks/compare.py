@@ -7,7 +7,7 @@ lesion-presence accuracy, oracle row included) and ``ged_vs_samples.png`` into `
 
     python benchmarks/compare.py --jobs 2        # the full run: two 1-thread trainings at a time on 2 CPU cores
     python benchmarks/compare.py --quick         # minutes: tiny data, 2 epochs, to check the pipeline
-    python benchmarks/compare.py --dataset shapes --models probunet unet
+    python benchmarks/compare.py --dataset shapes --dataset-kwargs "{'num_patients': 300}" --models probunet unet
     python benchmarks/compare.py --task scenes32  # the 32-mode street-scene task (scenes32.yaml appended last)
 
 With ``--task scenes32`` the table adds Eq. 7 GED against the 32 known modes, the Pearson r of mode frequencies
@@ -95,6 +95,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "bundle" / "eval" / "compare")
     parser.add_argument("--task", default="lidc", choices=list(TASKS), help="lidc: train.yaml's data; scenes32")
     parser.add_argument("--dataset", default=None, help="built-in dataset name (default: the task's)")
+    parser.add_argument("--dataset-kwargs", default=None,
+                        help="generation parameters, a dict literal (default with --dataset: that dataset's defaults)")
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--max-epochs", type=int, default=None, help="shared schedule (default: the task's)")
     parser.add_argument("--ensemble-members", type=int, default=4)
@@ -110,6 +112,8 @@ def main() -> None:
     common: list[str] = ["--dataset_dir", str(out / "data")]
     if args.dataset is not None:
         common += ["--dataset_name", args.dataset]
+    if args.dataset is not None or args.dataset_kwargs is not None:  # train.yaml's kwargs are lidc_phantom's
+        common += ["--dataset_kwargs", args.dataset_kwargs or "{}"]
     if args.quick:
         common += [*QUICK_DATA[args.task], "--channels", "[8, 16, 32]", "--val_interval", "1"]
         args.max_epochs = args.max_epochs or 2

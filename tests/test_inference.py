@@ -365,7 +365,7 @@ def test_bundle_inferring(ct_small, ckpt, tmp_path):
     cmd = [sys.executable, "-m", "monai.bundle", "run", "inferring", "--config_file",
            str([str(TRAIN_YAML), str(INFER_YAML)]), "--dataset_dir", str(data), "--output_dir", str(out),
            "--ckpt_path", str(ckpt), "--channels", str(CHANNELS), "--latent_dim", str(LATENT),
-           "--infer_num_samples", "4", "--device", "cpu"]
+           "--fcomb_channels", str(CHANNELS[0]), "--infer_num_samples", "4", "--device", "cpu"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd="/", env=env, check=False)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -417,7 +417,7 @@ def test_bundle_export_and_verify(net, ckpt, tmp_path):
     meta = json.loads(METADATA.read_text())["network_data_format"]
     assert meta["outputs"]["pred"]["num_channels"] == S * 2
     files = [str(TRAIN_YAML), str(INFER_YAML)]
-    overrides = {"channels": CHANNELS, "latent_dim": LATENT}
+    overrides = {"channels": CHANNELS, "latent_dim": LATENT, "fcomb_channels": CHANNELS[0]}
     verify_net_in_out(net_id="export_def", meta_file=str(METADATA), config_file=files, device="cpu", **overrides)
     ts = tmp_path / "model.ts"
     with warnings.catch_warnings():
