@@ -13,9 +13,7 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -319,18 +317,6 @@ def _pad_stack(maps: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.stack([torch.cat([m, m[-1:].expand(a - m.shape[0], *m.shape[1:])]) for m in maps])
 
 
-def _json_safe(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {str(k): _json_safe(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_json_safe(v) for v in x]
-    if isinstance(x, (float, np.floating)):
-        return None if not math.isfinite(float(x)) else float(x)
-    if isinstance(x, np.integer):
-        return int(x)
-    return x
-
-
 def run_calibration(
     network: nn.Module,
     datalist: str | Path,
@@ -374,7 +360,7 @@ def run_calibration(
     Returns:
         The dict written to ``calibration.json``.
     """
-    from .evaluation import load_model
+    from .evaluation import load_model, write_summary_json
 
     device = torch.device(device)
     if ckpt_path is not None or ensemble_ckpts:
@@ -400,7 +386,7 @@ def run_calibration(
     }
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / CALIBRATION_JSON).write_text(json.dumps(_json_safe(out), indent=1))
+    write_summary_json(out, output_dir / CALIBRATION_JSON)
     mode_calibration_plot({n: a.mode_calibration() for n, a in accs.items()}, output_dir / "mode_calibration.png")
     pixel_marginals_plot({n: a.pixel_marginals() for n, a in accs.items()}, output_dir / "pixel_marginals.png")
     if examples:
