@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from monai_probunet.data.disk_format import DATALIST_NAME, SPLITS, write_nifti
+from monai_probunet.data.disk_format import DATALIST_NAME, SPLITS
 from monai_probunet.data.scenes32 import (
     FLIP_PROBS,
     FLIPS,
@@ -56,6 +56,7 @@ from monai_probunet.data.scenes32 import (
     distinct_modes,
     enumerate_modes,
     flip_task_metadata,
+    write_flipped_case,
 )
 
 __all__ = [
@@ -212,30 +213,14 @@ def convert_case(case: CityscapesCase, out_dir: str | Path, size: Sequence[int] 
     train_ids = label_ids_to_train_ids(ids)
     label = np.asarray(Image.fromarray(train_ids).resize((w, h), Image.NEAREST), dtype=np.uint8)
     modes, mode_probs, mode_patterns = distinct_modes(label)
-    mode_of = {j: m for m, group in enumerate(mode_patterns) for j in group}
     probs = np.array([p for _, p in enumerate_modes(FLIP_PROBS)])
     rng = np.random.default_rng([int(seed), zlib.crc32(case["name"].encode())])
     draws = rng.choice(len(probs), size=num_graders, p=probs / probs.sum())
     name = case["name"]
-    item: dict[str, Any] = {
-        "image": f"images/{name}.nii.gz",
-        "label": [f"labels/{name}_g{g}.nii.gz" for g in range(num_graders)],
-        "modes": [f"modes/{name}_m{j:02d}.nii.gz" for j in range(len(modes))],
-        "mode_probs": mode_probs,
-        "mode_patterns": mode_patterns,
-        "grader_patterns": [int(j) for j in draws],
-        "patient_id": case["city"],
-        "case_id": name,
-        "source_split": case["source_split"],
-        "split": case["split"],
-    }
     for sub in ("images", "labels", "modes", "cases"):
         (out_dir / sub).mkdir(parents=True, exist_ok=True)
-    write_nifti(out_dir / item["image"], image, (1.0, 1.0))
-    for g, j in enumerate(draws):
-        write_nifti(out_dir / item["label"][g], modes[mode_of[int(j)]], (1.0, 1.0))
-    for j, mode in enumerate(modes):
-        write_nifti(out_dir / item["modes"][j], mode, (1.0, 1.0))
+    item = write_flipped_case(out_dir, name, case["city"], image, modes, mode_probs, mode_patterns, draws)
+    item.update(source_split=case["source_split"], split=case["split"])
     manifest = out_dir / "cases" / f"{name}.json"
     tmp = manifest.with_suffix(f".tmp{os.getpid()}")
     tmp.write_text(json.dumps({"settings": _settings(size, num_graders, seed), "item": item}))

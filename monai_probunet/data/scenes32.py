@@ -69,6 +69,7 @@ __all__ = [
     "CLASS_NAMES",
     "enumerate_modes",
     "pattern_index",
+    "write_flipped_case",
     "apply_flip_pattern",
     "unflip",
     "distinct_modes",
@@ -460,6 +461,41 @@ def flip_task_metadata() -> dict[str, Any]:
     }
 
 
+def write_flipped_case(
+    root: Path, case: str, patient_id: str, image: np.ndarray, modes: Sequence[np.ndarray],
+    mode_probs: Sequence[float], mode_patterns: Sequence[Sequence[int]], draws: Sequence[int],
+) -> dict[str, Any]:
+    """Write one flipped-class case (image, one grader map per draw, the distinct modes) under ``root`` as NIfTI.
+
+    Args:
+        root: dataset folder (``images/``, ``labels/``, ``modes/`` must exist).
+        case: case id (file stem); patient_id: its patient (city) for the split.
+        image: ``H x W x 3`` uint8 image; modes: ``M`` label maps ``H x W``.
+        mode_probs, mode_patterns: per mode its probability and the flip patterns it merges (:func:`distinct_modes`).
+        draws: per grader the flip pattern drawn (an index into :func:`enumerate_modes`).
+
+    Returns:
+        The datalist entry, paths relative to ``root``.
+    """
+    mode_of = {j: m for m, group in enumerate(mode_patterns) for j in group}
+    item: dict[str, Any] = {
+        "image": f"images/{case}.nii.gz",
+        "label": [f"labels/{case}_g{g}.nii.gz" for g in range(len(draws))],
+        "modes": [f"modes/{case}_m{j:02d}.nii.gz" for j in range(len(modes))],
+        "mode_probs": list(mode_probs),
+        "mode_patterns": mode_patterns,
+        "grader_patterns": [int(j) for j in draws],
+        "patient_id": patient_id,
+        "case_id": case,
+    }
+    write_nifti(root / item["image"], image, (1.0, 1.0))
+    for g, j in enumerate(draws):
+        write_nifti(root / item["label"][g], modes[mode_of[int(j)]], (1.0, 1.0))
+    for j, mode in enumerate(modes):
+        write_nifti(root / item["modes"][j], mode, (1.0, 1.0))
+    return item
+
+
 def generate_scenes32(
     root: str | Path,
     seed: int = 0,
@@ -527,24 +563,8 @@ def generate_scenes32(
                 rng = np.random.default_rng([seed, ci, k])
                 image, label = render_scene(rng, size[0], size[1], absent_prob)
                 modes, mode_probs, mode_patterns = distinct_modes(label)
-                mode_of = {j: m for m, group in enumerate(mode_patterns) for j in group}
                 draws = rng.choice(len(patterns), size=num_graders, p=probs / probs.sum())
-                case = f"{city}_{k:03d}"
-                item = {
-                    "image": f"images/{case}.nii.gz",
-                    "label": [f"labels/{case}_g{g}.nii.gz" for g in range(num_graders)],
-                    "modes": [f"modes/{case}_m{j:02d}.nii.gz" for j in range(len(modes))],
-                    "mode_probs": mode_probs,
-                    "mode_patterns": mode_patterns,
-                    "grader_patterns": [int(j) for j in draws],
-                    "patient_id": city,
-                    "case_id": case,
-                }
-                write_nifti(tmp / item["image"], image, (1.0, 1.0))
-                for g, j in enumerate(draws):
-                    write_nifti(tmp / item["label"][g], modes[mode_of[int(j)]], (1.0, 1.0))
-                for j, mode in enumerate(modes):
-                    write_nifti(tmp / item["modes"][j], mode, (1.0, 1.0))
+                item = write_flipped_case(tmp, f"{city}_{k:03d}", city, image, modes, mode_probs, mode_patterns, draws)
                 datalist[split_of[city]].append(item)
         (tmp / DATALIST_NAME).write_text(json.dumps(datalist, indent=1))
     return Path(root) / DATALIST_NAME
