@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
-from ignite.engine import Events
+from ignite.engine import Engine, Events
 from monai.data import CacheDataset, DataLoader
 from monai.engines import PrepareBatchExtraInput
 from monai.transforms import Compose, EnsureTyped, LoadImaged, ScaleIntensityRanged, SelectItemsd
 from monai.utils import set_determinism
 
 from monai_probunet.data import RandGraderd, load_datalist
-from monai_probunet.engines import ProbUNetTrainer
-from monai_probunet.losses import ELBOLoss
+from monai_probunet.engines import KLWarmup, ProbUNetTrainer
+from monai_probunet.losses import ELBOLoss, MHeadsLoss
 from monai_probunet.metrics import generalized_energy_distance
 from monai_probunet.networks import DeterministicUNet, ProbUNet, hypotheses_to_labels
 
@@ -89,3 +90,31 @@ def test_probunet_learns_two_modes_unet_does_not():
     ged_pu = generalized_energy_distance(samples[None], graders).ged.item()
     ged_unet = generalized_energy_distance(det[None], graders).ged.item()
     assert ged_pu < 0.15 < 0.4 < ged_unet, (ged_pu, ged_unet)
+
+
+def test_kl_warmup_ramps_beta_and_survives_resume():
+    def run(start_epoch: int) -> list[float]:
+        loss = ELBOLoss(beta=2.0)
+        seen: list[float] = []
+        engine = Engine(lambda e, b: seen.append(loss.beta))
+        KLWarmup(loss, warmup_epochs=4).attach(engine)
+        if start_epoch:
+            engine.load_state_dict({"epoch": start_epoch, "epoch_length": 1, "max_epochs": 6})
+        engine.run([0], max_epochs=6)
+        return seen
+
+    # epoch e uses beta * (e - 1) / 4 until the full beta = 2 from epoch 5 on
+    assert run(0) == [0.0, 0.5, 1.0, 1.5, 2.0, 2.0]
+    # resumed after epoch 2: the ramp continues from epoch 3, not from 0
+    assert run(2) == [1.0, 1.5, 2.0, 2.0]
+    # the final value is the loss's configured beta, and 0 epochs leaves the loss untouched
+    off = ELBOLoss(beta=0.7)
+    engine = Engine(lambda e, b: None)
+    KLWarmup(off, warmup_epochs=0).attach(engine)
+    engine.run([0], max_epochs=2)
+    assert off.beta == 0.7
+
+
+def test_kl_warmup_rejects_a_loss_without_beta():
+    with pytest.raises(ValueError, match="kl_warmup_epochs"):
+        KLWarmup(MHeadsLoss(), warmup_epochs=3)
