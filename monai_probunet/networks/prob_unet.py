@@ -90,6 +90,8 @@ class ProbUNet(nn.Module):
             centred one-hot segmentation only).
         latent_injection: ``"fcomb"`` (z meets the U-Net's last activation in f_comb) or ``"input"`` (z is
             concatenated to the U-Net's input channels, followed by a 1x1 logits head).
+        encoder_pooling: global pooling of the prior and posterior nets (``"avg"``: the paper's; ``"max"``,
+            ``"avgmax"``: see :class:`AxisAlignedGaussianEncoder`).
 
     Shapes:
         image ``B x in_channels x *spatial``; seg ``B x 1 x *spatial`` integer labels;
@@ -110,6 +112,7 @@ class ProbUNet(nn.Module):
         fixed_prior: bool = False,
         posterior_context: bool = True,
         latent_injection: str = "fcomb",
+        encoder_pooling: str = "avg",
     ) -> None:
         super().__init__()
         if out_channels < 2:
@@ -131,9 +134,16 @@ class ProbUNet(nn.Module):
         self.unet = UNetCore(spatial_dims, in_channels + (latent_dim if inject_input else 0), channels, num_convs)
         self.prior_net: AxisAlignedGaussianEncoder | None = None
         if not self.fixed_prior:
-            self.prior_net = AxisAlignedGaussianEncoder(spatial_dims, in_channels, channels, latent_dim, num_convs)
+            self.prior_net = AxisAlignedGaussianEncoder(
+                spatial_dims, in_channels, channels, latent_dim, num_convs, encoder_pooling
+            )
         self.posterior_net = AxisAlignedGaussianEncoder(
-            spatial_dims, (in_channels if self.posterior_context else 0) + out_channels, channels, latent_dim, num_convs
+            spatial_dims,
+            (in_channels if self.posterior_context else 0) + out_channels,
+            channels,
+            latent_dim,
+            num_convs,
+            encoder_pooling,
         )
         self.fcomb: FComb | None = None
         self.head: nn.Module | None = None
