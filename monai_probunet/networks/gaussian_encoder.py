@@ -9,7 +9,7 @@ import torch.nn as nn
 from monai.networks.layers.factories import Conv
 from torch.distributions import Independent, Normal
 
-from .unet_core import UNetEncoder
+from .unet_core import DEFAULT_NORM, UNetEncoder
 
 __all__ = ["AxisAlignedGaussianEncoder", "LOG_SIGMA_BOUND", "POOLINGS"]
 
@@ -38,6 +38,8 @@ class AxisAlignedGaussianEncoder(nn.Module):
             flipped person class covering 1.5 % of a scene) reaches the latent, and its gradient reaches the
             encoder, about area-squared more weakly than that of a large one; ``"avgmax"`` adds the channel-wise
             maximum (presence anywhere) and doubles the 1x1 convolution's input channels.
+        norm: normalisation after each 3x3 convolution (default instance norm; ``None``: the paper's, see
+            :class:`~monai_probunet.networks.unet_core.ConvBlock`).
 
     Shapes:
         ``forward``: ``B x in_channels x *spatial`` -> ``Independent(Normal)`` with batch shape ``B`` and event
@@ -52,6 +54,7 @@ class AxisAlignedGaussianEncoder(nn.Module):
         latent_dim: int,
         num_convs: int = 3,
         pooling: str = "avg",
+        norm: str | tuple | None = DEFAULT_NORM,
     ) -> None:
         super().__init__()
         if latent_dim < 1:
@@ -60,7 +63,7 @@ class AxisAlignedGaussianEncoder(nn.Module):
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}.")
         self.latent_dim = latent_dim
         self.pooling = pooling
-        self.encoder = UNetEncoder(spatial_dims, in_channels, channels, num_convs)
+        self.encoder = UNetEncoder(spatial_dims, in_channels, channels, num_convs, norm=norm)
         pooled = channels[-1] * (2 if pooling == "avgmax" else 1)
         self.head = Conv[Conv.CONV, spatial_dims](pooled, 2 * latent_dim, kernel_size=1)
 

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from monai.networks.layers.factories import Conv
 
 from .init import init_weights_orthogonal
-from .unet_core import UNetCore, check_image_channels
+from .unet_core import DEFAULT_NORM, UNetCore, check_image_channels
 
 __all__ = ["MHeadsUNet"]
 
@@ -35,6 +35,8 @@ class MHeadsUNet(nn.Module):
         channels: U-Net channels per scale, finest first.
         num_heads: M, the number of heads (= hypotheses).
         num_convs: 3x3 convolutions per block.
+        norm: normalisation after each 3x3 convolution (default instance norm; ``None``: the paper's, see
+            :class:`~monai_probunet.networks.unet_core.ConvBlock`).
 
     Shapes:
         ``forward``: ``B x in_channels x *spatial`` -> ``B x M x C x *spatial`` logits;
@@ -49,6 +51,7 @@ class MHeadsUNet(nn.Module):
         channels: Sequence[int] = (32, 64, 128, 256, 512),
         num_heads: int = 16,
         num_convs: int = 3,
+        norm: str | tuple | None = DEFAULT_NORM,
     ) -> None:
         super().__init__()
         if num_heads < 1:
@@ -59,7 +62,7 @@ class MHeadsUNet(nn.Module):
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.num_heads = num_heads
-        self.unet = UNetCore(spatial_dims, in_channels, channels, num_convs)
+        self.unet = UNetCore(spatial_dims, in_channels, channels, num_convs, norm=norm)
         conv = Conv[Conv.CONV, spatial_dims]
         self.heads = nn.ModuleList(conv(self.unet.out_channels, out_channels, kernel_size=1) for _ in range(num_heads))
         init_weights_orthogonal(self)  # every head gets its own orthogonal C x F matrix

@@ -17,7 +17,7 @@ from torch.distributions import Independent, Normal, kl_divergence
 from .fcomb import FComb
 from .gaussian_encoder import AxisAlignedGaussianEncoder
 from .init import init_weights_orthogonal
-from .unet_core import UNetCore, check_image_channels
+from .unet_core import DEFAULT_NORM, UNetCore, check_image_channels
 
 __all__ = ["LATENT_INJECTIONS", "ProbUNet", "segmentation_to_onehot"]
 
@@ -92,6 +92,8 @@ class ProbUNet(nn.Module):
             concatenated to the U-Net's input channels, followed by a 1x1 logits head).
         encoder_pooling: global pooling of the prior and posterior nets (``"avg"``: the paper's; ``"max"``,
             ``"avgmax"``: see :class:`AxisAlignedGaussianEncoder`).
+        norm: normalisation after each 3x3 convolution (default instance norm; ``None``: the paper's, see
+            :class:`~monai_probunet.networks.unet_core.ConvBlock`).
 
     Shapes:
         image ``B x in_channels x *spatial``; seg ``B x 1 x *spatial`` integer labels;
@@ -113,6 +115,7 @@ class ProbUNet(nn.Module):
         posterior_context: bool = True,
         latent_injection: str = "fcomb",
         encoder_pooling: str = "avg",
+        norm: str | tuple | None = DEFAULT_NORM,
     ) -> None:
         super().__init__()
         if out_channels < 2:
@@ -131,11 +134,13 @@ class ProbUNet(nn.Module):
         self.latent_injection = latent_injection
         # registration order (unet, prior, posterior, f_comb/head) fixes the initialisation's RNG stream
         inject_input = latent_injection == "input"
-        self.unet = UNetCore(spatial_dims, in_channels + (latent_dim if inject_input else 0), channels, num_convs)
+        self.unet = UNetCore(
+            spatial_dims, in_channels + (latent_dim if inject_input else 0), channels, num_convs, norm=norm
+        )
         self.prior_net: AxisAlignedGaussianEncoder | None = None
         if not self.fixed_prior:
             self.prior_net = AxisAlignedGaussianEncoder(
-                spatial_dims, in_channels, channels, latent_dim, num_convs, encoder_pooling
+                spatial_dims, in_channels, channels, latent_dim, num_convs, encoder_pooling, norm
             )
         self.posterior_net = AxisAlignedGaussianEncoder(
             spatial_dims,
@@ -144,6 +149,7 @@ class ProbUNet(nn.Module):
             latent_dim,
             num_convs,
             encoder_pooling,
+            norm,
         )
         self.fcomb: FComb | None = None
         self.head: nn.Module | None = None

@@ -9,7 +9,7 @@ import torch.nn as nn
 from monai.networks.layers.factories import Conv
 
 from .init import init_weights_orthogonal
-from .unet_core import UNetCore, check_image_channels
+from .unet_core import DEFAULT_NORM, UNetCore, check_image_channels
 
 __all__ = ["DeterministicUNet"]
 
@@ -28,6 +28,8 @@ class DeterministicUNet(nn.Module):
         channels: U-Net channels per scale, finest first.
         num_convs: 3x3 convolutions per block.
         dropout: input dropout of the three innermost encoder and decoder blocks.
+        norm: normalisation after each 3x3 convolution (default instance norm; ``None``: the paper's, see
+            :class:`~monai_probunet.networks.unet_core.ConvBlock`).
 
     Shapes:
         ``forward``: ``B x in_channels x *spatial`` -> ``B x C x *spatial``;
@@ -42,13 +44,14 @@ class DeterministicUNet(nn.Module):
         channels: Sequence[int] = (32, 64, 128, 256, 512),
         num_convs: int = 3,
         dropout: float = 0.0,
+        norm: str | tuple | None = DEFAULT_NORM,
     ) -> None:
         super().__init__()
         self.spatial_dims = spatial_dims
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.dropout = dropout
-        self.unet = UNetCore(spatial_dims, in_channels, channels, num_convs, dropout=dropout)
+        self.unet = UNetCore(spatial_dims, in_channels, channels, num_convs, dropout=dropout, norm=norm)
         self.head = Conv[Conv.CONV, spatial_dims](self.unet.out_channels, out_channels, kernel_size=1)
         init_weights_orthogonal(self)
 

@@ -9,9 +9,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from monai.networks.blocks import Convolution
 
-__all__ = ["ConvBlock", "UNetEncoder", "UNetDecoder", "UNetCore", "resample_by_interpolation", "check_image_channels"]
+__all__ = ["DEFAULT_NORM", "ConvBlock", "UNetEncoder", "UNetDecoder", "UNetCore", "resample_by_interpolation", "check_image_channels"]
 
 _INTERP_MODE = {1: "linear", 2: "bilinear", 3: "trilinear"}
+
+#: normalisation after every 3x3 convolution unless told otherwise (``None``: none, as in the paper)
+DEFAULT_NORM = "instance"
 
 
 def resample_by_interpolation(x: torch.Tensor, size: Sequence[int] | None = None) -> torch.Tensor:
@@ -37,7 +40,7 @@ def check_image_channels(image: torch.Tensor, in_channels: int, spatial_dims: in
 
 
 class ConvBlock(nn.Sequential):
-    """``num_convs`` x (3x3 convolution + ReLU), with optional dropout on the block's input.
+    """``num_convs`` x (3x3 convolution + normalisation + ReLU), with optional dropout on the block's input.
 
     Args:
         spatial_dims: number of spatial dimensions (2 or 3).
@@ -45,10 +48,19 @@ class ConvBlock(nn.Sequential):
         out_channels: output channels of every convolution.
         num_convs: number of convolutions (the paper uses 3).
         input_dropout: dropout probability applied to the block's input (0 disables it).
+        norm: normalisation after each convolution, a MONAI ``Norm`` name (:data:`DEFAULT_NORM`: instance
+            normalisation without affine parameters, MONAI ``Convolution``'s default, which every model of this
+            package was trained with); ``None`` for the paper's plain convolution + ReLU (Appendix H.1).
     """
 
     def __init__(
-        self, spatial_dims: int, in_channels: int, out_channels: int, num_convs: int = 3, input_dropout: float = 0.0
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        out_channels: int,
+        num_convs: int = 3,
+        input_dropout: float = 0.0,
+        norm: str | tuple | None = DEFAULT_NORM,
     ) -> None:
         layers: list[nn.Module] = []
         if input_dropout > 0:
@@ -56,7 +68,12 @@ class ConvBlock(nn.Sequential):
         for i in range(num_convs):
             layers.append(
                 Convolution(
-                    spatial_dims, in_channels if i == 0 else out_channels, out_channels, kernel_size=3, act="relu"
+                    spatial_dims,
+                    in_channels if i == 0 else out_channels,
+                    out_channels,
+                    kernel_size=3,
+                    act="relu",
+                    norm=norm,
                 )
             )
         super().__init__(*layers)
@@ -79,6 +96,7 @@ class UNetEncoder(nn.Module):
         num_convs: convolutions per block.
         dropout: input dropout of the ``dropout_blocks`` innermost blocks (the Dropout U-Net baseline).
         dropout_blocks: how many of the innermost blocks get input dropout.
+        norm: normalisation after each convolution (see :class:`ConvBlock`).
 
     Shapes:
         ``forward``: ``B x in_channels x *spatial`` -> list of ``B x channels[i] x *(spatial / 2**i)``.
@@ -92,6 +110,7 @@ class UNetEncoder(nn.Module):
         num_convs: int = 3,
         dropout: float = 0.0,
         dropout_blocks: int = 3,
+        norm: str | tuple | None = DEFAULT_NORM,
     ) -> None:
         super().__init__()
         channels = _check_channels(channels)
@@ -105,6 +124,7 @@ class UNetEncoder(nn.Module):
                 channels[i],
                 num_convs,
                 input_dropout=dropout if i >= n - dropout_blocks else 0.0,
+                norm=norm,
             )
             for i in range(n)
         )
@@ -129,6 +149,7 @@ class UNetDecoder(nn.Module):
         num_convs: convolutions per block.
         dropout: input dropout of the ``dropout_blocks`` innermost decoder blocks.
         dropout_blocks: how many of the innermost decoder blocks get input dropout.
+        norm: normalisation after each convolution (see :class:`ConvBlock`).
 
     Shapes:
         ``forward``: encoder features (finest first) -> ``B x channels[0] x *spatial`` features (no logits).
@@ -141,6 +162,7 @@ class UNetDecoder(nn.Module):
         num_convs: int = 3,
         dropout: float = 0.0,
         dropout_blocks: int = 3,
+        norm: str | tuple | None = DEFAULT_NORM,
     ) -> None:
         super().__init__()
         channels = _check_channels(channels)
@@ -153,6 +175,7 @@ class UNetDecoder(nn.Module):
                 channels[i],
                 num_convs,
                 input_dropout=dropout if i >= n - 1 - dropout_blocks else 0.0,
+                norm=norm,
             )
             for i in range(n - 1)
         )
@@ -173,9 +196,10 @@ class UNetCore(nn.Module):
         spatial_dims: number of spatial dimensions (2 or 3).
         in_channels: image channels.
         channels: channels per scale, finest first; ``len(channels) - 1`` down-sampling steps.
-        num_convs: 3x3 convolutions (+ ReLU) per block.
+        num_convs: 3x3 convolutions (+ normalisation + ReLU) per block.
         dropout: input dropout of the innermost ``dropout_blocks`` encoder and decoder blocks.
         dropout_blocks: number of innermost blocks with dropout.
+        norm: normalisation after each convolution (see :class:`ConvBlock`).
 
     Shapes:
         ``forward``: ``B x in_channels x *spatial`` -> ``B x channels[0] x *spatial``.
@@ -189,10 +213,11 @@ class UNetCore(nn.Module):
         num_convs: int = 3,
         dropout: float = 0.0,
         dropout_blocks: int = 3,
+        norm: str | tuple | None = DEFAULT_NORM,
     ) -> None:
         super().__init__()
-        self.encoder = UNetEncoder(spatial_dims, in_channels, channels, num_convs, dropout, dropout_blocks)
-        self.decoder = UNetDecoder(spatial_dims, channels, num_convs, dropout, dropout_blocks)
+        self.encoder = UNetEncoder(spatial_dims, in_channels, channels, num_convs, dropout, dropout_blocks, norm)
+        self.decoder = UNetDecoder(spatial_dims, channels, num_convs, dropout, dropout_blocks, norm)
         self.out_channels = int(channels[0])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
