@@ -9,6 +9,7 @@ from torch.distributions import Independent, Normal, kl_divergence
 
 from monai_probunet.networks import DeterministicUNet, FComb, ProbUNet, hypotheses_to_labels, segmentation_to_onehot
 from monai_probunet.networks.gaussian_encoder import LOG_SIGMA_BOUND
+from monai_probunet.networks.unet_core import ConvBlock
 
 
 @pytest.fixture
@@ -101,7 +102,7 @@ def test_log_sigma_is_bounded():
 def test_encoder_pooling_by_hand(pooling, expected):
     from monai_probunet.networks import AxisAlignedGaussianEncoder
 
-    enc = AxisAlignedGaussianEncoder(2, 1, (1,), latent_dim=len(expected), pooling=pooling)
+    enc = AxisAlignedGaussianEncoder(2, 1, (1,), latent_dim=len(expected), pooling=pooling, norm=None)
     with torch.no_grad():
         for conv in enc.encoder.modules():
             if isinstance(conv, torch.nn.Conv2d) and conv is not enc.head:
@@ -132,6 +133,22 @@ def test_probunet_encoder_pooling_reaches_prior_and_posterior():
     assert m.posterior_net.head.in_channels == 16
     logits, kl = m(torch.randn(2, 1, 16, 16), torch.randint(0, 3, (2, 1, 16, 16)))
     assert logits.shape == (2, 3, 16, 16) and torch.isfinite(kl).all()
+
+
+def test_norm_none_is_the_papers_plain_conv_relu():
+    x = torch.randn(1, 2, 8, 8)
+    plain = ConvBlock(2, 2, 3, num_convs=2, norm=None)
+    normed = ConvBlock(2, 2, 3, num_convs=2)  # default: instance norm
+    normed.load_state_dict(plain.state_dict())  # instance norm without affine adds no parameters
+    expected = x
+    for conv in plain.modules():
+        if isinstance(conv, torch.nn.Conv2d):
+            expected = torch.relu(conv(expected))
+    torch.testing.assert_close(plain(x), expected)
+    h = normed[0].conv(x)
+    h = (h - h.mean(dim=(2, 3), keepdim=True)) / torch.sqrt(h.var(dim=(2, 3), unbiased=False, keepdim=True) + 1e-5)
+    torch.testing.assert_close(normed[0](x), torch.relu(h), rtol=1e-4, atol=1e-5)
+    assert not any(isinstance(m, torch.nn.InstanceNorm2d) for m in ProbUNet(2, 1, 2, (4, 8), 2, norm=None).modules())
 
 
 def test_posterior_input_is_centred_onehot():
