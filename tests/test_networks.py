@@ -148,7 +148,8 @@ def test_norm_none_is_the_papers_plain_conv_relu():
     h = normed[0].conv(x)
     h = (h - h.mean(dim=(2, 3), keepdim=True)) / torch.sqrt(h.var(dim=(2, 3), unbiased=False, keepdim=True) + 1e-5)
     torch.testing.assert_close(normed[0](x), torch.relu(h), rtol=1e-4, atol=1e-5)
-    assert not any(isinstance(m, torch.nn.InstanceNorm2d) for m in ProbUNet(2, 1, 2, (4, 8), 2, norm=None).modules())
+    for off in (None, "none", "None"):
+        assert not any(isinstance(m, torch.nn.InstanceNorm2d) for m in ProbUNet(2, 1, 2, (4, 8), 2, norm=off).modules())
 
 
 def test_posterior_input_is_centred_onehot():

@@ -50,7 +50,8 @@ class ConvBlock(nn.Sequential):
         input_dropout: dropout probability applied to the block's input (0 disables it).
         norm: normalisation after each convolution, a MONAI ``Norm`` name (:data:`DEFAULT_NORM`: instance
             normalisation without affine parameters, MONAI ``Convolution``'s default, which every model of this
-            package was trained with); ``None`` for the paper's plain convolution + ReLU (Appendix H.1).
+            package was trained with); ``None`` (or ``"none"``) for the paper's plain convolution + ReLU (Appendix
+            H.1).
     """
 
     def __init__(
@@ -62,6 +63,8 @@ class ConvBlock(nn.Sequential):
         input_dropout: float = 0.0,
         norm: str | tuple | None = DEFAULT_NORM,
     ) -> None:
+        if isinstance(norm, str) and norm.lower() == "none":
+            norm = None  # `--norm none`: MONAI's bundle CLI drops an override whose value is None
         layers: list[nn.Module] = []
         if input_dropout > 0:
             layers.append(nn.Dropout(input_dropout))
