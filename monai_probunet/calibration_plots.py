@@ -31,7 +31,7 @@ from .data.disk_format import load_datalist
 from .data.scenes32 import FLIPS, IGNORE_INDEX, SWITCHABLE_CLASSES
 from .engines.precision import autocast_context
 from .metrics.calibration import CalibrationAccumulator, ModeCalibration, PixelMarginals
-from .metrics.oracle import sample_modes
+from .metrics.oracle import ORACLE, sample_modes
 from .networks.utils import hypotheses_to_labels
 from .visualize import save_figure
 
@@ -49,7 +49,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-ORACLE = "oracle"
 CALIBRATION_JSON = "calibration.json"
 
 #: RGB colour of each class: the official Cityscapes colours of train ids 0..18, then five loud colours for the

@@ -49,6 +49,7 @@ from torch.utils.data import DataLoader
 from .data.disk_format import load_datalist
 from .engines.precision import autocast_context
 from .metrics.calibration import mask_ignored
+from .metrics.oracle import ORACLE
 from .metrics import (
     PresenceThreshold,
     bootstrap_ci,
@@ -100,8 +101,6 @@ METRICS = (
     "diversity",
     "presence_count",
 )
-#: name of the oracle pseudo-model
-ORACLE = "oracle"
 PRESENCE_THRESHOLD_NAME = "presence_threshold.json"
 PER_IMAGE_CSV = "per_image.csv"
 SUMMARY_JSON = "summary.json"

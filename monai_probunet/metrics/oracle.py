@@ -6,7 +6,10 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["sample_modes"]
+__all__ = ["ORACLE", "sample_modes"]
+
+#: the name of the oracle sampler in every evaluation output (and the string that selects it)
+ORACLE = "oracle"
 
 
 def sample_modes(
