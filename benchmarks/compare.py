@@ -237,7 +237,11 @@ def write_table(
     rows = [(name, s["models"][name], timings.get(name), calibrations.get(name, {}).get("models", {}).get(name))
             for name, s in summaries.items()]  # fmt: skip
     rows.append(("oracle", any_summary["models"]["oracle"], None, any_cal and any_cal["models"]["oracle"]))
-    extra = "Eq. 7 GED² S=16 | mode r | modes hit" if calibrations else "presence accuracy"
+    if any_cal:
+        s_ged, s_cal = any_cal.get("ged_num_samples", any_cal["num_samples"]), any_cal["num_samples"]
+        extra = f"Eq. 7 GED² S={s_ged} | mode r S={s_cal} | modes hit S={s_cal}"
+    else:
+        extra = "presence accuracy"
     lines = [
         f"Test split, {any_summary['num_images']} images; {any_summary['estimator']}; lower GED is better.",
         "",

@@ -155,6 +155,7 @@ def evaluate_calibration(
     ignore_index: int | None = IGNORE_INDEX,
     examples: list[dict[str, Any]] | None = None,
     num_examples: int = 4,
+    ged_samples: int | None = None,
 ) -> CalibrationAccumulator:
     """Sample every image of ``items`` and gather the calibration analysis.
 
@@ -174,6 +175,8 @@ def evaluate_calibration(
         examples: if a list, the first ``num_examples`` images are appended to it as ``{"case_id", "image"
             (C x *spatial), "modes" (up to 4, the most probable first), "samples" (up to 8)}`` for figures.
         num_examples: how many images to keep in ``examples``.
+        ged_samples: Eq. 7 GED from the first ``ged_samples`` of the S samples (``None``: all S); mode frequencies
+            and pixel marginals always use all S.
 
     Returns:
         The filled :class:`~monai_probunet.metrics.calibration.CalibrationAccumulator`.
@@ -183,7 +186,7 @@ def evaluate_calibration(
     if isinstance(model, str) and model != ORACLE:
         raise ValueError(f"a model given by name must be {ORACLE!r}, got {model!r}.")
     device = torch.device(device)
-    acc = CalibrationAccumulator(flips, classes, ignore_index)
+    acc = CalibrationAccumulator(flips, classes, ignore_index, ged_samples=ged_samples)
     gen = None
     if isinstance(model, nn.Module):
         if not hasattr(model, "sample"):
@@ -334,10 +337,11 @@ def run_calibration(
     classes: Sequence[int] = SWITCHABLE_CLASSES,
     ignore_index: int | None = IGNORE_INDEX,
     num_plot_images: int = 4,
+    ged_samples: int | None = None,
 ) -> dict[str, Any]:
     """Calibration analysis of a checkpoint (and the oracle) on a split; writes JSON and the two figures.
 
-    Writes into ``output_dir``: ``calibration.json`` (``{"split", "num_samples", "models": {name:
+    Writes into ``output_dir``: ``calibration.json`` (``{"split", "num_samples", "ged_num_samples", "models": {name:
     CalibrationAccumulator.summary()}}``: Eq. 7 GED, Pearson r of mode frequencies vs probabilities, modes hit,
     per-pattern frequencies, pixel marginals), ``mode_calibration.png``, ``pixel_marginals.png`` and
     ``calibration_samples.png`` (the first ``num_plot_images`` images: RGB image, its most probable modes and 8
@@ -355,6 +359,8 @@ def run_calibration(
         oracle: also analyse the oracle (true modes at their true probabilities) as a reference.
         num_samples, seed, device, batch_size, precision, classes, ignore_index: see :func:`evaluate_calibration`.
         num_plot_images: images in ``calibration_samples.png`` (0: no figure).
+        ged_samples: Eq. 7 GED from the first ``ged_samples`` of the ``num_samples`` samples per image (``None``:
+            all), so the frequencies can be counted over more samples than the GED's S = 16.
 
     Returns:
         The dict written to ``calibration.json``.
@@ -367,7 +373,7 @@ def run_calibration(
     network = network.to(device).eval()
     items = load_datalist(datalist, eval_split)
     common = dict(num_samples=num_samples, seed=seed, device=device, batch_size=batch_size, precision=precision,
-                  classes=classes, ignore_index=ignore_index)  # fmt: skip
+                  classes=classes, ignore_index=ignore_index, ged_samples=ged_samples)  # fmt: skip
     samplers: dict[str, nn.Module | str] = {model_name: network}
     if oracle:
         samplers[ORACLE] = ORACLE
@@ -380,6 +386,7 @@ def run_calibration(
     out = {
         "split": eval_split,
         "num_samples": num_samples,
+        "ged_num_samples": min(ged_samples or num_samples, num_samples),
         "checkpoint": [str(p) for p in ensemble_ckpts] if ensemble_ckpts else (ckpt_path and str(ckpt_path)),
         "models": {name: acc.summary() for name, acc in accs.items()},
     }
@@ -397,8 +404,9 @@ def run_calibration(
     for name, s in out["models"].items():
         mc = s["mode_calibration"]
         logger.info(
-            "%s: Eq. 7 GED^2 (S = %d) %.4f, mode frequencies vs probabilities r = %.3f, %d/%d modes hit",
-            name, num_samples, s["ged"]["ged"], mc["pearson_r"], mc["modes_hit"], mc["num_patterns"],
+            "%s: Eq. 7 GED^2 (S = %d) %.4f; mode frequencies (S = %d) vs probabilities r = %.3f, %d/%d modes hit",
+            name, out["ged_num_samples"], s["ged"]["ged"], num_samples, mc["pearson_r"], mc["modes_hit"],
+            mc["num_patterns"],
         )  # fmt: skip
     logger.info("calibration analysis written to %s", output_dir)
     return out

@@ -179,6 +179,23 @@ def test_a_sampler_at_the_true_frequencies_is_calibrated_and_has_near_zero_ged()
     np.testing.assert_allclose(bad.pixel_marginals().p_flipped, 0.0)
 
 
+def test_ged_from_the_first_samples_frequencies_from_all():
+    _, label = render_scene(np.random.default_rng([5, 0]), 32, 64, absent_prob=0.0)
+    modes_np, probs, patterns = distinct_modes(label)
+    modes = torch.as_tensor(np.stack(modes_np), dtype=torch.long)
+    # 16 samples of mode 0, then 48 of the least likely mode
+    samples = torch.cat([modes[:1].expand(16, *modes.shape[1:]), modes[-1:].expand(48, *modes.shape[1:])])[None]
+    w = torch.tensor([probs])
+    acc = CalibrationAccumulator(ged_samples=16)
+    terms = acc.update(samples, modes[None], w, [patterns])
+    ref = known_mixture_ged(samples[:, :16], modes[None], w)
+    torch.testing.assert_close(terms.ged, ref.ged)
+    cal = acc.mode_calibration()
+    assert cal.counts[0] == 16 and cal.counts[-1] == 48 and cal.modes_hit == 2
+    assert acc.summary()["num_samples"] == 64 and acc.summary()["ged_num_samples"] == 16
+    assert CalibrationAccumulator(ged_samples=100).update(samples, modes[None], w, [patterns]).ged.shape == (1,)
+
+
 def test_mask_ignored_shapes():
     samples = torch.zeros(2, 3, 4, 5, dtype=torch.long)
     ref = torch.zeros(2, 4, 5, dtype=torch.long)
@@ -325,6 +342,7 @@ def test_bundle_trains_and_evaluates_on_scenes32(tmp_path):
     assert summary["models"][name]["classes"] == list(SWITCHABLE_CLASSES)
     calib = json.loads((tmp_path / "eval" / "calibration.json").read_text())
     assert set(calib["models"]) == {name, "oracle"}
+    assert calib["num_samples"] == 4 and calib["ged_num_samples"] == 4  # GED at min(num_samples, S)
     for name in calib["models"]:
         m = calib["models"][name]
         assert math.isfinite(m["ged"]["ged"]) and len(m["mode_calibration"]["patterns"]) == 32

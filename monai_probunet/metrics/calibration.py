@@ -402,6 +402,9 @@ class CalibrationAccumulator:
         ignore_index: ignore label (``None``: no masking).
         source_names: names of the source classes (default: ``"class <id>"``; the paper's names for the default
             flips).
+        ged_samples: Eq. 7 GED from the first ``ged_samples`` samples of every image (the paper's S = 16), while
+            mode frequencies and pixel marginals use all S (``None``, or S below it: all S for everything; the
+            summary's ``ged_num_samples`` says which).
 
     Example::
 
@@ -417,7 +420,11 @@ class CalibrationAccumulator:
         classes: Sequence[int] = SWITCHABLE_CLASSES,
         ignore_index: int | None = IGNORE_INDEX,
         source_names: Sequence[str] | None = None,
+        ged_samples: int | None = None,
     ) -> None:
+        if ged_samples is not None and ged_samples < 1:
+            raise ValueError(f"ged_samples must be >= 1 or None, got {ged_samples}.")
+        self.ged_samples = ged_samples
         self.flips = tuple(tuple(f) for f in flips)
         self.classes = tuple(int(c) for c in classes)
         self.ignore_index = ignore_index
@@ -447,7 +454,7 @@ class CalibrationAccumulator:
         mode_patterns: Sequence[Sequence[Sequence[int]]],
         num_modes: torch.Tensor | Sequence[int] | None = None,
     ) -> GEDTerms:
-        """Add one batch; return its per-image Eq. 7 terms.
+        """Add one batch; return its per-image Eq. 7 terms (over the first ``ged_samples`` samples).
 
         Args:
             samples: ``B x S x *spatial`` sampled label maps.
@@ -465,7 +472,7 @@ class CalibrationAccumulator:
         modes = modes.long().to(samples.device)
         if self.ignore_index is not None:
             samples = mask_ignored(samples, modes, self.ignore_index)
-        terms = known_mixture_ged(samples, modes, mode_probs, self.classes, None)
+        terms = known_mixture_ged(samples[:, : self.ged_samples], modes, mode_probs, self.classes, None)
         matches = match_modes(samples, modes, num_modes, self.classes, None)
         counts, exact = attribute_patterns(matches, mode_patterns, self.pattern_probs)
         self._counts += counts
@@ -502,6 +509,7 @@ class CalibrationAccumulator:
             "(absent-from-both excluded), ignore pixels masked",
             "num_images": self._num_images,
             "num_samples": self._num_samples,
+            "ged_num_samples": min(self.ged_samples or self._num_samples or 0, self._num_samples or 0),
             "classes": list(self.classes),
             "ged": {k: float(np.mean(g[:, i])) for i, k in enumerate(("ged", "d_sy", "d_ss", "d_yy"))},
             "mode_calibration": self.mode_calibration().to_dict(),
