@@ -94,47 +94,6 @@ def test_log_sigma_is_bounded():
     assert torch.isfinite(torch.exp(log_sigma)).all() and log_sigma.max() <= LOG_SIGMA_BOUND
 
 
-@pytest.mark.parametrize(
-    "pooling, expected",
-    # relu(identity) features of a zero image holding a 2x2 block of 3.0 in 8x8: mean 12 / 64, max 3
-    [("avg", [0.1875]), ("max", [3.0]), ("avgmax", [0.1875, 3.0])],
-)
-def test_encoder_pooling_by_hand(pooling, expected):
-    from monai_probunet.networks import AxisAlignedGaussianEncoder
-
-    enc = AxisAlignedGaussianEncoder(2, 1, (1,), latent_dim=len(expected), pooling=pooling, norm=None)
-    with torch.no_grad():
-        for conv in enc.encoder.modules():
-            if isinstance(conv, torch.nn.Conv2d) and conv is not enc.head:
-                conv.weight.zero_()
-                conv.weight[0, 0, 1, 1] = 1.0  # each 3x3 conv passes its input through
-                conv.bias.zero_()
-        enc.head.weight.zero_()
-        enc.head.bias.zero_()
-        for k in range(len(expected)):
-            enc.head.weight[k, k] = 1.0  # mu_k = pooled feature k
-    x = torch.zeros(1, 1, 8, 8)
-    x[..., 2:4, 5:7] = 3.0
-    mu, log_sigma = enc.moments(x)
-    torch.testing.assert_close(mu, torch.tensor([expected]))
-    assert (log_sigma == 0).all()
-    # a 1-pixel block: the average shrinks with the area, the maximum does not
-    x1 = torch.zeros(1, 1, 8, 8)
-    x1[..., 2, 5] = 3.0
-    small = enc.moments(x1)[0][0].tolist()
-    assert small == pytest.approx([3.0 / 64 if p == "avg" else 3.0 for p in pooling.replace("avgmax", "avg max").split()])
-    with pytest.raises(ValueError, match="pooling"):
-        AxisAlignedGaussianEncoder(2, 1, (1,), latent_dim=1, pooling="sum")
-
-
-def test_probunet_encoder_pooling_reaches_prior_and_posterior():
-    m = ProbUNet(spatial_dims=2, in_channels=1, out_channels=3, channels=(4, 8), latent_dim=2, encoder_pooling="avgmax")
-    assert m.prior_net.pooling == m.posterior_net.pooling == "avgmax"
-    assert m.posterior_net.head.in_channels == 16
-    logits, kl = m(torch.randn(2, 1, 16, 16), torch.randint(0, 3, (2, 1, 16, 16)))
-    assert logits.shape == (2, 3, 16, 16) and torch.isfinite(kl).all()
-
-
 def test_norm_none_is_the_papers_plain_conv_relu():
     x = torch.randn(1, 2, 8, 8)
     plain = ConvBlock(2, 2, 3, num_convs=2, norm=None)

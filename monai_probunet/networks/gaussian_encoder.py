@@ -1,4 +1,4 @@
-"""Prior and posterior nets: the U-Net encoder, global pooling, 1x1 conv to an axis-aligned Gaussian."""
+"""Prior and posterior nets: the U-Net encoder, global average pooling, 1x1 conv to an axis-aligned Gaussian."""
 
 from __future__ import annotations
 
@@ -11,14 +11,11 @@ from torch.distributions import Independent, Normal
 
 from .unet_core import DEFAULT_NORM, UNetEncoder
 
-__all__ = ["AxisAlignedGaussianEncoder", "LOG_SIGMA_BOUND", "POOLINGS"]
+__all__ = ["AxisAlignedGaussianEncoder", "LOG_SIGMA_BOUND"]
 
 #: |log sigma| is softly bounded by this value (sigma in [4.5e-5, 2.2e4]) so ``exp`` can never overflow to inf
 #: or collapse to 0, while gradients stay non-zero (a tanh soft-clamp instead of a hard clamp).
 LOG_SIGMA_BOUND = 10.0
-
-#: global pooling of the encoder's last feature map: the paper's average, the maximum, or both concatenated
-POOLINGS = ("avg", "max", "avgmax")
 
 
 class AxisAlignedGaussianEncoder(nn.Module):
@@ -33,11 +30,6 @@ class AxisAlignedGaussianEncoder(nn.Module):
         channels: channels per scale of the encoder (the U-Net encoder's architecture).
         latent_dim: dimension N of the latent space.
         num_convs: 3x3 convolutions per block.
-        pooling: global pooling before the 1x1 convolution (:data:`POOLINGS`). ``"avg"`` is the paper's. An
-            average scales the evidence of a structure with its area, so a variant of a small structure (a
-            flipped person class covering 1.5 % of a scene) reaches the latent, and its gradient reaches the
-            encoder, about area-squared more weakly than that of a large one; ``"avgmax"`` adds the channel-wise
-            maximum (presence anywhere) and doubles the 1x1 convolution's input channels.
         norm: normalisation after each 3x3 convolution (default instance norm; ``None``: the paper's, see
             :class:`~monai_probunet.networks.unet_core.ConvBlock`).
 
@@ -53,30 +45,19 @@ class AxisAlignedGaussianEncoder(nn.Module):
         channels: Sequence[int],
         latent_dim: int,
         num_convs: int = 3,
-        pooling: str = "avg",
         norm: str | tuple | None = DEFAULT_NORM,
     ) -> None:
         super().__init__()
         if latent_dim < 1:
             raise ValueError(f"latent_dim must be >= 1, got {latent_dim}.")
-        if pooling not in POOLINGS:
-            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}.")
         self.latent_dim = latent_dim
-        self.pooling = pooling
         self.encoder = UNetEncoder(spatial_dims, in_channels, channels, num_convs, norm=norm)
-        pooled = channels[-1] * (2 if pooling == "avgmax" else 1)
-        self.head = Conv[Conv.CONV, spatial_dims](pooled, 2 * latent_dim, kernel_size=1)
+        self.head = Conv[Conv.CONV, spatial_dims](channels[-1], 2 * latent_dim, kernel_size=1)
 
     def moments(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``(mu, log_sigma)``, each ``B x latent_dim``, computed in float32."""
         h = self.encoder(x)[-1]
-        dims = tuple(range(2, h.ndim))
-        if self.pooling == "avg":
-            h = h.mean(dim=dims, keepdim=True)
-        elif self.pooling == "max":
-            h = h.amax(dim=dims, keepdim=True)
-        else:
-            h = torch.cat([h.mean(dim=dims, keepdim=True), h.amax(dim=dims, keepdim=True)], dim=1)
+        h = h.mean(dim=tuple(range(2, h.ndim)), keepdim=True)
         out = self.head(h).flatten(1).float()
         mu, raw_log_sigma = out[:, : self.latent_dim], out[:, self.latent_dim :]
         log_sigma = LOG_SIGMA_BOUND * torch.tanh(raw_log_sigma / LOG_SIGMA_BOUND)

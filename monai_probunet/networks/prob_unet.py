@@ -90,8 +90,6 @@ class ProbUNet(nn.Module):
             centred one-hot segmentation only).
         latent_injection: ``"fcomb"`` (z meets the U-Net's last activation in f_comb) or ``"input"`` (z is
             concatenated to the U-Net's input channels, followed by a 1x1 logits head).
-        encoder_pooling: global pooling of the prior and posterior nets (``"avg"``: the paper's; ``"max"``,
-            ``"avgmax"``: see :class:`AxisAlignedGaussianEncoder`).
         norm: normalisation after each 3x3 convolution (default instance norm; ``None``: the paper's, see
             :class:`~monai_probunet.networks.unet_core.ConvBlock`).
 
@@ -114,7 +112,6 @@ class ProbUNet(nn.Module):
         fixed_prior: bool = False,
         posterior_context: bool = True,
         latent_injection: str = "fcomb",
-        encoder_pooling: str = "avg",
         norm: str | tuple | None = DEFAULT_NORM,
     ) -> None:
         super().__init__()
@@ -140,7 +137,7 @@ class ProbUNet(nn.Module):
         self.prior_net: AxisAlignedGaussianEncoder | None = None
         if not self.fixed_prior:
             self.prior_net = AxisAlignedGaussianEncoder(
-                spatial_dims, in_channels, channels, latent_dim, num_convs, encoder_pooling, norm
+                spatial_dims, in_channels, channels, latent_dim, num_convs, norm=norm
             )
         self.posterior_net = AxisAlignedGaussianEncoder(
             spatial_dims,
@@ -148,8 +145,7 @@ class ProbUNet(nn.Module):
             channels,
             latent_dim,
             num_convs,
-            encoder_pooling,
-            norm,
+            norm=norm,
         )
         self.fcomb: FComb | None = None
         self.head: nn.Module | None = None
