@@ -9,7 +9,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 from monai.networks.blocks import Convolution
 
-__all__ = ["DEFAULT_NORM", "ConvBlock", "UNetEncoder", "UNetDecoder", "UNetCore", "resample_by_interpolation", "check_image_channels"]
+__all__ = [
+    "DEFAULT_NORM",
+    "ConvBlock",
+    "UNetEncoder",
+    "UNetDecoder",
+    "UNetCore",
+    "resample_by_interpolation",
+    "check_image_channels",
+]
 
 _INTERP_MODE = {1: "linear", 2: "bilinear", 3: "trilinear"}
 
