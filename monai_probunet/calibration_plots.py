@@ -383,12 +383,13 @@ def run_calibration(
                                    num_examples=num_plot_images, **common)
         for name, s in samplers.items()
     }  # fmt: skip
+    summaries = {name: acc.summary() for name, acc in accs.items()}
     out = {
         "split": eval_split,
         "num_samples": num_samples,
-        "ged_num_samples": min(ged_samples or num_samples, num_samples),
+        "ged_num_samples": next(iter(summaries.values()))["ged_num_samples"],
         "checkpoint": [str(p) for p in ensemble_ckpts] if ensemble_ckpts else (ckpt_path and str(ckpt_path)),
-        "models": {name: acc.summary() for name, acc in accs.items()},
+        "models": summaries,
     }
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)

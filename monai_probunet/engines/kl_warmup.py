@@ -15,10 +15,10 @@ class KLWarmup:
 
     KL annealing (Bowman et al. 2016, Sønderby et al. 2016): in epoch ``e`` (1-based) the loss uses
     ``beta * min(1, start + (1 - start) * (e - 1) / warmup_epochs)``, from ``start * beta`` in the first epoch to
-    the full ``beta`` from epoch ``warmup_epochs + 1`` on. Early in training the KL term pulls the posterior back onto
-    the prior with the same force whatever the area of a structure, while the cross-entropy that rewards encoding a
-    structure's variant in the latent scales with its pixel count; so small structures (scenes32's persons) are the
-    last to be encoded. A lower KL weight at first lets the posterior encode them early.
+    the full ``beta`` from epoch ``warmup_epochs + 1`` on: the usual remedy when a VAE's posterior collapses onto the
+    prior early in training. Measured on scenes32 (``--kl_warmup_epochs 50`` of 200): it did not make the posterior
+    encode the person flip any sooner (epoch 45: 0.544 reconstruction accuracy vs 0.540 without), so it is off by
+    default.
 
     Written by hand: ignite's ``PiecewiseLinearStateScheduler`` sets an engine-state attribute from its own event
     counter, which restarts at 0 on ``--resume``; this handler derives the weight from ``engine.state.epoch``.
