@@ -319,6 +319,10 @@ def _pad_stack(maps: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.stack([torch.cat([m, m[-1:].expand(a - m.shape[0], *m.shape[1:])]) for m in maps])
 
 
+def _fmt(values: Sequence[float]) -> str:
+    return "[" + ", ".join(f"{v:.2f}" for v in values) + "]"
+
+
 def run_calibration(
     network: nn.Module,
     datalist: str | Path,
@@ -405,9 +409,10 @@ def run_calibration(
     for name, s in out["models"].items():
         mc = s["mode_calibration"]
         logger.info(
-            "%s: Eq. 7 GED^2 (S = %d) %.4f; mode frequencies (S = %d) vs probabilities r = %.3f, %d/%d modes hit",
-            name, out["ged_num_samples"], s["ged"]["ged"], num_samples, mc["pearson_r"], mc["modes_hit"],
-            mc["num_patterns"],
+            "%s: Eq. 7 GED^2 (S = %d) %.4f; mode frequencies (S = %d) vs probabilities r = %.3f (%.3f with the flips "
+            "untied), %d/%d modes hit; flips on in samples %s (true %s)",
+            name, out["ged_num_samples"], s["ged"]["ged"], num_samples, mc["pearson_r"], mc["independent_pearson_r"],
+            mc["modes_hit"], mc["num_patterns"], _fmt(mc["sampled_flip_probs"]), _fmt(mc["true_flip_probs"]),
         )  # fmt: skip
     logger.info("calibration analysis written to %s", output_dir)
     return out

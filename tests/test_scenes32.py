@@ -196,6 +196,38 @@ def test_ged_from_the_first_samples_frequencies_from_all():
     assert CalibrationAccumulator(ged_samples=100).update(samples, modes[None], w, [patterns]).ged.shape == (1,)
 
 
+
+def _two_flip_calibration(counts, true_probs=(0.3, 0.2, 0.3, 0.2)):
+    """Two flips, patterns (0,0), (0,1), (1,0), (1,1); ``counts`` from images with both flips visible."""
+    c = np.asarray(counts, dtype=np.float64)
+    return ModeCalibration(
+        patterns=[(0, 0), (0, 1), (1, 0), (1, 1)], true_probs=np.asarray(true_probs), counts=c, exact_counts=c,
+        num_images=1, num_exact_images=1, num_samples=int(c.sum()),
+    )
+
+
+def test_flip_marginals_and_correlation_hand_computed():
+    # true: flip A on with 0.3 + 0.2 = 0.5, flip B with 0.2 + 0.2 = 0.4
+    tied = _two_flip_calibration([4, 0, 0, 4])  # A and B always together: both on half the time, r = +1
+    np.testing.assert_allclose(tied.flip_marginals[0], [0.5, 0.5])
+    np.testing.assert_allclose(tied.flip_marginals[1], [0.5, 0.4])
+    np.testing.assert_allclose(tied.flip_correlation, [[1.0, 1.0], [1.0, 1.0]])
+    # (1, 3, 3, 1) / 8: P(A) = P(B) = 1/2, P(A and B) = 1/8, cov = 1/8 - 1/4, corr = -1/8 / (1/4) = -0.5
+    anti = _two_flip_calibration([1, 3, 3, 1])
+    np.testing.assert_allclose(anti.flip_correlation[0, 1], -0.5)
+    # untied with the sampled marginals (1/2, 1/2): every pattern 1/4, no spread -> r undefined
+    assert np.isnan(anti.independent_pearson[0])
+    # independent flips with the true marginals: r = 1 untied and as sampled, zero correlation
+    true = _two_flip_calibration([0.3, 0.2, 0.3, 0.2])
+    assert true.flip_correlation[0, 1] == pytest.approx(0.0, abs=1e-12)
+    assert true.independent_pearson[0] == pytest.approx(1.0) and true.pearson[0] == pytest.approx(1.0)
+    # a flip never sampled: its correlations are undefined (None in JSON), its marginal 0
+    never = _two_flip_calibration([5, 5, 0, 0])
+    assert never.flip_marginals[0][0] == 0.0 and np.isnan(never.flip_correlation[0, 1])
+    d = json.loads(json.dumps(never.to_dict()))
+    assert d["flip_correlation"][0][1] is None and d["sampled_flip_probs"] == [0.0, 0.5]
+    assert d["true_flip_probs"] == pytest.approx([0.5, 0.4])
+
 def test_mask_ignored_shapes():
     samples = torch.zeros(2, 3, 4, 5, dtype=torch.long)
     ref = torch.zeros(2, 4, 5, dtype=torch.long)

@@ -307,6 +307,49 @@ class ModeCalibration:
         c = self.exact_counts if self.num_exact_images else self.counts
         return int((c > 0).sum())
 
+    @property
+    def observed_frequencies(self) -> np.ndarray:
+        """``P`` frequencies over the images with every flip visible, or over all images if there are none (the
+        counts :attr:`modes_hit` uses)."""
+        return self.exact_frequencies if self.num_exact_images else self.frequencies
+
+    @property
+    def flip_marginals(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(sampled K, true K)``: how often each of the K flips is on, from :attr:`observed_frequencies` and from
+        the true pattern probabilities."""
+        bits = np.asarray(self.patterns, dtype=np.float64)  # P x K
+        return self.observed_frequencies @ bits, self.true_probs @ bits
+
+    @property
+    def flip_correlation(self) -> np.ndarray:
+        """``K x K`` Pearson correlation of the sampled flip bits (0 for independent flips as in the data; NaN
+        where a flip is always or never on).
+
+        Non-zero off-diagonal entries mean the model ties flips together (e.g. one latent direction for two
+        flips), which lowers the mode r even where every marginal is right.
+        """
+        bits = np.asarray(self.patterns, dtype=np.float64)
+        f = self.observed_frequencies
+        q = f @ bits
+        cov = (bits * f[:, None]).T @ bits - np.outer(q, q)
+        sd = np.sqrt(q * (1.0 - q))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            corr = cov / np.outer(sd, sd)
+        corr[~np.isfinite(corr)] = np.nan
+        np.fill_diagonal(corr, 1.0)
+        return corr
+
+    @property
+    def independent_pearson(self) -> tuple[float, float]:
+        """``(r, p-value)`` of the true probabilities against the pattern probabilities that independent flips with
+        the sampled marginals would give: the r left once the flips are untied (:attr:`flip_correlation`), so
+        ``independent_pearson[0] - pearson[0]`` is what tied flips cost and ``1 - independent_pearson[0]`` what
+        wrong marginals cost."""
+        bits = np.asarray(self.patterns, dtype=np.float64)
+        q = self.flip_marginals[0]
+        product = np.prod(np.where(bits == 1, q, 1.0 - q), axis=1)
+        return self._pearson(self.true_probs, product)
+
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ModeCalibration:
         """Rebuild from :meth:`to_dict` output (e.g. the ``mode_calibration`` entry of ``calibration.json``)."""
@@ -327,6 +370,8 @@ class ModeCalibration:
     def to_dict(self) -> dict[str, Any]:
         r, p = self.pearson
         er, ep = self.exact_pearson
+        sampled_flips, true_flips = self.flip_marginals
+        corr = self.flip_correlation
         return {
             "num_images": self.num_images,
             "num_exact_images": self.num_exact_images,
@@ -338,6 +383,10 @@ class ModeCalibration:
             "modes_hit": self.modes_hit,
             "num_patterns": len(self.patterns),
             "total_variation": float(0.5 * np.abs(self.frequencies - self.true_probs).sum()),
+            "sampled_flip_probs": [float(v) for v in sampled_flips],
+            "true_flip_probs": [float(v) for v in true_flips],
+            "flip_correlation": [[None if np.isnan(v) else float(v) for v in row] for row in corr],
+            "independent_pearson_r": self.independent_pearson[0],
             "patterns": [
                 {"flips": list(b), "true_prob": float(t), "frequency": float(f), "exact_frequency": float(e),
                  "count": float(c), "exact_count": float(x)}
