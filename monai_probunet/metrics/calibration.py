@@ -329,9 +329,8 @@ class ModeCalibration:
         flips), which lowers the mode r even where every marginal is right.
         """
         bits = np.asarray(self.patterns, dtype=np.float64)
-        f = self.observed_frequencies
-        q = f @ bits
-        cov = (bits * f[:, None]).T @ bits - np.outer(q, q)
+        q = self.flip_marginals[0]
+        cov = (bits * self.observed_frequencies[:, None]).T @ bits - np.outer(q, q)
         sd = np.sqrt(q * (1.0 - q))
         with np.errstate(divide="ignore", invalid="ignore"):
             corr = cov / np.outer(sd, sd)
