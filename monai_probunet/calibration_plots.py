@@ -7,6 +7,8 @@
 - :func:`mode_calibration_plot`: true mode probability (x) vs predicted frequency (y) with the bisector (Fig. 5).
 - :func:`pixel_marginals_plot`: per flippable class, the sampled fractions of the new class / the class itself /
   anything else over its ground-truth pixels, with the true flip probability marked (Appendix C, Figs. 8-10).
+- :func:`evaluate_posterior_flips`: for a model with a posterior net, whether its posterior mean carries each flip
+  (every mode of every image encoded and decoded; 0.5 per flip means the latent ignores it).
 - :func:`run_calibration`: all of it for a checkpoint, written to ``output_dir`` (what ``bundle/configs/scenes32.yaml``
   adds to the ``evaluating`` run): ``calibration.json``, ``mode_calibration.png``, ``pixel_marginals.png``.
 """
@@ -28,9 +30,15 @@ import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 
 from .data.disk_format import load_datalist
-from .data.scenes32 import FLIPS, IGNORE_INDEX, SWITCHABLE_CLASSES
+from .data.scenes32 import FLIPS, IGNORE_INDEX, SWITCHABLE_CLASSES, enumerate_modes
 from .engines.precision import autocast_context
-from .metrics.calibration import CalibrationAccumulator, ModeCalibration, PixelMarginals
+from .metrics.calibration import (
+    CalibrationAccumulator,
+    ModeCalibration,
+    PixelMarginals,
+    flip_recovery_counts,
+    match_modes,
+)
 from .metrics.oracle import ORACLE, sample_modes
 from .networks.utils import hypotheses_to_labels
 from .visualize import save_figure
@@ -41,6 +49,7 @@ __all__ = [
     "SCENE_PALETTE",
     "colourise",
     "evaluate_calibration",
+    "evaluate_posterior_flips",
     "label_sample_grid",
     "mode_calibration_plot",
     "pixel_marginals_plot",
@@ -227,6 +236,63 @@ def evaluate_calibration(
     return acc
 
 
+def evaluate_posterior_flips(
+    model: nn.Module,
+    items: Sequence[Mapping[str, Any]],
+    transform: Callable[[dict], dict],
+    device: torch.device | str = "cpu",
+    precision: str = "fp32",
+    flips: Sequence[tuple[int, int, float, str]] = FLIPS,
+    classes: Sequence[int] = SWITCHABLE_CLASSES,
+    ignore_index: int | None = IGNORE_INDEX,
+) -> dict[str, Any]:
+    """Does the posterior encode each flip? Every mode of every image goes through the posterior mean and the decoder.
+
+    Separates the two ways a model misses a flip's frequency: if the reconstruction gets flip ``k`` right (accuracy
+    near 1) but samples from the prior turn it on too rarely, the prior does not cover the posterior's region for it;
+    at 0.5 the latent carries nothing about the flip (each mode counts once and half of them have it on), so no
+    prior could sample it. Per flip, see :func:`~monai_probunet.metrics.calibration.flip_recovery_counts`.
+
+    Args:
+        model: a network with ``posterior(image, seg)`` (a distribution with ``mean`` ``B x N``) and
+            ``decode(image, z)`` (``z`` ``B x S x N`` -> logits ``B x S x C x *spatial``), e.g.
+            :class:`~monai_probunet.networks.ProbUNet`.
+        items, transform: as for :func:`evaluate_calibration`.
+        device, precision: where and in which autocast the model runs.
+        flips, classes, ignore_index: the task (default: the paper's Cityscapes flips).
+
+    Returns:
+        ``{"flip_names" K, "flip_accuracy" K (None where a flip is never visible), "mode_accuracy" (fraction of
+        modes reconstructed as themselves), "num_modes"}``.
+    """
+    if not (hasattr(model, "posterior") and hasattr(model, "decode")):
+        raise TypeError(f"{type(model).__name__} has no posterior(image, seg) and decode(image, z) to probe.")
+    device = torch.device(device)
+    model.eval()
+    patterns = [b for b, _ in enumerate_modes([f[2] for f in flips])]
+    correct, total = np.zeros(len(flips), np.int64), np.zeros(len(flips), np.int64)
+    same, count = 0, 0
+    for case in _load_cases(items, transform):
+        modes = case["modes"].to(device)  # M x *spatial
+        image = case["image"][None].to(device)
+        with torch.no_grad(), autocast_context(precision, device):
+            z = model.posterior(image.expand(modes.shape[0], *image.shape[1:]), modes[:, None]).mean
+            recon = hypotheses_to_labels(model.decode(image, z[None].float()))  # 1 x M x *spatial
+        matched = match_modes(recon, modes[None], classes=classes, ignore_index=ignore_index)[0]
+        c, t = flip_recovery_counts(matched, case["patterns"], patterns)
+        correct, total = correct + c, total + t
+        same += int((matched.cpu() == torch.arange(modes.shape[0])).sum())
+        count += modes.shape[0]
+    if count == 0:
+        raise ValueError("items is empty: nothing to probe.")
+    return {
+        "flip_names": [f[3] for f in flips],
+        "flip_accuracy": [float(c / t) if t else None for c, t in zip(correct, total)],
+        "mode_accuracy": same / count,
+        "num_modes": count,
+    }
+
+
 def mode_calibration_plot(
     calibrations: ModeCalibration | Mapping[str, ModeCalibration], path: str | Path, exact: bool = False,
     title: str | None = None,
@@ -347,7 +413,8 @@ def run_calibration(
 
     Writes into ``output_dir``: ``calibration.json`` (``{"split", "num_samples", "ged_num_samples", "models": {name:
     CalibrationAccumulator.summary()}}``: Eq. 7 GED, Pearson r of mode frequencies vs probabilities, modes hit,
-    per-pattern frequencies, pixel marginals), ``mode_calibration.png``, ``pixel_marginals.png`` and
+    per-pattern frequencies, pixel marginals; for a model with a posterior net also ``"posterior_probe"``, see
+    :func:`evaluate_posterior_flips`), ``mode_calibration.png``, ``pixel_marginals.png`` and
     ``calibration_samples.png`` (the first ``num_plot_images`` images: RGB image, its most probable modes and 8
     samples in the Cityscapes colours, :func:`label_sample_grid`).
 
@@ -388,6 +455,10 @@ def run_calibration(
         for name, s in samplers.items()
     }  # fmt: skip
     summaries = {name: acc.summary() for name, acc in accs.items()}
+    if hasattr(network, "posterior") and hasattr(network, "decode"):
+        summaries[model_name]["posterior_probe"] = evaluate_posterior_flips(
+            network, items, transform, device=device, precision=precision, classes=classes, ignore_index=ignore_index
+        )
     out = {
         "split": eval_split,
         "num_samples": num_samples,
@@ -414,5 +485,11 @@ def run_calibration(
             name, out["ged_num_samples"], s["ged"]["ged"], num_samples, mc["pearson_r"], mc["independent_pearson_r"],
             mc["modes_hit"], mc["num_patterns"], _fmt(mc["sampled_flip_probs"]), _fmt(mc["true_flip_probs"]),
         )  # fmt: skip
+        if "posterior_probe" in s:
+            probe = s["posterior_probe"]
+            logger.info(
+                "%s: posterior mean decoded back to its own mode %.3f of the time; per flip %s (0.5: not encoded)",
+                name, probe["mode_accuracy"], _fmt([np.nan if v is None else v for v in probe["flip_accuracy"]]),
+            )  # fmt: skip
     logger.info("calibration analysis written to %s", output_dir)
     return out

@@ -33,6 +33,7 @@ from monai_probunet.metrics.calibration import (
     CalibrationAccumulator,
     MaskIgnoredd,
     ModeCalibration,
+    flip_recovery_counts,
     known_mixture_ged,
     mask_ignored,
     match_modes,
@@ -228,6 +229,63 @@ def test_flip_marginals_and_correlation_hand_computed():
     assert d["flip_correlation"][0][1] is None and d["sampled_flip_probs"] == [0.0, 0.5]
     assert d["true_flip_probs"] == pytest.approx([0.5, 0.4])
 
+class _FlipCodec(torch.nn.Module):
+    """A hand-built latent model for the posterior probe: the "image" is the unflipped label map, the posterior mean
+    is the bits of the flips present in the label, the decoder applies those bits to the image (dropping the flips in
+    ``deaf``: a latent that carries nothing about them)."""
+
+    def __init__(self, deaf: tuple[int, ...] = ()) -> None:
+        super().__init__()
+        self.deaf = deaf
+
+    def posterior(self, image: torch.Tensor, seg: torch.Tensor) -> torch.distributions.Distribution:
+        bits = torch.stack([(seg == dst).flatten(1).any(1) for _, dst, _, _ in FLIPS], dim=1).float()
+        return torch.distributions.Independent(torch.distributions.Normal(bits, torch.ones_like(bits)), 1)
+
+    def decode(self, image: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        maps = []
+        for b in range(z.shape[0]):
+            for zz in z[b]:
+                bits = [0 if k in self.deaf else int(v > 0.5) for k, v in enumerate(zz.tolist())]
+                lab = apply_flip_pattern(image[b, 0].long(), bits)
+                maps.append(torch.where(lab == IGNORE_INDEX, 0, lab))
+        logits = torch.nn.functional.one_hot(torch.stack(maps), NUM_CLASSES).movedim(-1, 1).float()
+        return logits.reshape(z.shape[0], z.shape[1], *logits.shape[1:])
+
+
+def test_posterior_probe_tells_encoded_from_ignored_flips():
+    from monai_probunet.calibration_plots import evaluate_posterior_flips
+
+    # by hand: 2 flips, the second invisible (modes {00, 01} and {10, 11}); both modes decoded as mode 0
+    patterns = [(0, 0), (1, 0), (0, 1), (1, 1)]
+    correct, total = flip_recovery_counts([0, 0], [[0, 2], [1, 3]], patterns)
+    np.testing.assert_array_equal(correct, [1, 0])
+    np.testing.assert_array_equal(total, [2, 0])
+    with pytest.raises(ValueError, match="mode indices"):
+        flip_recovery_counts([0, 2], [[0, 2], [1, 3]], patterns)
+    # two scenes with all five flips (32 modes each) and one without persons (16 modes)
+    labels = [render_scene(np.random.default_rng([9, k]), 32, 64, absent_prob=0.0)[1] for k in range(3)]
+    labels[2] = np.where(labels[2] == FLIPS[1][0], 2, labels[2])  # persons -> buildings
+    items = []
+    for lab in labels:
+        modes, probs, groups = distinct_modes(lab)
+        items.append(
+            {"image": lab[None].astype(np.float32), "modes": modes, "mode_probs": probs, "mode_patterns": groups}
+        )
+    assert [len(i["modes"]) for i in items] == [32, 32, 16]
+
+    def transform(d):
+        return {"image": torch.as_tensor(d["image"]), "label": torch.as_tensor(np.stack(d["label"]))}
+
+    exact = evaluate_posterior_flips(_FlipCodec(), items, transform)
+    assert exact["flip_accuracy"] == [1.0] * 5 and exact["mode_accuracy"] == 1.0 and exact["num_modes"] == 80
+    deaf = evaluate_posterior_flips(_FlipCodec(deaf=(1,)), items, transform)  # the person flip is never encoded
+    assert deaf["flip_accuracy"] == [1.0, 0.5, 1.0, 1.0, 1.0]  # half of the 64 person-visible modes have it on
+    assert deaf["mode_accuracy"] == pytest.approx((16 + 16 + 16) / 80)  # the person-less scene loses nothing
+    with pytest.raises(TypeError, match="posterior"):
+        evaluate_posterior_flips(torch.nn.Identity(), items, transform)
+
+
 def test_mask_ignored_shapes():
     samples = torch.zeros(2, 3, 4, 5, dtype=torch.long)
     ref = torch.zeros(2, 4, 5, dtype=torch.long)
@@ -380,5 +438,8 @@ def test_bundle_trains_and_evaluates_on_scenes32(tmp_path):
         assert math.isfinite(m["ged"]["ged"]) and len(m["mode_calibration"]["patterns"]) == 32
     model = next(n for n in calib["models"] if n != "oracle")
     assert calib["models"]["oracle"]["ged"]["ged"] < calib["models"][model]["ged"]["ged"]
+    probe = calib["models"][model]["posterior_probe"]  # the ProbUNet has a posterior; the oracle has none
+    assert "posterior_probe" not in calib["models"]["oracle"] and len(probe["flip_accuracy"]) == 5
+    assert all(v is None or 0.0 <= v <= 1.0 for v in probe["flip_accuracy"]) and probe["num_modes"] > 0
     for png in ("mode_calibration.png", "pixel_marginals.png", "calibration_samples.png"):
         assert (tmp_path / "eval" / png).is_file()

@@ -43,6 +43,7 @@ __all__ = [
     "ModeCalibration",
     "PixelMarginals",
     "attribute_patterns",
+    "flip_recovery_counts",
     "known_mixture_ged",
     "mask_ignored",
     "match_modes",
@@ -211,6 +212,37 @@ def attribute_patterns(
             if full:
                 exact[g] += hist[j]
     return counts, exact
+
+
+def flip_recovery_counts(
+    matches: Sequence[int] | np.ndarray | torch.Tensor,
+    mode_patterns: Sequence[Sequence[int]],
+    patterns: Sequence[Sequence[int]],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per flip, how many of one image's modes came back with that flip right (the posterior-recovery probe).
+
+    Mode ``j`` of the image was encoded (e.g. by the posterior mean) and decoded, and the result matched mode
+    ``matches[j]`` (:func:`match_modes`). For every flip ``k`` visible in the image (every stored mode stands for
+    patterns that agree on bit ``k``), each mode counts once, correct when the matched mode has the same bit ``k``.
+    A model whose latent carries nothing about flip ``k`` gets half of them right, since half of the modes have it on.
+
+    Args:
+        matches: ``M`` indices of the mode each mode's reconstruction matched.
+        mode_patterns: ``M`` lists of the pattern indices each mode stands for (the datalist's ``mode_patterns``).
+        patterns: ``P`` flip patterns (0/1 tuples of length K, :func:`~monai_probunet.data.enumerate_modes` order).
+
+    Returns:
+        ``(correct K, total K)`` counts; ``total[k]`` is 0 where flip ``k`` is not visible.
+    """
+    m = np.asarray(matches.cpu() if isinstance(matches, torch.Tensor) else matches, dtype=np.int64).reshape(-1)
+    if m.size != len(mode_patterns) or (m.size and (m.min() < 0 or m.max() >= len(mode_patterns))):
+        raise ValueError(f"matches must be {len(mode_patterns)} mode indices in 0..{len(mode_patterns) - 1}, got {m}.")
+    bits = np.asarray(patterns, dtype=np.int64)  # P x K
+    groups = [bits[np.asarray(g, dtype=np.int64)] for g in mode_patterns]
+    visible = np.all([(g == g[0]).all(axis=0) for g in groups], axis=0)  # K
+    mode_bits = np.stack([g[0] for g in groups])  # M x K
+    correct = (mode_bits[m] == mode_bits).sum(axis=0) * visible
+    return correct.astype(np.int64), visible.astype(np.int64) * len(groups)
 
 
 def pixel_marginal_counts(
