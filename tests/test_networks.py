@@ -111,6 +111,28 @@ def test_norm_none_is_the_papers_plain_conv_relu():
         assert not any(isinstance(m, torch.nn.InstanceNorm2d) for m in ProbUNet(2, 1, 2, (4, 8), 2, norm=off).modules())
 
 
+def test_posterior_presence_sees_a_one_pixel_class():
+    torch.manual_seed(0)
+    net = ProbUNet(2, 1, 3, (4, 8), latent_dim=2, posterior_presence=True).eval()
+    head = net.posterior_net.head
+    assert head.in_channels == 8 + 3 and net.prior_net.head.in_channels == 8  # the prior net is unchanged
+    with torch.no_grad():
+        head.weight[:, :8].zero_()  # cut the pooled-feature path: only the presence inputs reach the head
+    image = torch.rand(1, 1, 16, 16)
+    seg = torch.zeros(1, 1, 16, 16, dtype=torch.long)
+    seg_one_pixel = seg.clone()
+    seg_one_pixel[..., 5, 7] = 2
+    mu, _ = net.posterior_net.moments(net.posterior_input(image, seg))
+    mu_one_pixel, _ = net.posterior_net.moments(net.posterior_input(image, seg_one_pixel))
+    # class 2's centred one-hot max goes from -0.5 (absent) to 0.5 (one pixel): mu moves by its weight column
+    torch.testing.assert_close((mu_one_pixel - mu)[0], head.weight[:2, 8 + 2, 0, 0].detach())
+    assert ProbUNet(2, 1, 3, (4, 8), latent_dim=2).posterior_net.head.in_channels == 8  # off by default
+    from monai_probunet.networks import AxisAlignedGaussianEncoder
+
+    with pytest.raises(ValueError, match="presence_channels"):
+        AxisAlignedGaussianEncoder(2, 3, (4,), latent_dim=2, presence_channels=4)
+
+
 def test_posterior_input_is_centred_onehot():
     seg = torch.tensor([[[[0, 1], [1, 255]]]])
     oh = segmentation_to_onehot(seg, 2)

@@ -32,6 +32,10 @@ class AxisAlignedGaussianEncoder(nn.Module):
         num_convs: 3x3 convolutions per block.
         norm: normalisation after each 3x3 convolution (default instance norm; ``None``: the paper's, see
             :class:`~monai_probunet.networks.unet_core.ConvBlock`).
+        presence_channels: the last ``presence_channels`` input channels also reach the 1x1 head through a spatial
+            max, beside the pooled encoder features (0: the paper's encoder). For a centred one-hot segmentation
+            this tells the head which classes are present at all: a class on a few pixels is as visible as a large
+            one, whereas the global average pooling of normalised features dilutes it by its area.
 
     Shapes:
         ``forward``: ``B x in_channels x *spatial`` -> ``Independent(Normal)`` with batch shape ``B`` and event
@@ -46,18 +50,25 @@ class AxisAlignedGaussianEncoder(nn.Module):
         latent_dim: int,
         num_convs: int = 3,
         norm: str | tuple | None = DEFAULT_NORM,
+        presence_channels: int = 0,
     ) -> None:
         super().__init__()
         if latent_dim < 1:
             raise ValueError(f"latent_dim must be >= 1, got {latent_dim}.")
+        if not 0 <= presence_channels <= in_channels:
+            raise ValueError(f"presence_channels must be in [0, in_channels={in_channels}], got {presence_channels}.")
         self.latent_dim = latent_dim
+        self.presence_channels = presence_channels
         self.encoder = UNetEncoder(spatial_dims, in_channels, channels, num_convs, norm=norm)
-        self.head = Conv[Conv.CONV, spatial_dims](channels[-1], 2 * latent_dim, kernel_size=1)
+        self.head = Conv[Conv.CONV, spatial_dims](channels[-1] + presence_channels, 2 * latent_dim, kernel_size=1)
 
     def moments(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``(mu, log_sigma)``, each ``B x latent_dim``, computed in float32."""
         h = self.encoder(x)[-1]
         h = h.mean(dim=tuple(range(2, h.ndim)), keepdim=True)
+        if self.presence_channels:
+            present = x[:, x.shape[1] - self.presence_channels :].amax(dim=tuple(range(2, x.ndim)), keepdim=True)
+            h = torch.cat([h, present.to(h.dtype)], dim=1)
         out = self.head(h).flatten(1).float()
         mu, raw_log_sigma = out[:, : self.latent_dim], out[:, self.latent_dim :]
         log_sigma = LOG_SIGMA_BOUND * torch.tanh(raw_log_sigma / LOG_SIGMA_BOUND)

@@ -92,6 +92,10 @@ class ProbUNet(nn.Module):
             concatenated to the U-Net's input channels, followed by a 1x1 logits head).
         norm: normalisation after each 3x3 convolution (default instance norm; ``None``: the paper's, see
             :class:`~monai_probunet.networks.unet_core.ConvBlock`).
+        posterior_presence: the posterior's head also sees which classes the segmentation contains (a spatial max
+            of each one-hot channel, see :class:`AxisAlignedGaussianEncoder`), so a variation confined to a few
+            pixels (a small class switching label) is encoded as readily as a large one. Not in the paper
+            (``False``); the prior net is unchanged.
 
     Shapes:
         image ``B x in_channels x *spatial``; seg ``B x 1 x *spatial`` integer labels;
@@ -113,6 +117,7 @@ class ProbUNet(nn.Module):
         posterior_context: bool = True,
         latent_injection: str = "fcomb",
         norm: str | tuple | None = DEFAULT_NORM,
+        posterior_presence: bool = False,
     ) -> None:
         super().__init__()
         if out_channels < 2:
@@ -146,6 +151,7 @@ class ProbUNet(nn.Module):
             latent_dim,
             num_convs,
             norm=norm,
+            presence_channels=out_channels if posterior_presence else 0,
         )
         self.fcomb: FComb | None = None
         self.head: nn.Module | None = None
