@@ -35,7 +35,7 @@ class AxisAlignedGaussianEncoder(nn.Module):
         presence_channels: the last ``presence_channels`` input channels also reach the 1x1 head through a spatial
             max, beside the pooled encoder features (0: the paper's encoder). For a centred one-hot segmentation
             this tells the head which classes are present at all: a class on a few pixels is as visible as a large
-            one, whereas the global average pooling of normalised features dilutes it by its area.
+            one, whereas the global average over the encoder's normalised features can dilute it by its area.
 
     Shapes:
         ``forward``: ``B x in_channels x *spatial`` -> ``Independent(Normal)`` with batch shape ``B`` and event
