@@ -92,10 +92,9 @@ class ProbUNet(nn.Module):
             concatenated to the U-Net's input channels, followed by a 1x1 logits head).
         norm: normalisation after each 3x3 convolution (default instance norm; ``None``: the paper's, see
             :class:`~monai_probunet.networks.unet_core.ConvBlock`).
-        posterior_presence: the posterior's head also sees which classes the segmentation contains (a spatial max
-            of each one-hot channel, see :class:`AxisAlignedGaussianEncoder`), so a variation confined to a few
-            pixels (a small class switching label) is encoded as readily as a large one. Not in the paper
-            (``False``); the prior net is unchanged.
+        posterior_presence: the posterior's head also sees which classes the segmentation contains (its
+            ``presence_channels`` are the one-hot channels, see :class:`AxisAlignedGaussianEncoder`). Not in the
+            paper (``False``); the prior net is unchanged.
 
     Shapes:
         image ``B x in_channels x *spatial``; seg ``B x 1 x *spatial`` integer labels;
