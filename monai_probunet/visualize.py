@@ -202,13 +202,14 @@ def latent_grid(
 ) -> np.ndarray:
     """Decode a grid over a 2-D latent space around the prior mean (Fig. 6 style).
 
-    The latent at grid cell ``(i, j)`` is ``z = mu + sigma * (t_j, t_i)`` with ``t = linspace(-extent, extent,
-    steps)`` and ``(mu, sigma)`` the prior's moments for this image, i.e. the axes are in units of the prior's sigma.
+    The latent at grid cell ``(i, j)`` is ``z = mu + L (t_j, t_i)`` with ``t = linspace(-extent, extent, steps)``
+    and ``N(mu, L L^T)`` the prior for this image (``L = diag(sigma)`` for the paper's axis-aligned prior), i.e. the
+    axes are in units of the prior's sigma (whitened coordinates).
     With ``graders``, each grader mask's posterior mean is marked (green numbers) in the same units, with the
     1-3 sigma circles.
 
     Args:
-        model: a :class:`~monai_probunet.networks.ProbUNet` with ``latent_dim == 2`` (``prior_moments``, ``decode``).
+        model: a :class:`~monai_probunet.networks.ProbUNet` with ``latent_dim == 2`` (``prior_loc_scale_tril``, ``decode``).
         image: ``C x *spatial`` or ``1 x C x *spatial``.
         path: if given, the mosaic is saved there as PNG.
         extent: half-width of the grid in prior sigmas.
@@ -222,9 +223,9 @@ def latent_grid(
         ValueError: if the model has no 2-D latent space, or ``steps < 1``.
     """
     latent_dim = getattr(model, "latent_dim", None)
-    if not (hasattr(model, "prior_moments") and hasattr(model, "decode")):
+    if not (hasattr(model, "prior_loc_scale_tril") and hasattr(model, "decode")):
         raise ValueError(
-            f"latent_grid needs a ProbUNet-like model (prior_moments, decode), got {type(model).__name__}."
+            f"latent_grid needs a ProbUNet-like model (prior_loc_scale_tril, decode), got {type(model).__name__}."
         )
     if latent_dim != 2:
         raise ValueError(
@@ -245,18 +246,18 @@ def latent_grid(
     model.eval()
     try:
         with torch.no_grad():
-            mu, log_sigma = model.prior_moments(x)  # 1 x 2 each
-            sigma = torch.exp(log_sigma)
+            mu, scale_tril = model.prior_loc_scale_tril(x)  # 1 x 2, 1 x 2 x 2 (diag(sigma) if axis-aligned)
             t = torch.linspace(-extent, extent, steps, device=device, dtype=mu.dtype)
             t1, t0 = torch.meshgrid(t, t, indexing="ij")  # [i, j] -> (z0, z1) = (t[j], t[i])
             unit = torch.stack([t0, t1], dim=-1).reshape(1, steps * steps, 2)
-            z = mu.unsqueeze(1) + sigma.unsqueeze(1) * unit
+            z = mu.unsqueeze(1) + unit @ scale_tril.transpose(1, 2)
             labels = model.decode(x, z).argmax(dim=2)[0]  # (steps * steps) x *spatial
             positions = None
             if graders is not None:
                 g = graders.long().to(device).unsqueeze(1)  # A x 1 x *spatial
                 q = model.posterior(x.expand(g.shape[0], *x.shape[1:]), g)
-                positions = ((q.mean - mu) / sigma).cpu().numpy()  # A x 2, in prior sigmas
+                offsets = (q.mean - mu).T  # 2 x A
+                positions = torch.linalg.solve_triangular(scale_tril[0], offsets, upper=False).T.cpu().numpy()
     finally:
         model.train(was_training)
     grid = labels.reshape(steps, steps, *labels.shape[1:]).cpu().numpy()

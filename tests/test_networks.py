@@ -85,9 +85,9 @@ def test_model_kl_zero_when_posterior_equals_prior(model):
 
 
 def test_log_sigma_is_bounded():
-    from monai_probunet.networks import AxisAlignedGaussianEncoder
+    from monai_probunet.networks import GaussianEncoder
 
-    enc = AxisAlignedGaussianEncoder(2, 1, (4,), latent_dim=2)
+    enc = GaussianEncoder(2, 1, (4,), latent_dim=2)
     with torch.no_grad():
         enc.head.bias.fill_(1e6)
     mu, log_sigma = enc.moments(torch.randn(1, 1, 8, 8))
@@ -127,10 +127,10 @@ def test_posterior_presence_sees_a_one_pixel_class():
     # class 2's centred one-hot max goes from -0.5 (absent) to 0.5 (one pixel): mu moves by its weight column
     torch.testing.assert_close((mu_one_pixel - mu)[0], head.weight[:2, 8 + 2, 0, 0].detach())
     assert ProbUNet(2, 1, 3, (4, 8), latent_dim=2).posterior_net.head.in_channels == 8  # off by default
-    from monai_probunet.networks import AxisAlignedGaussianEncoder
+    from monai_probunet.networks import GaussianEncoder
 
     with pytest.raises(ValueError, match="presence_channels"):
-        AxisAlignedGaussianEncoder(2, 3, (4,), latent_dim=2, presence_channels=4)
+        GaussianEncoder(2, 3, (4,), latent_dim=2, presence_channels=4)
 
 
 def test_posterior_input_is_centred_onehot():

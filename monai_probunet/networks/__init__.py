@@ -1,7 +1,7 @@
 from .ensemble import UNetEnsemble
 from .export import ProbUNetSampler, unstack_hypotheses
 from .fcomb import FComb
-from .gaussian_encoder import AxisAlignedGaussianEncoder
+from .gaussian_encoder import GaussianEncoder
 from .init import init_weights_orthogonal
 from .mheads import MHeadsUNet
 from .prob_unet import ProbUNet, segmentation_to_onehot
@@ -10,7 +10,7 @@ from .unet_core import ConvBlock, UNetCore, UNetDecoder, UNetEncoder
 from .utils import hypotheses_to_labels
 
 __all__ = [
-    "AxisAlignedGaussianEncoder",
+    "GaussianEncoder",
     "ConvBlock",
     "DeterministicUNet",
     "FComb",

@@ -28,8 +28,8 @@ class ProbUNetSampler(nn.Module):
     ``torch.randn((1, S, N), generator=torch.Generator().manual_seed(seed))``: exactly what
     ``network.sample(image, S, generator=torch.Generator().manual_seed(seed))`` draws for a batch of one image, so
     for ``B = 1`` the output equals ``network.sample(...).flatten(1, 2)``. Within a batch every image gets the same
-    noise (``sample`` would draw fresh noise per image). The latents are ``z = mu + sigma * eps`` with the prior
-    ``(mu, sigma)`` of each image.
+    noise (``sample`` would draw fresh noise per image). The latents are ``z = mu + L eps`` with the prior
+    ``N(mu, L L^T)`` of each image (``L = diag(sigma)`` for the paper's axis-aligned prior).
 
     The wrapper's state dict is the wrapped network's (``eps`` is a non-persistent buffer), and
     :meth:`load_state_dict` accepts the network's own keys (``model.pt`` as training writes it), so
@@ -59,8 +59,7 @@ class ProbUNetSampler(nn.Module):
         self.register_buffer("eps", eps, persistent=False)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        mu, log_sigma = self.network.prior_moments(image)
-        z = mu.unsqueeze(1) + torch.exp(log_sigma).unsqueeze(1) * self.eps.to(mu.dtype)
+        z = self.network.prior_latents(image, self.eps)
         logits = self.network.decode(image, z)  # B x S x C x *spatial
         return logits.flatten(1, 2)
 

@@ -1,4 +1,4 @@
-"""Prior and posterior nets: the U-Net encoder, global average pooling, 1x1 conv to an axis-aligned Gaussian."""
+"""Prior and posterior nets: the U-Net encoder, global average pooling, 1x1 conv to a Gaussian (axis-aligned or full)."""
 
 from __future__ import annotations
 
@@ -7,19 +7,22 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 from monai.networks.layers.factories import Conv
-from torch.distributions import Independent, Normal
+from torch.distributions import Independent, MultivariateNormal, Normal
 
 from .unet_core import DEFAULT_NORM, UNetEncoder
 
-__all__ = ["AxisAlignedGaussianEncoder", "LOG_SIGMA_BOUND"]
+__all__ = ["COVARIANCES", "GaussianEncoder", "LOG_SIGMA_BOUND"]
 
 #: |log sigma| is softly bounded by this value (sigma in [4.5e-5, 2.2e4]) so ``exp`` can never overflow to inf
 #: or collapse to 0, while gradients stay non-zero (a tanh soft-clamp instead of a hard clamp).
 LOG_SIGMA_BOUND = 10.0
 
+#: covariance of the encoder's Gaussian: ``"diagonal"`` (the paper's axis-aligned Gaussian) or ``"full"``
+COVARIANCES = ("diagonal", "full")
 
-class AxisAlignedGaussianEncoder(nn.Module):
-    """Maps an input to ``N(mu, diag(sigma^2))`` over an ``latent_dim``-dimensional latent space.
+
+class GaussianEncoder(nn.Module):
+    """Maps an input to ``N(mu, diag(sigma^2))`` (or ``N(mu, L L^T)``) over a ``latent_dim``-dimensional latent space.
 
     Used as the prior net (input: image) and the posterior net (input: image concatenated with the centred
     one-hot segmentation, see :meth:`ProbUNet.posterior_input`).
@@ -36,10 +39,17 @@ class AxisAlignedGaussianEncoder(nn.Module):
             max, beside the pooled encoder features (0: the paper's encoder). For a centred one-hot segmentation
             this tells the head which classes are present at all: a class on a few pixels is as visible as a large
             one, whereas the global average over the encoder's normalised features can dilute it by its area.
+        covariance: ``"diagonal"`` (the paper's axis-aligned Gaussian) or ``"full"``: the head also predicts the
+            ``N (N - 1) / 2`` entries below the diagonal of a Cholesky factor ``L``, and the Gaussian is
+            ``N(mu, L L^T)``. Minimising the expected ``KL(Q || P)`` over ``P`` matches P's mean and covariance to
+            those of the posteriors; an axis-aligned P can match only the variances, so latent directions that
+            the posteriors use independently can come out correlated under P (see ``ProbUNet.prior_covariance``).
 
     Shapes:
-        ``forward``: ``B x in_channels x *spatial`` -> ``Independent(Normal)`` with batch shape ``B`` and event
-        shape ``latent_dim``; :meth:`moments` returns the ``B x latent_dim`` mean and log sigma.
+        ``forward``: ``B x in_channels x *spatial`` -> ``Independent(Normal)`` (``"diagonal"``) or
+        ``MultivariateNormal`` (``"full"``) with batch shape ``B`` and event shape ``latent_dim``;
+        :meth:`moments` returns the ``B x latent_dim`` mean and log of the diagonal of ``L`` (log sigma when
+        ``"diagonal"``); :meth:`loc_scale_tril` the mean and the ``B x latent_dim x latent_dim`` factor ``L``.
     """
 
     def __init__(
@@ -51,29 +61,55 @@ class AxisAlignedGaussianEncoder(nn.Module):
         num_convs: int = 3,
         norm: str | tuple | None = DEFAULT_NORM,
         presence_channels: int = 0,
+        covariance: str = "diagonal",
     ) -> None:
         super().__init__()
         if latent_dim < 1:
             raise ValueError(f"latent_dim must be >= 1, got {latent_dim}.")
         if not 0 <= presence_channels <= in_channels:
             raise ValueError(f"presence_channels must be in [0, in_channels={in_channels}], got {presence_channels}.")
+        if covariance not in COVARIANCES:
+            raise ValueError(f"covariance must be one of {COVARIANCES}, got {covariance!r}.")
         self.latent_dim = latent_dim
         self.presence_channels = presence_channels
+        self.covariance = covariance
+        num_out = 2 * latent_dim + (latent_dim * (latent_dim - 1) // 2 if covariance == "full" else 0)
         self.encoder = UNetEncoder(spatial_dims, in_channels, channels, num_convs, norm=norm)
-        self.head = Conv[Conv.CONV, spatial_dims](channels[-1] + presence_channels, 2 * latent_dim, kernel_size=1)
+        self.head = Conv[Conv.CONV, spatial_dims](channels[-1] + presence_channels, num_out, kernel_size=1)
 
-    def moments(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return ``(mu, log_sigma)``, each ``B x latent_dim``, computed in float32."""
+    def _head(self, x: torch.Tensor) -> torch.Tensor:
+        """The head's ``B x num_out`` float32 output: mean, raw log sigma, then (full) the entries below L's diagonal."""
         h = self.encoder(x)[-1]
         h = h.mean(dim=tuple(range(2, h.ndim)), keepdim=True)
         if self.presence_channels:
             present = x[:, x.shape[1] - self.presence_channels :].amax(dim=tuple(range(2, x.ndim)), keepdim=True)
             h = torch.cat([h, present.to(h.dtype)], dim=1)
-        out = self.head(h).flatten(1).float()
-        mu, raw_log_sigma = out[:, : self.latent_dim], out[:, self.latent_dim :]
-        log_sigma = LOG_SIGMA_BOUND * torch.tanh(raw_log_sigma / LOG_SIGMA_BOUND)
-        return mu, log_sigma
+        return self.head(h).flatten(1).float()
 
-    def forward(self, x: torch.Tensor) -> Independent:
+    def _split(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        n = self.latent_dim
+        log_sigma = LOG_SIGMA_BOUND * torch.tanh(out[:, n : 2 * n] / LOG_SIGMA_BOUND)
+        return out[:, :n], log_sigma
+
+    def moments(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return ``(mu, log_sigma)``, each ``B x latent_dim``, computed in float32 (``"full"``: log of L's diagonal)."""
+        return self._split(self._head(x))
+
+    def loc_scale_tril(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return ``mu`` (``B x N``) and the lower-triangular ``L`` (``B x N x N``, diagonal ``sigma``), float32."""
+        out = self._head(x)
+        mu, log_sigma = self._split(out)
+        scale_tril = torch.diag_embed(torch.exp(log_sigma))
+        if self.covariance == "full":
+            rows, cols = torch.tril_indices(self.latent_dim, self.latent_dim, offset=-1, device=out.device)
+            below = torch.zeros_like(scale_tril)
+            below[:, rows, cols] = out[:, 2 * self.latent_dim :]
+            scale_tril = scale_tril + below
+        return mu, scale_tril
+
+    def forward(self, x: torch.Tensor) -> Independent | MultivariateNormal:
+        if self.covariance == "full":
+            mu, scale_tril = self.loc_scale_tril(x)
+            return MultivariateNormal(loc=mu, scale_tril=scale_tril)
         mu, log_sigma = self.moments(x)
         return Independent(Normal(loc=mu, scale=torch.exp(log_sigma)), 1)

@@ -12,10 +12,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from monai.networks.layers.factories import Conv
-from torch.distributions import Independent, Normal, kl_divergence
+from torch.distributions import Distribution, Independent, MultivariateNormal, Normal, kl_divergence
 
 from .fcomb import FComb
-from .gaussian_encoder import AxisAlignedGaussianEncoder
+from .gaussian_encoder import COVARIANCES, GaussianEncoder
 from .init import init_weights_orthogonal
 from .unet_core import DEFAULT_NORM, UNetCore, check_image_channels
 
@@ -93,8 +93,14 @@ class ProbUNet(nn.Module):
         norm: normalisation after each 3x3 convolution (default instance norm; ``None``: the paper's, see
             :class:`~monai_probunet.networks.unet_core.ConvBlock`).
         posterior_presence: the posterior's head also sees which classes the segmentation contains (its
-            ``presence_channels`` are the one-hot channels, see :class:`AxisAlignedGaussianEncoder`). Not in the
+            ``presence_channels`` are the one-hot channels, see :class:`GaussianEncoder`). Not in the
             paper (``False``); the prior net is unchanged.
+        prior_covariance: ``"diagonal"`` (the paper's axis-aligned prior) or ``"full"``: the prior net predicts
+            ``N(mu, L L^T)`` with a lower-triangular ``L`` (the posterior stays axis-aligned). Not in the paper.
+            The expected ``KL(Q || P)`` is smallest when P's mean and covariance equal those of the posteriors of the
+            image's graders; an axis-aligned P matches only the variances, so two latent directions that the
+            graders vary independently (two classes that flip independently) can be sampled together more or less
+            often than they occur. Needs the prior net (not with ``fixed_prior``).
 
     Shapes:
         image ``B x in_channels x *spatial``; seg ``B x 1 x *spatial`` integer labels;
@@ -117,6 +123,7 @@ class ProbUNet(nn.Module):
         latent_injection: str = "fcomb",
         norm: str | tuple | None = DEFAULT_NORM,
         posterior_presence: bool = False,
+        prior_covariance: str = "diagonal",
     ) -> None:
         super().__init__()
         if out_channels < 2:
@@ -125,6 +132,10 @@ class ProbUNet(nn.Module):
             raise ValueError(f"latent_injection must be one of {LATENT_INJECTIONS}, got {latent_injection!r}.")
         if latent_dim < 1:
             raise ValueError(f"latent_dim must be >= 1, got {latent_dim}.")
+        if prior_covariance not in COVARIANCES:
+            raise ValueError(f"prior_covariance must be one of {COVARIANCES}, got {prior_covariance!r}.")
+        if fixed_prior and prior_covariance != "diagonal":
+            raise ValueError(f"prior_covariance={prior_covariance!r} needs a prior net; fixed_prior=True is N(0, I).")
         self.spatial_dims = spatial_dims
         self.in_channels = in_channels
         self.out_channels = out_channels
@@ -138,12 +149,12 @@ class ProbUNet(nn.Module):
         self.unet = UNetCore(
             spatial_dims, in_channels + (latent_dim if inject_input else 0), channels, num_convs, norm=norm
         )
-        self.prior_net: AxisAlignedGaussianEncoder | None = None
+        self.prior_net: GaussianEncoder | None = None
         if not self.fixed_prior:
-            self.prior_net = AxisAlignedGaussianEncoder(
-                spatial_dims, in_channels, channels, latent_dim, num_convs, norm=norm
+            self.prior_net = GaussianEncoder(
+                spatial_dims, in_channels, channels, latent_dim, num_convs, norm=norm, covariance=prior_covariance
             )
-        self.posterior_net = AxisAlignedGaussianEncoder(
+        self.posterior_net = GaussianEncoder(
             spatial_dims,
             (in_channels if self.posterior_context else 0) + out_channels,
             channels,
@@ -172,18 +183,45 @@ class ProbUNet(nn.Module):
         return _like_memory_format(x, image)
 
     def prior_moments(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(mu, log_sigma)`` of ``P(z | X)``, each ``B x N`` float32 (zeros for the fixed prior ``N(0, I)``)."""
+        """``(mu, log_sigma)`` of ``P(z | X)``, each ``B x N`` float32 (zeros for the fixed prior ``N(0, I)``).
+
+        With ``prior_covariance="full"`` ``log_sigma`` is the log of the diagonal of ``L``: use
+        :meth:`prior_loc_scale_tril` or :meth:`prior_latents` there.
+        """
         if self.prior_net is None:
             zeros = torch.zeros((image.shape[0], self.latent_dim), device=image.device, dtype=torch.float32)
             return zeros, zeros
         return self.prior_net.moments(image)
 
-    def prior(self, image: torch.Tensor) -> Independent:
-        """``P(z | X)`` (``N(0, I)`` with ``fixed_prior``), batch shape ``B``, event shape ``N``."""
+    def prior_loc_scale_tril(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``mu`` (``B x N``) and the lower-triangular ``L`` (``B x N x N``, ``P = N(mu, L L^T)``), float32."""
+        if self.prior_net is None:
+            mu, log_sigma = self.prior_moments(image)
+            return mu, torch.diag_embed(torch.exp(log_sigma))
+        return self.prior_net.loc_scale_tril(image)
+
+    def prior_latents(self, image: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """Latents ``z = mu + L eps`` (``B x S x N``) of the prior for standard-normal ``eps`` (``B x S x N`` or
+        ``1 x S x N``, shared by the batch)."""
+        if self.prior_net is not None and self.prior_net.covariance == "full":
+            mu, scale_tril = self.prior_loc_scale_tril(image)
+            return mu.unsqueeze(1) + eps.to(mu.dtype) @ scale_tril.transpose(1, 2)
+        mu, log_sigma = self.prior_moments(image)
+        return mu.unsqueeze(1) + torch.exp(log_sigma).unsqueeze(1) * eps.to(mu.dtype)
+
+    def prior(self, image: torch.Tensor) -> Distribution:
+        """``P(z | X)`` (``N(0, I)`` with ``fixed_prior``), batch shape ``B``, event shape ``N``: an
+        ``Independent(Normal)``, or a ``MultivariateNormal`` with ``prior_covariance="full"``."""
         if self.prior_net is None:
             mu, log_sigma = self.prior_moments(image)
             return Independent(Normal(loc=mu, scale=torch.exp(log_sigma)), 1)
         return self.prior_net(image)
+
+    def _kl(self, q: Independent, p: Distribution) -> torch.Tensor:
+        """Analytic ``KL(q || p)``, shape ``B``; the axis-aligned q is written as a ``MultivariateNormal`` when p is."""
+        if isinstance(p, MultivariateNormal):
+            q = MultivariateNormal(loc=q.mean, scale_tril=torch.diag_embed(q.stddev))
+        return kl_divergence(q, p)
 
     def posterior(self, image: torch.Tensor, seg: torch.Tensor) -> Independent:
         """``Q(z | X, Y)`` (``Q(z | Y)`` without ``posterior_context``), batch shape ``B``, event shape ``N``."""
@@ -214,7 +252,7 @@ class ProbUNet(nn.Module):
         p = self.prior(image)
         z = q.rsample()
         logits = self.decode(image, z.unsqueeze(1))[:, 0]
-        return logits, kl_divergence(q, p)
+        return logits, self._kl(q, p)
 
     def reconstruct(self, image: torch.Tensor, seg: torch.Tensor, use_posterior_mean: bool = False) -> torch.Tensor:
         """Logits ``B x C x *spatial`` from a posterior sample (or its mean)."""
@@ -224,7 +262,7 @@ class ProbUNet(nn.Module):
 
     def kl(self, image: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
         """Analytic ``KL(Q(z | X, Y) || P(z | X))`` per image, shape ``B``."""
-        return kl_divergence(self.posterior(image, seg), self.prior(image))
+        return self._kl(self.posterior(image, seg), self.prior(image))
 
     def sample(
         self,
@@ -250,15 +288,15 @@ class ProbUNet(nn.Module):
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}.")
         check_image_channels(image, self.in_channels, self.spatial_dims)
-        mu, log_sigma = self.prior_moments(image)
-        b = mu.shape[0]
+        b = image.shape[0]
         if use_prior_mean:
+            mu, _ = self.prior_moments(image)
             z = mu.unsqueeze(1).expand(b, num_samples, self.latent_dim)
         else:
             eps = torch.randn(
-                (b, num_samples, self.latent_dim), generator=generator, device=mu.device, dtype=mu.dtype
+                (b, num_samples, self.latent_dim), generator=generator, device=image.device, dtype=torch.float32
             )
-            z = mu.unsqueeze(1) + torch.exp(log_sigma).unsqueeze(1) * eps
+            z = self.prior_latents(image, eps)
         return self.decode(image, z)
 
 
