@@ -209,7 +209,8 @@ def latent_grid(
     1-3 sigma circles.
 
     Args:
-        model: a :class:`~monai_probunet.networks.ProbUNet` with ``latent_dim == 2`` (``prior_loc_scale_tril``, ``decode``).
+        model: a :class:`~monai_probunet.networks.ProbUNet` with ``latent_dim == 2`` (``prior_loc_scale_tril``,
+            ``decode``).
         image: ``C x *spatial`` or ``1 x C x *spatial``.
         path: if given, the mosaic is saved there as PNG.
         extent: half-width of the grid in prior sigmas.

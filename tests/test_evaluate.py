@@ -106,9 +106,9 @@ def _items(datalist: Path, split: str) -> list[dict]:
     return load_datalist(datalist, split)
 
 
-def _tiny_probunet(latent_dim: int = 2) -> ProbUNet:
+def _tiny_probunet(latent_dim: int = 2, prior_covariance: str = "diagonal") -> ProbUNet:
     torch.manual_seed(0)
-    return ProbUNet(2, 1, 2, channels=(4, 8), latent_dim=latent_dim, num_convs=1)
+    return ProbUNet(2, 1, 2, channels=(4, 8), latent_dim=latent_dim, num_convs=1, prior_covariance=prior_covariance)
 
 
 @pytest.fixture(scope="module")
@@ -295,6 +295,20 @@ def test_latent_grid_shape_png_and_error(tmp_path):
     assert np.array_equal(grid[2, 2], mean.numpy())
     with pytest.raises(ValueError, match="latent_dim == 2"):
         latent_grid(_tiny_probunet(latent_dim=3), image)
+
+
+def test_latent_grid_of_a_full_covariance_prior_is_in_whitened_units():
+    model = _tiny_probunet(latent_dim=2, prior_covariance="full").eval()
+    with torch.no_grad():
+        model.prior_net.head.bias[4] = 1.5  # the entry below L's diagonal: z0 and z1 correlated under the prior
+    image = torch.randn(1, SIZE, SIZE)
+    grid = latent_grid(model, image, extent=2.0, steps=5)
+    with torch.no_grad():
+        mu, L = model.prior_loc_scale_tril(image.unsqueeze(0))
+        assert abs(L[0, 1, 0].item()) > 1.0
+        z = mu[0] + L[0] @ torch.tensor([1.0, -2.0])  # cell [i, j] = (t_j, t_i) in the prior's whitened units
+        cell = model.decode(image.unsqueeze(0), z.view(1, 1, 2)).argmax(2)[0, 0]
+    assert np.array_equal(grid[0, 3], cell.numpy())
 
 
 # ------------------------------------------------------------------------------------------------ bundle

@@ -7,7 +7,14 @@ import torch
 import torch.nn.functional as F
 from torch.distributions import Independent, Normal, kl_divergence
 
-from monai_probunet.networks import DeterministicUNet, FComb, ProbUNet, hypotheses_to_labels, segmentation_to_onehot
+from monai_probunet.networks import (
+    DeterministicUNet,
+    FComb,
+    ProbUNet,
+    ProbUNetSampler,
+    hypotheses_to_labels,
+    segmentation_to_onehot,
+)
 from monai_probunet.networks.gaussian_encoder import LOG_SIGMA_BOUND
 from monai_probunet.networks.unet_core import ConvBlock
 
@@ -131,6 +138,86 @@ def test_posterior_presence_sees_a_one_pixel_class():
 
     with pytest.raises(ValueError, match="presence_channels"):
         GaussianEncoder(2, 3, (4,), latent_dim=2, presence_channels=4)
+
+
+def test_full_prior_kl_and_latents_are_the_closed_form():
+    torch.manual_seed(0)
+    net = ProbUNet(2, 1, 3, (4, 8), latent_dim=3, prior_covariance="full").eval()
+    assert net.prior_net.head.out_channels == 2 * 3 + 3 and net.posterior_net.head.out_channels == 2 * 3
+    image = torch.rand(2, 1, 16, 16)
+    seg = torch.randint(0, 3, (2, 1, 16, 16))
+    with torch.no_grad():
+        net.prior_net.head.bias[6:] = torch.tensor([0.7, -0.4, 0.3])  # clearly non-diagonal L
+        mu_p, L = net.prior_loc_scale_tril(image)
+        mu_q, log_sigma_q = net.posterior_net.moments(net.posterior_input(image, seg))
+        kl = net.kl(image, seg)
+    assert torch.equal(L, L.tril()) and (L.diagonal(dim1=1, dim2=2) > 0).all() and L[:, 1, 0].abs().min() > 0.1
+    # KL(N(mq, Sq) || N(mp, Sp)) = (tr(Sp^-1 Sq) + (mp - mq)^T Sp^-1 (mp - mq) - N + log|Sp| - log|Sq|) / 2
+    cov_p = (L @ L.transpose(1, 2)).double()
+    cov_q = torch.diag_embed(torch.exp(2 * log_sigma_q)).double()
+    diff = (mu_p - mu_q).double().unsqueeze(-1)
+    inv_p = torch.linalg.inv(cov_p)
+    expected = 0.5 * (
+        (inv_p @ cov_q).diagonal(dim1=1, dim2=2).sum(1)
+        + (diff.transpose(1, 2) @ inv_p @ diff)[:, 0, 0]
+        - 3
+        + torch.logdet(cov_p)
+        - torch.logdet(cov_q)
+    )
+    torch.testing.assert_close(kl.double(), expected, rtol=1e-4, atol=1e-5)
+    # samples are z = mu + L eps with the generator's eps
+    with torch.no_grad():
+        s = net.sample(image, 4, generator=torch.Generator().manual_seed(3))
+        eps = torch.randn((2, 4, 3), generator=torch.Generator().manual_seed(3))
+        z = torch.stack([torch.stack([mu_p[b] + L[b] @ eps[b, i] for i in range(4)]) for b in range(2)])
+        torch.testing.assert_close(s, net.decode(image, z), rtol=1e-4, atol=1e-5)
+        # the exportable sampler draws the same latents (B = 1)
+        exported = ProbUNetSampler(net, num_samples=4, seed=3)(image[:1])
+        expected = net.sample(image[:1], 4, generator=torch.Generator().manual_seed(3)).flatten(1, 2)
+        torch.testing.assert_close(exported, expected)
+    with pytest.raises(ValueError, match="prior_covariance='full' needs a prior net"):
+        ProbUNet(2, 1, 2, (4, 8), fixed_prior=True, prior_covariance="full")
+    with pytest.raises(ValueError, match="prior_covariance must be one of"):
+        ProbUNet(2, 1, 2, (4, 8), prior_covariance="low-rank")
+
+
+@pytest.mark.parametrize("covariance", ["diagonal", "full"])
+def test_prior_fitted_to_independent_flips(covariance):
+    """Two classes flip independently (p 0.4 and 0.3) and the posteriors place the four grader maps at the corners
+    ``b1 d1 + b2 d2`` of a skewed parallelogram. The prior that minimises the expected ``KL(Q || P)`` (exact
+    expectation over the four corners) has the corners' mean and covariance when full; decoded by the parallelogram's
+    own coordinates, its samples flip the two classes independently. The axis-aligned prior cannot hold the
+    corners' covariance (correlation 0.59) and its samples tie the two flips (correlation about -0.3)."""
+    from monai_probunet.networks import GaussianEncoder, latent_kl
+
+    torch.manual_seed(0)
+    d = torch.tensor([[2.0, 0.0], [1.6, 1.2]])  # d1, d2 (rows)
+    bits = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    weights = torch.prod(torch.where(bits.bool(), torch.tensor([0.4, 0.3]), torch.tensor([0.6, 0.7])), dim=1)
+    q = Independent(Normal(bits @ d, torch.full((4, 2), 0.1)), 1)
+    prior_net = GaussianEncoder(2, 1, (4,), latent_dim=2, covariance=covariance)
+    image = torch.ones(4, 1, 8, 8)  # the same image for all four graders
+    opt = torch.optim.Adam(prior_net.parameters(), lr=0.05)
+    for _ in range(600):
+        opt.zero_grad()
+        loss = (weights * latent_kl(q, prior_net(image))).sum()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        mu, L = prior_net.loc_scale_tril(image[:1])
+        cloud_mean = weights @ (bits @ d)
+        centred = bits @ d - cloud_mean
+        cloud_cov = (weights[:, None, None] * centred[:, :, None] * centred[:, None, :]).sum(0) + 0.01 * torch.eye(2)
+        z = mu + torch.randn((200_000, 2), generator=torch.Generator().manual_seed(0)) @ L[0].T
+        flips = (torch.linalg.solve(d.T, z.T).T > 0.5).float()  # coordinates in (d1, d2), decided at the midpoint
+    torch.testing.assert_close(mu[0], cloud_mean, atol=0.02, rtol=0)
+    r = torch.corrcoef(flips.T)[0, 1].item()
+    if covariance == "full":
+        torch.testing.assert_close(L[0] @ L[0].T, cloud_cov, atol=0.03, rtol=0)
+        assert abs(r) < 0.05, r
+    else:
+        torch.testing.assert_close(torch.diag(L[0] ** 2), cloud_cov.diagonal(), atol=0.03, rtol=0)
+        assert r < -0.2, r
 
 
 def test_posterior_input_is_centred_onehot():

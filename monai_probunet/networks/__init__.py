@@ -4,16 +4,16 @@ from .fcomb import FComb
 from .gaussian_encoder import GaussianEncoder
 from .init import init_weights_orthogonal
 from .mheads import MHeadsUNet
-from .prob_unet import ProbUNet, segmentation_to_onehot
+from .prob_unet import ProbUNet, latent_kl, segmentation_to_onehot
 from .unet import DeterministicUNet
 from .unet_core import ConvBlock, UNetCore, UNetDecoder, UNetEncoder
 from .utils import hypotheses_to_labels
 
 __all__ = [
-    "GaussianEncoder",
     "ConvBlock",
     "DeterministicUNet",
     "FComb",
+    "GaussianEncoder",
     "MHeadsUNet",
     "ProbUNet",
     "ProbUNetSampler",
@@ -23,6 +23,7 @@ __all__ = [
     "UNetEnsemble",
     "hypotheses_to_labels",
     "init_weights_orthogonal",
+    "latent_kl",
     "segmentation_to_onehot",
     "unstack_hypotheses",
 ]

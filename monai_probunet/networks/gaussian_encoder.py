@@ -1,4 +1,4 @@
-"""Prior and posterior nets: the U-Net encoder, global average pooling, 1x1 conv to a Gaussian (axis-aligned or full)."""
+"""Prior and posterior nets: the U-Net encoder, global average pooling, 1x1 conv to a Gaussian over the latent space."""
 
 from __future__ import annotations
 
@@ -78,7 +78,7 @@ class GaussianEncoder(nn.Module):
         self.head = Conv[Conv.CONV, spatial_dims](channels[-1] + presence_channels, num_out, kernel_size=1)
 
     def _head(self, x: torch.Tensor) -> torch.Tensor:
-        """The head's ``B x num_out`` float32 output: mean, raw log sigma, then (full) the entries below L's diagonal."""
+        """Float32 ``B x num_out`` head output: mean, raw log sigma, then (full) the entries below L's diagonal."""
         h = self.encoder(x)[-1]
         h = h.mean(dim=tuple(range(2, h.ndim)), keepdim=True)
         if self.presence_channels:
@@ -87,12 +87,13 @@ class GaussianEncoder(nn.Module):
         return self.head(h).flatten(1).float()
 
     def _split(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(mu, log_sigma)`` from the head's output, log sigma softly bounded by ``LOG_SIGMA_BOUND``."""
         n = self.latent_dim
         log_sigma = LOG_SIGMA_BOUND * torch.tanh(out[:, n : 2 * n] / LOG_SIGMA_BOUND)
         return out[:, :n], log_sigma
 
     def moments(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return ``(mu, log_sigma)``, each ``B x latent_dim``, computed in float32 (``"full"``: log of L's diagonal)."""
+        """Return ``(mu, log_sigma)``, each ``B x latent_dim``, in float32 (``"full"``: log of L's diagonal)."""
         return self._split(self._head(x))
 
     def loc_scale_tril(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -19,7 +19,7 @@ from .gaussian_encoder import COVARIANCES, GaussianEncoder
 from .init import init_weights_orthogonal
 from .unet_core import DEFAULT_NORM, UNetCore, check_image_channels
 
-__all__ = ["LATENT_INJECTIONS", "ProbUNet", "segmentation_to_onehot"]
+__all__ = ["LATENT_INJECTIONS", "ProbUNet", "latent_kl", "segmentation_to_onehot"]
 
 #: where the latent enters the network: ``"fcomb"`` (the paper's model) or ``"input"`` (Appendix D ablation)
 LATENT_INJECTIONS = ("fcomb", "input")
@@ -46,6 +46,18 @@ def segmentation_to_onehot(seg: torch.Tensor, num_classes: int, centre: float = 
     onehot = onehot * valid.unsqueeze(-1)
     onehot = onehot.movedim(-1, 1).float()
     return onehot - centre
+
+
+def latent_kl(q: Independent, p: Distribution) -> torch.Tensor:
+    """Analytic ``KL(q || p)`` of an axis-aligned posterior and a prior, shape ``B``.
+
+    ``p`` is an ``Independent(Normal)`` or a ``MultivariateNormal`` (``prior_covariance="full"``); in the latter
+    case q is written as a ``MultivariateNormal`` with a diagonal scale, since torch registers no KL between the two
+    types.
+    """
+    if isinstance(p, MultivariateNormal):
+        q = MultivariateNormal(loc=q.mean, scale_tril=torch.diag_embed(q.stddev))
+    return kl_divergence(q, p)
 
 
 class ProbUNet(nn.Module):
@@ -217,12 +229,6 @@ class ProbUNet(nn.Module):
             return Independent(Normal(loc=mu, scale=torch.exp(log_sigma)), 1)
         return self.prior_net(image)
 
-    def _kl(self, q: Independent, p: Distribution) -> torch.Tensor:
-        """Analytic ``KL(q || p)``, shape ``B``; the axis-aligned q is written as a ``MultivariateNormal`` when p is."""
-        if isinstance(p, MultivariateNormal):
-            q = MultivariateNormal(loc=q.mean, scale_tril=torch.diag_embed(q.stddev))
-        return kl_divergence(q, p)
-
     def posterior(self, image: torch.Tensor, seg: torch.Tensor) -> Independent:
         """``Q(z | X, Y)`` (``Q(z | Y)`` without ``posterior_context``), batch shape ``B``, event shape ``N``."""
         return self.posterior_net(self.posterior_input(image, seg))
@@ -252,7 +258,7 @@ class ProbUNet(nn.Module):
         p = self.prior(image)
         z = q.rsample()
         logits = self.decode(image, z.unsqueeze(1))[:, 0]
-        return logits, self._kl(q, p)
+        return logits, latent_kl(q, p)
 
     def reconstruct(self, image: torch.Tensor, seg: torch.Tensor, use_posterior_mean: bool = False) -> torch.Tensor:
         """Logits ``B x C x *spatial`` from a posterior sample (or its mean)."""
@@ -262,7 +268,7 @@ class ProbUNet(nn.Module):
 
     def kl(self, image: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
         """Analytic ``KL(Q(z | X, Y) || P(z | X))`` per image, shape ``B``."""
-        return self._kl(self.posterior(image, seg), self.prior(image))
+        return latent_kl(self.posterior(image, seg), self.prior(image))
 
     def sample(
         self,
