@@ -416,8 +416,10 @@ def test_bundle_trains_and_evaluates_on_scenes32(tmp_path):
     assert proc.returncode == 0, log[-3000:]
     geds = [float(v) for v in re.findall(r"val_ged: ([0-9.]+)", log)]
     assert len(geds) >= 2 and all(math.isfinite(g) and 0.0 <= g <= 2.0 for g in geds), log[-2000:]
-    # RGB in, 24 classes out, class presence into the posterior's head (scenes32.yaml's posterior_presence)
-    net = ProbUNet(2, in_channels=3, out_channels=24, channels=(8, 16, 32), latent_dim=6, posterior_presence=True)
+    # RGB in, 24 classes out, class presence into the posterior's head and a full-covariance prior (scenes32.yaml's
+    # posterior_presence and prior_covariance)
+    net = ProbUNet(2, in_channels=3, out_channels=24, channels=(8, 16, 32), latent_dim=6, posterior_presence=True,
+                   prior_covariance="full")  # fmt: skip
     net.load_state_dict(torch.load(tmp_path / "models" / "model.pt", weights_only=True))
     # evaluation: evaluate.yaml's metrics over the 10 switchable classes + the Fig. 5 / Appendix C analysis
     import subprocess
