@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -436,6 +437,9 @@ def test_bundle_trains_and_evaluates_on_scenes32(tmp_path):
     calib = json.loads((tmp_path / "eval" / "calibration.json").read_text())
     assert set(calib["models"]) == {name, "oracle"}
     assert calib["num_samples"] == 4 and calib["ged_num_samples"] == 4  # GED at min(num_samples, S)
+    # scenes32.yaml scores the weights at the end of the schedule, not the best-validation model.pt
+    assert Path(calib["checkpoint"]) == tmp_path / "models" / "checkpoint_final.pt"
+    assert Path(summary["checkpoint"]) == tmp_path / "models" / "checkpoint_final.pt"
     for name in calib["models"]:
         m = calib["models"][name]
         assert math.isfinite(m["ged"]["ged"]) and len(m["mode_calibration"]["patterns"]) == 32
