@@ -58,7 +58,7 @@ COST: dict[str, float] = {"input_injection": 12, "probunet": 10, "dropout_unet":
 TASKS: dict[str, str | None] = {"lidc": None, "scenes32": "scenes32.yaml"}
 
 
-def _configs(name: str, task: str, evaluate: bool = False) -> str:
+def _config_files(name: str, task: str, evaluate: bool = False) -> list[str]:
     files = [str(CONFIGS / "train.yaml")]
     if MODELS[name] is not None:
         files.append(str(CONFIGS / MODELS[name]))
@@ -66,7 +66,23 @@ def _configs(name: str, task: str, evaluate: bool = False) -> str:
         files.append(str(CONFIGS / "evaluate.yaml"))
     if TASKS[task] is not None:
         files.append(str(CONFIGS / TASKS[task]))
-    return repr(files)
+    return files
+
+
+def _configs(name: str, task: str, evaluate: bool = False) -> str:
+    """The bundle's ``--config_file`` argument for ``name`` on ``task``."""
+    return repr(_config_files(name, task, evaluate))
+
+
+def scored_checkpoint(name: str, task: str, ckpt_dir: Path) -> str:
+    """The checkpoint in ``ckpt_dir`` that the evaluation of ``name`` on ``task`` scores (its ``ckpt_path``):
+    ``model.pt`` (best validation GED), or ``checkpoint_final.pt`` where the task's override says so (scenes32)."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(_config_files(name, task, evaluate=True))
+    parser["ckpt_dir"] = str(ckpt_dir)
+    return str(parser.get_parsed_content("ckpt_path"))
 
 
 def _bundle(run_id: str, config_files: str, overrides: list[str], log: Path, threads: int | None = None) -> float:
@@ -182,7 +198,9 @@ def _train_and_evaluate(
 
     def evaluate(name: str) -> float:
         if name == "unet_ensemble":
-            members = [str(ckpts[name] / f"member_{s}" / "model.pt") for s in range(args.ensemble_members)]
+            # each member's checkpoint as the task scores a single model (model.pt, or checkpoint_final.pt)
+            members = [scored_checkpoint(name, args.task, ckpts[name] / f"member_{s}")
+                       for s in range(args.ensemble_members)]  # fmt: skip
             evaluation = ["--ensemble_ckpts", repr(members), "--model_name", name]
         else:
             evaluation = ["--model_name", name]

@@ -450,3 +450,16 @@ def test_bundle_trains_and_evaluates_on_scenes32(tmp_path):
     assert all(v is None or 0.0 <= v <= 1.0 for v in probe["flip_accuracy"]) and probe["num_modes"] > 0
     for png in ("mode_calibration.png", "pixel_marginals.png", "calibration_samples.png"):
         assert (tmp_path / "eval" / png).is_file()
+
+
+def test_compare_scores_ensemble_members_as_the_task_scores_a_model(tmp_path):
+    """benchmarks/compare.py builds the ensemble from the members' checkpoints that the task's evaluation scores:
+    scenes32.yaml's end-of-schedule weights, train.yaml's best-validation model.pt elsewhere."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("compare_bench", REPO / "benchmarks" / "compare.py")
+    compare = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(compare)
+    member = tmp_path / "member_0"
+    assert compare.scored_checkpoint("unet_ensemble", "scenes32", member) == str(member / "checkpoint_final.pt")
+    assert compare.scored_checkpoint("unet_ensemble", "lidc", member) == str(member / "model.pt")
