@@ -210,7 +210,7 @@ def latent_grid(
 
     Args:
         model: a :class:`~monai_probunet.networks.ProbUNet` with ``latent_dim == 2`` (``prior_loc_scale_tril``,
-            ``decode``).
+            ``prior_latents``, ``decode``).
         image: ``C x *spatial`` or ``1 x C x *spatial``.
         path: if given, the mosaic is saved there as PNG.
         extent: half-width of the grid in prior sigmas.
@@ -251,7 +251,7 @@ def latent_grid(
             t = torch.linspace(-extent, extent, steps, device=device, dtype=mu.dtype)
             t1, t0 = torch.meshgrid(t, t, indexing="ij")  # [i, j] -> (z0, z1) = (t[j], t[i])
             unit = torch.stack([t0, t1], dim=-1).reshape(1, steps * steps, 2)
-            z = mu.unsqueeze(1) + unit @ scale_tril.transpose(1, 2)
+            z = model.prior_latents(x, unit)  # mu + L t
             labels = model.decode(x, z).argmax(dim=2)[0]  # (steps * steps) x *spatial
             positions = None
             if graders is not None:
