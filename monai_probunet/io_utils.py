@@ -1,0 +1,165 @@
+"""All-or-nothing writes: files replaced atomically, output folders replaced as a whole.
+
+A file a later step loads (a model, a threshold, a summary) is written to a temporary file in the same folder and
+``os.replace``-d onto its name, so readers see either the previous complete file or the new complete one, never a
+truncated one. A set of outputs (several files that belong together) is written into a temporary sibling folder and
+moved into place at the end (:class:`staged_dir`); a folder that holds something the project did not write is never
+replaced or deleted.
+
+This module imports only the standard library (torch lazily in :func:`atomic_torch_save`), so command-line entry
+points can use it before their heavy imports.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "OutputFolderError",
+    "atomic_torch_save",
+    "atomic_write",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "atomic_write_text",
+    "staged_dir",
+]
+
+
+class OutputFolderError(ValueError):
+    """An output path that cannot be (re)placed: a file, unwritable, or a folder holding files of someone else."""
+
+
+def _umask_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
+    """Write ``path`` through ``write(tmp_path)`` into a temporary file of the same folder, then ``os.replace``.
+
+    Args:
+        path: the final file (its folder is created).
+        write: called with the temporary file's path; must write the whole content there.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    On any exception (including ``KeyboardInterrupt``) the temporary file is removed and ``path`` is untouched.
+    The file gets the permissions of a plain ``open(path, "w")`` (``0o666`` minus the umask).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp, _umask_mode())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Atomically replace ``path`` with ``data`` (:func:`atomic_write`)."""
+    return atomic_write(path, lambda p: p.write_bytes(data))
+
+
+def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> Path:
+    """Atomically replace ``path`` with ``text`` (:func:`atomic_write`)."""
+    return atomic_write(path, lambda p: p.write_text(text, encoding=encoding))
+
+
+def atomic_write_json(path: str | os.PathLike, data: Any, indent: int | None = 1, **kwargs: Any) -> Path:
+    """Atomically replace ``path`` with ``json.dumps(data, indent=indent, **kwargs)`` (serialised first, so an
+    object that is not JSON-serialisable leaves ``path`` untouched)."""
+    return atomic_write_text(path, json.dumps(data, indent=indent, **kwargs))
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save(obj, path)`` through a temporary file in the same folder and ``os.replace``."""
+    import torch
+
+    return atomic_write(path, lambda p: torch.save(obj, p))
+
+
+class staged_dir:
+    """Write a set of outputs into a temporary sibling folder and move it onto ``target`` only when complete.
+
+    Usage::
+
+        with staged_dir(out, is_ours=lambda d: (d / "report.json").is_file(), what="--out") as tmp:
+            write everything into tmp
+        # here out holds the complete new set; on an exception the previous out is untouched
+
+    ``target`` may be missing, an empty folder, or a folder for which ``is_ours(target)`` is true (a set this
+    project wrote earlier: it is replaced as a whole). Anything else is refused *before* any work is done, with
+    :class:`OutputFolderError` naming the path: an existing file, a folder holding other files, a parent folder
+    that is not writable. Nothing the project did not write is deleted.
+
+    Args:
+        target: the output folder.
+        is_ours: ``folder -> bool``, true for a folder this project wrote (and nothing else is in it).
+        what: how the folder is called in messages (e.g. ``"--out"``).
+    """
+
+    def __init__(self, target: str | os.PathLike, is_ours: Callable[[Path], bool], what: str = "output folder"):
+        self.target = Path(target)
+        self.what = what
+        self.tmp: Path | None = None
+        t = self.target
+        if t.exists() or t.is_symlink():
+            if not t.is_dir():
+                raise OutputFolderError(f"{what} {t} is a file, not a folder; give a folder path.")
+            if any(t.iterdir()) and not is_ours(t):
+                raise OutputFolderError(
+                    f"{what} {t} is a folder holding files this program did not write; it is left untouched: "
+                    "give an empty or new folder."
+                )
+        parent = t.absolute().parent
+        probe = parent
+        while not probe.exists():  # the first existing ancestor must be a writable folder
+            probe = probe.parent
+        if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+            raise OutputFolderError(f"{what} {t}: cannot write into {probe} (not a writable folder).")
+
+    def __enter__(self) -> Path:
+        parent = self.target.absolute().parent
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+            self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.", suffix=".partial", dir=parent))
+        except OSError as e:
+            raise OutputFolderError(f"{self.what} {self.target}: cannot create a folder in {parent} ({e}).") from e
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        assert self.tmp is not None
+        if exc_type is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return
+        os.chmod(self.tmp, _umask_mode() | ((_umask_mode() & 0o444) >> 2))  # as mkdir would (mkdtemp: 0o700)
+        old = None
+        try:
+            if self.target.exists():
+                old = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.", suffix=".old", dir=self.tmp.parent))
+                os.rename(self.target, old / "set")
+            os.rename(self.tmp, self.target)
+        except BaseException:
+            if old is not None and (old / "set").exists() and not self.target.exists():
+                os.rename(old / "set", self.target)  # put the previous set back
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+            raise
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
