@@ -3,7 +3,9 @@ from .distributed import destroy_distributed, init_distributed, is_not_rank0, lo
 from .ged_handler import GeneralizedEnergyDistance
 from .inferer import SamplingInferer
 from .kl_warmup import KLWarmup
-from .precision import PRECISIONS, autocast_context, resolve_precision
+from .precision import PRECISIONS, autocast_context, explain_precision, resolve_precision
+from .progress import TrainingProgress
+from .schedule import lr_milestones, validation_interval
 from .tracking import MLflowSampleGrid, configure_mlflow, flatten_params, iteration_terms
 from .trainer import ProbUNetTrainer, loss_terms
 
@@ -15,15 +17,19 @@ __all__ = [
     "PRECISIONS",
     "ProbUNetTrainer",
     "SamplingInferer",
+    "TrainingProgress",
     "autocast_context",
     "configure_mlflow",
     "destroy_distributed",
+    "explain_precision",
     "flatten_params",
     "init_distributed",
     "is_not_rank0",
     "iteration_terms",
     "local_device",
     "loss_terms",
+    "lr_milestones",
     "rank_zero_first",
     "resolve_precision",
+    "validation_interval",
 ]

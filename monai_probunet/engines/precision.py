@@ -3,23 +3,56 @@
 from __future__ import annotations
 
 import contextlib
+import platform
 from functools import lru_cache
 
 import torch
 
-__all__ = ["resolve_precision", "autocast_context", "PRECISIONS"]
+__all__ = [
+    "BF16_CPU_FLAGS",
+    "PRECISIONS",
+    "autocast_context",
+    "cpu_bf16_flags",
+    "cpu_model_name",
+    "explain_precision",
+    "resolve_precision",
+]
 
 PRECISIONS = ("auto", "fp32", "bf16")
 
+#: CPU flags (``/proc/cpuinfo``) of native bf16 arithmetic: AVX512-BF16 dot products, AMX tiles
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+
 
 @lru_cache(maxsize=1)
-def _cpu_has_native_bf16() -> bool:
+def _cpuinfo() -> str:
     try:
         with open("/proc/cpuinfo") as f:
-            flags = f.read()
+            return f.read()
     except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+        return ""
+
+
+def cpu_model_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``, else :func:`platform.processor`), or ``"unknown CPU"``."""
+    for line in _cpuinfo().splitlines():
+        if line.lower().startswith("model name") and ":" in line:
+            return " ".join(line.split(":", 1)[1].split())
+    return platform.processor() or "unknown CPU"
+
+
+def cpu_bf16_flags() -> list[str]:
+    """The native-bf16 flags (:data:`BF16_CPU_FLAGS`) this CPU reports; empty where it has none (or no cpuinfo)."""
+    flags: set[str] = set()
+    for line in _cpuinfo().splitlines():
+        if line.startswith("flags") and ":" in line:
+            flags.update(line.split(":", 1)[1].split())
+            break
+    return [f for f in BF16_CPU_FLAGS if f in flags]
+
+
+def _cpu_has_native_bf16() -> bool:
+    return bool(cpu_bf16_flags())
 
 
 def resolve_precision(precision: str, device: torch.device | str) -> str:
@@ -35,6 +68,44 @@ def resolve_precision(precision: str, device: torch.device | str) -> str:
     if device.type == "cpu":
         return "bf16" if _cpu_has_native_bf16() else "fp32"
     return "fp32"
+
+
+def explain_precision(precision: str, device: torch.device | str) -> tuple[str, str]:
+    """The precision :func:`resolve_precision` picks and one line saying why, for the training log.
+
+    Returns:
+        ``(resolved, reason)``, e.g. ``("fp32", "precision auto -> fp32: this CPU (AMD EPYC 7B13) has no native
+        bf16 (avx512_bf16/amx_bf16 missing), so bf16 would be emulated and slower")``.
+    """
+    resolved = resolve_precision(precision, device)
+    device = torch.device(device)
+    if device.type == "cuda":
+        if torch.cuda.is_available():
+            name = torch.cuda.get_device_name(device)
+            native = torch.cuda.is_bf16_supported()
+            what = f"this GPU ({name}) {'supports' if native else 'does not support'} bf16"
+        else:
+            native, what = False, "CUDA is not available"
+    elif device.type == "cpu":
+        flags = cpu_bf16_flags()
+        native = bool(flags)
+        if native:
+            what = f"this CPU ({cpu_model_name()}) computes bf16 natively ({'/'.join(flags)})"
+        else:
+            what = (
+                f"this CPU ({cpu_model_name()}) has no native bf16 ({'/'.join(BF16_CPU_FLAGS)} missing), so bf16 "
+                "would be emulated and slower"
+            )
+    else:
+        native, what = False, f"auto picks bf16 only on a CPU with native bf16 or a CUDA GPU, not on {device.type}"
+    if precision == "auto":
+        return resolved, f"precision auto -> {resolved}: {what}"
+    hint = ""
+    if precision == "bf16" and not native:
+        hint = " (expect it to be slower than fp32)"
+    elif precision == "fp32" and native:
+        hint = " (auto would pick bf16)"
+    return resolved, f"precision {resolved} as configured{hint}: {what}"
 
 
 def autocast_context(precision: str, device: torch.device | str) -> contextlib.AbstractContextManager:

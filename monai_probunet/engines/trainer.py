@@ -6,11 +6,13 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
+from ignite.engine import Events
 from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents, default_prepare_batch
 from monai.utils import CommonKeys as Keys
 
-from .precision import autocast_context, resolve_precision
+from ..bundle_utils import ConfigValueError, TrainingInterrupted, as_bool
+from .precision import autocast_context, explain_precision
 
 __all__ = ["ProbUNetTrainer", "loss_terms"]
 
@@ -18,7 +20,7 @@ __all__ = ["ProbUNetTrainer", "loss_terms"]
 def loss_terms(output: dict | list) -> dict[str, float]:
     """``{"loss", "ce", "kl"}`` as floats from a :class:`ProbUNetTrainer` iteration output (for logging handlers)."""
     first = output[0] if isinstance(output, list) else output
-    return {k: float(first[k]) for k in ("loss", "ce", "kl")}
+    return {k: float(torch.as_tensor(first[k]).detach()) for k in ("loss", "ce", "kl")}
 
 
 class ProbUNetTrainer(SupervisedTrainer):
@@ -31,7 +33,10 @@ class ProbUNetTrainer(SupervisedTrainer):
     - ``precision="bf16"`` runs the forward pass under ``torch.autocast`` on the engine's device type (CPU too,
       unlike MONAI's CUDA-only ``amp``) with float32 master weights; ``"auto"`` picks bf16 where the hardware
       computes it natively;
-    - ``channels_last=True`` converts the network and 2-D inputs to the channels-last memory format.
+    - ``channels_last=True`` converts the network and 2-D inputs to the channels-last memory format;
+    - :meth:`run` raises :class:`~monai_probunet.bundle_utils.TrainingInterrupted` (a ``KeyboardInterrupt``) when
+      a :class:`~monai_probunet.engines.LastCheckpoint` handler stopped the run on Ctrl-C, with its message on
+      how to resume.
 
     Use ``prepare_batch=monai.engines.PrepareBatchExtraInput(extra_keys={"seg": "label"})`` so the network is
     called as ``network(image, seg=label)``. Gradient accumulation is not supported (``accumulation_steps=1``).
@@ -64,6 +69,9 @@ class ProbUNetTrainer(SupervisedTrainer):
         channels_last: bool = False,
         **kwargs: Any,
     ) -> None:
+        if isinstance(max_epochs, bool) or not isinstance(max_epochs, int) or max_epochs < 1:
+            raise ConfigValueError(f"--max_epochs: expected a whole number of epochs >= 1, got {max_epochs!r}.")
+        channels_last = as_bool(channels_last, "channels_last")
         super().__init__(
             device=device,
             max_epochs=max_epochs,
@@ -85,10 +93,18 @@ class ProbUNetTrainer(SupervisedTrainer):
         )
         if self.accumulation_steps != 1:
             raise ValueError("ProbUNetTrainer does not support gradient accumulation (accumulation_steps must be 1).")
-        self.precision = resolve_precision(precision, device)
+        self.precision, self.precision_reason = explain_precision(precision, device)
+        self.add_event_handler(Events.STARTED, lambda engine: engine.logger.info(engine.precision_reason))
         self.channels_last = channels_last
         if channels_last:
             self.network.to(memory_format=torch.channels_last)
+
+    def run(self) -> None:  # type: ignore[override]
+        """Train; raise :class:`~monai_probunet.bundle_utils.TrainingInterrupted` if Ctrl-C stopped the run."""
+        super().run()
+        message = getattr(self.state, "interrupted", None)
+        if message:
+            raise TrainingInterrupted(message)
 
     def _to_memory_format(self, x: Any) -> Any:
         if self.channels_last and isinstance(x, torch.Tensor) and x.ndim == 4:

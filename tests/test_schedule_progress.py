@@ -1,0 +1,178 @@
+"""Learning-rate milestones and validation interval from the run length; training progress lines; precision log."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from ignite.engine import Engine, Events
+from monai.bundle import ConfigParser
+
+from monai_probunet.engines import (
+    TrainingProgress,
+    explain_precision,
+    lr_milestones,
+    resolve_precision,
+    validation_interval,
+)
+from monai_probunet.engines.precision import cpu_bf16_flags, cpu_model_name
+from monai_probunet.engines.progress import format_duration
+
+from .conftest import REPO, TRAIN_YAML
+
+
+@pytest.mark.parametrize(
+    "max_epochs, fractions, expected",
+    [
+        (40, (0.6, 0.85), [24, 34]),
+        (1, (0.6, 0.85), []),
+        (2, (0.6, 0.85), [1]),
+        (3, (0.6, 0.85), [1, 2]),
+        (5, (0.6, 0.85), [3, 4]),
+        (10, (0.05, 0.99), [1, 9]),
+        (200, (0.8, 0.95), [160, 190]),
+    ],
+)
+def test_lr_milestones_stay_inside_the_run(max_epochs, fractions, expected):
+    assert lr_milestones(max_epochs, fractions) == expected
+
+
+def test_lr_milestones_never_at_epoch_zero_or_past_the_end():
+    for max_epochs in range(1, 301):
+        ms = lr_milestones(max_epochs, (0.6, 0.85))
+        assert all(1 <= m <= max_epochs - 1 for m in ms) and ms == sorted(set(ms)), max_epochs
+
+
+def test_lr_milestones_reject_bad_input():
+    with pytest.raises(ValueError, match="max_epochs"):
+        lr_milestones(0, (0.5,))
+    with pytest.raises(ValueError, match=r"\(0, 1\)"):
+        lr_milestones(10, (0.5, 1.2))
+    with pytest.raises(ValueError, match="increasing"):
+        lr_milestones(10, (0.8, 0.5))
+
+
+def test_validation_interval_validates_first_within_an_eighth():
+    assert [validation_interval(e) for e in (1, 5, 8, 15, 16, 40, 200)] == [1, 1, 1, 1, 2, 5, 25]
+    for e in range(8, 300):
+        assert validation_interval(e) <= e / 8
+
+
+@pytest.mark.parametrize("max_epochs", [1, 2, 40])
+def test_train_yaml_schedule_starts_at_the_configured_rate(max_epochs):
+    """The bundle's scheduler: full learning rate for the first epoch, decays only inside the run."""
+    parser = ConfigParser()
+    parser.read_config(str(TRAIN_YAML))
+    parser.update({"max_epochs": max_epochs, "device": "$torch.device('cpu')", "channels": [4, 8]})
+    sched = parser.get_parsed_content("lr_scheduler")
+    lr = parser.get_parsed_content("learning_rate")
+    assert sched.optimizer.param_groups[0]["lr"] == pytest.approx(lr)
+    assert sorted(sched.milestones) == lr_milestones(max_epochs, (0.6, 0.85))
+    rates = []
+    for _ in range(max_epochs):
+        rates.append(sched.optimizer.param_groups[0]["lr"])
+        sched.optimizer.step()
+        sched.step()
+    assert rates[0] == pytest.approx(lr)
+    if max_epochs == 40:
+        assert rates[23] == pytest.approx(lr) and rates[24] == pytest.approx(0.2 * lr)
+        assert rates[34] == pytest.approx(0.04 * lr)
+    assert parser.get_parsed_content("val_interval") == validation_interval(max_epochs)
+
+
+def test_scenes32_keeps_its_late_decay():
+    parser = ConfigParser()
+    parser.read_config([str(TRAIN_YAML), str(REPO / "bundle" / "configs" / "scenes32.yaml")])
+    parser.update({"device": "$torch.device('cpu')", "channels": [4, 8]})
+    assert sorted(parser.get_parsed_content("lr_scheduler").milestones) == [160, 190]
+
+
+def test_explain_precision_names_the_choice_and_the_cpu():
+    resolved, reason = explain_precision("auto", "cpu")
+    assert resolved == resolve_precision("auto", "cpu")
+    assert reason.startswith(f"precision auto -> {resolved}: this CPU ({cpu_model_name()})")
+    if cpu_bf16_flags():
+        assert resolved == "bf16" and "natively" in reason
+    else:
+        assert resolved == "fp32" and "no native bf16 (avx512_bf16/amx_bf16 missing)" in reason
+    resolved, reason = explain_precision("fp32", "cpu")
+    assert resolved == "fp32" and reason.startswith("precision fp32 as configured")
+    with pytest.raises(ValueError, match="precision must be one of"):
+        explain_precision("fp16", "cpu")
+
+
+def test_trainer_logs_the_precision_at_start(caplog):
+    from monai.engines import PrepareBatchExtraInput
+
+    from monai_probunet.engines import ProbUNetTrainer
+    from monai_probunet.losses import ELBOLoss
+    from monai_probunet.networks import ProbUNet
+
+    torch.manual_seed(0)
+    net = ProbUNet(2, 1, 2, channels=(4, 8), latent_dim=2)
+    data = [{"image": torch.rand(2, 1, 16, 16), "label": (torch.rand(2, 1, 16, 16) > 0.5).float()}]
+    trainer = ProbUNetTrainer(
+        device="cpu",
+        max_epochs=1,
+        train_data_loader=data,
+        network=net,
+        optimizer=torch.optim.Adam(net.parameters()),
+        loss_function=ELBOLoss(),
+        prepare_batch=PrepareBatchExtraInput(extra_keys={"seg": "label"}),
+        decollate=False,
+        precision="fp32",
+    )
+    with caplog.at_level(logging.INFO):
+        trainer.run()
+    assert explain_precision("fp32", "cpu")[1] in caplog.text
+
+
+def _run_dummy(progress: TrainingProgress, epochs: int = 2, length: int = 4) -> Engine:
+    engine = Engine(lambda e, b: {"loss": torch.tensor(0.5), "ce": 0.25, "kl": 0.125})
+    progress.attach(engine)
+    engine.run(range(length), max_epochs=epochs)
+    return engine
+
+
+def test_progress_in_a_file_is_one_line_per_interval(caplog):
+    from monai_probunet.engines import loss_terms
+
+    progress = TrainingProgress(interval_s=0, estimate_after=2, output_transform=loss_terms, tty=False, name="t.p")
+    with caplog.at_level(logging.INFO, logger="t.p"):
+        _run_dummy(progress)
+    lines = [r.getMessage() for r in caplog.records if r.name == "t.p"]
+    assert not any("\r" in line for line in lines)
+    iteration_lines = [line for line in lines if " iteration " in line and "per training iteration" not in line]
+    assert len(iteration_lines) == 8  # interval 0: every iteration
+    assert iteration_lines[0].startswith("epoch 1/2 iteration 1/4 (25 %)")
+    assert iteration_lines[-1].startswith("epoch 2/2 iteration 4/4 (100 %)")
+    assert "loss 0.5, ce 0.25, kl 0.125" in iteration_lines[0]
+    estimates = [line for line in lines if "per training iteration" in line]
+    assert len(estimates) == 1 and "an epoch (4 iterations) takes about" in estimates[0]
+    assert "the 2 epoch(s) to go" in estimates[0]
+    epoch_lines = [line for line in lines if " took " in line]
+    assert len(epoch_lines) == 2 and "left at this pace" in epoch_lines[0] and "left" not in epoch_lines[1]
+
+
+def test_progress_interval_limits_the_lines(caplog):
+    progress = TrainingProgress(interval_s=3600, estimate_after=1, tty=False, name="t.q")
+    with caplog.at_level(logging.INFO, logger="t.q"):
+        _run_dummy(progress, epochs=3)
+    lines = [r.getMessage() for r in caplog.records if r.name == "t.q"]
+    assert len(lines) == 1 + 3  # the estimate and one line per epoch, no iteration line within the hour
+
+
+def test_progress_on_a_terminal_uses_the_bar(caplog, capsys):
+    with caplog.at_level(logging.INFO, logger="t.r"):
+        _run_dummy(TrainingProgress(interval_s=0, tty=True, name="t.r"), epochs=1)
+    lines = [r.getMessage() for r in caplog.records if r.name == "t.r"]
+    assert not any(" iteration " in line and "per training" not in line for line in lines)  # the bar instead
+    assert "Iteration: [1/4]" in capsys.readouterr().err
+
+
+def test_format_duration():
+    assert format_duration(4.25) == "4.2 s"
+    assert format_duration(45) == "45 s"
+    assert format_duration(129) == "2 min 09 s"
+    assert format_duration(3900) == "1 h 05 min"
