@@ -689,8 +689,15 @@ def load_presence_threshold(path: str | Path) -> PresenceThreshold:
         raise FileNotFoundError(f"presence threshold file {path} does not exist (written by the evaluation run).")
     try:
         data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from e
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"presence threshold file {path} is not valid JSON: {e}") from e
+    except OSError as e:
+        raise ValueError(f"presence threshold file {path} cannot be read: {e}") from e
+    if not isinstance(data, dict):
+        raise ValueError(
+            f"presence threshold file {path} holds a JSON {type(data).__name__}, expected an object with low, high, "
+            "accuracy, num_samples."
+        )
     try:
         return PresenceThreshold.from_dict(data)
     except (ValueError, TypeError) as e:
@@ -747,15 +754,25 @@ def load_network_weights(network: nn.Module, path: str | Path) -> nn.Module:
         raise FileNotFoundError(
             f"checkpoint {path} does not exist: train first (run id `training`) or set --ckpt_path / --ckpt_dir."
         )
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 -- empty, truncated, corrupt or unsafe pickles raise many types
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise ValueError(
+            f"checkpoint {path} is not a readable PyTorch state dict (empty, truncated, corrupt or not a weights "
+            f"file; weights_only=True): {type(e).__name__}: {msg[:300]}"
+        ) from e
     if isinstance(state, Mapping) and "model" in state and isinstance(state["model"], Mapping):
         state = state["model"]
+    if not isinstance(state, Mapping):
+        raise ValueError(f"checkpoint {path} holds a {type(state).__name__}, not a state dict of tensors.")
     try:
         network.load_state_dict(state)
     except RuntimeError as e:
+        detail = " ".join(str(e).split())
         raise ValueError(
             f"checkpoint {path} does not fit {type(network).__name__} as configured (network_def, channels, "
-            f"latent_dim, ...): {e}"
+            f"latent_dim, ...): {detail[:400]}{'...' if len(detail) > 400 else ''}"
         ) from e
     return network
 

@@ -1,21 +1,29 @@
-"""Command line: S segmentation hypotheses of the lesion at a given centre of one CT image.
+"""Command line: S segmentation hypotheses of the lesion at a given centre of one CT image (or of many).
 
 Usage::
 
     python -m monai_probunet.infer IMAGE --center X Y [Z] [--world [--frame LPS|RAS]] --out DIR \
         [--ckpt bundle/models/model.pt] [--config bundle/configs/train.yaml ...] [--num-samples 16] [--seed 0] \
-        [--threshold presence_threshold.json] [--device cpu]
+        [--threshold presence_threshold.json] [--spacing MM [MM]] [--device cpu] [--allow-non-ct]
+    python -m monai_probunet.infer --batch centers.json --out DIR [same options]
 
 IMAGE is a 2-D CT slice (NIfTI or one DICOM file) or a 3-D CT volume (NIfTI or a DICOM series folder). The centre
 is in voxel coordinates of the array as MONAI loads it (NIfTI ``i j [k]``; DICOM ``column row [slice]``), or with
 ``--world`` in millimetres (``--frame RAS``, the default, or ``LPS`` = DICOM patient coordinates). The network is
 built from ``network_def`` of the config file(s) (default: the repository's ``bundle/configs/train.yaml``) and
-loaded from ``--ckpt`` with ``weights_only=True``; the lesion-presence threshold is ``--threshold`` or
+loaded from ``--ckpt`` with ``weights_only=True``; the model's spacing is ``infer_spacing`` of the config (or
+``--spacing``; a config without it is refused); the lesion-presence threshold is ``--threshold`` or
 ``presence_threshold.json`` next to the checkpoint, else the fallback 0.5 rule (with a warning).
 
-Writes into ``--out``: ``hypotheses.nii.gz`` (4-D, hypothesis = 4th axis), ``mean_probability.nii.gz``,
-``entropy.nii.gz``, ``variant_label.nii.gz`` (all with the input's affine) and ``report.json``; prints a short
-summary (``--json``: the report). Exit status 2 for bad arguments or inputs.
+Writes into ``--out`` (all at once: a temporary sibling folder moved into place at the end; an ``--out`` holding an
+earlier result of this program is replaced, one holding other files is refused): ``hypotheses.nii.gz`` (4-D,
+hypothesis = 4th axis), ``mean_probability.nii.gz``, ``entropy.nii.gz``, ``variant_label.nii.gz`` (all with the
+input's affine) and ``report.json``; prints a short summary (``--json``: the report). With ``--batch`` (a JSON file
+``{image: center}`` or ``[{image, center, world, frame, case_id}]``, images relative to the file's folder) the
+model is loaded once and every case goes to ``--out/<case_id>/`` plus ``--out/inference_summary.json``.
+
+Exit status 0 ok, 2 for bad arguments or inputs (one line on stderr naming the file or option), 1 when every case of
+a batch failed. Heavy imports (torch, MONAI) happen after the arguments are parsed, so ``--help`` is instant.
 """
 
 from __future__ import annotations
@@ -28,69 +36,174 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from .inference import REPO_CONFIG, find_presence_threshold, load_model, predict_hypotheses
-
 __all__ = ["build_parser", "main"]
 
-DEFAULT_CKPT = REPO_CONFIG.parents[1] / "models" / "model.pt"
+REPO_BUNDLE = Path(__file__).resolve().parents[1] / "bundle"
+DEFAULT_CKPT = REPO_BUNDLE / "models" / "model.pt"
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return v
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not v > 0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return v
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (``prog: error: ... (see --help)``, exit 2) instead of usage + error."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``python -m monai_probunet.infer``."""
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="python -m monai_probunet.infer",
         description="Draw S Probabilistic U-Net hypotheses of the lesion at a centre of a CT image and save them "
         "on the image's own grid (NIfTI + report.json).",
     )
-    p.add_argument("image", help="NIfTI file, one DICOM file, or a DICOM series folder (CT, HU)")
+    p.add_argument("image", nargs="?", help="NIfTI file, one DICOM file, or a DICOM series folder (CT, HU)")
     p.add_argument(
-        "--center", nargs="+", type=float, required=True, metavar="C",
+        "--center", nargs="+", type=float, metavar="C",
         help="lesion centre: X Y for a slice, X Y Z for a volume (voxel indices of the loaded array; mm with --world)",
     )
     p.add_argument("--world", action="store_true", help="--center is in world millimetres (see --frame)")
     p.add_argument("--frame", choices=("RAS", "LPS"), default="RAS", help="world frame of --center (default RAS)")
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument(
+        "--batch", default=None, metavar="CENTERS_JSON",
+        help="many images, model loaded once: JSON {image: center | {center, world, frame}} or a list of "
+        "{image, center, ...}; images relative to the file's folder; results in --out/<case_id>/",
+    )
+    p.add_argument("--out", required=True, help="output folder (new, empty, or an earlier output of this program)")
     p.add_argument("--ckpt", default=str(DEFAULT_CKPT), help=f"model weights (default {DEFAULT_CKPT})")
     p.add_argument(
         "--config", nargs="+", default=None,
-        help="bundle config file(s) defining network_def and hu_window (default: bundle/configs/train.yaml)",
+        help="bundle config file(s) defining network_def, hu_window, infer_spacing (default: bundle/configs/train.yaml)",
     )
-    p.add_argument("--num-samples", type=int, default=16, help="hypotheses to draw (default 16)")
+    p.add_argument("--num-samples", type=_positive_int, default=16, help="hypotheses to draw (default 16)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     p.add_argument("--threshold", default=None, help="presence_threshold.json (default: next to --ckpt, if any)")
-    p.add_argument("--spacing", type=float, nargs="+", default=None, help="model spacing in mm (default: config / 0.5)")
-    p.add_argument("--roi-size", type=int, nargs="+", default=None, help="model crop in px (default: config / 64)")
+    p.add_argument(
+        "--spacing", type=_positive_float, nargs="+", default=None, metavar="MM",
+        help="model in-plane spacing in mm (default: infer_spacing of the config)",
+    )
+    p.add_argument(
+        "--roi-size", type=_positive_int, nargs="+", default=None, metavar="PX",
+        help="model crop in px (default: infer_roi_size of the config, else 64)",
+    )
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument(
+        "--allow-non-ct", action="store_true",
+        help="only warn (instead of refusing) when a NIfTI's intensities are not plausibly CT HU (e.g. MR)",
+    )
     p.add_argument("--json", action="store_true", help="print the full JSON report")
     return p
 
 
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def _scalar_or_pair(values: list | None):
+    if values is None:
+        return None
+    if len(values) == 1:
+        return values[0]
+    if len(values) != 2:
+        raise ValueError(f"expected 1 or 2 values (in-plane), got {len(values)}: {values}")
+    return values
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; returns the exit status (0 ok, 2 bad arguments or inputs)."""
+    """Run the CLI; returns the exit status (0 ok, 2 bad arguments or inputs, 1 every case of a batch failed)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.batch is None and (args.image is None or args.center is None):
+        parser.error("give IMAGE and --center, or --batch CENTERS_JSON")
+    if args.batch is not None and (args.image is not None or args.center is not None):
+        parser.error("--batch takes the images and centres from its file: give no IMAGE / --center with it")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     try:
-        model, settings = load_model(args.ckpt, args.config, device=args.device)
-        threshold = args.threshold if args.threshold else find_presence_threshold(args.ckpt)
-        spacing = args.spacing if args.spacing else settings["spacing"]
-        roi = args.roi_size if args.roi_size else settings["roi_size"]
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", UserWarning)
-            hyp = predict_hypotheses(
-                args.image, args.center, model, world=args.world, frame=args.frame,
-                spacing=spacing[0] if isinstance(spacing, list) and len(spacing) == 1 else spacing,
-                roi_size=roi[0] if isinstance(roi, list) and len(roi) == 1 else roi,
-                num_samples=args.num_samples, seed=args.seed, threshold=threshold,
-                hu_window=settings["hu_window"], device=args.device,
-            )
-        for w in caught:
-            if "presence threshold" in str(w.message):
-                print(f"warning: {w.message}", file=sys.stderr)
-        paths = hyp.save(args.out)
+        spacing = _scalar_or_pair(args.spacing)
+        roi_arg = _scalar_or_pair(args.roi_size)
+    except ValueError as e:
+        parser.error(f"--spacing/--roi-size: {e}")
+    try:
+        return _run(args, spacing, roi_arg)
     except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {_one_line(e)}", file=sys.stderr)
         return 2
+    except OSError as e:  # a full disk, a permission denied while writing, ...
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        print(f"error: {type(e).__name__}{where}: {_one_line(e)}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace, spacing, roi_arg) -> int:
+    from .io_utils import staged_dir
+
+    # cheap checks first, before the heavy imports and the model
+    if args.batch is None and not Path(args.image).exists():
+        raise FileNotFoundError(f"image {args.image} does not exist.")
+    if not Path(args.ckpt).is_file():
+        raise FileNotFoundError(f"checkpoint {args.ckpt} does not exist (--ckpt).")
+    if Path(args.ckpt).stat().st_size == 0:
+        raise ValueError(f"checkpoint {args.ckpt} is empty (0 bytes).")
+
+    from . import inference as inf  # torch + MONAI
+
+    is_ours = inf.is_hypotheses_set if args.batch is None else inf.is_inference_run
+    staged_dir(args.out, is_ours=is_ours, what="--out")  # refuses a file / foreign folder / unwritable place
+    cases = inf.read_inference_cases(Path(args.batch).parent, args.batch) if args.batch is not None else None
+    threshold = inf._as_threshold(args.threshold) if args.threshold else inf.find_presence_threshold(args.ckpt)
+    model, settings = inf.load_model(args.ckpt, args.config, device=args.device, spacing=spacing)
+    roi = roi_arg if roi_arg is not None else settings["roi_size"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        if cases is not None:
+            summary = inf.infer_cases(
+                model, cases, args.out, spacing=settings["spacing"], roi_size=roi, num_samples=args.num_samples,
+                seed=args.seed, hu_window=settings["hu_window"], threshold=threshold, device=args.device,
+                progress=False, allow_non_ct=args.allow_non_ct, checkpoint=str(args.ckpt),
+            )
+        else:
+            hyp = inf.predict_hypotheses(
+                args.image, args.center, model, world=args.world, frame=args.frame, spacing=settings["spacing"],
+                roi_size=roi, num_samples=args.num_samples, seed=args.seed, threshold=threshold,
+                hu_window=settings["hu_window"], device=args.device, allow_non_ct=args.allow_non_ct,
+            )
+            paths = hyp.save(args.out)
+    for w in caught:
+        text = str(w.message)
+        if "presence threshold" in text or "allow_non_ct" in text or threshold is None and "0.5 rule" in text:
+            print(f"warning: {text}", file=sys.stderr)
+    if cases is not None:
+        if args.json:
+            print(json.dumps(summary, indent=1))
+        for row in summary["cases"]:
+            if "error" in row:
+                print(f"{row['case_id']}: failed: {row['error']}", file=sys.stderr)
+            else:
+                print(
+                    f"{row['case_id']}: lesion presence {row['presence_probability']:.3f}, ambiguous="
+                    f"{row['ambiguous']}, {row['num_variants']} variant(s), mean area {row['mean_area_mm2']:.1f} mm^2"
+                )
+        print(f"{summary['num_ok']} ok, {summary['num_failed']} failed -> {Path(args.out)}")
+        return 1 if summary["num_ok"] == 0 else 0
     report = json.loads(Path(paths["report"]).read_text())
     if args.json:
         print(json.dumps(report, indent=1))

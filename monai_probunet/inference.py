@@ -40,6 +40,7 @@ The lesion-presence probability is the fraction of the S hypotheses with any les
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -71,12 +72,15 @@ from .metrics import PresenceThreshold, pairwise_iou_distance
 __all__ = [
     "DEFAULT_HU_WINDOW",
     "DEFAULT_ROI_SIZE",
-    "DEFAULT_SPACING",
     "FALLBACK_RULE",
     "Hypotheses",
     "Variant",
+    "check_device",
     "find_presence_threshold",
     "group_variants",
+    "infer_cases",
+    "is_hypotheses_set",
+    "is_inference_run",
     "load_ct",
     "load_model",
     "predict_hypotheses",
@@ -87,8 +91,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: the model's in-plane pixel spacing in mm (the built-in data and the LIDC recipe: 0.5 mm)
-DEFAULT_SPACING = 0.5
 #: the model's input crop in pixels (the built-in data: 64 x 64)
 DEFAULT_ROI_SIZE = 64
 #: HU window scaled to [0, 1] (``hu_window`` in bundle/configs/train.yaml)
@@ -106,6 +108,21 @@ WORLD_FRAMES = ("RAS", "LPS")
 #: where the repository's bundle configuration lives (default network definition for :func:`load_model`)
 REPO_CONFIG = Path(__file__).resolve().parents[1] / "bundle" / "configs" / "train.yaml"
 PRESENCE_THRESHOLD_NAME = "presence_threshold.json"
+#: meta key set by :func:`load_ct` on an image whose DICOM headers say CT (no HU plausibility check then)
+MODALITY_KEY = "probunet_modality"
+#: ``report.json`` / ``inference_summary.json`` carry ``{WRITTEN_BY_KEY: WRITTEN_BY}``: an output folder holding it
+#: (and nothing else) was written by this module and may be replaced by a new run
+WRITTEN_BY_KEY = "written_by"
+WRITTEN_BY = "monai_probunet.inference"
+REPORT_NAME = "report.json"
+SUMMARY_NAME = "inference_summary.json"
+SET_FILES = ("hypotheses.nii.gz", "mean_probability.nii.gz", "entropy.nii.gz", "variant_label.nii.gz", REPORT_NAME)
+#: an image whose lowest value is above this is not plausibly CT in HU (no air, lung or fat anywhere in it)
+HU_PLAUSIBLE_MIN = -200.0
+SPACING_HINT = (
+    "the model's in-plane pixel spacing in mm, `infer_spacing` of the bundle config (train.yaml: [1.0, 1.0] for "
+    "the shipped model) or --spacing"
+)
 
 
 # --------------------------------------------------------------------------------------------- results
@@ -293,7 +310,13 @@ class Hypotheses:
         }
 
     def save(self, out_dir: str | os.PathLike) -> dict[str, Path]:
-        """Write NIfTI files with the input's affine and a JSON report into ``out_dir``.
+        """Write NIfTI files with the input's affine and a JSON report into ``out_dir``, all or nothing.
+
+        The set is written into a temporary sibling folder and moved onto ``out_dir`` when complete, so a failed
+        write leaves the previous ``out_dir`` as it was (and no temporary folder). ``out_dir`` may be new, empty,
+        or an earlier set written by this method (:func:`is_hypotheses_set`: then it is replaced as a whole);
+        anything else is refused with :class:`~monai_probunet.io_utils.OutputFolderError` (a ``ValueError``)
+        before anything is written.
 
         Files
         -----
@@ -304,7 +327,7 @@ class Hypotheses:
         ``variant_label.nii.gz``
             uint8 ``*spatial``: the most frequent variant's label map.
         ``report.json``
-            :meth:`to_report` plus ``files`` (name -> file name).
+            :meth:`to_report` plus ``files`` (name -> file name) and ``written_by``.
 
         Returns
         -------
@@ -312,10 +335,18 @@ class Hypotheses:
             Name -> written path (keys ``hypotheses``, ``mean_probability``, ``entropy``, ``variant_label``,
             ``report``).
         """
-        import nibabel as nib
+        from .io_utils import staged_dir
 
         out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
+        with staged_dir(out, is_ours=is_hypotheses_set, what="output folder") as tmp:
+            names = self.write_set(tmp)
+        return {k: out / v.name for k, v in names.items()}
+
+    def write_set(self, folder: str | os.PathLike) -> dict[str, Path]:
+        """Write the files of :meth:`save` into an existing, empty ``folder`` (no staging; :meth:`save` stages)."""
+        import nibabel as nib
+
+        out = Path(folder)
         affine = np.asarray(self.affine, dtype=np.float64)
         stack = np.moveaxis(self.labels, 0, -1)  # *spatial x S
         if self.labels.ndim == 3:  # a slice: H x W x 1 x S, so that axis 4 holds the hypotheses
@@ -334,9 +365,37 @@ class Hypotheses:
             nib.save(img, str(paths[name]))
         report = self.to_report()
         report["files"] = {k: p.name for k, p in paths.items()}
-        paths["report"] = out / "report.json"
+        report[WRITTEN_BY_KEY] = WRITTEN_BY
+        paths["report"] = out / REPORT_NAME
         paths["report"].write_text(json.dumps(report, indent=1))
         return paths
+
+
+def _marked(path: Path) -> bool:
+    """Whether ``path`` is a JSON object carrying this module's ``written_by`` marker."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and data.get(WRITTEN_BY_KEY) == WRITTEN_BY
+
+
+def is_hypotheses_set(folder: str | os.PathLike) -> bool:
+    """True iff ``folder`` holds a set written by :meth:`Hypotheses.save` and nothing else (safe to replace)."""
+    folder = Path(folder)
+    if not folder.is_dir() or folder.is_symlink():
+        return False
+    names = {p.name for p in folder.iterdir()}
+    return REPORT_NAME in names and names <= set(SET_FILES) and _marked(folder / REPORT_NAME)
+
+
+def is_inference_run(folder: str | os.PathLike) -> bool:
+    """True iff ``folder`` holds a run written by :func:`infer_cases` (``inference_summary.json`` with the marker
+    plus case folders that are :func:`is_hypotheses_set`) and nothing else (safe to replace)."""
+    folder = Path(folder)
+    if not folder.is_dir() or folder.is_symlink() or not _marked(folder / SUMMARY_NAME):
+        return False
+    return all(p.name == SUMMARY_NAME or is_hypotheses_set(p) for p in folder.iterdir())
 
 
 # --------------------------------------------------------------------------------------------- loading
@@ -365,9 +424,80 @@ def _check_ct_dicom(files: Sequence[Path], source: str) -> None:
             raise ValueError(
                 f"{source}: DICOM file {f.name} has Modality {modality!r}; this model segments CT (HU) only."
             )
+        spacing = getattr(ds, "PixelSpacing", None)
+        try:
+            ok = spacing is not None and len(spacing) == 2 and all(float(v) > 0 for v in spacing)
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ValueError(
+                f"{f}: PixelSpacing {None if spacing is None else list(spacing)!r} is missing or not positive; "
+                "the pixel size in mm is needed to resample to the model's spacing."
+            )
 
 
-def load_ct(image: str | os.PathLike | MetaTensor) -> tuple[MetaTensor, str]:
+def _check_nifti_header(path: Path) -> None:
+    """Raise ``ValueError`` naming ``path`` if a NIfTI header's spatial voxel sizes are zero or negative.
+
+    The header is read as stored (``check=False``): nibabel and MONAI silently replace a zero ``pixdim`` by 1 mm
+    and a negative one by its absolute value on load, which would resample the image with a made-up spacing.
+    """
+    import nibabel as nib
+    from nibabel.openers import ImageOpener
+
+    try:
+        with ImageOpener(str(path)) as f:
+            raw = f.read(540)
+        hdr = None
+        for klass in (nib.Nifti1Header, nib.Nifti2Header):
+            if len(raw) < klass.sizeof_hdr:
+                continue
+            h = klass.from_fileobj(io.BytesIO(raw[: klass.sizeof_hdr]), check=False)
+            if int(h["sizeof_hdr"]) == klass.sizeof_hdr:
+                hdr = h
+                break
+    except Exception:  # noqa: BLE001 -- not NIfTI (or corrupt): the reader below names the problem
+        return
+    if hdr is None:
+        return
+    nd = int(max(1, min(3, int(hdr["dim"][0]))))
+    zooms = [float(v) for v in hdr["pixdim"][1 : nd + 1]]
+    if any(not np.isfinite(z) or z <= 0 for z in zooms):
+        raise ValueError(
+            f"{path}: voxel spacing (NIfTI pixdim) {zooms} mm is zero or negative; fix the header (there is no "
+            "voxel size to resample from)."
+        )
+    if int(hdr["sform_code"]) > 0:
+        sform = np.asarray(hdr.get_sform(), dtype=np.float64)
+        sizes = np.linalg.norm(sform[:3, :nd], axis=0)
+        if not np.isfinite(sform).all() or (sizes <= 1e-6).any():
+            raise ValueError(
+                f"{path}: the sform affine gives voxel spacing {np.round(sizes, 6).tolist()} mm, zero or not "
+                "finite; fix the header."
+            )
+
+
+def _check_hu(img: MetaTensor, source: str, allow_non_ct: bool) -> None:
+    """Refuse (or with ``allow_non_ct`` warn about) an image whose values are not plausibly CT Hounsfield units.
+
+    CT in HU has air at about -1000, lung about -850, fat about -100, soft tissue 0 to 100: a CT image of the chest
+    (or a lesion-centred crop of one) has values below :data:`HU_PLAUSIBLE_MIN`. An image without any (e.g. MR,
+    values 0 to 4000; CT stored without its rescale intercept; an image normalised to [0, 1]) is refused.
+    """
+    lo = float(img.as_tensor().min())
+    hi = float(img.as_tensor().max())
+    if lo <= HU_PLAUSIBLE_MIN:
+        return
+    msg = (
+        f"{source}: intensities span [{lo:g}, {hi:g}] with nothing below {HU_PLAUSIBLE_MIN:g}, i.e. no air, lung or "
+        "fat: not plausibly CT in Hounsfield units (MR? CT without its rescale slope/intercept? normalised?)"
+    )
+    if not allow_non_ct:
+        raise ValueError(msg + "; the model segments CT in HU (pass --allow-non-ct / allow_non_ct=True to run anyway).")
+    warnings.warn(msg + "; running anyway (allow_non_ct).", UserWarning, stacklevel=3)
+
+
+def load_ct(image: str | os.PathLike | MetaTensor, allow_non_ct: bool = False) -> tuple[MetaTensor, str]:
     """Load a CT slice or volume as a channel-first float32 ``MetaTensor`` in HU with a RAS affine.
 
     Parameters
@@ -376,6 +506,9 @@ def load_ct(image: str | os.PathLike | MetaTensor) -> tuple[MetaTensor, str]:
         A NIfTI file (2-D slice or 3-D volume; any format MONAI's default readers take), one DICOM file (a slice),
         a folder holding one DICOM series (a volume), or an already loaded channel-first ``MetaTensor``
         (``1 x H x W`` or ``1 x H x W x D``, e.g. from ``LoadImage(ensure_channel_first=True)``).
+    allow_non_ct : bool
+        Only warn (instead of refusing) when an image without a DICOM modality (NIfTI, MetaTensor) has intensities
+        that are not plausibly CT in HU (nothing below -200: no air, lung or fat; e.g. MR).
 
     Returns
     -------
@@ -388,8 +521,10 @@ def load_ct(image: str | os.PathLike | MetaTensor) -> tuple[MetaTensor, str]:
         If the path does not exist.
     ValueError
         If a DICOM file is not CT or unreadable, a folder holds no DICOM file, the file cannot be read as an image,
-        or the image is not a single-channel 2-D/3-D image.
+        the image is not a single-channel 2-D/3-D image, has NaN/inf values or a zero/negative voxel spacing, or
+        (without ``allow_non_ct``) its intensities are not plausibly HU.
     """
+    verified_ct = False
     if isinstance(image, MetaTensor):
         source = str(image.meta.get("filename_or_obj", "") or "<MetaTensor>")
         img = image
@@ -409,10 +544,14 @@ def load_ct(image: str | os.PathLike | MetaTensor) -> tuple[MetaTensor, str]:
                 raise ValueError(f"image folder {path} holds no DICOM file (a folder must be one DICOM series).")
             _check_ct_dicom(files, source)
             loader = LoadImage(reader="PydicomReader", image_only=True, ensure_channel_first=True, dtype=np.float32)
+            verified_ct = True
         elif _is_dicom(path):
             _check_ct_dicom([path], source)
             loader = LoadImage(reader="PydicomReader", image_only=True, ensure_channel_first=True, dtype=np.float32)
+            verified_ct = True
         else:
+            if path.name.endswith((".nii", ".nii.gz")):
+                _check_nifti_header(path)
             loader = LoadImage(image_only=True, ensure_channel_first=True, dtype=np.float32)
         try:
             with warnings.catch_warnings():
@@ -422,7 +561,11 @@ def load_ct(image: str | os.PathLike | MetaTensor) -> tuple[MetaTensor, str]:
             raise ValueError(f"could not read image {path}: {type(e).__name__}: {e}") from e
         if not isinstance(img, MetaTensor):
             raise ValueError(f"could not read image {path} with its geometry (got {type(img).__name__}).")
+        if verified_ct:
+            img.meta[MODALITY_KEY] = "CT"
     _check_image(img, source)
+    if img.meta.get(MODALITY_KEY) != "CT":
+        _check_hu(img, source, allow_non_ct)
     return img, source
 
 
@@ -444,6 +587,13 @@ def _check_image(img: MetaTensor, source: str) -> None:
     bad = ~torch.isfinite(img.as_tensor().float())
     if bool(bad.any()):
         raise ValueError(f"{source}: {int(bad.sum())} voxels are NaN or infinite; expected finite HU values.")
+    affine = _affine4(img)
+    sizes = torch.linalg.norm(affine[:3, : img.ndim - 1], dim=0)
+    if not bool(torch.isfinite(affine).all()) or bool((sizes <= 1e-6).any()):
+        raise ValueError(
+            f"{source}: voxel spacing {[round(float(v), 6) for v in sizes]} mm from the image's affine is zero or not "
+            "finite; fix the image header."
+        )
 
 
 def _affine4(img: MetaTensor) -> torch.Tensor:
@@ -649,13 +799,14 @@ def predict_hypotheses(
     *,
     world: bool = False,
     frame: str = "RAS",
-    spacing: float | Sequence[float] = DEFAULT_SPACING,
+    spacing: float | Sequence[float] | None = None,
     roi_size: int | Sequence[int] = DEFAULT_ROI_SIZE,
     num_samples: int = 16,
     seed: int = 0,
     threshold: PresenceThreshold | str | os.PathLike | Mapping | None = None,
     hu_window: Sequence[float] = DEFAULT_HU_WINDOW,
     device: str | torch.device = "cpu",
+    allow_non_ct: bool = False,
 ) -> Hypotheses:
     """Draw S segmentation hypotheses of the lesion at ``center`` and map them onto the input's grid.
 
@@ -674,9 +825,12 @@ def predict_hypotheses(
     frame : {"RAS", "LPS"}
         World frame of ``center``.
     spacing : float or pair of float
-        The model's in-plane pixel spacing in mm.
+        The model's in-plane pixel spacing in mm (required: ``infer_spacing`` of the model's bundle config, see
+        :func:`load_model`; there is no default, a wrong spacing silently rescales every lesion).
     roi_size : int or pair of int
-        The model's crop size in pixels.
+        The model's crop size in pixels. The image must cover it at ``spacing`` (an image smaller than the model's
+        field is refused rather than padded); where the crop reaches past the image border (a centre near the
+        edge) the outside is air and hypotheses there are dropped, so areas and presence count only image pixels.
     num_samples : int
         S, hypotheses to draw (16 in the paper).
     seed : int
@@ -688,6 +842,9 @@ def predict_hypotheses(
         HU range scaled to ``[0, 1]`` with clipping (as in training).
     device : str or torch.device
         Where the model runs (it is moved there).
+    allow_non_ct : bool
+        Warn instead of refusing when an image without a DICOM modality has intensities that are not plausibly
+        HU (:func:`load_ct`).
 
     Returns
     -------
@@ -698,8 +855,9 @@ def predict_hypotheses(
     Raises
     ------
     ValueError
-        For a bad image (NaN/inf voxels, wrong rank or channels, non-CT DICOM, unreadable file), a centre outside
-        the image, or bad parameters.
+        For a bad image (NaN/inf voxels, wrong rank or channels, non-CT DICOM or non-HU intensities, unreadable
+        file, zero/negative spacing, smaller than the model's field), a centre outside the image, or bad
+        parameters.
     FileNotFoundError
         If the image path does not exist.
     """
@@ -709,6 +867,8 @@ def predict_hypotheses(
         raise ValueError(f"seed must be an integer, got {seed!r}.")
     if not hasattr(model, "sample"):
         raise ValueError(f"model {type(model).__name__} has no sample(image, num_samples, generator) method.")
+    if spacing is None:
+        raise ValueError(f"spacing is required: {SPACING_HINT}.")
     spacing2 = _pair(spacing, "spacing", float)
     roi2 = _pair(roi_size, "roi_size", int)
     if len(hu_window) != 2 or not float(hu_window[0]) < float(hu_window[1]):
@@ -716,7 +876,7 @@ def predict_hypotheses(
     thr = _as_threshold(threshold)
     device = torch.device(device)
 
-    img, source = load_ct(image)
+    img, source = load_ct(image, allow_non_ct=allow_non_ct)
     voxel, world_ras = resolve_center(img, center, world=world, frame=frame, source=source)
     nd = img.ndim - 1
     affine = _affine4(img)
@@ -747,6 +907,16 @@ def predict_hypotheses(
         pixdim[a], crop_size[a] = s, r
     spacing_t = Spacingd(keys="image", pixdim=pixdim, mode="bilinear", padding_mode="border")
     data = spacing_t({"image": plane})
+    resampled = [int(data["image"].shape[1 + a]) for a in inplane]
+    if any(n < r for n, r in zip(resampled, roi2)):
+        extent = [float(np.linalg.norm(np.asarray(affine)[:3, a])) * plane_shape[a] for a in inplane]
+        raise ValueError(
+            f"{source}: the image ({' x '.join(f'{e:.1f}' for e in extent)} mm in-plane, {resampled[0]} x "
+            f"{resampled[1]} px at the model's {spacing2[0]:g} x {spacing2[1]:g} mm) is smaller than the model's "
+            f"field of {roi2[0]} x {roi2[1]} px ({roi2[0] * spacing2[0]:g} x {roi2[1] * spacing2[1]:g} mm); give "
+            "the whole slice, not a small crop."
+        )
+    inside_plane = MetaTensor(torch.ones_like(plane.as_tensor()), affine=plane.affine)
     for a in inplane:
         pad_size[a] = int(data["image"].shape[1 + a]) + crop_size[a]
     pad_t = SpatialPadd(keys="image", spatial_size=pad_size, mode="constant", value=0.0)
@@ -758,6 +928,9 @@ def predict_hypotheses(
     crop_t = SpatialCropd(keys="image", roi_center=roi_center, roi_size=crop_size)
     data = crop_t(data)
     chain = Compose([spacing_t, pad_t, crop_t])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        inside = crop_t(pad_t(spacing_t({"image": inside_plane})))["image"].as_tensor() > 0.5
     crop = data["image"]
     crop_pixdim = [float(np.linalg.norm(np.asarray(crop.affine)[:3, a])) for a in inplane]
     pixel_area = float(np.prod(crop_pixdim))
@@ -776,7 +949,8 @@ def predict_hypotheses(
             f"model.sample returned shape {tuple(logits.shape)}, expected 1 x {num_samples} x C x {tuple(x.shape[2:])}."
         )
     probs = torch.softmax(logits[0].float(), dim=1).cpu()  # S x C x roi x roi
-    crop_labels = probs.argmax(dim=1)  # S x roi x roi
+    inside2 = inside[0].squeeze(slice_axis) if slice_axis is not None else inside[0]  # roi x roi
+    crop_labels = probs.argmax(dim=1) * inside2  # S x roi x roi, 0 outside the image
     mean = probs.mean(dim=0)  # C x roi x roi
     fg = mean[1:].sum(dim=0)
     ent = -(torch.where(mean > 0, mean * torch.log2(mean.clamp_min(1e-30)), torch.zeros_like(mean))).sum(dim=0)
@@ -852,11 +1026,30 @@ def predict_hypotheses(
 # --------------------------------------------------------------------------------------------- model & threshold
 
 
+def check_device(device: str | torch.device) -> torch.device:
+    """``torch.device(device)``, refusing (``ValueError``) a malformed name or a CUDA/MPS device that is not there."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as e:
+        raise ValueError(f"device {device!r} is not a torch device (e.g. cpu, cuda, cuda:1): {e}") from e
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r}: CUDA is not available on this machine (use --device cpu).")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) here.")
+    elif dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise ValueError(f"device {device!r}: MPS is not available on this machine (use --device cpu).")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device {device!r}: unsupported device type {dev.type!r} (use cpu or cuda).")
+    return dev
+
+
 def load_model(
     ckpt_path: str | os.PathLike,
     config_file: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
     network_id: str = "network_def",
     device: str | torch.device = "cpu",
+    spacing: float | Sequence[float] | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Build the network from a bundle config and load a checkpoint into it (``weights_only=True``).
 
@@ -869,15 +1062,26 @@ def load_model(
     network_id : str
         Config id of the network definition.
     device : str or torch.device
-        Where to put the network.
+        Where to put the network (:func:`check_device`).
+    spacing : float or pair of float, optional
+        The model's in-plane spacing in mm, overriding the config's ``infer_spacing``.
 
     Returns
     -------
     tuple
-        ``(network in eval mode, settings)`` where ``settings`` holds ``hu_window``, ``spacing`` and ``roi_size``
-        from the config where it defines ``hu_window`` / ``infer_spacing`` / ``infer_roi_size`` (else the
-        defaults).
+        ``(network in eval mode, settings)`` where ``settings`` holds ``hu_window`` (config, else
+        :data:`DEFAULT_HU_WINDOW`), ``spacing`` (``spacing``, else the config's ``infer_spacing``) and ``roi_size``
+        (config's ``infer_roi_size``, else :data:`DEFAULT_ROI_SIZE`).
+
+    Raises
+    ------
+    FileNotFoundError
+        A missing config or checkpoint file.
+    ValueError
+        A config that does not parse or defines no network, no ``infer_spacing`` (and no ``spacing`` given), a
+        checkpoint that is not a readable state dict of that network, an unavailable device.
     """
+    dev = check_device(device)
     from monai.bundle import ConfigParser
 
     from .evaluation import load_network_weights
@@ -888,17 +1092,27 @@ def load_model(
         if not Path(f).is_file():
             raise FileNotFoundError(f"config file {f} does not exist.")
     parser = ConfigParser()
-    parser.read_config(files)
+    try:
+        parser.read_config(files)
+    except Exception as e:  # noqa: BLE001 -- yaml/json raise many types
+        raise ValueError(f"config {files} could not be read: {type(e).__name__}: {str(e).splitlines()[0]}") from e
     if network_id not in parser:
         raise ValueError(f"config {files} defines no {network_id!r}.")
-    network = parser.get_parsed_content(network_id, instantiate=True)
+    if spacing is None and "infer_spacing" not in parser:
+        raise ValueError(f"config {files} defines no infer_spacing: {SPACING_HINT}.")
+    try:
+        network = parser.get_parsed_content(network_id, instantiate=True)
+        settings = {
+            "hu_window": tuple(parser.get_parsed_content("hu_window")) if "hu_window" in parser else DEFAULT_HU_WINDOW,
+            "spacing": spacing if spacing is not None else parser.get_parsed_content("infer_spacing"),
+            "roi_size": parser.get_parsed_content("infer_roi_size") if "infer_roi_size" in parser else DEFAULT_ROI_SIZE,
+        }
+    except Exception as e:  # noqa: BLE001 -- a config expression can raise anything
+        msg = str(e).splitlines()[0] if str(e) else ""
+        raise ValueError(f"config {files}: {network_id!r} could not be built: {type(e).__name__}: {msg}") from e
+    _pair(settings["spacing"], "infer_spacing", float)
     load_network_weights(network, ckpt_path)
-    settings = {
-        "hu_window": tuple(parser.get_parsed_content("hu_window")) if "hu_window" in parser else DEFAULT_HU_WINDOW,
-        "spacing": parser.get_parsed_content("infer_spacing") if "infer_spacing" in parser else DEFAULT_SPACING,
-        "roi_size": parser.get_parsed_content("infer_roi_size") if "infer_roi_size" in parser else DEFAULT_ROI_SIZE,
-    }
-    return network.to(device).eval(), settings
+    return network.to(dev).eval(), settings
 
 
 def find_presence_threshold(ckpt_path: str | os.PathLike) -> PresenceThreshold | None:
@@ -965,24 +1179,33 @@ def read_inference_cases(
             raise FileNotFoundError(f"centers file {cpath} does not exist.")
         try:
             data = json.loads(cpath.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{cpath} is not valid JSON: {e}") from e
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"centers file {cpath} is not valid JSON: {e}") from e
+        if not isinstance(data, (Mapping, list)) or (isinstance(data, list) and not all(isinstance(d, Mapping) for d in data)):
+            raise ValueError(
+                f"centers file {cpath} must hold {{image: center}} or a list of {{image, center}} objects."
+            )
         items = data.items() if isinstance(data, Mapping) else [(d.get("image"), d) for d in data]
         for image, raw in items:
-            if not image:
-                raise ValueError(f"{cpath}: an entry has no 'image'.")
+            if not image or not isinstance(image, str):
+                raise ValueError(f"{cpath}: an entry has no 'image' path.")
             entry = _case_entry(raw, image, str(cpath))
             cases.append({"image": _abs(image), "case_id": entry.pop("case_id", _case_id(image)), **entry})
     else:
         dl = root / "datalist.json"
         if not dl.is_file():
             raise FileNotFoundError(f"{root} holds neither centers.json nor datalist.json (images + lesion centres).")
-        data = json.loads(dl.read_text())
+        try:
+            data = json.loads(dl.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{dl} is not valid JSON: {e}") from e
         entries = data.get(split) if isinstance(data, Mapping) else data
         if not isinstance(entries, list):
             raise ValueError(f"{dl} has no list of entries under {split!r}.")
         for k, e in enumerate(entries):
-            image = e["image"] if isinstance(e, Mapping) else e
+            image = e.get("image") if isinstance(e, Mapping) else e
+            if not isinstance(image, str) or not image:
+                raise ValueError(f"{dl}: entry {k} of {split!r} has no 'image' path.")
             center = e.get("center") if isinstance(e, Mapping) else None
             cases.append(
                 {
@@ -993,6 +1216,8 @@ def read_inference_cases(
                     "case_id": str(e.get("case_id", _case_id(image))) if isinstance(e, Mapping) else _case_id(image),
                 }
             )
+    if not cases:
+        raise ValueError(f"{cpath if cpath.is_file() else root / 'datalist.json'} lists no images.")
     seen: dict[str, int] = {}
     for c in cases:  # unique output folder names
         n = seen.get(c["case_id"], 0)
@@ -1000,6 +1225,111 @@ def read_inference_cases(
         if n:
             c["case_id"] = f"{c['case_id']}_{n}"
     return cases
+
+
+def _safe_case_id(case_id: str) -> str:
+    """A case id usable as one folder name (no separators, not ``.``/``..``, not the summary's name)."""
+    cid = "".join(c if c.isalnum() or c in "-_.+" else "_" for c in str(case_id)).strip(".") or "case"
+    return cid if cid != SUMMARY_NAME else f"{cid}_case"
+
+
+def infer_cases(
+    model: nn.Module,
+    cases: Sequence[Mapping[str, Any]],
+    output_dir: str | os.PathLike,
+    *,
+    spacing: float | Sequence[float],
+    roi_size: int | Sequence[int] = DEFAULT_ROI_SIZE,
+    num_samples: int = 16,
+    seed: int = 0,
+    hu_window: Sequence[float] = DEFAULT_HU_WINDOW,
+    threshold: PresenceThreshold | None = None,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+    allow_non_ct: bool = False,
+    checkpoint: str | None = None,
+) -> dict[str, Any]:
+    """Run :func:`predict_hypotheses` on many images with one loaded model and write the whole run at once.
+
+    Every case goes to ``<output_dir>/<case_id>/`` (:meth:`Hypotheses.write_set`), plus
+    ``<output_dir>/inference_summary.json``; the run is written into a temporary sibling folder and moved onto
+    ``output_dir`` at the end (an earlier run there is replaced as a whole, a folder holding anything else is
+    refused before any work: :class:`~monai_probunet.io_utils.staged_dir`). A case that fails (bad image, centre
+    outside, ...) is recorded with its error and the run goes on.
+
+    Args:
+        model: a network with ``sample`` (:func:`load_model`).
+        cases: ``{"image", "center" (None = image centre), "world", "frame", "case_id"}`` entries
+            (:func:`read_inference_cases`).
+        output_dir: the run's folder.
+        spacing, roi_size, num_samples, seed, hu_window, device, allow_non_ct: as in :func:`predict_hypotheses`.
+        threshold: the fitted presence rule, ``None`` for the fallback rule.
+        progress: show a tqdm bar.
+        checkpoint: recorded in the summary.
+
+    Returns:
+        The summary (``{"cases": [{case_id, image, presence_probability, ambiguous, num_variants, ...} | {case_id,
+        image, error}], "num_ok", "num_failed", "ambiguity_rule", ...}``).
+    """
+    from tqdm import tqdm
+
+    from .io_utils import staged_dir
+
+    if spacing is None:
+        raise ValueError(f"spacing is required: {SPACING_HINT}.")
+    out = Path(output_dir)
+    rows = []
+    with staged_dir(out, is_ours=is_inference_run, what="output folder") as tmp:
+        used: set[str] = set()
+        for case in tqdm(cases, desc="inferring", unit="image", disable=not progress):
+            cid = _safe_case_id(case["case_id"])
+            k, base = 1, cid
+            while cid in used:
+                cid, k = f"{base}_{k}", k + 1
+            used.add(cid)
+            row: dict[str, Any] = {"case_id": cid, "image": str(case["image"])}
+            try:
+                center = case.get("center")
+                image: Any = case["image"]
+                if center is None:
+                    image, _ = load_ct(case["image"], allow_non_ct=allow_non_ct)
+                    center = [(s - 1) / 2 for s in image.shape[1:]]
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", UserWarning)
+                    hyp = predict_hypotheses(
+                        image, center, model, world=bool(case.get("world", False)), frame=case.get("frame", "RAS"),
+                        spacing=spacing, roi_size=roi_size, num_samples=num_samples, seed=seed, threshold=threshold,
+                        hu_window=hu_window, device=device, allow_non_ct=allow_non_ct,
+                    )
+                hyp.extra["case_id"] = cid
+                (tmp / cid).mkdir()
+                hyp.write_set(tmp / cid)
+                row.update(
+                    presence_probability=hyp.presence_probability,
+                    ambiguous=hyp.ambiguous,
+                    num_variants=len(hyp.variants),
+                    top_variant_frequency=hyp.variants[0].frequency,
+                    mean_area_mm2=float(np.mean(hyp.areas_mm2)),
+                    output_dir=str(out / cid),
+                )
+            except (ValueError, FileNotFoundError, RuntimeError) as e:
+                logger.error("case %s (%s) failed: %s", cid, case["image"], e)
+                row["error"] = f"{type(e).__name__}: {e}"
+            rows.append(row)
+        summary = {
+            WRITTEN_BY_KEY: WRITTEN_BY,
+            "checkpoint": checkpoint,
+            "num_samples": num_samples,
+            "seed": seed,
+            "ambiguity_rule": FALLBACK_RULE if threshold is None else threshold.to_dict(),
+            "num_ok": sum("error" not in r for r in rows),
+            "num_failed": sum("error" in r for r in rows),
+            "cases": rows,
+        }
+        (tmp / SUMMARY_NAME).write_text(json.dumps(summary, indent=1))
+    log = logger.error if rows and not summary["num_ok"] else logger.info
+    log("inference: %d ok, %d failed -> %s", summary["num_ok"], summary["num_failed"], out)
+    return summary
 
 
 def run_inference(
@@ -1011,80 +1341,43 @@ def run_inference(
     split: str = "test",
     num_samples: int = 16,
     seed: int = 0,
-    spacing: float | Sequence[float] = DEFAULT_SPACING,
+    spacing: float | Sequence[float] | None = None,
     roi_size: int | Sequence[int] = DEFAULT_ROI_SIZE,
     hu_window: Sequence[float] = DEFAULT_HU_WINDOW,
     threshold_path: str | os.PathLike | None = None,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    allow_non_ct: bool = False,
 ) -> dict[str, Any]:
-    """Run :func:`predict_hypotheses` on every image of a folder and save each result (bundle id ``inferring``).
+    """Run :func:`predict_hypotheses` on every image of a folder, the model loaded once (bundle id ``inferring``).
 
-    Loads ``ckpt_path`` into ``network`` (``weights_only=True``); the presence threshold comes from
-    ``threshold_path`` or ``presence_threshold.json`` next to the checkpoint (else the fallback rule). Cases come
-    from :func:`read_inference_cases`. Each case is written to ``<output_dir>/<case_id>/`` (:meth:`Hypotheses.save`);
-    a case that fails is recorded with its error and the run goes on. Writes ``<output_dir>/inference_summary.json``
-    (``{"cases": [{case_id, image, presence_probability, ambiguous, num_variants, ...} | {case_id, image,
-    error}], "num_ok", "num_failed", "ambiguity_rule"}``).
+    Checks the inputs first (spacing, device, cases, output folder, threshold), then loads ``ckpt_path`` into
+    ``network`` (``weights_only=True``); the presence threshold comes from ``threshold_path`` or
+    ``presence_threshold.json`` next to the checkpoint (else the fallback rule). Cases come from
+    :func:`read_inference_cases`; the run is written by :func:`infer_cases` (all at once, per-case errors
+    recorded in ``<output_dir>/inference_summary.json``).
 
     Returns
     -------
     dict
         The summary.
     """
-    from tqdm import tqdm
-
     from .evaluation import load_network_weights
+    from .io_utils import staged_dir
 
-    load_network_weights(network, ckpt_path)
-    network = network.to(device).eval()
+    if spacing is None:
+        raise ValueError(f"spacing is required: {SPACING_HINT}.")
+    _pair(spacing, "spacing", float)
+    dev = check_device(device)
+    cases = read_inference_cases(dataset_dir, centers, split)
+    staged_dir(output_dir, is_ours=is_inference_run, what="output folder")  # refuse early, before any work
     thr = _as_threshold(threshold_path) if threshold_path else find_presence_threshold(ckpt_path)
+    load_network_weights(network, ckpt_path)
+    network = network.to(dev).eval()
     if thr is None:
         warnings.warn(f"no presence_threshold.json next to {ckpt_path}: {FALLBACK_RULE}.", UserWarning, stacklevel=2)
-    cases = read_inference_cases(dataset_dir, centers, split)
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for case in tqdm(cases, desc="inferring", unit="image", disable=not progress):
-        row: dict[str, Any] = {"case_id": case["case_id"], "image": case["image"]}
-        try:
-            center = case["center"]
-            if center is None:
-                img, _ = load_ct(case["image"])
-                center = [(s - 1) / 2 for s in img.shape[1:]]
-                image: Any = img
-            else:
-                image = case["image"]
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)
-                hyp = predict_hypotheses(
-                    image, center, network, world=case["world"], frame=case["frame"], spacing=spacing,
-                    roi_size=roi_size, num_samples=num_samples, seed=seed, threshold=thr, hu_window=hu_window,
-                    device=device,
-                )
-            hyp.extra["case_id"] = case["case_id"]
-            paths = hyp.save(out / case["case_id"])
-            row.update(
-                presence_probability=hyp.presence_probability,
-                ambiguous=hyp.ambiguous,
-                num_variants=len(hyp.variants),
-                top_variant_frequency=hyp.variants[0].frequency,
-                mean_area_mm2=float(np.mean(hyp.areas_mm2)),
-                output_dir=str(paths["report"].parent),
-            )
-        except (ValueError, FileNotFoundError, RuntimeError) as e:
-            logger.error("case %s (%s) failed: %s", case["case_id"], case["image"], e)
-            row["error"] = f"{type(e).__name__}: {e}"
-        rows.append(row)
-    summary = {
-        "checkpoint": str(ckpt_path),
-        "num_samples": num_samples,
-        "seed": seed,
-        "ambiguity_rule": FALLBACK_RULE if thr is None else thr.to_dict(),
-        "num_ok": sum("error" not in r for r in rows),
-        "num_failed": sum("error" in r for r in rows),
-        "cases": rows,
-    }
-    (out / "inference_summary.json").write_text(json.dumps(summary, indent=1))
-    logger.info("inference: %d ok, %d failed -> %s", summary["num_ok"], summary["num_failed"], out)
-    return summary
+    return infer_cases(
+        network, cases, output_dir, spacing=spacing, roi_size=roi_size, num_samples=num_samples, seed=seed,
+        hu_window=hu_window, threshold=thr, device=dev, progress=progress, allow_non_ct=allow_non_ct,
+        checkpoint=str(ckpt_path),
+    )

@@ -132,6 +132,10 @@ class staged_dir:
             probe = probe.parent
         if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
             raise OutputFolderError(f"{what} {t}: cannot write into {probe} (not a writable folder).")
+        try:  # os.access says yes to root everywhere: really try (and undo) the first step of __enter__
+            os.rmdir(tempfile.mkdtemp(prefix=f".{t.name}.", suffix=".probe", dir=probe))
+        except OSError as e:
+            raise OutputFolderError(f"{what} {t}: cannot write into {probe} ({e.strerror or e}).") from e
 
     def __enter__(self) -> Path:
         parent = self.target.absolute().parent

@@ -83,6 +83,7 @@ def ckpt(tmp_path_factory, net) -> Path:
     torch.save(net.state_dict(), root / "models" / "model.pt")
     (root / "net.yaml").write_text(
         "hu_window: [-1000.0, 400.0]\n"
+        "infer_spacing: [0.5, 0.5]\n"
         "network_def:\n"
         "  _target_: monai_probunet.networks.ProbUNet\n"
         "  spatial_dims: 2\n"
@@ -113,6 +114,7 @@ def volume(tmp_path_factory) -> Path:
 
 
 def _predict(*args, **kwargs) -> Hypotheses:
+    kwargs.setdefault("spacing", 0.5)  # the tiny model's spacing (net.yaml's infer_spacing)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         return predict_hypotheses(*args, **kwargs)
@@ -219,7 +221,10 @@ def test_volume_nifti(volume, net, tmp_path):
 
 def test_dicom_series_folder(net):
     folder = os.path.dirname(pydicom_data.get_testdata_file("dicomdirtests/77654033/CT2/17136"))
-    h = _predict(folder, (8, 8, 1), net, num_samples=4)
+    # a 16 x 16 series at 0.49 mm: 7.8 mm, smaller than the 64 px field at 0.5 mm (refused), covers an 8 px one
+    with pytest.raises(ValueError, match="smaller than the model's field"):
+        _predict(folder, (8, 8, 1), net, num_samples=4)
+    h = _predict(folder, (8, 8, 1), net, num_samples=4, roi_size=8)
     img, _ = load_ct(folder)
     assert h.labels.shape == (4, *img.shape[1:]) and h.slice_axis == 2
 
@@ -235,7 +240,7 @@ def test_save_slice(ct_small, net, tmp_path):
 
 def test_presence_threshold_and_fallback(ct_small, net, ckpt, tmp_path):
     with pytest.warns(UserWarning, match="0.5 rule"):
-        h = predict_hypotheses(ct_small, (64, 70), net, num_samples=S)
+        h = predict_hypotheses(ct_small, (64, 70), net, num_samples=S, spacing=0.5)
     p = h.presence_probability
     assert h.ambiguity_rule == FALLBACK_RULE and h.ambiguous == (0.25 <= p <= 0.75)
     c = h.presence_count
@@ -351,11 +356,11 @@ def test_bundle_inferring(ct_small, ckpt, tmp_path):
     data = tmp_path / "data"
     data.mkdir()
     shutil.copy(ct_small, data / "ct_small.dcm")
-    img = np.full((40, 40), -900.0, np.float32)
+    img = np.full((100, 100), -900.0, np.float32)  # 70 mm: covers the 64 px field at train.yaml's 1 mm
     nib.save(nib.Nifti1Image(img, np.diag([0.7, 0.7, 1.0, 1.0])), str(data / "slice.nii.gz"))
     ipp = np.array([-158.135803, -179.035797, -75.699997])
     centers = {
-        "slice.nii.gz": [20, 20],
+        "slice.nii.gz": [50, 50],
         "ct_small.dcm": {"center": list(ipp + [64 * 0.661468, 70 * 0.661468, 0.0]), "world": True, "frame": "LPS"},
         "bad.nii.gz": [1, 1],  # missing file: recorded as failed, the run goes on
     }
@@ -376,7 +381,7 @@ def test_bundle_inferring(ct_small, ckpt, tmp_path):
     assert "does not exist" in rows["bad"]["error"]
     rep = json.loads((out / "ct_small" / "report.json").read_text())
     np.testing.assert_allclose(rep["center_voxel"], [64, 70], atol=1e-3)
-    assert nib.load(str(out / "slice" / "hypotheses.nii.gz")).shape == (40, 40, 1, 4)
+    assert nib.load(str(out / "slice" / "hypotheses.nii.gz")).shape == (100, 100, 1, 4)
 
 
 # ------------------------------------------------------------------------------------------------ export
