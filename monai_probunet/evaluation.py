@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import io
 import json
 import logging
 import math
@@ -48,6 +49,7 @@ from torch.utils.data import DataLoader
 
 from .data.disk_format import load_datalist
 from .engines.precision import autocast_context
+from .io_utils import atomic_write_json, atomic_write_text
 from .metrics.calibration import mask_ignored
 from .metrics.oracle import ORACLE
 from .metrics import (
@@ -674,12 +676,10 @@ def fit_presence(
 
 
 def save_presence_threshold(threshold: PresenceThreshold, path: str | Path, **extra: Any) -> Path:
-    """Write ``threshold.to_dict()`` plus ``extra`` keys (e.g. ``test_accuracy``, ``model``) as JSON."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write ``threshold.to_dict()`` plus ``extra`` keys (e.g. ``test_accuracy``, ``model``) as JSON, atomically
+    (a temporary file in the same folder + ``os.replace``: readers never see a half-written rule)."""
     data = {**threshold.to_dict(), "validation_accuracy": threshold.accuracy, **extra}
-    path.write_text(json.dumps(data, indent=1))
-    return path
+    return atomic_write_json(path, data)
 
 
 def load_presence_threshold(path: str | Path) -> PresenceThreshold:
@@ -709,17 +709,17 @@ def load_presence_threshold(path: str | Path) -> PresenceThreshold:
 
 def write_per_image_csv(results: Sequence[EvaluationResult] | Mapping[str, EvaluationResult], path: str | Path) -> Path:
     """One row per model x image x S; columns ``model, split, case_id, index, S, <METRICS>, ambiguous,
-    num_graders, num_modes`` (NaN written as ``nan``)."""
+    num_graders, num_modes`` (NaN written as ``nan``); written atomically."""
     results = list(results.values()) if isinstance(results, Mapping) else list(results)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fields = ["model", "split", "case_id", "index", "S", *METRICS, "ambiguous", "num_graders", "num_modes"]
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        for r in results:
-            writer.writerows(r.rows())
-    return path
+    buf = io.StringIO(newline="")
+    writer = csv.DictWriter(buf, fieldnames=fields)
+    writer.writeheader()
+    for r in results:
+        writer.writerows(r.rows())
+    return atomic_write_text(path, buf.getvalue())
 
 
 def _json_safe(x: Any) -> Any:
@@ -737,11 +737,8 @@ def _json_safe(x: Any) -> Any:
 
 
 def write_summary_json(summary: Mapping[str, Any], path: str | Path) -> Path:
-    """Write a summary dict as JSON (non-finite numbers as ``null``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_json_safe(dict(summary)), indent=1))
-    return path
+    """Write a summary dict as JSON (non-finite numbers as ``null``), atomically."""
+    return atomic_write_json(path, _json_safe(dict(summary)))
 
 
 # --------------------------------------------------------------------------------------------- bundle entry
@@ -839,8 +836,12 @@ def run_evaluation(
     (``{"estimator", "sample_counts", "split", "models": {name: EvaluationResult.summary() + presence fit},
     "comparisons": [...], "presence_threshold_file"}``), ``ged_vs_samples.png``, ``presence_histogram_<name>.png``,
     ``samples.png`` (first ``num_plot_images`` test images, 16 samples; class colours when ``num_classes > 2``),
-    ``latent_grid.png`` (ProbUNet with a 2-D latent only), and ``presence_threshold.json`` (the model's rule), also
-    written to ``threshold_path`` (default: next to ``ckpt_path``; none for an ensemble).
+    ``latent_grid.png`` (ProbUNet with a 2-D latent only), and ``presence_threshold.json`` (the model's rule). The
+    rule is also written to ``threshold_path`` when one is given (e.g. ``bundle/models/presence_threshold.json``,
+    where the inference path looks next to the checkpoint); by default nothing outside ``output_dir`` is
+    written, so a shipped threshold changes only when asked. The rule is deterministic (same counts and labels, in
+    any order: same rule; ties broken as documented in :func:`~monai_probunet.metrics.fit_presence_threshold`).
+    Every file a later step reads (CSV, JSON) is written atomically.
 
     The lesion-presence rule and its histograms are for binary masks (``num_classes == 2``); with more classes
     they are skipped. ``ignore_index`` masks sampled pixels in unannotated regions (see :func:`evaluate`).
@@ -886,9 +887,10 @@ def run_evaluation(
         t_acc = summaries[name]["presence"]["test_accuracy"]
         extra = dict(model=name, test_accuracy=t_acc, fitted_on=threshold_split, evaluated_on=eval_split)
         threshold_files.append(save_presence_threshold(thresholds[name], output_dir / PRESENCE_THRESHOLD_NAME, **extra))
-        target = threshold_path or (None if ensemble_ckpts else Path(ckpt_path).parent / PRESENCE_THRESHOLD_NAME)
-        if target is not None:
-            threshold_files.append(save_presence_threshold(thresholds[name], target, **extra))
+        if threshold_path:
+            threshold_files.append(save_presence_threshold(thresholds[name], threshold_path, **extra))
+            logger.info("presence rule (%d < count < %d) also written to %s", thresholds[name].low,
+                        thresholds[name].high, threshold_path)
 
     comparisons = []
     if oracle and name != ORACLE:

@@ -233,8 +233,11 @@ def test_run_evaluation_writes_csv_json_pngs_and_threshold(mixed, tmp_path):
         p = s["presence"]
         assert p["num_samples"] == 8 and p["fitted_on"] == "validation" and 0 <= p["test_accuracy"] <= 1
     assert [c["S"] for c in data["comparisons"]] == [1, 4, 8] and data["comparisons"][0]["b"] == "oracle"
-    # the presence rule: in output_dir and next to the checkpoint, round-trips
-    for path in (out / "presence_threshold.json", ckpt.parent / "presence_threshold.json"):
+    # the presence rule: in output_dir only (the checkpoint's folder is left alone), round-trips
+    assert not (ckpt.parent / "presence_threshold.json").exists()
+    assert sorted(p.name for p in out.iterdir() if not p.name.endswith(".png")) == [
+        "per_image.csv", "presence_threshold.json", "summary.json"]  # no temporary file left behind
+    for path in (out / "presence_threshold.json",):
         t = load_presence_threshold(path)
         assert t.to_dict() == PresenceThreshold.from_dict(data["models"]["probunet"]["presence"]["threshold"]).to_dict()
         assert json.loads(path.read_text())["test_accuracy"] == data["models"]["probunet"]["presence"]["test_accuracy"]
@@ -348,8 +351,9 @@ def test_bundle_evaluate_end_to_end(tmp_path):
     assert all(np.isfinite(float(r["ged_modes"])) for r in rows)  # built-in data knows its modes
     oracle_ged = data["models"]["oracle"]["metrics"]["ged_modes"]
     assert oracle_ged[-1]["mean"] < 0.2  # 16 draws from the truth are close to it under Eq. 7
-    threshold = load_presence_threshold(tmp_path / "models" / "presence_threshold.json")
+    threshold = load_presence_threshold(out / "presence_threshold.json")
     assert threshold.num_samples == 16
+    assert not (tmp_path / "models" / "presence_threshold.json").exists()  # written only when asked
     for png in ("ged_vs_samples", "presence_histogram_probunet", "presence_histogram_oracle", "samples", "latent_grid"):
         assert (out / f"{png}.png").stat().st_size > 1000, png
     # a baseline: its override file before evaluate.yaml picks network_def and ckpt_dir (an untrained M-Heads here)
@@ -360,11 +364,13 @@ def test_bundle_evaluate_end_to_end(tmp_path):
     proc = _bundle(
         "evaluating", [TRAIN_YAML, mheads_yaml, evaluate_yaml], *small, "--ckpt_dir", str(mheads_dir),
         "--output_dir", str(tmp_path / "eval_mheads"), "--sample_counts", "[1, 4]", "--bootstrap_resamples", "100",
+        "--save_presence_threshold_to", str(mheads_dir / "presence_threshold.json"),  # asked: written there too
     )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     data = json.loads((tmp_path / "eval_mheads" / "summary.json").read_text())
     assert set(data["models"]) == {"mheads", "oracle"} and data["sample_counts"] == [1, 4]
-    assert (mheads_dir / "presence_threshold.json").is_file()
+    asked = load_presence_threshold(mheads_dir / "presence_threshold.json")
+    assert asked == load_presence_threshold(tmp_path / "eval_mheads" / "presence_threshold.json")
     assert not (tmp_path / "eval_mheads" / "latent_grid.png").exists()
     # a missing checkpoint fails with the path in the message
     proc = _bundle("evaluating", [TRAIN_YAML, evaluate_yaml], *small, "--ckpt_path", str(tmp_path / "none.pt"))

@@ -228,7 +228,9 @@ def fit_presence_threshold(
     one with the most correct predictions on this (validation) set is kept. Ties are broken toward the pair
     closest to ``(0, num_samples)`` in Euclidean distance, i.e. minimising ``low**2 + (num_samples - high)**2``
     (favouring wide, balanced intervals; not the same as "widest": (2, S-2) beats (0, S-3)), then toward the
-    smaller ``low``. The paper speaks of "the best
+    smaller ``low``. The fit is deterministic: the result depends only on the multiset of ``(count, label)`` pairs
+    (same input in any order, same ``(low, high)``; no randomness, no dependence on floating-point sums). The
+    paper speaks of "the best
     threshold"; the interval rule contains both one-sided rules (``high = num_samples`` or ``low = 0``),
     except that a count of 0 or of ``num_samples`` (all samples agree) is never predicted ambiguous.
 
