@@ -8,6 +8,7 @@ the venv.
 
 from __future__ import annotations
 
+import contextlib
 import email.parser
 import email.policy
 import importlib.util
@@ -35,8 +36,9 @@ STARTUP_TIMEOUT = 180  # seconds
 S = 16
 
 
-def _load_params_module():
-    spec = importlib.util.spec_from_file_location("probunet_params", APP / "lib" / "infers" / "params.py")
+def _load_app_module(name: str):
+    """A module of apps/monailabel/lib/infers that imports no MONAI Label (runs in the main venv)."""
+    spec = importlib.util.spec_from_file_location(f"probunet_{name}", APP / "lib" / "infers" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
     spec.loader.exec_module(module)
@@ -47,27 +49,101 @@ def _load_params_module():
 
 
 def test_parse_params():
-    m = _load_params_module()
+    m = _load_app_module("params")
     p = m.parse_params({"center": [1, 2.5], "num_samples": "8", "seed": 3, "world": "true", "frame": "lps"})
-    assert p == m.InferParams(center=[1.0, 2.5], world=True, frame="LPS", num_samples=8, seed=3, hypotheses=False)
-    assert m.parse_params({"foreground": [[4, 5, 6], [1, 1, 1]]}).center == [4.0, 5.0, 6.0]
-    assert m.parse_params({}).center is None
+    assert p == m.InferParams(center=[1.0, 2.5], from_click=False, world=True, frame="LPS", num_samples=8, seed=3,
+                              hypotheses=False)
+    # 3D Slicer's click format: the first foreground point is the centre; background is checked, not used
+    p = m.parse_params({"foreground": [[4, 5, 6], [1, 1, 1]], "background": [[9, 9, 9]], "label": "lesion",
+                        "slice": 6, "client_id": "user-xyz", "result_extension": ".nrrd", "result_dtype": "uint8"})
+    assert p.center == [4.0, 5.0, 6.0] and p.from_click
+    assert m.parse_params({"center": [7, 8], "foreground": [[4, 5, 6]]}).center == [7.0, 8.0]  # REST centre wins
+    for no_point in ({}, {"foreground": []}, {"foreground": [], "background": [[1, 2, 3]]}, {"center": None}):
+        with pytest.raises(ValueError, match="click the centre of the lesion"):
+            m.parse_params(no_point)
     for bad, match in [
         ({"center": "abc"}, "center"), ({"center": [1]}, "center"), ({"center": [1, float("nan")]}, "center"),
-        ({"center": [True, 1]}, "center"), ({"num_samples": 0}, "num_samples"), ({"num_samples": 1.5}, "num_samples"),
-        ({"seed": "x"}, "seed"), ({"world": "maybe"}, "world"), ({"frame": "XYZ"}, "frame"),
-        ({"hypotheses": 2}, "hypotheses"), ({"foreground": [1, 2]}, "foreground"),
+        ({"center": [True, 1]}, "center"), ({"center": [1, 2], "num_samples": 0}, "num_samples"),
+        ({"center": [1, 2], "num_samples": 1.5}, "num_samples"), ({"center": [1, 2], "seed": "x"}, "seed"),
+        ({"center": [1, 2], "world": "maybe"}, "world"), ({"center": [1, 2], "frame": "XYZ"}, "frame"),
+        ({"center": [1, 2], "hypotheses": 2}, "hypotheses"), ({"foreground": [1, 2]}, "foreground"),
+        ({"foreground": [[1, 2, 3]], "background": "x"}, "background"), ({"foreground": [["a", 2]]}, "foreground"),
     ]:
         with pytest.raises(ValueError, match=match):
             m.parse_params(bad)
 
 
+def test_presence_rule_fitted_and_fallback():
+    m = _load_app_module("label_rule")
+    from monai_probunet.metrics.presence import PresenceThreshold
+
+    thr = PresenceThreshold(low=3, high=12, accuracy=0.8, num_samples=16)
+    # empty only when the count is at or below `low` (below the ambiguous band low < count < high)
+    assert [m.presence_decision(c, 16, thr).show_lesion for c in (0, 3, 4, 11, 12, 16)] == [
+        False, False, True, True, True, True]
+    rule = m.presence_decision(4, 16, thr).rule
+    assert "empty iff count <= 3" in rule and "count = 4 of 16" in rule and "more than half" in rule
+    # a threshold fitted on S=16 applied to S=32: the count is rescaled (8/32 -> 4/16: shown; 6/32 -> 3/16: empty)
+    assert m.presence_decision(8, 32, thr).show_lesion and not m.presence_decision(6, 32, thr).show_lesion
+    assert "rescaled from 8 of 32" in m.presence_decision(8, 32, thr).rule
+    # fallback: empty iff p < 0.25
+    assert [m.presence_decision(c, 16, None).show_lesion for c in (0, 3, 4, 16)] == [False, False, True, True]
+    assert "fallback" in m.presence_decision(4, 16, None).rule
+    with pytest.raises(ValueError, match="count"):
+        m.presence_decision(17, 16, None)
+
+
+def test_consensus_label_majority_of_lesion_hypotheses():
+    m = _load_app_module("label_rule")
+    labels = np.zeros((6, 8, 8), np.uint8)
+    # 3 empty hypotheses, 3 with a lesion: the empty ones do not vote
+    labels[3, 2:6, 2:6] = 1
+    labels[4, 2:6, 2:5] = 1
+    labels[5, 3:7, 2:6] = 1
+    want = np.zeros((8, 8), np.uint8)
+    want[2:6, 2:6] = 1  # marked by at least 2 of the 3 lesion hypotheses (not by 2 of 6: empty ones do not vote)
+    want[2, 5] = 0  # only hypothesis 3 marks it
+    np.testing.assert_array_equal(m.consensus_label(labels), want)
+    assert m.consensus_label(labels)[3, 3] == 1 and m.consensus_label(labels)[6, 3] == 0
+    # disjoint outlines: no majority anywhere -> the given representative (or the best-overlapping one)
+    disjoint = np.zeros((3, 8, 8), np.uint8)
+    disjoint[0, 0:2, 0:2] = 1
+    disjoint[1, 5:8, 5:8] = 1
+    np.testing.assert_array_equal(m.consensus_label(disjoint, fallback=1), disjoint[1])
+    assert m.consensus_label(disjoint).sum() in (4, 9)
+    assert not m.consensus_label(np.zeros((4, 5, 5), np.uint8)).any()
+
+
+def test_segment_names():
+    m = _load_app_module("label_rule")
+    assert m.label_segment_name(0.625, True, True) == "lesion p=0.62 ambiguous"
+    assert m.label_segment_name(0.9375, False, True) == "lesion p=0.94"
+    assert m.label_segment_name(0.0625, False, False) == "no lesion p=0.06"
+    assert [m.variant_letter(r) for r in (0, 1, 25, 26, 27, 701, 702)] == ["A", "B", "Z", "AA", "AB", "ZZ", "AAA"]
+
+    class V:
+        def __init__(self, members, has_lesion):
+            self.members, self.has_lesion = members, has_lesion
+
+    names = m.hypothesis_segment_names([V((0, 2, 5), False), V((1, 3), True), V((4,), True)], 6)
+    assert names == ["h0 variant A 3/6 no lesion", "h1 variant B 2/6", "h2 variant A 3/6 no lesion",
+                     "h3 variant B 2/6", "h4 variant C 1/6", "h5 variant A 3/6 no lesion"]
+    assert len(set(names)) == len(names)  # one segment per hypothesis, each name unique
+    with pytest.raises(ValueError, match="no variant"):
+        m.hypothesis_segment_names([V((0,), True)], 2)
+
+
 # ------------------------------------------------------------------------------------------------ server
 
-pytestmark_server = pytest.mark.skipif(
+_skip_without_venv = pytest.mark.skipif(
     not MONAILABEL.exists(),
     reason=f"{MONAILABEL} does not exist: build the MONAI Label venv with `bash apps/monailabel/setup_venv.sh`",
 )
+
+
+def pytestmark_server(test):
+    """Server tests: skipped without the label venv; slow (a server start with the model warm-up)."""
+    return pytest.mark.slow(_skip_without_venv(test))
 
 
 def _free_port() -> int:
@@ -76,13 +152,89 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def server_env() -> dict:
+    env = {
+        **os.environ,
+        "PATH": f"{VENV / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
+        "VIRTUAL_ENV": str(VENV),
+        "OMP_NUM_THREADS": "1",
+        "PYTHONUNBUFFERED": "1",
+    }
+    env.pop("PYTHONHOME", None)
+    return env
+
+
+@contextlib.contextmanager
+def running_server(root: Path, studies: str, conf: dict):
+    """`monailabel start_server` on a free loopback port with ``--conf`` pairs; yields (url, log path, seconds to
+    the first answer of /info/); stops the server's process group afterwards."""
+    import requests
+
+    # a copy of the app: `start_server` creates logs/, model/ and bin/ inside the app folder
+    app = root / "app"
+    if not app.exists():
+        shutil.copytree(APP, app, ignore=shutil.ignore_patterns("logs", "model", "bin", "__pycache__", "*.sh"))
+    port = _free_port()
+    env = {**server_env(), "MONAI_LABEL_SESSION_PATH": str(root / "sessions"),
+           "MONAI_LABEL_DATASTORE_CACHE_PATH": str(root / "dicom_cache")}
+    log_path = root / f"server_{port}.log"
+    log = open(log_path, "wb")  # noqa: SIM115 -- closed below
+    cmd = [str(MONAILABEL), "start_server", "--app", str(app), "--studies", str(studies), "--host", "127.0.0.1",
+           "--port", str(port)]
+    for k, v in {"zoo_source": "local", **conf}.items():
+        cmd += ["--conf", k, str(v)]
+    t0 = time.monotonic()
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(root), start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = t0 + STARTUP_TIMEOUT
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"monailabel exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}")
+            try:
+                if requests.get(f"{url}/info/", timeout=5).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"monailabel did not answer within {STARTUP_TIMEOUT} s:\n{log_path.read_text()[-4000:]}")
+            time.sleep(0.5)
+        yield url, log_path, time.monotonic() - t0
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)  # the server's own process group (start_new_session)
+            proc.wait(timeout=20)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait(timeout=10)
+        log.close()
+
+
+def write_test_model(root: Path) -> tuple[Path, Path, torch.nn.Module]:
+    """The coin-flip ProbUNet of test_inference (every crop pixel is lesion iff z_0 > 0) and its config."""
+    from tests.test_inference import CHANNELS, LATENT, coin_flip_probunet
+
+    net = coin_flip_probunet()
+    model = root / "model.pt"
+    torch.save(net.state_dict(), model)
+    config = root / "net.yaml"
+    config.write_text(
+        "hu_window: [-1000.0, 400.0]\ninfer_spacing: [0.5, 0.5]\ninfer_roi_size: [64, 64]\nnetwork_def:\n"
+        f"  _target_: monai_probunet.networks.ProbUNet\n  spatial_dims: 2\n  channels: {CHANNELS}\n"
+        f"  latent_dim: {LATENT}\n"
+    )
+    return model, config, net
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """Start `monailabel start_server` from the venv; yield (base_url, paths); stop it afterwards."""
     if not MONAILABEL.exists():
         pytest.skip(f"{MONAILABEL} does not exist: build it with `bash apps/monailabel/setup_venv.sh`")
-    requests = pytest.importorskip("requests")
-    from tests.test_inference import CHANNELS, LATENT, coin_flip_probunet
+    pytest.importorskip("requests")
 
     root = tmp_path_factory.mktemp("monailabel")
     studies = root / "studies"
@@ -96,59 +248,10 @@ def server(tmp_path_factory):
     nib.save(nib.Nifti1Image(nan, affine), str(studies / "nanimage.nii.gz"))
     nib.save(nib.Nifti1Image(np.zeros((16, 16, 4, 2), np.float32), np.eye(4)), str(studies / "twochannel.nii.gz"))
     (studies / "corrupt.nii.gz").write_bytes(b"this is not a nifti file" * 8)
-    net = coin_flip_probunet()
-    model = root / "model.pt"
-    torch.save(net.state_dict(), model)
-    config = root / "net.yaml"
-    config.write_text(
-        "hu_window: [-1000.0, 400.0]\nnetwork_def:\n  _target_: monai_probunet.networks.ProbUNet\n"
-        f"  spatial_dims: 2\n  channels: {CHANNELS}\n  latent_dim: {LATENT}\n"
-    )
-    # a copy of the app: `start_server` creates logs/, model/ and bin/ inside the app folder
-    app = root / "app"
-    shutil.copytree(APP, app, ignore=shutil.ignore_patterns("logs", "model", "bin", "__pycache__", "*.sh"))
-    port = _free_port()
-    env = {
-        **os.environ,
-        "PATH": f"{VENV / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
-        "VIRTUAL_ENV": str(VENV),
-        "OMP_NUM_THREADS": "1",
-        "MONAI_LABEL_SESSION_PATH": str(root / "sessions"),
-        "PYTHONUNBUFFERED": "1",
-    }
-    env.pop("PYTHONHOME", None)
-    log = open(root / "server.log", "wb")  # noqa: SIM115 -- closed in the teardown
-    cmd = [str(MONAILABEL), "start_server", "--app", str(app), "--studies", str(studies), "--conf", "zoo_source",
-           "local", "--conf", "model_path", str(model), "--conf", "network_config", str(config),
-           "--host", "127.0.0.1", "--port", str(port)]
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(root), start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + STARTUP_TIMEOUT
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"monailabel exited with {proc.returncode}:\n{(root / 'server.log').read_text()[-4000:]}")
-            try:
-                if requests.get(f"{url}/info/", timeout=5).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"monailabel did not answer within {STARTUP_TIMEOUT} s:\n"
-                            f"{(root / 'server.log').read_text()[-4000:]}")
-            time.sleep(1.0)
-        yield url, {"studies": studies, "affine": affine, "image": img, "net": net, "root": root}
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)  # the server's own process group (start_new_session)
-            proc.wait(timeout=20)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.wait(timeout=10)
-        log.close()
+    model, config, net = write_test_model(root)
+    with running_server(root, str(studies), {"model_path": model, "network_config": config}) as (url, log, _):
+        yield url, {"studies": studies, "affine": affine, "image": img, "net": net, "root": root, "log": log,
+                    "model": model, "config": config}
 
 
 def _multipart(response) -> dict[str, bytes]:
@@ -176,8 +279,21 @@ def test_info(server):
 
     url, _ = server
     info = requests.get(f"{url}/info/", timeout=30).json()
-    assert "probunet" in info["models"]
-    assert info["models"]["probunet"]["labels"] == {"lesion": 1}
+    m = info["models"]["probunet"]
+    assert m["labels"] == {"lesion": 1} and m["model_file_exists"] is True
+    assert m["type"] == "deepgrow" and m["dimension"] == 2  # a click model: Slicer sends foreground points
+
+
+def expected_label(h) -> tuple[np.ndarray, str]:
+    """The label and segment name the app must return for library hypotheses ``h`` (the presence rule)."""
+    rule = _load_app_module("label_rule")
+    decision = rule.presence_decision(h.presence_count, h.num_samples, h.threshold)
+    if decision.show_lesion:
+        lesion = [v for v in h.variants if v.has_lesion]
+        label = rule.consensus_label(h.labels, fallback=lesion[0].representative)
+    else:
+        label = np.zeros(h.spatial_shape, np.uint8)
+    return label, rule.label_segment_name(h.presence_probability, h.ambiguous, decision.show_lesion)
 
 
 @pytestmark_server
@@ -190,9 +306,10 @@ def test_infer_label_and_json(server, tmp_path):
     parts = _multipart(r)
     result = json.loads(parts["params"])
     for key in ("presence_probability", "presence_count", "ambiguous", "ambiguity_rule", "variants", "areas_mm2",
-                "area_mm2_spread", "center_voxel", "label_content"):
+                "area_mm2_spread", "center_voxel", "label_content", "label_rule", "label_names", "segments"):
         assert key in result, key
-    assert result["label_content"] == "most_frequent_variant" and result["num_samples"] == S
+    assert result["label_content"] == "presence_rule_consensus" and result["num_samples"] == S
+    assert result["center_source"] == "center"
     assert 0.0 <= result["presence_probability"] <= 1.0 and isinstance(result["ambiguous"], bool)
     freqs = [v["frequency"] for v in result["variants"]]
     assert freqs == sorted(freqs, reverse=True) and sum(freqs) == pytest.approx(1.0)
@@ -200,25 +317,42 @@ def test_infer_label_and_json(server, tmp_path):
     label = nib.load(str(tmp_path / "label.nii.gz"))
     assert label.shape == (64, 64, 1)
     np.testing.assert_allclose(label.affine, ctx["affine"], atol=1e-5)
-    # the same hypotheses as the library in this process (same seed, same weights)
-    h = predict_hypotheses(ctx["studies"] / "case1.nii.gz", (32, 30), ctx["net"], num_samples=S, seed=0)
+    # the same hypotheses as the library in this process (same seed, same weights), and the presence rule
+    h = predict_hypotheses(ctx["studies"] / "case1.nii.gz", (32, 30), ctx["net"], num_samples=S, seed=0,
+                           spacing=0.5, roi_size=64)
     assert result["presence_count"] == h.presence_count
     assert [v["members"] for v in result["variants"]] == [list(v.members) for v in h.variants]
-    np.testing.assert_array_equal(np.asarray(label.dataobj)[..., 0], h.most_frequent_label)
+    want, name = expected_label(h)
+    np.testing.assert_array_equal(np.asarray(label.dataobj)[..., 0], want)
+    assert result["label_names"] == {name: 1} and result["label_voxels"] == int(want.sum())
+    assert result["label_shows_lesion"] == bool(want.any())
+    # the coin-flip model: some hypotheses show the whole crop, some nothing; the label is never silently empty
+    assert 0 < h.presence_count < S and result["label_shows_lesion"] and want.sum() > 0
 
 
 @pytestmark_server
 def test_infer_all_hypotheses(server):
     url, _ = server
-    r = _post(url, params={"center": [32, 30], "num_samples": 4, "hypotheses": True}, output="image", image="case1")
+    r = _post(url, params={"center": [32, 30], "num_samples": 4, "hypotheses": True}, output="all", image="case1")
     assert r.status_code == 200, r.text
-    header = r.content.split(b"\n\n", 1)[0]
-    assert b"NRRD" in header[:8] and b"Segment3_Name:=hypothesis_3" in header and b"sizes: 4 64 64 1" in header
+    parts = _multipart(r)
+    result = json.loads(parts["params"])
+    header = parts["image"].split(b"\n\n", 1)[0].decode()
+    assert header.startswith("NRRD") and "sizes: 4 64 64 1" in header and "kinds: list domain domain domain" in header
+    names = {v: k for k, v in result["label_names"].items()}
+    assert sorted(names) == [1, 2, 3, 4]
+    for s in range(4):
+        count = next(len(v["members"]) for v in result["variants"] if s in v["members"])
+        assert names[s + 1].startswith(f"h{s} variant ") and f" {count}/4" in names[s + 1]
+        assert f"Segment{s}_Name:={names[s + 1]}" in header and f"Segment{s}_Layer:={s}" in header
 
 
+C = {"center": [32, 30]}
 BAD_REQUESTS = [
-    ("unknown image", {"image": "no_such_image"}, {}, 404),
-    ("unknown model", {"image": "case1", "model": "nomodel"}, {}, 404),
+    ("unknown image", {"image": "no_such_image"}, C, 404),
+    ("unknown model", {"image": "case1", "model": "nomodel"}, C, 404),
+    ("no lesion point", {"image": "case1"}, {}, 400),
+    ("empty click list", {"image": "case1"}, {"foreground": [], "background": [[3, 3, 0]]}, 400),
     ("centre not a list", {"image": "case1"}, {"center": "abc"}, 400),
     ("centre too short", {"image": "case1"}, {"center": [1]}, 400),
     ("centre too long", {"image": "case1"}, {"center": [1, 2, 3, 4]}, 400),
@@ -226,19 +360,25 @@ BAD_REQUESTS = [
     ("centre far outside", {"image": "case1"}, {"center": [1e9, 5]}, 400),
     ("centre negative", {"image": "case1"}, {"center": [-10, 5]}, 400),
     ("3-D centre on a slice", {"image": "case1"}, {"center": [1, 2, 3]}, 400),
+    ("click off the single slice", {"image": "case1"}, {"foreground": [[30, 30, 4]]}, 400),
     ("world centre off the plane", {"image": "case1"}, {"center": [0, 0, 500], "world": True}, 400),
-    ("bad frame", {"image": "case1"}, {"frame": "XYZ"}, 400),
-    ("bad world flag", {"image": "case1"}, {"world": "maybe"}, 400),
-    ("zero samples", {"image": "case1"}, {"num_samples": 0}, 400),
-    ("too many samples", {"image": "case1"}, {"num_samples": 100000}, 400),
-    ("samples not a number", {"image": "case1"}, {"num_samples": "many"}, 400),
-    ("negative seed", {"image": "case1"}, {"seed": -1}, 400),
-    ("seed not a number", {"image": "case1"}, {"seed": "x"}, 400),
-    ("bad hypotheses flag", {"image": "case1"}, {"hypotheses": "perhaps"}, 400),
+    ("bad frame", {"image": "case1"}, {**C, "frame": "XYZ"}, 400),
+    ("bad world flag", {"image": "case1"}, {**C, "world": "maybe"}, 400),
+    ("zero samples", {"image": "case1"}, {**C, "num_samples": 0}, 400),
+    ("too many samples", {"image": "case1"}, {**C, "num_samples": 100000}, 400),
+    ("samples not a number", {"image": "case1"}, {**C, "num_samples": "many"}, 400),
+    ("negative seed", {"image": "case1"}, {**C, "seed": -1}, 400),
+    ("seed not a number", {"image": "case1"}, {**C, "seed": "x"}, 400),
+    ("bad hypotheses flag", {"image": "case1"}, {**C, "hypotheses": "perhaps"}, 400),
     ("malformed foreground", {"image": "case1"}, {"foreground": "x"}, 400),
-    ("corrupt file", {"image": "corrupt"}, {}, 422),
-    ("NaN voxels", {"image": "nanimage"}, {}, 422),
-    ("two channels", {"image": "twochannel"}, {}, 422),
+    ("params not JSON", {"image": "case1"}, "{center: [32, 30]", 400),
+    ("params a JSON list", {"image": "case1"}, "[[32, 30]]", 400),
+    ("params JSON null", {"image": "case1"}, "null", 400),
+    ("empty image id", {"image": ""}, C, 400),
+    ("blank image id", {"image": "  "}, C, 400),
+    ("corrupt file", {"image": "corrupt"}, C, 422),
+    ("NaN voxels", {"image": "nanimage"}, C, 422),
+    ("two channels", {"image": "twochannel"}, C, 422),
 ]
 
 
@@ -257,7 +397,7 @@ def test_bad_requests_then_good(server):
         answers.append((name, r.status_code, detail))
     # an uploaded corrupt file
     r = requests.post(
-        f"{url}/infer/probunet", params={"output": "json"}, data={"params": "{}"},
+        f"{url}/infer/probunet", params={"output": "json"}, data={"params": json.dumps(C)},
         files={"file": ("upload.nii.gz", io.BytesIO(b"garbage" * 20), "application/octet-stream")}, timeout=120,
     )
     answers.append(("uploaded corrupt file", r.status_code, r.json().get("detail", "")))

@@ -6,19 +6,25 @@ Start (from the repository root, in the label venv built by ``apps/monailabel/se
     monailabel start_server --app apps/monailabel --studies /path/to/images --conf zoo_source local \
         --host 127.0.0.1 --port 8000 [--conf model_path bundle/models/model.pt]
 
-Request::
+In 3D Slicer's MONAI Label module the task appears under "SmartEdit / Deepgrow": place a foreground point on the
+lesion centre. REST request (``foreground`` as Slicer sends it, IJK voxel indices; or ``center``)::
 
     curl -X POST "http://127.0.0.1:8000/infer/probunet?image=<image id>&output=all" \
-        -F 'params={"center": [x, y, z], "num_samples": 16, "seed": 0}'
+        -F 'params={"foreground": [[i, j, k]], "num_samples": 16, "seed": 0}'
 
-Bad requests answer 4xx with a ``detail`` message: 404 unknown model or image, 400 bad parameters or a centre
-outside the image, 422 an unreadable / non-CT / NaN image, 503 no model file.
+Bad requests answer 4xx with a ``detail`` message: 404 unknown model or image, 400 no lesion point, bad parameters,
+``params`` not a JSON object, an empty image id or a centre outside the image, 422 an unreadable / non-CT / NaN
+image, 503 no model file (said at start in the log and in ``/info/``).
+
+The model is loaded and one request on a synthetic slice is run at start (``--conf warmup false`` skips it), so
+the first click is as fast as the next.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import time
 from typing import Any, Dict
 
 from fastapi import HTTPException
@@ -31,6 +37,8 @@ from monailabel.tasks.activelearning.first import First
 from monailabel.tasks.activelearning.random import Random
 
 from lib.configs.probunet import ProbUNetConfig
+from lib.infers.params import parse_bool
+from lib.request_checks import install as install_request_checks
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +62,30 @@ class ProbUNetApp(MONAILabelApp):
             version="0.1.0",
             labels={"lesion": 1},
         )
+        install_request_checks()
+        if parse_bool(conf.get("warmup", "true"), "warmup"):
+            self.warmup()
+
+    def warmup(self) -> None:
+        """Load every task's model and run one synthetic request (reader, model, writers)."""
+        for name, task in self._infers.items():
+            if not getattr(task, "model_file_exists", lambda: True)():
+                continue  # said by the task config at start
+            if hasattr(task, "warmup"):
+                start = time.perf_counter()
+                try:
+                    task.warmup()
+                except Exception as e:  # noqa: BLE001 -- the server still starts; infer says what is wrong
+                    msg = getattr(e, "msg", None) or f"{type(e).__name__}: {e}"
+                    logger.error(f"{name}: the model could not be loaded and run at start: {msg}")
+                    continue
+                logger.info(f"{name}: model loaded and warmed up in {time.perf_counter() - start:.1f} s")
+
+    def _download_dcmqi_tools(self) -> None:
+        """MONAI Label downloads dcmqi from GitHub when the studies are DICOMweb; this app writes DICOM SEG with
+        highdicom and never downloads anything. (MONAI Label's own SEG conversion, used when a final label is
+        submitted to a DICOMweb datastore, still needs dcmqi's ``itkimage2segimage`` on PATH.)"""
+        logger.info("DICOMweb datastore: DICOM SEG results are written with highdicom (no dcmqi download)")
 
     def init_infers(self) -> Dict[str, InferTask]:
         infers: Dict[str, InferTask] = {}
@@ -74,13 +106,44 @@ class ProbUNetApp(MONAILabelApp):
         if model not in self._infers:
             raise HTTPException(status_code=404, detail=f"unknown model {model!r}; available: {sorted(self._infers)}")
         image = request.get("image")
-        if isinstance(image, str):
-            store = datastore if datastore else self.datastore()
-            if not image or (not os.path.exists(image) and not store.get_image_uri(image)):
+        if isinstance(image, str) and not image.strip():
+            raise HTTPException(status_code=400, detail="image id is empty: give an image id of the datastore.")
+        store = datastore if datastore else self.datastore()
+        if isinstance(image, str) and not os.path.exists(image):
+            try:
+                uri = store.get_image_uri(image)
+            except Exception as e:  # noqa: BLE001 -- a DICOMweb datastore raises HTTP errors for an unknown series
+                logger.warning(f"infer {model}: image {image!r}: {type(e).__name__}: {e}")
+                uri = None
+            if not uri:
                 raise HTTPException(status_code=404, detail=f"unknown image {image!r}: not in the datastore")
         try:
-            return super().infer(request, datastore)
+            store_seg = parse_bool(request.get("store_dicom_seg", False), "store_dicom_seg")
+        except ValueError as e:
+            raise HTTPException(status_code=400, detail=str(e)) from None
+        if store_seg:
+            if not hasattr(store, "_client") or not hasattr(store._client, "store_instances"):
+                raise HTTPException(status_code=400, detail="store_dicom_seg needs a DICOMweb datastore "
+                                    "(--studies http://HOST:8042/dicom-web).")
+            request = {**request, "result_extension": ".dcm"}
+        try:
+            result = super().infer(request, datastore)
         except MONAILabelException as e:
             status = getattr(e, "status", 400 if e.error == MONAILabelError.INVALID_INPUT else 500)
             logger.warning(f"infer {model} on {image}: {status} {e.msg}")
             raise HTTPException(status_code=status, detail=e.msg) from e
+        if store_seg:
+            self._store_dicom_seg(store, result)
+        return result
+
+    @staticmethod
+    def _store_dicom_seg(store: Any, result: Dict[str, Any]) -> None:
+        """STOW-RS the SEG of ``result`` to the DICOMweb server; the reply's ``dicom_seg.stored_to`` says where."""
+        import pydicom
+
+        try:
+            store._client.store_instances(datasets=[pydicom.dcmread(result["file"])])
+        except Exception as e:  # noqa: BLE001 -- network / server errors
+            raise HTTPException(status_code=502, detail=f"could not store the DICOM SEG in {store.name()}: {e}") from e
+        result["params"]["dicom_seg"]["stored_to"] = store.name()
+        logger.info(f"stored DICOM SEG {result['params']['dicom_seg']['SOPInstanceUID']} in {store.name()}")

@@ -22,10 +22,14 @@ echo "[setup_venv] installing torch==2.14.1 torchvision==0.29.1"
 "${PIP[@]}" install "torch==2.14.1" "torchvision==0.29.1"
 echo "[setup_venv] installing the project with the [label] extra"
 "${PIP[@]}" install -e "$REPO_ROOT[label]"
+# DICOM SEG results (lib/infers/dicom_seg.py): highdicom 0.22.0 is the last release that takes pydicom 2
+echo "[setup_venv] installing highdicom==0.22.0"
+"${PIP[@]}" install "highdicom==0.22.0"
 "$VENV/bin/python" - <<'PY'
-import monailabel, monai, torch, torchvision, pydicom, numpy
+import monailabel, monai, torch, torchvision, pydicom, numpy, highdicom, nrrd
 print("[setup_venv] ok: monailabel", monailabel.__version__, "monai", monai.__version__, "torch", torch.__version__,
-      "torchvision", torchvision.__version__, "pydicom", pydicom.__version__, "numpy", numpy.__version__)
+      "torchvision", torchvision.__version__, "pydicom", pydicom.__version__, "numpy", numpy.__version__,
+      "highdicom", highdicom.__version__)
 from monailabel.interfaces.tasks.infer_v2 import InferTask  # noqa: F401
 from monailabel.tasks.infer.basic_infer import BasicInferTask  # noqa: F401
 import monai_probunet.inference  # noqa: F401

@@ -22,7 +22,7 @@ REPO_ROOT = Path(__file__).resolve().parents[4]
 class ProbUNetConfig(TaskConfig):
     """Reads ``--conf`` keys: ``model_path`` (default ``<repo>/bundle/models/model.pt``), ``network_config``
     (default ``<repo>/bundle/configs/train.yaml``; comma-separated for several files), ``threshold_path``
-    (default: ``presence_threshold.json`` next to the model), ``num_samples`` (16), ``seed`` (0).
+    (default: ``presence_threshold.json`` next to the model), ``num_samples`` (16), ``seed`` (0), ``warmup`` (true: load the model and run one request at start).
     ``zoo_source`` and other keys are accepted and ignored (the app never downloads anything)."""
 
     def init(self, name: str, model_dir: str, conf: Dict[str, str], planner: Any, **kwargs: Any) -> None:
@@ -35,7 +35,10 @@ class ProbUNetConfig(TaskConfig):
         self.seed = int(conf.get("seed", 0))
         self.labels = {"lesion": 1}
         if not os.path.isfile(self.path):
-            logger.warning(f"probunet: model file {self.path} does not exist; infer requests will fail with 503.")
+            logger.error(
+                f"{name}: model file {self.path} does not exist: /info/ marks the model UNAVAILABLE and infer answers "
+                f"503 until it exists (train the bundle, or start with --conf model_path <model.pt>)."
+            )
 
     def infer(self) -> Union[InferTask, Dict[str, InferTask]]:
         return ProbUNetInfer(

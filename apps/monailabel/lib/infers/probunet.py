@@ -1,20 +1,31 @@
-"""The ``probunet`` infer task: S Probabilistic U-Net hypotheses of the lesion at a centre of the image.
+"""The ``probunet`` infer task: S Probabilistic U-Net hypotheses of the lesion the radiologist clicked.
 
-The label returned is the most frequent variant (hypotheses grouped by IoU >= 0.9) on the image's own grid; with
-``{"hypotheses": true}`` all S hypotheses come back as a multi-segment ``.seg.nrrd`` (segment ``s`` = hypothesis
-``s``). The result JSON holds the lesion-presence probability, the ambiguous flag and its rule, the variants with
-their frequencies, per-hypothesis areas (and volumes for a 3-D image) and the centre used
-(:meth:`monai_probunet.inference.Hypotheses.to_report`).
+Registered as MONAI Label's click type (``deepgrow``, 2-D: one axial slice per click), so 3D Slicer's MONAI Label
+module lists it under "SmartEdit / Deepgrow" and sends the clicks: ``foreground`` (IJK voxel indices of the volume;
+the **first** foreground point is the lesion centre), ``background`` (not used), ``label`` (the segment name),
+``slice``. REST clients may give ``center`` instead (voxel indices, or world mm with ``"world": true`` and
+``"frame": "RAS" | "LPS"``). A request with neither answers 400 asking for a click: the model never runs at a
+guessed position.
 
-Request parameters (form field ``params``, JSON): ``center`` ``[x, y(, z)]`` (voxel indices of the array as MONAI
-loads the image; or world mm with ``"world": true`` and ``"frame": "RAS" | "LPS"``), else the first ``foreground``
-click, else the image centre; ``num_samples`` (16), ``seed`` (0), ``hypotheses`` (false).
+The label returned follows the presence rule (:mod:`.label_rule`): empty only when the presence count is below the
+fitted threshold, otherwise the consensus of the lesion-containing hypotheses. Its one segment is named for a
+glance at Slicer's segment list (``lesion p=0.62 ambiguous``). With ``{"hypotheses": true}`` all S hypotheses come
+back as overlapping segments of a ``.seg.nrrd`` (one layer each), named ``h3 variant B 4/16``. ``label_names`` in
+the reply maps the returned segment names to their label values (for the layered ``.seg.nrrd``: segment ``s`` is
+layer ``s`` with value 1, and ``label_names`` gives ``s + 1``, its channel number). The reply JSON also holds the
+full report of :meth:`monai_probunet.inference.Hypotheses.to_report`, the rule (``label_rule``) and ``segments``.
+
+A result extension of ``.nrrd`` / ``.seg.nrrd`` (what Slicer asks for) gets a Slicer segmentation file with the
+names; ``.dcm`` (and ``output=dicom_seg``) a DICOM SEG referencing the image's source series (DICOMweb datastore);
+other extensions (the image's own, e.g. ``.nii.gz``) a plain label image.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import tempfile
+import time
 import warnings
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
@@ -24,15 +35,21 @@ from monai.data import MetaTensor
 from monailabel.interfaces.exception import MONAILabelError, MONAILabelException
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
-from monailabel.transform.writer import Writer
 
 from monai_probunet.inference import find_presence_threshold, load_ct, load_model, predict_hypotheses
 
+from .dicom_seg import DicomSegError, find_source_series, write_dicom_seg
+from .label_rule import consensus_label, hypothesis_segment_names, label_segment_name, presence_decision
 from .params import parse_params
+from .seg_nrrd import write_seg_nrrd
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["ProbUNetInfer", "ProbUNetRequestError"]
+
+#: result extensions answered with a named Slicer segmentation (.seg.nrrd)
+NRRD_EXTENSIONS = (".nrrd", ".seg.nrrd")
+LESION_COLOR = (0.95, 0.75, 0.1)
 
 
 class ProbUNetRequestError(MONAILabelException):
@@ -41,6 +58,12 @@ class ProbUNetRequestError(MONAILabelException):
     def __init__(self, msg: str, status: int = 400) -> None:
         super().__init__(MONAILabelError.INVALID_INPUT, msg)
         super().__setattr__("status", status)
+
+
+def _variant_color(rank: int) -> Tuple[float, float, float]:
+    palette = [(0.95, 0.75, 0.1), (0.2, 0.6, 1.0), (0.9, 0.3, 0.3), (0.3, 0.8, 0.4), (0.7, 0.4, 0.9),
+               (1.0, 0.5, 0.0), (0.0, 0.8, 0.8), (0.8, 0.8, 0.8)]
+    return palette[rank % len(palette)]
 
 
 class ProbUNetInfer(BasicInferTask):
@@ -54,6 +77,8 @@ class ProbUNetInfer(BasicInferTask):
         Bundle config(s) defining ``network_def`` and ``hu_window`` (``bundle/configs/train.yaml``).
     threshold_path : str, optional
         ``presence_threshold.json``; default: next to ``path`` if it exists, else the fallback 0.5 rule.
+    num_samples, seed : int
+        Defaults of the request parameters (shown in Slicer's options table).
     """
 
     def __init__(
@@ -63,17 +88,20 @@ class ProbUNetInfer(BasicInferTask):
         threshold_path: Optional[str] = None,
         num_samples: int = 16,
         seed: int = 0,
-        description: str = "Probabilistic U-Net: S lesion hypotheses at a centre; returns the most frequent variant",
+        description: str = (
+            "Probabilistic U-Net: click the lesion centre; S hypotheses; the label follows the presence rule "
+            "(segment name: presence probability and ambiguity)"
+        ),
         **kwargs: Any,
     ) -> None:
         super().__init__(
             path=path,
             network=None,
-            type=InferType.SEGMENTATION,
+            type=InferType.DEEPGROW,
             labels={"lesion": 1},
             dimension=2,
             description=description,
-            config={"num_samples": num_samples, "seed": seed, "hypotheses": False, "world": False, "frame": "RAS"},
+            config={"num_samples": num_samples, "seed": seed, "hypotheses": False},
             load_strict=True,
             **kwargs,
         )
@@ -81,8 +109,62 @@ class ProbUNetInfer(BasicInferTask):
         self.threshold_path = threshold_path
         self._models: Dict[str, Tuple[torch.nn.Module, Dict[str, Any], Any, float]] = {}
 
+    # ------------------------------------------------------------------------------------------ model file
+
+    @property
+    def model_file(self) -> Optional[str]:
+        return self.path[-1] if self.path else None
+
+    def model_file_exists(self) -> bool:
+        return bool(self.model_file) and os.path.isfile(self.model_file)
+
     def is_valid(self) -> bool:
-        return bool(self.path) and os.path.isfile(self.path[-1])
+        return True  # listed in /info/ even without a model file: info() says so and infer answers 503
+
+    def info(self) -> Dict[str, Any]:
+        info = super().info()
+        info["model_file"] = self.model_file
+        info["model_file_exists"] = self.model_file_exists()
+        if not info["model_file_exists"]:
+            info["description"] = f"UNAVAILABLE: model file {self.model_file} does not exist. " + info["description"]
+        return info
+
+    def _model(self, device: str) -> Tuple[torch.nn.Module, Dict[str, Any], Any]:
+        path = self.model_file
+        if not self.model_file_exists():
+            raise ProbUNetRequestError(
+                f"model file {path} does not exist: train the bundle (run training) or start the server with "
+                f"--conf model_path <model.pt>.",
+                status=503,
+            )
+        mtime = os.stat(path).st_mtime
+        cached = self._models.get(device)
+        if cached is None or cached[3] != mtime:
+            network, settings = load_model(path, self.config_file, device=device)  # weights_only=True
+            threshold = self.threshold_path or find_presence_threshold(path)
+            self._models[device] = (network, settings, threshold, mtime)
+        network, settings, threshold, _ = self._models[device]
+        return network, settings, threshold
+
+    def warmup(self) -> float:
+        """Load the model and run one request on a small synthetic slice (reader, model, writers) so that the
+        first click is as fast as the next. Returns the seconds it took."""
+        import nibabel as nib
+
+        start = time.perf_counter()
+        with tempfile.TemporaryDirectory(prefix="probunet_warmup_") as tmp:
+            img = np.full((48, 48), -800.0, np.float32)
+            img[20:28, 20:28] = 40.0
+            path = os.path.join(tmp, "warmup.nii.gz")
+            nib.save(nib.Nifti1Image(img, np.diag([0.7, 0.7, 1.0, 1.0])), path)
+            for ext, hyp in ((".nii.gz", False), (".nrrd", False), (".nrrd", True)):
+                out, _ = self({"image": path, "center": [24, 24], "num_samples": 2, "hypotheses": hyp,
+                               "result_extension": ext, "logging": "WARNING"})
+                if isinstance(out, str) and os.path.exists(out):
+                    os.remove(out)
+        return time.perf_counter() - start
+
+    # ------------------------------------------------------------------------------------------ pipeline
 
     def pre_transforms(self, data: Optional[Dict[str, Any]] = None) -> Sequence[Callable]:
         return []  # predict_hypotheses loads and resamples the image itself (MONAI transforms, inverted after)
@@ -93,71 +175,123 @@ class ProbUNetInfer(BasicInferTask):
     def inverse_transforms(self, data: Optional[Dict[str, Any]] = None) -> None:
         return None
 
-    def _model(self, device: str) -> Tuple[torch.nn.Module, Dict[str, Any], Any]:
-        path = self.path[-1] if self.path else None
-        if not path or not os.path.isfile(path):
-            raise ProbUNetRequestError(f"model file {path} does not exist: train the bundle first.", status=503)
-        mtime = os.stat(path).st_mtime
-        cached = self._models.get(device)
-        if cached is None or cached[3] != mtime:
-            network, settings = load_model(path, self.config_file, device=device)  # weights_only=True
-            threshold = self.threshold_path or find_presence_threshold(path)
-            self._models[device] = (network, settings, threshold, mtime)
-        network, settings, threshold, _ = self._models[device]
-        return network, settings, threshold
-
     def run_inferer(self, data: Dict[str, Any], convert_to_batch: bool = True, device: str = "cuda") -> Dict[str, Any]:
         try:
             params = parse_params(data)
         except ValueError as e:
             raise ProbUNetRequestError(str(e), status=400) from e
+        network, settings, threshold = self._model(str(device))
         image_path = data.get("image_path") or data.get("image")
         if not isinstance(image_path, str) or not image_path:
-            raise ProbUNetRequestError("no image: give an image id of the datastore or upload a file.", status=404)
+            raise ProbUNetRequestError("no image: give an image id of the datastore or upload a file.", status=400)
         try:
             image, _ = load_ct(image_path)
         except FileNotFoundError as e:
             raise ProbUNetRequestError(str(e), status=404) from e
         except ValueError as e:
             raise ProbUNetRequestError(f"bad image: {e}", status=422) from e
-        network, settings, threshold = self._model(str(device))
-        center = params.center
-        if center is None:
-            center = [(s - 1) / 2 for s in image.shape[1:]]
+        center = list(params.center)
+        if params.from_click and image.ndim == 3 and len(center) == 3:
+            # a 2-D image is one slice to Slicer: its clicks are [i, j, 0]
+            if abs(center[2]) > 0.5:
+                raise ProbUNetRequestError(
+                    f"foreground point {params.center} lies on slice {center[2]:g} of a single-slice image.")
+            center = center[:2]
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)
                 hyp = predict_hypotheses(
-                    image, center, network, world=params.world, frame=params.frame, spacing=settings["spacing"],
-                    roi_size=settings["roi_size"], num_samples=params.num_samples, seed=params.seed,
-                    threshold=threshold, hu_window=settings["hu_window"], device=device,
+                    image, center, network, world=params.world and not params.from_click, frame=params.frame,
+                    spacing=settings["spacing"], roi_size=settings["roi_size"], num_samples=params.num_samples,
+                    seed=params.seed, threshold=threshold, hu_window=settings["hu_window"], device=device,
                 )
         except ValueError as e:
             raise ProbUNetRequestError(str(e), status=400) from e
-        affine = torch.as_tensor(hyp.affine)
+
+        decision = presence_decision(hyp.presence_count, hyp.num_samples, hyp.threshold)
         if params.hypotheses:
+            names = hypothesis_segment_names(hyp.variants, hyp.num_samples)
+            rank = {s: r for r, v in enumerate(hyp.variants) for s in v.members}
             pred = hyp.labels  # S x *spatial
-            if pred.ndim == 3:
-                pred = pred[..., None]  # S x H x W x 1: keeps the geometry for the writer
+            segments = [
+                {"name": n, "label_value": s + 1, "layer": s, "hypothesis": s, "variant": rank[s],
+                 "color": _variant_color(rank[s])}
+                for s, n in enumerate(names)
+            ]
         else:
-            pred = hyp.most_frequent_label
-            if pred.ndim == 2:
-                pred = pred[..., None]  # H x W x 1: the writer drops the affine of 2-D arrays
-        data[self.output_label_key] = MetaTensor(torch.as_tensor(np.ascontiguousarray(pred)), affine=affine)
+            if decision.show_lesion:
+                lesion = [v for v in hyp.variants if v.has_lesion]
+                pred = consensus_label(hyp.labels, fallback=lesion[0].representative if lesion else None)
+            else:
+                pred = np.zeros(hyp.spatial_shape, np.uint8)
+            name = label_segment_name(hyp.presence_probability, hyp.ambiguous, decision.show_lesion)
+            segments = [{"name": name, "label_value": 1, "layer": 0, "color": LESION_COLOR}]
+        if pred.ndim == (3 if params.hypotheses else 2):
+            pred = pred[..., None]  # a slice: H x W x 1 (the writers drop the affine of 2-D arrays)
+        data[self.output_label_key] = MetaTensor(
+            torch.as_tensor(np.ascontiguousarray(pred, dtype=np.uint8)), affine=torch.as_tensor(hyp.affine)
+        )
         result = hyp.to_report()
-        result["label_content"] = "hypotheses" if params.hypotheses else "most_frequent_variant"
-        result["model_path"] = self.path[-1]
+        result.update(
+            label_content="hypotheses" if params.hypotheses else "presence_rule_consensus",
+            label_rule=decision.rule,
+            label_shows_lesion=bool(decision.show_lesion) if not params.hypotheses else None,
+            label_voxels=int(np.count_nonzero(pred)) if not params.hypotheses else None,
+            center_source="foreground[0]" if params.from_click else "center",
+            background_points="not used",
+            segments=[{k: v for k, v in s.items() if k != "color"} for s in segments],
+            model_path=self.model_file,
+        )
         data[self.output_json_key] = result
-        data["probunet_hypotheses"] = params.hypotheses
+        data["probunet_segments"] = segments
+        data["probunet_layered"] = params.hypotheses
         return data
 
     def writer(self, data: Dict[str, Any], extension: Optional[str] = None, dtype: Any = None) -> Tuple[Any, Any]:
-        if data.get("probunet_hypotheses"):
-            n = int(data[self.output_label_key].shape[0])
-            data["result_extension"] = ".seg.nrrd"
-            data["result_dtype"] = np.uint8
-            data["labels"] = [f"hypothesis_{s}" for s in range(n)]
-            return Writer(label=self.output_label_key, json=self.output_json_key)(data)
+        ext = data.get("result_extension") or ""
+        segments = data["probunet_segments"]
+        if ext == ".dcm":
+            return self._write_dicom_seg(data, segments)
+        if data.get("probunet_layered") or ext in NRRD_EXTENSIONS:
+            label = data[self.output_label_key]
+            arr = label.array if isinstance(label, MetaTensor) else np.asarray(label)
+            fd, out = tempfile.mkstemp(suffix=".seg.nrrd")
+            os.close(fd)
+            write_seg_nrrd(
+                out, arr.astype(np.uint8), np.asarray(label.affine, dtype=np.float64), segments,
+                layered=bool(data.get("probunet_layered")),
+            )
+            return out, data[self.output_json_key]
         if dtype is None and not data.get("result_dtype"):
             dtype = np.uint8
         return super().writer(data, extension=extension, dtype=dtype)
+
+    def _write_dicom_seg(self, data: Dict[str, Any], segments: Sequence[Dict[str, Any]]) -> Tuple[str, Dict]:
+        image_path = str(data.get("image_path") or "")
+        series = find_source_series(image_path)
+        if series is None:
+            raise ProbUNetRequestError(
+                f"a DICOM SEG result needs the image's DICOM series (a DICOMweb datastore: start the server with "
+                f"--studies http://HOST:8042/dicom-web, or a DICOM series folder); {os.path.basename(image_path)} "
+                f"has none. Ask for result_extension .nrrd or .nii.gz instead.", status=400)
+        label = data[self.output_label_key]
+        arr = np.asarray(label.array if isinstance(label, MetaTensor) else label, dtype=np.uint8)
+        layers = arr if data.get("probunet_layered") else (arr == 1)[None]
+        fd, out = tempfile.mkstemp(suffix=".dcm")
+        os.close(fd)
+        try:
+            info = write_dicom_seg(out, layers, np.asarray(label.affine, dtype=np.float64), segments, series)
+        except DicomSegError as e:
+            os.remove(out)
+            raise ProbUNetRequestError(f"DICOM SEG: {e}", status=422) from e
+        result = data[self.output_json_key]
+        result["dicom_seg"] = {**info, "segments": [s["name"] for s in segments]}
+        return out, result
+
+    def __call__(self, request: Dict[str, Any], callbacks: Any = None) -> Tuple[Any, Dict[str, Any]]:
+        out, result = super().__call__(request, callbacks)
+        # MONAI Label sets label_names to the task's labels after the writer: name the segments really returned
+        segments = result.get("segments")
+        if segments:
+            result["label_names"] = {s["name"]: s["label_value"] for s in segments}
+        return out, result
