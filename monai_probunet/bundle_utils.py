@@ -1,4 +1,7 @@
-"""Locating the bundle folder from the command line, so checkpoints land in ``bundle/models`` from any cwd."""
+"""Bundle command-line helpers: the bundle folder from ``--config_file``, strict booleans, one-line user errors.
+
+This module imports only the standard library, so configs can use it before their heavy imports.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +9,112 @@ import ast
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from types import TracebackType
+from typing import Any
 
-__all__ = ["bundle_root"]
+__all__ = [
+    "UserInputError",
+    "ConfigValueError",
+    "TrainingInterrupted",
+    "as_bool",
+    "bundle_root",
+    "install_cli_error_hook",
+]
+
+#: exit status of the bundle command for bad input (a config value, a dataset on disk), as argparse uses
+EXIT_USAGE = 2
+#: exit status of a run stopped by Ctrl-C (128 + SIGINT), as shells report it
+EXIT_INTERRUPTED = 130
+
+
+class UserInputError(Exception):
+    """Marker base of errors caused by the user's input, not by a bug: the bundle command prints the message as
+    one line and exits with status 2 (see :func:`install_cli_error_hook`). Concrete errors also derive from the
+    built-in class a Python caller expects (``ValueError``, ``FileNotFoundError``)."""
+
+
+class ConfigValueError(UserInputError, ValueError):
+    """A bundle option with a value of the wrong kind (message names the key and what was expected)."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped by Ctrl-C after saving what can be resumed; the message says how to resume."""
+
+
+_TRUE = {"true", "1", "yes", "y", "on"}
+_FALSE = {"false", "0", "no", "n", "off"}
+
+
+def as_bool(value: Any, key: str) -> bool:
+    """A bundle option as a boolean, parsed strictly.
+
+    The bundle command line passes ``--resume false`` as the string ``'false'`` (truthy in Python); this accepts
+    booleans, the integers 0 and 1 and the strings true/false, 1/0, yes/no, y/n, on/off (any case).
+
+    Args:
+        value: the option's value.
+        key: the option's name, for the error message.
+
+    Raises:
+        ConfigValueError: anything else, naming ``key`` and the value.
+    """
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str):
+        v = value.strip().lower()
+        if v in _TRUE:
+            return True
+        if v in _FALSE:
+            return False
+    raise ConfigValueError(f"--{key}: expected a boolean (true/false, 1/0 or yes/no), got {value!r}.")
+
+
+def _user_error_in(exc: BaseException | None) -> BaseException | None:
+    """The first user error (or Ctrl-C stop) in ``exc``'s chain of causes; MONAI's config parser wraps errors of
+    ``$``-expressions and components in ``RuntimeError``-s."""
+    seen: set[int] = set()
+    user_types: tuple[type[BaseException], ...] = (UserInputError, TrainingInterrupted)
+    try:  # output-folder errors of the project's writers are user errors as well
+        from .io_utils import OutputFolderError
+
+        user_types += (OutputFolderError,)
+    except ImportError:  # pragma: no cover
+        pass
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, user_types):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def install_cli_error_hook() -> None:
+    """Make the bundle command print a user error as one line (``error: ...``) and exit with status 2.
+
+    ``python -m monai.bundle run`` lets exceptions of the config reach the interpreter, which prints every
+    chained traceback (70 and more lines ending in MONAI's generic "Failed to evaluate ConfigExpression").
+    Called from a config's ``initialize`` list (run before the ``training`` list is parsed), this replaces
+    ``sys.excepthook``: when the chain of causes holds a :class:`UserInputError` it prints that message alone and
+    exits with status 2; a :class:`TrainingInterrupted` prints its message and exits with status 130; any other
+    exception (a bug) keeps the full traceback.
+    """
+    previous = sys.excepthook
+
+    def hook(exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
+        found = _user_error_in(exc)
+        if found is None:
+            previous(exc_type, exc, tb)
+            return
+        sys.stdout.flush()
+        print(f"error: {found}" if isinstance(found, Exception) else str(found), file=sys.stderr, flush=True)
+        sys.exit(EXIT_INTERRUPTED if isinstance(found, TrainingInterrupted) else EXIT_USAGE)
+
+    if getattr(sys.excepthook, "_monai_probunet", False):
+        return
+    hook._monai_probunet = True  # type: ignore[attr-defined]
+    sys.excepthook = hook
 
 
 def _config_files_from_argv(argv: Sequence[str]) -> list[str]:
