@@ -24,18 +24,33 @@ import nibabel as nib
 import numpy as np
 from monai.data import load_decathlon_datalist
 
+from ..bundle_utils import UserInputError
+
 __all__ = [
     "DATALIST_NAME",
     "SPLITS",
+    "DatasetError",
+    "DatasetFileNotFoundError",
     "write_nifti",
     "load_datalist",
     "validate_datalist",
     "patient_level_split",
+    "generated_by",
     "atomic_dataset_dir",
 ]
 
 DATALIST_NAME = "datalist.json"
 SPLITS = ("training", "validation", "test")
+#: what a built-in dataset generator writes into its folder (anything else there is someone else's)
+GENERATED_ENTRIES = frozenset({DATALIST_NAME, "images", "labels", "modes"})
+
+
+class DatasetError(UserInputError, ValueError):
+    """A dataset folder or ``datalist.json`` that cannot be used as given; the message names the file or folder."""
+
+
+class DatasetFileNotFoundError(UserInputError, FileNotFoundError):
+    """A dataset file that does not exist; the message names it."""
 
 
 def write_nifti(path: str | Path, array: np.ndarray, spacing: Sequence[float]) -> None:
@@ -84,24 +99,32 @@ def patient_level_split(
 def validate_datalist(path: str | Path) -> dict[str, Any]:
     """Read ``datalist.json`` and check its structure; raise a clear error naming the file and key."""
     path = Path(path)
+    if path.parent.exists() and not path.parent.is_dir():
+        raise DatasetError(f"dataset folder {path.parent} is a file, not a folder holding {DATALIST_NAME}.")
     if not path.is_file():
-        raise FileNotFoundError(f"dataset list {path} does not exist (expected a {DATALIST_NAME} with splits {SPLITS}).")
+        raise DatasetFileNotFoundError(
+            f"dataset list {path} does not exist (expected a {DATALIST_NAME} with splits {SPLITS})."
+        )
     try:
         content = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from e
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DatasetError(f"{path} is not valid JSON: {e}") from None
     if not isinstance(content, dict):
-        raise ValueError(f"{path}: expected a JSON object with keys {SPLITS}, got {type(content).__name__}.")
+        raise DatasetError(f"{path}: expected a JSON object with keys {SPLITS}, got {type(content).__name__}.")
     for split in ("training", "validation"):
         if not isinstance(content.get(split), list) or not content[split]:
-            raise ValueError(f"{path}: key {split!r} must be a non-empty list of cases.")
+            raise DatasetError(f"{path}: key {split!r} must be a non-empty list of cases.")
     for split in SPLITS:
+        if not isinstance(content.get(split, []), list):
+            raise DatasetError(f"{path}: key {split!r} must be a list of cases.")
         for i, item in enumerate(content.get(split, [])):
-            if not isinstance(item, dict) or "image" not in item or "label" not in item:
-                raise ValueError(f"{path}: {split}[{i}] must be an object with 'image' and 'label' keys.")
+            if not isinstance(item, dict) or not isinstance(item.get("image"), str) or "label" not in item:
+                raise DatasetError(
+                    f"{path}: {split}[{i}] must be an object with 'image' and 'label' keys ('image' a file path)."
+                )
             labels = item["label"]
             if not isinstance(labels, list) or not labels or not all(isinstance(p, str) for p in labels):
-                raise ValueError(f"{path}: {split}[{i}]['label'] must be a non-empty list of grader mask paths.")
+                raise DatasetError(f"{path}: {split}[{i}]['label'] must be a non-empty list of grader mask paths.")
     return content
 
 
@@ -112,28 +135,85 @@ def load_datalist(path: str | Path, split: str = "training") -> list[dict[str, A
     path = Path(path)
     content = validate_datalist(path)
     if split not in content:
-        raise ValueError(f"{path} has no {split!r} split.")
+        raise DatasetError(f"{path} has no {split!r} split.")
     items = load_decathlon_datalist(str(path), is_segmentation=True, data_list_key=split, base_dir=str(path.parent))
     for item in items[:1] + items[-1:]:
         for f in [item["image"], *item["label"]]:
             if not os.path.exists(f):
-                raise FileNotFoundError(f"{path}: {split} case {item.get('case_id', '?')} refers to missing file {f}.")
+                raise DatasetFileNotFoundError(
+                    f"{path}: {split} case {item.get('case_id', '?')} refers to missing file {f}."
+                )
     return items
+
+
+def generated_by(root: str | Path) -> str | None:
+    """The name of the built-in generator that wrote the dataset folder ``root``, else ``None``.
+
+    A generator marks its folder by the ``generator`` block (``{"name", "version", "params"}``) of the
+    ``datalist.json`` it writes; a folder counts as the project's only if it has that block and holds nothing
+    but what generators write (:data:`GENERATED_ENTRIES`), so a user's own files are never taken for a cache.
+    """
+    root = Path(root)
+    try:
+        content = json.loads((root / DATALIST_NAME).read_text())
+        entries = {p.name for p in root.iterdir()}
+    except (OSError, ValueError):
+        return None
+    block = content.get("generator") if isinstance(content, dict) else None
+    name = block.get("name") if isinstance(block, dict) else None
+    if not isinstance(name, str) or not entries <= GENERATED_ENTRIES:
+        return None
+    return name
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class atomic_dataset_dir:
     """Context manager: build a dataset in a temporary sibling folder, then move it into place.
 
-    Nothing half-written is left at ``root``: on error the temporary folder is removed; on success it replaces
-    ``root`` (if another process finished first, its result is kept and ours discarded).
+    ``root`` must be missing, an empty folder, or a dataset a built-in generator wrote (:func:`generated_by`);
+    anything else is refused with :class:`DatasetError` before any work, so a user's folder is never replaced.
+    Nothing half-written is left at ``root``: the dataset is built in ``.<name>.tmp-<pid>`` beside it, which is
+    removed on error; on success the previous dataset is renamed aside (``.<name>.old-<pid>``), the new one
+    renamed onto ``root`` and the old one deleted (if another process finished first, its result is kept and
+    ours discarded). Such temporary siblings left by a killed process (whose pid is gone) are removed on entry.
     """
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
         self.tmp = self.root.parent / f".{self.root.name}.tmp-{os.getpid()}"
+        self.old = self.root.parent / f".{self.root.name}.old-{os.getpid()}"
+
+    def _check_replaceable(self) -> None:
+        root = self.root
+        if root.is_symlink() or (root.exists() and not root.is_dir()):
+            raise DatasetError(f"dataset folder {root} is a file or link, not a folder; give a folder path.")
+        if root.is_dir() and any(root.iterdir()) and generated_by(root) is None:
+            raise DatasetError(
+                f"dataset folder {root} holds files this project did not generate; it is left untouched. For your "
+                "own data in the on-disk format add --dataset_name folder; for a built-in dataset give a new or "
+                "empty --dataset_dir."
+            )
+
+    def _remove_stale_siblings(self) -> None:
+        prefix = f".{self.root.name}."
+        for sibling in self.root.parent.glob(f"{prefix}*-*"):
+            kind, _, pid = sibling.name[len(prefix):].rpartition("-")
+            if kind in ("tmp", "old") and pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+                shutil.rmtree(sibling, ignore_errors=True)
 
     def __enter__(self) -> Path:
+        self._check_replaceable()
         self.root.parent.mkdir(parents=True, exist_ok=True)
+        self._remove_stale_siblings()
         shutil.rmtree(self.tmp, ignore_errors=True)
         self.tmp.mkdir(parents=True)
         return self.tmp
@@ -142,11 +222,20 @@ class atomic_dataset_dir:
         if exc_type is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
             return
-        if self.root.exists():
-            shutil.rmtree(self.root)
         try:
+            self._check_replaceable()  # the folder may have changed while we generated
+            if self.root.exists():
+                shutil.rmtree(self.old, ignore_errors=True)
+                os.rename(self.root, self.old)
             os.replace(self.tmp, self.root)
         except OSError:
             if not (self.root / DATALIST_NAME).is_file():
+                if self.old.exists() and not self.root.exists():
+                    os.rename(self.old, self.root)  # put the previous dataset back
+                shutil.rmtree(self.tmp, ignore_errors=True)
                 raise
             shutil.rmtree(self.tmp, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            raise
+        shutil.rmtree(self.old, ignore_errors=True)

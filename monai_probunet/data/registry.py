@@ -8,10 +8,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .disk_format import DATALIST_NAME, validate_datalist
+from .disk_format import DATALIST_NAME, DatasetError, generated_by
 from .lidc_phantom import LIDC_PHANTOM_VERSION, generate_lidc_phantom
 from .shapes import SHAPES_VERSION, generate_shapes
 from .scenes32 import SCENES32_VERSION, generate_scenes32
+from .validation import validate_cases
 
 __all__ = ["BUILTIN_DATASETS", "prepare_dataset"]
 
@@ -37,28 +38,46 @@ def prepare_dataset(name: str, root: str | Path, seed: int = 0, **kwargs: Any) -
 
     Args:
         name: a built-in dataset (see :data:`BUILTIN_DATASETS`) or ``"folder"`` for an existing dataset in the
-            project's on-disk format (e.g. written by ``python -m preprocessing.lidc``).
-        root: the dataset folder (cache location for built-in datasets).
+            project's on-disk format (e.g. written by ``python -m preprocessing.lidc``); every case of a
+            ``folder`` dataset is checked first (:func:`~monai_probunet.data.validation.validate_cases`).
+        root: the dataset folder (cache location for built-in datasets). A built-in dataset is generated only into
+            a missing or empty folder or over a dataset a generator wrote (its ``datalist.json`` has the
+            ``generator`` block); a folder holding anything else is never replaced.
         seed: generation seed of a built-in dataset.
         kwargs: generator parameters of a built-in dataset (e.g. ``num_patients``, ``image_size``).
 
     Raises:
-        ValueError: unknown ``name`` or generator parameters.
-        FileNotFoundError: ``name="folder"`` and ``root/datalist.json`` is missing.
+        DatasetError (a ``ValueError``): unknown ``name`` or generator parameters, ``root`` a file, a folder of
+            someone else's data under a built-in name, a ``folder`` dataset with bad cases (every problem listed).
+        DatasetFileNotFoundError (a ``FileNotFoundError``): ``name="folder"`` and ``root/datalist.json`` is missing.
     """
-    root = Path(root)
+    root = Path(root).expanduser()
     datalist = root / DATALIST_NAME
+    if root.exists() and not root.is_dir():
+        raise DatasetError(f"--dataset_dir {root} is a file, not a folder.")
     if name == "folder":
-        validate_datalist(datalist)
+        validate_cases(datalist)
         return str(datalist)
     if name not in BUILTIN_DATASETS:
-        raise ValueError(
+        raise DatasetError(
             f"unknown dataset name {name!r}: expected one of {sorted(BUILTIN_DATASETS)} (built-in, generated on "
             f"first use) or 'folder' (your own data in the on-disk format)."
         )
     generator, version = BUILTIN_DATASETS[name]
+    if root.is_dir() and any(root.iterdir()):
+        owner = generated_by(root)
+        if owner is None:
+            raise DatasetError(
+                f"--dataset_dir {root} holds data this project did not generate (a built-in {name!r} dataset is "
+                f"generated there); it is left untouched. To train on your own data in it, add --dataset_name folder."
+            )
+        if owner != name:
+            raise DatasetError(
+                f"--dataset_dir {root} holds the built-in {owner!r} dataset, not {name!r}; it is left untouched. "
+                f"Give --dataset_name {owner}, or another --dataset_dir for {name!r}."
+            )
     cached = _cached_params(datalist)
-    if cached is not None and cached.get("version") == version:
+    if cached is not None and cached.get("name", name) == name and cached.get("version") == version:
         # through JSON, as the cached params were: a tuple argument equals the list it was recorded as
         wanted = json.loads(json.dumps({**cached.get("params", {}), "seed": seed, **kwargs}, default=str))
         if wanted == cached.get("params"):
@@ -67,5 +86,7 @@ def prepare_dataset(name: str, root: str | Path, seed: int = 0, **kwargs: Any) -
     logger.info("generating the built-in %r dataset into %s (first use) ...", name, root)
     try:
         return str(generator(root, seed=seed, **kwargs))
-    except TypeError as e:
-        raise ValueError(f"invalid parameters for dataset {name!r}: {kwargs} ({e})") from e
+    except DatasetError:
+        raise
+    except (TypeError, ValueError) as e:  # the generators check their parameters before writing anything
+        raise DatasetError(f"invalid parameters for dataset {name!r}: {kwargs} ({e})") from None
