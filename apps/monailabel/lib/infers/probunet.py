@@ -151,14 +151,20 @@ class ProbUNetInfer(BasicInferTask):
         first click is as fast as the next. Returns the seconds it took."""
         import nibabel as nib
 
+        from monailabel.utils.others.generic import name_to_device
+
         start = time.perf_counter()
+        _, settings, _ = self._model(name_to_device("cuda"))  # the device requests run on (cpu without CUDA)
+        spacing = np.broadcast_to(np.asarray(settings["spacing"], dtype=np.float64), (2,))
+        roi = np.broadcast_to(np.asarray(settings["roi_size"], dtype=np.int64), (2,))
+        n = [int(r) + 16 for r in roi]  # the model's whole field plus a margin, at the model's spacing
         with tempfile.TemporaryDirectory(prefix="probunet_warmup_") as tmp:
-            img = np.full((48, 48), -800.0, np.float32)
-            img[20:28, 20:28] = 40.0
+            img = np.full(n, -800.0, np.float32)
+            img[n[0] // 2 - 4: n[0] // 2 + 4, n[1] // 2 - 4: n[1] // 2 + 4] = 40.0
             path = os.path.join(tmp, "warmup.nii.gz")
-            nib.save(nib.Nifti1Image(img, np.diag([0.7, 0.7, 1.0, 1.0])), path)
+            nib.save(nib.Nifti1Image(img, np.diag([spacing[0], spacing[1], 1.0, 1.0])), path)
             for ext, hyp in ((".nii.gz", False), (".nrrd", False), (".nrrd", True)):
-                out, _ = self({"image": path, "center": [24, 24], "num_samples": 2, "hypotheses": hyp,
+                out, _ = self({"image": path, "center": [n[0] // 2, n[1] // 2], "num_samples": 2, "hypotheses": hyp,
                                "result_extension": ext, "logging": "WARNING"})
                 if isinstance(out, str) and os.path.exists(out):
                     os.remove(out)

@@ -1,0 +1,434 @@
+"""The MONAI Label app driven as 3D Slicer's MONAI Label module drives it (a real `monailabel start_server`).
+
+The requests are built as the module's source builds them (plugins/slicer/MONAILabel/MONAILabel.py and
+MONAILabelLib/client.py of Project-MONAI/MONAILabel): ``GET /info/``; models of type ``deepgrow``/``deepedit`` go
+to the click (SmartEdit) panel; a click sends ``POST /infer/<model>?image=<id>`` (no ``output``: the answer is
+multipart with the result file and ``params``) with the form field ``params`` = ``{"label": <segment name>,
+"foreground": [[i, j, k], ...], "background": [...], <the model's config keys>, "slice": k (2-D models),
+"result_extension": ".nrrd", "result_dtype": "uint8", "client_id": ...}``, the points as IJK voxel indices of the
+volume, filtered to the clicked slice for a 2-D model. The module then reads the returned file as a labelmap
+(value 1 into the selected segment on that slice) or, with its file-extension setting ``.seg.nrrd``, as a
+segmentation with the file's segment names. Both readings are checked here against the library's hypotheses.
+
+Uses the shipped model (bundle/models/model.pt, its presence_threshold.json, bundle/configs/train.yaml). Slow:
+starts servers (about 20-40 s each on a 2-core CPU).
+"""
+
+from __future__ import annotations
+
+import gzip
+import http.client
+import json
+import re
+import warnings
+from pathlib import Path
+from urllib.parse import quote_plus, urlparse
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from tests.test_monailabel import MONAILABEL, REPO, _load_app_module, expected_label, running_server
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not MONAILABEL.exists(),
+                       reason=f"{MONAILABEL} does not exist: build it with `bash apps/monailabel/setup_venv.sh`"),
+]
+
+MODEL = REPO / "bundle" / "models" / "model.pt"
+CONFIG = REPO / "bundle" / "configs" / "train.yaml"
+BOUNDARY = "----------lImIt_of_THE_fIle_eW_$"  # the module's multipart boundary
+
+
+# ------------------------------------------------------------------------------------ the module's client
+
+
+def slicer_infer(url: str, model: str, image_id: str, params: dict) -> tuple[int, str | None, bytes | None, dict]:
+    """POST as MONAILabelClient.infer does; returns (status, result file name, file bytes, params or error)."""
+    params = {**params, "result_extension": ".nrrd", "result_dtype": "uint8", "client_id": "user-xyz"}
+    selector = f"/infer/{quote_plus(model)}?image={quote_plus(image_id)}"
+    lines = [f"--{BOUNDARY}", 'Content-Disposition: form-data; name="params"', "", json.dumps(params),
+             f"--{BOUNDARY}--", ""]
+    body = "\r\n".join(lines).encode()
+    u = urlparse(url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=300)
+    conn.request("POST", selector, body, {"content-type": f"multipart/form-data; boundary={BOUNDARY}",
+                                          "content-length": str(len(body))})
+    resp = conn.getresponse()
+    ctype = resp.getheader("content-type", "")
+    if resp.status != 200 or "multipart" not in ctype:
+        data = resp.read()
+        return resp.status, None, None, json.loads(data) if data[:1] in (b"{", b"[") else {"raw": data}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import cgi  # what the module parses the answer with
+
+        fs = cgi.FieldStorage(fp=resp, environ={"REQUEST_METHOD": "POST"}, headers=resp.msg, keep_blank_values=True)
+    form, files = {}, {}
+    for f in fs.list:
+        if f.filename:
+            files[f.filename] = f.value
+        else:
+            form[f.name] = f.value
+    result = form.get("params") if files else form
+    result = json.loads(result) if isinstance(result, (str, bytes)) else result
+    name = next(iter(files), None)
+    return resp.status, name, files.get(name), result
+
+
+def click_params(info: dict, model: str, clicks: list[list[int]], segment: str = "lesion", **config) -> dict:
+    """The params of onClickDeepgrow for a 2-D model: clicks on the last clicked slice, the config, the slice."""
+    m = info["models"][model]
+    assert m["type"] in ("deepgrow", "deepedit")  # the module's click panel
+    slice_index = clicks[-1][2]
+    fg = [p for p in clicks if p[2] == slice_index] if slice_index else clicks
+    params = {"label": segment, "foreground": fg, "background": []}
+    params.update({k: v[0] if isinstance(v, list) else v for k, v in {**m["config"], **config}.items()})
+    if m.get("dimension", 3) == 2:
+        params["slice"] = slice_index
+    return params
+
+
+# ------------------------------------------------------------------------------------ reading the result
+
+
+def read_nrrd(data: bytes) -> tuple[dict, np.ndarray]:
+    """Header fields and the array (NRRD axis order, first axis fastest) of a gzip/raw NRRD."""
+    head, raw = data.split(b"\n\n", 1)
+    fields = {}
+    for line in head.decode().splitlines()[1:]:
+        if line.startswith("#"):
+            continue
+        key, _, value = line.partition(":=") if ":=" in line else line.partition(": ")
+        fields[key.strip()] = value.strip()
+    assert fields["type"] in ("unsigned char", "uchar", "uint8")
+    sizes = [int(v) for v in fields["sizes"].split()]
+    raw = gzip.decompress(raw) if fields.get("encoding") == "gzip" else raw
+    arr = np.frombuffer(raw, np.uint8).reshape(sizes[::-1]).transpose()
+    return fields, arr
+
+
+def nrrd_geometry(fields: dict) -> np.ndarray:
+    """The 4 x 4 voxel -> RAS affine of the spatial axes of a NRRD header (LPS space)."""
+    assert fields["space"] == "left-posterior-superior"
+    vecs = [v for v in re.findall(r"\(([^)]*)\)|none", fields["space directions"]) if v]
+    d = np.array([[float(x) for x in v.split(",")] for v in vecs]).T  # columns = axes
+    o = np.array([float(x) for x in re.findall(r"\(([^)]*)\)", fields["space origin"])[0].split(",")])
+    aff = np.eye(4)
+    aff[:3, :3], aff[:3, 3] = d, o
+    return np.diag([-1.0, -1.0, 1.0, 1.0]) @ aff
+
+
+# ------------------------------------------------------------------------------------ fixtures
+
+
+@pytest.fixture(scope="module")
+def volume_server(tmp_path_factory):
+    """A server on the shipped model with a 3-D CT volume (two lesions) and a 2-D slice in its studies folder."""
+    if not MODEL.is_file():
+        pytest.skip(f"{MODEL} does not exist (train the bundle)")
+    root = tmp_path_factory.mktemp("slicer")
+    studies = root / "studies"
+    studies.mkdir()
+    rng = np.random.default_rng(0)
+    vol = (-850.0 + 20 * rng.standard_normal((96, 80, 10))).astype(np.float32)
+    ii, jj = np.meshgrid(np.arange(96), np.arange(80), indexing="ij")
+    for k in range(2, 8):  # a round soft-tissue lesion of radius 6 mm across slices 2..7
+        vol[..., k][(ii - 40) ** 2 + (jj - 36) ** 2 <= (6 / 0.8) ** 2] = 40.0
+    affine = np.array([[-0.8, 0, 0, 40.0], [0, -0.8, 0, 30.0], [0, 0, 2.5, -60.0], [0, 0, 0, 1]])
+    nib.save(nib.Nifti1Image(vol, affine), str(studies / "chest.nii.gz"))
+    nib.save(nib.Nifti1Image(vol[..., 4], affine), str(studies / "slice.nii.gz"))
+    conf = {"model_path": MODEL, "network_config": CONFIG}
+    with running_server(root, str(studies), conf) as (url, log, startup_s):
+        import requests
+
+        info = requests.get(f"{url}/info/", timeout=30).json()
+        yield {"url": url, "info": info, "studies": studies, "root": root, "log": log, "affine": affine,
+               "startup_s": startup_s}
+
+
+@pytest.fixture(scope="module")
+def library():
+    from monai_probunet.inference import find_presence_threshold, load_model
+
+    network, settings = load_model(MODEL, CONFIG)
+    return network, settings, find_presence_threshold(MODEL)
+
+
+def library_hypotheses(library, image: Path, center, num_samples=16, seed=0):
+    from monai_probunet.inference import predict_hypotheses
+
+    network, settings, threshold = library
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return predict_hypotheses(image, center, network, spacing=settings["spacing"], roi_size=settings["roi_size"],
+                                  num_samples=num_samples, seed=seed, threshold=threshold,
+                                  hu_window=settings["hu_window"])
+
+
+# ------------------------------------------------------------------------------------ tests
+
+
+def test_info_puts_the_model_in_the_click_panel(volume_server):
+    info = volume_server["info"]
+    m = info["models"]["probunet"]
+    assert m["type"] == "deepgrow" and m["dimension"] == 2 and m["model_file_exists"]
+    # not in the "Auto Segmentation" panel (segmentation/detection types get no clicks)
+    assert [k for k, v in info["models"].items() if v["type"] in ("segmentation", "detection")] == []
+    assert {"num_samples", "seed", "hypotheses"} <= set(m["config"])
+    assert "warmed up" in volume_server["log"].read_text()
+
+
+def test_click_on_a_volume_as_slicer(volume_server, library):
+    """A foreground click on slice 5 of the volume: the label lands on that slice, as the library predicts, with
+    the image's geometry and a segment name carrying presence and ambiguity."""
+    url, info = volume_server["url"], volume_server["info"]
+    click = [40, 37, 5]
+    params = click_params(info, "probunet", [[10, 10, 2], click])  # an earlier click on another slice
+    assert params["foreground"] == [click] and params["slice"] == 5
+    status, name, data, result = slicer_infer(url, "probunet", "chest", params)
+    assert status == 200, result
+    assert name.endswith(".seg.nrrd") and result["center_source"] == "foreground[0]"
+    assert result["center_voxel"] == [40.0, 37.0, 5.0] and result["slice_index"] == 5
+
+    h = library_hypotheses(library, volume_server["studies"] / "chest.nii.gz", click)
+    assert h.threshold is not None  # the fitted presence threshold shipped beside the model
+    want, seg_name = expected_label(h)
+    assert result["presence_count"] == h.presence_count
+    assert result["label_names"] == {seg_name: 1}
+    assert seg_name.startswith("lesion p=" if want.any() else "no lesion p=")
+    assert ("ambiguous" in seg_name) == h.ambiguous
+    assert "label is empty iff count <=" in result["label_rule"]
+
+    # the module with the default file extension: sitk reads the file as a labelmap (here: ITK's NRRD reader)
+    import itk
+
+    path = volume_server["root"] / "result.seg.nrrd"
+    path.write_bytes(data)
+    lab = itk.imread(str(path))
+    src = itk.imread(str(volume_server["studies"] / "chest.nii.gz"))
+    np.testing.assert_allclose(np.asarray(lab.GetOrigin()), np.asarray(src.GetOrigin()), atol=1e-4)
+    np.testing.assert_allclose(np.asarray(lab.GetSpacing()), np.asarray(src.GetSpacing()), atol=1e-5)
+    np.testing.assert_allclose(itk.array_from_matrix(lab.GetDirection()), itk.array_from_matrix(src.GetDirection()),
+                               atol=1e-6)
+    arr = itk.array_view_from_image(lab).transpose()  # ITK: k, j, i
+    np.testing.assert_array_equal(arr, want)
+    assert not np.delete(arr, 5, axis=2).any()  # only the clicked slice
+
+    # the module with file extension .seg.nrrd: the segment name from the file
+    fields, arr2 = read_nrrd(data)
+    assert fields["Segment0_Name"] == seg_name and fields["Segment0_LabelValue"] == "1"
+    np.testing.assert_allclose(nrrd_geometry(fields), volume_server["affine"], atol=1e-5)
+    np.testing.assert_array_equal(arr2, want)
+
+
+def test_hypotheses_as_named_overlapping_segments(volume_server, library):
+    url, info = volume_server["url"], volume_server["info"]
+    click = [40, 36, 4]
+    status, name, data, result = slicer_infer(url, "probunet", "chest",
+                                              click_params(info, "probunet", [click], hypotheses=True))
+    assert status == 200, result
+    h = library_hypotheses(library, volume_server["studies"] / "chest.nii.gz", click)
+    fields, arr = read_nrrd(data)
+    assert arr.shape == (16, 96, 80, 10) and fields["kinds"] == "list domain domain domain"
+    np.testing.assert_array_equal(arr, h.labels)
+    rule = _load_app_module("label_rule")
+    want = rule.hypothesis_segment_names(h.variants, 16)
+    assert [fields[f"Segment{s}_Name"] for s in range(16)] == want
+    assert [fields[f"Segment{s}_Layer"] for s in range(16)] == [str(s) for s in range(16)]
+    assert result["label_names"] == {n: s + 1 for s, n in enumerate(want)}
+    assert re.fullmatch(r"h3 variant [A-Z]+ \d+/16( no lesion)?", want[3])
+
+
+def test_click_on_a_2d_slice(volume_server, library):
+    """Slicer shows a 2-D image as one slice: its clicks are [i, j, 0]."""
+    url, info = volume_server["url"], volume_server["info"]
+    status, _, data, result = slicer_infer(url, "probunet", "slice", click_params(info, "probunet", [[40, 36, 0]]))
+    assert status == 200, result
+    h = library_hypotheses(library, volume_server["studies"] / "slice.nii.gz", [40, 36])
+    want, seg_name = expected_label(h)
+    fields, arr = read_nrrd(data)
+    assert arr.shape == (96, 80, 1) and fields["Segment0_Name"] == seg_name
+    np.testing.assert_array_equal(arr[..., 0], want)
+
+
+def test_no_click_is_refused(volume_server):
+    """What the module sends for a 3-D 'update' without points, or a REST call without a centre: 400 + message."""
+    url, info = volume_server["url"], volume_server["info"]
+    params = click_params(info, "probunet", [[40, 36, 4]])
+    params["foreground"] = []
+    status, name, _, result = slicer_infer(url, "probunet", "chest", params)
+    assert status == 400 and name is None
+    assert "click the centre of the lesion" in result["detail"]
+
+
+def test_missing_model_is_said_at_start(tmp_path):
+    import requests
+
+    studies = tmp_path / "studies"
+    studies.mkdir()
+    nib.save(nib.Nifti1Image(np.full((32, 32), -800.0, np.float32), np.eye(4)), str(studies / "a.nii.gz"))
+    missing = tmp_path / "no_such_model.pt"
+    with running_server(tmp_path, str(studies), {"model_path": missing, "network_config": CONFIG}) as (url, log, _):
+        text = log.read_text()
+        assert f"model file {missing} does not exist" in text and "ERROR" in text
+        m = requests.get(f"{url}/info/", timeout=30).json()["models"]["probunet"]
+        assert m["model_file_exists"] is False and m["description"].startswith("UNAVAILABLE")
+        status, _, _, result = slicer_infer(url, "probunet", "a",
+                                            {"label": "lesion", "foreground": [[16, 16, 0]], "background": []})
+        assert status == 503 and "does not exist" in result["detail"]
+
+
+# ------------------------------------------------------------------------------------ DICOM via DICOMweb (Orthanc)
+
+ORTHANC_SCRIPT = REPO / "apps" / "monailabel" / "orthanc" / "start_orthanc.sh"
+
+
+def _orthanc_installed() -> bool:
+    import shutil
+
+    return bool(shutil.which("Orthanc") or Path("/usr/sbin/Orthanc").exists()) and bool(
+        list(Path("/usr/lib/orthanc").glob("libOrthancDicomWeb.so*")) if Path("/usr/lib/orthanc").is_dir() else [])
+
+
+@pytest.fixture(scope="module")
+def orthanc(tmp_path_factory):
+    """Orthanc + DICOMweb started by apps/monailabel/orthanc/start_orthanc.sh on a free loopback port."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    import requests
+
+    from tests.test_monailabel import _free_port
+
+    if not _orthanc_installed():
+        pytest.skip("Orthanc with its DICOMweb plugin is not installed: apt-get install -y orthanc orthanc-dicomweb")
+    work = tmp_path_factory.mktemp("orthanc")
+    port = _free_port()
+    log = open(work / "orthanc.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(["bash", str(ORTHANC_SCRIPT), str(work), str(port)], stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"Orthanc exited {proc.returncode}: {(work / 'orthanc.log').read_text()[-2000:]}")
+            try:
+                if requests.get(f"{url}/dicom-web/studies", timeout=2).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"Orthanc did not answer: {(work / 'orthanc.log').read_text()[-2000:]}")
+            time.sleep(0.3)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+
+
+def seg_to_grid(seg, shape: tuple, affine_ras: np.ndarray) -> dict[int, np.ndarray]:
+    """Read a DICOM SEG back onto a voxel grid (pydicom only): segment number -> ``shape`` uint8 volume, and the
+    number of grid voxels each frame pixel landed on exactly."""
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    iop = np.array([float(v) for v in shared.PlaneOrientationSequence[0].ImageOrientationPatient])
+    dr, dc = (float(v) for v in shared.PixelMeasuresSequence[0].PixelSpacing)
+    frames = seg.pixel_array.reshape(int(seg.NumberOfFrames), int(seg.Rows), int(seg.Columns))
+    inv = np.linalg.inv(affine_ras)
+    out: dict[int, np.ndarray] = {}
+    r, c = np.meshgrid(np.arange(int(seg.Rows)), np.arange(int(seg.Columns)), indexing="ij")
+    for f, item in enumerate(seg.PerFrameFunctionalGroupsSequence):
+        ipp = np.array([float(v) for v in item.PlanePositionSequence[0].ImagePositionPatient])
+        number = int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+        lps = ipp + c[..., None] * dc * iop[:3] + r[..., None] * dr * iop[3:]
+        vox = (lps * [-1.0, -1.0, 1.0]) @ inv[:3, :3].T + inv[:3, 3]
+        idx = np.rint(vox)
+        assert np.abs(vox - idx).max() < 1e-3  # SEG pixels sit exactly on the grid's voxel centres
+        idx = idx.astype(int)
+        vol = out.setdefault(number, np.zeros(shape, np.uint8))
+        vol[idx[..., 0], idx[..., 1], idx[..., 2]] = frames[f]
+    return out
+
+
+def test_dicomweb_series_to_dicom_seg(orthanc, tmp_path):
+    """A CT series stored in Orthanc, MONAI Label on --studies <orthanc>/dicom-web: a click answered as a DICOM SEG
+    of the series (read back voxel by voxel = the NIfTI answer on the same volume), and stored back in Orthanc."""
+    import sys
+
+    import pydicom
+    import requests
+
+    sys.path.insert(0, str(REPO / "apps" / "monailabel" / "orthanc"))
+    from make_ct_series import make_series, store
+
+    files = make_series(tmp_path / "series", slices=8, thickness=2.5, radius_mm=5.0, seed=1)
+    store(files, orthanc)
+    src = [pydicom.dcmread(str(f)) for f in files]
+    series_uid, study_uid = str(src[0].SeriesInstanceUID), str(src[0].StudyInstanceUID)
+    assert requests.get(f"{orthanc}/dicom-web/studies/{study_uid}/series", timeout=10).status_code == 200
+
+    root = tmp_path / "label"
+    root.mkdir()
+    conf = {"model_path": MODEL, "network_config": CONFIG}
+    with running_server(root, f"{orthanc}/dicom-web", conf) as (url, log, _):
+        # Slicer's "Next Sample": the series listed by QIDO-RS from Orthanc
+        nxt = requests.post(f"{url}/activelearning/first", json={"client_id": "user-xyz"}, timeout=120)
+        assert nxt.status_code == 200 and nxt.json()["id"] == series_uid, nxt.text
+        # the image as Slicer downloads it, and the click in its IJK: the lesion centre (row 64, column 56, slice 4)
+        r = requests.get(f"{url}/datastore/image", params={"image": series_uid}, timeout=120)
+        assert r.status_code == 200
+        (tmp_path / "image.nii.gz").write_bytes(r.content)
+        img = nib.load(str(tmp_path / "image.nii.gz"))
+        d4 = src[4]
+        iop = np.array([float(v) for v in d4.ImageOrientationPatient])
+        lps = np.array([float(v) for v in d4.ImagePositionPatient]) + 56 * float(d4.PixelSpacing[1]) * iop[:3] \
+            + 64 * float(d4.PixelSpacing[0]) * iop[3:]
+        ijk = np.linalg.inv(img.affine) @ np.r_[lps * [-1, -1, 1], 1.0]
+        click = [int(round(v)) for v in ijk[:3]]
+        params = {"foreground": [click], "background": [], "label": "lesion", "num_samples": 16, "seed": 0}
+
+        r_nii = requests.post(f"{url}/infer/probunet", params={"image": series_uid, "output": "all"},
+                              data={"params": json.dumps({**params, "result_extension": ".nii.gz"})}, timeout=300)
+        assert r_nii.status_code == 200, r_nii.text
+        from tests.test_monailabel import _multipart
+
+        parts = _multipart(r_nii)
+        (tmp_path / "label.nii.gz").write_bytes(parts["image"])
+        lab = nib.load(str(tmp_path / "label.nii.gz"))
+        label = np.asarray(lab.dataobj).astype(np.uint8)
+        np.testing.assert_allclose(lab.affine, img.affine, atol=1e-4)
+        result = json.loads(parts["params"])
+        assert label.any() and result["label_shows_lesion"]  # the lesion is found at the click
+
+        r_seg = requests.post(f"{url}/infer/probunet", params={"image": series_uid, "output": "dicom_seg"},
+                              data={"params": json.dumps(params)}, timeout=300)
+        assert r_seg.status_code == 200, r_seg.text
+        (tmp_path / "seg.dcm").write_bytes(r_seg.content)
+        seg = pydicom.dcmread(str(tmp_path / "seg.dcm"))
+        assert seg.Modality == "SEG" and seg.StudyInstanceUID == study_uid
+        assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == series_uid
+        assert seg.FrameOfReferenceUID == src[0].FrameOfReferenceUID and seg.PatientID == src[0].PatientID
+        assert int(seg.NumberOfFrames) == len(src)
+        assert [s.SegmentLabel for s in seg.SegmentSequence] == list(result["label_names"])
+        back = seg_to_grid(seg, label.shape, img.affine)
+        assert list(back) == [1]
+        np.testing.assert_array_equal(back[1], label)  # voxel by voxel: the SEG = the NIfTI answer
+
+        # stored back in Orthanc as a new SEG series of the same study
+        r_store = requests.post(f"{url}/infer/probunet", params={"image": series_uid, "output": "json"},
+                                data={"params": json.dumps({**params, "store_dicom_seg": True})}, timeout=300)
+        assert r_store.status_code == 200, r_store.text
+        stored = r_store.json()["dicom_seg"]
+        assert stored["stored_to"].endswith("/dicom-web") and stored["ReferencedSeriesInstanceUID"] == series_uid
+        series = requests.get(f"{orthanc}/dicom-web/studies/{study_uid}/series", timeout=10).json()
+        uids = {s["0020000E"]["Value"][0]: s.get("00080060", {}).get("Value", [""])[0] for s in series}
+        assert uids.get(stored["SeriesInstanceUID"]) == "SEG"
