@@ -1,56 +1,49 @@
-"""Latency of 16 hypotheses vs 1 hypothesis for one 128x128 image (issue #2 benchmark).
+"""Latency of 16 hypotheses vs 1 for one 128x128 image, ours and the plain reference port side by side.
 
-The U-Net and the prior run once; f_comb's first 1x1 convolution is split into a per-image feature part and a
-per-sample latent offset, so extra samples only cost two small 1x1 convolutions each. The popular PyTorch port
-takes 1.67x (103 ms vs 62 ms on this CPU) because it reruns f_comb on concatenated inputs per sample.
+Ours runs the U-Net and the prior once and evaluates f_comb's first 1x1 convolution as a per-image feature part plus
+a per-sample latent offset, batched over all samples; the reference (``benchmarks/train_speed.py``'s
+``RefProbUNet``, a straightforward port) loops over the samples in Python and reruns f_comb on the concatenated
+features and tiled latent each time. Both are timed in this run, interleaved.
 
-    python benchmarks/sample_latency.py [--repeats 30]
-    python benchmarks/sample_latency.py --fcomb-channels 128   # f_comb as wide as the bundle default's
+    python benchmarks/sample_latency.py [--rounds 5] [--fcomb-channels 128]
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
+from train_speed import FILTERS, LATENT, RefProbUNet, interleaved, sampler
 
-from monai_probunet.engines import autocast_context, resolve_precision
+from monai_probunet.engines.precision import cpu_bf16_flags, cpu_model_name
 from monai_probunet.networks import ProbUNet
-
-PORT_RATIO = 1.67
-
-
-def latency_ms(net: ProbUNet, image: torch.Tensor, num_samples: int, precision: str, repeats: int) -> float:
-    times = []
-    with torch.inference_mode(), autocast_context(precision, "cpu"):
-        for i in range(repeats + 3):
-            t0 = time.perf_counter()
-            net.sample(image, num_samples)
-            if i >= 3:
-                times.append(time.perf_counter() - t0)
-    return 1000 * statistics.median(times)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=30)
-    parser.add_argument("--fcomb-channels", type=int, default=None, help="f_comb width (default: 32, the paper's)")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=5, help="calls per round and variant")
+    parser.add_argument("--fcomb-channels", type=int, default=None, help="ours' f_comb width (default 32, the paper's)")
     args = parser.parse_args()
+    flags = cpu_bf16_flags()
+    print(f"CPU: {cpu_model_name()}; native bf16: {'yes' if flags else 'no'}; threads {torch.get_num_threads()}")
     torch.manual_seed(0)
-    net = ProbUNet(2, 1, 2, channels=(32, 64, 128, 192), latent_dim=6, fcomb_channels=args.fcomb_channels).eval()
-    image = torch.rand(1, 1, 128, 128)
-    precisions = ["fp32"] + (["bf16"] if resolve_precision("auto", "cpu") == "bf16" else [])
-    for precision in precisions:
-        # interleave 1 and 16 so drift in machine load hits both alike
-        one, sixteen = [], []
-        for _ in range(3):
-            one.append(latency_ms(net, image, 1, precision, args.repeats // 3))
-            sixteen.append(latency_ms(net, image, 16, precision, args.repeats // 3))
-        t1, t16 = statistics.median(one), statistics.median(sixteen)
-        print(f"{precision}: 1 hypothesis {t1:6.1f} ms, 16 hypotheses {t16:6.1f} ms, ratio {t16 / t1:.2f}x "
-              f"(port {PORT_RATIO}x, target <= 1.15x)")
+    ref = RefProbUNet().eval()
+    ours = ProbUNet(2, 1, 2, channels=FILTERS, latent_dim=LATENT, fcomb_channels=args.fcomb_channels).eval()
+    for precision in ["fp32"] + (["bf16"] if flags else []):
+        fns = {
+            (name, s): sampler(net, s, precision, name == "ours")
+            for s in (1, 16)
+            for name, net in (("reference", ref), ("ours", ours))
+        }
+        t = interleaved(fns, args.rounds, args.repeats)
+        ms = {k: 1000 * statistics.median(v) for k, v in t.items()}
+        for name in ("reference", "ours"):
+            print(f"{precision} {name:9s}: 1 hypothesis {ms[name, 1]:7.1f} ms, 16 hypotheses {ms[name, 16]:7.1f} ms, "
+                  f"16 vs 1 {ms[name, 16] / ms[name, 1]:.2f}x")  # fmt: skip
+        print(f"{precision} ours/reference speed: {ms['reference', 1] / ms['ours', 1]:.2f}x at 1, "
+              f"{ms['reference', 16] / ms['ours', 16]:.2f}x at 16 hypotheses")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -1,39 +1,173 @@
-"""Training throughput (images/s) at 128x128, batch 8, channels 32-64-128-192, latent 6 (issue #2 benchmark).
+"""Training and sampling speed of ProbUNet against a plain reference port, side by side in one process.
 
-Side by side in one run: the same ProbUNet training step in plain fp32 / channels-first (what a straightforward
-PyTorch port does), and with bf16 autocast (fp32 master weights) and/or the channels_last memory format.
-The reference port itself cannot be run here (no downloads); its published figure on this CPU is quoted.
+Every figure printed is measured in this run. The reference is written here the way a straightforward PyTorch port
+of the paper's model does it: plain 3x3 convolutions + ReLU (no normalisation), 2x2 average pooling, bilinear
+up-sampling, the latent tiled to the image grid and concatenated to the U-Net's features, f_comb's 1x1
+convolutions, a binary mask with a summed BCE, and sampling by a Python loop over the samples. Both networks have
+the paper's LIDC architecture: 128x128 crops, batch 8, filters 32-64-128-192, 3 convolutions per scale, latent 6,
+f_comb 3 x 1x1 of width 32. Ours is the default ``ProbUNet`` (instance norm) driven by ``ProbUNetTrainer``'s own
+training step, with the memory format the trainer picks on this machine (``channels_last="auto"``).
 
-    python benchmarks/train_speed.py [--iterations 12] [--threads 2]
+The timings of the two are interleaved (rounds of ``--iterations`` steps each, alternating) so that load from other
+processes hits both alike; the spread of the per-round ratios is printed as the noise.
+
+    python benchmarks/train_speed.py                 # fp32, and bf16 autocast where the CPU has native bf16
+    python benchmarks/train_speed.py --rounds 5 --iterations 3 --threads 2
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
+from collections.abc import Callable
 
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
 from monai.engines import PrepareBatchExtraInput
+from torch.distributions import Independent, Normal, kl_divergence
 
-from monai_probunet.engines import ProbUNetTrainer
-from monai_probunet.engines.precision import resolve_precision
+from monai_probunet.engines import ProbUNetTrainer, autocast_context
+from monai_probunet.engines.precision import cpu_bf16_flags, cpu_model_name
 from monai_probunet.losses import ELBOLoss
 from monai_probunet.networks import ProbUNet
 
-PORT_IMAGES_PER_S = 3.7  # the popular PyTorch port on this 2-core CPU, fp32 (figure quoted in issue #2)
+FILTERS = (32, 64, 128, 192)
+LATENT = 6
+SIZE = 128
+BATCH = 8
 
 
-def measure(precision: str, channels_last: bool, iterations: int, warmup: int = 3) -> float:
+# --------------------------------------------------------------------------------------------------------------------
+# the reference: a straightforward port
+
+
+def _conv_stack(in_ch: int, out_ch: int, pool: bool) -> nn.Sequential:
+    layers: list[nn.Module] = [nn.AvgPool2d(2, 2, ceil_mode=True)] if pool else []
+    for i in range(3):
+        layers += [nn.Conv2d(in_ch if i == 0 else out_ch, out_ch, 3, padding=1), nn.ReLU(inplace=True)]
+    return nn.Sequential(*layers)
+
+
+class RefEncoder(nn.Module):
+    def __init__(self, in_ch: int) -> None:
+        super().__init__()
+        chans = (in_ch, *FILTERS)
+        self.blocks = nn.ModuleList(_conv_stack(chans[i], chans[i + 1], pool=i > 0) for i in range(len(FILTERS)))
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        feats = []
+        for block in self.blocks:
+            x = block(x)
+            feats.append(x)
+        return feats
+
+
+class RefUNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder = RefEncoder(1)
+        self.up = nn.ModuleList(
+            _conv_stack(FILTERS[i + 1] + FILTERS[i], FILTERS[i], pool=False) for i in range(len(FILTERS) - 1)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feats = self.encoder(x)
+        x = feats[-1]
+        for i in range(len(FILTERS) - 2, -1, -1):
+            x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)
+            x = self.up[i](torch.cat([x, feats[i]], 1))
+        return x
+
+
+class RefGaussian(nn.Module):
+    def __init__(self, in_ch: int) -> None:
+        super().__init__()
+        self.encoder = RefEncoder(in_ch)
+        self.head = nn.Conv2d(FILTERS[-1], 2 * LATENT, 1)
+
+    def forward(self, x: torch.Tensor) -> Independent:
+        h = self.encoder(x)[-1]
+        h = torch.mean(torch.mean(h, dim=2, keepdim=True), dim=3, keepdim=True)
+        out = self.head(h).squeeze(-1).squeeze(-1).float()
+        return Independent(Normal(out[:, :LATENT], torch.exp(out[:, LATENT:])), 1)
+
+
+class RefFComb(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(
+            nn.Conv2d(FILTERS[0] + LATENT, FILTERS[0], 1), nn.ReLU(inplace=True),
+            nn.Conv2d(FILTERS[0], FILTERS[0], 1), nn.ReLU(inplace=True),
+            nn.Conv2d(FILTERS[0], 1, 1),
+        )  # fmt: skip
+
+    def forward(self, features: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        tiled = z[:, :, None, None].expand(-1, -1, *features.shape[2:]).to(features.dtype)
+        return self.layers(torch.cat([features, tiled], 1))
+
+
+class RefProbUNet(nn.Module):
+    """The paper's model as a straightforward port writes it (binary output, summed BCE + KL)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.unet = RefUNet()
+        self.prior = RefGaussian(1)
+        self.posterior = RefGaussian(2)
+        self.fcomb = RefFComb()
+
+    def loss(self, image: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
+        q = self.posterior(torch.cat([image, seg], 1))
+        p = self.prior(image)
+        features = self.unet(image)
+        logits = self.fcomb(features, q.rsample())
+        bce = F.binary_cross_entropy_with_logits(logits.float(), seg, reduction="sum")
+        return (bce + kl_divergence(q, p).sum()) / image.shape[0]
+
+    @torch.no_grad()
+    def sample(self, image: torch.Tensor, num_samples: int) -> list[torch.Tensor]:
+        p = self.prior(image)
+        features = self.unet(image)
+        return [self.fcomb(features, p.sample()) for _ in range(num_samples)]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# timed steps
+
+
+def _batch() -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    image = torch.rand(BATCH, 1, SIZE, SIZE, generator=g)
+    label = (torch.rand(BATCH, 1, SIZE, SIZE, generator=g) > 0.7).float()
+    return {"image": image, "label": label}
+
+
+def reference_step(precision: str) -> Callable[[], None]:
     torch.manual_seed(0)
-    net = ProbUNet(2, 1, 2, channels=(32, 64, 128, 192), latent_dim=6)
-    batch = [
-        {"image": torch.rand(8, 1, 128, 128), "label": (torch.rand(8, 1, 128, 128) > 0.7).float()}
-    ] * (warmup + iterations)
-    times: list[float] = []
+    net = RefProbUNet()
+    opt = torch.optim.Adam(net.parameters(), lr=1e-4)
+    batch = _batch()
+
+    def step() -> None:
+        opt.zero_grad()
+        with autocast_context(precision, "cpu"):
+            loss = net.loss(batch["image"], batch["label"])
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def our_step(precision: str, channels_last: bool | str) -> tuple[Callable[[], None], bool]:
+    torch.manual_seed(0)
+    net = ProbUNet(2, 1, 2, channels=FILTERS, latent_dim=LATENT)
+    batch = _batch()
     trainer = ProbUNetTrainer(
         device=torch.device("cpu"),
         max_epochs=1,
-        train_data_loader=batch,
+        train_data_loader=[batch],
         network=net,
         optimizer=torch.optim.Adam(net.parameters(), lr=1e-4),
         loss_function=ELBOLoss(),
@@ -42,34 +176,101 @@ def measure(precision: str, channels_last: bool, iterations: int, warmup: int = 
         precision=precision,
         channels_last=channels_last,
     )
-    from ignite.engine import Events
+    return (lambda: trainer._iteration(trainer, batch)), bool(trainer.channels_last)
 
-    trainer.add_event_handler(Events.ITERATION_STARTED, lambda e: times.append(time.perf_counter()))
-    trainer.add_event_handler(Events.COMPLETED, lambda e: times.append(time.perf_counter()))
-    trainer.run()
-    elapsed = times[-1] - times[warmup]
-    return 8 * iterations / elapsed
+
+def sampler(net: nn.Module, num_samples: int, precision: str, ours: bool) -> Callable[[], None]:
+    image = _batch()["image"][:1]
+    gen = torch.Generator().manual_seed(0)
+
+    def run() -> None:
+        with torch.inference_mode(), autocast_context(precision, "cpu"):
+            if ours:
+                net.sample(image, num_samples, generator=gen)
+            else:
+                net.sample(image, num_samples)
+
+    return run
+
+
+def interleaved(fns: dict[str, Callable[[], None]], rounds: int, iterations: int) -> dict[str, list[float]]:
+    """Seconds per call of each function, one median per round; the functions alternate within each round."""
+    for fn in fns.values():  # warm-up (allocator, oneDNN primitive caches)
+        fn()
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for r in range(rounds):
+        order = list(fns) if r % 2 == 0 else list(reversed(fns))
+        for k in order:
+            per = []
+            for _ in range(iterations):
+                t0 = time.perf_counter()
+                fns[k]()
+                per.append(time.perf_counter() - t0)
+            times[k].append(statistics.median(per))
+    return times
+
+
+def _ratio_line(name: str, ours: list[float], ref: list[float], unit: float = 1.0) -> str:
+    ratios = [r / o for o, r in zip(ours, ref)]
+    return (
+        f"{name}: ours/reference speed {statistics.median(ratios):.2f}x "
+        f"(rounds {min(ratios):.2f}-{max(ratios):.2f})"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--iterations", type=int, default=12)
+    parser.add_argument("--rounds", type=int, default=4, help="alternating rounds (noise = spread over rounds)")
+    parser.add_argument("--iterations", type=int, default=3, help="training steps per round and network")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--channels-last", default="auto", choices=("auto", "true", "false"), help="ours' format")
+    parser.add_argument("--skip-sampling", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"threads={args.threads}  precision='auto' resolves to {resolve_precision('auto', 'cpu')} on this CPU")
-    results = {}
-    for precision, channels_last in (("fp32", False), ("bf16", False), ("fp32", True), ("bf16", True)):
-        if precision == "bf16" and resolve_precision("auto", "cpu") != "bf16":
-            continue  # emulated bf16 is slow and not what the trainer would pick
-        results[(precision, channels_last)] = speed = measure(precision, channels_last, args.iterations)
-        layout = "channels_last" if channels_last else "channels-first"
-        print(f"{precision:5s} {layout:15s} {speed:6.2f} images/s   {speed / PORT_IMAGES_PER_S:5.2f}x the port's "
-              f"{PORT_IMAGES_PER_S} images/s")
-    base = results[("fp32", False)]
-    best = max(results, key=results.get)
-    print(f"fastest: {best[0]} {'channels_last' if best[1] else 'channels-first'}: {results[best] / base:.2f}x fp32 "
-          f"channels-first in this run; {results[best] / PORT_IMAGES_PER_S:.2f}x the port (target >= 2x)")
+    flags = cpu_bf16_flags()
+    print(f"CPU: {cpu_model_name()}; native bf16: {'yes (' + '/'.join(flags) + ')' if flags else 'no'}; "
+          f"threads {args.threads}; torch {torch.__version__}")  # fmt: skip
+    print(f"architecture: {SIZE}x{SIZE}, batch {BATCH}, filters {'-'.join(map(str, FILTERS))}, latent {LATENT}")
+    cl = {"auto": "auto", "true": True, "false": False}[args.channels_last]
+    precisions = ["fp32"] + (["bf16"] if flags else [])
+    ref32 = reference_step("fp32")
+    steps: dict[str, Callable[[], None]] = {"reference fp32": ref32}
+    for precision in precisions:
+        step, used_cl = our_step(precision, cl)
+        steps[f"ours {precision} ({'channels_last' if used_cl else 'channels-first'})"] = step
+    if flags:
+        steps["reference bf16"] = reference_step("bf16")
+    times = interleaved(steps, args.rounds, args.iterations)
+    print("\ntraining step (images/s; median over rounds, min-max in brackets)")
+    for k, t in times.items():
+        ips = [BATCH / s for s in t]
+        print(f"  {k:34s} {statistics.median(ips):6.2f} images/s ({min(ips):.2f}-{max(ips):.2f})")
+    ref = times["reference fp32"]
+    for k, t in times.items():
+        if k != "reference fp32":
+            print("  " + _ratio_line(f"{k} vs reference fp32", t, ref))
+    if args.skip_sampling:
+        return
+    print("\nsampling one 128x128 image, 1 vs 16 hypotheses (ms; median over rounds)")
+    torch.manual_seed(0)
+    ref_net = RefProbUNet().eval()
+    our_net = ProbUNet(2, 1, 2, channels=FILTERS, latent_dim=LATENT).eval()
+    for precision in precisions:
+        fns = {
+            "reference 1": sampler(ref_net, 1, precision, False),
+            "ours 1": sampler(our_net, 1, precision, True),
+            "reference 16": sampler(ref_net, 16, precision, False),
+            "ours 16": sampler(our_net, 16, precision, True),
+        }
+        t = interleaved(fns, args.rounds, 5)
+        med = {k: 1000 * statistics.median(v) for k, v in t.items()}
+        print(
+            f"  {precision}: reference {med['reference 1']:.1f} / {med['reference 16']:.1f} ms "
+            f"(16 vs 1: {med['reference 16'] / med['reference 1']:.2f}x); ours {med['ours 1']:.1f} / "
+            f"{med['ours 16']:.1f} ms (16 vs 1: {med['ours 16'] / med['ours 1']:.2f}x); ours/reference speed at 16: "
+            f"{med['reference 16'] / med['ours 16']:.2f}x"
+        )
 
 
 if __name__ == "__main__":
