@@ -5,7 +5,20 @@ from __future__ import annotations
 import pytest
 import torch
 
-from monai_probunet.metrics import GeneralizedEnergyDistanceMetric, generalized_energy_distance, pairwise_iou_distance
+from ignite.engine import Engine
+from monai.bundle import ConfigParser
+
+from monai_probunet.engines import GeneralizedEnergyDistance
+from monai_probunet.metrics import (
+    GED_TERMS,
+    GeneralizedEnergyDistanceMetric,
+    generalized_energy_distance,
+    joint_iou_distance,
+    pairwise_iou_distance,
+)
+from monai_probunet.metrics import distances
+
+from .conftest import REPO
 
 A = torch.tensor([[1, 1], [0, 0]])
 B = torch.tensor([[1, 0], [0, 0]])
@@ -80,3 +93,164 @@ def test_cumulative_metric_aggregates_and_resets():
 def test_shape_mismatch_is_a_clear_error():
     with pytest.raises(ValueError, match="spatial shape"):
         generalized_energy_distance(torch.zeros(1, 2, 4, 4), torch.zeros(1, 2, 5, 5))
+
+
+# ------------------------------------------------------------------------------ the fast path against a per-pair loop
+
+
+def _reference_distance(x: torch.Tensor, y: torch.Tensor, classes) -> torch.Tensor:
+    """Per-pair, per-class loop: the definition of ``1 - mean_c IoU_c`` (classes absent from both left out)."""
+    out = torch.zeros(x.shape[0], x.shape[1], y.shape[1], dtype=torch.float64)
+    for b in range(x.shape[0]):
+        for i in range(x.shape[1]):
+            for j in range(y.shape[1]):
+                ious = []
+                for c in classes:
+                    u, v = x[b, i] == c, y[b, j] == c
+                    union = int((u | v).sum())
+                    if union:
+                        ious.append(int((u & v).sum()) / union)
+                out[b, i, j] = 1.0 - sum(ious) / len(ious) if ious else 0.0
+    return out
+
+
+def _reference_ged(samples, targets, weights=None, classes=(1,)):
+    joint = torch.cat([samples.to(targets.dtype), targets], 1)
+    d = _reference_distance(joint, joint, classes)
+    n = samples.shape[1]
+    d_ss, d_sy, d_yy = d[:, :n, :n].mean((1, 2)), d[:, :n, n:], d[:, n:, n:]
+    if weights is None:
+        e_sy, e_yy = d_sy.mean((1, 2)), d_yy.mean((1, 2))
+    else:
+        w = weights.double()
+        e_sy, e_yy = (d_sy * w[:, None]).sum(2).mean(1), torch.einsum("ba,bac,bc->b", w, d_yy, w)
+    return 2 * e_sy - d_ss - e_yy, e_sy, d_ss, e_yy
+
+
+def _random_maps(g, shape, values, dtype, p_empty=0.3):
+    """Label maps with values drawn from ``values``; about ``p_empty`` of the maps all 0 (empty masks)."""
+    vals = torch.as_tensor(values)
+    maps = vals[torch.randint(0, len(values), shape, generator=g)]
+    empty = torch.rand(shape[:2], generator=g) < p_empty
+    maps[empty] = 0
+    return maps.to(dtype)
+
+
+CASES = [  # (spatial shape, label values incl. an ignore label, classes, dtype)
+    ((8, 8), (0, 1), (1,), torch.bool),
+    ((13, 11), (0, 1), (1,), torch.bool),  # pixels not a multiple of 64: padded words
+    ((130, 70), (0, 1), (1,), torch.uint8),
+    ((9, 10), (0, 1, 2, 3, 255), (0, 1, 2, 3), torch.long),  # multi-class with ignore pixels
+    ((4, 5, 6), (0, 1, 2, 255), (1, 2), torch.int32),  # 3-D
+    ((16, 16), (0.0, 1.0, 2.0), (1, 2), torch.float32),
+]
+
+
+@pytest.mark.parametrize("spatial, values, classes, dtype", CASES)
+def test_distances_match_a_per_pair_loop(spatial, values, classes, dtype):
+    g = torch.Generator().manual_seed(1)
+    x = _random_maps(g, (3, 5, *spatial), values, dtype)
+    y = _random_maps(g, (3, 4, *spatial), values, dtype)
+    x[0, 0] = 0  # the first image: one empty map, and a map equal to a grader's
+    x[0, 1] = y[0, 2]
+    torch.testing.assert_close(pairwise_iou_distance(x, y, classes).double(), _reference_distance(x, y, classes),
+                               atol=1e-6, rtol=0)
+    torch.testing.assert_close(pairwise_iou_distance(x, None, classes).double(), _reference_distance(x, x, classes),
+                               atol=1e-6, rtol=0)
+    torch.testing.assert_close(pairwise_iou_distance(y, x, classes).double(), _reference_distance(y, x, classes),
+                               atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("spatial, values, classes, dtype", CASES)
+def test_ged_eq6_and_eq7_match_a_per_pair_loop(spatial, values, classes, dtype):
+    g = torch.Generator().manual_seed(2)
+    s = _random_maps(g, (4, 6, *spatial), values, dtype)
+    y = _random_maps(g, (4, 3, *spatial), values, dtype)
+    w = torch.rand(4, 3, generator=g)
+    w = w / w.sum(1, keepdim=True)
+    for weights in (None, w):
+        got = generalized_energy_distance(s, y, weights, classes)
+        for a, b in zip(got, _reference_ged(s, y, weights, classes)):
+            torch.testing.assert_close(a.double(), b, atol=1e-6, rtol=0)
+
+
+def test_bit_path_equals_the_onehot_gram_path_exactly(monkeypatch):
+    """The CPU bit path gives the same float32 distances as the one-hot matrix product (the GPU path), bit for bit,
+    with the popcount table (numpy < 2), with one image per chunk and with several threads."""
+    g = torch.Generator().manual_seed(3)
+    x = _random_maps(g, (9, 7, 33, 31), (0, 1, 2, 255), torch.long)
+    y = _random_maps(g, (9, 3, 33, 31), (0, 1, 2, 255), torch.long)
+    onehot = distances.iou_distance_from_counts(*distances._onehot_counts(x, y, (1, 2)))
+    gram = distances.iou_distance_from_counts(*distances._onehot_counts(x, None, (1, 2)))
+    assert torch.equal(pairwise_iou_distance(x, y, (1, 2)), onehot)
+    assert torch.equal(pairwise_iou_distance(x, None, (1, 2)), gram)
+    monkeypatch.setattr(distances, "_HAS_BITWISE_COUNT", False)
+    monkeypatch.setattr(distances, "_FIXED_CHUNK", 1)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert torch.equal(pairwise_iou_distance(x, y, (1, 2)), onehot)
+        assert torch.equal(pairwise_iou_distance(x, None, (1, 2)), gram)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_joint_distance_is_the_gram_of_the_concatenation():
+    g = torch.Generator().manual_seed(4)
+    s = _random_maps(g, (3, 5, 20, 20), (0, 1), torch.bool)
+    y = _random_maps(g, (3, 2, 20, 20), (0, 1), torch.bool)
+    m = _random_maps(g, (3, 4, 20, 20), (0, 1), torch.bool)
+    joint = torch.cat([s, y, m], 1)
+    assert torch.equal(joint_iou_distance([s, y, m]), pairwise_iou_distance(joint))
+    with pytest.raises(ValueError, match="spatial shape"):
+        joint_iou_distance([s, torch.zeros(3, 2, 21, 20, dtype=torch.bool)])
+
+
+# ------------------------------------------------------------------------------ validation handlers share one metric
+
+
+def _run_validation(handlers: dict, batches: list) -> Engine:
+    engine = Engine(lambda e, batch: batch)
+    for name, handler in handlers.items():
+        handler.attach(engine, name)
+    engine.run(batches, max_epochs=1)
+    return engine
+
+
+def test_term_handlers_read_the_source_and_compute_nothing():
+    g = torch.Generator().manual_seed(5)
+    batches = [(_random_maps(g, (3, 6, 16, 16), (0, 1), torch.long), _random_maps(g, (3, 4, 16, 16), (0, 1), torch.long))
+               for _ in range(2)]
+    ged = GeneralizedEnergyDistance()
+    handlers = {"val_ged": ged, **{f"val_{t}": GeneralizedEnergyDistance(term=t, source=ged) for t in GED_TERMS[1:]}}
+    engine = _run_validation(handlers, batches)
+    terms = generalized_energy_distance(torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches]))
+    for t in GED_TERMS:
+        assert engine.state.metrics[f"val_{t}"] == pytest.approx(getattr(terms, t).mean().item(), abs=1e-6)
+        assert engine.state.metric_details[f"val_{t}"].shape == (6, 4)
+    for t in GED_TERMS[1:]:
+        buffer = handlers[f"val_{t}"].metric_fn.get_buffer()
+        assert buffer is None or buffer.numel() == 0  # never computed its own distances
+    # a second run starts from an empty buffer
+    engine.run(batches[:1], max_epochs=1)
+    assert engine.state.metrics["val_d_sy"] == pytest.approx(terms.d_sy[:3].mean().item(), abs=1e-6)
+
+
+def test_term_handler_refuses_other_classes():
+    ged = GeneralizedEnergyDistance(classes=(1, 2))
+    assert GeneralizedEnergyDistance(term="d_ss", source=ged).metric_fn.classes == (1, 2)
+    assert GeneralizedEnergyDistance(term="d_ss", classes=[1, 2], source=ged).source is ged
+    with pytest.raises(ValueError, match="differ from the source"):
+        GeneralizedEnergyDistance(term="d_ss", classes=(1,), source=ged)
+    with pytest.raises(ValueError, match="term must be one of"):
+        GeneralizedEnergyDistance(term="ged2")
+
+
+@pytest.mark.parametrize("overrides", [[], ["scenes32.yaml"]])
+def test_bundle_validation_computes_ged_once(overrides):
+    parser = ConfigParser()
+    parser.read_config([str(REPO / "bundle/configs" / f) for f in ["train.yaml", *overrides]])
+    key = parser.get_parsed_content("validate#key_metric#val_ged")
+    extra = parser.get_parsed_content("validate#additional_metrics")
+    assert sorted(extra) == ["val_d_ss", "val_d_sy", "val_d_yy"]
+    assert all(h.source is key and h.metric_fn.classes == key.metric_fn.classes for h in extra.values())

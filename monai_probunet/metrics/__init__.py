@@ -1,4 +1,4 @@
-from .distances import class_counts, pairwise_iou_distance
+from .distances import class_counts, iou_distance_from_counts, joint_iou_distance, pairwise_iou_distance
 from .ged import GED_TERMS, GEDTerms, GeneralizedEnergyDistanceMetric, generalized_energy_distance
 from .matched_iou import hungarian_matched_iou, sample_diversity
 from .oracle import sample_modes
@@ -21,6 +21,8 @@ __all__ = [
     "fit_presence_threshold",
     "generalized_energy_distance",
     "hungarian_matched_iou",
+    "iou_distance_from_counts",
+    "joint_iou_distance",
     "lesion_presence_counts",
     "pairwise_iou_distance",
     "presence_ambiguity",

@@ -8,7 +8,7 @@ from typing import NamedTuple
 import torch
 from monai.metrics import CumulativeIterationMetric
 
-from .distances import pairwise_iou_distance
+from .distances import joint_iou_distance
 
 __all__ = ["GEDTerms", "generalized_energy_distance", "GeneralizedEnergyDistanceMetric", "GED_TERMS"]
 
@@ -53,8 +53,7 @@ def generalized_energy_distance(
         )
     n = samples.shape[1]
     # one Gram matrix over the joint set [samples; targets] gives all three distance blocks in a single pass
-    joint = torch.cat([samples.to(targets.dtype) if samples.dtype != targets.dtype else samples, targets], dim=1)
-    d = pairwise_iou_distance(joint, None, classes)
+    d = joint_iou_distance([samples.to(targets.dtype), targets], classes)
     d_ss, d_sy, d_yy = d[:, :n, :n], d[:, :n, n:], d[:, n:, n:]
     if target_weights is None:
         e_sy, e_yy = d_sy.mean(dim=(1, 2)), d_yy.mean(dim=(1, 2))
