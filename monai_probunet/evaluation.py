@@ -49,9 +49,10 @@ from torch.utils.data import DataLoader
 
 from .data.disk_format import load_datalist
 from .engines.precision import autocast_context
-from .io_utils import atomic_write_json, atomic_write_text
+from .io_utils import atomic_write_json, atomic_write_text, load_network_weights
 from .metrics.calibration import mask_ignored
 from .metrics.oracle import ORACLE
+from .metrics.presence import load_presence_threshold
 from .metrics import (
     PresenceThreshold,
     bootstrap_ci,
@@ -682,28 +683,6 @@ def save_presence_threshold(threshold: PresenceThreshold, path: str | Path, **ex
     return atomic_write_json(path, data)
 
 
-def load_presence_threshold(path: str | Path) -> PresenceThreshold:
-    """Read a ``presence_threshold.json`` written by :func:`save_presence_threshold`."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"presence threshold file {path} does not exist (written by the evaluation run).")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"presence threshold file {path} is not valid JSON: {e}") from e
-    except OSError as e:
-        raise ValueError(f"presence threshold file {path} cannot be read: {e}") from e
-    if not isinstance(data, dict):
-        raise ValueError(
-            f"presence threshold file {path} holds a JSON {type(data).__name__}, expected an object with low, high, "
-            "accuracy, num_samples."
-        )
-    try:
-        return PresenceThreshold.from_dict(data)
-    except (ValueError, TypeError) as e:
-        raise ValueError(f"{path}: {e}") from e
-
-
 # --------------------------------------------------------------------------------------------- writers
 
 
@@ -742,36 +721,6 @@ def write_summary_json(summary: Mapping[str, Any], path: str | Path) -> Path:
 
 
 # --------------------------------------------------------------------------------------------- bundle entry
-
-
-def load_network_weights(network: nn.Module, path: str | Path) -> nn.Module:
-    """Load a state dict (``model.pt``, or a checkpoint dict holding it under ``"model"``) with ``weights_only``."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"checkpoint {path} does not exist: train first (run id `training`) or set --ckpt_path / --ckpt_dir."
-        )
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 -- empty, truncated, corrupt or unsafe pickles raise many types
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise ValueError(
-            f"checkpoint {path} is not a readable PyTorch state dict (empty, truncated, corrupt or not a weights "
-            f"file; weights_only=True): {type(e).__name__}: {msg[:300]}"
-        ) from e
-    if isinstance(state, Mapping) and "model" in state and isinstance(state["model"], Mapping):
-        state = state["model"]
-    if not isinstance(state, Mapping):
-        raise ValueError(f"checkpoint {path} holds a {type(state).__name__}, not a state dict of tensors.")
-    try:
-        network.load_state_dict(state)
-    except RuntimeError as e:
-        detail = " ".join(str(e).split())
-        raise ValueError(
-            f"checkpoint {path} does not fit {type(network).__name__} as configured (network_def, channels, "
-            f"latent_dim, ...): {detail[:400]}{'...' if len(detail) > 400 else ''}"
-        ) from e
-    return network
 
 
 def load_model(

@@ -787,7 +787,7 @@ def _as_threshold(threshold: PresenceThreshold | str | os.PathLike | Mapping | N
         return threshold
     if isinstance(threshold, Mapping):
         return PresenceThreshold.from_dict(dict(threshold))
-    from .evaluation import load_presence_threshold
+    from .metrics.presence import load_presence_threshold
 
     return load_presence_threshold(threshold)
 
@@ -1026,6 +1026,46 @@ def predict_hypotheses(
 # --------------------------------------------------------------------------------------------- model & threshold
 
 
+class _LazyModule:
+    """Stands for ``import name`` in a config's ``imports``: the module is imported at the first attribute access
+    (a submodule too: ``monai_probunet.bundle_utils``), so resolving ``network_def`` imports only what it uses."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attr: str) -> Any:
+        import importlib
+
+        module = importlib.import_module(self._name)
+        try:
+            return getattr(module, attr)
+        except AttributeError:
+            return importlib.import_module(f"{self._name}.{attr}")
+
+
+def _defer_imports(parser: Any) -> None:
+    """Replace the ``$import a.b`` entries of a parsed config's ``imports`` by :class:`_LazyModule` globals.
+
+    MONAI evaluates every import statement of a config whenever it resolves any item; train.yaml imports ignite and
+    the training modules, which the inference path does not need (seconds of import time).
+    """
+    import re
+
+    imports = parser.get("imports")
+    if not isinstance(imports, list):
+        return
+    keep = []
+    for item in imports:
+        m = re.fullmatch(r"\$import\s+([\w.]+)(?:\s+as\s+(\w+))?\s*", str(item))
+        if m is None:
+            keep.append(item)
+            continue
+        name, alias = m.group(1), m.group(2)
+        target = name if alias else name.split(".")[0]
+        parser.globals[alias or target] = _LazyModule(target)
+    parser["imports"] = keep
+
+
 def check_device(device: str | torch.device) -> torch.device:
     """``torch.device(device)``, refusing (``ValueError``) a malformed name or a CUDA/MPS device that is not there."""
     try:
@@ -1084,7 +1124,7 @@ def load_model(
     dev = check_device(device)
     from monai.bundle import ConfigParser
 
-    from .evaluation import load_network_weights
+    from .io_utils import load_network_weights
 
     files = [REPO_CONFIG] if config_file is None else config_file
     files = [str(f) for f in ([files] if isinstance(files, (str, os.PathLike)) else files)]
@@ -1095,7 +1135,8 @@ def load_model(
     try:
         parser.read_config(files)
     except Exception as e:  # noqa: BLE001 -- yaml/json raise many types
-        raise ValueError(f"config {files} could not be read: {type(e).__name__}: {str(e).splitlines()[0]}") from e
+        raise ValueError(f"config {files} could not be read: {type(e).__name__}: {' '.join(str(e).split())}") from e
+    _defer_imports(parser)
     if network_id not in parser:
         raise ValueError(f"config {files} defines no {network_id!r}.")
     if spacing is None and "infer_spacing" not in parser:
@@ -1362,7 +1403,7 @@ def run_inference(
     dict
         The summary.
     """
-    from .evaluation import load_network_weights
+    from .io_utils import load_network_weights
     from .io_utils import staged_dir
 
     if spacing is None:

@@ -6,8 +6,10 @@ truncated one. A set of outputs (several files that belong together) is written 
 moved into place at the end (:class:`staged_dir`); a folder that holds something the project did not write is never
 replaced or deleted.
 
-This module imports only the standard library (torch lazily in :func:`atomic_torch_save`), so command-line entry
-points can use it before their heavy imports.
+Also :func:`load_network_weights`, the one place a checkpoint is read (``weights_only=True``, clear errors).
+
+This module imports only the standard library (torch lazily where needed), so command-line entry points can use it
+before their heavy imports.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,7 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",
+    "load_network_weights",
     "staged_dir",
 ]
 
@@ -167,3 +170,41 @@ class staged_dir:
             raise
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+
+
+def load_network_weights(network: Any, path: str | os.PathLike) -> Any:
+    """Load a state dict (``model.pt``, or a checkpoint dict holding it under ``"model"``) with ``weights_only``.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: an empty, truncated, corrupt or unsafe file, or weights that do not fit ``network``; the message
+            names the file.
+    """
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"checkpoint {path} does not exist: train first (run id `training`) or set --ckpt_path / --ckpt_dir."
+        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 -- empty, truncated, corrupt or unsafe pickles raise many types
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise ValueError(
+            f"checkpoint {path} is not a readable PyTorch state dict (empty, truncated, corrupt or not a weights "
+            f"file; weights_only=True): {type(e).__name__}: {msg[:300]}"
+        ) from e
+    if isinstance(state, Mapping) and "model" in state and isinstance(state["model"], Mapping):
+        state = state["model"]
+    if not isinstance(state, Mapping):
+        raise ValueError(f"checkpoint {path} holds a {type(state).__name__}, not a state dict of tensors.")
+    try:
+        network.load_state_dict(state)
+    except RuntimeError as e:
+        detail = " ".join(str(e).split())
+        raise ValueError(
+            f"checkpoint {path} does not fit {type(network).__name__} as configured (network_def, channels, "
+            f"latent_dim, ...): {detail[:400]}{'...' if len(detail) > 400 else ''}"
+        ) from e
+    return network

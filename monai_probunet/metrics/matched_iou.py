@@ -7,7 +7,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
 
 from .distances import pairwise_iou_distance
 
@@ -79,6 +78,8 @@ def hungarian_matched_iou(
     cost = d.detach().cpu().double().numpy()[:, rows][:, :, cols]  # B x L x L: entry (i, j) = d(s_{i%S}, y_{j%A})
     out = np.empty(cost.shape[0], dtype=np.float64)
     # Hungarian matching is per image by nature: scipy solves one cost matrix per call.
+    from scipy.optimize import linear_sum_assignment  # imported here: scipy is slow to import
+
     for b in range(cost.shape[0]):
         r, c = linear_sum_assignment(cost[b])
         out[b] = 1.0 - cost[b, r, c].mean()

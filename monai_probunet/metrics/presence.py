@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -11,6 +13,7 @@ import torch
 __all__ = [
     "PresenceThreshold",
     "fit_presence_threshold",
+    "load_presence_threshold",
     "lesion_presence_counts",
     "presence_ambiguity",
     "presence_probability",
@@ -268,3 +271,30 @@ def fit_presence_threshold(
     return PresenceThreshold(
         low=int(low[best]), high=int(high[best]), accuracy=float(correct[best]) / c.size, num_samples=s
     )
+
+
+def load_presence_threshold(path: str | Path) -> PresenceThreshold:
+    """Read a ``presence_threshold.json`` (written by :func:`monai_probunet.evaluation.save_presence_threshold`).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not JSON, not a JSON object, or not a valid :class:`PresenceThreshold`; the message names the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"presence threshold file {path} does not exist (written by the evaluation run).")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"presence threshold file {path} is not valid JSON: {e}") from e
+    except OSError as e:
+        raise ValueError(f"presence threshold file {path} cannot be read: {e}") from e
+    if not isinstance(data, dict):
+        raise ValueError(
+            f"presence threshold file {path} holds a JSON {type(data).__name__}, expected an object with low, high, "
+            "accuracy, num_samples."
+        )
+    try:
+        return PresenceThreshold.from_dict(data)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{path}: {e}") from e

@@ -6,7 +6,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy import stats
 
 __all__ = ["bootstrap_ci", "wilcoxon_signed_rank"]
 
@@ -122,6 +121,8 @@ def wilcoxon_signed_rank(
             "(no evidence of a difference).",
         )
         return result
+    from scipy import stats  # imported here: scipy is slow to import
+
     res = stats.wilcoxon(x, y)
     result.update(statistic=float(res.statistic), p_value=float(res.pvalue))
     return result
