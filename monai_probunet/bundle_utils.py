@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import ast
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -18,6 +18,7 @@ __all__ = [
     "TrainingInterrupted",
     "as_bool",
     "bundle_root",
+    "check_options",
     "install_cli_error_hook",
 ]
 
@@ -71,11 +72,28 @@ def as_bool(value: Any, key: str) -> bool:
     raise ConfigValueError(f"--{key}: expected a boolean (true/false, 1/0 or yes/no), got {value!r}.")
 
 
+def check_options(booleans: Mapping[str, Any] | None = None, counts: Mapping[str, Any] | None = None) -> None:
+    """Check bundle options of simple kinds at the start of a run, before any data is generated or loaded.
+
+    Args:
+        booleans: ``{key: value}`` of boolean options (:func:`as_bool`).
+        counts: ``{key: value}`` of options that must be whole numbers >= 1 (epochs, batch size, samples).
+
+    Raises:
+        ConfigValueError: the first option of the wrong kind, naming its key.
+    """
+    for key, value in (booleans or {}).items():
+        as_bool(value, key)
+    for key, value in (counts or {}).items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigValueError(f"--{key}: expected a whole number >= 1, got {value!r}.")
+
+
 def _user_error_in(exc: BaseException | None) -> BaseException | None:
     """The first user error (or Ctrl-C stop) in ``exc``'s chain of causes; MONAI's config parser wraps errors of
     ``$``-expressions and components in ``RuntimeError``-s."""
     seen: set[int] = set()
-    user_types: tuple[type[BaseException], ...] = (UserInputError, TrainingInterrupted)
+    user_types: tuple[type[BaseException], ...] = (UserInputError, KeyboardInterrupt)
     try:  # output-folder errors of the project's writers are user errors as well
         from .io_utils import OutputFolderError
 
@@ -97,8 +115,9 @@ def install_cli_error_hook() -> None:
     chained traceback (70 and more lines ending in MONAI's generic "Failed to evaluate ConfigExpression").
     Called from a config's ``initialize`` list (run before the ``training`` list is parsed), this replaces
     ``sys.excepthook``: when the chain of causes holds a :class:`UserInputError` it prints that message alone and
-    exits with status 2; a :class:`TrainingInterrupted` prints its message and exits with status 130; any other
-    exception (a bug) keeps the full traceback.
+    exits with status 2; Ctrl-C (:class:`TrainingInterrupted` with its message on how to resume, or a plain
+    ``KeyboardInterrupt`` outside training) prints one line and exits with status 130; any other exception (a
+    bug) keeps the full traceback.
     """
     previous = sys.excepthook
 
@@ -108,8 +127,11 @@ def install_cli_error_hook() -> None:
             previous(exc_type, exc, tb)
             return
         sys.stdout.flush()
-        print(f"error: {found}" if isinstance(found, Exception) else str(found), file=sys.stderr, flush=True)
-        sys.exit(EXIT_INTERRUPTED if isinstance(found, TrainingInterrupted) else EXIT_USAGE)
+        if isinstance(found, KeyboardInterrupt):
+            print(str(found) or "interrupted by Ctrl-C.", file=sys.stderr, flush=True)
+            sys.exit(EXIT_INTERRUPTED)
+        print(f"error: {found}", file=sys.stderr, flush=True)
+        sys.exit(EXIT_USAGE)
 
     if getattr(sys.excepthook, "_monai_probunet", False):
         return

@@ -213,6 +213,7 @@ def half_save(obj, f, **kwargs):  # writes half of the checkpoint's bytes, then 
     buf = io.BytesIO()
     real_save(obj, buf, **kwargs)
     data = buf.getvalue()
+    f = open(f, "wb") if isinstance(f, (str, os.PathLike)) else f
     f.write(data[: len(data) // 2])
     f.flush()
     os.kill(os.getpid(), signal.SIGKILL)
@@ -235,7 +236,8 @@ print("NOT REACHED", flush=True)
     assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr
     assert "FIRST SAVED" in proc.stdout and "NOT REACHED" not in proc.stdout
     leftovers = [p for p in tmp_path.iterdir() if p.name != "checkpoint_last.pt"]
-    assert len(leftovers) == 1 and leftovers[0].name.startswith("tmp") and leftovers[0].stat().st_size > 1000
+    assert len(leftovers) == 1 and leftovers[0].name.startswith(".checkpoint_last.pt.")
+    assert leftovers[0].name.endswith(".tmp") and leftovers[0].stat().st_size > 1000
     try:
         torch.load(leftovers[0], weights_only=True)
         raise AssertionError("the half-written file should not be loadable")

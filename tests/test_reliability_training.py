@@ -1,0 +1,423 @@
+"""Nothing lost, nothing silent, for training: user data and the best model survive faults and bad input.
+
+Each case runs through the real entry point (``python -m monai.bundle run training`` in a subprocess, or a
+subprocess killed with SIGKILL / SIGINT) and checks the exit status, a one-line message naming the problem, the
+absence of a traceback and that nothing was deleted or truncated.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from monai_probunet.bundle_utils import ConfigValueError, as_bool
+from monai_probunet.data import prepare_dataset
+from monai_probunet.data.disk_format import DatasetError, atomic_dataset_dir, generated_by
+from monai_probunet.data.validation import validate_cases
+
+from .conftest import REPO, TRAIN_YAML, run_bundle
+
+TINY = (
+    "--dataset_name", "shapes",
+    "--dataset_kwargs", "{'num_patients': 12, 'image_size': 32}",
+    "--channels", "[8, 16, 32]",
+    "--val_interval", "1",
+)  # fmt: skip
+
+
+def _user_error(proc: subprocess.CompletedProcess, *fragments: str) -> str:
+    """Assert exit status 2 and one ``error:`` line holding every fragment, with no traceback; return the line."""
+    err = proc.stderr
+    assert proc.returncode == 2, (proc.returncode, err[-3000:])
+    assert "Traceback" not in err + proc.stdout, err[-3000:]
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, err[-3000:]
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+    return lines[0]
+
+
+def _user_folder(root: Path) -> dict[str, bytes]:
+    """A folder of someone's own images (no datalist.json of a generator); returns its files' contents."""
+    (root / "scans").mkdir(parents=True)
+    files = {"scans/patient1.nii.gz": b"not really a scan", "notes.txt": b"my annotations"}
+    for name, data in files.items():
+        (root / name).write_bytes(data)
+    return files
+
+
+def _small_shapes(root: Path) -> Path:
+    return Path(prepare_dataset("shapes", root, seed=1, num_patients=6, images_per_patient=1, image_size=16))
+
+
+# --- booleans -------------------------------------------------------------------------------------------------
+
+
+def test_as_bool_is_strict():
+    for value, expected in [(True, True), (False, False), (1, True), (0, False), ("false", False), ("FALSE", False),
+                            ("True", True), ("yes", True), ("No", False), ("1", True), ("0", False)]:  # fmt: skip
+        assert as_bool(value, "resume") is expected
+    for bad in ["maybe", "", 2, -1, None, 0.5, "tru"]:
+        with pytest.raises(ConfigValueError, match="--resume: expected a boolean"):
+            as_bool(bad, "resume")
+
+
+# --- the user's dataset folder -----------------------------------------------------------------------------------
+
+
+def test_builtin_name_never_replaces_a_user_folder(tmp_path):
+    mine = tmp_path / "MY_DATA"
+    files = _user_folder(mine)
+    with pytest.raises(DatasetError, match=rf"{mine} holds data this project did not generate.*--dataset_name folder"):
+        prepare_dataset("shapes", mine, num_patients=6, images_per_patient=1, image_size=16)
+    assert {str(p.relative_to(mine)): p.read_bytes() for p in mine.rglob("*") if p.is_file()} == files
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["MY_DATA"]  # no temporary sibling left
+
+
+def test_a_generated_folder_with_user_files_added_is_not_replaced(tmp_path):
+    datalist = _small_shapes(tmp_path / "d")
+    assert generated_by(datalist.parent) == "shapes"
+    (datalist.parent / "my_extra_scans").mkdir()
+    assert generated_by(datalist.parent) is None
+    with pytest.raises(DatasetError, match="did not generate"):
+        prepare_dataset("shapes", datalist.parent, seed=2, num_patients=6, images_per_patient=1, image_size=16)
+    assert (datalist.parent / "my_extra_scans").is_dir() and datalist.is_file()
+
+
+def test_another_builtin_dataset_is_not_replaced(tmp_path):
+    datalist = _small_shapes(tmp_path / "d")
+    before = datalist.read_bytes()
+    with pytest.raises(DatasetError, match="holds the built-in 'shapes' dataset, not 'scenes32'"):
+        prepare_dataset("scenes32", datalist.parent)
+    assert datalist.read_bytes() == before
+
+
+def test_regeneration_replaces_only_the_projects_folder_atomically(tmp_path):
+    datalist = _small_shapes(tmp_path / "d")
+    old = json.loads(datalist.read_text())
+    new = prepare_dataset("shapes", datalist.parent, seed=2, num_patients=6, images_per_patient=1, image_size=16)
+    assert json.loads(Path(new).read_text())["generator"]["params"]["seed"] == 2 != old["generator"]["params"]["seed"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]  # neither .d.tmp-* nor .d.old-* left
+
+
+def test_a_dataset_dir_that_is_a_file_is_refused(tmp_path):
+    f = tmp_path / "data.nii.gz"
+    f.write_bytes(b"abc")
+    for name in ("shapes", "folder"):
+        with pytest.raises(DatasetError, match=f"{f} is a file"):
+            prepare_dataset(name, f)
+    assert f.read_bytes() == b"abc"
+
+
+def test_killed_generation_leaves_no_temporary_folder_after_the_next_run(tmp_path):
+    root = tmp_path / "d"
+    code = textwrap.dedent(f"""
+        from monai_probunet.data import prepare_dataset
+        prepare_dataset("shapes", {str(root)!r}, seed=1, num_patients=4000, images_per_patient=1, image_size=16)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    tmp = tmp_path / f".d.tmp-{proc.pid}"
+    deadline = time.time() + 120
+    while not (tmp / "images").is_dir() or len(list((tmp / "images").iterdir())) < 5:
+        assert proc.poll() is None and time.time() < deadline, "the generation ended before it could be killed"
+        time.sleep(0.1)
+    proc.kill()
+    proc.wait()
+    assert tmp.is_dir() and not root.exists()  # the kill left a partial temporary folder, nothing at root
+    live = tmp_path / f".d.tmp-{os.getpid()}0"  # a temporary name whose pid does not exist is stale as well ...
+    other = tmp_path / ".d.tmp-1"  # ... but one of a live process (pid 1) is another run's, kept
+    other.mkdir()
+    _small_shapes(root)
+    assert not tmp.exists() and other.is_dir() and not live.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".d.tmp-1", "d"]
+
+
+def test_atomic_dataset_dir_refuses_a_user_folder_itself(tmp_path):
+    mine = tmp_path / "mine"
+    _user_folder(mine)
+    with pytest.raises(DatasetError, match="left untouched"):
+        with atomic_dataset_dir(mine):
+            pass
+    assert (mine / "notes.txt").read_bytes() == b"my annotations"
+
+
+# --- folder datasets are checked before training -----------------------------------------------------------------
+
+
+def _corrupt_folder(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """A ``folder`` dataset (copied from a generated one) with one bad case per problem; returns case -> file."""
+    src = _small_shapes(tmp_path / "gen").parent
+    root = tmp_path / "user"
+    shutil.copytree(src, root)
+    content = json.loads((root / "datalist.json").read_text())
+    content.pop("generator")
+    cases = content["training"] + content["validation"] + content["test"]
+    bad: dict[str, str] = {}
+
+    def save(rel: str, array: np.ndarray) -> None:
+        nib.save(nib.Nifti1Image(array, np.eye(4)), str(root / rel))
+
+    c = cases[0]  # 0/255 mask
+    save(c["label"][0], np.array([[0, 255]], np.uint8).repeat(16, 0).repeat(8, 1))
+    bad["255"] = c["label"][0]
+    c = cases[1]  # 0/0.5 float mask
+    save(c["label"][1], np.full((16, 16), 0.5, np.float32))
+    bad["0.5"] = c["label"][1]
+    c = cases[2]  # label map with a class 2 and a -1
+    save(c["label"][2], np.array([[0, 2], [-1, 1]], np.int16).repeat(8, 0).repeat(8, 1))
+    bad["2"] = c["label"][2]
+    c = cases[3]  # missing image (today only the first and last entries are checked)
+    (root / c["image"]).unlink()
+    bad["missing"] = c["image"]
+    c = cases[4]  # mask of another shape than the image
+    save(c["label"][0], np.zeros((20, 16), np.uint8))
+    bad["shape"] = c["label"][0]
+    c = cases[5]  # 6 graders where every other case has 4
+    c["label"] = c["label"] + c["label"][:2]
+    bad["graders"] = c["case_id"]
+    (root / "datalist.json").write_text(json.dumps(content))
+    return root, bad
+
+
+def test_folder_dataset_every_problem_is_listed_before_training(tmp_path):
+    root, bad = _corrupt_folder(tmp_path)
+    with pytest.raises(DatasetError) as info:
+        validate_cases(root / "datalist.json")
+    lines = str(info.value).splitlines()
+    assert "6 problem(s)" in lines[0] and len(lines) == 7, str(info.value)
+    text = str(info.value)
+    assert f"{root / bad['255']} holds values 0, 255;" in text
+    assert f"{root / bad['0.5']} holds values 0.5;" in text
+    assert f"{root / bad['2']} holds values -1, 0, 1, 2;" in text
+    assert f"image {root / bad['missing']} does not exist" in text
+    assert f"{root / bad['shape']} has shape (20, 16), its image" in text
+    assert f"case {bad['graders']}: 6 grader masks, most cases have 4" in text
+
+
+def test_problem_list_is_capped(tmp_path):
+    root = _small_shapes(tmp_path / "gen").parent
+    content = json.loads((root / "datalist.json").read_text())
+    for c in content["training"] + content["validation"] + content["test"]:  # 6 cases x 8 missing masks
+        c["label"] = [f"labels/nope_{i}.nii.gz" for i in range(8)]
+    (root / "datalist.json").write_text(json.dumps(content))
+    with pytest.raises(DatasetError, match=r"48 problem\(s\)(.|\n)*and 28 more problems") as info:
+        validate_cases(root / "datalist.json")
+    assert len(str(info.value).splitlines()) == 22
+
+
+# --- the best model survives a kill during its save --------------------------------------------------------------
+
+_SAVE_AND_DIE = textwrap.dedent("""
+    import os, sys, time
+    import torch
+    from ignite.engine import Engine, Events
+    from monai.handlers import CheckpointSaver
+    from monai_probunet.engines.checkpoint import AtomicCheckpointSaver
+
+    ckpt_dir, which, saver_name = sys.argv[1], sys.argv[2], sys.argv[3]
+    net = torch.nn.Linear(4, 4)
+    torch.nn.init.constant_(net.weight, 1.0)
+    saver_cls = AtomicCheckpointSaver if saver_name == "atomic" else CheckpointSaver
+    if which == "model.pt":
+        saver = saver_cls(ckpt_dir, {"model": net}, save_key_metric=True, key_metric_name="m",
+                          key_metric_filename="model.pt", key_metric_negative_sign=True)
+    else:
+        saver = saver_cls(ckpt_dir, {"model": net}, save_final=True, final_filename="checkpoint_final.pt")
+    engine = Engine(lambda e, b: None)
+
+    @engine.on(Events.EPOCH_COMPLETED)
+    def metric(e):
+        e.state.metrics = {"m": 1.0 / e.state.epoch}  # better every epoch: every epoch saves a new best model
+    saver.attach(engine)
+    engine.run([0], max_epochs=1)  # the first model.pt / checkpoint_final.pt: weights 1.0
+    print("FIRST", flush=True)
+
+    real_save = torch.save
+    def dying_save(obj, f, *args, **kwargs):  # the process dies half-way through writing the next file
+        import io
+        buf = io.BytesIO()
+        real_save(obj, buf, *args, **kwargs)
+        data = buf.getvalue()
+        fh = open(f, "wb") if isinstance(f, (str, os.PathLike)) else f
+        fh.write(data[: len(data) // 2])
+        fh.flush()
+        print("MIDWRITE", flush=True)
+        time.sleep(600)
+    torch.save = dying_save
+    torch.nn.init.constant_(net.weight, 2.0)
+    engine.run([0], max_epochs=2)
+""")
+
+
+def _kill_during_save(ckpt_dir: Path, which: str, saver: str) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _SAVE_AND_DIE, str(ckpt_dir), which, saver], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        seen = []
+        for line in proc.stdout:  # type: ignore[union-attr]
+            seen.append(line.strip())
+            if line.strip() == "MIDWRITE":
+                break
+        assert seen[-2:] == ["FIRST", "MIDWRITE"], seen
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.mark.parametrize("which", ["model.pt", "checkpoint_final.pt"])
+def test_kill_during_the_save_of_a_new_best_model_keeps_the_previous_one(tmp_path, which):
+    _kill_during_save(tmp_path / "atomic", which, "atomic")
+    state = torch.load(tmp_path / "atomic" / which, weights_only=True)  # complete, and the previous model
+    assert torch.equal(state["weight"], torch.ones(4, 4))
+    # MONAI's saver, same kill: the previous file was deleted first and the new one is truncated
+    _kill_during_save(tmp_path / "monai", which, "monai")
+    with pytest.raises(Exception):
+        torch.load(tmp_path / "monai" / which, weights_only=True)
+
+
+# --- the bundle command ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_bundle_with_builtin_name_refuses_a_user_folder(tmp_path):
+    mine = tmp_path / "MY_DATA"
+    files = _user_folder(mine)
+    proc = run_bundle(*TINY, "--max_epochs", "1", "--dataset_dir", str(mine), "--ckpt_dir", str(tmp_path / "m"))
+    _user_error(proc, str(mine), "did not generate", "--dataset_name folder")
+    assert {str(p.relative_to(mine)): p.read_bytes() for p in mine.rglob("*") if p.is_file()} == files
+    assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.slow
+def test_bundle_bad_folder_dataset_fails_before_training(tmp_path):
+    root, bad = _corrupt_folder(tmp_path)
+    proc = run_bundle("--dataset_name", "folder", "--dataset_dir", str(root), "--max_epochs", "1",
+                      "--channels", "[8, 16, 32]", "--ckpt_dir", str(tmp_path / "m"))  # fmt: skip
+    _user_error(proc, str(root / "datalist.json"), "6 problem(s)")
+    assert f"{root / bad['255']} holds values 0, 255" in proc.stderr
+    assert "Epoch[1]" not in proc.stdout + proc.stderr and not (tmp_path / "m").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "case",
+    ["resume_maybe", "channels_last_2", "posterior_presence_x", "max_epochs_neg", "dataset_dir_file",
+     "not_json", "empty_split", "bad_kwargs", "missing_datalist"],
+)  # fmt: skip
+def test_bundle_bad_input_is_one_line(tmp_path, case):
+    data = tmp_path / "d"
+    args: list[str] = [*TINY, "--max_epochs", "1", "--dataset_dir", str(data), "--ckpt_dir", str(tmp_path / "m")]
+    expect: tuple[str, ...]
+    if case == "resume_maybe":
+        args += ["--resume", "maybe"]
+        expect = ("--resume", "expected a boolean", "'maybe'")
+    elif case == "channels_last_2":
+        args += ["--channels_last", "2"]
+        expect = ("--channels_last", "expected a boolean", "2")
+    elif case == "posterior_presence_x":
+        args += ["--posterior_presence", "x"]
+        expect = ("--posterior_presence", "expected a boolean")
+    elif case == "max_epochs_neg":
+        args += ["--max_epochs", "-3"]
+        expect = ("--max_epochs", ">= 1", "-3")
+    elif case == "dataset_dir_file":
+        data.write_bytes(b"x")
+        expect = (str(data), "is a file")
+    elif case == "bad_kwargs":
+        args += ["--dataset_kwargs", "{'num_patients': 12, 'image_size': 8}"]
+        expect = ("invalid parameters for dataset 'shapes'", "image_size must be >= 16")
+    else:
+        root = _small_shapes(tmp_path / "gen").parent
+        shutil.copytree(root, data)
+        content = json.loads((data / "datalist.json").read_text())
+        if case == "not_json":
+            (data / "datalist.json").write_text("{training: [")
+            expect = (str(data / "datalist.json"), "is not valid JSON")
+        elif case == "empty_split":
+            content["validation"] = []
+            (data / "datalist.json").write_text(json.dumps(content))
+            expect = (str(data / "datalist.json"), "'validation' must be a non-empty list")
+        else:
+            (data / "datalist.json").unlink()
+            expect = (str(data / "datalist.json"), "does not exist")
+        args[1] = "folder"
+    before = {p: p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()}
+    _user_error(run_bundle(*args), *expect)
+    assert {p: p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()} == before
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    state = torch.load(path, weights_only=True)
+    return state.get("model", state)
+
+
+def _interrupt_with_ctrl_c(ckpt: Path, *args: str) -> tuple[int, str, float]:
+    """Start a bundle training run, send SIGINT once its first checkpoint_last.pt exists; returns (status, stderr,
+    seconds from the signal to the exit)."""
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", str(TRAIN_YAML), *args]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd, cwd="/", env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 300
+        while not (ckpt / "checkpoint_last.pt").is_file():
+            assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-3000:]
+            time.sleep(0.1)
+        t0 = time.time()
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+        return proc.returncode, out + err, time.time() - t0
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.mark.slow
+def test_bundle_ctrl_c_stops_fast_and_resume_is_bit_identical(tmp_path):
+    common = [*TINY, "--dataset_dir", str(tmp_path / "d"), "--max_epochs", "8"]
+    straight = run_bundle(*common, "--ckpt_dir", str(tmp_path / "a"))
+    assert straight.returncode == 0, straight.stderr[-3000:]
+
+    ckpt = tmp_path / "b"
+    status, log, seconds = _interrupt_with_ctrl_c(ckpt, *common, "--ckpt_dir", str(ckpt))
+    assert status == 130 and seconds < 15, (status, seconds, log[-3000:])
+    assert "Traceback" not in log, log[-3000:]
+    line = log.strip().splitlines()[-1]
+    assert line.startswith("training interrupted by Ctrl-C in epoch "), log[-3000:]
+    assert f"{ckpt / 'checkpoint_last.pt'} holds epoch " in line and "--resume true" in line
+    assert not (ckpt / "checkpoint_final.pt").exists()  # an interrupted run has no final checkpoint
+    saved_epoch = int(line.split("holds epoch ")[1].split(":")[0])
+    trainer = torch.load(ckpt / "checkpoint_last.pt", weights_only=True)["trainer"]
+    assert trainer["iteration"] == saved_epoch * trainer["epoch_length"] and saved_epoch < 8
+
+    resumed = run_bundle(*common, "--resume", "TRUE", "--ckpt_dir", str(ckpt))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming from iteration {saved_epoch}, epoch {saved_epoch} until 8 epochs" in resumed.stderr
+    for name in ("checkpoint_last.pt", "checkpoint_final.pt", "model.pt"):  # the same weights, to the bit
+        a, b = _weights(tmp_path / "a" / name), _weights(ckpt / name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+
+    # --resume false really starts over (the string 'false' used to be truthy)
+    fresh = run_bundle(*TINY, "--dataset_dir", str(tmp_path / "d"), "--max_epochs", "1", "--resume", "false",
+                       "--ckpt_dir", str(ckpt))  # fmt: skip
+    assert fresh.returncode == 0, fresh.stderr[-3000:]
+    assert "Resumed from" not in fresh.stderr and "Epoch[1] Complete" in fresh.stderr
+
+
+def test_configs_use_the_atomic_saver():
+    for cfg in [REPO / "bundle" / "configs" / "train.yaml", *sorted((REPO / "bundle" / "configs").rglob("*.yaml"))]:
+        text = cfg.read_text()
+        assert "_target_: CheckpointSaver" not in text, cfg
