@@ -76,6 +76,10 @@ class GeneralizedEnergyDistance(IgniteMetricHandler):
         if self.source is None:
             super().update(output)
 
+    def iteration_completed(self, engine: Any) -> None:
+        if self.source is None:  # a term read from the source has no output of its own to transform and check
+            super().iteration_completed(engine)
+
     def compute(self) -> Any:
         if self.source is None:
             return super().compute()
