@@ -44,6 +44,21 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _server_latencies(response) -> dict:
+    """The ``latencies`` MONAI Label puts in the reply JSON (pre / infer / write / total seconds)."""
+    import email.parser
+    import email.policy
+
+    head = f"Content-Type: {response.headers['content-type']}\r\n\r\n".encode()
+    msg = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + response.content)
+    for part in msg.iter_parts():
+        if part.get_param("name", header="content-disposition") == "params":
+            result = json.loads(part.get_payload(decode=True))
+            lat = result.get("latencies", {})
+            return {**{k: lat.get(k) for k in ("infer", "write", "total")}, **result.get("timings_s", {})}
+    return {}
+
+
 def run(warmup: bool, venv: Path, studies: Path, work: Path, n_next: int, samples: int) -> dict:
     import requests
 
@@ -58,7 +73,9 @@ def run(warmup: bool, venv: Path, studies: Path, work: Path, n_next: int, sample
            "VIRTUAL_ENV": str(venv), "MONAI_LABEL_SESSION_PATH": str(work / "sessions")}
     cmd = [str(venv / "bin" / "monailabel"), "start_server", "--app", str(app), "--studies", str(studies),
            "--host", "127.0.0.1", "--port", str(port), "--conf", "zoo_source", "local",
-           "--conf", "warmup", str(warmup).lower()]
+           "--conf", "warmup", str(warmup).lower(),
+           "--conf", "model_path", str(REPO / "bundle" / "models" / "model.pt"),
+           "--conf", "network_config", str(REPO / "bundle" / "configs" / "train.yaml")]
     log = open(work / f"server_{int(warmup)}.log", "wb")  # noqa: SIM115
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(work),
@@ -75,7 +92,7 @@ def run(warmup: bool, venv: Path, studies: Path, work: Path, n_next: int, sample
                 pass
             time.sleep(0.2)
         start_s = time.perf_counter() - t0
-        times = []
+        times, server = [], []
         for i in range(1 + n_next):
             params = {"label": "lesion", "foreground": [[40, 36 + (i % 3), 4]], "background": [], "slice": 4,
                       "num_samples": samples, "seed": i, "result_extension": ".nrrd", "result_dtype": "uint8"}
@@ -85,9 +102,11 @@ def run(warmup: bool, venv: Path, studies: Path, work: Path, n_next: int, sample
             times.append(time.perf_counter() - t)
             if r.status_code != 200:
                 raise RuntimeError(f"infer answered {r.status_code}: {r.text[:300]}")
+            server.append(_server_latencies(r))
         return {"warmup": warmup, "start_to_info_s": round(start_s, 2), "first_click_s": round(times[0], 3),
                 "next_click_median_s": round(statistics.median(times[1:]), 3) if n_next else None,
-                "next_clicks_s": [round(t, 3) for t in times[1:]]}
+                "next_clicks_s": [round(t, 3) for t in times[1:]],
+                "server_latencies_first": server[0], "server_latencies_next": server[1:]}
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:

@@ -186,12 +186,15 @@ class ProbUNetInfer(BasicInferTask):
             params = parse_params(data)
         except ValueError as e:
             raise ProbUNetRequestError(str(e), status=400) from e
+        t0 = time.perf_counter()
         network, settings, threshold = self._model(str(device))
+        t1 = time.perf_counter()
         image_path = data.get("image_path") or data.get("image")
         if not isinstance(image_path, str) or not image_path:
             raise ProbUNetRequestError("no image: give an image id of the datastore or upload a file.", status=400)
         try:
             image, _ = load_ct(image_path)
+            t2 = time.perf_counter()
         except FileNotFoundError as e:
             raise ProbUNetRequestError(str(e), status=404) from e
         except ValueError as e:
@@ -214,6 +217,7 @@ class ProbUNetInfer(BasicInferTask):
         except ValueError as e:
             raise ProbUNetRequestError(str(e), status=400) from e
 
+        t3 = time.perf_counter()
         decision = presence_decision(hyp.presence_count, hyp.num_samples, hyp.threshold)
         if params.hypotheses:
             names = hypothesis_segment_names(hyp.variants, hyp.num_samples)
@@ -247,6 +251,7 @@ class ProbUNetInfer(BasicInferTask):
             background_points="not used",
             segments=[{k: v for k, v in s.items() if k != "color"} for s in segments],
             model_path=self.model_file,
+            timings_s={"model": round(t1 - t0, 3), "load_image": round(t2 - t1, 3), "hypotheses": round(t3 - t2, 3)},
         )
         data[self.output_json_key] = result
         data["probunet_segments"] = segments
