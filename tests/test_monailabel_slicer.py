@@ -17,6 +17,7 @@ starts servers (about 20-40 s each on a 2-core CPU).
 from __future__ import annotations
 
 import gzip
+import io
 import http.client
 import json
 import re
@@ -432,3 +433,30 @@ def test_dicomweb_series_to_dicom_seg(orthanc, tmp_path):
         series = requests.get(f"{orthanc}/dicom-web/studies/{study_uid}/series", timeout=10).json()
         uids = {s["0020000E"]["Value"][0]: s.get("00080060", {}).get("Value", [""])[0] for s in series}
         assert uids.get(stored["SeriesInstanceUID"]) == "SEG"
+        seg_series = {u for u, m in uids.items() if m == "SEG"}
+
+        # Slicer's "Submit Label": PUT /datastore/label?image=<id> with the labelmap and label_info (as its client)
+        body_label = (tmp_path / "label.nii.gz").read_bytes()
+        fields = json.dumps({"label_info": [{"name": "lesion (reviewed)", "idx": 1}], "model": "probunet",
+                             "client_id": "user-xyz"})
+        body = b"".join([
+            f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"params\"\r\n\r\n{fields}\r\n".encode(),
+            f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"label\"; filename=\"label.nii.gz\"\r\n"
+            "Content-Type: application/octet-stream\r\n\r\n".encode(), body_label, b"\r\n",
+            f"--{BOUNDARY}--\r\n".encode(),
+        ])
+        u = urlparse(url)
+        conn = http.client.HTTPConnection(u.hostname, u.port, timeout=300)
+        conn.request("PUT", f"/datastore/label?image={quote_plus(series_uid)}", body,
+                     {"content-type": f"multipart/form-data; boundary={BOUNDARY}", "content-length": str(len(body))})
+        resp = conn.getresponse()
+        assert resp.status == 200, resp.read()
+        series = requests.get(f"{orthanc}/dicom-web/studies/{study_uid}/series", timeout=10).json()
+        new = {s["0020000E"]["Value"][0] for s in series if s.get("00080060", {}).get("Value") == ["SEG"]} - seg_series
+        assert len(new) == 1
+        found = requests.post(f"{orthanc}/tools/find", json={"Level": "Instance", "Query": {
+            "SeriesInstanceUID": new.pop()}}, timeout=10).json()
+        submitted = pydicom.dcmread(io.BytesIO(requests.get(f"{orthanc}/instances/{found[0]}/file", timeout=10).content))
+        assert [s.SegmentLabel for s in submitted.SegmentSequence] == ["lesion (reviewed)"]
+        assert submitted.ReferencedSeriesSequence[0].SeriesInstanceUID == series_uid
+        np.testing.assert_array_equal(seg_to_grid(submitted, label.shape, img.affine)[1], label)

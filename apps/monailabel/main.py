@@ -28,6 +28,7 @@ import time
 from typing import Any, Dict
 
 from fastapi import HTTPException
+from monailabel.datastore.dicom import DICOMWebDatastore
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.exception import MONAILabelError, MONAILabelException
 from monailabel.interfaces.tasks.infer_v2 import InferTask
@@ -37,6 +38,7 @@ from monailabel.tasks.activelearning.first import First
 from monailabel.tasks.activelearning.random import Random
 
 from lib.configs.probunet import ProbUNetConfig
+from lib.dicomweb_datastore import SegDICOMWebDatastore
 from lib.infers.params import parse_bool
 from lib.request_checks import install as install_request_checks
 
@@ -82,10 +84,17 @@ class ProbUNetApp(MONAILabelApp):
                 logger.info(f"{name}: model loaded and warmed up in {time.perf_counter() - start:.1f} s")
 
     def _download_dcmqi_tools(self) -> None:
-        """MONAI Label downloads dcmqi from GitHub when the studies are DICOMweb; this app writes DICOM SEG with
-        highdicom and never downloads anything. (MONAI Label's own SEG conversion, used when a final label is
-        submitted to a DICOMweb datastore, still needs dcmqi's ``itkimage2segimage`` on PATH.)"""
-        logger.info("DICOMweb datastore: DICOM SEG results are written with highdicom (no dcmqi download)")
+        """MONAI Label downloads dcmqi from GitHub when the studies are DICOMweb; this app writes every DICOM SEG
+        (infer results and submitted final labels) with highdicom and never downloads anything."""
+        logger.info("DICOMweb datastore: DICOM SEG written with highdicom (no dcmqi download)")
+
+    def _init_dicomweb_datastore(self) -> Any:
+        """MONAI Label's DICOMweb datastore, storing submitted final labels as highdicom SEG
+        (:class:`lib.dicomweb_datastore.SegDICOMWebDatastore`)."""
+        store = super()._init_dicomweb_datastore()
+        if type(store) is DICOMWebDatastore:
+            store.__class__ = SegDICOMWebDatastore  # same state; only save_label differs
+        return store
 
     def init_infers(self) -> Dict[str, InferTask]:
         infers: Dict[str, InferTask] = {}

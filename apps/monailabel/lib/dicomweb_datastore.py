@@ -1,0 +1,107 @@
+"""A DICOMweb datastore whose submitted (final) labels are stored as DICOM SEG written with highdicom.
+
+MONAI Label 0.8.5's ``DICOMWebDatastore.save_label`` converts a final label with dcmqi's ``itkimage2segimage``
+(downloaded from GitHub at start). :class:`SegDICOMWebDatastore` writes the SEG with
+:func:`lib.infers.dicom_seg.write_dicom_seg` instead (no download, no external tool) and uploads it with STOW-RS;
+everything else is MONAI Label's datastore. What 3D Slicer's "Submit Label" sends: ``PUT
+/datastore/label?image=<SeriesInstanceUID>`` with the labelmap (values 1..N) and ``params`` =
+``{"label_info": [{"name": <segment name>, "idx": <value>}, ...], ...}``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pathlib
+import tempfile
+from typing import Any, Dict
+
+import numpy as np
+from fastapi import HTTPException
+from monailabel.datastore.dicom import DICOMWebDatastore
+from monailabel.datastore.local import LocalDatastore
+from monailabel.interfaces.datastore import DefaultLabelTag
+
+from lib.infers.dicom_seg import DicomSegError, write_dicom_seg
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["SegDICOMWebDatastore", "label_segments"]
+
+
+def label_segments(label: np.ndarray, label_info: Any) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """Split a labelmap into one 0/1 layer per label value, named from ``label_info``.
+
+    Parameters
+    ----------
+    label : numpy.ndarray
+        ``I x J x K`` integer labelmap.
+    label_info : list of dict or None
+        ``[{"name": ..., "idx" (or "id"): value}, ...]`` as 3D Slicer sends it; values without an entry are named
+        ``label <value>``.
+
+    Returns
+    -------
+    tuple
+        ``(L x I x J x K uint8 layers, L segments {"name", "label_value"})``; one empty segment ``empty label`` if
+        the labelmap holds no label.
+    """
+    names = {}
+    for item in label_info or []:
+        if isinstance(item, dict) and "name" in item:
+            value = item.get("idx", item.get("id"))
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                names[int(value)] = str(item["name"])
+    values = [int(v) for v in np.unique(label) if v != 0]
+    if not values:
+        return np.zeros((1,) + label.shape, np.uint8), [{"name": "empty label", "label_value": 1}]
+    layers = np.stack([(label == v).astype(np.uint8) for v in values])
+    return layers, [{"name": names.get(v, f"label {v}"), "label_value": v} for v in values]
+
+
+class SegDICOMWebDatastore(DICOMWebDatastore):
+    """:class:`~monailabel.datastore.dicom.DICOMWebDatastore` with a highdicom SEG for final labels."""
+
+    def save_label(
+        self, image_id: str, label_filename: str, label_tag: str, label_info: Dict[str, Any], label_id: str = ""
+    ) -> str:
+        ext = "".join(pathlib.Path(label_filename).suffixes)
+        if label_tag != DefaultLabelTag.FINAL or ext == ".bin":
+            return super().save_label(image_id, label_filename, label_tag, label_info, label_id)
+        from monai.transforms import LoadImage
+
+        self.get_image_uri(image_id)  # the series' files and its NIfTI in the cache
+        image_dir = os.path.realpath(os.path.join(self._datastore.image_path(), image_id))
+        try:
+            label = LoadImage(image_only=True)(label_filename)
+        except Exception as e:  # noqa: BLE001 -- readers raise many types for a bad file
+            raise HTTPException(status_code=422, detail=f"could not read the label file: {e}") from None
+        arr = np.asarray(label)
+        if arr.ndim == 2:
+            arr = arr[..., None]
+        if arr.ndim != 3:
+            raise HTTPException(status_code=422, detail=f"expected a 3-D labelmap, got shape {arr.shape}.")
+        layers, segments = label_segments(np.rint(arr).astype(np.int64), label_info.get("label_info"))
+        import pydicom
+
+        fd, seg_file = tempfile.mkstemp(suffix=".dcm")
+        os.close(fd)
+        try:
+            try:
+                info = write_dicom_seg(seg_file, layers, np.asarray(label.affine, dtype=np.float64), segments,
+                                       image_dir, series_description="MONAI Label final label")
+            except DicomSegError as e:
+                raise HTTPException(status_code=422, detail=f"DICOM SEG: {e}") from None
+            self._client.store_instances(datasets=[pydicom.dcmread(seg_file)])  # STOW-RS
+        finally:
+            os.unlink(seg_file)
+        label_series_id = info["SeriesInstanceUID"]
+        image_info = self.get_image_info(image_id)
+        label_info.update({
+            "SeriesInstanceUID": label_series_id,
+            "Modality": image_info.get("Modality"),
+            "PatientID": image_info.get("PatientID"),
+            "StudyInstanceUID": image_info.get("StudyInstanceUID"),
+        })
+        logger.info(f"final label of {image_id} stored as DICOM SEG series {label_series_id}")
+        return LocalDatastore.save_label(self, image_id, label_filename, label_tag, label_info)
