@@ -289,6 +289,50 @@ def test_kill_during_the_save_of_a_new_best_model_keeps_the_previous_one(tmp_pat
         torch.load(tmp_path / "monai" / which, weights_only=True)
 
 
+def test_atomic_saver_removes_superseded_files_only_after_the_new_one(tmp_path):
+    from ignite.engine import Engine, Events
+
+    from monai_probunet.engines.checkpoint import AtomicCheckpointSaver
+
+    net = torch.nn.Linear(2, 2)
+    saver = AtomicCheckpointSaver(str(tmp_path), {"model": net}, save_key_metric=True, key_metric_name="m",
+                                  key_metric_n_saved=2)  # fmt: skip
+    engine = Engine(lambda e, b: None)
+    engine.add_event_handler(Events.EPOCH_COMPLETED, lambda e: setattr(e.state, "metrics", {"m": e.state.epoch}))
+    seen = []
+    real_replace = os.replace
+
+    def replace(src, dst):  # at the moment the new file is moved into place, both older files still exist
+        seen.append(sorted(p.name for p in tmp_path.glob("model_key_metric=*.pt")))
+        real_replace(src, dst)
+
+    os.replace = replace
+    try:
+        saver.attach(engine)
+        engine.run([0], max_epochs=4)
+    finally:
+        os.replace = real_replace
+    assert seen[-1] == ["model_key_metric=2.pt", "model_key_metric=3.pt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model_key_metric=3.pt", "model_key_metric=4.pt"]
+    for p in tmp_path.iterdir():
+        assert torch.load(p, weights_only=True).keys() == net.state_dict().keys()
+
+
+def test_last_checkpoint_does_not_swallow_a_training_error(tmp_path):
+    from ignite.engine import Engine
+
+    from monai_probunet.engines import LastCheckpoint
+
+    def step(engine, batch):
+        raise RuntimeError("boom in step")
+
+    engine = Engine(step)
+    LastCheckpoint(tmp_path, {"model": torch.nn.Linear(1, 1)}).attach(engine)
+    with pytest.raises(RuntimeError, match="boom in step"):
+        engine.run([0], max_epochs=1)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl-C handling restored
+
+
 # --- the bundle command ------------------------------------------------------------------------------------------
 
 
@@ -405,7 +449,8 @@ def test_bundle_ctrl_c_stops_fast_and_resume_is_bit_identical(tmp_path):
 
     resumed = run_bundle(*common, "--resume", "TRUE", "--ckpt_dir", str(ckpt))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"resuming from iteration {saved_epoch}, epoch {saved_epoch} until 8 epochs" in resumed.stderr
+    resumed_at = f"resuming from iteration {trainer['iteration']}, epoch {saved_epoch} until 8 epochs"
+    assert resumed_at in resumed.stdout + resumed.stderr
     for name in ("checkpoint_last.pt", "checkpoint_final.pt", "model.pt"):  # the same weights, to the bit
         a, b = _weights(tmp_path / "a" / name), _weights(ckpt / name)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
@@ -414,7 +459,8 @@ def test_bundle_ctrl_c_stops_fast_and_resume_is_bit_identical(tmp_path):
     fresh = run_bundle(*TINY, "--dataset_dir", str(tmp_path / "d"), "--max_epochs", "1", "--resume", "false",
                        "--ckpt_dir", str(ckpt))  # fmt: skip
     assert fresh.returncode == 0, fresh.stderr[-3000:]
-    assert "Resumed from" not in fresh.stderr and "Epoch[1] Complete" in fresh.stderr
+    log = fresh.stdout + fresh.stderr
+    assert "Resumed from" not in log and "Epoch[1] Complete" in log
 
 
 def test_configs_use_the_atomic_saver():

@@ -214,8 +214,9 @@ class LastCheckpoint:
         if self.save_interval > 0:
             engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.save_interval), self.save)
         engine.add_event_handler(Events.COMPLETED, self.save)
-        for event in (Events.COMPLETED, Events.TERMINATE, Events.EXCEPTION_RAISED):
+        for event in (Events.COMPLETED, Events.TERMINATE):
             engine.add_event_handler(event, self._restore_sigint)
+        engine.add_event_handler(Events.EXCEPTION_RAISED, self._reraise)
         engine.add_event_handler(Events.TERMINATE, self._report_interrupt)
 
     def _install_sigint(self, engine: Engine) -> None:
@@ -239,6 +240,11 @@ class LastCheckpoint:
         if self._previous_sigint is not None and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, self._previous_sigint)
             self._previous_sigint = None
+
+    def _reraise(self, engine: Engine, e: BaseException) -> None:
+        # ignite swallows an exception when an EXCEPTION_RAISED handler returns: restore Ctrl-C and pass it on
+        self._restore_sigint(engine)
+        raise e
 
     def _report_interrupt(self, engine: Engine) -> None:
         if self._interrupted_at is None:
