@@ -1406,14 +1406,19 @@ def run_inference(
     from .io_utils import load_network_weights
     from .io_utils import staged_dir
 
-    if spacing is None:
-        raise ValueError(f"spacing is required: {SPACING_HINT}.")
-    _pair(spacing, "spacing", float)
-    dev = check_device(device)
-    cases = read_inference_cases(dataset_dir, centers, split)
-    staged_dir(output_dir, is_ours=is_inference_run, what="output folder")  # refuse early, before any work
-    thr = _as_threshold(threshold_path) if threshold_path else find_presence_threshold(ckpt_path)
-    load_network_weights(network, ckpt_path)
+    from .bundle_utils import ConfigValueError
+
+    try:  # the bundle command prints these as one line (exit status 2): every one is about an option's value
+        if spacing is None:
+            raise ValueError(f"spacing is required: {SPACING_HINT}.")
+        _pair(spacing, "infer_spacing", float)
+        dev = check_device(device)
+        cases = read_inference_cases(dataset_dir, centers, split)
+        staged_dir(output_dir, is_ours=is_inference_run, what="output_dir")  # refuse early, before any work
+        thr = _as_threshold(threshold_path) if threshold_path else find_presence_threshold(ckpt_path)
+        load_network_weights(network, ckpt_path)
+    except (ValueError, FileNotFoundError) as e:
+        raise ConfigValueError(str(e)) from e
     network = network.to(dev).eval()
     if thr is None:
         warnings.warn(f"no presence_threshold.json next to {ckpt_path}: {FALLBACK_RULE}.", UserWarning, stacklevel=2)
