@@ -47,6 +47,7 @@ def _cache_budget() -> int:
     return 1 << 20
 
 
+# Images per chunk when set (tests pin it to exercise chunk edges); None: from the cache budget.
 _FIXED_CHUNK: int | None = None
 
 
