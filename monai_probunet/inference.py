@@ -34,8 +34,13 @@ world centre may have 2 components (in-plane x, y; z is taken from the image pla
 
 The lesion-presence probability is the fraction of the S hypotheses with any lesion pixel. The "ambiguous" flag
 (paper Appendix E: graders would disagree on presence) comes from the fitted :class:`PresenceThreshold`
-(``presence_threshold.json`` written next to the checkpoint by the evaluation run); without one the
-:data:`FALLBACK_RULE` is used and a warning is issued.
+(``presence_threshold.json`` next to the checkpoint: the shipped one, or one the evaluation run wrote there when
+asked with ``--save_presence_threshold_to``); without one the :data:`FALLBACK_RULE` is used and a warning is issued.
+
+Refused with a ``ValueError`` naming the file (never guessed): a model spacing that is not given, an image smaller
+than the model's field at that spacing, a zero or negative voxel spacing, intensities that are not plausibly HU in
+an image without a DICOM modality (``allow_non_ct`` turns that into a warning). Outputs are written all or nothing
+(:meth:`Hypotheses.save`, :func:`infer_cases`).
 """
 
 from __future__ import annotations
@@ -117,6 +122,8 @@ WRITTEN_BY = "monai_probunet.inference"
 REPORT_NAME = "report.json"
 SUMMARY_NAME = "inference_summary.json"
 SET_FILES = ("hypotheses.nii.gz", "mean_probability.nii.gz", "entropy.nii.gz", "variant_label.nii.gz", REPORT_NAME)
+#: refuse a request whose hypotheses (on the image's grid and the model's) would need more memory than this
+MAX_HYPOTHESES_BYTES = 4 * 2**30
 #: an image whose lowest value is above this is not plausibly CT in HU (no air, lung or fat anywhere in it)
 HU_PLAUSIBLE_MIN = -200.0
 SPACING_HINT = (
@@ -877,6 +884,12 @@ def predict_hypotheses(
     device = torch.device(device)
 
     img, source = load_ct(image, allow_non_ct=allow_non_ct)
+    need = int(num_samples) * (int(np.prod(img.shape[1:])) + roi2[0] * roi2[1] * 4 * 4 * 3)
+    if need > MAX_HYPOTHESES_BYTES:
+        raise ValueError(
+            f"num_samples={num_samples} hypotheses of {source} (spatial shape {tuple(img.shape[1:])}) would need about "
+            f"{need / 2**30:.1f} GiB; at most {MAX_HYPOTHESES_BYTES / 2**30:.0f} GiB: draw fewer (--num-samples)."
+        )
     voxel, world_ras = resolve_center(img, center, world=world, frame=frame, source=source)
     nd = img.ndim - 1
     affine = _affine4(img)
