@@ -72,12 +72,18 @@ def as_bool(value: Any, key: str) -> bool:
     raise ConfigValueError(f"--{key}: expected a boolean (true/false, 1/0 or yes/no), got {value!r}.")
 
 
-def check_options(booleans: Mapping[str, Any] | None = None, counts: Mapping[str, Any] | None = None) -> None:
+def check_options(
+    booleans: Mapping[str, Any] | None = None,
+    counts: Mapping[str, Any] | None = None,
+    folders: Mapping[str, Any] | None = None,
+) -> None:
     """Check bundle options of simple kinds at the start of a run, before any data is generated or loaded.
 
     Args:
         booleans: ``{key: value}`` of boolean options (:func:`as_bool`).
         counts: ``{key: value}`` of options that must be whole numbers >= 1 (epochs, batch size, samples).
+        folders: ``{key: path}`` of folder options (checkpoints, outputs): each must be a folder or not exist
+            yet, with no file in its path (whether it is writable is checked where it is written).
 
     Raises:
         ConfigValueError: the first option of the wrong kind, naming its key.
@@ -87,6 +93,13 @@ def check_options(booleans: Mapping[str, Any] | None = None, counts: Mapping[str
     for key, value in (counts or {}).items():
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigValueError(f"--{key}: expected a whole number >= 1, got {value!r}.")
+    for key, value in (folders or {}).items():
+        folder = probe = Path(str(value)).expanduser()
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        if not probe.is_dir():
+            what = "is a file, not a folder" if probe == folder else f"cannot be created: {probe} is a file"
+            raise ConfigValueError(f"--{key} {folder} {what}.")
 
 
 def _user_error_in(exc: BaseException | None) -> BaseException | None:

@@ -360,7 +360,7 @@ def test_bundle_bad_folder_dataset_fails_before_training(tmp_path):
 @pytest.mark.parametrize(
     "case",
     ["resume_maybe", "channels_last_2", "posterior_presence_x", "max_epochs_neg", "dataset_dir_file",
-     "not_json", "empty_split", "bad_kwargs", "missing_datalist"],
+     "not_json", "empty_split", "bad_kwargs", "missing_datalist", "ckpt_dir_file"],
 )  # fmt: skip
 def test_bundle_bad_input_is_one_line(tmp_path, case):
     data = tmp_path / "d"
@@ -381,6 +381,9 @@ def test_bundle_bad_input_is_one_line(tmp_path, case):
     elif case == "dataset_dir_file":
         data.write_bytes(b"x")
         expect = (str(data), "is a file")
+    elif case == "ckpt_dir_file":
+        (tmp_path / "m").write_bytes(b"model")
+        expect = (f"--ckpt_dir {tmp_path / 'm'} is a file",)
     elif case == "bad_kwargs":
         args += ["--dataset_kwargs", "{'num_patients': 12, 'image_size': 8}"]
         expect = ("invalid parameters for dataset 'shapes'", "image_size must be >= 16")

@@ -4,6 +4,7 @@ state, random generators; Ctrl-C stops at a resumable point) and MONAI's best-me
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 from collections.abc import Mapping, Sequence
@@ -181,6 +182,12 @@ class LastCheckpoint:
                 f"checkpoint interval (save_interval) must be an integer >= 0 (0: only at the end), got {save_interval!r}."
             )
         self.save_dir = Path(save_dir)
+        probe = self.save_dir
+        while not probe.exists() and probe != probe.parent:  # the folder, or its first existing ancestor
+            probe = probe.parent
+        if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+            what = "is a file, not a folder" if probe == self.save_dir else f"cannot be created in {probe}"
+            raise ConfigValueError(f"--ckpt_dir {self.save_dir} {what} (checkpoints are written there).")
         self.filename = filename
         self.save_interval = save_interval
         self.resume = as_bool(resume, "resume")
