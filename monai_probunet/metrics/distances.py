@@ -144,8 +144,8 @@ def _as_numpy_maps(x: torch.Tensor) -> np.ndarray:
 
 def _bit_counts(
     sets: Sequence[torch.Tensor], other: torch.Tensor | None, classes: Sequence[int]
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Exact per-class counts from bit-packed masks (CPU); see :func:`class_counts` for the contract."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Exact per-class counts from bit-packed masks (CPU) as float32 arrays; see :func:`class_counts`."""
     xs = [_as_numpy_maps(s) for s in sets]
     yn = None if other is None else _as_numpy_maps(other)
     b, p, k = xs[0].shape[0], xs[0].shape[2], len(classes)
@@ -169,11 +169,20 @@ def _bit_counts(
         with ThreadPoolExecutor(max_workers=workers) as pool:
             list(pool.map(run, bounds))
     if yn is None:
-        inter_t = torch.from_numpy(inter).float().triu()
-        inter_t = inter_t + inter_t.triu(1).transpose(-1, -2)  # mirror the upper triangle
-        count = inter_t.diagonal(dim1=-2, dim2=-1)
-        return count, count, inter_t
-    return torch.from_numpy(x_count).float(), torch.from_numpy(y_count).float(), torch.from_numpy(inter).float()
+        full = np.triu(inter) + np.swapaxes(np.triu(inter, 1), -1, -2)  # mirror the upper triangle
+        count = np.ascontiguousarray(np.diagonal(full, axis1=-2, axis2=-1)).astype(np.float32)
+        return count, count, full.astype(np.float32)
+    return x_count.astype(np.float32), y_count.astype(np.float32), inter.astype(np.float32)
+
+
+def _np_distance_from_counts(x_count: np.ndarray, y_count: np.ndarray, inter: np.ndarray) -> torch.Tensor:
+    """:func:`iou_distance_from_counts` in numpy (float32, the same operations): no thread wake-ups for small arrays."""
+    union = x_count[..., :, None] + y_count[..., None, :] - inter
+    present = union > 0
+    iou = np.where(present, inter / np.maximum(union, np.float32(1)), np.float32(0))
+    n_present = present.sum(axis=1)
+    mean_iou = iou.sum(axis=1) / np.maximum(n_present, 1).astype(np.float32)
+    return torch.from_numpy(np.where(n_present > 0, np.float32(1) - mean_iou, np.float32(0)).astype(np.float32))
 
 
 def _onehot_counts(
@@ -207,7 +216,8 @@ def class_counts(
     """
     if x.device.type != "cpu":
         return _onehot_counts(x, y, classes)
-    return _bit_counts([x], y, classes)
+    x_count, y_count, inter = _bit_counts([x], y, classes)
+    return torch.from_numpy(x_count), torch.from_numpy(y_count), torch.from_numpy(inter)
 
 
 def iou_distance_from_counts(x_count: torch.Tensor, y_count: torch.Tensor, inter: torch.Tensor) -> torch.Tensor:
@@ -261,7 +271,7 @@ def pairwise_iou_distance(
     """
     _check(x, y, classes)
     if x.device.type == "cpu":
-        return iou_distance_from_counts(*_bit_counts([x], y, classes))
+        return _np_distance_from_counts(*_bit_counts([x], y, classes))
     b = x.shape[0]
     per_item = max(1, (x[0].numel() + (0 if y is None else y[0].numel())) * len(classes))
     chunk = max(1, _CHUNK_ELEMENTS // per_item)
@@ -288,6 +298,6 @@ def joint_iou_distance(sets: Sequence[torch.Tensor], classes: Sequence[int] = (1
         _check(sets[0], s, classes)
     _check(sets[0], None, classes)
     if all(s.device.type == "cpu" for s in sets):
-        return iou_distance_from_counts(*_bit_counts(list(sets), None, classes))
+        return _np_distance_from_counts(*_bit_counts(list(sets), None, classes))
     dtype = sets[0].dtype
     return pairwise_iou_distance(torch.cat([s.to(dtype) for s in sets], dim=1), None, classes)
