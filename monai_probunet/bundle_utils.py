@@ -13,9 +13,9 @@ from types import TracebackType
 from typing import Any
 
 __all__ = [
-    "UserInputError",
     "ConfigValueError",
     "TrainingInterrupted",
+    "UserInputError",
     "as_bool",
     "bundle_root",
     "check_options",
@@ -76,6 +76,8 @@ def check_options(
     booleans: Mapping[str, Any] | None = None,
     counts: Mapping[str, Any] | None = None,
     folders: Mapping[str, Any] | None = None,
+    positive: Mapping[str, Any] | None = None,
+    mappings: Mapping[str, Any] | None = None,
 ) -> None:
     """Check bundle options of simple kinds at the start of a run, before any data is generated or loaded.
 
@@ -84,6 +86,8 @@ def check_options(
         counts: ``{key: value}`` of options that must be whole numbers >= 1 (epochs, batch size, samples).
         folders: ``{key: path}`` of folder options (checkpoints, outputs): each must be a folder or not exist
             yet, with no file in its path (whether it is writable is checked where it is written).
+        positive: ``{key: value}`` of options that must be numbers > 0 (learning rate).
+        mappings: ``{key: value}`` of options that must be dicts (keyword arguments such as ``dataset_kwargs``).
 
     Raises:
         ConfigValueError: the first option of the wrong kind, naming its key.
@@ -93,6 +97,12 @@ def check_options(
     for key, value in (counts or {}).items():
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigValueError(f"--{key}: expected a whole number >= 1, got {value!r}.")
+    for key, value in (positive or {}).items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise ConfigValueError(f"--{key}: expected a number > 0, got {value!r}.")
+    for key, value in (mappings or {}).items():
+        if not isinstance(value, Mapping):
+            raise ConfigValueError(f"--{key}: expected a dict such as \"{{'num_patients': 12}}\", got {value!r}.")
     for key, value in (folders or {}).items():
         folder = probe = Path(str(value)).expanduser()
         while not probe.exists() and probe != probe.parent:

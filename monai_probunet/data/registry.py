@@ -10,8 +10,8 @@ from typing import Any
 
 from .disk_format import DATALIST_NAME, DatasetError, generated_by
 from .lidc_phantom import LIDC_PHANTOM_VERSION, generate_lidc_phantom
-from .shapes import SHAPES_VERSION, generate_shapes
 from .scenes32 import SCENES32_VERSION, generate_scenes32
+from .shapes import SHAPES_VERSION, generate_shapes
 from .validation import validate_cases
 
 __all__ = ["BUILTIN_DATASETS", "prepare_dataset"]

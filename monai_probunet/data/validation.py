@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from collections import Counter
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -10,6 +11,7 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
+from nibabel.filebasedimages import ImageFileError
 
 from .disk_format import SPLITS, DatasetError, validate_datalist
 
@@ -17,6 +19,8 @@ __all__ = ["validate_cases"]
 
 #: problems listed in the error; the rest are counted
 MAX_LISTED = 20
+#: what reading a damaged or foreign file raises (not a NIfTI, truncated gzip, bad header)
+_READ_ERRORS = (ImageFileError, OSError, EOFError, ValueError, zlib.error)
 
 
 def _resolve(base: Path, path: str) -> Path:
@@ -40,7 +44,7 @@ def _check_case(base: Path, split: str, index: int, item: dict[str, Any]) -> lis
     else:
         try:
             image_shape = tuple(nib.load(str(image_path)).shape)
-        except Exception as e:  # any reader error is a problem of this file
+        except _READ_ERRORS as e:
             problems.append(f"{case}: image {image_path} cannot be read as NIfTI ({type(e).__name__}: {e}).")
     for label in item["label"]:
         label_path = _resolve(base, label)
@@ -49,7 +53,7 @@ def _check_case(base: Path, split: str, index: int, item: dict[str, Any]) -> lis
             continue
         try:
             array = np.asanyarray(nib.load(str(label_path)).dataobj)
-        except Exception as e:
+        except _READ_ERRORS as e:
             problems.append(f"{case}: label {label_path} cannot be read as NIfTI ({type(e).__name__}: {e}).")
             continue
         values = np.unique(array)

@@ -179,7 +179,8 @@ class LastCheckpoint:
     ) -> None:
         if isinstance(save_interval, bool) or not isinstance(save_interval, int) or save_interval < 0:
             raise ConfigValueError(
-                f"checkpoint interval (save_interval) must be an integer >= 0 (0: only at the end), got {save_interval!r}."
+                "checkpoint interval (save_interval) must be an integer >= 0 (0: only at the end), got "
+                f"{save_interval!r}."
             )
         self.save_dir = Path(save_dir)
         probe = self.save_dir
@@ -258,8 +259,7 @@ class LastCheckpoint:
             return
         if self._last_saved_epoch is not None:
             where = (
-                f"{self.path} holds epoch {self._last_saved_epoch}: continue with the same command and "
-                "--resume true"
+                f"{self.path} holds epoch {self._last_saved_epoch}: continue with the same command and --resume true"
             )
         else:
             where = f"no checkpoint was written yet ({self.path}): run the same command again to start over"
@@ -287,8 +287,10 @@ class LastCheckpoint:
         objects = dict(self.objects)
         if "rng" not in saved_keys:
             del objects["rng"]
-            logger.warning(f"{self.path} holds no random generator states (written by an older version): the "
-                           "resumed run draws other random numbers than an uninterrupted one would.")
+            logger.warning(
+                f"{self.path} holds no random generator states (written by an older version): the "
+                "resumed run draws other random numbers than an uninterrupted one would."
+            )
         loader = CheckpointLoader(
             load_path=str(self.path),
             load_dict=objects,

@@ -82,7 +82,11 @@ class TrainingRNGState:
         state: dict[str, Any] = {
             "torch": torch.get_rng_state(),
             "numpy": _numpy_state(np.random.get_state()),
-            "python": {"version": version, "internal": torch.tensor(internal, dtype=torch.int64), "gauss_next": gauss_next},
+            "python": {
+                "version": version,
+                "internal": torch.tensor(internal, dtype=torch.int64),
+                "gauss_next": gauss_next,
+            },
             "transforms": [_numpy_state(t.R.get_state()) for t in self._transforms()],
             "generators": [g.get_state() for g in self._generators()],
         }
