@@ -30,7 +30,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 APP = REPO / "apps" / "monailabel"
-VENV = REPO / ".venv-label"
+VENV = Path(os.environ.get("MONAILABEL_VENV") or REPO / ".venv-label")  # the MONAI Label venv to test
 MONAILABEL = VENV / "bin" / "monailabel"
 STARTUP_TIMEOUT = 180  # seconds
 S = 16
