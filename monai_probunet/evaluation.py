@@ -33,7 +33,6 @@ from __future__ import annotations
 import copy
 import csv
 import io
-import json
 import logging
 import math
 import os
@@ -50,9 +49,6 @@ from torch.utils.data import DataLoader
 from .data.disk_format import load_datalist
 from .engines.precision import autocast_context
 from .io_utils import atomic_write_json, atomic_write_text, load_network_weights
-from .metrics.calibration import mask_ignored
-from .metrics.oracle import ORACLE
-from .metrics.presence import load_presence_threshold
 from .metrics import (
     PresenceThreshold,
     bootstrap_ci,
@@ -64,6 +60,9 @@ from .metrics import (
     sample_modes,
     wilcoxon_signed_rank,
 )
+from .metrics.calibration import mask_ignored
+from .metrics.oracle import ORACLE
+from .metrics.presence import load_presence_threshold
 from .networks.utils import hypotheses_to_labels
 
 __all__ = [
@@ -425,7 +424,7 @@ class EvaluationResult:
 
 
 def compare(
-    result_a: EvaluationResult, result_b: EvaluationResult, metric: str = "ged", S: int = 16  # noqa: N803
+    result_a: EvaluationResult, result_b: EvaluationResult, metric: str = "ged", S: int = 16
 ) -> dict[str, Any]:
     """Two-sided Wilcoxon signed-rank test of ``metric`` at S between two models on the same images.
 

@@ -424,7 +424,7 @@ def _check_ct_dicom(files: Sequence[Path], source: str) -> None:
     for f in files:
         try:
             ds = pydicom.dcmread(str(f), stop_before_pixels=True)
-        except Exception as e:  # noqa: BLE001 -- pydicom raises many types for a broken file
+        except Exception as e:  # pydicom raises many types for a broken file
             raise ValueError(f"{f} is not a readable DICOM file ({type(e).__name__}: {e}).") from e
         modality = getattr(ds, "Modality", None)
         if modality != "CT":
@@ -463,7 +463,7 @@ def _check_nifti_header(path: Path) -> None:
             if int(h["sizeof_hdr"]) == klass.sizeof_hdr:
                 hdr = h
                 break
-    except Exception:  # noqa: BLE001 -- not NIfTI (or corrupt): the reader below names the problem
+    except Exception:  # not NIfTI (or corrupt): the reader below names the problem
         return
     if hdr is None:
         return
@@ -564,7 +564,7 @@ def load_ct(image: str | os.PathLike | MetaTensor, allow_non_ct: bool = False) -
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 img = loader(str(path))
-        except Exception as e:  # noqa: BLE001 -- readers raise many types for a corrupt file
+        except Exception as e:  # readers raise many types for a corrupt file
             raise ValueError(f"could not read image {path}: {type(e).__name__}: {e}") from e
         if not isinstance(img, MetaTensor):
             raise ValueError(f"could not read image {path} with its geometry (got {type(img).__name__}).")
@@ -1147,7 +1147,7 @@ def load_model(
     parser = ConfigParser()
     try:
         parser.read_config(files)
-    except Exception as e:  # noqa: BLE001 -- yaml/json raise many types
+    except Exception as e:  # yaml/json raise many types
         raise ValueError(f"config {files} could not be read: {type(e).__name__}: {' '.join(str(e).split())}") from e
     _defer_imports(parser)
     if network_id not in parser:
@@ -1161,7 +1161,7 @@ def load_model(
             "spacing": spacing if spacing is not None else parser.get_parsed_content("infer_spacing"),
             "roi_size": parser.get_parsed_content("infer_roi_size") if "infer_roi_size" in parser else DEFAULT_ROI_SIZE,
         }
-    except Exception as e:  # noqa: BLE001 -- a config expression can raise anything
+    except Exception as e:  # a config expression can raise anything
         msg = str(e).splitlines()[0] if str(e) else ""
         raise ValueError(f"config {files}: {network_id!r} could not be built: {type(e).__name__}: {msg}") from e
     _pair(settings["spacing"], "infer_spacing", float)
@@ -1416,10 +1416,8 @@ def run_inference(
     dict
         The summary.
     """
-    from .io_utils import load_network_weights
-    from .io_utils import staged_dir
-
     from .bundle_utils import ConfigValueError
+    from .io_utils import load_network_weights, staged_dir
 
     try:  # the bundle command prints these as one line (exit status 2): every one is about an option's value
         if spacing is None:

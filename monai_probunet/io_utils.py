@@ -189,7 +189,7 @@ def load_network_weights(network: Any, path: str | os.PathLike) -> Any:
         )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 -- empty, truncated, corrupt or unsafe pickles raise many types
+    except Exception as e:  # empty, truncated, corrupt or unsafe pickles raise many types
         msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise ValueError(
             f"checkpoint {path} is not a readable PyTorch state dict (empty, truncated, corrupt or not a weights "

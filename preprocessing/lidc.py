@@ -59,27 +59,27 @@ __all__ = [
     "NUM_GRADERS",
     "DicomSeriesError",
     "LIDCSettings",
-    "slice_location_filter",
-    "read_dicom_header",
-    "read_ct_series",
-    "find_series_dir",
-    "group_annotations",
-    "select_readers",
-    "annotation_planes",
-    "lesion_crops",
-    "lesion_mask_crops",
-    "SeriesFiles",
-    "select_series_files",
     "Lesion",
-    "scan_lesions",
-    "locate_lesion_slices",
-    "reader_masks",
-    "write_lesion_cases",
-    "process_scan",
+    "SeriesFiles",
+    "annotation_planes",
     "build_datalist",
     "cli",
+    "find_series_dir",
+    "group_annotations",
     "index_series",
+    "lesion_crops",
+    "lesion_mask_crops",
+    "locate_lesion_slices",
     "main",
+    "process_scan",
+    "read_ct_series",
+    "read_dicom_header",
+    "reader_masks",
+    "scan_lesions",
+    "select_readers",
+    "select_series_files",
+    "slice_location_filter",
+    "write_lesion_cases",
 ]
 
 logger = logging.getLogger("preprocessing.lidc")
@@ -493,7 +493,7 @@ def _resample_and_crop(
     """The shared body of :func:`lesion_crops` and :func:`lesion_mask_crops` (``volume=None``: masks only)."""
     import torch
     from monai.data import MetaTensor
-    from monai.transforms import SpatialCropd, SpatialPadd, Spacingd
+    from monai.transforms import Spacingd, SpatialCropd, SpatialPadd
 
     affine = torch.as_tensor(affine_np)
     data = {"label": MetaTensor(torch.as_tensor(masks, dtype=torch.float32), affine=affine)}
@@ -995,7 +995,7 @@ def _series_uid(path: Path) -> str | None:
 
     try:
         ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"])
-    except Exception:  # noqa: BLE001 -- an unreadable file is reported when its series is processed
+    except Exception:  # an unreadable file is reported when its series is processed
         return None
     uid = ds.get("SeriesInstanceUID", None)
     return str(uid).strip() if uid else None

@@ -292,7 +292,7 @@ def test_batch_loads_the_model_once_and_matches_the_library(tmp_path, model_file
 
 def test_edge_centres_count_only_image_pixels(model_files):
     """A centre at the image corner: the field reaches past the border (air); hypotheses there are not counted."""
-    model, settings = load_model(*model_files)
+    model, _ = load_model(*model_files)
     h = predict_hypotheses(CT, (0, 0), model, spacing=0.5, num_samples=16, seed=0)
     lesion = [k for k in range(16) if h.crop_labels[k].any()]
     assert lesion  # the coin-flip model paints its whole field on about half of the draws

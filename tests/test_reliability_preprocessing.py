@@ -93,6 +93,6 @@ def test_partial_download_and_a_run_without_images(tmp_path):
     assert [a["patient_id"] for a in datalist["absent"]] == [ABSENT]
 
     empty_root = tmp_path / "no_lesion" / "LIDC-IDRI"
-    write_scan_slices(empty_root, _scan(GOOD), range(0, 2))  # slices far from the nodule
+    write_scan_slices(empty_root, _scan(GOOD), range(2))  # slices far from the nodule
     r = lidc("--dicom-root", empty_root, "--out", tmp_path / "out2", "--patients", GOOD)
     assert_clean_error(r, 1, "no image was written")

@@ -13,8 +13,8 @@ import torch
 __all__ = [
     "PresenceThreshold",
     "fit_presence_threshold",
-    "load_presence_threshold",
     "lesion_presence_counts",
+    "load_presence_threshold",
     "presence_ambiguity",
     "presence_probability",
 ]
