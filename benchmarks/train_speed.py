@@ -6,7 +6,7 @@ up-sampling, the latent tiled to the image grid and concatenated to the U-Net's 
 convolutions, a binary mask with a summed BCE, and sampling by a Python loop over the samples. Both networks have
 the paper's LIDC architecture: 128x128 crops, batch 8, filters 32-64-128-192, 3 convolutions per scale, latent 6,
 f_comb 3 x 1x1 of width 32. Ours is the default ``ProbUNet`` (instance norm) driven by ``ProbUNetTrainer``'s own
-training step, with the memory format the trainer picks on this machine (``channels_last="auto"``).
+training step, channels-first (the trainer's default) unless ``--channels-last``.
 
 The timings of the two are interleaved (rounds of ``--iterations`` steps each, alternating) so that load from other
 processes hits both alike; the spread of the per-round ratios is printed as the noise.
@@ -31,7 +31,7 @@ from torch.distributions import Independent, Normal, kl_divergence
 from monai_probunet.engines import ProbUNetTrainer, autocast_context
 from monai_probunet.engines.precision import cpu_bf16_flags, cpu_model_name
 from monai_probunet.losses import ELBOLoss
-from monai_probunet.networks import ProbUNet
+from monai_probunet.networks import ProbUNet, unet_core
 
 FILTERS = (32, 64, 128, 192)
 LATENT = 6
@@ -160,9 +160,39 @@ def reference_step(precision: str) -> Callable[[], None]:
     return step
 
 
-def our_step(precision: str, channels_last: bool | str) -> tuple[Callable[[], None], bool]:
+def _previous_kernels(net: nn.Module) -> Callable[[Callable[[], None]], Callable[[], None]]:
+    """Put back the kernels ``ProbUNet`` used before its speed-ups (``InstanceNorm`` modules, non-inplace ReLU,
+    bilinear down-sampling); the same function, for the before/after comparison. Returns a wrapper for the step."""
+    for module in list(net.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, nn.GroupNorm):
+                setattr(module, name, nn.InstanceNorm2d(child.num_channels, eps=child.eps))
+            elif isinstance(child, nn.ReLU):
+                setattr(module, name, nn.ReLU())
+
+    def bilinear(x: torch.Tensor, size=None) -> torch.Tensor:
+        if size is None:
+            return F.interpolate(x, scale_factor=0.5, mode="bilinear", align_corners=False)
+        return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+
+    def wrap(step: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
+            saved = unet_core.resample_by_interpolation
+            unet_core.resample_by_interpolation = bilinear
+            try:
+                step()
+            finally:
+                unet_core.resample_by_interpolation = saved
+
+        return run
+
+    return wrap
+
+
+def our_step(precision: str, channels_last: bool, previous: bool = False) -> tuple[Callable[[], None], bool]:
     torch.manual_seed(0)
     net = ProbUNet(2, 1, 2, channels=FILTERS, latent_dim=LATENT)
+    wrap = _previous_kernels(net) if previous else (lambda step: step)
     batch = _batch()
     trainer = ProbUNetTrainer(
         device=torch.device("cpu"),
@@ -176,7 +206,7 @@ def our_step(precision: str, channels_last: bool | str) -> tuple[Callable[[], No
         precision=precision,
         channels_last=channels_last,
     )
-    return (lambda: trainer._iteration(trainer, batch)), bool(trainer.channels_last)
+    return wrap(lambda: trainer._iteration(trainer, batch)), bool(trainer.channels_last)
 
 
 def sampler(net: nn.Module, num_samples: int, precision: str, ours: bool) -> Callable[[], None]:
@@ -193,30 +223,37 @@ def sampler(net: nn.Module, num_samples: int, precision: str, ours: bool) -> Cal
     return run
 
 
-def interleaved(fns: dict[str, Callable[[], None]], rounds: int, iterations: int) -> dict[str, list[float]]:
-    """Seconds per call of each function, one median per round; the functions alternate within each round."""
+def interleaved(fns: dict, rounds: int, iterations: int, cpu_times: dict | None = None) -> dict:
+    """Wall seconds per call of each function, one median per round; the functions alternate within each round.
+
+    ``cpu_times``, if given, receives the process CPU seconds per call (all threads) the same way: on a machine
+    shared with other jobs the wall time depends on their load, the CPU time much less.
+    """
     for fn in fns.values():  # warm-up (allocator, oneDNN primitive caches)
         fn()
         fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
+    times: dict = {k: [] for k in fns}
+    cpu: dict = {k: [] for k in fns}
     for r in range(rounds):
         order = list(fns) if r % 2 == 0 else list(reversed(fns))
         for k in order:
-            per = []
+            per, per_cpu = [], []
             for _ in range(iterations):
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 fns[k]()
                 per.append(time.perf_counter() - t0)
+                per_cpu.append(time.process_time() - c0)
             times[k].append(statistics.median(per))
+            cpu[k].append(statistics.median(per_cpu))
+    if cpu_times is not None:
+        cpu_times.update(cpu)
     return times
 
 
-def _ratio_line(name: str, ours: list[float], ref: list[float], unit: float = 1.0) -> str:
+def _ratio(ours: list[float], ref: list[float]) -> str:
+    """Median and range over rounds of the speed ratio ``ref time / ours time`` (same round, interleaved)."""
     ratios = [r / o for o, r in zip(ours, ref)]
-    return (
-        f"{name}: ours/reference speed {statistics.median(ratios):.2f}x "
-        f"(rounds {min(ratios):.2f}-{max(ratios):.2f})"
-    )
+    return f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f})"
 
 
 def main() -> None:
@@ -224,32 +261,41 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4, help="alternating rounds (noise = spread over rounds)")
     parser.add_argument("--iterations", type=int, default=3, help="training steps per round and network")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--channels-last", default="auto", choices=("auto", "true", "false"), help="ours' format")
+    parser.add_argument("--channels-last", action="store_true", help="ours in the channels-last memory format")
     parser.add_argument("--skip-sampling", action="store_true")
+    parser.add_argument(
+        "--previous", action="store_true", help="also time ours with the kernels it used before its speed-ups (fp32)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     flags = cpu_bf16_flags()
     print(f"CPU: {cpu_model_name()}; native bf16: {'yes (' + '/'.join(flags) + ')' if flags else 'no'}; "
           f"threads {args.threads}; torch {torch.__version__}")  # fmt: skip
     print(f"architecture: {SIZE}x{SIZE}, batch {BATCH}, filters {'-'.join(map(str, FILTERS))}, latent {LATENT}")
-    cl = {"auto": "auto", "true": True, "false": False}[args.channels_last]
+    cl = args.channels_last
     precisions = ["fp32"] + (["bf16"] if flags else [])
     ref32 = reference_step("fp32")
     steps: dict[str, Callable[[], None]] = {"reference fp32": ref32}
     for precision in precisions:
         step, used_cl = our_step(precision, cl)
         steps[f"ours {precision} ({'channels_last' if used_cl else 'channels-first'})"] = step
+        if args.previous and precision == "fp32":
+            steps["ours fp32, previous kernels"] = our_step(precision, cl, previous=True)[0]
     if flags:
         steps["reference bf16"] = reference_step("bf16")
-    times = interleaved(steps, args.rounds, args.iterations)
-    print("\ntraining step (images/s; median over rounds, min-max in brackets)")
+    cpu: dict = {}
+    times = interleaved(steps, args.rounds, args.iterations, cpu)
+    print("\ntraining step: images/s (wall) and images per CPU-second (all threads); median over rounds, min-max in")
+    print("brackets; speed vs the reference fp32 as the median (min-max) of the per-round ratios, wall and CPU time")
     for k, t in times.items():
         ips = [BATCH / s for s in t]
-        print(f"  {k:34s} {statistics.median(ips):6.2f} images/s ({min(ips):.2f}-{max(ips):.2f})")
-    ref = times["reference fp32"]
-    for k, t in times.items():
+        ipc = [BATCH / s for s in cpu[k]]
+        line = f"  {k:34s} {statistics.median(ips):6.2f} images/s ({min(ips):.2f}-{max(ips):.2f})"
+        line += f"  {statistics.median(ipc):6.2f} images/CPU-s"
         if k != "reference fp32":
-            print("  " + _ratio_line(f"{k} vs reference fp32", t, ref))
+            line += f"  vs reference fp32: wall {_ratio(t, times['reference fp32'])}"
+            line += f", CPU {_ratio(cpu[k], cpu['reference fp32'])}"
+        print(line)
     if args.skip_sampling:
         return
     print("\nsampling one 128x128 image, 1 vs 16 hypotheses (ms; median over rounds)")

@@ -1,0 +1,54 @@
+"""The faster kernels of the U-Net core compute the same function as the plain ones, with the same state dict."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from monai.bundle import ConfigParser
+
+from monai_probunet.networks import ProbUNet
+from monai_probunet.networks.unet_core import ConvBlock, resample_by_interpolation
+
+from .conftest import REPO, TRAIN_YAML
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 8, 8), (2, 3, 9, 7), (1, 2, 6, 5, 7), (2, 3, 11)])
+def test_down_sampling_is_linear_interpolation_at_half_scale(shape):
+    x = torch.randn(*shape)
+    mode = {3: "linear", 4: "bilinear", 5: "trilinear"}[x.ndim]
+    expected = F.interpolate(x, scale_factor=0.5, mode=mode, align_corners=False)
+    torch.testing.assert_close(resample_by_interpolation(x), expected, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_default_norm_is_instance_norm_without_parameters(spatial_dims):
+    torch.manual_seed(0)
+    block = ConvBlock(spatial_dims, 2, 4, num_convs=2)
+    plain = ConvBlock(spatial_dims, 2, 4, num_convs=2, norm=None)
+    assert block.state_dict().keys() == plain.state_dict().keys()
+    x = torch.randn(2, 2, *([6] * spatial_dims), requires_grad=True)
+    expected = x
+    for conv in (m.conv for m in block):
+        expected = torch.relu(F.instance_norm(conv(expected), eps=1e-5))
+    out = block(x)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    g = torch.randn_like(out)
+    (got,) = torch.autograd.grad(out, x, g)
+    (want,) = torch.autograd.grad(expected, x, g)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_other_norms_are_left_to_monai():
+    affine = ConvBlock(2, 2, 4, num_convs=1, norm=("instance", {"affine": True}))
+    assert isinstance(affine[0].adn.N, torch.nn.InstanceNorm2d) and affine[0].adn.N.affine
+    batch = ConvBlock(2, 2, 4, num_convs=1, norm="batch")
+    assert isinstance(batch[0].adn.N, torch.nn.BatchNorm2d)
+
+
+def test_shipped_model_loads_strictly():
+    parser = ConfigParser()
+    parser.read_config(str(TRAIN_YAML))
+    net = parser.get_parsed_content("network_def")
+    assert isinstance(net, ProbUNet)
+    net.load_state_dict(torch.load(REPO / "bundle" / "models" / "model.pt", weights_only=True), strict=True)
