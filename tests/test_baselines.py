@@ -289,6 +289,7 @@ def test_override_configs_build_the_baselines(name):
         assert isinstance(loss, ELBOLoss) and loss.beta == (10.0 if name == "image2image_vae" else 1.0)
 
 
+@pytest.mark.slow
 def test_bundle_trains_mheads(tmp_path):
     config = str([str(REPO / "bundle" / "configs" / "train.yaml"), str(BASELINES / "mheads.yaml")])
     small = ("--dataset_name", "shapes", "--dataset_kwargs", "{'num_patients': 12, 'image_size': 32}",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import pytest
 import torch
 
 from monai_probunet.networks import ProbUNet
@@ -41,6 +42,7 @@ def test_bundle_root_defaults_to_the_bundle_folder():
     assert bundle_root(["x", f"--config_file=['{cfg}', 'other.yaml']"]) == str(REPO / "bundle")
 
 
+@pytest.mark.slow
 def test_unknown_dataset_fails_at_start(tmp_path):
     proc = run_bundle("--dataset_name", "nope", "--dataset_dir", str(tmp_path / "d"), "--ckpt_dir", str(tmp_path))
     assert proc.returncode != 0
@@ -48,6 +50,7 @@ def test_unknown_dataset_fails_at_start(tmp_path):
     assert not (tmp_path / "d").exists()
 
 
+@pytest.mark.slow
 def test_wrong_channel_count_fails_at_start(tmp_path):
     proc = run_bundle(*SMALL, "--in_channels", "3", "--dataset_dir", str(tmp_path / "d"), "--ckpt_dir", str(tmp_path))
     assert proc.returncode != 0

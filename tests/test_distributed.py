@@ -16,6 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from ignite.engine import Engine, Events
 
@@ -109,6 +110,7 @@ def _records(log: str, tag: str) -> list[dict]:
     return [json.loads(m) for m in re.findall(rf"^{tag} (\{{.*\}})$", log, flags=re.M)]
 
 
+@pytest.mark.slow
 def test_torchrun_two_cpu_processes(tmp_path):
     extra = tmp_path / "count.yaml"
     extra.write_text(
@@ -159,6 +161,7 @@ def test_torchrun_two_cpu_processes(tmp_path):
     assert last["trainer"]["iteration"] == 2  # 8 images per rank and batch 16: one iteration per epoch
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill(tmp_path):
     """A run killed in the middle of epoch 3 (after the "last" checkpoint of epoch 2) continues at epoch 3."""
     killer = tmp_path / "kill.yaml"
@@ -258,6 +261,7 @@ print("NOT REACHED", flush=True)
     assert float(net.weight.detach().abs().max()) < 1.0  # the weights of the complete checkpoint, not the +1 ones
 
 
+@pytest.mark.slow
 def test_same_seed_gives_bit_identical_weights_and_hypotheses(tmp_path):
     from monai_probunet.engines import SamplingInferer
     from monai_probunet.networks import ProbUNet

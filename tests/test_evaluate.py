@@ -323,6 +323,7 @@ def _bundle(run_id: str, config_files: list[Path], *args: str) -> subprocess.Com
     return subprocess.run(cmd + list(args), capture_output=True, text=True, timeout=600, cwd="/", env=env, check=False)
 
 
+@pytest.mark.slow
 def test_bundle_evaluate_end_to_end(tmp_path):
     small = [
         "--dataset_name", "shapes",
@@ -419,6 +420,7 @@ def test_multi_class_evaluation_skips_the_lesion_presence_rule(mixed, tmp_path):
         assert (tmp_path / "eval" / name).is_file()
 
 
+@pytest.mark.slow
 def test_compare_report_writes_table_with_wilcoxon_and_figure(mixed, tmp_path):
     """benchmarks/compare.py --report: the results table (oracle row, p-values vs probunet) and the GED figure."""
     out = tmp_path / "compare"

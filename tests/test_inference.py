@@ -352,6 +352,7 @@ def test_cli_bad_input(ckpt, tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_bundle_inferring(ct_small, ckpt, tmp_path):
     data = tmp_path / "data"
     data.mkdir()
@@ -415,6 +416,7 @@ def test_export_wrapper_matches_sample(net, tmp_path):
     assert set(fresh.state_dict()) == {f"network.{k}" for k in net.state_dict()}
 
 
+@pytest.mark.slow
 def test_bundle_export_and_verify(net, ckpt, tmp_path):
     """`verify_net_in_out` and `ckpt_export` (trace) on `export_def` against metadata.json (run in process)."""
     from monai.bundle import ckpt_export, verify_net_in_out

@@ -407,6 +407,7 @@ def test_cityscapes_converter_train_ids_flips_and_split(tmp_path):
 # ------------------------------------------------------------------------------------------------ bundle
 
 
+@pytest.mark.slow
 def test_bundle_trains_and_evaluates_on_scenes32(tmp_path):
     data_args = [a for k, v in SMALL_DATA.items() for a in (f"--dataset_kwargs#{k}", json.dumps(v))]
     common = (*data_args, "--channels", "[8, 16, 32]", "--ckpt_dir", str(tmp_path / "models"),

@@ -134,6 +134,7 @@ def _check_run(tracking_uri: str, log: str, tmp_path: Path) -> None:
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_mlflow_server_records_params_metrics_and_sample_grids(tmp_path, mlflow_server, no_mlflow_env):
     proc = run_bundle(
         *MLFLOW_ARGS, "--tracking_uri", mlflow_server,
@@ -146,6 +147,7 @@ def test_mlflow_server_records_params_metrics_and_sample_grids(tmp_path, mlflow_
     _check_run(mlflow_server, log, tmp_path)
 
 
+@pytest.mark.slow
 def test_mlflow_default_sqlite_store(tmp_path, no_mlflow_env):
     proc = run_bundle(
         *MLFLOW_ARGS,
