@@ -4,17 +4,8 @@ The Cityscapes task of the paper, on small synthetic images that a CPU trains on
 street scene (sky, buildings, road, sidewalk, vegetation, terrain, cars, persons, poles, signs, ...) with a label map
 in the 19 Cityscapes *train ids* (:data:`TRAIN_ID_NAMES`) and ignore regions (:data:`IGNORE_INDEX` = 255: an
 ego-vehicle hood at the bottom and a rectification border, as in Cityscapes). Five classes then flip to five new
-classes, one Bernoulli draw per image per class, with the paper's probabilities (:data:`FLIPS`):
-
-==============  ========  ======  ===========
-class           train id  new id  probability
-==============  ========  ======  ===========
-sidewalk        1         19      8/17
-person          11        20      7/17
-car             13        21      6/17
-vegetation      8         22      5/17
-road            0         23      4/17
-==============  ========  ======  ===========
+classes, one Bernoulli draw per image per class, with the paper's probabilities (:data:`FLIPS`). The task itself
+(classes, flips, modes) is defined in :mod:`monai_probunet.flip_task`; its names stay importable from here.
 
 So there are ``2**5 = 32`` flip patterns (:func:`enumerate_modes`) with probabilities from 10.9 % (nothing flipped)
 down to 0.5 % (everything flipped), 24 classes in all (:data:`NUM_CLASSES`), and the GED of the paper's Eq. 7 averages
@@ -42,11 +33,10 @@ uint8 RGB (the channel axis last: load it with ``EnsureChannelFirstd(keys="image
 
 from __future__ import annotations
 
-import itertools
 import json
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -54,174 +44,67 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform, Randomizable
 from scipy.ndimage import gaussian_filter
 
+from ..flip_task import (  # the task's definition, re-exported here for compatibility
+    BICYCLE,
+    BUILDING,
+    BUS,
+    CAR,
+    CLASS_NAMES,
+    FENCE,
+    FLIP_PROBS,
+    FLIP_SOURCE_CLASSES,
+    FLIP_TARGET_CLASSES,
+    FLIPS,
+    IGNORE_INDEX,
+    LIGHT,
+    NUM_CLASSES,
+    PERSON,
+    POLE,
+    RIDER,
+    ROAD,
+    SIDEWALK,
+    SIGN,
+    SKY,
+    SWITCHABLE_CLASSES,
+    TERRAIN,
+    TRAIN_ID_NAMES,
+    TRUCK,
+    VEGETATION,
+    WALL,
+    apply_flip_pattern,
+    check_flips,
+    distinct_modes,
+    enumerate_modes,
+    flip_task_metadata,
+    pattern_index,
+    unflip,
+)
 from .disk_format import DATALIST_NAME, SPLITS, atomic_dataset_dir, patient_level_split, write_nifti
 
 __all__ = [
-    "SCENES32_VERSION",
-    "IGNORE_INDEX",
-    "TRAIN_ID_NAMES",
+    "CLASS_NAMES",
     "FLIPS",
     "FLIP_PROBS",
     "FLIP_SOURCE_CLASSES",
     "FLIP_TARGET_CLASSES",
-    "SWITCHABLE_CLASSES",
+    "IGNORE_INDEX",
     "NUM_CLASSES",
-    "CLASS_NAMES",
-    "enumerate_modes",
-    "pattern_index",
-    "write_flipped_case",
-    "apply_flip_pattern",
-    "unflip",
-    "distinct_modes",
-    "render_scene",
-    "generate_scenes32",
+    "SCENES32_VERSION",
+    "SWITCHABLE_CLASSES",
+    "TRAIN_ID_NAMES",
     "RandClassFlipd",
+    "apply_flip_pattern",
+    "distinct_modes",
+    "enumerate_modes",
+    "flip_task_metadata",
+    "generate_scenes32",
+    "pattern_index",
+    "render_scene",
+    "unflip",
+    "write_flipped_case",
 ]
 
 SCENES32_VERSION = 1
-IGNORE_INDEX = 255
-
-#: Cityscapes train ids 0..18 (cityscapesScripts ``labels.py``)
-TRAIN_ID_NAMES: tuple[str, ...] = (
-    "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign", "vegetation",
-    "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle",
-)  # fmt: skip
-ROAD, SIDEWALK, BUILDING, WALL, FENCE, POLE, LIGHT, SIGN, VEGETATION, TERRAIN, SKY = range(11)
-PERSON, RIDER, CAR, TRUCK, BUS, TRAIN, MOTORCYCLE, BICYCLE = range(11, 19)
-
-#: (source train id, new class id, flip probability, new class name), in the paper's order (Sec. 4.2)
-FLIPS: tuple[tuple[int, int, float, str], ...] = (
-    (SIDEWALK, 19, 8 / 17, "sidewalk 2"),
-    (PERSON, 20, 7 / 17, "person 2"),
-    (CAR, 21, 6 / 17, "car 2"),
-    (VEGETATION, 22, 5 / 17, "vegetation 2"),
-    (ROAD, 23, 4 / 17, "road 2"),
-)
-FLIP_PROBS: tuple[float, ...] = tuple(f[2] for f in FLIPS)
-FLIP_SOURCE_CLASSES: tuple[int, ...] = tuple(f[0] for f in FLIPS)
-FLIP_TARGET_CLASSES: tuple[int, ...] = tuple(f[1] for f in FLIPS)
-#: the 10 classes whose IoU the Cityscapes GED averages (paper Appendix B): the 5 flippable and the 5 new ones
-SWITCHABLE_CLASSES: tuple[int, ...] = tuple(sorted(FLIP_SOURCE_CLASSES + FLIP_TARGET_CLASSES))
-NUM_CLASSES = len(TRAIN_ID_NAMES) + len(FLIPS)  # 24
-CLASS_NAMES: tuple[str, ...] = TRAIN_ID_NAMES + tuple(f[3] for f in FLIPS)
-
-_Label = TypeVar("_Label", np.ndarray, torch.Tensor)
-
-
-# --------------------------------------------------------------------------------------------- the 32 modes
-
-
-def enumerate_modes(flip_probs: Sequence[float] = FLIP_PROBS) -> list[tuple[tuple[int, ...], float]]:
-    """All ``2**K`` flip patterns of K independent class flips, with their probabilities.
-
-    Pattern ``j`` (list position) has bits ``(b_1, ..., b_K)`` with ``b_1`` most significant, i.e. the order of
-    ``itertools.product((0, 1), repeat=K)``: pattern 0 flips nothing, pattern ``2**K - 1`` flips every class. Its
-    probability is ``prod_k p_k**b_k * (1 - p_k)**(1 - b_k)``; the probabilities sum to 1.
-
-    Args:
-        flip_probs: K flip probabilities in ``[0, 1]`` (default: the paper's 8/17, 7/17, 6/17, 5/17, 4/17).
-
-    Returns:
-        ``2**K`` pairs ``(pattern: K-tuple of 0/1, probability)``.
-    """
-    p = [float(v) for v in flip_probs]
-    if not p or any(not 0.0 <= v <= 1.0 for v in p):
-        raise ValueError(f"flip_probs must be a non-empty sequence of probabilities in [0, 1], got {list(flip_probs)}.")
-    out = []
-    for bits in itertools.product((0, 1), repeat=len(p)):
-        out.append((bits, float(np.prod([pk if b else 1.0 - pk for b, pk in zip(bits, p)]))))
-    return out
-
-
-def pattern_index(pattern: Sequence[int]) -> int:
-    """Position of a flip pattern in :func:`enumerate_modes` (first bit most significant)."""
-    idx = 0
-    for b in pattern:
-        if b not in (0, 1, True, False):
-            raise ValueError(f"a flip pattern holds 0/1 values, got {list(pattern)}.")
-        idx = 2 * idx + int(b)
-    return idx
-
-
-def _check_flips(flips: Sequence[tuple[int, int, float, str]]) -> None:
-    if not flips:
-        raise ValueError("flips must name at least one (source, target, probability, name) flip.")
-    src, dst = [f[0] for f in flips], [f[1] for f in flips]
-    if len(set(src) | set(dst)) != 2 * len(flips):
-        raise ValueError(f"flip source and target classes must be distinct, got sources {src} and targets {dst}.")
-
-
-def apply_flip_pattern(
-    label: _Label, pattern: Sequence[int], flips: Sequence[tuple[int, int, float, str]] = FLIPS
-) -> _Label:
-    """Relabel the flipped classes of an *unflipped* label map.
-
-    Args:
-        label: ``*spatial`` (any shape) integer label map, numpy array or torch tensor, holding no target class.
-        pattern: one 0/1 value per flip of ``flips``.
-        flips: ``(source, target, probability, name)`` per flippable class (default :data:`FLIPS`).
-
-    Returns:
-        A new label map of the same type, shape and dtype: ``source`` replaced by ``target`` where the bit is 1.
-    """
-    if len(pattern) != len(flips):
-        raise ValueError(f"pattern has {len(pattern)} bits for {len(flips)} flips.")
-    out = label.clone() if isinstance(label, torch.Tensor) else np.array(label, copy=True)
-    for (src, dst, _, _), bit in zip(flips, pattern):
-        if bit:
-            out[label == src] = dst
-    return out
-
-
-def unflip(label: _Label, flips: Sequence[tuple[int, int, float, str]] = FLIPS) -> _Label:
-    """Map every new class back to its source class (the inverse of :func:`apply_flip_pattern`).
-
-    Args:
-        label: integer label map of any shape (numpy array or torch tensor).
-
-    Returns:
-        A new label map of the same type, shape and dtype holding no target class.
-    """
-    out = label.clone() if isinstance(label, torch.Tensor) else np.array(label, copy=True)
-    for src, dst, _, _ in flips:
-        out[label == dst] = src
-    return out
-
-
-def distinct_modes(
-    label: np.ndarray, flips: Sequence[tuple[int, int, float, str]] = FLIPS
-) -> tuple[list[np.ndarray], list[float], list[list[int]]]:
-    """The distinct label maps of the flip distribution of one unflipped label map.
-
-    A pattern that differs from another only in the bits of classes absent from ``label`` gives the same map: such
-    patterns are merged into one mode whose probability is their sum (= the product over the *visible* classes).
-    Modes are ordered by their smallest pattern index, so mode 0 is the unflipped map.
-
-    Args:
-        label: ``*spatial`` unflipped label map (train ids and ignore; no target class).
-        flips: flippable classes (default :data:`FLIPS`).
-
-    Returns:
-        ``(modes: 2**v label maps, probabilities summing to 1, patterns: per mode the sorted indices of the
-        :func:`enumerate_modes` patterns it stands for)``, v = number of source classes present in ``label``.
-    """
-    _check_flips(flips)
-    targets = [f[1] for f in flips]
-    if np.isin(label, targets).any():
-        raise ValueError(f"label must be unflipped (no class of {targets}); call unflip() first.")
-    visible = [bool((label == f[0]).any()) for f in flips]
-    groups: dict[tuple[int, ...], list[int]] = {}
-    probs: dict[tuple[int, ...], float] = {}
-    for j, (bits, p) in enumerate(enumerate_modes([f[2] for f in flips])):
-        key = tuple(b if v else 0 for b, v in zip(bits, visible))
-        groups.setdefault(key, []).append(j)
-        probs[key] = probs.get(key, 0.0) + p
-    modes, mode_probs, patterns = [], [], []
-    for key in sorted(groups, key=lambda k: groups[k][0]):
-        modes.append(apply_flip_pattern(label, key, flips))
-        mode_probs.append(probs[key])
-        patterns.append(groups[key])
-    return modes, mode_probs, patterns
 
 
 # --------------------------------------------------------------------------------------------- rendering
@@ -450,17 +333,6 @@ def render_scene(
 # --------------------------------------------------------------------------------------------- dataset
 
 
-def flip_task_metadata() -> dict[str, Any]:
-    """``datalist.json`` keys describing the flipped-class task (shared by scenes32 and the Cityscapes converter)."""
-    return {
-        "num_classes": NUM_CLASSES,
-        "ignore_index": IGNORE_INDEX,
-        "switchable_classes": list(SWITCHABLE_CLASSES),
-        "class_names": list(CLASS_NAMES),
-        "flips": [{"source": s, "target": t, "probability": p, "name": n} for s, t, p, n in FLIPS],
-    }
-
-
 def write_flipped_case(
     root: Path, case: str, patient_id: str, image: np.ndarray, modes: Sequence[np.ndarray],
     mode_probs: Sequence[float], mode_patterns: Sequence[Sequence[int]], draws: Sequence[int],
@@ -599,7 +471,7 @@ class RandClassFlipd(Randomizable, MapTransform):
         allow_missing_keys: bool = False,
     ) -> None:
         MapTransform.__init__(self, keys, allow_missing_keys)
-        _check_flips(flips)
+        check_flips(flips)
         self.flips = tuple(tuple(f) for f in flips)
         self.flip_probs = np.array([f[2] for f in flips] if flip_probs is None else list(flip_probs), dtype=np.float64)
         if self.flip_probs.shape != (len(flips),) or ((self.flip_probs < 0) | (self.flip_probs > 1)).any():

@@ -13,7 +13,7 @@ For the Cityscapes flip task (paper Sec. 4.2, Appendix B-C) and its synthetic st
   switchable classes, ties to the lowest mode index, :func:`match_modes`) and counted for that mode's flip pattern;
   frequencies over all images and samples are compared with the true pattern probabilities (Pearson r, scipy).
   Where an image lacks a flippable class, one stored mode stands for several of the 32 patterns (those that differ
-  only in invisible flips, see :func:`~monai_probunet.data.scenes32.distinct_modes`); a sample matched to such a mode
+  only in invisible flips, see :func:`~monai_probunet.flip_task.distinct_modes`); a sample matched to such a mode
   is split over its patterns in proportion to their probabilities (:func:`attribute_patterns`; for those images the
   invisible bits are not observed, and this split is their expected share). ``exact_*`` values use only the images
   in which every flippable class is visible (all patterns distinct): no attribution at all.
@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..data.scenes32 import FLIPS, IGNORE_INDEX, SWITCHABLE_CLASSES, enumerate_modes, unflip
+from ..flip_task import FLIPS, IGNORE_INDEX, SWITCHABLE_CLASSES, TRAIN_ID_NAMES, enumerate_modes, unflip
 from .distances import pairwise_iou_distance
 from .ged import GEDTerms, generalized_energy_distance
 
@@ -256,7 +256,7 @@ def pixel_marginal_counts(
     Args:
         samples: ``B x S x *spatial`` sampled label maps.
         reference: ``B x *spatial`` or ``B x A x *spatial`` ground truth (any mode or grader map: it is un-flipped
-            with :func:`~monai_probunet.data.scenes32.unflip`, so the ground-truth class of a pixel is its source
+            with :func:`~monai_probunet.flip_task.unflip`, so the ground-truth class of a pixel is its source
             class).
         flips: ``(source, target, probability, name)`` per flippable class.
         ignore_index: ignore label (``None``: no masking; ignore pixels have no flippable ground truth anyway).
@@ -512,8 +512,6 @@ class CalibrationAccumulator:
         self.patterns = [b for b, _ in modes]
         self.pattern_probs = np.array([p for _, p in modes])
         if source_names is None:
-            from ..data.scenes32 import TRAIN_ID_NAMES
-
             source_names = [TRAIN_ID_NAMES[f[0]] if f[0] < len(TRAIN_ID_NAMES) else f"class {f[0]}" for f in self.flips]
         self.source_names = list(source_names)
         self.reset()
