@@ -16,7 +16,22 @@ from monai.transforms import Compose
 from scipy.ndimage import binary_dilation
 
 from monai_probunet.data import RandGraderd, generate_lidc_phantom, prepare_dataset
-from monai_probunet.data.lidc_phantom import phantom_scan_cases, reduce_tile, render_phantom_image, scan_mask_tiles
+from monai_probunet.data.chest_phantom import (
+    CLASSES,
+    NEGATIVE_SITES,
+    class_map,
+    draw_chest_scene,
+    lesion_site,
+    negative_site,
+    render_chest,
+)
+from monai_probunet.data.lidc_phantom import (
+    _mask_affine,
+    phantom_scan_cases,
+    reduce_tile,
+    render_phantom_image,
+    scan_mask_tiles,
+)
 from preprocessing.lidc import lesion_crops, read_ct_series, reader_masks, scan_lesions
 from tests.conftest import TRAIN_YAML
 from tests.test_lidc import write_ct_slice
@@ -27,7 +42,7 @@ with warnings.catch_warnings():
 
 # small patients: 0078 (scan 1, 0.65 mm: 4 lesions, one with 4 readers), 0355 (two scans), 1-4 readers elsewhere
 PATIENTS = ["LIDC-IDRI-0026", "LIDC-IDRI-0034", "LIDC-IDRI-0035", "LIDC-IDRI-0059", "LIDC-IDRI-0078", "LIDC-IDRI-0355"]
-KWARGS = {"patients": PATIENTS, "split": [4, 1, 1]}
+KWARGS = {"patients": PATIENTS, "split": [4, 1, 1], "negatives_per_scan": 3}
 SEED = 5
 AUG_YAML = TRAIN_YAML.parent / "augmentation.yaml"
 
@@ -36,9 +51,10 @@ def _load(path: Path) -> np.ndarray:
     return np.asarray(nib.load(str(path)).dataobj)
 
 
-def _cases(datalist: Path) -> list[dict]:
+def _cases(datalist: Path, negatives: bool = False) -> list[dict]:
+    """The lesion crops of every split (and the lesion-free crops too with ``negatives=True``)."""
     content = json.loads(datalist.read_text())
-    return [c for s in ("training", "validation", "test") for c in content[s]]
+    return [c for s in ("training", "validation", "test") for c in content[s] if negatives or c["readers_drawn"]]
 
 
 @pytest.fixture(scope="module")
@@ -54,12 +70,16 @@ def test_deterministic_cached_and_worker_independent(phantom, tmp_path):
     del a["generator"]["params"]["num_workers"], b["generator"]["params"]["num_workers"]
     assert a == b  # the output does not depend on the number of processes
     files = sorted(p.relative_to(phantom.parent) for p in phantom.parent.rglob("*.nii.gz"))
+    training_scans = {c["scan_id"] for c in a["training"]}
+    assert a["counts"]["negatives"] == 3 * len(training_scans) > 0  # 3 per training scan
     assert len(files) == 5 * a["counts"]["images"]
     for f in files:
         assert (phantom.parent / f).read_bytes() == (other.parent / f).read_bytes(), f
 
     mtime = phantom.stat().st_mtime_ns
-    again = prepare_dataset("lidc_phantom", phantom.parent, seed=SEED, patients=PATIENTS, split=(4, 1, 1))
+    again = prepare_dataset(
+        "lidc_phantom", phantom.parent, seed=SEED, patients=PATIENTS, split=(4, 1, 1), negatives_per_scan=3
+    )
     assert again == str(phantom)
     assert phantom.stat().st_mtime_ns == mtime  # cached (a tuple split equals the recorded list)
     assert not any(p.name.startswith(".") for p in phantom.parent.parent.iterdir())  # no temporary folder left
@@ -81,7 +101,7 @@ def test_format_four_masks_modes_and_patient_splits(phantom):
     cases = _cases(phantom)
     assert content["name"] == "lidc_phantom" and content["spacing"] == [1.0, 1.0] and content["num_graders"] == 4
     assert content["counts"]["patients"] == {"training": 4, "validation": 1, "test": 1}
-    assert content["counts"]["images"] == len(cases) and content["counts"]["scans"] == 7
+    assert content["counts"]["images"] == len(_cases(phantom, negatives=True)) and content["counts"]["scans"] == 7
     by_patient: dict[str, set[str]] = {}
     for s in ("training", "validation", "test"):
         assert len(content[s]) == content["counts"]["images_per_split"][s] > 0
@@ -160,12 +180,12 @@ def test_image_shows_a_consensus_never_one_reader(phantom):
         if len({m.tobytes() for m in nonempty}) > 1:  # readers disagree: the drawn lesion is none of them
             disagreeing += 1
             assert not any(np.array_equal(drawn, m) for m in nonempty)
-        assert image[drawn].mean() > -300 > image[~binary_dilation(union, iterations=6)].mean()
+        assert image[drawn].mean() > -300  # soft tissue where the consensus is
     assert disagreeing >= 3
 
     # written images: the lesion (> -400 HU near the readers' union) overlaps the union, and where readers disagree
     # the thresholded image is not any one reader's mask
-    ious, equal, compared = [], 0, 0
+    ious, equal, compared, rings, bone = [], 0, 0, [], []
     for c in _cases(phantom):
         image = _load(phantom.parent / c["image"])
         masks = np.stack([_load(phantom.parent / p) for p in c["label"]]).astype(bool)
@@ -176,8 +196,97 @@ def test_image_shows_a_consensus_never_one_reader(phantom):
         if len({m.tobytes() for m in nonempty}) > 1 and union.sum() >= 10:
             compared += 1
             equal += any(np.array_equal(lesion, m) for m in masks)
-        assert image.min() > -1200 and image.max() < 400 and np.median(image) < -700  # lung CT in HU
-    assert np.median(ious) > 0.5 and compared >= 20 and equal == 0
+        assert -1200 < image.min() and image.max() < 1400  # CT numbers, air to cortical bone
+        ring = binary_dilation(union, iterations=12) & ~binary_dilation(union, iterations=4)
+        rings.append(np.median(image[ring]))
+        bone.append((image > 250).any())
+    # (a chance match stays possible where a vessel or the chest wall touching the lesion cuts the thresholded image)
+    assert np.median(ious) > 0.5 and compared >= 20 and equal <= compared // 20
+    assert np.median(rings) < -600  # the lesions sit in lung
+    assert 0.1 < np.mean(bone) < 0.95  # ribs / spine / sternum in part of the crops
+
+
+def test_lesion_free_crops_show_chest_anatomy_with_empty_graders(phantom):
+    content = json.loads(phantom.read_text())
+    negatives = [c for s in ("training", "validation", "test") for c in content[s] if not c["readers_drawn"]]
+    assert {s for s in ("training", "validation", "test") for c in content[s] if not c["readers_drawn"]} == {
+        "training"
+    }  # validation and test keep the paper's protocol: lesion crops only
+    assert len(negatives) == 3 * len({c["scan_id"] for c in content["training"]}) and {c["negative_site"] for c in negatives} <= set(NEGATIVE_SITES)
+    centre: dict[str, list[float]] = {}
+    for c in negatives:
+        masks = np.stack([_load(phantom.parent / p) for p in c["label"]])
+        assert masks.shape == (4, 64, 64) and not masks.any() and c["annotation_ids"] == []
+        image = _load(phantom.parent / c["image"])
+        centre.setdefault(c["negative_site"], []).append(float(image[31:33, 31:33].mean()))
+    # and over many crops each kind has its CT numbers at the centre (generic HU, no real image)
+    rng = np.random.default_rng(0)
+    for _ in range(150):
+        scene = draw_chest_scene(rng)
+        (x, y), kind = negative_site(scene, rng)
+        window = render_chest(scene, rng, (x, y), (16, 16), 0.5)
+        centre.setdefault(kind, []).append(float(window[7:9, 7:9].mean()))
+    median = {k: np.median(v) for k, v in centre.items()}
+    assert set(median) == set(NEGATIVE_SITES)
+    assert median["bone"] > 150 and median["lung"] < -600 and median["airway"] < -600
+    assert -200 < median["mediastinum"] < 400 and -200 < median["chest_wall"] < 200
+
+
+def test_chest_scene_anatomy():
+    for seed in range(5):
+        scene = draw_chest_scene(np.random.default_rng(seed))
+        xs, ys, cls = class_map(scene)
+        lung = cls == CLASSES["lung"]
+        assert lung[:, xs < -20].sum() > 500 and lung[:, xs > 20].sum() > 500  # two lungs, 2 mm pixels
+        for name in ("bone", "mediastinum", "wall", "fat", "vessel"):
+            assert (cls == CLASSES[name]).any(), name
+        assert (cls[:, np.abs(xs) < 4] == CLASSES["bone"]).any()  # the spine on the midline
+        rng = np.random.default_rng(seed)
+        x, y = lesion_site(scene, rng, 4.0)
+        r, c = np.abs(ys - y).argmin(), np.abs(xs - x).argmin()
+        assert cls[r, c] == CLASSES["lung"]
+        a, b = render_chest(scene, np.random.default_rng(1), (x, y), (32, 32), 0.5), render_chest(
+            scene, np.random.default_rng(1), (x, y), (32, 32), 0.5
+        )
+        np.testing.assert_array_equal(a, b)
+
+
+def test_fast_tiles_and_writer_equal_the_pipeline(tmp_path):
+    from monai_probunet.data.lidc_phantom import _load_scan, _write_case
+    from preprocessing.lidc import lesion_mask_crops, write_case
+
+    # scans of different pixel spacing (0.65, 0.70 and 0.86 mm): the tile cut equals the pipeline's resampling
+    for scan_id in (1, 46, 357):
+        scan = _load_scan(scan_id)
+        lesions, _ = scan_lesions(scan)
+        for index, lesion, ks, tiles, centre in scan_mask_tiles(scan, lesions):
+            xy = (lesion.center_rc[1], lesion.center_rc[0])
+            expected, centre_rc = lesion_mask_crops(reader_masks(lesion, ks), _mask_affine(scan), xy)
+            np.testing.assert_array_equal(tiles, expected)
+            np.testing.assert_allclose(centre, centre_rc)
+    # the fast NIfTI writer: the pipeline's files (voxels, dtype, affine, header) and datalist entry
+    image = np.random.default_rng(0).normal(-800, 100, (64, 64)).astype(np.float32)
+    labels = tiles[0][:, :64, :64]
+    entries = []
+    for name, writer in (("fast", _write_case), ("pipeline", write_case)):
+        (tmp_path / name / "images").mkdir(parents=True)
+        (tmp_path / name / "labels").mkdir()
+        entries.append(writer(tmp_path / name, scan, index, lesion, int(ks[0]), 1.5, image, labels, centre, (1.0, 1.0)))
+    assert entries[0] == entries[1]
+    for rel in [entries[0]["image"], *entries[0]["label"]]:
+        a, b = nib.load(str(tmp_path / "fast" / rel)), nib.load(str(tmp_path / "pipeline" / rel))
+        assert a.header.binaryblock == b.header.binaryblock and np.array_equal(a.affine, b.affine)
+        np.testing.assert_array_equal(np.asarray(a.dataobj), np.asarray(b.dataobj))
+
+
+def test_progress_is_one_log_line_per_update_off_a_terminal(tmp_path, caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="monai_probunet.data.lidc_phantom"):
+        generate_lidc_phantom(tmp_path / "p", seed=0, patients=PATIENTS[:3], split=[1, 1, 1])
+    lines = [r.getMessage() for r in caplog.records if "scans," in r.getMessage()]
+    assert lines and all("\r" not in line and "\n" not in line for line in lines)
+    assert lines[-1].startswith("lidc_phantom: 3/3 scans,")  # the last update names the total
 
 
 def test_reduce_tile_and_errors(tmp_path):

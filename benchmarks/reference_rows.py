@@ -1,0 +1,92 @@
+"""Reference rows for every GED comparison table: what a model must beat, scored with the project's own GED.
+
+For each image of a split (the A grader masks of its datalist entry) the rows are
+
+- ``majority_vote>=k (x S)``: the pixel-wise vote of the graders (a pixel is lesion where >= k of the A graders drew
+  it), repeated S times: the best *single* answer a deterministic model could give (d_ss = 0);
+- ``empty (x S)``: no lesion anywhere, S times;
+- ``graders (S draws)``: S draws (seeded, uniform, with replacement) from the image's own grader masks: what a perfect
+  sampler of the grader distribution would score (the oracle).
+
+A model's samples pay for themselves only where its GED_S is below the majority-vote rows.
+
+    python benchmarks/reference_rows.py --datalist bundle/data/lidc_phantom/datalist.json --split test
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import torch
+
+from monai_probunet.data import load_datalist
+from monai_probunet.metrics import generalized_energy_distance
+
+__all__ = ["reference_rows"]
+
+
+def _graders(item: dict[str, Any]) -> np.ndarray:
+    return np.stack([np.asarray(nib.load(p).dataobj) > 0 for p in item["label"]]).astype(np.uint8)
+
+
+def reference_rows(datalist: str | Path, split: str = "test", num_samples: int = 16, seed: int = 0) -> dict[str, float]:
+    """Mean GED_S over the split's images of the majority-vote, empty and grader-draw predictions.
+
+    Args:
+        datalist: a ``datalist.json`` in the project's on-disk format.
+        split: ``training``, ``validation`` or ``test``.
+        num_samples: S, the number of predictions per image (the table's S).
+        seed: seed of the grader draws.
+
+    Returns:
+        ``{row name: mean GED_S}`` (``images``: the number of images scored).
+    """
+    items = load_datalist(datalist, split)
+    rng = np.random.default_rng(seed)
+    sums: dict[str, float] = {}
+    for item in items:
+        y = _graders(item)  # A x H x W
+        a = y.shape[0]
+        preds = {f"majority_vote>={k} (x{num_samples})": (y.sum(0) >= k) for k in range(1, a + 1)}
+        preds[f"empty (x{num_samples})"] = np.zeros_like(y[0], bool)
+        targets = torch.as_tensor(y[None].astype(np.int64))
+        for name, p in preds.items():
+            s = torch.as_tensor(np.repeat(p[None, None].astype(np.int64), num_samples, axis=1))
+            sums[name] = sums.get(name, 0.0) + float(generalized_energy_distance(s, targets).ged[0])
+        draws = torch.as_tensor(y[rng.integers(0, a, num_samples)][None].astype(np.int64))
+        name = f"graders ({num_samples} draws)"
+        sums[name] = sums.get(name, 0.0) + float(generalized_energy_distance(draws, targets).ged[0])
+    out = {k: v / len(items) for k, v in sums.items()}
+    out["images"] = len(items)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--datalist", required=True, help="datalist.json of the dataset")
+    parser.add_argument("--split", default="test", choices=["training", "validation", "test"])
+    parser.add_argument("--num-samples", type=int, default=16, help="S (default 16)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    args = parser.parse_args(argv)
+    if not Path(args.datalist).is_file():
+        print(f"error: --datalist {args.datalist} does not exist (expected a datalist.json).", file=sys.stderr)
+        return 2
+    rows = reference_rows(args.datalist, args.split, args.num_samples, args.seed)
+    print(f"{args.split} split, {rows['images']} images, GED_{args.num_samples} (lower is better)")
+    for name, value in rows.items():
+        if name != "images":
+            print(f"  {name:<28s} {value:.4f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
