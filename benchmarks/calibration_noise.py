@@ -18,7 +18,7 @@ import numpy as np
 from monai.bundle import ConfigParser
 from monai.transforms import Compose
 
-from monai_probunet.calibration_plots import evaluate_calibration
+from monai_probunet.calibration import evaluate_calibration
 from monai_probunet.data import load_datalist
 from monai_probunet.metrics.oracle import ORACLE
 

@@ -161,7 +161,7 @@ def main() -> None:
     curves["oracle"] = next(iter(summaries.values()))["models"]["oracle"]
     ged_vs_samples(curves, out / "ged_vs_samples.png")
     if calibrations:
-        from monai_probunet.calibration_plots import mode_calibration_plot
+        from monai_probunet.visualize import mode_calibration_plot
         from monai_probunet.metrics.calibration import ModeCalibration
 
         names = [*calibrations, "oracle"]

@@ -797,9 +797,8 @@ def run_evaluation(
     Returns:
         The summary dict written to ``summary.json``.
     """
-    from .calibration_plots import label_sample_grid
     from .networks import ProbUNet
-    from .visualize import ged_vs_samples, latent_grid, presence_histogram, sample_grid
+    from .visualize import ged_vs_samples, label_sample_grid, latent_grid, presence_histogram, sample_grid
 
     device = torch.device(device)
     output_dir = Path(output_dir)

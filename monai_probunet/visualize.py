@@ -1,9 +1,11 @@
-"""Figures: sample grids of input + grader masks + hypotheses (paper Figs. 13-17 style)."""
+"""Figures: sample grids (paper Figs. 13-17 style), evaluation curves (Figs. 4, 6, 12 style) and the calibration
+figures of the class-flipping task (Fig. 5, Appendix C): every plot of the package, as files (Agg backend)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
 
@@ -13,7 +15,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-__all__ = ["save_figure", "sample_grid"]
+from .metrics.calibration import ModeCalibration, PixelMarginals  # noqa: E402
+
+__all__ = ["sample_grid", "save_figure"]
 
 
 def save_figure(fig: plt.Figure, path: str | Path, dpi: int = 120) -> Path:
@@ -83,12 +87,10 @@ def sample_grid(
 
 # ------------------------------------------------------------------ evaluation figures (Figs. 4, 6, 12 style)
 
-from typing import TYPE_CHECKING  # noqa: E402
-
 if TYPE_CHECKING:
     from .metrics import PresenceThreshold
 
-__all__ += ["ged_vs_samples", "presence_histogram", "latent_grid"]
+__all__ += ["ged_vs_samples", "latent_grid", "presence_histogram"]
 
 
 def ged_vs_samples(
@@ -288,3 +290,152 @@ def latent_grid(
         fig.savefig(path, dpi=120)
         plt.close(fig)
     return grid
+
+
+# ------------------------------------------------------------------ class-flipping task figures (Fig. 5, Appendix C)
+
+__all__ += ["SCENE_PALETTE", "colourise", "label_sample_grid", "mode_calibration_plot", "pixel_marginals_plot"]
+
+#: RGB colour of each class: the official Cityscapes colours of train ids 0..18, then five loud colours for the
+#: flipped classes 19..23 (sidewalk 2, person 2, car 2, vegetation 2, road 2); the ignore label is black
+SCENE_PALETTE: tuple[tuple[int, int, int], ...] = (
+    (128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 156), (190, 153, 153), (153, 153, 153),
+    (250, 170, 30), (220, 220, 0), (107, 142, 35), (152, 251, 152), (70, 130, 180), (220, 20, 60), (255, 0, 0),
+    (0, 0, 142), (0, 0, 70), (0, 60, 100), (0, 80, 100), (0, 0, 230), (119, 11, 32),
+    (255, 160, 0), (0, 255, 0), (255, 0, 255), (0, 255, 255), (255, 255, 140),
+)  # fmt: skip
+
+
+def colourise(label: torch.Tensor | np.ndarray, palette: Sequence[Sequence[int]] = SCENE_PALETTE) -> np.ndarray:
+    """``*spatial`` integer label map -> ``*spatial x 3`` uint8 RGB; labels outside the palette (ignore) are black."""
+    lab = np.asarray(label.cpu() if isinstance(label, torch.Tensor) else label).astype(np.int64)
+    pal = np.zeros((256, 3), np.uint8)
+    pal[: len(palette)] = np.asarray(palette, np.uint8)
+    return pal[np.clip(lab, 0, 255)] * ((lab >= 0) & (lab < len(palette)))[..., None].astype(np.uint8)
+
+
+def label_sample_grid(
+    images: torch.Tensor, references: torch.Tensor, samples: torch.Tensor, path: str | Path,
+    titles: Sequence[str] | None = None, palette: Sequence[Sequence[int]] = SCENE_PALETTE,
+) -> Path:
+    """One row per image: the RGB image, its reference label maps (e.g. graders or modes) and its samples, in colour.
+
+    Args:
+        images: ``N x 3 x H x W`` in [0, 1] (or ``N x 1 x H x W`` grey).
+        references: ``N x A x H x W`` label maps.
+        samples: ``N x S x H x W`` label maps.
+        path: PNG path.
+        titles: per-row labels (e.g. case ids).
+        palette: class colours (default :data:`SCENE_PALETTE`).
+
+    Returns:
+        ``path``.
+    """
+    n, a, s = images.shape[0], references.shape[1], samples.shape[1]
+    h, w = images.shape[-2:]
+    cols = 1 + a + s
+    fig, axes = plt.subplots(n, cols, figsize=(cols * 1.6 * w / max(h, w) * 1.2, n * 1.6 * h / max(h, w) * 1.2 + 0.3),
+                             squeeze=False)  # fmt: skip
+    for r in range(n):
+        img = images[r].float().cpu()
+        img = img[0] if img.shape[0] == 1 else img[:3].permute(1, 2, 0)
+        panels = [(img.clamp(0, 1).numpy(), "image")]
+        panels += [(colourise(references[r, k], palette), f"ref {k}") for k in range(a)]
+        panels += [(colourise(samples[r, k], palette), f"sample {k}") for k in range(s)]
+        for c, (data, name) in enumerate(panels):
+            ax = axes[r, c]
+            ax.imshow(data, cmap="gray" if data.ndim == 2 else None, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(name, fontsize=6)
+        if titles is not None:
+            axes[r, 0].set_ylabel(str(titles[r]), fontsize=6)
+    fig.tight_layout()
+    return save_figure(fig, path, dpi=100)
+
+
+def mode_calibration_plot(
+    calibrations: ModeCalibration | Mapping[str, ModeCalibration], path: str | Path, exact: bool = False,
+    title: str | None = None,
+) -> Path:
+    """Fig. 5: true probability of each flip pattern (x) vs the frequency of samples matched to it (y).
+
+    Args:
+        calibrations: one :class:`ModeCalibration` or ``{model name: ModeCalibration}`` (one marker each).
+        path: PNG path.
+        exact: plot the frequencies over the images with every flip visible instead of the attributed ones.
+        title: figure title.
+
+    Returns:
+        ``path``.
+    """
+    cals = {"model": calibrations} if isinstance(calibrations, ModeCalibration) else dict(calibrations)
+    if not cals:
+        raise ValueError("nothing to plot: pass at least one ModeCalibration.")
+    fig, ax = plt.subplots(figsize=(5.0, 4.6))
+    top = 0.0
+    markers = "osD^vP*X"
+    for i, (name, cal) in enumerate(cals.items()):
+        freq = cal.exact_frequencies if exact else cal.frequencies
+        r, _ = cal.exact_pearson if exact else cal.pearson
+        ax.scatter(cal.true_probs, freq, s=22, marker=markers[i % len(markers)], alpha=0.8,
+                   label=f"{name} (r = {r:.3f}, {cal.modes_hit}/{len(cal.patterns)} modes)")  # fmt: skip
+        top = max(top, float(np.nanmax(np.r_[cal.true_probs, freq])))
+    top = 1.08 * top if top > 0 else 1.0
+    ax.plot([0, top], [0, top], color="tab:blue", lw=1, ls="--", label="bisector")
+    ax.set_xlim(0, top)
+    ax.set_ylim(0, top)
+    ax.set_xlabel("ground-truth mode probability")
+    ax.set_ylabel("predicted mode frequency" + (" (all flips visible)" if exact else ""))
+    ax.set_title(title or "Reproduction of the mode probabilities")
+    ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    return save_figure(fig, path, dpi=120)
+
+
+def pixel_marginals_plot(
+    marginals: PixelMarginals | Mapping[str, PixelMarginals], path: str | Path, title: str | None = None
+) -> Path:
+    """Appendix C: per flippable class, stacked bars of the sampled fractions of its ground-truth pixels predicted as
+    the new class, as the class itself and as anything else; a black tick marks the true flip probability.
+
+    Args:
+        marginals: one :class:`PixelMarginals` or ``{model name: PixelMarginals}`` (one bar per model and class).
+        path: PNG path.
+        title: figure title.
+
+    Returns:
+        ``path``.
+    """
+    margs = {"model": marginals} if isinstance(marginals, PixelMarginals) else dict(marginals)
+    if not margs:
+        raise ValueError("nothing to plot: pass at least one PixelMarginals.")
+    first = next(iter(margs.values()))
+    k, n = len(first.names), len(margs)
+    height = 0.8 / n
+    fig, ax = plt.subplots(figsize=(7.0, 0.5 + 0.55 * k * max(1, n)))
+    hatches = ["", "//", "..", "xx", "\\\\", "++"]
+    for i, (name, pm) in enumerate(margs.items()):
+        y = np.arange(k) + (i - (n - 1) / 2) * height
+        f, kept, o = np.nan_to_num(pm.p_flipped), np.nan_to_num(pm.p_kept), np.nan_to_num(pm.p_other)
+        style = dict(height=height, hatch=hatches[i % len(hatches)], edgecolor="white", linewidth=0.5)
+        ax.barh(y, f, color="tab:orange", label="new class c'", **style)
+        ax.barh(y, kept, left=f, color="tab:gray", label="same class c", **style)
+        ax.barh(y, o, left=f + kept, color="tab:red", label="other class", **style)
+        for yy, v in zip(y, f):
+            ax.text(min(v, 0.9), yy, f" {v:.3f}" + (f"  {name}" if n > 1 else ""), va="center", fontsize=7)
+    for j, q in enumerate(first.flip_probs):
+        ax.plot([q, q], [j - 0.45, j + 0.45], color="black", lw=2)
+    ax.plot([], [], color="black", lw=2, label="true flip probability")
+    ax.set_yticks(np.arange(k))
+    ax.set_yticklabels([f"{s} -> {t}" for s, t in zip(first.names, first.target_names)])
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("fraction of sampled pixels, given the ground-truth class")
+    ax.set_title(title or "Pixel-wise marginal frequencies p(predicted | ground truth)")
+    ax.invert_yaxis()
+    handles, labels = ax.get_legend_handles_labels()
+    uniq = dict(zip(labels, handles))
+    ax.legend(uniq.values(), uniq.keys(), fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return save_figure(fig, path, dpi=120)

@@ -255,7 +255,7 @@ class _FlipCodec(torch.nn.Module):
 
 
 def test_posterior_probe_tells_encoded_from_ignored_flips():
-    from monai_probunet.calibration_plots import evaluate_posterior_flips
+    from monai_probunet.calibration import evaluate_posterior_flips
 
     # by hand: 2 flips, the second invisible (modes {00, 01} and {10, 11}); both modes decoded as mode 0
     patterns = [(0, 0), (1, 0), (0, 1), (1, 1)]
