@@ -29,6 +29,7 @@ from typing import Any, Dict
 
 from fastapi import HTTPException
 from monailabel.datastore.dicom import DICOMWebDatastore
+from monailabel.datastore.local import LocalDatastore
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.exception import MONAILabelError, MONAILabelException
 from monailabel.interfaces.tasks.infer_v2 import InferTask
@@ -40,6 +41,7 @@ from monailabel.tasks.activelearning.random import Random
 from lib.configs.probunet import ProbUNetConfig
 from lib.dicomweb_datastore import SegDICOMWebDatastore
 from lib.infers.params import parse_bool
+from lib.rater_datastore import RaterDatastore
 from lib.request_checks import install as install_request_checks
 
 logger = logging.getLogger(__name__)
@@ -87,6 +89,15 @@ class ProbUNetApp(MONAILabelApp):
         """MONAI Label downloads dcmqi from GitHub when the studies are DICOMweb; this app writes every DICOM SEG
         (infer results and submitted final labels) with highdicom and never downloads anything."""
         logger.info("DICOMweb datastore: DICOM SEG written with highdicom (no dcmqi download)")
+
+    def init_datastore(self) -> Any:
+        """A local studies folder keeps every rater's label side by side (:class:`lib.rater_datastore.RaterDatastore`:
+        tag ``rater_<name>``, at most ``--conf max_raters`` raters per image, default 4 = the model's graders)."""
+        store = super().init_datastore()
+        if type(store) is LocalDatastore:
+            store.__class__ = RaterDatastore  # same state; label saving and the labelled/unlabelled lists differ
+            store.max_raters = int(self.conf.get("max_raters", 4))
+        return store
 
     def _init_dicomweb_datastore(self) -> Any:
         """MONAI Label's DICOMweb datastore, storing submitted final labels as highdicom SEG

@@ -1,0 +1,179 @@
+"""A local datastore that keeps every rater's outline of an image (up to the model's number of graders).
+
+MONAI Label 0.8.5 stores a submitted label under its tag (``final`` when 3D Slicer's "Submit Label" sends none),
+so the second rater's Submit replaces the first one's. :class:`RaterDatastore` stores a submitted label under the
+tag ``rater_<name>`` instead, with ``"rater"`` and the time ``"ts"`` (seconds, set by MONAI Label) in the label's
+info, which ``GET /datastore/?output=all`` lists. The rater's name comes from, in this order:
+
+1. the tag itself when it is ``rater_<name>`` (``PUT /datastore/label?image=ID&tag=rater_alice``);
+2. ``"rater"`` in the request's ``params`` form field (``-F 'params={"rater": "alice"}'``);
+3. ``"client_id"`` in ``params``: what 3D Slicer's MONAI Label module sends with every request (its
+   "Client/User-ID" setting). With authentication off MONAI Label's own user is always ``admin``, so the user name
+   of the request cannot tell raters apart.
+
+A label of any other tag (e.g. ``original``) is stored as MONAI Label stores it. Refused with 4xx and one line:
+no rater name (400), a name outside ``[A-Za-z0-9._-]{1,64}`` (400), a further rater beyond ``max_raters`` on an
+image (409; a rater may resubmit their own outline), a label that is not readable, not on the image's voxel grid,
+or holds values other than background and the lesion (400/422). The stored file is the 0/1 lesion mask as NIfTI
+on the image's grid (an empty mask is a rater who reviewed the image and found no lesion).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import tempfile
+import threading
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+from fastapi import HTTPException
+from monailabel.datastore.local import LocalDatastore
+from monailabel.interfaces.datastore import DefaultLabelTag
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["RATER_TAG_PREFIX", "RaterDatastore", "lesion_mask", "rater_name"]
+
+RATER_TAG_PREFIX = "rater_"
+_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+def rater_name(tag: str | None, info: dict[str, Any]) -> str | None:
+    """The rater of a submitted label (see the module docstring); ``None`` for a tag that is not a rater's.
+
+    Raises:
+        HTTPException: 400 when a rater's label has no usable name.
+    """
+    tag = tag or DefaultLabelTag.FINAL.value
+    if tag.startswith(RATER_TAG_PREFIX):
+        name = tag[len(RATER_TAG_PREFIX):]
+    elif tag == DefaultLabelTag.FINAL.value:
+        name = info.get("rater") or info.get("client_id")
+        if not name:
+            raise HTTPException(status_code=400, detail='no rater name: give params {"rater": "<name>"} (3D Slicer '
+                                "sends its Client/User-ID as client_id) or the tag rater_<name>.")
+    else:
+        return None
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise HTTPException(status_code=400, detail=f"rater name {name!r}: expected 1-64 letters, digits, '.', '_' "
+                            "or '-'.")
+    return name
+
+
+def _lesion_value(label_info: Any) -> int | None:
+    """The label value of the segment named ``lesion`` in 3D Slicer's ``label_info``, else ``None``."""
+    if not isinstance(label_info, list):
+        return None
+    for entry in label_info:
+        if isinstance(entry, dict) and str(entry.get("name", "")).lower() == "lesion":
+            value = entry.get("idx", entry.get("id"))
+            if isinstance(value, (int, float)) and float(value).is_integer():
+                return int(value)
+    return None
+
+
+def lesion_mask(label_file: str, image_file: str, label_info: Any = None) -> tuple[np.ndarray, np.ndarray]:
+    """The submitted label as a uint8 0/1 mask on the image's voxel grid, and the image's affine.
+
+    Args:
+        label_file: the submitted file (NIfTI, or NRRD and the other formats ITK reads).
+        image_file: the image it outlines.
+        label_info: 3D Slicer's ``[{"name", "idx"}, ...]``; the value of the entry named ``lesion`` is the lesion,
+            else the label must hold only the values 0 and 1.
+
+    Returns:
+        (``image shape`` uint8 mask, ``4 x 4`` image affine).
+
+    Raises:
+        HTTPException: 422 unreadable label; 400 another grid or other values than background and the lesion.
+    """
+    from monai.transforms import LoadImage
+
+    image = nib.load(image_file)
+    shape = tuple(int(s) for s in image.shape)
+    try:
+        if label_file.endswith((".nii", ".nii.gz")):
+            lab = nib.load(label_file)
+            data, affine = np.asarray(lab.dataobj), lab.affine
+        else:
+            loaded = LoadImage(image_only=True)(label_file)
+            data, affine = np.asarray(loaded), np.asarray(loaded.affine)
+    except Exception as e:  # noqa: BLE001 -- any reader error is a bad upload
+        raise HTTPException(status_code=422, detail=f"label {os.path.basename(label_file)}: not a readable image "
+                            f"({type(e).__name__}: {e}).") from None
+    squeeze = tuple(s for s in data.shape if s != 1)
+    if squeeze != tuple(s for s in shape if s != 1):
+        raise HTTPException(status_code=400, detail=f"label shape {list(data.shape)} differs from the image's "
+                            f"{list(shape)}: outline the image on its own voxel grid.")
+    if affine is not None and not np.allclose(np.asarray(affine)[:3], image.affine[:3], atol=1e-3):
+        raise HTTPException(status_code=400, detail="label geometry (origin/spacing/direction) differs from the "
+                            "image's: outline the image on its own voxel grid.")
+    data = np.asarray(data).reshape(shape)
+    lesion = _lesion_value(label_info)
+    values = set(np.unique(data).tolist())
+    allowed = {0, lesion if lesion is not None else 1}
+    if not values <= allowed:
+        extra = sorted(values - allowed)[:5]
+        raise HTTPException(status_code=400, detail=f"label holds values {extra}: expected only 0 (background) and "
+                            f"{max(allowed)} (lesion); submit one lesion segment.")
+    return (data == max(allowed)).astype(np.uint8), image.affine
+
+
+class RaterDatastore(LocalDatastore):
+    """MONAI Label's :class:`LocalDatastore`; labels of raters kept side by side (module docstring).
+
+    ``max_raters`` (the model's number of graders, 4) is set by the app after construction.
+    """
+
+    max_raters: int = 4
+    _save_lock = threading.Lock()
+
+    def raters(self, image_id: str) -> dict[str, dict[str, Any]]:
+        """``{rater name: label info}`` of an image (info holds ``rater``, ``ts``, ``name``, ...)."""
+        obj = self._datastore.objects.get(image_id)
+        if not obj:
+            return {}
+        return {tag[len(RATER_TAG_PREFIX):]: dict(label.info or {}) for tag, label in obj.labels.items()
+                if tag.startswith(RATER_TAG_PREFIX)}
+
+    def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: dict[str, Any]) -> str:
+        label_info = dict(label_info or {})
+        name = rater_name(label_tag, label_info)
+        if name is None:
+            return super().save_label(image_id, label_filename, label_tag, label_info)
+        image_file = self.get_image_uri(image_id)
+        if not image_file:
+            raise HTTPException(status_code=404, detail=f"unknown image {image_id!r}: not in the datastore.")
+        mask, affine = lesion_mask(label_filename, image_file, label_info.get("label_info"))
+        tag = f"{RATER_TAG_PREFIX}{name}"
+        with self._save_lock:
+            others = sorted(r for r in self.raters(image_id) if r != name)
+            if len(others) >= self.max_raters:
+                raise HTTPException(status_code=409, detail=f"image {image_id!r} already has {len(others)} raters "
+                                    f"({', '.join(others)}), the model's number of graders; {name!r} not stored.")
+            fd, tmp = tempfile.mkstemp(suffix=".nii.gz")
+            os.close(fd)
+            try:
+                nib.save(nib.Nifti1Image(mask, affine), tmp)
+                info = {**label_info, "rater": name, "lesion_voxels": int(mask.sum())}
+                label_id = super().save_label(image_id, tmp, tag, info)
+            finally:
+                os.remove(tmp)
+        logger.info(f"label of rater {name!r} for {image_id} stored under tag {tag} ({int(mask.sum())} voxels)")
+        return label_id
+
+    def _rated(self) -> list[str]:
+        return [k for k, v in self._datastore.objects.items()
+                if v.labels.get(DefaultLabelTag.FINAL) or any(t.startswith(RATER_TAG_PREFIX) for t in v.labels)]
+
+    def get_labeled_images(self, label_tag: str | None = None, labels: list[str] | None = None) -> list[str]:
+        """Images with a final label or at least one rater's label."""
+        return self._rated()
+
+    def get_unlabeled_images(self, label_tag: str | None = None, labels: list[str] | None = None) -> list[str]:
+        """Images no rater has outlined yet (nor a final label)."""
+        rated = set(self._rated())
+        return [k for k in self._datastore.objects if k not in rated]

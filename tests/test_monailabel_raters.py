@@ -1,0 +1,174 @@
+"""Several raters in the MONAI Label app: each rater's outline kept, exported as a multi-grader dataset, and the
+model's disagreement ranking the images to outline next.
+
+Server tests start a real `monailabel start_server` from the label venv (``MONAILABEL_VENV``, default
+``.venv-label``) on a temporary studies folder and submit labels as 3D Slicer's "Submit Label" does
+(``PUT /datastore/label?image=<id>`` with the label file and ``params`` holding the module's ``client_id``).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from tests.test_monailabel import MONAILABEL, pytestmark_server, running_server, write_test_model
+
+S = 64
+AFFINE = np.array([[0.5, 0, 0, -10.0], [0, 0.5, 0, 5.0], [0, 0, 1.0, 2.0], [0, 0, 0, 1]])
+
+
+def _disc(cy: int, cx: int, r: float) -> np.ndarray:
+    yy, xx = np.mgrid[:S, :S]
+    return ((yy - cy) ** 2 + (xx - cx) ** 2 <= r * r).astype(np.uint8)
+
+
+def _nifti_bytes(array: np.ndarray, affine: np.ndarray = AFFINE) -> bytes:
+    img = nib.Nifti1Image(array, affine)
+    return img.to_bytes()
+
+
+def _gz(raw: bytes) -> bytes:
+    import gzip
+
+    return gzip.compress(raw)
+
+
+def submit(url: str, image: str, mask: np.ndarray, params: dict | None = None, tag: str | None = None):
+    """PUT /datastore/label as MONAILabelClient.save_label (3D Slicer's Submit) does."""
+    import requests
+
+    query = {"image": image, **({"tag": tag} if tag else {})}
+    files = {"label": ("label.nii.gz", _gz(_nifti_bytes(mask)), "application/octet-stream")}
+    return requests.put(f"{url}/datastore/label", params=query, files=files,
+                        data={"params": json.dumps(params or {})}, timeout=60)
+
+
+MASKS = {
+    "alice": _disc(30, 32, 6),
+    "bob": _disc(31, 33, 9),
+    "carol": _disc(28, 30, 4),
+    "dave": _disc(32, 32, 7),
+}
+
+
+@pytest.fixture(scope="module")
+def rater_server(tmp_path_factory):
+    """A server on three 2-D CT slices; raters alice, bob, carol, dave outline case1; alice and bob case2."""
+    if not MONAILABEL.exists():
+        pytest.skip(f"{MONAILABEL} does not exist: build it with `bash apps/monailabel/setup_venv.sh`")
+    pytest.importorskip("requests")
+    root = tmp_path_factory.mktemp("raters")
+    studies = root / "studies"
+    studies.mkdir()
+    for i, (cy, cx) in enumerate([(30, 32), (20, 40), (40, 20)]):
+        img = np.full((S, S), -850.0, np.float32)
+        img[_disc(cy, cx, 6) > 0] = 30.0
+        nib.save(nib.Nifti1Image(img, AFFINE), str(studies / f"case{i + 1}.nii.gz"))
+    model, config, _ = write_test_model(root)
+    with running_server(root, str(studies), {"model_path": model, "network_config": config,
+                                             "warmup": "false"}) as (url, log, _):
+        replies = {}
+        for name in ("alice", "bob", "carol"):  # Slicer: the rater's Client/User-ID arrives as client_id
+            replies[name] = submit(url, "case1", MASKS[name], {"client_id": name, "label_info": [
+                {"name": "lesion", "idx": 1}]})
+            time.sleep(1.1)  # distinct submission seconds: the export orders graders by time
+        replies["dave"] = submit(url, "case1", MASKS["dave"], tag="rater_dave")  # a REST client naming the tag
+        replies["eve"] = submit(url, "case1", MASKS["alice"], {"rater": "eve"})  # a 5th rater
+        replies["case2_alice"] = submit(url, "case2", MASKS["alice"], {"rater": "alice"})
+        time.sleep(1.1)
+        replies["case2_bob_first"] = submit(url, "case2", MASKS["bob"], {"rater": "bob"})
+        replies["case2_bob"] = submit(url, "case2", np.zeros((S, S), np.uint8), {"rater": "bob"})  # reviewed: none
+        yield url, {"root": root, "studies": studies, "replies": replies, "log": log}
+
+
+@pytestmark_server
+def test_each_rater_kept_with_name_and_time(rater_server):
+    import requests
+
+    url, ctx = rater_server
+    for key in ("alice", "bob", "carol", "dave", "case2_alice", "case2_bob_first", "case2_bob"):
+        assert ctx["replies"][key].status_code == 200, (key, ctx["replies"][key].text)
+    eve = ctx["replies"]["eve"]
+    assert eve.status_code == 409 and "4 raters" in eve.json()["detail"], eve.text
+    store = requests.get(f"{url}/datastore/", params={"output": "all"}, timeout=30).json()
+    labels = store["objects"]["case1"]["labels"]
+    assert sorted(t for t in labels if t.startswith("rater_")) == ["rater_alice", "rater_bob", "rater_carol",
+                                                                    "rater_dave"]
+    assert "final" not in labels  # Submit no longer replaces one shared label
+    ts = [labels[f"rater_{n}"]["info"]["ts"] for n in ("alice", "bob", "carol")]
+    assert ts == sorted(ts) and ts[0] < ts[2] and abs(ts[0] - time.time()) < 600
+    for name in ("alice", "bob", "carol", "dave"):
+        assert labels[f"rater_{name}"]["info"]["rater"] == name
+        got = requests.get(f"{url}/datastore/label", params={"label": "case1", "tag": f"rater_{name}"}, timeout=30)
+        assert got.status_code == 200
+        arr = np.asarray(nib.Nifti1Image.from_bytes(_ungz(got.content)).dataobj)
+        np.testing.assert_array_equal(arr.reshape(S, S), MASKS[name])
+    case2 = store["objects"]["case2"]["labels"]
+    assert sorted(case2) == ["rater_alice", "rater_bob"] and case2["rater_bob"]["info"]["lesion_voxels"] == 0
+
+
+def _ungz(data: bytes) -> bytes:
+    import gzip
+
+    return gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
+
+
+@pytestmark_server
+def test_bad_submissions_refused(rater_server):
+    url, _ = rater_server
+    r = submit(url, "case3", MASKS["alice"], {})  # no rater name
+    assert r.status_code == 400 and "rater" in r.json()["detail"]
+    r = submit(url, "case3", MASKS["alice"] * 2, {"rater": "alice"})  # value 2: not the lesion value
+    assert r.status_code == 400 and "values" in r.json()["detail"]
+    r = submit(url, "case3", np.zeros((S, S + 1), np.uint8), {"rater": "alice"})
+    assert r.status_code == 400 and "shape" in r.json()["detail"]
+    r = submit(url, "case3", MASKS["alice"], {"rater": "al ice/.."})
+    assert r.status_code == 400 and "rater name" in r.json()["detail"]
+    r = submit(url, "nosuchimage", MASKS["alice"], {"rater": "alice"})
+    assert 400 <= r.status_code < 500
+
+
+@pytestmark_server
+def test_export_writes_multi_grader_dataset(rater_server, tmp_path):
+    from monai_probunet.data import prepare_dataset
+
+    _, ctx = rater_server
+    out = tmp_path / "dataset"
+    proc = subprocess.run([sys.executable, "-m", "monai_probunet.data.raters", "--studies", str(ctx["studies"]),
+                           "--out", str(out)], check=False, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    datalist = prepare_dataset("folder", out)  # the project's validation of every case
+    content = json.loads(Path(datalist).read_text())
+    assert content["num_graders"] == 4
+    cases = {c["case_id"]: c for s in ("training", "validation", "test") for c in content[s]}
+    assert sorted(cases) == ["case1", "case2"]  # case3: no rater yet
+    assert len(content["training"]) == 1 and len(content["validation"]) == 1  # patient-level, both non-empty
+    assert cases["case1"]["raters"] == ["alice", "bob", "carol", "dave"]
+    assert cases["case2"]["raters"] == ["alice", "bob", "alice", "bob"]  # 2 raters fill 4 slots in turn
+    expected = {"case1": [MASKS[n] for n in ("alice", "bob", "carol", "dave")],
+                "case2": [MASKS["alice"], np.zeros((S, S), np.uint8)] * 2}
+    for cid, masks in expected.items():
+        img = nib.load(str(out / cases[cid]["image"]))
+        src = nib.load(str(ctx["studies"] / f"{cid}.nii.gz"))
+        np.testing.assert_array_equal(np.asarray(img.dataobj), np.asarray(src.dataobj))
+        np.testing.assert_allclose(img.affine, AFFINE)
+        for g, (path, mask) in enumerate(zip(cases[cid]["label"], masks)):
+            assert path == f"labels/{cid}_g{g}.nii.gz"
+            np.testing.assert_array_equal(np.asarray(nib.load(str(out / path)).dataobj), mask)
+    # an earlier export is replaced; a folder of someone else's files is refused, untouched, exit code 2
+    assert subprocess.run([sys.executable, "-m", "monai_probunet.data.raters", "--studies", str(ctx["studies"]),
+                           "--out", str(out)], check=False, capture_output=True, timeout=120).returncode == 0
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    proc = subprocess.run([sys.executable, "-m", "monai_probunet.data.raters", "--studies", str(ctx["studies"]),
+                           "--out", str(mine)], check=False, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and "did not generate" in proc.stderr
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
