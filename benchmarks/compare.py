@@ -1,4 +1,4 @@
-"""The paper's comparison on built-in data: ProbUNet vs the four baselines and three ablations (issue #4).
+"""The paper's comparison on built-in data: ProbUNet vs the four baselines and three ablations.
 
 Every model is trained by the same bundle command with one shared CPU-sized schedule (its override config from
 ``bundle/configs/baselines/``), then scored by ``evaluate.yaml`` on the test split at S = 1, 4, 8, 16 together with
@@ -8,7 +8,7 @@ lesion-presence accuracy, oracle row included) and ``ged_vs_samples.png`` into `
     python benchmarks/compare.py --jobs 2        # the full run: two 1-thread trainings at a time on 2 CPU cores
     python benchmarks/compare.py --quick         # minutes: tiny data, 2 epochs, to check the pipeline
     python benchmarks/compare.py --dataset shapes --dataset-kwargs "{'num_patients': 300}" --models probunet unet
-    python benchmarks/compare.py --task scenes32  # the 32-mode street-scene task (scenes32.yaml appended last)
+    python benchmarks/compare.py --task scenes32  # the 32-mode street-scene task (scenes32.yaml, scenes32_evaluate.yaml)
 
 With ``--task scenes32`` the table adds Eq. 7 GED against the 32 known modes, the Pearson r of mode frequencies
 against mode probabilities and the modes hit (from each model's ``calibration.json``), and ``mode_calibration.png``
@@ -54,19 +54,17 @@ COST: dict[str, float] = {"input_injection": 12, "probunet": 10, "dropout_unet":
                           "fixed_prior": 9, "fixed_prior_context_free_posterior": 9, "mheads": 6, "unet": 6,
                           "unet_ensemble": 6}  # fmt: skip
 
-#: task name -> override config appended last (it may replace the `evaluating` list)
-TASKS: dict[str, str | None] = {"lidc": None, "scenes32": "scenes32.yaml"}
+#: task name -> (its override of train.yaml, its extension of evaluate.yaml), None where the task has none
+TASKS: dict[str, tuple[str | None, str | None]] = {
+    "lidc": (None, None),
+    "scenes32": ("scenes32.yaml", "scenes32_evaluate.yaml"),
+}
 
 
 def _config_files(name: str, task: str, evaluate: bool = False) -> list[str]:
-    files = [str(CONFIGS / "train.yaml")]
-    if MODELS[name] is not None:
-        files.append(str(CONFIGS / MODELS[name]))
-    if evaluate:
-        files.append(str(CONFIGS / "evaluate.yaml"))
-    if TASKS[task] is not None:
-        files.append(str(CONFIGS / TASKS[task]))
-    return files
+    task_train, task_evaluate = TASKS[task]
+    overrides = [task_train, MODELS[name]] + (["evaluate.yaml", task_evaluate] if evaluate else [])
+    return [str(CONFIGS / "train.yaml")] + [str(CONFIGS / f) for f in overrides if f is not None]
 
 
 def _configs(name: str, task: str, evaluate: bool = False) -> str:
@@ -161,8 +159,8 @@ def main() -> None:
     curves["oracle"] = next(iter(summaries.values()))["models"]["oracle"]
     ged_vs_samples(curves, out / "ged_vs_samples.png")
     if calibrations:
-        from monai_probunet.visualize import mode_calibration_plot
         from monai_probunet.metrics.calibration import ModeCalibration
+        from monai_probunet.visualize import mode_calibration_plot
 
         names = [*calibrations, "oracle"]
         any_cal = next(iter(calibrations.values()))

@@ -44,6 +44,7 @@ from .conftest import REPO, run_bundle
 
 SCENES32_YAML = REPO / "bundle" / "configs" / "scenes32.yaml"
 EVALUATE_YAML = REPO / "bundle" / "configs" / "evaluate.yaml"
+SCENES32_EVALUATE_YAML = REPO / "bundle" / "configs" / "scenes32_evaluate.yaml"
 TRAIN_YAML = REPO / "bundle" / "configs" / "train.yaml"
 
 
@@ -412,7 +413,7 @@ def test_bundle_trains_and_evaluates_on_scenes32(tmp_path):
     data_args = [a for k, v in SMALL_DATA.items() for a in (f"--dataset_kwargs#{k}", json.dumps(v))]
     common = (*data_args, "--channels", "[8, 16, 32]", "--ckpt_dir", str(tmp_path / "models"),
               "--dataset_dir", str(tmp_path / "data"))  # fmt: skip
-    cfg = f"['{TRAIN_YAML}', '{EVALUATE_YAML}', '{SCENES32_YAML}']"
+    cfg = f"['{TRAIN_YAML}', '{SCENES32_YAML}']"
     proc = run_bundle(*common, "--max_epochs", "2", "--val_interval", "1", config_file=cfg)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-3000:]
@@ -427,6 +428,7 @@ def test_bundle_trains_and_evaluates_on_scenes32(tmp_path):
     import subprocess
     import sys
 
+    cfg = f"['{TRAIN_YAML}', '{SCENES32_YAML}', '{EVALUATE_YAML}', '{SCENES32_EVALUATE_YAML}']"
     cmd = [sys.executable, "-m", "monai.bundle", "run", "evaluating", "--config_file", cfg, *common,
            "--output_dir", str(tmp_path / "eval"), "--sample_counts", "[1, 4]", "--bootstrap_resamples", "50",
            "--calibration_samples", "4", "--num_plot_images", "1"]  # fmt: skip
