@@ -28,10 +28,11 @@ from torch import nn
 
 from .data.disk_format import load_datalist
 from .engines.precision import autocast_context
-from .evaluation import load_model, write_summary_json
+from .evaluation import write_summary_json
 from .flip_task import FLIPS, IGNORE_INDEX, SWITCHABLE_CLASSES, enumerate_modes
 from .metrics.calibration import CalibrationAccumulator, flip_recovery_counts, match_modes
 from .metrics.oracle import ORACLE, sample_modes
+from .model_loading import load_trained_network
 from .networks.utils import hypotheses_to_labels
 from .visualize import label_sample_grid, mode_calibration_plot, pixel_marginals_plot
 
@@ -281,7 +282,7 @@ def run_calibration(
     """
     device = torch.device(device)
     if ckpt_path is not None or ensemble_ckpts:
-        network = load_model(network, ckpt_path, ensemble_ckpts)
+        network = load_trained_network(network, ckpt_path, ensemble_ckpts)
     network = network.to(device).eval()
     items = load_datalist(datalist, eval_split)
     common = dict(num_samples=num_samples, seed=seed, device=device, batch_size=batch_size, precision=precision,

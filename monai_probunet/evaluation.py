@@ -30,7 +30,6 @@ Entry points: :func:`evaluate` / :func:`evaluate_model` (library), :func:`compar
 
 from __future__ import annotations
 
-import copy
 import csv
 import io
 import logging
@@ -63,6 +62,7 @@ from .metrics import (
 from .metrics.calibration import mask_ignored
 from .metrics.oracle import ORACLE
 from .metrics.presence import load_presence_threshold
+from .model_loading import load_trained_network
 from .networks.utils import hypotheses_to_labels
 
 __all__ = [
@@ -76,9 +76,9 @@ __all__ = [
     "evaluate",
     "evaluate_model",
     "fit_presence",
-    "load_model",
     "load_network_weights",
     "load_presence_threshold",
+    "load_trained_network",
     "presence_counts",
     "run_evaluation",
     "save_presence_threshold",
@@ -722,23 +722,6 @@ def write_summary_json(summary: Mapping[str, Any], path: str | Path) -> Path:
 # --------------------------------------------------------------------------------------------- bundle entry
 
 
-def load_model(
-    network: nn.Module, ckpt_path: str | Path | None = None, ensemble_ckpts: Sequence[str | Path] | None = None
-) -> nn.Module:
-    """``network`` with ``ckpt_path`` loaded, or a :class:`~monai_probunet.networks.UNetEnsemble` of one copy of
-    ``network`` per member checkpoint in ``ensemble_ckpts`` (all with ``weights_only=True``)."""
-    from .networks import UNetEnsemble
-
-    if ensemble_ckpts:
-        missing = [str(p) for p in ensemble_ckpts if not Path(p).is_file()]
-        if missing:
-            raise FileNotFoundError(f"ensemble_ckpts: member checkpoint(s) {missing} do not exist.")
-        return UNetEnsemble([load_network_weights(copy.deepcopy(network), p) for p in ensemble_ckpts])
-    if ckpt_path is None:
-        raise ValueError("give ckpt_path (a model.pt) or ensemble_ckpts (a list of member checkpoints).")
-    return load_network_weights(network, ckpt_path)
-
-
 def default_model_name(ckpt_dir: str | Path, ensemble_ckpts: Sequence[str] | None = None) -> str:
     """A short model name: ``unet_ensemble<K>`` for an ensemble, else the checkpoint folder's name
     (``mheads``, ``fixed_prior``, ...), ``probunet`` for the default ``models`` folder."""
@@ -802,7 +785,7 @@ def run_evaluation(
 
     device = torch.device(device)
     output_dir = Path(output_dir)
-    model = load_model(network, ckpt_path, ensemble_ckpts).to(device).eval()
+    model = load_trained_network(network, ckpt_path, ensemble_ckpts).to(device).eval()
     name = model_name or default_model_name(Path(ckpt_path).parent if ckpt_path else "", ensemble_ckpts)
     common = dict(seed=seed, device=device, batch_size=batch_size, num_workers=num_workers, precision=precision)
 

@@ -1,0 +1,289 @@
+"""Many-image inference: the cases of a folder (:func:`read_inference_cases`), one loaded model run over them with
+the whole run written at once (:func:`infer_cases`), and the bundle entry :func:`run_inference` (id ``inferring``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .ct_io import DEFAULT_HU_WINDOW, DEFAULT_ROI_SIZE, SPACING_HINT, _pair, load_ct
+from .hypotheses import FALLBACK_RULE, SUMMARY_NAME, WRITTEN_BY, WRITTEN_BY_KEY, _as_threshold, is_inference_run
+from .metrics import PresenceThreshold
+from .model_loading import check_device, find_presence_threshold
+from .predict import predict_hypotheses
+
+__all__ = ["infer_cases", "read_inference_cases", "run_inference"]
+
+logger = logging.getLogger(__name__)
+
+
+def _case_entry(raw: Any, image: str, where: str) -> dict[str, Any]:
+    if isinstance(raw, Mapping):
+        if "center" not in raw:
+            raise ValueError(f"{where}: entry for {image} has no 'center'.")
+        entry = {"center": raw["center"], "world": bool(raw.get("world", False)), "frame": raw.get("frame", "RAS")}
+        if "case_id" in raw:
+            entry["case_id"] = str(raw["case_id"])
+    else:
+        entry = {"center": raw, "world": False, "frame": "RAS"}
+    if not isinstance(entry["center"], (list, tuple)) or not entry["center"]:
+        raise ValueError(f"{where}: center of {image} must be a list of numbers, got {entry['center']!r}.")
+    return entry
+
+
+def read_inference_cases(
+    dataset_dir: str | os.PathLike, centers: str | os.PathLike | None = None, split: str = "test"
+) -> list[dict[str, Any]]:
+    """The images to run on and their lesion centres.
+
+    Sources, in this order:
+
+    1. ``centers`` (or ``<dataset_dir>/centers.json``): a dict ``{image: center}`` where ``image`` is a path
+       relative to ``dataset_dir`` (or absolute) and ``center`` is ``[x, y(, z)]`` voxel coordinates or
+       ``{"center": [...], "world": true, "frame": "LPS"|"RAS"}``; or a list of ``{"image", "center", ...}``.
+    2. ``<dataset_dir>/datalist.json`` (the project's on-disk format): the entries of ``split``; an entry's
+       ``center`` if it has one, else the image's centre voxel (the built-in data are lesion-centred crops).
+
+    Returns
+    -------
+    list of dict
+        ``{"image": absolute path, "center": list | None, "world": bool, "frame": str, "case_id": str}``
+        (``center`` None = the image centre).
+    """
+    root = Path(dataset_dir)
+    cpath = Path(centers) if centers is not None else root / "centers.json"
+    cases: list[dict[str, Any]] = []
+
+    def _abs(p: str) -> str:
+        q = Path(p)
+        return str(q if q.is_absolute() else root / q)
+
+    def _case_id(p: str) -> str:
+        name = Path(p.rstrip("/")).name
+        for ext in (".nii.gz", ".nii", ".dcm"):
+            if name.endswith(ext):
+                return name[: -len(ext)]
+        return name
+
+    if centers is not None or cpath.is_file():
+        if not cpath.is_file():
+            raise FileNotFoundError(f"centers file {cpath} does not exist.")
+        try:
+            data = json.loads(cpath.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"centers file {cpath} is not valid JSON: {e}") from e
+        if not isinstance(data, (Mapping, list)) or (
+            isinstance(data, list) and not all(isinstance(d, Mapping) for d in data)
+        ):
+            raise ValueError(
+                f"centers file {cpath} must hold {{image: center}} or a list of {{image, center}} objects."
+            )
+        items = data.items() if isinstance(data, Mapping) else [(d.get("image"), d) for d in data]
+        for image, raw in items:
+            if not image or not isinstance(image, str):
+                raise ValueError(f"{cpath}: an entry has no 'image' path.")
+            entry = _case_entry(raw, image, str(cpath))
+            cases.append({"image": _abs(image), "case_id": entry.pop("case_id", _case_id(image)), **entry})
+    else:
+        dl = root / "datalist.json"
+        if not dl.is_file():
+            raise FileNotFoundError(f"{root} holds neither centers.json nor datalist.json (images + lesion centres).")
+        try:
+            data = json.loads(dl.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{dl} is not valid JSON: {e}") from e
+        entries = data.get(split) if isinstance(data, Mapping) else data
+        if not isinstance(entries, list):
+            raise ValueError(f"{dl} has no list of entries under {split!r}.")
+        for k, e in enumerate(entries):
+            image = e.get("image") if isinstance(e, Mapping) else e
+            if not isinstance(image, str) or not image:
+                raise ValueError(f"{dl}: entry {k} of {split!r} has no 'image' path.")
+            center = e.get("center") if isinstance(e, Mapping) else None
+            cases.append(
+                {
+                    "image": _abs(image),
+                    "center": center,
+                    "world": bool(e.get("world", False)) if isinstance(e, Mapping) else False,
+                    "frame": e.get("frame", "RAS") if isinstance(e, Mapping) else "RAS",
+                    "case_id": str(e.get("case_id", _case_id(image))) if isinstance(e, Mapping) else _case_id(image),
+                }
+            )
+    if not cases:
+        raise ValueError(f"{cpath if cpath.is_file() else root / 'datalist.json'} lists no images.")
+    seen: dict[str, int] = {}
+    for c in cases:  # unique output folder names
+        n = seen.get(c["case_id"], 0)
+        seen[c["case_id"]] = n + 1
+        if n:
+            c["case_id"] = f"{c['case_id']}_{n}"
+    return cases
+
+
+def _safe_case_id(case_id: str) -> str:
+    """A case id usable as one folder name (no separators, not ``.``/``..``, not the summary's name)."""
+    cid = "".join(c if c.isalnum() or c in "-_.+" else "_" for c in str(case_id)).strip(".") or "case"
+    return cid if cid != SUMMARY_NAME else f"{cid}_case"
+
+
+def infer_cases(
+    model: nn.Module,
+    cases: Sequence[Mapping[str, Any]],
+    output_dir: str | os.PathLike,
+    *,
+    spacing: float | Sequence[float],
+    roi_size: int | Sequence[int] = DEFAULT_ROI_SIZE,
+    num_samples: int = 16,
+    seed: int = 0,
+    hu_window: Sequence[float] = DEFAULT_HU_WINDOW,
+    threshold: PresenceThreshold | None = None,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+    allow_non_ct: bool = False,
+    checkpoint: str | None = None,
+) -> dict[str, Any]:
+    """Run :func:`predict_hypotheses` on many images with one loaded model and write the whole run at once.
+
+    Every case goes to ``<output_dir>/<case_id>/`` (:meth:`~monai_probunet.hypotheses.Hypotheses.write_set`), plus
+    ``<output_dir>/inference_summary.json``; the run is written into a temporary sibling folder and moved onto
+    ``output_dir`` at the end (an earlier run there is replaced as a whole, a folder holding anything else is
+    refused before any work: :class:`~monai_probunet.io_utils.staged_dir`). A case that fails (bad image, centre
+    outside, ...) is recorded with its error and the run goes on.
+
+    Args:
+        model: a network with ``sample`` (:func:`~monai_probunet.model_loading.load_model`).
+        cases: ``{"image", "center" (None = image centre), "world", "frame", "case_id"}`` entries
+            (:func:`read_inference_cases`).
+        output_dir: the run's folder.
+        spacing, roi_size, num_samples, seed, hu_window, device, allow_non_ct: as in :func:`predict_hypotheses`.
+        threshold: the fitted presence rule, ``None`` for the fallback rule.
+        progress: show a tqdm bar.
+        checkpoint: recorded in the summary.
+
+    Returns:
+        The summary (``{"cases": [{case_id, image, presence_probability, ambiguous, num_variants, ...} | {case_id,
+        image, error}], "num_ok", "num_failed", "ambiguity_rule", ...}``).
+    """
+    from tqdm import tqdm
+
+    from .io_utils import staged_dir
+
+    if spacing is None:
+        raise ValueError(f"spacing is required: {SPACING_HINT}.")
+    out = Path(output_dir)
+    rows = []
+    with staged_dir(out, is_ours=is_inference_run, what="output folder") as tmp:
+        used: set[str] = set()
+        for case in tqdm(cases, desc="inferring", unit="image", disable=not progress):
+            cid = _safe_case_id(case["case_id"])
+            k, base = 1, cid
+            while cid in used:
+                cid, k = f"{base}_{k}", k + 1
+            used.add(cid)
+            row: dict[str, Any] = {"case_id": cid, "image": str(case["image"])}
+            try:
+                center = case.get("center")
+                image: Any = case["image"]
+                if center is None:
+                    image, _ = load_ct(case["image"], allow_non_ct=allow_non_ct)
+                    center = [(s - 1) / 2 for s in image.shape[1:]]
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", UserWarning)
+                    hyp = predict_hypotheses(
+                        image, center, model, world=bool(case.get("world", False)), frame=case.get("frame", "RAS"),
+                        spacing=spacing, roi_size=roi_size, num_samples=num_samples, seed=seed, threshold=threshold,
+                        hu_window=hu_window, device=device, allow_non_ct=allow_non_ct,
+                    )
+                hyp.extra["case_id"] = cid
+                (tmp / cid).mkdir()
+                hyp.write_set(tmp / cid)
+                row.update(
+                    presence_probability=hyp.presence_probability,
+                    ambiguous=hyp.ambiguous,
+                    num_variants=len(hyp.variants),
+                    top_variant_frequency=hyp.variants[0].frequency,
+                    mean_area_mm2=float(np.mean(hyp.areas_mm2)),
+                    output_dir=str(out / cid),
+                )
+            except (ValueError, FileNotFoundError, RuntimeError) as e:
+                logger.error("case %s (%s) failed: %s", cid, case["image"], e)
+                row["error"] = f"{type(e).__name__}: {e}"
+            rows.append(row)
+        summary = {
+            WRITTEN_BY_KEY: WRITTEN_BY,
+            "checkpoint": checkpoint,
+            "num_samples": num_samples,
+            "seed": seed,
+            "ambiguity_rule": FALLBACK_RULE if threshold is None else threshold.to_dict(),
+            "num_ok": sum("error" not in r for r in rows),
+            "num_failed": sum("error" in r for r in rows),
+            "cases": rows,
+        }
+        (tmp / SUMMARY_NAME).write_text(json.dumps(summary, indent=1))
+    log = logger.error if rows and not summary["num_ok"] else logger.info
+    log("inference: %d ok, %d failed -> %s", summary["num_ok"], summary["num_failed"], out)
+    return summary
+
+
+def run_inference(
+    network: nn.Module,
+    ckpt_path: str | os.PathLike,
+    dataset_dir: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    centers: str | os.PathLike | None = None,
+    split: str = "test",
+    num_samples: int = 16,
+    seed: int = 0,
+    spacing: float | Sequence[float] | None = None,
+    roi_size: int | Sequence[int] = DEFAULT_ROI_SIZE,
+    hu_window: Sequence[float] = DEFAULT_HU_WINDOW,
+    threshold_path: str | os.PathLike | None = None,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+    allow_non_ct: bool = False,
+) -> dict[str, Any]:
+    """Run :func:`predict_hypotheses` on every image of a folder, the model loaded once (bundle id ``inferring``).
+
+    Checks the inputs first (spacing, device, cases, output folder, threshold), then loads ``ckpt_path`` into
+    ``network`` (``weights_only=True``); the presence threshold comes from ``threshold_path`` or
+    ``presence_threshold.json`` next to the checkpoint (else the fallback rule). Cases come from
+    :func:`read_inference_cases`; the run is written by :func:`infer_cases` (all at once, per-case errors
+    recorded in ``<output_dir>/inference_summary.json``).
+
+    Returns
+    -------
+    dict
+        The summary.
+    """
+    from .bundle_utils import ConfigValueError
+    from .io_utils import load_network_weights, staged_dir
+
+    try:  # the bundle command prints these as one line (exit status 2): every one is about an option's value
+        if spacing is None:
+            raise ValueError(f"spacing is required: {SPACING_HINT}.")
+        _pair(spacing, "infer_spacing", float)
+        dev = check_device(device)
+        cases = read_inference_cases(dataset_dir, centers, split)
+        staged_dir(output_dir, is_ours=is_inference_run, what="output_dir")  # refuse early, before any work
+        thr = _as_threshold(threshold_path) if threshold_path else find_presence_threshold(ckpt_path)
+        load_network_weights(network, ckpt_path)
+    except (ValueError, FileNotFoundError) as e:
+        raise ConfigValueError(str(e)) from e
+    network = network.to(dev).eval()
+    if thr is None:
+        warnings.warn(f"no presence_threshold.json next to {ckpt_path}: {FALLBACK_RULE}.", UserWarning, stacklevel=2)
+    return infer_cases(
+        network, cases, output_dir, spacing=spacing, roi_size=roi_size, num_samples=num_samples, seed=seed,
+        hu_window=hu_window, threshold=thr, device=dev, progress=progress, allow_non_ct=allow_non_ct,
+        checkpoint=str(ckpt_path),
+    )

@@ -1,0 +1,358 @@
+"""CT image loading and geometry for inference: :func:`load_ct` and the lesion-centre resolution.
+
+:func:`load_ct` reads a 2-D CT slice (NIfTI, or one DICOM file) or a 3-D CT volume (NIfTI, or a DICOM series folder)
+with MONAI's ``LoadImage`` (``PydicomReader`` for DICOM: rescale slope/intercept applied, i.e. HU), or takes an
+already loaded channel-first ``MetaTensor``, and refuses (``ValueError`` naming the file) what would otherwise be
+guessed: DICOM that is not ``Modality == "CT"``, a zero or negative voxel spacing, intensities that are not plausibly
+HU in an image without a DICOM modality. :func:`resolve_center` maps a voxel or world (RAS/LPS millimetres) centre to
+voxel coordinates of the loaded array (see :mod:`monai_probunet.inference` for the coordinate conventions).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from monai.data.utils import to_affine_nd
+from monai.transforms import ApplyTransformToPoints, LoadImage
+
+__all__ = [
+    "DEFAULT_HU_WINDOW",
+    "DEFAULT_ROI_SIZE",
+    "HU_PLAUSIBLE_MIN",
+    "MODALITY_KEY",
+    "SPACING_HINT",
+    "WORLD_FRAMES",
+    "load_ct",
+    "resolve_center",
+]
+
+#: the model's input crop in pixels (the built-in data: 64 x 64)
+DEFAULT_ROI_SIZE = 64
+#: HU window scaled to [0, 1] (``hu_window`` in bundle/configs/train.yaml)
+DEFAULT_HU_WINDOW = (-1000.0, 400.0)
+WORLD_FRAMES = ("RAS", "LPS")
+#: meta key set by :func:`load_ct` on an image whose DICOM headers say CT (no HU plausibility check then)
+MODALITY_KEY = "probunet_modality"
+#: an image whose lowest value is above this is not plausibly CT in HU (no air, lung or fat anywhere in it)
+HU_PLAUSIBLE_MIN = -200.0
+SPACING_HINT = (
+    "the model's in-plane pixel spacing in mm, `infer_spacing` of the bundle config (train.yaml: [1.0, 1.0] for "
+    "the shipped model) or --spacing"
+)
+
+
+# --------------------------------------------------------------------------------------------- loading
+
+
+def _is_dicom(path: Path) -> bool:
+    from pydicom.misc import is_dicom
+
+    try:
+        return path.suffix.lower() == ".dcm" or is_dicom(str(path))
+    except OSError:
+        return False
+
+
+def _check_ct_dicom(files: Sequence[Path], source: str) -> None:
+    """Raise ``ValueError`` unless every DICOM header in ``files`` says ``Modality == "CT"``."""
+    import pydicom
+
+    for f in files:
+        try:
+            ds = pydicom.dcmread(str(f), stop_before_pixels=True)
+        except Exception as e:  # pydicom raises many types for a broken file
+            raise ValueError(f"{f} is not a readable DICOM file ({type(e).__name__}: {e}).") from e
+        modality = getattr(ds, "Modality", None)
+        if modality != "CT":
+            raise ValueError(
+                f"{source}: DICOM file {f.name} has Modality {modality!r}; this model segments CT (HU) only."
+            )
+        spacing = getattr(ds, "PixelSpacing", None)
+        try:
+            ok = spacing is not None and len(spacing) == 2 and all(float(v) > 0 for v in spacing)
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ValueError(
+                f"{f}: PixelSpacing {None if spacing is None else list(spacing)!r} is missing or not positive; "
+                "the pixel size in mm is needed to resample to the model's spacing."
+            )
+
+
+def _check_nifti_header(path: Path) -> None:
+    """Raise ``ValueError`` naming ``path`` if a NIfTI header's spatial voxel sizes are zero or negative.
+
+    The header is read as stored (``check=False``): nibabel and MONAI silently replace a zero ``pixdim`` by 1 mm
+    and a negative one by its absolute value on load, which would resample the image with a made-up spacing.
+    """
+    import nibabel as nib
+    from nibabel.openers import ImageOpener
+
+    try:
+        with ImageOpener(str(path)) as f:
+            raw = f.read(540)
+        hdr = None
+        for klass in (nib.Nifti1Header, nib.Nifti2Header):
+            if len(raw) < klass.sizeof_hdr:
+                continue
+            h = klass.from_fileobj(io.BytesIO(raw[: klass.sizeof_hdr]), check=False)
+            if int(h["sizeof_hdr"]) == klass.sizeof_hdr:
+                hdr = h
+                break
+    except Exception:  # not NIfTI (or corrupt): the reader below names the problem
+        return
+    if hdr is None:
+        return
+    nd = int(max(1, min(3, int(hdr["dim"][0]))))
+    zooms = [float(v) for v in hdr["pixdim"][1 : nd + 1]]
+    if any(not np.isfinite(z) or z <= 0 for z in zooms):
+        raise ValueError(
+            f"{path}: voxel spacing (NIfTI pixdim) {zooms} mm is zero or negative; fix the header (there is no "
+            "voxel size to resample from)."
+        )
+    if int(hdr["sform_code"]) > 0:
+        sform = np.asarray(hdr.get_sform(), dtype=np.float64)
+        sizes = np.linalg.norm(sform[:3, :nd], axis=0)
+        if not np.isfinite(sform).all() or (sizes <= 1e-6).any():
+            raise ValueError(
+                f"{path}: the sform affine gives voxel spacing {np.round(sizes, 6).tolist()} mm, zero or not "
+                "finite; fix the header."
+            )
+
+
+def _check_hu(img: MetaTensor, source: str, allow_non_ct: bool) -> None:
+    """Refuse (or with ``allow_non_ct`` warn about) an image whose values are not plausibly CT Hounsfield units.
+
+    CT in HU has air at about -1000, lung about -850, fat about -100, soft tissue 0 to 100: a CT image of the chest
+    (or a lesion-centred crop of one) has values below :data:`HU_PLAUSIBLE_MIN`. An image without any (e.g. MR,
+    values 0 to 4000; CT stored without its rescale intercept; an image normalised to [0, 1]) is refused.
+    """
+    lo = float(img.as_tensor().min())
+    hi = float(img.as_tensor().max())
+    if lo <= HU_PLAUSIBLE_MIN:
+        return
+    msg = (
+        f"{source}: intensities span [{lo:g}, {hi:g}] with nothing below {HU_PLAUSIBLE_MIN:g}, i.e. no air, lung or "
+        "fat: not plausibly CT in Hounsfield units (MR? CT without its rescale slope/intercept? normalised?)"
+    )
+    if not allow_non_ct:
+        raise ValueError(msg + "; the model segments CT in HU (pass --allow-non-ct / allow_non_ct=True to run anyway).")
+    warnings.warn(msg + "; running anyway (allow_non_ct).", UserWarning, stacklevel=3)
+
+
+def load_ct(image: str | os.PathLike | MetaTensor, allow_non_ct: bool = False) -> tuple[MetaTensor, str]:
+    """Load a CT slice or volume as a channel-first float32 ``MetaTensor`` in HU with a RAS affine.
+
+    Parameters
+    ----------
+    image : str, path or MetaTensor
+        A NIfTI file (2-D slice or 3-D volume; any format MONAI's default readers take), one DICOM file (a slice),
+        a folder holding one DICOM series (a volume), or an already loaded channel-first ``MetaTensor``
+        (``1 x H x W`` or ``1 x H x W x D``, e.g. from ``LoadImage(ensure_channel_first=True)``).
+    allow_non_ct : bool
+        Only warn (instead of refusing) when an image without a DICOM modality (NIfTI, MetaTensor) has intensities
+        that are not plausibly CT in HU (nothing below -200: no air, lung or fat; e.g. MR).
+
+    Returns
+    -------
+    tuple
+        ``(MetaTensor 1 x *spatial, source name)``.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the path does not exist.
+    ValueError
+        If a DICOM file is not CT or unreadable, a folder holds no DICOM file, the file cannot be read as an image,
+        the image is not a single-channel 2-D/3-D image, has NaN/inf values or a zero/negative voxel spacing, or
+        (without ``allow_non_ct``) its intensities are not plausibly HU.
+    """
+    verified_ct = False
+    if isinstance(image, MetaTensor):
+        source = str(image.meta.get("filename_or_obj", "") or "<MetaTensor>")
+        img = image
+    elif isinstance(image, (torch.Tensor, np.ndarray)):
+        raise ValueError(
+            "image: a plain tensor/array has no geometry; pass a file path or a channel-first MetaTensor with an "
+            "affine."
+        )
+    else:
+        path = Path(image)
+        source = str(path)
+        if not path.exists():
+            raise FileNotFoundError(f"image {path} does not exist.")
+        if path.is_dir():
+            files = sorted(p for p in path.iterdir() if p.is_file() and _is_dicom(p))
+            if not files:
+                raise ValueError(f"image folder {path} holds no DICOM file (a folder must be one DICOM series).")
+            _check_ct_dicom(files, source)
+            loader = LoadImage(reader="PydicomReader", image_only=True, ensure_channel_first=True, dtype=np.float32)
+            verified_ct = True
+        elif _is_dicom(path):
+            _check_ct_dicom([path], source)
+            loader = LoadImage(reader="PydicomReader", image_only=True, ensure_channel_first=True, dtype=np.float32)
+            verified_ct = True
+        else:
+            if path.name.endswith((".nii", ".nii.gz")):
+                _check_nifti_header(path)
+            loader = LoadImage(image_only=True, ensure_channel_first=True, dtype=np.float32)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                img = loader(str(path))
+        except Exception as e:  # readers raise many types for a corrupt file
+            raise ValueError(f"could not read image {path}: {type(e).__name__}: {e}") from e
+        if not isinstance(img, MetaTensor):
+            raise ValueError(f"could not read image {path} with its geometry (got {type(img).__name__}).")
+        if verified_ct:
+            img.meta[MODALITY_KEY] = "CT"
+    _check_image(img, source)
+    if img.meta.get(MODALITY_KEY) != "CT":
+        _check_hu(img, source, allow_non_ct)
+    return img, source
+
+
+def _check_image(img: MetaTensor, source: str) -> None:
+    if img.ndim not in (3, 4):
+        raise ValueError(
+            f"{source}: expected a channel-first 2-D slice (1 x H x W) or 3-D volume (1 x H x W x D), got shape "
+            f"{tuple(img.shape)} ({img.ndim - 1} spatial dimensions)."
+        )
+    if img.shape[0] != 1:
+        raise ValueError(
+            f"{source}: expected a single-channel CT image (channel-first 1 x *spatial), got {img.shape[0]} channels "
+            f"(shape {tuple(img.shape)})."
+        )
+    if min(img.shape[1:]) < 1:
+        raise ValueError(f"{source}: empty image of shape {tuple(img.shape)}.")
+    if img.dtype == torch.bool or img.is_complex():
+        raise ValueError(f"{source}: unsupported voxel type {img.dtype}; expected HU values.")
+    bad = ~torch.isfinite(img.as_tensor().float())
+    if bool(bad.any()):
+        raise ValueError(f"{source}: {int(bad.sum())} voxels are NaN or infinite; expected finite HU values.")
+    affine = _affine4(img)
+    sizes = torch.linalg.norm(affine[:3, : img.ndim - 1], dim=0)
+    if not bool(torch.isfinite(affine).all()) or bool((sizes <= 1e-6).any()):
+        raise ValueError(
+            f"{source}: voxel spacing {[round(float(v), 6) for v in sizes]} mm from the image's affine is zero or not "
+            "finite; fix the image header."
+        )
+
+
+def _affine4(img: MetaTensor) -> torch.Tensor:
+    """The image's voxel -> RAS affine as ``4 x 4`` float64 (a 2-D ``3 x 3`` affine gets an identity z)."""
+    return to_affine_nd(3, torch.as_tensor(img.affine, dtype=torch.float64))
+
+
+# --------------------------------------------------------------------------------------------- geometry
+
+
+def _points(affine: torch.Tensor, pts: np.ndarray, invert: bool, lps: bool = False) -> np.ndarray:
+    """Map ``N x 3`` points with MONAI's ``ApplyTransformToPoints`` (world -> voxel with ``invert``)."""
+    t = ApplyTransformToPoints(dtype=torch.float64, affine=affine, invert_affine=invert, affine_lps_to_ras=lps)
+    out = t(torch.as_tensor(np.asarray(pts, dtype=np.float64))[None])
+    return np.asarray(out.as_tensor() if isinstance(out, MetaTensor) else out)[0]
+
+
+def resolve_center(
+    img: MetaTensor,
+    center: Sequence[float],
+    *,
+    world: bool = False,
+    frame: str = "RAS",
+    source: str = "image",
+) -> tuple[np.ndarray, np.ndarray]:
+    """The lesion centre as continuous voxel coordinates of ``img`` and as RAS millimetres.
+
+    Parameters
+    ----------
+    img : MetaTensor
+        ``1 x *spatial`` image (2 or 3 spatial dimensions) with its voxel -> RAS affine.
+    center : sequence of float
+        Voxel coordinates (one per spatial axis), or with ``world=True`` world millimetres (3 values; 2 allowed
+        for a slice, z then comes from the image plane).
+    world : bool
+        Interpret ``center`` as world coordinates.
+    frame : {"RAS", "LPS"}
+        The world frame of ``center`` (``(x, y, z)_RAS = (-x, -y, z)_LPS``).
+    source : str
+        Name used in error messages.
+
+    Returns
+    -------
+    tuple of numpy.ndarray
+        ``(voxel, world_ras)``: voxel has one entry per spatial axis, world_ras 3 entries.
+
+    Raises
+    ------
+    ValueError
+        If the centre has the wrong length, is not finite, or lies outside the image (more than half a voxel
+        beyond the border) or off a slice's plane.
+    """
+    nd = img.ndim - 1
+    shape = tuple(int(s) for s in img.shape[1:])
+    try:
+        c = np.asarray([float(v) for v in center], dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"center must be a sequence of numbers, got {center!r}.") from e
+    if not np.isfinite(c).all():
+        raise ValueError(f"center must be finite, got {center!r}.")
+    frame = str(frame).upper()
+    if frame not in WORLD_FRAMES:
+        raise ValueError(f"frame must be one of {WORLD_FRAMES}, got {frame!r}.")
+    affine = _affine4(img)
+    if world:
+        if len(c) not in ((2, 3) if nd == 2 else (3,)):
+            raise ValueError(
+                f"center: a world centre of a {nd}-D image needs {'2 or 3' if nd == 2 else '3'} coordinates, "
+                f"got {len(c)} ({center!r})."
+            )
+        if len(c) == 2:  # in-plane world (x, y); z of the slice plane (at voxel 0, 0)
+            plane = _points(affine, np.zeros((1, 3)), invert=False, lps=frame == "LPS")[0]
+            c = np.array([c[0], c[1], plane[2]])
+        vox3 = _points(affine, c[None], invert=True, lps=frame == "LPS")[0]
+        if nd == 2 and abs(vox3[2]) > 0.5 + 1e-6:
+            raise ValueError(
+                f"center {list(center)} ({frame}) lies {abs(vox3[2]):.2f} voxels off the plane of the slice {source}."
+            )
+        voxel = vox3[:nd]
+    else:
+        if len(c) != nd:
+            raise ValueError(
+                f"center: a voxel centre of a {nd}-D image needs {nd} coordinates, got {len(c)} ({center!r})."
+            )
+        voxel = c
+    outside = [(a, v) for a, v in enumerate(voxel) if not (-0.5 <= v <= shape[a] - 0.5)]
+    if outside:
+        raise ValueError(
+            f"center {list(center)} ({frame + ' world' if world else 'voxel'}) maps to voxel "
+            f"{np.round(voxel, 2).tolist()}, outside the image {source} of spatial shape {shape}."
+        )
+    vox3 = np.zeros(3)
+    vox3[:nd] = voxel
+    world_ras = _points(affine, vox3[None], invert=False)[0]
+    return voxel, world_ras
+
+
+def _slice_axis(affine: torch.Tensor, nd: int) -> int:
+    """The spatial axis whose direction is most aligned with the world S (z) axis."""
+    r = np.asarray(affine[:3, :nd], dtype=np.float64)
+    cos = np.abs(r[2]) / np.maximum(np.linalg.norm(r, axis=0), 1e-12)
+    return int(np.argmax(cos))
+
+
+def _pair(value: float | Sequence[float], name: str, cast: type) -> tuple:
+    vals = [value, value] if np.isscalar(value) else list(value)
+    if len(vals) != 2:
+        raise ValueError(f"{name} must be a number or 2 numbers (in-plane), got {value!r}.")
+    out = tuple(cast(v) for v in vals)
+    if any(v <= 0 for v in out):
+        raise ValueError(f"{name} must be positive, got {value!r}.")
+    return out

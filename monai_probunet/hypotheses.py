@@ -1,0 +1,401 @@
+"""The result of an inference: :class:`Hypotheses` (S label maps on the input's grid, their summaries, the report
+and the NIfTI set on disk), its distinct outlines (:class:`Variant`, :func:`group_variants`) and the lesion-presence
+ambiguity rule (the fitted :class:`~monai_probunet.metrics.PresenceThreshold`, else :data:`FALLBACK_RULE`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .metrics import PresenceThreshold, pairwise_iou_distance
+
+__all__ = [
+    "FALLBACK_RULE",
+    "Hypotheses",
+    "Variant",
+    "group_variants",
+    "is_hypotheses_set",
+    "is_inference_run",
+]
+
+#: hypotheses with IoU >= this are one variant
+VARIANT_IOU = 0.9
+#: the rule used for the ambiguous flag when no fitted presence threshold is available
+FALLBACK_MARGIN = 0.25
+FALLBACK_RULE = (
+    "fallback 0.5 rule (no fitted presence_threshold.json): ambiguous iff |p - 0.5| <= 0.25, i.e. "
+    "0.25 <= p <= 0.75 with p the fraction of hypotheses showing a lesion (neither presence nor absence has a 3:1 "
+    "majority)"
+)
+#: ``report.json`` / ``inference_summary.json`` carry ``{WRITTEN_BY_KEY: WRITTEN_BY}``: an output folder holding it
+#: (and nothing else) was written by the inference path and may be replaced by a new run
+WRITTEN_BY_KEY = "written_by"
+WRITTEN_BY = "monai_probunet.inference"
+REPORT_NAME = "report.json"
+SUMMARY_NAME = "inference_summary.json"
+SET_FILES = ("hypotheses.nii.gz", "mean_probability.nii.gz", "entropy.nii.gz", "variant_label.nii.gz", REPORT_NAME)
+
+
+# --------------------------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A group of hypotheses that are the same outline up to IoU >= 0.9 (:func:`group_variants`).
+
+    Attributes
+    ----------
+    members : tuple of int
+        Indices (into the S hypotheses) of the hypotheses in this group, ascending.
+    representative : int
+        The member with the smallest summed distance ``1 - IoU`` to the other members (the medoid; ties: lowest
+        index); its label map stands for the variant.
+    frequency : float
+        ``len(members) / S``.
+    has_lesion : bool
+        Whether the representative has any lesion pixel.
+    area_mm2 : float
+        Lesion area of the representative on the model's grid.
+    """
+
+    members: tuple[int, ...]
+    representative: int
+    frequency: float
+    has_lesion: bool
+    area_mm2: float
+
+    @property
+    def count(self) -> int:
+        """Number of hypotheses in the group."""
+        return len(self.members)
+
+
+@dataclass
+class Hypotheses:
+    """S segmentation hypotheses of one lesion, on the input image's own grid, with their summaries.
+
+    Arrays are numpy; ``*spatial`` is the input's spatial shape (``H x W`` for a slice, ``H x W x D`` for a volume,
+    axes as MONAI loaded them).
+
+    Attributes
+    ----------
+    labels : numpy.ndarray
+        ``S x *spatial`` uint8 label maps (0 = background, 1 = lesion), nearest-neighbour resampled back.
+    mean_probability : numpy.ndarray
+        ``*spatial`` float32 in [0, 1]: mean over the S hypotheses of the softmax lesion probability (all
+        foreground classes), linearly resampled back.
+    entropy : numpy.ndarray
+        ``*spatial`` float32 in bits, ``>= 0``: entropy of the mean class distribution over the hypotheses
+        (predictive entropy; at most ``log2(C)`` = 1 bit for lesion/background), linearly resampled back.
+    affine : numpy.ndarray
+        ``4 x 4`` float64 voxel -> RAS mm affine of the input (what the saved NIfTI files carry).
+    presence_count : int
+        Hypotheses (of S) with any lesion pixel.
+    presence_probability : float
+        ``presence_count / S``.
+    ambiguous : bool
+        Predicted ground-truth ambiguity of lesion presence (:attr:`ambiguity_rule`).
+    ambiguity_rule : str
+        The rule the flag came from (the fitted threshold, or :data:`FALLBACK_RULE`).
+    threshold : PresenceThreshold or None
+        The fitted threshold used, ``None`` with the fallback rule.
+    areas_mm2 : numpy.ndarray
+        ``S`` float64 lesion areas in mm^2, counted on the model's grid (``spacing`` mm pixels) before resampling back.
+    volumes_mm3 : numpy.ndarray or None
+        ``S`` float64 lesion volumes in mm^3 for a 3-D input (area x slice thickness of the input), else ``None``.
+    variants : list of Variant
+        Distinct outlines (IoU >= 0.9 groups), most frequent first.
+    center_voxel : tuple of float
+        The centre in voxel coordinates of the input.
+    center_world_ras : tuple of float
+        The centre in RAS millimetres.
+    slice_axis, slice_index : int or None
+        For a volume: the spatial axis treated as axial and the slice that was segmented; ``None`` for a slice.
+    model_input : numpy.ndarray
+        ``roi x roi`` float32 windowed crop fed to the model.
+    crop_labels : numpy.ndarray
+        ``S x roi x roi`` uint8 hypotheses on the model's grid.
+    source : str
+        File name (or ``"<MetaTensor>"``) of the input.
+    num_samples, seed : int
+        S and the sampling seed.
+    spacing : tuple of float
+        The model's in-plane spacing in mm.
+    roi_size : tuple of int
+        The model's crop size.
+    """
+
+    labels: np.ndarray
+    mean_probability: np.ndarray
+    entropy: np.ndarray
+    affine: np.ndarray
+    presence_count: int
+    presence_probability: float
+    ambiguous: bool
+    ambiguity_rule: str
+    threshold: PresenceThreshold | None
+    areas_mm2: np.ndarray
+    volumes_mm3: np.ndarray | None
+    variants: list[Variant]
+    center_voxel: tuple[float, ...]
+    center_world_ras: tuple[float, ...]
+    slice_axis: int | None
+    slice_index: int | None
+    model_input: np.ndarray
+    crop_labels: np.ndarray
+    source: str
+    num_samples: int
+    seed: int
+    spacing: tuple[float, float]
+    roi_size: tuple[int, int]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def spatial_shape(self) -> tuple[int, ...]:
+        """The input's spatial shape."""
+        return tuple(self.labels.shape[1:])
+
+    @property
+    def most_frequent_label(self) -> np.ndarray:
+        """``*spatial`` uint8: the representative hypothesis of the most frequent variant."""
+        return self.labels[self.variants[0].representative]
+
+    def summary(self, values: np.ndarray | None) -> dict[str, float] | None:
+        """Spread of per-hypothesis values: ``{mean, std, min, median, max}`` (``None`` for ``None``)."""
+        if values is None:
+            return None
+        v = np.asarray(values, dtype=np.float64)
+        return {
+            "mean": float(v.mean()),
+            "std": float(v.std()),
+            "min": float(v.min()),
+            "median": float(np.median(v)),
+            "max": float(v.max()),
+        }
+
+    def to_report(self) -> dict[str, Any]:
+        """JSON-serialisable summary (what :meth:`save` writes as ``report.json``)."""
+        thickness = None
+        if self.volumes_mm3 is not None and self.slice_axis is not None:
+            thickness = float(np.linalg.norm(self.affine[:3, self.slice_axis]))
+        return {
+            "source": self.source,
+            "spatial_shape": list(self.spatial_shape),
+            "affine_ras": np.asarray(self.affine, dtype=float).tolist(),
+            "center_voxel": [float(c) for c in self.center_voxel],
+            "center_world_ras": [float(c) for c in self.center_world_ras],
+            "slice_axis": self.slice_axis,
+            "slice_index": self.slice_index,
+            "num_samples": int(self.num_samples),
+            "seed": int(self.seed),
+            "model_spacing_mm": [float(s) for s in self.spacing],
+            "roi_size": [int(r) for r in self.roi_size],
+            "presence_count": int(self.presence_count),
+            "presence_probability": float(self.presence_probability),
+            "ambiguous": bool(self.ambiguous),
+            "ambiguity_rule": self.ambiguity_rule,
+            "threshold": None if self.threshold is None else self.threshold.to_dict(),
+            "areas_mm2": [float(a) for a in self.areas_mm2],
+            "area_mm2_spread": self.summary(self.areas_mm2),
+            "volumes_mm3": None if self.volumes_mm3 is None else [float(v) for v in self.volumes_mm3],
+            "volume_mm3_spread": self.summary(self.volumes_mm3),
+            "slice_thickness_mm": thickness,
+            "area_grid": "model grid (model_spacing_mm pixels) before resampling back",
+            "entropy_units": "bits",
+            "variant_iou": VARIANT_IOU,
+            "num_variants": len(self.variants),
+            "variants": [
+                {
+                    "rank": r,
+                    "count": v.count,
+                    "frequency": float(v.frequency),
+                    "members": list(v.members),
+                    "representative": int(v.representative),
+                    "has_lesion": bool(v.has_lesion),
+                    "area_mm2": float(v.area_mm2),
+                    "volume_mm3": None if thickness is None else float(v.area_mm2 * thickness),
+                }
+                for r, v in enumerate(self.variants)
+            ],
+            **self.extra,
+        }
+
+    def save(self, out_dir: str | os.PathLike) -> dict[str, Path]:
+        """Write NIfTI files with the input's affine and a JSON report into ``out_dir``, all or nothing.
+
+        The set is written into a temporary sibling folder and moved onto ``out_dir`` when complete, so a failed
+        write leaves the previous ``out_dir`` as it was (and no temporary folder). ``out_dir`` may be new, empty,
+        or an earlier set written by this method (:func:`is_hypotheses_set`: then it is replaced as a whole);
+        anything else is refused with :class:`~monai_probunet.io_utils.OutputFolderError` (a ``ValueError``)
+        before anything is written.
+
+        Files
+        -----
+        ``hypotheses.nii.gz``
+            uint8, 4-D: ``*spatial x S`` for a volume, ``H x W x 1 x S`` for a slice (hypothesis = 4th axis).
+        ``mean_probability.nii.gz``, ``entropy.nii.gz``
+            float32 ``*spatial``.
+        ``variant_label.nii.gz``
+            uint8 ``*spatial``: the most frequent variant's label map.
+        ``report.json``
+            :meth:`to_report` plus ``files`` (name -> file name) and ``written_by``.
+
+        Returns
+        -------
+        dict
+            Name -> written path (keys ``hypotheses``, ``mean_probability``, ``entropy``, ``variant_label``,
+            ``report``).
+        """
+        from .io_utils import staged_dir
+
+        out = Path(out_dir)
+        with staged_dir(out, is_ours=is_hypotheses_set, what="output folder") as tmp:
+            names = self.write_set(tmp)
+        return {k: out / v.name for k, v in names.items()}
+
+    def write_set(self, folder: str | os.PathLike) -> dict[str, Path]:
+        """Write the files of :meth:`save` into an existing, empty ``folder`` (no staging; :meth:`save` stages)."""
+        import nibabel as nib
+
+        out = Path(folder)
+        affine = np.asarray(self.affine, dtype=np.float64)
+        stack = np.moveaxis(self.labels, 0, -1)  # *spatial x S
+        if self.labels.ndim == 3:  # a slice: H x W x 1 x S, so that axis 4 holds the hypotheses
+            stack = stack[:, :, None, :]
+        arrays = {
+            "hypotheses": stack.astype(np.uint8),
+            "mean_probability": self.mean_probability.astype(np.float32),
+            "entropy": self.entropy.astype(np.float32),
+            "variant_label": self.most_frequent_label.astype(np.uint8),
+        }
+        paths: dict[str, Path] = {}
+        for name, arr in arrays.items():
+            img = nib.Nifti1Image(np.ascontiguousarray(arr), affine)
+            img.header.set_xyzt_units("mm")
+            paths[name] = out / f"{name}.nii.gz"
+            nib.save(img, str(paths[name]))
+        report = self.to_report()
+        report["files"] = {k: p.name for k, p in paths.items()}
+        report[WRITTEN_BY_KEY] = WRITTEN_BY
+        paths["report"] = out / REPORT_NAME
+        paths["report"].write_text(json.dumps(report, indent=1))
+        return paths
+
+
+def _marked(path: Path) -> bool:
+    """Whether ``path`` is a JSON object carrying this module's ``written_by`` marker."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and data.get(WRITTEN_BY_KEY) == WRITTEN_BY
+
+
+def is_hypotheses_set(folder: str | os.PathLike) -> bool:
+    """True iff ``folder`` holds a set written by :meth:`Hypotheses.save` and nothing else (safe to replace)."""
+    folder = Path(folder)
+    if not folder.is_dir() or folder.is_symlink():
+        return False
+    names = {p.name for p in folder.iterdir()}
+    return REPORT_NAME in names and names <= set(SET_FILES) and _marked(folder / REPORT_NAME)
+
+
+def is_inference_run(folder: str | os.PathLike) -> bool:
+    """True iff ``folder`` holds a run written by :func:`~monai_probunet.batch_inference.infer_cases` (``inference_summary.json`` with the marker
+    plus case folders that are :func:`is_hypotheses_set`) and nothing else (safe to replace)."""
+    folder = Path(folder)
+    if not folder.is_dir() or folder.is_symlink() or not _marked(folder / SUMMARY_NAME):
+        return False
+    return all(p.name == SUMMARY_NAME or is_hypotheses_set(p) for p in folder.iterdir())
+
+# --------------------------------------------------------------------------------------------- variants
+
+
+def group_variants(labels: torch.Tensor, pixel_area_mm2: float, iou: float = VARIANT_IOU) -> list[Variant]:
+    """Group hypotheses whose pairwise IoU is ``>= iou`` into variants, most frequent first.
+
+    Leader clustering in hypothesis order over ``d = 1 - IoU`` from :func:`pairwise_iou_distance` (lesion class,
+    empty vs empty = IoU 1): hypothesis ``i`` joins the first existing group whose first member is within
+    ``1 - iou`` of it, else it opens a new group. Groups are ordered by size (descending), then by their first
+    member.
+
+    Parameters
+    ----------
+    labels : torch.Tensor
+        ``S x *spatial`` label maps.
+    pixel_area_mm2 : float
+        Area of one pixel (for ``Variant.area_mm2``).
+    iou : float
+        Grouping threshold.
+
+    Returns
+    -------
+    list of Variant
+    """
+    s = labels.shape[0]
+    num_classes = max(2, int(labels.max()) + 1)
+    d = pairwise_iou_distance(labels[None].long(), classes=tuple(range(1, num_classes)))[0].double().cpu().numpy()
+    tol = 1.0 - iou + 1e-9
+    groups: list[list[int]] = []
+    for i in range(s):
+        for g in groups:
+            if d[i, g[0]] <= tol:
+                g.append(i)
+                break
+        else:
+            groups.append([i])
+    groups.sort(key=lambda g: (-len(g), g[0]))
+    flat = labels.reshape(s, -1)
+    out = []
+    for g in groups:
+        sub = d[np.ix_(g, g)].sum(axis=1)
+        rep = g[int(np.argmin(sub))]
+        area = float((flat[rep] > 0).sum()) * pixel_area_mm2
+        out.append(
+            Variant(members=tuple(g), representative=rep, frequency=len(g) / s, has_lesion=area > 0, area_mm2=area)
+        )
+    return out
+
+
+# --------------------------------------------------------------------------------------------- presence rule
+
+
+def _ambiguity(
+    count: int, num_samples: int, threshold: PresenceThreshold | None
+) -> tuple[bool, str]:
+    p = count / num_samples
+    if threshold is None:
+        return bool(abs(p - 0.5) <= FALLBACK_MARGIN + 1e-12), FALLBACK_RULE
+    rule = (
+        f"fitted presence threshold: ambiguous iff {threshold.low} < count < {threshold.high} lesion-presence "
+        f"count out of {threshold.num_samples} hypotheses (validation accuracy {threshold.accuracy:.3f})"
+    )
+    c = count
+    if threshold.num_samples != num_samples:
+        c = int(round(p * threshold.num_samples))
+        warnings.warn(
+            f"the presence threshold was fitted on {threshold.num_samples} hypotheses, these are {num_samples}: "
+            f"the count is rescaled to {c} of {threshold.num_samples}.",
+            stacklevel=3,
+        )
+        rule += f"; count rescaled from {count} of {num_samples}"
+    return bool(threshold.predict(np.array([c]))[0]), rule
+
+
+def _as_threshold(threshold: PresenceThreshold | str | os.PathLike | Mapping | None) -> PresenceThreshold | None:
+    if threshold is None or isinstance(threshold, PresenceThreshold):
+        return threshold
+    if isinstance(threshold, Mapping):
+        return PresenceThreshold.from_dict(dict(threshold))
+    from .metrics.presence import load_presence_threshold
+
+    return load_presence_threshold(threshold)

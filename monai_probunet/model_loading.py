@@ -1,0 +1,188 @@
+"""Checkpoint and threshold IO: build a network from a bundle config and load its weights (:func:`load_model`), load
+weights into a given network or an ensemble (:func:`load_trained_network`), and find the fitted presence threshold
+next to a checkpoint (:func:`find_presence_threshold`). Every checkpoint loads with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from .ct_io import DEFAULT_HU_WINDOW, DEFAULT_ROI_SIZE, SPACING_HINT, _pair
+from .hypotheses import _as_threshold
+from .metrics import PresenceThreshold
+
+__all__ = [
+    "PRESENCE_THRESHOLD_NAME",
+    "REPO_CONFIG",
+    "check_device",
+    "find_presence_threshold",
+    "load_model",
+    "load_trained_network",
+]
+
+#: where the repository's bundle configuration lives (default network definition for :func:`load_model`)
+REPO_CONFIG = Path(__file__).resolve().parents[1] / "bundle" / "configs" / "train.yaml"
+PRESENCE_THRESHOLD_NAME = "presence_threshold.json"
+
+
+class _LazyModule:
+    """Stands for ``import name`` in a config's ``imports``: the module is imported at the first attribute access
+    (a submodule too: ``monai_probunet.bundle_utils``), so resolving ``network_def`` imports only what it uses."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attr: str) -> Any:
+        import importlib
+
+        module = importlib.import_module(self._name)
+        try:
+            return getattr(module, attr)
+        except AttributeError:
+            return importlib.import_module(f"{self._name}.{attr}")
+
+
+def _defer_imports(parser: Any) -> None:
+    """Replace the ``$import a.b`` entries of a parsed config's ``imports`` by :class:`_LazyModule` globals.
+
+    MONAI evaluates every import statement of a config whenever it resolves any item; train.yaml imports ignite and
+    the training modules, which the inference path does not need (seconds of import time).
+    """
+    import re
+
+    imports = parser.get("imports")
+    if not isinstance(imports, list):
+        return
+    keep = []
+    for item in imports:
+        m = re.fullmatch(r"\$import\s+([\w.]+)(?:\s+as\s+(\w+))?\s*", str(item))
+        if m is None:
+            keep.append(item)
+            continue
+        name, alias = m.group(1), m.group(2)
+        target = name if alias else name.split(".")[0]
+        parser.globals[alias or target] = _LazyModule(target)
+    parser["imports"] = keep
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """``torch.device(device)``, refusing (``ValueError``) a malformed name or a CUDA/MPS device that is not there."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as e:
+        raise ValueError(f"device {device!r} is not a torch device (e.g. cpu, cuda, cuda:1): {e}") from e
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r}: CUDA is not available on this machine (use --device cpu).")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) here.")
+    elif dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise ValueError(f"device {device!r}: MPS is not available on this machine (use --device cpu).")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device {device!r}: unsupported device type {dev.type!r} (use cpu or cuda).")
+    return dev
+
+
+def load_model(
+    ckpt_path: str | os.PathLike,
+    config_file: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
+    network_id: str = "network_def",
+    device: str | torch.device = "cpu",
+    spacing: float | Sequence[float] | None = None,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Build the network from a bundle config and load a checkpoint into it (``weights_only=True``).
+
+    Parameters
+    ----------
+    ckpt_path : str or path
+        ``model.pt`` (a state dict, or a checkpoint dict holding it under ``"model"``).
+    config_file : path or list of paths, optional
+        Bundle config file(s) defining ``network_id`` (default: the repository's ``bundle/configs/train.yaml``).
+    network_id : str
+        Config id of the network definition.
+    device : str or torch.device
+        Where to put the network (:func:`check_device`).
+    spacing : float or pair of float, optional
+        The model's in-plane spacing in mm, overriding the config's ``infer_spacing``.
+
+    Returns
+    -------
+    tuple
+        ``(network in eval mode, settings)`` where ``settings`` holds ``hu_window`` (config, else
+        :data:`DEFAULT_HU_WINDOW`), ``spacing`` (``spacing``, else the config's ``infer_spacing``) and ``roi_size``
+        (config's ``infer_roi_size``, else :data:`DEFAULT_ROI_SIZE`).
+
+    Raises
+    ------
+    FileNotFoundError
+        A missing config or checkpoint file.
+    ValueError
+        A config that does not parse or defines no network, no ``infer_spacing`` (and no ``spacing`` given), a
+        checkpoint that is not a readable state dict of that network, an unavailable device.
+    """
+    dev = check_device(device)
+    from monai.bundle import ConfigParser
+
+    from .io_utils import load_network_weights
+
+    files = [REPO_CONFIG] if config_file is None else config_file
+    files = [str(f) for f in ([files] if isinstance(files, (str, os.PathLike)) else files)]
+    for f in files:
+        if not Path(f).is_file():
+            raise FileNotFoundError(f"config file {f} does not exist.")
+    parser = ConfigParser()
+    try:
+        parser.read_config(files)
+    except Exception as e:  # yaml/json raise many types
+        raise ValueError(f"config {files} could not be read: {type(e).__name__}: {' '.join(str(e).split())}") from e
+    _defer_imports(parser)
+    if network_id not in parser:
+        raise ValueError(f"config {files} defines no {network_id!r}.")
+    if spacing is None and "infer_spacing" not in parser:
+        raise ValueError(f"config {files} defines no infer_spacing: {SPACING_HINT}.")
+    try:
+        network = parser.get_parsed_content(network_id, instantiate=True)
+        settings = {
+            "hu_window": tuple(parser.get_parsed_content("hu_window")) if "hu_window" in parser else DEFAULT_HU_WINDOW,
+            "spacing": spacing if spacing is not None else parser.get_parsed_content("infer_spacing"),
+            "roi_size": parser.get_parsed_content("infer_roi_size") if "infer_roi_size" in parser else DEFAULT_ROI_SIZE,
+        }
+    except Exception as e:  # a config expression can raise anything
+        msg = str(e).splitlines()[0] if str(e) else ""
+        raise ValueError(f"config {files}: {network_id!r} could not be built: {type(e).__name__}: {msg}") from e
+    _pair(settings["spacing"], "infer_spacing", float)
+    load_network_weights(network, ckpt_path)
+    return network.to(dev).eval(), settings
+
+
+def find_presence_threshold(ckpt_path: str | os.PathLike) -> PresenceThreshold | None:
+    """The fitted threshold in ``presence_threshold.json`` next to ``ckpt_path``, or ``None`` if there is none."""
+    path = Path(ckpt_path).parent / PRESENCE_THRESHOLD_NAME
+    if not path.is_file():
+        return None
+    return _as_threshold(path)
+
+
+def load_trained_network(
+    network: nn.Module, ckpt_path: str | Path | None = None, ensemble_ckpts: Sequence[str | Path] | None = None
+) -> nn.Module:
+    """``network`` with ``ckpt_path`` loaded, or a :class:`~monai_probunet.networks.UNetEnsemble` of one copy of
+    ``network`` per member checkpoint in ``ensemble_ckpts`` (all with ``weights_only=True``)."""
+    from .io_utils import load_network_weights
+    from .networks import UNetEnsemble
+
+    if ensemble_ckpts:
+        missing = [str(p) for p in ensemble_ckpts if not Path(p).is_file()]
+        if missing:
+            raise FileNotFoundError(f"ensemble_ckpts: member checkpoint(s) {missing} do not exist.")
+        return UNetEnsemble([load_network_weights(copy.deepcopy(network), p) for p in ensemble_ckpts])
+    if ckpt_path is None:
+        raise ValueError("give ckpt_path (a model.pt) or ensemble_ckpts (a list of member checkpoints).")
+    return load_network_weights(network, ckpt_path)
