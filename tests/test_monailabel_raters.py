@@ -18,10 +18,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from tests.test_monailabel import MONAILABEL, pytestmark_server, running_server, write_test_model
+from tests.test_monailabel import MONAILABEL, REPO, pytestmark_server, running_server, write_test_model
 
 S = 64
-AFFINE = np.array([[0.5, 0, 0, -10.0], [0, 0.5, 0, 5.0], [0, 0, 1.0, 2.0], [0, 0, 0, 1]])
+SHIPPED_MODEL = REPO / "bundle" / "models" / "model.pt"
+AFFINE = np.array([[1.2, 0, 0, -10.0], [0, 1.2, 0, 5.0], [0, 0, 1.0, 2.0], [0, 0, 0, 1]])
 
 
 def _disc(cy: int, cx: int, r: float) -> np.ndarray:
@@ -67,13 +68,19 @@ def rater_server(tmp_path_factory):
     root = tmp_path_factory.mktemp("raters")
     studies = root / "studies"
     studies.mkdir()
-    for i, (cy, cx) in enumerate([(30, 32), (20, 40), (40, 20)]):
-        img = np.full((S, S), -850.0, np.float32)
-        img[_disc(cy, cx, 6) > 0] = 30.0
+    rng = np.random.default_rng(0)
+    for i, (cy, cx, r, hu) in enumerate([(30, 32, 6, 30.0), (20, 40, 6, 30.0), (40, 20, 6, 30.0),
+                                         (32, 32, 0, 0.0), (32, 32, 3, -500.0)]):
+        img = (-850.0 + 15 * rng.standard_normal((S, S))).astype(np.float32)
+        if r:
+            img[_disc(cy, cx, r) > 0] = hu  # case4: lung only; case5: a faint small opacity
         nib.save(nib.Nifti1Image(img, AFFINE), str(studies / f"case{i + 1}.nii.gz"))
-    model, config, _ = write_test_model(root)
-    with running_server(root, str(studies), {"model_path": model, "network_config": config,
-                                             "warmup": "false"}) as (url, log, _):
+    if SHIPPED_MODEL.is_file():  # a trained model: the images' disagreement differs
+        conf = {"model_path": SHIPPED_MODEL, "network_config": REPO / "bundle" / "configs" / "train.yaml"}
+    else:
+        model, config, _ = write_test_model(root)
+        conf = {"model_path": model, "network_config": config}
+    with running_server(root, str(studies), {**conf, "warmup": "false"}) as (url, log, _):
         replies = {}
         for name in ("alice", "bob", "carol"):  # Slicer: the rater's Client/User-ID arrives as client_id
             replies[name] = submit(url, "case1", MASKS[name], {"client_id": name, "label_info": [
@@ -86,6 +93,31 @@ def rater_server(tmp_path_factory):
         replies["case2_bob_first"] = submit(url, "case2", MASKS["bob"], {"rater": "bob"})
         replies["case2_bob"] = submit(url, "case2", np.zeros((S, S), np.uint8), {"rater": "bob"})  # reviewed: none
         yield url, {"root": root, "studies": studies, "replies": replies, "log": log}
+
+
+# ------------------------------------------------------------------------------------------------ no server
+
+
+def test_disagreement_ranks_ambiguous_above_clear_and_empty():
+    from monai_probunet.metrics.disagreement import hypothesis_disagreement, presence_ambiguity, shape_disagreement
+
+    empty = np.zeros((8, S, S), np.uint8)
+    clear = np.stack([_disc(32, 32, 8)] * 7 + [_disc(32, 33, 8)])  # all agree: a lesion, nearly the same outline
+    ambiguous = np.stack([_disc(32, 32, 4), _disc(30, 36, 7), _disc(34, 28, 5), _disc(32, 32, 9)]
+                         + [np.zeros((S, S), np.uint8)] * 4)  # half see a lesion, outlines differ
+    scores = [hypothesis_disagreement(x) for x in (ambiguous, clear, empty)]
+    assert scores[0] > scores[1] > scores[2] == 0.0
+    assert presence_ambiguity(ambiguous) == 1.0 and presence_ambiguity(clear) == 0.0
+    # known answer: two lesion hypotheses, discs of 5 and 9 pixels radius sharing the centre: 1 - IoU = 1 - a/b
+    pair = np.stack([_disc(32, 32, 5), _disc(32, 32, 9), np.zeros((S, S), np.uint8)])
+    a, b = _disc(32, 32, 5).sum(), _disc(32, 32, 9).sum()
+    assert shape_disagreement(pair) == pytest.approx(1 - a / b, abs=1e-6)
+    assert hypothesis_disagreement(pair) == pytest.approx(0.5 * (4 * (2 / 3) * (1 / 3) + 1 - a / b), abs=1e-6)
+    with pytest.raises(ValueError, match="binary"):
+        hypothesis_disagreement(clear * 2)
+
+
+# ------------------------------------------------------------------------------------------------ server
 
 
 @pytestmark_server
@@ -172,3 +204,38 @@ def test_export_writes_multi_grader_dataset(rater_server, tmp_path):
                            "--out", str(mine)], check=False, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and "did not generate" in proc.stderr
     assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+
+
+@pytestmark_server
+def test_uncertainty_strategy_ranks_unlabelled_images_by_disagreement(rater_server):
+    import requests
+
+    from monai_probunet.inference import find_presence_threshold, load_model, predict_hypotheses
+    from monai_probunet.metrics.disagreement import hypothesis_disagreement
+
+    url, ctx = rater_server
+    info = requests.get(f"{url}/info/", timeout=30).json()
+    assert "uncertainty" in info["strategies"]
+    # case5's lesion centre given as image info; the others are scored at their grid centre
+    r = requests.put(f"{url}/datastore/image/info", params={"image": "case5"}, data={"info": json.dumps(
+        {"center": [32, 32]})}, timeout=30)
+    assert r.status_code == 200, r.text
+    r = requests.post(f"{url}/activelearning/uncertainty", json={"num_samples": 8, "seed": 3}, timeout=300)
+    assert r.status_code == 200, r.text
+    reply = r.json()
+    ranking = reply["ranking"]
+    assert sorted(x["id"] for x in ranking) == ["case3", "case4", "case5"]  # the images no rater outlined
+    assert [x["score"] for x in ranking] == sorted((x["score"] for x in ranking), reverse=True)
+    assert reply["id"] == ranking[0]["id"] and reply["score"] == ranking[0]["score"]
+    # the scores are the library's disagreement of the model's hypotheses at the same centre
+    model = SHIPPED_MODEL if SHIPPED_MODEL.is_file() else ctx["root"] / "model.pt"
+    config = REPO / "bundle" / "configs" / "train.yaml" if SHIPPED_MODEL.is_file() else ctx["root"] / "net.yaml"
+    net, settings = load_model(str(model), str(config))
+    for x in ranking:
+        center = [32, 32] if x["id"] == "case5" else [31, 31]
+        hyp = predict_hypotheses(str(ctx["studies"] / f"{x['id']}.nii.gz"), center, net,
+                                 spacing=settings["spacing"], roi_size=settings["roi_size"], num_samples=8, seed=3,
+                                 threshold=find_presence_threshold(str(model)), hu_window=settings["hu_window"])
+        assert x["score"] == pytest.approx(hypothesis_disagreement(np.asarray(hyp.labels)), abs=1e-5), x
+    r = requests.post(f"{url}/activelearning/uncertainty", json={"num_samples": 1}, timeout=60)
+    assert r.status_code == 400 and "num_samples" in r.json()["detail"]

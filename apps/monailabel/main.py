@@ -38,6 +38,7 @@ from monailabel.interfaces.tasks.train import TrainTask
 from monailabel.tasks.activelearning.first import First
 from monailabel.tasks.activelearning.random import Random
 
+from lib.activelearning import Uncertainty
 from lib.configs.probunet import ProbUNetConfig
 from lib.dicomweb_datastore import SegDICOMWebDatastore
 from lib.infers.params import parse_bool
@@ -118,7 +119,12 @@ class ProbUNetApp(MONAILabelApp):
         return {}
 
     def init_strategies(self) -> Dict[str, Strategy]:
-        return {"random": Random(), "first": First()}
+        strategies: Dict[str, Strategy] = {"random": Random(), "first": First()}
+        if "probunet" in self._infers:  # the unlabelled image whose hypotheses disagree most
+            task = self._infers["probunet"]
+            strategies["uncertainty"] = Uncertainty(
+                task, num_samples=int(task._config.get("num_samples", 16)), seed=int(task._config.get("seed", 0)))
+        return strategies
 
     def infer(self, request: Dict[str, Any], datastore: Any = None) -> Dict[str, Any]:
         """MONAILabelApp.infer with HTTP 4xx answers for requests that cannot be served."""

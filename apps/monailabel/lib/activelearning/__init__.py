@@ -1,0 +1,3 @@
+from .uncertainty import Uncertainty
+
+__all__ = ["Uncertainty"]

@@ -1,0 +1,125 @@
+"""The ``uncertainty`` active-learning strategy: the unlabelled image whose hypotheses disagree most comes next.
+
+For every image no rater has outlined yet, the ``probunet`` task's model draws ``num_samples`` hypotheses at the
+image's lesion centre and :func:`monai_probunet.metrics.disagreement.hypothesis_disagreement` scores them (presence
+ambiguity and the mean pairwise 1 - IoU of the lesion-containing hypotheses). The centre is the image's ``center``
+info (IJK voxel indices, as a click; set it with ``PUT /datastore/image/info?image=ID -F 'info={"center": [i, j]}'``)
+or else the centre voxel of the image grid (images that are candidate crops centred on a finding); the reply says
+which (``center_source``). Scores are cached per image and model file (its modification time). Request::
+
+    curl -X POST http://127.0.0.1:8000/activelearning/uncertainty -H 'Content-Type: application/json' \
+        -d '{"num_samples": 16, "seed": 0}'
+
+The reply: the chosen image ``id``, its ``score``, ``center``, ``center_source`` and ``ranking`` (every scored
+image, highest score first).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import warnings
+from typing import Any
+
+import numpy as np
+from fastapi import HTTPException
+from monailabel.interfaces.datastore import Datastore
+from monailabel.interfaces.tasks.strategy import Strategy
+
+from monai_probunet.inference import load_ct, predict_hypotheses
+from monai_probunet.metrics.disagreement import hypothesis_disagreement, presence_ambiguity, shape_disagreement
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Uncertainty"]
+
+
+class Uncertainty(Strategy):
+    """Rank unlabelled images by the disagreement of the model's hypotheses (module docstring).
+
+    Args:
+        infer_task: the ``probunet`` infer task (its model, settings and presence threshold are used).
+        num_samples: hypotheses per image (request key ``num_samples``).
+        seed: sampling seed (request key ``seed``).
+    """
+
+    def __init__(self, infer_task: Any, num_samples: int = 16, seed: int = 0) -> None:
+        super().__init__("Probabilistic U-Net hypothesis disagreement (presence ambiguity, pairwise 1 - IoU)")
+        self.task = infer_task
+        self.num_samples = num_samples
+        self.seed = seed
+        self._cache: dict[tuple[str, float, int, int, str], dict[str, Any]] = {}
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _center(info: dict[str, Any], shape: tuple[int, ...]) -> tuple[list[float], str]:
+        center = info.get("center")
+        if center is not None:
+            if not isinstance(center, list) or len(center) not in (2, 3) or not all(
+                    isinstance(c, (int, float)) for c in center):
+                raise HTTPException(status_code=400, detail=f"image info 'center' {center!r}: expected [i, j] or "
+                                    "[i, j, k] voxel indices.")
+            return [float(c) for c in center], "image info"
+        return [float((s - 1) // 2) for s in shape], "grid centre"
+
+    def score(self, image_path: str, info: dict[str, Any], num_samples: int, seed: int) -> dict[str, Any]:
+        """Score one image: ``{"score", "presence_ambiguity", "shape_disagreement", "center", "center_source"}``."""
+        from monailabel.utils.others.generic import name_to_device
+
+        device = name_to_device("cuda")
+        network, settings, threshold = self.task._model(device)
+        image, _ = load_ct(image_path)
+        center, source = self._center(info, tuple(image.shape[1:]))  # 1 x *spatial
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            hyp = predict_hypotheses(
+                image, center, network, world=False, spacing=settings["spacing"], roi_size=settings["roi_size"],
+                num_samples=num_samples, seed=seed, threshold=threshold, hu_window=settings["hu_window"],
+                device=device,
+            )
+        labels = np.asarray(hyp.labels)
+        return {"score": round(hypothesis_disagreement(labels), 6),
+                "presence_ambiguity": round(presence_ambiguity(labels), 6),
+                "shape_disagreement": round(shape_disagreement(labels), 6),
+                "center": center, "center_source": source}
+
+    def __call__(self, request: dict[str, Any], datastore: Datastore) -> dict[str, Any] | None:
+        import os
+
+        num_samples = int(request.get("num_samples", self.num_samples))
+        seed = int(request.get("seed", self.seed))
+        if not 2 <= num_samples <= 256:
+            raise HTTPException(status_code=400, detail=f"num_samples {num_samples}: expected 2..256.")
+        images = datastore.get_unlabeled_images()
+        if not images:
+            return None
+        model = self.task.model_file
+        mtime = os.stat(model).st_mtime if model and os.path.isfile(model) else 0.0
+        ranking, failures = [], []
+        for image_id in images:
+            info = datastore.get_image_info(image_id) or {}
+            key = (image_id, mtime, num_samples, seed, repr(info.get("center")))
+            with self._lock:
+                cached = self._cache.get(key)
+            if cached is None:
+                try:
+                    cached = self.score(datastore.get_image_uri(image_id), info, num_samples, seed)
+                except HTTPException:
+                    raise
+                except Exception as e:  # noqa: BLE001 -- one unreadable image must not stop the ranking
+                    msg = getattr(e, "msg", None) or f"{type(e).__name__}: {e}"
+                    logger.warning(f"uncertainty: image {image_id} not scored: {msg}")
+                    failures.append(f"{image_id}: {msg}")
+                    if getattr(e, "status", None) == 503:  # no model file: nothing can be scored
+                        raise HTTPException(status_code=503, detail=msg) from None
+                    continue
+                with self._lock:
+                    self._cache[key] = cached
+            ranking.append({"id": image_id, **cached})
+        if not ranking:
+            raise HTTPException(status_code=422, detail=f"none of the {len(images)} unlabelled images could be "
+                                "scored; first: " + failures[0])
+        ranking.sort(key=lambda r: (-r["score"], r["id"]))
+        best = ranking[0]
+        logger.info(f"uncertainty: next {best['id']} score {best['score']} of {len(ranking)} images")
+        return {**best, "ranking": [{"id": r["id"], "score": r["score"]} for r in ranking]}
