@@ -18,6 +18,7 @@ import torch.nn as nn
 
 from .ct_io import DEFAULT_HU_WINDOW, DEFAULT_ROI_SIZE, SPACING_HINT, _pair, load_ct
 from .hypotheses import FALLBACK_RULE, SUMMARY_NAME, WRITTEN_BY, WRITTEN_BY_KEY, _as_threshold, is_inference_run
+from .io_utils import read_json
 from .metrics import PresenceThreshold
 from .model_loading import check_device, find_presence_threshold
 from .predict import predict_hypotheses
@@ -78,10 +79,7 @@ def read_inference_cases(
     if centers is not None or cpath.is_file():
         if not cpath.is_file():
             raise FileNotFoundError(f"centers file {cpath} does not exist.")
-        try:
-            data = json.loads(cpath.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"centers file {cpath} is not valid JSON: {e}") from e
+        data = read_json(cpath, "centers file")
         if not isinstance(data, (Mapping, list)) or (
             isinstance(data, list) and not all(isinstance(d, Mapping) for d in data)
         ):
@@ -98,10 +96,7 @@ def read_inference_cases(
         dl = root / "datalist.json"
         if not dl.is_file():
             raise FileNotFoundError(f"{root} holds neither centers.json nor datalist.json (images + lesion centres).")
-        try:
-            data = json.loads(dl.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"{dl} is not valid JSON: {e}") from e
+        data = read_json(dl)
         entries = data.get(split) if isinstance(data, Mapping) else data
         if not isinstance(entries, list):
             raise ValueError(f"{dl} has no list of entries under {split!r}.")

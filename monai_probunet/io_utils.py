@@ -30,12 +30,30 @@ __all__ = [
     "atomic_write_json",
     "atomic_write_text",
     "load_network_weights",
+    "read_json",
     "staged_dir",
 ]
 
 
 class OutputFolderError(ValueError):
     """An output path that cannot be (re)placed: a file, unwritable, or a folder holding files of someone else."""
+
+
+def read_json(path: str | os.PathLike, what: str = "", error: type[Exception] = ValueError) -> Any:
+    """The JSON content of ``path``; an unreadable or invalid file raises ``error`` with one line naming it.
+
+    Args:
+        path: the file (its existence is the caller's check, with the caller's message).
+        what: how the file is named in the message, e.g. ``"centers file"`` (default: just the path).
+        error: the exception type raised (a ``ValueError`` subclass where the caller has its own user-error type).
+    """
+    name = f"{what} {path}" if what else str(path)
+    try:
+        return json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise error(f"{name} is not valid JSON: {e}") from None
+    except OSError as e:
+        raise error(f"{name} cannot be read: {e}") from None
 
 
 def _umask_mode() -> int:

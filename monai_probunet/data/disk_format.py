@@ -25,6 +25,7 @@ import numpy as np
 from monai.data import load_decathlon_datalist
 
 from ..bundle_utils import UserInputError
+from ..io_utils import read_json
 
 __all__ = [
     "DATALIST_NAME",
@@ -105,10 +106,7 @@ def validate_datalist(path: str | Path) -> dict[str, Any]:
         raise DatasetFileNotFoundError(
             f"dataset list {path} does not exist (expected a {DATALIST_NAME} with splits {SPLITS})."
         )
-    try:
-        content = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DatasetError(f"{path} is not valid JSON: {e}") from None
+    content = read_json(path, error=DatasetError)
     if not isinstance(content, dict):
         raise DatasetError(f"{path}: expected a JSON object with keys {SPLITS}, got {type(content).__name__}.")
     for split in ("training", "validation"):

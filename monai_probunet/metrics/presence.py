@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from ..io_utils import read_json
 
 __all__ = [
     "PresenceThreshold",
@@ -283,12 +284,7 @@ def load_presence_threshold(path: str | Path) -> PresenceThreshold:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"presence threshold file {path} does not exist (written by the evaluation run).")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"presence threshold file {path} is not valid JSON: {e}") from e
-    except OSError as e:
-        raise ValueError(f"presence threshold file {path} cannot be read: {e}") from e
+    data = read_json(path, "presence threshold file")
     if not isinstance(data, dict):
         raise ValueError(
             f"presence threshold file {path} holds a JSON {type(data).__name__}, expected an object with low, high, "
