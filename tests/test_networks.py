@@ -181,6 +181,7 @@ def test_full_prior_kl_and_latents_are_the_closed_form():
         ProbUNet(2, 1, 2, (4, 8), prior_covariance="low-rank")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("covariance", ["diagonal", "full"])
 def test_prior_fitted_to_independent_flips(covariance):
     """Two classes flip independently (p 0.4 and 0.3) and the posteriors place the four grader maps at the corners

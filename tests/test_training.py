@@ -67,6 +67,7 @@ def _two_mode_batches(n: int, size: int = 16, seed: int = 0) -> list[dict[str, t
     return items
 
 
+@pytest.mark.slow
 def test_probunet_learns_two_modes_unet_does_not():
     set_determinism(seed=0)
     loader = DataLoader(_two_mode_batches(256), batch_size=16, shuffle=True)
