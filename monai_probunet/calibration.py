@@ -28,7 +28,7 @@ from torch import nn
 
 from .data.disk_format import load_datalist
 from .engines.precision import autocast_context
-from .evaluation import write_summary_json
+from .evaluation import image_seed, write_summary_json
 from .flip_task import FLIPS, IGNORE_INDEX, SWITCHABLE_CLASSES, enumerate_modes
 from .metrics.calibration import CalibrationAccumulator, flip_recovery_counts, match_modes
 from .metrics.oracle import ORACLE, sample_modes
@@ -47,10 +47,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 CALIBRATION_JSON = "calibration.json"
-
-
-def _image_seed(seed: int, index: int) -> int:
-    return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
 def _load_cases(items: Sequence[Mapping[str, Any]], transform: Callable[[dict], dict]) -> list[dict[str, Any]]:
@@ -147,7 +143,7 @@ def evaluate_calibration(
             modes[b, : c["modes"].shape[0]] = c["modes"]
             probs[b, : c["modes"].shape[0]] = c["probs"]
         if isinstance(model, str):
-            gens = [torch.Generator().manual_seed(_image_seed(seed, c["index"])) for c in batch]
+            gens = [torch.Generator().manual_seed(image_seed(seed, c["index"])) for c in batch]
             samples = torch.stack([sample_modes(c["modes"], c["probs"], num_samples, g) for c, g in zip(batch, gens)])
         else:
             images = torch.stack([c["image"] for c in batch]).to(device)

@@ -137,7 +137,7 @@ class OracleSampler:
         """
         out = []
         for b, k in enumerate(indices):
-            gen = torch.Generator().manual_seed(_image_seed(seed, k))
+            gen = torch.Generator().manual_seed(image_seed(seed, k))
             if modes[b] is not None:
                 draws = sample_modes(modes[b].cpu(), probs[b].cpu(), num_samples, gen)
             else:
@@ -147,7 +147,8 @@ class OracleSampler:
         return torch.stack(out).to(graders.device)
 
 
-def _image_seed(seed: int, index: int) -> int:
+def image_seed(seed: int, index: int) -> int:
+    """The sampling seed of the ``index``-th image of a run seeded with ``seed`` (independent of batching)."""
     return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
