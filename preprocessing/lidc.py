@@ -739,6 +739,33 @@ def write_lesion_cases(
     return cases
 
 
+def write_crop_files(
+    folder: Path,
+    case: str,
+    image: np.ndarray,
+    labels: np.ndarray,
+    spacing: Sequence[float],
+    patient_id: str,
+    writer: Callable[[Path, np.ndarray, Sequence[float]], Any] | None = None,
+) -> dict[str, Any]:
+    """Write ``images/<case>.nii.gz`` and ``labels/<case>_g<k>.nii.gz`` (``H x W`` image, ``A x H x W`` masks) and
+    return the datalist entry's common keys; the A masks are also the modes, 1/A each."""
+    if writer is None:
+        from monai_probunet.data.disk_format import write_nifti as writer
+    label_paths = [f"labels/{case}_g{g}.nii.gz" for g in range(len(labels))]
+    writer(folder / "images" / f"{case}.nii.gz", image, spacing)
+    for g, path in enumerate(label_paths):
+        writer(folder / path, labels[g], spacing)
+    return {
+        "image": f"images/{case}.nii.gz",
+        "label": label_paths,
+        "modes": list(label_paths),
+        "mode_probs": [1.0 / len(labels)] * len(labels),
+        "patient_id": patient_id,
+        "case_id": case,
+    }
+
+
 def write_case(
     folder: Path,
     scan: Any,
@@ -750,25 +777,17 @@ def write_case(
     labels: np.ndarray,
     centre_rc: Sequence[float],
     spacing: Sequence[float],
+    writer: Callable[[Path, np.ndarray, Sequence[float]], Any] | None = None,
 ) -> dict[str, Any]:
     """Write one crop (``H x W`` image, ``4 x H x W`` reader masks) as NIfTI and return its datalist entry.
 
     The modes of the true distribution are the 4 reader masks with probability 1/4 each (empties included).
+    ``writer(path, array, spacing)`` writes one NIfTI file (default
+    :func:`monai_probunet.data.disk_format.write_nifti`).
     """
-    from monai_probunet.data.disk_format import write_nifti
-
     case = f"{scan.patient_id}_s{scan.id:04d}_n{index:02d}_k{k:03d}"
-    label_paths = [f"labels/{case}_g{g}.nii.gz" for g in range(NUM_GRADERS)]
-    write_nifti(folder / "images" / f"{case}.nii.gz", image, spacing)
-    for g in range(NUM_GRADERS):
-        write_nifti(folder / label_paths[g], labels[g], spacing)
     return {
-        "image": f"images/{case}.nii.gz",
-        "label": label_paths,
-        "modes": list(label_paths),
-        "mode_probs": [1.0 / NUM_GRADERS] * NUM_GRADERS,
-        "patient_id": scan.patient_id,
-        "case_id": case,
+        **write_crop_files(folder, case, image, labels, spacing, scan.patient_id, writer),
         "scan_id": int(scan.id),
         "nodule_index": index,
         "slice_index": k,

@@ -435,27 +435,10 @@ def _write_case(
     labels: np.ndarray, centre_rc: Sequence[float], spacing: Sequence[float],
 ) -> dict[str, Any]:
     """:func:`preprocessing.lidc.write_case` with the fast NIfTI writer: the same file names, voxels, affines and
-    datalist entry (checked against it by the tests)."""
-    case = f"{scan.patient_id}_s{scan.id:04d}_n{index:02d}_k{k:03d}"
-    label_paths = [f"labels/{case}_g{g}.nii.gz" for g in range(NUM_GRADERS)]
-    _write_nifti(folder / "images" / f"{case}.nii.gz", image, spacing)
-    for g in range(NUM_GRADERS):
-        _write_nifti(folder / label_paths[g], labels[g], spacing)
-    return {
-        "image": f"images/{case}.nii.gz",
-        "label": label_paths,
-        "modes": list(label_paths),
-        "mode_probs": [1.0 / NUM_GRADERS] * NUM_GRADERS,
-        "patient_id": scan.patient_id,
-        "case_id": case,
-        "scan_id": int(scan.id),
-        "nodule_index": index,
-        "slice_index": k,
-        "z_mm": z_mm,
-        "annotation_ids": [int(a.id) for a in lesion.annotations],
-        "readers_drawn": int(np.asarray(labels).reshape(NUM_GRADERS, -1).any(1).sum()),
-        "crop_center_rc": [round(float(c), 4) for c in centre_rc],
-    }
+    datalist entry (checked against the default writer by the tests)."""
+    from preprocessing.lidc import write_case
+
+    return write_case(folder, scan, index, lesion, k, z_mm, image, labels, centre_rc, spacing, writer=_write_nifti)
 
 
 class _cached_slice_zvals:
@@ -572,18 +555,11 @@ def _negative_case(
     tile = render_chest(scene, rng, centre, (center_crop, center_crop), TILE_SPACING)
     image, labels = reduce_tile(tile, np.zeros((NUM_GRADERS, center_crop, center_crop), np.uint8), center_crop,
                                 image_size)
+    from preprocessing.lidc import write_crop_files
+
     case = f"{scan.patient_id}_s{scan.id:04d}_neg{j:02d}"
-    label_paths = [f"labels/{case}_g{g}.nii.gz" for g in range(NUM_GRADERS)]
-    _write_nifti(folder / "images" / f"{case}.nii.gz", image, spacing)
-    for g in range(NUM_GRADERS):
-        _write_nifti(folder / label_paths[g], labels[g], spacing)
     return {
-        "image": f"images/{case}.nii.gz",
-        "label": label_paths,
-        "modes": list(label_paths),
-        "mode_probs": [1.0 / NUM_GRADERS] * NUM_GRADERS,
-        "patient_id": scan.patient_id,
-        "case_id": case,
+        **write_crop_files(folder, case, image, labels, spacing, scan.patient_id, writer=_write_nifti),
         "scan_id": int(scan.id),
         "negative_site": kind,
         "center_mm": [round(float(c), 2) for c in centre],
