@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import re
 import signal
 import subprocess
@@ -21,23 +20,17 @@ import tempfile
 import time
 from pathlib import Path
 
+from monai_probunet.engines.precision import cpu_bf16_flags, cpu_model_name
+
 REPO = Path(__file__).resolve().parents[1]
 
-
-def _cpu() -> tuple[str, bool]:
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.processor() or "unknown", False
-    model = re.search(r"model name\s*:\s*(.+)", info)
-    return (model.group(1).strip() if model else "unknown"), ("avx512_bf16" in info or "amx_bf16" in info)
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--image-size", type=int, default=64, help="shapes image size (default 64)")
     args = p.parse_args()
-    cpu, bf16 = _cpu()
+    cpu, bf16 = cpu_model_name(), cpu_bf16_flags()
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = Path(tmp) / "models"
         cmd = [
@@ -66,7 +59,7 @@ def main() -> int:
             proc.kill()
             proc.wait()
     per_it = [float(v) for v in re.findall(r"about ([0-9.]+) s per training iteration", log)]
-    print(f"CPU: {cpu}; native bf16: {'yes' if bf16 else 'no'}; exit status {proc.returncode} (130 = Ctrl-C)")
+    print(f"CPU: {cpu}; native bf16: {', '.join(bf16) or 'no'}; exit status {proc.returncode} (130 = Ctrl-C)")
     print(f"Ctrl-C to exit: {seconds:.2f} s")
     print(f"one training iteration (the run's own log): {per_it[-1]:.2f} s; ratio {seconds / per_it[-1]:.1f}x")
     return 0

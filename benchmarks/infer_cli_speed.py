@@ -26,19 +26,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from monai_probunet.engines.precision import cpu_bf16_flags, cpu_model_name
+
 REPO = Path(__file__).resolve().parents[1]
 
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or "unknown CPU"
 
 
 def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, float]:
@@ -69,8 +60,7 @@ def main() -> None:
     from pydicom.data import get_testdata_file
 
     ct = get_testdata_file("CT_small.dcm")
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
-    print(f"CPU: {cpu_model()}, {os.cpu_count()} logical cores, avx512_bf16: {'avx512_bf16' in flags}, "
+    print(f"CPU: {cpu_model_name()}, {os.cpu_count()} logical cores, native bf16: {cpu_bf16_flags() or 'no'}, "
           f"load average {os.getloadavg()[0]:.1f}")
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     full_env = {**env, "PROBUNET_FULL_IMPORT": "1"}

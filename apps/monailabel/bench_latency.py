@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import signal
 import socket
 import statistics
@@ -25,17 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
+from monai_probunet.engines.precision import cpu_bf16_flags, cpu_model_name
+
 REPO = Path(__file__).resolve().parents[2]
 
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _free_port() -> int:
@@ -141,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         affine = np.array([[-0.8, 0, 0, 40.0], [0, -0.8, 0, 30.0], [0, 0, 2.5, -60.0], [0, 0, 0, 1]])
         nib.save(nib.Nifti1Image(vol, affine), str(studies / "chest.nii.gz"))
         rows = [run(w, args.venv, studies, work, args.next, args.samples) for w in (True, False)]
-    print(json.dumps({"cpu": _cpu(), "cores": os.cpu_count(), "num_samples": args.samples, "runs": rows}, indent=1))
+    print(json.dumps({"cpu": cpu_model_name(), "native_bf16": cpu_bf16_flags(), "cores": os.cpu_count(), "num_samples": args.samples, "runs": rows}, indent=1))
     return 0
 
 
