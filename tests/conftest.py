@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -27,3 +30,38 @@ def run_bundle(*args: str, config_file: str | None = None, timeout: int = 600) -
     return subprocess.run(
         cmd + list(args), capture_output=True, text=True, timeout=timeout, cwd="/", env=env, check=False
     )
+
+
+@contextlib.contextmanager
+def background_server(cmd: list[str], probe_url: str, log_path: Path, timeout: float, name: str, **popen_kwargs):
+    """Start ``cmd`` in its own process group (output to ``log_path``), wait until ``probe_url`` answers 200 (fail
+    the test if the process exits or ``timeout`` seconds pass), yield the process, and stop its group afterwards."""
+    import requests
+
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, **popen_kwargs)
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                if proc.poll() is not None:
+                    pytest.fail(f"{name} exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}")
+                try:
+                    if requests.get(probe_url, timeout=5).status_code == 200:
+                        break
+                except requests.RequestException:
+                    pass
+                if time.monotonic() > deadline:
+                    pytest.fail(f"{name} did not answer within {timeout} s:\n{log_path.read_text()[-4000:]}")
+                time.sleep(0.3)
+            yield proc
+        finally:
+            for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
+                try:
+                    os.killpg(proc.pid, sig)
+                    proc.wait(timeout=wait)
+                    break
+                except ProcessLookupError:
+                    proc.wait(timeout=10)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue

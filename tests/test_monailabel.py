@@ -16,9 +16,7 @@ import io
 import json
 import os
 import shutil
-import signal
 import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -27,6 +25,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+
+from tests.conftest import background_server
 
 REPO = Path(__file__).resolve().parents[1]
 APP = REPO / "apps" / "monailabel"
@@ -168,7 +168,6 @@ def server_env() -> dict:
 def running_server(root: Path, studies: str, conf: dict):
     """`monailabel start_server` on a free loopback port with ``--conf`` pairs; yields (url, log path, seconds to
     the first answer of /info/); stops the server's process group afterwards."""
-    import requests
 
     # a copy of the app: `start_server` creates logs/, model/ and bin/ inside the app folder
     app = root / "app"
@@ -178,39 +177,14 @@ def running_server(root: Path, studies: str, conf: dict):
     env = {**server_env(), "MONAI_LABEL_SESSION_PATH": str(root / "sessions"),
            "MONAI_LABEL_DATASTORE_CACHE_PATH": str(root / "dicom_cache")}
     log_path = root / f"server_{port}.log"
-    log = open(log_path, "wb")  # noqa: SIM115 -- closed below
     cmd = [str(MONAILABEL), "start_server", "--app", str(app), "--studies", str(studies), "--host", "127.0.0.1",
            "--port", str(port)]
     for k, v in {"zoo_source": "local", **conf}.items():
         cmd += ["--conf", k, str(v)]
     t0 = time.monotonic()
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(root), start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = t0 + STARTUP_TIMEOUT
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"monailabel exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}")
-            try:
-                if requests.get(f"{url}/info/", timeout=5).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"monailabel did not answer within {STARTUP_TIMEOUT} s:\n{log_path.read_text()[-4000:]}")
-            time.sleep(0.5)
+    with background_server(cmd, f"{url}/info/", log_path, STARTUP_TIMEOUT, "monailabel", env=env, cwd=str(root)):
         yield url, log_path, time.monotonic() - t0
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)  # the server's own process group (start_new_session)
-            proc.wait(timeout=20)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.wait(timeout=10)
-        log.close()
 
 
 def write_test_model(root: Path) -> tuple[Path, Path, torch.nn.Module]:

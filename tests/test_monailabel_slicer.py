@@ -17,8 +17,8 @@ starts servers (about 20-40 s each on a 2-core CPU).
 from __future__ import annotations
 
 import gzip
-import io
 import http.client
+import io
 import json
 import re
 import warnings
@@ -29,6 +29,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from tests.conftest import background_server
 from tests.test_monailabel import MONAILABEL, REPO, _load_app_module, expected_label, running_server
 
 pytestmark = [
@@ -296,45 +297,16 @@ def _orthanc_installed() -> bool:
 @pytest.fixture(scope="module")
 def orthanc(tmp_path_factory):
     """Orthanc + DICOMweb started by apps/monailabel/orthanc/start_orthanc.sh on a free loopback port."""
-    import os
-    import signal
-    import subprocess
-    import time
-
-    import requests
-
     from tests.test_monailabel import _free_port
 
     if not _orthanc_installed():
         pytest.skip("Orthanc with its DICOMweb plugin is not installed: apt-get install -y orthanc orthanc-dicomweb")
     work = tmp_path_factory.mktemp("orthanc")
     port = _free_port()
-    log = open(work / "orthanc.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen(["bash", str(ORTHANC_SCRIPT), str(work), str(port)], stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"Orthanc exited {proc.returncode}: {(work / 'orthanc.log').read_text()[-2000:]}")
-            try:
-                if requests.get(f"{url}/dicom-web/studies", timeout=2).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"Orthanc did not answer: {(work / 'orthanc.log').read_text()[-2000:]}")
-            time.sleep(0.3)
+    cmd = ["bash", str(ORTHANC_SCRIPT), str(work), str(port)]
+    with background_server(cmd, f"{url}/dicom-web/studies", work / "orthanc.log", 60, "Orthanc"):
         yield url
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
 
 
 def seg_to_grid(seg, shape: tuple, affine_ras: np.ndarray) -> dict[int, np.ndarray]:
