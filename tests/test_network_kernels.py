@@ -52,3 +52,18 @@ def test_shipped_model_loads_strictly():
     net = parser.get_parsed_content("network_def")
     assert isinstance(net, ProbUNet)
     net.load_state_dict(torch.load(REPO / "bundle" / "models" / "model.pt", weights_only=True), strict=True)
+
+
+def test_plain_instance_norm_is_instance_norm_in_fp32_and_under_autocast():
+    """The parameter-free norm equals MONAI's instance norm in fp32 (group-norm kernels) and, under bf16 autocast,
+    is the instance norm itself (same dtype and values), which is what the shipped model was trained with."""
+    from monai_probunet.networks.unet_core import PlainInstanceNorm
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 8, 16, 16)
+    norm, ref = PlainInstanceNorm(8), torch.nn.InstanceNorm2d(8)
+    torch.testing.assert_close(norm(x), ref(x), rtol=1e-5, atol=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, r = norm(x.bfloat16()), ref(x.bfloat16())
+    assert y.dtype == r.dtype and torch.equal(y, r)
+    assert not list(norm.parameters()) and not list(norm.buffers())

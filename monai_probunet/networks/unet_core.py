@@ -90,9 +90,29 @@ class ConvBlock(nn.Sequential):
             )
             eps = _plain_instance_norm_eps(norm)
             if eps is not None:  # the same normalisation through GroupNorm's faster kernels (no parameters either)
-                conv.adn.N = nn.GroupNorm(out_channels, out_channels, eps=eps, affine=False)
+                conv.adn.N = PlainInstanceNorm(out_channels, eps=eps)
             layers.append(conv)
         super().__init__(*layers)
+
+
+class PlainInstanceNorm(nn.GroupNorm):
+    """Instance normalisation without affine parameters or running statistics, by the faster kernel per precision.
+
+    It equals ``GroupNorm`` with one group per channel (both normalise each channel of each sample over its spatial
+    positions with the biased variance). In fp32 PyTorch's fused ``group_norm`` kernels are faster on CPU; under
+    autocast ``group_norm`` runs in fp32 (a cast of every activation there and back), so there ``instance_norm``,
+    which keeps the autocast dtype, is faster. No parameters or buffers: state dicts are unchanged.
+
+    Shapes: ``B x C x *spatial`` -> the same.
+    """
+
+    def __init__(self, num_channels: int, eps: float = 1e-5) -> None:
+        super().__init__(num_channels, num_channels, eps=eps, affine=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_autocast_enabled(x.device.type):
+            return F.instance_norm(x, eps=self.eps)
+        return F.group_norm(x, self.num_groups, eps=self.eps)
 
 
 def _plain_instance_norm_eps(norm: str | tuple | None) -> float | None:
