@@ -210,7 +210,7 @@ def test_killed_checkpoint_write_keeps_the_previous_checkpoint(tmp_path):
     script = f"""
 import io, os, signal, torch
 from ignite.engine import Engine
-from monai_probunet.engines import LastCheckpoint
+from monai_probunet.handlers import LastCheckpoint
 
 def half_save(obj, f, **kwargs):  # writes half of the checkpoint's bytes, then the process is killed
     buf = io.BytesIO()
@@ -249,7 +249,7 @@ print("NOT REACHED", flush=True)
 
     from ignite.engine import Engine
 
-    from monai_probunet.engines import LastCheckpoint
+    from monai_probunet.handlers import LastCheckpoint
 
     net = torch.nn.Linear(300, 200)
     engine = Engine(lambda e, b: None)

@@ -8,7 +8,7 @@ import torch
 from ignite.engine import Engine
 from monai.bundle import ConfigParser
 
-from monai_probunet.engines import GeneralizedEnergyDistance
+from monai_probunet.handlers import GeneralizedEnergyDistance
 from monai_probunet.metrics import (
     GED_TERMS,
     GeneralizedEnergyDistanceMetric,

@@ -224,7 +224,7 @@ _SAVE_AND_DIE = textwrap.dedent("""
     import torch
     from ignite.engine import Engine, Events
     from monai.handlers import CheckpointSaver
-    from monai_probunet.engines.checkpoint import AtomicCheckpointSaver
+    from monai_probunet.handlers import AtomicCheckpointSaver
 
     ckpt_dir, which, saver_name = sys.argv[1], sys.argv[2], sys.argv[3]
     net = torch.nn.Linear(4, 4)
@@ -292,7 +292,7 @@ def test_kill_during_the_save_of_a_new_best_model_keeps_the_previous_one(tmp_pat
 def test_atomic_saver_removes_superseded_files_only_after_the_new_one(tmp_path):
     from ignite.engine import Engine, Events
 
-    from monai_probunet.engines.checkpoint import AtomicCheckpointSaver
+    from monai_probunet.handlers import AtomicCheckpointSaver
 
     net = torch.nn.Linear(2, 2)
     saver = AtomicCheckpointSaver(str(tmp_path), {"model": net}, save_key_metric=True, key_metric_name="m",
@@ -321,7 +321,7 @@ def test_atomic_saver_removes_superseded_files_only_after_the_new_one(tmp_path):
 def test_last_checkpoint_does_not_swallow_a_training_error(tmp_path):
     from ignite.engine import Engine
 
-    from monai_probunet.engines import LastCheckpoint
+    from monai_probunet.handlers import LastCheckpoint
 
     def step(engine, batch):
         raise RuntimeError("boom in step")

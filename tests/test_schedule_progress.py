@@ -9,15 +9,10 @@ import torch
 from ignite.engine import Engine, Events
 from monai.bundle import ConfigParser
 
-from monai_probunet.engines import (
-    TrainingProgress,
-    explain_precision,
-    lr_milestones,
-    resolve_precision,
-    validation_interval,
-)
+from monai_probunet.engines import explain_precision, lr_milestones, resolve_precision, validation_interval
 from monai_probunet.engines.precision import cpu_bf16_flags, cpu_model_name
-from monai_probunet.engines.progress import format_duration
+from monai_probunet.handlers import TrainingProgress
+from monai_probunet.handlers.progress import format_duration
 
 from .conftest import REPO, TRAIN_YAML
 

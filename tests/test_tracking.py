@@ -165,7 +165,7 @@ def test_mlflow_default_sqlite_store(tmp_path, no_mlflow_env):
 def test_configure_mlflow_is_a_no_op_without_tracking():
     from monai.handlers import StatsHandler
 
-    from monai_probunet.engines import configure_mlflow, flatten_params
+    from monai_probunet.handlers import configure_mlflow, flatten_params
 
     assert configure_mlflow([StatsHandler()], [StatsHandler()], params={"seed": 0}) is False
     assert configure_mlflow(None, None) is False

@@ -12,7 +12,8 @@ from monai.transforms import Compose, EnsureTyped, LoadImaged, ScaleIntensityRan
 from monai.utils import set_determinism
 
 from monai_probunet.data import RandGraderd, load_datalist
-from monai_probunet.engines import KLWarmup, ProbUNetTrainer
+from monai_probunet.engines import ProbUNetTrainer
+from monai_probunet.handlers import KLWarmup
 from monai_probunet.losses import ELBOLoss, MHeadsLoss
 from monai_probunet.metrics import generalized_energy_distance
 from monai_probunet.networks import DeterministicUNet, ProbUNet, hypotheses_to_labels

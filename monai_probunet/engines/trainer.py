@@ -35,7 +35,7 @@ class ProbUNetTrainer(SupervisedTrainer):
       computes it natively;
     - ``channels_last=True`` converts the network and 2-D inputs to the channels-last memory format;
     - :meth:`run` raises :class:`~monai_probunet.bundle_utils.TrainingInterrupted` (a ``KeyboardInterrupt``) when
-      a :class:`~monai_probunet.engines.LastCheckpoint` handler stopped the run on Ctrl-C, with its message on
+      a :class:`~monai_probunet.handlers.LastCheckpoint` handler stopped the run on Ctrl-C, with its message on
       how to resume.
 
     Use ``prepare_batch=monai.engines.PrepareBatchExtraInput(extra_keys={"seg": "label"})`` so the network is

@@ -1,0 +1,19 @@
+"""Ignite event handlers of the Probabilistic U-Net workflows (the counterpart of :mod:`monai.handlers`)."""
+
+from .checkpoint import AtomicCheckpointSaver, LastCheckpoint
+from .ged_handler import GeneralizedEnergyDistance
+from .kl_warmup import KLWarmup
+from .progress import TrainingProgress
+from .tracking import MLflowSampleGrid, configure_mlflow, flatten_params, iteration_terms
+
+__all__ = [
+    "AtomicCheckpointSaver",
+    "GeneralizedEnergyDistance",
+    "KLWarmup",
+    "LastCheckpoint",
+    "MLflowSampleGrid",
+    "TrainingProgress",
+    "configure_mlflow",
+    "flatten_params",
+    "iteration_terms",
+]

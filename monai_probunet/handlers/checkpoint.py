@@ -1,0 +1,307 @@
+"""Checkpoints written atomically: the "last" checkpoint for resuming (network, optimizer, LR scheduler, trainer
+state, random generators; Ctrl-C stops at a resumable point) and MONAI's best-metric / final checkpoint saver."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import ignite.distributed as idist
+import torch
+import torch.distributed as dist
+from ignite.engine import Engine, Events
+from ignite.handlers import DiskSaver
+from monai.handlers import CheckpointLoader, CheckpointSaver
+
+from ..bundle_utils import ConfigValueError, as_bool
+from ..engines.rng_state import TrainingRNGState
+from ..io_utils import atomic_torch_save
+
+__all__ = ["AtomicCheckpointSaver", "LastCheckpoint"]
+
+logger = logging.getLogger(__name__)
+
+
+def _is_rank0() -> bool:
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def _unwrap(obj: Any) -> Any:
+    if isinstance(obj, (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)):
+        return obj.module
+    return obj
+
+
+class _ReplacingDiskSaver(DiskSaver):
+    """A :class:`~ignite.handlers.DiskSaver` that never leaves a checkpoint name without a complete file.
+
+    The new file is written to a temporary file in the same folder and ``os.replace``-d onto its name
+    (:func:`monai_probunet.io_utils.atomic_torch_save`); ignite's :class:`~ignite.handlers.Checkpoint` asks to
+    remove the file being superseded *before* saving, so removals are deferred until the new file is in place,
+    and a removal of the name just written is dropped (``os.replace`` already replaced it).
+
+    Args:
+        dirname: checkpoint folder.
+        filename: a fixed file name for every save (as MONAI's saver: ``model.pt``, ``checkpoint_final.pt``), or
+            ``None`` for ignite's generated names.
+    """
+
+    def __init__(self, dirname: str | Path, filename: str | None = None) -> None:
+        super().__init__(dirname=str(dirname), atomic=True, create_dir=True, require_empty=False)
+        self.filename = filename
+        self._pending_removals: list[str] = []
+
+    def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
+        filename = self.filename or filename
+        if idist.get_rank() != self.save_on_rank:
+            return
+        atomic_torch_save(checkpoint, self.dirname / filename)
+        pending, self._pending_removals = self._pending_removals, []
+        for old in pending:
+            if old != filename:
+                (self.dirname / old).unlink(missing_ok=True)
+
+    def remove(self, filename: str) -> None:
+        self._pending_removals.append(self.filename or filename)
+
+
+class AtomicCheckpointSaver(CheckpointSaver):
+    """MONAI's :class:`~monai.handlers.CheckpointSaver` with every file replaced atomically.
+
+    MONAI's saver deletes the previous ``model.pt`` (best key metric) or ``checkpoint_final.pt`` and then writes
+    the new one in place, so a crash, a kill or a full disk in between loses both. Here each file is written to a
+    temporary file in the same folder and moved onto its name; the previous file stays complete and loadable
+    until then, and files of other names (``key_metric_n_saved > 1``) are removed only after the new one is in
+    place. Same arguments as :class:`~monai.handlers.CheckpointSaver`.
+    """
+
+    def __init__(self, save_dir: str, save_dict: dict, **kwargs: Any) -> None:
+        super().__init__(save_dir=save_dir, save_dict=save_dict, **kwargs)
+        for checkpoint in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint):
+            if checkpoint is not None:
+                fixed = getattr(checkpoint.save_handler, "filename", None)
+                checkpoint.save_handler = _ReplacingDiskSaver(self.save_dir, filename=fixed)
+
+
+class _BestMetricState:
+    """``best_metric`` / ``best_metric_epoch`` of a MONAI evaluator as a state-dict object."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def state_dict(self) -> dict[str, float | int]:
+        return {
+            "best_metric": float(getattr(self.engine.state, "best_metric", -1)),
+            "best_metric_epoch": int(getattr(self.engine.state, "best_metric_epoch", -1)),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.engine.state.best_metric = state["best_metric"]
+        self.engine.state.best_metric_epoch = state["best_metric_epoch"]
+
+
+class _KeyMetricSaverState:
+    """The ranking list of a key-metric :class:`CheckpointSaver`, so ``model.pt`` keeps the best model after a
+    resume (MONAI's saver restores it with ``load_state_dict`` but has no public ``state_dict``)."""
+
+    def __init__(self, saver: CheckpointSaver) -> None:
+        self.saver = saver
+
+    def state_dict(self) -> dict[str, Any]:
+        return dict(self.saver._key_metric_checkpoint.state_dict())  # type: ignore[union-attr]
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.saver.load_state_dict(dict(state))
+
+
+class LastCheckpoint:
+    """Save and restore everything needed to continue an interrupted training run.
+
+    Every ``save_interval`` epochs (and when training completes) the state dicts of ``save_dict`` plus the
+    trainer's own state (iteration, epoch) go to ``save_dir/filename``, replacing the previous file atomically
+    (serialized to a temporary file in the same folder, then ``os.replace``-d onto the final name), so
+    ``filename`` always holds a complete checkpoint (a process killed mid-write leaves only a ``.*.tmp`` file,
+    which is never read). Only rank 0 writes.
+
+    With ``resume=True`` every rank loads ``save_dir/filename`` when the trainer starts (the trainer continues
+    with the epoch after the saved one; the configured ``max_epochs`` is kept, so it can be raised to train
+    longer); if the file does not exist yet, training starts from scratch, so the same command can be used for
+    the first start and every restart. The checkpoint also holds the state of every random generator training
+    draws from (:class:`~monai_probunet.engines.rng_state.TrainingRNGState`), so on the same device a resumed
+    run is identical to an uninterrupted one.
+
+    Ctrl-C (SIGINT, in the main thread) stops training after the current iteration (and a running validation
+    after its current batch) instead of raising in the middle of a step: nothing more is saved, so ``filename``
+    keeps the last completed epoch it was written for, and :class:`~monai_probunet.engines.ProbUNetTrainer`
+    then raises :class:`~monai_probunet.bundle_utils.TrainingInterrupted` saying how to resume (the bundle
+    command prints it as one line and exits with status 130). A second Ctrl-C interrupts at once.
+
+    The trainer is added at ``attach`` time (a config handler cannot reference the trainer it belongs to). Give
+    ``evaluator`` (and ``evaluator_handlers``) to also restore the best validation metric and the ranking of
+    key-metric :class:`~monai.handlers.CheckpointSaver` handlers, so ``model.pt`` is not replaced by a worse
+    model after a resume.
+
+    Args:
+        save_dir: checkpoint folder.
+        save_dict: objects with ``state_dict``/``load_state_dict`` (network, optimizer, LR scheduler ...); DDP
+            and DataParallel networks are saved unwrapped. ``None`` values are skipped.
+        filename: checkpoint file name in ``save_dir``.
+        save_interval: epochs between checkpoints; ``0`` saves only when training completes.
+        resume: load ``save_dir/filename`` (if present) at the start of training.
+        evaluator: the validation engine whose best metric is saved and restored.
+        evaluator_handlers: the validation handlers; key-metric ``CheckpointSaver``-s among them are saved and
+            restored.
+        trainer_key: key of the trainer state in the checkpoint.
+        strict: passed to ``load_state_dict`` of the networks.
+        strict_shape: as :class:`monai.handlers.CheckpointLoader` (``False`` loads only matching network
+            weights and skips the other objects).
+        map_location: ``torch.load`` map location.
+    """
+
+    def __init__(
+        self,
+        save_dir: str | Path,
+        save_dict: Mapping[str, Any],
+        filename: str = "checkpoint_last.pt",
+        save_interval: int = 1,
+        resume: bool = False,
+        evaluator: Engine | None = None,
+        evaluator_handlers: Sequence[Any] | None = None,
+        trainer_key: str = "trainer",
+        strict: bool = True,
+        strict_shape: bool = True,
+        map_location: Any = "cpu",
+    ) -> None:
+        if isinstance(save_interval, bool) or not isinstance(save_interval, int) or save_interval < 0:
+            raise ConfigValueError(
+                "checkpoint interval (save_interval) must be an integer >= 0 (0: only at the end), got "
+                f"{save_interval!r}."
+            )
+        self.save_dir = Path(save_dir)
+        probe = self.save_dir
+        while not probe.exists() and probe != probe.parent:  # the folder, or its first existing ancestor
+            probe = probe.parent
+        if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+            what = "is a file, not a folder" if probe == self.save_dir else f"cannot be created in {probe}"
+            raise ConfigValueError(f"--ckpt_dir {self.save_dir} {what} (checkpoints are written there).")
+        self.filename = filename
+        self.save_interval = save_interval
+        self.resume = as_bool(resume, "resume")
+        self.trainer_key = trainer_key
+        self.strict = strict
+        self.strict_shape = strict_shape
+        self.map_location = map_location
+        self.objects: dict[str, Any] = {k: v for k, v in save_dict.items() if v is not None}
+        if evaluator is not None:
+            self.objects["evaluator_best"] = _BestMetricState(evaluator)
+        savers = [h for h in evaluator_handlers or () if isinstance(h, CheckpointSaver)]
+        for i, saver in enumerate(s for s in savers if s._key_metric_checkpoint is not None):
+            self.objects[f"key_metric_saver_{i}"] = _KeyMetricSaverState(saver)
+        self.evaluator = evaluator
+        self._last_saved_iteration: int | None = None
+        self._last_saved_epoch: int | None = None
+        self._interrupted_at: int | None = None
+        self._previous_sigint: Any = None
+
+    @property
+    def path(self) -> Path:
+        return self.save_dir / self.filename
+
+    def attach(self, engine: Engine) -> None:
+        self.objects[self.trainer_key] = engine
+        self.objects[f"{self.trainer_key}_best"] = _BestMetricState(engine)
+        self.objects["rng"] = TrainingRNGState(engine)
+        engine.add_event_handler(Events.STARTED, self._install_sigint, engine)
+        if self.resume:
+            engine.add_event_handler(Events.STARTED, self.load)
+        if self.save_interval > 0:
+            engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.save_interval), self.save)
+        engine.add_event_handler(Events.COMPLETED, self.save)
+        for event in (Events.COMPLETED, Events.TERMINATE):
+            engine.add_event_handler(event, self._restore_sigint)
+        engine.add_event_handler(Events.EXCEPTION_RAISED, self._reraise)
+        engine.add_event_handler(Events.TERMINATE, self._report_interrupt)
+
+    def _install_sigint(self, engine: Engine) -> None:
+        self._interrupted_at = None
+        engine.state.interrupted = None
+        if threading.current_thread() is not threading.main_thread():
+            return
+
+        def on_sigint(signum: int, frame: Any) -> None:
+            # first Ctrl-C: stop at the end of the current step; a second one interrupts at once
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            self._interrupted_at = engine.state.epoch
+            logger.warning("Ctrl-C: stopping after the current step (press again to abort at once).")
+            if self.evaluator is not None:
+                self.evaluator.terminate(skip_completed=True)
+            engine.terminate(skip_completed=True)
+
+        self._previous_sigint = signal.signal(signal.SIGINT, on_sigint)
+
+    def _restore_sigint(self, engine: Engine, *args: Any) -> None:
+        if self._previous_sigint is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, self._previous_sigint)
+            self._previous_sigint = None
+
+    def _reraise(self, engine: Engine, e: BaseException) -> None:
+        # ignite swallows an exception when an EXCEPTION_RAISED handler returns: restore Ctrl-C and pass it on
+        self._restore_sigint(engine)
+        raise e
+
+    def _report_interrupt(self, engine: Engine) -> None:
+        if self._interrupted_at is None:
+            return
+        if self._last_saved_epoch is not None:
+            where = (
+                f"{self.path} holds epoch {self._last_saved_epoch}: continue with the same command and --resume true"
+            )
+        else:
+            where = f"no checkpoint was written yet ({self.path}): run the same command again to start over"
+        engine.state.interrupted = f"training interrupted by Ctrl-C in epoch {self._interrupted_at}; {where}."
+        logger.warning(engine.state.interrupted)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {k: _unwrap(obj).state_dict() for k, obj in self.objects.items()}
+
+    def save(self, engine: Engine) -> None:
+        if self._interrupted_at is not None:  # an interrupted epoch (or its validation) is not a resume point
+            return
+        if not _is_rank0() or self._last_saved_iteration == engine.state.iteration:
+            return
+        atomic_torch_save(self.state_dict(), self.path)  # tmp file in save_dir + os.replace
+        self._last_saved_iteration = engine.state.iteration
+        self._last_saved_epoch = engine.state.epoch
+        logger.info(f"Saved {self.path} at epoch {engine.state.epoch}, iteration {engine.state.iteration}.")
+
+    def load(self, engine: Engine) -> None:
+        if not self.path.is_file():
+            logger.info(f"resume: no checkpoint at {self.path} yet; training starts from scratch.")
+            return
+        saved_keys = set(torch.load(self.path, map_location="cpu", weights_only=True))
+        objects = dict(self.objects)
+        if "rng" not in saved_keys:
+            del objects["rng"]
+            logger.warning(
+                f"{self.path} holds no random generator states (written by an older version): the "
+                "resumed run draws other random numbers than an uninterrupted one would."
+            )
+        loader = CheckpointLoader(
+            load_path=str(self.path),
+            load_dict=objects,
+            strict=self.strict,
+            strict_shape=self.strict_shape,
+            map_location=self.map_location,
+        )
+        loader(engine)
+        self._last_saved_iteration = engine.state.iteration
+        self._last_saved_epoch = engine.state.epoch
+        logger.info(
+            f"Resumed from {self.path}: resuming from iteration {engine.state.iteration}, epoch "
+            f"{engine.state.epoch} until {engine.state.max_epochs} epochs."
+        )
