@@ -42,7 +42,8 @@ WRITTEN_BY_KEY = "written_by"
 WRITTEN_BY = "monai_probunet.inference"
 REPORT_NAME = "report.json"
 SUMMARY_NAME = "inference_summary.json"
-SET_FILES = ("hypotheses.nii.gz", "mean_probability.nii.gz", "entropy.nii.gz", "variant_label.nii.gz", REPORT_NAME)
+SET_FILES = ("hypotheses.nii.gz", "mean_probability.nii.gz", "entropy.nii.gz", "variant_label.nii.gz", REPORT_NAME,
+             "presence_label.nii.gz")  # the last one: 3-D mode only (monai_probunet.predict3d)
 
 
 # --------------------------------------------------------------------------------------------- results

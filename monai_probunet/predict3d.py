@@ -1,0 +1,578 @@
+"""3-D lesions: :func:`predict_hypotheses_3d`, S hypotheses of the clicked lesion on every slice it spans.
+
+The 2-D model answers one axial slice at a time (:func:`~monai_probunet.predict.predict_hypotheses`). From the
+clicked slice the lesion is followed slice by slice, up and down in turn:
+
+Coherence
+    Hypothesis ``s`` is one lesion in 3-D: on every slice it uses the same whitened prior noise ``eps_s``
+    (``1 x S x N``, drawn once from ``seed`` exactly as ``model.sample`` draws it for one image), its latent on slice
+    ``k`` is ``z_s,k = mu(x_k) + L(x_k) eps_s`` (:class:`SharedNoiseSampler`). A hypothesis that shows no lesion on
+    the clicked slice says "no lesion" and stays empty on every slice. (A network without a prior,
+    e.g. the baselines, is called with the same seed on every slice.)
+
+Growth rule
+    On each new slice a lesion-containing hypothesis continues if its outline there overlaps its own outline on the
+    previous slice (8-connected components that do not overlap it are dropped); otherwise it ends and stays empty
+    further out. The slice belongs to the lesion while at least ``ceil(min_fraction * n0)`` hypotheses continue
+    (``n0``: lesion-containing hypotheses on the clicked slice; ``min_fraction`` 0.5 by default, at least 1);
+    the first slice below that ends the growth in that direction and is left empty. Growth also stops at the image
+    border and when the lesion's extent (slices x slice thickness) would exceed ``max_extent_mm`` (40 mm by default;
+    ``reached_max_extent`` in the report then says the lesion may go on).
+
+Re-centring
+    Each new slice is cropped around the centroid of the previous slice's consensus footprint (voxels marked by more
+    than half of the continuing hypotheses; their union if no voxel has a majority).
+
+Each slice runs through :func:`~monai_probunet.predict.predict_hypotheses` on an in-plane window of the slice that
+holds the model's field around the centre (its start aligned to the model's grid, so the result equals the 2-D mode
+on that slice up to voxels at exact nearest-neighbour ties). The slices are sequential (each is centred on the
+previous one's result), so they are not batched.
+
+Result (:class:`Hypotheses3D`): ``S x *spatial`` hypotheses on the input's grid, the presence-rule label
+(:mod:`monai_probunet.presence_label`), per-hypothesis volumes in mm^3 from the 3-D masks (voxel count x the voxel
+volume of the input, slice thickness included), the slices and the extent.
+
+A 2-D image is refused (3-D mode needs slices), and so is a DICOM series whose slices are not equally spaced.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+from monai.data import MetaTensor
+
+from .ct_io import (
+    DEFAULT_HU_WINDOW,
+    DEFAULT_ROI_SIZE,
+    MODALITY_KEY,
+    SPACING_HINT,
+    _affine4,
+    _pair,
+    _slice_axis,
+    load_ct,
+    resolve_center,
+)
+from .hypotheses import FALLBACK_RULE, Hypotheses, _as_threshold, group_variants
+from .metrics import PresenceThreshold
+from .predict import MAX_HYPOTHESES_BYTES, predict_hypotheses
+from .presence_label import consensus_label, presence_decision
+
+__all__ = [
+    "DEFAULT_MAX_EXTENT_MM",
+    "GROWTH_FRACTION",
+    "Hypotheses3D",
+    "SharedNoiseSampler",
+    "check_uniform_slices",
+    "predict_hypotheses_3d",
+]
+
+#: default largest lesion extent along the slice axis followed from a click
+DEFAULT_MAX_EXTENT_MM = 40.0
+#: a slice belongs to the lesion while at least this fraction of the clicked slice's lesion hypotheses continue
+GROWTH_FRACTION = 0.5
+#: relative tolerance on the gaps between DICOM slice positions
+SLICE_GAP_TOLERANCE = 0.01
+PRESENCE_LABEL_NAME = "presence_label.nii.gz"
+
+
+class SharedNoiseSampler(nn.Module):
+    """``sample(image, S)`` of a Probabilistic U-Net with fixed whitened prior noise: the same hypotheses' noise on
+    every image.
+
+    Args:
+        network: a :class:`~monai_probunet.networks.ProbUNet` (``prior_latents`` and ``decode``).
+        eps: ``1 x S x N`` standard-normal noise; hypothesis ``s`` gets ``z_s = mu(image) + L(image) eps_s``.
+
+    Shapes:
+        ``sample(image B x 1 x H x W, S)`` -> logits ``B x S x C x H x W``.
+    """
+
+    def __init__(self, network: nn.Module, eps: torch.Tensor) -> None:
+        super().__init__()
+        self.network = network
+        self.register_buffer("eps", eps, persistent=False)
+
+    def sample(self, image: torch.Tensor, num_samples: int = 16, generator: torch.Generator | None = None):
+        """Logits of the S fixed-noise hypotheses (``generator`` is not used: the noise is fixed)."""
+        if num_samples != self.eps.shape[1]:
+            raise ValueError(f"this sampler holds noise for {self.eps.shape[1]} hypotheses, asked for {num_samples}.")
+        return self.network.decode(image, self.network.prior_latents(image, self.eps))
+
+
+@dataclass
+class Hypotheses3D(Hypotheses):
+    """:class:`~monai_probunet.hypotheses.Hypotheses` of a lesion followed through the slices of a volume.
+
+    The inherited fields hold: ``labels`` ``S x *spatial`` (every slice of the lesion), ``mean_probability`` and
+    ``entropy`` on those slices (0 elsewhere), ``presence_count`` / ``ambiguous`` / ``areas_mm2`` / ``model_input``
+    / ``crop_labels`` of the clicked slice (``slice_index``; the presence threshold was fitted on slices; a
+    hypothesis is non-empty in 3-D iff it is on the clicked slice), ``volumes_mm3`` per hypothesis from its 3-D mask
+    (voxel count x :attr:`voxel_volume_mm3`), ``variants`` grouped by 3-D IoU (``area_mm2`` = the representative's
+    area on the clicked slice).
+
+    Attributes
+    ----------
+    slice_indices : tuple of int
+        The slices of the lesion (ascending), along ``slice_axis``.
+    per_slice : list of dict
+        One record per slice tried: ``slice``, ``center_voxel``, ``presence_count`` (hypotheses with any lesion
+        there), ``continuing`` (lesion hypotheses continuing from the previous slice), ``accepted``.
+    presence_label : numpy.ndarray
+        ``*spatial`` uint8: the presence-rule label (:mod:`monai_probunet.presence_label`) of the 3-D hypotheses.
+    label_shows_lesion : bool
+        Whether the presence rule shows the lesion.
+    label_rule : str
+        The presence rule with its numbers.
+    latent_noise : numpy.ndarray or None
+        ``S x N`` float32 whitened prior noise ``eps_s`` used on every slice (``None`` for a network without a prior).
+    voxel_volume_mm3 : float
+        Volume of one voxel of the input (``|det|`` of its affine: in-plane spacing x slice spacing).
+    max_extent_mm, min_fraction : float
+        The growth limits used.
+    stop_reasons : dict
+        ``{"up": ..., "down": ...}``: why the growth stopped in each direction (``up`` = increasing slice index).
+    reached_max_extent : bool
+        The growth stopped at ``max_extent_mm`` while the lesion went on.
+    """
+
+    slice_indices: tuple[int, ...] = ()
+    per_slice: list[dict[str, Any]] = field(default_factory=list)
+    presence_label: np.ndarray | None = None
+    label_shows_lesion: bool = False
+    label_rule: str = ""
+    latent_noise: np.ndarray | None = None
+    voxel_volume_mm3: float = 0.0
+    max_extent_mm: float = DEFAULT_MAX_EXTENT_MM
+    min_fraction: float = GROWTH_FRACTION
+    stop_reasons: dict[str, str] = field(default_factory=dict)
+    reached_max_extent: bool = False
+
+    @property
+    def extent_slices(self) -> int:
+        """Number of slices the lesion spans."""
+        return len(self.slice_indices)
+
+    @property
+    def slice_thickness_mm(self) -> float:
+        """Spacing between slice centres (mm)."""
+        return float(np.linalg.norm(np.asarray(self.affine)[:3, self.slice_axis]))
+
+    def to_report(self) -> dict[str, Any]:
+        """The 2-D report's keys (clicked-slice presence, areas) plus the 3-D ones: ``mode`` ``"3d"``, ``slices``,
+        ``extent_slices``, ``extent_mm``, ``per_slice``, ``growth_rule``, ``stop_reasons``, ``reached_max_extent``,
+        ``volumes_mm3`` (3-D masks), ``presence_label`` (voxels, volume, rule), ``latent_noise``."""
+        report = super().to_report()
+        vox = self.voxel_volume_mm3
+        flat = self.labels.reshape(self.num_samples, -1)
+        for row, v in zip(report["variants"], self.variants):
+            row["volume_mm3"] = float(np.count_nonzero(flat[v.representative]) * vox)
+            row["area_mm2"] = float(v.area_mm2)
+        label_voxels = int(np.count_nonzero(self.presence_label)) if self.presence_label is not None else 0
+        report.update(
+            mode="3d",
+            slices=[int(k) for k in self.slice_indices],
+            extent_slices=self.extent_slices,
+            extent_mm=self.extent_slices * self.slice_thickness_mm,
+            per_slice=self.per_slice,
+            growth_rule=growth_rule(self.min_fraction, self.max_extent_mm),
+            stop_reasons=dict(self.stop_reasons),
+            reached_max_extent=bool(self.reached_max_extent),
+            voxel_volume_mm3=float(vox),
+            volume_grid="input grid: voxel count x voxel volume (in-plane spacing x slice spacing)",
+            area_note="areas_mm2, presence_count and ambiguous are those of the clicked slice (slice_index)",
+            presence_label={
+                "shows_lesion": bool(self.label_shows_lesion),
+                "voxels": label_voxels,
+                "volume_mm3": float(label_voxels * vox),
+                "rule": self.label_rule,
+            },
+            latent_noise=None if self.latent_noise is None else np.asarray(self.latent_noise, float).tolist(),
+            latent_noise_rule=(
+                "hypothesis s uses the whitened prior noise latent_noise[s] on every slice: z = mu + L eps_s"
+                if self.latent_noise is not None
+                else "network without a latent prior: the same seed on every slice"
+            ),
+        )
+        return report
+
+    def write_set(self, folder: str | os.PathLike) -> dict[str, Path]:
+        """The 2-D set (:meth:`Hypotheses.write_set`) plus ``presence_label.nii.gz`` (uint8 ``*spatial``)."""
+        import json
+
+        import nibabel as nib
+
+        paths = super().write_set(folder)
+        img = nib.Nifti1Image(np.ascontiguousarray(self.presence_label, dtype=np.uint8), np.asarray(self.affine))
+        img.header.set_xyzt_units("mm")
+        paths["presence_label"] = Path(folder) / PRESENCE_LABEL_NAME
+        nib.save(img, str(paths["presence_label"]))
+        report = json.loads(paths["report"].read_text())
+        report["files"]["presence_label"] = PRESENCE_LABEL_NAME
+        paths["report"].write_text(json.dumps(report, indent=1))
+        return paths
+
+
+def growth_rule(min_fraction: float, max_extent_mm: float) -> str:
+    """The growth rule in words (for the report)."""
+    return (
+        "from the clicked slice, up and down in turn: a lesion hypothesis continues on the next slice if its outline "
+        "there overlaps its own outline on the previous slice (non-overlapping components dropped); the slice belongs "
+        f"to the lesion while at least ceil({min_fraction:g} x n0) of the n0 lesion hypotheses of the clicked slice "
+        "continue (at least 1), the first slice below that ends the growth in that direction; at most "
+        f"{max_extent_mm:g} mm of slices in all; each slice centred on the previous slice's consensus footprint"
+    )
+
+
+# --------------------------------------------------------------------------------------------- input checks
+
+
+def check_uniform_slices(folder: str | os.PathLike, tolerance: float = SLICE_GAP_TOLERANCE) -> float:
+    """The slice spacing of a DICOM series folder; ``ValueError`` naming the folder if the gaps are not equal.
+
+    Slice positions are ``ImagePositionPatient`` projected on the slice normal (``ImageOrientationPatient``); a gap
+    that differs from the median by more than ``tolerance`` (relative) or a repeated position is refused: a volume
+    built from unequal gaps has a wrong slice spacing and a wrong lesion volume.
+    """
+    import pydicom
+
+    folder = Path(folder)
+    pos = []
+    for f in sorted(p for p in folder.iterdir() if p.is_file()):
+        try:
+            ds = pydicom.dcmread(str(f), stop_before_pixels=True)
+        except Exception:  # noqa: BLE001 -- not a DICOM file (load_ct has refused broken series already)
+            continue
+        iop = getattr(ds, "ImageOrientationPatient", None)
+        ipp = getattr(ds, "ImagePositionPatient", None)
+        if iop is None or ipp is None:
+            raise ValueError(f"{folder}: {f.name} has no ImagePositionPatient/ImageOrientationPatient; 3-D mode needs "
+                             "the slice positions.")
+        iop = np.asarray([float(v) for v in iop])
+        normal = np.cross(iop[:3], iop[3:])
+        pos.append(float(np.dot(normal, [float(v) for v in ipp])))
+    if len(pos) < 2:
+        return float("nan")
+    gaps = np.diff(np.sort(pos))
+    med = float(np.median(gaps))
+    if (gaps <= 1e-6).any() or med <= 0:
+        raise ValueError(f"{folder}: two slices share a position ({np.count_nonzero(gaps <= 1e-6)} repeated); 3-D "
+                         "mode needs one slice per position.")
+    bad = np.abs(gaps - med) > tolerance * med
+    if bad.any():
+        raise ValueError(
+            f"{folder}: slice gaps are not uniform ({', '.join(f'{g:.3g}' for g in np.unique(np.round(gaps, 3)))} mm, "
+            f"median {med:.3g} mm); 3-D mode needs equally spaced slices: resample the series or use 2-D mode."
+        )
+    return med
+
+
+def _positive(value: Any, name: str) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a positive number, got {value!r}.") from None
+    if not (v > 0 and math.isfinite(v)):
+        raise ValueError(f"{name} must be a positive number, got {value!r}.")
+    return v
+
+
+def _grid_step(pix: float, spacing: float) -> int:
+    """The smallest q <= 64 with ``q * pix`` a whole number of model pixels (window starts on the model's grid)."""
+    for q in range(1, 65):
+        r = q * pix / spacing
+        if abs(r - round(r)) < 1e-4 * max(1.0, r):
+            return q
+    return 1
+
+
+# --------------------------------------------------------------------------------------------- main entry
+
+
+def predict_hypotheses_3d(
+    image: str | os.PathLike | MetaTensor,
+    center: Sequence[float],
+    model: nn.Module,
+    *,
+    world: bool = False,
+    frame: str = "RAS",
+    spacing: float | Sequence[float] | None = None,
+    roi_size: int | Sequence[int] = DEFAULT_ROI_SIZE,
+    num_samples: int = 16,
+    seed: int = 0,
+    threshold: PresenceThreshold | str | os.PathLike | Mapping | None = None,
+    hu_window: Sequence[float] = DEFAULT_HU_WINDOW,
+    device: str | torch.device = "cpu",
+    allow_non_ct: bool = False,
+    max_extent_mm: float = DEFAULT_MAX_EXTENT_MM,
+    min_fraction: float = GROWTH_FRACTION,
+) -> Hypotheses3D:
+    """S hypotheses of the lesion at ``center`` on every slice it spans (module docstring: coherence, growth rule).
+
+    Parameters
+    ----------
+    image : str, path or MetaTensor
+        A 3-D CT volume in HU (NIfTI, a DICOM series folder with equally spaced slices, or a channel-first
+        ``MetaTensor`` ``1 x H x W x D``). A 2-D image is refused.
+    center : sequence of float
+        The click: 3 voxel coordinates of the loaded array, or world mm with ``world=True``.
+    model : torch.nn.Module
+        As for :func:`~monai_probunet.predict.predict_hypotheses`; a Probabilistic U-Net (``prior_latents``,
+        ``decode``, ``latent_dim``) gets the same whitened prior noise on every slice.
+    world, frame, spacing, roi_size, num_samples, seed, threshold, hu_window, device, allow_non_ct
+        As for :func:`~monai_probunet.predict.predict_hypotheses` (``spacing`` required).
+    max_extent_mm : float
+        Largest extent followed along the slice axis (slices x slice thickness), default 40 mm.
+    min_fraction : float
+        In ``(0, 1]``: a slice belongs to the lesion while at least ``ceil(min_fraction * n0)`` of the clicked
+        slice's ``n0`` lesion hypotheses continue on it.
+
+    Returns
+    -------
+    Hypotheses3D
+        ``labels`` ``S x *spatial`` uint8, ``presence_label`` ``*spatial``, ``volumes_mm3`` ``S``, the slices.
+
+    Raises
+    ------
+    ValueError
+        For a 2-D image, unequal DICOM slice gaps, an image larger than the hypotheses' memory limit, and everything
+        :func:`~monai_probunet.predict.predict_hypotheses` refuses.
+    FileNotFoundError
+        If the image path does not exist.
+    """
+    if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
+        raise ValueError(f"num_samples must be an integer >= 1, got {num_samples!r}.")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise ValueError(f"seed must be an integer, got {seed!r}.")
+    if not hasattr(model, "sample"):
+        raise ValueError(f"model {type(model).__name__} has no sample(image, num_samples, generator) method.")
+    if spacing is None:
+        raise ValueError(f"spacing is required: {SPACING_HINT}.")
+    spacing2 = _pair(spacing, "spacing", float)
+    roi2 = _pair(roi_size, "roi_size", int)
+    max_extent_mm = _positive(max_extent_mm, "max_extent_mm")
+    min_fraction = _positive(min_fraction, "min_fraction")
+    if min_fraction > 1:
+        raise ValueError(f"min_fraction must lie in (0, 1], got {min_fraction!r}.")
+    thr = _as_threshold(threshold)
+    num_samples, seed = int(num_samples), int(seed)
+
+    img, source = load_ct(image, allow_non_ct=allow_non_ct)
+    if img.ndim != 4:
+        raise ValueError(
+            f"{source}: 3-D mode needs a CT volume (1 x H x W x D); this is a 2-D image of shape {tuple(img.shape)}: "
+            "use 2-D mode."
+        )
+    if not isinstance(image, MetaTensor) and Path(image).is_dir():
+        check_uniform_slices(image)
+    spatial = tuple(int(s) for s in img.shape[1:])
+    need = num_samples * int(np.prod(spatial)) + 8 * int(np.prod(spatial))
+    if need > MAX_HYPOTHESES_BYTES:
+        raise ValueError(
+            f"num_samples={num_samples} 3-D hypotheses of {source} (spatial shape {spatial}) would need about "
+            f"{need / 2**30:.1f} GiB; at most {MAX_HYPOTHESES_BYTES / 2**30:.0f} GiB: draw fewer (--num-samples)."
+        )
+    voxel, world_ras = resolve_center(img, center, world=world, frame=frame, source=source)
+    affine = _affine4(img).numpy()
+    axis = _slice_axis(torch.as_tensor(affine), 3)
+    inplane = [a for a in range(3) if a != axis]
+    pix = np.linalg.norm(affine[:3, :3], axis=0)
+    thickness = float(pix[axis])
+    voxel_volume = float(abs(np.linalg.det(affine[:3, :3])))
+    field_mm = [r * s for r, s in zip(roi2, spacing2)]
+    extent = [pix[a] * spatial[a] for a in inplane]
+    if any(e + 1e-6 < f for e, f in zip(extent, field_mm)):
+        raise ValueError(
+            f"{source}: the image ({extent[0]:.1f} x {extent[1]:.1f} mm in-plane) is smaller than the model's field "
+            f"of {field_mm[0]:g} x {field_mm[1]:g} mm; give the whole volume, not a small crop."
+        )
+    k0 = int(np.clip(np.floor(voxel[axis] + 0.5), 0, spatial[axis] - 1))
+    vol = img.as_tensor()[0].permute(inplane[0], inplane[1], axis)  # H x W x D, slices last
+    device = torch.device(device)
+
+    # the same whitened prior noise for hypothesis s on every slice (what model.sample draws for one image)
+    eps = None
+    sampler: nn.Module = model
+    if all(hasattr(model, a) for a in ("prior_latents", "decode", "latent_dim")):
+        eps = torch.randn((1, num_samples, int(model.latent_dim)), generator=torch.Generator().manual_seed(seed))
+        sampler = SharedNoiseSampler(model, eps.to(device))
+
+    half = [math.ceil(f / 2 / pix[a]) + 2 for f, a in zip(field_mm, inplane)]
+    step = [_grid_step(pix[a], s) for a, s in zip(inplane, spacing2)]
+
+    def run_slice(k: int, c: Sequence[float]) -> tuple[Hypotheses, tuple[slice, slice]]:
+        """Hypotheses of slice ``k`` on a window around in-plane voxel ``c``."""
+        win = []
+        for d in range(2):
+            n = spatial[inplane[d]]
+            lo = max(0, int(math.floor(c[d])) - half[d])
+            lo = max(0, lo - lo % step[d])
+            hi = min(n, int(math.ceil(c[d])) + half[d] + 1)
+            win.append(slice(lo, hi))
+        arr = vol[win[0], win[1], k].contiguous()
+        corner = np.zeros(4)
+        corner[3] = 1.0
+        corner[inplane[0]], corner[inplane[1]], corner[axis] = win[0].start, win[1].start, k
+        aff2 = np.eye(4)
+        aff2[:3, 0], aff2[:3, 1], aff2[:3, 2] = affine[:3, inplane[0]], affine[:3, inplane[1]], affine[:3, axis]
+        aff2[:3, 3] = (affine @ corner)[:3]
+        plane = MetaTensor(arr[None], affine=torch.as_tensor(aff2), meta={"filename_or_obj": source, MODALITY_KEY: "CT"})
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            h = predict_hypotheses(
+                plane, [c[0] - win[0].start, c[1] - win[1].start], sampler, spacing=spacing2, roi_size=roi2,
+                num_samples=num_samples, seed=seed, threshold=thr, hu_window=hu_window, device=device,
+                allow_non_ct=True,
+            )
+        return h, (win[0], win[1])
+
+    hw = (spatial[inplane[0]], spatial[inplane[1]])
+    labels = np.zeros((num_samples, *hw, spatial[axis]), np.uint8)  # slices last; moved to the input's axes at the end
+    mean_prob = np.zeros((*hw, spatial[axis]), np.float32)
+    entropy = np.zeros_like(mean_prob)
+
+    def place(k: int, h: Hypotheses, win: tuple[slice, slice], keep: np.ndarray) -> None:
+        labels[:, win[0], win[1], k] = h.labels * keep
+        mean_prob[win[0], win[1], k] = h.mean_probability
+        entropy[win[0], win[1], k] = h.entropy
+
+    c0 = [float(voxel[inplane[0]]), float(voxel[inplane[1]])]
+    h0, win0 = run_slice(k0, c0)
+    masks0 = h0.labels > 0
+    alive0 = masks0.reshape(num_samples, -1).any(axis=1)
+    n0 = int(alive0.sum())
+    place(k0, h0, win0, np.ones_like(masks0))
+    per_slice = [{"slice": k0, "center_voxel": c0, "presence_count": n0, "continuing": n0, "accepted": True}]
+    accepted = [k0]
+    need_continuing = max(1, math.ceil(min_fraction * n0 - 1e-9))
+    max_slices = max(1, int(math.floor(max_extent_mm / thickness + 1e-6)))
+    stop = {}
+    reached_max = False
+    if n0 == 0:
+        stop = {"up": "no lesion hypothesis on the clicked slice", "down": "no lesion hypothesis on the clicked slice"}
+    else:
+        from scipy import ndimage
+
+        full0 = np.zeros((num_samples, *hw), bool)
+        full0[:, win0[0], win0[1]] = masks0
+        state = {d: {"k": k0, "prev": full0, "active": True} for d in (1, -1)}
+        eight = np.ones((3, 3), bool)
+        while any(s["active"] for s in state.values()):
+            for d, name in ((1, "up"), (-1, "down")):
+                s = state[d]
+                if not s["active"]:
+                    continue
+                if len(accepted) >= max_slices:
+                    s["active"] = False
+                    stop[name] = f"maximum extent {max_extent_mm:g} mm ({max_slices} slices) reached"
+                    reached_max = True
+                    continue
+                k = s["k"] + d
+                if not 0 <= k < spatial[axis]:
+                    s["active"] = False
+                    stop[name] = "image border"
+                    continue
+                prev = s["prev"]
+                alive_prev = prev.reshape(num_samples, -1).any(axis=1)
+                votes = prev[alive_prev].sum(axis=0)
+                fp = 2 * votes > int(alive_prev.sum())
+                if not fp.any():
+                    fp = votes > 0
+                c = [float(v) for v in np.argwhere(fp).mean(axis=0)]
+                h, win = run_slice(k, c)
+                masks = np.zeros((num_samples, *hw), bool)
+                masks[:, win[0], win[1]] = h.labels > 0
+                kept = np.zeros_like(masks)
+                for i in np.flatnonzero(alive_prev):
+                    if not masks[i].any():
+                        continue
+                    comp, _ = ndimage.label(masks[i], structure=eight)
+                    ids = np.unique(comp[masks[i] & prev[i]])
+                    ids = ids[ids > 0]
+                    if ids.size:
+                        kept[i] = np.isin(comp, ids)
+                continuing = int(kept.reshape(num_samples, -1).any(axis=1).sum())
+                ok = continuing >= need_continuing
+                per_slice.append({"slice": k, "center_voxel": c, "presence_count": int(h.presence_count),
+                                  "continuing": continuing, "accepted": ok})
+                if not ok:
+                    s["active"] = False
+                    stop[name] = (f"slice {k}: {continuing} of the {n0} lesion hypotheses continue "
+                                  f"(< {need_continuing})")
+                    continue
+                place(k, h, win, kept[:, win[0], win[1]])
+                accepted.append(k)
+                s["k"], s["prev"] = k, kept
+
+    # back to the input's axis order: (inplane0, inplane1, slice) -> spatial
+    order = np.argsort([inplane[0], inplane[1], axis])
+    labels = np.ascontiguousarray(labels.transpose(0, *(1 + order)))
+    mean_prob = np.ascontiguousarray(mean_prob.transpose(*order))
+    entropy = np.ascontiguousarray(entropy.transpose(*order))
+
+    # variants by 3-D IoU on the box of the lesion's slices; presence-rule label
+    slices_sorted = sorted(accepted)
+    box = [slice(None)] * 3
+    box[axis] = slice(slices_sorted[0], slices_sorted[-1] + 1)
+    any_fg = labels.any(axis=0)
+    if any_fg.any():  # the box of every hypothesis' voxels (IoU and the consensus need nothing outside)
+        for a in inplane:
+            idx = np.flatnonzero(any_fg.any(axis=tuple(b for b in range(3) if b != a)))
+            box[a] = slice(int(idx[0]), int(idx[-1]) + 1)
+    sub = labels[(slice(None), *box)]
+    variants = [
+        replace(v, area_mm2=float(h0.areas_mm2[v.representative]), has_lesion=bool(alive0[v.representative]))
+        for v in group_variants(torch.from_numpy(sub), voxel_volume)
+    ]
+    decision = presence_decision(n0, num_samples, thr)
+    presence = np.zeros(spatial, np.uint8)
+    if decision.show_lesion:
+        lesion = [v for v in variants if v.has_lesion]
+        presence[tuple(box)] = consensus_label(sub, fallback=lesion[0].representative if lesion else None)
+    volumes = np.count_nonzero(labels.reshape(num_samples, -1), axis=1).astype(np.float64) * voxel_volume
+    if thr is None:
+        warnings.warn(f"no fitted presence threshold given: {FALLBACK_RULE}.", UserWarning, stacklevel=2)
+    return Hypotheses3D(
+        labels=labels,
+        mean_probability=mean_prob,
+        entropy=entropy,
+        affine=np.asarray(affine, dtype=np.float64),
+        presence_count=n0,
+        presence_probability=n0 / num_samples,
+        ambiguous=h0.ambiguous,
+        ambiguity_rule=h0.ambiguity_rule,
+        threshold=thr,
+        areas_mm2=h0.areas_mm2,
+        volumes_mm3=volumes,
+        variants=variants,
+        center_voxel=tuple(float(v) for v in voxel),
+        center_world_ras=tuple(float(v) for v in world_ras),
+        slice_axis=axis,
+        slice_index=k0,
+        model_input=h0.model_input,
+        crop_labels=h0.crop_labels,
+        source=source,
+        num_samples=num_samples,
+        seed=seed,
+        spacing=spacing2,
+        roi_size=roi2,
+        slice_indices=tuple(slices_sorted),
+        per_slice=per_slice,
+        presence_label=presence,
+        label_shows_lesion=bool(decision.show_lesion),
+        label_rule=decision.rule,
+        latent_noise=None if eps is None else eps[0].numpy().astype(np.float32),
+        voxel_volume_mm3=voxel_volume,
+        max_extent_mm=max_extent_mm,
+        min_fraction=min_fraction,
+        stop_reasons=stop,
+        reached_max_extent=reached_max,
+    )
