@@ -146,6 +146,8 @@ def infer_cases(
     progress: bool = True,
     allow_non_ct: bool = False,
     checkpoint: str | None = None,
+    three_d: bool = False,
+    max_extent_mm: float = 40.0,
 ) -> dict[str, Any]:
     """Run :func:`predict_hypotheses` on many images with one loaded model and write the whole run at once.
 
@@ -164,6 +166,9 @@ def infer_cases(
         threshold: the fitted presence rule, ``None`` for the fallback rule.
         progress: show a tqdm bar.
         checkpoint: recorded in the summary.
+        three_d: follow each lesion through the slices of its volume
+            (:func:`~monai_probunet.predict3d.predict_hypotheses_3d`; a 2-D image is then a failed case).
+        max_extent_mm: with ``three_d``: the largest lesion extent along the slice axis.
 
     Returns:
         The summary (``{"cases": [{case_id, image, presence_probability, ambiguous, num_variants, ...} | {case_id,
@@ -194,11 +199,17 @@ def infer_cases(
                     center = [(s - 1) / 2 for s in image.shape[1:]]
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", UserWarning)
-                    hyp = predict_hypotheses(
-                        image, center, model, world=bool(case.get("world", False)), frame=case.get("frame", "RAS"),
-                        spacing=spacing, roi_size=roi_size, num_samples=num_samples, seed=seed, threshold=threshold,
+                    kwargs = dict(
+                        world=bool(case.get("world", False)), frame=case.get("frame", "RAS"), spacing=spacing,
+                        roi_size=roi_size, num_samples=num_samples, seed=seed, threshold=threshold,
                         hu_window=hu_window, device=device, allow_non_ct=allow_non_ct,
                     )
+                    if three_d:
+                        from .predict3d import predict_hypotheses_3d
+
+                        hyp = predict_hypotheses_3d(image, center, model, max_extent_mm=max_extent_mm, **kwargs)
+                    else:
+                        hyp = predict_hypotheses(image, center, model, **kwargs)
                 hyp.extra["case_id"] = cid
                 (tmp / cid).mkdir()
                 hyp.write_set(tmp / cid)
@@ -210,6 +221,10 @@ def infer_cases(
                     mean_area_mm2=float(np.mean(hyp.areas_mm2)),
                     output_dir=str(out / cid),
                 )
+                if three_d:
+                    rep = hyp.to_report()
+                    row.update(extent_slices=rep["extent_slices"], extent_mm=rep["extent_mm"],
+                               presence_label_volume_mm3=rep["presence_label"]["volume_mm3"])
             except (ValueError, FileNotFoundError, RuntimeError) as e:
                 logger.error("case %s (%s) failed: %s", cid, case["image"], e)
                 row["error"] = f"{type(e).__name__}: {e}"
@@ -219,6 +234,7 @@ def infer_cases(
             "checkpoint": checkpoint,
             "num_samples": num_samples,
             "seed": seed,
+            "mode": "3d" if three_d else "2d",
             "ambiguity_rule": FALLBACK_RULE if threshold is None else threshold.to_dict(),
             "num_ok": sum("error" not in r for r in rows),
             "num_failed": sum("error" in r for r in rows),
@@ -246,6 +262,8 @@ def run_inference(
     device: str | torch.device = "cpu",
     progress: bool = True,
     allow_non_ct: bool = False,
+    infer_3d: bool = False,
+    max_extent_mm: float = 40.0,
 ) -> dict[str, Any]:
     """Run :func:`predict_hypotheses` on every image of a folder, the model loaded once (bundle id ``inferring``).
 
@@ -253,7 +271,8 @@ def run_inference(
     ``network`` (``weights_only=True``); the presence threshold comes from ``threshold_path`` or
     ``presence_threshold.json`` next to the checkpoint (else the fallback rule). Cases come from
     :func:`read_inference_cases`; the run is written by :func:`infer_cases` (all at once, per-case errors
-    recorded in ``<output_dir>/inference_summary.json``).
+    recorded in ``<output_dir>/inference_summary.json``). With ``infer_3d`` each lesion is followed through the
+    slices of its volume (:func:`~monai_probunet.predict3d.predict_hypotheses_3d`, at most ``max_extent_mm``).
 
     Returns
     -------
@@ -267,6 +286,9 @@ def run_inference(
         if spacing is None:
             raise ValueError(f"spacing is required: {SPACING_HINT}.")
         _pair(spacing, "infer_spacing", float)
+        if infer_3d and not (isinstance(max_extent_mm, (int, float)) and not isinstance(max_extent_mm, bool)
+                             and 0 < float(max_extent_mm) < float("inf")):
+            raise ValueError(f"infer_max_extent_mm must be a positive number, got {max_extent_mm!r}.")
         dev = check_device(device)
         cases = read_inference_cases(dataset_dir, centers, split)
         staged_dir(output_dir, is_ours=is_inference_run, what="output_dir")  # refuse early, before any work
@@ -280,5 +302,5 @@ def run_inference(
     return infer_cases(
         network, cases, output_dir, spacing=spacing, roi_size=roi_size, num_samples=num_samples, seed=seed,
         hu_window=hu_window, threshold=thr, device=dev, progress=progress, allow_non_ct=allow_non_ct,
-        checkpoint=str(ckpt_path),
+        checkpoint=str(ckpt_path), three_d=bool(infer_3d), max_extent_mm=max_extent_mm,
     )

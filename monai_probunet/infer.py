@@ -6,6 +6,7 @@ Usage::
         [--ckpt bundle/models/model.pt] [--config bundle/configs/train.yaml ...] [--num-samples 16] [--seed 0] \
         [--threshold presence_threshold.json] [--spacing MM [MM]] [--device cpu] [--allow-non-ct]
     python -m monai_probunet.infer --batch centers.json --out DIR [same options]
+    python -m monai_probunet.infer VOLUME --center X Y Z --3d [--max-extent-mm 40] --out DIR [same options]
 
 IMAGE is a 2-D CT slice (NIfTI or one DICOM file) or a 3-D CT volume (NIfTI or a DICOM series folder). The centre
 is in voxel coordinates of the array as MONAI loads it (NIfTI ``i j [k]``; DICOM ``column row [slice]``), or with
@@ -21,6 +22,11 @@ hypothesis = 4th axis), ``mean_probability.nii.gz``, ``entropy.nii.gz``, ``varia
 input's affine) and ``report.json``; prints a short summary (``--json``: the report). With ``--batch`` (a JSON file
 ``{image: center}`` or ``[{image, center, world, frame, case_id}]``, images relative to the file's folder) the
 model is loaded once and every case goes to ``--out/<case_id>/`` plus ``--out/inference_summary.json``.
+
+``--3d`` (3-D volumes only; a 2-D image is refused): the lesion is followed from the clicked slice through every slice
+it spans (:func:`monai_probunet.predict3d.predict_hypotheses_3d`: hypothesis s keeps its prior noise on every slice,
+growth while at least half of the lesion hypotheses continue, at most ``--max-extent-mm``); the set then holds the
+3-D hypotheses, ``presence_label.nii.gz`` (the presence-rule label) and 3-D volumes in ``report.json``.
 
 Exit status 0 ok, 2 for bad arguments or inputs (one line on stderr naming the file or option), 1 when every case of
 a batch failed. Heavy imports (torch, MONAI) happen after the arguments are parsed, so ``--help`` is instant.
@@ -120,6 +126,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--allow-non-ct", action="store_true",
         help="only warn (instead of refusing) when a NIfTI's intensities are not plausibly CT HU (e.g. MR)",
     )
+    p.add_argument(
+        "--3d", dest="three_d", action="store_true",
+        help="3-D volumes: follow the lesion through every slice it spans (3-D hypotheses, presence-rule label, "
+        "volumes in mm^3)",
+    )
+    p.add_argument(
+        "--max-extent-mm", type=_positive_float, default=None, metavar="MM",
+        help="with --3d: largest lesion extent along the slice axis (default 40)",
+    )
     p.add_argument("--json", action="store_true", help="print the full JSON report")
     return p
 
@@ -146,6 +161,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("give IMAGE and --center, or --batch CENTERS_JSON")
     if args.batch is not None and (args.image is not None or args.center is not None):
         parser.error("--batch takes the images and centres from its file: give no IMAGE / --center with it")
+    if args.max_extent_mm is not None and not args.three_d:
+        parser.error("--max-extent-mm is a --3d option")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     try:
         spacing = _scalar_or_pair(args.spacing)
@@ -202,14 +219,25 @@ def _run(args: argparse.Namespace, spacing, roi_arg) -> int:
     threshold = inf._as_threshold(args.threshold) if args.threshold else inf.find_presence_threshold(args.ckpt)
     model, settings = inf.load_model(args.ckpt, args.config, device=args.device, spacing=spacing)
     roi = roi_arg if roi_arg is not None else settings["roi_size"]
+    mode3d = {"three_d": True, "max_extent_mm": args.max_extent_mm or 40.0} if args.three_d else {}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
         if cases is not None:
             summary = inf.infer_cases(
                 model, cases, args.out, spacing=settings["spacing"], roi_size=roi, num_samples=args.num_samples,
                 seed=args.seed, hu_window=settings["hu_window"], threshold=threshold, device=args.device,
-                progress=False, allow_non_ct=args.allow_non_ct, checkpoint=str(args.ckpt),
+                progress=False, allow_non_ct=args.allow_non_ct, checkpoint=str(args.ckpt), **mode3d,
             )
+        elif args.three_d:
+            from .predict3d import predict_hypotheses_3d
+
+            hyp = predict_hypotheses_3d(
+                args.image, args.center, model, world=args.world, frame=args.frame, spacing=settings["spacing"],
+                roi_size=roi, num_samples=args.num_samples, seed=args.seed, threshold=threshold,
+                hu_window=settings["hu_window"], device=args.device, allow_non_ct=args.allow_non_ct,
+                max_extent_mm=mode3d["max_extent_mm"],
+            )
+            paths = hyp.save(args.out)
         else:
             hyp = inf.predict_hypotheses(
                 args.image, args.center, model, world=args.world, frame=args.frame, spacing=settings["spacing"],
@@ -237,6 +265,14 @@ def _run(args: argparse.Namespace, spacing, roi_arg) -> int:
     report = json.loads(Path(paths["report"]).read_text())
     if args.json:
         print(json.dumps(report, indent=1))
+    elif args.three_d:
+        print(
+            f"{hyp.source}: {hyp.num_samples} 3-D hypotheses over {hyp.extent_slices} slice(s) "
+            f"{list(hyp.slice_indices)[:1] + list(hyp.slice_indices)[-1:]} ({report['extent_mm']:.1f} mm), lesion "
+            f"presence {hyp.presence_probability:.3f} ({hyp.presence_count}/{hyp.num_samples}) on the clicked slice, "
+            f"ambiguous={hyp.ambiguous}; presence-rule label {report['presence_label']['volume_mm3']:.0f} mm^3; volume "
+            f"median of the lesion hypotheses {_median_nonzero(hyp.volumes_mm3):.0f} mm^3 -> {Path(args.out)}"
+        )
     else:
         top = hyp.variants[0]
         print(
@@ -246,6 +282,13 @@ def _run(args: argparse.Namespace, spacing, roi_arg) -> int:
             f"{hyp.areas_mm2.mean():.1f} +/- {hyp.areas_mm2.std():.1f} mm^2 -> {Path(args.out)}"
         )
     return 0
+
+
+def _median_nonzero(values) -> float:
+    import numpy as np
+
+    v = np.asarray(values, dtype=float)
+    return float(np.median(v[v > 0])) if (v > 0).any() else 0.0
 
 
 if __name__ == "__main__":
