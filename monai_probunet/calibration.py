@@ -10,9 +10,8 @@
   ``bundle/configs/scenes32_evaluate.yaml`` adds to the ``evaluating`` run): ``calibration.json``,
   ``mode_calibration.png``, ``pixel_marginals.png``, ``calibration_samples.png``.
 
-The metrics live in :mod:`monai_probunet.metrics.calibration`, the figures in :mod:`monai_probunet.visualize`.
-Imports point one way: this module imports :mod:`monai_probunet.evaluation` (checkpoint loading, JSON), never the
-reverse.
+Images are loaded and sampled by :mod:`monai_probunet.sampling` (the loop evaluation uses too), the metrics live in
+:mod:`monai_probunet.metrics.calibration`, the figures in :mod:`monai_probunet.visualize`.
 """
 
 from __future__ import annotations
@@ -28,12 +27,12 @@ from torch import nn
 
 from .data.disk_format import load_datalist
 from .engines.precision import autocast_context
-from .evaluation import image_seed, write_summary_json
+from .evaluation import write_summary_json
 from .flip_task import FLIPS, IGNORE_INDEX, SWITCHABLE_CLASSES, enumerate_modes
 from .metrics.calibration import CalibrationAccumulator, flip_recovery_counts, match_modes
-from .metrics.oracle import ORACLE, sample_modes
 from .model_loading import load_trained_network
 from .networks.utils import hypotheses_to_labels
+from .sampling import ORACLE, OracleSampler, case_batches, sample_batches
 from .visualize import label_sample_grid, mode_calibration_plot, pixel_marginals_plot
 
 __all__ = [
@@ -49,31 +48,16 @@ logger = logging.getLogger(__name__)
 CALIBRATION_JSON = "calibration.json"
 
 
-def _load_cases(items: Sequence[Mapping[str, Any]], transform: Callable[[dict], dict]) -> list[dict[str, Any]]:
-    cases = []
+def _check_modes(items: Sequence[Mapping[str, Any]]) -> None:
+    """Every entry must carry the known modes, their probabilities and flip patterns (one line naming the entry)."""
     for k, item in enumerate(items):
-        case = item.get("case_id", f"#{k}")
         missing = [key for key in ("image", "modes", "mode_probs", "mode_patterns") if key not in item]
         if missing:
             raise ValueError(
-                f"datalist entry {case} has no {missing}: the calibration analysis needs the known modes, their "
-                "probabilities and the flip patterns they stand for (scenes32, preprocessing.cityscapes)."
+                f"datalist entry {item.get('case_id', f'#{k}')} has no {missing}: the calibration analysis needs the "
+                "known modes, their probabilities and the flip patterns they stand for (scenes32, "
+                "preprocessing.cityscapes)."
             )
-        modes = list(item["modes"]) if isinstance(item["modes"], (list, tuple)) else [item["modes"]]
-        if not (len(modes) == len(item["mode_probs"]) == len(item["mode_patterns"])):
-            raise ValueError(f"datalist entry {case}: modes, mode_probs and mode_patterns differ in length.")
-        d = transform({"image": item["image"], "label": modes})
-        label = torch.as_tensor(d["label"])
-        if label.shape[0] != len(modes):
-            raise ValueError(f"case {case}: the transform gave {label.shape[0]} label channels for {len(modes)} modes.")
-        cases.append(
-            {
-                "index": k, "case_id": str(case), "image": torch.as_tensor(d["image"]).float(),
-                "modes": label.round().long(), "probs": torch.tensor(item["mode_probs"], dtype=torch.float64),
-                "patterns": [list(g) for g in item["mode_patterns"]],
-            }
-        )  # fmt: skip
-    return cases
 
 
 def evaluate_calibration(
@@ -120,44 +104,21 @@ def evaluate_calibration(
         raise ValueError(f"num_samples and batch_size must be >= 1, got {num_samples} and {batch_size}.")
     if isinstance(model, str) and model != ORACLE:
         raise ValueError(f"a model given by name must be {ORACLE!r}, got {model!r}.")
-    device = torch.device(device)
-    acc = CalibrationAccumulator(flips, classes, ignore_index, ged_samples=ged_samples)
-    gen = None
-    if isinstance(model, nn.Module):
-        if not hasattr(model, "sample"):
-            raise TypeError(f"{type(model).__name__} has no sample(image, num_samples, generator) method.")
-        model.eval()
-        gen = torch.Generator(device=device).manual_seed(int(seed))
-    cases = _load_cases(items, transform)
-    if not cases:
+    _check_modes(items)
+    if not items:
         raise ValueError("items is empty: nothing to evaluate.")
-    for start in range(0, len(cases), batch_size):
-        batch = cases[start : start + batch_size]
-        shapes = {tuple(c["image"].shape) for c in batch}
-        if len(shapes) != 1:
-            raise ValueError(f"images of one batch must share a shape, got {sorted(shapes)}; use batch_size=1.")
-        m = max(c["modes"].shape[0] for c in batch)
-        modes = torch.zeros((len(batch), m, *batch[0]["modes"].shape[1:]), dtype=torch.long)
-        probs = torch.zeros((len(batch), m), dtype=torch.float64)
-        for b, c in enumerate(batch):
-            modes[b, : c["modes"].shape[0]] = c["modes"]
-            probs[b, : c["modes"].shape[0]] = c["probs"]
-        if isinstance(model, str):
-            gens = [torch.Generator().manual_seed(image_seed(seed, c["index"])) for c in batch]
-            samples = torch.stack([sample_modes(c["modes"], c["probs"], num_samples, g) for c, g in zip(batch, gens)])
-        else:
-            images = torch.stack([c["image"] for c in batch]).to(device)
-            with torch.no_grad(), autocast_context(precision, device):
-                samples = hypotheses_to_labels(model.sample(images, num_samples, generator=gen))
-        acc.update(
-            samples.to(device), modes.to(device), probs, [c["patterns"] for c in batch],
-            [c["modes"].shape[0] for c in batch],
-        )  # fmt: skip
+    acc = CalibrationAccumulator(flips, classes, ignore_index, ged_samples=ged_samples)
+    sampler = OracleSampler() if isinstance(model, str) else model
+    for group, t, sampled in sample_batches({"model": sampler}, items, transform, num_samples, seed, device,
+                                            batch_size, precision=precision, with_graders=False):  # fmt: skip
+        samples = sampled["model"]
+        acc.update(samples, t["modes"], t["weights"].cpu(), [c.patterns for c in group],
+                   [c.modes.shape[0] for c in group])  # fmt: skip
         if examples is not None:
-            for b, c in enumerate(batch):
-                if c["index"] < num_examples:
-                    top = torch.argsort(c["probs"], descending=True, stable=True)[:4]
-                    examples.append({"case_id": c["case_id"], "image": c["image"], "modes": c["modes"][top],
+            for b, c in enumerate(group):
+                if c.index < num_examples:
+                    top = torch.argsort(c.probs, descending=True, stable=True)[:4]
+                    examples.append({"case_id": c.case_id, "image": c.image, "modes": c.modes[top],
                                      "samples": samples[b, :8].cpu()})  # fmt: skip
     return acc
 
@@ -198,14 +159,15 @@ def evaluate_posterior_flips(
     patterns = [b for b, _ in enumerate_modes([f[2] for f in flips])]
     correct, total = np.zeros(len(flips), np.int64), np.zeros(len(flips), np.int64)
     same, count = 0, 0
-    for case in _load_cases(items, transform):
-        modes = case["modes"].to(device)  # M x *spatial
-        image = case["image"][None].to(device)
+    _check_modes(items)
+    for (case,) in case_batches(items, transform, batch_size=1, with_graders=False):
+        modes = case.modes.to(device)  # M x *spatial
+        image = case.image[None].to(device)
         with torch.no_grad(), autocast_context(precision, device):
             z = model.posterior(image.expand(modes.shape[0], *image.shape[1:]), modes[:, None]).mean
             recon = hypotheses_to_labels(model.decode(image, z[None].float()))  # 1 x M x *spatial
         matched = match_modes(recon, modes[None], classes=classes, ignore_index=ignore_index)[0]
-        c, t = flip_recovery_counts(matched, case["patterns"], patterns)
+        c, t = flip_recovery_counts(matched, case.patterns, patterns)
         correct, total = correct + c, total + t
         same += int((matched.cpu() == torch.arange(modes.shape[0])).sum())
         count += modes.shape[0]

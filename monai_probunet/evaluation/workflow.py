@@ -1,0 +1,172 @@
+"""The evaluation workflow of a checkpoint (what ``bundle/configs/evaluate.yaml`` runs): evaluate, fit, write, plot."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..data.disk_format import load_datalist
+from ..metrics import PresenceThreshold
+from ..metrics.oracle import ORACLE
+from ..model_loading import PRESENCE_THRESHOLD_NAME, load_trained_network
+from ..networks import ProbUNet
+from ..sampling import OracleSampler
+from ..visualize import ged_vs_samples, label_sample_grid, latent_grid, presence_histogram, sample_grid
+from .evaluator import evaluate, fit_presence, presence_counts
+from .results import (
+    PER_IMAGE_CSV,
+    SUMMARY_JSON,
+    compare,
+    save_presence_threshold,
+    write_per_image_csv,
+    write_summary_json,
+)
+from .scoring import ESTIMATOR
+
+__all__ = ["default_model_name", "run_evaluation"]
+
+logger = logging.getLogger("monai_probunet.evaluation")
+
+
+def default_model_name(ckpt_dir: str | Path, ensemble_ckpts: Sequence[str] | None = None) -> str:
+    """A short model name: ``unet_ensemble<K>`` for an ensemble, else the checkpoint folder's name
+    (``mheads``, ``fixed_prior``, ...), ``probunet`` for the default ``models`` folder."""
+    if ensemble_ckpts:
+        return f"unet_ensemble{len(ensemble_ckpts)}"
+    base = Path(ckpt_dir).name
+    return "probunet" if base in ("", "models") else base
+
+
+def run_evaluation(
+    network: nn.Module,
+    datalist: str | Path,
+    transform: Callable[[dict], dict],
+    output_dir: str | Path,
+    ckpt_path: str | Path | None = None,
+    ensemble_ckpts: Sequence[str | Path] | None = None,
+    model_name: str | None = None,
+    eval_split: str = "test",
+    threshold_split: str | None = "validation",
+    sample_counts: Sequence[int] = (1, 4, 8, 16),
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    batch_size: int = 16,
+    num_workers: int = 0,
+    num_classes: int = 2,
+    classes: Sequence[int] | None = None,
+    precision: str = "fp32",
+    oracle: bool = True,
+    num_plot_images: int = 4,
+    bootstrap_resamples: int = 10000,
+    confidence: float = 0.95,
+    threshold_path: str | Path | None = None,
+    ignore_index: int | None = None,
+) -> dict[str, Any]:
+    """Evaluate a checkpoint (or a U-Net ensemble) on a split and write CSV, JSON and PNGs into ``output_dir``.
+
+    Loads ``ckpt_path`` into ``network`` (``weights_only=True``), or, with ``ensemble_ckpts``, one copy of
+    ``network`` per member checkpoint (:class:`~monai_probunet.networks.UNetEnsemble`). Evaluates it and the oracle
+    on ``eval_split`` (:func:`evaluate`), fits the lesion-presence rule on ``threshold_split`` and scores it on
+    ``eval_split``, tests the model against the oracle (Wilcoxon, GED at every S).
+
+    Writes into ``output_dir``: ``per_image.csv`` (:func:`write_per_image_csv`), ``summary.json``
+    (``{"estimator", "sample_counts", "split", "models": {name: EvaluationResult.summary() + presence fit},
+    "comparisons": [...], "presence_threshold_file"}``), ``ged_vs_samples.png``, ``presence_histogram_<name>.png``,
+    ``samples.png`` (first ``num_plot_images`` test images, 16 samples; class colours when ``num_classes > 2``),
+    ``latent_grid.png`` (ProbUNet with a 2-D latent only), and ``presence_threshold.json`` (the model's rule). The
+    rule is also written to ``threshold_path`` when one is given (e.g. ``bundle/models/presence_threshold.json``,
+    where the inference path looks next to the checkpoint); by default nothing outside ``output_dir`` is
+    written, so a shipped threshold changes only when asked. The rule is deterministic (same counts and labels, in
+    any order: same rule; ties broken as documented in :func:`~monai_probunet.metrics.fit_presence_threshold`).
+    Every file a later step reads (CSV, JSON) is written atomically.
+
+    The lesion-presence rule and its histograms are for binary masks (``num_classes == 2``); with more classes
+    they are skipped. ``ignore_index`` masks sampled pixels in unannotated regions (see :func:`evaluate`).
+
+    Returns:
+        The summary dict written to ``summary.json``.
+    """
+    device = torch.device(device)
+    output_dir = Path(output_dir)
+    model = load_trained_network(network, ckpt_path, ensemble_ckpts).to(device).eval()
+    name = model_name or default_model_name(Path(ckpt_path).parent if ckpt_path else "", ensemble_ckpts)
+    common = dict(seed=seed, device=device, batch_size=batch_size, num_workers=num_workers, precision=precision)
+
+    items = load_datalist(datalist, eval_split)
+    logger.info("evaluating %s on %d %s images at S = %s ...", name, len(items), eval_split, list(sample_counts))
+    results = evaluate(
+        {name: model}, items, transform, sample_counts=sample_counts, num_classes=num_classes, classes=classes,
+        oracle=oracle, split=eval_split, keep_examples=num_plot_images, ignore_index=ignore_index, **common,
+    )
+    summaries = {n: r.summary(bootstrap_resamples, confidence) for n, r in results.items()}
+
+    thresholds: dict[str, PresenceThreshold] = {}
+    binary = num_classes == 2
+    if threshold_split and not binary:
+        logger.info("lesion-presence rule skipped: it is defined for binary masks, num_classes is %d", num_classes)
+    if threshold_split and binary:
+        val_items = load_datalist(datalist, threshold_split)
+        for n, r in results.items():
+            sampler = OracleSampler() if n == ORACLE and oracle else model
+            val_counts, val_amb = presence_counts(sampler, val_items, transform, r.presence_samples, **common)
+            threshold, test_acc = fit_presence(val_counts, val_amb, r)
+            thresholds[n] = threshold
+            summaries[n]["presence"].update(
+                threshold=threshold.to_dict(), fitted_on=threshold_split, num_fit_images=int(len(val_counts)),
+                validation_accuracy=threshold.accuracy, test_accuracy=test_acc,
+            )
+    threshold_files = []
+    if name in thresholds:
+        t_acc = summaries[name]["presence"]["test_accuracy"]
+        extra = dict(model=name, test_accuracy=t_acc, fitted_on=threshold_split, evaluated_on=eval_split)
+        threshold_files.append(save_presence_threshold(thresholds[name], output_dir / PRESENCE_THRESHOLD_NAME, **extra))
+        if threshold_path:
+            threshold_files.append(save_presence_threshold(thresholds[name], threshold_path, **extra))
+            logger.info("presence rule (%d < count < %d) also written to %s", thresholds[name].low,
+                        thresholds[name].high, threshold_path)
+
+    comparisons = []
+    if oracle and name != ORACLE:
+        for s in results[name].sample_counts:
+            comparisons.append(compare(results[name], results[ORACLE], "ged", s))
+    summary = {
+        "estimator": ESTIMATOR,
+        "sample_counts": list(results[name].sample_counts),
+        "split": eval_split,
+        "num_images": results[name].num_images,
+        "checkpoint": [str(p) for p in ensemble_ckpts] if ensemble_ckpts else str(ckpt_path),
+        "models": summaries,
+        "comparisons": comparisons,
+        "presence_threshold_files": [str(p) for p in threshold_files],
+    }
+    output_dir.mkdir(parents=True, exist_ok=True)
+    write_per_image_csv(results, output_dir / PER_IMAGE_CSV)
+    write_summary_json(summary, output_dir / SUMMARY_JSON)
+
+    ged_vs_samples(summaries, output_dir / "ged_vs_samples.png")
+    for n, r in (results.items() if binary else ()):
+        presence_histogram(
+            r.presence_counts, r.ambiguous, thresholds.get(n), output_dir / f"presence_histogram_{n}.png",
+            num_samples=r.presence_samples, title=n,
+        )
+    ex = results[name].examples
+    if ex:
+        images, graders = torch.stack([e["image"] for e in ex]), torch.stack([e["graders"] for e in ex])
+        samples, titles = torch.stack([e["samples"] for e in ex]), [e["case_id"] for e in ex]
+        if binary:
+            sample_grid(images[:, 0], graders, samples, output_dir / "samples.png", titles=titles)
+        else:  # class colours (Cityscapes palette), RGB images
+            label_sample_grid(images, graders, samples, output_dir / "samples.png", titles=titles)
+        if isinstance(model, ProbUNet) and model.latent_dim == 2:
+            latent_grid(model, ex[0]["image"], output_dir / "latent_grid.png", graders=ex[0]["graders"])
+    for n, s in summaries.items():
+        ged = {e["S"]: e["mean"] for e in s["metrics"]["ged"]}
+        logger.info("%s: GED^2 by S %s; presence test accuracy %s", n, ged, s["presence"].get("test_accuracy"))
+    logger.info("evaluation written to %s", os.fspath(output_dir))
+    return summary
