@@ -15,7 +15,10 @@ Growth rule
     previous slice (8-connected components that do not overlap it are dropped); otherwise it ends and stays empty
     further out. The slice belongs to the lesion while at least ``ceil(min_fraction * n0)`` hypotheses continue
     (``n0``: lesion-containing hypotheses on the clicked slice; ``min_fraction`` 0.5 by default, at least 1);
-    the first slice below that ends the growth in that direction and is left empty. Growth also stops at the image
+    the first slice below that ends the growth in that direction and is left empty. A slice also needs at least
+    ``ceil(min_presence * S)`` continuing hypotheses (``min_presence`` 0.25, the lower end of the presence rule's
+    ambiguous band): a lesion shown by fewer hypotheses on the clicked slice is not followed (one hypothesis that
+    sees a lesion everywhere would otherwise run through the whole volume). Growth also stops at the image
     border and when the lesion's extent (slices x slice thickness) would exceed ``max_extent_mm`` (40 mm by default;
     ``reached_max_extent`` in the report then says the lesion may go on).
 
@@ -69,6 +72,7 @@ from .presence_label import consensus_label, presence_decision
 __all__ = [
     "DEFAULT_MAX_EXTENT_MM",
     "GROWTH_FRACTION",
+    "MIN_PRESENCE",
     "Hypotheses3D",
     "SharedNoiseSampler",
     "check_uniform_slices",
@@ -79,6 +83,8 @@ __all__ = [
 DEFAULT_MAX_EXTENT_MM = 40.0
 #: a slice belongs to the lesion while at least this fraction of the clicked slice's lesion hypotheses continue
 GROWTH_FRACTION = 0.5
+#: ... and at least this fraction of all S hypotheses (the lower end of the fallback ambiguous band)
+MIN_PRESENCE = 0.25
 #: relative tolerance on the gaps between DICOM slice positions
 SLICE_GAP_TOLERANCE = 0.01
 PRESENCE_LABEL_NAME = "presence_label.nii.gz"
@@ -136,7 +142,7 @@ class Hypotheses3D(Hypotheses):
         ``S x N`` float32 whitened prior noise ``eps_s`` used on every slice (``None`` for a network without a prior).
     voxel_volume_mm3 : float
         Volume of one voxel of the input (``|det|`` of its affine: in-plane spacing x slice spacing).
-    max_extent_mm, min_fraction : float
+    max_extent_mm, min_fraction, min_presence : float
         The growth limits used.
     stop_reasons : dict
         ``{"up": ..., "down": ...}``: why the growth stopped in each direction (``up`` = increasing slice index).
@@ -153,6 +159,7 @@ class Hypotheses3D(Hypotheses):
     voxel_volume_mm3: float = 0.0
     max_extent_mm: float = DEFAULT_MAX_EXTENT_MM
     min_fraction: float = GROWTH_FRACTION
+    min_presence: float = MIN_PRESENCE
     stop_reasons: dict[str, str] = field(default_factory=dict)
     reached_max_extent: bool = False
 
@@ -183,7 +190,7 @@ class Hypotheses3D(Hypotheses):
             extent_slices=self.extent_slices,
             extent_mm=self.extent_slices * self.slice_thickness_mm,
             per_slice=self.per_slice,
-            growth_rule=growth_rule(self.min_fraction, self.max_extent_mm),
+            growth_rule=growth_rule(self.min_fraction, self.min_presence, self.max_extent_mm),
             stop_reasons=dict(self.stop_reasons),
             reached_max_extent=bool(self.reached_max_extent),
             voxel_volume_mm3=float(vox),
@@ -221,13 +228,14 @@ class Hypotheses3D(Hypotheses):
         return paths
 
 
-def growth_rule(min_fraction: float, max_extent_mm: float) -> str:
+def growth_rule(min_fraction: float, min_presence: float, max_extent_mm: float) -> str:
     """The growth rule in words (for the report)."""
     return (
         "from the clicked slice, up and down in turn: a lesion hypothesis continues on the next slice if its outline "
         "there overlaps its own outline on the previous slice (non-overlapping components dropped); the slice belongs "
         f"to the lesion while at least ceil({min_fraction:g} x n0) of the n0 lesion hypotheses of the clicked slice "
-        "continue (at least 1), the first slice below that ends the growth in that direction; at most "
+        f"and at least ceil({min_presence:g} x S) of all S hypotheses continue, the first slice below that ends the "
+        "growth in that direction; at most "
         f"{max_extent_mm:g} mm of slices in all; each slice centred on the previous slice's consensus footprint"
     )
 
@@ -314,6 +322,7 @@ def predict_hypotheses_3d(
     allow_non_ct: bool = False,
     max_extent_mm: float = DEFAULT_MAX_EXTENT_MM,
     min_fraction: float = GROWTH_FRACTION,
+    min_presence: float = MIN_PRESENCE,
 ) -> Hypotheses3D:
     """S hypotheses of the lesion at ``center`` on every slice it spans (module docstring: coherence, growth rule).
 
@@ -334,6 +343,8 @@ def predict_hypotheses_3d(
     min_fraction : float
         In ``(0, 1]``: a slice belongs to the lesion while at least ``ceil(min_fraction * n0)`` of the clicked
         slice's ``n0`` lesion hypotheses continue on it.
+    min_presence : float
+        In ``[0, 1]``: ... and at least ``ceil(min_presence * S)`` of all S hypotheses.
 
     Returns
     -------
@@ -362,6 +373,8 @@ def predict_hypotheses_3d(
     min_fraction = _positive(min_fraction, "min_fraction")
     if min_fraction > 1:
         raise ValueError(f"min_fraction must lie in (0, 1], got {min_fraction!r}.")
+    if isinstance(min_presence, bool) or not isinstance(min_presence, (int, float)) or not 0 <= min_presence <= 1:
+        raise ValueError(f"min_presence must lie in [0, 1], got {min_presence!r}.")
     thr = _as_threshold(threshold)
     num_samples, seed = int(num_samples), int(seed)
 
@@ -452,12 +465,13 @@ def predict_hypotheses_3d(
     place(k0, h0, win0, np.ones_like(masks0))
     per_slice = [{"slice": k0, "center_voxel": c0, "presence_count": n0, "continuing": n0, "accepted": True}]
     accepted = [k0]
-    need_continuing = max(1, math.ceil(min_fraction * n0 - 1e-9))
+    need_continuing = max(1, math.ceil(min_fraction * n0 - 1e-9), math.ceil(min_presence * num_samples - 1e-9))
     max_slices = max(1, int(math.floor(max_extent_mm / thickness + 1e-6)))
     stop = {}
     reached_max = False
-    if n0 == 0:
-        stop = {"up": "no lesion hypothesis on the clicked slice", "down": "no lesion hypothesis on the clicked slice"}
+    if n0 < need_continuing:
+        why = f"{n0} of {num_samples} hypotheses show a lesion on the clicked slice (< {need_continuing}): not followed"
+        stop = {"up": why, "down": why}
     else:
         from scipy import ndimage
 
@@ -573,6 +587,7 @@ def predict_hypotheses_3d(
         voxel_volume_mm3=voxel_volume,
         max_extent_mm=max_extent_mm,
         min_fraction=min_fraction,
+        min_presence=float(min_presence),
         stop_reasons=stop,
         reached_max_extent=reached_max,
     )
