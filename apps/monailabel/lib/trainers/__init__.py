@@ -1,0 +1,3 @@
+from .probunet_train import ProbUNetTrain, TrainRequestError
+
+__all__ = ["ProbUNetTrain", "TrainRequestError"]
