@@ -49,7 +49,8 @@ logger = logging.getLogger(__name__)
 
 
 class ProbUNetApp(MONAILabelApp):
-    """MONAI Label app with the ``probunet`` infer task (no trainer; train with the bundle)."""
+    """MONAI Label app with the ``probunet`` infer task, the ``probunet_raters`` inter-rater view and the
+    ``probunet`` train task."""
 
     def __init__(self, app_dir: str, studies: str, conf: Dict[str, str]) -> None:
         self.model_dir = os.path.join(app_dir, "model")
@@ -116,7 +117,13 @@ class ProbUNetApp(MONAILabelApp):
         return infers
 
     def init_trainers(self) -> Dict[str, TrainTask]:
-        return {}
+        """The ``probunet`` train task: raters' outlines -> bundle training -> swapped in if its GED is lower."""
+        trainers: Dict[str, TrainTask] = {}
+        for name, config in self.models.items():
+            task = config.trainer()
+            if task is not None:
+                trainers[name] = task
+        return trainers
 
     def init_strategies(self) -> Dict[str, Strategy]:
         strategies: Dict[str, Strategy] = {"random": Random(), "first": First()}
