@@ -27,8 +27,6 @@ def _merged(*overrides: str) -> dict:
 @pytest.mark.parametrize("other", ["scenes32.yaml", "paper.yaml"])
 def test_baseline_and_other_override_in_either_order(baseline, other):
     first, second = _merged(other, baseline), _merged(baseline, other)
-    # both name their checkpoint folder: the later one wins (pass --ckpt_dir when combining them)
-    first.pop("ckpt_dir"), second.pop("ckpt_dir")
     assert first == second
     parser = ConfigParser(first)
     parser.update({"device": "$torch.device('cpu')", "channels": [4, 8]})
@@ -45,6 +43,47 @@ def test_probunet_baselines_override_only_network_keys(baseline):
     changed = {k for k in merged if merged[k] != base.get(k)}
     assert changed and changed <= {"fixed_prior", "posterior_context", "latent_injection", "prior_covariance"}
     assert {k: v for k, v in base.items() if k not in changed} == {k: merged[k] for k in base if k not in changed}
+
+
+def _resolved(*overrides: str, key: str) -> object:
+    parser = ConfigParser(_merged(*overrides))
+    parser["bundle_root"] = "/b"
+    return parser.get_parsed_content(key)
+
+
+def test_task_and_baseline_each_name_their_part_of_the_checkpoint_folder():
+    """A task override and a baseline name different levels of the folder: no run overwrites another's checkpoints."""
+    folders = {
+        (): "/b/models",
+        ("scenes32.yaml",): "/b/models/scenes32",
+        ("baselines/mheads.yaml",): "/b/models/mheads",
+        ("unet.yaml",): "/b/models/unet",
+        ("scenes32.yaml", "baselines/mheads.yaml"): "/b/models/scenes32/mheads",
+        ("baselines/mheads.yaml", "scenes32.yaml"): "/b/models/scenes32/mheads",
+    }
+    for overrides, folder in folders.items():
+        assert _resolved(*overrides, key="ckpt_dir") == folder, overrides
+        expected = folder.replace("/b/models", "/b/eval") if overrides else "/b/eval/models"
+        assert _resolved(*overrides, "evaluate.yaml", key="output_dir") == expected, overrides
+
+
+def _train_transforms(*overrides: str) -> list[str]:
+    parser = ConfigParser(_merged(*overrides))
+    parser.update({"pixel_mm": 1.0, "crop_size": [32, 32]})
+    return [type(t).__name__ for t in parser.get_parsed_content("train#preprocessing").transforms]
+
+
+def test_augmentation_appends_to_the_training_transforms_in_any_order():
+    load = ["LoadImaged", "SelectItemsd", "ScaleIntensityRanged", "EnsureTyped"]
+    flips = ["RandFlipd", "RandFlipd", "RandRotate90d"]
+    augmentation = ["RandAffined", "Rand2DElasticd", "RandSpatialCropd"]
+    assert _train_transforms() == [*load, *flips, "RandGraderd"]
+    assert _train_transforms("augmentation.yaml") == [*load, *flips, *augmentation, "RandGraderd"]
+    assert _train_transforms("paper.yaml") == [*load, *flips, "RandSpatialCropd", "RandGraderd"]
+    assert _merged("paper.yaml", "augmentation.yaml") == _merged("augmentation.yaml", "paper.yaml")
+    assert _train_transforms("paper.yaml", "augmentation.yaml") == _train_transforms("augmentation.yaml")
+    scenes = ["LoadImaged", "EnsureChannelFirstd", "LoadImaged", "SelectItemsd", "ScaleIntensityRanged", "EnsureTyped"]
+    assert _train_transforms("scenes32.yaml") == [*scenes, "RandFlipd", "RandGraderd", "RandClassFlipd"]
 
 
 def test_scenes32_evaluation_keeps_the_task_settings():

@@ -317,7 +317,8 @@ def _augmentation(pixel_mm: float) -> tuple[Compose, list]:
     parser = ConfigParser()
     parser.read_config([str(TRAIN_YAML), str(AUG_YAML)])
     parser["pixel_mm"] = pixel_mm  # normally read from datalist.json
-    transforms = parser.get_parsed_content("train#random_transforms")
+    transforms = [parser.get_parsed_content(f"train#{k}") for k in ("random_transforms", "crop", "label_transforms")]
+    transforms = [t for part in transforms for t in part]
     assert isinstance(transforms[-1], RandGraderd)
     return Compose(transforms[:-1]), transforms
 
