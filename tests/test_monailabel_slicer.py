@@ -187,7 +187,7 @@ def test_click_on_a_volume_as_slicer(volume_server, library):
     the image's geometry and a segment name carrying presence and ambiguity."""
     url, info = volume_server["url"], volume_server["info"]
     click = [40, 37, 5]
-    params = click_params(info, "probunet", [[10, 10, 2], click])  # an earlier click on another slice
+    params = click_params(info, "probunet", [[10, 10, 2], click], mode="2d")  # an earlier click on another slice
     assert params["foreground"] == [click] and params["slice"] == 5
     status, name, data, result = slicer_infer(url, "probunet", "chest", params)
     assert status == 200, result
@@ -229,7 +229,7 @@ def test_hypotheses_as_named_overlapping_segments(volume_server, library):
     url, info = volume_server["url"], volume_server["info"]
     click = [40, 36, 4]
     status, name, data, result = slicer_infer(url, "probunet", "chest",
-                                              click_params(info, "probunet", [click], hypotheses=True))
+                                              click_params(info, "probunet", [click], hypotheses=True, mode="2d"))
     assert status == 200, result
     h = library_hypotheses(library, volume_server["studies"] / "chest.nii.gz", click)
     fields, arr = read_nrrd(data)

@@ -7,10 +7,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["CLICK_MESSAGE", "MAX_SAMPLES", "InferParams", "parse_bool", "parse_params"]
+__all__ = ["CLICK_MESSAGE", "MAX_EXTENT_MM", "MAX_SAMPLES", "MODES", "InferParams", "parse_bool", "parse_params"]
 
 #: upper bound on hypotheses per request (memory: S x voxels bytes for the label maps)
 MAX_SAMPLES = 256
+#: ``mode``: ``auto`` = 3-D for a volume, 2-D for a single slice; ``3d`` (a volume only); ``2d`` (the clicked slice)
+MODES = ("auto", "3d", "2d")
+#: upper bound on ``max_extent_mm`` (the lesion extent followed from the click in 3-D)
+MAX_EXTENT_MM = 500.0
 _TRUE = ("true", "1", "yes", "on")
 _FALSE = ("false", "0", "no", "off", "")
 #: the answer to a request without a lesion click (or a ``center``)
@@ -40,6 +44,10 @@ class InferParams:
         Sampling seed.
     hypotheses : bool
         Return all hypotheses (multi-segment ``.seg.nrrd``) instead of the most frequent variant.
+    mode : str
+        ``"auto"`` (3-D for a volume, 2-D for a slice), ``"3d"`` or ``"2d"``.
+    max_extent_mm : float
+        3-D: the largest lesion extent followed along the slice axis.
     """
 
     center: list[float]
@@ -49,6 +57,8 @@ class InferParams:
     num_samples: int
     seed: int
     hypotheses: bool
+    mode: str = "auto"
+    max_extent_mm: float = 40.0
 
 
 def parse_bool(value: Any, name: str) -> bool:
@@ -97,8 +107,28 @@ def _points(value: Any, name: str) -> list[list[float]]:
     return [_point(p, f"{name}[{i}]") for i, p in enumerate(value)]
 
 
+def _mode(value: Any) -> str:
+    if isinstance(value, (list, tuple)) and value:  # the options list (MONAI Label merges the task's config into a
+        value = value[0]                             # request without the key): its first entry, the default
+    if not isinstance(value, str) or value.strip().lower() not in MODES:
+        raise ValueError(f"parameter 'mode' must be one of {list(MODES)}, got {value!r}.")
+    return value.strip().lower()
+
+
+def _extent(value: Any) -> float:
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            pass
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < float(value) <= MAX_EXTENT_MM:
+        raise ValueError(f"parameter 'max_extent_mm' must be a number in (0, {MAX_EXTENT_MM:g}] mm, got {value!r}.")
+    return float(value)
+
+
 def parse_params(request: Mapping[str, Any]) -> InferParams:
-    """Parse and check ``center`` / ``foreground``, ``world``, ``frame``, ``num_samples``, ``seed``, ``hypotheses``.
+    """Parse and check ``center`` / ``foreground``, ``world``, ``frame``, ``num_samples``, ``seed``, ``hypotheses``,
+    ``mode``, ``max_extent_mm``.
 
     ``center`` (REST) wins over ``foreground`` (MONAI Label's click list ``[[i, j, k], ...]`` as 3D Slicer sends
     it: the first point is the lesion centre). ``background`` clicks are checked but not used. Other keys the
@@ -130,4 +160,6 @@ def parse_params(request: Mapping[str, Any]) -> InferParams:
         num_samples=_int(request.get("num_samples", 16), "num_samples", 1, MAX_SAMPLES),
         seed=_int(request.get("seed", 0), "seed", 0, 2**63 - 1),
         hypotheses=parse_bool(request.get("hypotheses", False), "hypotheses"),
+        mode=_mode(request.get("mode", "auto")),
+        max_extent_mm=_extent(request.get("max_extent_mm", 40.0)),
     )

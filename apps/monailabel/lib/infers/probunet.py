@@ -1,11 +1,17 @@
 """The ``probunet`` infer task: S Probabilistic U-Net hypotheses of the lesion the radiologist clicked.
 
-Registered as MONAI Label's click type (``deepgrow``, 2-D: one axial slice per click), so 3D Slicer's MONAI Label
-module lists it under "SmartEdit / Deepgrow" and sends the clicks: ``foreground`` (IJK voxel indices of the volume;
+Registered as MONAI Label's click type (``deepgrow``, 2-D: the model answers axial slices; the module sends the
+points of the clicked slice), so 3D Slicer's MONAI Label module lists it under "SmartEdit / Deepgrow" and sends the
+clicks: ``foreground`` (IJK voxel indices of the volume;
 the **first** foreground point is the lesion centre), ``background`` (not used), ``label`` (the segment name),
 ``slice``. REST clients may give ``center`` instead (voxel indices, or world mm with ``"world": true`` and
 ``"frame": "RAS" | "LPS"``). A request with neither answers 400 asking for a click: the model never runs at a
 guessed position.
+
+``mode`` (options table): ``auto`` (default) follows the lesion from the click through every slice it spans for a
+volume (:func:`monai_probunet.predict3d.predict_hypotheses_3d`: 3-D hypotheses, each with its own prior noise on every
+slice, a 3-D label, volumes from the 3-D masks; at most ``max_extent_mm``, 40 mm) and answers the clicked slice for a
+2-D image; ``3d`` (a 2-D image answers 400); ``2d`` (the clicked slice of a volume only).
 
 The label returned follows the presence rule (:mod:`.label_rule`): empty only when the presence count is below the
 fitted threshold, otherwise the consensus of the lesion-containing hypotheses. Its one segment is named for a
@@ -37,6 +43,7 @@ from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
 from monai_probunet.inference import find_presence_threshold, load_ct, load_model, predict_hypotheses
+from monai_probunet.predict3d import check_uniform_slices, predict_hypotheses_3d
 
 from .dicom_seg import DicomSegError, find_source_series, write_dicom_seg
 from .label_rule import consensus_label, hypothesis_segment_names, label_segment_name, presence_decision
@@ -101,13 +108,15 @@ class ProbUNetInfer(BasicInferTask):
             labels={"lesion": 1},
             dimension=2,
             description=description,
-            config={"num_samples": num_samples, "seed": seed, "hypotheses": False},
+            config={"num_samples": num_samples, "seed": seed, "hypotheses": False, "mode": ["auto", "3d", "2d"],
+                    "max_extent_mm": 40.0},
             load_strict=True,
             **kwargs,
         )
         self.config_file = config_file
         self.threshold_path = threshold_path
         self._models: Dict[str, Tuple[torch.nn.Module, Dict[str, Any], Any, float]] = {}
+        self._uniform_series: Dict[str, float] = {}  # series folder -> mtime when its slice gaps were found equal
 
     # ------------------------------------------------------------------------------------------ model file
 
@@ -163,8 +172,14 @@ class ProbUNetInfer(BasicInferTask):
             img[n[0] // 2 - 4: n[0] // 2 + 4, n[1] // 2 - 4: n[1] // 2 + 4] = 40.0
             path = os.path.join(tmp, "warmup.nii.gz")
             nib.save(nib.Nifti1Image(img, np.diag([spacing[0], spacing[1], 1.0, 1.0])), path)
-            for ext, hyp in ((".nii.gz", False), (".nrrd", False), (".nrrd", True)):
-                out, _ = self({"image": path, "center": [n[0] // 2, n[1] // 2], "num_samples": 2, "hypotheses": hyp,
+            vol_path = os.path.join(tmp, "warmup3d.nii.gz")  # the 3-D path too (growth through 3 slices)
+            nib.save(nib.Nifti1Image(np.repeat(img[..., None], 3, axis=2),
+                                     np.diag([spacing[0], spacing[1], 2.5, 1.0])), vol_path)
+            for image, center, ext, hyp in (
+                (path, [n[0] // 2, n[1] // 2], ".nii.gz", False), (path, [n[0] // 2, n[1] // 2], ".nrrd", False),
+                (path, [n[0] // 2, n[1] // 2], ".nrrd", True), (vol_path, [n[0] // 2, n[1] // 2, 1], ".nrrd", False),
+            ):
+                out, _ = self({"image": image, "center": center, "num_samples": 2, "hypotheses": hyp,
                                "result_extension": ext, "logging": "WARNING"})
                 if isinstance(out, str) and os.path.exists(out):
                     os.remove(out)
@@ -206,14 +221,28 @@ class ProbUNetInfer(BasicInferTask):
                 raise ProbUNetRequestError(
                     f"foreground point {params.center} lies on slice {center[2]:g} of a single-slice image.")
             center = center[:2]
+        three_d = params.mode == "3d" or (params.mode == "auto" and image.ndim == 4)
+        if three_d and image.ndim != 4:
+            raise ProbUNetRequestError(
+                f"mode 3d needs a volume; {os.path.basename(image_path)} is a single 2-D slice: use mode auto or 2d.")
+        if three_d:
+            series = find_source_series(image_path)
+            if series is not None and self._uniform_series.get(str(series)) != os.stat(series).st_mtime:
+                try:
+                    check_uniform_slices(series)
+                except ValueError as e:
+                    raise ProbUNetRequestError(f"bad image for 3-D mode: {e}", status=422) from e
+                self._uniform_series[str(series)] = os.stat(series).st_mtime
+        kwargs = dict(world=params.world and not params.from_click, frame=params.frame, spacing=settings["spacing"],
+                      roi_size=settings["roi_size"], num_samples=params.num_samples, seed=params.seed,
+                      threshold=threshold, hu_window=settings["hu_window"], device=device)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)
-                hyp = predict_hypotheses(
-                    image, center, network, world=params.world and not params.from_click, frame=params.frame,
-                    spacing=settings["spacing"], roi_size=settings["roi_size"], num_samples=params.num_samples,
-                    seed=params.seed, threshold=threshold, hu_window=settings["hu_window"], device=device,
-                )
+                if three_d:
+                    hyp = predict_hypotheses_3d(image, center, network, max_extent_mm=params.max_extent_mm, **kwargs)
+                else:
+                    hyp = predict_hypotheses(image, center, network, **kwargs)
         except ValueError as e:
             raise ProbUNetRequestError(str(e), status=400) from e
 
@@ -229,7 +258,9 @@ class ProbUNetInfer(BasicInferTask):
                 for s, n in enumerate(names)
             ]
         else:
-            if decision.show_lesion:
+            if three_d:  # the same rule, applied by the library to the 3-D hypotheses
+                pred = hyp.presence_label
+            elif decision.show_lesion:
                 lesion = [v for v in hyp.variants if v.has_lesion]
                 pred = consensus_label(hyp.labels, fallback=lesion[0].representative if lesion else None)
             else:
@@ -242,6 +273,7 @@ class ProbUNetInfer(BasicInferTask):
             torch.as_tensor(np.ascontiguousarray(pred, dtype=np.uint8)), affine=torch.as_tensor(hyp.affine)
         )
         result = hyp.to_report()
+        result.setdefault("mode", "2d")
         result.update(
             label_content="hypotheses" if params.hypotheses else "presence_rule_consensus",
             label_rule=decision.rule,

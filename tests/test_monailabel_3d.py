@@ -1,0 +1,195 @@
+"""The MONAI Label app's 3-D answer to a click (a real `monailabel start_server`, requests as 3D Slicer sends them).
+
+A CT volume at a real spacing (0.7 x 0.7 x 2.5 mm) with a soft-tissue ellipsoid of known volume in lung: a click
+answered (default ``mode`` ``auto``) with the 3-D presence-rule label and, with ``hypotheses``, 16 3-D hypotheses, each
+voxel equal to :func:`monai_probunet.predict3d.predict_hypotheses_3d` on the same file; refusals of the 3-D options;
+a DICOM series in Orthanc answered as a 3-D DICOM SEG that equals the NIfTI answer. Slow: starts servers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from tests.test_monailabel import MONAILABEL, _load_app_module, running_server
+from tests.test_monailabel_slicer import (  # noqa: F401 -- orthanc is a fixture
+    CONFIG,
+    MODEL,
+    click_params,
+    nrrd_geometry,
+    orthanc,
+    read_nrrd,
+    seg_to_grid,
+    slicer_infer,
+)
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not MONAILABEL.exists(),
+                       reason=f"{MONAILABEL} does not exist: build it with `bash apps/monailabel/setup_venv.sh`"),
+]
+
+SPACING = (0.7, 0.7, 2.5)
+AFFINE = np.array([[-0.7, 0, 0, 45.0], [0, -0.7, 0, 38.0], [0, 0, 2.5, -80.0], [0, 0, 0, 1]])
+RADII = (9.0, 7.0, 12.0)
+CLICK = [68, 66, 11]
+
+
+@pytest.fixture(scope="module")
+def server3d(tmp_path_factory):
+    if not MODEL.is_file():
+        pytest.skip(f"{MODEL} does not exist (train the bundle)")
+    root = tmp_path_factory.mktemp("label3d")
+    studies = root / "studies"
+    studies.mkdir()
+    rng = np.random.default_rng(0)
+    vol = (-850.0 + 30.0 * rng.standard_normal((140, 130, 24))).astype(np.float32)
+    grids = np.meshgrid(*[np.arange(n) for n in vol.shape], indexing="ij")
+    d = sum(((g - c) * s / r) ** 2 for g, c, s, r in zip(grids, (70.0, 64.0, 11.3), SPACING, RADII))
+    vol[d <= 1] = 30.0 + 10.0 * rng.standard_normal(int((d <= 1).sum()))
+    nib.save(nib.Nifti1Image(vol, AFFINE), str(studies / "chest.nii.gz"))
+    nib.save(nib.Nifti1Image(vol[..., 11], AFFINE), str(studies / "slice.nii.gz"))
+    with running_server(root, str(studies), {"model_path": MODEL, "network_config": CONFIG}) as (url, log, _):
+        import requests
+
+        info = requests.get(f"{url}/info/", timeout=30).json()
+        yield {"url": url, "info": info, "studies": studies, "root": root, "log": log}
+
+
+@pytest.fixture(scope="module")
+def library3d(server3d):
+    """The library's 3-D hypotheses on the same file, click, seed and model."""
+    from monai_probunet.inference import find_presence_threshold, load_model
+    from monai_probunet.predict3d import predict_hypotheses_3d
+
+    network, settings = load_model(MODEL, CONFIG)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return predict_hypotheses_3d(
+            server3d["studies"] / "chest.nii.gz", CLICK, network, spacing=settings["spacing"],
+            roi_size=settings["roi_size"], num_samples=16, seed=0, threshold=find_presence_threshold(MODEL),
+            hu_window=settings["hu_window"],
+        )
+
+
+def test_options_table_offers_the_mode(server3d):
+    m = server3d["info"]["models"]["probunet"]
+    assert m["config"]["mode"] == ["auto", "3d", "2d"] and m["config"]["max_extent_mm"] == 40.0
+    assert m["type"] == "deepgrow" and m["dimension"] == 2  # Slicer sends the clicked slice's points
+
+
+def test_click_on_a_volume_gives_the_3d_label(server3d, library3d):
+    """Slicer's click with the default options: the presence-rule label on every slice of the lesion, as the library
+    computes it, with the volume's geometry; the lesion's volume within 15 % of the ellipsoid's."""
+    url, info = server3d["url"], server3d["info"]
+    params = click_params(info, "probunet", [CLICK])
+    assert params["mode"] == "auto"
+    status, name, data, result = slicer_infer(url, "probunet", "chest", params)
+    assert status == 200, result
+    h = library3d
+    assert result["mode"] == "3d" and result["slices"] == list(h.slice_indices) and len(h.slice_indices) >= 5
+    assert result["center_source"] == "foreground[0]" and result["slice_index"] == CLICK[2]
+    fields, arr = read_nrrd(data)
+    assert arr.shape == (140, 130, 24)
+    np.testing.assert_allclose(nrrd_geometry(fields), AFFINE, atol=1e-5)
+    np.testing.assert_array_equal(arr, h.presence_label)
+    rule = _load_app_module("label_rule")
+    seg_name = rule.label_segment_name(h.presence_probability, h.ambiguous, h.label_shows_lesion)
+    assert fields["Segment0_Name"] == seg_name and result["label_names"] == {seg_name: 1}
+    assert seg_name.startswith("lesion p=")
+    np.testing.assert_allclose(result["volumes_mm3"], h.volumes_mm3)
+    truth = 4.0 / 3.0 * math.pi * np.prod(RADII)
+    assert abs(result["presence_label"]["volume_mm3"] / truth - 1) <= 0.15
+    assert result["label_voxels"] == int(np.count_nonzero(h.presence_label))
+    assert "lesion hypotheses continue" in result["growth_rule"] or "continue" in result["growth_rule"]
+    assert len(result["latent_noise"]) == 16
+
+
+def test_3d_hypotheses_as_segments(server3d, library3d):
+    url, info = server3d["url"], server3d["info"]
+    status, _, data, result = slicer_infer(url, "probunet", "chest",
+                                           click_params(info, "probunet", [CLICK], hypotheses=True))
+    assert status == 200, result
+    fields, arr = read_nrrd(data)
+    assert arr.shape == (16, 140, 130, 24) and fields["kinds"] == "list domain domain domain"
+    np.testing.assert_array_equal(arr, library3d.labels)
+    rule = _load_app_module("label_rule")
+    want = rule.hypothesis_segment_names(library3d.variants, 16)
+    assert [fields[f"Segment{s}_Name"] for s in range(16)] == want
+    assert result["label_names"] == {n: s + 1 for s, n in enumerate(want)}
+
+
+def test_2d_mode_and_refusals(server3d):
+    url, info = server3d["url"], server3d["info"]
+    status, _, data, result = slicer_infer(url, "probunet", "chest", click_params(info, "probunet", [CLICK], mode="2d"))
+    assert status == 200 and result["mode"] == "2d"
+    _, arr = read_nrrd(data)
+    assert not np.delete(arr, CLICK[2], axis=2).any()  # only the clicked slice
+    # a 2-D slice: auto answers in 2-D, an explicit 3d is refused with one line
+    status, _, _, result = slicer_infer(url, "probunet", "slice", click_params(info, "probunet", [[68, 66, 0]]))
+    assert status == 200 and result["mode"] == "2d"
+    status, _, _, result = slicer_infer(url, "probunet", "slice",
+                                        click_params(info, "probunet", [[68, 66, 0]], mode="3d"))
+    assert status == 400 and "mode 3d needs a volume" in result["detail"] and "\n" not in result["detail"]
+    for bad, match in (({"mode": "4d"}, "'mode' must be one of"), ({"max_extent_mm": 0}, "'max_extent_mm'")):
+        status, _, _, result = slicer_infer(url, "probunet", "chest", click_params(info, "probunet", [CLICK], **bad))
+        assert status == 400 and match in result["detail"]
+    status, _, data, result = slicer_infer(url, "probunet", "chest",
+                                           click_params(info, "probunet", [CLICK], max_extent_mm=5))
+    assert status == 200 and result["extent_slices"] == 2 and result["reached_max_extent"]
+
+
+def test_dicomweb_series_3d_dicom_seg(orthanc, tmp_path):  # noqa: F811 -- the fixture
+    """A CT series in Orthanc: the 3-D answer as a DICOM SEG equals the 3-D NIfTI answer voxel by voxel, over the
+    lesion's slices."""
+    import sys
+
+    import pydicom
+    import requests
+
+    from tests.test_monailabel import REPO, _multipart
+
+    sys.path.insert(0, str(REPO / "apps" / "monailabel" / "orthanc"))
+    from make_ct_series import make_series, store
+
+    files = make_series(tmp_path / "series", slices=10, thickness=2.5, radius_mm=6.0, seed=7)
+    store(files, orthanc)
+    src = [pydicom.dcmread(str(f)) for f in files]
+    series_uid = str(src[0].SeriesInstanceUID)
+    root = tmp_path / "label"
+    root.mkdir()
+    with running_server(root, f"{orthanc}/dicom-web", {"model_path": MODEL, "network_config": CONFIG}) as (url, _, _):
+        r = requests.get(f"{url}/datastore/image", params={"image": series_uid}, timeout=120)
+        assert r.status_code == 200
+        (tmp_path / "image.nii.gz").write_bytes(r.content)
+        img = nib.load(str(tmp_path / "image.nii.gz"))
+        d4 = src[5]
+        iop = np.array([float(v) for v in d4.ImageOrientationPatient])
+        lps = np.array([float(v) for v in d4.ImagePositionPatient]) + 56 * float(d4.PixelSpacing[1]) * iop[:3] \
+            + 64 * float(d4.PixelSpacing[0]) * iop[3:]
+        click = [int(round(v)) for v in (np.linalg.inv(img.affine) @ np.r_[lps * [-1, -1, 1], 1.0])[:3]]
+        params = {"foreground": [click], "background": [], "label": "lesion", "num_samples": 16, "seed": 0}
+        r_nii = requests.post(f"{url}/infer/probunet", params={"image": series_uid, "output": "all"},
+                              data={"params": json.dumps({**params, "result_extension": ".nii.gz"})}, timeout=300)
+        assert r_nii.status_code == 200, r_nii.text
+        parts = _multipart(r_nii)
+        (tmp_path / "label.nii.gz").write_bytes(parts["image"])
+        label = np.asarray(nib.load(str(tmp_path / "label.nii.gz")).dataobj).astype(np.uint8)
+        result = json.loads(parts["params"])
+        assert result["mode"] == "3d" and result["extent_slices"] >= 3
+        assert int(np.count_nonzero(label.any(axis=(0, 1)))) == result["extent_slices"]
+
+        r_seg = requests.post(f"{url}/infer/probunet", params={"image": series_uid, "output": "dicom_seg"},
+                              data={"params": json.dumps(params)}, timeout=300)
+        assert r_seg.status_code == 200, r_seg.text
+        (tmp_path / "seg.dcm").write_bytes(r_seg.content)
+        seg = pydicom.dcmread(str(tmp_path / "seg.dcm"))
+        assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == series_uid
+        assert int(seg.NumberOfFrames) == len(src)
+        back = seg_to_grid(seg, label.shape, img.affine)
+        np.testing.assert_array_equal(back[1], label)
