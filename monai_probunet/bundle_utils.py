@@ -1,13 +1,13 @@
-"""Bundle command-line helpers: the bundle folder from ``--config_file``, strict booleans, one-line user errors.
+"""Bundle command-line helpers: the bundle folder, strict booleans, one-line user errors.
 
 This module imports only the standard library, so configs can use it before their heavy imports.
 """
 
 from __future__ import annotations
 
-import ast
+import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -162,38 +162,26 @@ def install_cli_error_hook() -> None:
     sys.excepthook = hook
 
 
-def _config_files_from_argv(argv: Sequence[str]) -> list[str]:
-    for i, arg in enumerate(argv):
-        value = None
-        if arg == "--config_file" and i + 1 < len(argv):
-            value = argv[i + 1]
-        elif arg.startswith("--config_file="):
-            value = arg.split("=", 1)[1]
-        if value is None:
-            continue
-        if value.strip().startswith("["):
-            try:
-                parsed = ast.literal_eval(value)
-            except (ValueError, SyntaxError):
-                return []
-            return [str(v) for v in parsed] if isinstance(parsed, (list, tuple)) else []
-        return [value]
-    return []
+def bundle_root(start: str | os.PathLike | None = None) -> str:
+    """The bundle folder seen from ``start`` (default: the working directory).
 
+    ``python -m monai.bundle run`` does not tell a config where its files are (model-zoo bundles set
+    ``bundle_root: "."`` and are run from the bundle folder), so this looks where the commands are run: ``start``
+    itself when it holds ``configs/`` (run from the bundle folder), else ``start/bundle`` when that does (run from the
+    repository root). From anywhere else pass ``--bundle_root DIR`` (it replaces the config's value, so this is not
+    called); the folders derived from it (``ckpt_dir``, ``dataset_dir``, ``output_dir``) can be passed as well.
 
-def bundle_root(argv: Sequence[str] | None = None) -> str:
-    """The bundle folder: the parent of the ``configs/`` folder holding the first ``--config_file``.
+    Args:
+        start: the folder commands are run from.
 
-    ``python -m monai.bundle run ... --config_file X`` does not tell the config where it lives (model-zoo bundles
-    use ``bundle_root: "."``, i.e. the working directory); this reads ``--config_file`` from ``sys.argv``.
-    Falls back to this repository's ``bundle/`` folder, then to the working directory. An explicit
-    ``--bundle_root`` on the command line overrides the config value anyway.
+    Raises:
+        ConfigValueError: neither folder holds ``configs/``; the message names ``start`` and ``--bundle_root``.
     """
-    files = _config_files_from_argv(sys.argv if argv is None else argv)
-    if files:
-        parent = Path(files[0]).expanduser().resolve().parent
-        return str(parent.parent if parent.name == "configs" else parent)
-    repo_bundle = Path(__file__).resolve().parents[1] / "bundle"
-    if (repo_bundle / "configs").is_dir():
-        return str(repo_bundle)
-    return str(Path.cwd())
+    here = Path.cwd() if start is None else Path(start).expanduser()
+    for folder in (here, here / "bundle"):
+        if (folder / "configs").is_dir():
+            return str(folder.resolve())
+    raise ConfigValueError(
+        f"--bundle_root: {here} holds neither configs/ nor bundle/configs/; run the bundle command from the "
+        "repository root or the bundle folder, or pass --bundle_root DIR (the folder holding configs/)."
+    )

@@ -34,12 +34,18 @@ def test_bundle_training_writes_checkpoint_and_finite_ged(tmp_path):
     assert (tmp_path / "data" / "datalist.json").is_file()
 
 
-def test_bundle_root_defaults_to_the_bundle_folder():
-    from monai_probunet.bundle_utils import bundle_root
+def test_bundle_root_is_the_bundle_folder_seen_from_where_the_command_runs(tmp_path, monkeypatch):
+    """From the repository root or the bundle folder (no command line read); elsewhere one error naming the folder."""
+    from monai_probunet.bundle_utils import ConfigValueError, bundle_root
 
-    cfg = str(REPO / "bundle" / "configs" / "train.yaml")
-    assert bundle_root(["x", "--config_file", cfg]) == str(REPO / "bundle")
-    assert bundle_root(["x", f"--config_file=['{cfg}', 'other.yaml']"]) == str(REPO / "bundle")
+    assert bundle_root(REPO) == bundle_root(REPO / "bundle") == str(REPO / "bundle")
+    monkeypatch.chdir(REPO)
+    assert bundle_root() == str(REPO / "bundle")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigValueError, match=f"--bundle_root: {tmp_path} holds neither configs/"):
+        bundle_root()
+    (tmp_path / "configs").mkdir()  # a bundle folder of the user's own
+    assert bundle_root() == str(tmp_path.resolve())
 
 
 @pytest.mark.slow

@@ -374,7 +374,10 @@ def test_bundle_evaluate_end_to_end(tmp_path):
     assert asked == load_presence_threshold(tmp_path / "eval_mheads" / "presence_threshold.json")
     assert not (tmp_path / "eval_mheads" / "latent_grid.png").exists()
     # a missing checkpoint fails with the path in the message
-    proc = _bundle("evaluating", [TRAIN_YAML, evaluate_yaml], *small, "--ckpt_path", str(tmp_path / "none.pt"))
+    proc = _bundle(
+        "evaluating", [TRAIN_YAML, evaluate_yaml], *small, "--ckpt_path", str(tmp_path / "none.pt"),
+        "--output_dir", str(tmp_path / "eval_none"),
+    )  # fmt: skip
     assert proc.returncode != 0 and f"checkpoint {tmp_path / 'none.pt'} does not exist" in proc.stdout + proc.stderr
 
 
