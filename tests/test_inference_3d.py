@@ -301,7 +301,7 @@ def test_bundle_inferring_3d(ellipsoid, tmp_path):
            "--ckpt_path", str(MODEL), "--infer_3d", "true", "--infer_max_extent_mm", "20", "--device", "cpu"]
     env = {**os.environ, "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=str(tmp_path), env=env, check=False)
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=str(REPO), env=env, check=False)
     assert r.returncode == 0, r.stderr[-3000:]
     rep = json.loads((out / "chest" / "report.json").read_text())
     assert rep["mode"] == "3d" and rep["extent_mm"] <= 20.0
