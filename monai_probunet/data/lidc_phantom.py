@@ -44,10 +44,9 @@ the split is patient-level (722 / 144 / 144 patients of 1010 in the paper, scale
 
 Defaults (``num_patients=90``, ``seed=0``): 90 patients (64 / 13 / 13) with 91 scans, 243 lesions and 611 reader
 outlines; 1,410 lesion images of 64 x 64 (924 / 224 / 262; 5 left out as all-empty), plus 3 lesion-free crops per
-training scan with the bundle's ``negatives_per_scan: 3`` (195). Generation takes ~30 s of CPU in one process plus
-~8 s of imports (the tile cut is computed on the tile only, pylidc's per-contour recomputations are cached, the
-NIfTI files are written in one gzip call each); about 4x less than the whole-plane resampling it replaces. Progress
-is a tqdm bar on a terminal and one log line every 10 s otherwise.
+training scan with the bundle's ``negatives_per_scan: 3`` (195). The tile cut is computed on the tile only, pylidc's
+per-contour recomputations are cached and each NIfTI file is written in one gzip call. Progress is a tqdm bar on
+a terminal and one log line every 10 s otherwise.
 """
 
 from __future__ import annotations
@@ -317,7 +316,7 @@ def _mask_tiles(
     around the centre. Here each tile pixel takes its nearest source pixel directly: the resampled grid (``grid``,
     :func:`_tile_grid`) maps tile index ``start + i`` to source index ``rint(inv(affine) @ grid_affine @ (start +
     i))`` (clamped to the plane, as the resampling's border padding does); tile pixels outside the resampled grid are
-    the pipeline's zero padding. Identical output (checked against the pipeline by the tests), ~60x faster.
+    the pipeline's zero padding. Identical output (checked against the pipeline by the tests).
 
     Returns:
         ``(tiles (len(ks), 4, TILE_SIZE, TILE_SIZE) uint8 in (row, col) order, centre_rc)``.
@@ -397,7 +396,7 @@ class _Progress:
 
 class _NiftiWriter:
     """Writes small 2-D NIfTI files as :func:`~monai_probunet.data.write_nifti` does (same header, same affine
-    ``diag(spacing, 1, 1)``, gzip), ~20x faster: the 352-byte header is built by nibabel once per (shape, dtype,
+    ``diag(spacing, 1, 1)``, gzip) with less work: the 352-byte header is built by nibabel once per (shape, dtype,
     spacing) and each file is that header + the Fortran-ordered voxels in one gzip call (``mtime=0``, so the bytes
     depend on the content alone)."""
 
@@ -578,8 +577,8 @@ def generate_lidc_phantom(
     Args:
         root: output folder (replaced if it exists).
         seed: draws the patients, the split and every synthetic image; same seed and parameters, same files.
-        num_patients: patients drawn among the 875 with outlined nodules (``None`` = all: ~15,700 images, ~12 min of
-            CPU). The default 90 gives 1,410 images (924 for training: 58 iterations of batch 16) with seed 0.
+        num_patients: patients drawn among the 875 with outlined nodules (``None`` = all: about 15,700
+            images). The default 90 gives 1,410 images (924 for training: 58 iterations of batch 16) with seed 0.
         image_size: final image side in pixels (see :func:`reduce_tile`); 180 with ``center_crop=180`` keeps the
             paper's 180 x 180 tiles of 0.5 mm.
         center_crop: central crop of the 180 x 180 tile (0.5 mm pixels) before down-sampling by

@@ -39,30 +39,22 @@ def hungarian_matched_iou(
 
     i.e. the mean IoU over the ``L`` matched pairs, in ``[0, 1]``; higher is better.
 
-    Parameters
-    ----------
-    samples : torch.Tensor
-        ``B x S x *spatial`` integer (or bool) label maps, e.g. S sampled segmentations per image.
-    targets : torch.Tensor
-        ``B x A x *spatial`` label maps, e.g. A grader masks per image; same ``B`` and spatial shape.
-    classes : Sequence[int], default ``(1,)``
-        Classes whose IoU is averaged; ``(1,)`` for binary lesion masks.
+    Args:
+        samples: ``B x S x *spatial`` integer (or bool) label maps, e.g. S sampled segmentations per image.
+        targets: ``B x A x *spatial`` label maps, e.g. A grader masks per image; same ``B`` and spatial shape.
+        classes: Classes whose IoU is averaged; ``(1,)`` for binary lesion masks.
 
-    Returns
-    -------
-    torch.Tensor
+    Returns:
         ``B`` float32 matched IoU per image, on ``samples.device``.
 
-    Raises
-    ------
-    ValueError
-        If the shapes are not ``B x S x *spatial`` / ``B x A x *spatial`` with equal ``B`` and spatial shape.
+    Raises:
+        ValueError: If the shapes are not ``B x S x *spatial`` / ``B x A x *spatial`` with equal ``B`` and spatial
+            shape.
 
-    Notes
-    -----
-    The ``S x A`` distances are computed for the whole batch at once; the assignment itself is solved per image
-    (a loop over ``B``) since ``linear_sum_assignment`` takes one cost matrix at a time. ``L`` is at most
-    ``S * A`` (e.g. S = 16, A = 4 gives L = 16).
+    Note:
+        The ``S x A`` distances are computed for the whole batch at once; the assignment itself is solved per image
+        (a loop over ``B``) since ``linear_sum_assignment`` takes one cost matrix at a time. ``L`` is at most
+        ``S * A`` (e.g. S = 16, A = 4 gives L = 16).
     """
     _check_set(samples, "samples", "S")
     _check_set(targets, "targets", "A")
@@ -98,22 +90,15 @@ def sample_diversity(samples: torch.Tensor, classes: Sequence[int] = (1,)) -> to
     U-statistic ``sum_{i != j} d / (S (S - 1))`` as S grows, by the factor ``(S - 1) / S``; always report S.
     ``S = 1`` gives 0.
 
-    Parameters
-    ----------
-    samples : torch.Tensor
-        ``B x S x *spatial`` integer (or bool) label maps.
-    classes : Sequence[int], default ``(1,)``
-        Classes whose IoU is averaged; ``(1,)`` for binary lesion masks.
+    Args:
+        samples: ``B x S x *spatial`` integer (or bool) label maps.
+        classes: Classes whose IoU is averaged; ``(1,)`` for binary lesion masks.
 
-    Returns
-    -------
-    torch.Tensor
+    Returns:
         ``B`` float32 diversity per image in ``[0, 1]``.
 
-    Raises
-    ------
-    ValueError
-        If ``samples`` is not ``B x S x *spatial`` with ``S >= 1``.
+    Raises:
+        ValueError: If ``samples`` is not ``B x S x *spatial`` with ``S >= 1``.
     """
     _check_set(samples, "samples", "S")
     return pairwise_iou_distance(samples, None, classes).mean(dim=(1, 2))

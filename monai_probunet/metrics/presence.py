@@ -37,20 +37,14 @@ def lesion_presence_counts(samples: torch.Tensor) -> torch.Tensor:
 
     A sample contains a lesion iff any of its pixels is non-zero (binary masks or label maps).
 
-    Parameters
-    ----------
-    samples : torch.Tensor
-        ``B x S x *spatial`` label maps (any dtype; 0 = background).
+    Args:
+        samples: ``B x S x *spatial`` label maps (any dtype; 0 = background).
 
-    Returns
-    -------
-    torch.Tensor
+    Returns:
         ``B`` int64 counts in ``[0, S]``.
 
-    Raises
-    ------
-    ValueError
-        If ``samples`` is not ``B x S x *spatial`` with ``S >= 1``.
+    Raises:
+        ValueError: If ``samples`` is not ``B x S x *spatial`` with ``S >= 1``.
     """
     return _present(samples, "samples", "S").sum(dim=1)
 
@@ -60,20 +54,14 @@ def presence_probability(samples: torch.Tensor) -> torch.Tensor:
 
     The model's lesion-presence probability (the clinical output "is there a lesion at all").
 
-    Parameters
-    ----------
-    samples : torch.Tensor
-        ``B x S x *spatial`` label maps (0 = background).
+    Args:
+        samples: ``B x S x *spatial`` label maps (0 = background).
 
-    Returns
-    -------
-    torch.Tensor
+    Returns:
         ``B`` float32 in ``[0, 1]``.
 
-    Raises
-    ------
-    ValueError
-        If ``samples`` is not ``B x S x *spatial`` with ``S >= 1``.
+    Raises:
+        ValueError: If ``samples`` is not ``B x S x *spatial`` with ``S >= 1``.
     """
     present = _present(samples, "samples", "S")
     return present.float().mean(dim=1)
@@ -85,20 +73,14 @@ def presence_ambiguity(graders: torch.Tensor) -> torch.Tensor:
     An image is ambiguous iff the graders disagree on presence: at least one grader drew a lesion (a non-zero
     pixel) and at least one grader drew none. With a single grader nothing is ambiguous.
 
-    Parameters
-    ----------
-    graders : torch.Tensor
-        ``B x A x *spatial`` grader masks (0 = background).
+    Args:
+        graders: ``B x A x *spatial`` grader masks (0 = background).
 
-    Returns
-    -------
-    torch.Tensor
+    Returns:
         ``B`` bool, True where the graders disagree on presence.
 
-    Raises
-    ------
-    ValueError
-        If ``graders`` is not ``B x A x *spatial`` with ``A >= 1``.
+    Raises:
+        ValueError: If ``graders`` is not ``B x A x *spatial`` with ``A >= 1``.
     """
     present = _present(graders, "graders", "A")
     return present.any(dim=1) & ~present.all(dim=1)
@@ -141,15 +123,11 @@ def _check_num_samples(num_samples: Any) -> int:
 class PresenceThreshold:
     """Interval rule on lesion-presence counts: predicted ambiguous iff ``low < count < high``.
 
-    Attributes
-    ----------
-    low, high : int
-        Exclusive bounds, ``0 <= low < high <= num_samples`` (``high = low + 1`` predicts nothing ambiguous).
-    accuracy : float
-        Accuracy on the set it was fitted on (validation).
-    num_samples : int
-        S, the number of samples per image the counts were taken from; counts from a different S are not
-        comparable, so :meth:`predict` only checks them against ``[0, num_samples]``.
+    Attributes:
+        low, high: Exclusive bounds, ``0 <= low < high <= num_samples`` (``high = low + 1`` predicts nothing ambiguous).
+        accuracy: Accuracy on the set it was fitted on (validation).
+        num_samples: S, the number of samples per image the counts were taken from; counts from a different S are not
+            comparable, so :meth:`predict` only checks them against ``[0, num_samples]``.
     """
 
     low: int
@@ -168,14 +146,10 @@ class PresenceThreshold:
     def predict(self, counts: np.ndarray | torch.Tensor | Any) -> np.ndarray:
         """Predicted ambiguity for ``N`` lesion-presence counts: ``low < count < high``.
 
-        Parameters
-        ----------
-        counts : array-like or torch.Tensor
-            ``N`` integer counts in ``[0, num_samples]`` (from :func:`lesion_presence_counts`).
+        Args:
+            counts: ``N`` integer counts in ``[0, num_samples]`` (from :func:`lesion_presence_counts`).
 
-        Returns
-        -------
-        numpy.ndarray
+        Returns:
             ``N`` bool.
         """
         c = _as_int_counts(counts, self.num_samples)
@@ -186,16 +160,11 @@ class PresenceThreshold:
 
         (Named ``score`` because ``accuracy`` is the field holding the accuracy on the fitting set.)
 
-        Parameters
-        ----------
-        counts : array-like or torch.Tensor
-            ``N`` integer counts in ``[0, num_samples]``.
-        ambiguous : array-like or torch.Tensor
-            ``N`` bool ground-truth ambiguity labels (from :func:`presence_ambiguity`).
+        Args:
+            counts: ``N`` integer counts in ``[0, num_samples]``.
+            ambiguous: ``N`` bool ground-truth ambiguity labels (from :func:`presence_ambiguity`).
 
-        Returns
-        -------
-        float
+        Returns:
             Fraction of images whose predicted ambiguity equals ``ambiguous``, in ``[0, 1]``.
         """
         pred = self.predict(counts)
@@ -238,25 +207,17 @@ def fit_presence_threshold(
     threshold"; the interval rule contains both one-sided rules (``high = num_samples`` or ``low = 0``),
     except that a count of 0 or of ``num_samples`` (all samples agree) is never predicted ambiguous.
 
-    Parameters
-    ----------
-    counts : array-like or torch.Tensor
-        ``N`` lesion-presence counts in ``[0, num_samples]`` (:func:`lesion_presence_counts`).
-    ambiguous : array-like or torch.Tensor
-        ``N`` bool ground-truth labels (:func:`presence_ambiguity` of the grader masks).
-    num_samples : int
-        S, the number of samples each count was taken from (16 in the paper).
+    Args:
+        counts: ``N`` lesion-presence counts in ``[0, num_samples]`` (:func:`lesion_presence_counts`).
+        ambiguous: ``N`` bool ground-truth labels (:func:`presence_ambiguity` of the grader masks).
+        num_samples: S, the number of samples each count was taken from (16 in the paper).
 
-    Returns
-    -------
-    PresenceThreshold
+    Returns:
         The fitted ``(low, high)``, its accuracy on this set, and ``num_samples``.
 
-    Raises
-    ------
-    ValueError
-        If ``counts`` is empty, not integer, or outside ``[0, num_samples]``; if ``ambiguous`` does not hold one
-        bool label per count; if ``num_samples < 1``.
+    Raises:
+        ValueError: If ``counts`` is empty, not integer, or outside ``[0, num_samples]``; if ``ambiguous`` does not hold
+            one bool label per count; if ``num_samples < 1``.
     """
     s = _check_num_samples(num_samples)
     c = _as_int_counts(counts, s)

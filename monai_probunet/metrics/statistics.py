@@ -40,26 +40,18 @@ def bootstrap_ci(
     ``(1 - confidence) / 2`` and ``(1 + confidence) / 2`` quantiles of these means (``numpy.quantile``, linear
     interpolation). Resampling is over images, so the interval reflects image-to-image variation only.
 
-    Parameters
-    ----------
-    values : array-like or torch.Tensor
-        ``N`` per-image values (e.g. per-image GED), finite.
-    num_resamples : int, default 10000
-        Number of bootstrap resamples, ``>= 1``.
-    confidence : float, default 0.95
-        Coverage of the interval, in ``(0, 1)``.
-    seed : int, default 0
-        Seed of the generator; the same seed and values give the same interval.
+    Args:
+        values: ``N`` per-image values (e.g. per-image GED), finite.
+        num_resamples: Number of bootstrap resamples, ``>= 1``.
+        confidence: Coverage of the interval, in ``(0, 1)``.
+        seed: Seed of the generator; the same seed and values give the same interval.
 
-    Returns
-    -------
-    tuple of float
+    Returns:
         ``(mean, low, high)``: the sample mean of ``values`` and the interval bounds.
 
-    Raises
-    ------
-    ValueError
-        If ``values`` is not a non-empty finite 1-D array, ``num_resamples < 1`` or ``confidence`` not in (0, 1).
+    Raises:
+        ValueError: If ``values`` is not a non-empty finite 1-D array, ``num_resamples < 1`` or ``confidence`` not in
+            (0, 1).
     """
     arr = _as_1d(values, "values")
     if isinstance(num_resamples, bool) or not isinstance(num_resamples, (int, np.integer)) or num_resamples < 1:
@@ -85,22 +77,16 @@ def wilcoxon_signed_rank(
     zero differences, ``method="auto"``). If every difference is zero the test is undefined (scipy raises);
     this function returns ``statistic = 0.0`` and ``p_value = 1.0`` with an explanatory ``note`` instead.
 
-    Parameters
-    ----------
-    a, b : array-like or torch.Tensor
-        ``N`` paired per-image values (same images, same order), finite.
+    Args:
+        a, b: ``N`` paired per-image values (same images, same order), finite.
 
-    Returns
-    -------
-    dict
+    Returns:
         ``statistic`` (float, scipy's two-sided statistic ``min(W+, W-)``), ``p_value`` (float), ``n`` (int,
         number of pairs), ``n_nonzero`` (int, pairs with a non-zero difference, the ones ranked),
         ``median_difference`` (float, median of ``a - b`` over all pairs), ``note`` (str, or ``None``).
 
-    Raises
-    ------
-    ValueError
-        If ``a`` or ``b`` is not a non-empty finite 1-D array, or their lengths differ.
+    Raises:
+        ValueError: If ``a`` or ``b`` is not a non-empty finite 1-D array, or their lengths differ.
     """
     x, y = _as_1d(a, "a"), _as_1d(b, "b")
     if x.shape != y.shape:
