@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 # torch, MONAI, pydicom, scipy and pylidc come with monai_probunet.data, imported after the arguments are checked,
 # so that `--help` and a missing root, --out a file or a root without DICOM files answer in a second
 if TYPE_CHECKING:
-    from monai_probunet.data.lidc_cases import LIDCSettings
+    from monai_probunet.data.lidc_settings import LIDCSettings
 
 __all__ = ["cli", "main"]
 
@@ -186,9 +186,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if args.workers < 1:
         raise ValueError(f"--workers must be >= 1, got {args.workers}.")
     from monai_probunet.data.disk_format import DATALIST_NAME, SPLITS
-    from monai_probunet.data.lidc_cases import MANIFEST_DIR, STAGING_DIR, LIDCSettings, build_datalist
+    from monai_probunet.data.lidc_cases import MANIFEST_DIR, STAGING_DIR, build_datalist
     from monai_probunet.data.lidc_dicom import index_series
     from monai_probunet.data.lidc_lesions import select_scans
+    from monai_probunet.data.lidc_settings import LIDCSettings
 
     settings = LIDCSettings(slice_location_filter=not args.no_slice_location_filter)
     t0 = time.time()

@@ -12,7 +12,6 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +31,7 @@ from .lidc_lesions import (
     reader_masks,
     scan_lesions,
 )
+from .lidc_settings import LIDC_VERSION, LIDCSettings
 
 if TYPE_CHECKING:
     from pylidc import Scan
@@ -49,33 +49,11 @@ __all__ = [
     "write_lesion_cases",
 ]
 
-LIDC_VERSION = 1
-
 
 MANIFEST_DIR = "scans"
 
 
 STAGING_DIR = ".staging"
-
-
-@dataclass(frozen=True)
-class LIDCSettings:
-    """Options that change the output; a manifest written with other settings is redone, not skipped."""
-
-    slice_location_filter: bool = True
-    tolerance_mm: float = 1e-3
-    spacing_mm: float = 0.5
-    crop_size: int = 180
-    version: int = LIDC_VERSION
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "slice_location_filter": self.slice_location_filter,
-            "tolerance_mm": self.tolerance_mm,
-            "spacing_mm": self.spacing_mm,
-            "crop_size": self.crop_size,
-            "version": self.version,
-        }
 
 
 def manifest_path(out_dir: Path, scan_id: int) -> Path:

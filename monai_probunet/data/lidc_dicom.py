@@ -22,10 +22,10 @@ import torch
 from monai.data import MetaTensor, PydicomReader
 from monai.transforms import LoadImage
 
+from .lidc_settings import LIDCSettings
+
 if TYPE_CHECKING:
     from pylidc import Scan
-
-    from .lidc_cases import LIDCSettings
 
 __all__ = [
     "Z_MATCH_TOL",

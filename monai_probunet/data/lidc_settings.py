@@ -1,0 +1,32 @@
+"""The options of the LIDC-IDRI preprocessing that change its output (read by the DICOM reader and the case writer)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["LIDC_VERSION", "LIDCSettings"]
+
+#: version of the written dataset; a manifest of another version is redone
+LIDC_VERSION = 1
+
+
+@dataclass(frozen=True)
+class LIDCSettings:
+    """Options that change the output; a manifest written with other settings is redone, not skipped."""
+
+    slice_location_filter: bool = True
+    tolerance_mm: float = 1e-3
+    spacing_mm: float = 0.5
+    crop_size: int = 180
+    version: int = LIDC_VERSION
+
+    def as_dict(self) -> dict[str, Any]:
+        """The settings as stored in each scan's manifest and in ``datalist.json``."""
+        return {
+            "slice_location_filter": self.slice_location_filter,
+            "tolerance_mm": self.tolerance_mm,
+            "spacing_mm": self.spacing_mm,
+            "crop_size": self.crop_size,
+            "version": self.version,
+        }
