@@ -179,9 +179,8 @@ class Hypotheses3D(Hypotheses):
         ``volumes_mm3`` (3-D masks), ``presence_label`` (voxels, volume, rule), ``latent_noise``."""
         report = super().to_report()
         vox = self.voxel_volume_mm3
-        flat = self.labels.reshape(self.num_samples, -1)
         for row, v in zip(report["variants"], self.variants):
-            row["volume_mm3"] = float(np.count_nonzero(flat[v.representative]) * vox)
+            row["volume_mm3"] = float(self.volumes_mm3[v.representative])
             row["area_mm2"] = float(v.area_mm2)
         label_voxels = int(np.count_nonzero(self.presence_label)) if self.presence_label is not None else 0
         report.update(
@@ -452,7 +451,11 @@ def predict_hypotheses_3d(
     mean_prob = np.zeros((*hw, spatial[axis]), np.float32)
     entropy = np.zeros_like(mean_prob)
 
+    bounds = [[hw[0], 0], [hw[1], 0]]  # the union of the accepted slices' windows (nothing lies outside it)
+
     def place(k: int, h: Hypotheses, win: tuple[slice, slice], keep: np.ndarray) -> None:
+        for d in range(2):
+            bounds[d] = [min(bounds[d][0], win[d].start), max(bounds[d][1], win[d].stop)]
         labels[:, win[0], win[1], k] = h.labels * keep
         mean_prob[win[0], win[1], k] = h.mean_probability
         entropy[win[0], win[1], k] = h.entropy
@@ -502,17 +505,17 @@ def predict_hypotheses_3d(
                     fp = votes > 0
                 c = [float(v) for v in np.argwhere(fp).mean(axis=0)]
                 h, win = run_slice(k, c)
-                masks = np.zeros((num_samples, *hw), bool)
-                masks[:, win[0], win[1]] = h.labels > 0
-                kept = np.zeros_like(masks)
+                masks = h.labels > 0  # S x window (outside the window every hypothesis is empty)
+                prev_win = prev[:, win[0], win[1]]
+                kept_win = np.zeros_like(masks)
                 for i in np.flatnonzero(alive_prev):
-                    if not masks[i].any():
+                    if not (masks[i] & prev_win[i]).any():
                         continue
                     comp, _ = ndimage.label(masks[i], structure=eight)
-                    ids = np.unique(comp[masks[i] & prev[i]])
-                    ids = ids[ids > 0]
-                    if ids.size:
-                        kept[i] = np.isin(comp, ids)
+                    ids = np.unique(comp[masks[i] & prev_win[i]])
+                    kept_win[i] = np.isin(comp, ids[ids > 0])
+                kept = np.zeros((num_samples, *hw), bool)
+                kept[:, win[0], win[1]] = kept_win
                 continuing = int(kept.reshape(num_samples, -1).any(axis=1).sum())
                 ok = continuing >= need_continuing
                 per_slice.append({"slice": k, "center_voxel": c, "presence_count": int(h.presence_count),
@@ -522,7 +525,7 @@ def predict_hypotheses_3d(
                     stop[name] = (f"slice {k}: {continuing} of the {n0} lesion hypotheses continue "
                                   f"(< {need_continuing})")
                     continue
-                place(k, h, win, kept[:, win[0], win[1]])
+                place(k, h, win, kept_win)
                 accepted.append(k)
                 s["k"], s["prev"] = k, kept
 
@@ -532,16 +535,14 @@ def predict_hypotheses_3d(
     mean_prob = np.ascontiguousarray(mean_prob.transpose(*order))
     entropy = np.ascontiguousarray(entropy.transpose(*order))
 
-    # variants by 3-D IoU on the box of the lesion's slices; presence-rule label
+    # variants by 3-D IoU on the box of the lesion's slices and windows (all voxels of every hypothesis lie in it);
+    # presence-rule label; volumes
     slices_sorted = sorted(accepted)
     box = [slice(None)] * 3
     box[axis] = slice(slices_sorted[0], slices_sorted[-1] + 1)
-    any_fg = labels.any(axis=0)
-    if any_fg.any():  # the box of every hypothesis' voxels (IoU and the consensus need nothing outside)
-        for a in inplane:
-            idx = np.flatnonzero(any_fg.any(axis=tuple(b for b in range(3) if b != a)))
-            box[a] = slice(int(idx[0]), int(idx[-1]) + 1)
-    sub = labels[(slice(None), *box)]
+    for d, a in enumerate(inplane):
+        box[a] = slice(bounds[d][0], bounds[d][1])
+    sub = np.ascontiguousarray(labels[(slice(None), *box)])
     variants = [
         replace(v, area_mm2=float(h0.areas_mm2[v.representative]), has_lesion=bool(alive0[v.representative]))
         for v in group_variants(torch.from_numpy(sub), voxel_volume)
@@ -551,7 +552,7 @@ def predict_hypotheses_3d(
     if decision.show_lesion:
         lesion = [v for v in variants if v.has_lesion]
         presence[tuple(box)] = consensus_label(sub, fallback=lesion[0].representative if lesion else None)
-    volumes = np.count_nonzero(labels.reshape(num_samples, -1), axis=1).astype(np.float64) * voxel_volume
+    volumes = np.count_nonzero(sub.reshape(num_samples, -1), axis=1).astype(np.float64) * voxel_volume
     if thr is None:
         warnings.warn(f"no fitted presence threshold given: {FALLBACK_RULE}.", UserWarning, stacklevel=2)
     return Hypotheses3D(

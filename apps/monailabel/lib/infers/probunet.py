@@ -117,6 +117,7 @@ class ProbUNetInfer(BasicInferTask):
         self.threshold_path = threshold_path
         self._models: Dict[str, Tuple[torch.nn.Module, Dict[str, Any], Any, float]] = {}
         self._uniform_series: Dict[str, float] = {}  # series folder -> mtime when its slice gaps were found equal
+        self._image_cache: Optional[Tuple[Tuple[str, int, int], Any]] = None  # the last image: (path, mtime, size)
 
     # ------------------------------------------------------------------------------------------ model file
 
@@ -208,7 +209,7 @@ class ProbUNetInfer(BasicInferTask):
         if not isinstance(image_path, str) or not image_path:
             raise ProbUNetRequestError("no image: give an image id of the datastore or upload a file.", status=400)
         try:
-            image, _ = load_ct(image_path)
+            image = self._load(image_path)
             t2 = time.perf_counter()
         except FileNotFoundError as e:
             raise ProbUNetRequestError(str(e), status=404) from e
@@ -289,6 +290,18 @@ class ProbUNetInfer(BasicInferTask):
         data["probunet_segments"] = segments
         data["probunet_layered"] = params.hypotheses
         return data
+
+    def _load(self, image_path: str) -> MetaTensor:
+        """:func:`load_ct` of ``image_path``; the last image is kept (same path, mtime and size: the same file), so
+        further clicks on the image a radiologist is reading skip reading it again."""
+        st = os.stat(image_path) if os.path.isfile(image_path) else None
+        key = (os.path.abspath(image_path), st.st_mtime_ns, st.st_size) if st else None
+        if key is not None and self._image_cache is not None and self._image_cache[0] == key:
+            return self._image_cache[1]
+        image, _ = load_ct(image_path)
+        if key is not None:
+            self._image_cache = (key, image)
+        return image
 
     def writer(self, data: Dict[str, Any], extension: Optional[str] = None, dtype: Any = None) -> Tuple[Any, Any]:
         ext = data.get("result_extension") or ""
