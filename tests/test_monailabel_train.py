@@ -102,6 +102,8 @@ def train_server(tmp_path_factory):
     cases = _cases()
     for cid, (img, _) in cases.items():
         nib.save(nib.Nifti1Image(img, AFFINE), str(studies / f"{cid}.nii.gz"))
+    big = np.full((S + 16, S + 16), -850.0, np.float32)  # a slice of another size than the others
+    nib.save(nib.Nifti1Image(big, AFFINE), str(studies / "big.nii.gz"))
     (root / "tiny.yaml").write_text(TINY_NET)
     configs = [str(REPO / "bundle" / "configs" / "train.yaml"), str(root / "tiny.yaml")]
     model = root / "models" / "model.pt"
@@ -118,6 +120,11 @@ def train_server(tmp_path_factory):
 
         ctx["too_few_sync"] = requests.post(f"{url}/train/probunet", params={"run_sync": "true"},
                                             json={"max_epochs": 1}, timeout=300)
+        # two rated images of different sizes: the training could not batch them
+        assert submit(url, "big", np.zeros((S + 16, S + 16), np.uint8), "alice").status_code == 200
+        ctx["two_sizes"] = train(url, {"max_epochs": 1})
+        r = requests.delete(f"{url}/datastore/label", params={"id": "big", "tag": "rater_alice"}, timeout=60)
+        assert r.status_code == 200, r.text
         for name in RATERS:
             for i in range(NUM_CASES):
                 r = submit(url, f"case{i}", cases[f"case{i}"][1][name], name)
@@ -136,9 +143,9 @@ def _read_seg_nrrd(data: bytes) -> tuple[np.ndarray, dict[str, str]]:
     return np.frombuffer(gzip.decompress(body), np.uint8).reshape(sizes, order="F"), header
 
 
-def _outcome(status: dict) -> str:
+def _outcome(status: dict, marker: str = "train probunet:") -> str:
     """The train task's outcome line among the status details (MONAI Label's own 'Result: ...' line follows)."""
-    return next((d for d in reversed(status["details"]) if "train probunet:" in d), "")
+    return next((d for d in reversed(status["details"]) if marker in d), "")
 
 
 def _model_bytes(path: Path) -> bytes:
@@ -150,10 +157,13 @@ def test_too_few_rated_images_fail_with_a_clear_status(train_server):
     _, ctx = train_server
     status = ctx["too_few"]
     assert status["status"] == "ERROR", status
-    assert "FAILED" in status["details"][-1] and "at least 2" in status["details"][-1], status["details"]
+    assert "at least 2" in status["details"][-1] and "FAILED" in status["details"][-1], status["details"]
     assert "Traceback" not in "\n".join(status["details"])
     sync = ctx["too_few_sync"]
     assert sync.status_code == 400 and "at least 2" in sync.json()["detail"], sync.text
+    status = ctx["two_sizes"]
+    assert status["status"] == "ERROR" and "differ in size" in _outcome(status, "FAILED"), status["details"]
+    assert "big [48, 48]" in _outcome(status, "FAILED") and "[32, 32]" in _outcome(status, "FAILED")
 
 
 @pytestmark_server

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import re
 import sys
 from collections.abc import Sequence
@@ -30,6 +31,8 @@ import numpy as np
 from .disk_format import DATALIST_NAME, DatasetError, atomic_dataset_dir, patient_level_split
 
 __all__ = ["RATER_TAG_PREFIX", "export_rater_dataset", "main", "rated_images"]
+
+logger = logging.getLogger(__name__)
 
 RATER_TAG_PREFIX = "rater_"
 DATASTORE_FILE = "datastore_v2.json"
@@ -44,7 +47,8 @@ def rated_images(studies: str | Path) -> dict[str, dict[str, Any]]:
         ordered by submission time (then name).
 
     Raises:
-        DatasetError: no or unreadable ``datastore_v2.json``, or a listed file missing.
+        DatasetError: no or unreadable ``datastore_v2.json``, or a listed image missing (a listed label file that
+            is gone was removed through MONAI Label: left out, with a warning).
     """
     studies = Path(studies)
     config = studies / DATASTORE_FILE
@@ -65,8 +69,10 @@ def rated_images(studies: str | Path) -> dict[str, dict[str, Any]]:
                 continue
             info = label.get("info") or {}
             path = labels_dir / tag / f"{image_id}{label.get('ext', '.nii.gz')}"
-            if not path.is_file():
-                raise DatasetError(f"{config}: label {tag} of image {image_id!r} lists {path}, which does not exist.")
+            if not path.is_file():  # MONAI Label's DELETE /datastore/label removes the file, the entry stays a while
+                logger.warning(f"{config}: label {tag} of image {image_id!r} lists {path}, which no longer exists "
+                               "(removed): that rater's outline is left out.")
+                continue
             raters.append({"rater": info.get("rater", tag[len(RATER_TAG_PREFIX):]), "ts": int(info.get("ts", 0)),
                            "label": path})
         if not raters:

@@ -98,12 +98,18 @@ class InterRaterInfer(ProbUNetInfer):
         out, masks = [], []
         for name, info in raters:
             path = store.get_label_uri(image_id, f"{RATER_TAG_PREFIX}{name}")
+            if not path or not os.path.isfile(path):
+                logger.warning(f"probunet_raters {image_id}: rater {name}'s label file is gone (removed): left out")
+                continue
             mask = np.asarray(nib.load(path).dataobj)
             if mask.size != int(np.prod(shape)):
                 raise ProbUNetRequestError(f"rater {name}'s label of {image_id!r} has shape {list(mask.shape)}, "
                                            f"not the image's {list(shape)}.", status=422)
             masks.append((mask.reshape(shape) > 0).astype(np.uint8))
             out.append({"rater": name, "ts": int(info.get("ts", 0)), "lesion_voxels": int(masks[-1].sum())})
+        if not masks:
+            raise ProbUNetRequestError(f"image {image_id!r} has no rater's outline any more (removed): submit the "
+                                       "raters' labels first.")
         return out, np.stack(masks)
 
     # ------------------------------------------------------------------------------------------ pipeline

@@ -84,6 +84,20 @@ def _bool_param(request: dict[str, Any], key: str, default: bool) -> bool:
     raise TrainRequestError(f"{key} {value!r}: expected true or false.")
 
 
+def _check_one_size(dataset: Path, content: dict[str, Any]) -> None:
+    """The bundle's training batches whole images: every exported image must have one size."""
+    import nibabel as nib
+
+    shapes: dict[tuple[int, ...], str] = {}
+    for split in ("training", "validation", "test"):
+        for entry in content[split]:
+            shapes.setdefault(tuple(int(n) for n in nib.load(str(dataset / entry["image"])).shape), entry["case_id"])
+    if len(shapes) > 1:
+        examples = ", ".join(f"{cid} {list(shape)}" for shape, cid in list(shapes.items())[:3])
+        raise TrainRequestError(f"the rated images differ in size ({examples}): the training batches whole images, "
+                                "so rate candidate crops of one size.")
+
+
 def _in_background_process() -> bool:
     """MONAI Label runs ``POST /train/`` in ``python -m monailabel.interfaces.utils.app -m train`` (its status is
     the exit code); ``run_sync=true`` runs it inside the server."""
@@ -196,6 +210,7 @@ class ProbUNetTrain(TrainTask):
         except DatasetError as e:
             raise TrainRequestError(f"export of the raters' labels: {e}") from None
         content = json.loads(datalist.read_text())
+        _check_one_size(datalist.parent, content)
         counts = {s: len(content[s]) for s in ("training", "validation", "test")}
         stats.update(state="TRAINING", export=str(datalist.parent), cases=counts, num_graders=content["num_graders"],
                      epoch=0, max_epochs=params["max_epochs"])
