@@ -35,6 +35,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from fastapi import HTTPException
 from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.train import TrainTask
@@ -227,7 +228,8 @@ class ProbUNetTrain(TrainTask):
         current = self.model_path if self.model_path.is_file() else None
         try:
             comparison = compare_models(current, new_model, self.config_file, datalist.parent,
-                                        num_samples=params["num_samples"], seed=params["seed"])
+                                        num_samples=params["num_samples"], seed=params["seed"],
+                                        device="cuda" if torch.cuda.is_available() else "cpu")
         except (ValueError, FileNotFoundError, RuntimeError) as e:
             raise TrainRequestError(f"comparison of the new and the current model failed: {e}", status=500) from None
         better = comparison["current_ged"] is None or comparison["new_ged"] < comparison["current_ged"]
