@@ -106,7 +106,7 @@ def test_click_on_a_volume_gives_the_3d_label(server3d, library3d):
     truth = 4.0 / 3.0 * math.pi * np.prod(RADII)
     assert abs(result["presence_label"]["volume_mm3"] / truth - 1) <= 0.15
     assert result["label_voxels"] == int(np.count_nonzero(h.presence_label))
-    assert "lesion hypotheses continue" in result["growth_rule"] or "continue" in result["growth_rule"]
+    assert all("lesion hypotheses continue" in r for r in result["stop_reasons"].values())
     assert len(result["latent_noise"]) == 16
 
 
@@ -116,8 +116,16 @@ def test_3d_hypotheses_as_segments(server3d, library3d):
                                            click_params(info, "probunet", [CLICK], hypotheses=True))
     assert status == 200, result
     fields, arr = read_nrrd(data)
-    assert arr.shape == (16, 140, 130, 24) and fields["kinds"] == "list domain domain domain"
-    np.testing.assert_array_equal(arr, library3d.labels)
+    assert fields["kinds"] == "list domain domain domain" and arr.shape[0] == 16
+    # stored as Slicer stores segmentations: the box of the lesion, placed by its extent offset and origin
+    offset = [int(v) for v in fields["Segmentation_ReferenceImageExtentOffset"].split()]
+    assert arr.shape[3] == len(library3d.slice_indices) and offset[2] == library3d.slice_indices[0]
+    want_affine = AFFINE.copy()
+    want_affine[:3, 3] = AFFINE[:3, :3] @ offset + AFFINE[:3, 3]
+    np.testing.assert_allclose(nrrd_geometry(fields), want_affine, atol=1e-5)
+    full = np.zeros((16, 140, 130, 24), np.uint8)
+    full[:, offset[0]:offset[0] + arr.shape[1], offset[1]:offset[1] + arr.shape[2], offset[2]:offset[2] + arr.shape[3]] = arr
+    np.testing.assert_array_equal(full, library3d.labels)
     rule = _load_app_module("label_rule")
     want = rule.hypothesis_segment_names(library3d.variants, 16)
     assert [fields[f"Segment{s}_Name"] for s in range(16)] == want

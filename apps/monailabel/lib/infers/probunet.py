@@ -316,6 +316,7 @@ class ProbUNetInfer(BasicInferTask):
             write_seg_nrrd(
                 out, arr.astype(np.uint8), np.asarray(label.affine, dtype=np.float64), segments,
                 layered=bool(data.get("probunet_layered")),
+                crop=bool(data.get("probunet_layered")) and data[self.output_json_key].get("mode") == "3d",
             )
             return out, data[self.output_json_key]
         if dtype is None and not data.get("result_dtype"):

@@ -23,6 +23,7 @@ def write_seg_nrrd(
     affine_ras: np.ndarray,
     segments: Sequence[Mapping[str, Any]],
     layered: bool = False,
+    crop: bool = False,
 ) -> None:
     """Write ``labels`` as a Slicer segmentation.
 
@@ -39,6 +40,10 @@ def write_seg_nrrd(
         Each with ``name``, ``label_value``, ``layer`` and optionally ``color`` (3 floats in [0, 1]).
     layered : bool
         ``labels`` has a leading layer axis.
+    crop : bool
+        Store only the box of the non-zero voxels (all layers), as Slicer itself saves segmentations: ``space
+        origin`` is the box's first voxel and ``Segmentation_ReferenceImageExtentOffset`` its index in ``labels``'
+        grid, so Slicer places it on the image. (Nothing to crop: the whole grid.)
     """
     import nrrd
 
@@ -48,7 +53,18 @@ def write_seg_nrrd(
         raise ValueError(f"expected 3 spatial axes, got shape {arr.shape} (layered={layered}).")
     if layered and arr.shape[0] != len(segments):
         raise ValueError(f"{arr.shape[0]} layers but {len(segments)} segments.")
+    offset = np.zeros(3, dtype=np.int64)
+    if crop:
+        fg = arr.any(axis=0) if layered else arr > 0
+        if fg.any():
+            lo = [int(np.flatnonzero(fg.any(axis=tuple(b for b in range(3) if b != a)))[0]) for a in range(3)]
+            hi = [int(np.flatnonzero(fg.any(axis=tuple(b for b in range(3) if b != a)))[-1]) + 1 for a in range(3)]
+            box = tuple(slice(a, b) for a, b in zip(lo, hi))
+            arr = np.ascontiguousarray(arr[(slice(None), *box)] if layered else arr[box])
+            offset = np.asarray(lo, dtype=np.int64)
+            spatial = arr.shape[1:] if layered else arr.shape
     lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ np.asarray(affine_ras, dtype=np.float64)
+    lps[:3, 3] = lps[:3, :3] @ offset + lps[:3, 3]  # the origin of the stored box
     directions = [lps[:3, a] for a in range(3)]
     extent = " ".join(f"0 {n - 1}" for n in spatial)
     header: dict[str, Any] = {
@@ -60,7 +76,7 @@ def write_seg_nrrd(
         "encoding": "gzip",
         "Segmentation_MasterRepresentation": "Binary labelmap",
         "Segmentation_ContainedRepresentationNames": "Binary labelmap|",
-        "Segmentation_ReferenceImageExtentOffset": "0 0 0",
+        "Segmentation_ReferenceImageExtentOffset": " ".join(str(int(v)) for v in offset),
     }
     for i, seg in enumerate(segments):
         color = seg.get("color", (0.9, 0.7, 0.1))
