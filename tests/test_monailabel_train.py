@@ -246,6 +246,8 @@ def test_training_swaps_in_only_a_better_model(train_server):
     r = requests.post(f"{url}/train/probunet", params={"run_sync": "true"}, json={"max_epochs": 2,
                       "val_interval": 3}, timeout=120)
     assert r.status_code == 400 and "val_interval" in r.json()["detail"], r.text
+    stats = requests.get(f"{url}/info/", timeout=30).json()["train_stats"]["probunet"]
+    assert stats["state"] == "FAILED" and "val_interval" in stats["error"] and stats["last_result"] == result
 
 
 @pytestmark_server

@@ -160,10 +160,13 @@ class ProbUNetTrain(TrainTask):
             return {}
 
     def __call__(self, request: dict[str, Any], datastore: Datastore) -> dict[str, Any]:
+        previous = self.stats()
+        self._run_stats: dict[str, Any] = {}
         try:
             return self._run(request, datastore)
         except TrainRequestError as e:
-            self._write_stats({"state": "FAILED", "error": e.msg})
+            last = previous.get("result") or previous.get("last_result")
+            self._write_stats({**self._run_stats, "state": "FAILED", "error": e.msg, "last_result": last})
             logger.error(f"train probunet FAILED: {e.msg}")
             print(f"train probunet FAILED: {e.msg}", flush=True)
             if _in_background_process():
@@ -203,6 +206,7 @@ class ProbUNetTrain(TrainTask):
             k += 1
         run_dir.mkdir(parents=True)
         stats: dict[str, Any] = {"state": "EXPORTING", "run_dir": str(run_dir), "params": params}
+        self._run_stats = stats  # what a failure reports besides its message
         self._write_stats(stats)
 
         try:
