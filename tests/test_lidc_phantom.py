@@ -317,10 +317,9 @@ def _augmentation(pixel_mm: float) -> tuple[Compose, list]:
     parser = ConfigParser()
     parser.read_config([str(TRAIN_YAML), str(AUG_YAML)])
     parser["pixel_mm"] = pixel_mm  # normally read from datalist.json
-    transforms = [parser.get_parsed_content(f"train#{k}") for k in ("random_transforms", "crop", "label_transforms")]
-    transforms = [t for part in transforms for t in part]
-    assert isinstance(transforms[-1], RandGraderd)
-    return Compose(transforms[:-1]), transforms
+    spatial = [*parser.get_parsed_content("train#random_transforms"), *parser.get_parsed_content("train#crop")]
+    (grader,) = [t for t in parser.get_parsed_content("train#label_transforms") if isinstance(t, RandGraderd)]
+    return Compose(spatial), [*spatial, grader]  # the spatial transforms, then one grader is picked
 
 
 def _blob_masks(size: int) -> torch.Tensor:
