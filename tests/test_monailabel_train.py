@@ -208,6 +208,8 @@ def test_training_swaps_in_only_a_better_model(train_server):
     result = stats["result"]
     assert stats["state"] == "DONE" and result["swapped"] is True and stats["epoch"] == 12
     assert result["new_ged"] < result["current_ged"] and result["num_images"] == 2
+    assert result["pretrained_from"] == str(model)  # fine-tuned from the model in use (finetune.yaml)
+    assert f"Restored all variables from {model}" in (Path(stats["run_dir"]) / "training.log").read_text()
     assert [v[0] for v in stats["val_ged"]] == [4, 8, 12]  # progress: the bundle's validations, as they ran
     trained = _model_bytes(model)
     assert trained != untrained and trained == _model_bytes(result["new_model"])

@@ -166,6 +166,11 @@ class ProbUNetTrain(TrainTask):
             return self._run(request, datastore)
         except TrainRequestError as e:
             last = previous.get("result") or previous.get("last_result")
+            if self._run_stats.get("run_dir"):
+                try:
+                    os.rmdir(self._run_stats["run_dir"])  # a run that wrote nothing leaves no folder
+                except OSError:
+                    pass  # not empty: the export / training log stay for a look
             self._write_stats({**self._run_stats, "state": "FAILED", "error": e.msg, "last_result": last})
             logger.error(f"train probunet FAILED: {e.msg}")
             print(f"train probunet FAILED: {e.msg}", flush=True)
