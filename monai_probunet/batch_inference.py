@@ -199,11 +199,11 @@ def infer_cases(
                     center = [(s - 1) / 2 for s in image.shape[1:]]
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", UserWarning)
-                    kwargs = dict(
-                        world=bool(case.get("world", False)), frame=case.get("frame", "RAS"), spacing=spacing,
-                        roi_size=roi_size, num_samples=num_samples, seed=seed, threshold=threshold,
-                        hu_window=hu_window, device=device, allow_non_ct=allow_non_ct,
-                    )
+                    kwargs = {
+                        "world": bool(case.get("world", False)), "frame": case.get("frame", "RAS"), "spacing": spacing,
+                        "roi_size": roi_size, "num_samples": num_samples, "seed": seed, "threshold": threshold,
+                        "hu_window": hu_window, "device": device, "allow_non_ct": allow_non_ct,
+                    }
                     if three_d:
                         from .predict3d import predict_hypotheses_3d
 

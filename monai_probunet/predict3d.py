@@ -425,9 +425,9 @@ def predict_hypotheses_3d(
         win = []
         for d in range(2):
             n = spatial[inplane[d]]
-            lo = max(0, int(math.floor(c[d])) - half[d])
+            lo = max(0, math.floor(c[d]) - half[d])
             lo = max(0, lo - lo % step[d])
-            hi = min(n, int(math.ceil(c[d])) + half[d] + 1)
+            hi = min(n, math.ceil(c[d]) + half[d] + 1)
             win.append(slice(lo, hi))
         arr = vol[win[0], win[1], k].contiguous()
         corner = np.zeros(4)
@@ -436,7 +436,8 @@ def predict_hypotheses_3d(
         aff2 = np.eye(4)
         aff2[:3, 0], aff2[:3, 1], aff2[:3, 2] = affine[:3, inplane[0]], affine[:3, inplane[1]], affine[:3, axis]
         aff2[:3, 3] = (affine @ corner)[:3]
-        plane = MetaTensor(arr[None], affine=torch.as_tensor(aff2), meta={"filename_or_obj": source, MODALITY_KEY: "CT"})
+        meta = {"filename_or_obj": source, MODALITY_KEY: "CT"}  # the volume's HU were checked by load_ct
+        plane = MetaTensor(arr[None], affine=torch.as_tensor(aff2), meta=meta)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             h = predict_hypotheses(
@@ -469,7 +470,7 @@ def predict_hypotheses_3d(
     per_slice = [{"slice": k0, "center_voxel": c0, "presence_count": n0, "continuing": n0, "accepted": True}]
     accepted = [k0]
     need_continuing = max(1, math.ceil(min_fraction * n0 - 1e-9), math.ceil(min_presence * num_samples - 1e-9))
-    max_slices = max(1, int(math.floor(max_extent_mm / thickness + 1e-6)))
+    max_slices = max(1, math.floor(max_extent_mm / thickness + 1e-6))
     stop = {}
     reached_max = False
     if n0 < need_continuing:

@@ -61,8 +61,8 @@ def shipped():
 
 def run3d(shipped, image, center, **kwargs) -> Hypotheses3D:
     network, settings, threshold = shipped
-    kw = dict(spacing=settings["spacing"], roi_size=settings["roi_size"], num_samples=16, seed=0,
-              threshold=threshold, hu_window=settings["hu_window"])
+    kw = {"spacing": settings["spacing"], "roi_size": settings["roi_size"], "num_samples": 16, "seed": 0,
+          "threshold": threshold, "hu_window": settings["hu_window"]}
     kw.update(kwargs)
     return predict_hypotheses_3d(image, center, network, **kw)
 
@@ -93,7 +93,8 @@ def test_volume_of_an_ellipsoid(ellipsoid):
     np.testing.assert_allclose(h.volumes_mm3, (h.labels > 0).reshape(16, -1).sum(1) * 1.225)
     rep = h.to_report()
     assert rep["mode"] == "3d" and rep["presence_label"]["volume_mm3"] == pytest.approx(label_mm3)
-    assert rep["extent_slices"] == len(h.slice_indices) and rep["extent_mm"] == pytest.approx(2.5 * len(h.slice_indices))
+    assert rep["extent_slices"] == len(h.slice_indices)
+    assert rep["extent_mm"] == pytest.approx(2.5 * len(h.slice_indices))
     assert h.labels.shape == (16, 140, 130, 24) and h.presence_label.shape == (140, 130, 24)
 
 
@@ -259,7 +260,8 @@ def test_cli_3d(shipped, ellipsoid, tmp_path, capsys):
     assert cli_main(args) == 0  # an earlier 3-D set is replaced
 
     nib.save(nib.Nifti1Image(ellipsoid["vol"][..., 11], AFFINE), str(tmp_path / "slice.nii.gz"))
-    assert cli_main([str(tmp_path / "slice.nii.gz"), "--center", "68", "66", "--3d", "--out", str(tmp_path / "o2")]) == 2
+    args2d = [str(tmp_path / "slice.nii.gz"), "--center", "68", "66", "--3d", "--out", str(tmp_path / "o2")]
+    assert cli_main(args2d) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: ") and "3-D mode needs a CT volume" in err[-1]
     assert not (tmp_path / "o2").exists()

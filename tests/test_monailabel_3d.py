@@ -89,7 +89,7 @@ def test_click_on_a_volume_gives_the_3d_label(server3d, library3d):
     url, info = server3d["url"], server3d["info"]
     params = click_params(info, "probunet", [CLICK])
     assert params["mode"] == "auto"
-    status, name, data, result = slicer_infer(url, "probunet", "chest", params)
+    status, _name, data, result = slicer_infer(url, "probunet", "chest", params)
     assert status == 200, result
     h = library3d
     assert result["mode"] == "3d" and result["slices"] == list(h.slice_indices) and len(h.slice_indices) >= 5
@@ -124,7 +124,7 @@ def test_3d_hypotheses_as_segments(server3d, library3d):
     want_affine[:3, 3] = AFFINE[:3, :3] @ offset + AFFINE[:3, 3]
     np.testing.assert_allclose(nrrd_geometry(fields), want_affine, atol=1e-5)
     full = np.zeros((16, 140, 130, 24), np.uint8)
-    full[:, offset[0]:offset[0] + arr.shape[1], offset[1]:offset[1] + arr.shape[2], offset[2]:offset[2] + arr.shape[3]] = arr
+    full[(slice(None), *(slice(o, o + n) for o, n in zip(offset, arr.shape[1:])))] = arr
     np.testing.assert_array_equal(full, library3d.labels)
     rule = _load_app_module("label_rule")
     want = rule.hypothesis_segment_names(library3d.variants, 16)

@@ -234,9 +234,11 @@ class ProbUNetInfer(BasicInferTask):
                 except ValueError as e:
                     raise ProbUNetRequestError(f"bad image for 3-D mode: {e}", status=422) from e
                 self._uniform_series[str(series)] = os.stat(series).st_mtime
-        kwargs = dict(world=params.world and not params.from_click, frame=params.frame, spacing=settings["spacing"],
-                      roi_size=settings["roi_size"], num_samples=params.num_samples, seed=params.seed,
-                      threshold=threshold, hu_window=settings["hu_window"], device=device)
+        kwargs = {
+            "world": params.world and not params.from_click, "frame": params.frame, "spacing": settings["spacing"],
+            "roi_size": settings["roi_size"], "num_samples": params.num_samples, "seed": params.seed,
+            "threshold": threshold, "hu_window": settings["hu_window"], "device": device,
+        }
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)
