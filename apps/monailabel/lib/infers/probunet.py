@@ -316,7 +316,7 @@ class ProbUNetInfer(BasicInferTask):
             fd, out = tempfile.mkstemp(suffix=".seg.nrrd")
             os.close(fd)
             write_seg_nrrd(
-                out, arr.astype(np.uint8), np.asarray(label.affine, dtype=np.float64), segments,
+                out, arr.astype(np.uint8, copy=False), np.asarray(label.affine, dtype=np.float64), segments,
                 layered=bool(data.get("probunet_layered")),
                 crop=bool(data.get("probunet_layered")) and data[self.output_json_key].get("mode") == "3d",
             )

@@ -47,7 +47,7 @@ def write_seg_nrrd(
     """
     import nrrd
 
-    arr = np.asarray(labels, dtype=np.uint8)
+    arr = np.asarray(labels, dtype=np.uint8)  # no copy of a uint8 array
     spatial = arr.shape[1:] if layered else arr.shape
     if len(spatial) != 3:
         raise ValueError(f"expected 3 spatial axes, got shape {arr.shape} (layered={layered}).")
@@ -57,8 +57,9 @@ def write_seg_nrrd(
     if crop:
         fg = arr.any(axis=0) if layered else arr > 0
         if fg.any():
-            lo = [int(np.flatnonzero(fg.any(axis=tuple(b for b in range(3) if b != a)))[0]) for a in range(3)]
-            hi = [int(np.flatnonzero(fg.any(axis=tuple(b for b in range(3) if b != a)))[-1]) + 1 for a in range(3)]
+            along = [np.flatnonzero(fg.any(axis=tuple(b for b in range(3) if b != a))) for a in range(3)]
+            lo = [int(v[0]) for v in along]
+            hi = [int(v[-1]) + 1 for v in along]
             box = tuple(slice(a, b) for a, b in zip(lo, hi))
             arr = np.ascontiguousarray(arr[(slice(None), *box)] if layered else arr[box])
             offset = np.asarray(lo, dtype=np.int64)
