@@ -18,12 +18,13 @@ import torch.nn as nn
 
 from .ct_io import DEFAULT_HU_WINDOW, DEFAULT_ROI_SIZE, SPACING_HINT, _pair, load_ct
 from .hypotheses import FALLBACK_RULE, SUMMARY_NAME, WRITTEN_BY, WRITTEN_BY_KEY, _as_threshold, is_inference_run
+from .inference_transforms import HypothesesInferer, run_hypotheses
 from .io_utils import read_json
 from .metrics import PresenceThreshold
 from .model_loading import check_device, find_presence_threshold
 from .predict import predict_hypotheses
 
-__all__ = ["infer_cases", "read_inference_cases", "run_inference"]
+__all__ = ["infer_cases", "read_inference_cases", "resolve_threshold", "run_inference"]
 
 logger = logging.getLogger(__name__)
 
@@ -148,6 +149,7 @@ def infer_cases(
     checkpoint: str | None = None,
     three_d: bool = False,
     max_extent_mm: float = 40.0,
+    pieces: tuple[Any, HypothesesInferer, Any] | None = None,
 ) -> dict[str, Any]:
     """Run :func:`predict_hypotheses` on many images with one loaded model and write the whole run at once.
 
@@ -169,6 +171,10 @@ def infer_cases(
         three_d: follow each lesion through the slices of its volume
             (:func:`~monai_probunet.predict3d.predict_hypotheses_3d`; a 2-D image is then a failed case).
         max_extent_mm: with ``three_d``: the largest lesion extent along the slice axis.
+        pieces: ``(preprocessing, inferer, postprocessing)`` of the bundle config
+            (:mod:`~monai_probunet.inference_transforms`), run with
+            :func:`~monai_probunet.inference_transforms.run_hypotheses` on each 2-D case; ``None``: the same pieces
+            built by :func:`predict_hypotheses` from the arguments above.
 
     Returns:
         The summary (``{"cases": [{case_id, image, presence_probability, ambiguous, num_variants, ...} | {case_id,
@@ -208,6 +214,11 @@ def infer_cases(
                         from .predict3d import predict_hypotheses_3d
 
                         hyp = predict_hypotheses_3d(image, center, model, max_extent_mm=max_extent_mm, **kwargs)
+                    elif pieces is not None:
+                        hyp = run_hypotheses(
+                            {"image": image, "center": center, "world": kwargs["world"], "frame": kwargs["frame"]},
+                            model, *pieces, device=device,
+                        )
                     else:
                         hyp = predict_hypotheses(image, center, model, **kwargs)
                 hyp.extra["case_id"] = cid
@@ -264,6 +275,9 @@ def run_inference(
     allow_non_ct: bool = False,
     infer_3d: bool = False,
     max_extent_mm: float = 40.0,
+    preprocessing: Any = None,
+    inferer: HypothesesInferer | None = None,
+    postprocessing: Any = None,
 ) -> dict[str, Any]:
     """Run :func:`predict_hypotheses` on every image of a folder, the model loaded once (bundle id ``inferring``).
 
@@ -292,7 +306,10 @@ def run_inference(
         dev = check_device(device)
         cases = read_inference_cases(dataset_dir, centers, split)
         staged_dir(output_dir, is_ours=is_inference_run, what="output_dir")  # refuse early, before any work
-        thr = _as_threshold(threshold_path) if threshold_path else find_presence_threshold(ckpt_path)
+        thr = resolve_threshold(threshold_path, ckpt_path)
+        pieces = (preprocessing, inferer, postprocessing)
+        if any(p is not None for p in pieces) and any(p is None for p in pieces):
+            raise ValueError("preprocessing, inferer and postprocessing are given together or not at all.")
         load_network_weights(network, ckpt_path)
     except (ValueError, FileNotFoundError) as e:
         raise ConfigValueError(str(e)) from e
@@ -303,4 +320,28 @@ def run_inference(
         network, cases, output_dir, spacing=spacing, roi_size=roi_size, num_samples=num_samples, seed=seed,
         hu_window=hu_window, threshold=thr, device=dev, progress=progress, allow_non_ct=allow_non_ct,
         checkpoint=str(ckpt_path), three_d=bool(infer_3d), max_extent_mm=max_extent_mm,
+        pieces=None if preprocessing is None else pieces,
     )
+
+
+def resolve_threshold(
+    threshold_path: str | os.PathLike | None, ckpt_path: str | os.PathLike
+) -> PresenceThreshold | None:
+    """The presence rule of a run: ``threshold_path`` if given, else ``presence_threshold.json`` next to the checkpoint.
+
+    Args:
+        threshold_path: a ``presence_threshold.json`` (``None`` or empty: look next to ``ckpt_path``).
+        ckpt_path: the checkpoint.
+
+    Returns:
+        The fitted rule, or ``None`` (the fallback rule) when there is none.
+
+    Raises:
+        ConfigValueError: the file is missing or not a presence threshold (one line from the bundle command).
+    """
+    from .bundle_utils import ConfigValueError
+
+    try:
+        return _as_threshold(threshold_path) if threshold_path else find_presence_threshold(ckpt_path)
+    except (ValueError, FileNotFoundError) as e:
+        raise ConfigValueError(str(e)) from e

@@ -45,6 +45,8 @@ an image without a DICOM modality (``allow_non_ct`` turns that into a warning). 
 Where the pieces live (this module re-exports them, so ``from monai_probunet.inference import X`` is the stable
 path): :mod:`~monai_probunet.ct_io` (loading and checks, centre resolution), :mod:`~monai_probunet.predict`
 (:func:`predict_hypotheses`), :mod:`~monai_probunet.hypotheses` (the result type, variants, the ambiguity rule),
+:mod:`~monai_probunet.inference_transforms` (the chain as MONAI dictionary transforms, the sampling inferer and
+the loop that runs them: the bundle's ``preprocessing``, ``inferer`` and ``postprocessing`` ids),
 :mod:`~monai_probunet.model_loading` (network + checkpoint, presence threshold next to it) and
 :mod:`~monai_probunet.batch_inference` (many images, the bundle's ``inferring`` run).
 """

@@ -371,7 +371,8 @@ def test_bundle_inferring(ct_small, ckpt, tmp_path):
     cmd = [sys.executable, "-m", "monai.bundle", "run", "inferring", "--config_file",
            str([str(TRAIN_YAML), str(INFER_YAML)]), "--dataset_dir", str(data), "--output_dir", str(out),
            "--ckpt_path", str(ckpt), "--channels", str(CHANNELS), "--latent_dim", str(LATENT),
-           "--fcomb_channels", str(CHANNELS[0]), "--infer_num_samples", "4", "--device", "cpu"]
+           "--fcomb_channels", str(CHANNELS[0]), "--infer_num_samples", "4", "--device", "cpu",
+           "--bundle_root", str(REPO / "bundle")]  # run from "/"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd="/", env=env, check=False)
     assert r.returncode == 0, r.stderr[-3000:]

@@ -335,7 +335,7 @@ def test_bundle_inferring_refuses_a_foreign_output_dir(tmp_path, model_files):
            str([str(REPO / "bundle/configs/train.yaml"), str(REPO / "bundle/configs/inference.yaml")]),
            "--dataset_dir", str(data), "--output_dir", str(out), "--ckpt_path", str(model_files[0]),
            "--channels", str(CHANNELS), "--latent_dim", str(LATENT), "--fcomb_channels", str(CHANNELS[0]),
-           "--infer_num_samples", "2", "--device", "cpu"]
+           "--infer_num_samples", "2", "--device", "cpu", "--bundle_root", str(REPO / "bundle")]  # run from "/"
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd="/", env=ENV, check=False)
     assert_refused(r, "results", "did not write")
     assert [p.name for p in out.iterdir()] == ["thesis.docx"]

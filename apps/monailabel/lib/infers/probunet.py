@@ -42,7 +42,13 @@ from monailabel.interfaces.exception import MONAILabelError, MONAILabelException
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
-from monai_probunet.inference import find_presence_threshold, load_ct, load_model, predict_hypotheses
+from monai_probunet.inference import find_presence_threshold, load_ct, load_model
+from monai_probunet.inference_transforms import (
+    HypothesesInferer,
+    inference_postprocessing,
+    inference_preprocessing,
+    run_hypotheses,
+)
 from monai_probunet.predict3d import check_uniform_slices, predict_hypotheses_3d
 
 from .dicom_seg import DicomSegError, find_source_series, write_dicom_seg
@@ -189,13 +195,36 @@ class ProbUNetInfer(BasicInferTask):
     # ------------------------------------------------------------------------------------------ pipeline
 
     def pre_transforms(self, data: Optional[Dict[str, Any]] = None) -> Sequence[Callable]:
-        return []  # predict_hypotheses loads and resamples the image itself (MONAI transforms, inverted after)
+        """Nothing for MONAI Label to run before :meth:`run_inferer`.
+
+        The chain is the library's (:func:`~monai_probunet.inference_transforms.inference_preprocessing`, the same
+        the bundle's ``preprocessing`` id builds); :meth:`run_inferer` runs it with the request's parameters
+        (:meth:`inference_pieces`) after the request checks, so that a bad request or image gets its own status
+        (400, 404, 422) rather than a transform error.
+        """
+        return []
 
     def post_transforms(self, data: Optional[Dict[str, Any]] = None) -> Sequence[Callable]:
+        """Nothing after :meth:`run_inferer`: it runs the library's postprocessing (``Invertd`` back onto the input
+        grid, presence and variants; :func:`~monai_probunet.inference_transforms.inference_postprocessing`)."""
         return []
 
     def inverse_transforms(self, data: Optional[Dict[str, Any]] = None) -> None:
         return None
+
+    def inference_pieces(
+        self, settings: Dict[str, Any], num_samples: int, seed: int, threshold: Any
+    ) -> Tuple[Callable, HypothesesInferer, Callable]:
+        """``(preprocessing, inferer, postprocessing)`` of one request: the bundle's ``inference.yaml`` pieces, built
+        by the same factories with the model's settings and the request's S and seed."""
+        return (
+            inference_preprocessing(
+                settings["spacing"], roi_size=settings["roi_size"], hu_window=settings["hu_window"],
+                num_samples=num_samples,
+            ),
+            HypothesesInferer(num_samples=num_samples, seed=seed),
+            inference_postprocessing(threshold),
+        )
 
     def run_inferer(self, data: Dict[str, Any], convert_to_batch: bool = True, device: str = "cuda") -> Dict[str, Any]:
         try:
@@ -244,8 +273,10 @@ class ProbUNetInfer(BasicInferTask):
                 warnings.simplefilter("ignore", UserWarning)
                 if three_d:
                     hyp = predict_hypotheses_3d(image, center, network, max_extent_mm=params.max_extent_mm, **kwargs)
-                else:
-                    hyp = predict_hypotheses(image, center, network, **kwargs)
+                else:  # one slice: the library's chain (predict_hypotheses' pieces) run here
+                    case = {"image": image, "center": center, "world": kwargs["world"], "frame": kwargs["frame"]}
+                    pieces = self.inference_pieces(settings, params.num_samples, params.seed, threshold)
+                    hyp = run_hypotheses(case, network, *pieces, device=device)
         except ValueError as e:
             raise ProbUNetRequestError(str(e), status=400) from e
 
