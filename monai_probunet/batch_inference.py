@@ -56,11 +56,9 @@ def read_inference_cases(
     2. ``<dataset_dir>/datalist.json`` (the project's on-disk format): the entries of ``split``; an entry's
        ``center`` if it has one, else the image's centre voxel (the built-in data are lesion-centred crops).
 
-    Returns
-    -------
-    list of dict
-        ``{"image": absolute path, "center": list | None, "world": bool, "frame": str, "case_id": str}``
-        (``center`` None = the image centre).
+    Returns:
+        list of dict: ``{"image": absolute path, "center": list | None, "world": bool, "frame": str, "case_id": str}``
+            (``center`` None = the image centre).
     """
     root = Path(dataset_dir)
     cpath = Path(centers) if centers is not None else root / "centers.json"
@@ -288,10 +286,24 @@ def run_inference(
     recorded in ``<output_dir>/inference_summary.json``). With ``infer_3d`` each lesion is followed through the
     slices of its volume (:func:`~monai_probunet.predict3d.predict_hypotheses_3d`, at most ``max_extent_mm``).
 
-    Returns
-    -------
-    dict
-        The summary.
+    Args:
+        network: the network (``network_def``), its weights loaded from ``ckpt_path``.
+        ckpt_path: ``model.pt``.
+        dataset_dir, centers, split: where the cases come from (:func:`read_inference_cases`).
+        output_dir: the run's folder.
+        num_samples, seed, spacing, roi_size, hu_window, device, allow_non_ct: as in :func:`predict_hypotheses`.
+        threshold_path: ``presence_threshold.json`` (default: next to the checkpoint, else the fallback rule).
+        progress: show a tqdm bar.
+        infer_3d, max_extent_mm: follow each lesion through its volume (:func:`infer_cases`' ``three_d``).
+        preprocessing, inferer, postprocessing: the bundle's pieces (ids ``preprocessing``, ``inferer``,
+            ``postprocessing``), run on each 2-D case; all ``None``: the same pieces built from the arguments.
+
+    Returns:
+        dict: The summary.
+
+    Raises:
+        ConfigValueError: a bad option value, missing cases, a foreign output folder or an unreadable checkpoint
+            (one line from the bundle command).
     """
     from .bundle_utils import ConfigValueError
     from .io_utils import load_network_weights, staged_dir

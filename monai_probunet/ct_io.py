@@ -150,29 +150,21 @@ def _check_hu(img: MetaTensor, source: str, allow_non_ct: bool) -> None:
 def load_ct(image: str | os.PathLike | MetaTensor, allow_non_ct: bool = False) -> tuple[MetaTensor, str]:
     """Load a CT slice or volume as a channel-first float32 ``MetaTensor`` in HU with a RAS affine.
 
-    Parameters
-    ----------
-    image : str, path or MetaTensor
-        A NIfTI file (2-D slice or 3-D volume; any format MONAI's default readers take), one DICOM file (a slice),
-        a folder holding one DICOM series (a volume), or an already loaded channel-first ``MetaTensor``
-        (``1 x H x W`` or ``1 x H x W x D``, e.g. from ``LoadImage(ensure_channel_first=True)``).
-    allow_non_ct : bool
-        Only warn (instead of refusing) when an image without a DICOM modality (NIfTI, MetaTensor) has intensities
-        that are not plausibly CT in HU (nothing below -200: no air, lung or fat; e.g. MR).
+    Args:
+        image: A NIfTI file (2-D slice or 3-D volume; any format MONAI's default readers take), one DICOM file (a
+            slice), a folder holding one DICOM series (a volume), or an already loaded channel-first ``MetaTensor``
+            (``1 x H x W`` or ``1 x H x W x D``, e.g. from ``LoadImage(ensure_channel_first=True)``).
+        allow_non_ct: Only warn (instead of refusing) when an image without a DICOM modality (NIfTI, MetaTensor) has
+            intensities that are not plausibly CT in HU (nothing below -200: no air, lung or fat; e.g. MR).
 
-    Returns
-    -------
-    tuple
-        ``(MetaTensor 1 x *spatial, source name)``.
+    Returns:
+        tuple: ``(MetaTensor 1 x *spatial, source name)``.
 
-    Raises
-    ------
-    FileNotFoundError
-        If the path does not exist.
-    ValueError
-        If a DICOM file is not CT or unreadable, a folder holds no DICOM file, the file cannot be read as an image,
-        the image is not a single-channel 2-D/3-D image, has NaN/inf values or a zero/negative voxel spacing, or
-        (without ``allow_non_ct``) its intensities are not plausibly HU.
+    Raises:
+        FileNotFoundError: If the path does not exist.
+        ValueError: If a DICOM file is not CT or unreadable, a folder holds no DICOM file, the file cannot be read as an
+            image, the image is not a single-channel 2-D/3-D image, has NaN/inf values or a zero/negative voxel spacing,
+            or (without ``allow_non_ct``) its intensities are not plausibly HU.
     """
     verified_ct = False
     if isinstance(image, MetaTensor):
@@ -271,30 +263,20 @@ def resolve_center(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The lesion centre as continuous voxel coordinates of ``img`` and as RAS millimetres.
 
-    Parameters
-    ----------
-    img : MetaTensor
-        ``1 x *spatial`` image (2 or 3 spatial dimensions) with its voxel -> RAS affine.
-    center : sequence of float
-        Voxel coordinates (one per spatial axis), or with ``world=True`` world millimetres (3 values; 2 allowed
-        for a slice, z then comes from the image plane).
-    world : bool
-        Interpret ``center`` as world coordinates.
-    frame : {"RAS", "LPS"}
-        The world frame of ``center`` (``(x, y, z)_RAS = (-x, -y, z)_LPS``).
-    source : str
-        Name used in error messages.
+    Args:
+        img: ``1 x *spatial`` image (2 or 3 spatial dimensions) with its voxel -> RAS affine.
+        center: Voxel coordinates (one per spatial axis), or with ``world=True`` world millimetres (3 values; 2 allowed
+            for a slice, z then comes from the image plane).
+        world: Interpret ``center`` as world coordinates.
+        frame: ``{"RAS", "LPS"}``: The world frame of ``center`` (``(x, y, z)_RAS = (-x, -y, z)_LPS``).
+        source: Name used in error messages.
 
-    Returns
-    -------
-    tuple of numpy.ndarray
-        ``(voxel, world_ras)``: voxel has one entry per spatial axis, world_ras 3 entries.
+    Returns:
+        tuple of numpy.ndarray: ``(voxel, world_ras)``: voxel has one entry per spatial axis, world_ras 3 entries.
 
-    Raises
-    ------
-    ValueError
-        If the centre has the wrong length, is not finite, or lies outside the image (more than half a voxel
-        beyond the border) or off a slice's plane.
+    Raises:
+        ValueError: If the centre has the wrong length, is not finite, or lies outside the image (more than half a voxel
+            beyond the border) or off a slice's plane.
     """
     nd = img.ndim - 1
     shape = tuple(int(s) for s in img.shape[1:])

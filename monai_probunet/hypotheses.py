@@ -53,19 +53,13 @@ SET_FILES = ("hypotheses.nii.gz", "mean_probability.nii.gz", "entropy.nii.gz", "
 class Variant:
     """A group of hypotheses that are the same outline up to IoU >= 0.9 (:func:`group_variants`).
 
-    Attributes
-    ----------
-    members : tuple of int
-        Indices (into the S hypotheses) of the hypotheses in this group, ascending.
-    representative : int
-        The member with the smallest summed distance ``1 - IoU`` to the other members (the medoid; ties: lowest
-        index); its label map stands for the variant.
-    frequency : float
-        ``len(members) / S``.
-    has_lesion : bool
-        Whether the representative has any lesion pixel.
-    area_mm2 : float
-        Lesion area of the representative on the model's grid.
+    Attributes:
+        members: Indices (into the S hypotheses) of the hypotheses in this group, ascending.
+        representative: The member with the smallest summed distance ``1 - IoU`` to the other members (the medoid; ties:
+            lowest index); its label map stands for the variant.
+        frequency: ``len(members) / S``.
+        has_lesion: Whether the representative has any lesion pixel.
+        area_mm2: Lesion area of the representative on the model's grid.
     """
 
     members: tuple[int, ...]
@@ -87,52 +81,33 @@ class Hypotheses:
     Arrays are numpy; ``*spatial`` is the input's spatial shape (``H x W`` for a slice, ``H x W x D`` for a volume,
     axes as MONAI loaded them).
 
-    Attributes
-    ----------
-    labels : numpy.ndarray
-        ``S x *spatial`` uint8 label maps (0 = background, 1 = lesion), nearest-neighbour resampled back.
-    mean_probability : numpy.ndarray
-        ``*spatial`` float32 in [0, 1]: mean over the S hypotheses of the softmax lesion probability (all
-        foreground classes), linearly resampled back.
-    entropy : numpy.ndarray
-        ``*spatial`` float32 in bits, ``>= 0``: entropy of the mean class distribution over the hypotheses
-        (predictive entropy; at most ``log2(C)`` = 1 bit for lesion/background), linearly resampled back.
-    affine : numpy.ndarray
-        ``4 x 4`` float64 voxel -> RAS mm affine of the input (what the saved NIfTI files carry).
-    presence_count : int
-        Hypotheses (of S) with any lesion pixel.
-    presence_probability : float
-        ``presence_count / S``.
-    ambiguous : bool
-        Predicted ground-truth ambiguity of lesion presence (:attr:`ambiguity_rule`).
-    ambiguity_rule : str
-        The rule the flag came from (the fitted threshold, or :data:`FALLBACK_RULE`).
-    threshold : PresenceThreshold or None
-        The fitted threshold used, ``None`` with the fallback rule.
-    areas_mm2 : numpy.ndarray
-        ``S`` float64 lesion areas in mm^2, counted on the model's grid (``spacing`` mm pixels) before resampling back.
-    volumes_mm3 : numpy.ndarray or None
-        ``S`` float64 lesion volumes in mm^3 for a 3-D input (area x slice thickness of the input), else ``None``.
-    variants : list of Variant
-        Distinct outlines (IoU >= 0.9 groups), most frequent first.
-    center_voxel : tuple of float
-        The centre in voxel coordinates of the input.
-    center_world_ras : tuple of float
-        The centre in RAS millimetres.
-    slice_axis, slice_index : int or None
-        For a volume: the spatial axis treated as axial and the slice that was segmented; ``None`` for a slice.
-    model_input : numpy.ndarray
-        ``roi x roi`` float32 windowed crop fed to the model.
-    crop_labels : numpy.ndarray
-        ``S x roi x roi`` uint8 hypotheses on the model's grid.
-    source : str
-        File name (or ``"<MetaTensor>"``) of the input.
-    num_samples, seed : int
-        S and the sampling seed.
-    spacing : tuple of float
-        The model's in-plane spacing in mm.
-    roi_size : tuple of int
-        The model's crop size.
+    Attributes:
+        labels: ``S x *spatial`` uint8 label maps (0 = background, 1 = lesion), nearest-neighbour resampled back.
+        mean_probability: ``*spatial`` float32 in [0, 1]: mean over the S hypotheses of the softmax lesion probability
+            (all foreground classes), linearly resampled back.
+        entropy: ``*spatial`` float32 in bits, ``>= 0``: entropy of the mean class distribution over the hypotheses
+            (predictive entropy; at most ``log2(C)`` = 1 bit for lesion/background), linearly resampled back.
+        affine: ``4 x 4`` float64 voxel -> RAS mm affine of the input (what the saved NIfTI files carry).
+        presence_count: Hypotheses (of S) with any lesion pixel.
+        presence_probability: ``presence_count / S``.
+        ambiguous: Predicted ground-truth ambiguity of lesion presence (:attr:`ambiguity_rule`).
+        ambiguity_rule: The rule the flag came from (the fitted threshold, or :data:`FALLBACK_RULE`).
+        threshold: The fitted threshold used, ``None`` with the fallback rule.
+        areas_mm2: ``S`` float64 lesion areas in mm^2, counted on the model's grid (``spacing`` mm pixels) before
+            resampling back.
+        volumes_mm3: ``S`` float64 lesion volumes in mm^3 for a 3-D input (area x slice thickness of the input), else
+            ``None``.
+        variants: Distinct outlines (IoU >= 0.9 groups), most frequent first.
+        center_voxel: The centre in voxel coordinates of the input.
+        center_world_ras: The centre in RAS millimetres.
+        slice_axis, slice_index: For a volume: the spatial axis treated as axial and the slice that was segmented;
+            ``None`` for a slice.
+        model_input: ``roi x roi`` float32 windowed crop fed to the model.
+        crop_labels: ``S x roi x roi`` uint8 hypotheses on the model's grid.
+        source: File name (or ``"<MetaTensor>"``) of the input.
+        num_samples, seed: S and the sampling seed.
+        spacing: The model's in-plane spacing in mm.
+        roi_size: The model's crop size.
     """
 
     labels: np.ndarray
@@ -239,22 +214,16 @@ class Hypotheses:
         anything else is refused with :class:`~monai_probunet.io_utils.OutputFolderError` (a ``ValueError``)
         before anything is written.
 
-        Files
-        -----
-        ``hypotheses.nii.gz``
-            uint8, 4-D: ``*spatial x S`` for a volume, ``H x W x 1 x S`` for a slice (hypothesis = 4th axis).
-        ``mean_probability.nii.gz``, ``entropy.nii.gz``
-            float32 ``*spatial``.
-        ``variant_label.nii.gz``
-            uint8 ``*spatial``: the most frequent variant's label map.
-        ``report.json``
-            :meth:`to_report` plus ``files`` (name -> file name) and ``written_by``.
+        Files:
+            ``hypotheses.nii.gz``: uint8, 4-D: ``*spatial x S`` for a volume, ``H x W x 1 x S`` for a slice (hypothesis
+                = 4th axis).
+            ``mean_probability.nii.gz``, ``entropy.nii.gz``: float32 ``*spatial``.
+            ``variant_label.nii.gz``: uint8 ``*spatial``: the most frequent variant's label map.
+            ``report.json``: :meth:`to_report` plus ``files`` (name -> file name) and ``written_by``.
 
-        Returns
-        -------
-        dict
-            Name -> written path (keys ``hypotheses``, ``mean_probability``, ``entropy``, ``variant_label``,
-            ``report``).
+        Returns:
+            dict: Name -> written path (keys ``hypotheses``, ``mean_probability``, ``entropy``, ``variant_label``,
+                ``report``).
         """
         from .io_utils import staged_dir
 
@@ -311,8 +280,9 @@ def is_hypotheses_set(folder: str | os.PathLike) -> bool:
 
 
 def is_inference_run(folder: str | os.PathLike) -> bool:
-    """True iff ``folder`` holds a run written by :func:`~monai_probunet.batch_inference.infer_cases` (``inference_summary.json`` with the marker
-    plus case folders that are :func:`is_hypotheses_set`) and nothing else (safe to replace)."""
+    """True iff ``folder`` holds a run written by :func:`~monai_probunet.batch_inference.infer_cases`
+    (``inference_summary.json`` with the marker plus case folders that are :func:`is_hypotheses_set`) and nothing else
+    (safe to replace)."""
     folder = Path(folder)
     if not folder.is_dir() or folder.is_symlink() or not _marked(folder / SUMMARY_NAME):
         return False
@@ -329,18 +299,13 @@ def group_variants(labels: torch.Tensor, pixel_area_mm2: float, iou: float = VAR
     ``1 - iou`` of it, else it opens a new group. Groups are ordered by size (descending), then by their first
     member.
 
-    Parameters
-    ----------
-    labels : torch.Tensor
-        ``S x *spatial`` label maps.
-    pixel_area_mm2 : float
-        Area of one pixel (for ``Variant.area_mm2``).
-    iou : float
-        Grouping threshold.
+    Args:
+        labels: ``S x *spatial`` label maps.
+        pixel_area_mm2: Area of one pixel (for ``Variant.area_mm2``).
+        iou: Grouping threshold.
 
-    Returns
-    -------
-    list of Variant
+    Returns:
+        list of Variant: the groups, most frequent first.
     """
     s = labels.shape[0]
     num_classes = max(2, int(labels.max()) + 1)

@@ -108,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ckpt", default=str(DEFAULT_CKPT), help=f"model weights (default {DEFAULT_CKPT})")
     p.add_argument(
         "--config", nargs="+", default=None,
-        help="bundle config file(s) defining network_def, hu_window, infer_spacing (default: bundle/configs/train.yaml)",
+        help="bundle config file(s) defining network_def, hu_window, infer_spacing "
+        "(default: bundle/configs/train.yaml)",
     )
     p.add_argument("--num-samples", type=_positive_int, default=16, help="hypotheses to draw (default 16)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
@@ -154,7 +155,14 @@ def _scalar_or_pair(values: list | None):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; returns the exit status (0 ok, 2 bad arguments or inputs, 1 every case of a batch failed)."""
+    """Run the CLI.
+
+    Args:
+        argv: the arguments (default: ``sys.argv[1:]``).
+
+    Returns:
+        The exit status: 0 ok, 2 bad arguments or inputs, 1 every case of a batch failed.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.batch is None and (args.image is None or args.center is None):

@@ -99,33 +99,23 @@ def load_model(
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Build the network from a bundle config and load a checkpoint into it (``weights_only=True``).
 
-    Parameters
-    ----------
-    ckpt_path : str or path
-        ``model.pt`` (a state dict, or a checkpoint dict holding it under ``"model"``).
-    config_file : path or list of paths, optional
-        Bundle config file(s) defining ``network_id`` (default: the repository's ``bundle/configs/train.yaml``).
-    network_id : str
-        Config id of the network definition.
-    device : str or torch.device
-        Where to put the network (:func:`check_device`).
-    spacing : float or pair of float, optional
-        The model's in-plane spacing in mm, overriding the config's ``infer_spacing``.
+    Args:
+        ckpt_path: ``model.pt`` (a state dict, or a checkpoint dict holding it under ``"model"``).
+        config_file: Bundle config file(s) defining ``network_id`` (default: the repository's
+            ``bundle/configs/train.yaml``).
+        network_id: Config id of the network definition.
+        device: Where to put the network (:func:`check_device`).
+        spacing: The model's in-plane spacing in mm, overriding the config's ``infer_spacing``.
 
-    Returns
-    -------
-    tuple
-        ``(network in eval mode, settings)`` where ``settings`` holds ``hu_window`` (config, else
-        :data:`DEFAULT_HU_WINDOW`), ``spacing`` (``spacing``, else the config's ``infer_spacing``) and ``roi_size``
-        (config's ``infer_roi_size``, else :data:`DEFAULT_ROI_SIZE`).
+    Returns:
+        tuple: ``(network in eval mode, settings)`` where ``settings`` holds ``hu_window`` (config, else
+            :data:`DEFAULT_HU_WINDOW`), ``spacing`` (``spacing``, else the config's ``infer_spacing``) and ``roi_size``
+            (config's ``infer_roi_size``, else :data:`DEFAULT_ROI_SIZE`).
 
-    Raises
-    ------
-    FileNotFoundError
-        A missing config or checkpoint file.
-    ValueError
-        A config that does not parse or defines no network, no ``infer_spacing`` (and no ``spacing`` given), a
-        checkpoint that is not a readable state dict of that network, an unavailable device.
+    Raises:
+        FileNotFoundError: A missing config or checkpoint file.
+        ValueError: A config that does not parse or defines no network, no ``infer_spacing`` (and no ``spacing`` given),
+            a checkpoint that is not a readable state dict of that network, an unavailable device.
     """
     dev = check_device(device)
     from monai.bundle import ConfigParser

@@ -50,56 +50,40 @@ def predict_hypotheses(
 ) -> Hypotheses:
     """Draw S segmentation hypotheses of the lesion at ``center`` and map them onto the input's grid.
 
-    Parameters
-    ----------
-    image : str, path or MetaTensor
-        2-D CT slice (NIfTI or one DICOM file) or 3-D CT volume (NIfTI or a DICOM series folder) in HU, or a loaded
-        channel-first ``MetaTensor`` ``1 x *spatial`` (see :func:`load_ct`).
-    center : sequence of float
-        Lesion centre: voxel coordinates of the loaded array, or world mm with ``world=True`` (module docstring).
-    model : torch.nn.Module
-        A network with ``sample(image B x 1 x H x W, num_samples, generator) -> B x S x C x H x W`` logits
-        (:class:`~monai_probunet.networks.ProbUNet` and the baselines); put into eval mode.
-    world : bool
-        ``center`` is in world coordinates.
-    frame : {"RAS", "LPS"}
-        World frame of ``center``.
-    spacing : float or pair of float
-        The model's in-plane pixel spacing in mm (required: ``infer_spacing`` of the model's bundle config, see
-        :func:`~monai_probunet.model_loading.load_model`; there is no default, a wrong spacing silently rescales every lesion).
-    roi_size : int or pair of int
-        The model's crop size in pixels. The image must cover it at ``spacing`` (an image smaller than the model's
-        field is refused rather than padded); where the crop reaches past the image border (a centre near the
-        edge) the outside is air and hypotheses there are dropped, so areas and presence count only image pixels.
-    num_samples : int
-        S, hypotheses to draw (16 in the paper).
-    seed : int
-        Seed of the latent-noise generator (same seed, same hypotheses).
-    threshold : PresenceThreshold, path, dict or None
-        The fitted lesion-presence rule (or the path of ``presence_threshold.json``); ``None``: the
-        :data:`FALLBACK_RULE` with a warning.
-    hu_window : pair of float
-        HU range scaled to ``[0, 1]`` with clipping (as in training).
-    device : str or torch.device
-        Where the model runs (it is moved there).
-    allow_non_ct : bool
-        Warn instead of refusing when an image without a DICOM modality has intensities that are not plausibly
-        HU (:func:`load_ct`).
+    Args:
+        image: 2-D CT slice (NIfTI or one DICOM file) or 3-D CT volume (NIfTI or a DICOM series folder) in HU, or a
+            loaded channel-first ``MetaTensor`` ``1 x *spatial`` (see :func:`load_ct`).
+        center: Lesion centre: voxel coordinates of the loaded array, or world mm with ``world=True`` (module
+            docstring).
+        model: A network with ``sample(image B x 1 x H x W, num_samples, generator) -> B x S x C x H x W`` logits
+            (:class:`~monai_probunet.networks.ProbUNet` and the baselines); put into eval mode.
+        world: ``center`` is in world coordinates.
+        frame: ``{"RAS", "LPS"}``: World frame of ``center``.
+        spacing: The model's in-plane pixel spacing in mm (required: ``infer_spacing`` of the model's bundle config, see
+            :func:`~monai_probunet.model_loading.load_model`; there is no default, a wrong spacing silently rescales
+            every lesion).
+        roi_size: The model's crop size in pixels. The image must cover it at ``spacing`` (an image smaller than the
+            model's field is refused rather than padded); where the crop reaches past the image border (a centre near
+            the edge) the outside is air and hypotheses there are dropped, so areas and presence count only image
+            pixels.
+        num_samples: S, hypotheses to draw (16 in the paper).
+        seed: Seed of the latent-noise generator (same seed, same hypotheses).
+        threshold: The fitted lesion-presence rule (or the path of ``presence_threshold.json``); ``None``: the
+            :data:`FALLBACK_RULE` with a warning.
+        hu_window: HU range scaled to ``[0, 1]`` with clipping (as in training).
+        device: Where the model runs (it is moved there).
+        allow_non_ct: Warn instead of refusing when an image without a DICOM modality has intensities that are not
+            plausibly HU (:func:`load_ct`).
 
-    Returns
-    -------
-    Hypotheses
-        Label maps ``S x *spatial``, mean probability and entropy ``*spatial``, presence probability, ambiguous
-        flag, areas/volumes and variants.
+    Returns:
+        Hypotheses: Label maps ``S x *spatial``, mean probability and entropy ``*spatial``, presence probability,
+            ambiguous flag, areas/volumes and variants.
 
-    Raises
-    ------
-    ValueError
-        For a bad image (NaN/inf voxels, wrong rank or channels, non-CT DICOM or non-HU intensities, unreadable
-        file, zero/negative spacing, smaller than the model's field), a centre outside the image, or bad
-        parameters.
-    FileNotFoundError
-        If the image path does not exist.
+    Raises:
+        ValueError: For a bad image (NaN/inf voxels, wrong rank or channels, non-CT DICOM or non-HU intensities,
+            unreadable file, zero/negative spacing, smaller than the model's field), a centre outside the image, or bad
+            parameters.
+        FileNotFoundError: If the image path does not exist.
     """
     if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
         raise ValueError(f"num_samples must be an integer >= 1, got {num_samples!r}.")

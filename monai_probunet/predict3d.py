@@ -125,29 +125,21 @@ class Hypotheses3D(Hypotheses):
     (voxel count x :attr:`voxel_volume_mm3`), ``variants`` grouped by 3-D IoU (``area_mm2`` = the representative's
     area on the clicked slice).
 
-    Attributes
-    ----------
-    slice_indices : tuple of int
-        The slices of the lesion (ascending), along ``slice_axis``.
-    per_slice : list of dict
-        One record per slice tried: ``slice``, ``center_voxel``, ``presence_count`` (hypotheses with any lesion
-        there), ``continuing`` (lesion hypotheses continuing from the previous slice), ``accepted``.
-    presence_label : numpy.ndarray
-        ``*spatial`` uint8: the presence-rule label (:mod:`monai_probunet.presence_label`) of the 3-D hypotheses.
-    label_shows_lesion : bool
-        Whether the presence rule shows the lesion.
-    label_rule : str
-        The presence rule with its numbers.
-    latent_noise : numpy.ndarray or None
-        ``S x N`` float32 whitened prior noise ``eps_s`` used on every slice (``None`` for a network without a prior).
-    voxel_volume_mm3 : float
-        Volume of one voxel of the input (``|det|`` of its affine: in-plane spacing x slice spacing).
-    max_extent_mm, min_fraction, min_presence : float
-        The growth limits used.
-    stop_reasons : dict
-        ``{"up": ..., "down": ...}``: why the growth stopped in each direction (``up`` = increasing slice index).
-    reached_max_extent : bool
-        The growth stopped at ``max_extent_mm`` while the lesion went on.
+    Attributes:
+        slice_indices: The slices of the lesion (ascending), along ``slice_axis``.
+        per_slice: One record per slice tried: ``slice``, ``center_voxel``, ``presence_count`` (hypotheses with any
+            lesion there), ``continuing`` (lesion hypotheses continuing from the previous slice), ``accepted``.
+        presence_label: ``*spatial`` uint8: the presence-rule label (:mod:`monai_probunet.presence_label`) of the 3-D
+            hypotheses.
+        label_shows_lesion: Whether the presence rule shows the lesion.
+        label_rule: The presence rule with its numbers.
+        latent_noise: ``S x N`` float32 whitened prior noise ``eps_s`` used on every slice (``None`` for a network
+            without a prior).
+        voxel_volume_mm3: Volume of one voxel of the input (``|det|`` of its affine: in-plane spacing x slice spacing).
+        max_extent_mm, min_fraction, min_presence: The growth limits used.
+        stop_reasons: ``{"up": ..., "down": ...}``: why the growth stopped in each direction (``up`` = increasing slice
+            index).
+        reached_max_extent: The growth stopped at ``max_extent_mm`` while the lesion went on.
     """
 
     slice_indices: tuple[int, ...] = ()
@@ -325,38 +317,27 @@ def predict_hypotheses_3d(
 ) -> Hypotheses3D:
     """S hypotheses of the lesion at ``center`` on every slice it spans (module docstring: coherence, growth rule).
 
-    Parameters
-    ----------
-    image : str, path or MetaTensor
-        A 3-D CT volume in HU (NIfTI, a DICOM series folder with equally spaced slices, or a channel-first
-        ``MetaTensor`` ``1 x H x W x D``). A 2-D image is refused.
-    center : sequence of float
-        The click: 3 voxel coordinates of the loaded array, or world mm with ``world=True``.
-    model : torch.nn.Module
-        As for :func:`~monai_probunet.predict.predict_hypotheses`; a Probabilistic U-Net (``prior_latents``,
-        ``decode``, ``latent_dim``) gets the same whitened prior noise on every slice.
-    world, frame, spacing, roi_size, num_samples, seed, threshold, hu_window, device, allow_non_ct
-        As for :func:`~monai_probunet.predict.predict_hypotheses` (``spacing`` required).
-    max_extent_mm : float
-        Largest extent followed along the slice axis (slices x slice thickness), default 40 mm.
-    min_fraction : float
-        In ``(0, 1]``: a slice belongs to the lesion while at least ``ceil(min_fraction * n0)`` of the clicked
-        slice's ``n0`` lesion hypotheses continue on it.
-    min_presence : float
-        In ``[0, 1]``: ... and at least ``ceil(min_presence * S)`` of all S hypotheses.
+    Args:
+        image: A 3-D CT volume in HU (NIfTI, a DICOM series folder with equally spaced slices, or a channel-first
+            ``MetaTensor`` ``1 x H x W x D``). A 2-D image is refused.
+        center: The click: 3 voxel coordinates of the loaded array, or world mm with ``world=True``.
+        model: As for :func:`~monai_probunet.predict.predict_hypotheses`; a Probabilistic U-Net (``prior_latents``,
+            ``decode``, ``latent_dim``) gets the same whitened prior noise on every slice.
+        world, frame, spacing, roi_size, num_samples, seed, threshold, hu_window, device, allow_non_ct: As for
+            :func:`~monai_probunet.predict.predict_hypotheses` (``spacing`` required).
+        max_extent_mm: Largest extent followed along the slice axis (slices x slice thickness), default 40 mm.
+        min_fraction: In ``(0, 1]``: a slice belongs to the lesion while at least ``ceil(min_fraction * n0)`` of the
+            clicked slice's ``n0`` lesion hypotheses continue on it.
+        min_presence: In ``[0, 1]``: ... and at least ``ceil(min_presence * S)`` of all S hypotheses.
 
-    Returns
-    -------
-    Hypotheses3D
-        ``labels`` ``S x *spatial`` uint8, ``presence_label`` ``*spatial``, ``volumes_mm3`` ``S``, the slices.
+    Returns:
+        Hypotheses3D: ``labels`` ``S x *spatial`` uint8, ``presence_label`` ``*spatial``, ``volumes_mm3`` ``S``, the
+            slices.
 
-    Raises
-    ------
-    ValueError
-        For a 2-D image, unequal DICOM slice gaps, an image larger than the hypotheses' memory limit, and everything
-        :func:`~monai_probunet.predict.predict_hypotheses` refuses.
-    FileNotFoundError
-        If the image path does not exist.
+    Raises:
+        ValueError: For a 2-D image, unequal DICOM slice gaps, an image larger than the hypotheses' memory limit, and
+            everything :func:`~monai_probunet.predict.predict_hypotheses` refuses.
+        FileNotFoundError: If the image path does not exist.
     """
     if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
         raise ValueError(f"num_samples must be an integer >= 1, got {num_samples!r}.")

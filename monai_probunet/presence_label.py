@@ -1,14 +1,12 @@
 """The presence-rule label: one label map from S hypotheses that is empty only when the presence rule says so
 (numpy only).
 
-Presence rule
--------------
-The label is empty only when the lesion-presence count (hypotheses of S with any lesion voxel) lies **below** the
-ambiguous band of the presence rule: with a fitted :class:`~monai_probunet.metrics.PresenceThreshold` (ambiguous iff
-``low < count < high``, counts rescaled to the S it was fitted on) the label is empty iff ``count <= low``; with the
-fallback rule (ambiguous iff ``0.25 <= p <= 0.75``) it is empty iff ``p < 0.25``. Otherwise the label is the
-**consensus of the hypotheses that contain a lesion**: a voxel is lesion when more than half of those hypotheses mark
-it; if no voxel has such a majority (the outlines do not overlap), the label is the representative of the most
+Presence rule: the label is empty only when the lesion-presence count (hypotheses of S with any lesion voxel) lies
+**below** the ambiguous band of the presence rule: with a fitted :class:`~monai_probunet.metrics.PresenceThreshold`
+(ambiguous iff ``low < count < high``, counts rescaled to the S it was fitted on) the label is empty iff ``count <=
+low``; with the fallback rule (ambiguous iff ``0.25 <= p <= 0.75``) it is empty iff ``p < 0.25``. Otherwise the label is
+the **consensus of the hypotheses that contain a lesion**: a voxel is lesion when more than half of those hypotheses
+mark it; if no voxel has such a majority (the outlines do not overlap), the label is the representative of the most
 frequent lesion-containing variant. Works for any number of spatial dimensions (a slice or a volume).
 """
 
@@ -35,12 +33,9 @@ CONSENSUS_RULE = (
 class LabelDecision:
     """Whether the returned label shows a lesion, and the rule that decided it.
 
-    Attributes
-    ----------
-    show_lesion : bool
-        ``False``: the label is empty.
-    rule : str
-        The presence rule with its numbers, for the reply JSON.
+    Attributes:
+        show_lesion: ``False``: the label is empty.
+        rule: The presence rule with its numbers, for the reply JSON.
     """
 
     show_lesion: bool
@@ -50,18 +45,14 @@ class LabelDecision:
 def presence_decision(count: int, num_samples: int, threshold: Any | None) -> LabelDecision:
     """Apply the presence rule to a lesion-presence count.
 
-    Parameters
-    ----------
-    count : int
-        Hypotheses (of ``num_samples``) with any lesion voxel.
-    num_samples : int
-        S.
-    threshold : PresenceThreshold-like or None
-        Object with ``low``, ``high``, ``num_samples`` (the fitted interval rule), or ``None`` for the fallback.
+    Args:
+        count: Hypotheses (of ``num_samples``) with any lesion voxel.
+        num_samples: S.
+        threshold: Object with ``low``, ``high``, ``num_samples`` (the fitted interval rule), or ``None`` for the
+            fallback.
 
-    Returns
-    -------
-    LabelDecision
+    Returns:
+        LabelDecision: whether the label shows the lesion, and the rule.
     """
     if not 0 <= count <= num_samples or num_samples < 1:
         raise ValueError(f"count must lie in [0, num_samples={num_samples}], got {count}.")
@@ -89,19 +80,14 @@ def presence_decision(count: int, num_samples: int, threshold: Any | None) -> La
 def consensus_label(labels: np.ndarray, fallback: int | None = None) -> np.ndarray:
     """Majority of the lesion-containing hypotheses.
 
-    Parameters
-    ----------
-    labels : numpy.ndarray
-        ``S x *spatial`` label maps (0 = background, > 0 = lesion).
-    fallback : int, optional
-        Index of the hypothesis returned when no voxel has a majority (the representative of the most frequent
-        lesion-containing variant); default: the lesion-containing hypothesis with the most voxels in common with
-        the others.
+    Args:
+        labels: ``S x *spatial`` label maps (0 = background, > 0 = lesion).
+        fallback: Index of the hypothesis returned when no voxel has a majority (the representative of the most frequent
+            lesion-containing variant); default: the lesion-containing hypothesis with the most voxels in common with
+            the others.
 
-    Returns
-    -------
-    numpy.ndarray
-        ``*spatial`` uint8 (0/1); all zeros if no hypothesis contains a lesion.
+    Returns:
+        numpy.ndarray: ``*spatial`` uint8 (0/1); all zeros if no hypothesis contains a lesion.
     """
     fg = np.asarray(labels) > 0
     flat = fg.reshape(fg.shape[0], -1)

@@ -61,19 +61,13 @@ def _read_series(folder: Path) -> list[Any]:
 def label_to_frames(labels: np.ndarray, affine_ras: np.ndarray, datasets: Sequence[Any]) -> np.ndarray:
     """Read the label at each source instance's pixels.
 
-    Parameters
-    ----------
-    labels : numpy.ndarray
-        ``L x I x J x K`` (L segments, 0/1) on the image grid.
-    affine_ras : numpy.ndarray
-        ``4 x 4`` voxel -> RAS mm of that grid.
-    datasets : sequence of pydicom.Dataset
-        The source instances.
+    Args:
+        labels: ``L x I x J x K`` (L segments, 0/1) on the image grid.
+        affine_ras: ``4 x 4`` voxel -> RAS mm of that grid.
+        datasets: The source instances.
 
-    Returns
-    -------
-    numpy.ndarray
-        ``N x rows x cols x L`` bool, one frame per source instance (in ``datasets`` order).
+    Returns:
+        numpy.ndarray: ``N x rows x cols x L`` bool, one frame per source instance (in ``datasets`` order).
     """
     inv = np.linalg.inv(np.asarray(affine_ras, dtype=np.float64))
     frames = []
@@ -109,23 +103,15 @@ def write_dicom_seg(
 ) -> dict[str, str]:
     """Write a BINARY DICOM SEG of ``labels`` referencing the series in ``series_dir``.
 
-    Parameters
-    ----------
-    path : str or path
-        Output ``.dcm`` (written to a temporary sibling, then moved into place).
-    labels : numpy.ndarray
-        ``L x I x J x K`` 0/1 (segment ``l`` = ``segments[l]``).
-    affine_ras : numpy.ndarray
-        ``4 x 4`` voxel -> RAS mm of the label grid.
-    segments : sequence of mapping
-        ``name`` (the SEG's SegmentLabel, at most 64 characters) and optionally ``color`` (RGB in [0, 1]).
-    series_dir : str or path
-        The source series' files.
+    Args:
+        path: Output ``.dcm`` (written to a temporary sibling, then moved into place).
+        labels: ``L x I x J x K`` 0/1 (segment ``l`` = ``segments[l]``).
+        affine_ras: ``4 x 4`` voxel -> RAS mm of the label grid.
+        segments: ``name`` (the SEG's SegmentLabel, at most 64 characters) and optionally ``color`` (RGB in [0, 1]).
+        series_dir: The source series' files.
 
-    Returns
-    -------
-    dict
-        ``SeriesInstanceUID``, ``SOPInstanceUID`` of the SEG and ``ReferencedSeriesInstanceUID``.
+    Returns:
+        dict: ``SeriesInstanceUID``, ``SOPInstanceUID`` of the SEG and ``ReferencedSeriesInstanceUID``.
     """
     import highdicom as hd
     from pydicom.sr.codedict import codes

@@ -64,17 +64,12 @@ def variant_letter(rank: int) -> str:
 def hypothesis_segment_names(variants: Sequence[Any], num_samples: int) -> list[str]:
     """Name of each hypothesis: ``h{s} variant {letter} {count}/{S}`` (+ `` no lesion`` when empty).
 
-    Parameters
-    ----------
-    variants : sequence of Variant-like
-        Objects with ``members`` (hypothesis indices) and ``has_lesion``, most frequent first.
-    num_samples : int
-        S.
+    Args:
+        variants: Objects with ``members`` (hypothesis indices) and ``has_lesion``, most frequent first.
+        num_samples: S.
 
-    Returns
-    -------
-    list of str
-        ``S`` names, hypothesis order.
+    Returns:
+        list of str: ``S`` names, hypothesis order.
     """
     names: list[str | None] = [None] * num_samples
     for rank, v in enumerate(variants):

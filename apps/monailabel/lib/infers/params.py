@@ -28,26 +28,16 @@ CLICK_MESSAGE = (
 class InferParams:
     """Parsed request parameters.
 
-    Attributes
-    ----------
-    center : list of float
-        Lesion centre (voxel indices of the loaded array, or mm with ``world``).
-    from_click : bool
-        ``center`` is the first ``foreground`` click (3D Slicer's IJK voxel indices of the volume).
-    world : bool
-        ``center`` in world millimetres.
-    frame : str
-        ``"RAS"`` or ``"LPS"``.
-    num_samples : int
-        Hypotheses to draw, ``1 .. MAX_SAMPLES``.
-    seed : int
-        Sampling seed.
-    hypotheses : bool
-        Return all hypotheses (multi-segment ``.seg.nrrd``) instead of the most frequent variant.
-    mode : str
-        ``"auto"`` (3-D for a volume, 2-D for a slice), ``"3d"`` or ``"2d"``.
-    max_extent_mm : float
-        3-D: the largest lesion extent followed along the slice axis.
+    Attributes:
+        center: Lesion centre (voxel indices of the loaded array, or mm with ``world``).
+        from_click: ``center`` is the first ``foreground`` click (3D Slicer's IJK voxel indices of the volume).
+        world: ``center`` in world millimetres.
+        frame: ``"RAS"`` or ``"LPS"``.
+        num_samples: Hypotheses to draw, ``1 .. MAX_SAMPLES``.
+        seed: Sampling seed.
+        hypotheses: Return all hypotheses (multi-segment ``.seg.nrrd``) instead of the most frequent variant.
+        mode: ``"auto"`` (3-D for a volume, 2-D for a slice), ``"3d"`` or ``"2d"``.
+        max_extent_mm: 3-D: the largest lesion extent followed along the slice axis.
     """
 
     center: list[float]
@@ -135,11 +125,9 @@ def parse_params(request: Mapping[str, Any]) -> InferParams:
     Slicer module sends (``label``, ``slice``, ``label_info``, ``client_id``, ``result_extension``, ...) are left to
     the caller.
 
-    Raises
-    ------
-    ValueError
-        Naming the offending parameter, or :data:`CLICK_MESSAGE` when there is neither ``center`` nor a
-        ``foreground`` point.
+    Raises:
+        ValueError: Naming the offending parameter, or :data:`CLICK_MESSAGE` when there is neither ``center`` nor a
+            ``foreground`` point.
     """
     fg = _points(request.get("foreground"), "foreground")
     _points(request.get("background"), "background")

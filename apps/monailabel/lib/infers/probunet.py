@@ -82,16 +82,11 @@ def _variant_color(rank: int) -> Tuple[float, float, float]:
 class ProbUNetInfer(BasicInferTask):
     """Probabilistic U-Net hypotheses via :func:`monai_probunet.inference.predict_hypotheses`.
 
-    Parameters
-    ----------
-    path : str
-        ``model.pt`` (state dict; loaded with ``weights_only=True``).
-    config_file : str or list of str
-        Bundle config(s) defining ``network_def`` and ``hu_window`` (``bundle/configs/train.yaml``).
-    threshold_path : str, optional
-        ``presence_threshold.json``; default: next to ``path`` if it exists, else the fallback 0.5 rule.
-    num_samples, seed : int
-        Defaults of the request parameters (shown in Slicer's options table).
+    Args:
+        path: ``model.pt`` (state dict; loaded with ``weights_only=True``).
+        config_file: Bundle config(s) defining ``network_def`` and ``hu_window`` (``bundle/configs/train.yaml``).
+        threshold_path: ``presence_threshold.json``; default: next to ``path`` if it exists, else the fallback 0.5 rule.
+        num_samples, seed: Defaults of the request parameters (shown in Slicer's options table).
     """
 
     def __init__(

@@ -27,23 +27,16 @@ def write_seg_nrrd(
 ) -> None:
     """Write ``labels`` as a Slicer segmentation.
 
-    Parameters
-    ----------
-    path : str or path
-        Output file (written to a temporary sibling, then moved into place).
-    labels : numpy.ndarray
-        uint8 ``I x J x K`` (one layer; segments by ``label_value``) or, with ``layered``, ``L x I x J x K``
-        (each layer 0/1; segment ``i`` is layer ``segments[i]["layer"]``).
-    affine_ras : numpy.ndarray
-        ``4 x 4`` voxel -> RAS mm.
-    segments : sequence of mapping
-        Each with ``name``, ``label_value``, ``layer`` and optionally ``color`` (3 floats in [0, 1]).
-    layered : bool
-        ``labels`` has a leading layer axis.
-    crop : bool
-        Store only the box of the non-zero voxels (all layers), as Slicer itself saves segmentations: ``space
-        origin`` is the box's first voxel and ``Segmentation_ReferenceImageExtentOffset`` its index in ``labels``'
-        grid, so Slicer places it on the image. (Nothing to crop: the whole grid.)
+    Args:
+        path: Output file (written to a temporary sibling, then moved into place).
+        labels: uint8 ``I x J x K`` (one layer; segments by ``label_value``) or, with ``layered``, ``L x I x J x K``
+            (each layer 0/1; segment ``i`` is layer ``segments[i]["layer"]``).
+        affine_ras: ``4 x 4`` voxel -> RAS mm.
+        segments: Each with ``name``, ``label_value``, ``layer`` and optionally ``color`` (3 floats in [0, 1]).
+        layered: ``labels`` has a leading layer axis.
+        crop: Store only the box of the non-zero voxels (all layers), as Slicer itself saves segmentations:
+            ``space origin`` is the box's first voxel and ``Segmentation_ReferenceImageExtentOffset`` its index in
+            ``labels``' grid, so Slicer places it on the image. (Nothing to crop: the whole grid.)
     """
     import nrrd
 
