@@ -11,7 +11,8 @@ Usage::
 IMAGE is a 2-D CT slice (NIfTI or one DICOM file) or a 3-D CT volume (NIfTI or a DICOM series folder). The centre
 is in voxel coordinates of the array as MONAI loads it (NIfTI ``i j [k]``; DICOM ``column row [slice]``), or with
 ``--world`` in millimetres (``--frame RAS``, the default, or ``LPS`` = DICOM patient coordinates). The network is
-built from ``network_def`` of the config file(s) (default: the repository's ``bundle/configs/train.yaml``) and
+built from ``network_def`` of the config file(s) (default: ``configs/train.yaml`` of the bundle holding ``--ckpt``,
+else the package's ``bundle/configs/train.yaml``) and
 loaded from ``--ckpt`` with ``weights_only=True``; the model's spacing is ``infer_spacing`` of the config (or
 ``--spacing``; a config without it is refused); the lesion-presence threshold is ``--threshold`` or
 ``presence_threshold.json`` next to the checkpoint, else the fallback 0.5 rule (with a warning).
@@ -108,8 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ckpt", default=str(DEFAULT_CKPT), help=f"model weights (default {DEFAULT_CKPT})")
     p.add_argument(
         "--config", nargs="+", default=None,
-        help="bundle config file(s) defining network_def, hu_window, infer_spacing "
-        "(default: bundle/configs/train.yaml)",
+        help="bundle config file(s) defining network_def, hu_window, infer_spacing (default: configs/train.yaml "
+        "of the bundle holding --ckpt, else bundle/configs/train.yaml)",
     )
     p.add_argument("--num-samples", type=_positive_int, default=16, help="hypotheses to draw (default 16)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")

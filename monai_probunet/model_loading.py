@@ -21,13 +21,15 @@ from .metrics import PresenceThreshold
 __all__ = [
     "PRESENCE_THRESHOLD_NAME",
     "REPO_CONFIG",
+    "bundle_config",
     "check_device",
     "find_presence_threshold",
     "load_model",
     "load_trained_network",
 ]
 
-#: where the repository's bundle configuration lives (default network definition for :func:`load_model`)
+#: the package's own bundle configuration: the network definition :func:`load_model` falls back to for a checkpoint
+#: that does not sit in a bundle folder (:func:`bundle_config`)
 REPO_CONFIG = Path(__file__).resolve().parents[1] / "bundle" / "configs" / "train.yaml"
 PRESENCE_THRESHOLD_NAME = "presence_threshold.json"
 
@@ -90,6 +92,29 @@ def check_device(device: str | torch.device) -> torch.device:
     return dev
 
 
+def bundle_config(ckpt_path: str | os.PathLike) -> Path:
+    """The bundle config a checkpoint was trained with: ``configs/train.yaml`` of the bundle folder holding it.
+
+    A bundle keeps its checkpoints under ``<bundle>/models/`` (also ``models/<task>/<variant>/``) and its configs
+    under ``<bundle>/configs/``; a checkpoint elsewhere, or a bundle without ``configs/train.yaml``, gets the
+    package's own bundle config (:data:`REPO_CONFIG`).
+
+    Args:
+        ckpt_path: the checkpoint (``model.pt``).
+
+    Returns:
+        The config path (not checked for existence when it is :data:`REPO_CONFIG`).
+    """
+    folder = Path(ckpt_path).expanduser().resolve().parent
+    for parent in (folder, *folder.parents):
+        if parent.name == "models":
+            config = parent.parent / "configs" / "train.yaml"
+            if config.is_file():
+                return config
+            break
+    return REPO_CONFIG
+
+
 def load_model(
     ckpt_path: str | os.PathLike,
     config_file: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
@@ -101,8 +126,8 @@ def load_model(
 
     Args:
         ckpt_path: ``model.pt`` (a state dict, or a checkpoint dict holding it under ``"model"``).
-        config_file: Bundle config file(s) defining ``network_id`` (default: the repository's
-            ``bundle/configs/train.yaml``).
+        config_file: Bundle config file(s) defining ``network_id`` (default: :func:`bundle_config` of
+            ``ckpt_path``: ``configs/train.yaml`` of the bundle holding the checkpoint, else the package's own).
         network_id: Config id of the network definition.
         device: Where to put the network (:func:`check_device`).
         spacing: The model's in-plane spacing in mm, overriding the config's ``infer_spacing``.
@@ -122,7 +147,7 @@ def load_model(
 
     from .io_utils import load_network_weights
 
-    files = [REPO_CONFIG] if config_file is None else config_file
+    files = [bundle_config(ckpt_path)] if config_file is None else config_file
     files = [str(f) for f in ([files] if isinstance(files, (str, os.PathLike)) else files)]
     for f in files:
         if not Path(f).is_file():

@@ -238,6 +238,25 @@ def test_save_slice(ct_small, net, tmp_path):
     assert nib.load(str(paths["mean_probability"])).shape == (128, 128)
 
 
+def test_load_model_finds_the_checkpoints_bundle_config(ckpt, tmp_path):
+    """Without a config, load_model builds the network of the bundle holding the checkpoint (models/<task>/<variant>
+    included); a checkpoint outside a bundle folder gets the package's bundle/configs/train.yaml."""
+    from monai_probunet.model_loading import REPO_CONFIG, bundle_config
+
+    bundle = tmp_path / "mybundle"
+    (bundle / "configs").mkdir(parents=True)
+    (bundle / "models" / "task" / "variant").mkdir(parents=True)
+    shutil.copy(ckpt.parent.parent / "net.yaml", bundle / "configs" / "train.yaml")
+    model_pt = bundle / "models" / "task" / "variant" / "model.pt"
+    shutil.copy(ckpt, model_pt)
+    assert bundle_config(model_pt) == (bundle / "configs" / "train.yaml").resolve()
+    net, settings = load_model(model_pt)  # the tiny network of the bundle's config, not the package's default one
+    assert list(settings["spacing"]) == [0.5, 0.5]
+    assert isinstance(net, ProbUNet) and net.latent_dim == LATENT
+    assert bundle_config(ckpt) == REPO_CONFIG  # <tmp>/models/model.pt: no configs/train.yaml beside models/
+    assert bundle_config(tmp_path / "elsewhere" / "model.pt") == REPO_CONFIG
+
+
 def test_presence_threshold_and_fallback(ct_small, net, ckpt, tmp_path):
     with pytest.warns(UserWarning, match="0.5 rule"):
         h = predict_hypotheses(ct_small, (64, 70), net, num_samples=S, spacing=0.5)
