@@ -371,6 +371,46 @@ def test_cli_bad_input(ckpt, tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
+def test_bundle_pieces_are_predict_hypotheses(ct_small, ckpt, net):
+    """inference.yaml's preprocessing / inferer / postprocessing ids are the pieces predict_hypotheses composes:
+    run on a DICOM slice (a centre near the border too) and a NIfTI volume, they give the same hypotheses."""
+    from monai.bundle import ConfigParser
+    from monai.transforms import ScaleIntensityRanged
+
+    from monai_probunet.inference_transforms import (
+        HypothesesInferer,
+        InvertModelGridd,
+        LoadCTd,
+        ModelGridd,
+        PresenceSummaryd,
+        run_hypotheses,
+    )
+
+    parser = ConfigParser()
+    parser.read_config([str(TRAIN_YAML), str(INFER_YAML)])
+    parser["bundle_root"] = str(REPO / "bundle")
+    parser["infer_spacing"] = [0.5, 0.5]
+    parser["infer_num_samples"] = 8
+    parser["infer_seed"] = 5
+    parser["ckpt_path"] = str(ckpt)
+    pre, inferer, post = (parser.get_parsed_content(k) for k in ("preprocessing", "inferer", "postprocessing"))
+    assert [type(t) for t in pre.transforms if type(t) in (LoadCTd, ScaleIntensityRanged, ModelGridd)] == [
+        LoadCTd, ScaleIntensityRanged, ModelGridd]
+    assert isinstance(inferer, HypothesesInferer) and (inferer.num_samples, inferer.seed) == (8, 5)
+    assert any(isinstance(t, InvertModelGridd) for t in post.transforms)
+    assert any(isinstance(t, PresenceSummaryd) for t in post.transforms)
+    vol = np.full((120, 100, 6), -800.0, np.float32)
+    vol[50:60, 40:50, 2:4] = 40.0
+    vol_img = MetaTensor(torch.as_tensor(vol)[None], affine=torch.as_tensor(VOL_AFFINE))
+    for image, center in ((ct_small, (64, 70)), (ct_small, (1, 126)), (vol_img, (55, 45, 3))):
+        got = run_hypotheses({"image": image, "center": center}, net, pre, inferer, post)
+        ref = _predict(image, center, net, num_samples=8, seed=5)
+        for key in ("labels", "mean_probability", "entropy", "crop_labels", "areas_mm2", "affine"):
+            np.testing.assert_array_equal(getattr(got, key), getattr(ref, key), err_msg=key)
+        assert got.to_report() == ref.to_report()
+        assert got.labels.shape[0] == 8 and got.spatial_shape == ref.spatial_shape
+
+
 @pytest.mark.slow
 def test_bundle_inferring(ct_small, ckpt, tmp_path):
     data = tmp_path / "data"
