@@ -9,7 +9,7 @@ from .scenes32 import (
     render_scene,
 )
 from .shapes import LESION_TYPES, generate_shapes, render_shapes_case
-from .transforms import RandGraderd
+from .transforms import RandFieldOfViewd, RandGraderd
 
 __all__ = [
     "SWITCHABLE_CLASSES",
@@ -20,6 +20,7 @@ __all__ = [
     "BUILTIN_DATASETS",
     "DATALIST_NAME",
     "LESION_TYPES",
+    "RandFieldOfViewd",
     "RandGraderd",
     "SPLITS",
     "generate_lidc_phantom",

@@ -9,7 +9,7 @@ import numpy as np
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, Randomizable
 
-__all__ = ["RandGraderd"]
+__all__ = ["RandFieldOfViewd", "RandGraderd"]
 
 
 class RandGraderd(Randomizable, MapTransform):
@@ -44,4 +44,75 @@ class RandGraderd(Randomizable, MapTransform):
                 self.randomize(stack.shape[0])
                 first = False
             d[key] = stack[self._index : self._index + 1]
+        return d
+
+
+class RandFieldOfViewd(Randomizable, MapTransform):
+    """Let the scan's field of view end inside the crop: bands along the crop's borders become "outside the image".
+
+    At inference a lesion near the edge of a scan (or of a small field of view) is cropped past the image border and
+    the outside is filled with air (the window's lower bound, 0 after windowing) and left out of the hypotheses
+    (:func:`~monai_probunet.predict.predict_hypotheses`). Training crops never show such a border, so without this
+    transform a model meets straight-edged air regions first at inference. With probability ``prob`` per image, each
+    of the ``2 * spatial_dims`` borders independently (probability ``side_prob``) gets a band of uniform random width
+    in ``[1, max_fraction * size]`` pixels set to ``image_fill`` in the image keys and 0 in the label keys (nothing
+    is drawn outside the image). ``max_fraction < 0.5`` keeps the crop centre, where the user clicked, inside.
+
+    Args:
+        keys: image keys (filled with ``image_fill``).
+        label_keys: label keys (grader stacks, filled with 0 in the same bands).
+        prob: probability of cutting the field of view of an image.
+        side_prob: probability of each border getting a band, given that the image is cut.
+        max_fraction: largest band width as a fraction of the crop size along its axis (< 0.5).
+        image_fill: value of the outside in the image (0: the HU window's lower bound).
+        allow_missing_keys: don't raise if a key is missing.
+
+    Shapes:
+        ``C x *spatial`` -> ``C x *spatial`` for every key (all keys share the spatial shape).
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        label_keys: KeysCollection = (),
+        prob: float = 0.3,
+        side_prob: float = 0.5,
+        max_fraction: float = 0.45,
+        image_fill: float = 0.0,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        label_keys = [label_keys] if isinstance(label_keys, str) else list(label_keys)
+        image_keys = [keys] if isinstance(keys, str) else list(keys)
+        MapTransform.__init__(self, image_keys + label_keys, allow_missing_keys)
+        if not 0.0 < max_fraction < 0.5:
+            raise ValueError(f"RandFieldOfViewd: max_fraction must be in (0, 0.5), got {max_fraction}.")
+        self.image_keys, self.label_keys = image_keys, label_keys
+        self.prob, self.side_prob, self.max_fraction, self.image_fill = prob, side_prob, max_fraction, image_fill
+        self._bands: list[tuple[int, int, int]] = []  # (axis, side 0 low / 1 high, width)
+
+    def randomize(self, spatial_shape: tuple[int, ...]) -> None:  # type: ignore[override]
+        self._bands = []
+        if self.R.rand() >= self.prob:
+            return
+        for axis, size in enumerate(spatial_shape):
+            for side in (0, 1):
+                if self.R.rand() < self.side_prob:
+                    self._bands.append((axis, side, int(self.R.randint(1, max(2, int(self.max_fraction * size) + 1)))))
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        keys = list(self.key_iterator(d))
+        if not keys:
+            return d
+        self.randomize(tuple(d[keys[0]].shape[1:]))
+        for key in keys:
+            if not self._bands:
+                break
+            out = d[key].clone() if hasattr(d[key], "clone") else np.array(d[key], copy=True)
+            fill = self.image_fill if key in self.image_keys else 0
+            for axis, side, width in self._bands:
+                index = [slice(None)] * out.ndim
+                index[1 + axis] = slice(0, width) if side == 0 else slice(out.shape[1 + axis] - width, None)
+                out[tuple(index)] = fill
+            d[key] = out
         return d
