@@ -29,7 +29,26 @@ from .inference_transforms import (
 )
 from .metrics import PresenceThreshold
 
-__all__ = ["MAX_HYPOTHESES_BYTES", "predict_hypotheses"]
+__all__ = ["MAX_HYPOTHESES_BYTES", "check_sampling_arguments", "predict_hypotheses"]
+
+
+def check_sampling_arguments(num_samples: object, seed: object, model: object) -> None:
+    """Refuse sampling arguments that cannot draw hypotheses (shared by the 2-D and 3-D entry points).
+
+    Args:
+        num_samples: S, must be an integer >= 1 (``bool`` is refused).
+        seed: Must be an integer (``bool`` is refused).
+        model: Must have a ``sample(image, num_samples, generator)`` method.
+
+    Raises:
+        ValueError: Naming the first argument that is wrong and what was expected.
+    """
+    if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
+        raise ValueError(f"num_samples must be an integer >= 1, got {num_samples!r}.")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise ValueError(f"seed must be an integer, got {seed!r}.")
+    if not hasattr(model, "sample"):
+        raise ValueError(f"model {type(model).__name__} has no sample(image, num_samples, generator) method.")
 
 
 def predict_hypotheses(
@@ -85,12 +104,7 @@ def predict_hypotheses(
             parameters.
         FileNotFoundError: If the image path does not exist.
     """
-    if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
-        raise ValueError(f"num_samples must be an integer >= 1, got {num_samples!r}.")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise ValueError(f"seed must be an integer, got {seed!r}.")
-    if not hasattr(model, "sample"):
-        raise ValueError(f"model {type(model).__name__} has no sample(image, num_samples, generator) method.")
+    check_sampling_arguments(num_samples, seed, model)
     preprocessing = inference_preprocessing(
         spacing, roi_size=roi_size, hu_window=hu_window, num_samples=int(num_samples), allow_non_ct=allow_non_ct
     )

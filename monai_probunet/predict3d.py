@@ -66,7 +66,7 @@ from .ct_io import (
 )
 from .hypotheses import FALLBACK_RULE, Hypotheses, _as_threshold, group_variants
 from .metrics import PresenceThreshold
-from .predict import MAX_HYPOTHESES_BYTES, predict_hypotheses
+from .predict import MAX_HYPOTHESES_BYTES, check_sampling_arguments, predict_hypotheses
 from .presence_label import consensus_label, presence_decision
 
 __all__ = [
@@ -339,12 +339,7 @@ def predict_hypotheses_3d(
             everything :func:`~monai_probunet.predict.predict_hypotheses` refuses.
         FileNotFoundError: If the image path does not exist.
     """
-    if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
-        raise ValueError(f"num_samples must be an integer >= 1, got {num_samples!r}.")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise ValueError(f"seed must be an integer, got {seed!r}.")
-    if not hasattr(model, "sample"):
-        raise ValueError(f"model {type(model).__name__} has no sample(image, num_samples, generator) method.")
+    check_sampling_arguments(num_samples, seed, model)
     if spacing is None:
         raise ValueError(f"spacing is required: {SPACING_HINT}.")
     spacing2 = _pair(spacing, "spacing", float)
