@@ -5,10 +5,8 @@ tightest 3-D bounding boxes (:func:`group_annotations`), at most 4 per lesion (:
 slice where at least one reader drew becomes a crop resampled in-plane to the target spacing (bilinear image, nearest
 masks, no z resampling), padded with -1024 HU / 0 outside the image.
 
-Axis conventions (checked by ``tests/test_lidc.py``): pylidc indexes a scan as ``(row, col, slice)`` with slices
-sorted by increasing ``ImagePositionPatient`` z. MONAI's ``PydicomReader`` returns ``pixel_array.T``, i.e.
-``(x = col, y = row)``, with an LPS->RAS affine (which changes the affine only, never the voxels). Volumes here are
-MONAI-ordered ``(C, X, Y, K)``; the written 2-D crops are ``(row, col)`` like pylidc's planes and ``pixel_array``.
+Axis conventions: as in :mod:`monai_probunet.data.lidc_dicom` (volumes MONAI-ordered ``(C, X, Y, K)``, written 2-D
+crops ``(row, col)`` like pylidc's planes).
 """
 
 from __future__ import annotations
