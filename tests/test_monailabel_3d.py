@@ -8,7 +8,6 @@ a DICOM series in Orthanc answered as a 3-D DICOM SEG that equals the NIfTI answ
 
 from __future__ import annotations
 
-import json
 import math
 import warnings
 
@@ -21,10 +20,14 @@ from tests.test_monailabel_slicer import (  # noqa: F401 -- orthanc is a fixture
     CONFIG,
     MODEL,
     click_params,
+    infer_series,
+    new_studies,
     nrrd_geometry,
     orthanc,
+    orthanc_series,
     read_nrrd,
     seg_to_grid,
+    series_image_and_click,
     slicer_infer,
 )
 
@@ -42,11 +45,7 @@ CLICK = [68, 66, 11]
 
 @pytest.fixture(scope="module")
 def server3d(tmp_path_factory):
-    if not MODEL.is_file():
-        pytest.skip(f"{MODEL} does not exist (train the bundle)")
-    root = tmp_path_factory.mktemp("label3d")
-    studies = root / "studies"
-    studies.mkdir()
+    root, studies = new_studies(tmp_path_factory, "label3d")
     rng = np.random.default_rng(0)
     vol = (-850.0 + 30.0 * rng.standard_normal((140, 130, 24))).astype(np.float32)
     grids = np.meshgrid(*[np.arange(n) for n in vol.shape], indexing="ij")
@@ -155,48 +154,17 @@ def test_2d_mode_and_refusals(server3d):
 def test_dicomweb_series_3d_dicom_seg(orthanc, tmp_path):  # noqa: F811 -- the fixture
     """A CT series in Orthanc: the 3-D answer as a DICOM SEG equals the 3-D NIfTI answer voxel by voxel, over the
     lesion's slices."""
-    import sys
-
-    import pydicom
-    import requests
-
-    from tests.test_monailabel import REPO, _multipart
-
-    sys.path.insert(0, str(REPO / "apps" / "monailabel" / "orthanc"))
-    from make_ct_series import make_series, store
-
-    files = make_series(tmp_path / "series", slices=10, thickness=2.5, radius_mm=6.0, seed=7)
-    store(files, orthanc)
-    src = [pydicom.dcmread(str(f)) for f in files]
+    src = orthanc_series(orthanc, tmp_path / "series", slices=10, thickness=2.5, radius_mm=6.0, seed=7)
     series_uid = str(src[0].SeriesInstanceUID)
     root = tmp_path / "label"
     root.mkdir()
     with running_server(root, f"{orthanc}/dicom-web", {"model_path": MODEL, "network_config": CONFIG}) as (url, _, _):
-        r = requests.get(f"{url}/datastore/image", params={"image": series_uid}, timeout=120)
-        assert r.status_code == 200
-        (tmp_path / "image.nii.gz").write_bytes(r.content)
-        img = nib.load(str(tmp_path / "image.nii.gz"))
-        d4 = src[5]
-        iop = np.array([float(v) for v in d4.ImageOrientationPatient])
-        lps = np.array([float(v) for v in d4.ImagePositionPatient]) + 56 * float(d4.PixelSpacing[1]) * iop[:3] \
-            + 64 * float(d4.PixelSpacing[0]) * iop[3:]
-        click = [int(round(v)) for v in (np.linalg.inv(img.affine) @ np.r_[lps * [-1, -1, 1], 1.0])[:3]]
+        img, click = series_image_and_click(url, series_uid, src[5], 64, 56, tmp_path)
         params = {"foreground": [click], "background": [], "label": "lesion", "num_samples": 16, "seed": 0}
-        r_nii = requests.post(f"{url}/infer/probunet", params={"image": series_uid, "output": "all"},
-                              data={"params": json.dumps({**params, "result_extension": ".nii.gz"})}, timeout=300)
-        assert r_nii.status_code == 200, r_nii.text
-        parts = _multipart(r_nii)
-        (tmp_path / "label.nii.gz").write_bytes(parts["image"])
-        label = np.asarray(nib.load(str(tmp_path / "label.nii.gz")).dataobj).astype(np.uint8)
-        result = json.loads(parts["params"])
+        _, label, result, seg = infer_series(url, series_uid, params, tmp_path)
         assert result["mode"] == "3d" and result["extent_slices"] >= 3
         assert int(np.count_nonzero(label.any(axis=(0, 1)))) == result["extent_slices"]
 
-        r_seg = requests.post(f"{url}/infer/probunet", params={"image": series_uid, "output": "dicom_seg"},
-                              data={"params": json.dumps(params)}, timeout=300)
-        assert r_seg.status_code == 200, r_seg.text
-        (tmp_path / "seg.dcm").write_bytes(r_seg.content)
-        seg = pydicom.dcmread(str(tmp_path / "seg.dcm"))
         assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == series_uid
         assert int(seg.NumberOfFrames) == len(src)
         back = seg_to_grid(seg, label.shape, img.affine)

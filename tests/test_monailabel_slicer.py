@@ -125,14 +125,21 @@ def nrrd_geometry(fields: dict) -> np.ndarray:
 # ------------------------------------------------------------------------------------ fixtures
 
 
+def new_studies(tmp_path_factory, name: str) -> tuple[Path, Path]:
+    """A fresh server root ``<tmp>/<name>`` with an empty ``studies`` folder; skips the test without the trained
+    model."""
+    if not MODEL.is_file():
+        pytest.skip(f"{MODEL} does not exist (train the bundle)")
+    root = tmp_path_factory.mktemp(name)
+    studies = root / "studies"
+    studies.mkdir()
+    return root, studies
+
+
 @pytest.fixture(scope="module")
 def volume_server(tmp_path_factory):
     """A server on the shipped model with a 3-D CT volume (two lesions) and a 2-D slice in its studies folder."""
-    if not MODEL.is_file():
-        pytest.skip(f"{MODEL} does not exist (train the bundle)")
-    root = tmp_path_factory.mktemp("slicer")
-    studies = root / "studies"
-    studies.mkdir()
+    root, studies = new_studies(tmp_path_factory, "slicer")
     rng = np.random.default_rng(0)
     vol = (-850.0 + 20 * rng.standard_normal((96, 80, 10))).astype(np.float32)
     ii, jj = np.meshgrid(np.arange(96), np.arange(80), indexing="ij")
@@ -332,20 +339,66 @@ def seg_to_grid(seg, shape: tuple, affine_ras: np.ndarray) -> dict[int, np.ndarr
     return out
 
 
-def test_dicomweb_series_to_dicom_seg(orthanc, tmp_path):
-    """A CT series stored in Orthanc, MONAI Label on --studies <orthanc>/dicom-web: a click answered as a DICOM SEG
-    of the series (read back voxel by voxel = the NIfTI answer on the same volume), and stored back in Orthanc."""
+def orthanc_series(orthanc: str, folder: Path, **kwargs) -> list:
+    """A synthetic CT series (``make_ct_series.make_series(folder, **kwargs)``) stored in Orthanc; its slices as
+    pydicom datasets."""
     import sys
 
     import pydicom
-    import requests
 
     sys.path.insert(0, str(REPO / "apps" / "monailabel" / "orthanc"))
     from make_ct_series import make_series, store
 
-    files = make_series(tmp_path / "series", slices=8, thickness=2.5, radius_mm=5.0, seed=1)
+    files = make_series(folder, **kwargs)
     store(files, orthanc)
-    src = [pydicom.dcmread(str(f)) for f in files]
+    return [pydicom.dcmread(str(f)) for f in files]
+
+
+def series_image_and_click(url: str, series_uid: str, ds, row: int, col: int, tmp_path: Path):
+    """The series as Slicer downloads it (``GET /datastore/image`` -> ``image.nii.gz``) and the click in its IJK: the
+    voxel of pixel (``row``, ``col``) of the DICOM slice ``ds``. Returns ``(nibabel image, [i, j, k])``."""
+    import requests
+
+    r = requests.get(f"{url}/datastore/image", params={"image": series_uid}, timeout=120)
+    assert r.status_code == 200
+    (tmp_path / "image.nii.gz").write_bytes(r.content)
+    img = nib.load(str(tmp_path / "image.nii.gz"))
+    iop = np.array([float(v) for v in ds.ImageOrientationPatient])
+    lps = np.array([float(v) for v in ds.ImagePositionPatient]) + col * float(ds.PixelSpacing[1]) * iop[:3] \
+        + row * float(ds.PixelSpacing[0]) * iop[3:]
+    ijk = np.linalg.inv(img.affine) @ np.r_[lps * [-1, -1, 1], 1.0]
+    return img, [int(round(v)) for v in ijk[:3]]
+
+
+def infer_series(url: str, series_uid: str, params: dict, tmp_path: Path):
+    """The click ``params`` on the series answered as NIfTI (``output=all`` -> ``label.nii.gz``) and as a DICOM SEG
+    (``seg.dcm``). Returns ``(nibabel label image, uint8 label array, result params, pydicom SEG dataset)``."""
+    import pydicom
+    import requests
+
+    from tests.test_monailabel import _multipart
+
+    r_nii = requests.post(f"{url}/infer/probunet", params={"image": series_uid, "output": "all"},
+                          data={"params": json.dumps({**params, "result_extension": ".nii.gz"})}, timeout=300)
+    assert r_nii.status_code == 200, r_nii.text
+    parts = _multipart(r_nii)
+    (tmp_path / "label.nii.gz").write_bytes(parts["image"])
+    lab = nib.load(str(tmp_path / "label.nii.gz"))
+    r_seg = requests.post(f"{url}/infer/probunet", params={"image": series_uid, "output": "dicom_seg"},
+                          data={"params": json.dumps(params)}, timeout=300)
+    assert r_seg.status_code == 200, r_seg.text
+    (tmp_path / "seg.dcm").write_bytes(r_seg.content)
+    seg = pydicom.dcmread(str(tmp_path / "seg.dcm"))
+    return lab, np.asarray(lab.dataobj).astype(np.uint8), json.loads(parts["params"]), seg
+
+
+def test_dicomweb_series_to_dicom_seg(orthanc, tmp_path):
+    """A CT series stored in Orthanc, MONAI Label on --studies <orthanc>/dicom-web: a click answered as a DICOM SEG
+    of the series (read back voxel by voxel = the NIfTI answer on the same volume), and stored back in Orthanc."""
+    import pydicom
+    import requests
+
+    src = orthanc_series(orthanc, tmp_path / "series", slices=8, thickness=2.5, radius_mm=5.0, seed=1)
     series_uid, study_uid = str(src[0].SeriesInstanceUID), str(src[0].StudyInstanceUID)
     assert requests.get(f"{orthanc}/dicom-web/studies/{study_uid}/series", timeout=10).status_code == 200
 
@@ -357,36 +410,12 @@ def test_dicomweb_series_to_dicom_seg(orthanc, tmp_path):
         nxt = requests.post(f"{url}/activelearning/first", json={"client_id": "user-xyz"}, timeout=120)
         assert nxt.status_code == 200 and nxt.json()["id"] == series_uid, nxt.text
         # the image as Slicer downloads it, and the click in its IJK: the lesion centre (row 64, column 56, slice 4)
-        r = requests.get(f"{url}/datastore/image", params={"image": series_uid}, timeout=120)
-        assert r.status_code == 200
-        (tmp_path / "image.nii.gz").write_bytes(r.content)
-        img = nib.load(str(tmp_path / "image.nii.gz"))
-        d4 = src[4]
-        iop = np.array([float(v) for v in d4.ImageOrientationPatient])
-        lps = np.array([float(v) for v in d4.ImagePositionPatient]) + 56 * float(d4.PixelSpacing[1]) * iop[:3] \
-            + 64 * float(d4.PixelSpacing[0]) * iop[3:]
-        ijk = np.linalg.inv(img.affine) @ np.r_[lps * [-1, -1, 1], 1.0]
-        click = [int(round(v)) for v in ijk[:3]]
+        img, click = series_image_and_click(url, series_uid, src[4], 64, 56, tmp_path)
         params = {"foreground": [click], "background": [], "label": "lesion", "num_samples": 16, "seed": 0}
 
-        r_nii = requests.post(f"{url}/infer/probunet", params={"image": series_uid, "output": "all"},
-                              data={"params": json.dumps({**params, "result_extension": ".nii.gz"})}, timeout=300)
-        assert r_nii.status_code == 200, r_nii.text
-        from tests.test_monailabel import _multipart
-
-        parts = _multipart(r_nii)
-        (tmp_path / "label.nii.gz").write_bytes(parts["image"])
-        lab = nib.load(str(tmp_path / "label.nii.gz"))
-        label = np.asarray(lab.dataobj).astype(np.uint8)
+        lab, label, result, seg = infer_series(url, series_uid, params, tmp_path)
         np.testing.assert_allclose(lab.affine, img.affine, atol=1e-4)
-        result = json.loads(parts["params"])
         assert label.any() and result["label_shows_lesion"]  # the lesion is found at the click
-
-        r_seg = requests.post(f"{url}/infer/probunet", params={"image": series_uid, "output": "dicom_seg"},
-                              data={"params": json.dumps(params)}, timeout=300)
-        assert r_seg.status_code == 200, r_seg.text
-        (tmp_path / "seg.dcm").write_bytes(r_seg.content)
-        seg = pydicom.dcmread(str(tmp_path / "seg.dcm"))
         assert seg.Modality == "SEG" and seg.StudyInstanceUID == study_uid
         assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == series_uid
         assert seg.FrameOfReferenceUID == src[0].FrameOfReferenceUID and seg.PatientID == src[0].PatientID
