@@ -132,13 +132,17 @@ def test_max_extent_and_image_border(shipped):
 
 
 def test_no_lesion_at_the_click(shipped):
-    """A click on empty lung: no growth, hypotheses only on the clicked slice. With seed 0 one hypothesis of 16
-    shows a (false) lesion on every slice: alone it is not followed through the volume."""
+    """A click on empty lung: no growth, hypotheses only on the clicked slice. Some hypotheses show a (false) lesion
+    on the clicked slice and on the next ones, at other places: they are not followed through the volume, whether
+    too few show one at the click (< S / 4) or too few of those overlap their outline on the next slice."""
     vol = lung_volume(shape=(120, 120, 12))
     for seed in (0, 1):
         h = run3d(shipped, as_image(vol), [60, 60, 6], seed=seed)
-        assert h.presence_count < 4
-        assert list(h.slice_indices) == [6] and "not followed" in h.stop_reasons["up"]
+        assert h.presence_count <= 8
+        assert list(h.slice_indices) == [6]
+        for side in ("up", "down"):
+            reason = h.stop_reasons[side]
+            assert ("not followed" in reason) if h.presence_count < 4 else ("hypotheses continue (< " in reason)
         assert not h.labels[..., [k for k in range(12) if k != 6]].any()
 
 
