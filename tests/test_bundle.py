@@ -17,6 +17,7 @@ SMALL = (
     "--channels", "[8, 16, 32]",
     "--max_epochs", "2",
     "--val_interval", "1",
+    "--batch_size", "16",  # one iteration per epoch
 )  # fmt: skip
 
 

