@@ -53,7 +53,7 @@ def server3d(tmp_path_factory):
     vol[d <= 1] = 30.0 + 10.0 * rng.standard_normal(int((d <= 1).sum()))
     nib.save(nib.Nifti1Image(vol, AFFINE), str(studies / "chest.nii.gz"))
     nib.save(nib.Nifti1Image(vol[..., 11], AFFINE), str(studies / "slice.nii.gz"))
-    with running_server(root, str(studies), {"model_path": MODEL, "network_config": CONFIG}) as (url, log, _):
+    with running_server(root, str(studies), {"model_path": MODEL, "network_config": CONFIG}) as (url, log):
         import requests
 
         info = requests.get(f"{url}/info/", timeout=30).json()
@@ -158,7 +158,7 @@ def test_dicomweb_series_3d_dicom_seg(orthanc, tmp_path):  # noqa: F811 -- the f
     series_uid = str(src[0].SeriesInstanceUID)
     root = tmp_path / "label"
     root.mkdir()
-    with running_server(root, f"{orthanc}/dicom-web", {"model_path": MODEL, "network_config": CONFIG}) as (url, _, _):
+    with running_server(root, f"{orthanc}/dicom-web", {"model_path": MODEL, "network_config": CONFIG}) as (url, _):
         img, click = series_image_and_click(url, series_uid, src[5], 64, 56, tmp_path)
         params = {"foreground": [click], "background": [], "label": "lesion", "num_samples": 16, "seed": 0}
         _, label, result, seg = infer_series(url, series_uid, params, tmp_path)

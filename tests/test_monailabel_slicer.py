@@ -149,12 +149,11 @@ def volume_server(tmp_path_factory):
     nib.save(nib.Nifti1Image(vol, affine), str(studies / "chest.nii.gz"))
     nib.save(nib.Nifti1Image(vol[..., 4], affine), str(studies / "slice.nii.gz"))
     conf = {"model_path": MODEL, "network_config": CONFIG}
-    with running_server(root, str(studies), conf) as (url, log, startup_s):
+    with running_server(root, str(studies), conf) as (url, log):
         import requests
 
         info = requests.get(f"{url}/info/", timeout=30).json()
-        yield {"url": url, "info": info, "studies": studies, "root": root, "log": log, "affine": affine,
-               "startup_s": startup_s}
+        yield {"url": url, "info": info, "studies": studies, "root": root, "log": log, "affine": affine}
 
 
 @pytest.fixture(scope="module")
@@ -279,7 +278,7 @@ def test_missing_model_is_said_at_start(tmp_path):
     studies.mkdir()
     nib.save(nib.Nifti1Image(np.full((32, 32), -800.0, np.float32), np.eye(4)), str(studies / "a.nii.gz"))
     missing = tmp_path / "no_such_model.pt"
-    with running_server(tmp_path, str(studies), {"model_path": missing, "network_config": CONFIG}) as (url, log, _):
+    with running_server(tmp_path, str(studies), {"model_path": missing, "network_config": CONFIG}) as (url, log):
         text = log.read_text()
         assert f"model file {missing} does not exist" in text and "ERROR" in text
         m = requests.get(f"{url}/info/", timeout=30).json()["models"]["probunet"]
@@ -405,7 +404,7 @@ def test_dicomweb_series_to_dicom_seg(orthanc, tmp_path):
     root = tmp_path / "label"
     root.mkdir()
     conf = {"model_path": MODEL, "network_config": CONFIG}
-    with running_server(root, f"{orthanc}/dicom-web", conf) as (url, log, _):
+    with running_server(root, f"{orthanc}/dicom-web", conf) as (url, log):
         # Slicer's "Next Sample": the series listed by QIDO-RS from Orthanc
         nxt = requests.post(f"{url}/activelearning/first", json={"client_id": "user-xyz"}, timeout=120)
         assert nxt.status_code == 200 and nxt.json()["id"] == series_uid, nxt.text

@@ -110,7 +110,7 @@ def train_server(tmp_path_factory):
     model.parent.mkdir()
     _untrained_model(model, configs)
     conf = {"model_path": model, "network_config": ",".join(configs), "warmup": "false"}
-    with running_server(root, str(studies), conf) as (url, log, _):
+    with running_server(root, str(studies), conf) as (url, log):
         ctx = {"root": root, "studies": studies, "cases": cases, "model": model, "configs": configs, "log": log,
                "app": root / "app"}
         # one rated image: too few to train on
