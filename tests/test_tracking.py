@@ -7,18 +7,14 @@ from __future__ import annotations
 import math
 import os
 import re
-import signal
 import socket
-import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 from monai.utils import path_to_sqlite_uri
 
-from .conftest import run_bundle
+from .conftest import background_server, run_bundle
 from .test_bundle import SMALL
 
 MLFLOW_ARGS = (*SMALL, "--batch_size", "8", "--tracking", "mlflow")  # 16 training images: 2 iterations per epoch
@@ -61,36 +57,10 @@ def mlflow_server(tmp_path_factory):
         "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
     ]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    log = open(root / "server.log", "w")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     uri = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"mlflow server exited with {proc.returncode}: {(root / 'server.log').read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(f"{uri}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"mlflow server not up after 90 s: {(root / 'server.log').read_text()[-2000:]}")
-            time.sleep(0.5)
+    # the server, its uvicorn worker and job consumers share one process group, stopped as a whole
+    with background_server(cmd, f"{uri}/health", root / "server.log", 90, "mlflow server", env=env):
         yield uri
-    finally:
-        # the server, its uvicorn worker and job consumers share the session started above
-        for sig, wait in ((signal.SIGTERM, 3), (signal.SIGKILL, 15)):
-            try:
-                os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                proc.wait(timeout=wait)
-            except subprocess.TimeoutExpired:
-                pass
-        log.close()
 
 
 def _check_run(tracking_uri: str, log: str, tmp_path: Path) -> None:
