@@ -105,9 +105,9 @@ class RandFieldOfViewd(Randomizable, MapTransform):
         if not keys:
             return d
         self.randomize(tuple(d[keys[0]].shape[1:]))
+        if not self._bands:
+            return d
         for key in keys:
-            if not self._bands:
-                break
             out = d[key].clone() if hasattr(d[key], "clone") else np.array(d[key], copy=True)
             fill = self.image_fill if key in self.image_keys else 0
             for axis, side, width in self._bands:
