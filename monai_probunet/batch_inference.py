@@ -171,8 +171,8 @@ def infer_cases(
         max_extent_mm: with ``three_d``: the largest lesion extent along the slice axis.
         pieces: ``(preprocessing, inferer, postprocessing)`` of the bundle config
             (:mod:`~monai_probunet.inference_transforms`), run with
-            :func:`~monai_probunet.inference_transforms.run_hypotheses` on each 2-D case; ``None``: the same pieces
-            built by :func:`predict_hypotheses` from the arguments above.
+            :func:`~monai_probunet.inference_transforms.run_hypotheses` on each 2-D case and on every slice of a
+            3-D case; ``None``: the same pieces built from the arguments above.
 
     Returns:
         The summary (``{"cases": [{case_id, image, presence_probability, ambiguous, num_variants, ...} | {case_id,
@@ -211,7 +211,9 @@ def infer_cases(
                     if three_d:
                         from .predict3d import predict_hypotheses_3d
 
-                        hyp = predict_hypotheses_3d(image, center, model, max_extent_mm=max_extent_mm, **kwargs)
+                        given = dict(zip(("preprocessing", "inferer", "postprocessing"), pieces or (None,) * 3))
+                        hyp = predict_hypotheses_3d(image, center, model, max_extent_mm=max_extent_mm, **kwargs,
+                                                    **given)
                     elif pieces is not None:
                         hyp = run_hypotheses(
                             {"image": image, "center": center, "world": kwargs["world"], "frame": kwargs["frame"]},
@@ -296,7 +298,8 @@ def run_inference(
         progress: show a tqdm bar.
         infer_3d, max_extent_mm: follow each lesion through its volume (:func:`infer_cases`' ``three_d``).
         preprocessing, inferer, postprocessing: the bundle's pieces (ids ``preprocessing``, ``inferer``,
-            ``postprocessing``), run on each 2-D case; all ``None``: the same pieces built from the arguments.
+            ``postprocessing``), run on each 2-D case and every slice of a 3-D case; all ``None``: the same pieces
+            built from the arguments.
 
     Returns:
         dict: The summary.

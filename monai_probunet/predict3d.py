@@ -26,9 +26,11 @@ Re-centring
     Each new slice is cropped around the centroid of the previous slice's consensus footprint (voxels marked by more
     than half of the continuing hypotheses; their union if no voxel has a majority).
 
-Each slice runs through :func:`~monai_probunet.predict.predict_hypotheses` on an in-plane window of the slice that
-holds the model's field around the centre (its start aligned to the model's grid, so the result equals the 2-D mode
-on that slice up to voxels at exact nearest-neighbour ties). The slices are sequential (each is centred on the
+Each slice runs through the 2-D pieces of :mod:`~monai_probunet.inference_transforms` (``preprocessing``,
+``inferer``, ``postprocessing``: those of :func:`~monai_probunet.predict.predict_hypotheses` and the bundle, built
+once per volume, :func:`slice_pieces`) on an in-plane window of the slice that holds the model's field around the
+centre (its start aligned to the model's grid, so the result equals the 2-D mode on that slice up to voxels at exact
+nearest-neighbour ties). The slices are sequential (each is centred on the
 previous one's result), so they are not batched.
 
 Result (:class:`Hypotheses3D`): ``S x *spatial`` hypotheses on the input's grid, the presence-rule label
@@ -52,6 +54,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 from monai.data import MetaTensor
+from monai.transforms import Compose
 
 from .ct_io import (
     DEFAULT_HU_WINDOW,
@@ -66,7 +69,15 @@ from .ct_io import (
 )
 from .hypotheses import FALLBACK_RULE, Hypotheses, _as_threshold, group_variants
 from .metrics import PresenceThreshold
-from .predict import MAX_HYPOTHESES_BYTES, check_sampling_arguments, predict_hypotheses
+from .inference_transforms import (
+    HypothesesInferer,
+    ModelGridd,
+    PresenceSummaryd,
+    inference_postprocessing,
+    inference_preprocessing,
+    run_hypotheses,
+)
+from .predict import MAX_HYPOTHESES_BYTES, check_sampling_arguments
 from .presence_label import consensus_label, presence_decision
 
 __all__ = [
@@ -77,6 +88,7 @@ __all__ = [
     "SharedNoiseSampler",
     "check_uniform_slices",
     "predict_hypotheses_3d",
+    "slice_pieces",
 ]
 
 #: default largest lesion extent along the slice axis followed from a click
@@ -293,6 +305,56 @@ def _grid_step(pix: float, spacing: float) -> int:
     return 1
 
 
+def slice_pieces(
+    preprocessing: Compose | None,
+    inferer: HypothesesInferer | None,
+    postprocessing: Compose | None,
+    *,
+    spacing: tuple[float, float],
+    roi_size: tuple[int, int],
+    num_samples: int,
+    seed: int,
+    threshold: PresenceThreshold | None,
+    hu_window: Sequence[float] = DEFAULT_HU_WINDOW,
+) -> tuple[Compose, HypothesesInferer, Compose]:
+    """The 2-D pieces run on every slice of a volume: the given ones, checked against the call, or new ones.
+
+    Args:
+        preprocessing, inferer, postprocessing: The pieces (all or none).
+        spacing, roi_size, num_samples, seed, threshold, hu_window: The call's settings.
+
+    Returns:
+        ``(preprocessing, inferer, postprocessing)``.
+
+    Raises:
+        ValueError: Only some pieces given, or pieces built with other settings than the call's.
+    """
+    given = [p is not None for p in (preprocessing, inferer, postprocessing)]
+    if not any(given):
+        return (
+            # allow_non_ct: the slices are cut from a volume whose HU load_ct has checked
+            inference_preprocessing(spacing, roi_size=roi_size, hu_window=hu_window, num_samples=num_samples,
+                                    allow_non_ct=True),
+            HypothesesInferer(num_samples=num_samples, seed=seed),
+            inference_postprocessing(threshold),
+        )
+    if not all(given):
+        raise ValueError("preprocessing, inferer and postprocessing are given together or not at all.")
+    grids = [t for t in getattr(preprocessing, "transforms", ()) if isinstance(t, ModelGridd)]
+    summaries = [t for t in getattr(postprocessing, "transforms", ()) if isinstance(t, PresenceSummaryd)]
+    found = {
+        "spacing": (grids[0].spacing if grids else None, spacing),
+        "roi_size": (grids[0].roi if grids else None, roi_size),
+        "num_samples": (getattr(inferer, "num_samples", None), num_samples),
+        "seed": (getattr(inferer, "seed", None), seed),
+        "threshold": (summaries[0].threshold if summaries else None, threshold),
+    }
+    for name, (piece, call) in found.items():
+        if (name != "threshold" or summaries) and piece != call:
+            raise ValueError(f"the given pieces were built with {name}={piece!r}, this call has {name}={call!r}.")
+    return preprocessing, inferer, postprocessing
+
+
 # --------------------------------------------------------------------------------------------- main entry
 
 
@@ -314,6 +376,9 @@ def predict_hypotheses_3d(
     max_extent_mm: float = DEFAULT_MAX_EXTENT_MM,
     min_fraction: float = GROWTH_FRACTION,
     min_presence: float = MIN_PRESENCE,
+    preprocessing: Compose | None = None,
+    inferer: HypothesesInferer | None = None,
+    postprocessing: Compose | None = None,
 ) -> Hypotheses3D:
     """S hypotheses of the lesion at ``center`` on every slice it spans (module docstring: coherence, growth rule).
 
@@ -329,6 +394,11 @@ def predict_hypotheses_3d(
         min_fraction: In ``(0, 1]``: a slice belongs to the lesion while at least ``ceil(min_fraction * n0)`` of the
             clicked slice's ``n0`` lesion hypotheses continue on it.
         min_presence: In ``[0, 1]``: ... and at least ``ceil(min_presence * S)`` of all S hypotheses.
+        preprocessing, inferer, postprocessing: The 2-D pieces run on every slice
+            (:mod:`~monai_probunet.inference_transforms`; the bundle's ids ``preprocessing``, ``inferer`` and
+            ``postprocessing``), built once per volume; given together or not at all, and built with this call's
+            ``spacing``, ``roi_size``, ``num_samples``, ``seed`` and ``threshold`` (their window is the slices'
+            HU window). ``None``: built from the arguments.
 
     Returns:
         Hypotheses3D: ``labels`` ``S x *spatial`` uint8, ``presence_label`` ``*spatial``, ``volumes_mm3`` ``S``, the
@@ -393,6 +463,11 @@ def predict_hypotheses_3d(
         eps = torch.randn((1, num_samples, int(model.latent_dim)), generator=torch.Generator().manual_seed(seed))
         sampler = SharedNoiseSampler(model, eps.to(device))
 
+    preprocessing, inferer, postprocessing = slice_pieces(
+        preprocessing, inferer, postprocessing, spacing=spacing2, roi_size=roi2, num_samples=num_samples, seed=seed,
+        threshold=thr, hu_window=hu_window,
+    )
+
     half = [math.ceil(f / 2 / pix[a]) + 2 for f, a in zip(field_mm, inplane)]
     step = [_grid_step(pix[a], s) for a, s in zip(inplane, spacing2)]
 
@@ -414,13 +489,10 @@ def predict_hypotheses_3d(
         aff2[:3, 3] = (affine @ corner)[:3]
         meta = {"filename_or_obj": source, MODALITY_KEY: "CT"}  # the volume's HU were checked by load_ct
         plane = MetaTensor(arr[None], affine=torch.as_tensor(aff2), meta=meta)
+        case = {"image": plane, "center": [c[0] - win[0].start, c[1] - win[1].start], "world": False, "frame": "RAS"}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            h = predict_hypotheses(
-                plane, [c[0] - win[0].start, c[1] - win[1].start], sampler, spacing=spacing2, roi_size=roi2,
-                num_samples=num_samples, seed=seed, threshold=thr, hu_window=hu_window, device=device,
-                allow_non_ct=True,
-            )
+            h = run_hypotheses(case, sampler, preprocessing, inferer, postprocessing, device=device)
         return h, (win[0], win[1])
 
     hw = (spatial[inplane[0]], spatial[inplane[1]])

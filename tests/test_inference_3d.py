@@ -193,6 +193,49 @@ def test_same_prior_noise_on_every_slice(shipped, ellipsoid, monkeypatch):
             assert not h.labels[s].any()
 
 
+def test_bundle_pieces_run_every_slice(shipped, ellipsoid, monkeypatch):
+    """inference.yaml's preprocessing / inferer / postprocessing, given to the 3-D path, run every slice (each piece
+    called once per slice tried, built once per volume) and give the default path's hypotheses voxel for voxel;
+    pieces built with other settings, or only some of them, are refused."""
+    from monai.bundle import ConfigParser
+
+    from monai_probunet import inference_transforms as it
+
+    network, settings, threshold = shipped
+    parser = ConfigParser()
+    parser.read_config([str(TRAIN_YAML), str(INFER_YAML)])
+    parser["bundle_root"] = str(REPO / "bundle")
+    parser["ckpt_path"] = str(MODEL)
+    pre, inferer, post = (parser.get_parsed_content(k) for k in ("preprocessing", "inferer", "postprocessing"))
+    calls = []
+    original = it.run_hypotheses
+
+    def spy(case, net, p, i, q, device="cpu"):
+        calls.append((p, i, q))
+        return original(case, net, p, i, q, device=device)
+
+    monkeypatch.setattr("monai_probunet.predict3d.run_hypotheses", spy)
+    got = run3d(shipped, as_image(ellipsoid["vol"]), [68, 66, 11], preprocessing=pre, inferer=inferer,
+                postprocessing=post)
+    assert len(calls) == len(got.per_slice) and all(c == (pre, inferer, post) for c in calls)
+    ref = ellipsoid["h"]
+    for key in ("labels", "mean_probability", "entropy", "presence_label", "volumes_mm3", "crop_labels"):
+        np.testing.assert_array_equal(getattr(got, key), getattr(ref, key), err_msg=key)
+    assert got.to_report() == ref.to_report()
+    calls.clear()
+    run3d(shipped, as_image(ellipsoid["vol"]), [68, 66, 11], max_extent_mm=5.0)  # built once for the volume
+    assert len(calls) >= 2 and len({tuple(map(id, c)) for c in calls}) == 1
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match="seed=0, this call has seed=3"):
+        run3d(shipped, as_image(ellipsoid["vol"]), [68, 66, 11], seed=3, preprocessing=pre, inferer=inferer,
+              postprocessing=post)
+    with pytest.raises(ValueError, match="num_samples=16, this call has num_samples=8"):
+        run3d(shipped, as_image(ellipsoid["vol"]), [68, 66, 11], num_samples=8, preprocessing=pre, inferer=inferer,
+              postprocessing=post)
+    with pytest.raises(ValueError, match="together or not at all"):
+        run3d(shipped, as_image(ellipsoid["vol"]), [68, 66, 11], inferer=inferer)
+
+
 # ------------------------------------------------------------------------------------------------ refusals
 
 
