@@ -17,6 +17,9 @@ A case is a dictionary ``{"image": path or MetaTensor, "center": [...], "world":
   the model's grid), :class:`InvertModelGridd` (``Invertd`` of the case's chain back onto the slice's grid),
   :class:`ToInputGridd` (the slice written into the input's grid), :class:`PresenceSummaryd` (presence,
   ambiguity, areas, variants) and :class:`ToHypothesesd` (the :class:`~monai_probunet.hypotheses.Hypotheses`).
+
+:func:`run_hypotheses` runs one case through the three; :func:`apply_inferer` is its middle step (the MONAI Label
+task runs the same three steps as its pre-transforms, inferer and post-transforms).
 """
 
 from __future__ import annotations
@@ -62,6 +65,7 @@ __all__ = [
     "ResolveCenterd",
     "ToHypothesesd",
     "ToInputGridd",
+    "apply_inferer",
     "inference_postprocessing",
     "inference_preprocessing",
     "run_hypotheses",
@@ -680,11 +684,29 @@ def run_hypotheses(
     Returns:
         The :class:`~monai_probunet.hypotheses.Hypotheses` of the case.
     """
-    device = torch.device(device)
     data = _apply(preprocessing, dict(case))
+    data = apply_inferer(data, network, inferer, device=device)
+    data = _apply(postprocessing, data)
+    return data["hypotheses"]
+
+
+def apply_inferer(
+    data: dict, network: nn.Module, inferer: HypothesesInferer, device: str | torch.device = "cpu"
+) -> dict:
+    """The step between ``preprocessing`` and ``postprocessing``: the inferer on the case's model input.
+
+    Args:
+        data: the case after :func:`inference_preprocessing` (``model_input``: ``1 x H x W``).
+        network: a model with ``sample``; moved to ``device``, eval mode.
+        inferer: :class:`HypothesesInferer`.
+        device: where the model runs.
+
+    Returns:
+        ``data`` with ``pred`` (logits ``1 x S x C x H x W``) and ``seed`` (the inferer's).
+    """
+    device = torch.device(device)
     x = data["model_input"][None].to(device)  # 1 x 1 x roi x roi
     network = network.to(device).eval()
     data["pred"] = inferer(x, network)
     data["seed"] = inferer.seed
-    data = _apply(postprocessing, data)
-    return data["hypotheses"]
+    return data

@@ -245,6 +245,90 @@ def _post(url: str, model: str = "probunet", params: dict | str | None = None, o
     return requests.post(f"{url}/infer/{model}", params=q, data=data, timeout=120)
 
 
+TASK_FLOW_SCRIPT = r"""
+import json, sys, warnings
+sys.path.insert(0, sys.argv[1])
+import numpy as np
+from monai.bundle import ConfigParser
+from monailabel.tasks.infer.basic_infer import CallBackTypes
+from lib.infers.probunet import ProbUNetInfer, ProbUNetRequestError
+from monai_probunet.inference_transforms import run_hypotheses
+
+model, config, train_yaml, infer_yaml, bundle, image, corrupt = sys.argv[2:9]
+task = ProbUNetInfer(path=model, config_file=config)
+parser = ConfigParser()
+parser.read_config([train_yaml, infer_yaml])
+parser.update({"bundle_root": bundle, "ckpt_path": model, "infer_spacing": [0.5, 0.5], "infer_roi_size": [64, 64],
+               "infer_num_samples": 6, "infer_seed": 2})
+pre, inferer, post = (parser.get_parsed_content(k) for k in ("preprocessing", "inferer", "postprocessing"))
+request = {"image": image, "center": [32, 30], "num_samples": 6, "seed": 2, "logging": "WARNING"}
+data = {**task.check_request(request), "device": "cpu"}
+names = lambda ts: [type(t).__name__ for t in ts]
+out = {"pre": names(task.pre_transforms(data)), "post": names(task.post_transforms(data)),
+       "bundle_pre": names(pre.transforms), "bundle_post": names(post.transforms),
+       "inferer": [type(task.inferer(data)).__name__, task.inferer(data).num_samples, task.inferer(data).seed]}
+stages = {}
+def seen(name, keys):
+    def cb(d):
+        stages[name] = {k: list(d[k].shape) if hasattr(d.get(k), "shape") else d.get(k) is not None for k in keys}
+        return d
+    return cb
+callbacks = {CallBackTypes.PRE_TRANSFORMS: seen("pre", ["model_input", "pred"]),
+             CallBackTypes.INFERER: seen("inferer", ["pred"]),
+             CallBackTypes.POST_TRANSFORMS: seen("post", ["hypotheses", "pred"])}
+_, answer = task({**request, "hypotheses": True, "skip_writer": True}, callbacks)
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    ref = run_hypotheses({"image": image, "center": [32, 30]}, task._model("cpu")[0], pre, inferer, post)
+got = answer["hypotheses"]
+out.update(stages=stages, same_labels=bool(np.array_equal(answer["pred"].array[..., 0], ref.labels)),
+           same_report=got.to_report() == ref.to_report() and answer["result"]["presence_count"] == ref.presence_count)
+statuses = {}
+for name, req in {"no click": {"image": image}, "missing": {"image": image + ".gone", "center": [1, 2]},
+                  "corrupt": {"image": corrupt, "center": [1, 2]}, "outside": {"image": image, "center": [900, 2]},
+                  "three_d on a slice": {"image": image, "center": [1, 2], "mode": "3d"}}.items():
+    try:
+        task({**req, "logging": "WARNING"})
+        statuses[name] = 200
+    except ProbUNetRequestError as e:
+        statuses[name] = e.status
+out["statuses"] = statuses
+print("RESULT " + json.dumps(out))
+"""
+
+
+@pytestmark_server
+def test_task_runs_the_bundle_pieces_in_monai_labels_flow(tmp_path):
+    """The task's pre_transforms / inferer / post_transforms are inference.yaml's preprocessing / inferer /
+    postprocessing, MONAI Label's own flow runs them (its stage callbacks see the model input, the logits, the
+    hypotheses), the answer equals the library run of those pieces, and request errors keep their statuses."""
+    import subprocess
+
+    model, config, _ = write_test_model(tmp_path)
+    img = np.full((64, 64), -850.0, np.float32)
+    img[24:40, 26:38] = 30.0
+    image = tmp_path / "case1.nii.gz"
+    nib.save(nib.Nifti1Image(img, np.diag([0.5, 0.5, 1.0, 1.0])), str(image))
+    corrupt = tmp_path / "corrupt.nii.gz"
+    corrupt.write_bytes(b"not a nifti" * 9)
+    args = [str(APP), str(model), str(config), str(REPO / "bundle" / "configs" / "train.yaml"),
+            str(REPO / "bundle" / "configs" / "inference.yaml"), str(REPO / "bundle"), str(image), str(corrupt)]
+    r = subprocess.run([str(VENV / "bin" / "python"), "-c", TASK_FLOW_SCRIPT, *args], capture_output=True, text=True,
+                       timeout=600, env=server_env(), cwd=str(tmp_path), check=False)
+    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert r.returncode == 0 and lines, r.stderr[-3000:]
+    out = json.loads(lines[-1][len("RESULT "):])
+    assert out["pre"] == ["RequestCased", *out["bundle_pre"]] and "ModelGridd" in out["bundle_pre"]
+    assert out["post"] == [*out["bundle_post"], "AnswerFromHypothesesd"] and "InvertModelGridd" in out["bundle_post"]
+    assert out["inferer"] == ["HypothesesInferer", 6, 2]
+    assert out["stages"]["pre"] == {"model_input": [1, 64, 64], "pred": False}
+    assert out["stages"]["inferer"]["pred"] == [1, 6, 2, 64, 64]
+    assert out["stages"]["post"] == {"hypotheses": True, "pred": [6, 64, 64, 1]}
+    assert out["same_labels"] and out["same_report"]
+    assert out["statuses"] == {"no click": 400, "missing": 404, "corrupt": 422, "outside": 400,
+                               "three_d on a slice": 400}
+
+
 @pytestmark_server
 def test_info(server):
     import requests

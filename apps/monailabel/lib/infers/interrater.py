@@ -114,13 +114,15 @@ class InterRaterInfer(ProbUNetInfer):
 
     # ------------------------------------------------------------------------------------------ pipeline
 
-    def run_inferer(self, data: dict[str, Any], convert_to_batch: bool = True, device: str = "cuda") -> dict[str, Any]:
-        image_path = data.get("image_path") or data.get("image")
+    def check_request(self, request: dict[str, Any]) -> dict[str, Any]:
+        """The image must be a datastore image (400); its centre: the request's, else the image's ``center`` info,
+        else the grid centre; then :meth:`ProbUNetInfer.check_request` with all hypotheses asked for."""
+        image_path = request.get("image_path") or request.get("image")
         if not isinstance(image_path, str) or not image_path:
             raise ProbUNetRequestError("no image: give an image id of the datastore.", status=400)
         store = self._datastore()
         image_id = self._image_id(store, image_path)
-        if data.get("center") is None and not data.get("foreground"):
+        if request.get("center") is None and not request.get("foreground"):
             from lib.activelearning.uncertainty import Uncertainty  # the strategy's rule: image info, else grid
 
             img = nib.load(image_path)
@@ -128,11 +130,22 @@ class InterRaterInfer(ProbUNetInfer):
                 center, source = Uncertainty._center(store.get_image_info(image_id) or {}, tuple(img.shape))
             except Exception as e:  # noqa: BLE001 -- HTTPException of a bad 'center' info
                 raise ProbUNetRequestError(getattr(e, "detail", str(e)), status=400) from None
-            data = {**data, "center": center}
+            request = {**request, "center": center}
         else:
             source = "request"
-        data = super().run_inferer({**data, "hypotheses": True}, convert_to_batch=convert_to_batch, device=device)
+        checked = super().check_request({**request, "hypotheses": True})
+        checked["probunet"].update(raters_image_id=image_id, raters_center_source=source)
+        return checked
 
+    def post_transforms(self, data: dict[str, Any] | None = None) -> Sequence[Callable]:
+        """:meth:`ProbUNetInfer.post_transforms` (the hypotheses' answer), then the raters' outlines put in front of
+        the hypotheses with their GED (:meth:`with_raters`)."""
+        return [*super().post_transforms(data), self.with_raters]
+
+    def with_raters(self, data: dict[str, Any]) -> dict[str, Any]:
+        """The raters' masks as the first layers of the answer, their segments and the GED in the reply JSON."""
+        image_id, source = data["probunet"]["raters_image_id"], data["probunet"]["raters_center_source"]
+        store = self._datastore()
         result = data[self.output_json_key]
         label = data[self.output_label_key]
         hyps = np.asarray(label.array if isinstance(label, MetaTensor) else label, dtype=np.uint8)  # S x H x W x 1

@@ -21,6 +21,13 @@ the reply maps the returned segment names to their label values (for the layered
 layer ``s`` with value 1, and ``label_names`` gives ``s + 1``, its channel number). The reply JSON also holds the
 full report of :meth:`monai_probunet.inference.Hypotheses.to_report`, the rule (``label_rule``) and ``segments``.
 
+The task is MONAI Label's flow over the library's pieces (those of the bundle's ``inference.yaml``):
+:meth:`ProbUNetInfer.check_request` first (each request error answers its own status: 400, 404, 422, 503), then
+``pre_transforms`` (the checked case, then :func:`~monai_probunet.inference_transforms.inference_preprocessing`'s
+transforms), ``inferer`` (:class:`~monai_probunet.inference_transforms.HypothesesInferer`), ``post_transforms``
+(:func:`~monai_probunet.inference_transforms.inference_postprocessing`'s transforms, then the answer) and the
+writer. In 3-D the inferer step follows the lesion through the slices, running the same pieces on every slice.
+
 A result extension of ``.nrrd`` / ``.seg.nrrd`` (what Slicer asks for) gets a Slicer segmentation file with the
 names; ``.dcm`` (and ``output=dicom_seg``) a DICOM SEG referencing the image's source series (DICOMweb datastore);
 other extensions (the image's own, e.g. ``.nii.gz``) a plain label image.
@@ -28,26 +35,29 @@ other extensions (the image's own, e.g. ``.nii.gz``) a plain label image.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
 import time
 import warnings
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from monai.data import MetaTensor
+from monai.transforms import Compose
 from monailabel.interfaces.exception import MONAILabelError, MONAILabelException
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
+from monailabel.utils.others.generic import name_to_device
 
 from monai_probunet.inference import find_presence_threshold, load_ct, load_model
 from monai_probunet.inference_transforms import (
     HypothesesInferer,
+    apply_inferer,
     inference_postprocessing,
     inference_preprocessing,
-    run_hypotheses,
 )
 from monai_probunet.predict3d import check_uniform_slices, predict_hypotheses_3d
 
@@ -58,7 +68,7 @@ from .seg_nrrd import write_seg_nrrd
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ProbUNetInfer", "ProbUNetRequestError"]
+__all__ = ["AnswerFromHypothesesd", "ProbUNetInfer", "ProbUNetRequestError", "RequestCased"]
 
 #: result extensions answered with a named Slicer segmentation (.seg.nrrd)
 NRRD_EXTENSIONS = (".nrrd", ".seg.nrrd")
@@ -73,6 +83,50 @@ class ProbUNetRequestError(MONAILabelException):
         super().__setattr__("status", status)
 
 
+@contextlib.contextmanager
+def _bad_input_is_400() -> Iterator[None]:
+    """A ``ValueError`` of the library's pieces (a centre outside the image, an image smaller than the model's field,
+    too many hypotheses for the memory) answers 400 with its message."""
+    try:
+        yield
+    except ValueError as e:
+        raise ProbUNetRequestError(str(e), status=400) from e
+
+
+class RequestCased:
+    """The first pre-transform: the case the library's pieces take, from the checked request.
+
+    Sets ``image`` (the loaded ``MetaTensor``, read from memory by ``load``), ``center`` (voxel, or world mm with
+    ``world``), ``world`` and ``frame`` from ``data["probunet"]`` (:meth:`ProbUNetInfer.check_request`).
+
+    Args:
+        load: ``image path -> MetaTensor`` (the task's cached :func:`~monai_probunet.inference.load_ct`).
+    """
+
+    def __init__(self, load: Callable[[str], MetaTensor]) -> None:
+        self.load = load
+
+    def __call__(self, data: Dict[str, Any]) -> Dict[str, Any]:
+        case = data["probunet"]
+        d = dict(data)
+        d.update(image=self.load(case["image_path"]), center=case["center"], world=case["world"], frame=case["frame"])
+        return d
+
+
+class AnswerFromHypothesesd:
+    """The last post-transform: the reply of the task from ``data["hypotheses"]`` (:meth:`ProbUNetInfer.answer`).
+
+    Args:
+        task: The infer task.
+    """
+
+    def __init__(self, task: "ProbUNetInfer") -> None:
+        self.task = task
+
+    def __call__(self, data: Dict[str, Any]) -> Dict[str, Any]:
+        return self.task.answer(data)
+
+
 def _variant_color(rank: int) -> Tuple[float, float, float]:
     palette = [(0.95, 0.75, 0.1), (0.2, 0.6, 1.0), (0.9, 0.3, 0.3), (0.3, 0.8, 0.4), (0.7, 0.4, 0.9),
                (1.0, 0.5, 0.0), (0.0, 0.8, 0.8), (0.8, 0.8, 0.8)]
@@ -80,7 +134,7 @@ def _variant_color(rank: int) -> Tuple[float, float, float]:
 
 
 class ProbUNetInfer(BasicInferTask):
-    """Probabilistic U-Net hypotheses via :func:`monai_probunet.inference.predict_hypotheses`.
+    """Probabilistic U-Net hypotheses of a clicked lesion: the library's inference pieces in MONAI Label's flow.
 
     Args:
         path: ``model.pt`` (state dict; loaded with ``weights_only=True``).
@@ -162,8 +216,6 @@ class ProbUNetInfer(BasicInferTask):
         first click is as fast as the next. Returns the seconds it took."""
         import nibabel as nib
 
-        from monailabel.utils.others.generic import name_to_device
-
         start = time.perf_counter()
         _, settings, _ = self._model(name_to_device("cuda"))  # the device requests run on (cpu without CUDA)
         spacing = np.broadcast_to(np.asarray(settings["spacing"], dtype=np.float64), (2,))
@@ -187,58 +239,44 @@ class ProbUNetInfer(BasicInferTask):
                     os.remove(out)
         return time.perf_counter() - start
 
-    # ------------------------------------------------------------------------------------------ pipeline
+    # ------------------------------------------------------------------------------------------ request checks
 
-    def pre_transforms(self, data: Optional[Dict[str, Any]] = None) -> Sequence[Callable]:
-        """Nothing for MONAI Label to run before :meth:`run_inferer`.
+    def check_request(self, request: Dict[str, Any]) -> Dict[str, Any]:
+        """Check a request before MONAI Label's flow runs; a request the task cannot serve gets its own status.
 
-        The chain is the library's (:func:`~monai_probunet.inference_transforms.inference_preprocessing`, the same
-        the bundle's ``preprocessing`` id builds); :meth:`run_inferer` runs it with the request's parameters
-        (:meth:`inference_pieces`) after the request checks, so that a bad request or image gets its own status
-        (400, 404, 422) rather than a transform error.
+        In this order: the parameters (400, :func:`.params.parse_params`), the model file (503), the image (400
+        without one, 404 missing, 422 unreadable or not CT), the click against the image (400) and the mode (400;
+        a DICOM series with unequal slice gaps in 3-D: 422). The image is loaded here (and kept, :meth:`_load`), so
+        the pre-transforms read it from memory.
+
+        Args:
+            request: The request as MONAI Label passes it (the task's ``config`` defaults under it).
+
+        Returns:
+            The request plus ``probunet``: ``{"params", "center", "world", "frame", "three_d", "image_path",
+            "timings"}`` (the case the pre-transforms build).
+
+        Raises:
+            ProbUNetRequestError: With the HTTP status the app answers.
         """
-        return []
-
-    def post_transforms(self, data: Optional[Dict[str, Any]] = None) -> Sequence[Callable]:
-        """Nothing after :meth:`run_inferer`: it runs the library's postprocessing (``Invertd`` back onto the input
-        grid, presence and variants; :func:`~monai_probunet.inference_transforms.inference_postprocessing`)."""
-        return []
-
-    def inverse_transforms(self, data: Optional[Dict[str, Any]] = None) -> None:
-        return None
-
-    def inference_pieces(
-        self, settings: Dict[str, Any], num_samples: int, seed: int, threshold: Any
-    ) -> Tuple[Callable, HypothesesInferer, Callable]:
-        """``(preprocessing, inferer, postprocessing)`` of one request: the bundle's ``inference.yaml`` pieces, built
-        by the same factories with the model's settings and the request's S and seed."""
-        return (
-            inference_preprocessing(
-                settings["spacing"], roi_size=settings["roi_size"], hu_window=settings["hu_window"],
-                num_samples=num_samples,
-            ),
-            HypothesesInferer(num_samples=num_samples, seed=seed),
-            inference_postprocessing(threshold),
-        )
-
-    def run_inferer(self, data: Dict[str, Any], convert_to_batch: bool = True, device: str = "cuda") -> Dict[str, Any]:
+        req = {**self._config, **request}
         try:
-            params = parse_params(data)
+            params = parse_params(req)
         except ValueError as e:
             raise ProbUNetRequestError(str(e), status=400) from e
         t0 = time.perf_counter()
-        network, settings, threshold = self._model(str(device))
+        self._model(str(name_to_device(req.get("device", "cuda"))))
         t1 = time.perf_counter()
-        image_path = data.get("image_path") or data.get("image")
+        image_path = req.get("image_path") or req.get("image")
         if not isinstance(image_path, str) or not image_path:
             raise ProbUNetRequestError("no image: give an image id of the datastore or upload a file.", status=400)
         try:
             image = self._load(image_path)
-            t2 = time.perf_counter()
         except FileNotFoundError as e:
             raise ProbUNetRequestError(str(e), status=404) from e
         except ValueError as e:
             raise ProbUNetRequestError(f"bad image: {e}", status=422) from e
+        t2 = time.perf_counter()
         center = list(params.center)
         if params.from_click and image.ndim == 3 and len(center) == 3:
             # a 2-D image is one slice to Slicer: its clicks are [i, j, 0]
@@ -258,23 +296,94 @@ class ProbUNetInfer(BasicInferTask):
                 except ValueError as e:
                     raise ProbUNetRequestError(f"bad image for 3-D mode: {e}", status=422) from e
                 self._uniform_series[str(series)] = os.stat(series).st_mtime
-        kwargs = {
-            "world": params.world and not params.from_click, "frame": params.frame, "spacing": settings["spacing"],
-            "roi_size": settings["roi_size"], "num_samples": params.num_samples, "seed": params.seed,
-            "threshold": threshold, "hu_window": settings["hu_window"], "device": device,
+        checked = {
+            "params": params, "center": center, "world": params.world and not params.from_click,
+            "frame": params.frame, "three_d": three_d, "image_path": image_path,
+            "timings": {"model": round(t1 - t0, 3), "load_image": round(t2 - t1, 3)}, "checked_at": t2,
         }
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)
-                if three_d:
-                    hyp = predict_hypotheses_3d(image, center, network, max_extent_mm=params.max_extent_mm, **kwargs)
-                else:  # one slice: the library's chain (predict_hypotheses' pieces) run here
-                    case = {"image": image, "center": center, "world": kwargs["world"], "frame": kwargs["frame"]}
-                    pieces = self.inference_pieces(settings, params.num_samples, params.seed, threshold)
-                    hyp = run_hypotheses(case, network, *pieces, device=device)
-        except ValueError as e:
-            raise ProbUNetRequestError(str(e), status=400) from e
+        return {**request, "probunet": checked}
 
+    # ------------------------------------------------------------------------------------------ MONAI Label's flow
+
+    def inference_pieces(self, data: Optional[Dict[str, Any]] = None) -> Tuple[Compose, HypothesesInferer, Compose]:
+        """``(preprocessing, inferer, postprocessing)`` of a request: the bundle's ``inference.yaml`` pieces, built by
+        the same factories with the model's settings and the request's S and seed (the task's defaults without a
+        checked request)."""
+        device = str(name_to_device((data or {}).get("device") or self._config.get("device") or "cuda"))
+        _, settings, threshold = self._model(device)
+        params = (data or {}).get("probunet", {}).get("params")
+        num_samples = params.num_samples if params else int(self._config.get("num_samples", 16))
+        seed = params.seed if params else int(self._config.get("seed", 0))
+        return (
+            inference_preprocessing(
+                settings["spacing"], roi_size=settings["roi_size"], hu_window=settings["hu_window"],
+                num_samples=num_samples,
+            ),
+            HypothesesInferer(num_samples=num_samples, seed=seed),
+            inference_postprocessing(threshold),
+        )
+
+    def pre_transforms(self, data: Optional[Dict[str, Any]] = None) -> Sequence[Callable]:
+        """:class:`RequestCased` (the checked case, the image from memory), then for one slice the library's
+        preprocessing (:func:`~monai_probunet.inference_transforms.inference_preprocessing`, the bundle's
+        ``preprocessing``). In 3-D the inferer runs those pieces on every slice it follows."""
+        first: list = [RequestCased(self._load)]
+        if data is not None and data.get("probunet", {}).get("three_d"):
+            return first
+        return first + list(self.inference_pieces(data)[0].transforms)
+
+    def inferer(self, data: Optional[Dict[str, Any]] = None) -> HypothesesInferer:
+        """The request's :class:`~monai_probunet.inference_transforms.HypothesesInferer` (the bundle's ``inferer``)."""
+        return self.inference_pieces(data)[1]
+
+    def post_transforms(self, data: Optional[Dict[str, Any]] = None) -> Sequence[Callable]:
+        """For one slice the library's postprocessing (``Invertd`` back onto the input grid, presence and variants:
+        :func:`~monai_probunet.inference_transforms.inference_postprocessing`, the bundle's ``postprocessing``),
+        then :class:`AnswerFromHypothesesd` (the label, the segments and the reply JSON)."""
+        last: list = [AnswerFromHypothesesd(self)]
+        if data is not None and data.get("probunet", {}).get("three_d"):
+            return last
+        return list(self.inference_pieces(data)[2].transforms) + last
+
+    def inverse_transforms(self, data: Optional[Dict[str, Any]] = None) -> None:
+        return None  # the postprocessing inverts the model grid (Invertd) itself
+
+    def _get_network(self, device: str, data: Any) -> torch.nn.Module:
+        return self._model(str(device))[0]
+
+    def run_pre_transforms(self, data: Dict[str, Any], transforms: Sequence[Callable]) -> Dict[str, Any]:
+        with _bad_input_is_400():
+            return super().run_pre_transforms(data, transforms)
+
+    def run_inferer(self, data: Dict[str, Any], convert_to_batch: bool = True, device: str = "cuda") -> Dict[str, Any]:
+        """The inferer on the model input of a slice
+        (:func:`~monai_probunet.inference_transforms.apply_inferer`, as the library runs it); for a volume the
+        lesion followed through its slices (:func:`~monai_probunet.predict3d.predict_hypotheses_3d` with this
+        request's pieces)."""
+        network = self._get_network(device, data)
+        case = data["probunet"]
+        with _bad_input_is_400():
+            if not case["three_d"]:
+                return apply_inferer(data, network, self.inferer(data), device=device)
+            _, settings, threshold = self._model(str(device))
+            pre, inferer, post = self.inference_pieces(data)
+            data["hypotheses"] = predict_hypotheses_3d(
+                data[self.input_key], case["center"], network, world=case["world"], frame=case["frame"],
+                spacing=settings["spacing"], roi_size=settings["roi_size"], num_samples=inferer.num_samples,
+                seed=inferer.seed, threshold=threshold, hu_window=settings["hu_window"], device=device,
+                max_extent_mm=case["params"].max_extent_mm, preprocessing=pre, inferer=inferer, postprocessing=post,
+            )
+        return data
+
+    def run_post_transforms(self, data: Dict[str, Any], transforms: Sequence[Callable]) -> Dict[str, Any]:
+        with _bad_input_is_400():
+            return super().run_post_transforms(data, transforms)
+
+    def answer(self, data: Dict[str, Any]) -> Dict[str, Any]:
+        """The reply from the request's :class:`~monai_probunet.hypotheses.Hypotheses` (``data["hypotheses"]``):
+        the label (``pred``: the presence-rule label, or all S hypotheses as layers), its segments and the JSON."""
+        case = data["probunet"]
+        params, three_d, hyp = case["params"], case["three_d"], data["hypotheses"]
         t3 = time.perf_counter()
         decision = presence_decision(hyp.presence_count, hyp.num_samples, hyp.threshold)
         if params.hypotheses:
@@ -312,7 +421,7 @@ class ProbUNetInfer(BasicInferTask):
             background_points="not used",
             segments=[{k: v for k, v in s.items() if k != "color"} for s in segments],
             model_path=self.model_file,
-            timings_s={"model": round(t1 - t0, 3), "load_image": round(t2 - t1, 3), "hypotheses": round(t3 - t2, 3)},
+            timings_s={**case["timings"], "hypotheses": round(t3 - case["checked_at"], 3)},
         )
         data[self.output_json_key] = result
         data["probunet_segments"] = segments
@@ -374,7 +483,12 @@ class ProbUNetInfer(BasicInferTask):
         return out, result
 
     def __call__(self, request: Dict[str, Any], callbacks: Any = None) -> Tuple[Any, Dict[str, Any]]:
-        out, result = super().__call__(request, callbacks)
+        """:meth:`check_request`, then MONAI Label's flow: :meth:`pre_transforms`, :meth:`run_inferer`,
+        :meth:`post_transforms`, :meth:`writer`."""
+        request = self.check_request(request)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            out, result = super().__call__(request, callbacks)
         # MONAI Label sets label_names to the task's labels after the writer: name the segments really returned
         segments = result.get("segments")
         if segments:
