@@ -68,7 +68,6 @@ from .ct_io import (
     resolve_center,
 )
 from .hypotheses import FALLBACK_RULE, Hypotheses, _as_threshold, group_variants
-from .metrics import PresenceThreshold
 from .inference_transforms import (
     HypothesesInferer,
     ModelGridd,
@@ -77,6 +76,7 @@ from .inference_transforms import (
     inference_preprocessing,
     run_hypotheses,
 )
+from .metrics import PresenceThreshold
 from .predict import MAX_HYPOTHESES_BYTES, check_sampling_arguments
 from .presence_label import consensus_label, presence_decision
 

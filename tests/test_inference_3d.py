@@ -201,7 +201,6 @@ def test_bundle_pieces_run_every_slice(shipped, ellipsoid, monkeypatch):
 
     from monai_probunet import inference_transforms as it
 
-    network, settings, threshold = shipped
     parser = ConfigParser()
     parser.read_config([str(TRAIN_YAML), str(INFER_YAML)])
     parser["bundle_root"] = str(REPO / "bundle")
