@@ -1,32 +1,46 @@
-"""Many-image inference: the cases of a folder (:func:`read_inference_cases`), one loaded model run over them with
-the whole run written at once (:func:`infer_cases`), and the bundle entry :func:`run_inference` (id ``inferring``).
+"""Many-image inference: the cases of a folder (:func:`read_inference_cases`), one loaded model run over them by
+MONAI's ``SupervisedEvaluator`` with the whole run written at once (:func:`infer_cases`,
+:mod:`~monai_probunet.inference_evaluator`), and the bundle entry :func:`run_inference` (id ``inferring``, through
+the ``evaluator`` id).
 """
 
 from __future__ import annotations
 
-import json
-import logging
 import os
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn as nn
 
-from .ct_io import DEFAULT_HU_WINDOW, DEFAULT_ROI_SIZE, SPACING_HINT, _pair, load_ct
-from .hypotheses import FALLBACK_RULE, SUMMARY_NAME, WRITTEN_BY, WRITTEN_BY_KEY, _as_threshold, is_inference_run
-from .inference_transforms import HypothesesInferer, run_hypotheses
+from .ct_io import DEFAULT_HU_WINDOW, DEFAULT_ROI_SIZE, SPACING_HINT, _pair
+from .hypotheses import FALLBACK_RULE, _as_threshold, is_inference_run
+from .inference_evaluator import _safe_case_id, inference_evaluator  # noqa: F401 -- _safe_case_id: re-exported
+from .inference_transforms import HypothesesInferer, inference_postprocessing, inference_preprocessing
 from .io_utils import read_json
 from .metrics import PresenceThreshold
 from .model_loading import check_device, find_presence_threshold
-from .predict import predict_hypotheses
 
-__all__ = ["infer_cases", "read_inference_cases", "resolve_threshold", "run_inference"]
+__all__ = ["infer_cases", "inference_cases", "read_inference_cases", "resolve_threshold", "run_inference"]
 
-logger = logging.getLogger(__name__)
+
+def inference_cases(
+    dataset_dir: str | os.PathLike, centers: str | os.PathLike | None = None, split: str = "test"
+) -> list[dict[str, Any]]:
+    """:func:`read_inference_cases` for the bundle (the evaluator's data, id ``infer_cases``): a bad source is one
+    line.
+
+    Raises:
+        ConfigValueError: No cases, a missing or malformed ``centers.json`` / ``datalist.json``.
+    """
+    from .bundle_utils import ConfigValueError
+
+    try:
+        return read_inference_cases(dataset_dir, centers, split)
+    except (ValueError, FileNotFoundError) as e:
+        raise ConfigValueError(str(e)) from e
 
 
 def _case_entry(raw: Any, image: str, where: str) -> dict[str, Any]:
@@ -124,12 +138,6 @@ def read_inference_cases(
     return cases
 
 
-def _safe_case_id(case_id: str) -> str:
-    """A case id usable as one folder name (no separators, not ``.``/``..``, not the summary's name)."""
-    cid = "".join(c if c.isalnum() or c in "-_.+" else "_" for c in str(case_id)).strip(".") or "case"
-    return cid if cid != SUMMARY_NAME else f"{cid}_case"
-
-
 def infer_cases(
     model: nn.Module,
     cases: Sequence[Mapping[str, Any]],
@@ -149,7 +157,10 @@ def infer_cases(
     max_extent_mm: float = 40.0,
     pieces: tuple[Any, HypothesesInferer, Any] | None = None,
 ) -> dict[str, Any]:
-    """Run :func:`predict_hypotheses` on many images with one loaded model and write the whole run at once.
+    """Run many images through the inference pieces with one loaded model and write the whole run at once.
+
+    The run is the bundle's ``evaluator`` (MONAI's ``SupervisedEvaluator``,
+    :func:`~monai_probunet.inference_evaluator.inference_evaluator`): one case per iteration.
 
     Every case goes to ``<output_dir>/<case_id>/`` (:meth:`~monai_probunet.hypotheses.Hypotheses.write_set`), plus
     ``<output_dir>/inference_summary.json``; the run is written into a temporary sibling folder and moved onto
@@ -162,7 +173,8 @@ def infer_cases(
         cases: ``{"image", "center" (None = image centre), "world", "frame", "case_id"}`` entries
             (:func:`read_inference_cases`).
         output_dir: the run's folder.
-        spacing, roi_size, num_samples, seed, hu_window, device, allow_non_ct: as in :func:`predict_hypotheses`.
+        spacing, roi_size, num_samples, seed, hu_window, device, allow_non_ct: as in
+            :func:`~monai_probunet.predict.predict_hypotheses`.
         threshold: the fitted presence rule, ``None`` for the fallback rule.
         progress: show a tqdm bar.
         checkpoint: recorded in the summary.
@@ -170,91 +182,31 @@ def infer_cases(
             (:func:`~monai_probunet.predict3d.predict_hypotheses_3d`; a 2-D image is then a failed case).
         max_extent_mm: with ``three_d``: the largest lesion extent along the slice axis.
         pieces: ``(preprocessing, inferer, postprocessing)`` of the bundle config
-            (:mod:`~monai_probunet.inference_transforms`), run with
-            :func:`~monai_probunet.inference_transforms.run_hypotheses` on each 2-D case and on every slice of a
-            3-D case; ``None``: the same pieces built from the arguments above.
+            (:mod:`~monai_probunet.inference_transforms`), run on each 2-D case and on every slice of a 3-D case;
+            ``None``: the same pieces built from the arguments above (those of
+            :func:`~monai_probunet.predict.predict_hypotheses`).
 
     Returns:
         The summary (``{"cases": [{case_id, image, presence_probability, ambiguous, num_variants, ...} | {case_id,
         image, error}], "num_ok", "num_failed", "ambiguity_rule", ...}``).
     """
-    from tqdm import tqdm
-
-    from .io_utils import staged_dir
-
     if spacing is None:
         raise ValueError(f"spacing is required: {SPACING_HINT}.")
-    out = Path(output_dir)
-    rows = []
-    with staged_dir(out, is_ours=is_inference_run, what="output folder") as tmp:
-        used: set[str] = set()
-        for case in tqdm(cases, desc="inferring", unit="image", disable=not progress):
-            cid = _safe_case_id(case["case_id"])
-            k, base = 1, cid
-            while cid in used:
-                cid, k = f"{base}_{k}", k + 1
-            used.add(cid)
-            row: dict[str, Any] = {"case_id": cid, "image": str(case["image"])}
-            try:
-                center = case.get("center")
-                image: Any = case["image"]
-                if center is None:
-                    image, _ = load_ct(case["image"], allow_non_ct=allow_non_ct)
-                    center = [(s - 1) / 2 for s in image.shape[1:]]
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", UserWarning)
-                    kwargs = {
-                        "world": bool(case.get("world", False)), "frame": case.get("frame", "RAS"), "spacing": spacing,
-                        "roi_size": roi_size, "num_samples": num_samples, "seed": seed, "threshold": threshold,
-                        "hu_window": hu_window, "device": device, "allow_non_ct": allow_non_ct,
-                    }
-                    if three_d:
-                        from .predict3d import predict_hypotheses_3d
-
-                        given = dict(zip(("preprocessing", "inferer", "postprocessing"), pieces or (None,) * 3))
-                        hyp = predict_hypotheses_3d(image, center, model, max_extent_mm=max_extent_mm, **kwargs,
-                                                    **given)
-                    elif pieces is not None:
-                        hyp = run_hypotheses(
-                            {"image": image, "center": center, "world": kwargs["world"], "frame": kwargs["frame"]},
-                            model, *pieces, device=device,
-                        )
-                    else:
-                        hyp = predict_hypotheses(image, center, model, **kwargs)
-                hyp.extra["case_id"] = cid
-                (tmp / cid).mkdir()
-                hyp.write_set(tmp / cid)
-                row.update(
-                    presence_probability=hyp.presence_probability,
-                    ambiguous=hyp.ambiguous,
-                    num_variants=len(hyp.variants),
-                    top_variant_frequency=hyp.variants[0].frequency,
-                    mean_area_mm2=float(np.mean(hyp.areas_mm2)),
-                    output_dir=str(out / cid),
-                )
-                if three_d:
-                    rep = hyp.to_report()
-                    row.update(extent_slices=rep["extent_slices"], extent_mm=rep["extent_mm"],
-                               presence_label_volume_mm3=rep["presence_label"]["volume_mm3"])
-            except (ValueError, FileNotFoundError, RuntimeError) as e:
-                logger.error("case %s (%s) failed: %s", cid, case["image"], e)
-                row["error"] = f"{type(e).__name__}: {e}"
-            rows.append(row)
-        summary = {
-            WRITTEN_BY_KEY: WRITTEN_BY,
-            "checkpoint": checkpoint,
-            "num_samples": num_samples,
-            "seed": seed,
-            "mode": "3d" if three_d else "2d",
-            "ambiguity_rule": FALLBACK_RULE if threshold is None else threshold.to_dict(),
-            "num_ok": sum("error" not in r for r in rows),
-            "num_failed": sum("error" in r for r in rows),
-            "cases": rows,
-        }
-        (tmp / SUMMARY_NAME).write_text(json.dumps(summary, indent=1))
-    log = logger.error if rows and not summary["num_ok"] else logger.info
-    log("inference: %d ok, %d failed -> %s", summary["num_ok"], summary["num_failed"], out)
-    return summary
+    if pieces is None:
+        pieces = (
+            inference_preprocessing(spacing, roi_size=roi_size, hu_window=hu_window, num_samples=num_samples,
+                                    allow_non_ct=allow_non_ct),
+            HypothesesInferer(num_samples=num_samples, seed=seed),
+            inference_postprocessing(threshold),
+        )
+    preprocessing, inferer, postprocessing = pieces
+    evaluator = inference_evaluator(
+        model, cases, output_dir, preprocessing=preprocessing, inferer=inferer, postprocessing=postprocessing,
+        device=device, threshold=threshold, three_d=three_d, max_extent_mm=max_extent_mm, spacing=spacing,
+        roi_size=roi_size, hu_window=hu_window, allow_non_ct=allow_non_ct, checkpoint=checkpoint, progress=progress,
+    )
+    evaluator.run()
+    return evaluator.state.inference_summary
 
 
 def run_inference(
@@ -278,8 +230,9 @@ def run_inference(
     preprocessing: Any = None,
     inferer: HypothesesInferer | None = None,
     postprocessing: Any = None,
+    evaluator: Any = None,
 ) -> dict[str, Any]:
-    """Run :func:`predict_hypotheses` on every image of a folder, the model loaded once (bundle id ``inferring``).
+    """Run the inference pieces on every image of a folder, the model loaded once (bundle id ``inferring``).
 
     Checks the inputs first (spacing, device, cases, output folder, threshold), then loads ``ckpt_path`` into
     ``network`` (``weights_only=True``); the presence threshold comes from ``threshold_path`` or
@@ -293,13 +246,18 @@ def run_inference(
         ckpt_path: ``model.pt``.
         dataset_dir, centers, split: where the cases come from (:func:`read_inference_cases`).
         output_dir: the run's folder.
-        num_samples, seed, spacing, roi_size, hu_window, device, allow_non_ct: as in :func:`predict_hypotheses`.
+        num_samples, seed, spacing, roi_size, hu_window, device, allow_non_ct: as in
+            :func:`~monai_probunet.predict.predict_hypotheses`.
         threshold_path: ``presence_threshold.json`` (default: next to the checkpoint, else the fallback rule).
         progress: show a tqdm bar.
         infer_3d, max_extent_mm: follow each lesion through its volume (:func:`infer_cases`' ``three_d``).
         preprocessing, inferer, postprocessing: the bundle's pieces (ids ``preprocessing``, ``inferer``,
             ``postprocessing``), run on each 2-D case and every slice of a 3-D case; all ``None``: the same pieces
             built from the arguments.
+        evaluator: the bundle's ``evaluator`` (a ``SupervisedEvaluator`` over the cases with the pieces and a
+            :class:`~monai_probunet.inference_evaluator.HypothesesWriter`; its ``network`` is ``network``): the
+            run is its ``run()`` after the checks and the weights; ``dataset_dir``, ``centers``, ``split`` and the
+            pieces are then its own. ``None``: :func:`infer_cases` builds the same evaluator.
 
     Returns:
         dict: The summary.
@@ -319,7 +277,9 @@ def run_inference(
                              and 0 < float(max_extent_mm) < float("inf")):
             raise ValueError(f"infer_max_extent_mm must be a positive number, got {max_extent_mm!r}.")
         dev = check_device(device)
-        cases = read_inference_cases(dataset_dir, centers, split)
+        if evaluator is not None and evaluator.network is not network:
+            raise ValueError("the evaluator's network is not the network whose weights are loaded (network_def).")
+        cases = evaluator.data_loader if evaluator is not None else read_inference_cases(dataset_dir, centers, split)
         staged_dir(output_dir, is_ours=is_inference_run, what="output_dir")  # refuse early, before any work
         thr = resolve_threshold(threshold_path, ckpt_path)
         pieces = (preprocessing, inferer, postprocessing)
@@ -331,6 +291,9 @@ def run_inference(
     network = network.to(dev).eval()
     if thr is None:
         warnings.warn(f"no presence_threshold.json next to {ckpt_path}: {FALLBACK_RULE}.", UserWarning, stacklevel=2)
+    if evaluator is not None:
+        evaluator.run()
+        return evaluator.state.inference_summary
     return infer_cases(
         network, cases, output_dir, spacing=spacing, roi_size=roi_size, num_samples=num_samples, seed=seed,
         hu_window=hu_window, threshold=thr, device=dev, progress=progress, allow_non_ct=allow_non_ct,

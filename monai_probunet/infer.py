@@ -49,11 +49,11 @@ __all__ = ["build_parser", "main"]
 REPO_BUNDLE = Path(__file__).resolve().parents[1] / "bundle"
 DEFAULT_CKPT = REPO_BUNDLE / "models" / "model.pt"
 #: optional packages that ``import monai`` loads eagerly (its ``__init__`` imports every submodule, and those import
-#: every optional dependency they find) but that the inference path never calls: ignite (with it most of
+#: every optional dependency they find) but that the one-image inference path never calls: ignite (with it most of
 #: torch.distributed), scipy, mlflow, pandas, scikit-learn, scikit-image, matplotlib, IPython, fastapi, tensorboard.
 #: While this CLI imports its modules they are marked absent, so MONAI installs its lazy "optional import" stubs
 #: instead (2-3x less import time); afterwards they are importable again for anything that needs them at run time.
-#: ``PROBUNET_FULL_IMPORT=1`` turns this off.
+#: ``--batch`` (MONAI's evaluator runs the cases: it needs ignite) and ``PROBUNET_FULL_IMPORT=1`` turn this off.
 IMPORT_DIET = (
     "ignite", "scipy", "mlflow", "pandas", "sklearn", "skimage", "matplotlib", "IPython", "fastapi", "tensorboard",
 )
@@ -189,9 +189,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
-def _import_inference():
-    """``monai_probunet.inference`` (torch + MONAI), imported without the packages of :data:`IMPORT_DIET`."""
-    if os.environ.get("PROBUNET_FULL_IMPORT", "") not in ("", "0") or "monai" in sys.modules:
+def _import_inference(full: bool = False):
+    """``monai_probunet.inference`` (torch + MONAI), imported without the packages of :data:`IMPORT_DIET` unless
+    ``full`` (``--batch`` runs MONAI's evaluator, which needs ignite)."""
+    if full or os.environ.get("PROBUNET_FULL_IMPORT", "") not in ("", "0") or "monai" in sys.modules:
         from . import inference
 
         return inference
@@ -220,7 +221,7 @@ def _run(args: argparse.Namespace, spacing, roi_arg) -> int:
     if Path(args.ckpt).stat().st_size == 0:
         raise ValueError(f"checkpoint {args.ckpt} is empty (0 bytes).")
 
-    inf = _import_inference()
+    inf = _import_inference(full=args.batch is not None)
 
     is_ours = inf.is_hypotheses_set if args.batch is None else inf.is_inference_run
     staged_dir(args.out, is_ours=is_ours, what="--out")  # refuses a file / foreign folder / unwritable place

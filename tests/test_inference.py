@@ -411,6 +411,54 @@ def test_bundle_pieces_are_predict_hypotheses(ct_small, ckpt, net):
         assert got.labels.shape[0] == 8 and got.spatial_shape == ref.spatial_shape
 
 
+def test_bundle_evaluator_runs_the_pieces(ct_small, ckpt, net, tmp_path):
+    """inference.yaml's ``evaluator`` is MONAI's SupervisedEvaluator over the cases with the ``inferer`` and
+    ``postprocessing`` ids (run on MODEL_COMPLETED) and the ``preprocessing`` id in its iteration; ``infer#runner``
+    runs it: a case's files hold predict_hypotheses' hypotheses, a failed case keeps its error and the run goes on."""
+    from ignite.engine import Events
+    from monai.bundle import ConfigParser
+    from monai.engines import SupervisedEvaluator
+    from monai.engines.utils import IterationEvents
+
+    from monai_probunet.inference_evaluator import HypothesesIteration, HypothesesWriter
+
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copy(ct_small, data / "ct_small.dcm")
+    (data / "centers.json").write_text(json.dumps({"ct_small.dcm": [64, 70], "gone.nii.gz": [1, 1],
+                                                   "again.dcm": [1, 126]}))
+    shutil.copy(ct_small, data / "again.dcm")
+    parser = ConfigParser()
+    parser.read_config([str(TRAIN_YAML), str(INFER_YAML)])
+    parser.update({"bundle_root": str(REPO / "bundle"), "ckpt_path": str(ckpt), "infer_spacing": [0.5, 0.5],
+                   "infer_num_samples": 4, "infer_seed": 3, "dataset_dir": str(data),
+                   "output_dir": str(tmp_path / "out"),
+                   "channels": CHANNELS, "latent_dim": LATENT, "fcomb_channels": CHANNELS[0],
+                   "device": "$torch.device('cpu')", "infer_progress": False})
+    evaluator = parser.get_parsed_content("evaluator")
+    pre, inferer = parser.get_parsed_content("preprocessing"), parser.get_parsed_content("inferer")
+    assert isinstance(evaluator, SupervisedEvaluator) and evaluator.inferer is inferer
+    assert evaluator.network is parser.get_parsed_content("network_def")
+    iteration = evaluator._process_function
+    assert isinstance(iteration, HypothesesIteration) and iteration.preprocessing is pre and not iteration.three_d
+    assert len(evaluator.data_loader) == 3
+    writers = [getattr(h[0], "__self__", None) for h in evaluator._event_handlers[Events.COMPLETED]]
+    assert any(isinstance(w, HypothesesWriter) for w in writers)
+    seen = []
+    evaluator.add_event_handler(IterationEvents.MODEL_COMPLETED, lambda e: seen.append(sorted(e.state.output)))
+    summary = parser.get_parsed_content("infer#runner")()
+    assert summary["num_ok"] == 2 and summary["num_failed"] == 1
+    assert "does not exist" in {r["case_id"]: r for r in summary["cases"]}["gone"]["error"]
+    # the evaluator's postprocessing (registered first) ran on MODEL_COMPLETED, once per good case
+    assert len(seen) == 2 and {"pred", "hypotheses"} <= set(seen[0])
+    for case, center in (("ct_small", (64, 70)), ("again", (1, 126))):
+        ref = _predict(ct_small, center, net, num_samples=4, seed=3)
+        got = np.asarray(nib.load(str(tmp_path / "out" / case / "hypotheses.nii.gz")).dataobj)
+        np.testing.assert_array_equal(np.moveaxis(got[..., 0, :], -1, 0), ref.labels)
+        rep = json.loads((tmp_path / "out" / case / "report.json").read_text())
+        assert rep["presence_count"] == ref.presence_count and rep["seed"] == 3
+
+
 @pytest.mark.slow
 def test_bundle_inferring(ct_small, ckpt, tmp_path):
     data = tmp_path / "data"
