@@ -30,8 +30,10 @@ Each slice runs through the 2-D pieces of :mod:`~monai_probunet.inference_transf
 ``inferer``, ``postprocessing``: those of :func:`~monai_probunet.predict.predict_hypotheses` and the bundle, built
 once per volume, :func:`slice_pieces`) on an in-plane window of the slice that holds the model's field around the
 centre (its start aligned to the model's grid, so the result equals the 2-D mode on that slice up to voxels at exact
-nearest-neighbour ties). The slices are sequential (each is centred on the
-previous one's result), so they are not batched.
+nearest-neighbour ties). Near an in-plane border the window keeps its width by reaching further into the image, and
+the model's field beyond the border is padded with air by the same preprocessing as in 2-D mode: a click anywhere on
+the volume is answered. The slices are sequential (each is centred on the previous one's result), so they are not
+batched.
 
 Result (:class:`Hypotheses3D`): ``S x *spatial`` hypotheses on the input's grid, the presence-rule label
 (:mod:`monai_probunet.presence_label`), per-hypothesis volumes in mm^3 from the 3-D masks (voxel count x the voxel
@@ -305,6 +307,28 @@ def _grid_step(pix: float, spacing: float) -> int:
     return 1
 
 
+def _slice_window(c: float, n: int, half: int, step: int) -> slice:
+    """The in-plane window ``[lo, hi)`` of one axis (``n`` voxels) that a slice is cut to around voxel ``c``.
+
+    It spans ``half`` voxels either side of ``c`` (the model's field and a margin); ``lo`` is a multiple of ``step``
+    (:func:`_grid_step`), so the window's model grid is the whole slice's. Near a border the window keeps its full
+    width (``2 * half + 1`` voxels, or the whole axis if shorter) by reaching further into the image: the window
+    then holds the model's field wherever it overlaps the image, and :class:`~monai_probunet.inference_transforms.
+    ModelGridd` pads the part beyond the border with air, exactly as for the whole slice in 2-D mode.
+    """
+    width = min(n, 2 * half + 1)
+    lo = max(0, math.floor(c) - half)
+    lo -= lo % step
+    hi = min(n, math.ceil(c) + half + 1)
+    if hi - lo < width:  # cut by a border (an uncut window is at least this wide)
+        if lo == 0:
+            hi = width
+        else:
+            lo = n - width
+            lo -= lo % step
+    return slice(lo, hi)
+
+
 def slice_pieces(
     preprocessing: Compose | None,
     inferer: HypothesesInferer | None,
@@ -473,13 +497,7 @@ def predict_hypotheses_3d(
 
     def run_slice(k: int, c: Sequence[float]) -> tuple[Hypotheses, tuple[slice, slice]]:
         """Hypotheses of slice ``k`` on a window around in-plane voxel ``c``."""
-        win = []
-        for d in range(2):
-            n = spatial[inplane[d]]
-            lo = max(0, math.floor(c[d]) - half[d])
-            lo = max(0, lo - lo % step[d])
-            hi = min(n, math.ceil(c[d]) + half[d] + 1)
-            win.append(slice(lo, hi))
+        win = [_slice_window(c[d], spatial[inplane[d]], half[d], step[d]) for d in range(2)]
         arr = vol[win[0], win[1], k].contiguous()
         corner = np.zeros(4)
         corner[3] = 1.0

@@ -146,6 +146,116 @@ def test_no_lesion_at_the_click(shipped):
         assert not h.labels[..., [k for k in range(12) if k not in h.slice_indices]].any()
 
 
+# ------------------------------------------------------------------------------------------------ near the border
+
+CORNERS = ((20.0, 18.0, 11.3), (121.0, 113.0, 11.3))  # 11-14 mm from both in-plane borders (half the field: 32 mm)
+
+
+@pytest.fixture(scope="module")
+def corners(shipped):
+    """Two ellipsoids of semi-axes 9 x 7 x 12 mm near opposite in-plane corners of one volume (97 mm apart: each
+    outside the other's model field), each clicked at its centre; the slice windows reach both in-plane borders (the
+    low ones for the first, the high ones for the second) and the model's field reaches beyond them."""
+    vol = lung_volume()
+    radii = (9.0, 7.0, 12.0)
+    masks = [paint_ellipsoid(vol, c, radii, seed=1 + i) for i, c in enumerate(CORNERS)]
+    clicks = [[round(c[0]), round(c[1]), 11] for c in CORNERS]
+    hs = [run3d(shipped, as_image(vol), click) for click in clicks]
+    return {"vol": vol, "masks": masks, "clicks": clicks, "hs": hs,
+            "true_mm3": 4.0 / 3.0 * math.pi * np.prod(radii)}
+
+
+def test_click_near_the_border(corners):
+    """A lesion near a corner is followed in 3-D as one in the middle is: the label's volume within 15 %, its voxels
+    on the painted lesion (within 2 voxels of it) and on the lesion's slices; the hypotheses' median volume within
+    15 %, none of them on the other lesion."""
+    from scipy import ndimage
+
+    for i, (h, mask) in enumerate(zip(corners["hs"], corners["masks"])):
+        assert h.presence_count >= 12 and h.label_shows_lesion
+        label_mm3 = np.count_nonzero(h.presence_label) * h.voxel_volume_mm3
+        assert abs(label_mm3 / corners["true_mm3"] - 1) <= 0.15, (label_mm3, corners["true_mm3"])
+        label = h.presence_label > 0
+        assert not (label & ~ndimage.binary_dilation(mask, iterations=2)).any()
+        assert 2 * np.count_nonzero(label & mask) / (label.sum() + mask.sum()) >= 0.8  # Dice
+        lesion = h.volumes_mm3[h.volumes_mm3 > 0]
+        assert abs(np.median(lesion) / corners["true_mm3"] - 1) <= 0.15, (np.median(lesion), corners["true_mm3"])
+        other = corners["masks"][1 - i]
+        assert not (h.labels > 0)[:, ndimage.binary_dilation(other, iterations=8)].any()  # nothing on the other one
+        area = mask.sum(axis=(0, 1)) * 0.49
+        assert set(np.flatnonzero(area >= 20.0)) <= set(h.slice_indices) <= set(np.flatnonzero(area > 0))
+        assert all("lesion hypotheses continue" in r for r in h.stop_reasons.values())
+
+
+def _tie_lines(n: int, pix: float, spacing: float) -> np.ndarray:
+    """Voxels of an axis whose centre lies half-way between two model pixels (a nearest-neighbour tie)."""
+    r = np.arange(n) * pix / spacing
+    return np.abs(r - np.floor(r) - 0.5) < 1e-6
+
+
+def test_border_click_equals_2d_on_the_clicked_slice(shipped, corners):
+    """On the clicked slice the 3-D mode near a corner answers as the 2-D mode (which pads the whole slice): the
+    same model input and crop hypotheses, the same hypotheses on the input grid except at nearest-neighbour ties
+    (voxels half-way between two model pixels, which take either pixel's value), and the 3-D label's slice equal to the 2-D presence-rule label there
+    (same presence count, and a majority voxel exists, so both are the majority of the same hypotheses)."""
+    from monai_probunet.presence_label import consensus_label, presence_decision
+
+    network, settings, threshold = shipped
+    tie_rows, tie_cols = _tie_lines(140, 0.7, settings["spacing"][0]), _tie_lines(130, 0.7, settings["spacing"][1])
+    ties = tie_rows[:, None] | tie_cols[None, :]
+    assert 0 < ties.mean() < 0.25  # every 10th row and column at 0.7 mm voxels and 1 mm model pixels
+    for h, click in zip(corners["hs"], corners["clicks"]):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            h2 = predict_hypotheses(as_image(corners["vol"]), click, network, spacing=settings["spacing"],
+                                    roi_size=settings["roi_size"], num_samples=16, seed=0, threshold=threshold,
+                                    hu_window=settings["hu_window"])
+        np.testing.assert_allclose(h.model_input, h2.model_input, atol=1e-6)
+        np.testing.assert_array_equal(h.crop_labels, h2.crop_labels)
+        assert h.presence_count == h2.presence_count and h.slice_index == h2.slice_index == 11
+        a, b = h.labels[..., 11] > 0, h2.labels[..., 11] > 0
+        np.testing.assert_array_equal(a[:, ~ties], b[:, ~ties])
+        # a voxel at a tie takes the value of one of the two model pixels it lies between: that of its neighbour
+        # voxel on either side (across each tie axis; the neighbours are not ties)
+        either = np.zeros_like(a)
+        for di in (-1, 0, 1):
+            for dj in (-1, 0, 1):
+                use = (tie_rows[:, None] == (di != 0)) & (tie_cols[None, :] == (dj != 0))
+                either |= use & (a == np.roll(b, (-di, -dj), axis=(1, 2)))
+        assert either.all()
+        assert presence_decision(h2.presence_count, 16, threshold).show_lesion
+        lesion = b.reshape(16, -1).any(axis=1)
+        assert (2 * b[lesion].sum(axis=0) > lesion.sum()).any()  # the consensus is a majority, no fallback
+        label2d = consensus_label(h2.labels[..., 11])
+        np.testing.assert_array_equal(h.presence_label[..., 11][~ties], label2d[~ties])
+
+
+def test_clicks_at_the_edges(shipped):
+    """A click on the outermost voxels (each in-plane border and corner) is answered, its hypotheses on the input's
+    grid; a click more than half a voxel outside is refused, in-plane as along the slices."""
+    vol = lung_volume(shape=(140, 130, 8))
+    for click in ([0, 0, 4], [139, 129, 4], [0, 129, 4], [139, 65, 4], [70, 0, 4]):
+        h = run3d(shipped, as_image(vol), click, max_extent_mm=5.0)
+        assert h.labels.shape == (16, 140, 130, 8) and h.slice_index == 4, click
+        assert h.per_slice[0]["center_voxel"] == click[:2]
+    for click in ([-1, 65, 4], [140, 65, 4], [70, -1, 4], [70, 130, 4], [70, 65, 8]):
+        with pytest.raises(ValueError, match="outside the image"):
+            run3d(shipped, as_image(vol), click)
+
+
+def test_slice_window():
+    """The window a slice is cut to: at least 2 * half + 1 voxels wide (the whole axis if shorter), inside the image,
+    starting on the model grid (a multiple of step), and holding half voxels either side of the centre wherever the
+    image does."""
+    from monai_probunet.predict3d import _slice_window
+
+    for n, half, step in ((140, 48, 10), (97, 48, 10), (60, 48, 10), (300, 20, 7), (41, 20, 1)):
+        for c in np.arange(-0.5, n - 0.5, 0.25):
+            w = _slice_window(float(c), n, half, step)
+            assert 0 <= w.start < w.stop <= n and w.start % step == 0 and w.stop - w.start >= min(n, 2 * half + 1)
+            assert w.start <= max(0, math.floor(c) - half) and w.stop >= min(n, math.ceil(c) + half + 1)
+
+
 # ------------------------------------------------------------------------------------------------ coherence
 
 
