@@ -151,6 +151,31 @@ def test_2d_mode_and_refusals(server3d):
     assert status == 200 and result["extent_slices"] == 2 and result["reached_max_extent"]
 
 
+def test_click_near_the_border(server3d):
+    """A click 3.5 mm from two in-plane borders (the model's field reaches beyond both) is answered in 3-D with the
+    library's label for that click, on the volume's grid."""
+    from monai_probunet.inference import find_presence_threshold, load_model
+    from monai_probunet.predict3d import predict_hypotheses_3d
+
+    url, info = server3d["url"], server3d["info"]
+    click = [135, 5, 11]
+    status, _, data, result = slicer_infer(url, "probunet", "chest", click_params(info, "probunet", [click]))
+    assert status == 200, result
+    network, settings = load_model(MODEL, CONFIG)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        h = predict_hypotheses_3d(
+            server3d["studies"] / "chest.nii.gz", click, network, spacing=settings["spacing"],
+            roi_size=settings["roi_size"], num_samples=16, seed=0, threshold=find_presence_threshold(MODEL),
+            hu_window=settings["hu_window"],
+        )
+    assert result["mode"] == "3d" and result["slice_index"] == 11 and result["slices"] == list(h.slice_indices)
+    fields, arr = read_nrrd(data)
+    np.testing.assert_allclose(nrrd_geometry(fields), AFFINE, atol=1e-5)
+    np.testing.assert_array_equal(arr, h.presence_label)
+    np.testing.assert_allclose(result["volumes_mm3"], h.volumes_mm3)
+
+
 def test_dicomweb_series_3d_dicom_seg(orthanc, tmp_path):  # noqa: F811 -- the fixture
     """A CT series in Orthanc: the 3-D answer as a DICOM SEG equals the 3-D NIfTI answer voxel by voxel, over the
     lesion's slices."""
