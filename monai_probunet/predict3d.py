@@ -10,21 +10,10 @@ Coherence
     the clicked slice says "no lesion" and stays empty on every slice. (A network without a prior,
     e.g. the baselines, is called with the same seed on every slice.)
 
-Growth rule
-    On each new slice a lesion-containing hypothesis continues if its outline there overlaps its own outline on the
-    previous slice (8-connected components that do not overlap it are dropped); otherwise it ends and stays empty
-    further out. The slice belongs to the lesion while at least ``ceil(min_fraction * n0)`` hypotheses continue
-    (``n0``: lesion-containing hypotheses on the clicked slice; ``min_fraction`` 0.5 by default, at least 1);
-    the first slice below that ends the growth in that direction and is left empty. A slice also needs at least
-    ``ceil(min_presence * S)`` continuing hypotheses (``min_presence`` 0.25, the lower end of the presence rule's
-    ambiguous band): a lesion shown by fewer hypotheses on the clicked slice is not followed (one hypothesis that
-    sees a lesion everywhere would otherwise run through the whole volume). Growth also stops at the image
-    border and when the lesion's extent (slices x slice thickness) would exceed ``max_extent_mm`` (40 mm by default;
-    ``reached_max_extent`` in the report then says the lesion may go on).
-
-Re-centring
-    Each new slice is cropped around the centroid of the previous slice's consensus footprint (voxels marked by more
-    than half of the continuing hypotheses; their union if no voxel has a majority).
+Growth and re-centring
+    :mod:`~monai_probunet.lesion_growth`: a lesion hypothesis continues on the next slice while its outline
+    overlaps its outline on the previous one; a slice belongs to the lesion while enough of them continue; each
+    slice is cut around the previous slice's consensus footprint; at most ``max_extent_mm`` of slices.
 
 Each slice runs through the 2-D pieces of :mod:`~monai_probunet.inference_transforms` (``preprocessing``,
 ``inferer``, ``postprocessing``: those of :func:`~monai_probunet.predict.predict_hypotheses` and the bundle, built
@@ -32,8 +21,7 @@ once per volume, :func:`slice_pieces`) on an in-plane window of the slice that h
 centre (its start aligned to the model's grid, so the result equals the 2-D mode on that slice up to voxels at exact
 nearest-neighbour ties). Near an in-plane border the window keeps its width by reaching further into the image, and
 the model's field beyond the border is padded with air by the same preprocessing as in 2-D mode: a click anywhere on
-the volume is answered. The slices are sequential (each is centred on the previous one's result), so they are not
-batched.
+the volume is answered (:func:`~monai_probunet.lesion_growth.slice_window`).
 
 Result (:class:`Hypotheses3D`): ``S x *spatial`` hypotheses on the input's grid, the presence-rule label
 (:mod:`monai_probunet.presence_label`), per-hypothesis volumes in mm^3 from the 3-D masks (voxel count x the voxel
@@ -54,9 +42,9 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn as nn
 from monai.data import MetaTensor
 from monai.transforms import Compose
+from torch import nn
 
 from .ct_io import (
     DEFAULT_HU_WINDOW,
@@ -78,6 +66,15 @@ from .inference_transforms import (
     inference_preprocessing,
     run_hypotheses,
 )
+from .lesion_growth import (
+    DEFAULT_MAX_EXTENT_MM,
+    GROWTH_FRACTION,
+    MIN_PRESENCE,
+    grid_step,
+    grow_lesion,
+    growth_rule,
+    slice_window,
+)
 from .metrics import PresenceThreshold
 from .predict import MAX_HYPOTHESES_BYTES, check_sampling_arguments
 from .presence_label import consensus_label, presence_decision
@@ -89,16 +86,11 @@ __all__ = [
     "Hypotheses3D",
     "SharedNoiseSampler",
     "check_uniform_slices",
+    "growth_rule",
     "predict_hypotheses_3d",
     "slice_pieces",
 ]
 
-#: default largest lesion extent along the slice axis followed from a click
-DEFAULT_MAX_EXTENT_MM = 40.0
-#: a slice belongs to the lesion while at least this fraction of the clicked slice's lesion hypotheses continue
-GROWTH_FRACTION = 0.5
-#: ... and at least this fraction of all S hypotheses (the lower end of the fallback ambiguous band)
-MIN_PRESENCE = 0.25
 #: relative tolerance on the gaps between DICOM slice positions
 SLICE_GAP_TOLERANCE = 0.01
 PRESENCE_LABEL_NAME = "presence_label.nii.gz"
@@ -233,18 +225,6 @@ class Hypotheses3D(Hypotheses):
         return paths
 
 
-def growth_rule(min_fraction: float, min_presence: float, max_extent_mm: float) -> str:
-    """The growth rule in words (for the report)."""
-    return (
-        "from the clicked slice, up and down in turn: a lesion hypothesis continues on the next slice if its outline "
-        "there overlaps its own outline on the previous slice (non-overlapping components dropped); the slice belongs "
-        f"to the lesion while at least ceil({min_fraction:g} x n0) of the n0 lesion hypotheses of the clicked slice "
-        f"and at least ceil({min_presence:g} x S) of all S hypotheses continue, the first slice below that ends the "
-        "growth in that direction; at most "
-        f"{max_extent_mm:g} mm of slices in all; each slice centred on the previous slice's consensus footprint"
-    )
-
-
 # --------------------------------------------------------------------------------------------- input checks
 
 
@@ -262,7 +242,7 @@ def check_uniform_slices(folder: str | os.PathLike, tolerance: float = SLICE_GAP
     for f in sorted(p for p in folder.iterdir() if p.is_file()):
         try:
             ds = pydicom.dcmread(str(f), stop_before_pixels=True)
-        except Exception:  # noqa: BLE001 -- not a DICOM file (load_ct has refused broken series already)
+        except Exception:  # noqa: BLE001, S112 -- not a DICOM file (load_ct has refused broken series already)
             continue
         iop = getattr(ds, "ImageOrientationPatient", None)
         ipp = getattr(ds, "ImagePositionPatient", None)
@@ -296,37 +276,6 @@ def _positive(value: Any, name: str) -> float:
     if not (v > 0 and math.isfinite(v)):
         raise ValueError(f"{name} must be a positive number, got {value!r}.")
     return v
-
-
-def _grid_step(pix: float, spacing: float) -> int:
-    """The smallest q <= 64 with ``q * pix`` a whole number of model pixels (window starts on the model's grid)."""
-    for q in range(1, 65):
-        r = q * pix / spacing
-        if abs(r - round(r)) < 1e-4 * max(1.0, r):
-            return q
-    return 1
-
-
-def _slice_window(c: float, n: int, half: int, step: int) -> slice:
-    """The in-plane window ``[lo, hi)`` of one axis (``n`` voxels) that a slice is cut to around voxel ``c``.
-
-    It spans ``half`` voxels either side of ``c`` (the model's field and a margin); ``lo`` is a multiple of ``step``
-    (:func:`_grid_step`), so the window's model grid is the whole slice's. Near a border the window keeps its full
-    width (``2 * half + 1`` voxels, or the whole axis if shorter) by reaching further into the image: the window
-    then holds the model's field wherever it overlaps the image, and :class:`~monai_probunet.inference_transforms.
-    ModelGridd` pads the part beyond the border with air, exactly as for the whole slice in 2-D mode.
-    """
-    width = min(n, 2 * half + 1)
-    lo = max(0, math.floor(c) - half)
-    lo -= lo % step
-    hi = min(n, math.ceil(c) + half + 1)
-    if hi - lo < width:  # cut by a border (an uncut window is at least this wide)
-        if lo == 0:
-            hi = width
-        else:
-            lo = n - width
-            lo -= lo % step
-    return slice(lo, hi)
 
 
 def slice_pieces(
@@ -493,11 +442,11 @@ def predict_hypotheses_3d(
     )
 
     half = [math.ceil(f / 2 / pix[a]) + 2 for f, a in zip(field_mm, inplane)]
-    step = [_grid_step(pix[a], s) for a, s in zip(inplane, spacing2)]
+    step = [grid_step(pix[a], s) for a, s in zip(inplane, spacing2)]
 
     def run_slice(k: int, c: Sequence[float]) -> tuple[Hypotheses, tuple[slice, slice]]:
         """Hypotheses of slice ``k`` on a window around in-plane voxel ``c``."""
-        win = [_slice_window(c[d], spatial[inplane[d]], half[d], step[d]) for d in range(2)]
+        win = [slice_window(c[d], spatial[inplane[d]], half[d], step[d]) for d in range(2)]
         arr = vol[win[0], win[1], k].contiguous()
         corner = np.zeros(4)
         corner[3] = 1.0
@@ -513,102 +462,25 @@ def predict_hypotheses_3d(
             h = run_hypotheses(case, sampler, preprocessing, inferer, postprocessing, device=device)
         return h, (win[0], win[1])
 
-    hw = (spatial[inplane[0]], spatial[inplane[1]])
-    labels = np.zeros((num_samples, *hw, spatial[axis]), np.uint8)  # slices last; moved to the input's axes at the end
-    mean_prob = np.zeros((*hw, spatial[axis]), np.float32)
-    entropy = np.zeros_like(mean_prob)
-
-    bounds = [[hw[0], 0], [hw[1], 0]]  # the union of the accepted slices' windows (nothing lies outside it)
-
-    def place(k: int, h: Hypotheses, win: tuple[slice, slice], keep: np.ndarray) -> None:
-        for d in range(2):
-            bounds[d] = [min(bounds[d][0], win[d].start), max(bounds[d][1], win[d].stop)]
-        labels[:, win[0], win[1], k] = h.labels * keep
-        mean_prob[win[0], win[1], k] = h.mean_probability
-        entropy[win[0], win[1], k] = h.entropy
-
-    c0 = [float(voxel[inplane[0]]), float(voxel[inplane[1]])]
-    h0, win0 = run_slice(k0, c0)
-    masks0 = h0.labels > 0
-    alive0 = masks0.reshape(num_samples, -1).any(axis=1)
-    n0 = int(alive0.sum())
-    place(k0, h0, win0, np.ones_like(masks0))
-    per_slice = [{"slice": k0, "center_voxel": c0, "presence_count": n0, "continuing": n0, "accepted": True}]
-    accepted = [k0]
-    need_continuing = max(1, math.ceil(min_fraction * n0 - 1e-9), math.ceil(min_presence * num_samples - 1e-9))
-    max_slices = max(1, math.floor(max_extent_mm / thickness + 1e-6))
-    stop = {}
-    reached_max = False
-    if n0 < need_continuing:
-        why = f"{n0} of {num_samples} hypotheses show a lesion on the clicked slice (< {need_continuing}): not followed"
-        stop = {"up": why, "down": why}
-    else:
-        from scipy import ndimage
-
-        full0 = np.zeros((num_samples, *hw), bool)
-        full0[:, win0[0], win0[1]] = masks0
-        state = {d: {"k": k0, "prev": full0, "active": True} for d in (1, -1)}
-        eight = np.ones((3, 3), bool)
-        while any(s["active"] for s in state.values()):
-            for d, name in ((1, "up"), (-1, "down")):
-                s = state[d]
-                if not s["active"]:
-                    continue
-                if len(accepted) >= max_slices:
-                    s["active"] = False
-                    stop[name] = f"maximum extent {max_extent_mm:g} mm ({max_slices} slices) reached"
-                    reached_max = True
-                    continue
-                k = s["k"] + d
-                if not 0 <= k < spatial[axis]:
-                    s["active"] = False
-                    stop[name] = "image border"
-                    continue
-                prev = s["prev"]
-                alive_prev = prev.reshape(num_samples, -1).any(axis=1)
-                votes = prev[alive_prev].sum(axis=0)
-                fp = 2 * votes > int(alive_prev.sum())
-                if not fp.any():
-                    fp = votes > 0
-                c = [float(v) for v in np.argwhere(fp).mean(axis=0)]
-                h, win = run_slice(k, c)
-                masks = h.labels > 0  # S x window (outside the window every hypothesis is empty)
-                prev_win = prev[:, win[0], win[1]]
-                kept_win = np.zeros_like(masks)
-                for i in np.flatnonzero(alive_prev):
-                    if not (masks[i] & prev_win[i]).any():
-                        continue
-                    comp, _ = ndimage.label(masks[i], structure=eight)
-                    ids = np.unique(comp[masks[i] & prev_win[i]])
-                    kept_win[i] = np.isin(comp, ids[ids > 0])
-                kept = np.zeros((num_samples, *hw), bool)
-                kept[:, win[0], win[1]] = kept_win
-                continuing = int(kept.reshape(num_samples, -1).any(axis=1).sum())
-                ok = continuing >= need_continuing
-                per_slice.append({"slice": k, "center_voxel": c, "presence_count": int(h.presence_count),
-                                  "continuing": continuing, "accepted": ok})
-                if not ok:
-                    s["active"] = False
-                    stop[name] = (f"slice {k}: {continuing} of the {n0} lesion hypotheses continue "
-                                  f"(< {need_continuing})")
-                    continue
-                place(k, h, win, kept_win)
-                accepted.append(k)
-                s["k"], s["prev"] = k, kept
+    grown = grow_lesion(
+        run_slice, num_samples=num_samples, plane_shape=(spatial[inplane[0]], spatial[inplane[1]]),
+        num_slices=spatial[axis], first_slice=k0, first_center=[float(voxel[inplane[0]]), float(voxel[inplane[1]])],
+        thickness=thickness, max_extent_mm=max_extent_mm, min_fraction=min_fraction, min_presence=min_presence,
+    )
+    h0, alive0, n0 = grown.first, grown.has_lesion, grown.presence_count
 
     # back to the input's axis order: (inplane0, inplane1, slice) -> spatial
     order = np.argsort([inplane[0], inplane[1], axis])
-    labels = np.ascontiguousarray(labels.transpose(0, *(1 + order)))
-    mean_prob = np.ascontiguousarray(mean_prob.transpose(*order))
-    entropy = np.ascontiguousarray(entropy.transpose(*order))
+    labels = np.ascontiguousarray(grown.labels.transpose(0, *(1 + order)))
+    mean_prob = np.ascontiguousarray(grown.mean_probability.transpose(*order))
+    entropy = np.ascontiguousarray(grown.entropy.transpose(*order))
 
     # variants by 3-D IoU on the box of the lesion's slices and windows (all voxels of every hypothesis lie in it);
     # presence-rule label; volumes
-    slices_sorted = sorted(accepted)
     box = [slice(None)] * 3
-    box[axis] = slice(slices_sorted[0], slices_sorted[-1] + 1)
+    box[axis] = slice(grown.slices[0], grown.slices[-1] + 1)
     for d, a in enumerate(inplane):
-        box[a] = slice(bounds[d][0], bounds[d][1])
+        box[a] = grown.bounds[d]
     sub = np.ascontiguousarray(labels[(slice(None), *box)])
     variants = [
         replace(v, area_mm2=float(h0.areas_mm2[v.representative]), has_lesion=bool(alive0[v.representative]))
@@ -646,8 +518,8 @@ def predict_hypotheses_3d(
         seed=seed,
         spacing=spacing2,
         roi_size=roi2,
-        slice_indices=tuple(slices_sorted),
-        per_slice=per_slice,
+        slice_indices=grown.slices,
+        per_slice=grown.per_slice,
         presence_label=presence,
         label_shows_lesion=bool(decision.show_lesion),
         label_rule=decision.rule,
@@ -656,6 +528,6 @@ def predict_hypotheses_3d(
         max_extent_mm=max_extent_mm,
         min_fraction=min_fraction,
         min_presence=float(min_presence),
-        stop_reasons=stop,
-        reached_max_extent=reached_max,
+        stop_reasons=grown.stop_reasons,
+        reached_max_extent=grown.reached_max_extent,
     )

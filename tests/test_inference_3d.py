@@ -247,11 +247,11 @@ def test_slice_window():
     """The window a slice is cut to: at least 2 * half + 1 voxels wide (the whole axis if shorter), inside the image,
     starting on the model grid (a multiple of step), and holding half voxels either side of the centre wherever the
     image does."""
-    from monai_probunet.predict3d import _slice_window
+    from monai_probunet.lesion_growth import slice_window
 
     for n, half, step in ((140, 48, 10), (97, 48, 10), (60, 48, 10), (300, 20, 7), (41, 20, 1)):
         for c in np.arange(-0.5, n - 0.5, 0.25):
-            w = _slice_window(float(c), n, half, step)
+            w = slice_window(float(c), n, half, step)
             assert 0 <= w.start < w.stop <= n and w.start % step == 0 and w.stop - w.start >= min(n, 2 * half + 1)
             assert w.start <= max(0, math.floor(c) - half) and w.stop >= min(n, math.ceil(c) + half + 1)
 
