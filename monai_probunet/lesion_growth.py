@@ -22,8 +22,9 @@ Re-centring
     Each new slice is cut around the centroid of the previous slice's consensus footprint (voxels marked by more
     than half of the continuing hypotheses; their union if no voxel has a majority).
 
-The slices are sequential (each is centred on the previous one's result), so they are not batched. numpy and scipy
-only; the hypotheses are written into arrays of the volume's in-plane grid with the slices last.
+The slices are sequential (each is centred on the previous one's result), so they are not batched. The rule works
+on numpy arrays (scipy for the connected components); the hypotheses are written into arrays of the volume's
+in-plane grid with the slices last.
 """
 
 from __future__ import annotations
