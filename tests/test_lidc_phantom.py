@@ -13,7 +13,7 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 from monai.transforms import Compose
-from scipy.ndimage import binary_dilation
+from scipy.ndimage import binary_dilation, binary_erosion
 
 from monai_probunet.data import RandGraderd, generate_lidc_phantom, prepare_dataset
 from monai_probunet.data.chest_phantom import (
@@ -250,6 +250,40 @@ def test_chest_scene_anatomy():
             scene, np.random.default_rng(1), (x, y), (32, 32), 0.5
         )
         np.testing.assert_array_equal(a, b)
+
+
+def test_vertebral_body_visible_tissue_textured_lesion_under_the_scanner_blur():
+    """What real chest CT shows and the model must not take for a lesion: the vertebral body (13-19 mm radius) is
+    painted over the mediastinum, never hidden under it; muscle, fat and marrow carry texture as the lesions do; a
+    lesion painted into a window gets the scene's blur like the anatomy around it, so a sharp edge does not mark it."""
+    for seed in range(10):
+        scene = draw_chest_scene(np.random.default_rng(seed))
+        xs, ys, cls = class_map(scene)
+        gx, gy = np.meshgrid(xs, ys)
+        body = [s for s in scene.shapes if s[0] == "ellipse" and s[-1] == "bone" and s[1] == 0.0 and s[2] > 0 and s[3] >= 13]
+        assert body, "no vertebral body"
+        for _, cx, cy, a, b, *_ in body:
+            inside = ((gx - cx) / a) ** 2 + ((gy - cy) / b) ** 2 <= 0.8
+            assert (cls[inside] == CLASSES["bone"]).all(), f"scene {seed}: the vertebral body is covered"
+        # texture: without noise and blur, neighbouring pixels inside one tissue still differ
+        scene.noise_hu, scene.psf_mm = 0.0, 0.0
+        hu = render_chest(scene, np.random.default_rng(seed), (float(xs.mean()), float(ys.mean())), cls.shape, 2.0)
+        for tissue in ("wall", "bone"):
+            core = binary_erosion(cls == CLASSES[tissue], iterations=2)
+            steps = np.abs(np.diff(hu, axis=1))[core[:, 1:] & core[:, :-1]]
+            assert steps.size > 20 and np.median(steps) > 2.0, (seed, tissue, np.median(steps))
+    # a painted disk is blurred by the scene's point spread: no step sharper than the blur allows
+    scene = draw_chest_scene(np.random.default_rng(0))
+    scene.noise_hu, scene.psf_mm = 0.0, 1.0
+    centre = lesion_site(scene, np.random.default_rng(0), 4.0)
+    yy, xx = np.mgrid[:64, :64]
+    disk = (yy - 31.5) ** 2 + (xx - 31.5) ** 2 <= 8.0**2
+    flat = render_chest(scene, np.random.default_rng(3), centre, (64, 64), 0.5)
+    painted = render_chest(scene, np.random.default_rng(3), centre, (64, 64), 0.5, paint=lambda h: np.where(disk, 40.0, h))
+    lesion = painted - flat
+    step = float(lesion[disk].max())
+    assert step > 500  # soft tissue into lung
+    assert np.abs(np.diff(lesion, axis=1)).max() < 0.35 * step  # a 1 mm PSF at 0.5 mm pixels: <= 0.2 of the step
 
 
 def test_fast_tiles_and_writer_equal_the_pipeline(tmp_path):

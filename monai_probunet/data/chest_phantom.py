@@ -21,6 +21,7 @@ chest wall. Only generic anatomy and HU ranges went into it; no real image was u
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -169,21 +170,22 @@ def draw_chest_scene(rng: np.random.Generator) -> ChestScene:
             _bone(s, rng, px, py, a, b, tangent)
     if rng.random() < 0.85:
         _bone(s, rng, u(-3.0, 3.0), -cay - u(2.0, 7.0), u(12.0, 22.0), u(5.0, 9.0), 0.0)
-    # spine
+    # spine (painted after the mediastinum, which must not cover it)
+    spine: list[tuple] = []
     rv = u(13.0, 19.0)
     yv = cay - rv - u(0.0, 8.0)
     rc = u(6.0, 8.5)
     yc = yv + rv + rc + u(0.5, 2.0)
     for side in (-1, 1):  # paraspinal muscles
-        s.append(("ellipse", side * u(20.0, 30.0), yc + u(8.0, 16.0), u(15.0, 24.0), u(16.0, 26.0), u(-0.3, 0.3),
-                  muscle_hu + u(-8.0, 8.0), "wall"))
+        spine.append(("ellipse", side * u(20.0, 30.0), yc + u(8.0, 16.0), u(15.0, 24.0), u(16.0, 26.0), u(-0.3, 0.3),
+                      muscle_hu + u(-8.0, 8.0), "wall"))
     s.append(("ellipse", 0.0, yv - u(2.0, 8.0), u(22.0, 34.0), rv + u(2.0, 6.0), 0.0, fat_hu, "mediastinum"))
-    _bone(s, rng, 0.0, yv, rv * u(1.0, 1.2), rv * u(0.85, 1.0), 0.0)
+    _bone(spine, rng, 0.0, yv, rv * u(1.0, 1.2), rv * u(0.85, 1.0), 0.0)
     for side in (-1, 1):  # transverse processes, pedicles, laminae
-        _bone(s, rng, side * (rc + u(10.0, 14.0)), yc - u(0.0, 4.0), u(10.0, 15.0), u(3.0, 5.0), side * u(-0.4, 0.1))
-        _bone(s, rng, side * (rc + 2.0), yc, u(3.5, 5.5), u(6.0, 9.0), 0.0)
-    _bone(s, rng, 0.0, yc + rc + u(12.0, 18.0), u(3.0, 5.0), u(12.0, 18.0), u(-0.1, 0.1))
-    s.append(("ellipse", 0.0, yc, rc, rc * u(0.85, 1.0), 0.0, u(10.0, 40.0), "wall"))  # canal
+        _bone(spine, rng, side * (rc + u(10.0, 14.0)), yc - u(0.0, 4.0), u(10.0, 15.0), u(3.0, 5.0), side * u(-0.4, 0.1))
+        _bone(spine, rng, side * (rc + 2.0), yc, u(3.5, 5.5), u(6.0, 9.0), 0.0)
+    _bone(spine, rng, 0.0, yc + rc + u(12.0, 18.0), u(3.0, 5.0), u(12.0, 18.0), u(-0.1, 0.1))
+    spine.append(("ellipse", 0.0, yc, rc, rc * u(0.85, 1.0), 0.0, u(10.0, 40.0), "wall"))  # canal
     # mediastinum
     xm, ym = u(-5.0, 15.0), u(-0.35, 0.05) * cay
     wm = u(28.0, 55.0)
@@ -197,7 +199,8 @@ def draw_chest_scene(rng: np.random.Generator) -> ChestScene:
         s.append(("ellipse", u(-1.0, 1.0) + s[-1][1], ye, u(1.0, 2.5), u(1.0, 2.0), 0.0, -1000.0, "airway"))
     hilum = [(-u(28.0, 45.0), ym + u(-10.0, 15.0)), (u(28.0, 45.0), ym + u(-10.0, 15.0))]
     if level != "upper":
-        s.append(("ellipse", u(14.0, 24.0), yv - u(0.0, 8.0), r := u(10.0, 14.0), r, 0.0, blood, "mediastinum"))
+        r = u(10.0, 14.0)  # descending aorta, left of the vertebral body
+        s.append(("ellipse", rv * 1.1 + r * u(0.6, 1.0), yv - u(0.0, 8.0), r, r, 0.0, blood, "mediastinum"))
     if level == "upper":
         rt = u(7.0, 11.0)
         yt = ye - u(9.0, 14.0)
@@ -227,9 +230,10 @@ def draw_chest_scene(rng: np.random.Generator) -> ChestScene:
         for _ in range(int(rng.integers(2, 5))):  # chambers
             s.append(("ellipse", hx + u(-0.5, 0.5) * ha, hy + u(-0.5, 0.5) * hb, u(0.2, 0.45) * ha, u(0.2, 0.45) * hb,
                       u(0, np.pi), blood, "mediastinum"))
+    s.extend(spine)
     # lung vessels (need the lung's extent: a class map of what is drawn so far)
     scene = ChestScene(
-        shapes=s, extent=(ax, ay), lung_hu=u(-900.0, -820.0), lung_gradient=u(0.0, 60.0), psf_mm=u(0.35, 0.7),
+        shapes=s, extent=(ax, ay), lung_hu=u(-900.0, -820.0), lung_gradient=u(0.0, 60.0), psf_mm=u(0.4, 1.2),
         noise_hu=u(10.0, 35.0), hilum=hilum,
     )
     xs, ys, cls = class_map(scene)
@@ -270,16 +274,22 @@ def class_map(scene: ChestScene, spacing: float = _MAP_SPACING) -> tuple[np.ndar
 
 
 def render_chest(
-    scene: ChestScene, rng: np.random.Generator, centre: tuple[float, float], shape: tuple[int, int], spacing: float
+    scene: ChestScene,
+    rng: np.random.Generator,
+    centre: tuple[float, float],
+    shape: tuple[int, int],
+    spacing: float,
+    paint: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> np.ndarray:
     """CT numbers (HU, float64 ``shape``) of a window of the scene centred at ``centre`` = (x, y) mm.
 
-    Lung parenchyma gets the scene's density, dependent gradient and smooth texture; then the point-spread blur and
-    correlated noise of the scene (the draws come from ``rng``).
+    Lung parenchyma gets the scene's density, dependent gradient and smooth texture, soft tissue and marrow their
+    own texture; ``paint`` (HU array -> HU array) may add structures such as a lesion; then the point-spread blur and
+    correlated noise of the scene apply to all of it alike (the draws come from ``rng``).
     """
     rows = (np.arange(shape[0]) - (shape[0] - 1) / 2) * spacing + centre[1]
     cols = (np.arange(shape[1]) - (shape[1] - 1) / 2) * spacing + centre[0]
-    hu, _ = _paint(scene, cols, rows)
+    hu, cls = _paint(scene, cols, rows)
     gy = np.broadcast_to(rows[:, None], shape)
     mm = 1.0 / spacing
     texture = gaussian_filter(rng.standard_normal(shape), 2.5 * mm)
@@ -289,6 +299,16 @@ def render_chest(
     lung = np.isnan(hu)
     cay = scene.extent[1]
     hu[lung] = (scene.lung_hu + scene.lung_gradient * (gy[lung] / cay + 1.0) / 2 + texture[lung])
+    # tissue heterogeneity: soft tissue is as textured as the lesions are (so texture alone does not mark a lesion),
+    # marrow gets a finer trabecular pattern
+    soft = np.isin(cls, [CLASSES[c] for c in ("fat", "wall", "mediastinum")])
+    bone = cls == CLASSES["bone"]
+    tissue = gaussian_filter(rng.standard_normal(shape), 1.0 * mm)
+    hu[soft] += rng.uniform(8.0, 25.0) * tissue[soft] / (tissue.std() + 1e-12)
+    trabecular = gaussian_filter(rng.standard_normal(shape), 0.6 * mm)
+    hu[bone] += rng.uniform(30.0, 90.0) * trabecular[bone] / (trabecular.std() + 1e-12)
+    if paint is not None:
+        hu = paint(hu)
     return gaussian_filter(hu, scene.psf_mm * mm) + noise
 
 

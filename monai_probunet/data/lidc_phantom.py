@@ -88,7 +88,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-LIDC_PHANTOM_VERSION = 2
+LIDC_PHANTOM_VERSION = 3
 #: the random stream of a scan's lesion-free crops (lesions use their index, < this)
 NEGATIVE_STREAM = 1_000_000
 #: the pipeline's tile: 180 x 180 pixels of 0.5 mm (Kohl et al. 2018, Appendix H.1)
@@ -165,7 +165,7 @@ def render_phantom_image(
     spine, mediastinum, airway, chest wall) centred at a lung site with room for the lesion. The lesion is ``mean of
     the non-empty masks`` -> Gaussian smoothing (0.5 mm) -> threshold at a random fraction in [0.3, 0.7] of its
     peak -> erosion, nothing or dilation by one pixel (equally likely) -> edges blurred (0.4 mm); it is painted in
-    soft-tissue HU (-60..+50 with texture) over the window. The result depends on the *set* of non-empty masks only,
+    soft-tissue HU (-60..+50 with texture) into the window before the scene's blur and noise. The result depends on the *set* of non-empty masks only,
     not on their order or on the empty ones, so it cannot single out one reader.
 
     Args:
@@ -194,8 +194,6 @@ def render_phantom_image(
         scene = draw_chest_scene(rng)
     if centre is None:
         centre = lesion_site(scene, rng, lesion_radius_mm(masks, spacing))
-    image = render_chest(scene, rng, centre, shape, spacing)
-
     lesion = np.zeros(shape, bool)
     if drawn:
         consensus = gaussian_filter(np.mean(drawn, axis=0), 0.5 * mm)
@@ -204,8 +202,12 @@ def render_phantom_image(
             cross = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], bool)
             changed = (binary_dilation if morph > 0 else binary_erosion)(lesion, cross)
             lesion = changed if changed.any() else lesion
-        soft = np.clip(gaussian_filter(lesion.astype(np.float64), 0.4 * mm), 0.0, 1.0)
-        image = image + soft * (lesion_hu + lesion_texture - image)
+    soft = np.clip(gaussian_filter(lesion.astype(np.float64), 0.4 * mm), 0.0, 1.0)
+
+    def paint(hu: np.ndarray) -> np.ndarray:  # under the scene's blur and noise, like the anatomy around it
+        return hu + soft * (lesion_hu + lesion_texture - hu)
+
+    image = render_chest(scene, rng, centre, shape, spacing, paint=paint if drawn else None)
     return image.astype(np.float32), lesion
 
 
