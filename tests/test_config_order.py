@@ -77,9 +77,11 @@ def test_augmentation_appends_to_the_training_transforms_in_any_order():
     load = ["LoadImaged", "SelectItemsd", "ScaleIntensityRanged", "EnsureTyped"]
     flips = ["RandFlipd", "RandFlipd", "RandRotate90d"]
     augmentation = ["RandAffined", "Rand2DElasticd", "RandSpatialCropd"]
-    assert _train_transforms() == [*load, *flips, "RandFieldOfViewd", "RandGraderd"]
-    assert _train_transforms("augmentation.yaml") == [*load, *flips, *augmentation, "RandFieldOfViewd", "RandGraderd"]
-    assert _train_transforms("paper.yaml") == [*load, *flips, "RandSpatialCropd", "RandFieldOfViewd", "RandGraderd"]
+    label = ["RandFieldOfViewd", "RandGraderd"]
+    scanner = ["RandGaussianSmoothd", "RandScaleIntensityd", "RandShiftIntensityd", "RandGaussianNoised"]
+    assert _train_transforms() == [*load, *flips, *label, *scanner]
+    assert _train_transforms("augmentation.yaml") == [*load, *flips, *augmentation, *label, *scanner]
+    assert _train_transforms("paper.yaml") == [*load, *flips, "RandSpatialCropd", *label, *scanner]
     assert _merged("paper.yaml", "augmentation.yaml") == _merged("augmentation.yaml", "paper.yaml")
     assert _train_transforms("paper.yaml", "augmentation.yaml") == _train_transforms("augmentation.yaml")
     scenes = ["LoadImaged", "EnsureChannelFirstd", "LoadImaged", "SelectItemsd", "ScaleIntensityRanged", "EnsureTyped"]
