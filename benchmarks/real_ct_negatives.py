@@ -1,0 +1,82 @@
+"""False lesions on real, lesion-free CT: the share of clicks on a grid where a model reports a lesion.
+
+The held-out real CT that ships with pydicom (never used for training or tuning): ``CT_small.dcm`` (a chest slice:
+vertebra, aorta, muscle, fat, lung bases; 128 x 128 at 0.66 mm) and the head slices ``693_J2KI.dcm`` and
+``J2K_pixelrep_mismatch.dcm`` (512 x 512 at 0.48 / 0.43 mm). None shows a lung nodule. Every ``--step-mm`` along
+both axes the model is clicked (through the inference API, as a user calls it), except outside the body (a 5 x 5
+neighbourhood below -950 HU). A click counts as a false lesion where more than ``--max-presence`` of the S hypotheses
+show a lesion, or where any outline is larger than ``--max-area-mm2`` (the targets of
+``tests/test_real_ct_negatives.py``, which checks ten named sites of ``CT_small.dcm``).
+
+    python benchmarks/real_ct_negatives.py                                  # the shipped bundle/models/model.pt
+    python benchmarks/real_ct_negatives.py --model path/to/model.pt --config bundle/configs/train.yaml
+"""
+
+from __future__ import annotations
+
+import argparse
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from pydicom.data import get_testdata_file
+
+from monai_probunet.inference import load_ct, load_model, predict_hypotheses
+
+REPO = Path(__file__).resolve().parents[1]
+FILES = ("CT_small.dcm", "693_J2KI.dcm", "J2K_pixelrep_mismatch.dcm")
+
+
+def grid_clicks(image: np.ndarray, spacing_mm: float, step_mm: float) -> list[tuple[int, int]]:
+    """Voxel (x, y) clicks every ``step_mm`` inside the body of a ``(1, X, Y)`` HU slice."""
+    step = max(int(round(step_mm / spacing_mm)), 1)
+    clicks = []
+    for x in range(step // 2, image.shape[1], step):
+        for y in range(step // 2, image.shape[2], step):
+            if float(image[0, max(x - 2, 0) : x + 3, max(y - 2, 0) : y + 3].mean()) >= -950.0:
+                clicks.append((x, y))
+    return clicks
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=str(REPO / "bundle" / "models" / "model.pt"))
+    parser.add_argument("--config", default=str(REPO / "bundle" / "configs" / "train.yaml"))
+    parser.add_argument("--step-mm", type=float, default=16.0)
+    parser.add_argument("--samples", type=int, default=16)
+    parser.add_argument("--max-presence", type=float, default=0.2)
+    parser.add_argument("--max-area-mm2", type=float, default=50.0)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    model, settings = load_model(args.model, args.config)
+    print(f"model {args.model}: {args.samples} hypotheses per click, a click every {args.step_mm:g} mm")
+    total = bad_total = 0
+    for name in FILES:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            image, _ = load_ct(get_testdata_file(name))
+        spacing = float(np.linalg.norm(np.asarray(image.affine)[:3, 0]))  # mm per voxel along x
+        presence, areas = [], []
+        for click in grid_clicks(np.asarray(image), spacing, args.step_mm):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                h = predict_hypotheses(
+                    image, click, model, spacing=settings["spacing"], roi_size=settings["roi_size"],
+                    hu_window=settings["hu_window"], num_samples=args.samples, seed=0,
+                )
+            presence.append(h.presence_probability)
+            areas.append(float(h.areas_mm2.max()))
+        p, a = np.asarray(presence), np.asarray(areas)
+        bad = (p > args.max_presence) | (a > args.max_area_mm2)
+        total, bad_total = total + len(p), bad_total + int(bad.sum())
+        print(
+            f"{name:27s} {len(p):4d} clicks: false lesions {int(bad.sum()):4d} ({bad.mean():.0%}); mean presence "
+            f"{p.mean():.2f}; presence > {args.max_presence:g} at {(p > args.max_presence).mean():.0%}; an outline > "
+            f"{args.max_area_mm2:g} mm^2 at {(a > args.max_area_mm2).mean():.0%}"
+        )
+    print(f"all {total} clicks: false lesions {bad_total} ({bad_total / max(total, 1):.0%})")
+
+
+if __name__ == "__main__":
+    main()
