@@ -46,12 +46,24 @@ def model_and_image():
     return model, settings, image
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="target not met yet: the shipped model (lidc_phantom v2, the 7-epoch default) shows lesions at every site "
-    "(presence 0.19-0.81, outlines of 293-766 mm^2): the phantom's textures are too clean (docs/lidc_phantom.md)",
+#: sites where the shipped model still fails (strict: a site that starts passing must move out of this list)
+NOT_MET = {
+    "posterior arch (bone)": "one of 16 hypotheses outlines 53 mm^2",
+    "descending aorta (mediastinum)": "4 of 16 hypotheses outline the aorta",
+    "left lung base (lung)": "12 of 16 hypotheses show a lesion",
+    "right lung base (lung)": "9 of 16 hypotheses show a lesion",
+}
+
+
+@pytest.mark.parametrize(
+    "site",
+    [
+        pytest.param(s, marks=pytest.mark.xfail(strict=True, reason=f"target not met yet: {NOT_MET[s]}"))
+        if s in NOT_MET
+        else s
+        for s in SITES
+    ],
 )
-@pytest.mark.parametrize("site", list(SITES))
 def test_no_lesion_on_real_ct_without_one(model_and_image, site):
     model, settings, image = model_and_image
     (x, y), (lo, hi) = SITES[site]
