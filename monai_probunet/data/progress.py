@@ -1,0 +1,50 @@
+"""Progress of a dataset generation loop over scans: a tqdm bar on a terminal, timed log lines otherwise."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+__all__ = ["ScanProgress"]
+
+logger = logging.getLogger(__name__)
+
+
+class ScanProgress:
+    """Progress of a generation loop: a tqdm bar on a terminal, else one log line every ``interval_s`` seconds
+    (and at the end, to ``log``: this module's logger by default), so a log file gets readable lines instead of one
+    growing carriage-return line."""
+
+    def __init__(
+        self, total: int, desc: str, interval_s: float = 10.0, log: logging.Logger | None = None
+    ) -> None:
+        import sys
+
+        self.total, self.desc, self.interval_s = total, desc, interval_s
+        self.done, self.t0 = 0, time.time()
+        self.last = self.t0
+        self.bar = None
+        self.log = logger if log is None else log
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=desc, unit="scan", leave=False)
+
+    def update(self, images: int) -> None:
+        self.done += 1
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(images=images, refresh=False)
+            return
+        now = time.time()
+        if now - self.last >= self.interval_s or self.done == self.total:
+            self.last = now
+            rate = self.done / max(now - self.t0, 1e-9)
+            self.log.info(
+                "%s: %d/%d scans, %d images, %.0f s elapsed, ~%.0f s left", self.desc, self.done, self.total, images,
+                now - self.t0, (self.total - self.done) / rate,
+            )
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
