@@ -476,3 +476,23 @@ def test_configs_use_the_atomic_saver():
     for cfg in [REPO / "bundle" / "configs" / "train.yaml", *sorted((REPO / "bundle" / "configs").rglob("*.yaml"))]:
         text = cfg.read_text()
         assert "_target_: CheckpointSaver" not in text, cfg
+
+
+def test_rng_state_covers_the_inner_draws_of_dictionary_transforms():
+    """A dictionary transform such as RandGaussianNoised draws from its inner array transform's own generator:
+    restoring the states the resume checkpoint keeps repeats the same noise exactly."""
+    from monai.transforms import Compose, RandGaussianNoised, RandScaleIntensityd
+
+    from monai_probunet.engines.rng_state import _random_transforms
+
+    chain = Compose(
+        [RandGaussianNoised(keys="image", prob=1.0, std=0.1), RandScaleIntensityd(keys="image", factors=0.2, prob=1.0)]
+    )
+    chain.set_random_state(seed=3)
+    x = {"image": torch.zeros(1, 8, 8)}
+    states = [t.R.get_state() for t in _random_transforms(chain)]
+    first = chain(dict(x))["image"]
+    assert not torch.equal(first, chain(dict(x))["image"])  # the generators moved on
+    for t, s in zip(_random_transforms(chain), states):
+        t.R.set_state(s)
+    assert torch.equal(first, chain(dict(x))["image"])

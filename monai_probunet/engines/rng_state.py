@@ -31,17 +31,28 @@ def _numpy_tuple(state: Mapping[str, Any]) -> tuple:
     return ("MT19937", keys, int(state["pos"]), int(state["has_gauss"]), float(state["cached_gaussian"]))
 
 
-def _random_transforms(transform: Any) -> Iterator[Any]:
+def _random_transforms(transform: Any, seen: set[int] | None = None) -> Iterator[Any]:
     """Every object with a private ``numpy.random.RandomState`` ``R`` (MONAI ``Randomizable``) in a transform
-    tree, depth first in list order (``Compose`` and its subclasses nest through ``transforms``)."""
+    tree, depth first in list order: ``Compose`` and its subclasses nest through ``transforms``, and a dictionary
+    transform's inner array transform (e.g. ``RandGaussianNoised``'s ``RandGaussianNoise``, which draws from its own
+    ``R``) is found among its attributes, in the order they were set."""
     if transform is None:
         return
+    seen = set() if seen is None else seen
+    if id(transform) in seen:
+        return
+    seen.add(id(transform))
     if isinstance(getattr(transform, "R", None), np.random.RandomState):
         yield transform
     children = getattr(transform, "transforms", None)
     if isinstance(children, (list, tuple)):
         for child in children:
-            yield from _random_transforms(child)
+            yield from _random_transforms(child, seen)
+    for value in getattr(transform, "__dict__", {}).values():
+        if isinstance(getattr(value, "R", None), np.random.RandomState) or isinstance(
+            getattr(value, "transforms", None), (list, tuple)
+        ):
+            yield from _random_transforms(value, seen)
 
 
 class TrainingRNGState:
@@ -50,9 +61,10 @@ class TrainingRNGState:
 
     Covered: the global torch (CPU and, when initialised, CUDA), numpy and Python generators (network sampling,
     dropout, the shuffling seed a ``DataLoader`` draws per epoch, the base seed of its workers), the private
-    ``RandomState`` of every random transform of the training dataset (flips, rotations,
-    :class:`~monai_probunet.data.RandGraderd`'s grader draws) and an explicit ``generator`` of the loader or its
-    sampler. The objects are looked up on the engine's data loader when the state is read or written.
+    ``RandomState`` of every random transform of the training dataset and of the array transforms inside them
+    (flips, rotations, noise, :class:`~monai_probunet.data.RandGraderd`'s grader draws) and an explicit
+    ``generator`` of the loader or its sampler. The objects are looked up on the engine's data loader when the
+    state is read or written.
 
     Args:
         engine: the trainer (a MONAI workflow with ``data_loader``, or an ignite engine that is running).
