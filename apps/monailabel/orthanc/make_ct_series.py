@@ -2,8 +2,10 @@
 
     python apps/monailabel/orthanc/make_ct_series.py OUT_DIR [--slices 8] [--store http://127.0.0.1:8042]
 
-Each slice is CT_small.dcm (128 x 128, 0.66 mm pixels, rescale slope 1 / intercept -1024) with a round soft-tissue
-lesion (40 HU, radius ``--radius`` mm) painted around pixel ``(row 64, column 56)`` on the middle slices, stacked
+Each slice is CT_small.dcm (128 x 128, 0.66 mm pixels, rescale slope 1 / intercept -1024) with lung parenchyma
+(-850 HU) within ``--radius`` + 12 mm of pixel ``(row 64, column 56)`` on every slice and a round soft-tissue lesion
+(40 HU, radius ``--radius`` mm) painted in it on the middle slices: a nodule in lung, as a radiologist would click
+one (pasted onto the slice's soft tissue it would be all but invisible). The slices are stacked
 along the slice normal every ``--thickness`` mm (``ImagePositionPatient``, ``SliceThickness``,
 ``SpacingBetweenSlices``); study, series, frame-of-reference and instance UIDs are derived from ``--seed`` (same
 seed, same UIDs). ``--store`` POSTs every file to Orthanc's REST API (``/instances``).
@@ -19,6 +21,8 @@ from pathlib import Path
 import numpy as np
 
 LESION_HU = 40.0
+LUNG_HU = -850.0
+LUNG_MARGIN_MM = 12.0
 
 
 def make_series(out: Path, slices: int = 8, thickness: float = 2.5, radius_mm: float = 5.0, seed: int = 0,
@@ -36,7 +40,9 @@ def make_series(out: Path, slices: int = 8, thickness: float = 2.5, radius_mm: f
     normal = np.cross(iop[:3], iop[3:])
     ipp0 = np.array([float(v) for v in src.ImagePositionPatient])
     rr, cc = np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij")
-    disk = ((rr - center_rc[0]) * dr) ** 2 + ((cc - center_rc[1]) * dc) ** 2 <= radius_mm**2
+    dist2 = ((rr - center_rc[0]) * dr) ** 2 + ((cc - center_rc[1]) * dc) ** 2
+    disk = dist2 <= radius_mm**2
+    base[dist2 <= (radius_mm + LUNG_MARGIN_MM) ** 2] = LUNG_HU
     lesion_slices = range(slices // 4, slices - slices // 4)
     uid = lambda name: generate_uid(entropy_srcs=[f"monai-probunet-ct-series-{seed}-{name}"])  # noqa: E731
     study, series, frame = uid("study"), uid("series"), uid("frame")
