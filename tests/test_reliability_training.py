@@ -130,9 +130,8 @@ def test_killed_generation_leaves_no_temporary_folder_after_the_next_run(tmp_pat
     """)
     proc = subprocess.Popen([sys.executable, "-c", code])
     tmp = tmp_path / f".d.tmp-{proc.pid}"
-    deadline = time.time() + 120
-    while not (tmp / "images").is_dir() or len(list((tmp / "images").iterdir())) < 5:
-        assert proc.poll() is None and time.time() < deadline, "the generation ended before it could be killed"
+    while not (tmp / "images").is_dir() or len(list((tmp / "images").iterdir())) < 5:  # the run ends by itself
+        assert proc.poll() is None, "the generation ended before it could be killed"
         time.sleep(0.1)
     proc.kill()
     proc.wait()
@@ -426,9 +425,8 @@ def _interrupt_with_ctrl_c(ckpt: Path, *args: str) -> tuple[int, str]:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(cmd, cwd="/", env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.time() + 300
-        while not (ckpt / "checkpoint_last.pt").is_file():
-            assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-3000:]
+        while not (ckpt / "checkpoint_last.pt").is_file():  # the run ends by itself: no wall-clock limit
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
             time.sleep(0.1)
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=120)
