@@ -33,7 +33,7 @@ from monai.transforms import Compose
 from .bundle_utils import ConfigValueError
 from .ct_io import DEFAULT_HU_WINDOW, DEFAULT_ROI_SIZE, load_ct
 from .hypotheses import FALLBACK_RULE, SUMMARY_NAME, WRITTEN_BY, WRITTEN_BY_KEY, is_inference_run
-from .inference_transforms import HypothesesInferer, _apply, _unwrap, apply_inferer
+from .hypotheses_inferer import HypothesesInferer, _apply, _unwrap, apply_inferer
 from .metrics import PresenceThreshold
 from .predict3d import predict_hypotheses_3d
 

@@ -27,7 +27,7 @@ this module gathers them under one import path (the bundle's ``_target_`` paths)
 
 from __future__ import annotations
 
-from .hypotheses_inferer import HypothesesInferer, _apply, _unwrap, apply_inferer, run_hypotheses  # noqa: F401
+from .hypotheses_inferer import HypothesesInferer, apply_inferer, run_hypotheses  # noqa: F401
 from .inference_postprocess import (
     HypothesesFromLogitsd,
     InvertModelGridd,
