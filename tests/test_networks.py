@@ -10,6 +10,7 @@ from torch.distributions import Independent, Normal, kl_divergence
 from monai_probunet.networks import (
     DeterministicUNet,
     FComb,
+    MHeadsUNet,
     ProbUNet,
     ProbUNetSampler,
     hypotheses_to_labels,
@@ -234,6 +235,30 @@ def test_orthogonal_init_and_small_biases(model):
     torch.testing.assert_close(w @ w.T, torch.eye(w.shape[0]), atol=1e-5, rtol=0)
     biases = torch.cat([m.bias.flatten() for m in model.modules() if isinstance(m, torch.nn.Conv2d)])
     assert biases.abs().max() <= 2e-3 and 1e-4 < biases.std() < 2e-3
+
+
+@pytest.mark.parametrize("classes", [2, 5])
+def test_foreground_prior_starts_every_pixel_at_that_probability(classes):
+    x = torch.randn(3, 1, 16, 16)
+    nets = [
+        ProbUNet(2, 1, classes, channels=(4, 8), foreground_prior=0.01),
+        ProbUNet(2, 1, classes, channels=(4, 8), latent_injection="input", foreground_prior=0.01),
+        DeterministicUNet(2, 1, classes, channels=(4, 8), foreground_prior=0.01),
+        MHeadsUNet(2, 1, classes, channels=(4, 8), num_heads=3, foreground_prior=0.01),
+    ]
+    for net in nets:
+        torch.manual_seed(0)
+        with torch.no_grad():
+            probs = torch.softmax(net.sample(x, 4).float(), dim=2)  # B x S x C x H x W
+        fg = probs[:, :, 1:].sum(2)
+        # the weights stay orthogonal, so the logits scatter about the bias: the median pixel sits at the prior
+        assert 0.005 < float(fg.median()) < 0.025 and float(fg.mean()) < 0.05, type(net).__name__
+    torch.manual_seed(0)
+    with torch.no_grad():  # the paper's initialisation: about even
+        fg = 1 - torch.softmax(ProbUNet(2, 1, classes, channels=(4, 8)).sample(x, 4).float(), dim=2)[:, :, 0]
+    assert 0.3 < float(fg.median()) < 0.9
+    with pytest.raises(ValueError, match="foreground_prob must be in"):
+        ProbUNet(2, 1, 2, channels=(4, 8), foreground_prior=1.0)
 
 
 def test_wrong_channel_count_is_a_clear_error(model):

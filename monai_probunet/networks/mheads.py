@@ -9,7 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from monai.networks.layers.factories import Conv
 
-from .init import init_weights_orthogonal
+from .init import init_output_prior, init_weights_orthogonal
 from .unet_core import DEFAULT_NORM, UNetCore, check_image_channels
 
 __all__ = ["MHeadsUNet"]
@@ -37,6 +37,8 @@ class MHeadsUNet(nn.Module):
         num_convs: 3x3 convolutions per block.
         norm: normalisation after each 3x3 convolution (default instance norm; ``None``: the paper's, see
             :class:`~monai_probunet.networks.unet_core.ConvBlock`).
+        foreground_prior: start every pixel at this foreground probability (the logits layer's bias, see
+            :func:`~monai_probunet.networks.init.init_output_prior`); ``None``: the paper's initialisation, 50 %.
 
     Shapes:
         ``forward``: ``B x in_channels x *spatial`` -> ``B x M x C x *spatial`` logits;
@@ -52,6 +54,7 @@ class MHeadsUNet(nn.Module):
         num_heads: int = 16,
         num_convs: int = 3,
         norm: str | tuple | None = DEFAULT_NORM,
+        foreground_prior: float | None = None,
     ) -> None:
         super().__init__()
         if num_heads < 1:
@@ -66,6 +69,9 @@ class MHeadsUNet(nn.Module):
         conv = Conv[Conv.CONV, spatial_dims]
         self.heads = nn.ModuleList(conv(self.unet.out_channels, out_channels, kernel_size=1) for _ in range(num_heads))
         init_weights_orthogonal(self)  # every head gets its own orthogonal C x F matrix
+        if foreground_prior is not None:
+            for head in self.heads:
+                init_output_prior(head, foreground_prior)
 
     def forward(self, image: torch.Tensor, seg: torch.Tensor | None = None) -> torch.Tensor:
         """Logits of all heads, ``B x M x C x *spatial``; the U-Net runs once, the M heads as one matrix product."""

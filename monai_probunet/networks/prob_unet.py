@@ -16,7 +16,7 @@ from torch.distributions import Distribution, Independent, MultivariateNormal, N
 
 from .fcomb import FComb
 from .gaussian_encoder import COVARIANCES, GaussianEncoder
-from .init import init_weights_orthogonal
+from .init import init_output_prior, init_weights_orthogonal
 from .unet_core import DEFAULT_NORM, UNetCore, check_image_channels
 
 __all__ = ["LATENT_INJECTIONS", "ProbUNet", "latent_kl", "segmentation_to_onehot"]
@@ -113,6 +113,8 @@ class ProbUNet(nn.Module):
             image's graders; an axis-aligned P matches only the variances, so two latent directions that the
             graders vary independently (two classes that flip independently) can be sampled together more or less
             often than they occur. Needs the prior net (not with ``fixed_prior``).
+        foreground_prior: start every pixel at this foreground probability (the logits layer's bias, see
+            :func:`~monai_probunet.networks.init.init_output_prior`); ``None``: the paper's initialisation, 50 %.
 
     Shapes:
         image ``B x in_channels x *spatial``; seg ``B x 1 x *spatial`` integer labels;
@@ -136,6 +138,7 @@ class ProbUNet(nn.Module):
         norm: str | tuple | None = DEFAULT_NORM,
         posterior_presence: bool = False,
         prior_covariance: str = "diagonal",
+        foreground_prior: float | None = None,
     ) -> None:
         super().__init__()
         if out_channels < 2:
@@ -184,6 +187,8 @@ class ProbUNet(nn.Module):
                 spatial_dims, self.unet.out_channels, latent_dim, out_channels, fcomb_channels, fcomb_convs
             )
         init_weights_orthogonal(self)
+        if foreground_prior is not None:
+            init_output_prior(self.head if inject_input else self.fcomb.rest[-1], foreground_prior)
 
     def posterior_input(self, image: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
         """``B x (in_channels + C) x *spatial``: the image and the centred one-hot segmentation.

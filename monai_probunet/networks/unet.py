@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 from monai.networks.layers.factories import Conv
 
-from .init import init_weights_orthogonal
+from .init import init_output_prior, init_weights_orthogonal
 from .unet_core import DEFAULT_NORM, UNetCore, check_image_channels
 
 __all__ = ["DeterministicUNet"]
@@ -30,6 +30,8 @@ class DeterministicUNet(nn.Module):
         dropout: input dropout of the three innermost encoder and decoder blocks.
         norm: normalisation after each 3x3 convolution (default instance norm; ``None``: the paper's, see
             :class:`~monai_probunet.networks.unet_core.ConvBlock`).
+        foreground_prior: start every pixel at this foreground probability (the logits layer's bias, see
+            :func:`~monai_probunet.networks.init.init_output_prior`); ``None``: the paper's initialisation, 50 %.
 
     Shapes:
         ``forward``: ``B x in_channels x *spatial`` -> ``B x C x *spatial``;
@@ -45,6 +47,7 @@ class DeterministicUNet(nn.Module):
         num_convs: int = 3,
         dropout: float = 0.0,
         norm: str | tuple | None = DEFAULT_NORM,
+        foreground_prior: float | None = None,
     ) -> None:
         super().__init__()
         self.spatial_dims = spatial_dims
@@ -54,6 +57,8 @@ class DeterministicUNet(nn.Module):
         self.unet = UNetCore(spatial_dims, in_channels, channels, num_convs, dropout=dropout, norm=norm)
         self.head = Conv[Conv.CONV, spatial_dims](self.unet.out_channels, out_channels, kernel_size=1)
         init_weights_orthogonal(self)
+        if foreground_prior is not None:
+            init_output_prior(self.head, foreground_prior)
 
     def forward(self, image: torch.Tensor, seg: torch.Tensor | None = None) -> torch.Tensor:
         check_image_channels(image, self.in_channels, self.spatial_dims)
