@@ -31,7 +31,10 @@ def test_bundle_training_writes_checkpoint_and_finite_ged(tmp_path):
     state = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
     net = ProbUNet(2, 1, 2, channels=(8, 16, 32), latent_dim=6, fcomb_channels=128)
     net.load_state_dict(state)
-    assert (tmp_path / "models" / "checkpoint_final.pt").is_file()
+    final = torch.load(tmp_path / "models" / "checkpoint_final.pt", weights_only=True)["model"]
+    assert state.keys() == final.keys() and all(torch.equal(state[k], final[k]) for k in state)  # the last epoch's
+    best = torch.load(tmp_path / "models" / "model_best_validation.pt", weights_only=True)
+    assert best.keys() == state.keys()
     assert (tmp_path / "data" / "datalist.json").is_file()
 
 

@@ -151,7 +151,9 @@ def test_torchrun_two_cpu_processes(tmp_path):
     assert log.count("Train completed, saved final checkpoint") == 1
     assert log.count("checkpoint_last.pt at epoch") == 2
     models = tmp_path / "models"
-    assert sorted(p.name for p in models.iterdir()) == ["checkpoint_final.pt", "checkpoint_last.pt", "model.pt"]
+    assert sorted(p.name for p in models.iterdir()) == [
+        "checkpoint_final.pt", "checkpoint_last.pt", "model.pt", "model_best_validation.pt"
+    ]
     from monai_probunet.networks import ProbUNet
 
     net = ProbUNet(2, 1, 2, channels=(8, 16, 32), latent_dim=6, fcomb_channels=128)

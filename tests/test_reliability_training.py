@@ -288,6 +288,35 @@ def test_kill_during_the_save_of_a_new_best_model_keeps_the_previous_one(tmp_pat
         torch.load(tmp_path / "monai" / which, weights_only=True)
 
 
+def test_final_model_is_written_only_by_a_run_that_completes(tmp_path):
+    from ignite.engine import Engine, Events
+
+    from monai_probunet.handlers import FinalModel
+
+    net = torch.nn.Linear(2, 2)
+
+    def run(weight: float, stop=None) -> None:
+        torch.nn.init.constant_(net.weight, weight)
+        engine = Engine(lambda e, b: None)
+        FinalModel(tmp_path, net).attach(engine)
+        if stop == "terminate":  # what Ctrl-C does: ignite still fires COMPLETED after a terminate
+            engine.add_event_handler(Events.ITERATION_COMPLETED(once=5), lambda e: e.terminate())
+        if stop == "raise":
+            engine.add_event_handler(Events.ITERATION_COMPLETED(once=5), lambda e: 1 / 0)
+        try:
+            engine.run(range(3), max_epochs=2)
+        except ZeroDivisionError:
+            pass
+
+    run(1.0, "terminate")  # interrupted first run: nothing written
+    assert not (tmp_path / "model.pt").exists()
+    run(2.0)
+    assert torch.equal(torch.load(tmp_path / "model.pt", weights_only=True)["weight"], torch.full((2, 2), 2.0))
+    for stop in ("terminate", "raise"):  # a later run that stops early keeps the completed run's model
+        run(3.0, stop)
+        assert torch.equal(torch.load(tmp_path / "model.pt", weights_only=True)["weight"], torch.full((2, 2), 2.0))
+
+
 def test_atomic_saver_removes_superseded_files_only_after_the_new_one(tmp_path):
     from ignite.engine import Engine, Events
 

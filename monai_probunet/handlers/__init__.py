@@ -1,6 +1,6 @@
 """Ignite event handlers of the Probabilistic U-Net workflows (the counterpart of :mod:`monai.handlers`)."""
 
-from .checkpoint import AtomicCheckpointSaver, LastCheckpoint
+from .checkpoint import AtomicCheckpointSaver, FinalModel, LastCheckpoint
 from .ged_handler import GeneralizedEnergyDistance
 from .kl_warmup import KLWarmup
 from .progress import TrainingProgress
@@ -8,6 +8,7 @@ from .tracking import MLflowSampleGrid, configure_mlflow, flatten_params, iterat
 
 __all__ = [
     "AtomicCheckpointSaver",
+    "FinalModel",
     "GeneralizedEnergyDistance",
     "KLWarmup",
     "LastCheckpoint",

@@ -22,7 +22,7 @@ from ..bundle_utils import ConfigValueError, as_bool
 from ..engines.rng_state import TrainingRNGState
 from ..io_utils import atomic_torch_save
 
-__all__ = ["AtomicCheckpointSaver", "LastCheckpoint"]
+__all__ = ["AtomicCheckpointSaver", "FinalModel", "LastCheckpoint"]
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +86,36 @@ class AtomicCheckpointSaver(CheckpointSaver):
             if checkpoint is not None:
                 fixed = getattr(checkpoint.save_handler, "filename", None)
                 checkpoint.save_handler = _ReplacingDiskSaver(self.save_dir, filename=fixed)
+
+
+class FinalModel:
+    """Write the network's weights to ``save_dir/filename`` once training has run all its epochs.
+
+    Unlike a ``save_final`` :class:`~monai.handlers.CheckpointSaver`, nothing is written when the run stops early
+    (an exception, Ctrl-C, a terminate): the file keeps the previous complete run's model, replaced atomically
+    only by the next one. The file holds the state dict of the (unwrapped) network, as ``model.pt`` of a
+    key-metric saver does, so the same loaders read it.
+
+    Args:
+        save_dir: output folder.
+        network: the trained network (DDP and DataParallel are unwrapped).
+        filename: file name in ``save_dir``.
+    """
+
+    def __init__(self, save_dir: str | Path, network: torch.nn.Module, filename: str = "model.pt") -> None:
+        self.path = Path(save_dir) / filename
+        self.network = network
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        state = engine.state
+        total = (state.epoch_length or 0) * (state.max_epochs or 0)
+        if not _is_rank0() or state.epoch < (state.max_epochs or 0) or state.iteration < total:
+            return
+        atomic_torch_save(_unwrap(self.network).state_dict(), self.path)
+        logger.info("final model (epoch %d) written to %s", state.epoch, self.path)
 
 
 class _BestMetricState:
