@@ -74,7 +74,8 @@ def _configs(name: str, task: str, evaluate: bool = False) -> str:
 
 def scored_checkpoint(name: str, task: str, ckpt_dir: Path) -> str:
     """The checkpoint in ``ckpt_dir`` that the evaluation of ``name`` on ``task`` scores (its ``ckpt_path``):
-    ``model.pt`` (best validation GED), or ``checkpoint_final.pt`` where the task's override says so (scenes32)."""
+    ``model.pt`` (the weights training ends with), or ``checkpoint_final.pt`` where the task's override says so
+    (scenes32: the same weights)."""
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()

@@ -9,7 +9,7 @@
    --dataset_dir <export> --ckpt_dir <run>/models --max_epochs N --val_interval V`` in a subprocess (plus
    ``finetune.yaml --pretrained_path <current model>`` to start from the model in use, MONAI Label's ``pretrained``);
    its log lines are the task's ``details`` in ``GET /train/``;
-3. **compare**: the new ``model.pt`` (the bundle keeps the best validation GED) and the model in use are evaluated
+3. **compare**: the new ``model.pt`` (the weights the bundle's training ends with) and the model in use are evaluated
    on the same validation split of the export (S hypotheses, same seed; :mod:`.model_swap`);
 4. **swap** only if the new GED is lower: the model in use is kept as ``<stem>_before_<time>.pt`` beside it and the
    model file is replaced atomically; the infer task reloads it at its next request (new modification time).
@@ -268,7 +268,7 @@ class ProbUNetTrain(TrainTask):
 
     def _train(self, run_dir: Path, dataset: Path, params: dict[str, Any], pretrained: bool,
                stats: dict[str, Any]) -> Path:
-        """Run the bundle's training; returns the best-validation ``model.pt`` it wrote."""
+        """Run the bundle's training; returns the ``model.pt`` it wrote (the weights after the last epoch)."""
         configs = self.config_file + ([str(FINETUNE_YAML)] if pretrained else [])
         ckpt_dir = run_dir / "models"
         cmd = [self.python, "-m", "monai.bundle", "run", "training", "--config_file", json.dumps(configs),
