@@ -1,0 +1,72 @@
+"""Lesion presence by lesion size: how often a model's hypotheses show a lesion against how often the readers drew one.
+
+For every image of a split of the bundle's dataset (default: ``lidc_phantom``'s validation split, as ``train.yaml``
+generates it), S seeded hypotheses are drawn (the image as the bundle's validation preprocessing loads it); the
+images are grouped by the largest reader outline (mm² at the dataset's spacing) and each group prints the share of
+hypotheses that show a lesion beside the share of reader masks that do. A calibrated model matches the readers in
+every group; one that under-calls large lesions falls behind in the last groups.
+
+    python benchmarks/presence_by_size.py                         # the shipped bundle/models/model.pt
+    python benchmarks/presence_by_size.py --model path/to/model.pt --split test
+"""
+
+from __future__ import annotations
+
+import argparse
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.bundle import ConfigParser
+
+from monai_probunet.inference import load_model
+
+REPO = Path(__file__).resolve().parents[1]
+BINS_MM2 = (0.0, 50.0, 150.0, float("inf"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=str(REPO / "bundle" / "models" / "model.pt"))
+    parser.add_argument("--config", default=str(REPO / "bundle" / "configs" / "train.yaml"))
+    parser.add_argument("--split", default="validation", choices=("training", "validation", "test"))
+    parser.add_argument("--samples", type=int, default=16)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    config = ConfigParser()
+    config.read_config(args.config)
+    config["bundle_root"] = str(REPO / "bundle")
+    from monai_probunet.data import load_datalist
+
+    datalist = config.get_parsed_content("datalist")
+    cases = [c for c in load_datalist(datalist, args.split) if c.get("readers_drawn", 1) > 0]
+    transform = config.get_parsed_content("validate#preprocessing")
+    model, settings = load_model(args.model, args.config)
+    pixel_mm2 = float(np.prod(settings["spacing"]))
+    shown, drawn, largest = [], [], []
+    torch.manual_seed(args.seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for start in range(0, len(cases), 32):
+            items = [transform(c) for c in cases[start : start + 32]]
+            image = torch.stack([torch.as_tensor(i["image"]) for i in items]).float()
+            with torch.no_grad():
+                samples = model.sample(image, args.samples).argmax(2)  # B x S x H x W
+            shown += samples.flatten(2).gt(0).any(2).float().mean(1).tolist()
+            for i in items:
+                masks = torch.as_tensor(i["label"]).flatten(1).gt(0)  # A x P
+                drawn.append(float(masks.any(1).float().mean()))
+                largest.append(float(masks.sum(1).max()) * pixel_mm2)
+    shown_a, drawn_a, largest_a = map(np.asarray, (shown, drawn, largest))
+    print(f"model {args.model}, {args.split} split, {len(cases)} lesion images, {args.samples} hypotheses each")
+    print("largest reader outline | images | hypotheses showing a lesion | reader masks showing one")
+    for lo, hi in zip(BINS_MM2[:-1], BINS_MM2[1:]):
+        sel = (largest_a >= lo) & (largest_a < hi)
+        if sel.any():
+            name = f">= {lo:g} mm²" if np.isinf(hi) else f"{lo:g}-{hi:g} mm²"
+            print(f"{name:>22} | {int(sel.sum()):6d} | {shown_a[sel].mean():27.2f} | {drawn_a[sel].mean():.2f}")
+
+
+if __name__ == "__main__":
+    main()
