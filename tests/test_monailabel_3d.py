@@ -8,7 +8,6 @@ a DICOM series in Orthanc answered as a 3-D DICOM SEG that equals the NIfTI answ
 
 from __future__ import annotations
 
-import math
 import warnings
 
 import nibabel as nib
@@ -84,7 +83,8 @@ def test_options_table_offers_the_mode(server3d):
 
 def test_click_on_a_volume_gives_the_3d_label(server3d, library3d):
     """Slicer's click with the default options: the presence-rule label on every slice of the lesion, as the library
-    computes it, with the volume's geometry; the lesion's volume within 15 % of the ellipsoid's."""
+    computes it, with the volume's geometry (how close that label comes to the ellipsoid is the model's quality,
+    checked once, in tests/test_inference_3d.py)."""
     url, info = server3d["url"], server3d["info"]
     params = click_params(info, "probunet", [CLICK])
     assert params["mode"] == "auto"
@@ -102,8 +102,8 @@ def test_click_on_a_volume_gives_the_3d_label(server3d, library3d):
     assert fields["Segment0_Name"] == seg_name and result["label_names"] == {seg_name: 1}
     assert seg_name.startswith("lesion p=")
     np.testing.assert_allclose(result["volumes_mm3"], h.volumes_mm3)
-    truth = 4.0 / 3.0 * math.pi * np.prod(RADII)
-    assert abs(result["presence_label"]["volume_mm3"] / truth - 1) <= 0.15
+    label_mm3 = np.count_nonzero(h.presence_label) * h.voxel_volume_mm3
+    assert result["presence_label"]["volume_mm3"] == pytest.approx(label_mm3)
     assert result["label_voxels"] == int(np.count_nonzero(h.presence_label))
     assert all("lesion hypotheses continue" in r for r in result["stop_reasons"].values())
     assert len(result["latent_noise"]) == 16
