@@ -111,8 +111,8 @@ class FinalModel:
 
     def __call__(self, engine: Engine) -> None:
         state = engine.state
-        total = (state.epoch_length or 0) * (state.max_epochs or 0)
-        if not _is_rank0() or state.epoch < (state.max_epochs or 0) or state.iteration < total:
+        max_epochs = state.max_epochs or 0
+        if not _is_rank0() or state.epoch < max_epochs or state.iteration < (state.epoch_length or 0) * max_epochs:
             return
         atomic_torch_save(_unwrap(self.network).state_dict(), self.path)
         logger.info("final model (epoch %d) written to %s", state.epoch, self.path)

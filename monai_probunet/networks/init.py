@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn as nn
 
@@ -50,4 +48,4 @@ def init_output_prior(layer: nn.Module, foreground_prob: float) -> None:
     probs = torch.full((c,), foreground_prob / (c - 1), dtype=bias.dtype)
     probs[0] = 1.0 - foreground_prob
     with torch.no_grad():
-        bias.copy_(probs.log() - math.log(probs[0]))
+        bias.copy_(probs.log() - probs[0].log())
