@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -330,3 +332,36 @@ def test_sampling_inferer_reseeds_per_run():
     engine.run([0, 1], max_epochs=1)
     assert torch.equal(outputs[0], outputs[2]) and torch.equal(outputs[1], outputs[3])
     assert not torch.equal(outputs[0], outputs[1])
+
+
+def test_prior_samples_in_training_pass_reach_the_prior_and_keep_the_reconstruction(model):
+    image = torch.rand(2, 1, 16, 16)
+    seg = (torch.rand(2, 1, 16, 16) > 0.8).long()
+    model.train()
+    torch.manual_seed(3)
+    logits, kl = model(image, seg)
+    torch.manual_seed(3)
+    logits_s, kl_s, samples = model(image, seg, num_prior_samples=3)
+    assert samples.shape == (2, 3, 2, 16, 16)
+    assert torch.allclose(logits, logits_s, atol=1e-5) and torch.allclose(kl, kl_s)
+    model.zero_grad()
+    samples[:, :, 1].sum().backward()  # the samples alone: only the prior, U-Net and f_comb can explain them
+    assert model.prior_net.head.weight.grad.abs().sum() > 0
+    assert model.posterior_net.head.weight.grad is None or model.posterior_net.head.weight.grad.abs().sum() == 0
+
+
+def test_mean_max_pooling_starts_as_the_papers_mean_pooling():
+    torch.manual_seed(0)
+    net = ProbUNet(2, 1, 2, channels=(8, 16, 32), latent_dim=4, encoder_pooling="mean_max")
+    image = torch.rand(3, 1, 16, 16)
+    mean_only = copy.deepcopy(net.prior_net)
+    mean_only.pooling = "mean"
+    mean_only.head = torch.nn.Conv2d(32, 8, 1)
+    mean_only.head.weight.data = net.prior_net.head.weight.data[:, :32].clone()
+    mean_only.head.bias.data = net.prior_net.head.bias.data.clone()
+    assert net.prior_net.head.weight.shape[1] == 64  # mean and max of the 32 deepest channels
+    assert torch.allclose(net.prior_net.head.weight[:, 32:], torch.zeros(8, 32))
+    for got, want in zip(net.prior_net.moments(image), mean_only.moments(image)):
+        assert torch.allclose(got, want, atol=1e-6)
+    with pytest.raises(ValueError, match="pooling"):
+        ProbUNet(2, 1, 2, channels=(8, 16), encoder_pooling="median")

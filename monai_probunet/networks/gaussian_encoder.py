@@ -39,6 +39,10 @@ class GaussianEncoder(nn.Module):
             max, beside the pooled encoder features (0: the paper's encoder). For a centred one-hot segmentation
             this tells the head which classes are present at all: a class on a few pixels is as visible as a large
             one, whereas the global average over the encoder's normalised features can dilute it by its area.
+        pooling: ``"mean"`` (the paper's global average of the last block's features) or ``"mean_max"`` (their
+            spatial max beside it). After an instance normalisation every channel has zero mean over the image
+            before the ReLU, so the global average tells the head little about what the image holds; the max
+            keeps the strongest response. Not in the paper.
         covariance: ``"diagonal"`` (the paper's axis-aligned Gaussian) or ``"full"``: the head also predicts the
             ``N (N - 1) / 2`` entries below the diagonal of a Cholesky factor ``L``, and the Gaussian is
             ``N(mu, L L^T)``. Minimising the expected ``KL(Q || P)`` over ``P`` matches P's mean and covariance to
@@ -62,6 +66,7 @@ class GaussianEncoder(nn.Module):
         norm: str | tuple | None = DEFAULT_NORM,
         presence_channels: int = 0,
         covariance: str = "diagonal",
+        pooling: str = "mean",
     ) -> None:
         super().__init__()
         if latent_dim < 1:
@@ -73,14 +78,27 @@ class GaussianEncoder(nn.Module):
         self.latent_dim = latent_dim
         self.presence_channels = presence_channels
         self.covariance = covariance
+        if pooling not in ("mean", "mean_max"):
+            raise ValueError(f"pooling must be 'mean' or 'mean_max', got {pooling!r}.")
+        self.pooling = pooling
         num_out = 2 * latent_dim + (latent_dim * (latent_dim - 1) // 2 if covariance == "full" else 0)
         self.encoder = UNetEncoder(spatial_dims, in_channels, channels, num_convs, norm=norm)
-        self.head = Conv[Conv.CONV, spatial_dims](channels[-1] + presence_channels, num_out, kernel_size=1)
+        pooled = channels[-1] * (2 if pooling == "mean_max" else 1)
+        self.head = Conv[Conv.CONV, spatial_dims](pooled + presence_channels, num_out, kernel_size=1)
+
+    def start_without_max(self) -> None:
+        """Zero the head's weights on the spatial max (``"mean_max"``), so the encoder starts as the paper's."""
+        if self.pooling == "mean_max":
+            c = self.encoder.channels[-1]
+            with torch.no_grad():
+                self.head.weight[:, c : 2 * c] = 0.0
 
     def _head(self, x: torch.Tensor) -> torch.Tensor:
         """Float32 ``B x num_out`` head output: mean, raw log sigma, then (full) the entries below L's diagonal."""
-        h = self.encoder(x)[-1]
-        h = h.mean(dim=tuple(range(2, h.ndim)), keepdim=True)
+        f = self.encoder(x)[-1]
+        h = f.mean(dim=tuple(range(2, f.ndim)), keepdim=True)
+        if self.pooling == "mean_max":
+            h = torch.cat([h, f.amax(dim=tuple(range(2, f.ndim)), keepdim=True)], dim=1)
         if self.presence_channels:
             present = x[:, x.shape[1] - self.presence_channels :].amax(dim=tuple(range(2, x.ndim)), keepdim=True)
             h = torch.cat([h, present.to(h.dtype)], dim=1)

@@ -104,6 +104,9 @@ class ProbUNet(nn.Module):
             concatenated to the U-Net's input channels, followed by a 1x1 logits head).
         norm: normalisation after each 3x3 convolution (default instance norm; ``None``: the paper's, see
             :class:`~monai_probunet.networks.unet_core.ConvBlock`).
+        encoder_pooling: how the prior and posterior nets pool their last features over the image: ``"mean"``
+            (the paper's global average) or ``"mean_max"`` (the spatial max beside it, see
+            :class:`GaussianEncoder`). Not in the paper.
         posterior_presence: the posterior's head also sees which classes the segmentation contains (its
             ``presence_channels`` are the one-hot channels, see :class:`GaussianEncoder`). Not in the
             paper (``False``); the prior net is unchanged.
@@ -136,6 +139,7 @@ class ProbUNet(nn.Module):
         posterior_context: bool = True,
         latent_injection: str = "fcomb",
         norm: str | tuple | None = DEFAULT_NORM,
+        encoder_pooling: str = "mean",
         posterior_presence: bool = False,
         prior_covariance: str = "diagonal",
         foreground_prior: float | None = None,
@@ -167,7 +171,14 @@ class ProbUNet(nn.Module):
         self.prior_net: GaussianEncoder | None = None
         if not self.fixed_prior:
             self.prior_net = GaussianEncoder(
-                spatial_dims, in_channels, channels, latent_dim, num_convs, norm=norm, covariance=prior_covariance
+                spatial_dims,
+                in_channels,
+                channels,
+                latent_dim,
+                num_convs,
+                norm=norm,
+                covariance=prior_covariance,
+                pooling=encoder_pooling,
             )
         self.posterior_net = GaussianEncoder(
             spatial_dims,
@@ -177,6 +188,7 @@ class ProbUNet(nn.Module):
             num_convs,
             norm=norm,
             presence_channels=out_channels if posterior_presence else 0,
+            pooling=encoder_pooling,
         )
         self.fcomb: FComb | None = None
         self.head: nn.Module | None = None
@@ -187,6 +199,9 @@ class ProbUNet(nn.Module):
                 spatial_dims, self.unet.out_channels, latent_dim, out_channels, fcomb_channels, fcomb_convs
             )
         init_weights_orthogonal(self)
+        for encoder in (self.prior_net, self.posterior_net):
+            if encoder is not None:
+                encoder.start_without_max()
         if foreground_prior is not None:
             init_output_prior(self.head if inject_input else self.fcomb.rest[-1], foreground_prior)
 
@@ -256,14 +271,25 @@ class ProbUNet(nn.Module):
         logits = self.head(self.unet(_like_memory_format(torch.cat([images, tiled], dim=1), image)))
         return logits.reshape(b, s, *logits.shape[1:])
 
-    def forward(self, image: torch.Tensor, seg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One training pass: reconstruction logits from a posterior sample, and ``KL(Q || P)`` per image."""
+    def forward(
+        self, image: torch.Tensor, seg: torch.Tensor, num_prior_samples: int = 0
+    ) -> tuple[torch.Tensor, torch.Tensor] | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One training pass: reconstruction logits from a posterior sample, and ``KL(Q || P)`` per image.
+
+        With ``num_prior_samples = S > 0`` also the logits of S reparameterised draws from the prior
+        (``B x S x C x *spatial``, decoded with the same U-Net features), so a loss on the samples themselves
+        reaches the prior net (:class:`~monai_probunet.losses.ELBOLoss`'s ``sample_weight``).
+        """
         check_image_channels(image, self.in_channels, self.spatial_dims)
         q = self.posterior(image, seg)
         p = self.prior(image)
-        z = q.rsample()
-        logits = self.decode(image, z.unsqueeze(1))[:, 0]
-        return logits, latent_kl(q, p)
+        z = q.rsample().unsqueeze(1)
+        if num_prior_samples > 0:
+            z = torch.cat([z, p.rsample((num_prior_samples,)).transpose(0, 1)], dim=1)
+        logits = self.decode(image, z)
+        if num_prior_samples > 0:
+            return logits[:, 0], latent_kl(q, p), logits[:, 1:]
+        return logits[:, 0], latent_kl(q, p)
 
     def reconstruct(self, image: torch.Tensor, seg: torch.Tensor, use_posterior_mean: bool = False) -> torch.Tensor:
         """Logits ``B x C x *spatial`` from a posterior sample (or its mean)."""
