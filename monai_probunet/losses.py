@@ -1,4 +1,5 @@
-"""The ELBO of the Probabilistic U-Net (paper Eq. 4), and the M-Heads baseline's loss (paper Sec. 3.2)."""
+"""The ELBO of the Probabilistic U-Net (paper Eq. 4), an energy score of its samples, and the M-Heads baseline's loss
+(paper Sec. 3.2)."""
 
 from __future__ import annotations
 
@@ -8,15 +9,16 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["ELBOLoss", "ELBOTerms", "MHeadsLoss"]
+__all__ = ["ELBOLoss", "ELBOTerms", "MHeadsLoss", "energy_score"]
 
 
 class ELBOTerms(NamedTuple):
-    """The loss and its terms, each a scalar tensor (batch means)."""
+    """The loss and its terms, each a scalar tensor (batch means); ``energy`` only with a sample loss."""
 
     loss: torch.Tensor
     ce: torch.Tensor
     kl: torch.Tensor
+    energy: torch.Tensor | None = None
 
 
 class ELBOLoss(nn.Module):
@@ -25,30 +27,46 @@ class ELBOLoss(nn.Module):
     As in the reference implementation the cross-entropy is summed over pixels and averaged over the batch, so
     ``beta`` keeps the paper's meaning whatever the batch size. Binary lesion masks are 2-class softmax.
 
+    With ``sample_weight > 0`` (not in the paper) the loss adds ``sample_weight`` times the batch mean of the
+    :func:`energy_score` of draws from the prior against all graders' masks. The ELBO trains the prior only through
+    the KL to the posterior, slowly; this term scores the hypotheses a user will see, so the prior also learns how
+    often each image's graders draw a lesion.
+
     Args:
         beta: weight of the KL term.
         ignore_index: label value excluded from the cross-entropy (e.g. 255 for Cityscapes ignore regions).
+        sample_weight: weight of the energy score of the prior's samples (0: the paper's ELBO).
 
     Shapes:
         ``pred``: logits ``B x C x *spatial``, or a tuple ``(logits, kl)`` with ``kl`` of shape ``B`` (what
-        ``ProbUNet.forward`` returns); a plain logits tensor means a deterministic model (KL = 0).
+        ``ProbUNet.forward`` returns), or ``(logits, kl, samples)`` with the prior's sample logits
+        ``B x S x C x *spatial`` (``ProbUNet.forward(..., num_prior_samples=S)``); a plain logits tensor means a
+        deterministic model (KL = 0).
         ``target``: ``B x 1 x *spatial`` or ``B x *spatial`` integer labels.
         ``mask``: optional ``B x 1 x *spatial`` / ``B x *spatial``; pixels where it is 0 are ignored.
+        ``graders``: ``B x A x *spatial`` integer labels of all graders (needed with ``sample_weight > 0``).
     """
 
-    def __init__(self, beta: float = 1.0, ignore_index: int | None = None) -> None:
+    def __init__(self, beta: float = 1.0, ignore_index: int | None = None, sample_weight: float = 0.0) -> None:
         super().__init__()
         if beta < 0:
             raise ValueError(f"beta must be >= 0, got {beta}.")
+        if sample_weight < 0:
+            raise ValueError(f"sample_weight must be >= 0, got {sample_weight}.")
         self.beta = float(beta)
         self.ignore_index = ignore_index
+        self.sample_weight = float(sample_weight)
 
     def forward(
         self,
         pred: torch.Tensor | tuple[torch.Tensor, torch.Tensor],
         target: torch.Tensor,
         mask: torch.Tensor | None = None,
+        graders: torch.Tensor | None = None,
     ) -> ELBOTerms:
+        samples = None
+        if isinstance(pred, (tuple, list)) and len(pred) == 3:
+            pred, samples = pred[:2], pred[2]
         logits, kl = pred if isinstance(pred, (tuple, list)) else (pred, None)
         if target.ndim == logits.ndim:
             if target.shape[1] != 1:
@@ -66,7 +84,47 @@ class ELBOLoss(nn.Module):
         ce_map = F.cross_entropy(logits.float(), safe_target, reduction="none") * keep
         ce = ce_map.flatten(1).sum(dim=1).mean()
         kl_mean = kl.float().mean() if kl is not None else torch.zeros((), device=logits.device)
-        return ELBOTerms(ce + self.beta * kl_mean, ce, kl_mean)
+        loss = ce + self.beta * kl_mean
+        if self.sample_weight == 0.0:
+            return ELBOTerms(loss, ce, kl_mean)
+        if samples is None:
+            raise ValueError(
+                "sample_weight > 0 needs the network's prior samples: train with prior_samples >= 2 "
+                "(ProbUNetTrainer; the network's forward(..., num_prior_samples=S))."
+            )
+        if graders is None:
+            raise ValueError("sample_weight > 0 needs the graders' masks (graders=B x A x *spatial).")
+        energy = energy_score(samples, graders, self.ignore_index).mean()
+        return ELBOTerms(loss + self.sample_weight * energy, ce, kl_mean, energy.detach())
+
+
+def energy_score(samples: torch.Tensor, graders: torch.Tensor, ignore_index: int | None = None) -> torch.Tensor:
+    """Energy score of the samples' class probabilities against the graders' masks, per image.
+
+    ``E||S - Y|| - E||S - S'|| / 2`` with the Euclidean norm over one-hot classes and pixels (Gneiting & Raftery
+    2007): a strictly proper score of the distribution of segmentations, lowest when the samples are distributed as
+    the graders' masks. A missed lesion costs the square root of its area, so a large lesion drawn too rarely
+    costs more than a small one. Pixels that any grader marks ``ignore_index`` are left out.
+
+    Shapes:
+        ``samples``: logits ``B x S x C x *spatial`` (S >= 2); ``graders``: ``B x A x *spatial`` integer labels;
+        returns ``B``.
+    """
+    b, s, c = samples.shape[:3]
+    if s < 2:
+        raise ValueError(f"the energy score needs >= 2 samples per image, got {s}.")
+    graders = graders.long()
+    keep = torch.ones_like(graders[:, :1], dtype=torch.bool)
+    if ignore_index is not None:
+        keep = (graders != ignore_index).all(dim=1, keepdim=True)
+        graders = torch.where(graders == ignore_index, torch.zeros_like(graders), graders)
+    probs = torch.softmax(samples.float(), dim=2) * keep.unsqueeze(2)  # B x S x C x *spatial
+    onehot = F.one_hot(graders, c).movedim(-1, 2).float() * keep.unsqueeze(2)  # B x A x C x *spatial
+    probs, onehot = probs.flatten(2), onehot.flatten(2)
+    to_graders = (probs.unsqueeze(2) - onehot.unsqueeze(1)).pow(2).sum(-1).add(1e-6).sqrt()  # B x S x A
+    i, j = torch.triu_indices(s, s, offset=1, device=samples.device)
+    between = (probs[:, i] - probs[:, j]).pow(2).sum(-1).add(1e-6).sqrt()  # B x S(S-1)/2
+    return to_graders.mean(dim=(1, 2)) - 0.5 * between.mean(dim=1)
 
 
 class MHeadsLoss(nn.Module):

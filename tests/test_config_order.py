@@ -77,7 +77,7 @@ def test_augmentation_appends_to_the_training_transforms_in_any_order():
     load = ["LoadImaged", "SelectItemsd", "ScaleIntensityRanged", "EnsureTyped"]
     flips = ["RandFlipd", "RandFlipd", "RandRotate90d"]
     augmentation = ["RandAffined", "Rand2DElasticd", "RandSpatialCropd"]
-    label = ["RandFieldOfViewd", "RandGraderd"]
+    label = ["RandFieldOfViewd", "CopyItemsd", "RandGraderd"]
     scanner = ["RandGaussianSmoothd", "RandScaleIntensityd", "RandShiftIntensityd", "RandGaussianNoised"]
     assert _train_transforms() == [*load, *flips, *label, *scanner]
     assert _train_transforms("augmentation.yaml") == [*load, *flips, *augmentation, *label, *scanner]

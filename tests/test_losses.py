@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from monai_probunet.losses import ELBOLoss
+from monai_probunet.losses import ELBOLoss, energy_score
 
 
 def test_ce_is_summed_over_pixels_and_averaged_over_batch():
@@ -36,3 +36,54 @@ def test_deterministic_prediction_has_zero_kl_and_bad_target_is_clear():
         ELBOLoss()(logits, torch.zeros(2, 4, 4, 4))
     with pytest.raises(ValueError, match="beta"):
         ELBOLoss(beta=-1)
+
+
+def _hard(masks: torch.Tensor) -> torch.Tensor:
+    """Near-one-hot 2-class logits ``B x S x 2 x H x W`` for binary masks ``B x S x H x W``."""
+    return torch.stack([1 - masks, masks], dim=2).float() * 40.0 - 20.0
+
+
+def test_energy_score_is_zero_for_the_readers_own_answers_and_penalises_the_majority():
+    a = torch.zeros(4, 4, dtype=torch.long)
+    a[:2, :2] = 1  # reader 1: 4 pixels
+    b = torch.zeros_like(a)  # reader 2: nothing
+    graders = torch.stack([a, b])[None]  # 1 x 2 x H x W
+    d = math.sqrt(2 * 4)  # 4 differing pixels, each differs in both one-hot channels
+    both = energy_score(_hard(torch.stack([a, b])[None]), graders)
+    assert both.item() == pytest.approx(0.0, abs=1e-2)
+    # always the lesion: E||S - Y|| = d / 2, no spread between samples
+    always = energy_score(_hard(torch.stack([a, a])[None]), graders)
+    assert always.item() == pytest.approx(d / 2, abs=1e-2)
+    # a missed lesion costs the square root of its area: a 4x larger lesion costs twice as much
+    big = torch.ones(4, 4, dtype=torch.long)
+    missed_small = energy_score(_hard(torch.stack([b, b])[None]), a[None, None])
+    missed_big = energy_score(_hard(torch.stack([b, b])[None]), big[None, None])
+    assert missed_big.item() == pytest.approx(2 * missed_small.item(), rel=1e-3)
+
+
+def test_energy_score_leaves_out_ignored_pixels_and_needs_two_samples():
+    graders = torch.tensor([[[[1, 255]]]])  # 1 x 1 x 1 x 2
+    samples = _hard(torch.tensor([[[[1, 0]], [[1, 1]]]]))  # 1 x 2 x 1 x 2: they differ only where ignored
+    assert energy_score(samples, graders, ignore_index=255).item() == pytest.approx(0.0, abs=1e-2)
+    with pytest.raises(ValueError, match=">= 2 samples"):
+        energy_score(samples[:, :1], graders)
+
+
+def test_sample_weight_adds_the_energy_score_and_asks_for_what_it_needs():
+    torch.manual_seed(0)
+    logits, kl = torch.randn(2, 2, 4, 4), torch.tensor([1.0, 2.0])
+    samples = torch.randn(2, 3, 2, 4, 4)
+    graders = torch.randint(0, 2, (2, 4, 4, 4))
+    target = graders[:, :1]
+    plain = ELBOLoss()((logits, kl), target)
+    terms = ELBOLoss(sample_weight=2.0)((logits, kl, samples), target, graders=graders)
+    expected = energy_score(samples, graders).mean()
+    assert terms.energy.item() == pytest.approx(expected.item())
+    assert terms.loss.item() == pytest.approx(plain.loss.item() + 2.0 * expected.item(), rel=1e-5)
+    assert ELBOLoss()((logits, kl, samples), target).loss.item() == pytest.approx(plain.loss.item())
+    with pytest.raises(ValueError, match="graders"):
+        ELBOLoss(sample_weight=1.0)((logits, kl, samples), target)
+    with pytest.raises(ValueError, match="prior_samples"):
+        ELBOLoss(sample_weight=1.0)((logits, kl), target, graders=graders)
+    with pytest.raises(ValueError, match="sample_weight"):
+        ELBOLoss(sample_weight=-1.0)

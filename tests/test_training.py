@@ -8,18 +8,20 @@ import torch
 from ignite.engine import Engine, Events
 from monai.data import CacheDataset, DataLoader
 from monai.engines import PrepareBatchExtraInput
-from monai.transforms import Compose, EnsureTyped, LoadImaged, ScaleIntensityRanged, SelectItemsd
+from monai.transforms import Compose, CopyItemsd, EnsureTyped, LoadImaged, ScaleIntensityRanged, SelectItemsd
 from monai.utils import set_determinism
 
 from monai_probunet.data import RandGraderd, load_datalist
-from monai_probunet.engines import ProbUNetTrainer
+from monai_probunet.engines import ProbUNetTrainer, loss_terms
 from monai_probunet.handlers import KLWarmup
 from monai_probunet.losses import ELBOLoss, MHeadsLoss
 from monai_probunet.metrics import generalized_energy_distance
 from monai_probunet.networks import DeterministicUNet, ProbUNet, hypotheses_to_labels
 
 
-def _train(network, loader, iterations: int, lr: float = 1e-3, precision: str = "fp32") -> list[float]:
+def _train(
+    network, loader, iterations: int, lr: float = 1e-3, precision: str = "fp32", loss=None, outputs=None, **kwargs
+) -> list[float]:
     losses: list[float] = []
     trainer = ProbUNetTrainer(
         device=torch.device("cpu"),
@@ -28,31 +30,51 @@ def _train(network, loader, iterations: int, lr: float = 1e-3, precision: str = 
         train_data_loader=loader,
         network=network,
         optimizer=torch.optim.Adam(network.parameters(), lr=lr),
-        loss_function=ELBOLoss(beta=1.0),
+        loss_function=loss or ELBOLoss(beta=1.0),
         prepare_batch=PrepareBatchExtraInput(extra_keys={"seg": "label"}),
         decollate=False,
         precision=precision,
+        **kwargs,
     )
     trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: losses.append(e.state.output["loss"].item()))
+    if outputs is not None:
+        trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: outputs.append(loss_terms(e.state.output)))
     trainer.run()
     return losses
 
 
-def test_loss_falls_on_shapes(tiny_shapes):
-    set_determinism(seed=0)
+def _shapes_loader(datalist, keep_graders: bool = False) -> DataLoader:
     transform = Compose(
         [
             LoadImaged(keys=["image", "label"], image_only=True, ensure_channel_first=True),
             SelectItemsd(keys=["image", "label"]),
             ScaleIntensityRanged(keys="image", a_min=-1000, a_max=400, b_min=0.0, b_max=1.0, clip=True),
             EnsureTyped(keys=["image", "label"], track_meta=False),
+            *([CopyItemsd(keys="label", names="graders")] if keep_graders else []),
             RandGraderd(keys="label"),
         ]
     )
-    ds = CacheDataset(load_datalist(tiny_shapes, "training"), transform, progress=False)
-    loader = DataLoader(ds, batch_size=8, shuffle=True)
-    losses = _train(ProbUNet(2, 1, 2, channels=(8, 16, 32), latent_dim=4), loader, iterations=40)
+    ds = CacheDataset(load_datalist(datalist, "training"), transform, progress=False)
+    return DataLoader(ds, batch_size=8, shuffle=True)
+
+
+def test_loss_falls_on_shapes(tiny_shapes):
+    set_determinism(seed=0)
+    losses = _train(ProbUNet(2, 1, 2, channels=(8, 16, 32), latent_dim=4), _shapes_loader(tiny_shapes), iterations=40)
     assert np.mean(losses[-8:]) < 0.5 * np.mean(losses[:4]), losses
+
+
+def test_sample_loss_scores_prior_draws_against_all_graders(tiny_shapes):
+    set_determinism(seed=0)
+    outputs: list[dict] = []
+    net = ProbUNet(2, 1, 2, channels=(8, 16, 32), latent_dim=4)
+    loss = ELBOLoss(beta=1.0, sample_weight=0.5)
+    _train(net, _shapes_loader(tiny_shapes, keep_graders=True), 3, loss=loss, outputs=outputs, prior_samples=2)
+    assert len(outputs) == 3
+    for o in outputs:  # the logged loss is the ELBO plus the weighted energy score of the batch's prior draws
+        assert o["energy"] > 0 and o["loss"] == pytest.approx(o["ce"] + o["kl"] + 0.5 * o["energy"], rel=1e-4)
+    with pytest.raises(ValueError, match="'graders'.*CopyItemsd"):
+        _train(net, _shapes_loader(tiny_shapes), 1, loss=loss, prior_samples=2)
 
 
 def _two_mode_batches(n: int, size: int = 16, seed: int = 0) -> list[dict[str, torch.Tensor]]:

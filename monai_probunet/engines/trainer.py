@@ -18,9 +18,9 @@ __all__ = ["ProbUNetTrainer", "loss_terms"]
 
 
 def loss_terms(output: dict | list) -> dict[str, float]:
-    """``{"loss", "ce", "kl"}`` as floats from a :class:`ProbUNetTrainer` iteration output (for logging handlers)."""
+    """``{"loss", "ce", "kl"}`` (and ``"energy"`` with a sample loss) as floats from a :class:`ProbUNetTrainer` iteration output (for logging handlers)."""
     first = output[0] if isinstance(output, list) else output
-    return {k: float(torch.as_tensor(first[k]).detach()) for k in ("loss", "ce", "kl")}
+    return {k: float(torch.as_tensor(first[k]).detach()) for k in ("loss", "ce", "kl", "energy") if k in first}
 
 
 class ProbUNetTrainer(SupervisedTrainer):
@@ -34,6 +34,9 @@ class ProbUNetTrainer(SupervisedTrainer):
       unlike MONAI's CUDA-only ``amp``) with float32 master weights; ``"auto"`` picks bf16 where the hardware
       computes it natively;
     - ``channels_last=True`` converts the network and 2-D inputs to the channels-last memory format;
+    - ``prior_samples=S > 0`` also decodes S draws from the prior in every training pass
+      (``network(image, seg=label, num_prior_samples=S)``) and passes them with all graders' masks (the batch's
+      ``graders_key``) to the loss (:class:`~monai_probunet.losses.ELBOLoss` with ``sample_weight > 0``);
     - :meth:`run` raises :class:`~monai_probunet.bundle_utils.TrainingInterrupted` (a ``KeyboardInterrupt``) when
       a :class:`~monai_probunet.handlers.LastCheckpoint` handler stopped the run on Ctrl-C, with its message on
       how to resume.
@@ -44,6 +47,9 @@ class ProbUNetTrainer(SupervisedTrainer):
     Args:
         precision: ``"auto"``, ``"fp32"`` or ``"bf16"``.
         channels_last: use the channels-last memory format for 2-D networks.
+        prior_samples: prior draws per image decoded in every training pass when the loss scores them (its
+            ``sample_weight > 0``; 0: none).
+        graders_key: the batch key of all graders' masks (``B x A x *spatial``), needed with ``prior_samples``.
         other args: as :class:`monai.engines.SupervisedTrainer`.
     """
 
@@ -67,6 +73,8 @@ class ProbUNetTrainer(SupervisedTrainer):
         train_handlers: Sequence | None = None,
         precision: str = "auto",
         channels_last: bool = False,
+        prior_samples: int = 0,
+        graders_key: str = "graders",
         **kwargs: Any,
     ) -> None:
         if isinstance(max_epochs, bool) or not isinstance(max_epochs, int) or max_epochs < 1:
@@ -95,6 +103,9 @@ class ProbUNetTrainer(SupervisedTrainer):
             raise ValueError("ProbUNetTrainer does not support gradient accumulation (accumulation_steps must be 1).")
         self.precision, self.precision_reason = explain_precision(precision, device)
         self.add_event_handler(Events.STARTED, lambda engine: engine.logger.info(engine.precision_reason))
+        # drawn only for a loss that scores them (ELBOLoss with sample_weight > 0)
+        self.prior_samples = int(prior_samples) if getattr(loss_function, "sample_weight", 0.0) > 0 else 0
+        self.graders_key = graders_key
         self.channels_last = channels_last
         if channels_last:
             self.network.to(memory_format=torch.channels_last)
@@ -122,6 +133,15 @@ class ProbUNetTrainer(SupervisedTrainer):
         else:
             inputs, targets, args, kwargs = batch
         inputs = self._to_memory_format(inputs)
+        loss_kwargs: dict = {}
+        if self.prior_samples > 0:
+            if self.graders_key not in batchdata:
+                raise ValueError(
+                    f"prior_samples > 0 needs every batch to hold all graders' masks under {self.graders_key!r} "
+                    "(train.yaml: a CopyItemsd of the label before RandGraderd)."
+                )
+            kwargs = {**kwargs, "num_prior_samples": self.prior_samples}
+            loss_kwargs["graders"] = batchdata[self.graders_key].to(engine.state.device)
         engine.state.output = {Keys.IMAGE: inputs, Keys.LABEL: targets}
         engine.network.train()
         engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
@@ -129,10 +149,12 @@ class ProbUNetTrainer(SupervisedTrainer):
             pred = engine.inferer(inputs, engine.network, *args, **kwargs)
         engine.state.output[Keys.PRED] = pred[0] if isinstance(pred, (tuple, list)) else pred
         engine.fire_event(IterationEvents.FORWARD_COMPLETED)
-        terms = engine.loss_function(pred, targets)
+        terms = engine.loss_function(pred, targets, **loss_kwargs)
         engine.state.output[Keys.LOSS] = terms.loss
         engine.state.output["ce"] = terms.ce.detach()
         engine.state.output["kl"] = terms.kl.detach()
+        if getattr(terms, "energy", None) is not None:
+            engine.state.output["energy"] = terms.energy
         engine.fire_event(IterationEvents.LOSS_COMPLETED)
         terms.loss.backward()
         engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
