@@ -6,6 +6,12 @@ images are grouped by the largest reader outline (mm² at the dataset's spacing)
 hypotheses that show a lesion beside the share of reader masks that do. A calibrated model matches the readers in
 every group; one that under-calls large lesions falls behind in the last groups.
 
+Two more columns tell where an under-call comes from (models with a posterior net): how often the decoder draws a
+lesion from the posterior mean of a non-empty reader mask (can the decoder draw it at all?) and the mean
+``KL(Q || P)`` of those masks (how far the prior is from where the readers' lesions are encoded). Below the table:
+how much the prior's mean moves from image to image, in units of its own standard deviation (about 0: the prior is
+the same for every image, and every image gets the same share of hypotheses with a lesion, whatever it shows).
+
     python benchmarks/presence_by_size.py                         # the shipped bundle/models/model.pt
     python benchmarks/presence_by_size.py --model path/to/model.pt --split test
 """
@@ -44,7 +50,8 @@ def main() -> None:
     transform = config.get_parsed_content("validate#preprocessing")
     model, settings = load_model(args.model, args.config)
     pixel_mm2 = float(np.prod(settings["spacing"]))
-    shown, drawn, largest = [], [], []
+    shown, drawn, largest, rebuilt, kl, prior_mu, prior_sd = [], [], [], [], [], [], []
+    has_posterior = hasattr(model, "posterior_net") and hasattr(model, "prior_moments")
     torch.manual_seed(args.seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -53,6 +60,18 @@ def main() -> None:
             image = torch.stack([torch.as_tensor(i["image"]) for i in items]).float()
             with torch.no_grad():
                 samples = model.sample(image, args.samples).argmax(2)  # B x S x H x W
+                if has_posterior:
+                    labels = torch.stack([torch.as_tensor(i["label"]) for i in items]).long()  # B x A x H x W
+                    present = labels.flatten(2).gt(0).any(2)  # B x A
+                    shows = torch.stack(
+                        [model.reconstruct(image, labels[:, a : a + 1], True).argmax(1).flatten(1).gt(0).any(1)
+                         for a in range(labels.shape[1])], 1).float()
+                    kls = torch.stack([model.kl(image, labels[:, a : a + 1]) for a in range(labels.shape[1])], 1)
+                    rebuilt += [float(r[p].mean()) if p.any() else float("nan") for r, p in zip(shows, present)]
+                    kl += [float(k[p].mean()) if p.any() else float("nan") for k, p in zip(kls, present)]
+                    mu, log_sigma = model.prior_moments(image)
+                    prior_mu.append(mu)
+                    prior_sd.append(log_sigma.exp())
             shown += samples.flatten(2).gt(0).any(2).float().mean(1).tolist()
             for i in items:
                 masks = torch.as_tensor(i["label"]).flatten(1).gt(0)  # A x P
@@ -60,12 +79,21 @@ def main() -> None:
                 largest.append(float(masks.sum(1).max()) * pixel_mm2)
     shown_a, drawn_a, largest_a = map(np.asarray, (shown, drawn, largest))
     print(f"model {args.model}, {args.split} split, {len(cases)} lesion images, {args.samples} hypotheses each")
-    print("largest reader outline | images | hypotheses showing a lesion | reader masks showing one")
+    header = "largest reader outline | images | hypotheses showing a lesion | reader masks showing one"
+    print(header + (" | posterior mean draws it | KL(Q || P) of those masks" if has_posterior else ""))
     for lo, hi in zip(BINS_MM2[:-1], BINS_MM2[1:]):
         sel = (largest_a >= lo) & (largest_a < hi)
         if sel.any():
             name = f">= {lo:g} mm²" if np.isinf(hi) else f"{lo:g}-{hi:g} mm²"
-            print(f"{name:>22} | {int(sel.sum()):6d} | {shown_a[sel].mean():27.2f} | {drawn_a[sel].mean():.2f}")
+            row = f"{name:>22} | {int(sel.sum()):6d} | {shown_a[sel].mean():27.2f} | {drawn_a[sel].mean():24.2f}"
+            if has_posterior:
+                row += f" | {np.nanmean(np.asarray(rebuilt)[sel]):22.2f} | {np.nanmean(np.asarray(kl)[sel]):.2f}"
+            print(row)
+    if has_posterior:
+        mu, sd = torch.cat(prior_mu), torch.cat(prior_sd)
+        spread = (mu.std(0) / sd.mean(0)).tolist()
+        print("prior mean's spread across images / its standard deviation, per latent dimension: "
+              + " ".join(f"{v:.2f}" for v in spread))
 
 
 if __name__ == "__main__":
