@@ -75,6 +75,9 @@ def test_sample_loss_scores_prior_draws_against_all_graders(tiny_shapes):
         assert o["energy"] > 0 and o["loss"] == pytest.approx(o["ce"] + o["kl"] + 0.5 * o["energy"], rel=1e-4)
     with pytest.raises(ValueError, match="'graders'.*CopyItemsd"):
         _train(net, _shapes_loader(tiny_shapes), 1, loss=loss, prior_samples=2)
+    with pytest.raises(ValueError, match="DeterministicUNet draws no prior samples"):
+        _train(DeterministicUNet(2, 1, 2, channels=(8, 16)), _shapes_loader(tiny_shapes, True), 1, loss=loss,
+               prior_samples=2)
 
 
 def _two_mode_batches(n: int, size: int = 16, seed: int = 0) -> list[dict[str, torch.Tensor]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -18,7 +19,8 @@ __all__ = ["ProbUNetTrainer", "loss_terms"]
 
 
 def loss_terms(output: dict | list) -> dict[str, float]:
-    """``{"loss", "ce", "kl"}`` (and ``"energy"`` with a sample loss) as floats from a :class:`ProbUNetTrainer` iteration output (for logging handlers)."""
+    """``{"loss", "ce", "kl"}`` (and ``"energy"`` with a sample loss) as floats from a :class:`ProbUNetTrainer`
+    iteration output (for logging handlers)."""
     first = output[0] if isinstance(output, list) else output
     return {k: float(torch.as_tensor(first[k]).detach()) for k in ("loss", "ce", "kl", "energy") if k in first}
 
@@ -105,6 +107,11 @@ class ProbUNetTrainer(SupervisedTrainer):
         self.add_event_handler(Events.STARTED, lambda engine: engine.logger.info(engine.precision_reason))
         # drawn only for a loss that scores them (ELBOLoss with sample_weight > 0)
         self.prior_samples = int(prior_samples) if getattr(loss_function, "sample_weight", 0.0) > 0 else 0
+        net = getattr(network, "module", network)  # DistributedDataParallel wraps the network
+        if self.prior_samples > 0 and "num_prior_samples" not in inspect.signature(net.forward).parameters:
+            raise ConfigValueError(
+                f"--sample_weight: {type(net).__name__} draws no prior samples; the loss on samples needs a ProbUNet."
+            )
         self.graders_key = graders_key
         self.channels_last = channels_last
         if channels_last:
