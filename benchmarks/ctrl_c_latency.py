@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from monai_probunet.engines.precision import cpu_bf16_flags, cpu_model_name
+from monai_probunet.engines.precision import cpu_model_name, native_bf16_text
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -30,7 +30,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--image-size", type=int, default=64, help="shapes image size (default 64)")
     args = p.parse_args()
-    cpu, bf16 = cpu_model_name(), cpu_bf16_flags()
+    cpu, bf16 = cpu_model_name(), native_bf16_text()
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = Path(tmp) / "models"
         cmd = [
@@ -59,7 +59,7 @@ def main() -> int:
             proc.kill()
             proc.wait()
     per_it = [float(v) for v in re.findall(r"about ([0-9.]+) s per training iteration", log)]
-    print(f"CPU: {cpu}; native bf16: {', '.join(bf16) or 'no'}; exit status {proc.returncode} (130 = Ctrl-C)")
+    print(f"CPU: {cpu}; native bf16: {bf16}; exit status {proc.returncode} (130 = Ctrl-C)")
     print(f"Ctrl-C to exit: {seconds:.2f} s")
     print(f"one training iteration (the run's own log): {per_it[-1]:.2f} s; ratio {seconds / per_it[-1]:.1f}x")
     return 0

@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from monai_probunet.engines.precision import cpu_bf16_flags, cpu_model_name
+from monai_probunet.engines.precision import cpu_model_name, native_bf16_text
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -60,7 +60,7 @@ def main() -> None:
     from pydicom.data import get_testdata_file
 
     ct = get_testdata_file("CT_small.dcm")
-    print(f"CPU: {cpu_model_name()}, {os.cpu_count()} logical cores, native bf16: {cpu_bf16_flags() or 'no'}, "
+    print(f"CPU: {cpu_model_name()}, {os.cpu_count()} logical cores, native bf16: {native_bf16_text()}, "
           f"load average {os.getloadavg()[0]:.1f}")
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     full_env = {**env, "PROBUNET_FULL_IMPORT": "1"}

@@ -29,7 +29,7 @@ from monai.engines import PrepareBatchExtraInput
 from torch.distributions import Independent, Normal, kl_divergence
 
 from monai_probunet.engines import ProbUNetTrainer, autocast_context
-from monai_probunet.engines.precision import cpu_bf16_flags, cpu_model_name
+from monai_probunet.engines.precision import cpu_bf16_flags, cpu_model_name, native_bf16_text
 from monai_probunet.losses import ELBOLoss
 from monai_probunet.networks import ProbUNet, unet_core
 
@@ -269,7 +269,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     flags = cpu_bf16_flags()
-    print(f"CPU: {cpu_model_name()}; native bf16: {'yes (' + '/'.join(flags) + ')' if flags else 'no'}; "
+    print(f"CPU: {cpu_model_name()}; native bf16: {native_bf16_text()}; "
           f"threads {args.threads}; torch {torch.__version__}")  # fmt: skip
     print(f"architecture: {SIZE}x{SIZE}, batch {BATCH}, filters {'-'.join(map(str, FILTERS))}, latent {LATENT}")
     cl = args.channels_last

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -10,7 +13,7 @@ from ignite.engine import Engine, Events
 from monai.bundle import ConfigParser
 
 from monai_probunet.engines import explain_precision, lr_milestones, resolve_precision, validation_interval
-from monai_probunet.engines.precision import cpu_bf16_flags, cpu_model_name
+from monai_probunet.engines.precision import cpu_bf16_flags, cpu_model_name, onednn_isa_cap
 from monai_probunet.handlers import TrainingProgress
 from monai_probunet.handlers.progress import format_duration
 
@@ -86,15 +89,34 @@ def test_scenes32_keeps_its_late_decay():
 def test_explain_precision_names_the_choice_and_the_cpu():
     resolved, reason = explain_precision("auto", "cpu")
     assert resolved == resolve_precision("auto", "cpu")
-    assert reason.startswith(f"precision auto -> {resolved}: this CPU ({cpu_model_name()})")
     if cpu_bf16_flags():
-        assert resolved == "bf16" and "natively" in reason
+        assert reason == f"precision auto -> bf16: this CPU ({cpu_model_name()}) computes bf16 natively " + "(" + (
+            "/".join(cpu_bf16_flags()) + ")"
+        )
+    elif onednn_isa_cap():
+        assert resolved == "fp32" and f"ONEDNN_MAX_CPU_ISA={onednn_isa_cap()} keeps this CPU" in reason
     else:
+        assert reason.startswith(f"precision auto -> fp32: this CPU ({cpu_model_name()})")
         assert resolved == "fp32" and "no native bf16 (avx512_bf16/amx_bf16 missing)" in reason
     resolved, reason = explain_precision("fp32", "cpu")
     assert resolved == "fp32" and reason.startswith("precision fp32 as configured")
     with pytest.raises(ValueError, match="precision must be one of"):
         explain_precision("fp16", "cpu")
+
+
+def test_onednn_isa_cap_makes_auto_pick_fp32():
+    """``ONEDNN_MAX_CPU_ISA=AVX2`` (how a CPU with native bf16 computes as one without) makes ``auto`` pick fp32 and
+    say why; it has to be set before oneDNN starts, hence a fresh interpreter."""
+    code = (
+        "from monai_probunet.engines.precision import cpu_bf16_flags, explain_precision\n"
+        "print(cpu_bf16_flags()); print(explain_precision('auto', 'cpu')[1])"
+    )
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    flags, reason = out.splitlines()
+    assert flags == "[]"
+    assert reason.startswith("precision auto -> fp32: ONEDNN_MAX_CPU_ISA=AVX2 keeps this CPU")
+    assert reason.endswith("so bf16 would be emulated and slower")
 
 
 def test_trainer_logs_the_precision_at_start(caplog):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import platform
 from functools import lru_cache
 
@@ -15,6 +16,8 @@ __all__ = [
     "cpu_bf16_flags",
     "cpu_model_name",
     "explain_precision",
+    "native_bf16_text",
+    "onednn_isa_cap",
     "resolve_precision",
 ]
 
@@ -41,14 +44,43 @@ def cpu_model_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
+def onednn_isa_cap() -> str | None:
+    """``ONEDNN_MAX_CPU_ISA`` where it stops oneDNN's bf16 kernels (e.g. ``"AVX2"``), else ``None``.
+
+    Setting ``ONEDNN_MAX_CPU_ISA=AVX2`` (with ``ATEN_CPU_CAPABILITY=avx2``) makes a CPU with native bf16 compute as
+    one without it, e.g. to measure what the slower kind of CPU runs.
+    """
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA")
+    if not cap:
+        return None
+    supported = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return cap if supported is not None and not supported() else None
+
+
 def cpu_bf16_flags() -> list[str]:
-    """The native-bf16 flags (:data:`BF16_CPU_FLAGS`) this CPU reports; empty where it has none (or no cpuinfo)."""
+    """The native-bf16 flags (:data:`BF16_CPU_FLAGS`) this CPU reports; empty where it has none (or no cpuinfo) or
+    where :func:`onednn_isa_cap` keeps oneDNN from using them."""
+    if onednn_isa_cap():
+        return []
     flags: set[str] = set()
     for line in _cpuinfo().splitlines():
         if line.startswith("flags") and ":" in line:
             flags.update(line.split(":", 1)[1].split())
             break
     return [f for f in BF16_CPU_FLAGS if f in flags]
+
+
+def native_bf16_text() -> str:
+    """Whether this CPU computes bf16 natively, for a benchmark's header: ``"yes (avx512_bf16/amx_bf16)"``,
+    ``"no"``, or ``"no (ONEDNN_MAX_CPU_ISA=AVX2, ATEN_CPU_CAPABILITY=avx2)"`` where it is made to compute as a CPU
+    without it."""
+    flags = cpu_bf16_flags()
+    if flags:
+        return f"yes ({'/'.join(flags)})"
+    if onednn_isa_cap():
+        aten = os.environ.get("ATEN_CPU_CAPABILITY")
+        return f"no (ONEDNN_MAX_CPU_ISA={onednn_isa_cap()}" + (f", ATEN_CPU_CAPABILITY={aten})" if aten else ")")
+    return "no"
 
 
 def _cpu_has_native_bf16() -> bool:
@@ -91,6 +123,11 @@ def explain_precision(precision: str, device: torch.device | str) -> tuple[str, 
         native = bool(flags)
         if native:
             what = f"this CPU ({cpu_model_name()}) computes bf16 natively ({'/'.join(flags)})"
+        elif onednn_isa_cap():
+            what = (
+                f"ONEDNN_MAX_CPU_ISA={onednn_isa_cap()} keeps this CPU ({cpu_model_name()}) from its native bf16, "
+                "so bf16 would be emulated and slower"
+            )
         else:
             what = (
                 f"this CPU ({cpu_model_name()}) has no native bf16 ({'/'.join(BF16_CPU_FLAGS)} missing), so bf16 "
