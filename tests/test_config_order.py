@@ -95,3 +95,12 @@ def test_scenes32_evaluation_keeps_the_task_settings():
     assert a == b
     assert a["ckpt_path"] == "$@ckpt_dir + '/checkpoint_final.pt'"
     assert a["evaluating"] == ["$@evaluate#runner(classes=@ged_classes)", "$@calibrate#runner()"]
+
+
+@pytest.mark.parametrize("overrides", [(), ("baselines/fixed_prior.yaml",), ("paper.yaml",)])
+def test_prior_temperature_reaches_the_network(overrides):
+    parser = ConfigParser(_merged(*overrides))
+    assert float(parser.get_parsed_content("network_def").prior_temperature) == 1.0  # the paper's sampling
+    parser = ConfigParser(_merged(*overrides))
+    parser["prior_temperature"] = 1.5
+    assert float(parser.get_parsed_content("network_def").prior_temperature) == 1.5

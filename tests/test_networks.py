@@ -365,3 +365,31 @@ def test_mean_max_pooling_starts_as_the_papers_mean_pooling():
         assert torch.allclose(got, want, atol=1e-6)
     with pytest.raises(ValueError, match="pooling"):
         ProbUNet(2, 1, 2, channels=(8, 16), encoder_pooling="median")
+
+
+@pytest.mark.parametrize("covariance", ["diagonal", "full"])
+def test_prior_temperature_scales_the_spread_of_the_draws_only(covariance):
+    torch.manual_seed(0)
+    kwargs = dict(spatial_dims=2, in_channels=1, out_channels=2, channels=(8, 16), latent_dim=3,
+                  prior_covariance=covariance)  # fmt: skip
+    base = ProbUNet(**kwargs).eval()
+    warm = ProbUNet(**kwargs, prior_temperature=1.5).eval()
+    warm.load_state_dict(base.state_dict())  # a setting, not a weight: the state dict has no temperature
+    assert "prior_temperature" not in base.state_dict() and float(warm.prior_temperature) == 1.5
+    image, eps = torch.rand(2, 1, 16, 16), torch.randn(2, 5, 3)
+    with torch.no_grad():
+        mu = base.prior_latents(image, torch.zeros_like(eps))
+        spread = base.prior_latents(image, eps) - mu
+        assert torch.allclose(warm.prior_latents(image, eps) - mu, 1.5 * spread, atol=1e-5)
+        assert torch.allclose(warm.prior_latents(image, eps), base.prior_latents(image, 1.5 * eps), atol=1e-5)
+        g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+        assert torch.allclose(warm.sample(image, 4, generator=g1),
+                              base.decode(image, base.prior_latents(image, 1.5 * torch.randn(2, 4, 3, generator=g2))))
+        seg = (torch.rand(2, 1, 16, 16) > 0.7).long()
+        torch.manual_seed(5)
+        trained_base = base(seg=seg, image=image)
+        torch.manual_seed(5)
+        trained_warm = warm(seg=seg, image=image)
+    assert all(torch.equal(a, b) for a, b in zip(trained_base, trained_warm))  # training ignores it
+    with pytest.raises(ValueError, match="prior_temperature must be > 0"):
+        ProbUNet(**kwargs, prior_temperature=0.0)

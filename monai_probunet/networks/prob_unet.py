@@ -118,6 +118,10 @@ class ProbUNet(nn.Module):
             often than they occur. Needs the prior net (not with ``fixed_prior``).
         foreground_prior: start every pixel at this foreground probability (the logits layer's bias, see
             :func:`~monai_probunet.networks.init.init_output_prior`); ``None``: the paper's initialisation, 50 %.
+        prior_temperature: hypotheses are drawn from the prior with its spread scaled by this factor,
+            ``z = mu + prior_temperature * L eps`` (1: the paper's), in :meth:`sample` and :meth:`prior_latents`
+            (so in every inference path and the ONNX export); training (``forward``) does not use it. A setting of
+            the sampler, not a weight: it is not in the state dict. Not in the paper.
 
     Shapes:
         image ``B x in_channels x *spatial``; seg ``B x 1 x *spatial`` integer labels;
@@ -143,8 +147,11 @@ class ProbUNet(nn.Module):
         posterior_presence: bool = False,
         prior_covariance: str = "diagonal",
         foreground_prior: float | None = None,
+        prior_temperature: float = 1.0,
     ) -> None:
         super().__init__()
+        if not prior_temperature > 0:
+            raise ValueError(f"prior_temperature must be > 0, got {prior_temperature!r}.")
         if out_channels < 2:
             raise ValueError(f"out_channels must be >= 2 (softmax over classes), got {out_channels}.")
         if latent_injection not in LATENT_INJECTIONS:
@@ -204,6 +211,7 @@ class ProbUNet(nn.Module):
                 encoder.start_without_max()
         if foreground_prior is not None:
             init_output_prior(self.head if inject_input else self.fcomb.rest[-1], foreground_prior)
+        self.register_buffer("prior_temperature", torch.tensor(float(prior_temperature)), persistent=False)
 
     def posterior_input(self, image: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
         """``B x (in_channels + C) x *spatial``: the image and the centred one-hot segmentation.
@@ -233,8 +241,9 @@ class ProbUNet(nn.Module):
         return self.prior_net.loc_scale_tril(image)
 
     def prior_latents(self, image: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        """Latents ``z = mu + L eps`` (``B x S x N``) of the prior for standard-normal ``eps`` (``B x S x N`` or
-        ``1 x S x N``, shared by the batch)."""
+        """Latents ``z = mu + t L eps`` (``B x S x N``) of the prior for standard-normal ``eps`` (``B x S x N`` or
+        ``1 x S x N``, shared by the batch), ``t`` = :attr:`prior_temperature`."""
+        eps = eps * self.prior_temperature.to(eps.device, eps.dtype)
         if self.prior_net is not None and self.prior_net.covariance == "full":
             mu, scale_tril = self.prior_loc_scale_tril(image)
             return mu.unsqueeze(1) + eps.to(mu.dtype) @ scale_tril.transpose(1, 2)
