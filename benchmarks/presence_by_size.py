@@ -20,34 +20,25 @@ from __future__ import annotations
 
 import argparse
 import warnings
-from pathlib import Path
 
 import numpy as np
 import torch
-from monai.bundle import ConfigParser
+from bundle_args import add_model_arguments, bundle_data
 
 from monai_probunet.inference import load_model
 
-REPO = Path(__file__).resolve().parents[1]
 BINS_MM2 = (0.0, 50.0, 150.0, float("inf"))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=str(REPO / "bundle" / "models" / "model.pt"))
-    parser.add_argument("--config", default=str(REPO / "bundle" / "configs" / "train.yaml"))
+    add_model_arguments(parser)
     parser.add_argument("--split", default="validation", choices=("training", "validation", "test"))
-    parser.add_argument("--samples", type=int, default=16)
-    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    config = ConfigParser()
-    config.read_config(args.config)
-    config["bundle_root"] = str(REPO / "bundle")
     from monai_probunet.data import load_datalist
 
-    datalist = config.get_parsed_content("datalist")
+    datalist, transform = bundle_data(args.config)
     cases = [c for c in load_datalist(datalist, args.split) if c.get("readers_drawn", 1) > 0]
-    transform = config.get_parsed_content("validate#preprocessing")
     model, settings = load_model(args.model, args.config)
     pixel_mm2 = float(np.prod(settings["spacing"]))
     shown, drawn, largest, rebuilt, kl, prior_mu, prior_sd = [], [], [], [], [], [], []

@@ -18,15 +18,12 @@ from __future__ import annotations
 
 import argparse
 import warnings
-from pathlib import Path
 
 import numpy as np
 import torch
-from monai.bundle import ConfigParser
+from bundle_args import add_model_arguments, bundle_data
 
 from monai_probunet.inference import load_model
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 class _AtTemperature(torch.nn.Module):
@@ -43,20 +40,13 @@ class _AtTemperature(torch.nn.Module):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=str(REPO / "bundle" / "models" / "model.pt"))
-    parser.add_argument("--config", default=str(REPO / "bundle" / "configs" / "train.yaml"))
+    add_model_arguments(parser)
     parser.add_argument("--temperatures", type=float, nargs="+", default=[1.0, 1.25, 1.5, 1.75, 2.0])
-    parser.add_argument("--samples", type=int, default=16)
-    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    config = ConfigParser()
-    config.read_config(args.config)
-    config["bundle_root"] = str(REPO / "bundle")
     from monai_probunet.data import load_datalist
     from monai_probunet.evaluation import evaluate
 
-    datalist = config.get_parsed_content("datalist")
-    transform = config.get_parsed_content("validate#preprocessing")
+    datalist, transform = bundle_data(args.config)
     model, _ = load_model(args.model, args.config)
     if not isinstance(getattr(model, "prior_temperature", None), torch.Tensor):
         raise SystemExit(f"error: {args.model} is a {type(model).__name__}, which has no prior temperature.")
