@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from monai_probunet.engines.precision import cpu_bf16_flags, cpu_model_name
+from monai_probunet.engines.precision import cpu_model_name, native_bf16_text
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         studies.mkdir()
         image, click = write_volume(studies, args.three_d)
         rows = [run(w, args.venv, studies, work, args.next, args.samples, image, click, extra) for w in (True, False)]
-    print(json.dumps({"cpu": cpu_model_name(), "native_bf16": cpu_bf16_flags(), "cores": os.cpu_count(),
+    print(json.dumps({"cpu": cpu_model_name(), "native_bf16": native_bf16_text(), "cores": os.cpu_count(),
                       "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "num_samples": args.samples,
                       "mode": extra["mode"], "hypotheses": args.hypotheses, "runs": rows}, indent=1))
     return 0
