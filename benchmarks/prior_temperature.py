@@ -58,8 +58,9 @@ def main() -> None:
         for split in ("validation", "test"):
             items = load_datalist(datalist, split)
             with torch.no_grad():
-                res = evaluate({t: _AtTemperature(model, t) for t in temps}, items, transform, sample_counts=(args.samples,),
-                               seed=args.seed, oracle=False, classes=(1,), split=split)  # fmt: skip
+                models = {t: _AtTemperature(model, t) for t in temps}
+                res = evaluate(models, items, transform, sample_counts=(args.samples,), seed=args.seed, oracle=False,
+                               classes=(1,), split=split)  # fmt: skip
             ged = [float(np.nanmean(res[t].values["ged"][:, -1])) for t in temps]
             print(f"{split} GED{args.samples} ({len(items)} images) | " + " | ".join(f"{g:.4f}" for g in ged))
         empty = []
