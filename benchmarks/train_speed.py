@@ -223,6 +223,20 @@ def sampler(net: nn.Module, num_samples: int, precision: str, ours: bool) -> Cal
     return run
 
 
+def profile_steps(steps: dict[str, Callable[[], None]], iterations: int, rows: int = 8) -> None:
+    """Print the operators with the most self CPU time over ``iterations`` calls of each step (torch.profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    for name, step in steps.items():
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(iterations):
+                step()
+        events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+        total = sum(e.self_cpu_time_total for e in events) / 1e6
+        print(f"\nprofile of {name}, {iterations} steps: {total:.2f} s of self CPU time; the top operators (s):")
+        print("  " + ", ".join(f"{e.key} {e.self_cpu_time_total / 1e6:.2f}" for e in events[:rows]))
+
+
 def interleaved(fns: dict, rounds: int, iterations: int, cpu_times: dict | None = None) -> dict:
     """Wall seconds per call of each function, one median per round; the functions alternate within each round.
 
@@ -266,6 +280,9 @@ def main() -> None:
     parser.add_argument(
         "--previous", action="store_true", help="also time ours with the kernels it used before its speed-ups (fp32)"
     )
+    parser.add_argument(
+        "--profile", action="store_true", help="also print the operators taking most CPU time in each fp32 step"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     flags = cpu_bf16_flags()
@@ -296,6 +313,8 @@ def main() -> None:
             line += f"  vs reference fp32: wall {_ratio(t, times['reference fp32'])}"
             line += f", CPU {_ratio(cpu[k], cpu['reference fp32'])}"
         print(line)
+    if args.profile:
+        profile_steps({k: v for k, v in steps.items() if "fp32" in k and "previous" not in k}, args.iterations)
     if args.skip_sampling:
         return
     print("\nsampling one 128x128 image, 1 vs 16 hypotheses (ms; median over rounds)")
