@@ -26,6 +26,7 @@ import torch
 from bundle_args import add_model_arguments, bundle_data
 
 from monai_probunet.inference import load_model
+from monai_probunet.metrics import presence_probability
 
 BINS_MM2 = (0.0, 50.0, 150.0, float("inf"))
 
@@ -63,7 +64,7 @@ def main() -> None:
                     mu, log_sigma = model.prior_moments(image)
                     prior_mu.append(mu)
                     prior_sd.append(log_sigma.exp())
-            shown += samples.flatten(2).gt(0).any(2).float().mean(1).tolist()
+            shown += presence_probability(samples).tolist()
             for i in items:
                 masks = torch.as_tensor(i["label"]).flatten(1).gt(0)  # A x P
                 drawn.append(float(masks.any(1).float().mean()))

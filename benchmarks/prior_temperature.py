@@ -17,6 +17,7 @@ train.yaml whose ``prior_temperature`` is t.
 from __future__ import annotations
 
 import argparse
+import sys
 import warnings
 
 import numpy as np
@@ -24,6 +25,8 @@ import torch
 from bundle_args import add_model_arguments, bundle_data
 
 from monai_probunet.inference import load_model
+from monai_probunet.metrics import presence_probability
+from monai_probunet.networks import hypotheses_to_labels
 
 
 class _AtTemperature(torch.nn.Module):
@@ -49,7 +52,8 @@ def main() -> None:
     datalist, transform = bundle_data(args.config)
     model, _ = load_model(args.model, args.config)
     if not isinstance(getattr(model, "prior_temperature", None), torch.Tensor):
-        raise SystemExit(f"error: {args.model} is a {type(model).__name__}, which has no prior temperature.")
+        print(f"error: {args.model} is a {type(model).__name__}, which has no prior temperature.", file=sys.stderr)
+        sys.exit(2)
     temps = [float(t) for t in args.temperatures]
     print(f"model {args.model}, {args.samples} hypotheses per image, seed {args.seed}")
     print("temperature | " + " | ".join(f"{t:g}" for t in temps))
@@ -75,10 +79,11 @@ def main() -> None:
                 model.prior_temperature.fill_(t)
                 generator = torch.Generator().manual_seed(args.seed)
                 with torch.no_grad():
-                    shows = torch.cat([
-                        model.sample(images[i : i + 32], args.samples, generator=generator).argmax(2).flatten(2).gt(0)
-                        .any(2).float() for i in range(0, len(images), 32)])  # fmt: skip
-                shares.append((float(shows.mean()), float((shows.mean(1) > 0.2).float().mean())))
+                    presence = torch.cat([
+                        presence_probability(hypotheses_to_labels(model.sample(images[i : i + 32], args.samples,
+                                                                               generator=generator)))
+                        for i in range(0, len(images), 32)])  # fmt: skip
+                shares.append((float(presence.mean()), float((presence > 0.2).float().mean())))
             print(f"lesion-free training crops ({len(images)}): hypotheses outlining something | "
                   + " | ".join(f"{a:.3f}" for a, _ in shares))  # fmt: skip
             print("  crops where more than 20 % do | " + " | ".join(f"{b:.3f}" for _, b in shares))
