@@ -2,7 +2,7 @@
 checkpoint, and run-to-run determinism of the bundle on CPU.
 
 The small handlers below are added to the bundle runs through an extra config file (`tests` importable via
-PYTHONPATH) and print what each rank really did."""
+PYTHONPATH) and record what each rank really did."""
 
 from __future__ import annotations
 
@@ -30,13 +30,22 @@ def _rank() -> int:
     return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
 
 
+def _record(tag: str, record: dict) -> None:
+    """Appends ``record`` as a JSON line to ``$RECORDS_DIR/<tag>-<rank>.jsonl``: one file per rank, because the
+    ranks share torchrun's stdout and their lines can interleave there."""
+    path = Path(os.environ["RECORDS_DIR"]) / f"{tag}-{_rank()}.jsonl"
+    with path.open("a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
 def _fingerprint(image: torch.Tensor) -> str:
     """Identifies an image up to flips and 90-degree rotations (the training augmentation): its sorted pixels."""
     return hashlib.sha1(torch.sort(image.detach().float().flatten()).values.numpy().tobytes()).hexdigest()[:12]
 
 
 class SeenImages:
-    """Prints ``SEEN {"rank", "epoch", "images"}`` after each epoch: fingerprints of the images this rank trained on."""
+    """Records ``SEEN {"rank", "epoch", "images"}`` after each epoch: fingerprints of the images this rank trained
+    on."""
 
     def attach(self, engine: Engine) -> None:
         self.images: list[str] = []
@@ -48,11 +57,11 @@ class SeenImages:
         self.images += [_fingerprint(x) for x in engine.state.batch["image"]]
 
     def report(self, engine: Engine) -> None:
-        print("SEEN " + json.dumps({"rank": _rank(), "epoch": engine.state.epoch, "images": self.images}), flush=True)
+        _record("SEEN", {"rank": _rank(), "epoch": engine.state.epoch, "images": self.images})
 
 
 class GatheredCount:
-    """Prints ``GATHERED {"rank", "epoch", "local", "val_ged"}`` after each validation: images this rank evaluated
+    """Records ``GATHERED {"rank", "epoch", "local", "val_ged"}`` after each validation: images this rank evaluated
     and the length of the (all-gathered) per-image GED buffer the metric was computed from."""
 
     def attach(self, engine: Engine) -> None:
@@ -69,8 +78,7 @@ class GatheredCount:
 
     def report(self, engine: Engine) -> None:
         n = len(engine.state.metric_details["val_ged"])
-        msg = {"rank": _rank(), "epoch": engine.state.epoch, "local": self.local, "val_ged": n}
-        print("GATHERED " + json.dumps(msg), flush=True)
+        _record("GATHERED", {"rank": _rank(), "epoch": engine.state.epoch, "local": self.local, "val_ged": n})
 
 
 class KillAt:
@@ -106,8 +114,8 @@ def _dirs(tmp_path: Path) -> tuple[str, ...]:
     )  # fmt: skip
 
 
-def _records(log: str, tag: str) -> list[dict]:
-    return [json.loads(m) for m in re.findall(rf"^{tag} (\{{.*\}})$", log, flags=re.M)]
+def _records(records_dir: Path, tag: str) -> list[dict]:
+    return [json.loads(line) for p in sorted(records_dir.glob(f"{tag}-*.jsonl")) for line in p.read_text().splitlines()]
 
 
 @pytest.mark.slow
@@ -123,7 +131,10 @@ def test_torchrun_two_cpu_processes(tmp_path):
         "--master_port", str(_free_port()),
         "-m", "monai.bundle", "run", "training", "--config_file", configs, *SMALL, *_dirs(tmp_path),
     ]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd="/", env=_env(), check=False)
+    records = tmp_path / "records"
+    records.mkdir()
+    env = {**_env(), "RECORDS_DIR": str(records)}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd="/", env=env, check=False)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-4000:]
     assert log.count("process group: backend gloo, rank") == 2
@@ -131,7 +142,7 @@ def test_torchrun_two_cpu_processes(tmp_path):
     datalist = json.loads((tmp_path / "data" / "datalist.json").read_text())
     n_train, n_val = len(datalist["training"]), len(datalist["validation"])
     assert n_train % 2 == 0 and n_val >= 2
-    seen = _records(log, "SEEN")
+    seen = _records(records, "SEEN")
     assert sorted((r["epoch"], r["rank"]) for r in seen) == [(1, 0), (1, 1), (2, 0), (2, 1)]
     for epoch in (1, 2):
         r0, r1 = (set(r["images"]) for r in sorted((r for r in seen if r["epoch"] == epoch), key=lambda r: r["rank"]))
@@ -141,7 +152,7 @@ def test_torchrun_two_cpu_processes(tmp_path):
     second = {r["rank"]: r["images"] for r in seen if r["epoch"] == 2}
     assert first != second  # set_epoch: a new shuffle (and split) each epoch
 
-    gathered = _records(log, "GATHERED")
+    gathered = _records(records, "GATHERED")
     assert len(gathered) == 4 and all(g["val_ged"] == n_val for g in gathered), gathered  # all-gathered buffers
     assert sum(g["local"] for g in gathered if g["epoch"] == 1) == n_val  # sharded validation, no duplicates
 
