@@ -325,6 +325,23 @@ def test_progress_is_one_log_line_per_update_off_a_terminal(tmp_path, caplog):
     assert lines[-1].startswith("lidc_phantom: 3/3 scans,")  # the last update names the total
 
 
+def test_extra_training_patients_keep_validation_and_test(tmp_path):
+    small = {"patients": PATIENTS[:3], "split": [1, 1, 1]}
+    base = json.loads(generate_lidc_phantom(tmp_path / "base", seed=0, **small).read_text())
+    more = json.loads(generate_lidc_phantom(tmp_path / "more", seed=0, extra_training_patients=2, **small).read_text())
+    assert more["counts"]["patients"] == {"training": 3, "validation": 1, "test": 1}
+    for split in ("validation", "test"):  # the same patients, the same images
+        assert more[split] == base[split] and more[split]
+        for case in more[split]:
+            assert (tmp_path / "more" / case["image"]).read_bytes() == (tmp_path / "base" / case["image"]).read_bytes()
+    added = {c["patient_id"] for c in more["training"]} - {c["patient_id"] for c in base["training"]}
+    assert len(added) == 2 and not added & set(PATIENTS)  # two patients from outside the chosen ones
+    assert more["generator"]["params"]["extra_training_patients"] == 2
+    with pytest.raises(ValueError, match="extra_training_patients must be in 0..872"):
+        generate_lidc_phantom(tmp_path / "x", seed=0, extra_training_patients=5000, **small)
+    assert not (tmp_path / "x").exists()
+
+
 def test_reduce_tile_and_errors(tmp_path):
     image = np.arange(36, dtype=np.float64).reshape(6, 6)
     masks = np.zeros((1, 6, 6), np.uint8)

@@ -154,6 +154,19 @@ def select_phantom_patients(seed: int, num_patients: int | None, patients: Seque
     return sorted(names[i] for i in chosen)
 
 
+def _extra_patients(chosen: Sequence[str], count: int, seed: int) -> list[str]:
+    """``count`` patients with annotations outside ``chosen``, drawn by their own stream of ``seed`` (so the draw of
+    ``chosen`` and its split do not change)."""
+    rest = [p for p in phantom_patients() if p not in set(chosen)]
+    if not 0 <= count <= len(rest):
+        raise ValueError(
+            f"extra_training_patients must be in 0..{len(rest)} (patients with annotations not already chosen), "
+            f"got {count}."
+        )
+    picked = np.random.default_rng([seed, NEGATIVE_STREAM]).choice(len(rest), size=count, replace=False)
+    return sorted(rest[i] for i in picked)
+
+
 # ---------------------------------------------------------------------------------------------------------- cases
 
 
@@ -303,6 +316,7 @@ def generate_lidc_phantom(
     split: Sequence[int] = PAPER_SPLIT,
     num_workers: int = 1,
     negatives_per_scan: int = 0,
+    extra_training_patients: int = 0,
 ) -> Path:
     """Generate the ``lidc_phantom`` dataset into ``root`` (atomically) and return the path of its ``datalist.json``.
 
@@ -324,6 +338,9 @@ def generate_lidc_phantom(
         negatives_per_scan: lesion-free crops (chest slices centred on lung, bone, mediastinum, airway or chest
             wall, all 4 reader masks empty) added per scan of the *training* split, so a model learns what a chest
             without a lesion looks like; validation and test hold the lesion crops only (the paper's protocol).
+        extra_training_patients: further patients drawn among those not chosen, all added to the training split:
+            more training data with the same validation and test patients (the same seed and ``num_patients`` or
+            ``patients``, the same validation and test images).
 
     Raises:
         ValueError: invalid sizes, patients or split.
@@ -339,8 +356,12 @@ def generate_lidc_phantom(
     t0 = time.time()
     chosen = select_phantom_patients(seed, num_patients, patients)
     scans_of = phantom_patients()
-    scan_ids = [s for p in chosen for s in scans_of[p]]
     split_of = patient_level_split(chosen, [int(n) for n in split], seed)
+    if extra_training_patients:
+        extra = _extra_patients(chosen, extra_training_patients, seed)
+        split_of.update(dict.fromkeys(extra, "training"))
+        chosen = sorted(chosen + extra)
+    scan_ids = [s for p in chosen for s in scans_of[p]]
     empty = [s for s in SPLITS[:2] if s not in split_of.values()]
     if empty:
         raise ValueError(
@@ -357,6 +378,7 @@ def generate_lidc_phantom(
         "split": [int(n) for n in split],
         "num_workers": num_workers,
         "negatives_per_scan": negatives_per_scan,
+        "extra_training_patients": extra_training_patients,
     }
     entries: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLITS}
     totals = dict.fromkeys(("annotations", "lesions", "groups_over_4", "dropped_all_empty", "negatives"), 0)
