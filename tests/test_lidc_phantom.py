@@ -19,6 +19,7 @@ from monai_probunet.data import RandGraderd, generate_lidc_phantom, prepare_data
 from monai_probunet.data.chest_phantom import (
     CLASSES,
     NEGATIVE_SITES,
+    check_negative_sites,
     class_map,
     draw_chest_scene,
     lesion_site,
@@ -339,6 +340,34 @@ def test_extra_training_patients_keep_validation_and_test(tmp_path):
     assert more["generator"]["params"]["extra_training_patients"] == 2
     with pytest.raises(ValueError, match="extra_training_patients must be in 0..872"):
         generate_lidc_phantom(tmp_path / "x", seed=0, extra_training_patients=5000, **small)
+    assert not (tmp_path / "x").exists()
+
+
+def test_vessel_centred_lesion_free_crops(tmp_path):
+    # a crop centred on a lung vessel: soft tissue at the centre, lung around it
+    rng = np.random.default_rng(1)
+    centre_hu, ring_hu = [], []
+    for _ in range(40):
+        scene = draw_chest_scene(rng)
+        (x, y), kind = negative_site(scene, rng, {"vessel": 1.0})
+        assert kind == "vessel"
+        window = render_chest(scene, rng, (x, y), (40, 40), 0.5)  # 20 mm
+        centre_hu.append(float(window[19:21, 19:21].mean()))
+        ring_hu.append(float(np.median(np.concatenate([window[:4].ravel(), window[-4:].ravel()]))))
+    assert np.median(centre_hu) > -300 and np.median(ring_hu) < -600
+    # the kinds in a generated dataset follow the weights; the default has no vessel-centred crop
+    small = {"patients": PATIENTS[:3], "split": [1, 1, 1], "negatives_per_scan": 4}
+    sites = {"vessel": 1.0, "bone": 0.0}
+    content = json.loads(generate_lidc_phantom(tmp_path / "v", seed=0, negative_sites=sites, **small).read_text())
+    kinds = [c["negative_site"] for c in content["training"] if not c["readers_drawn"]]
+    assert kinds == ["vessel"] * 4 * len({c["scan_id"] for c in content["training"]})
+    assert content["generator"]["params"]["negative_sites"] == sites
+    for bad, match in [({"nodule": 1.0}, "unknown kind 'nodule'"), ({"lung": -1.0}, r"negative_sites\['lung'\]"),
+                       ({"lung": 0.0}, "at least one weight > 0"), ({}, "expected a mapping")]:
+        with pytest.raises(ValueError, match=match):
+            check_negative_sites(bad)
+    with pytest.raises(ValueError, match="unknown kind"):
+        generate_lidc_phantom(tmp_path / "x", seed=0, negative_sites={"nodule": 1.0}, **small)
     assert not (tmp_path / "x").exists()
 
 

@@ -16,12 +16,13 @@ image's right (the patient's left), ``y`` down (posterior), painted in order at 
 :func:`render_chest` evaluates a scene on any window (centre, size, spacing), with a point-spread blur and
 correlated noise; :func:`lesion_site` picks a crop centre inside a lung (room for the lesion, sometimes touching the
 pleura or a vessel) and :func:`negative_site` the centre of a lesion-free crop on lung, bone, mediastinum, airway or
-chest wall. Only generic anatomy and HU ranges went into it; no real image was used to tune it.
+chest wall, or on a lung vessel (a vessel's cross-section or in-plane branch at the centre: the round soft-tissue
+spot in lung that looks most like a small nodule in one slice). Only generic anatomy and HU ranges went into it; no real image was used to tune it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +32,7 @@ from scipy.ndimage import distance_transform_edt, gaussian_filter
 __all__ = [
     "CLASSES",
     "NEGATIVE_SITES",
+    "NEGATIVE_SITE_KINDS",
     "ChestScene",
     "draw_chest_scene",
     "render_chest",
@@ -41,8 +43,10 @@ __all__ = [
 
 #: tissue classes of :func:`class_map`
 CLASSES = {"air": 0, "fat": 1, "wall": 2, "bone": 3, "lung": 4, "mediastinum": 5, "airway": 6, "vessel": 7, "bronchus": 8}
-#: kinds of lesion-free crop centres and how often :func:`negative_site` picks each
+#: kinds of lesion-free crop centres and how often :func:`negative_site` picks each by default
 NEGATIVE_SITES = {"lung": 0.35, "bone": 0.2, "mediastinum": 0.2, "airway": 0.1, "chest_wall": 0.15}
+#: every kind :func:`negative_site` can centre a crop on ("vessel": on a lung vessel itself)
+NEGATIVE_SITE_KINDS = (*NEGATIVE_SITES, "vessel")
 _SITE_CLASSES = {
     "lung": ("lung", "vessel"),
     "bone": ("bone",),
@@ -326,11 +330,27 @@ def lesion_site(scene: ChestScene, rng: np.random.Generator, radius_mm: float) -
     return float(xs[c] + rng.uniform(-1, 1)), float(ys[r] + rng.uniform(-1, 1))
 
 
-def negative_site(scene: ChestScene, rng: np.random.Generator) -> tuple[tuple[float, float], str]:
-    """A lesion-free crop centre (x, y) mm and its kind (:data:`NEGATIVE_SITES`: lung, bone, mediastinum, airway,
-    chest wall); a kind absent from the scene falls back to lung."""
-    kinds = list(NEGATIVE_SITES)
-    kind = kinds[int(rng.choice(len(kinds), p=np.array(list(NEGATIVE_SITES.values()))))]
+def negative_site(
+    scene: ChestScene, rng: np.random.Generator, weights: Mapping[str, float] | None = None
+) -> tuple[tuple[float, float], str]:
+    """A lesion-free crop centre (x, y) mm and its kind; a kind absent from the scene falls back to lung.
+
+    Args:
+        scene: the chest slice.
+        rng: draws the kind and the site.
+        weights: how often each kind of :data:`NEGATIVE_SITE_KINDS` is picked (relative; default
+            :data:`NEGATIVE_SITES`). ``"vessel"`` centres the crop on a lung vessel: a cross-section's centre, or a
+            point of an in-plane branch, within 0.5 mm.
+    """
+    weights = dict(NEGATIVE_SITES if weights is None else check_negative_sites(weights))
+    kinds = list(weights)
+    p = np.array([float(weights[k]) for k in kinds])
+    kind = kinds[int(rng.choice(len(kinds), p=p / p.sum()))]
+    if kind == "vessel":
+        centre = _vessel_site(scene, rng)
+        if centre is not None:
+            return centre, kind
+        kind = "lung"
     xs, ys, cls = class_map(scene)
     where = np.argwhere(np.isin(cls, [CLASSES[c] for c in _SITE_CLASSES[kind]]))
     if not len(where):
@@ -338,6 +358,50 @@ def negative_site(scene: ChestScene, rng: np.random.Generator) -> tuple[tuple[fl
         where = np.argwhere(np.isin(cls, [CLASSES[c] for c in _SITE_CLASSES[kind]]))
     r, c = where[int(rng.integers(len(where)))]
     return (float(xs[c] + rng.uniform(-1, 1)), float(ys[r] + rng.uniform(-1, 1))), kind
+
+
+def check_negative_sites(weights: Mapping[str, float]) -> dict[str, float]:
+    """``weights`` as a dict after checking it: known kinds (:data:`NEGATIVE_SITE_KINDS`), weights >= 0, some > 0.
+
+    Raises:
+        ValueError: naming the key or value that is wrong.
+    """
+    if not isinstance(weights, Mapping) or not weights:
+        raise ValueError(f"negative_sites: expected a mapping kind -> weight over {list(NEGATIVE_SITE_KINDS)}, got "
+                         f"{weights!r}.")
+    out: dict[str, float] = {}
+    for kind, w in weights.items():
+        if kind not in NEGATIVE_SITE_KINDS:
+            raise ValueError(f"negative_sites: unknown kind {kind!r}; expected one of {list(NEGATIVE_SITE_KINDS)}.")
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not np.isfinite(w) or w < 0:
+            raise ValueError(f"negative_sites[{kind!r}]: expected a weight >= 0, got {w!r}.")
+        out[kind] = float(w)
+    if not sum(out.values()) > 0:
+        raise ValueError(f"negative_sites: expected at least one weight > 0, got {weights!r}.")
+    return out
+
+
+def _vessel_site(scene: ChestScene, rng: np.random.Generator) -> tuple[float, float] | None:
+    """The centre of a random lung vessel's cross-section (3 of 4 times when the scene has both) or a point of an
+    in-plane branch, jittered by up to 0.5 mm; ``None`` for a scene without lung vessels."""
+    xs, ys, cls = class_map(scene)
+    lung = np.isin(cls, [CLASSES["lung"], CLASSES["vessel"]])
+
+    def in_lung(x: float, y: float) -> bool:
+        return bool(lung[np.abs(ys - y).argmin(), np.abs(xs - x).argmin()])
+
+    sections = [(sh[1], sh[2]) for sh in scene.shapes if sh[0] == "ellipse" and sh[-1] == "vessel"]
+    branch_points = [[(x, y) for x, y in sh[1] if in_lung(x, y)] for sh in scene.shapes
+                     if sh[0] == "tube" and sh[-1] == "vessel"]
+    branch_points = [pts for pts in branch_points if pts]
+    if not sections and not branch_points:
+        return None
+    if sections and (not branch_points or rng.random() < 0.75):
+        x, y = sections[int(rng.integers(len(sections)))]
+    else:
+        pts = branch_points[int(rng.integers(len(branch_points)))]
+        x, y = pts[int(rng.integers(len(pts)))]
+    return float(x + rng.uniform(-0.5, 0.5)), float(y + rng.uniform(-0.5, 0.5))
 
 
 def scene_summary(scene: ChestScene) -> dict[str, Any]:

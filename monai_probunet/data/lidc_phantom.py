@@ -60,14 +60,21 @@ import logging
 import multiprocessing
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .chest_phantom import ChestScene, draw_chest_scene, lesion_site, negative_site, render_chest
+from .chest_phantom import (
+    ChestScene,
+    check_negative_sites,
+    draw_chest_scene,
+    lesion_site,
+    negative_site,
+    render_chest,
+)
 from .disk_format import DATALIST_NAME, SPLITS, atomic_dataset_dir, patient_level_split
 from .lidc_cases import write_case, write_crop_files
 from .lidc_lesions import NUM_GRADERS, Lesion, load_pylidc, scan_lesions
@@ -207,7 +214,8 @@ def _write_case(
 
 
 def phantom_scan_cases(
-    scan_id: int, seed: int, center_crop: int, image_size: int, folder: str | Path, negatives: int = 0
+    scan_id: int, seed: int, center_crop: int, image_size: int, folder: str | Path, negatives: int = 0,
+    negative_sites: Mapping[str, float] | None = None,
 ) -> dict[str, Any]:
     """All ``lidc_phantom`` cases of one scan: real reader masks (:func:`scan_mask_tiles`) + synthetic images
     (:func:`render_phantom_image`), reduced by :func:`reduce_tile` and written to ``folder/images`` and
@@ -222,17 +230,20 @@ def phantom_scan_cases(
         image_size: see :func:`reduce_tile`.
         folder: dataset folder with ``images/`` and ``labels/``.
         negatives: lesion-free crops to add (4 empty masks each).
+        negative_sites: how often each kind of lesion-free crop centre is drawn (``None``:
+            :data:`~.chest_phantom.NEGATIVE_SITES`; see :func:`~.chest_phantom.negative_site`).
 
     Returns:
         ``{"cases": datalist entries (without split), "annotations", "lesions", "groups_over_4",
         "dropped_all_empty", "negatives", "notes"}``.
     """
     with _cached_slice_zvals():
-        return _phantom_scan_cases(scan_id, seed, center_crop, image_size, Path(folder), negatives)
+        return _phantom_scan_cases(scan_id, seed, center_crop, image_size, Path(folder), negatives, negative_sites)
 
 
 def _phantom_scan_cases(
-    scan_id: int, seed: int, center_crop: int, image_size: int, folder: Path, negatives: int
+    scan_id: int, seed: int, center_crop: int, image_size: int, folder: Path, negatives: int,
+    negative_sites: Mapping[str, float] | None,
 ) -> dict[str, Any]:
     scan = _load_scan(scan_id)
     lesions, notes = scan_lesions(scan)
@@ -263,7 +274,7 @@ def _phantom_scan_cases(
             )
     for j in range(negatives):
         rng = np.random.default_rng([seed, int(scan.id), NEGATIVE_STREAM, j])
-        cases.append(_negative_case(folder, scan, j, rng, center_crop, image_size))
+        cases.append(_negative_case(folder, scan, j, rng, center_crop, image_size, negative_sites))
     return {
         "cases": cases,
         "annotations": len(scan.annotations),
@@ -276,14 +287,15 @@ def _phantom_scan_cases(
 
 
 def _negative_case(
-    folder: Path, scan: Scan, j: int, rng: np.random.Generator, center_crop: int, image_size: int
+    folder: Path, scan: Scan, j: int, rng: np.random.Generator, center_crop: int, image_size: int,
+    negative_sites: Mapping[str, float] | None = None,
 ) -> dict[str, Any]:
-    """Write one lesion-free crop (a chest slice centred on lung, bone, mediastinum, airway or chest wall; 4 empty
-    reader masks) and return its datalist entry."""
+    """Write one lesion-free crop (a chest slice centred on lung, bone, mediastinum, airway, chest wall or a lung
+    vessel; 4 empty reader masks) and return its datalist entry."""
     f = center_crop // image_size
     spacing = (TILE_SPACING * f, TILE_SPACING * f)
     scene = draw_chest_scene(rng)
-    centre, kind = negative_site(scene, rng)
+    centre, kind = negative_site(scene, rng, negative_sites)
     tile = render_chest(scene, rng, centre, (center_crop, center_crop), TILE_SPACING)
     image, labels = reduce_tile(tile, np.zeros((NUM_GRADERS, center_crop, center_crop), np.uint8), center_crop,
                                 image_size)
@@ -317,6 +329,7 @@ def generate_lidc_phantom(
     num_workers: int = 1,
     negatives_per_scan: int = 0,
     extra_training_patients: int = 0,
+    negative_sites: Mapping[str, float] | None = None,
 ) -> Path:
     """Generate the ``lidc_phantom`` dataset into ``root`` (atomically) and return the path of its ``datalist.json``.
 
@@ -341,6 +354,9 @@ def generate_lidc_phantom(
         extra_training_patients: further patients drawn among those not chosen, all added to the training split:
             more training data with the same validation and test patients (the same seed and ``num_patients`` or
             ``patients``, the same validation and test images).
+        negative_sites: how often each kind of lesion-free crop centre is drawn, e.g. ``{"lung": 0.15, "vessel":
+            0.2, "bone": 0.2, "mediastinum": 0.2, "airway": 0.1, "chest_wall": 0.15}`` (``"vessel"``: centred on a
+            lung vessel); ``None``: :data:`~.chest_phantom.NEGATIVE_SITES`, no vessel-centred crops.
 
     Raises:
         ValueError: invalid sizes, patients or split.
@@ -379,6 +395,7 @@ def generate_lidc_phantom(
         "num_workers": num_workers,
         "negatives_per_scan": negatives_per_scan,
         "extra_training_patients": extra_training_patients,
+        "negative_sites": None if negative_sites is None else check_negative_sites(negative_sites),
     }
     entries: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLITS}
     totals = dict.fromkeys(("annotations", "lesions", "groups_over_4", "dropped_all_empty", "negatives"), 0)
@@ -390,7 +407,7 @@ def generate_lidc_phantom(
         (tmp / "labels").mkdir()
         args = [
             (sid, seed, center_crop, image_size, str(tmp),
-             negatives_per_scan if split_of[patient_of[sid]] == "training" else 0)
+             negatives_per_scan if split_of[patient_of[sid]] == "training" else 0, params["negative_sites"])
             for sid in scan_ids
         ]
         progress = ScanProgress(len(scan_ids), "lidc_phantom", log=logger)
