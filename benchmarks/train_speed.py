@@ -189,7 +189,9 @@ def _previous_kernels(net: nn.Module) -> Callable[[Callable[[], None]], Callable
     return wrap
 
 
-def our_step(precision: str, channels_last: bool, previous: bool = False) -> tuple[Callable[[], None], bool]:
+def our_step(
+    precision: str, channels_last: bool, previous: bool = False, compiled: bool = False
+) -> tuple[Callable[[], None], bool]:
     torch.manual_seed(0)
     net = ProbUNet(2, 1, 2, channels=FILTERS, latent_dim=LATENT)
     wrap = _previous_kernels(net) if previous else (lambda step: step)
@@ -198,7 +200,7 @@ def our_step(precision: str, channels_last: bool, previous: bool = False) -> tup
         device=torch.device("cpu"),
         max_epochs=1,
         train_data_loader=[batch],
-        network=net,
+        network=torch.compile(net) if compiled else net,
         optimizer=torch.optim.Adam(net.parameters(), lr=1e-4),
         loss_function=ELBOLoss(),
         prepare_batch=PrepareBatchExtraInput(extra_keys={"seg": "label"}),
@@ -283,6 +285,9 @@ def main() -> None:
     parser.add_argument(
         "--profile", action="store_true", help="also print the operators taking most CPU time in each fp32 step"
     )
+    parser.add_argument(
+        "--compile", action="store_true", help="also time ours with the network under torch.compile (fp32)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     flags = cpu_bf16_flags()
@@ -298,6 +303,12 @@ def main() -> None:
         steps[f"ours {precision} ({'channels_last' if used_cl else 'channels-first'})"] = step
         if args.previous and precision == "fp32":
             steps["ours fp32, previous kernels"] = our_step(precision, cl, previous=True)[0]
+        if args.compile and precision == "fp32":
+            compiled = our_step(precision, cl, compiled=True)[0]
+            t0 = time.perf_counter()
+            compiled()
+            print(f"torch.compile: the first fp32 step took {time.perf_counter() - t0:.1f} s (compiling)")
+            steps["ours fp32, torch.compile"] = compiled
     if flags:
         steps["reference bf16"] = reference_step("bf16")
     cpu: dict = {}
