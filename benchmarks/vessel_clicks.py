@@ -15,27 +15,24 @@ from __future__ import annotations
 
 import argparse
 import warnings
-from pathlib import Path
 
 import numpy as np
 import torch
+from bundle_args import add_model_arguments
 from monai.data import MetaTensor
 
 from monai_probunet.data.chest_phantom import draw_chest_scene, render_chest
 from monai_probunet.inference import load_model, predict_hypotheses
 
-REPO = Path(__file__).resolve().parents[1]
 WINDOW = 160  # pixels of 0.5 mm
 GROUPS = ((0.0, 1.5), (1.5, np.inf))  # vessel radius, mm
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=str(REPO / "bundle" / "models" / "model.pt"))
-    parser.add_argument("--config", default=str(REPO / "bundle" / "configs" / "train.yaml"))
+    add_model_arguments(parser)
+    parser.set_defaults(seed=12345)  # the phantom slices' seed (their draws lie apart from any dataset's)
     parser.add_argument("--scenes", type=int, default=120)
-    parser.add_argument("--seed", type=int, default=12345)
-    parser.add_argument("--samples", type=int, default=16)
     parser.add_argument("--max-presence", type=float, default=0.2)
     args = parser.parse_args()
     model, settings = load_model(args.model, args.config)
