@@ -350,36 +350,21 @@ def test_prior_samples_in_training_pass_reach_the_prior_and_keep_the_reconstruct
     assert model.posterior_net.head.weight.grad is None or model.posterior_net.head.weight.grad.abs().sum() == 0
 
 
-@pytest.mark.parametrize("pooling", ["mean_max", "mean_centre"])
-def test_extra_pooling_starts_as_the_papers_mean_pooling(pooling):
+def test_mean_max_pooling_starts_as_the_papers_mean_pooling():
     torch.manual_seed(0)
-    net = ProbUNet(2, 1, 2, channels=(8, 16, 32), latent_dim=4, encoder_pooling=pooling)
+    net = ProbUNet(2, 1, 2, channels=(8, 16, 32), latent_dim=4, encoder_pooling="mean_max")
     image = torch.rand(3, 1, 16, 16)
     mean_only = copy.deepcopy(net.prior_net)
     mean_only.pooling = "mean"
     mean_only.head = torch.nn.Conv2d(32, 8, 1)
     mean_only.head.weight.data = net.prior_net.head.weight.data[:, :32].clone()
     mean_only.head.bias.data = net.prior_net.head.bias.data.clone()
-    assert net.prior_net.head.weight.shape[1] == 64  # mean and max (or central mean) of the 32 deepest channels
+    assert net.prior_net.head.weight.shape[1] == 64  # mean and max of the 32 deepest channels
     assert torch.allclose(net.prior_net.head.weight[:, 32:], torch.zeros(8, 32))
     for got, want in zip(net.prior_net.moments(image), mean_only.moments(image)):
         assert torch.allclose(got, want, atol=1e-6)
     with pytest.raises(ValueError, match="pooling"):
         ProbUNet(2, 1, 2, channels=(8, 16), encoder_pooling="median")
-
-
-def test_centre_pooling_reads_the_central_half_of_the_last_features():
-    torch.manual_seed(0)
-    net = ProbUNet(2, 1, 2, channels=(8, 16, 32), latent_dim=4, encoder_pooling="mean_centre").prior_net
-    with torch.no_grad():
-        net.head.weight.zero_()
-        net.head.bias.zero_()
-        net.head.weight[0, 32] = 1.0  # mu_0 = the central mean of the first deepest channel
-        image = torch.rand(1, 1, 16, 16)
-        mu, _ = net.moments(image)
-        f = net.encoder(image)[-1]  # 4 x 4
-    assert f.shape[-2:] == (4, 4)
-    assert torch.allclose(mu[0, 0], f[0, 0, 1:3, 1:3].mean(), atol=1e-6)
 
 
 @pytest.mark.parametrize("covariance", ["diagonal", "full"])

@@ -19,8 +19,6 @@ LOG_SIGMA_BOUND = 10.0
 
 #: covariance of the encoder's Gaussian: ``"diagonal"`` (the paper's axis-aligned Gaussian) or ``"full"``
 COVARIANCES = ("diagonal", "full")
-#: how the last features reach the head (see :class:`GaussianEncoder`)
-POOLINGS = ("mean", "mean_max", "mean_centre")
 
 
 class GaussianEncoder(nn.Module):
@@ -44,10 +42,7 @@ class GaussianEncoder(nn.Module):
         pooling: ``"mean"`` (the paper's global average of the last block's features) or ``"mean_max"`` (their
             spatial max beside it). After an instance normalisation every channel has zero mean over the image
             before the ReLU, so the global average tells the head little about what the image holds; the max
-            keeps the strongest response. ``"mean_centre"``: the average over the central half of the last
-            features (in every spatial dimension) beside the global one; for a crop centred on a click it tells the
-            head what lies around the click (its sum over the image is zero, its central part is not). The head's
-            weights on the extra part start at zero (:meth:`start_as_paper`). Not in the paper.
+            keeps the strongest response. Not in the paper.
         covariance: ``"diagonal"`` (the paper's axis-aligned Gaussian) or ``"full"``: the head also predicts the
             ``N (N - 1) / 2`` entries below the diagonal of a Cholesky factor ``L``, and the Gaussian is
             ``N(mu, L L^T)``. Minimising the expected ``KL(Q || P)`` over ``P`` matches P's mean and covariance to
@@ -83,18 +78,17 @@ class GaussianEncoder(nn.Module):
         self.latent_dim = latent_dim
         self.presence_channels = presence_channels
         self.covariance = covariance
-        if pooling not in POOLINGS:
-            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}.")
+        if pooling not in ("mean", "mean_max"):
+            raise ValueError(f"pooling must be 'mean' or 'mean_max', got {pooling!r}.")
         self.pooling = pooling
         num_out = 2 * latent_dim + (latent_dim * (latent_dim - 1) // 2 if covariance == "full" else 0)
         self.encoder = UNetEncoder(spatial_dims, in_channels, channels, num_convs, norm=norm)
-        pooled = channels[-1] * (1 if pooling == "mean" else 2)
+        pooled = channels[-1] * (2 if pooling == "mean_max" else 1)
         self.head = Conv[Conv.CONV, spatial_dims](pooled + presence_channels, num_out, kernel_size=1)
 
-    def start_as_paper(self) -> None:
-        """Zero the head's weights on the spatial max (``"mean_max"``) or the central average (``"mean_centre"``), so
-        the encoder starts as the paper's."""
-        if self.pooling != "mean":
+    def start_without_max(self) -> None:
+        """Zero the head's weights on the spatial max (``"mean_max"``), so the encoder starts as the paper's."""
+        if self.pooling == "mean_max":
             c = self.encoder.channels[-1]
             with torch.no_grad():
                 self.head.weight[:, c : 2 * c] = 0.0
@@ -105,9 +99,6 @@ class GaussianEncoder(nn.Module):
         h = f.mean(dim=tuple(range(2, f.ndim)), keepdim=True)
         if self.pooling == "mean_max":
             h = torch.cat([h, f.amax(dim=tuple(range(2, f.ndim)), keepdim=True)], dim=1)
-        elif self.pooling == "mean_centre":
-            centre = f[(slice(None), slice(None), *(slice(n // 4, n - n // 4) for n in f.shape[2:]))]
-            h = torch.cat([h, centre.mean(dim=tuple(range(2, f.ndim)), keepdim=True)], dim=1)
         if self.presence_channels:
             present = x[:, x.shape[1] - self.presence_channels :].amax(dim=tuple(range(2, x.ndim)), keepdim=True)
             h = torch.cat([h, present.to(h.dtype)], dim=1)

@@ -105,8 +105,7 @@ class ProbUNet(nn.Module):
         norm: normalisation after each 3x3 convolution (default instance norm; ``None``: the paper's, see
             :class:`~monai_probunet.networks.unet_core.ConvBlock`).
         encoder_pooling: how the prior and posterior nets pool their last features over the image: ``"mean"``
-            (the paper's global average), ``"mean_max"`` (the spatial max beside it) or ``"mean_centre"`` (the
-            average around the crop's centre beside it; see
+            (the paper's global average) or ``"mean_max"`` (the spatial max beside it, see
             :class:`GaussianEncoder`). Not in the paper.
         posterior_presence: the posterior's head also sees which classes the segmentation contains (its
             ``presence_channels`` are the one-hot channels, see :class:`GaussianEncoder`). Not in the
@@ -209,7 +208,7 @@ class ProbUNet(nn.Module):
         init_weights_orthogonal(self)
         for encoder in (self.prior_net, self.posterior_net):
             if encoder is not None:
-                encoder.start_as_paper()
+                encoder.start_without_max()
         if foreground_prior is not None:
             init_output_prior(self.head if inject_input else self.fcomb.rest[-1], foreground_prior)
         self.register_buffer("prior_temperature", torch.tensor(float(prior_temperature)), persistent=False)
