@@ -1,0 +1,84 @@
+"""Where a model's GED16 comes from: per number of readers who outlined the lesion.
+
+Reads the evaluation's ``per_image.csv`` (``run evaluating`` with ``evaluate.yaml`` writes it to ``--output_dir``) and
+the dataset's ``datalist.json``. For the images of the split grouped by k = the readers (of 4) who drew a lesion, it
+prints the mean GED at S = 16, the share of hypotheses showing a lesion (ideally k / 4, which the readers' majority
+vote does not need to guess: it reads the readers' masks) and, per split, the quartiles of the largest reader
+outline in mm^2, so that a split whose k = 4 lesions are smaller than the training split's shows as such.
+
+    python benchmarks/ged_by_readers.py --per-image DIR/per_image.csv
+    python benchmarks/ged_by_readers.py --per-image A/per_image.csv B/per_image.csv --split test
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def readers_drawn(datalist: Path, split: str) -> dict[str, int]:
+    """``{case id: readers who drew a lesion}`` of a split (the image file name without ``.nii.gz``)."""
+    content = json.loads(datalist.read_text())
+    return {Path(c["image"]).name.removesuffix(".nii.gz"): int(c["readers_drawn"]) for c in content[split]}
+
+
+def largest_outline_mm2(datalist: Path, split: str) -> dict[int, list[float]]:
+    """``{k: [largest reader outline of each image, mm^2]}`` of a split's lesion images."""
+    content = json.loads(datalist.read_text())
+    out: dict[int, list[float]] = defaultdict(list)
+    for case in content[split]:
+        if not case["readers_drawn"]:
+            continue
+        areas = []
+        for label in case["label"]:
+            image = nib.load(str(datalist.parent / label))
+            areas.append(float(np.asarray(image.dataobj).sum()) * float(np.prod(image.header.get_zooms()[:2])))
+        out[int(case["readers_drawn"])].append(max(areas))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--per-image", nargs="+", required=True, help="per_image.csv of one or more evaluations")
+    parser.add_argument("--datalist", default=str(REPO / "bundle" / "data" / "lidc_phantom" / "datalist.json"))
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--samples", type=int, default=16, help="S of the rows to read")
+    args = parser.parse_args()
+    datalist = Path(args.datalist)
+    if not datalist.is_file():
+        parser.exit(2, f"{datalist}: no datalist.json (run the training command once to generate the dataset)\n")
+    k_of = readers_drawn(datalist, args.split)
+    for path in args.per_image:
+        with Path(path).open() as f:
+            rows = [r for r in csv.DictReader(f) if r["model"] != "oracle" and r["split"] == args.split
+                    and int(r["S"]) == args.samples and r["case_id"] in k_of]  # fmt: skip
+        if not rows:
+            parser.exit(2, f"{path}: no rows of split {args.split!r} at S = {args.samples} for this datalist\n")
+        groups: dict[int, list[dict]] = defaultdict(list)
+        for r in rows:
+            groups[k_of[r["case_id"]]].append(r)
+        total = np.mean([float(r["ged"]) for r in rows])
+        print(f"{rows[0]['model']} ({path}): GED{args.samples} {total:.3f} over {len(rows)} images")
+        for k in sorted(groups):
+            g = groups[k]
+            ged = np.mean([float(r["ged"]) for r in g])
+            shown = np.mean([float(r["presence_count"]) for r in g]) / args.samples
+            print(f"  {k} of 4 readers: {len(g):3d} images, GED {ged:.3f}, hypotheses showing a lesion {shown:.2f} "
+                  f"(readers {k / 4:.2f})")
+    for split in dict.fromkeys(["training", args.split]):
+        sizes = largest_outline_mm2(datalist, split)
+        print(f"largest reader outline, {split} split (mm^2, quartiles): " + "; ".join(
+            f"{k} of 4: {np.percentile(v, 25):.0f} / {np.median(v):.0f} / {np.percentile(v, 75):.0f}"
+            for k, v in sorted(sizes.items())))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
