@@ -30,10 +30,12 @@ from monai_probunet.data.lidc_dicom import read_ct_series
 from monai_probunet.data.lidc_lesions import lesion_crops, reader_masks, scan_lesions
 from monai_probunet.data.lidc_phantom import (
     _mask_affine,
+    other_phantom_patients,
     phantom_scan_cases,
     reduce_tile,
     render_phantom_image,
     scan_mask_tiles,
+    select_phantom_patients,
 )
 from tests.conftest import TRAIN_YAML
 from tests.test_lidc import write_ct_slice
@@ -338,9 +340,19 @@ def test_extra_training_patients_keep_validation_and_test(tmp_path):
     added = {c["patient_id"] for c in more["training"]} - {c["patient_id"] for c in base["training"]}
     assert len(added) == 2 and not added & set(PATIENTS)  # two patients from outside the chosen ones
     assert more["generator"]["params"]["extra_training_patients"] == 2
-    with pytest.raises(ValueError, match="extra_training_patients must be in 0..872"):
+    with pytest.raises(ValueError, match=r"extra_training_patients: the number of further patients must be in 0\.\.872"):
         generate_lidc_phantom(tmp_path / "x", seed=0, extra_training_patients=5000, **small)
     assert not (tmp_path / "x").exists()
+
+
+def test_other_phantom_patients_lie_outside_the_chosen_ones():
+    chosen = select_phantom_patients(0, 90)
+    other = other_phantom_patients(chosen, 60, seed=7)
+    assert len(set(other)) == 60 and not set(other) & set(chosen)
+    assert other == other_phantom_patients(chosen, 60, seed=7) != other_phantom_patients(chosen, 60, seed=8)
+    assert other_phantom_patients(chosen, 0, seed=7) == []
+    with pytest.raises(ValueError, match=r"must be in 0\.\.785"):
+        other_phantom_patients(chosen, 786, seed=7)
 
 
 def test_vessel_centred_lesion_free_crops(tmp_path):

@@ -102,6 +102,7 @@ __all__ = [
     "generate_lidc_phantom",
     "lesion_radius_mm",
     "phantom_patients",
+    "other_phantom_patients",
     "phantom_scan_cases",
     "reduce_tile",
     "render_phantom_image",
@@ -161,14 +162,19 @@ def select_phantom_patients(seed: int, num_patients: int | None, patients: Seque
     return sorted(names[i] for i in chosen)
 
 
-def _extra_patients(chosen: Sequence[str], count: int, seed: int) -> list[str]:
-    """``count`` patients with annotations outside ``chosen``, drawn by their own stream of ``seed`` (so the draw of
-    ``chosen`` and its split do not change)."""
+def other_phantom_patients(chosen: Sequence[str], count: int, seed: int) -> list[str]:
+    """``count`` patients with outlined nodules outside ``chosen``, drawn by their own stream of ``seed`` (so the
+    draw of ``chosen`` and its split do not change): more training patients, or patients to test on that a model
+    trained on ``chosen`` never saw.
+
+    Raises:
+        ValueError: ``count`` is not in ``0..`` the number of patients left.
+    """
     rest = [p for p in phantom_patients() if p not in set(chosen)]
     if not 0 <= count <= len(rest):
         raise ValueError(
-            f"extra_training_patients must be in 0..{len(rest)} (patients with annotations not already chosen), "
-            f"got {count}."
+            f"the number of further patients must be in 0..{len(rest)} (patients with outlined nodules not already "
+            f"chosen), got {count}."
         )
     picked = np.random.default_rng([seed, NEGATIVE_STREAM]).choice(len(rest), size=count, replace=False)
     return sorted(rest[i] for i in picked)
@@ -374,7 +380,10 @@ def generate_lidc_phantom(
     scans_of = phantom_patients()
     split_of = patient_level_split(chosen, [int(n) for n in split], seed)
     if extra_training_patients:
-        extra = _extra_patients(chosen, extra_training_patients, seed)
+        try:
+            extra = other_phantom_patients(chosen, extra_training_patients, seed)
+        except ValueError as e:
+            raise ValueError(f"extra_training_patients: {e}") from None
         split_of.update(dict.fromkeys(extra, "training"))
         chosen = sorted(chosen + extra)
     scan_ids = [s for p in chosen for s in scans_of[p]]
