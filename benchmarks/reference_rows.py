@@ -6,7 +6,11 @@ For each image of a split (the A grader masks of its datalist entry) the rows ar
   it), repeated S times: the best *single* answer a deterministic model could give (d_ss = 0);
 - ``empty (x S)``: no lesion anywhere, S times;
 - ``graders (S draws)``: S draws (seeded, uniform, with replacement) from the image's own grader masks: what a perfect
-  sampler of the grader distribution would score (the oracle).
+  sampler of the grader distribution would score (the oracle);
+- ``graders, shown by size (S draws)``: each draw shows a lesion with the probability that a grader drew one at
+  that lesion size (the largest grader outline, in bins of :data:`SIZE_BINS` mm^2, fitted on a training split), and
+  then one of the image's non-empty grader masks: the outlines are perfect, the presence is what the lesion's size
+  alone tells. A bound for a model whose outlines were perfect and whose presence followed the lesion size.
 
 A model's samples pay for themselves only where its GED_S is below the majority-vote rows.
 
@@ -28,14 +32,44 @@ import torch
 from monai_probunet.data import load_datalist
 from monai_probunet.metrics import generalized_energy_distance
 
-__all__ = ["reference_rows"]
+__all__ = ["SIZE_BINS", "presence_by_size", "reference_rows"]
+
+#: lesion-size bins (mm^2, the largest grader outline) of the ``shown by size`` row
+SIZE_BINS = (0.0, 10.0, 20.0, 35.0, 60.0, 100.0, 150.0, 250.0, float("inf"))
 
 
 def _graders(item: dict[str, Any]) -> np.ndarray:
     return np.stack([np.asarray(nib.load(p).dataobj) > 0 for p in item["label"]]).astype(np.uint8)
 
 
-def reference_rows(datalist: str | Path, split: str = "test", num_samples: int = 16, seed: int = 0) -> dict[str, float]:
+def _largest_outline_mm2(item: dict[str, Any], y: np.ndarray) -> float:
+    zooms = nib.load(item["label"][0]).header.get_zooms()[:2]
+    return float(y.reshape(y.shape[0], -1).sum(1).max()) * float(np.prod(zooms))
+
+
+def presence_by_size(datalist: str | Path, split: str = "training") -> np.ndarray:
+    """The share of graders who drew a lesion, per :data:`SIZE_BINS` bin of the largest grader outline, over the
+    split's images where any grader drew one (a bin without images gets the overall share)."""
+    drawn = np.zeros(len(SIZE_BINS) - 1)
+    total = np.zeros(len(SIZE_BINS) - 1)
+    for item in load_datalist(datalist, split):
+        y = _graders(item)
+        if not y.any():
+            continue
+        b = int(np.digitize(_largest_outline_mm2(item, y), SIZE_BINS)) - 1
+        drawn[b] += y.reshape(y.shape[0], -1).any(1).sum()
+        total[b] += y.shape[0]
+    overall = drawn.sum() / max(total.sum(), 1)
+    return np.where(total > 0, drawn / np.maximum(total, 1), overall)
+
+
+def reference_rows(
+    datalist: str | Path,
+    split: str = "test",
+    num_samples: int = 16,
+    seed: int = 0,
+    size_fit: str | Path | None = None,
+) -> dict[str, float]:
     """Mean GED_S over the split's images of the majority-vote, empty and grader-draw predictions.
 
     Args:
@@ -43,12 +77,15 @@ def reference_rows(datalist: str | Path, split: str = "test", num_samples: int =
         split: ``training``, ``validation`` or ``test``.
         num_samples: S, the number of predictions per image (the table's S).
         seed: seed of the grader draws.
+        size_fit: the ``datalist.json`` whose training split fits the ``shown by size`` row (default: ``datalist``).
 
     Returns:
         ``{row name: mean GED_S}`` (``images``: the number of images scored).
     """
     items = load_datalist(datalist, split)
     rng = np.random.default_rng(seed)
+    shown = presence_by_size(datalist if size_fit is None else size_fit)
+    sized_rng = np.random.default_rng([seed, 1])  # its own stream: the other rows' draws stay as they were
     sums: dict[str, float] = {}
     for item in items:
         y = _graders(item)  # A x H x W
@@ -62,6 +99,16 @@ def reference_rows(datalist: str | Path, split: str = "test", num_samples: int =
         draws = torch.as_tensor(y[rng.integers(0, a, num_samples)][None].astype(np.int64))
         name = f"graders ({num_samples} draws)"
         sums[name] = sums.get(name, 0.0) + float(generalized_energy_distance(draws, targets).ged[0])
+        drawn = [m for m in y if m.any()]
+        name = f"graders, shown by size ({num_samples} draws)"
+        if drawn:
+            p = shown[int(np.digitize(_largest_outline_mm2(item, y), SIZE_BINS)) - 1]
+            picks = [drawn[sized_rng.integers(len(drawn))] if sized_rng.random() < p else np.zeros_like(y[0])
+                     for _ in range(num_samples)]  # fmt: skip
+        else:
+            picks = [np.zeros_like(y[0])] * num_samples
+        sized = torch.as_tensor(np.stack(picks)[None].astype(np.int64))
+        sums[name] = sums.get(name, 0.0) + float(generalized_energy_distance(sized, targets).ged[0])
     out = {k: v / len(items) for k, v in sums.items()}
     out["images"] = len(items)
     return out
@@ -74,15 +121,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-samples", type=int, default=16, help="S (default 16)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    parser.add_argument(
+        "--size-fit", default=None, help="datalist.json whose training split fits the 'shown by size' row (default: --datalist)",
+    )
     args = parser.parse_args(argv)
     if not Path(args.datalist).is_file():
         print(f"error: --datalist {args.datalist} does not exist (expected a datalist.json).", file=sys.stderr)
         return 2
-    rows = reference_rows(args.datalist, args.split, args.num_samples, args.seed)
+    if args.size_fit is not None and not Path(args.size_fit).is_file():
+        print(f"error: --size-fit {args.size_fit} does not exist (expected a datalist.json).", file=sys.stderr)
+        return 2
+    rows = reference_rows(args.datalist, args.split, args.num_samples, args.seed, args.size_fit)
     print(f"{args.split} split, {rows['images']} images, GED_{args.num_samples} (lower is better)")
     for name, value in rows.items():
         if name != "images":
-            print(f"  {name:<28s} {value:.4f}")
+            print(f"  {name:<34s} {value:.4f}")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     return 0
