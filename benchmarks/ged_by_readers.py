@@ -18,8 +18,10 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
+from reference_rows import grader_masks, largest_outline_mm2
+
+from monai_probunet.data import load_datalist
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -30,18 +32,13 @@ def readers_drawn(datalist: Path, split: str) -> dict[str, int]:
     return {Path(c["image"]).name.removesuffix(".nii.gz"): int(c["readers_drawn"]) for c in content[split]}
 
 
-def largest_outline_mm2(datalist: Path, split: str) -> dict[int, list[float]]:
+def largest_outlines(datalist: Path, split: str) -> dict[int, list[float]]:
     """``{k: [largest reader outline of each image, mm^2]}`` of a split's lesion images."""
-    content = json.loads(datalist.read_text())
     out: dict[int, list[float]] = defaultdict(list)
-    for case in content[split]:
-        if not case["readers_drawn"]:
-            continue
-        areas = []
-        for label in case["label"]:
-            image = nib.load(str(datalist.parent / label))
-            areas.append(float(np.asarray(image.dataobj).sum()) * float(np.prod(image.header.get_zooms()[:2])))
-        out[int(case["readers_drawn"])].append(max(areas))
+    for item in load_datalist(datalist, split):
+        y = grader_masks(item)
+        if y.any():
+            out[int(y.reshape(y.shape[0], -1).any(1).sum())].append(largest_outline_mm2(item, y))
     return out
 
 
@@ -74,7 +71,7 @@ def main() -> None:
             print(f"  {k} of 4 readers: {len(g):3d} images, GED {ged:.3f}, hypotheses showing a lesion {shown:.2f} "
                   f"(readers {k / 4:.2f})")
     for split in dict.fromkeys(["training", args.split]):
-        sizes = largest_outline_mm2(datalist, split)
+        sizes = largest_outlines(datalist, split)
         print(f"largest reader outline, {split} split (mm^2, quartiles): " + "; ".join(
             f"{k} of 4: {np.percentile(v, 25):.0f} / {np.median(v):.0f} / {np.percentile(v, 75):.0f}"
             for k, v in sorted(sizes.items())))  # fmt: skip

@@ -32,17 +32,19 @@ import torch
 from monai_probunet.data import load_datalist
 from monai_probunet.metrics import generalized_energy_distance
 
-__all__ = ["SIZE_BINS", "presence_by_size", "reference_rows"]
+__all__ = ["SIZE_BINS", "grader_masks", "largest_outline_mm2", "presence_by_size", "reference_rows"]
 
 #: lesion-size bins (mm^2, the largest grader outline) of the ``shown by size`` row
 SIZE_BINS = (0.0, 10.0, 20.0, 35.0, 60.0, 100.0, 150.0, 250.0, float("inf"))
 
 
-def _graders(item: dict[str, Any]) -> np.ndarray:
+def grader_masks(item: dict[str, Any]) -> np.ndarray:
+    """``A x H x W`` uint8: the grader masks of a loaded datalist entry."""
     return np.stack([np.asarray(nib.load(p).dataobj) > 0 for p in item["label"]]).astype(np.uint8)
 
 
-def _largest_outline_mm2(item: dict[str, Any], y: np.ndarray) -> float:
+def largest_outline_mm2(item: dict[str, Any], y: np.ndarray) -> float:
+    """The largest of the grader outlines ``y`` (``A x H x W``) of a loaded datalist entry, in mm^2."""
     zooms = nib.load(item["label"][0]).header.get_zooms()[:2]
     return float(y.reshape(y.shape[0], -1).sum(1).max()) * float(np.prod(zooms))
 
@@ -53,10 +55,10 @@ def presence_by_size(datalist: str | Path, split: str = "training") -> np.ndarra
     drawn = np.zeros(len(SIZE_BINS) - 1)
     total = np.zeros(len(SIZE_BINS) - 1)
     for item in load_datalist(datalist, split):
-        y = _graders(item)
+        y = grader_masks(item)
         if not y.any():
             continue
-        b = int(np.digitize(_largest_outline_mm2(item, y), SIZE_BINS)) - 1
+        b = int(np.digitize(largest_outline_mm2(item, y), SIZE_BINS)) - 1
         drawn[b] += y.reshape(y.shape[0], -1).any(1).sum()
         total[b] += y.shape[0]
     overall = drawn.sum() / max(total.sum(), 1)
@@ -88,7 +90,7 @@ def reference_rows(
     sized_rng = np.random.default_rng([seed, 1])  # its own stream: the other rows' draws stay as they were
     sums: dict[str, float] = {}
     for item in items:
-        y = _graders(item)  # A x H x W
+        y = grader_masks(item)  # A x H x W
         a = y.shape[0]
         preds = {f"majority_vote>={k} (x{num_samples})": (y.sum(0) >= k) for k in range(1, a + 1)}
         preds[f"empty (x{num_samples})"] = np.zeros_like(y[0], bool)
@@ -102,7 +104,7 @@ def reference_rows(
         drawn = [m for m in y if m.any()]
         name = f"graders, shown by size ({num_samples} draws)"
         if drawn:
-            p = shown[int(np.digitize(_largest_outline_mm2(item, y), SIZE_BINS)) - 1]
+            p = shown[int(np.digitize(largest_outline_mm2(item, y), SIZE_BINS)) - 1]
             picks = [drawn[sized_rng.integers(len(drawn))] if sized_rng.random() < p else np.zeros_like(y[0])
                      for _ in range(num_samples)]  # fmt: skip
         else:

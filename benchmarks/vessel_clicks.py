@@ -21,7 +21,7 @@ import torch
 from bundle_args import add_model_arguments
 from monai.data import MetaTensor
 
-from monai_probunet.data.chest_phantom import draw_chest_scene, render_chest
+from monai_probunet.data.chest_phantom import draw_chest_scene, render_chest, vessel_sections
 from monai_probunet.inference import load_model, predict_hypotheses
 
 WINDOW = 160  # pixels of 0.5 mm
@@ -41,9 +41,7 @@ def main() -> None:
     for k in range(args.scenes):
         rng = np.random.default_rng([args.seed, k])
         scene = draw_chest_scene(rng)
-        # cross-sections of lung vessels; a bronchus's wall (painted as vessel, with the bronchus at its centre) is not
-        bronchi = {(s[1], s[2]) for s in scene.shapes if s[0] == "ellipse" and s[-1] == "bronchus"}
-        sections = [s for s in scene.shapes if s[0] == "ellipse" and s[-1] == "vessel" and (s[1], s[2]) not in bronchi]
+        sections = vessel_sections(scene)
         if not sections:
             continue
         _, x, y, radius = sections[int(rng.integers(len(sections)))][:4]
@@ -65,6 +63,7 @@ def main() -> None:
             size = f"{lo:g}-{hi:g} mm" if np.isfinite(hi) else f">= {lo:g} mm"
             print(f"  radius {size}: {len(v):3d} vessels; hypotheses showing a lesion {v.mean():.2f}; "
                   f"clicks above {args.max_presence:g}: {np.mean(v > args.max_presence):.0%}")
+
 
 if __name__ == "__main__":
     main()

@@ -17,7 +17,8 @@ image's right (the patient's left), ``y`` down (posterior), painted in order at 
 correlated noise; :func:`lesion_site` picks a crop centre inside a lung (room for the lesion, sometimes touching the
 pleura or a vessel) and :func:`negative_site` the centre of a lesion-free crop on lung, bone, mediastinum, airway or
 chest wall, or on a lung vessel (a vessel's cross-section or in-plane branch at the centre: the round soft-tissue
-spot in lung that looks most like a small nodule in one slice). Only generic anatomy and HU ranges went into it; no real image was used to tune it.
+spot in lung that looks most like a small nodule in one slice). Only generic anatomy and HU ranges went into it; no
+real image was used to tune it.
 """
 
 from __future__ import annotations
@@ -34,11 +35,13 @@ __all__ = [
     "NEGATIVE_SITES",
     "NEGATIVE_SITE_KINDS",
     "ChestScene",
+    "check_negative_sites",
     "draw_chest_scene",
     "render_chest",
     "class_map",
     "lesion_site",
     "negative_site",
+    "vessel_sections",
 ]
 
 #: tissue classes of :func:`class_map`
@@ -390,7 +393,7 @@ def _vessel_site(scene: ChestScene, rng: np.random.Generator) -> tuple[float, fl
     def in_lung(x: float, y: float) -> bool:
         return bool(lung[np.abs(ys - y).argmin(), np.abs(xs - x).argmin()])
 
-    sections = [(sh[1], sh[2]) for sh in scene.shapes if sh[0] == "ellipse" and sh[-1] == "vessel"]
+    sections = [(sh[1], sh[2]) for sh in vessel_sections(scene)]
     branch_points = [[(x, y) for x, y in sh[1] if in_lung(x, y)] for sh in scene.shapes
                      if sh[0] == "tube" and sh[-1] == "vessel"]
     branch_points = [pts for pts in branch_points if pts]
@@ -402,6 +405,13 @@ def _vessel_site(scene: ChestScene, rng: np.random.Generator) -> tuple[float, fl
         pts = branch_points[int(rng.integers(len(branch_points)))]
         x, y = pts[int(rng.integers(len(pts)))]
     return float(x + rng.uniform(-0.5, 0.5)), float(y + rng.uniform(-0.5, 0.5))
+
+
+def vessel_sections(scene: ChestScene) -> list[tuple]:
+    """The scene's lung-vessel cross-sections, ``("ellipse", cx, cy, a, b, angle, hu, "vessel")`` each; a bronchus's
+    wall (painted as vessel, with the bronchus at its centre) is not one."""
+    bronchi = {(sh[1], sh[2]) for sh in scene.shapes if sh[0] == "ellipse" and sh[-1] == "bronchus"}
+    return [sh for sh in scene.shapes if sh[0] == "ellipse" and sh[-1] == "vessel" and (sh[1], sh[2]) not in bronchi]
 
 
 def scene_summary(scene: ChestScene) -> dict[str, Any]:
