@@ -53,6 +53,9 @@ def main() -> None:
     if not datalist.is_file():
         parser.exit(2, f"{datalist}: no datalist.json (run the training command once to generate the dataset)\n")
     k_of = readers_drawn(datalist, args.split)
+    missing = [p for p in args.per_image if not Path(p).is_file()]
+    if missing:
+        parser.exit(2, f"{missing[0]}: no such per_image.csv (run evaluating with evaluate.yaml writes it)\n")
     for path in args.per_image:
         with Path(path).open() as f:
             rows = [r for r in csv.DictReader(f) if r["model"] != "oracle" and r["split"] == args.split
