@@ -289,6 +289,20 @@ def test_channels_last_and_bf16_match_fp32(model):
     assert F.cosine_similarity(out.float().flatten(), ref.flatten(), dim=0) > 0.99
 
 
+def test_posterior_input_follows_the_networks_memory_format():
+    """A 1-channel image is contiguous in both formats: the posterior net's input must follow the weights it meets,
+    so a channels-first model runs channels-first throughout (mixed formats slow the backward pass down)."""
+    m = ProbUNet(2, 1, 2, channels=(4, 8), latent_dim=2)
+    image = torch.rand(2, 1, 16, 16)
+    assert image.is_contiguous(memory_format=torch.channels_last)  # the ambiguity itself
+    seg = torch.zeros(2, 1, 16, 16, dtype=torch.long)
+    x = m.posterior_input(image, seg)
+    assert x.shape == (2, 3, 16, 16) and x.is_contiguous() and not x.is_contiguous(memory_format=torch.channels_last)
+    m.to(memory_format=torch.channels_last)
+    x = m.posterior_input(image.contiguous(memory_format=torch.channels_last), seg)
+    assert x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
 def test_dropout_sampling_is_reproducible_with_a_generator():
     m = DeterministicUNet(2, 1, 2, channels=(4, 8, 16, 32), dropout=0.5).eval()
     x = torch.randn(1, 1, 16, 16)

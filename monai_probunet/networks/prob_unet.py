@@ -220,7 +220,7 @@ class ProbUNet(nn.Module):
         """
         onehot = segmentation_to_onehot(seg, self.out_channels, self.posterior_centre).to(image.dtype)
         x = torch.cat([image, onehot], dim=1) if self.posterior_context else onehot
-        return _like_memory_format(x, image)
+        return _like_memory_format(x, self.posterior_net)
 
     def prior_moments(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(mu, log_sigma)`` of ``P(z | X)``, each ``B x N`` float32 (zeros for the fixed prior ``N(0, I)``).
@@ -277,7 +277,7 @@ class ProbUNet(nn.Module):
         spatial = image.shape[2:]
         images = image.repeat_interleave(s, dim=0)  # (B * S) x in_channels x *spatial, sample-major per image
         tiled = z.reshape(b * s, self.latent_dim, *([1] * len(spatial))).to(images.dtype).expand(-1, -1, *spatial)
-        logits = self.head(self.unet(_like_memory_format(torch.cat([images, tiled], dim=1), image)))
+        logits = self.head(self.unet(_like_memory_format(torch.cat([images, tiled], dim=1), self.unet)))
         return logits.reshape(b, s, *logits.shape[1:])
 
     def forward(
@@ -346,8 +346,18 @@ class ProbUNet(nn.Module):
         return self.decode(image, z)
 
 
-def _like_memory_format(x: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    """``x`` in channels-last memory format if the 2-D ``reference`` is channels-last, else ``x`` unchanged."""
-    if reference.ndim == 4 and reference.is_contiguous(memory_format=torch.channels_last):
+def _like_memory_format(x: torch.Tensor, network: nn.Module) -> torch.Tensor:
+    """2-D ``x`` in the memory format of ``network``'s first convolution weight (channels-last after
+    ``network.to(memory_format=torch.channels_last)``, else contiguous); other ``x`` unchanged.
+
+    The format is read from the weight, not from the image: a 1-channel image is contiguous in both formats, and
+    taking it for channels-last ran the posterior net channels-last beside a channels-first U-Net (mixed formats
+    make the convolutions' backward pass much slower on CPU). The weights these inputs meet have at least 2 input
+    channels, so their format is unambiguous.
+    """
+    if x.ndim != 4:
+        return x
+    weight = next((p for p in network.parameters() if p.ndim == 4), None)
+    if weight is not None and not weight.is_contiguous() and weight.is_contiguous(memory_format=torch.channels_last):
         return x.contiguous(memory_format=torch.channels_last)
-    return x
+    return x.contiguous()
