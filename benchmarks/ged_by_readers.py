@@ -6,6 +6,12 @@ prints the mean GED at S = 16, the share of hypotheses showing a lesion (ideally
 vote does not need to guess: it reads the readers' masks) and, per split, the quartiles of the largest reader
 outline in mm^2, so that a split whose k = 4 lesions are smaller than the training split's shows as such.
 
+It also splits the GED in two. A model whose hypotheses show a lesion in a share p of the draws, each time with an
+outline equal to every reader's, scores GED_S = 2 (p - k/4)^2 exactly (d = 1 - IoU: d_ss = 2p(1-p),
+d_yy = 2q(1-q), d_sy = p(1-q) + (1-p)q with q = k/4). That is the *presence part*: what the model's presence alone
+costs. The rest of its GED is the *outline part*: what its outlines cost beside perfect ones (it can be negative
+where the readers' outlines vary, since varied outlines also raise d_ss).
+
     python benchmarks/ged_by_readers.py --per-image DIR/per_image.csv
     python benchmarks/ged_by_readers.py --per-image A/per_image.csv B/per_image.csv --split test
 """
@@ -30,6 +36,12 @@ def readers_drawn(datalist: Path, split: str) -> dict[str, int]:
     """``{case id: readers who drew a lesion}`` of a split (the image file name without ``.nii.gz``)."""
     content = json.loads(datalist.read_text())
     return {Path(c["image"]).name.removesuffix(".nii.gz"): int(c["readers_drawn"]) for c in content[split]}
+
+
+def presence_part(row: dict, k: int, samples: int, graders: int = 4) -> float:
+    """``2 (p - q)^2``: the GED of a model showing a lesion in the same share p of its hypotheses as this row, with
+    outlines equal to every reader's (q = k / graders: the share of readers who drew one)."""
+    return 2.0 * (float(row["presence_count"]) / samples - k / graders) ** 2
 
 
 def largest_outlines(datalist: Path, split: str) -> dict[int, list[float]]:
@@ -66,13 +78,16 @@ def main() -> None:
         for r in rows:
             groups[k_of[r["case_id"]]].append(r)
         total = np.mean([float(r["ged"]) for r in rows])
-        print(f"{rows[0]['model']} ({path}): GED{args.samples} {total:.3f} over {len(rows)} images")
+        part = np.mean([presence_part(r, k_of[r["case_id"]], args.samples) for r in rows])
+        print(f"{rows[0]['model']} ({path}): GED{args.samples} {total:.3f} over {len(rows)} images "
+              f"(presence part {part:.3f}, outline part {total - part:.3f})")  # fmt: skip
         for k in sorted(groups):
             g = groups[k]
             ged = np.mean([float(r["ged"]) for r in g])
             shown = np.mean([float(r["presence_count"]) for r in g]) / args.samples
+            part = np.mean([presence_part(r, k, args.samples) for r in g])
             print(f"  {k} of 4 readers: {len(g):3d} images, GED {ged:.3f}, hypotheses showing a lesion {shown:.2f} "
-                  f"(readers {k / 4:.2f})")
+                  f"(readers {k / 4:.2f}); presence part {part:.3f}, outline part {ged - part:.3f}")
     for split in dict.fromkeys(["training", args.split]):
         sizes = largest_outlines(datalist, split)
         print(f"largest reader outline, {split} split (mm^2, quartiles): " + "; ".join(

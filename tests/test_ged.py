@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
+
 import pytest
 import torch
-
 from ignite.engine import Engine
 from monai.bundle import ConfigParser
 
@@ -12,11 +14,11 @@ from monai_probunet.handlers import GeneralizedEnergyDistance
 from monai_probunet.metrics import (
     GED_TERMS,
     GeneralizedEnergyDistanceMetric,
+    distances,
     generalized_energy_distance,
     joint_iou_distance,
     pairwise_iou_distance,
 )
-from monai_probunet.metrics import distances
 
 from .conftest import REPO
 
@@ -254,3 +256,24 @@ def test_bundle_validation_computes_ged_once(overrides):
     extra = parser.get_parsed_content("validate#additional_metrics")
     assert sorted(extra) == ["val_d_ss", "val_d_sy", "val_d_yy"]
     assert all(h.source is key and h.metric_fn.classes == key.metric_fn.classes for h in extra.values())
+
+
+@pytest.mark.parametrize("shown, drawn", [(0, 4), (8, 4), (16, 1), (5, 2), (12, 3), (16, 0)])
+def test_presence_part_is_the_ged_of_reader_identical_outlines(shown, drawn):
+    """``ged_by_readers.presence_part``: hypotheses showing a lesion in `shown` of 16 draws, each the outline every
+    reader drew, against `drawn` of 4 readers: the project's GED equals 2 (p - q)^2 exactly."""
+    spec = importlib.util.spec_from_file_location("ged_by_readers", REPO / "benchmarks" / "ged_by_readers.py")
+    bench = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(REPO / "benchmarks"))  # it imports reference_rows from beside it
+    try:
+        spec.loader.exec_module(bench)
+    finally:
+        sys.path.pop(0)
+    lesion = torch.zeros(8, 8, dtype=torch.long)
+    lesion[2:5, 3:7] = 1
+    hyps = torch.stack([lesion] * shown + [torch.zeros_like(lesion)] * (16 - shown))[None]
+    readers = torch.stack([lesion] * drawn + [torch.zeros_like(lesion)] * (4 - drawn))[None]
+    ged = float(generalized_energy_distance(hyps, readers).ged[0])
+    expected = bench.presence_part({"presence_count": shown}, drawn, 16)
+    assert expected == pytest.approx(2 * (shown / 16 - drawn / 4) ** 2)
+    assert ged == pytest.approx(expected, abs=1e-6)
