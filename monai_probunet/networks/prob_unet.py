@@ -350,10 +350,9 @@ def _like_memory_format(x: torch.Tensor, network: nn.Module) -> torch.Tensor:
     """2-D ``x`` in the memory format of ``network``'s first convolution weight (channels-last after
     ``network.to(memory_format=torch.channels_last)``, else contiguous); other ``x`` unchanged.
 
-    The format is read from the weight, not from the image: a 1-channel image is contiguous in both formats, and
-    taking it for channels-last ran the posterior net channels-last beside a channels-first U-Net (mixed formats
-    make the convolutions' backward pass much slower on CPU). The weights these inputs meet have at least 2 input
-    channels, so their format is unambiguous.
+    The format is read from the weight, not from the image: a 1-channel image is contiguous in both formats, so it
+    cannot tell, whereas the weights these inputs meet have at least 2 input channels. A channels-first model thus
+    runs channels-first throughout (``benchmarks/train_speed.py`` times the formats).
     """
     if x.ndim != 4:
         return x
