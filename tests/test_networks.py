@@ -291,7 +291,7 @@ def test_channels_last_and_bf16_match_fp32(model):
 
 def test_posterior_input_follows_the_networks_memory_format():
     """A 1-channel image is contiguous in both formats: the posterior net's input must follow the weights it meets,
-    so a channels-first model runs channels-first throughout (mixed formats slow the backward pass down)."""
+    so a channels-first model runs channels-first throughout."""
     m = ProbUNet(2, 1, 2, channels=(4, 8), latent_dim=2)
     image = torch.rand(2, 1, 16, 16)
     assert image.is_contiguous(memory_format=torch.channels_last)  # the ambiguity itself
