@@ -28,7 +28,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-from reference_rows import SIZE_BINS, grader_masks, largest_outline_mm2
+from reference_rows import SIZE_BINS, grader_masks, largest_outline_mm2, presence_by_size
 
 from monai_probunet.data import load_datalist
 
@@ -84,11 +84,13 @@ def main() -> int:
     def size_bin(im: tuple[float, float, int]) -> int:
         return int(np.digitize(im[1], SIZE_BINS)) - 1
 
+    by_size = presence_by_size(args.fit or args.datalist)  # the fit of reference_rows' "shown by size" row
     cues = {
         "majority vote >= 3 (reads the readers' masks)": lambda im: float(im[0] >= 0.75),
         "majority vote >= 2 (reads the readers' masks)": lambda im: float(im[0] >= 0.5),
+        "lesion size": lambda im: float(by_size[size_bin(im)]),
     }
-    for name, key in [("constant", lambda im: 0), ("lesion size", size_bin)] + (
+    for name, key in [("constant", lambda im: 0)] + (
         [("lesion size + readers' subtlety", lambda im: (size_bin(im), im[2]))] if subtlety else []
     ):
         shares, overall = fit_shares(fitting, key)

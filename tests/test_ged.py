@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
+import importlib
 
 import pytest
 import torch
@@ -259,16 +258,11 @@ def test_bundle_validation_computes_ged_once(overrides):
 
 
 @pytest.mark.parametrize("shown, drawn", [(0, 4), (8, 4), (16, 1), (5, 2), (12, 3), (16, 0)])
-def test_presence_part_is_the_ged_of_reader_identical_outlines(shown, drawn):
+def test_presence_part_is_the_ged_of_reader_identical_outlines(shown, drawn, monkeypatch):
     """``ged_by_readers.presence_part``: hypotheses showing a lesion in `shown` of 16 draws, each the outline every
     reader drew, against `drawn` of 4 readers: the project's GED equals 2 (p - q)^2 exactly."""
-    spec = importlib.util.spec_from_file_location("ged_by_readers", REPO / "benchmarks" / "ged_by_readers.py")
-    bench = importlib.util.module_from_spec(spec)
-    sys.path.insert(0, str(REPO / "benchmarks"))  # it imports reference_rows from beside it
-    try:
-        spec.loader.exec_module(bench)
-    finally:
-        sys.path.pop(0)
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    bench = importlib.import_module("ged_by_readers")
     lesion = torch.zeros(8, 8, dtype=torch.long)
     lesion[2:5, 3:7] = 1
     hyps = torch.stack([lesion] * shown + [torch.zeros_like(lesion)] * (16 - shown))[None]
