@@ -76,6 +76,7 @@ from .lesion_growth import (
     slice_window,
 )
 from .metrics import PresenceThreshold
+from .networks.latent_noise import prior_noise
 from .predict import MAX_HYPOTHESES_BYTES, check_sampling_arguments
 from .presence_label import consensus_label, presence_decision
 
@@ -433,7 +434,8 @@ def predict_hypotheses_3d(
     eps = None
     sampler: nn.Module = model
     if all(hasattr(model, a) for a in ("prior_latents", "decode", "latent_dim")):
-        eps = torch.randn((1, num_samples, int(model.latent_dim)), generator=torch.Generator().manual_seed(seed))
+        method = getattr(model, "prior_sampling", "iid")
+        eps = prior_noise(1, num_samples, int(model.latent_dim), torch.Generator().manual_seed(seed), method=method)
         sampler = SharedNoiseSampler(model, eps.to(device))
 
     preprocessing, inferer, postprocessing = slice_pieces(

@@ -19,6 +19,7 @@ from monai.utils import set_determinism
 from monai_probunet.engines import ProbUNetTrainer
 from monai_probunet.losses import ELBOLoss, MHeadsLoss
 from monai_probunet.networks import DeterministicUNet, MHeadsUNet, ProbUNet, UNetEnsemble
+from monai_probunet.networks.latent_noise import prior_noise
 
 from .conftest import REPO, run_bundle
 
@@ -82,6 +83,7 @@ def test_default_probunet_unchanged():
     x, seg = _image_seg()
     torch.manual_seed(2)
     logits, kl = m(x, seg)
+    m.prior_sampling = "iid"  # the paper's independent draws, as then (the stratified default: test_latent_noise.py)
     s = m.eval().sample(x, 3, generator=torch.Generator().manual_seed(3))
     close = dict(rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(logits.sum().item(), 106.22454833984375, **close)
@@ -244,7 +246,9 @@ def test_input_injection_samples_in_one_batched_unet_call(fixed_prior):
     assert labels.shape == (2, 4, 16, 16)
     # sample (b, s) is the U-Net on image b concatenated with the broadcast z[b, s]
     mu, log_sigma = m.prior_moments(x)
-    z = mu[:, None] + torch.exp(log_sigma)[:, None] * torch.randn((2, 4, 3), generator=torch.Generator().manual_seed(5))
+    z = mu[:, None] + torch.exp(log_sigma)[:, None] * prior_noise(
+        2, 4, 3, torch.Generator().manual_seed(5), method=m.prior_sampling
+    )
     with torch.no_grad():
         for b, i in ((0, 0), (1, 3)):
             inp = torch.cat([x[b : b + 1], z[b, i].view(1, 3, 1, 1).expand(1, 3, 16, 16)], dim=1)

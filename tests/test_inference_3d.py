@@ -23,6 +23,7 @@ from monai.data import MetaTensor
 
 from monai_probunet.infer import main as cli_main
 from monai_probunet.inference import find_presence_threshold, load_model, predict_hypotheses
+from monai_probunet.networks.latent_noise import prior_noise
 from monai_probunet.predict3d import Hypotheses3D, check_uniform_slices, predict_hypotheses_3d
 
 REPO = Path(__file__).resolve().parents[1]
@@ -294,7 +295,7 @@ def test_same_prior_noise_on_every_slice(shipped, ellipsoid, monkeypatch):
         assert batch == 1
         torch.testing.assert_close(eps, eps0, rtol=0, atol=0)
     torch.testing.assert_close(torch.as_tensor(h.latent_noise)[None], eps0, rtol=0, atol=0)
-    expected = torch.randn((1, 16, network.latent_dim), generator=torch.Generator().manual_seed(5))
+    expected = prior_noise(1, 16, network.latent_dim, torch.Generator().manual_seed(5), method=network.prior_sampling)
     torch.testing.assert_close(eps0, expected, rtol=0, atol=0)
 
     received.clear()

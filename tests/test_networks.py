@@ -19,6 +19,7 @@ from monai_probunet.networks import (
     segmentation_to_onehot,
 )
 from monai_probunet.networks.gaussian_encoder import LOG_SIGMA_BOUND
+from monai_probunet.networks.latent_noise import prior_noise
 from monai_probunet.networks.unet_core import ConvBlock
 
 
@@ -171,7 +172,7 @@ def test_full_prior_kl_and_latents_are_the_closed_form():
     # samples are z = mu + L eps with the generator's eps
     with torch.no_grad():
         s = net.sample(image, 4, generator=torch.Generator().manual_seed(3))
-        eps = torch.randn((2, 4, 3), generator=torch.Generator().manual_seed(3))
+        eps = prior_noise(2, 4, 3, torch.Generator().manual_seed(3), method=net.prior_sampling)
         z = torch.stack([torch.stack([mu_p[b] + L[b] @ eps[b, i] for i in range(4)]) for b in range(2)])
         torch.testing.assert_close(s, net.decode(image, z), rtol=1e-4, atol=1e-5)
         # the exportable sampler draws the same latents (B = 1)
@@ -398,7 +399,7 @@ def test_prior_temperature_scales_the_spread_of_the_draws_only(covariance):
         assert torch.allclose(warm.prior_latents(image, eps), base.prior_latents(image, 1.5 * eps), atol=1e-5)
         g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
         assert torch.allclose(warm.sample(image, 4, generator=g1),
-                              base.decode(image, base.prior_latents(image, 1.5 * torch.randn(2, 4, 3, generator=g2))))
+                              base.decode(image, base.prior_latents(image, 1.5 * prior_noise(2, 4, 3, g2, method=base.prior_sampling))))
         seg = (torch.rand(2, 1, 16, 16) > 0.7).long()
         torch.manual_seed(5)
         trained_base = base(seg=seg, image=image)

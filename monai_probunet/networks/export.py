@@ -14,6 +14,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from .latent_noise import prior_noise
 from .prob_unet import ProbUNet
 
 __all__ = ["ProbUNetSampler", "unstack_hypotheses"]
@@ -24,8 +25,9 @@ _PREFIX = "network."
 class ProbUNetSampler(nn.Module):
     """``forward(image) -> logits of S fixed-noise hypotheses``, stacked in channels (exportable).
 
-    The latent noise ``eps`` (``1 x S x N``) is drawn once, at construction, with
-    ``torch.randn((1, S, N), generator=torch.Generator().manual_seed(seed))``: exactly what
+    The latent noise ``eps`` (``1 x S x N``) is drawn once, at construction, by
+    :func:`~monai_probunet.networks.latent_noise.prior_noise` from ``torch.Generator().manual_seed(seed)`` with the
+    network's ``prior_sampling``: exactly what
     ``network.sample(image, S, generator=torch.Generator().manual_seed(seed))`` draws for a batch of one image, so
     for ``B = 1`` the output equals ``network.sample(...).flatten(1, 2)``. Within a batch every image gets the same
     noise (``sample`` would draw fresh noise per image). The latents are ``z = mu + L eps`` with the prior
@@ -55,7 +57,8 @@ class ProbUNetSampler(nn.Module):
         self.num_samples = int(num_samples)
         self.seed = int(seed)
         self.out_channels = network.out_channels
-        eps = torch.randn((1, self.num_samples, network.latent_dim), generator=torch.Generator().manual_seed(self.seed))
+        generator = torch.Generator().manual_seed(self.seed)
+        eps = prior_noise(1, self.num_samples, network.latent_dim, generator, method=network.prior_sampling)
         self.register_buffer("eps", eps, persistent=False)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:

@@ -17,6 +17,7 @@ from torch.distributions import Distribution, Independent, MultivariateNormal, N
 from .fcomb import FComb
 from .gaussian_encoder import COVARIANCES, GaussianEncoder
 from .init import init_output_prior, init_weights_orthogonal
+from .latent_noise import PRIOR_SAMPLINGS, prior_noise
 from .unet_core import DEFAULT_NORM, UNetCore, check_image_channels
 
 __all__ = ["LATENT_INJECTIONS", "ProbUNet", "latent_kl", "segmentation_to_onehot"]
@@ -122,6 +123,10 @@ class ProbUNet(nn.Module):
             ``z = mu + prior_temperature * L eps`` (1: the paper's), in :meth:`sample` and :meth:`prior_latents`
             (so in every inference path and the ONNX export); training (``forward``) does not use it. A setting of
             the sampler, not a weight: it is not in the state dict. Not in the paper.
+        prior_sampling: how :meth:`sample` relates the S draws of one image: ``"sobol"`` (a scrambled Sobol set:
+            each draw is still from the prior, and the set's share of each outcome follows the prior's far more
+            closely; see :mod:`~monai_probunet.networks.latent_noise`) or ``"iid"`` (independent, the paper's).
+            A setting of the sampler, not a weight: it is not in the state dict.
 
     Shapes:
         image ``B x in_channels x *spatial``; seg ``B x 1 x *spatial`` integer labels;
@@ -148,10 +153,13 @@ class ProbUNet(nn.Module):
         prior_covariance: str = "diagonal",
         foreground_prior: float | None = None,
         prior_temperature: float = 1.0,
+        prior_sampling: str = "sobol",
     ) -> None:
         super().__init__()
         if not prior_temperature > 0:
             raise ValueError(f"prior_temperature must be > 0, got {prior_temperature!r}.")
+        if prior_sampling not in PRIOR_SAMPLINGS:
+            raise ValueError(f"prior_sampling must be one of {PRIOR_SAMPLINGS}, got {prior_sampling!r}.")
         if out_channels < 2:
             raise ValueError(f"out_channels must be >= 2 (softmax over classes), got {out_channels}.")
         if latent_injection not in LATENT_INJECTIONS:
@@ -170,6 +178,7 @@ class ProbUNet(nn.Module):
         self.fixed_prior = bool(fixed_prior)
         self.posterior_context = bool(posterior_context)
         self.latent_injection = latent_injection
+        self.prior_sampling = prior_sampling
         # registration order (unet, prior, posterior, f_comb/head) fixes the initialisation's RNG stream
         inject_input = latent_injection == "input"
         self.unet = UNetCore(
@@ -339,9 +348,7 @@ class ProbUNet(nn.Module):
             mu, _ = self.prior_moments(image)
             z = mu.unsqueeze(1).expand(b, num_samples, self.latent_dim)
         else:
-            eps = torch.randn(
-                (b, num_samples, self.latent_dim), generator=generator, device=image.device, dtype=torch.float32
-            )
+            eps = prior_noise(b, num_samples, self.latent_dim, generator, image.device, self.prior_sampling)
             z = self.prior_latents(image, eps)
         return self.decode(image, z)
 
