@@ -47,36 +47,47 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=16)
     parser.add_argument("--max-presence", type=float, default=0.2)
     parser.add_argument("--max-area-mm2", type=float, default=50.0)
+    parser.add_argument("--seeds", type=int, default=1,
+                        help="sampling seeds 0..K-1 (every click of one seed draws the same latent noise, as the CLI's "
+                        "default seed does): the rates are averaged over them, the spread printed")
     args = parser.parse_args()
     torch.manual_seed(0)
     model, settings = load_model(args.model, args.config)
     print(f"model {args.model}: {args.samples} hypotheses per click, a click every {args.step_mm:g} mm")
-    total = bad_total = 0
+    seeds = range(max(args.seeds, 1))
+    per_seed_bad = np.zeros(len(seeds))
+    total = 0
     for name in FILES:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             image, _ = load_ct(get_testdata_file(name))
         spacing = float(np.linalg.norm(np.asarray(image.affine)[:3, 0]))  # mm per voxel along x
-        presence, areas = [], []
+        presence, areas = [], []  # clicks x seeds
         for click in grid_clicks(np.asarray(image), spacing, args.step_mm):
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                h = predict_hypotheses(
-                    image, click, model, spacing=settings["spacing"], roi_size=settings["roi_size"],
-                    hu_window=settings["hu_window"], num_samples=args.samples, seed=0,
-                )
-            presence.append(h.presence_probability)
-            areas.append(float(h.areas_mm2.max()))
+            row_p, row_a = [], []
+            for seed in seeds:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    h = predict_hypotheses(
+                        image, click, model, spacing=settings["spacing"], roi_size=settings["roi_size"],
+                        hu_window=settings["hu_window"], num_samples=args.samples, seed=seed,
+                    )
+                row_p.append(h.presence_probability)
+                row_a.append(float(h.areas_mm2.max()))
+            presence.append(row_p)
+            areas.append(row_a)
         p, a = np.asarray(presence), np.asarray(areas)
         bad = (p > args.max_presence) | (a > args.max_area_mm2)
-        total, bad_total = total + len(p), bad_total + int(bad.sum())
+        total += len(p)
+        per_seed_bad += bad.sum(axis=0)
         print(
-            f"{name:27s} {len(p):4d} clicks: false lesions {int(bad.sum()):4d} ({bad.mean():.0%}); mean presence "
+            f"{name:27s} {len(p):4d} clicks: false lesions {bad.mean():.0%}; mean presence "
             f"{p.mean():.2f}; presence > {args.max_presence:g} at {(p > args.max_presence).mean():.0%}; an outline > "
             f"{args.max_area_mm2:g} mm^2 at {(a > args.max_area_mm2).mean():.0%}"
         )
-    print(f"all {total} clicks: false lesions {bad_total} ({bad_total / max(total, 1):.0%})")
-
+    rates = per_seed_bad / max(total, 1)
+    spread = f" (seeds 0-{len(seeds) - 1}: {rates.min():.0%} to {rates.max():.0%})" if len(seeds) > 1 else ""
+    print(f"all {total} clicks: false lesions {rates.mean():.0%}{spread}")
 
 if __name__ == "__main__":
     main()

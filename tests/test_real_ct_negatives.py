@@ -4,7 +4,8 @@ Held-out real data: pydicom's ``CT_small.dcm`` (a real chest CT slice, 128 x 128
 vertebra with its canal and posterior arch, a rib head, paraspinal muscles, the descending aorta, subcutaneous fat and
 both lung bases in the corners). It is never used for training or for tuning the phantom. At each lesion-free
 location below the shipped ``bundle/models/model.pt`` (through the project's inference API, as a user calls it) must
-give a lesion-presence probability <= 0.2 over 16 hypotheses and no outline larger than 50 mm^2.
+give a lesion-presence probability <= 0.2 over 16 hypotheses and no outline larger than 50 mm^2, with each of the
+sampling seeds 0-3: one set of 16 can miss a rare outline that the model draws, four sets rarely do.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ SITES = {
 }
 MAX_PRESENCE = 0.2
 MAX_AREA_MM2 = 50.0
+SEEDS = (0, 1, 2, 3)
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +50,9 @@ def model_and_image():
 
 #: sites where the shipped model still fails (strict: a site that starts passing must move out of this list)
 NOT_MET = {
-    "left lung base (lung)": "9 of 16 hypotheses outline a lung vessel (none over 27 mm^2)",
-    "right lung base (lung)": "7 of 16 hypotheses outline a lung vessel (none over 21 mm^2)",
+    "descending aorta (mediastinum)": "seeds 0 and 1: one of 16 hypotheses outlines the aorta whole (272 mm^2 at seed 0)",
+    "left lung base (lung)": "6-8 of 16 hypotheses outline a lung vessel",
+    "right lung base (lung)": "4-6 of 16 hypotheses outline a lung vessel",
 }
 
 
@@ -66,11 +69,12 @@ def test_no_lesion_on_real_ct_without_one(model_and_image, site):
     model, settings, image = model_and_image
     (x, y), (lo, hi) = SITES[site]
     assert lo <= float(image[0, x - 1 : x + 2, y - 1 : y + 2].mean()) <= hi, "the location is not what it is named"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # no fitted presence threshold needed here: the fraction is checked
-        h = predict_hypotheses(
-            image, (x, y), model, spacing=settings["spacing"], roi_size=settings["roi_size"],
-            hu_window=settings["hu_window"], num_samples=16, seed=0,
-        )
-    assert h.presence_probability <= MAX_PRESENCE, f"{site}: {h.presence_count}/16 hypotheses show a lesion"
-    assert float(h.areas_mm2.max()) <= MAX_AREA_MM2, f"{site}: an outline of {h.areas_mm2.max():.0f} mm^2"
+    for seed in SEEDS:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # no fitted presence threshold needed here: the fraction is checked
+            h = predict_hypotheses(
+                image, (x, y), model, spacing=settings["spacing"], roi_size=settings["roi_size"],
+                hu_window=settings["hu_window"], num_samples=16, seed=seed,
+            )
+        assert h.presence_probability <= MAX_PRESENCE, f"{site}, seed {seed}: {h.presence_count}/16 show a lesion"
+        assert float(h.areas_mm2.max()) <= MAX_AREA_MM2, f"{site}, seed {seed}: an outline of {h.areas_mm2.max():.0f} mm^2"
