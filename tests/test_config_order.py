@@ -104,3 +104,19 @@ def test_prior_temperature_reaches_the_network(overrides):
     parser = ConfigParser(_merged(*overrides))
     parser["prior_temperature"] = 1.5
     assert float(parser.get_parsed_content("network_def").prior_temperature) == 1.5
+
+
+@pytest.mark.parametrize("overrides", [(), ("baselines/fixed_prior.yaml",), ("paper.yaml",)])
+def test_prior_sampling_reaches_the_network(overrides):
+    parser = ConfigParser(_merged(*overrides))
+    assert parser.get_parsed_content("network_def").prior_sampling == "sobol"  # the stratified default
+    parser = ConfigParser(_merged(*overrides))
+    parser["prior_sampling"] = "iid"
+    assert parser.get_parsed_content("network_def").prior_sampling == "iid"
+
+
+@pytest.mark.parametrize("other", ["baselines/mheads.yaml", "baselines/fixed_prior.yaml", "unet.yaml"])
+def test_the_long_schedule_doubles_the_epochs_and_moves_the_learning_rate_drops(other):
+    assert _merged("long.yaml", other) == _merged(other, "long.yaml")
+    assert _resolved("long.yaml", key="max_epochs") == 2 * _resolved(key="max_epochs") == 14
+    assert list(_resolved("long.yaml", key="lr_scheduler#milestones")) == [8, 11]
