@@ -106,6 +106,8 @@ class Hypotheses:
         crop_labels: ``S x roi x roi`` uint8 hypotheses on the model's grid.
         source: File name (or ``"<MetaTensor>"``) of the input.
         num_samples, seed: S and the sampling seed.
+        prior_sampling: how the S latents were drawn (the network's ``prior_sampling``: ``"sobol"`` or ``"iid"``;
+            ``None`` for a network without a latent prior).
         spacing: The model's in-plane spacing in mm.
         roi_size: The model's crop size.
     """
@@ -134,6 +136,7 @@ class Hypotheses:
     spacing: tuple[float, float]
     roi_size: tuple[int, int]
     extra: dict[str, Any] = field(default_factory=dict)
+    prior_sampling: str | None = None
 
     @property
     def spatial_shape(self) -> tuple[int, ...]:
@@ -173,6 +176,7 @@ class Hypotheses:
             "slice_index": self.slice_index,
             "num_samples": int(self.num_samples),
             "seed": int(self.seed),
+            "prior_sampling": self.prior_sampling,
             "model_spacing_mm": [float(s) for s in self.spacing],
             "roi_size": [int(r) for r in self.roi_size],
             "presence_count": int(self.presence_count),

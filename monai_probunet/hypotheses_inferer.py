@@ -128,12 +128,14 @@ def apply_inferer(
         device: where the model runs.
 
     Returns:
-        ``data`` with ``pred`` (logits ``1 x S x C x H x W``) and ``seed`` (the inferer's).
+        ``data`` with ``pred`` (logits ``1 x S x C x H x W``), ``seed`` (the inferer's) and ``prior_sampling`` (the
+        network's, ``None`` without one).
     """
     device = torch.device(device)
     x = data["model_input"][None].to(device)  # 1 x 1 x roi x roi
     network = network.to(device).eval()
     data["pred"] = inferer(x, network)
     data["seed"] = inferer.seed
+    data["prior_sampling"] = getattr(getattr(network, "module", network), "prior_sampling", None)
     return data
 

@@ -232,6 +232,7 @@ class ToHypothesesd(MapTransform):
                 source=d["source"],
                 num_samples=int(d["crop_labels"].shape[0]),
                 seed=int(d["seed"]),
+                prior_sampling=d.get("prior_sampling"),
                 spacing=d["model_spacing"],
                 roi_size=d["model_roi_size"],
             )

@@ -112,6 +112,7 @@ class SharedNoiseSampler(nn.Module):
     def __init__(self, network: nn.Module, eps: torch.Tensor) -> None:
         super().__init__()
         self.network = network
+        self.prior_sampling = getattr(network, "prior_sampling", None)  # how ``eps`` was drawn, for the report
         self.register_buffer("eps", eps, persistent=False)
 
     def sample(self, image: torch.Tensor, num_samples: int = 16, generator: torch.Generator | None = None):
@@ -520,6 +521,7 @@ def predict_hypotheses_3d(
         seed=seed,
         spacing=spacing2,
         roi_size=roi2,
+        prior_sampling=h0.prior_sampling,
         slice_indices=grown.slices,
         per_slice=grown.per_slice,
         presence_label=presence,

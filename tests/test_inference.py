@@ -456,7 +456,7 @@ def test_bundle_evaluator_runs_the_pieces(ct_small, ckpt, net, tmp_path):
         got = np.asarray(nib.load(str(tmp_path / "out" / case / "hypotheses.nii.gz")).dataobj)
         np.testing.assert_array_equal(np.moveaxis(got[..., 0, :], -1, 0), ref.labels)
         rep = json.loads((tmp_path / "out" / case / "report.json").read_text())
-        assert rep["presence_count"] == ref.presence_count and rep["seed"] == 3
+        assert rep["presence_count"] == ref.presence_count and rep["seed"] == 3 and rep["prior_sampling"] == "sobol"
 
 
 @pytest.mark.slow

@@ -421,6 +421,7 @@ def test_cli_3d(shipped, ellipsoid, tmp_path, capsys):
     assert "3-D hypotheses over" in capsys.readouterr().out
     rep = json.loads((out / "report.json").read_text())
     assert rep["mode"] == "3d" and rep["files"]["presence_label"] == "presence_label.nii.gz"
+    assert rep["prior_sampling"] == "sobol"  # the bundle's default, as the 16 noise vectors were drawn
     h = run3d(shipped, str(path), [68, 66, 11])  # the same file, click, seed and model
     assert rep["slices"] == list(h.slice_indices)
     np.testing.assert_array_equal(np.asarray(nib.load(str(out / "presence_label.nii.gz")).dataobj), h.presence_label)
