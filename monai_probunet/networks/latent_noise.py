@@ -2,11 +2,12 @@
 
 ``z = mu + t L eps`` turns the noise into hypotheses. With independent ``eps`` the share of S hypotheses that fall
 on one side of a boundary of the latent space (the decoder drawing a lesion or not) is binomial: for a prior that
-puts half its mass there, 16 draws show 8 +- 2 lesions. A scrambled Sobol point set (Owen 1995; Joe & Kuo 2008,
-``torch.quasirandom.SobolEngine``) spreads the S points evenly over the unit cube: every dyadic box of volume 1/S
-holds one point for S a power of two. Mapped through the normal quantile, each point is still a draw from
-``N(0, I)`` (the random digital shift makes every point uniform), so every hypothesis is a draw from the prior; the
-set as a whole follows the prior's proportions far more closely than independent draws.
+puts half its mass there, 16 draws show 8 +- 2 lesions. A scrambled Sobol point set (``torch.quasirandom.SobolEngine``:
+Joe & Kuo's direction numbers, a random linear matrix scramble and a random digital shift) spreads the S points
+evenly over the unit cube: for S a power of two each coordinate has one point in each interval of length 1/S, and
+the first two coordinates one in each dyadic box of area 1/S. Mapped through the normal quantile, each point is
+still a draw from ``N(0, I)`` (the random digital shift makes every point uniform), so every hypothesis is a draw
+from the prior; the set as a whole follows the prior's proportions far more closely than independent draws.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ __all__ = ["PRIOR_SAMPLINGS", "prior_noise"]
 #: how the S draws of one image are related: ``"iid"`` (independent, the paper's) or ``"sobol"`` (stratified)
 PRIOR_SAMPLINGS = ("iid", "sobol")
 
-# keeps the normal quantile finite (the largest float32 below 1 is 1 - 6e-8)
+# keeps the normal quantile finite where a coordinate lands on 0 (at most 5.2 standard deviations out)
 _UNIT_MARGIN = 1e-7
 
 
