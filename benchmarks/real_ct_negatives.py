@@ -89,5 +89,6 @@ def main() -> None:
     spread = f" (seeds 0-{len(seeds) - 1}: {rates.min():.0%} to {rates.max():.0%})" if len(seeds) > 1 else ""
     print(f"all {total} clicks: false lesions {rates.mean():.0%}{spread}")
 
+
 if __name__ == "__main__":
     main()
