@@ -30,7 +30,8 @@ class ELBOLoss(nn.Module):
     With ``sample_weight > 0`` (not in the paper) the loss adds ``sample_weight`` times the batch mean of the
     :func:`energy_score` of draws from the prior against all graders' masks. The ELBO trains the prior only through
     the KL to the posterior, slowly; this term scores the hypotheses a user will see, so the prior also learns how
-    often each image's graders draw a lesion.
+    often each image's graders draw a lesion. Whether it also trains the decoder that draws them is the network's
+    setting (``ProbUNet(sample_gradient=...)``).
 
     Args:
         beta: weight of the KL term.

@@ -13,6 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from monai.networks.layers.factories import Conv
 from torch.distributions import Distribution, Independent, MultivariateNormal, Normal, kl_divergence
+from torch.func import functional_call
 
 from .fcomb import FComb
 from .gaussian_encoder import COVARIANCES, GaussianEncoder
@@ -20,10 +21,13 @@ from .init import init_output_prior, init_weights_orthogonal
 from .latent_noise import PRIOR_SAMPLINGS, prior_noise
 from .unet_core import DEFAULT_NORM, UNetCore, check_image_channels
 
-__all__ = ["LATENT_INJECTIONS", "ProbUNet", "latent_kl", "segmentation_to_onehot"]
+__all__ = ["LATENT_INJECTIONS", "SAMPLE_GRADIENTS", "ProbUNet", "latent_kl", "segmentation_to_onehot"]
 
 #: where the latent enters the network: ``"fcomb"`` (the paper's model) or ``"input"`` (Appendix D ablation)
 LATENT_INJECTIONS = ("fcomb", "input")
+#: which weights a loss on the prior's draws trains: ``"all"`` (prior net, U-Net and f_comb) or ``"prior"`` (the
+#: prior net only: the draws are decoded with the decoder's weights and the U-Net's features held fixed)
+SAMPLE_GRADIENTS = ("all", "prior")
 
 
 def segmentation_to_onehot(seg: torch.Tensor, num_classes: int, centre: float = 0.5) -> torch.Tensor:
@@ -127,6 +131,11 @@ class ProbUNet(nn.Module):
             each draw is still from the prior, and the set's share of each outcome follows the prior's far more
             closely; see :mod:`~monai_probunet.networks.latent_noise`) or ``"iid"`` (independent, the paper's).
             A setting of the sampler, not a weight: it is not in the state dict.
+        sample_gradient: what a loss on the prior's draws (``forward(..., num_prior_samples=S)``, the
+            energy score of :class:`~monai_probunet.losses.ELBOLoss`) trains: ``"all"`` (the prior net through the
+            reparameterised draws, and the U-Net and f_comb that decode them) or ``"prior"`` (the prior net only:
+            the draws are decoded with the U-Net's and f_comb's weights held fixed, so only the ELBO trains the
+            decoder). A training setting, not in the state dict. Not in the paper.
 
     Shapes:
         image ``B x in_channels x *spatial``; seg ``B x 1 x *spatial`` integer labels;
@@ -154,8 +163,11 @@ class ProbUNet(nn.Module):
         foreground_prior: float | None = None,
         prior_temperature: float = 1.0,
         prior_sampling: str = "sobol",
+        sample_gradient: str = "all",
     ) -> None:
         super().__init__()
+        if sample_gradient not in SAMPLE_GRADIENTS:
+            raise ValueError(f"sample_gradient must be one of {SAMPLE_GRADIENTS}, got {sample_gradient!r}.")
         if not prior_temperature > 0:
             raise ValueError(f"prior_temperature must be > 0, got {prior_temperature!r}.")
         if prior_sampling not in PRIOR_SAMPLINGS:
@@ -179,6 +191,7 @@ class ProbUNet(nn.Module):
         self.posterior_context = bool(posterior_context)
         self.latent_injection = latent_injection
         self.prior_sampling = prior_sampling
+        self.sample_gradient = sample_gradient
         # registration order (unet, prior, posterior, f_comb/head) fixes the initialisation's RNG stream
         inject_input = latent_injection == "input"
         self.unet = UNetCore(
@@ -277,8 +290,22 @@ class ProbUNet(nn.Module):
         With f_comb injection the U-Net runs once per image; with input injection it runs once on the ``B * S``
         images, each concatenated with its broadcast latent.
         """
+        return self._decode(image, z)
+
+    def _decode(
+        self, image: torch.Tensor, z: torch.Tensor, features: torch.Tensor | None = None, fixed: bool = False
+    ) -> torch.Tensor:
+        """:meth:`decode`, reusing the U-Net's ``features`` (f_comb injection) if given; with ``fixed=True`` the
+        U-Net's and f_comb's (or the head's) weights and the features are held fixed: gradients reach ``z`` only."""
+
+        def run(module: nn.Module, *args: torch.Tensor) -> torch.Tensor:
+            if not fixed:
+                return module(*args)
+            return functional_call(module, {k: v.detach() for k, v in module.named_parameters()}, args)
+
         if self.fcomb is not None:
-            return self.fcomb(self.unet(image), z)
+            features = self.unet(image) if features is None else features
+            return run(self.fcomb, features.detach() if fixed else features, z)
         b = image.shape[0]
         if z.ndim != 3 or z.shape[0] != b or z.shape[2] != self.latent_dim:
             raise ValueError(f"z must be B x S x {self.latent_dim} with B = {b}, got {tuple(z.shape)}.")
@@ -286,7 +313,7 @@ class ProbUNet(nn.Module):
         spatial = image.shape[2:]
         images = image.repeat_interleave(s, dim=0)  # (B * S) x in_channels x *spatial, sample-major per image
         tiled = z.reshape(b * s, self.latent_dim, *([1] * len(spatial))).to(images.dtype).expand(-1, -1, *spatial)
-        logits = self.head(self.unet(_like_memory_format(torch.cat([images, tiled], dim=1), self.unet)))
+        logits = run(self.head, run(self.unet, _like_memory_format(torch.cat([images, tiled], dim=1), self.unet)))
         return logits.reshape(b, s, *logits.shape[1:])
 
     def forward(
@@ -296,18 +323,22 @@ class ProbUNet(nn.Module):
 
         With ``num_prior_samples = S > 0`` also the logits of S reparameterised draws from the prior
         (``B x S x C x *spatial``, decoded with the same U-Net features), so a loss on the samples themselves
-        reaches the prior net (:class:`~monai_probunet.losses.ELBOLoss`'s ``sample_weight``).
+        reaches the prior net (:class:`~monai_probunet.losses.ELBOLoss`'s ``sample_weight``), and with
+        ``sample_gradient="all"`` the decoder too.
         """
         check_image_channels(image, self.in_channels, self.spatial_dims)
         q = self.posterior(image, seg)
         p = self.prior(image)
         z = q.rsample().unsqueeze(1)
-        if num_prior_samples > 0:
-            z = torch.cat([z, p.rsample((num_prior_samples,)).transpose(0, 1)], dim=1)
-        logits = self.decode(image, z)
-        if num_prior_samples > 0:
+        if num_prior_samples <= 0:
+            return self.decode(image, z)[:, 0], latent_kl(q, p)
+        z_prior = p.rsample((num_prior_samples,)).transpose(0, 1)
+        if self.sample_gradient == "all":
+            logits = self.decode(image, torch.cat([z, z_prior], dim=1))
             return logits[:, 0], latent_kl(q, p), logits[:, 1:]
-        return logits[:, 0], latent_kl(q, p)
+        features = self.unet(image) if self.fcomb is not None else None
+        logits = self._decode(image, z, features)
+        return logits[:, 0], latent_kl(q, p), self._decode(image, z_prior, features, fixed=True)
 
     def reconstruct(self, image: torch.Tensor, seg: torch.Tensor, use_posterior_mean: bool = False) -> torch.Tensor:
         """Logits ``B x C x *spatial`` from a posterior sample (or its mean)."""
