@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -78,6 +78,7 @@ def check_options(
     folders: Mapping[str, Any] | None = None,
     positive: Mapping[str, Any] | None = None,
     mappings: Mapping[str, Any] | None = None,
+    choices: Mapping[str, tuple[Any, Sequence[Any]]] | None = None,
 ) -> None:
     """Check bundle options of simple kinds at the start of a run, before any data is generated or loaded.
 
@@ -88,6 +89,8 @@ def check_options(
             yet, with no file in its path (whether it is writable is checked where it is written).
         positive: ``{key: value}`` of options that must be numbers > 0 (learning rate).
         mappings: ``{key: value}`` of options that must be dicts (keyword arguments such as ``dataset_kwargs``).
+        choices: ``{key: (value, allowed)}`` of options that must be one of ``allowed`` (named settings such as
+            ``prior_sampling``).
 
     Raises:
         ConfigValueError: the first option of the wrong kind, naming its key.
@@ -103,6 +106,9 @@ def check_options(
     for key, value in (mappings or {}).items():
         if not isinstance(value, Mapping):
             raise ConfigValueError(f"--{key}: expected a dict such as \"{{'num_patients': 12}}\", got {value!r}.")
+    for key, (value, allowed) in (choices or {}).items():
+        if value not in tuple(allowed):
+            raise ConfigValueError(f"--{key}: expected one of {', '.join(map(str, allowed))}, got {value!r}.")
     for key, value in (folders or {}).items():
         folder = probe = Path(str(value)).expanduser()
         while not probe.exists() and probe != probe.parent:

@@ -395,6 +395,8 @@ def test_sample_gradient_prior_trains_only_the_prior_with_the_samples(injection)
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in prior_only.unet.parameters() if p.ndim > 1)
     with pytest.raises(ValueError, match="sample_gradient"):
         ProbUNet(2, 1, 2, channels=(4, 8), sample_gradient="decoder")
+    with pytest.raises(ValueError, match="needs a prior net"):
+        ProbUNet(2, 1, 2, channels=(4, 8), fixed_prior=True, sample_gradient="prior")
 
 
 def test_mean_max_pooling_starts_as_the_papers_mean_pooling():

@@ -23,10 +23,13 @@ import numpy as np
 import pytest
 import torch
 
-from monai_probunet.bundle_utils import ConfigValueError, as_bool
+from monai_probunet.bundle_utils import ConfigValueError, as_bool, check_options
 from monai_probunet.data import prepare_dataset
 from monai_probunet.data.disk_format import DatasetError, atomic_dataset_dir, generated_by
 from monai_probunet.data.validation import validate_cases
+from monai_probunet.networks.gaussian_encoder import POOLINGS
+from monai_probunet.networks.latent_noise import PRIOR_SAMPLINGS
+from monai_probunet.networks.prob_unet import SAMPLE_GRADIENTS
 
 from .conftest import REPO, TRAIN_YAML, run_bundle
 
@@ -73,6 +76,15 @@ def test_as_bool_is_strict():
     for bad in ["maybe", "", 2, -1, None, 0.5, "tru"]:
         with pytest.raises(ConfigValueError, match="--resume: expected a boolean"):
             as_bool(bad, "resume")
+
+
+def test_named_settings_are_checked_against_their_choices():
+    check_options(choices={"prior_sampling": ("sobol", PRIOR_SAMPLINGS), "sample_gradient": ("prior", SAMPLE_GRADIENTS)})
+    check_options(choices={"encoder_pooling": ("mean_max", POOLINGS)})
+    for key, value, allowed in [("prior_sampling", "random", PRIOR_SAMPLINGS), ("sample_gradient", None, SAMPLE_GRADIENTS),
+                                ("encoder_pooling", "max", POOLINGS)]:  # fmt: skip
+        with pytest.raises(ConfigValueError, match=rf"^--{key}: expected one of {', '.join(allowed)}, got {value!r}\.$"):
+            check_options(choices={key: (value, allowed)})
 
 
 # --- the user's dataset folder -----------------------------------------------------------------------------------
@@ -389,7 +401,8 @@ def test_bundle_bad_folder_dataset_fails_before_training(tmp_path):
 @pytest.mark.parametrize(
     "case",
     ["resume_maybe", "channels_last_2", "posterior_presence_x", "max_epochs_neg", "dataset_dir_file",
-     "not_json", "empty_split", "bad_kwargs", "missing_datalist", "ckpt_dir_file", "kwargs_not_dict", "lr_negative"],
+     "not_json", "empty_split", "bad_kwargs", "missing_datalist", "ckpt_dir_file", "kwargs_not_dict", "lr_negative",
+     "sample_gradient_x"],
 )  # fmt: skip
 def test_bundle_bad_input_is_one_line(tmp_path, case):
     data = tmp_path / "d"
@@ -419,6 +432,9 @@ def test_bundle_bad_input_is_one_line(tmp_path, case):
     elif case == "lr_negative":
         args += ["--learning_rate", "-0.001"]
         expect = ("--learning_rate: expected a number > 0, got -0.001",)
+    elif case == "sample_gradient_x":
+        args += ["--sample_gradient", "decoder"]
+        expect = ("--sample_gradient: expected one of all, prior, got 'decoder'",)
     elif case == "bad_kwargs":
         args += ["--dataset_kwargs", "{'num_patients': 12, 'image_size': 8}"]
         expect = ("invalid parameters for dataset 'shapes'", "image_size must be >= 16")

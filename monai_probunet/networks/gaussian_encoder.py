@@ -11,7 +11,7 @@ from torch.distributions import Independent, MultivariateNormal, Normal
 
 from .unet_core import DEFAULT_NORM, UNetEncoder
 
-__all__ = ["COVARIANCES", "GaussianEncoder", "LOG_SIGMA_BOUND"]
+__all__ = ["COVARIANCES", "POOLINGS", "GaussianEncoder", "LOG_SIGMA_BOUND"]
 
 #: |log sigma| is softly bounded by this value (sigma in [4.5e-5, 2.2e4]) so ``exp`` can never overflow to inf
 #: or collapse to 0, while gradients stay non-zero (a tanh soft-clamp instead of a hard clamp).
@@ -19,6 +19,9 @@ LOG_SIGMA_BOUND = 10.0
 
 #: covariance of the encoder's Gaussian: ``"diagonal"`` (the paper's axis-aligned Gaussian) or ``"full"``
 COVARIANCES = ("diagonal", "full")
+
+#: how the encoder pools its last features over the image: the paper's global average, or the spatial max beside it
+POOLINGS = ("mean", "mean_max")
 
 
 class GaussianEncoder(nn.Module):
@@ -78,8 +81,8 @@ class GaussianEncoder(nn.Module):
         self.latent_dim = latent_dim
         self.presence_channels = presence_channels
         self.covariance = covariance
-        if pooling not in ("mean", "mean_max"):
-            raise ValueError(f"pooling must be 'mean' or 'mean_max', got {pooling!r}.")
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}.")
         self.pooling = pooling
         num_out = 2 * latent_dim + (latent_dim * (latent_dim - 1) // 2 if covariance == "full" else 0)
         self.encoder = UNetEncoder(spatial_dims, in_channels, channels, num_convs, norm=norm)

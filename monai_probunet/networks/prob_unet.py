@@ -182,6 +182,8 @@ class ProbUNet(nn.Module):
             raise ValueError(f"prior_covariance must be one of {COVARIANCES}, got {prior_covariance!r}.")
         if fixed_prior and prior_covariance != "diagonal":
             raise ValueError(f"prior_covariance={prior_covariance!r} needs a prior net; fixed_prior=True is N(0, I).")
+        if fixed_prior and sample_gradient == "prior":
+            raise ValueError("sample_gradient='prior' needs a prior net to train; fixed_prior=True is N(0, I).")
         self.spatial_dims = spatial_dims
         self.in_channels = in_channels
         self.out_channels = out_channels
