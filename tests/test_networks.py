@@ -67,6 +67,32 @@ def test_fcomb_equals_concatenation_then_1x1_convs():
             torch.testing.assert_close(out[b, s], f.rest(h)[0], rtol=1e-5, atol=1e-5)
 
 
+def test_fcomb_in_pixel_tiles_has_the_gradients_of_one_pass(monkeypatch):
+    """Several pixel tiles (a 20 x 20 grid, at least 256 pixels per tile): the outputs and every gradient equal those
+    of the concatenation then 1x1 convolutions, computed in one pass."""
+    import monai_probunet.networks.fcomb as fcomb
+
+    monkeypatch.setattr(fcomb, "_TILE_ELEMENTS", 1)  # the smallest tile, 256 pixels: 2 tiles here
+    torch.manual_seed(0)
+    f = FComb(2, feature_channels=5, latent_dim=3, out_channels=2, hidden_channels=7)
+    feats, z = torch.randn(2, 5, 20, 20, requires_grad=True), torch.randn(2, 3, 3, requires_grad=True)
+    weights = torch.randn(2, 3, 2, 20, 20)
+    (f(feats, z) * weights).sum().backward()
+    tiled_grads = [t.grad.clone() for t in (feats, z, *f.parameters())]
+    for t in (feats, z, *f.parameters()):
+        t.grad = None
+    reference = torch.stack(
+        [
+            f.rest(torch.relu(f.first(torch.cat([feats, z[:, s, :, None, None].expand(-1, -1, 20, 20)], dim=1))))
+            for s in range(3)
+        ],
+        dim=1,
+    )
+    (reference * weights).sum().backward()
+    for got, expected in zip(tiled_grads, [t.grad for t in (feats, z, *f.parameters())]):
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
 def test_same_seed_same_samples(model):
     x = torch.randn(2, 1, 16, 16)
     a = model.sample(x, 4, generator=torch.Generator().manual_seed(7))

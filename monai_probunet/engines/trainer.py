@@ -39,6 +39,10 @@ class ProbUNetTrainer(SupervisedTrainer):
     - ``prior_samples=S > 0`` also decodes S draws from the prior in every training pass
       (``network(image, seg=label, num_prior_samples=S)``) and passes them with all graders' masks (the batch's
       ``graders_key``) to the loss (:class:`~monai_probunet.losses.ELBOLoss` with ``sample_weight > 0``);
+    - gradients are reset to ``None`` before each step (``optim_set_to_none=True``, PyTorch's own default for
+      ``zero_grad``; MONAI's is ``False``): no pass that fills every gradient with zeros before the backward adds
+      into it (``benchmarks/train_speed.py``). A parameter outside a step's graph is then left alone by the
+      optimizer, as in plain PyTorch;
     - :meth:`run` raises :class:`~monai_probunet.bundle_utils.TrainingInterrupted` (a ``KeyboardInterrupt``) when
       a :class:`~monai_probunet.handlers.LastCheckpoint` handler stopped the run on Ctrl-C, with its message on
       how to resume.
@@ -52,6 +56,7 @@ class ProbUNetTrainer(SupervisedTrainer):
         prior_samples: prior draws per image decoded in every training pass when the loss scores them (its
             ``sample_weight > 0``; 0: none).
         graders_key: the batch key of all graders' masks (``B x A x *spatial``), needed with ``prior_samples``.
+        optim_set_to_none: reset gradients to ``None`` (not to zeros) before each step.
         other args: as :class:`monai.engines.SupervisedTrainer`.
     """
 
@@ -77,6 +82,7 @@ class ProbUNetTrainer(SupervisedTrainer):
         channels_last: bool = False,
         prior_samples: int = 0,
         graders_key: str = "graders",
+        optim_set_to_none: bool = True,
         **kwargs: Any,
     ) -> None:
         if isinstance(max_epochs, bool) or not isinstance(max_epochs, int) or max_epochs < 1:
@@ -99,6 +105,7 @@ class ProbUNetTrainer(SupervisedTrainer):
             additional_metrics=additional_metrics,
             metric_cmp_fn=metric_cmp_fn,
             train_handlers=train_handlers,
+            optim_set_to_none=optim_set_to_none,
             **kwargs,
         )
         if self.accumulation_steps != 1:

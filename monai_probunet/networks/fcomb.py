@@ -74,8 +74,10 @@ class FComb(nn.Module):
         hidden = h_feat.shape[-1]
         tile = max(256, _TILE_ELEMENTS // max(1, b * s * hidden))
         outputs = []
-        for start in range(0, h_feat.shape[1], tile):
-            h = torch.relu(h_feat[:, None, start : start + tile] + h_z)  # B x S x tile x hidden
+        # split, not slicing: the backward of a split is one concatenation, that of each slice a zero-filled
+        # tensor of the full size
+        for part in h_feat.split(tile, dim=1):
+            h = torch.relu(part.unsqueeze(1) + h_z)  # B x S x tile x hidden
             for layer in self.rest:
                 if isinstance(layer, nn.ReLU):
                     h = torch.relu(h)
