@@ -190,10 +190,10 @@ def _previous_kernels(net: nn.Module) -> Callable[[Callable[[], None]], Callable
 
 
 def our_step(
-    precision: str, channels_last: bool, previous: bool = False, compiled: bool = False
+    precision: str, channels_last: bool, previous: bool = False, compiled: bool = False, norm: str | None = "instance"
 ) -> tuple[Callable[[], None], bool]:
     torch.manual_seed(0)
-    net = ProbUNet(2, 1, 2, channels=FILTERS, latent_dim=LATENT)
+    net = ProbUNet(2, 1, 2, channels=FILTERS, latent_dim=LATENT, norm=norm)
     wrap = _previous_kernels(net) if previous else (lambda step: step)
     batch = _batch()
     trainer = ProbUNetTrainer(
@@ -288,6 +288,9 @@ def main() -> None:
     parser.add_argument(
         "--compile", action="store_true", help="also time ours with the network under torch.compile (fp32)"
     )
+    parser.add_argument(
+        "--no-norm", action="store_true", help="also time ours without the normalisation (`norm: none`, fp32)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     flags = cpu_bf16_flags()
@@ -303,6 +306,8 @@ def main() -> None:
         steps[f"ours {precision} ({'channels_last' if used_cl else 'channels-first'})"] = step
         if args.previous and precision == "fp32":
             steps["ours fp32, previous kernels"] = our_step(precision, cl, previous=True)[0]
+        if args.no_norm and precision == "fp32":
+            steps["ours fp32, norm none"] = our_step(precision, cl, norm=None)[0]
         if args.compile and precision == "fp32":
             compiled = our_step(precision, cl, compiled=True)[0]
             t0 = time.perf_counter()
