@@ -70,7 +70,7 @@ def test_fcomb_equals_concatenation_then_1x1_convs():
 def test_fcomb_in_pixel_tiles_has_the_gradients_of_one_pass(monkeypatch):
     """Several pixel tiles (a 20 x 20 grid, at least 256 pixels per tile): the outputs and every gradient equal those
     of the concatenation then 1x1 convolutions, computed in one pass."""
-    import monai_probunet.networks.fcomb as fcomb
+    from monai_probunet.networks import fcomb
 
     monkeypatch.setattr(fcomb, "_TILE_ELEMENTS", 1)  # the smallest tile, 256 pixels: 2 tiles here
     torch.manual_seed(0)
