@@ -41,7 +41,7 @@ class ProbUNetTrainer(SupervisedTrainer):
       ``graders_key``) to the loss (:class:`~monai_probunet.losses.ELBOLoss` with ``sample_weight > 0``);
     - gradients are reset to ``None`` before each step (``optim_set_to_none=True``, PyTorch's own default for
       ``zero_grad``; MONAI's is ``False``): no pass that fills every gradient with zeros before the backward adds
-      into it (``benchmarks/train_speed.py``). A parameter outside a step's graph is then left alone by the
+      into it (measured in docs/benchmarks.md). A parameter outside a step's graph is then left alone by the
       optimizer, as in plain PyTorch;
     - :meth:`run` raises :class:`~monai_probunet.bundle_utils.TrainingInterrupted` (a ``KeyboardInterrupt``) when
       a :class:`~monai_probunet.handlers.LastCheckpoint` handler stopped the run on Ctrl-C, with its message on
