@@ -289,7 +289,7 @@ def main() -> None:
         "--compile", action="store_true", help="also time ours with the network under torch.compile (fp32)"
     )
     parser.add_argument(
-        "--no-norm", action="store_true", help="also time ours without the normalisation (`norm: none`, fp32)"
+        "--no-norm", action="store_true", help="also time ours without the normalisation (`norm: none`)"
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -306,8 +306,8 @@ def main() -> None:
         steps[f"ours {precision} ({'channels_last' if used_cl else 'channels-first'})"] = step
         if args.previous and precision == "fp32":
             steps["ours fp32, previous kernels"] = our_step(precision, cl, previous=True)[0]
-        if args.no_norm and precision == "fp32":
-            steps["ours fp32, norm none"] = our_step(precision, cl, norm=None)[0]
+        if args.no_norm:
+            steps[f"ours {precision}, norm none"] = our_step(precision, cl, norm=None)[0]
         if args.compile and precision == "fp32":
             compiled = our_step(precision, cl, compiled=True)[0]
             t0 = time.perf_counter()
