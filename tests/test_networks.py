@@ -77,7 +77,8 @@ def test_fcomb_in_pixel_tiles_has_the_gradients_of_one_pass(monkeypatch):
     f = FComb(2, feature_channels=5, latent_dim=3, out_channels=2, hidden_channels=7)
     feats, z = torch.randn(2, 5, 20, 20, requires_grad=True), torch.randn(2, 3, 3, requires_grad=True)
     weights = torch.randn(2, 3, 2, 20, 20)
-    (f(feats, z) * weights).sum().backward()
+    tiled = f(feats, z)
+    (tiled * weights).sum().backward()
     tiled_grads = [t.grad.clone() for t in (feats, z, *f.parameters())]
     for t in (feats, z, *f.parameters()):
         t.grad = None
@@ -88,6 +89,7 @@ def test_fcomb_in_pixel_tiles_has_the_gradients_of_one_pass(monkeypatch):
         ],
         dim=1,
     )
+    torch.testing.assert_close(tiled, reference, rtol=1e-5, atol=1e-5)
     (reference * weights).sum().backward()
     for got, expected in zip(tiled_grads, [t.grad for t in (feats, z, *f.parameters())]):
         torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
