@@ -95,6 +95,18 @@ def test_fcomb_in_pixel_tiles_has_the_gradients_of_one_pass(monkeypatch):
         torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
 
 
+def test_fcomb_tiles_pixels_on_the_cpu_only():
+    """On the CPU a tile holds about 4 MB of float32 hidden activations (2^20 elements); on a GPU all pixels."""
+    from monai_probunet.networks.fcomb import pixel_tile
+
+    assert pixel_tile(torch.device("cpu"), 32, 1, 32, 128 * 128) == 1024
+    assert pixel_tile(torch.device("cpu"), 1, 16, 32, 128 * 128) == 2048
+    assert pixel_tile(torch.device("cpu"), 64, 16, 64, 64 * 64) == 256  # never below 256 pixels
+    assert pixel_tile(torch.device("cuda"), 32, 1, 32, 128 * 128) == 128 * 128
+    f = FComb(2, feature_channels=5, latent_dim=3, out_channels=2).to("meta")  # a non-CPU device: one pass
+    assert f(torch.empty(2, 5, 20, 20, device="meta"), torch.empty(2, 3, 3, device="meta")).shape == (2, 3, 2, 20, 20)
+
+
 def test_same_seed_same_samples(model):
     x = torch.randn(2, 1, 16, 16)
     a = model.sample(x, 4, generator=torch.Generator().manual_seed(7))
