@@ -13,7 +13,14 @@ from ignite.engine import Engine, Events
 from monai.bundle import ConfigParser
 
 from monai_probunet.engines import explain_precision, lr_milestones, resolve_precision, validation_interval
-from monai_probunet.engines.precision import cpu_bf16_flags, cpu_model_name, onednn_isa_cap
+from monai_probunet.engines.precision import (
+    BF16_MIN_SPEEDUP,
+    _bf16_speedup,
+    cpu_bf16_flags,
+    cpu_bf16_speedup,
+    cpu_model_name,
+    onednn_isa_cap,
+)
 from monai_probunet.handlers import TrainingProgress
 from monai_probunet.handlers.progress import format_duration
 
@@ -90,8 +97,12 @@ def test_explain_precision_names_the_choice_and_the_cpu():
     resolved, reason = explain_precision("auto", "cpu")
     assert resolved == resolve_precision("auto", "cpu")
     if cpu_bf16_flags():
-        assert reason == f"precision auto -> bf16: this CPU ({cpu_model_name()}) computes bf16 natively " + "(" + (
-            "/".join(cpu_bf16_flags()) + ")"
+        speedup = cpu_bf16_speedup()
+        assert resolved == ("bf16" if speedup >= BF16_MIN_SPEEDUP else "fp32")
+        assert reason == (
+            f"precision auto -> {resolved}: this CPU ({cpu_model_name()}) computes bf16 natively "
+            f"({'/'.join(cpu_bf16_flags())}) and bf16 measured {speedup:.2f}x the speed of fp32 here (a U-Net "
+            "training pass at start-up; bf16 where >= 1.1x)"
         )
     elif onednn_isa_cap():
         assert resolved == "fp32" and f"ONEDNN_MAX_CPU_ISA={onednn_isa_cap()} keeps this CPU" in reason
@@ -119,7 +130,30 @@ def test_onednn_isa_cap_makes_auto_pick_fp32():
     assert reason.endswith("so bf16 would be emulated and slower")
 
 
-def test_trainer_logs_the_precision_at_start(caplog):
+def test_bf16_speedup_is_measured_once_and_leaves_the_random_stream_alone():
+    """The start-up measurement behind ``auto`` on a CPU: a positive speed ratio, the same value on every call of a
+    process (measured once), and the caller's random numbers as without it."""
+    torch.manual_seed(3)
+    expected = torch.rand(4)
+    torch.manual_seed(3)
+    _bf16_speedup.cache_clear()
+    first = cpu_bf16_speedup()
+    assert torch.equal(torch.rand(4), expected)
+    assert first > 0 and cpu_bf16_speedup() == first
+
+
+def test_channels_last_auto_is_channels_last_on_cuda_only():
+    from monai_probunet.bundle_utils import ConfigValueError
+    from monai_probunet.engines import resolve_channels_last
+
+    assert resolve_channels_last("auto", "cpu") is False
+    assert resolve_channels_last("AUTO", torch.device("cuda:0")) is True
+    assert resolve_channels_last("yes", "cpu") is True and resolve_channels_last(False, "cuda") is False
+    with pytest.raises(ConfigValueError, match=r"--channels_last: expected a boolean .* or auto, got '2'"):
+        resolve_channels_last("2", "cpu")
+
+
+def test_trainer_logs_the_precision_and_memory_format_at_start(caplog):
     from monai.engines import PrepareBatchExtraInput
 
     from monai_probunet.engines import ProbUNetTrainer
@@ -139,10 +173,14 @@ def test_trainer_logs_the_precision_at_start(caplog):
         prepare_batch=PrepareBatchExtraInput(extra_keys={"seg": "label"}),
         decollate=False,
         precision="fp32",
+        channels_last="auto",
     )
     with caplog.at_level(logging.INFO):
         trainer.run()
-    assert explain_precision("fp32", "cpu")[1] in caplog.text
+    assert f"{explain_precision('fp32', 'cpu')[1]}; memory format channels-first (channels_last auto on cpu)" in (
+        caplog.text
+    )
+    assert trainer.channels_last is False
 
 
 def _run_dummy(progress: TrainingProgress, epochs: int = 2, length: int = 4) -> Engine:

@@ -5,7 +5,7 @@ The event handlers (KL warm-up, GED metric, checkpoints, progress, MLflow) live 
 
 from .distributed import destroy_distributed, init_distributed, is_not_rank0, local_device, rank_zero_first
 from .inferer import SamplingInferer
-from .precision import PRECISIONS, autocast_context, explain_precision, resolve_precision
+from .precision import PRECISIONS, autocast_context, explain_precision, resolve_channels_last, resolve_precision
 from .schedule import lr_milestones, validation_interval
 from .trainer import ProbUNetTrainer, loss_terms
 
@@ -22,6 +22,7 @@ __all__ = [
     "loss_terms",
     "lr_milestones",
     "rank_zero_first",
+    "resolve_channels_last",
     "resolve_precision",
     "validation_interval",
 ]

@@ -10,7 +10,7 @@ from ignite.engine import Engine, Events
 from monai.inferers import Inferer
 
 from ..networks.utils import hypotheses_to_labels
-from .precision import autocast_context
+from .precision import autocast_context, resolve_channels_last
 
 __all__ = ["SamplingInferer"]
 
@@ -27,7 +27,8 @@ class SamplingInferer(Inferer):
             as a handler (``attach``), the generator is re-seeded at every evaluation run, so successive
             validations score the same latent draws and their GED differences reflect the model, not the noise.
         precision: ``"auto"``, ``"fp32"`` or ``"bf16"`` (see :func:`resolve_precision`).
-        channels_last: feed 2-D inputs in channels-last memory format.
+        channels_last: feed 2-D inputs in channels-last memory format (``True``, ``False`` or ``"auto"``: on a CUDA
+            device only, see :func:`resolve_channels_last`).
     """
 
     def __init__(
@@ -36,7 +37,7 @@ class SamplingInferer(Inferer):
         return_labels: bool = True,
         seed: int | None = None,
         precision: str = "fp32",
-        channels_last: bool = False,
+        channels_last: bool | str = False,
     ) -> None:
         super().__init__()
         if num_samples < 1:
@@ -45,6 +46,7 @@ class SamplingInferer(Inferer):
         self.return_labels = return_labels
         self.seed = seed
         self.precision = precision
+        resolve_channels_last(channels_last, "cpu")  # a bad value fails here, not at the first call
         self.channels_last = channels_last
         self._generator: torch.Generator | None = None
 
@@ -67,7 +69,7 @@ class SamplingInferer(Inferer):
         model = network.module if isinstance(network, nn.parallel.DistributedDataParallel) else network
         if not hasattr(model, "sample"):
             raise TypeError(f"{type(model).__name__} has no sample(image, num_samples) method.")
-        if self.channels_last and inputs.ndim == 4:
+        if inputs.ndim == 4 and resolve_channels_last(self.channels_last, inputs.device):
             inputs = inputs.contiguous(memory_format=torch.channels_last)
         with autocast_context(self.precision, inputs.device):
             logits = model.sample(inputs, self.num_samples, generator=self._get_generator(inputs.device))

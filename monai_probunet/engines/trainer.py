@@ -12,8 +12,8 @@ from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents, default_prepare_batch
 from monai.utils import CommonKeys as Keys
 
-from ..bundle_utils import ConfigValueError, TrainingInterrupted, as_bool
-from .precision import autocast_context, explain_precision
+from ..bundle_utils import ConfigValueError, TrainingInterrupted
+from .precision import autocast_context, explain_precision, resolve_channels_last
 
 __all__ = ["ProbUNetTrainer", "loss_terms"]
 
@@ -35,7 +35,8 @@ class ProbUNetTrainer(SupervisedTrainer):
     - ``precision="bf16"`` runs the forward pass under ``torch.autocast`` on the engine's device type (CPU too,
       unlike MONAI's CUDA-only ``amp``) with float32 master weights; ``"auto"`` picks bf16 where the hardware
       computes it natively;
-    - ``channels_last=True`` converts the network and 2-D inputs to the channels-last memory format;
+    - ``channels_last=True`` converts the network and 2-D inputs to the channels-last memory format (``"auto"``: on
+      a CUDA device only);
     - ``prior_samples=S > 0`` also decodes S draws from the prior in every training pass
       (``network(image, seg=label, num_prior_samples=S)``) and passes them with all graders' masks (the batch's
       ``graders_key``) to the loss (:class:`~monai_probunet.losses.ELBOLoss` with ``sample_weight > 0``);
@@ -52,7 +53,7 @@ class ProbUNetTrainer(SupervisedTrainer):
 
     Args:
         precision: ``"auto"``, ``"fp32"`` or ``"bf16"``.
-        channels_last: use the channels-last memory format for 2-D networks.
+        channels_last: use the channels-last memory format for 2-D networks (``True``, ``False`` or ``"auto"``).
         prior_samples: prior draws per image decoded in every training pass when the loss scores them (its
             ``sample_weight > 0``; 0: none).
         graders_key: the batch key of all graders' masks (``B x A x *spatial``), needed with ``prior_samples``.
@@ -79,7 +80,7 @@ class ProbUNetTrainer(SupervisedTrainer):
         metric_cmp_fn: Callable = lambda current, prev: current > prev,
         train_handlers: Sequence | None = None,
         precision: str = "auto",
-        channels_last: bool = False,
+        channels_last: bool | str = False,
         prior_samples: int = 0,
         graders_key: str = "graders",
         optim_set_to_none: bool = True,
@@ -87,7 +88,11 @@ class ProbUNetTrainer(SupervisedTrainer):
     ) -> None:
         if isinstance(max_epochs, bool) or not isinstance(max_epochs, int) or max_epochs < 1:
             raise ConfigValueError(f"--max_epochs: expected a whole number of epochs >= 1, got {max_epochs!r}.")
-        channels_last = as_bool(channels_last, "channels_last")
+        layout = "channels-last" if resolve_channels_last(channels_last, device) else "channels-first"
+        layout_reason = f"memory format {layout}" + (
+            f" (channels_last auto on {torch.device(device).type})" if str(channels_last).lower() == "auto" else ""
+        )
+        channels_last = layout == "channels-last"
         super().__init__(
             device=device,
             max_epochs=max_epochs,
@@ -111,7 +116,9 @@ class ProbUNetTrainer(SupervisedTrainer):
         if self.accumulation_steps != 1:
             raise ValueError("ProbUNetTrainer does not support gradient accumulation (accumulation_steps must be 1).")
         self.precision, self.precision_reason = explain_precision(precision, device)
-        self.add_event_handler(Events.STARTED, lambda engine: engine.logger.info(engine.precision_reason))
+        self.add_event_handler(
+            Events.STARTED, lambda engine: engine.logger.info(f"{engine.precision_reason}; {layout_reason}")
+        )
         # drawn only for a loss that scores them (ELBOLoss with sample_weight > 0)
         self.prior_samples = int(prior_samples) if getattr(loss_function, "sample_weight", 0.0) > 0 else 0
         net = getattr(network, "module", network)  # DistributedDataParallel wraps the network
