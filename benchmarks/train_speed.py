@@ -9,18 +9,27 @@ f_comb 3 x 1x1 of width 32. Ours is the default ``ProbUNet`` (instance norm) dri
 training step, channels-first (the trainer's default) unless ``--channels-last``.
 
 The timings of the two are interleaved (rounds of ``--iterations`` steps each, alternating) so that load from other
-processes hits both alike; the spread of the per-round ratios is printed as the noise.
+processes hits both alike; the spread of the per-round ratios is printed as the noise. On a GPU (``--device cuda``)
+each call waits for the device before the clock is read. ``--arch paper`` times ``paper.yaml``'s settings instead
+(128x128, batch 32, filters 32-64-128-256-512, ours without normalisation, as the paper); ``--all-variants`` times
+ours in fp32 and bf16 autocast (where native), channels-first and channels_last, and ``--compile-all`` the same
+four under ``torch.compile`` (in a run of their own: compiling takes minutes).
 
     python benchmarks/train_speed.py                 # fp32, and bf16 autocast where the CPU has native bf16
     python benchmarks/train_speed.py --rounds 5 --iterations 3 --threads 2
+    python benchmarks/train_speed.py --device cuda --arch paper --all-variants --iterations 20
+    python benchmarks/train_speed.py --device cuda --arch paper --compile-all --iterations 20 --skip-sampling
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -37,6 +46,44 @@ FILTERS = (32, 64, 128, 192)
 LATENT = 6
 SIZE = 128
 BATCH = 8
+BUNDLE = Path(__file__).resolve().parents[1] / "bundle" / "configs"
+
+
+@dataclass(frozen=True)
+class Arch:
+    """The architecture timed: both networks get these filters, crop size, batch and latent size; ``norm`` and
+    ``fcomb_channels`` are ours only (the reference never normalises; its f_comb is as wide as ``filters[0]``)."""
+
+    name: str
+    filters: tuple[int, ...] = FILTERS
+    size: int = SIZE
+    batch: int = BATCH
+    latent: int = LATENT
+    norm: str | None = "instance"
+    fcomb_channels: int | None = None
+
+    def text(self) -> str:
+        return (f"{self.name}: {self.size}x{self.size}, batch {self.batch}, filters {'-'.join(map(str, self.filters))}, "
+                f"latent {self.latent}, ours with norm {self.norm or 'none'}")  # fmt: skip
+
+
+def paper_arch() -> Arch:
+    """The architecture of ``paper.yaml`` (over ``train.yaml``), read from the bundle's configs."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(BUNDLE / "train.yaml"), str(BUNDLE / "paper.yaml")])
+    crop = parser.get_parsed_content("crop_size")
+    norm = parser.get_parsed_content("norm")
+    return Arch(
+        name="paper.yaml",
+        filters=tuple(parser.get_parsed_content("channels")),
+        size=int(crop[0]),
+        batch=int(parser.get_parsed_content("batch_size")),
+        latent=int(parser.get_parsed_content("latent_dim")),
+        norm=None if norm in (None, "none") else norm,
+        fcomb_channels=parser.get_parsed_content("fcomb_channels"),
+    )
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -51,10 +98,10 @@ def _conv_stack(in_ch: int, out_ch: int, pool: bool) -> nn.Sequential:
 
 
 class RefEncoder(nn.Module):
-    def __init__(self, in_ch: int) -> None:
+    def __init__(self, in_ch: int, filters: tuple[int, ...]) -> None:
         super().__init__()
-        chans = (in_ch, *FILTERS)
-        self.blocks = nn.ModuleList(_conv_stack(chans[i], chans[i + 1], pool=i > 0) for i in range(len(FILTERS)))
+        chans = (in_ch, *filters)
+        self.blocks = nn.ModuleList(_conv_stack(chans[i], chans[i + 1], pool=i > 0) for i in range(len(filters)))
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         feats = []
@@ -65,42 +112,43 @@ class RefEncoder(nn.Module):
 
 
 class RefUNet(nn.Module):
-    def __init__(self) -> None:
+    def __init__(self, filters: tuple[int, ...]) -> None:
         super().__init__()
-        self.encoder = RefEncoder(1)
+        self.encoder = RefEncoder(1, filters)
         self.up = nn.ModuleList(
-            _conv_stack(FILTERS[i + 1] + FILTERS[i], FILTERS[i], pool=False) for i in range(len(FILTERS) - 1)
+            _conv_stack(filters[i + 1] + filters[i], filters[i], pool=False) for i in range(len(filters) - 1)
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         feats = self.encoder(x)
         x = feats[-1]
-        for i in range(len(FILTERS) - 2, -1, -1):
+        for i in range(len(feats) - 2, -1, -1):
             x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)
             x = self.up[i](torch.cat([x, feats[i]], 1))
         return x
 
 
 class RefGaussian(nn.Module):
-    def __init__(self, in_ch: int) -> None:
+    def __init__(self, in_ch: int, filters: tuple[int, ...], latent: int) -> None:
         super().__init__()
-        self.encoder = RefEncoder(in_ch)
-        self.head = nn.Conv2d(FILTERS[-1], 2 * LATENT, 1)
+        self.latent = latent
+        self.encoder = RefEncoder(in_ch, filters)
+        self.head = nn.Conv2d(filters[-1], 2 * latent, 1)
 
     def forward(self, x: torch.Tensor) -> Independent:
         h = self.encoder(x)[-1]
         h = torch.mean(torch.mean(h, dim=2, keepdim=True), dim=3, keepdim=True)
         out = self.head(h).squeeze(-1).squeeze(-1).float()
-        return Independent(Normal(out[:, :LATENT], torch.exp(out[:, LATENT:])), 1)
+        return Independent(Normal(out[:, : self.latent], torch.exp(out[:, self.latent :])), 1)
 
 
 class RefFComb(nn.Module):
-    def __init__(self) -> None:
+    def __init__(self, width: int, latent: int) -> None:
         super().__init__()
         self.layers = nn.Sequential(
-            nn.Conv2d(FILTERS[0] + LATENT, FILTERS[0], 1), nn.ReLU(inplace=True),
-            nn.Conv2d(FILTERS[0], FILTERS[0], 1), nn.ReLU(inplace=True),
-            nn.Conv2d(FILTERS[0], 1, 1),
+            nn.Conv2d(width + latent, width, 1), nn.ReLU(inplace=True),
+            nn.Conv2d(width, width, 1), nn.ReLU(inplace=True),
+            nn.Conv2d(width, 1, 1),
         )  # fmt: skip
 
     def forward(self, features: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -111,12 +159,12 @@ class RefFComb(nn.Module):
 class RefProbUNet(nn.Module):
     """The paper's model as a straightforward port writes it (binary output, summed BCE + KL)."""
 
-    def __init__(self) -> None:
+    def __init__(self, filters: tuple[int, ...] = FILTERS, latent: int = LATENT) -> None:
         super().__init__()
-        self.unet = RefUNet()
-        self.prior = RefGaussian(1)
-        self.posterior = RefGaussian(2)
-        self.fcomb = RefFComb()
+        self.unet = RefUNet(filters)
+        self.prior = RefGaussian(1, filters, latent)
+        self.posterior = RefGaussian(2, filters, latent)
+        self.fcomb = RefFComb(filters[0], latent)
 
     def loss(self, image: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
         q = self.posterior(torch.cat([image, seg], 1))
@@ -137,27 +185,39 @@ class RefProbUNet(nn.Module):
 # timed steps
 
 
-def _batch() -> dict[str, torch.Tensor]:
+def _batch(arch: Arch = Arch("port"), device: str = "cpu") -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
-    image = torch.rand(BATCH, 1, SIZE, SIZE, generator=g)
-    label = (torch.rand(BATCH, 1, SIZE, SIZE, generator=g) > 0.7).float()
-    return {"image": image, "label": label}
+    image = torch.rand(arch.batch, 1, arch.size, arch.size, generator=g)
+    label = (torch.rand(arch.batch, 1, arch.size, arch.size, generator=g) > 0.7).float()
+    return {"image": image.to(device), "label": label.to(device)}
 
 
-def reference_step(precision: str) -> Callable[[], None]:
+def synced(fn: Callable[[], None], device: str) -> Callable[[], None]:
+    """``fn`` followed by a wait for the device's queued work, so that a host clock around it times the work."""
+    if torch.device(device).type != "cuda":
+        return fn
+
+    def run() -> None:
+        fn()
+        torch.cuda.synchronize()
+
+    return run
+
+
+def reference_step(precision: str, arch: Arch = Arch("port"), device: str = "cpu") -> Callable[[], None]:
     torch.manual_seed(0)
-    net = RefProbUNet()
+    net = RefProbUNet(arch.filters, arch.latent).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=1e-4)
-    batch = _batch()
+    batch = _batch(arch, device)
 
     def step() -> None:
         opt.zero_grad()
-        with autocast_context(precision, "cpu"):
+        with autocast_context(precision, device):
             loss = net.loss(batch["image"], batch["label"])
         loss.backward()
         opt.step()
 
-    return step
+    return synced(step, device)
 
 
 def _previous_kernels(net: nn.Module) -> Callable[[Callable[[], None]], Callable[[], None]]:
@@ -190,14 +250,22 @@ def _previous_kernels(net: nn.Module) -> Callable[[Callable[[], None]], Callable
 
 
 def our_step(
-    precision: str, channels_last: bool, previous: bool = False, compiled: bool = False, norm: str | None = "instance"
+    precision: str,
+    channels_last: bool,
+    previous: bool = False,
+    compiled: bool = False,
+    arch: Arch = Arch("port"),
+    device: str = "cpu",
 ) -> tuple[Callable[[], None], bool]:
+    """Our training step (``ProbUNetTrainer``'s own iteration) on ``arch``; returns it and whether it ran channels-last."""
     torch.manual_seed(0)
-    net = ProbUNet(2, 1, 2, channels=FILTERS, latent_dim=LATENT, norm=norm)
+    net = ProbUNet(
+        2, 1, 2, channels=arch.filters, latent_dim=arch.latent, norm=arch.norm, fcomb_channels=arch.fcomb_channels
+    ).to(device)
     wrap = _previous_kernels(net) if previous else (lambda step: step)
-    batch = _batch()
+    batch = _batch(arch, device)
     trainer = ProbUNetTrainer(
-        device=torch.device("cpu"),
+        device=torch.device(device),
         max_epochs=1,
         train_data_loader=[batch],
         network=torch.compile(net) if compiled else net,
@@ -208,21 +276,24 @@ def our_step(
         precision=precision,
         channels_last=channels_last,
     )
-    return wrap(lambda: trainer._iteration(trainer, batch)), bool(trainer.channels_last)
+    step = synced(wrap(lambda: trainer._iteration(trainer, batch)), device)
+    return step, bool(trainer.channels_last)
 
 
-def sampler(net: nn.Module, num_samples: int, precision: str, ours: bool) -> Callable[[], None]:
-    image = _batch()["image"][:1]
+def sampler(
+    net: nn.Module, num_samples: int, precision: str, ours: bool, arch: Arch = Arch("port"), device: str = "cpu"
+) -> Callable[[], None]:
+    image = _batch(arch, device)["image"][:1]
     gen = torch.Generator().manual_seed(0)
 
     def run() -> None:
-        with torch.inference_mode(), autocast_context(precision, "cpu"):
+        with torch.inference_mode(), autocast_context(precision, device):
             if ours:
                 net.sample(image, num_samples, generator=gen)
             else:
                 net.sample(image, num_samples)
 
-    return run
+    return synced(run, device)
 
 
 def profile_steps(steps: dict[str, Callable[[], None]], iterations: int, rows: int = 8) -> None:
@@ -272,12 +343,71 @@ def _ratio(ours: list[float], ref: list[float]) -> str:
     return f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f})"
 
 
+def device_text(device: str, threads: int) -> str:
+    """What the figures were measured on: the CPU (and whether it computes bf16 natively) or the GPU."""
+    cpu = f"CPU: {cpu_model_name()}; native bf16: {native_bf16_text()}; threads {threads}"
+    if torch.device(device).type != "cuda":
+        return f"{cpu}; torch {torch.__version__}"
+    return (f"GPU: {torch.cuda.get_device_name(device)}; bf16 supported: {torch.cuda.is_bf16_supported()}; "
+            f"torch {torch.__version__}, CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}; TF32 in "
+            f"convolutions {torch.backends.cudnn.allow_tf32}, in matmuls {torch.backends.cuda.matmul.allow_tf32}; "
+            f"cudnn.benchmark {torch.backends.cudnn.benchmark}; host {cpu}")  # fmt: skip
+
+
+def training_steps(args: argparse.Namespace, arch: Arch, precisions: list[str]) -> dict[str, Callable[[], None]]:
+    """The reference's and our training steps to time, by name."""
+    device = args.device
+    steps: dict[str, Callable[[], None]] = {"reference fp32": reference_step("fp32", arch, device)}
+    if "bf16" in precisions:
+        steps["reference bf16"] = reference_step("bf16", arch, device)
+    layouts = (False, True) if args.all_variants or args.compile_all else (args.channels_last,)
+    compiles = (True,) if args.compile_all else (False,)
+    for precision in precisions:
+        for cl in layouts:
+            for compiled in compiles:
+                step, used_cl = our_step(precision, cl, compiled=compiled, arch=arch, device=device)
+                name = f"ours {precision}, {'channels_last' if used_cl else 'channels-first'}"
+                if compiled:
+                    t0 = time.perf_counter()
+                    step()
+                    name += ", torch.compile"
+                    print(f"{name}: the first step took {time.perf_counter() - t0:.1f} s (compiling)", flush=True)
+                steps[name] = step
+        if args.previous and precision == "fp32":
+            steps["ours fp32, previous kernels"] = our_step(precision, args.channels_last, True, arch=arch)[0]
+        if args.no_norm and arch.norm is not None:
+            steps[f"ours {precision}, norm none"] = our_step(
+                precision, args.channels_last, arch=replace(arch, norm=None), device=device
+            )[0]
+        if args.compile and not args.compile_all and precision == "fp32":
+            step = our_step(precision, args.channels_last, compiled=True, arch=arch, device=device)[0]
+            t0 = time.perf_counter()
+            step()
+            print(f"torch.compile: the first fp32 step took {time.perf_counter() - t0:.1f} s (compiling)", flush=True)
+            steps["ours fp32, torch.compile"] = step
+    return steps
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=4, help="alternating rounds (noise = spread over rounds)")
     parser.add_argument("--iterations", type=int, default=3, help="training steps per round and network")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    parser.add_argument(
+        "--arch", choices=("port", "paper"), default="port",
+        help="port: 128x128, batch 8, filters 32-64-128-192, ours with instance norm; paper: paper.yaml's settings",
+    )  # fmt: skip
+    parser.add_argument("--batch", type=int, default=None, help="images per training step (default: the arch's)")
     parser.add_argument("--channels-last", action="store_true", help="ours in the channels-last memory format")
+    parser.add_argument(
+        "--all-variants", action="store_true",
+        help="ours in fp32 and bf16 autocast (where native), channels-first and channels_last",
+    )  # fmt: skip
+    parser.add_argument(
+        "--compile-all", action="store_true",
+        help="ours under torch.compile in fp32 and bf16 autocast (where native), channels-first and channels_last",
+    )  # fmt: skip
     parser.add_argument("--skip-sampling", action="store_true")
     parser.add_argument(
         "--previous", action="store_true", help="also time ours with the kernels it used before its speed-ups (fp32)"
@@ -291,67 +421,70 @@ def main() -> None:
     parser.add_argument(
         "--no-norm", action="store_true", help="also time ours without the normalisation (`norm: none`)"
     )
+    parser.add_argument("--json", default=None, help="also write every figure to this JSON file")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    flags = cpu_bf16_flags()
-    print(f"CPU: {cpu_model_name()}; native bf16: {native_bf16_text()}; "
-          f"threads {args.threads}; torch {torch.__version__}")  # fmt: skip
-    print(f"architecture: {SIZE}x{SIZE}, batch {BATCH}, filters {'-'.join(map(str, FILTERS))}, latent {LATENT}")
-    cl = args.channels_last
-    precisions = ["fp32"] + (["bf16"] if flags else [])
-    ref32 = reference_step("fp32")
-    steps: dict[str, Callable[[], None]] = {"reference fp32": ref32}
-    for precision in precisions:
-        step, used_cl = our_step(precision, cl)
-        steps[f"ours {precision} ({'channels_last' if used_cl else 'channels-first'})"] = step
-        if args.previous and precision == "fp32":
-            steps["ours fp32, previous kernels"] = our_step(precision, cl, previous=True)[0]
-        if args.no_norm:
-            steps[f"ours {precision}, norm none"] = our_step(precision, cl, norm=None)[0]
-        if args.compile and precision == "fp32":
-            compiled = our_step(precision, cl, compiled=True)[0]
-            t0 = time.perf_counter()
-            compiled()
-            print(f"torch.compile: the first fp32 step took {time.perf_counter() - t0:.1f} s (compiling)")
-            steps["ours fp32, torch.compile"] = compiled
-    if flags:
-        steps["reference bf16"] = reference_step("bf16")
+    cuda = torch.device(args.device).type == "cuda"
+    if cuda and not torch.cuda.is_available():
+        parser.exit(2, f"--device {args.device}: no CUDA device is available to torch {torch.__version__}\n")
+    arch = paper_arch() if args.arch == "paper" else Arch("port")
+    if args.batch:
+        arch = replace(arch, batch=args.batch)
+    header = device_text(args.device, args.threads)
+    print(header)
+    print(f"architecture {arch.text()}")
+    native = torch.cuda.is_bf16_supported() if cuda else bool(cpu_bf16_flags())
+    precisions = ["fp32"] + (["bf16"] if native else [])
+    steps = training_steps(args, arch, precisions)
     cpu: dict = {}
     times = interleaved(steps, args.rounds, args.iterations, cpu)
+    report: dict = {"device": header, "arch": asdict(arch), "training": {}, "sampling": {}}
     print("\ntraining step: images/s (wall) and images per CPU-second (all threads); median over rounds, min-max in")
     print("brackets; speed vs the reference fp32 as the median (min-max) of the per-round ratios, wall and CPU time")
     for k, t in times.items():
-        ips = [BATCH / s for s in t]
-        ipc = [BATCH / s for s in cpu[k]]
-        line = f"  {k:34s} {statistics.median(ips):6.2f} images/s ({min(ips):.2f}-{max(ips):.2f})"
-        line += f"  {statistics.median(ipc):6.2f} images/CPU-s"
+        ips = [arch.batch / s for s in t]
+        ipc = [arch.batch / s for s in cpu[k]]
+        line = f"  {k:42s} {statistics.median(ips):7.2f} images/s ({min(ips):.2f}-{max(ips):.2f})"
+        if not cuda:
+            line += f"  {statistics.median(ipc):6.2f} images/CPU-s"
+        entry = {"images_per_s": statistics.median(ips), "min": min(ips), "max": max(ips)}
         if k != "reference fp32":
             line += f"  vs reference fp32: wall {_ratio(t, times['reference fp32'])}"
-            line += f", CPU {_ratio(cpu[k], cpu['reference fp32'])}"
+            entry["vs_reference_fp32"] = statistics.median(r / o for o, r in zip(t, times["reference fp32"]))
+            if not cuda:
+                line += f", CPU {_ratio(cpu[k], cpu['reference fp32'])}"
+        report["training"][k] = entry
         print(line)
     if args.profile:
         profile_steps({k: v for k, v in steps.items() if "fp32" in k and "previous" not in k}, args.iterations)
-    if args.skip_sampling:
-        return
-    print("\nsampling one 128x128 image, 1 vs 16 hypotheses (ms; median over rounds)")
-    torch.manual_seed(0)
-    ref_net = RefProbUNet().eval()
-    our_net = ProbUNet(2, 1, 2, channels=FILTERS, latent_dim=LATENT).eval()
-    for precision in precisions:
-        fns = {
-            "reference 1": sampler(ref_net, 1, precision, False),
-            "ours 1": sampler(our_net, 1, precision, True),
-            "reference 16": sampler(ref_net, 16, precision, False),
-            "ours 16": sampler(our_net, 16, precision, True),
-        }
-        t = interleaved(fns, args.rounds, 5)
-        med = {k: 1000 * statistics.median(v) for k, v in t.items()}
-        print(
-            f"  {precision}: reference {med['reference 1']:.1f} / {med['reference 16']:.1f} ms "
-            f"(16 vs 1: {med['reference 16'] / med['reference 1']:.2f}x); ours {med['ours 1']:.1f} / "
-            f"{med['ours 16']:.1f} ms (16 vs 1: {med['ours 16'] / med['ours 1']:.2f}x); ours/reference speed at 16: "
-            f"{med['reference 16'] / med['ours 16']:.2f}x"
+    if not args.skip_sampling:
+        print(f"\nsampling one {arch.size}x{arch.size} image, 1 vs 16 hypotheses (ms; median over rounds)")
+        torch.manual_seed(0)
+        ref_net = RefProbUNet(arch.filters, arch.latent).to(args.device).eval()
+        our_net = ProbUNet(
+            2, 1, 2, channels=arch.filters, latent_dim=arch.latent, norm=arch.norm, fcomb_channels=arch.fcomb_channels
         )
+        our_net = our_net.to(args.device).eval()
+        for precision in precisions:
+            fns = {
+                "reference 1": sampler(ref_net, 1, precision, False, arch, args.device),
+                "ours 1": sampler(our_net, 1, precision, True, arch, args.device),
+                "reference 16": sampler(ref_net, 16, precision, False, arch, args.device),
+                "ours 16": sampler(our_net, 16, precision, True, arch, args.device),
+            }
+            t = interleaved(fns, args.rounds, 5)
+            med = {k: 1000 * statistics.median(v) for k, v in t.items()}
+            report["sampling"][precision] = med
+            print(
+                f"  {precision}: reference {med['reference 1']:.1f} / {med['reference 16']:.1f} ms "
+                f"(16 vs 1: {med['reference 16'] / med['reference 1']:.2f}x); ours {med['ours 1']:.1f} / "
+                f"{med['ours 16']:.1f} ms (16 vs 1: {med['ours 16'] / med['ours 1']:.2f}x); ours/reference speed at "
+                f"16: {med['reference 16'] / med['ours 16']:.2f}x"
+            )
+    if args.json:
+        tmp = Path(args.json).with_suffix(".tmp")
+        tmp.write_text(json.dumps(report, indent=1))
+        tmp.replace(args.json)
 
 
 if __name__ == "__main__":
