@@ -142,6 +142,40 @@ def test_kl_warmup_ramps_beta_and_survives_resume():
     assert off.beta == 0.7
 
 
+def test_resume_keeps_the_precision_of_the_run_it_continues(tmp_path, caplog):
+    """``precision: auto`` is a timing on a CPU, taken anew by each process: a resumed auto run computes in the
+    precision the checkpoint was trained in; an explicit precision is kept, with a warning."""
+    import logging
+
+    from monai_probunet.engines import resolve_precision
+    from monai_probunet.handlers import LastCheckpoint
+
+    data = [{"image": torch.rand(2, 1, 16, 16), "label": (torch.rand(2, 1, 16, 16) > 0.5).float()}]
+
+    def run(precision: str, epochs: int) -> ProbUNetTrainer:
+        torch.manual_seed(0)
+        net = ProbUNet(2, 1, 2, channels=(4, 8), latent_dim=2)
+        optimizer = torch.optim.Adam(net.parameters())
+        trainer = ProbUNetTrainer(
+            device="cpu", max_epochs=epochs, train_data_loader=data, network=net, optimizer=optimizer,
+            loss_function=ELBOLoss(), prepare_batch=PrepareBatchExtraInput(extra_keys={"seg": "label"}),
+            decollate=False, precision=precision,
+        )  # fmt: skip
+        LastCheckpoint(tmp_path, {"model": net, "optimizer": optimizer}, resume=True).attach(trainer)
+        with caplog.at_level(logging.INFO):
+            trainer.run()
+        return trainer
+
+    assert run("bf16", 1).precision == "bf16"
+    caplog.clear()
+    assert run("auto", 2).precision == "bf16"
+    if resolve_precision("auto", "cpu") == "fp32":
+        assert "resume: precision bf16, as the run it continues (auto measured fp32 this time)." in caplog.text
+    caplog.clear()
+    assert run("fp32", 3).precision == "fp32"
+    assert "resume: precision fp32 as configured, but the run it continues computed in bf16" in caplog.text
+
+
 def test_kl_warmup_rejects_a_loss_without_beta():
     with pytest.raises(ValueError, match="kl_warmup_epochs"):
         KLWarmup(MHeadsLoss(), warmup_epochs=3)

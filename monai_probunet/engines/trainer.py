@@ -115,6 +115,7 @@ class ProbUNetTrainer(SupervisedTrainer):
         )
         if self.accumulation_steps != 1:
             raise ValueError("ProbUNetTrainer does not support gradient accumulation (accumulation_steps must be 1).")
+        self.precision_requested = precision
         self.precision, self.precision_reason = explain_precision(precision, device)
         self.add_event_handler(
             Events.STARTED, lambda engine: engine.logger.info(f"{engine.precision_reason}; {layout_reason}")

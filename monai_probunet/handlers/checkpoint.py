@@ -149,6 +149,34 @@ class _KeyMetricSaverState:
         self.saver.load_state_dict(dict(state))
 
 
+class _PrecisionState:
+    """The precision a :class:`~monai_probunet.engines.ProbUNetTrainer` computes in, as a state-dict object.
+
+    On a CPU ``precision: auto`` is a timing, taken anew by every process; a resumed run keeps the precision of the
+    run it continues, so it stays identical to an uninterrupted one. An explicit precision that differs is kept, with a
+    warning.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def state_dict(self) -> dict[str, str]:
+        return {"precision": str(self.engine.precision)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        saved, current = state["precision"], self.engine.precision
+        if saved == current:
+            return
+        if getattr(self.engine, "precision_requested", None) == "auto":
+            self.engine.precision = saved
+            logger.info(f"resume: precision {saved}, as the run it continues (auto measured {current} this time).")
+        else:
+            logger.warning(
+                f"resume: precision {current} as configured, but the run it continues computed in {saved}: the "
+                "resumed run differs from an uninterrupted one."
+            )
+
+
 class LastCheckpoint:
     """Save and restore everything needed to continue an interrupted training run.
 
@@ -162,8 +190,9 @@ class LastCheckpoint:
     with the epoch after the saved one; the configured ``max_epochs`` is kept, so it can be raised to train
     longer); if the file does not exist yet, training starts from scratch, so the same command can be used for
     the first start and every restart. The checkpoint also holds the state of every random generator training
-    draws from (:class:`~monai_probunet.engines.rng_state.TrainingRNGState`), so on the same device a resumed
-    run is identical to an uninterrupted one.
+    draws from (:class:`~monai_probunet.engines.rng_state.TrainingRNGState`) and the trainer's precision (kept on
+    resume where ``precision: auto`` would measure again), so on the same device a resumed run is identical to an
+    uninterrupted one.
 
     Ctrl-C (SIGINT, in the main thread) stops training after the current iteration (and a running validation
     after its current batch) instead of raising in the middle of a step: nothing more is saved, so ``filename``
@@ -246,6 +275,8 @@ class LastCheckpoint:
         self.objects[self.trainer_key] = engine
         self.objects[f"{self.trainer_key}_best"] = _BestMetricState(engine)
         self.objects["rng"] = TrainingRNGState(engine)
+        if hasattr(engine, "precision"):
+            self.objects["precision"] = _PrecisionState(engine)
         engine.add_event_handler(Events.STARTED, self._install_sigint, engine)
         if self.resume:
             engine.add_event_handler(Events.STARTED, self.load)
@@ -321,6 +352,7 @@ class LastCheckpoint:
                 f"{self.path} holds no random generator states (written by an older version): the "
                 "resumed run draws other random numbers than an uninterrupted one would."
             )
+        objects = {k: v for k, v in objects.items() if k != "precision" or k in saved_keys}  # older checkpoints
         loader = CheckpointLoader(
             load_path=str(self.path),
             load_dict=objects,
