@@ -132,7 +132,7 @@ def test_onednn_isa_cap_makes_auto_pick_fp32():
 
 def test_bf16_speedup_is_measured_once_and_leaves_the_random_stream_alone():
     """The start-up measurement behind ``auto`` on a CPU: a positive speed ratio, the same value on every call of a
-    process (measured once), and the caller's random numbers as without it."""
+    process (measured once), the caller's random numbers as without it, and measured from any calling context."""
     torch.manual_seed(3)
     expected = torch.rand(4)
     torch.manual_seed(3)
@@ -140,6 +140,11 @@ def test_bf16_speedup_is_measured_once_and_leaves_the_random_stream_alone():
     first = cpu_bf16_speedup()
     assert torch.equal(torch.rand(4), expected)
     assert first > 0 and cpu_bf16_speedup() == first
+    # first called where an evaluation samples (no gradients, inference mode, under autocast): still measured
+    for context in (torch.no_grad, torch.inference_mode, lambda: torch.autocast("cpu", dtype=torch.bfloat16)):
+        _bf16_speedup.cache_clear()
+        with context():
+            assert cpu_bf16_speedup() > 0
 
 
 def test_channels_last_auto_is_channels_last_on_cuda_only():

@@ -101,19 +101,21 @@ def _cpu_has_native_bf16() -> bool:
 def _bf16_speedup(threads: int) -> float:
     from ..networks.unet_core import UNetCore  # engines import networks, never the reverse
 
-    with torch.random.fork_rng(devices=[]):  # the caller's random stream stays as it was
+    times: dict[bool, list[float]] = {False: [], True: []}
+    # a training pass wherever the first call comes from (an evaluation's no_grad or inference_mode); the caller's
+    # random stream stays as it was
+    with torch.inference_mode(False), torch.enable_grad(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         net = UNetCore(2, 1, (16, 32, 64), 3)
         x = torch.rand(4, 1, 64, 64)
-    times: dict[bool, list[float]] = {False: [], True: []}
-    for rep in range(7):  # 2 warm-up passes each, then 5 timed, fp32 and bf16 alternating
-        for bf16 in (False, True):
-            t0 = time.perf_counter()
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                out = net(x)
-            out.float().square().mean().backward()
-            if rep >= 2:
-                times[bf16].append(time.perf_counter() - t0)
+        for rep in range(7):  # 2 warm-up passes each, then 5 timed, fp32 and bf16 alternating
+            for bf16 in (False, True):
+                t0 = time.perf_counter()
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                    out = net(x)
+                out.float().square().mean().backward()
+                if rep >= 2:
+                    times[bf16].append(time.perf_counter() - t0)
     return min(times[False]) / min(times[True])
 
 
