@@ -107,6 +107,30 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": pythonpath}
 
 
+def _share_speedup_worker(rank: int, port: int, out: str) -> None:
+    import torch.distributed as dist
+
+    from monai_probunet.engines import precision
+
+    precision._bf16_speedup = lambda threads: 0.5 if rank == 0 else 2.0  # each rank's own timing would differ
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        shared = precision.share_cpu_bf16_speedup()
+        auto = precision.resolve_precision("auto", "cpu") if precision.cpu_bf16_flags() else None
+        Path(out, f"{rank}.json").write_text(json.dumps([shared, precision.cpu_bf16_speedup(), auto]))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_every_rank_uses_rank0s_bf16_timing(tmp_path):
+    """``precision: auto`` on a CPU is a timing; in a process group every rank takes rank 0's (here 0.5x on rank 0,
+    2x on rank 1), so all ranks compute in one precision."""
+    torch.multiprocessing.spawn(_share_speedup_worker, args=(_free_port(), str(tmp_path)), nprocs=2)
+    results = [json.loads((tmp_path / f"{rank}.json").read_text()) for rank in (0, 1)]
+    assert results[0][:2] == results[1][:2] == [0.5, 0.5]
+    assert results[0][2] == results[1][2] and results[0][2] in (None, "fp32")
+
+
 def _dirs(tmp_path: Path) -> tuple[str, ...]:
     return (
         "--ckpt_dir", str(tmp_path / "models"), "--dataset_dir", str(tmp_path / "data"),

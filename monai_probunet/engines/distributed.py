@@ -11,6 +11,8 @@ import torch
 import torch.distributed as dist
 from ignite import distributed as idist
 
+from .precision import cpu_bf16_flags, share_cpu_bf16_speedup
+
 __all__ = ["destroy_distributed", "init_distributed", "is_not_rank0", "local_device", "rank_zero_first"]
 
 logger = logging.getLogger(__name__)
@@ -36,8 +38,9 @@ def local_device() -> torch.device:
 def init_distributed(backend: str | None = None) -> None:
     """Join the ``torchrun`` process group (``env://`` rendezvous); ``nccl`` with CUDA, else ``gloo``.
 
-    Also makes ``cuda:LOCAL_RANK`` the current CUDA device and syncs ``ignite.distributed`` with the group (see
-    below). A no-op if the group is already initialized.
+    Also makes ``cuda:LOCAL_RANK`` the current CUDA device, syncs ``ignite.distributed`` with the group (see
+    below) and, on CPUs with native bf16, gives every rank rank 0's bf16 timing (``precision: auto`` agrees across
+    ranks). A no-op if the group is already initialized.
     """
     if _initialized():
         return
@@ -50,6 +53,8 @@ def init_distributed(backend: str | None = None) -> None:
     # detects the process group with collective calls (new_group + all_reduce): done here on all ranks at once,
     # or a CheckpointSaver built on rank 0 only would wait forever for the other ranks.
     idist.sync()
+    if not torch.cuda.is_available() and cpu_bf16_flags():
+        share_cpu_bf16_speedup()  # `precision: auto` from rank 0's timing on every rank
     logger.info(f"process group: backend {backend}, rank {dist.get_rank()} of {dist.get_world_size()}")
 
 

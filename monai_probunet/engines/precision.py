@@ -25,6 +25,7 @@ __all__ = [
     "onednn_isa_cap",
     "resolve_channels_last",
     "resolve_precision",
+    "share_cpu_bf16_speedup",
 ]
 
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -119,6 +120,10 @@ def _bf16_speedup(threads: int) -> float:
     return min(times[False]) / min(times[True])
 
 
+#: rank 0's measurement in a distributed run (:func:`share_cpu_bf16_speedup`), used by every rank instead of its own
+_shared_speedup: float | None = None
+
+
 def cpu_bf16_speedup() -> float:
     """How much faster bf16 autocast trains than fp32 on this CPU (``fp32 time / bf16 time``), measured once per
     process and thread count: the forward and backward pass of a small U-Net of this package's blocks (16-32-64
@@ -127,7 +132,23 @@ def cpu_bf16_speedup() -> float:
     Native bf16 is not always faster: oneDNN's AVX512-BF16 kernels (without AMX) measured slower than fp32 on an
     Intel Xeon, faster on an AMD EPYC; AMX about 2x faster. The caller's random number stream is left untouched.
     """
+    if _shared_speedup is not None:
+        return _shared_speedup
     return _bf16_speedup(torch.get_num_threads())
+
+
+def share_cpu_bf16_speedup() -> float:
+    """Rank 0's :func:`cpu_bf16_speedup` for every rank of the process group, so that ``precision: auto`` picks the
+    same precision on all of them (each rank timing on its own could differ, the ranks sharing the cores). A
+    collective: every rank calls it at the same point (:func:`~monai_probunet.engines.init_distributed` does).
+    """
+    global _shared_speedup
+    import torch.distributed as dist
+
+    value = [cpu_bf16_speedup() if dist.get_rank() == 0 else 0.0]
+    dist.broadcast_object_list(value, src=0)
+    _shared_speedup = float(value[0])
+    return _shared_speedup
 
 
 def resolve_precision(precision: str, device: torch.device | str) -> str:
