@@ -33,8 +33,8 @@ class ProbUNetTrainer(SupervisedTrainer):
     - the loss function returns :class:`monai_probunet.losses.ELBOTerms`; ``engine.state.output`` holds
       ``loss``, ``ce`` and ``kl`` (detached) so handlers can log the terms separately;
     - ``precision="bf16"`` runs the forward pass under ``torch.autocast`` on the engine's device type (CPU too,
-      unlike MONAI's CUDA-only ``amp``) with float32 master weights; ``"auto"`` picks bf16 where the hardware
-      computes it natively;
+      unlike MONAI's CUDA-only ``amp``) with float32 master weights; ``"auto"`` picks bf16 on a GPU with bf16 and on
+      a CPU where native bf16 measured faster than fp32 (:func:`~monai_probunet.engines.resolve_precision`);
     - ``channels_last=True`` converts the network and 2-D inputs to the channels-last memory format (``"auto"``: on
       a CUDA device only);
     - ``prior_samples=S > 0`` also decodes S draws from the prior in every training pass
