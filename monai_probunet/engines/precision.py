@@ -6,7 +6,7 @@ import contextlib
 import os
 import platform
 import time
-from functools import lru_cache
+from functools import cache, lru_cache
 
 import torch
 
@@ -98,7 +98,7 @@ def _cpu_has_native_bf16() -> bool:
     return bool(cpu_bf16_flags())
 
 
-@lru_cache(maxsize=None)
+@cache
 def _bf16_speedup(threads: int) -> float:
     from ..networks.unet_core import UNetCore  # engines import networks, never the reverse
 
