@@ -24,8 +24,9 @@ four under ``torch.compile`` (in a run of their own: compiling takes minutes).
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
@@ -39,6 +40,7 @@ from torch.distributions import Independent, Normal, kl_divergence
 
 from monai_probunet.engines import ProbUNetTrainer, autocast_context
 from monai_probunet.engines.precision import cpu_bf16_flags, cpu_model_name, native_bf16_text
+from monai_probunet.io_utils import atomic_write_json
 from monai_probunet.losses import ELBOLoss
 from monai_probunet.networks import ProbUNet, unet_core
 
@@ -249,6 +251,13 @@ def _previous_kernels(net: nn.Module) -> Callable[[Callable[[], None]], Callable
     return wrap
 
 
+def our_network(arch: Arch) -> ProbUNet:
+    """Our ``ProbUNet`` with ``arch``'s filters, latent size, normalisation and f_comb width."""
+    return ProbUNet(
+        2, 1, 2, channels=arch.filters, latent_dim=arch.latent, norm=arch.norm, fcomb_channels=arch.fcomb_channels
+    )
+
+
 def our_step(
     precision: str,
     channels_last: bool,
@@ -259,9 +268,7 @@ def our_step(
 ) -> tuple[Callable[[], None], bool]:
     """Our training step (``ProbUNetTrainer``'s own iteration) on ``arch``; returns it and whether it ran channels-last."""
     torch.manual_seed(0)
-    net = ProbUNet(
-        2, 1, 2, channels=arch.filters, latent_dim=arch.latent, norm=arch.norm, fcomb_channels=arch.fcomb_channels
-    ).to(device)
+    net = our_network(arch).to(device)
     wrap = _previous_kernels(net) if previous else (lambda step: step)
     batch = _batch(arch, device)
     trainer = ProbUNetTrainer(
@@ -361,18 +368,22 @@ def training_steps(args: argparse.Namespace, arch: Arch, precisions: list[str]) 
     if "bf16" in precisions:
         steps["reference bf16"] = reference_step("bf16", arch, device)
     layouts = (False, True) if args.all_variants or args.compile_all else (args.channels_last,)
-    compiles = (True,) if args.compile_all else (False,)
+
+    def compiled_step(precision: str, cl: bool) -> tuple[Callable[[], None], bool]:
+        step, used_cl = our_step(precision, cl, compiled=True, arch=arch, device=device)
+        t0 = time.perf_counter()
+        step()
+        print(f"ours {precision}, torch.compile: the first step took {time.perf_counter() - t0:.1f} s (compiling)")
+        return step, used_cl
+
     for precision in precisions:
         for cl in layouts:
-            for compiled in compiles:
-                step, used_cl = our_step(precision, cl, compiled=compiled, arch=arch, device=device)
-                name = f"ours {precision}, {'channels_last' if used_cl else 'channels-first'}"
-                if compiled:
-                    t0 = time.perf_counter()
-                    step()
-                    name += ", torch.compile"
-                    print(f"{name}: the first step took {time.perf_counter() - t0:.1f} s (compiling)", flush=True)
-                steps[name] = step
+            if args.compile_all:
+                step, used_cl = compiled_step(precision, cl)
+            else:
+                step, used_cl = our_step(precision, cl, arch=arch, device=device)
+            name = f"ours {precision}, {'channels_last' if used_cl else 'channels-first'}"
+            steps[name + (", torch.compile" if args.compile_all else "")] = step
         if args.previous and precision == "fp32":
             steps["ours fp32, previous kernels"] = our_step(precision, args.channels_last, True, arch=arch)[0]
         if args.no_norm and arch.norm is not None:
@@ -380,11 +391,7 @@ def training_steps(args: argparse.Namespace, arch: Arch, precisions: list[str]) 
                 precision, args.channels_last, arch=replace(arch, norm=None), device=device
             )[0]
         if args.compile and not args.compile_all and precision == "fp32":
-            step = our_step(precision, args.channels_last, compiled=True, arch=arch, device=device)[0]
-            t0 = time.perf_counter()
-            step()
-            print(f"torch.compile: the first fp32 step took {time.perf_counter() - t0:.1f} s (compiling)", flush=True)
-            steps["ours fp32, torch.compile"] = step
+            steps["ours fp32, torch.compile"] = compiled_step(precision, args.channels_last)[0]
     return steps
 
 
@@ -423,6 +430,11 @@ def main() -> None:
     )
     parser.add_argument("--json", default=None, help="also write every figure to this JSON file")
     args = parser.parse_args()
+    cap = os.environ.get("ATEN_CPU_CAPABILITY")
+    if cap and (args.compile or args.compile_all):
+        # Inductor's on-disk cache does not tell kernels built under a capped ISA from native ones: one cache reused
+        # across the two aborted with a heap corruption here, so each capability gets its own cache
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(tempfile.gettempdir()) / f"torchinductor_{cap}"))
     torch.set_num_threads(args.threads)
     cuda = torch.device(args.device).type == "cuda"
     if cuda and not torch.cuda.is_available():
@@ -461,10 +473,7 @@ def main() -> None:
         print(f"\nsampling one {arch.size}x{arch.size} image, 1 vs 16 hypotheses (ms; median over rounds)")
         torch.manual_seed(0)
         ref_net = RefProbUNet(arch.filters, arch.latent).to(args.device).eval()
-        our_net = ProbUNet(
-            2, 1, 2, channels=arch.filters, latent_dim=arch.latent, norm=arch.norm, fcomb_channels=arch.fcomb_channels
-        )
-        our_net = our_net.to(args.device).eval()
+        our_net = our_network(arch).to(args.device).eval()
         for precision in precisions:
             fns = {
                 "reference 1": sampler(ref_net, 1, precision, False, arch, args.device),
@@ -482,9 +491,7 @@ def main() -> None:
                 f"16: {med['reference 16'] / med['ours 16']:.2f}x"
             )
     if args.json:
-        tmp = Path(args.json).with_suffix(".tmp")
-        tmp.write_text(json.dumps(report, indent=1))
-        tmp.replace(args.json)
+        atomic_write_json(args.json, report)
 
 
 if __name__ == "__main__":
