@@ -13,12 +13,14 @@ processes hits both alike; the spread of the per-round ratios is printed as the 
 each call waits for the device before the clock is read. ``--arch paper`` times ``paper.yaml``'s settings instead
 (128x128, batch 32, filters 32-64-128-256-512, ours without normalisation, as the paper); ``--all-variants`` times
 ours in fp32 and bf16 autocast (where native), channels-first and channels_last, and ``--compile-all`` the same
-four under ``torch.compile`` (in a run of their own: compiling takes minutes).
+four (beside them with both flags) with the trainer's training pass under ``torch.compile`` (``--compile-mode``,
+e.g. ``reduce-overhead``: CUDA graphs, the bundle's default on a GPU; compiling takes minutes on a CPU).
 
     python benchmarks/train_speed.py                 # fp32, and bf16 autocast where the CPU has native bf16
     python benchmarks/train_speed.py --rounds 5 --iterations 3 --threads 2
     python benchmarks/train_speed.py --device cuda --arch paper --all-variants --iterations 20
-    python benchmarks/train_speed.py --device cuda --arch paper --compile-all --iterations 20 --skip-sampling
+    python benchmarks/train_speed.py --device cuda --arch paper --compile-all --iterations 20 --skip-sampling \
+        --compile-mode reduce-overhead
 """
 
 from __future__ import annotations
@@ -265,8 +267,12 @@ def our_step(
     compiled: bool = False,
     arch: Arch = Arch("port"),
     device: str = "cpu",
+    compile_mode: str = "default",
 ) -> tuple[Callable[[], None], bool]:
-    """Our training step (``ProbUNetTrainer``'s own iteration) on ``arch``; returns it and whether it ran channels-last."""
+    """Our training step (``ProbUNetTrainer``'s own iteration) on ``arch``; returns it and whether it ran channels-last.
+
+    ``compiled``: the trainer's ``torch_compile=compile_mode`` (its training pass under ``torch.compile``).
+    """
     torch.manual_seed(0)
     net = our_network(arch).to(device)
     wrap = _previous_kernels(net) if previous else (lambda step: step)
@@ -275,13 +281,14 @@ def our_step(
         device=torch.device(device),
         max_epochs=1,
         train_data_loader=[batch],
-        network=torch.compile(net) if compiled else net,
+        network=net,
         optimizer=torch.optim.Adam(net.parameters(), lr=1e-4),
         loss_function=ELBOLoss(),
         prepare_batch=PrepareBatchExtraInput(extra_keys={"seg": "label"}),
         decollate=False,
         precision=precision,
         channels_last=channels_last,
+        torch_compile=compile_mode if compiled else False,
     )
     step = synced(wrap(lambda: trainer._iteration(trainer, batch)), device)
     return step, bool(trainer.channels_last)
@@ -370,20 +377,25 @@ def training_steps(args: argparse.Namespace, arch: Arch, precisions: list[str]) 
     layouts = (False, True) if args.all_variants or args.compile_all else (args.channels_last,)
 
     def compiled_step(precision: str, cl: bool) -> tuple[Callable[[], None], bool]:
-        step, used_cl = our_step(precision, cl, compiled=True, arch=arch, device=device)
+        step, used_cl = our_step(precision, cl, compiled=True, arch=arch, device=device, compile_mode=args.compile_mode)
         t0 = time.perf_counter()
         step()
         print(f"ours {precision}, torch.compile: the first step took {time.perf_counter() - t0:.1f} s (compiling)")
         return step, used_cl
 
+    compiled_name = ", torch.compile" + ("" if args.compile_mode == "default" else f" {args.compile_mode}")
+
+    def layout_name(precision: str, used_cl: bool) -> str:
+        return f"ours {precision}, {'channels_last' if used_cl else 'channels-first'}"
+
     for precision in precisions:
         for cl in layouts:
+            if args.all_variants or not args.compile_all:  # eager (beside the compiled ones with both flags)
+                step, used_cl = our_step(precision, cl, arch=arch, device=device)
+                steps[layout_name(precision, used_cl)] = step
             if args.compile_all:
                 step, used_cl = compiled_step(precision, cl)
-            else:
-                step, used_cl = our_step(precision, cl, arch=arch, device=device)
-            name = f"ours {precision}, {'channels_last' if used_cl else 'channels-first'}"
-            steps[name + (", torch.compile" if args.compile_all else "")] = step
+                steps[layout_name(precision, used_cl) + compiled_name] = step
         if args.previous and precision == "fp32":
             steps["ours fp32, previous kernels"] = our_step(precision, args.channels_last, True, arch=arch)[0]
         if args.no_norm and arch.norm is not None:
@@ -391,7 +403,7 @@ def training_steps(args: argparse.Namespace, arch: Arch, precisions: list[str]) 
                 precision, args.channels_last, arch=replace(arch, norm=None), device=device
             )[0]
         if args.compile and not args.compile_all and precision == "fp32":
-            steps["ours fp32, torch.compile"] = compiled_step(precision, args.channels_last)[0]
+            steps["ours fp32" + compiled_name] = compiled_step(precision, args.channels_last)[0]
     return steps
 
 
@@ -414,6 +426,10 @@ def main() -> None:
     parser.add_argument(
         "--compile-all", action="store_true",
         help="ours under torch.compile in fp32 and bf16 autocast (where native), channels-first and channels_last",
+    )  # fmt: skip
+    parser.add_argument(
+        "--compile-mode", default="default", choices=("default", "reduce-overhead", "max-autotune-no-cudagraphs"),
+        help="torch.compile's mode for --compile / --compile-all (reduce-overhead: CUDA graphs of the network)",
     )  # fmt: skip
     parser.add_argument("--skip-sampling", action="store_true")
     parser.add_argument(

@@ -402,7 +402,7 @@ def test_bundle_bad_folder_dataset_fails_before_training(tmp_path):
     "case",
     ["resume_maybe", "channels_last_2", "posterior_presence_x", "max_epochs_neg", "dataset_dir_file",
      "not_json", "empty_split", "bad_kwargs", "missing_datalist", "ckpt_dir_file", "kwargs_not_dict", "lr_negative",
-     "sample_gradient_x"],
+     "sample_gradient_x", "torch_compile_x"],
 )  # fmt: skip
 def test_bundle_bad_input_is_one_line(tmp_path, case):
     data = tmp_path / "d"
@@ -414,6 +414,9 @@ def test_bundle_bad_input_is_one_line(tmp_path, case):
     elif case == "channels_last_2":
         args += ["--channels_last", "2"]
         expect = ("--channels_last", "expected a boolean", "2")
+    elif case == "torch_compile_x":
+        args += ["--torch_compile", "fast"]
+        expect = ("--torch_compile", "auto or a torch.compile mode", "'fast'")
     elif case == "posterior_presence_x":
         args += ["--posterior_presence", "x"]
         expect = ("--posterior_presence", "expected a boolean")

@@ -158,6 +158,56 @@ def test_channels_last_auto_is_channels_last_on_cuda_only():
         resolve_channels_last("2", "cpu")
 
 
+def test_torch_compile_auto_is_cuda_graphs_on_cuda_only():
+    from monai_probunet.bundle_utils import ConfigValueError
+    from monai_probunet.engines import resolve_compile
+
+    assert resolve_compile("auto", "cpu") is None
+    assert resolve_compile(" Auto", torch.device("cuda:0")) == "reduce-overhead"
+    assert resolve_compile(True, "cpu") == "default" and resolve_compile("no", "cuda") is None
+    assert resolve_compile("max-autotune", "cpu") == "max-autotune"
+    with pytest.raises(ConfigValueError, match=r"--torch_compile: expected a boolean .*, auto or a torch.compile mode"):
+        resolve_compile("fast", "cpu")
+
+
+def _tiny_trainer(optimizer=torch.optim.Adam, **kwargs):
+    from monai.engines import PrepareBatchExtraInput
+
+    from monai_probunet.engines import ProbUNetTrainer
+    from monai_probunet.losses import ELBOLoss
+    from monai_probunet.networks import ProbUNet
+
+    torch.manual_seed(0)
+    net = ProbUNet(2, 1, 2, channels=(4, 8), latent_dim=2)
+    g = torch.Generator().manual_seed(1)
+    data = [
+        {"image": torch.rand(2, 1, 16, 16, generator=g), "label": (torch.rand(2, 1, 16, 16, generator=g) > 0.5).float()}
+        for _ in range(2)
+    ]
+    trainer = ProbUNetTrainer(
+        device="cpu",
+        max_epochs=1,
+        train_data_loader=data,
+        network=net,
+        optimizer=optimizer(net.parameters()),
+        loss_function=ELBOLoss(),
+        prepare_batch=PrepareBatchExtraInput(extra_keys={"seg": "label"}),
+        decollate=False,
+        precision="fp32",
+        **kwargs,
+    )
+    return trainer, net
+
+
+def test_compiled_trainer_keeps_the_plain_network(caplog):
+    trainer, net = _tiny_trainer(torch_compile=True)  # compiled lazily: nothing compiles unless the trainer runs
+    assert trainer.network is net and trainer.compile_mode == "default"
+    assert trainer.train_network is not net and trainer.train_network._orig_mod is net
+    assert not any("_orig_mod" in key for key in trainer.network.state_dict())  # checkpoints load as before
+    eager, _ = _tiny_trainer(torch_compile="auto")  # auto on the CPU: eager
+    assert eager.train_network is eager.network and eager.compile_mode is None
+
+
 def test_trainer_logs_the_precision_and_memory_format_at_start(caplog):
     from monai.engines import PrepareBatchExtraInput
 
@@ -182,8 +232,9 @@ def test_trainer_logs_the_precision_and_memory_format_at_start(caplog):
     )
     with caplog.at_level(logging.INFO):
         trainer.run()
-    assert f"{explain_precision('fp32', 'cpu')[1]}; memory format channels-first (channels_last auto on cpu)" in (
-        caplog.text
+    assert (
+        f"{explain_precision('fp32', 'cpu')[1]}; memory format channels-first (channels_last auto on cpu); not compiled"
+        in caplog.text
     )
     assert trainer.channels_last is False
 
@@ -236,3 +287,30 @@ def test_format_duration():
     assert format_duration(45) == "45 s"
     assert format_duration(129) == "2 min 09 s"
     assert format_duration(3900) == "1 h 05 min"
+
+
+@pytest.mark.slow
+def test_compiled_training_pass_matches_eager():
+    """The trainer's iteration through ``torch.compile`` (compiling takes a few seconds for this tiny network on 2
+    CPU cores) trains the same weights as the eager one: the compiled pass is the one the optimizer steps on. (Plain
+    SGD: Adam's first steps move every weight by the learning rate whatever the size of its gradient, so rounding
+    differences of 1e-7 in a near-zero gradient would show as whole steps.)"""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    losses, weights = {}, {}
+    for mode in (False, True):
+        trainer, net = _tiny_trainer(optimizer=lambda params: torch.optim.SGD(params, lr=0.1), torch_compile=mode)
+        seen: list[float] = []
+        trainer.add_event_handler(
+            Events.ITERATION_COMPLETED, lambda e, seen=seen: seen.append(float(e.state.output["loss"]))
+        )
+        trainer.run()
+        losses[mode], weights[mode] = seen, [p.detach().clone() for p in net.parameters()]
+    assert counters["stats"]["unique_graphs"] > 0  # the iteration ran the compiled network
+    assert len(losses[True]) == 2 and losses[True] == pytest.approx(losses[False], rel=1e-5)
+    initial = [p.detach() for p in _tiny_trainer()[1].parameters()]
+    moved = sum((b - a).norm() ** 2 for a, b in zip(initial, weights[False])) ** 0.5
+    apart = sum((c - b).norm() ** 2 for b, c in zip(weights[False], weights[True])) ** 0.5
+    assert moved > 1e-3 and apart < 1e-4 * moved

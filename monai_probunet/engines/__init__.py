@@ -5,11 +5,20 @@ The event handlers (KL warm-up, GED metric, checkpoints, progress, MLflow) live 
 
 from .distributed import destroy_distributed, init_distributed, is_not_rank0, local_device, rank_zero_first
 from .inferer import SamplingInferer
-from .precision import PRECISIONS, autocast_context, explain_precision, resolve_channels_last, resolve_precision
+from .precision import (
+    COMPILE_MODES,
+    PRECISIONS,
+    autocast_context,
+    explain_precision,
+    resolve_channels_last,
+    resolve_compile,
+    resolve_precision,
+)
 from .schedule import lr_milestones, validation_interval
 from .trainer import ProbUNetTrainer, loss_terms
 
 __all__ = [
+    "COMPILE_MODES",
     "PRECISIONS",
     "ProbUNetTrainer",
     "SamplingInferer",
@@ -23,6 +32,7 @@ __all__ = [
     "lr_milestones",
     "rank_zero_first",
     "resolve_channels_last",
+    "resolve_compile",
     "resolve_precision",
     "validation_interval",
 ]

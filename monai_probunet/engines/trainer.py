@@ -1,4 +1,4 @@
-"""The training engine: MONAI's SupervisedTrainer with the ELBO terms, device-aware bf16 and channels_last."""
+"""The training engine: MONAI's SupervisedTrainer with the ELBO terms, device-aware bf16, channels_last and compile."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from monai.engines.utils import IterationEvents, default_prepare_batch
 from monai.utils import CommonKeys as Keys
 
 from ..bundle_utils import ConfigValueError, TrainingInterrupted
-from .precision import autocast_context, explain_precision, resolve_channels_last
+from .precision import autocast_context, explain_precision, resolve_channels_last, resolve_compile
 
 __all__ = ["ProbUNetTrainer", "loss_terms"]
 
@@ -37,6 +37,9 @@ class ProbUNetTrainer(SupervisedTrainer):
       a CPU where native bf16 measured faster than fp32 (:func:`~monai_probunet.engines.resolve_precision`);
     - ``channels_last=True`` converts the network and 2-D inputs to the channels-last memory format (``"auto"``: on
       a CUDA device only);
+    - ``torch_compile`` runs the training pass through ``torch.compile`` (``"auto"``: ``reduce-overhead``, i.e. CUDA
+      graphs, on a CUDA device; eager elsewhere; :func:`~monai_probunet.engines.resolve_compile`). ``network``
+      itself stays the plain module (its state dict, checkpoints and the evaluators' sampling are unchanged);
     - ``prior_samples=S > 0`` also decodes S draws from the prior in every training pass
       (``network(image, seg=label, num_prior_samples=S)``) and passes them with all graders' masks (the batch's
       ``graders_key``) to the loss (:class:`~monai_probunet.losses.ELBOLoss` with ``sample_weight > 0``);
@@ -54,6 +57,8 @@ class ProbUNetTrainer(SupervisedTrainer):
     Args:
         precision: ``"auto"``, ``"fp32"`` or ``"bf16"``.
         channels_last: use the channels-last memory format for 2-D networks (``True``, ``False`` or ``"auto"``).
+        torch_compile: ``"auto"``, a boolean or a ``torch.compile`` mode (``"reduce-overhead"``, ...) for the
+            training pass.
         prior_samples: prior draws per image decoded in every training pass when the loss scores them (its
             ``sample_weight > 0``; 0: none).
         graders_key: the batch key of all graders' masks (``B x A x *spatial``), needed with ``prior_samples``.
@@ -81,6 +86,7 @@ class ProbUNetTrainer(SupervisedTrainer):
         train_handlers: Sequence | None = None,
         precision: str = "auto",
         channels_last: bool | str = False,
+        torch_compile: bool | str = False,
         prior_samples: int = 0,
         graders_key: str = "graders",
         optim_set_to_none: bool = True,
@@ -93,6 +99,10 @@ class ProbUNetTrainer(SupervisedTrainer):
             f" (channels_last auto on {torch.device(device).type})" if str(channels_last).lower() == "auto" else ""
         )
         channels_last = layout == "channels-last"
+        compile_mode = resolve_compile(torch_compile, device)
+        compile_reason = (f"torch.compile mode {compile_mode}" if compile_mode else "not compiled") + (
+            f" (torch_compile auto on {torch.device(device).type})" if str(torch_compile).lower() == "auto" else ""
+        )
         super().__init__(
             device=device,
             max_epochs=max_epochs,
@@ -118,7 +128,8 @@ class ProbUNetTrainer(SupervisedTrainer):
         self.precision_requested = precision
         self.precision, self.precision_reason = explain_precision(precision, device)
         self.add_event_handler(
-            Events.STARTED, lambda engine: engine.logger.info(f"{engine.precision_reason}; {layout_reason}")
+            Events.STARTED,
+            lambda engine: engine.logger.info(f"{engine.precision_reason}; {layout_reason}; {compile_reason}"),
         )
         # drawn only for a loss that scores them (ELBOLoss with sample_weight > 0)
         self.prior_samples = int(prior_samples) if getattr(loss_function, "sample_weight", 0.0) > 0 else 0
@@ -131,6 +142,9 @@ class ProbUNetTrainer(SupervisedTrainer):
         self.channels_last = channels_last
         if channels_last:
             self.network.to(memory_format=torch.channels_last)
+        self.compile_mode = compile_mode
+        #: what the training pass calls: ``network``, or ``network`` under ``torch.compile`` (same parameters)
+        self.train_network = torch.compile(self.network, mode=compile_mode) if compile_mode else self.network
 
     def run(self) -> None:  # type: ignore[override]
         """Train; raise :class:`~monai_probunet.bundle_utils.TrainingInterrupted` if Ctrl-C stopped the run."""
@@ -168,7 +182,7 @@ class ProbUNetTrainer(SupervisedTrainer):
         engine.network.train()
         engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
         with autocast_context(self.precision, engine.state.device):
-            pred = engine.inferer(inputs, engine.network, *args, **kwargs)
+            pred = engine.inferer(inputs, engine.train_network, *args, **kwargs)
         engine.state.output[Keys.PRED] = pred[0] if isinstance(pred, (tuple, list)) else pred
         engine.fire_event(IterationEvents.FORWARD_COMPLETED)
         terms = engine.loss_function(pred, targets, **loss_kwargs)
