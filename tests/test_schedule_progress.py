@@ -199,7 +199,7 @@ def _tiny_trainer(optimizer=torch.optim.Adam, **kwargs):
     return trainer, net
 
 
-def test_compiled_trainer_keeps_the_plain_network(caplog):
+def test_compiled_trainer_keeps_the_plain_network():
     trainer, net = _tiny_trainer(torch_compile=True)  # compiled lazily: nothing compiles unless the trainer runs
     assert trainer.network is net and trainer.compile_mode == "default"
     assert trainer.train_network is not net and trainer.train_network._orig_mod is net
@@ -209,27 +209,7 @@ def test_compiled_trainer_keeps_the_plain_network(caplog):
 
 
 def test_trainer_logs_the_precision_and_memory_format_at_start(caplog):
-    from monai.engines import PrepareBatchExtraInput
-
-    from monai_probunet.engines import ProbUNetTrainer
-    from monai_probunet.losses import ELBOLoss
-    from monai_probunet.networks import ProbUNet
-
-    torch.manual_seed(0)
-    net = ProbUNet(2, 1, 2, channels=(4, 8), latent_dim=2)
-    data = [{"image": torch.rand(2, 1, 16, 16), "label": (torch.rand(2, 1, 16, 16) > 0.5).float()}]
-    trainer = ProbUNetTrainer(
-        device="cpu",
-        max_epochs=1,
-        train_data_loader=data,
-        network=net,
-        optimizer=torch.optim.Adam(net.parameters()),
-        loss_function=ELBOLoss(),
-        prepare_batch=PrepareBatchExtraInput(extra_keys={"seg": "label"}),
-        decollate=False,
-        precision="fp32",
-        channels_last="auto",
-    )
+    trainer, _ = _tiny_trainer(channels_last="auto")
     with caplog.at_level(logging.INFO):
         trainer.run()
     assert (
