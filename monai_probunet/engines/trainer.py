@@ -25,6 +25,11 @@ def loss_terms(output: dict | list) -> dict[str, float]:
     return {k: float(torch.as_tensor(first[k]).detach()) for k in ("loss", "ce", "kl", "energy") if k in first}
 
 
+def _auto_note(key: str, value: Any, device: str | torch.device) -> str:
+    """`` (key auto on cpu)`` where a setting was left to ``auto``, for the log line; else nothing."""
+    return f" ({key} auto on {torch.device(device).type})" if str(value).strip().lower() == "auto" else ""
+
+
 class ProbUNetTrainer(SupervisedTrainer):
     """SupervisedTrainer for models trained by the ELBO (and deterministic baselines).
 
@@ -95,13 +100,11 @@ class ProbUNetTrainer(SupervisedTrainer):
         if isinstance(max_epochs, bool) or not isinstance(max_epochs, int) or max_epochs < 1:
             raise ConfigValueError(f"--max_epochs: expected a whole number of epochs >= 1, got {max_epochs!r}.")
         layout = "channels-last" if resolve_channels_last(channels_last, device) else "channels-first"
-        layout_reason = f"memory format {layout}" + (
-            f" (channels_last auto on {torch.device(device).type})" if str(channels_last).lower() == "auto" else ""
-        )
+        layout_reason = f"memory format {layout}" + _auto_note("channels_last", channels_last, device)
         channels_last = layout == "channels-last"
         compile_mode = resolve_compile(torch_compile, device)
-        compile_reason = (f"torch.compile mode {compile_mode}" if compile_mode else "not compiled") + (
-            f" (torch_compile auto on {torch.device(device).type})" if str(torch_compile).lower() == "auto" else ""
+        compile_reason = (f"torch.compile mode {compile_mode}" if compile_mode else "not compiled") + _auto_note(
+            "torch_compile", torch_compile, device
         )
         super().__init__(
             device=device,
