@@ -116,7 +116,8 @@ def test_prior_sampling_reaches_the_network(overrides):
 
 
 @pytest.mark.parametrize("other", ["baselines/mheads.yaml", "baselines/fixed_prior.yaml", "unet.yaml"])
-def test_the_long_schedule_doubles_the_epochs_and_moves_the_learning_rate_drops(other):
+def test_the_long_schedule_adds_epochs_and_moves_the_learning_rate_drops(other):
     assert _merged("long.yaml", other) == _merged(other, "long.yaml")
-    assert _resolved("long.yaml", key="max_epochs") == 2 * _resolved(key="max_epochs") == 14
+    assert _resolved(key="max_epochs") == 9 and _resolved("long.yaml", key="max_epochs") == 14
+    assert list(_resolved(key="lr_scheduler#milestones")) == [5, 7]
     assert list(_resolved("long.yaml", key="lr_scheduler#milestones")) == [8, 11]
