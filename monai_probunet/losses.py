@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["ELBOLoss", "ELBOTerms", "MHeadsLoss", "energy_score"]
+__all__ = ["ELBOLoss", "ELBOTerms", "MHeadsLoss", "empty_sample_ce", "energy_score"]
 
 
 class ELBOTerms(NamedTuple):
@@ -33,10 +33,18 @@ class ELBOLoss(nn.Module):
     often each image's graders draw a lesion. Whether it also trains the decoder that draws them is the network's
     setting (``ProbUNet(sample_gradient=...)``).
 
+    With ``empty_weight > 0`` (not in the paper) it adds ``empty_weight`` times :func:`empty_sample_ce`: on the
+    images that every grader left empty (lesion-free crops), the prior's draws must be empty too. The ELBO decodes
+    such an image only from its posterior, which says "nothing there", so a draw from the prior's lesion-showing
+    region is never decoded on lesion-free anatomy in training; with ``ProbUNet(sample_gradient="decoder")`` this
+    term teaches the decoder to keep those draws empty there, without moving the prior.
+
     Args:
         beta: weight of the KL term.
         ignore_index: label value excluded from the cross-entropy (e.g. 255 for Cityscapes ignore regions).
         sample_weight: weight of the energy score of the prior's samples (0: the paper's ELBO).
+        empty_weight: weight of the prior's samples' cross-entropy to background on the images without any
+            grader's foreground (0: off).
 
     Shapes:
         ``pred``: logits ``B x C x *spatial``, or a tuple ``(logits, kl)`` with ``kl`` of shape ``B`` (what
@@ -45,18 +53,23 @@ class ELBOLoss(nn.Module):
         deterministic model (KL = 0).
         ``target``: ``B x 1 x *spatial`` or ``B x *spatial`` integer labels.
         ``mask``: optional ``B x 1 x *spatial`` / ``B x *spatial``; pixels where it is 0 are ignored.
-        ``graders``: ``B x A x *spatial`` integer labels of all graders (needed with ``sample_weight > 0``).
+        ``graders``: ``B x A x *spatial`` integer labels of all graders (needed with ``sample_weight > 0`` or
+        ``empty_weight > 0``).
     """
 
-    def __init__(self, beta: float = 1.0, ignore_index: int | None = None, sample_weight: float = 0.0) -> None:
+    def __init__(
+        self, beta: float = 1.0, ignore_index: int | None = None, sample_weight: float = 0.0, empty_weight: float = 0.0
+    ) -> None:
         super().__init__()
         if beta < 0:
             raise ValueError(f"beta must be >= 0, got {beta}.")
-        if sample_weight < 0:
-            raise ValueError(f"sample_weight must be >= 0, got {sample_weight}.")
+        for name, value in (("sample_weight", sample_weight), ("empty_weight", empty_weight)):
+            if value < 0:
+                raise ValueError(f"{name} must be >= 0, got {value}.")
         self.beta = float(beta)
         self.ignore_index = ignore_index
         self.sample_weight = float(sample_weight)
+        self.empty_weight = float(empty_weight)
 
     def forward(
         self,
@@ -86,17 +99,48 @@ class ELBOLoss(nn.Module):
         ce = ce_map.flatten(1).sum(dim=1).mean()
         kl_mean = kl.float().mean() if kl is not None else torch.zeros((), device=logits.device)
         loss = ce + self.beta * kl_mean
-        if self.sample_weight == 0.0:
+        if self.sample_weight == 0.0 and self.empty_weight == 0.0:
             return ELBOTerms(loss, ce, kl_mean)
+        what = "sample_weight" if self.sample_weight > 0 else "empty_weight"
         if samples is None:
             raise ValueError(
-                "sample_weight > 0 needs the network's prior samples: train with prior_samples >= 2 "
-                "(ProbUNetTrainer; the network's forward(..., num_prior_samples=S))."
+                f"{what} > 0 needs the network's prior samples: train with prior_samples >= "
+                f"{2 if self.sample_weight > 0 else 1} (ProbUNetTrainer; the network's forward(..., num_prior_samples=S))."
             )
         if graders is None:
-            raise ValueError("sample_weight > 0 needs the graders' masks (graders=B x A x *spatial).")
+            raise ValueError(f"{what} > 0 needs the graders' masks (graders=B x A x *spatial).")
+        if self.empty_weight > 0:
+            loss = loss + self.empty_weight * empty_sample_ce(samples, graders, self.ignore_index)
+        if self.sample_weight == 0.0:
+            return ELBOTerms(loss, ce, kl_mean)
         energy = energy_score(samples, graders, self.ignore_index).mean()
         return ELBOTerms(loss + self.sample_weight * energy, ce, kl_mean, energy.detach())
+
+
+def empty_sample_ce(samples: torch.Tensor, graders: torch.Tensor, ignore_index: int | None = None) -> torch.Tensor:
+    """How far the draws are from empty where every grader drew nothing: a batch mean, as the ELBO's cross-entropy.
+
+    For each image whose graders all label every pixel background (0; ``ignore_index`` pixels aside), the
+    pixel-summed cross-entropy of each draw's logits to background, averaged over the draws; other images add 0.
+    The sum is divided by the batch size, so the term weighs one lesion-free image as the ELBO's cross-entropy does.
+
+    Shapes:
+        ``samples``: logits ``B x S x C x *spatial`` (S >= 1); ``graders``: ``B x A x *spatial`` integer labels;
+        returns a scalar.
+    """
+    graders = graders.long()
+    keep = torch.ones_like(graders[:, 0], dtype=torch.bool)
+    fg = graders != 0
+    if ignore_index is not None:
+        keep = (graders != ignore_index).all(dim=1)
+        fg &= graders != ignore_index
+    empty = ~fg.flatten(1).any(dim=1)  # B
+    b, s = samples.shape[:2]
+    if not bool(empty.any()):
+        return samples.sum() * 0.0
+    logp_bg = torch.log_softmax(samples[empty].float(), dim=2)[:, :, 0]  # E x S x *spatial
+    ce = -(logp_bg * keep[empty].unsqueeze(1)).flatten(2).sum(dim=2).mean(dim=1)  # E
+    return ce.sum() / b
 
 
 def energy_score(samples: torch.Tensor, graders: torch.Tensor, ignore_index: int | None = None) -> torch.Tensor:

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from monai_probunet.losses import ELBOLoss, energy_score
+from monai_probunet.losses import ELBOLoss, empty_sample_ce, energy_score
 
 
 def test_ce_is_summed_over_pixels_and_averaged_over_batch():
@@ -87,3 +87,30 @@ def test_sample_weight_adds_the_energy_score_and_asks_for_what_it_needs():
         ELBOLoss(sample_weight=1.0)((logits, kl), target, graders=graders)
     with pytest.raises(ValueError, match="sample_weight"):
         ELBOLoss(sample_weight=-1.0)
+
+
+def test_empty_weight_scores_the_draws_only_where_every_grader_drew_nothing():
+    # image 0: every grader empty; image 1: one grader of three drew a pixel, so its draws are not scored
+    graders = torch.zeros(2, 3, 2, 2, dtype=torch.long)
+    graders[1, 2, 0, 0] = 1
+    samples = torch.zeros(2, 2, 2, 2, 2)  # uniform softmax: -log(1/2) per pixel
+    samples[0, 1, 1] = 20.0  # image 0's second draw: foreground everywhere, -log(sigmoid(-20)) per pixel
+    samples[1, :, 1] = 20.0  # image 1 shows a lesion in every draw: no cost
+    per_draw = [4 * math.log(2), 4 * -torch.nn.functional.logsigmoid(torch.tensor(-20.0)).item()]
+    expected = sum(per_draw) / 2 / 2  # the mean over image 0's 2 draws, over the batch of 2
+    assert empty_sample_ce(samples, graders).item() == pytest.approx(expected, rel=1e-5)
+    ignored = graders.clone()
+    ignored[0, :, 1, 1] = 255  # left out of the sum, and not a lesion
+    assert empty_sample_ce(samples, ignored, ignore_index=255).item() == pytest.approx(expected * 3 / 4, rel=1e-5)
+    assert empty_sample_ce(samples[1:], graders[1:]).item() == 0.0  # no image without a lesion: 0, still a tensor
+    logits, kl = torch.zeros(2, 2, 2, 2), torch.tensor([1.0, 2.0])
+    plain = ELBOLoss()((logits, kl), graders[:, :1])
+    terms = ELBOLoss(empty_weight=0.5)((logits, kl, samples), graders[:, :1], graders=graders)
+    assert terms.loss.item() == pytest.approx(plain.loss.item() + 0.5 * expected, rel=1e-5)
+    assert terms.energy is None  # no energy score unless sample_weight > 0
+    with pytest.raises(ValueError, match="empty_weight > 0 needs the graders"):
+        ELBOLoss(empty_weight=1.0)((logits, kl, samples), graders[:, :1])
+    with pytest.raises(ValueError, match="empty_weight > 0 needs the network's prior samples: train with prior_samples >= 1"):
+        ELBOLoss(empty_weight=1.0)((logits, kl), graders[:, :1], graders=graders)
+    with pytest.raises(ValueError, match="empty_weight must be >= 0"):
+        ELBOLoss(empty_weight=-1.0)

@@ -406,35 +406,40 @@ def test_prior_samples_in_training_pass_reach_the_prior_and_keep_the_reconstruct
 
 
 @pytest.mark.parametrize("injection", ["fcomb", "input"])
-def test_sample_gradient_prior_trains_only_the_prior_with_the_samples(injection):
+def test_sample_gradient_chooses_what_the_samples_train(injection):
     torch.manual_seed(0)
     kwargs = {"spatial_dims": 2, "in_channels": 1, "out_channels": 2, "channels": (4, 8), "latent_dim": 2,
               "latent_injection": injection}  # fmt: skip
     both = ProbUNet(**kwargs).train()
-    prior_only = ProbUNet(**kwargs, sample_gradient="prior").train()
-    prior_only.load_state_dict(both.state_dict())
+    nets = {"all": both}
+    for mode in ("prior", "decoder"):
+        nets[mode] = ProbUNet(**kwargs, sample_gradient=mode).train()
+        nets[mode].load_state_dict(both.state_dict())
+    prior_only = nets["prior"]
     image = torch.rand(2, 1, 16, 16)
     seg = (torch.rand(2, 1, 16, 16) > 0.8).long()
     outs = {}
-    for name, net in (("all", both), ("prior", prior_only)):
+    for name, net in nets.items():
         torch.manual_seed(3)
         outs[name] = net(image, seg, num_prior_samples=3)
-    for a, b in zip(outs["all"], outs["prior"]):  # the same draws and logits either way
-        assert torch.allclose(a, b, atol=1e-5)
-    for name, net in (("all", both), ("prior", prior_only)):
+    for name in ("prior", "decoder"):
+        for a, b in zip(outs["all"], outs[name]):  # the same draws and logits either way
+            assert torch.allclose(a, b, atol=1e-5)
+    for name, net in nets.items():
         net.zero_grad()
         outs[name][2][:, :, 1].sum().backward()  # the samples' logits alone
         grads = {m: [p.grad for p in getattr(net, m).parameters()] for m in ("prior_net", "unet")}
         grads["decoder"] = [p.grad for p in (net.fcomb if injection == "fcomb" else net.head).parameters()]
         moved = {m: any(g is not None and g.abs().sum() > 0 for g in gs) for m, gs in grads.items()}
-        assert moved == {"prior_net": True, "unet": name == "all", "decoder": name == "all"}, (name, moved)
+        trains_decoder = name in ("all", "decoder")
+        assert moved == {"prior_net": name != "decoder", "unet": trains_decoder, "decoder": trains_decoder}, (name, moved)
     prior_only.zero_grad()
     torch.manual_seed(3)
     logits, _, _ = prior_only(image, seg, num_prior_samples=3)
     logits[:, 1].sum().backward()  # the reconstruction still trains the decoder
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in prior_only.unet.parameters() if p.ndim > 1)
     with pytest.raises(ValueError, match="sample_gradient"):
-        ProbUNet(2, 1, 2, channels=(4, 8), sample_gradient="decoder")
+        ProbUNet(2, 1, 2, channels=(4, 8), sample_gradient="both")
     with pytest.raises(ValueError, match="needs a prior net"):
         ProbUNet(2, 1, 2, channels=(4, 8), fixed_prior=True, sample_gradient="prior")
 

@@ -436,8 +436,8 @@ def test_bundle_bad_input_is_one_line(tmp_path, case):
         args += ["--learning_rate", "-0.001"]
         expect = ("--learning_rate: expected a number > 0, got -0.001",)
     elif case == "sample_gradient_x":
-        args += ["--sample_gradient", "decoder"]
-        expect = ("--sample_gradient: expected one of all, prior, got 'decoder'",)
+        args += ["--sample_gradient", "both"]
+        expect = ("--sample_gradient: expected one of all, prior, decoder, got 'both'",)
     elif case == "bad_kwargs":
         args += ["--dataset_kwargs", "{'num_patients': 12, 'image_size': 8}"]
         expect = ("invalid parameters for dataset 'shapes'", "image_size must be >= 16")

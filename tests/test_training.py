@@ -80,6 +80,32 @@ def test_sample_loss_scores_prior_draws_against_all_graders(tiny_shapes):
                prior_samples=2)
 
 
+def test_empty_loss_scores_prior_draws_on_lesion_free_images_only():
+    g = torch.Generator().manual_seed(0)
+    lesion = torch.zeros(1, 16, 16, dtype=torch.long)
+    lesion[:, 4:9, 4:9] = 1
+
+    def batches(graders: torch.Tensor) -> list[dict[str, torch.Tensor]]:  # 4 images, the first grader's mask as label
+        image = torch.rand(4, 1, 16, 16, generator=g)
+        return [{"image": image, "label": graders[:, :1].clone(), "graders": graders}] * 3
+
+    empty = torch.zeros(4, 3, 16, 16, dtype=torch.long)
+    drawn = lesion.expand(4, 3, 16, 16).clone()
+    drawn[:, 1:] = 0  # one grader of three drew the lesion: not lesion-free
+    for graders, scored in ((empty, True), (drawn, False)):
+        set_determinism(seed=0)
+        outputs: list[dict] = []
+        net = ProbUNet(2, 1, 2, channels=(8, 16), latent_dim=2, sample_gradient="decoder")
+        _train(net, batches(graders), 3, loss=ELBOLoss(empty_weight=0.5), outputs=outputs, prior_samples=1)
+        extra = [o["loss"] - o["ce"] - o["kl"] for o in outputs]  # the weighted term of the batch's prior draws
+        assert len(extra) == 3 and "energy" not in outputs[0]
+        # a draw is never exactly empty: about 0.5 x 256 pixels x -log p(background) on a lesion-free image
+        assert all((e > 1.0) if scored else (abs(e) < 1e-3) for e in extra), (scored, extra)
+    with pytest.raises(ValueError, match="'graders'.*CopyItemsd"):
+        _train(net, [{"image": torch.rand(4, 1, 16, 16), "label": empty[:, :1]}], 1, loss=ELBOLoss(empty_weight=0.5),
+               prior_samples=1)
+
+
 def _two_mode_batches(n: int, size: int = 16, seed: int = 0) -> list[dict[str, torch.Tensor]]:
     """Featureless images; a grader outlines the left half or the right half with probability 1/2 each."""
     g = torch.Generator().manual_seed(seed)

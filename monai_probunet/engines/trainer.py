@@ -47,7 +47,8 @@ class ProbUNetTrainer(SupervisedTrainer):
       itself stays the plain module (its state dict, checkpoints and the evaluators' sampling are unchanged);
     - ``prior_samples=S > 0`` also decodes S draws from the prior in every training pass
       (``network(image, seg=label, num_prior_samples=S)``) and passes them with all graders' masks (the batch's
-      ``graders_key``) to the loss (:class:`~monai_probunet.losses.ELBOLoss` with ``sample_weight > 0``);
+      ``graders_key``) to the loss (:class:`~monai_probunet.losses.ELBOLoss` with ``sample_weight > 0`` or
+      ``empty_weight > 0``);
     - gradients are reset to ``None`` before each step (``optim_set_to_none=True``, PyTorch's own default for
       ``zero_grad``; MONAI's is ``False``): no pass that fills every gradient with zeros before the backward adds
       into it (measured in docs/benchmarks.md). A parameter outside a step's graph is then left alone by the
@@ -65,7 +66,7 @@ class ProbUNetTrainer(SupervisedTrainer):
         torch_compile: ``"auto"``, a boolean or a ``torch.compile`` mode (``"reduce-overhead"``, ...) for the
             training pass.
         prior_samples: prior draws per image decoded in every training pass when the loss scores them (its
-            ``sample_weight > 0``; 0: none).
+            ``sample_weight > 0`` or ``empty_weight > 0``; 0: none).
         graders_key: the batch key of all graders' masks (``B x A x *spatial``), needed with ``prior_samples``.
         optim_set_to_none: reset gradients to ``None`` (not to zeros) before each step.
         other args: as :class:`monai.engines.SupervisedTrainer`.
@@ -134,8 +135,9 @@ class ProbUNetTrainer(SupervisedTrainer):
             Events.STARTED,
             lambda engine: engine.logger.info(f"{engine.precision_reason}; {layout_reason}; {compile_reason}"),
         )
-        # drawn only for a loss that scores them (ELBOLoss with sample_weight > 0)
-        self.prior_samples = int(prior_samples) if getattr(loss_function, "sample_weight", 0.0) > 0 else 0
+        # drawn only for a loss that scores them (ELBOLoss with sample_weight > 0 or empty_weight > 0)
+        scored = any(getattr(loss_function, k, 0.0) > 0 for k in ("sample_weight", "empty_weight"))
+        self.prior_samples = int(prior_samples) if scored else 0
         net = getattr(network, "module", network)  # DistributedDataParallel wraps the network
         if self.prior_samples > 0 and "num_prior_samples" not in inspect.signature(net.forward).parameters:
             raise ConfigValueError(

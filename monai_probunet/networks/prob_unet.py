@@ -25,9 +25,10 @@ __all__ = ["LATENT_INJECTIONS", "SAMPLE_GRADIENTS", "ProbUNet", "latent_kl", "se
 
 #: where the latent enters the network: ``"fcomb"`` (the paper's model) or ``"input"`` (Appendix D ablation)
 LATENT_INJECTIONS = ("fcomb", "input")
-#: which weights a loss on the prior's draws trains: ``"all"`` (prior net, U-Net and f_comb) or ``"prior"`` (the
-#: prior net only: the draws are decoded with the decoder's weights and the U-Net's features held fixed)
-SAMPLE_GRADIENTS = ("all", "prior")
+#: which weights a loss on the prior's draws trains: ``"all"`` (prior net, U-Net and f_comb), ``"prior"`` (the
+#: prior net only: the draws are decoded with the decoder's weights and the U-Net's features held fixed) or
+#: ``"decoder"`` (the U-Net and f_comb only: the draws are taken without gradient to the prior net)
+SAMPLE_GRADIENTS = ("all", "prior", "decoder")
 
 
 def segmentation_to_onehot(seg: torch.Tensor, num_classes: int, centre: float = 0.5) -> torch.Tensor:
@@ -132,10 +133,12 @@ class ProbUNet(nn.Module):
             closely; see :mod:`~monai_probunet.networks.latent_noise`) or ``"iid"`` (independent, the paper's).
             A setting of the sampler, not a weight: it is not in the state dict.
         sample_gradient: what a loss on the prior's draws (``forward(..., num_prior_samples=S)``, the
-            energy score of :class:`~monai_probunet.losses.ELBOLoss`) trains: ``"all"`` (the prior net through the
-            reparameterised draws, and the U-Net and f_comb that decode them) or ``"prior"`` (the prior net only:
-            the draws are decoded with the U-Net's and f_comb's weights held fixed, so only the ELBO trains the
-            decoder). A training setting, not in the state dict. Not in the paper.
+            energy score or the empty-draws term of :class:`~monai_probunet.losses.ELBOLoss`) trains: ``"all"``
+            (the prior net through the reparameterised draws, and the U-Net and f_comb that decode them),
+            ``"prior"`` (the prior net only: the draws are decoded with the U-Net's and f_comb's weights held fixed,
+            so only the ELBO trains the decoder) or ``"decoder"`` (the U-Net and f_comb only: the draws are taken
+            without gradient to the prior net, which only the KL trains). A training setting, not in the state dict.
+            Not in the paper.
 
     Shapes:
         image ``B x in_channels x *spatial``; seg ``B x 1 x *spatial`` integer labels;
@@ -335,7 +338,9 @@ class ProbUNet(nn.Module):
         if num_prior_samples <= 0:
             return self.decode(image, z)[:, 0], latent_kl(q, p)
         z_prior = p.rsample((num_prior_samples,)).transpose(0, 1)
-        if self.sample_gradient == "all":
+        if self.sample_gradient == "decoder":
+            z_prior = z_prior.detach()
+        if self.sample_gradient in ("all", "decoder"):
             logits = self.decode(image, torch.cat([z, z_prior], dim=1))
             return logits[:, 0], latent_kl(q, p), logits[:, 1:]
         features = self.unet(image) if self.fcomb is not None else None
