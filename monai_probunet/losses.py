@@ -105,7 +105,8 @@ class ELBOLoss(nn.Module):
         if samples is None:
             raise ValueError(
                 f"{what} > 0 needs the network's prior samples: train with prior_samples >= "
-                f"{2 if self.sample_weight > 0 else 1} (ProbUNetTrainer; the network's forward(..., num_prior_samples=S))."
+                f"{2 if self.sample_weight > 0 else 1} (ProbUNetTrainer; the network's "
+                "forward(..., num_prior_samples=S))."
             )
         if graders is None:
             raise ValueError(f"{what} > 0 needs the graders' masks (graders=B x A x *spatial).")
@@ -135,7 +136,7 @@ def empty_sample_ce(samples: torch.Tensor, graders: torch.Tensor, ignore_index: 
         keep = (graders != ignore_index).all(dim=1)
         fg &= graders != ignore_index
     empty = ~fg.flatten(1).any(dim=1)  # B
-    b, s = samples.shape[:2]
+    b = samples.shape[0]
     if not bool(empty.any()):
         return samples.sum() * 0.0
     logp_bg = torch.log_softmax(samples[empty].float(), dim=2)[:, :, 0]  # E x S x *spatial

@@ -110,7 +110,7 @@ def test_empty_weight_scores_the_draws_only_where_every_grader_drew_nothing():
     assert terms.energy is None  # no energy score unless sample_weight > 0
     with pytest.raises(ValueError, match="empty_weight > 0 needs the graders"):
         ELBOLoss(empty_weight=1.0)((logits, kl, samples), graders[:, :1])
-    with pytest.raises(ValueError, match="empty_weight > 0 needs the network's prior samples: train with prior_samples >= 1"):
+    with pytest.raises(ValueError, match="empty_weight > 0 needs the network's prior samples: .* prior_samples >= 1"):
         ELBOLoss(empty_weight=1.0)((logits, kl), graders[:, :1], graders=graders)
     with pytest.raises(ValueError, match="empty_weight must be >= 0"):
         ELBOLoss(empty_weight=-1.0)

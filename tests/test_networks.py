@@ -432,7 +432,8 @@ def test_sample_gradient_chooses_what_the_samples_train(injection):
         grads["decoder"] = [p.grad for p in (net.fcomb if injection == "fcomb" else net.head).parameters()]
         moved = {m: any(g is not None and g.abs().sum() > 0 for g in gs) for m, gs in grads.items()}
         trains_decoder = name in ("all", "decoder")
-        assert moved == {"prior_net": name != "decoder", "unet": trains_decoder, "decoder": trains_decoder}, (name, moved)
+        expected = {"prior_net": name != "decoder", "unet": trains_decoder, "decoder": trains_decoder}
+        assert moved == expected, (name, moved)
     prior_only.zero_grad()
     torch.manual_seed(3)
     logits, _, _ = prior_only(image, seg, num_prior_samples=3)
