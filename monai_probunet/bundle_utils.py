@@ -79,6 +79,7 @@ def check_options(
     positive: Mapping[str, Any] | None = None,
     mappings: Mapping[str, Any] | None = None,
     choices: Mapping[str, tuple[Any, Sequence[Any]]] | None = None,
+    conditions: Mapping[str, tuple[Any, bool, str]] | None = None,
 ) -> None:
     """Check bundle options of simple kinds at the start of a run, before any data is generated or loaded.
 
@@ -91,6 +92,8 @@ def check_options(
         mappings: ``{key: value}`` of options that must be dicts (keyword arguments such as ``dataset_kwargs``).
         choices: ``{key: (value, allowed)}`` of options that must be one of ``allowed`` (named settings such as
             ``prior_sampling``).
+        conditions: ``{key: (value, ok, expected)}`` of options checked by an expression of the config (``ok``, e.g.
+            one that depends on another option); ``expected`` says what a good value is.
 
     Raises:
         ConfigValueError: the first option of the wrong kind, naming its key.
@@ -109,6 +112,9 @@ def check_options(
     for key, (value, allowed) in (choices or {}).items():
         if value not in tuple(allowed):
             raise ConfigValueError(f"--{key}: expected one of {', '.join(map(str, allowed))}, got {value!r}.")
+    for key, (value, ok, expected) in (conditions or {}).items():
+        if not ok:
+            raise ConfigValueError(f"--{key}: expected {expected}, got {value!r}.")
     for key, value in (folders or {}).items():
         folder = probe = Path(str(value)).expanduser()
         while not probe.exists() and probe != probe.parent:

@@ -445,6 +445,28 @@ def test_sample_gradient_chooses_what_the_samples_train(injection):
         ProbUNet(2, 1, 2, channels=(4, 8), fixed_prior=True, sample_gradient="prior")
 
 
+def test_draw_temperature_spreads_the_decoder_only_draws_about_the_prior_mean():
+    torch.manual_seed(0)
+    net = ProbUNet(2, 1, 2, channels=(4, 8), latent_dim=3, sample_gradient="decoder").train()
+    image = torch.rand(2, 1, 16, 16)
+    seg = (torch.rand(2, 1, 16, 16) > 0.8).long()
+    torch.manual_seed(3)  # the draws of the prior's own spread, in forward's order: posterior first, then prior
+    q, p = net.posterior(image, seg), net.prior(image)
+    q.rsample()
+    z = p.rsample((3,)).transpose(0, 1)  # B x S x latent
+    mean = p.mean.unsqueeze(1)
+    for t, expected in ((1.0, z), (2.0, mean + 2.0 * (z - mean)), (0.0, mean.expand_as(z))):
+        net.draw_temperature = t
+        torch.manual_seed(3)
+        _, _, samples = net(image, seg, num_prior_samples=3)
+        assert torch.allclose(samples, net.decode(image, expected), atol=1e-5), t
+    assert not torch.allclose(net.decode(image, z), net.decode(image, mean + 2.0 * (z - mean)), atol=1e-3)
+    with pytest.raises(ValueError, match="draw_temperature must be >= 0"):
+        ProbUNet(2, 1, 2, channels=(4, 8), sample_gradient="decoder", draw_temperature=-1.0)
+    with pytest.raises(ValueError, match="needs sample_gradient='decoder'"):
+        ProbUNet(2, 1, 2, channels=(4, 8), draw_temperature=2.0)
+
+
 def test_mean_max_pooling_starts_as_the_papers_mean_pooling():
     torch.manual_seed(0)
     net = ProbUNet(2, 1, 2, channels=(8, 16, 32), latent_dim=4, encoder_pooling="mean_max")

@@ -85,6 +85,10 @@ def test_named_settings_are_checked_against_their_choices():
                                 ("encoder_pooling", "max", POOLINGS)]:  # fmt: skip
         with pytest.raises(ConfigValueError, match=rf"^--{key}: expected one of {', '.join(allowed)}, got {value!r}\.$"):
             check_options(choices={key: (value, allowed)})
+    check_options(conditions={"draw_temperature": (2.0, True, "1 unless --sample_gradient decoder")})
+    message = r"^--draw_temperature: expected 1 unless --sample_gradient decoder, got 2\.0\.$"
+    with pytest.raises(ConfigValueError, match=message):
+        check_options(conditions={"draw_temperature": (2.0, False, "1 unless --sample_gradient decoder")})
 
 
 # --- the user's dataset folder -----------------------------------------------------------------------------------
@@ -402,7 +406,7 @@ def test_bundle_bad_folder_dataset_fails_before_training(tmp_path):
     "case",
     ["resume_maybe", "channels_last_2", "posterior_presence_x", "max_epochs_neg", "dataset_dir_file",
      "not_json", "empty_split", "bad_kwargs", "missing_datalist", "ckpt_dir_file", "kwargs_not_dict", "lr_negative",
-     "sample_gradient_x", "torch_compile_x"],
+     "sample_gradient_x", "torch_compile_x", "draw_temperature_all"],
 )  # fmt: skip
 def test_bundle_bad_input_is_one_line(tmp_path, case):
     data = tmp_path / "d"
@@ -438,6 +442,9 @@ def test_bundle_bad_input_is_one_line(tmp_path, case):
     elif case == "sample_gradient_x":
         args += ["--sample_gradient", "both"]
         expect = ("--sample_gradient: expected one of all, prior, decoder, got 'both'",)
+    elif case == "draw_temperature_all":  # wider draws would train the prior net towards a wider prior
+        args += ["--draw_temperature", "2"]
+        expect = ("--draw_temperature: expected a number >= 0, and 1 unless --sample_gradient decoder, got 2",)
     elif case == "bad_kwargs":
         args += ["--dataset_kwargs", "{'num_patients': 12, 'image_size': 8}"]
         expect = ("invalid parameters for dataset 'shapes'", "image_size must be >= 16")

@@ -139,6 +139,11 @@ class ProbUNet(nn.Module):
             so only the ELBO trains the decoder) or ``"decoder"`` (the U-Net and f_comb only: the draws are taken
             without gradient to the prior net, which only the KL trains). A training setting, not in the state dict.
             Not in the paper.
+        draw_temperature: the spread of those training draws, ``z = mu + draw_temperature * L eps`` (1: the
+            prior's own; 0: its mean), so a loss on them also reaches the prior's tails, where a stratified set of
+            16 hypotheses always puts a draw. Only with ``sample_gradient="decoder"`` (the prior net is not trained
+            by the draws, so their spread only chooses where the decoder is taught). A training setting, not in the
+            state dict. Not in the paper.
 
     Shapes:
         image ``B x in_channels x *spatial``; seg ``B x 1 x *spatial`` integer labels;
@@ -167,10 +172,18 @@ class ProbUNet(nn.Module):
         prior_temperature: float = 1.0,
         prior_sampling: str = "sobol",
         sample_gradient: str = "all",
+        draw_temperature: float = 1.0,
     ) -> None:
         super().__init__()
         if sample_gradient not in SAMPLE_GRADIENTS:
             raise ValueError(f"sample_gradient must be one of {SAMPLE_GRADIENTS}, got {sample_gradient!r}.")
+        if not draw_temperature >= 0:
+            raise ValueError(f"draw_temperature must be >= 0, got {draw_temperature!r}.")
+        if draw_temperature != 1 and sample_gradient != "decoder":
+            raise ValueError(
+                f"draw_temperature={draw_temperature!r} needs sample_gradient='decoder' (draws that train the prior "
+                f"net must come from the prior itself), got sample_gradient={sample_gradient!r}."
+            )
         if not prior_temperature > 0:
             raise ValueError(f"prior_temperature must be > 0, got {prior_temperature!r}.")
         if prior_sampling not in PRIOR_SAMPLINGS:
@@ -197,6 +210,7 @@ class ProbUNet(nn.Module):
         self.latent_injection = latent_injection
         self.prior_sampling = prior_sampling
         self.sample_gradient = sample_gradient
+        self.draw_temperature = float(draw_temperature)
         # registration order (unet, prior, posterior, f_comb/head) fixes the initialisation's RNG stream
         inject_input = latent_injection == "input"
         self.unet = UNetCore(
@@ -340,6 +354,9 @@ class ProbUNet(nn.Module):
         z_prior = p.rsample((num_prior_samples,)).transpose(0, 1)
         if self.sample_gradient == "decoder":
             z_prior = z_prior.detach()
+            if self.draw_temperature != 1:
+                mean = p.mean.detach().unsqueeze(1)
+                z_prior = mean + self.draw_temperature * (z_prior - mean)
         if self.sample_gradient in ("all", "decoder"):
             logits = self.decode(image, torch.cat([z, z_prior], dim=1))
             return logits[:, 0], latent_kl(q, p), logits[:, 1:]
