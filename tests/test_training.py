@@ -168,6 +168,17 @@ def test_kl_warmup_ramps_beta_and_survives_resume():
     assert off.beta == 0.7
 
 
+def test_warmup_ramps_the_empty_draws_term_and_leaves_beta_alone():
+    loss = ELBOLoss(beta=1.0, empty_weight=0.25)
+    seen: list[tuple[float, float]] = []
+    engine = Engine(lambda e, b: seen.append((loss.beta, loss.empty_weight)))
+    KLWarmup(loss, warmup_epochs=2, weight="empty_weight").attach(engine)
+    engine.run([0], max_epochs=4)
+    assert seen == [(1.0, 0.0), (1.0, 0.125), (1.0, 0.25), (1.0, 0.25)]
+    with pytest.raises(ValueError, match="empty_warmup_epochs"):
+        KLWarmup(MHeadsLoss(), warmup_epochs=2, weight="empty_weight")
+
+
 def test_resume_keeps_the_precision_of_the_run_it_continues(tmp_path, caplog):
     """``precision: auto`` is a timing on a CPU, taken anew by each process: a resumed auto run computes in the
     precision the checkpoint was trained in; an explicit precision is kept, with a warning."""
