@@ -10,6 +10,7 @@ show a lesion, or where any outline is larger than ``--max-area-mm2`` (the targe
 
     python benchmarks/real_ct_negatives.py                                  # the shipped bundle/models/model.pt
     python benchmarks/real_ct_negatives.py --model path/to/model.pt --config bundle/configs/train.yaml
+    python benchmarks/real_ct_negatives.py --padding-mode edge constant   # the field beyond the border: both fills
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import torch
 from pydicom.data import get_testdata_file
 
 from monai_probunet.inference import load_ct, load_model, predict_hypotheses
+from monai_probunet.inference_transforms import PADDING_MODES
 
 REPO = Path(__file__).resolve().parents[1]
 FILES = ("CT_small.dcm", "693_J2KI.dcm", "J2K_pixelrep_mismatch.dcm")
@@ -50,10 +52,21 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=1,
                         help="sampling seeds 0..K-1 (every click of one seed draws the same latent noise, as the CLI's "
                         "default seed does): the rates are averaged over them, the spread printed")
+    parser.add_argument("--padding-mode", nargs="+", choices=PADDING_MODES, default=["edge"],
+                        help="how the model's field is filled beyond the image border (several: one report each, "
+                        "same clicks and seeds)")
     args = parser.parse_args()
     torch.manual_seed(0)
     model, settings = load_model(args.model, args.config)
     print(f"model {args.model}: {args.samples} hypotheses per click, a click every {args.step_mm:g} mm")
+    for padding_mode in args.padding_mode:
+        if len(args.padding_mode) > 1:
+            print(f"padding beyond the image border: {padding_mode}")
+        report(args, model, settings, padding_mode)
+
+
+def report(args: argparse.Namespace, model: torch.nn.Module, settings: dict, padding_mode: str) -> None:
+    """Click the grid of every file with each sampling seed and print the false-lesion rates."""
     seeds = range(max(args.seeds, 1))
     per_seed_bad = np.zeros(len(seeds))
     total = 0
@@ -71,6 +84,7 @@ def main() -> None:
                     h = predict_hypotheses(
                         image, click, model, spacing=settings["spacing"], roi_size=settings["roi_size"],
                         hu_window=settings["hu_window"], num_samples=args.samples, seed=seed,
+                        padding_mode=padding_mode,
                     )
                 row_p.append(h.presence_probability)
                 row_a.append(float(h.areas_mm2.max()))

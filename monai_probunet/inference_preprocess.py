@@ -3,8 +3,8 @@
 :func:`inference_preprocessing`: :class:`LoadCTd` (load and check the CT), :class:`CheckHypothesesMemoryd`,
 :class:`ResolveCenterd` (the centre as voxel and RAS world coordinates), :class:`AxialSliced` (the axial slice
 through the centre of a volume), ``CastToTyped`` + ``ScaleIntensityRanged`` (the HU window, as in training),
-:class:`ModelGridd` (``Spacingd`` to the model's spacing, ``SpatialPadd`` with air, ``SpatialCropd`` of the model's
-field around the centre; the per-case chain is kept for ``Invertd``) and :class:`ModelInputd`.
+:class:`ModelGridd` (``Spacingd`` to the model's spacing, ``SpatialPadd`` continuing the image's border, ``SpatialCropd``
+of the model's field around the centre; the per-case chain is kept for ``Invertd``) and :class:`ModelInputd`.
 """
 
 from __future__ import annotations
@@ -31,15 +31,20 @@ from .bundle_utils import ConfigValueError
 from .ct_io import DEFAULT_HU_WINDOW, DEFAULT_ROI_SIZE, _affine4, _pair, _points, _slice_axis, load_ct, resolve_center
 
 __all__ = [
+    "MAX_HYPOTHESES_BYTES",
+    "PADDING_MODES",
     "AxialSliced",
     "CheckHypothesesMemoryd",
     "LoadCTd",
-    "MAX_HYPOTHESES_BYTES",
     "ModelGridd",
     "ModelInputd",
     "ResolveCenterd",
     "inference_preprocessing",
 ]
+
+#: how :class:`ModelGridd` fills the model's field beyond the image border: ``"edge"`` repeats the border pixels (the
+#: default), ``"constant"`` puts air there (0 after the HU window)
+PADDING_MODES = ("edge", "constant")
 
 #: refuse a request whose hypotheses (on the image's grid and the model's) would need more memory than this
 MAX_HYPOTHESES_BYTES = 4 * 2**30
@@ -173,21 +178,30 @@ class AxialSliced(MapTransform):
 
 
 class ModelGridd(MapTransform):
-    """Resample in-plane to the model's spacing, pad with air and crop the model's field around the centre.
+    """Resample in-plane to the model's spacing, pad beyond the border and crop the model's field around the centre.
 
-    Per case it builds ``Spacingd`` (bilinear, the slice axis kept), ``SpatialPadd`` (by the field, value 0 = air
-    after windowing) and ``SpatialCropd`` (``roi_size`` around the centre), applies them and keeps their ``Compose``
-    under ``transform_key`` for :class:`InvertModelGridd`. Also stores ``inside`` (bool ``1 x *crop``: crop pixels
-    that lie on the image), ``model_spacing`` and ``model_roi_size``.
+    Per case it builds ``Spacingd`` (bilinear, the slice axis kept), ``SpatialPadd`` (by the field) and
+    ``SpatialCropd`` (``roi_size`` around the centre), applies them and keeps their ``Compose`` under ``transform_key``
+    for :class:`InvertModelGridd`. Also stores ``inside`` (bool ``1 x *crop``: crop pixels that lie on the image),
+    ``model_spacing`` and ``model_roi_size``.
+
+    A centre near the border (within half the field) puts part of the field beyond the image. The model never saw
+    such a cut in training: its crops lie inside whole chest slices, so air there is the air around the body. Air
+    padding (``"constant"``) draws a straight tissue-to-air edge across whatever the border cuts, and a cut aorta or
+    vessel then looks like a nodule against lung; repeating the border pixels (``"edge"``, the default) continues
+    the tissue instead. Where the image's own border is air (a whole axial slice) both give air. Hypotheses beyond
+    the border are dropped either way (``inside``).
 
     Args:
         keys: the image key (windowed, after :class:`AxialSliced`).
         spacing: the model's in-plane pixel spacing in mm (one value or a pair).
         roi_size: the model's crop size in pixels.
         transform_key: where the case's chain is stored.
+        padding_mode: one of :data:`PADDING_MODES`.
 
     Raises:
-        ValueError: an image smaller than the model's field at ``spacing`` (never padded into one).
+        ValueError: an image smaller than the model's field at ``spacing`` (never padded into one), or an unknown
+            ``padding_mode``.
     """
 
     def __init__(
@@ -196,11 +210,15 @@ class ModelGridd(MapTransform):
         spacing: float | Sequence[float] = 1.0,
         roi_size: int | Sequence[int] = DEFAULT_ROI_SIZE,
         transform_key: str = "model_grid",
+        padding_mode: str = "edge",
     ) -> None:
         super().__init__(keys)
         self.spacing = _pair(spacing, "spacing", float)
         self.roi = _pair(roi_size, "roi_size", int)
         self.transform_key = transform_key
+        if padding_mode not in PADDING_MODES:
+            raise ValueError(f"padding_mode: expected one of {', '.join(PADDING_MODES)}, got {padding_mode!r}.")
+        self.padding_mode = padding_mode
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
@@ -230,7 +248,8 @@ class ModelGridd(MapTransform):
         inside_plane = MetaTensor(torch.ones_like(plane.as_tensor()), affine=plane.affine)
         for a in inplane:
             pad_size[a] = int(out[key].shape[1 + a]) + crop_size[a]
-        pad_t = SpatialPadd(keys=key, spatial_size=pad_size, mode="constant", value=0.0)
+        pad_kwargs = {"value": 0.0} if self.padding_mode == "constant" else {}
+        pad_t = SpatialPadd(keys=key, spatial_size=pad_size, mode=self.padding_mode, **pad_kwargs)
         out = pad_t(out)
         vox_padded = _points(_affine4(out[key]), np.asarray(d["center_world_ras"])[None], invert=True)[0][:nd]
         roi_center = [int(np.floor(v + 0.5)) for v in vox_padded]
@@ -240,7 +259,8 @@ class ModelGridd(MapTransform):
         out = crop_t(out)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            inside = crop_t(pad_t(spacing_t({key: inside_plane})))[key].as_tensor() > 0.5
+            zero_pad_t = SpatialPadd(keys=key, spatial_size=pad_size, mode="constant", value=0.0)
+            inside = crop_t(zero_pad_t(spacing_t({key: inside_plane})))[key].as_tensor() > 0.5
         return {
             key: out[key],
             self.transform_key: Compose([spacing_t, pad_t, crop_t]),
@@ -281,6 +301,7 @@ def inference_preprocessing(
     hu_window: Sequence[float] = DEFAULT_HU_WINDOW,
     num_samples: int = 16,
     allow_non_ct: bool = False,
+    padding_mode: str = "edge",
 ) -> Compose:
     """The preprocessing chain (bundle id ``preprocessing``): load, centre, slice, window, model grid, input.
 
@@ -290,13 +311,14 @@ def inference_preprocessing(
         hu_window: ``[low, high]`` HU scaled to ``[0, 1]`` with clipping (as in training).
         num_samples: S (for the memory check).
         allow_non_ct: warn instead of refusing intensities that are not plausibly HU.
+        padding_mode: how the model's field is filled beyond the image border (:class:`ModelGridd`).
 
     Returns:
         A ``Compose`` of dictionary transforms taking ``{"image", "center", "world", "frame"}``.
 
     Raises:
-        ConfigValueError: (a ``ValueError``) a missing spacing, a bad ``spacing``, ``hu_window`` or ``roi_size``;
-            the bundle command prints it as one line.
+        ConfigValueError: (a ``ValueError``) a missing spacing, a bad ``spacing``, ``hu_window``, ``roi_size`` or
+            ``padding_mode``; the bundle command prints it as one line.
     """
     from .ct_io import SPACING_HINT
 
@@ -309,6 +331,8 @@ def inference_preprocessing(
         raise ConfigValueError(str(e)) from e
     if len(hu_window) != 2 or not float(hu_window[0]) < float(hu_window[1]):
         raise ConfigValueError(f"hu_window must be [low, high] with low < high, got {hu_window!r}.")
+    if padding_mode not in PADDING_MODES:
+        raise ConfigValueError(f"padding_mode: expected one of {', '.join(PADDING_MODES)}, got {padding_mode!r}.")
     return Compose(
         [
             LoadCTd("image", allow_non_ct=allow_non_ct),
@@ -319,7 +343,7 @@ def inference_preprocessing(
             ScaleIntensityRanged(
                 "image", a_min=float(hu_window[0]), a_max=float(hu_window[1]), b_min=0.0, b_max=1.0, clip=True
             ),
-            ModelGridd("image", spacing=spacing, roi_size=roi_size),
+            ModelGridd("image", spacing=spacing, roi_size=roi_size, padding_mode=padding_mode),
             ModelInputd("image"),
         ]
     )

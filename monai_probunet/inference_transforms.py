@@ -9,8 +9,9 @@ A case is a dictionary ``{"image": path or MetaTensor, "center": [...], "world":
 * :func:`inference_preprocessing`: :class:`LoadCTd` (load and check the CT), :class:`CheckHypothesesMemoryd`,
   :class:`ResolveCenterd` (the centre as voxel and RAS world coordinates), :class:`AxialSliced` (the axial slice
   through the centre of a volume), ``CastToTyped`` + ``ScaleIntensityRanged`` (the HU window, as in training),
-  :class:`ModelGridd` (``Spacingd`` to the model's spacing, ``SpatialPadd`` with air, ``SpatialCropd`` of the
-  model's field around the centre; the per-case chain is kept for ``Invertd``) and :class:`ModelInputd`.
+  :class:`ModelGridd` (``Spacingd`` to the model's spacing, ``SpatialPadd`` continuing the image's border,
+  ``SpatialCropd`` of the model's field around the centre; the per-case chain is kept for ``Invertd``) and
+  :class:`ModelInputd`.
 * :class:`HypothesesInferer`: the call of :class:`~monai_probunet.engines.SamplingInferer` returning the logits of S
   hypotheses, the latent noise re-seeded for every image (same seed, same hypotheses).
 * :func:`inference_postprocessing`: :class:`HypothesesFromLogitsd` (label maps, mean probability and entropy on
@@ -38,6 +39,7 @@ from .inference_postprocess import (
 )
 from .inference_preprocess import (
     MAX_HYPOTHESES_BYTES,
+    PADDING_MODES,
     AxialSliced,
     CheckHypothesesMemoryd,
     LoadCTd,
@@ -49,6 +51,7 @@ from .inference_preprocess import (
 
 __all__ = [
     "MAX_HYPOTHESES_BYTES",
+    "PADDING_MODES",
     "AxialSliced",
     "CheckHypothesesMemoryd",
     "HypothesesFromLogitsd",

@@ -106,8 +106,8 @@ def slice_window(c: float, n: int, half: int, step: int) -> slice:
     (:func:`grid_step`), so the window's model grid is the whole slice's. Near a border the window keeps its full
     width (``2 * half + 1`` voxels, or the whole axis if shorter) by reaching further into the image: it then holds
     the model's field wherever that overlaps the image, and
-    :class:`~monai_probunet.inference_transforms.ModelGridd` pads the part beyond the border with air, as it pads
-    the whole slice in 2-D mode.
+    :class:`~monai_probunet.inference_transforms.ModelGridd` pads the part beyond the border, as it pads the whole
+    slice in 2-D mode.
 
     Args:
         c: The centre (voxel coordinate along the axis, within half a voxel of the image).

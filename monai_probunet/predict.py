@@ -66,6 +66,7 @@ def predict_hypotheses(
     hu_window: Sequence[float] = DEFAULT_HU_WINDOW,
     device: str | torch.device = "cpu",
     allow_non_ct: bool = False,
+    padding_mode: str = "edge",
 ) -> Hypotheses:
     """Draw S segmentation hypotheses of the lesion at ``center`` and map them onto the input's grid.
 
@@ -83,8 +84,8 @@ def predict_hypotheses(
             every lesion).
         roi_size: The model's crop size in pixels. The image must cover it at ``spacing`` (an image smaller than the
             model's field is refused rather than padded); where the crop reaches past the image border (a centre near
-            the edge) the outside is air and hypotheses there are dropped, so areas and presence count only image
-            pixels.
+            the edge) the outside is filled by ``padding_mode`` and hypotheses there are dropped, so areas and presence
+            count only image pixels.
         num_samples: S, hypotheses to draw (16 in the paper).
         seed: Seed of the latent-noise generator (same seed, same hypotheses).
         threshold: The fitted lesion-presence rule (or the path of ``presence_threshold.json``); ``None``: the
@@ -93,6 +94,8 @@ def predict_hypotheses(
         device: Where the model runs (it is moved there).
         allow_non_ct: Warn instead of refusing when an image without a DICOM modality has intensities that are not
             plausibly HU (:func:`load_ct`).
+        padding_mode: ``"edge"`` (repeat the border pixels) or ``"constant"`` (air) beyond the image border
+            (:class:`~monai_probunet.inference_transforms.ModelGridd`).
 
     Returns:
         Hypotheses: Label maps ``S x *spatial``, mean probability and entropy ``*spatial``, presence probability,
@@ -106,7 +109,8 @@ def predict_hypotheses(
     """
     check_sampling_arguments(num_samples, seed, model)
     preprocessing = inference_preprocessing(
-        spacing, roi_size=roi_size, hu_window=hu_window, num_samples=int(num_samples), allow_non_ct=allow_non_ct
+        spacing, roi_size=roi_size, hu_window=hu_window, num_samples=int(num_samples), allow_non_ct=allow_non_ct,
+        padding_mode=padding_mode,
     )
     postprocessing = inference_postprocessing(threshold)
     device = torch.device(device)

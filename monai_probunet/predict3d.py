@@ -20,7 +20,7 @@ Each slice runs through the 2-D pieces of :mod:`~monai_probunet.inference_transf
 once per volume, :func:`slice_pieces`) on an in-plane window of the slice that holds the model's field around the
 centre (its start aligned to the model's grid, so the result equals the 2-D mode on that slice up to voxels at exact
 nearest-neighbour ties). Near an in-plane border the window keeps its width by reaching further into the image, and
-the model's field beyond the border is padded with air by the same preprocessing as in 2-D mode: a click anywhere on
+the model's field beyond the border is padded by the same preprocessing as in 2-D mode: a click anywhere on
 the volume is answered (:func:`~monai_probunet.lesion_growth.slice_window`).
 
 Result (:class:`Hypotheses3D`): ``S x *spatial`` hypotheses on the input's grid, the presence-rule label

@@ -50,10 +50,11 @@ class RandGraderd(Randomizable, MapTransform):
 class RandFieldOfViewd(Randomizable, MapTransform):
     """Let the scan's field of view end inside the crop: bands along the crop's borders become "outside the image".
 
-    At inference a lesion near the edge of a scan (or of a small field of view) is cropped past the image border and
-    the outside is filled with air (the window's lower bound, 0 after windowing) and left out of the hypotheses
-    (:func:`~monai_probunet.predict.predict_hypotheses`). Training crops never show such a border, so without this
-    transform a model meets straight-edged air regions first at inference. With probability ``prob`` per image, each
+    A scan's reconstructed field of view can end inside the model's field: beyond it the scanner writes its padding
+    value (air after the window), and the hypotheses there are meaningless. Training crops of whole chest slices
+    never show such a border, so without this transform a model meets straight-edged air regions first at
+    inference. (Beyond the image array itself the inference path repeats the border pixels instead,
+    :class:`~monai_probunet.inference_transforms.ModelGridd`, and leaves that part out of the hypotheses.) With probability ``prob`` per image, each
     of the ``2 * spatial_dims`` borders independently (probability ``side_prob``) gets a band of uniform random width
     in ``[1, max_fraction * size]`` pixels set to ``image_fill`` in the image keys and 0 in the label keys (nothing
     is drawn outside the image). ``max_fraction < 0.5`` keeps the crop centre, where the user clicked, inside.
