@@ -62,3 +62,19 @@ def test_default_is_edge_and_unknown_mode_refused():
         inference_preprocessing(1.0, roi_size=64, hu_window=HU_WINDOW, padding_mode="air")
     with pytest.raises(ValueError, match="padding_mode"):
         ModelGridd("image", spacing=1.0, roi_size=64, padding_mode="reflect")
+
+
+def test_bundle_key_reaches_the_transform():
+    """inference.yaml's ``infer_padding_mode`` (edge by default) is the preprocessing's ModelGridd's."""
+    from monai.bundle import ConfigParser
+
+    from tests.conftest import TRAIN_YAML
+
+    for value in (None, "constant"):
+        parser = ConfigParser()
+        parser.read_config([str(TRAIN_YAML), str(TRAIN_YAML.parent / "inference.yaml")])
+        parser["bundle_root"] = str(TRAIN_YAML.parent.parent)
+        if value is not None:
+            parser["infer_padding_mode"] = value
+        grids = [t for t in parser.get_parsed_content("preprocessing").transforms if isinstance(t, ModelGridd)]
+        assert [g.padding_mode for g in grids] == [value or "edge"]

@@ -5,7 +5,9 @@ vertebra with its canal and posterior arch, a rib head, paraspinal muscles, the 
 both lung bases in the corners). It is never used for training or for tuning the phantom. At each lesion-free
 location below the shipped ``bundle/models/model.pt`` (through the project's inference API, as a user calls it) must
 give a lesion-presence probability <= 0.2 over 16 hypotheses and no outline larger than 50 mm^2, with each of the
-sampling seeds 0-3: one set of 16 can miss a rare outline that the model draws, four sets rarely do.
+sampling seeds 0-3: one set of 16 can miss a rare outline that the model draws, four sets rarely do. The aorta and
+both lung bases lie within 7 mm of the image's edge, so part of the model's field lies beyond it: the inference path's
+default fill there (the border repeated, ``infer_padding_mode: edge``) is what a user gets.
 """
 
 from __future__ import annotations
@@ -50,12 +52,7 @@ def model_and_image():
 
 #: sites where the shipped model still fails (strict: a site that starts passing must move out of this list)
 NOT_MET = {
-    "posterior arch (bone)": "1-2 of 16 hypotheses outline bone, 85-212 mm^2 at seeds 0, 2 and 3",
-    "spinal canal": "seed 0: one of 16 hypotheses outlines 52 mm^2",
-    "descending aorta (mediastinum)": "2 of 16 hypotheses at every seed outline the aorta (116-325 mm^2)",
-    "para-aortic fat (mediastinum)": "seed 0: one of 16 hypotheses outlines 68 mm^2",
-    "left lung base (lung)": "2-4 of 16 hypotheses outline a lung vessel (4 at seed 1, 68 mm^2 at seed 0)",
-    "right lung base (lung)": "seed 0: one of 16 hypotheses outlines a lung vessel, 53 mm^2",
+    "left lung base (lung)": "3-5 of 16 hypotheses outline the lung vessel 2-4 mm from the click (at most 14 mm^2)",
 }
 
 
