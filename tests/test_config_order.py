@@ -121,3 +121,17 @@ def test_the_long_schedule_adds_epochs_and_moves_the_learning_rate_drops(other):
     assert _resolved(key="max_epochs") == 9 and _resolved("long.yaml", key="max_epochs") == 14
     assert list(_resolved(key="lr_scheduler#milestones")) == [5, 7]
     assert list(_resolved("long.yaml", key="lr_scheduler#milestones")) == [8, 11]
+
+
+@pytest.mark.parametrize("other", ["baselines/fixed_prior.yaml", "long.yaml"])
+def test_the_empty_draws_override_reaches_the_loss_and_the_network(other):
+    """empty_draws.yaml sets the empty-draws term (off in train.yaml) in either order with an ablation or long.yaml:
+    the loss's weight, the network's decoder-only draws at twice the prior's spread, one draw per image."""
+    assert _merged("empty_draws.yaml", other) == _merged(other, "empty_draws.yaml")
+    assert _resolved(key="empty_weight") == 0.0
+    parser = ConfigParser(_merged("empty_draws.yaml", other))
+    parser.update({"device": "$torch.device('cpu')", "channels": [4, 8], "bundle_root": "/b"})
+    net = parser.get_parsed_content("network_def")
+    assert (net.sample_gradient, net.draw_temperature) == ("decoder", 2.0)
+    assert parser.get_parsed_content("loss").empty_weight == 0.25
+    assert parser.get_parsed_content("prior_samples") == 1 and parser.get_parsed_content("empty_warmup_epochs") == 2

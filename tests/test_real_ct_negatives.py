@@ -52,7 +52,9 @@ def model_and_image():
 
 #: sites where the shipped model still fails (strict: a site that starts passing must move out of this list)
 NOT_MET = {
-    "left lung base (lung)": "3-5 of 16 hypotheses outline the lung vessel 2-4 mm from the click (at most 14 mm^2)",
+    "posterior arch (bone)": "1-2 of 16 hypotheses outline bone, 24-212 mm^2 at every seed",
+    "spinal canal": "seed 0: one of 16 hypotheses outlines 103 mm^2",
+    "left lung base (lung)": "3-4 of 16 hypotheses outline the lung vessel 2-4 mm from the click (up to 74 mm^2)",
 }
 
 

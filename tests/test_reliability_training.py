@@ -442,9 +442,9 @@ def test_bundle_bad_input_is_one_line(tmp_path, case):
     elif case == "sample_gradient_x":
         args += ["--sample_gradient", "both"]
         expect = ("--sample_gradient: expected one of all, prior, decoder, got 'both'",)
-    elif case == "draw_temperature_all":  # the default's wider draws would train the prior net towards a wider prior
-        args += ["--sample_gradient", "all"]
-        expect = ("--draw_temperature: expected a number >= 0, and 1 unless --sample_gradient decoder, got 2.0",)
+    elif case == "draw_temperature_all":  # wider draws would train the prior net towards a wider prior
+        args += ["--draw_temperature", "2"]
+        expect = ("--draw_temperature: expected a number >= 0, and 1 unless --sample_gradient decoder, got 2",)
     elif case == "bad_kwargs":
         args += ["--dataset_kwargs", "{'num_patients': 12, 'image_size': 8}"]
         expect = ("invalid parameters for dataset 'shapes'", "image_size must be >= 16")
