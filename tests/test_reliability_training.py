@@ -406,7 +406,7 @@ def test_bundle_bad_folder_dataset_fails_before_training(tmp_path):
     "case",
     ["resume_maybe", "channels_last_2", "posterior_presence_x", "max_epochs_neg", "dataset_dir_file",
      "not_json", "empty_split", "bad_kwargs", "missing_datalist", "ckpt_dir_file", "kwargs_not_dict", "lr_negative",
-     "sample_gradient_x", "torch_compile_x", "draw_temperature_all"],
+     "sample_gradient_x", "torch_compile_x", "draw_temperature_all", "empty_draws_mheads"],
 )  # fmt: skip
 def test_bundle_bad_input_is_one_line(tmp_path, case):
     data = tmp_path / "d"
@@ -445,6 +445,9 @@ def test_bundle_bad_input_is_one_line(tmp_path, case):
     elif case == "draw_temperature_all":  # wider draws would train the prior net towards a wider prior
         args += ["--draw_temperature", "2"]
         expect = ("--draw_temperature: expected a number >= 0, and 1 unless --sample_gradient decoder, got 2",)
+    elif case == "empty_draws_mheads":  # the override's term needs the ELBO; M-Heads has its own loss
+        args += ["--empty_weight", "0.25", "--loss", "$monai_probunet.losses.MHeadsLoss()"]
+        expect = ("--empty_weight: expected 0 with a loss other than the ELBO (MHeadsLoss), got 0.25",)
     elif case == "bad_kwargs":
         args += ["--dataset_kwargs", "{'num_patients': 12, 'image_size': 8}"]
         expect = ("invalid parameters for dataset 'shapes'", "image_size must be >= 16")
