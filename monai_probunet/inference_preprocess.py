@@ -185,12 +185,12 @@ class ModelGridd(MapTransform):
     for :class:`InvertModelGridd`. Also stores ``inside`` (bool ``1 x *crop``: crop pixels that lie on the image),
     ``model_spacing`` and ``model_roi_size``.
 
-    A centre near the border (within half the field) puts part of the field beyond the image. The model never saw
-    such a cut in training: its crops lie inside whole chest slices, so air there is the air around the body. Air
-    padding (``"constant"``) draws a straight tissue-to-air edge across whatever the border cuts, and a cut aorta or
-    vessel then looks like a nodule against lung; repeating the border pixels (``"edge"``, the default) continues
-    the tissue instead. Where the image's own border is air (a whole axial slice) both give air. Hypotheses beyond
-    the border are dropped either way (``inside``).
+    A centre near the border (within half the field) puts part of the field beyond the image. Air padding
+    (``"constant"``) draws a straight tissue-to-air edge across whatever the border cuts, and a cut aorta or vessel
+    then looks like a nodule against lung (docs/lidc_phantom.md: the shipped model outlined the aorta of a cropped
+    real slice that way); repeating the border pixels (``"edge"``, the default) continues the tissue instead. Where
+    the image's own border is air (a whole axial slice) both give air. Hypotheses beyond the border are dropped either
+    way (``inside``).
 
     Args:
         keys: the image key (windowed, after :class:`AxialSliced`).
