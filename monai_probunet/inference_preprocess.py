@@ -46,6 +46,13 @@ __all__ = [
 #: default), ``"constant"`` puts air there (0 after the HU window)
 PADDING_MODES = ("edge", "constant")
 
+
+def _padding_mode(value: str) -> str:
+    """``value`` if it is one of :data:`PADDING_MODES`, else a ``ValueError`` naming the choices."""
+    if value not in PADDING_MODES:
+        raise ValueError(f"padding_mode: expected one of {', '.join(PADDING_MODES)}, got {value!r}.")
+    return value
+
 #: refuse a request whose hypotheses (on the image's grid and the model's) would need more memory than this
 MAX_HYPOTHESES_BYTES = 4 * 2**30
 
@@ -216,9 +223,7 @@ class ModelGridd(MapTransform):
         self.spacing = _pair(spacing, "spacing", float)
         self.roi = _pair(roi_size, "roi_size", int)
         self.transform_key = transform_key
-        if padding_mode not in PADDING_MODES:
-            raise ValueError(f"padding_mode: expected one of {', '.join(PADDING_MODES)}, got {padding_mode!r}.")
-        self.padding_mode = padding_mode
+        self.padding_mode = _padding_mode(padding_mode)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
@@ -327,12 +332,11 @@ def inference_preprocessing(
     try:
         _pair(spacing, "spacing", float)
         _pair(roi_size, "roi_size", int)
+        _padding_mode(padding_mode)
     except ValueError as e:
         raise ConfigValueError(str(e)) from e
     if len(hu_window) != 2 or not float(hu_window[0]) < float(hu_window[1]):
         raise ConfigValueError(f"hu_window must be [low, high] with low < high, got {hu_window!r}.")
-    if padding_mode not in PADDING_MODES:
-        raise ConfigValueError(f"padding_mode: expected one of {', '.join(PADDING_MODES)}, got {padding_mode!r}.")
     return Compose(
         [
             LoadCTd("image", allow_non_ct=allow_non_ct),
