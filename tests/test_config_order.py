@@ -41,7 +41,7 @@ def test_probunet_baselines_override_only_network_keys(baseline):
     base, merged = _merged()["network_def"], _merged(baseline)["network_def"]
     assert merged["_target_"] == base["_target_"]
     changed = {k for k in merged if merged[k] != base.get(k)}
-    assert changed and changed <= {"fixed_prior", "posterior_context", "latent_injection", "prior_covariance"}
+    assert changed and changed <= {"fixed_prior", "posterior_context", "latent_injection", "prior_covariance", "prior_pooling"}
     assert {k: v for k, v in base.items() if k not in changed} == {k: merged[k] for k in base if k not in changed}
 
 
@@ -135,3 +135,20 @@ def test_the_empty_draws_override_reaches_the_loss_and_the_network(other):
     assert (net.sample_gradient, net.draw_temperature) == ("decoder", 2.0)
     assert parser.get_parsed_content("loss").empty_weight == 0.25
     assert parser.get_parsed_content("prior_samples") == 1 and parser.get_parsed_content("empty_warmup_epochs") == 2
+
+
+@pytest.mark.parametrize("other", [None, *PROBUNET_OVERRIDES])
+def test_the_centre_prior_override_reaches_the_prior_net_only_where_there_is_one(other):
+    """centre_prior.yaml gives the prior net (only) the centre pooling, in either order with an ablation; the
+    ablations with the fixed N(0, I) prior have no prior net and stay as they are."""
+    others = () if other is None else (other,)
+    assert _merged("centre_prior.yaml", *others) == _merged(*others, "centre_prior.yaml")
+    assert _resolved(key="prior_pooling") is None
+    parser = ConfigParser(_merged("centre_prior.yaml", *others))
+    parser.update({"device": "$torch.device('cpu')", "channels": [4, 8], "bundle_root": "/b"})
+    net = parser.get_parsed_content("network_def")
+    assert net.posterior_net.pooling == "mean"
+    if net.fixed_prior:
+        assert net.prior_net is None
+    else:
+        assert net.prior_net.pooling == "mean_centre"

@@ -467,21 +467,42 @@ def test_draw_temperature_spreads_the_decoder_only_draws_about_the_prior_mean():
         ProbUNet(2, 1, 2, channels=(4, 8), draw_temperature=2.0)
 
 
-def test_mean_max_pooling_starts_as_the_papers_mean_pooling():
+@pytest.mark.parametrize("pooling", ["mean_max", "mean_centre"])
+def test_added_pooling_starts_as_the_papers_mean_pooling(pooling):
     torch.manual_seed(0)
-    net = ProbUNet(2, 1, 2, channels=(8, 16, 32), latent_dim=4, encoder_pooling="mean_max")
+    net = ProbUNet(2, 1, 2, channels=(8, 16, 32), latent_dim=4, encoder_pooling=pooling)
     image = torch.rand(3, 1, 16, 16)
     mean_only = copy.deepcopy(net.prior_net)
     mean_only.pooling = "mean"
     mean_only.head = torch.nn.Conv2d(32, 8, 1)
     mean_only.head.weight.data = net.prior_net.head.weight.data[:, :32].clone()
     mean_only.head.bias.data = net.prior_net.head.bias.data.clone()
-    assert net.prior_net.head.weight.shape[1] == 64  # mean and max of the 32 deepest channels
+    assert net.prior_net.head.weight.shape[1] == 64  # mean and max (or centre mean) of the 32 deepest channels
     assert torch.allclose(net.prior_net.head.weight[:, 32:], torch.zeros(8, 32))
     for got, want in zip(net.prior_net.moments(image), mean_only.moments(image)):
         assert torch.allclose(got, want, atol=1e-6)
     with pytest.raises(ValueError, match="pooling"):
         ProbUNet(2, 1, 2, channels=(8, 16), encoder_pooling="median")
+    with pytest.raises(ValueError, match="prior_pooling must be None or one of"):
+        ProbUNet(2, 1, 2, channels=(8, 16), prior_pooling="centre")
+    with pytest.raises(ValueError, match="needs a prior net"):
+        ProbUNet(2, 1, 2, channels=(8, 16), fixed_prior=True, prior_pooling="mean_centre")
+
+
+def test_centre_pooling_averages_the_central_half_of_the_last_feature_map():
+    torch.manual_seed(0)
+    net = ProbUNet(2, 1, 2, channels=(8, 16, 32), latent_dim=4, encoder_pooling="mean_centre")
+    torch.nn.init.normal_(net.prior_net.head.weight)  # the centre half's weights start at zero: make them count
+    image = torch.rand(3, 1, 32, 32)
+    encoder = net.prior_net
+    with torch.no_grad():
+        f = encoder.encoder(image)[-1]  # 3 x 32 x 8 x 8
+        assert f.shape[2:] == (8, 8)
+        pooled = torch.cat([f.mean(dim=(2, 3)), f[:, :, 2:6, 2:6].mean(dim=(2, 3))], dim=1)  # the central 4 x 4
+        want = torch.nn.functional.linear(pooled, encoder.head.weight[:, :, 0, 0], encoder.head.bias)
+        mu, log_sigma = encoder.moments(image)
+        assert torch.allclose(mu, want[:, :4], atol=1e-5)
+        assert torch.allclose(log_sigma, encoder._split(want)[1], atol=1e-5)
 
 
 @pytest.mark.parametrize("covariance", ["diagonal", "full"])

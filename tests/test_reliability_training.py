@@ -406,7 +406,7 @@ def test_bundle_bad_folder_dataset_fails_before_training(tmp_path):
     "case",
     ["resume_maybe", "channels_last_2", "posterior_presence_x", "max_epochs_neg", "dataset_dir_file",
      "not_json", "empty_split", "bad_kwargs", "missing_datalist", "ckpt_dir_file", "kwargs_not_dict", "lr_negative",
-     "sample_gradient_x", "torch_compile_x", "draw_temperature_all", "empty_draws_mheads"],
+     "sample_gradient_x", "torch_compile_x", "draw_temperature_all", "empty_draws_mheads", "prior_pooling_x"],
 )  # fmt: skip
 def test_bundle_bad_input_is_one_line(tmp_path, case):
     data = tmp_path / "d"
@@ -448,6 +448,9 @@ def test_bundle_bad_input_is_one_line(tmp_path, case):
     elif case == "empty_draws_mheads":  # the override's term needs the ELBO; M-Heads has its own loss
         args += ["--empty_weight", "0.25", "--loss", "$monai_probunet.losses.MHeadsLoss()"]
         expect = ("--empty_weight: expected 0 with a loss other than the ELBO (MHeadsLoss), got 0.25",)
+    elif case == "prior_pooling_x":
+        args += ["--prior_pooling", "centre"]
+        expect = ("--prior_pooling: expected null or one of mean, mean_max, mean_centre, got 'centre'",)
     elif case == "bad_kwargs":
         args += ["--dataset_kwargs", "{'num_patients': 12, 'image_size': 8}"]
         expect = ("invalid parameters for dataset 'shapes'", "image_size must be >= 16")

@@ -20,8 +20,9 @@ LOG_SIGMA_BOUND = 10.0
 #: covariance of the encoder's Gaussian: ``"diagonal"`` (the paper's axis-aligned Gaussian) or ``"full"``
 COVARIANCES = ("diagonal", "full")
 
-#: how the encoder pools its last features over the image: the paper's global average, or the spatial max beside it
-POOLINGS = ("mean", "mean_max")
+#: how the encoder pools its last features over the image: the paper's global average, or beside it the spatial max
+#: or the average over the crop's centre
+POOLINGS = ("mean", "mean_max", "mean_centre")
 
 
 class GaussianEncoder(nn.Module):
@@ -42,10 +43,14 @@ class GaussianEncoder(nn.Module):
             max, beside the pooled encoder features (0: the paper's encoder). For a centred one-hot segmentation
             this tells the head which classes are present at all: a class on a few pixels is as visible as a large
             one, whereas the global average over the encoder's normalised features can dilute it by its area.
-        pooling: ``"mean"`` (the paper's global average of the last block's features) or ``"mean_max"`` (their
-            spatial max beside it). After an instance normalisation every channel has zero mean over the image
-            before the ReLU, so the global average tells the head little about what the image holds; the max
-            keeps the strongest response. Not in the paper.
+        pooling: ``"mean"`` (the paper's global average of the last block's features), ``"mean_max"`` (their
+            spatial max beside it) or ``"mean_centre"`` (beside it, their average over the central half of the
+            feature map along each spatial dimension: for an ``8 x 8`` map the central ``4 x 4``). After an
+            instance normalisation every channel has zero mean over the image before the ReLU, so the global
+            average tells the head little about what the image holds; the max keeps the strongest response
+            anywhere, the centre's average what lies at the centre of the crop, where the inference path puts
+            the click. The head's weights on the added half start at zero (:meth:`start_as_mean_pooling`). Not
+            in the paper.
         covariance: ``"diagonal"`` (the paper's axis-aligned Gaussian) or ``"full"``: the head also predicts the
             ``N (N - 1) / 2`` entries below the diagonal of a Cholesky factor ``L``, and the Gaussian is
             ``N(mu, L L^T)``. Minimising the expected ``KL(Q || P)`` over ``P`` matches P's mean and covariance to
@@ -86,12 +91,12 @@ class GaussianEncoder(nn.Module):
         self.pooling = pooling
         num_out = 2 * latent_dim + (latent_dim * (latent_dim - 1) // 2 if covariance == "full" else 0)
         self.encoder = UNetEncoder(spatial_dims, in_channels, channels, num_convs, norm=norm)
-        pooled = channels[-1] * (2 if pooling == "mean_max" else 1)
+        pooled = channels[-1] * (1 if pooling == "mean" else 2)
         self.head = Conv[Conv.CONV, spatial_dims](pooled + presence_channels, num_out, kernel_size=1)
 
-    def start_without_max(self) -> None:
-        """Zero the head's weights on the spatial max (``"mean_max"``), so the encoder starts as the paper's."""
-        if self.pooling == "mean_max":
+    def start_as_mean_pooling(self) -> None:
+        """Zero the head's weights on the spatial max or the centre's average, so the encoder starts as the paper's."""
+        if self.pooling != "mean":
             c = self.encoder.channels[-1]
             with torch.no_grad():
                 self.head.weight[:, c : 2 * c] = 0.0
@@ -102,6 +107,9 @@ class GaussianEncoder(nn.Module):
         h = f.mean(dim=tuple(range(2, f.ndim)), keepdim=True)
         if self.pooling == "mean_max":
             h = torch.cat([h, f.amax(dim=tuple(range(2, f.ndim)), keepdim=True)], dim=1)
+        elif self.pooling == "mean_centre":
+            centre = f[(slice(None), slice(None), *(slice(n // 4, n - n // 4) for n in f.shape[2:]))]
+            h = torch.cat([h, centre.mean(dim=tuple(range(2, f.ndim)), keepdim=True)], dim=1)
         if self.presence_channels:
             present = x[:, x.shape[1] - self.presence_channels :].amax(dim=tuple(range(2, x.ndim)), keepdim=True)
             h = torch.cat([h, present.to(h.dtype)], dim=1)

@@ -16,7 +16,7 @@ from torch.distributions import Distribution, Independent, MultivariateNormal, N
 from torch.func import functional_call
 
 from .fcomb import FComb
-from .gaussian_encoder import COVARIANCES, GaussianEncoder
+from .gaussian_encoder import COVARIANCES, POOLINGS, GaussianEncoder
 from .init import init_output_prior, init_weights_orthogonal
 from .latent_noise import PRIOR_SAMPLINGS, prior_noise
 from .unet_core import DEFAULT_NORM, UNetCore, check_image_channels
@@ -111,8 +111,12 @@ class ProbUNet(nn.Module):
         norm: normalisation after each 3x3 convolution (default instance norm; ``None``: the paper's, see
             :class:`~monai_probunet.networks.unet_core.ConvBlock`).
         encoder_pooling: how the prior and posterior nets pool their last features over the image: ``"mean"``
-            (the paper's global average) or ``"mean_max"`` (the spatial max beside it, see
-            :class:`GaussianEncoder`). Not in the paper.
+            (the paper's global average), ``"mean_max"`` (the spatial max beside it) or ``"mean_centre"`` (the
+            average over the crop's centre beside it), see :class:`GaussianEncoder`. Not in the paper.
+        prior_pooling: the prior net's pooling where it differs from ``encoder_pooling`` (``None``: the same; needs
+            the prior net). ``"mean_centre"`` lets the prior see what lies under the click: the prior decides how
+            often a hypothesis shows a lesion, and from the global average alone it hardly depends on the image.
+            Not in the paper.
         posterior_presence: the posterior's head also sees which classes the segmentation contains (its
             ``presence_channels`` are the one-hot channels, see :class:`GaussianEncoder`). Not in the
             paper (``False``); the prior net is unchanged.
@@ -166,6 +170,7 @@ class ProbUNet(nn.Module):
         latent_injection: str = "fcomb",
         norm: str | tuple | None = DEFAULT_NORM,
         encoder_pooling: str = "mean",
+        prior_pooling: str | None = None,
         posterior_presence: bool = False,
         prior_covariance: str = "diagonal",
         foreground_prior: float | None = None,
@@ -198,6 +203,10 @@ class ProbUNet(nn.Module):
             raise ValueError(f"prior_covariance must be one of {COVARIANCES}, got {prior_covariance!r}.")
         if fixed_prior and prior_covariance != "diagonal":
             raise ValueError(f"prior_covariance={prior_covariance!r} needs a prior net; fixed_prior=True is N(0, I).")
+        if prior_pooling is not None and prior_pooling not in POOLINGS:
+            raise ValueError(f"prior_pooling must be None or one of {POOLINGS}, got {prior_pooling!r}.")
+        if fixed_prior and prior_pooling is not None:
+            raise ValueError(f"prior_pooling={prior_pooling!r} needs a prior net; fixed_prior=True is N(0, I).")
         if fixed_prior and sample_gradient == "prior":
             raise ValueError("sample_gradient='prior' needs a prior net to train; fixed_prior=True is N(0, I).")
         self.spatial_dims = spatial_dims
@@ -226,7 +235,7 @@ class ProbUNet(nn.Module):
                 num_convs,
                 norm=norm,
                 covariance=prior_covariance,
-                pooling=encoder_pooling,
+                pooling=encoder_pooling if prior_pooling is None else prior_pooling,
             )
         self.posterior_net = GaussianEncoder(
             spatial_dims,
@@ -249,7 +258,7 @@ class ProbUNet(nn.Module):
         init_weights_orthogonal(self)
         for encoder in (self.prior_net, self.posterior_net):
             if encoder is not None:
-                encoder.start_without_max()
+                encoder.start_as_mean_pooling()
         if foreground_prior is not None:
             init_output_prior(self.head if inject_input else self.fcomb.rest[-1], foreground_prior)
         self.register_buffer("prior_temperature", torch.tensor(float(prior_temperature)), persistent=False)
