@@ -9,7 +9,7 @@ show a lesion, or where any outline is larger than ``--max-area-mm2`` (the targe
 ``tests/test_real_ct_negatives.py``, which checks ten named sites of ``CT_small.dcm``).
 
     python benchmarks/real_ct_negatives.py                                  # the shipped bundle/models/model.pt
-    python benchmarks/real_ct_negatives.py --model path/to/model.pt --config bundle/configs/train.yaml
+    python benchmarks/real_ct_negatives.py --model path/to/model.pt --config bundle/configs/train.yaml [OVERRIDE.yaml]
     python benchmarks/real_ct_negatives.py --padding-mode edge constant   # the field beyond the border: both fills
 """
 
@@ -44,7 +44,7 @@ def grid_clicks(image: np.ndarray, spacing_mm: float, step_mm: float) -> list[tu
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=str(REPO / "bundle" / "models" / "model.pt"))
-    parser.add_argument("--config", default=str(REPO / "bundle" / "configs" / "train.yaml"))
+    parser.add_argument("--config", nargs="+", default=[str(REPO / "bundle" / "configs" / "train.yaml")])
     parser.add_argument("--step-mm", type=float, default=16.0)
     parser.add_argument("--samples", type=int, default=16)
     parser.add_argument("--max-presence", type=float, default=0.2)
