@@ -1,4 +1,5 @@
-"""ONNX export of the shipped model's sampler through MONAI's bundle ``onnx_export``, run by onnxruntime."""
+"""ONNX export of the shipped model's sampler through MONAI's bundle ``onnx_export``, run by onnxruntime; also a
+network with the prior's centre pooling (``centre_prior.yaml``)."""
 
 from __future__ import annotations
 
@@ -21,23 +22,37 @@ MODEL = REPO / "bundle" / "models" / "model.pt"
 
 
 @pytest.mark.slow
-def test_onnx_export_of_the_shipped_sampler_matches_pytorch(tmp_path):
-    """`python -m monai.bundle onnx_export export_def` gives a graph whose 16 hypotheses equal PyTorch's to 1e-4."""
+@pytest.mark.parametrize("variant", ["shipped", "centre_prior"])
+def test_onnx_export_of_the_sampler_matches_pytorch(tmp_path, variant):
+    """`python -m monai.bundle onnx_export export_def` gives a graph whose 16 hypotheses equal PyTorch's to 1e-4: the
+    shipped model, and a network whose prior also pools the crop's centre (its head's weights on that half, zero at
+    the start, set at random so that the centre reaches the output)."""
     from monai.bundle import ConfigParser, onnx_export
 
+    configs, model = CONFIGS, MODEL
+    if variant == "centre_prior":
+        configs = [CONFIGS[0], str(REPO / "bundle" / "configs" / "centre_prior.yaml"), CONFIGS[1]]
+        parser = ConfigParser()
+        parser.read_config(configs)
+        torch.manual_seed(0)
+        net = parser.get_parsed_content("network_def")
+        assert net.prior_net.pooling == "mean_centre"
+        torch.nn.init.normal_(net.prior_net.head.weight, std=0.05)
+        model = tmp_path / "centre_prior.pt"
+        torch.save(net.state_dict(), model)
     path = tmp_path / "model.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         onnx_export(
-            net_id="export_def", filepath=str(path), ckpt_file=str(MODEL), meta_file=str(METADATA),
-            config_file=CONFIGS, input_shape=[1, 1, 64, 64],
+            net_id="export_def", filepath=str(path), ckpt_file=str(model), meta_file=str(METADATA),
+            config_file=configs, input_shape=[1, 1, 64, 64],
         )
     parser = ConfigParser()
-    parser.read_config(CONFIGS)
+    parser.read_config(configs)
     num_samples = parser.get_parsed_content("export_num_samples")
     network = parser.get_parsed_content("network_def")
     assert isinstance(network, ProbUNet)
-    network.load_state_dict(torch.load(MODEL, map_location="cpu", weights_only=True))
+    network.load_state_dict(torch.load(model, map_location="cpu", weights_only=True))
     sampler = ProbUNetSampler(network.eval(), num_samples=num_samples, seed=parser.get_parsed_content("export_seed"))
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
