@@ -46,15 +46,15 @@ __all__ = [
 #: default), ``"constant"`` puts air there (0 after the HU window)
 PADDING_MODES = ("edge", "constant")
 
+#: refuse a request whose hypotheses (on the image's grid and the model's) would need more memory than this
+MAX_HYPOTHESES_BYTES = 4 * 2**30
+
 
 def _padding_mode(value: str) -> str:
     """``value`` if it is one of :data:`PADDING_MODES`, else a ``ValueError`` naming the choices."""
     if value not in PADDING_MODES:
         raise ValueError(f"padding_mode: expected one of {', '.join(PADDING_MODES)}, got {value!r}.")
     return value
-
-#: refuse a request whose hypotheses (on the image's grid and the model's) would need more memory than this
-MAX_HYPOTHESES_BYTES = 4 * 2**30
 
 
 class LoadCTd(MapTransform):
