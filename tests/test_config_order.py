@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 from monai.bundle import ConfigParser
 
+from monai_probunet.data.chest_phantom import NEGATIVE_SITES, check_negative_sites
 from monai_probunet.networks import ProbUNet
 
 from .conftest import REPO
@@ -152,3 +153,19 @@ def test_the_centre_prior_override_reaches_the_prior_net_only_where_there_is_one
         assert net.prior_net is None
     else:
         assert net.prior_net.pooling == "mean_centre"
+
+
+@pytest.mark.parametrize("other", ["centre_prior.yaml", "long.yaml", "baselines/image2image_vae.yaml", "unet.yaml"])
+def test_the_vessel_negatives_override_changes_only_the_lesion_free_crops_and_their_folder(other):
+    """vessel_negatives.yaml centres a fifth of the lesion-free crops on a lung vessel, in either order with a model
+    or schedule override; every other generator parameter stays train.yaml's, and the data goes to a folder of its
+    own, so the default's dataset is never regenerated under it."""
+    assert _merged("vessel_negatives.yaml", other) == _merged(other, "vessel_negatives.yaml")
+    default, vessel = _resolved(key="dataset_kwargs"), _resolved("vessel_negatives.yaml", other, key="dataset_kwargs")
+    assert {k: v for k, v in vessel.items() if k != "negative_sites"} == default and "negative_sites" not in default
+    sites = check_negative_sites(vessel["negative_sites"])
+    assert sites["vessel"] / sum(sites.values()) == pytest.approx(0.2)
+    assert {k: v for k, v in sites.items() if k not in ("vessel", "lung")} == {
+        k: v for k, v in NEGATIVE_SITES.items() if k != "lung"}
+    assert _resolved("vessel_negatives.yaml", key="dataset_dir") != _resolved(key="dataset_dir")
+    assert _resolved("vessel_negatives.yaml", key="dataset_dir").startswith("/b/data/")
