@@ -42,7 +42,8 @@ def test_probunet_baselines_override_only_network_keys(baseline):
     base, merged = _merged()["network_def"], _merged(baseline)["network_def"]
     assert merged["_target_"] == base["_target_"]
     changed = {k for k in merged if merged[k] != base.get(k)}
-    assert changed and changed <= {"fixed_prior", "posterior_context", "latent_injection", "prior_covariance", "prior_pooling"}
+    network_keys = {"fixed_prior", "posterior_context", "latent_injection", "prior_covariance", "prior_pooling"}
+    assert changed and changed <= network_keys
     assert {k: v for k, v in base.items() if k not in changed} == {k: merged[k] for k in base if k not in changed}
 
 

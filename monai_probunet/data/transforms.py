@@ -58,7 +58,8 @@ class RandFieldOfViewd(Randomizable, MapTransform):
 
     With probability ``prob`` per image, each of the ``2 * spatial_dims`` borders independently (probability
     ``side_prob``) gets a band of uniform random width in ``[1, max_fraction * size]`` pixels set to ``image_fill``
-    in the image keys and 0 in the label keys (nothing is drawn outside the image). ``max_fraction < 0.5`` keeps the crop centre, where the user clicked, inside.
+    in the image keys and 0 in the label keys (nothing is drawn outside the image). ``max_fraction < 0.5`` keeps
+    the crop centre, where the user clicked, inside.
 
     Args:
         keys: image keys (filled with ``image_fill``).
