@@ -4,6 +4,7 @@ ProbUNet baseline set disjoint keys, so listing them in either order after train
 from __future__ import annotations
 
 import pytest
+import torch
 from monai.bundle import ConfigParser
 
 from monai_probunet.data.chest_phantom import NEGATIVE_SITES, check_negative_sites
@@ -170,3 +171,34 @@ def test_the_vessel_negatives_override_changes_only_the_lesion_free_crops_and_th
         k: v for k, v in NEGATIVE_SITES.items() if k != "lung"}
     assert _resolved("vessel_negatives.yaml", key="dataset_dir") != _resolved(key="dataset_dir")
     assert _resolved("vessel_negatives.yaml", key="dataset_dir").startswith("/b/data/")
+
+
+@pytest.mark.parametrize("other", [None, *PROBUNET_OVERRIDES, "long.yaml"])
+def test_the_click_prior_override_composes_with_every_ablation(other):
+    """click_prior.yaml: the prior net pools the crop's centre, the posterior sees the mask alone, KL weight 10, a 3-D
+    latent and vessel_negatives.yaml's data, in either order with an ablation or schedule; the ablations keep their
+    own part (the fixed prior has no prior net, the fixed-prior ablation keeps the image in its posterior)."""
+    others = () if other is None else (other,)
+    assert _merged("click_prior.yaml", *others) == _merged(*others, "click_prior.yaml")
+    assert _resolved(key="posterior_context") is True
+    parser = ConfigParser(_merged("click_prior.yaml", *others))
+    parser.update({"device": "$torch.device('cpu')", "channels": [4, 8], "bundle_root": "/b"})
+    net = parser.get_parsed_content("network_def")
+    assert net.latent_dim == 3 and parser.get_parsed_content("loss").beta == 10.0
+    assert net.posterior_context is (other == "baselines/fixed_prior.yaml")
+    assert (net.prior_net is None) is net.fixed_prior
+    if not net.fixed_prior:
+        assert net.prior_net.pooling == "mean_centre" and net.posterior_net.pooling == "mean"
+    for key in ("dataset_dir", "dataset_kwargs"):
+        assert parser.get_parsed_content(key) == _resolved("vessel_negatives.yaml", key=key)
+
+
+@pytest.mark.parametrize("value, expected", [("false", False), ("true", True), (0, False)])
+def test_posterior_context_from_the_command_line_reaches_the_network(value, expected):
+    """``--posterior_context false`` (a string on the bundle command line) turns the image out of the posterior."""
+    parser = ConfigParser(_merged())
+    parser.update({"device": "$torch.device('cpu')", "channels": [4, 8], "posterior_context": value})
+    net = parser.get_parsed_content("network_def")
+    assert net.posterior_context is expected
+    image, seg = torch.zeros(1, 1, 8, 8), torch.zeros(1, 1, 8, 8, dtype=torch.long)
+    assert net.posterior_input(image, seg).shape[1] == (1 if expected else 0) + 2  # the image, then the one-hot mask
