@@ -25,6 +25,13 @@ def _merged(*overrides: str) -> dict:
     return ConfigParser.load_config_files([str(CONFIGS / "train.yaml"), *(str(CONFIGS / f) for f in overrides)])
 
 
+def _tiny(*overrides: str, **values: object) -> tuple[ConfigParser, ProbUNet]:
+    """The merged config with a CPU device, two small scales and ``values``, and the network it builds."""
+    parser = ConfigParser(_merged(*overrides))
+    parser.update({"device": "$torch.device('cpu')", "channels": [4, 8], "bundle_root": "/b", **values})
+    return parser, parser.get_parsed_content("network_def")
+
+
 @pytest.mark.parametrize("baseline", PROBUNET_OVERRIDES)
 @pytest.mark.parametrize("other", ["scenes32.yaml", "paper.yaml"])
 def test_baseline_and_other_override_in_either_order(baseline, other):
@@ -132,9 +139,7 @@ def test_the_empty_draws_override_reaches_the_loss_and_the_network(other):
     the loss's weight, the network's decoder-only draws at twice the prior's spread, one draw per image."""
     assert _merged("empty_draws.yaml", other) == _merged(other, "empty_draws.yaml")
     assert _resolved(key="empty_weight") == 0.0
-    parser = ConfigParser(_merged("empty_draws.yaml", other))
-    parser.update({"device": "$torch.device('cpu')", "channels": [4, 8], "bundle_root": "/b"})
-    net = parser.get_parsed_content("network_def")
+    parser, net = _tiny("empty_draws.yaml", other)
     assert (net.sample_gradient, net.draw_temperature) == ("decoder", 2.0)
     assert parser.get_parsed_content("loss").empty_weight == 0.25
     assert parser.get_parsed_content("prior_samples") == 1 and parser.get_parsed_content("empty_warmup_epochs") == 2
@@ -147,9 +152,7 @@ def test_the_centre_prior_override_reaches_the_prior_net_only_where_there_is_one
     others = () if other is None else (other,)
     assert _merged("centre_prior.yaml", *others) == _merged(*others, "centre_prior.yaml")
     assert _resolved(key="prior_pooling") is None
-    parser = ConfigParser(_merged("centre_prior.yaml", *others))
-    parser.update({"device": "$torch.device('cpu')", "channels": [4, 8], "bundle_root": "/b"})
-    net = parser.get_parsed_content("network_def")
+    parser, net = _tiny("centre_prior.yaml", *others)
     assert net.posterior_net.pooling == "mean"
     if net.fixed_prior:
         assert net.prior_net is None
@@ -181,9 +184,7 @@ def test_the_click_prior_override_composes_with_every_ablation(other):
     others = () if other is None else (other,)
     assert _merged("click_prior.yaml", *others) == _merged(*others, "click_prior.yaml")
     assert _resolved(key="posterior_context") is True
-    parser = ConfigParser(_merged("click_prior.yaml", *others))
-    parser.update({"device": "$torch.device('cpu')", "channels": [4, 8], "bundle_root": "/b"})
-    net = parser.get_parsed_content("network_def")
+    parser, net = _tiny("click_prior.yaml", *others)
     assert net.latent_dim == 3 and parser.get_parsed_content("loss").beta == 10.0
     assert net.posterior_context is (other == "baselines/fixed_prior.yaml")
     assert (net.prior_net is None) is net.fixed_prior
@@ -196,9 +197,7 @@ def test_the_click_prior_override_composes_with_every_ablation(other):
 @pytest.mark.parametrize("value, expected", [("false", False), ("true", True), (0, False)])
 def test_posterior_context_from_the_command_line_reaches_the_network(value, expected):
     """``--posterior_context false`` (a string on the bundle command line) turns the image out of the posterior."""
-    parser = ConfigParser(_merged())
-    parser.update({"device": "$torch.device('cpu')", "channels": [4, 8], "posterior_context": value})
-    net = parser.get_parsed_content("network_def")
+    parser, net = _tiny(posterior_context=value)
     assert net.posterior_context is expected
     image, seg = torch.zeros(1, 1, 8, 8), torch.zeros(1, 1, 8, 8, dtype=torch.long)
     assert net.posterior_input(image, seg).shape[1] == (1 if expected else 0) + 2  # the image, then the one-hot mask
