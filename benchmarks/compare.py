@@ -1,14 +1,15 @@
-"""The paper's comparison on built-in data: ProbUNet vs the four baselines and three ablations.
+"""The paper's comparison on built-in data: ProbUNet vs the four baselines, three ablations and the paper's ProbUNet.
 
 Every model is trained by the same bundle command with one shared CPU-sized schedule (its override config from
-``bundle/configs/baselines/``), then scored by ``evaluate.yaml`` on the test split at S = 1, 4, 8, 16 together with
-the oracle (draws from the true distribution). Writes ``results.md`` (GED at 1/4/8/16 samples, matched IoU at 16,
+``bundle/configs/baselines/``; ``paper_model``: ``paper_model.yaml``, the paper's own ProbUNet settings), then
+scored by ``evaluate.yaml`` on the test split at S = 1, 4, 8, 16 together with the oracle (draws from the true
+distribution). Writes ``results.md`` (GED at 1/4/8/16 samples, matched IoU at 16,
 lesion-presence accuracy, oracle row included) and ``ged_vs_samples.png`` into ``--out``.
 
     python benchmarks/compare.py --jobs 2        # the full run: two 1-thread trainings at a time on 2 CPU cores
     python benchmarks/compare.py --quick         # minutes: tiny data, 2 epochs, to check the pipeline
     python benchmarks/compare.py --dataset shapes --dataset-kwargs "{'num_patients': 300}" --models probunet unet
-    python benchmarks/compare.py --task scenes32  # the 32-mode street-scene task (scenes32.yaml, scenes32_evaluate.yaml)
+    python benchmarks/compare.py --task scenes32  # the 32-mode street scenes (scenes32.yaml, scenes32_evaluate.yaml)
 
 With ``--task scenes32`` the table adds Eq. 7 GED against the 32 known modes, the Pearson r of mode frequencies
 against mode probabilities and the modes hit (from each model's ``calibration.json``), and ``mode_calibration.png``
@@ -38,6 +39,7 @@ CONFIGS = REPO / "bundle" / "configs"
 #: model name -> override config (None: the ProbUNet of train.yaml)
 MODELS: dict[str, str | None] = {
     "probunet": None,
+    "paper_model": "paper_model.yaml",
     "unet": "unet.yaml",
     "dropout_unet": "baselines/dropout_unet.yaml",
     "unet_ensemble": "unet.yaml",
@@ -50,9 +52,9 @@ MODELS: dict[str, str | None] = {
 
 
 #: relative training cost (1-thread minutes at the default schedule, measured): the longest start first with --jobs
-COST: dict[str, float] = {"input_injection": 12, "probunet": 10, "dropout_unet": 10, "image2image_vae": 9,
-                          "fixed_prior": 9, "fixed_prior_context_free_posterior": 9, "mheads": 6, "unet": 6,
-                          "unet_ensemble": 6}  # fmt: skip
+COST: dict[str, float] = {"input_injection": 12, "probunet": 10, "paper_model": 10, "dropout_unet": 10,
+                          "image2image_vae": 9, "fixed_prior": 9, "fixed_prior_context_free_posterior": 9, "mheads": 6,
+                          "unet": 6, "unet_ensemble": 6}  # fmt: skip
 
 #: task name -> (its override of train.yaml, its extension of evaluate.yaml), None where the task has none
 TASKS: dict[str, tuple[str | None, str | None]] = {
@@ -116,6 +118,8 @@ def main() -> None:
     parser.add_argument("--max-epochs", type=int, default=None, help="shared schedule (default: the task's)")
     parser.add_argument("--ensemble-members", type=int, default=4)
     parser.add_argument("--jobs", type=int, default=1, help="trainings at once, each with cores // jobs threads")
+    parser.add_argument("--precision", default=None, choices=["auto", "fp32", "bf16"],
+                        help="every training's precision (default: train.yaml's auto, timed anew by each run)")
     parser.add_argument("--quick", action="store_true", help="tiny data and 2 epochs: checks the pipeline in minutes")
     parser.add_argument("--report", action="store_true", help="only rebuild results.md and the figures from --out")
     args = parser.parse_args()
@@ -135,6 +139,8 @@ def main() -> None:
         args.ensemble_members = min(args.ensemble_members, 2)
     if args.max_epochs is not None:
         common += ["--max_epochs", str(args.max_epochs)]
+    if args.precision is not None:
+        common += ["--precision", args.precision]
     threads = max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else None
 
     if args.report:

@@ -23,6 +23,15 @@ def tiny_shapes(tmp_path_factory) -> Path:
     return Path(prepare_dataset("shapes", root, seed=3, num_patients=24, images_per_patient=2, image_size=32))
 
 
+def train_yaml_network(**values: object):
+    """The network ``train.yaml``'s ``network_def`` builds on the CPU, with ``values`` (e.g. ``channels``) set."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser(ConfigParser.load_config_files([str(TRAIN_YAML)]))
+    parser.update({"device": "$torch.device('cpu')", **values})
+    return parser.get_parsed_content("network_def")
+
+
 def run_bundle(*args: str, config_file: str | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
     """Run ``python -m monai.bundle run training`` in a subprocess from a neutral working directory."""
     cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", config_file or str(TRAIN_YAML)]

@@ -7,9 +7,7 @@ import re
 import pytest
 import torch
 
-from monai_probunet.networks import ProbUNet
-
-from .conftest import REPO, run_bundle
+from .conftest import REPO, run_bundle, train_yaml_network
 
 SMALL = (
     "--dataset_name", "shapes",  # engine tests: 12 patients x 2 images of 32 x 32 -> 16 training images
@@ -29,7 +27,7 @@ def test_bundle_training_writes_checkpoint_and_finite_ged(tmp_path):
     assert len(geds) >= 2 and all(0.0 <= g <= 2.0 for g in geds), log[-2000:]
     assert re.search(r"train_ce: [0-9.]+", log) and re.search(r"train_kl: [0-9.]+", log)
     state = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
-    net = ProbUNet(2, 1, 2, channels=(8, 16, 32), latent_dim=6, fcomb_channels=128)
+    net = train_yaml_network(channels=[8, 16, 32])
     net.load_state_dict(state)
     final = torch.load(tmp_path / "models" / "checkpoint_final.pt", weights_only=True)["model"]
     assert state.keys() == final.keys() and all(torch.equal(state[k], final[k]) for k in state)  # the last epoch's

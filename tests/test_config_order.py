@@ -46,11 +46,13 @@ def test_baseline_and_other_override_in_either_order(baseline, other):
 
 @pytest.mark.parametrize("baseline", PROBUNET_OVERRIDES)
 def test_probunet_baselines_override_only_network_keys(baseline):
-    """A ProbUNet baseline changes some of train.yaml's ``network_def`` keys and keeps every other one."""
+    """A ProbUNet baseline changes some of train.yaml's ``network_def`` keys and keeps every other one (the
+    Image2Image VAE sets its latent size there, and its KL weight on the loss)."""
     base, merged = _merged()["network_def"], _merged(baseline)["network_def"]
     assert merged["_target_"] == base["_target_"]
     changed = {k for k in merged if merged[k] != base.get(k)}
-    network_keys = {"fixed_prior", "posterior_context", "latent_injection", "prior_covariance", "prior_pooling"}
+    network_keys = {"fixed_prior", "posterior_context", "latent_injection", "prior_covariance", "prior_pooling",
+                    "latent_dim"}
     assert changed and changed <= network_keys
     assert {k: v for k, v in base.items() if k not in changed} == {k: merged[k] for k in base if k not in changed}
 
@@ -145,53 +147,39 @@ def test_the_empty_draws_override_reaches_the_loss_and_the_network(other):
     assert parser.get_parsed_content("prior_samples") == 1 and parser.get_parsed_content("empty_warmup_epochs") == 2
 
 
-@pytest.mark.parametrize("other", [None, *PROBUNET_OVERRIDES])
-def test_the_centre_prior_override_reaches_the_prior_net_only_where_there_is_one(other):
-    """centre_prior.yaml gives the prior net (only) the centre pooling, in either order with an ablation; the
-    ablations with the fixed N(0, I) prior have no prior net and stay as they are."""
-    others = () if other is None else (other,)
-    assert _merged("centre_prior.yaml", *others) == _merged(*others, "centre_prior.yaml")
-    assert _resolved(key="prior_pooling") is None
-    parser, net = _tiny("centre_prior.yaml", *others)
-    assert net.posterior_net.pooling == "mean"
-    if net.fixed_prior:
-        assert net.prior_net is None
-    else:
-        assert net.prior_net.pooling == "mean_centre"
-
-
-@pytest.mark.parametrize("other", ["centre_prior.yaml", "long.yaml", "baselines/image2image_vae.yaml", "unet.yaml"])
-def test_the_vessel_negatives_override_changes_only_the_lesion_free_crops_and_their_folder(other):
-    """vessel_negatives.yaml centres a fifth of the lesion-free crops on a lung vessel, in either order with a model
-    or schedule override; every other generator parameter stays train.yaml's, and the data goes to a folder of its
-    own, so the default's dataset is never regenerated under it."""
-    assert _merged("vessel_negatives.yaml", other) == _merged(other, "vessel_negatives.yaml")
-    default, vessel = _resolved(key="dataset_kwargs"), _resolved("vessel_negatives.yaml", other, key="dataset_kwargs")
-    assert {k: v for k, v in vessel.items() if k != "negative_sites"} == default and "negative_sites" not in default
-    sites = check_negative_sites(vessel["negative_sites"])
-    assert sites["vessel"] / sum(sites.values()) == pytest.approx(0.2)
-    assert {k: v for k, v in sites.items() if k not in ("vessel", "lung")} == {
-        k: v for k, v in NEGATIVE_SITES.items() if k != "lung"}
-    assert _resolved("vessel_negatives.yaml", key="dataset_dir") != _resolved(key="dataset_dir")
-    assert _resolved("vessel_negatives.yaml", key="dataset_dir").startswith("/b/data/")
-
-
 @pytest.mark.parametrize("other", [None, *PROBUNET_OVERRIDES, "long.yaml"])
-def test_the_click_prior_override_composes_with_every_ablation(other):
-    """click_prior.yaml: the prior net pools the crop's centre, the posterior sees the mask alone, KL weight 10, a 3-D
-    latent and vessel_negatives.yaml's data, in either order with an ablation or schedule; the ablations keep their
-    own part (the fixed prior has no prior net, the fixed-prior ablation keeps the image in its posterior)."""
+def test_the_default_prior_sees_the_click_and_every_ablation_keeps_its_part(other):
+    """train.yaml's ProbUNet: the prior net pools the crop's centre, the posterior sees the mask alone, KL weight 10, a
+    3-D latent; each ablation keeps its own part (the fixed prior has no prior net, the fixed-prior ablation keeps the
+    image in its posterior, the Image2Image VAE its own latent size and KL weight)."""
     others = () if other is None else (other,)
-    assert _merged("click_prior.yaml", *others) == _merged(*others, "click_prior.yaml")
-    assert _resolved(key="posterior_context") is True
-    parser, net = _tiny("click_prior.yaml", *others)
+    parser, net = _tiny(*others)
     assert net.latent_dim == 3 and parser.get_parsed_content("loss").beta == 10.0
     assert net.posterior_context is (other == "baselines/fixed_prior.yaml")
     assert (net.prior_net is None) is net.fixed_prior
     if not net.fixed_prior:
         assert net.prior_net.pooling == "mean_centre" and net.posterior_net.pooling == "mean"
-    for key in ("dataset_dir", "dataset_kwargs"):
-        assert parser.get_parsed_content(key) == _resolved("vessel_negatives.yaml", key=key)
+
+
+@pytest.mark.parametrize("other", ["paper.yaml", "paper_model.yaml", "scenes32.yaml"])
+def test_the_paper_settings_restore_the_papers_probunet(other):
+    """paper.yaml, paper_model.yaml and scenes32.yaml train the paper's ProbUNet: KL weight 1, a 6-D latent, the prior
+    net's global average, a posterior that sees the image beside the segmentation."""
+    parser, net = _tiny(other)
+    assert net.latent_dim == 6 and parser.get_parsed_content("loss").beta == 1.0
+    assert net.posterior_context is True and net.prior_net.pooling == "mean"
+    tracked = parser.get_parsed_content("tracking_params")
+    assert (tracked["latent_dim"], tracked["beta"]) == (6, 1.0)
+    vae, _ = _tiny(other, "baselines/image2image_vae.yaml")
+    assert {k: vae.get_parsed_content(f"tracking_params#{k}") for k in ("latent_dim", "beta")} == {
+        "latent_dim": 3, "beta": 10.0}
+
+
+def test_the_default_data_has_crops_on_and_beside_lung_vessels():
+    """The default lesion-free crops include lung vessels cut across and lung beside them; the kinds are known."""
+    sites = check_negative_sites(_resolved(key="dataset_kwargs")["negative_sites"])
+    assert sites["vessel"] > 0 and sites["near_vessel"] > 0 and set(NEGATIVE_SITES) <= set(sites)
+    assert sum(sites.values()) == pytest.approx(1.0)
 
 
 @pytest.mark.parametrize("value, expected", [("false", False), ("true", True), (0, False)])

@@ -20,7 +20,7 @@ import pytest
 import torch
 from ignite.engine import Engine, Events
 
-from .conftest import REPO, TRAIN_YAML, run_bundle
+from .conftest import REPO, TRAIN_YAML, run_bundle, train_yaml_network
 from .test_bundle import SMALL
 
 MULTI_GPU_YAML = REPO / "bundle" / "configs" / "multi_gpu_train.yaml"
@@ -189,9 +189,7 @@ def test_torchrun_two_cpu_processes(tmp_path):
     assert sorted(p.name for p in models.iterdir()) == [
         "checkpoint_final.pt", "checkpoint_last.pt", "model.pt", "model_best_validation.pt"
     ]
-    from monai_probunet.networks import ProbUNet
-
-    net = ProbUNet(2, 1, 2, channels=(8, 16, 32), latent_dim=6, fcomb_channels=128)
+    net = train_yaml_network(channels=[8, 16, 32])
     net.load_state_dict(torch.load(models / "model.pt", weights_only=True))  # unwrapped from DDP
     last = torch.load(models / "checkpoint_last.pt", weights_only=True)
     net.load_state_dict(last["model"])
@@ -301,7 +299,6 @@ print("NOT REACHED", flush=True)
 @pytest.mark.slow
 def test_same_seed_gives_bit_identical_weights_and_hypotheses(tmp_path):
     from monai_probunet.engines import SamplingInferer
-    from monai_probunet.networks import ProbUNet
 
     runs = []
     for name in ("a", "b"):
@@ -322,7 +319,7 @@ def test_same_seed_gives_bit_identical_weights_and_hypotheses(tmp_path):
     geds = [re.findall(r"Epoch\[\d+\] Metrics -- .*val_ged: ([0-9.]+)", log) for log in (log_a, log_b)]
     assert len(geds[0]) == 2 and geds[0] == geds[1]
 
-    net = ProbUNet(2, 1, 2, channels=(8, 16, 32), latent_dim=6, fcomb_channels=128)
+    net = train_yaml_network(channels=[8, 16, 32])
     net.load_state_dict(a["model"])
     net.eval()
     image = torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(1))

@@ -1,5 +1,5 @@
-"""ONNX export of the shipped model's sampler through MONAI's bundle ``onnx_export``, run by onnxruntime; also a
-network with the prior's centre pooling (``centre_prior.yaml``)."""
+"""ONNX export of the shipped model's sampler through MONAI's bundle ``onnx_export``, run by onnxruntime; also the
+paper's network (``paper_model.yaml``: the prior's global pooling, the image in the posterior, a 6-D latent)."""
 
 from __future__ import annotations
 
@@ -22,23 +22,23 @@ MODEL = REPO / "bundle" / "models" / "model.pt"
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("variant", ["shipped", "centre_prior"])
+@pytest.mark.parametrize("variant", ["shipped", "paper_model"])
 def test_onnx_export_of_the_sampler_matches_pytorch(tmp_path, variant):
     """`python -m monai.bundle onnx_export export_def` gives a graph whose 16 hypotheses equal PyTorch's to 1e-4: the
-    shipped model, and a network whose prior also pools the crop's centre (its head's weights on that half, zero at
-    the start, set at random so that the centre reaches the output)."""
+    shipped model (its prior also pools the crop's centre), and the paper's network at random weights (its prior
+    head's weights set wider than at initialisation, so that the prior's mean reaches the output)."""
     from monai.bundle import ConfigParser, onnx_export
 
     configs, model = CONFIGS, MODEL
-    if variant == "centre_prior":
-        configs = [CONFIGS[0], str(REPO / "bundle" / "configs" / "centre_prior.yaml"), CONFIGS[1]]
+    if variant == "paper_model":
+        configs = [CONFIGS[0], str(REPO / "bundle" / "configs" / "paper_model.yaml"), CONFIGS[1]]
         parser = ConfigParser()
         parser.read_config(configs)
         torch.manual_seed(0)
         net = parser.get_parsed_content("network_def")
-        assert net.prior_net.pooling == "mean_centre"
+        assert net.prior_net.pooling == "mean" and net.latent_dim == 6
         torch.nn.init.normal_(net.prior_net.head.weight, std=0.05)
-        model = tmp_path / "centre_prior.pt"
+        model = tmp_path / "paper_model.pt"
         torch.save(net.state_dict(), model)
     path = tmp_path / "model.onnx"
     with warnings.catch_warnings():

@@ -41,6 +41,16 @@ INFER_YAML = REPO / "bundle" / "configs" / "inference.yaml"
 METADATA = REPO / "bundle" / "configs" / "metadata.json"
 CHANNELS = [4, 8, 16]
 LATENT = 2
+#: train.yaml overrides that give the network of :func:`coin_flip_probunet` (the paper's prior pooling and posterior)
+PAPER_NET = {"channels": CHANNELS, "latent_dim": LATENT, "fcomb_channels": CHANNELS[0], "prior_pooling": None,
+             "posterior_context": True}
+
+
+def paper_net_yaml(folder: Path) -> str:
+    """:data:`PAPER_NET` as an override file in ``folder`` (a bundle command drops ``None`` given on its command line)."""
+    path = folder / "paper_net.yaml"
+    path.write_text(json.dumps(PAPER_NET))  # JSON is YAML
+    return str(path)
 S = 16
 
 pydicom_data = pytest.importorskip("pydicom.data")
@@ -433,8 +443,7 @@ def test_bundle_evaluator_runs_the_pieces(ct_small, ckpt, net, tmp_path):
     parser.update({"bundle_root": str(REPO / "bundle"), "ckpt_path": str(ckpt), "infer_spacing": [0.5, 0.5],
                    "infer_num_samples": 4, "infer_seed": 3, "dataset_dir": str(data),
                    "output_dir": str(tmp_path / "out"),
-                   "channels": CHANNELS, "latent_dim": LATENT, "fcomb_channels": CHANNELS[0],
-                   "device": "$torch.device('cpu')", "infer_progress": False})
+                   **PAPER_NET, "device": "$torch.device('cpu')", "infer_progress": False})
     evaluator = parser.get_parsed_content("evaluator")
     pre, inferer = parser.get_parsed_content("preprocessing"), parser.get_parsed_content("inferer")
     assert isinstance(evaluator, SupervisedEvaluator) and evaluator.inferer is inferer
@@ -476,9 +485,8 @@ def test_bundle_inferring(ct_small, ckpt, tmp_path):
     assert [c["case_id"] for c in read_inference_cases(data)] == ["slice", "ct_small", "bad"]
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "monai.bundle", "run", "inferring", "--config_file",
-           str([str(TRAIN_YAML), str(INFER_YAML)]), "--dataset_dir", str(data), "--output_dir", str(out),
-           "--ckpt_path", str(ckpt), "--channels", str(CHANNELS), "--latent_dim", str(LATENT),
-           "--fcomb_channels", str(CHANNELS[0]), "--infer_num_samples", "4", "--device", "cpu",
+           str([str(TRAIN_YAML), str(INFER_YAML), paper_net_yaml(tmp_path)]), "--dataset_dir", str(data),
+           "--output_dir", str(out), "--ckpt_path", str(ckpt), "--infer_num_samples", "4", "--device", "cpu",
            "--bundle_root", str(REPO / "bundle")]  # run from "/"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd="/", env=env, check=False)
@@ -531,15 +539,14 @@ def test_bundle_export_and_verify(net, ckpt, tmp_path):
 
     meta = json.loads(METADATA.read_text())["network_data_format"]
     assert meta["outputs"]["pred"]["num_channels"] == S * 2
-    files = [str(TRAIN_YAML), str(INFER_YAML)]
-    overrides = {"channels": CHANNELS, "latent_dim": LATENT, "fcomb_channels": CHANNELS[0]}
-    verify_net_in_out(net_id="export_def", meta_file=str(METADATA), config_file=files, device="cpu", **overrides)
+    files = [str(TRAIN_YAML), str(INFER_YAML), paper_net_yaml(tmp_path)]
+    verify_net_in_out(net_id="export_def", meta_file=str(METADATA), config_file=files, device="cpu")
     ts = tmp_path / "model.ts"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ckpt_export(
             net_id="export_def", filepath=str(ts), ckpt_file=str(ckpt), meta_file=str(METADATA), config_file=files,
-            use_trace=True, input_shape=[1, 1, 64, 64], **overrides,
+            use_trace=True, input_shape=[1, 1, 64, 64],
         )
     loaded = torch.jit.load(str(ts))
     x = torch.rand(1, 1, 64, 64)

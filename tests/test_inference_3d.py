@@ -81,11 +81,11 @@ def ellipsoid(shipped):
 # ------------------------------------------------------------------------------------------------ volume, extent
 
 
-#: the shipped model under-calls large lesions (docs/lidc_phantom.md: on validation it shows lesions of >= 150 mm^2 in
-#: a minority of its hypotheses, the readers draw them 86 % of the time); on this 18 mm ellipsoid 6 of 16 hypotheses
-#: show it. Strict: the tests must pass again once a model sees large lesions.
+#: the shipped model under-calls large lesions (docs/lidc_phantom.md: the readers draw lesions of >= 150 mm^2 86 % of
+#: the time); on this 18 mm ellipsoid 10 of 16 hypotheses show it, where these tests ask for 12. Strict: the tests must
+#: pass again once a model shows large lesions more often.
 LARGE_LESION_NOT_MET = pytest.mark.xfail(
-    strict=True, reason="the shipped model under-calls large lesions: 6 of 16 hypotheses on this ellipsoid"
+    strict=True, reason="the shipped model under-calls large lesions: 10 of 16 hypotheses on this ellipsoid"
 )
 
 
@@ -108,7 +108,6 @@ def test_volume_of_an_ellipsoid(ellipsoid):
     assert h.labels.shape == (16, 140, 130, 24) and h.presence_label.shape == (140, 130, 24)
 
 
-@LARGE_LESION_NOT_MET
 def test_growth_stops_at_the_lesion_end(ellipsoid):
     """The lesion's slices are found (those with a real cross-section), and nothing beyond them: no runaway into
     the empty lung."""

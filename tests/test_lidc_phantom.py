@@ -367,6 +367,18 @@ def test_vessel_centred_lesion_free_crops(tmp_path):
         centre_hu.append(float(window[19:21, 19:21].mean()))
         ring_hu.append(float(np.median(np.concatenate([window[:4].ravel(), window[-4:].ravel()]))))
     assert np.median(centre_hu) > -300 and np.median(ring_hu) < -600
+    # beside a vessel: lung at the centre and a vessel within 4.5 mm of it (the disc's brightest pixel)
+    centre_hu, near_max = [], []
+    for _ in range(40):
+        scene = draw_chest_scene(rng)
+        (x, y), kind = negative_site(scene, rng, {"near_vessel": 1.0})
+        assert kind == "near_vessel"
+        window = render_chest(scene, rng, (x, y), (40, 40), 0.5)
+        rr, cc = np.mgrid[:40, :40]
+        disc = np.hypot(rr - 19.5, cc - 19.5) <= 9  # 4.5 mm
+        centre_hu.append(float(window[19:21, 19:21].mean()))
+        near_max.append(float(window[disc].max()))
+    assert np.median(centre_hu) < -500 and np.median(near_max) > -100  # a random lung site: about -170
     # the kinds in a generated dataset follow the weights; the default has no vessel-centred crop
     small = {"patients": PATIENTS[:3], "split": [1, 1, 1], "negatives_per_scan": 4}
     sites = {"vessel": 1.0, "bone": 0.0}

@@ -22,7 +22,7 @@ from pydicom.data import get_testdata_file
 from monai_probunet.inference import Hypotheses, load_model, predict_hypotheses
 from monai_probunet.io_utils import OutputFolderError, atomic_write_json, staged_dir
 from monai_probunet.metrics import fit_presence_threshold
-from tests.test_inference import CHANNELS, LATENT, coin_flip_probunet
+from tests.test_inference import CHANNELS, LATENT, coin_flip_probunet, paper_net_yaml
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -332,9 +332,9 @@ def test_bundle_inferring_refuses_a_foreign_output_dir(tmp_path, model_files):
     out.mkdir()
     (out / "thesis.docx").write_text("precious")
     cmd = [sys.executable, "-m", "monai.bundle", "run", "inferring", "--config_file",
-           str([str(REPO / "bundle/configs/train.yaml"), str(REPO / "bundle/configs/inference.yaml")]),
+           str([str(REPO / "bundle/configs/train.yaml"), str(REPO / "bundle/configs/inference.yaml"),
+                paper_net_yaml(tmp_path)]),
            "--dataset_dir", str(data), "--output_dir", str(out), "--ckpt_path", str(model_files[0]),
-           "--channels", str(CHANNELS), "--latent_dim", str(LATENT), "--fcomb_channels", str(CHANNELS[0]),
            "--infer_num_samples", "2", "--device", "cpu", "--bundle_root", str(REPO / "bundle")]  # run from "/"
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd="/", env=ENV, check=False)
     assert_refused(r, "results", "did not write")

@@ -25,8 +25,8 @@ EXPECTED_PARAMS = {
     "dataset_kwargs.num_patients": "12",
     "dataset_kwargs.image_size": "32",
     "channels": "[8, 16, 32]",
-    "latent_dim": "6",
-    "beta": "1.0",
+    "latent_dim": "3",
+    "beta": "10.0",
     "batch_size": "8",
     "max_epochs": "2",
     "num_samples": "16",
@@ -91,7 +91,7 @@ def _check_run(tracking_uri: str, log: str, tmp_path: Path) -> None:
         h = history(key)
         assert [s for s, _ in h] == [1, 2] and all(math.isfinite(v) for _, v in h), (key, h)
     ce, kl, loss = history("train_ce_iter"), history("train_kl_iter"), history("train_loss_iter")
-    assert all(abs(c + k - t) < 1e-3 * abs(t) for (_, c), (_, k), (_, t) in zip(ce, kl, loss))  # beta = 1
+    assert all(abs(c + 10 * k - t) < 1e-3 * abs(t) for (_, c), (_, k), (_, t) in zip(ce, kl, loss))  # beta = 10
     assert history("lr_group_0")[0][1] == pytest.approx(1e-3)
     logged = [float(v) for v in re.findall(r"Epoch\[\d+\] Metrics -- .*val_ged: ([0-9.]+)", log)]  # StatsHandler
     assert logged == pytest.approx([v for _, v in history("val_ged")], abs=6e-5), log[-2000:]

@@ -17,7 +17,7 @@ image's right (the patient's left), ``y`` down (posterior), painted in order at 
 correlated noise; :func:`lesion_site` picks a crop centre inside a lung (room for the lesion, sometimes touching the
 pleura or a vessel) and :func:`negative_site` the centre of a lesion-free crop on lung, bone, mediastinum, airway or
 chest wall, or on a lung vessel (a vessel's cross-section or in-plane branch at the centre: the round soft-tissue
-spot in lung that looks most like a small nodule in one slice). Only generic anatomy and HU ranges went into it; no
+spot in lung that looks most like a small nodule in one slice) or beside one. Only generic anatomy and HU ranges went into it; no
 real image was used to tune it.
 """
 
@@ -48,8 +48,11 @@ __all__ = [
 CLASSES = {"air": 0, "fat": 1, "wall": 2, "bone": 3, "lung": 4, "mediastinum": 5, "airway": 6, "vessel": 7, "bronchus": 8}
 #: kinds of lesion-free crop centres and how often :func:`negative_site` picks each by default
 NEGATIVE_SITES = {"lung": 0.35, "bone": 0.2, "mediastinum": 0.2, "airway": 0.1, "chest_wall": 0.15}
-#: every kind :func:`negative_site` can centre a crop on ("vessel": on a lung vessel itself)
-NEGATIVE_SITE_KINDS = (*NEGATIVE_SITES, "vessel")
+#: every kind :func:`negative_site` can centre a crop on ("vessel": on a lung vessel itself; "near_vessel": in lung
+#: 1.5-4 mm from one, where a click beside a vessel lands)
+NEGATIVE_SITE_KINDS = (*NEGATIVE_SITES, "vessel", "near_vessel")
+#: distance range (mm) of a "near_vessel" crop centre from the vessel point it is drawn around
+NEAR_VESSEL_MM = (1.5, 4.0)
 _SITE_CLASSES = {
     "lung": ("lung", "vessel"),
     "bone": ("bone",),
@@ -343,14 +346,15 @@ def negative_site(
         rng: draws the kind and the site.
         weights: how often each kind of :data:`NEGATIVE_SITE_KINDS` is picked (relative; default
             :data:`NEGATIVE_SITES`). ``"vessel"`` centres the crop on a lung vessel: a cross-section's centre, or a
-            point of an in-plane branch, within 0.5 mm.
+            point of an in-plane branch, within 0.5 mm; ``"near_vessel"`` on lung :data:`NEAR_VESSEL_MM` from such
+            a point (the vessel itself when no such lung point is found in a few tries).
     """
     weights = dict(NEGATIVE_SITES if weights is None else check_negative_sites(weights))
     kinds = list(weights)
     p = np.array([float(weights[k]) for k in kinds])
     kind = kinds[int(rng.choice(len(kinds), p=p / p.sum()))]
-    if kind == "vessel":
-        centre = _vessel_site(scene, rng)
+    if kind in ("vessel", "near_vessel"):
+        centre = _vessel_site(scene, rng, near=kind == "near_vessel")
         if centre is not None:
             return centre, kind
         kind = "lung"
@@ -384,9 +388,10 @@ def check_negative_sites(weights: Mapping[str, float]) -> dict[str, float]:
     return out
 
 
-def _vessel_site(scene: ChestScene, rng: np.random.Generator) -> tuple[float, float] | None:
+def _vessel_site(scene: ChestScene, rng: np.random.Generator, near: bool = False) -> tuple[float, float] | None:
     """The centre of a random lung vessel's cross-section (3 of 4 times when the scene has both) or a point of an
-    in-plane branch, jittered by up to 0.5 mm; ``None`` for a scene without lung vessels."""
+    in-plane branch, jittered by up to 0.5 mm, or with ``near`` a lung point :data:`NEAR_VESSEL_MM` from it in a
+    random direction; ``None`` for a scene without lung vessels."""
     xs, ys, cls = class_map(scene)
     lung = np.isin(cls, [CLASSES["lung"], CLASSES["vessel"]])
 
@@ -404,6 +409,12 @@ def _vessel_site(scene: ChestScene, rng: np.random.Generator) -> tuple[float, fl
     else:
         pts = branch_points[int(rng.integers(len(branch_points)))]
         x, y = pts[int(rng.integers(len(pts)))]
+    if near:
+        for _ in range(8):
+            angle, dist = rng.uniform(0, 2 * np.pi), rng.uniform(*NEAR_VESSEL_MM)
+            px, py = x + dist * np.cos(angle), y + dist * np.sin(angle)
+            if in_lung(px, py):
+                return float(px), float(py)
     return float(x + rng.uniform(-0.5, 0.5)), float(y + rng.uniform(-0.5, 0.5))
 
 
