@@ -3,8 +3,8 @@
 Every model is trained by the same bundle command with one shared CPU-sized schedule (its override config from
 ``bundle/configs/baselines/``; ``paper_model``: ``paper_model.yaml``, the paper's own ProbUNet settings), then
 scored by ``evaluate.yaml`` on the test split at S = 1, 4, 8, 16 together with the oracle (draws from the true
-distribution). Writes ``results.md`` (GED at 1/4/8/16 samples, matched IoU at 16,
-lesion-presence accuracy, oracle row included) and ``ged_vs_samples.png`` into ``--out``.
+distribution). Writes ``results.md`` (GED at 1/4/8/16 samples, matched IoU at 16, lesion-presence accuracy, oracle
+row included) and ``ged_vs_samples.png`` into ``--out``.
 
     python benchmarks/compare.py --jobs 2        # the full run: two 1-thread trainings at a time on 2 CPU cores
     python benchmarks/compare.py --quick         # minutes: tiny data, 2 epochs, to check the pipeline

@@ -47,7 +47,8 @@ PAPER_NET = {"channels": CHANNELS, "latent_dim": LATENT, "fcomb_channels": CHANN
 
 
 def paper_net_yaml(folder: Path) -> str:
-    """:data:`PAPER_NET` as an override file in ``folder`` (a bundle command drops ``None`` given on its command line)."""
+    """:data:`PAPER_NET` as an override file in ``folder`` (a bundle command drops a ``None`` from its command
+    line)."""
     path = folder / "paper_net.yaml"
     path.write_text(json.dumps(PAPER_NET))  # JSON is YAML
     return str(path)

@@ -17,8 +17,8 @@ image's right (the patient's left), ``y`` down (posterior), painted in order at 
 correlated noise; :func:`lesion_site` picks a crop centre inside a lung (room for the lesion, sometimes touching the
 pleura or a vessel) and :func:`negative_site` the centre of a lesion-free crop on lung, bone, mediastinum, airway or
 chest wall, or on a lung vessel (a vessel's cross-section or in-plane branch at the centre: the round soft-tissue
-spot in lung that looks most like a small nodule in one slice) or beside one. Only generic anatomy and HU ranges went into it; no
-real image was used to tune it.
+spot in lung that looks most like a small nodule in one slice) or beside one. Only generic anatomy and HU ranges went
+into it; no real image was used to tune it.
 """
 
 from __future__ import annotations
