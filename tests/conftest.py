@@ -23,13 +23,19 @@ def tiny_shapes(tmp_path_factory) -> Path:
     return Path(prepare_dataset("shapes", root, seed=3, num_patients=24, images_per_patient=2, image_size=32))
 
 
-def train_yaml_network(**values: object):
-    """The network ``train.yaml``'s ``network_def`` builds on the CPU, with ``values`` (e.g. ``channels``) set."""
+def train_yaml_parser(*overrides: str, **values: object):
+    """``train.yaml`` merged with ``overrides`` (files of ``bundle/configs``), on the CPU, with ``values`` set."""
     from monai.bundle import ConfigParser
 
-    parser = ConfigParser(ConfigParser.load_config_files([str(TRAIN_YAML)]))
+    files = [str(TRAIN_YAML), *(str(TRAIN_YAML.parent / f) for f in overrides)]
+    parser = ConfigParser(ConfigParser.load_config_files(files))
     parser.update({"device": "$torch.device('cpu')", **values})
-    return parser.get_parsed_content("network_def")
+    return parser
+
+
+def train_yaml_network(*overrides: str, **values: object):
+    """The network that :func:`train_yaml_parser`'s ``network_def`` builds (e.g. ``channels=[8, 16, 32]``)."""
+    return train_yaml_parser(*overrides, **values).get_parsed_content("network_def")
 
 
 def run_bundle(*args: str, config_file: str | None = None, timeout: int = 600) -> subprocess.CompletedProcess:

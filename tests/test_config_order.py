@@ -10,7 +10,7 @@ from monai.bundle import ConfigParser
 from monai_probunet.data.chest_phantom import NEGATIVE_SITES, check_negative_sites
 from monai_probunet.networks import ProbUNet
 
-from .conftest import REPO
+from .conftest import REPO, train_yaml_parser
 
 CONFIGS = REPO / "bundle" / "configs"
 PROBUNET_OVERRIDES = [
@@ -27,8 +27,7 @@ def _merged(*overrides: str) -> dict:
 
 def _tiny(*overrides: str, **values: object) -> tuple[ConfigParser, ProbUNet]:
     """The merged config with a CPU device, two small scales and ``values``, and the network it builds."""
-    parser = ConfigParser(_merged(*overrides))
-    parser.update({"device": "$torch.device('cpu')", "channels": [4, 8], "bundle_root": "/b", **values})
+    parser = train_yaml_parser(*overrides, **{"channels": [4, 8], "bundle_root": "/b", **values})
     return parser, parser.get_parsed_content("network_def")
 
 
