@@ -4,12 +4,19 @@ Every model is trained by the same bundle command with one shared CPU-sized sche
 ``bundle/configs/baselines/``; ``paper_model``: ``paper_model.yaml``, the paper's own ProbUNet settings), then
 scored by ``evaluate.yaml`` on the test split at S = 1, 4, 8, 16 together with the oracle (draws from the true
 distribution). Writes ``results.md`` (GED at 1/4/8/16 samples, matched IoU at 16, lesion-presence accuracy, oracle
-row included) and ``ged_vs_samples.png`` into ``--out``.
+row included) and ``ged_vs_samples.png`` into ``--out``. On binary lesion data the table also holds the reference
+rows every sampling model must beat: the readers' majority vote repeated S times (the best single answer) and
+predicting nothing (``reference_rows.py``).
 
     python benchmarks/compare.py --jobs 2        # the full run: two 1-thread trainings at a time on 2 CPU cores
     python benchmarks/compare.py --quick         # minutes: tiny data, 2 epochs, to check the pipeline
     python benchmarks/compare.py --dataset shapes --dataset-kwargs "{'num_patients': 300}" --models probunet unet
     python benchmarks/compare.py --task scenes32  # the 32-mode street scenes (scenes32.yaml, scenes32_evaluate.yaml)
+    python benchmarks/compare.py --report --heldout DIR  # also score the trained models on DIR's test split
+
+``--heldout DIR`` scores the checkpoints of the table (those its evaluations scored) on a second dataset's test split
+as well, e.g. the patients that ``benchmarks/heldout_patients.py --out DIR`` writes, and adds a table of it to
+``results.md``; with ``--report`` it scores only the models not yet scored there.
 
 With ``--task scenes32`` the table adds Eq. 7 GED against the 32 known modes, the Pearson r of mode frequencies
 against mode probabilities and the modes hit (from each model's ``calibration.json``), and ``mode_calibration.png``
@@ -32,6 +39,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+
+from monai_probunet.io_utils import atomic_write_text
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "bundle" / "configs"
@@ -98,6 +107,9 @@ def _bundle(run_id: str, config_files: str, overrides: list[str], log: Path, thr
     return time.perf_counter() - t0
 
 
+#: the overrides that choose the data (left out where a second dataset is scored)
+DATA_KEYS = ("--dataset_dir", "--dataset_name", "--dataset_kwargs", "--dataset_kwargs#num_patients")
+
 #: quick mode: a few images and a narrow network per task
 QUICK_DATA: dict[str, list[str]] = {
     "lidc": ["--dataset_kwargs#num_patients", "24"],
@@ -122,9 +134,13 @@ def main() -> None:
                         help="every training's precision (default: train.yaml's auto, timed anew by each run)")
     parser.add_argument("--quick", action="store_true", help="tiny data and 2 epochs: checks the pipeline in minutes")
     parser.add_argument("--report", action="store_true", help="only rebuild results.md and the figures from --out")
+    parser.add_argument("--heldout", type=Path, default=None,
+                        help="a second dataset (the project's on-disk format) whose test split scores every model too")
     args = parser.parse_args()
     if args.jobs < 1:
         parser.error(f"--jobs must be >= 1, got {args.jobs}")
+    if args.heldout is not None and not (args.heldout / "datalist.json").is_file():
+        parser.error(f"--heldout {args.heldout}: no datalist.json there (benchmarks/heldout_patients.py --out DIR)")
 
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -159,7 +175,13 @@ def main() -> None:
         if (eval_dir / "calibration.json").is_file():
             calibrations[name] = json.loads((eval_dir / "calibration.json").read_text())
 
-    write_table(summaries, timings, out / "results.md", calibrations, _wilcoxon_vs(out, args.models, "probunet"))
+    references = _references(out / "data" / "datalist.json") if args.task == "lidc" else {}
+    tables = [table(summaries, timings, calibrations, _wilcoxon_vs(out / "eval", args.models, "probunet"), references)]
+    if args.heldout is not None:
+        heldout = _score_heldout(args, out, common, threads)
+        tables.append(table(heldout, {}, None, _wilcoxon_vs(out / "eval_heldout", args.models, "probunet"),
+                            _references(args.heldout / "datalist.json"), f"{args.heldout}: test split"))  # fmt: skip
+    atomic_write_text(out / "results.md", "\n".join(tables))
     from monai_probunet.visualize import ged_vs_samples
 
     curves = {name: s["models"][name] for name, s in summaries.items()}
@@ -222,21 +244,64 @@ def _train_and_evaluate(
     return timings
 
 
-def _per_image_ged(out: Path, name: str, s: int) -> np.ndarray:
-    """Per-image squared GED at S = ``s`` of model ``name`` from its ``per_image.csv``, datalist order."""
-    with open(out / "eval" / name / "per_image.csv", newline="") as f:
+def _per_image_ged(evals: Path, name: str, s: int) -> np.ndarray:
+    """Per-image squared GED at S = ``s`` of model ``name`` from ``evals/name/per_image.csv``, datalist order."""
+    with open(evals / name / "per_image.csv", newline="") as f:
         rows = [r for r in csv.DictReader(f) if r["model"] == name and int(r["S"]) == s]
     return np.array([float(r["ged"]) for r in sorted(rows, key=lambda r: int(r["index"]))])
 
 
-def _wilcoxon_vs(out: Path, models: list[str], reference: str, s: int = 16) -> dict[str, float]:
-    """Two-sided Wilcoxon signed-rank p-value of each model's per-image GED at S = ``s`` against ``reference``'s."""
+def _wilcoxon_vs(evals: Path, models: list[str], reference: str, s: int = 16) -> dict[str, float]:
+    """Two-sided Wilcoxon signed-rank p-value of each model's per-image GED at S = ``s`` against ``reference``'s
+    (their evaluations in ``evals/<model>``)."""
     from monai_probunet.metrics import wilcoxon_signed_rank
 
     if reference not in models:
         return {}
-    ref = _per_image_ged(out, reference, s)
-    return {n: float(wilcoxon_signed_rank(_per_image_ged(out, n, s), ref)["p_value"]) for n in models if n != reference}
+    ref = _per_image_ged(evals, reference, s)
+    return {
+        n: float(wilcoxon_signed_rank(_per_image_ged(evals, n, s), ref)["p_value"]) for n in models if n != reference
+    }
+
+
+def _references(datalist: Path) -> dict[str, float]:
+    """``{row label: GED}`` of the readers' majority votes (>= half and > half of the A graders) and of predicting
+    nothing on ``datalist``'s test split (``reference_rows.py``; a prediction repeated S times scores the same GED
+    at every S); empty where the datalist does not exist."""
+    if not datalist.is_file():
+        return {}
+    from reference_rows import reference_rows
+
+    rows = reference_rows(datalist, "test")
+    graders = max(int(name.split(">=")[1].split(" ")[0]) for name in rows if name.startswith("majority_vote>="))
+    votes = sorted({(graders + 1) // 2, graders // 2 + 1})
+    out = {f"reference: readers' majority vote (>= {k} of {graders}) repeated": rows[f"majority_vote>={k} (x16)"]
+           for k in votes}  # fmt: skip
+    out["reference: predicting nothing"] = rows["empty (x16)"]
+    return out
+
+
+def _score_heldout(args: argparse.Namespace, out: Path, common: list[str], threads: int | None) -> dict[str, dict]:
+    """Score the checkpoints that ``out/eval/<model>`` scored on the test split of ``args.heldout`` into
+    ``out/eval_heldout/<model>`` (with ``--report`` only those not scored there yet); returns the summaries."""
+    evals = out / "eval_heldout"
+    shared = [a for i, a in enumerate(common) if not (a in DATA_KEYS or (i and common[i - 1] in DATA_KEYS))]
+    data = ["--dataset_name", "folder", "--dataset_dir", str(args.heldout.resolve())]
+
+    def score(name: str) -> None:
+        if args.report and (evals / name / "summary.json").is_file():
+            return
+        checkpoint = json.loads((out / "eval" / name / "summary.json").read_text())["checkpoint"]
+        ensemble = isinstance(checkpoint, list)
+        weights = ["--ensemble_ckpts", repr(checkpoint)] if ensemble else ["--ckpt_path", checkpoint]
+        overrides = [*shared, *data, *weights, "--model_name", name, "--output_dir", str(evals / name)]
+        seconds = _bundle("evaluating", _configs(name, args.task, evaluate=True), overrides,
+                          out / f"eval_heldout_{name}.log", threads)  # fmt: skip
+        print(f"scored {name} on {args.heldout} in {seconds / 60:.1f} min", flush=True)
+
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        list(pool.map(score, args.models))
+    return {name: json.loads((evals / name / "summary.json").read_text()) for name in args.models}
 
 
 def _metric(model_summary: dict, metric: str, s: int) -> float | None:
@@ -246,19 +311,22 @@ def _metric(model_summary: dict, metric: str, s: int) -> float | None:
     return None
 
 
-def write_table(
-    summaries: dict[str, dict], timings: dict[str, float], path: Path, calibrations: dict[str, dict] | None = None,
-    p_values: dict[str, float] | None = None,
-) -> None:
+def table(
+    summaries: dict[str, dict], timings: dict[str, float], calibrations: dict[str, dict] | None = None,
+    p_values: dict[str, float] | None = None, references: dict[str, float] | None = None, title: str = "Test split",
+) -> str:
     """Markdown table: squared GED at S = 1/4/8/16, matched IoU at 16, presence accuracy (binary tasks) or Eq. 7 GED,
     Pearson r and modes hit (``calibrations``: the 32-mode task), the Wilcoxon p-value of per-image GED at S = 16
-    against ProbUNet (``p_values``), training + evaluation minutes."""
+    against ProbUNet (``p_values``), training + evaluation minutes; the ``references`` rows (``{label: GED}``, the
+    same at every S) before the oracle's."""
     calibrations = calibrations or {}
     p_values = p_values or {}
     any_summary = next(iter(summaries.values()))
     any_cal = next(iter(calibrations.values()), None)
     rows = [(name, s["models"][name], timings.get(name), calibrations.get(name, {}).get("models", {}).get(name))
             for name, s in summaries.items()]  # fmt: skip
+    for label, ged in (references or {}).items():
+        rows.append((label, {"metrics": {"ged": [{"S": s, "mean": ged} for s in (1, 4, 8, 16)]}}, None, None))
     rows.append(("oracle", any_summary["models"]["oracle"], None, any_cal and any_cal["models"]["oracle"]))
     if any_cal:
         s_ged, s_cal = any_cal.get("ged_num_samples", any_cal["num_samples"]), any_cal["num_samples"]
@@ -266,7 +334,7 @@ def write_table(
     else:
         extra = "presence accuracy"
     lines = [
-        f"Test split, {any_summary['num_images']} images; {any_summary['estimator']}; lower GED is better.",
+        f"{title}, {any_summary['num_images']} images; {any_summary['estimator']}; lower GED is better.",
         "",
         f"| model | GED² S=1 | S=4 | S=8 | S=16 | matched IoU S=16 | {extra} | p vs probunet (S=16) | minutes |",
         "|---|---|---|---|---|---|---|---|---|" + ("---|---|" if calibrations else ""),
@@ -284,7 +352,7 @@ def write_table(
         cells.append(f"{p_values[name]:.2g}" if name in p_values else "–")
         minutes = f"{seconds / 60:.1f}" if seconds is not None else "–"
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {minutes} |")
-    path.write_text("\n".join(lines) + "\n")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -425,21 +425,37 @@ def test_multi_class_evaluation_skips_the_lesion_presence_rule(mixed, tmp_path):
 
 @pytest.mark.slow
 def test_compare_report_writes_table_with_wilcoxon_and_figure(mixed, tmp_path):
-    """benchmarks/compare.py --report: the results table (oracle row, p-values vs probunet) and the GED figure."""
+    """benchmarks/compare.py --report: the results table (oracle and reference rows, p-values vs probunet), the GED
+    figure, and with --heldout a second table of the same models on another dataset's test split."""
     out = tmp_path / "compare"
+    (out / "data").parent.mkdir(parents=True)
+    (out / "data").symlink_to(mixed.parent)  # the dataset compare.py generated: its test split is `mixed`'s
+    cases = {"training": _mixed_cases(), "validation": _mixed_cases(), "test": _mixed_cases()[1:]}
+    heldout = _write_dataset(tmp_path / "heldout", cases).parent
     nets = {"probunet": _tiny_probunet(), "unet": DeterministicUNet(2, 1, 2, channels=(4, 8), num_convs=1)}
     for name, net in nets.items():
         torch.save(net.state_dict(), tmp_path / f"{name}.pt")
-        run_evaluation(net, mixed, TRANSFORM, out / "eval" / name, ckpt_path=tmp_path / f"{name}.pt", model_name=name,
-                       sample_counts=(1, 4, 8, 16), bootstrap_resamples=50, num_plot_images=0)  # fmt: skip
+        for evals, datalist in (("eval", mixed), ("eval_heldout", heldout / "datalist.json")):
+            run_evaluation(
+                net, datalist, TRANSFORM, out / evals / name, ckpt_path=tmp_path / f"{name}.pt", model_name=name,
+                sample_counts=(1, 4, 8, 16), bootstrap_resamples=50, num_plot_images=0,
+            )
     (out / "timings.json").write_text(json.dumps({"probunet": 120.0, "unet": 60.0}))
     cmd = [sys.executable, str(REPO / "benchmarks" / "compare.py"), "--report", "--out", str(out),
            "--models", "probunet", "unet"]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+    proc = subprocess.run([*cmd, "--heldout", str(heldout)], capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    cells = [line.split("|") for line in (out / "results.md").read_text().splitlines() if line.startswith("| ")]
-    rows = {c[1].strip(): [v.strip() for v in c[2:-1]] for c in cells}
-    assert set(rows) == {"model", "probunet", "unet", "oracle"}
+    test_table, heldout_table = (out / "results.md").read_text().split("\n\n" + str(heldout))
+    rows = _table_rows(test_table)
+    # the reference rows' known answers (A inside B, r = 1 - |A| / |B|; d(empty, a lesion) = 1): per test image
+    # [A, B, A, B], [-, A, A, -], [C, C, -, C], [B, B, B, B] the vote (>= 2 or >= 3 of 4) is B or A, A or -, C, B
+    r = 1 - A.sum() / B.sum()
+    vote, nothing = np.mean([r / 2, 0.5, 0.125, 0.0]), np.mean([2 - r / 2, 0.5, 1.125, 2.0])
+    for k in (2, 3):
+        assert rows[f"reference: readers' majority vote (>= {k} of 4) repeated"][:4] == [f"{vote:.3f}"] * 4
+    assert rows["reference: predicting nothing"][:4] == [f"{nothing:.3f}"] * 4
+    assert set(rows) == {"model", "probunet", "unet", "oracle", "reference: predicting nothing",
+                         *(f"reference: readers' majority vote (>= {k} of 4) repeated" for k in (2, 3))}  # fmt: skip
     summary = json.loads((out / "eval" / "unet" / "summary.json").read_text())
     ged16 = next(e["mean"] for e in summary["models"]["unet"]["metrics"]["ged"] if e["S"] == 16)
     assert rows["unet"][3] == f"{ged16:.3f}" and rows["unet"][-1] == "1.0" and rows["probunet"][-1] == "2.0"
@@ -449,8 +465,19 @@ def test_compare_report_writes_table_with_wilcoxon_and_figure(mixed, tmp_path):
 
     assert float(rows["unet"][-2]) == pytest.approx(wilcoxon(a, b).pvalue, rel=0.05)
     assert (out / "ged_vs_samples.png").is_file()
+    # the held-out table: the same models scored on its test split (3 images), its own reference rows
+    held = _table_rows(heldout_table)
+    summary = json.loads((out / "eval_heldout" / "unet" / "summary.json").read_text())
+    ged16 = next(e["mean"] for e in summary["models"]["unet"]["metrics"]["ged"] if e["S"] == 16)
+    assert summary["num_images"] == 3 and held["unet"][3] == f"{ged16:.3f}"
+    assert held["reference: predicting nothing"][3] == f"{np.mean([0.5, 1.125, 2.0]):.3f}"
     missing = subprocess.run([*cmd[:-2], "mheads"], capture_output=True, text=True, timeout=300, check=False)
     assert missing.returncode != 0 and "mheads" in missing.stderr and "summary.json" in missing.stderr
+
+
+def _table_rows(markdown: str) -> dict[str, list[str]]:
+    cells = [line.split("|") for line in markdown.splitlines() if line.startswith("| ")]
+    return {c[1].strip(): [v.strip() for v in c[2:-1]] for c in cells}
 
 
 def _per_image(eval_dir: Path, name: str, s: int = 16) -> np.ndarray:
