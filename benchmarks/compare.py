@@ -107,9 +107,6 @@ def _bundle(run_id: str, config_files: str, overrides: list[str], log: Path, thr
     return time.perf_counter() - t0
 
 
-#: the overrides that choose the data (left out where a second dataset is scored)
-DATA_KEYS = ("--dataset_dir", "--dataset_name", "--dataset_kwargs", "--dataset_kwargs#num_patients")
-
 #: quick mode: a few images and a narrow network per task
 QUICK_DATA: dict[str, list[str]] = {
     "lidc": ["--dataset_kwargs#num_patients", "24"],
@@ -285,7 +282,8 @@ def _score_heldout(args: argparse.Namespace, out: Path, common: list[str], threa
     """Score the checkpoints that ``out/eval/<model>`` scored on the test split of ``args.heldout`` into
     ``out/eval_heldout/<model>`` (with ``--report`` only those not scored there yet); returns the summaries."""
     evals = out / "eval_heldout"
-    shared = [a for i, a in enumerate(common) if not (a in DATA_KEYS or (i and common[i - 1] in DATA_KEYS))]
+    pairs = zip(common[::2], common[1::2])  # `--key value` pairs: all but those that choose the data
+    shared = [a for key, value in pairs if not key.startswith("--dataset") for a in (key, value)]
     data = ["--dataset_name", "folder", "--dataset_dir", str(args.heldout.resolve())]
 
     def score(name: str) -> None:
