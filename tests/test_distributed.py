@@ -112,23 +112,32 @@ def _share_speedup_worker(rank: int, port: int, out: str) -> None:
 
     from monai_probunet.engines import precision
 
-    precision._bf16_speedup = lambda threads: 0.5 if rank == 0 else 2.0  # each rank's own timing would differ
+    # each rank's own timing would differ: 2x on rank 0, 0.5x on rank 1
+    precision._pass_time_ratio = lambda threads, first, second: 2.0 if rank == 0 else 0.5
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     try:
-        shared = precision.share_cpu_bf16_speedup()
-        auto = precision.resolve_precision("auto", "cpu") if precision.cpu_bf16_flags() else None
-        Path(out, f"{rank}.json").write_text(json.dumps([shared, precision.cpu_bf16_speedup(), auto]))
+        shared = precision.share_cpu_speedups()
+        result = [
+            shared,
+            precision.cpu_channels_last_speedup("fp32"),
+            precision.resolve_channels_last("auto", "cpu", "fp32"),
+            precision.resolve_precision("auto", "cpu"),
+        ]
+        Path(out, f"{rank}.json").write_text(json.dumps(result))
     finally:
         dist.destroy_process_group()
 
 
-def test_every_rank_uses_rank0s_bf16_timing(tmp_path):
-    """``precision: auto`` on a CPU is a timing; in a process group every rank takes rank 0's (here 0.5x on rank 0,
-    2x on rank 1), so all ranks compute in one precision."""
+def test_every_rank_uses_rank0s_start_up_timings(tmp_path):
+    """``precision: auto`` and ``channels_last: auto`` on a CPU are timings; in a process group every rank takes rank
+    0's (here 2x on rank 0, 0.5x on rank 1), so all ranks compute in one precision and one memory format."""
+    from monai_probunet.engines.precision import cpu_bf16_flags
+
     torch.multiprocessing.spawn(_share_speedup_worker, args=(_free_port(), str(tmp_path)), nprocs=2)
     results = [json.loads((tmp_path / f"{rank}.json").read_text()) for rank in (0, 1)]
-    assert results[0][:2] == results[1][:2] == [0.5, 0.5]
-    assert results[0][2] == results[1][2] and results[0][2] in (None, "fp32")
+    native = bool(cpu_bf16_flags())
+    expected_shared = {"channels_last_fp32": 2.0, **({"channels_last_bf16": 2.0, "bf16": 2.0} if native else {})}
+    assert results[0] == results[1] == [expected_shared, 2.0, True, "bf16" if native else "fp32"]
 
 
 def _dirs(tmp_path: Path) -> tuple[str, ...]:

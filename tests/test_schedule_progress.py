@@ -12,12 +12,20 @@ import torch
 from ignite.engine import Engine, Events
 from monai.bundle import ConfigParser
 
-from monai_probunet.engines import explain_precision, lr_milestones, resolve_precision, validation_interval
+from monai_probunet.engines import (
+    explain_channels_last,
+    explain_precision,
+    lr_milestones,
+    resolve_precision,
+    validation_interval,
+)
 from monai_probunet.engines.precision import (
     BF16_MIN_SPEEDUP,
-    _bf16_speedup,
+    CHANNELS_LAST_MIN_SPEEDUP,
+    _pass_time_ratio,
     cpu_bf16_flags,
     cpu_bf16_speedup,
+    cpu_channels_last_speedup,
     cpu_model_name,
     onednn_isa_cap,
 )
@@ -130,32 +138,40 @@ def test_onednn_isa_cap_makes_auto_pick_fp32():
     assert reason.endswith("so bf16 would be emulated and slower")
 
 
-def test_bf16_speedup_is_measured_once_and_leaves_the_random_stream_alone():
-    """The start-up measurement behind ``auto`` on a CPU: a positive speed ratio, the same value on every call of a
+@pytest.mark.parametrize(
+    "measure", [cpu_bf16_speedup, lambda: cpu_channels_last_speedup("fp32")], ids=["bf16", "channels_last"]
+)
+def test_start_up_speedups_are_measured_once_and_leave_the_random_stream_alone(measure):
+    """The start-up measurements behind ``auto`` on a CPU: a positive speed ratio, the same value on every call of a
     process (measured once), the caller's random numbers as without it, and measured from any calling context."""
     torch.manual_seed(3)
     expected = torch.rand(4)
     torch.manual_seed(3)
-    _bf16_speedup.cache_clear()
-    first = cpu_bf16_speedup()
+    _pass_time_ratio.cache_clear()
+    first = measure()
     assert torch.equal(torch.rand(4), expected)
-    assert first > 0 and cpu_bf16_speedup() == first
+    assert first > 0 and measure() == first
     # first called where an evaluation samples (no gradients, inference mode, under autocast): still measured
     for context in (torch.no_grad, torch.inference_mode, lambda: torch.autocast("cpu", dtype=torch.bfloat16)):
-        _bf16_speedup.cache_clear()
+        _pass_time_ratio.cache_clear()
         with context():
-            assert cpu_bf16_speedup() > 0
+            assert measure() > 0
 
 
-def test_channels_last_auto_is_channels_last_on_cuda_only():
+def test_channels_last_auto_is_channels_last_on_cuda_and_where_measured_faster_on_the_cpu():
     from monai_probunet.bundle_utils import ConfigValueError
-    from monai_probunet.engines import resolve_channels_last
+    from monai_probunet.engines import check_channels_last, resolve_channels_last
 
-    assert resolve_channels_last("auto", "cpu") is False
+    for precision in ("fp32", "auto"):
+        faster = cpu_channels_last_speedup(resolve_precision(precision, "cpu")) >= CHANNELS_LAST_MIN_SPEEDUP
+        assert resolve_channels_last("auto", "cpu", precision) is faster
     assert resolve_channels_last("AUTO", torch.device("cuda:0")) is True
     assert resolve_channels_last("yes", "cpu") is True and resolve_channels_last(False, "cuda") is False
+    assert check_channels_last(" Auto ") == "auto" and check_channels_last("no") is False
     with pytest.raises(ConfigValueError, match=r"--channels_last: expected a boolean .* or auto, got '2'"):
         resolve_channels_last("2", "cpu")
+    with pytest.raises(ConfigValueError, match=r"--channels_last: expected a boolean .* or auto, got '2'"):
+        check_channels_last("2")
 
 
 def test_torch_compile_auto_is_cuda_graphs_on_cuda_only():
@@ -212,11 +228,16 @@ def test_trainer_logs_the_precision_and_memory_format_at_start(caplog):
     trainer, _ = _tiny_trainer(channels_last="auto")
     with caplog.at_level(logging.INFO):
         trainer.run()
-    assert (
-        f"{explain_precision('fp32', 'cpu')[1]}; memory format channels-first (channels_last auto on cpu); not compiled"
-        in caplog.text
+    chosen, layout = explain_channels_last("auto", "cpu", "fp32")
+    assert f"{explain_precision('fp32', 'cpu')[1]}; {layout}; not compiled" in caplog.text
+    speedup = cpu_channels_last_speedup("fp32")
+    assert trainer.channels_last is chosen is (speedup >= CHANNELS_LAST_MIN_SPEEDUP)
+    assert layout == (
+        f"memory format channels-{'last' if chosen else 'first'} (channels_last auto on cpu: channels-last measured "
+        f"{speedup:.2f}x the speed of channels-first here in fp32, a U-Net training pass at start-up; channels-last "
+        "where >= 1.1x)"
     )
-    assert trainer.channels_last is False
+    assert explain_channels_last(True, "cpu") == (True, "memory format channels-last")
 
 
 def _run_dummy(progress: TrainingProgress, epochs: int = 2, length: int = 4) -> Engine:

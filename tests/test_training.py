@@ -213,6 +213,48 @@ def test_resume_keeps_the_precision_of_the_run_it_continues(tmp_path, caplog):
     assert "resume: precision fp32 as configured, but the run it continues computed in bf16" in caplog.text
 
 
+def test_resume_keeps_the_memory_format_of_the_run_it_continues(tmp_path, caplog):
+    """``channels_last: auto`` is a timing on a CPU too: a resumed auto run computes in the memory format the checkpoint
+    was trained in, and ends with the weights of the uninterrupted run; an explicit format is kept, with a warning."""
+    import logging
+
+    from monai_probunet.engines import resolve_channels_last
+    from monai_probunet.handlers import LastCheckpoint
+    from monai_probunet.networks.utils import is_channels_last
+
+    data = [{"image": torch.rand(2, 1, 16, 16), "label": (torch.rand(2, 1, 16, 16) > 0.5).float()}]
+
+    def run(channels_last: bool | str, epochs: int, folder: Path) -> ProbUNetTrainer:
+        torch.manual_seed(0)
+        net = ProbUNet(2, 1, 2, channels=(4, 8), latent_dim=2)
+        optimizer = torch.optim.Adam(net.parameters())
+        trainer = ProbUNetTrainer(
+            device="cpu", max_epochs=epochs, train_data_loader=data, network=net, optimizer=optimizer,
+            loss_function=ELBOLoss(), prepare_batch=PrepareBatchExtraInput(extra_keys={"seg": "label"}),
+            decollate=False, precision="fp32", channels_last=channels_last,
+        )  # fmt: skip
+        LastCheckpoint(folder, {"model": net, "optimizer": optimizer}, resume=True).attach(trainer)
+        with caplog.at_level(logging.INFO):
+            trainer.run()
+        return trainer
+
+    uninterrupted = run(True, 2, tmp_path / "once").network.state_dict()
+    assert run(True, 1, tmp_path / "resumed").channels_last is True
+    caplog.clear()
+    resumed = run("auto", 2, tmp_path / "resumed")
+    assert resumed.channels_last is True and is_channels_last(resumed.network)
+    if not resolve_channels_last("auto", "cpu", "fp32"):
+        assert "resume: memory format channels-last, as the run it continues (auto measured the other" in caplog.text
+    for key, value in resumed.network.state_dict().items():
+        assert torch.equal(value, uninterrupted[key]), key
+    caplog.clear()
+    kept = run(False, 3, tmp_path / "resumed")
+    assert kept.channels_last is False and not is_channels_last(kept.network)
+    assert "resume: memory format channels-first as configured, but the run it continues computed channels-last" in (
+        caplog.text
+    )
+
+
 def test_kl_warmup_rejects_a_loss_without_beta():
     with pytest.raises(ValueError, match="kl_warmup_epochs"):
         KLWarmup(MHeadsLoss(), warmup_epochs=3)

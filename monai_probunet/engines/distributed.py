@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 from ignite import distributed as idist
 
-from .precision import cpu_bf16_flags, share_cpu_bf16_speedup
+from .precision import share_cpu_speedups
 
 __all__ = ["destroy_distributed", "init_distributed", "is_not_rank0", "local_device", "rank_zero_first"]
 
@@ -53,8 +53,8 @@ def init_distributed(backend: str | None = None) -> None:
     # detects the process group with collective calls (new_group + all_reduce): done here on all ranks at once,
     # or a CheckpointSaver built on rank 0 only would wait forever for the other ranks.
     idist.sync()
-    if not torch.cuda.is_available() and cpu_bf16_flags():
-        share_cpu_bf16_speedup()  # `precision: auto` from rank 0's timing on every rank
+    if not torch.cuda.is_available():
+        share_cpu_speedups()  # `precision: auto` and `channels_last: auto` from rank 0's timings on every rank
     logger.info(f"process group: backend {backend}, rank {dist.get_rank()} of {dist.get_world_size()}")
 
 

@@ -9,8 +9,8 @@ import torch.nn as nn
 from ignite.engine import Engine, Events
 from monai.inferers import Inferer
 
-from ..networks.utils import hypotheses_to_labels
-from .precision import autocast_context, resolve_channels_last
+from ..networks.utils import hypotheses_to_labels, is_channels_last
+from .precision import autocast_context, check_channels_last, resolve_channels_last
 
 __all__ = ["SamplingInferer"]
 
@@ -28,7 +28,7 @@ class SamplingInferer(Inferer):
             validations score the same latent draws and their GED differences reflect the model, not the noise.
         precision: ``"auto"``, ``"fp32"`` or ``"bf16"`` (see :func:`resolve_precision`).
         channels_last: feed 2-D inputs in channels-last memory format (``True``, ``False`` or ``"auto"``: on a CUDA
-            device only, see :func:`resolve_channels_last`).
+            device, and on a CPU where the network is channels-last, see :func:`resolve_channels_last`).
     """
 
     def __init__(
@@ -46,7 +46,7 @@ class SamplingInferer(Inferer):
         self.return_labels = return_labels
         self.seed = seed
         self.precision = precision
-        resolve_channels_last(channels_last, "cpu")  # a bad value fails here, not at the first call
+        check_channels_last(channels_last)  # a bad value fails here, not at the first call
         self.channels_last = channels_last
         self._generator: torch.Generator | None = None
 
@@ -65,11 +65,18 @@ class SamplingInferer(Inferer):
             self._generator = torch.Generator(device=device).manual_seed(self.seed)
         return self._generator
 
+    def _channels_last(self, model: nn.Module, device: torch.device) -> bool:
+        """Feed channels-last inputs? ``"auto"`` on a CPU follows the network's own format (channels-last where the
+        trainer chose it by measurement, and as kept on resume; a loaded model is channels-first)."""
+        if check_channels_last(self.channels_last) == "auto" and torch.device(device).type == "cpu":
+            return is_channels_last(model)
+        return resolve_channels_last(self.channels_last, device, self.precision)
+
     def __call__(self, inputs: torch.Tensor, network: nn.Module, *args: Any, **kwargs: Any) -> torch.Tensor:
         model = network.module if isinstance(network, nn.parallel.DistributedDataParallel) else network
         if not hasattr(model, "sample"):
             raise TypeError(f"{type(model).__name__} has no sample(image, num_samples) method.")
-        if inputs.ndim == 4 and resolve_channels_last(self.channels_last, inputs.device):
+        if inputs.ndim == 4 and self._channels_last(model, inputs.device):
             inputs = inputs.contiguous(memory_format=torch.channels_last)
         with autocast_context(self.precision, inputs.device):
             logits = model.sample(inputs, self.num_samples, generator=self._get_generator(inputs.device))

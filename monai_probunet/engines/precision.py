@@ -15,19 +15,23 @@ from ..bundle_utils import ConfigValueError, as_bool
 __all__ = [
     "BF16_CPU_FLAGS",
     "BF16_MIN_SPEEDUP",
+    "CHANNELS_LAST_MIN_SPEEDUP",
     "COMPILE_MODES",
     "PRECISIONS",
     "autocast_context",
+    "check_channels_last",
     "cpu_bf16_flags",
     "cpu_bf16_speedup",
+    "cpu_channels_last_speedup",
     "cpu_model_name",
+    "explain_channels_last",
     "explain_precision",
     "native_bf16_text",
     "onednn_isa_cap",
     "resolve_channels_last",
     "resolve_compile",
     "resolve_precision",
-    "share_cpu_bf16_speedup",
+    "share_cpu_speedups",
 ]
 
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -38,6 +42,11 @@ BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 #: ``auto`` picks bf16 on a CPU with native bf16 only where it measured at least this much faster than fp32
 #: (:func:`cpu_bf16_speedup`): with AVX512-BF16 but no AMX bf16 can be slower (0.64x measured, docs/benchmarks.md)
 BF16_MIN_SPEEDUP = 1.1
+
+#: ``channels_last: auto`` picks channels-last on a CPU only where it measured at least this much faster than
+#: channels-first (:func:`cpu_channels_last_speedup`): slower on an Intel Xeon with AMX, faster in fp32 on an AMD
+#: EPYC without native bf16 (docs/benchmarks.md)
+CHANNELS_LAST_MIN_SPEEDUP = 1.1
 
 
 @lru_cache(maxsize=1)
@@ -101,29 +110,32 @@ def _cpu_has_native_bf16() -> bool:
 
 
 @cache
-def _bf16_speedup(threads: int) -> float:
+def _pass_time_ratio(threads: int, first: tuple[bool, bool], second: tuple[bool, bool]) -> float:
+    """``time(first) / time(second)`` of a training pass of a small U-Net on the CPU, each setting a pair
+    ``(bf16 autocast, channels-last)``; ``threads`` only keys the cache (the pass runs on the current threads)."""
     from ..networks.unet_core import UNetCore  # engines import networks, never the reverse
 
-    times: dict[bool, list[float]] = {False: [], True: []}
+    times: dict[tuple[bool, bool], list[float]] = {first: [], second: []}
     # a training pass wherever the first call comes from (an evaluation's no_grad or inference_mode); the caller's
     # random stream stays as it was
     with torch.inference_mode(False), torch.enable_grad(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        net = UNetCore(2, 1, (16, 32, 64), 3)
+        nets = {False: UNetCore(2, 1, (16, 32, 64), 3)}
+        nets[True] = UNetCore(2, 1, (16, 32, 64), 3).to(memory_format=torch.channels_last)
         x = torch.rand(4, 1, 64, 64)
-        for rep in range(7):  # 2 warm-up passes each, then 5 timed, fp32 and bf16 alternating
-            for bf16 in (False, True):
+        for rep in range(7):  # 2 warm-up passes each, then 5 timed, the two settings alternating
+            for bf16, channels_last in (first, second):
                 t0 = time.perf_counter()
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                    out = net(x)
+                    out = nets[channels_last](x.contiguous(memory_format=torch.channels_last) if channels_last else x)
                 out.float().square().mean().backward()
                 if rep >= 2:
-                    times[bf16].append(time.perf_counter() - t0)
-    return min(times[False]) / min(times[True])
+                    times[(bf16, channels_last)].append(time.perf_counter() - t0)
+    return min(times[first]) / min(times[second])
 
 
-#: rank 0's measurement in a distributed run (:func:`share_cpu_bf16_speedup`), used by every rank instead of its own
-_shared_speedup: float | None = None
+#: rank 0's measurements in a distributed run (:func:`share_cpu_speedups`), used by every rank instead of its own
+_shared_speedups: dict[str, float] = {}
 
 
 def cpu_bf16_speedup() -> float:
@@ -134,23 +146,46 @@ def cpu_bf16_speedup() -> float:
     Native bf16 is not always faster: oneDNN's AVX512-BF16 kernels (without AMX) measured slower than fp32 on an
     Intel Xeon, faster on an AMD EPYC; AMX about 2x faster. The caller's random number stream is left untouched.
     """
-    if _shared_speedup is not None:
-        return _shared_speedup
-    return _bf16_speedup(torch.get_num_threads())
+    if "bf16" in _shared_speedups:
+        return _shared_speedups["bf16"]
+    return _pass_time_ratio(torch.get_num_threads(), (False, False), (True, False))
 
 
-def share_cpu_bf16_speedup() -> float:
-    """Rank 0's :func:`cpu_bf16_speedup` for every rank of the process group, so that ``precision: auto`` picks the
-    same precision on all of them (each rank timing on its own could differ, the ranks sharing the cores). A
-    collective: every rank calls it at the same point (:func:`~monai_probunet.engines.init_distributed` does).
+def cpu_channels_last_speedup(precision: str) -> float:
+    """How much faster the channels-last memory format trains than channels-first on this CPU (``channels-first
+    time / channels-last time``) at ``precision`` (``"fp32"`` or ``"bf16"`` autocast), measured as
+    :func:`cpu_bf16_speedup` is (once per process, thread count and precision; the same small U-Net pass).
+
+    Which is faster depends on the CPU and the precision: oneDNN's kernels for the two formats differ.
     """
-    global _shared_speedup
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision must be fp32 or bf16, got {precision!r}.")
+    key = f"channels_last_{precision}"
+    if key in _shared_speedups:
+        return _shared_speedups[key]
+    bf16 = precision == "bf16"
+    return _pass_time_ratio(torch.get_num_threads(), (bf16, False), (bf16, True))
+
+
+def share_cpu_speedups() -> dict[str, float]:
+    """Rank 0's start-up measurements for every rank of the process group, so that ``precision: auto`` and
+    ``channels_last: auto`` pick the same on all of them (each rank timing on its own could differ, the ranks sharing
+    the cores; DistributedDataParallel needs the same memory format everywhere): :func:`cpu_bf16_speedup` on a CPU
+    with native bf16, :func:`cpu_channels_last_speedup` for each precision the CPU can run natively. A collective:
+    every rank calls it at the same point (:func:`~monai_probunet.engines.init_distributed` does).
+    """
     import torch.distributed as dist
 
-    value = [cpu_bf16_speedup() if dist.get_rank() == 0 else 0.0]
+    value: list[dict[str, float] | None] = [None]
+    if dist.get_rank() == 0:
+        precisions = ("fp32", "bf16") if _cpu_has_native_bf16() else ("fp32",)
+        value[0] = {f"channels_last_{p}": cpu_channels_last_speedup(p) for p in precisions}
+        if _cpu_has_native_bf16():
+            value[0]["bf16"] = cpu_bf16_speedup()
     dist.broadcast_object_list(value, src=0)
-    _shared_speedup = float(value[0])
-    return _shared_speedup
+    _shared_speedups.clear()
+    _shared_speedups.update(value[0])
+    return dict(_shared_speedups)
 
 
 def resolve_precision(precision: str, device: torch.device | str) -> str:
@@ -228,24 +263,70 @@ def autocast_context(precision: str, device: torch.device | str) -> contextlib.A
     return contextlib.nullcontext()
 
 
-def resolve_channels_last(channels_last: bool | str, device: torch.device | str, key: str = "channels_last") -> bool:
-    """Whether to run 2-D networks in the channels-last memory format.
-
-    ``"auto"`` is channels-last on a CUDA device (bf16 training of ``paper.yaml``'s network measured 1.2-1.9x faster
-    there) and channels-first elsewhere (slower on the CPU); ``benchmarks/train_speed.py`` measures both. Other values
-    are booleans (:func:`~monai_probunet.bundle_utils.as_bool`).
+def check_channels_last(channels_last: bool | str, key: str = "channels_last") -> bool | str:
+    """``"auto"`` or the boolean of ``channels_last`` (:func:`~monai_probunet.bundle_utils.as_bool`), measuring
+    nothing.
 
     Raises:
         ConfigValueError: neither a boolean nor ``"auto"``, naming ``key``.
     """
     if isinstance(channels_last, str) and channels_last.strip().lower() == "auto":
-        return torch.device(device).type == "cuda"
+        return "auto"
     try:
         return as_bool(channels_last, key)
     except ConfigValueError:
         raise ConfigValueError(
             f"--{key}: expected a boolean (true/false, 1/0 or yes/no) or auto, got {channels_last!r}."
         ) from None
+
+
+def resolve_channels_last(
+    channels_last: bool | str, device: torch.device | str, precision: str = "fp32", key: str = "channels_last"
+) -> bool:
+    """Whether to run 2-D networks in the channels-last memory format.
+
+    ``"auto"`` is channels-last on a CUDA device (bf16 training of ``paper.yaml``'s network measured 1.2-1.9x faster
+    there), and on a CPU where it measured at least :data:`CHANNELS_LAST_MIN_SPEEDUP` times faster than
+    channels-first at ``precision`` (resolved by :func:`resolve_precision`; :func:`cpu_channels_last_speedup`),
+    else channels-first; ``benchmarks/train_speed.py`` measures both. Other values are booleans.
+
+    Raises:
+        ConfigValueError: neither a boolean nor ``"auto"``, naming ``key``.
+    """
+    value = check_channels_last(channels_last, key)
+    if value != "auto":
+        return bool(value)
+    device = torch.device(device)
+    if device.type == "cuda":
+        return True
+    if device.type != "cpu":
+        return False
+    return cpu_channels_last_speedup(resolve_precision(precision, device)) >= CHANNELS_LAST_MIN_SPEEDUP
+
+
+def explain_channels_last(
+    channels_last: bool | str, device: torch.device | str, precision: str = "fp32"
+) -> tuple[bool, str]:
+    """The memory format :func:`resolve_channels_last` picks and one line saying why, for the training log.
+
+    Returns:
+        ``(channels_last, reason)``, e.g. ``(False, "memory format channels-first (channels_last auto on cpu:
+        channels-last measured 0.91x the speed of channels-first here in fp32, a U-Net training pass at start-up;
+        channels-last where >= 1.1x)")``.
+    """
+    chosen = resolve_channels_last(channels_last, device, precision)
+    reason = f"memory format {'channels-last' if chosen else 'channels-first'}"
+    if check_channels_last(channels_last) != "auto":
+        return chosen, reason
+    device = torch.device(device)
+    if device.type != "cpu":
+        return chosen, f"{reason} (channels_last auto on {device.type})"
+    resolved = resolve_precision(precision, device)
+    speedup = cpu_channels_last_speedup(resolved)
+    return chosen, (
+        f"{reason} (channels_last auto on cpu: channels-last measured {speedup:.2f}x the speed of channels-first here "
+        f"in {resolved}, a U-Net training pass at start-up; channels-last where >= {CHANNELS_LAST_MIN_SPEEDUP}x)"
+    )
 
 
 #: ``torch.compile`` modes a training network can be compiled with

@@ -13,7 +13,7 @@ from monai.engines.utils import IterationEvents, default_prepare_batch
 from monai.utils import CommonKeys as Keys
 
 from ..bundle_utils import ConfigValueError, TrainingInterrupted
-from .precision import autocast_context, explain_precision, resolve_channels_last, resolve_compile
+from .precision import autocast_context, explain_channels_last, explain_precision, resolve_compile
 
 __all__ = ["ProbUNetTrainer", "loss_terms"]
 
@@ -41,7 +41,8 @@ class ProbUNetTrainer(SupervisedTrainer):
       unlike MONAI's CUDA-only ``amp``) with float32 master weights; ``"auto"`` picks bf16 on a GPU with bf16 and on
       a CPU where native bf16 measured faster than fp32 (:func:`~monai_probunet.engines.resolve_precision`);
     - ``channels_last=True`` converts the network and 2-D inputs to the channels-last memory format (``"auto"``: on
-      a CUDA device only);
+      a CUDA device, and on a CPU where it measured faster at start-up,
+      :func:`~monai_probunet.engines.resolve_channels_last`);
     - ``torch_compile`` runs the training pass through ``torch.compile`` (``"auto"``: ``reduce-overhead``, i.e. CUDA
       graphs, on a CUDA device; eager elsewhere; :func:`~monai_probunet.engines.resolve_compile`). ``network``
       itself stays the plain module (its state dict, checkpoints and the evaluators' sampling are unchanged);
@@ -100,9 +101,8 @@ class ProbUNetTrainer(SupervisedTrainer):
     ) -> None:
         if isinstance(max_epochs, bool) or not isinstance(max_epochs, int) or max_epochs < 1:
             raise ConfigValueError(f"--max_epochs: expected a whole number of epochs >= 1, got {max_epochs!r}.")
-        layout = "channels-last" if resolve_channels_last(channels_last, device) else "channels-first"
-        layout_reason = f"memory format {layout}" + _auto_note("channels_last", channels_last, device)
-        channels_last = layout == "channels-last"
+        self.channels_last_requested = channels_last
+        channels_last, layout_reason = explain_channels_last(channels_last, device, precision)
         compile_mode = resolve_compile(torch_compile, device)
         compile_reason = (f"torch.compile mode {compile_mode}" if compile_mode else "not compiled") + _auto_note(
             "torch_compile", torch_compile, device
@@ -157,6 +157,13 @@ class ProbUNetTrainer(SupervisedTrainer):
         message = getattr(self.state, "interrupted", None)
         if message:
             raise TrainingInterrupted(message)
+
+    def set_channels_last(self, channels_last: bool) -> None:
+        """Compute in the channels-last (``True``) or channels-first memory format from now on: the network's weights
+        and the 2-D inputs (a resumed ``channels_last: auto`` run keeps the format of the run it continues)."""
+        self.channels_last = bool(channels_last)
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        self.network.to(memory_format=fmt)
 
     def _to_memory_format(self, x: Any) -> Any:
         if self.channels_last and isinstance(x, torch.Tensor) and x.ndim == 4:

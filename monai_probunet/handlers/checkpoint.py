@@ -150,30 +150,42 @@ class _KeyMetricSaverState:
 
 
 class _PrecisionState:
-    """The precision a :class:`~monai_probunet.engines.ProbUNetTrainer` computes in, as a state-dict object.
+    """The precision and memory format a :class:`~monai_probunet.engines.ProbUNetTrainer` computes in, as a
+    state-dict object.
 
-    On a CPU ``precision: auto`` is a timing, taken anew by every process; a resumed run keeps the precision of the
-    run it continues, so it stays identical to an uninterrupted one. An explicit precision that differs is kept, with a
-    warning.
+    On a CPU ``precision: auto`` and ``channels_last: auto`` are timings, taken anew by every process; a resumed run
+    keeps the choices of the run it continues, so it stays identical to an uninterrupted one. An explicit setting that
+    differs is kept, with a warning.
     """
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    def state_dict(self) -> dict[str, str]:
-        return {"precision": str(self.engine.precision)}
+    def state_dict(self) -> dict[str, Any]:
+        channels_last = bool(getattr(self.engine, "channels_last", False))
+        return {"precision": str(self.engine.precision), "channels_last": channels_last}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         saved, current = state["precision"], self.engine.precision
-        if saved == current:
-            return
-        if getattr(self.engine, "precision_requested", None) == "auto":
+        if saved != current and getattr(self.engine, "precision_requested", None) == "auto":
             self.engine.precision = saved
             logger.info(f"resume: precision {saved}, as the run it continues (auto measured {current} this time).")
-        else:
+        elif saved != current:
             logger.warning(
                 f"resume: precision {current} as configured, but the run it continues computed in {saved}: the "
                 "resumed run differs from an uninterrupted one."
+            )
+        saved, current = state.get("channels_last"), bool(getattr(self.engine, "channels_last", False))
+        if saved is None or saved == current:
+            return
+        layout = "channels-last" if saved else "channels-first"
+        if str(getattr(self.engine, "channels_last_requested", "")).strip().lower() == "auto":
+            self.engine.set_channels_last(saved)
+            logger.info(f"resume: memory format {layout}, as the run it continues (auto measured the other this time).")
+        else:
+            logger.warning(
+                f"resume: memory format {'channels-last' if current else 'channels-first'} as configured, but the run "
+                f"it continues computed {layout}: the resumed run differs from an uninterrupted one."
             )
 
 

@@ -20,6 +20,7 @@ from .gaussian_encoder import COVARIANCES, POOLINGS, GaussianEncoder
 from .init import init_output_prior, init_weights_orthogonal
 from .latent_noise import PRIOR_SAMPLINGS, prior_noise
 from .unet_core import DEFAULT_NORM, UNetCore, check_image_channels
+from .utils import is_channels_last
 
 __all__ = ["LATENT_INJECTIONS", "SAMPLE_GRADIENTS", "ProbUNet", "latent_kl", "segmentation_to_onehot"]
 
@@ -427,7 +428,4 @@ def _like_memory_format(x: torch.Tensor, network: nn.Module) -> torch.Tensor:
     """
     if x.ndim != 4:
         return x
-    weight = next((p for p in network.parameters() if p.ndim == 4), None)
-    if weight is not None and not weight.is_contiguous() and weight.is_contiguous(memory_format=torch.channels_last):
-        return x.contiguous(memory_format=torch.channels_last)
-    return x.contiguous()
+    return x.contiguous(memory_format=torch.channels_last) if is_channels_last(network) else x.contiguous()
