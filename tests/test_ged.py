@@ -271,3 +271,27 @@ def test_presence_part_is_the_ged_of_reader_identical_outlines(shown, drawn, mon
     expected = bench.presence_part({"presence_count": shown}, drawn, 16)
     assert expected == pytest.approx(2 * (shown / 16 - drawn / 4) ** 2)
     assert ged == pytest.approx(expected, abs=1e-6)
+
+
+def test_share_and_outline_terms_give_the_ged_exactly(monkeypatch):
+    """``share_and_outlines``: from the shown share s, the readers' share r and the mean IoUs a (shown vs drawn) and b
+    (shown vs shown, self-pairs included), ``2r - 2sr(1 + a) + s^2(1 + b) - E[d(Y, Y')]`` is the project's GED."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    bench = importlib.import_module("share_and_outlines")
+    g = torch.Generator().manual_seed(0)
+    for shown, drawn in ((16, 4), (5, 2), (0, 3), (9, 1), (3, 0)):
+        hyps = (torch.rand(16, 12, 12, generator=g) > 0.7).long()
+        hyps[shown:] = 0
+        readers = (torch.rand(4, 12, 12, generator=g) > 0.6).long()
+        readers[drawn:] = 0
+        terms = generalized_energy_distance(hyps[None], readers[None])
+        s, r, a, b = bench.share_terms(hyps, readers)
+        assert (s, r) == (shown / 16, drawn / 4)
+        assert bench.ged_from_terms(s, r, a, b, float(terms.d_yy[0])) == pytest.approx(float(terms.ged[0]), abs=1e-5)
+    # two shown lesions, one reader's: a and b by hand
+    lesion, other = torch.zeros(4, 4, dtype=torch.long), torch.zeros(4, 4, dtype=torch.long)
+    lesion[:2, :2] = 1  # 4 pixels
+    other[:2, :1] = 1  # 2 of them
+    s, r, a, b = bench.share_terms(torch.stack([lesion, other, torch.zeros_like(lesion)]), torch.stack([lesion]))
+    assert (s, r) == (pytest.approx(2 / 3), 1.0)
+    assert a == pytest.approx((1 + 0.5) / 2) and b == pytest.approx((1 + 0.5 + 0.5 + 1) / 4)
