@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -179,64 +181,51 @@ def test_warmup_ramps_the_empty_draws_term_and_leaves_beta_alone():
         KLWarmup(MHeadsLoss(), warmup_epochs=2, weight="empty_weight")
 
 
+def _resumed_run(folder: Path, caplog, epochs: int, **settings) -> ProbUNetTrainer:
+    """Train a tiny ProbUNet to ``epochs`` with ``settings`` (precision, channels_last), resuming from ``folder``'s
+    ``checkpoint_last.pt`` where it exists; the log is captured at INFO."""
+    import logging
+
+    from monai_probunet.handlers import LastCheckpoint
+
+    torch.manual_seed(0)
+    data = [{"image": torch.rand(2, 1, 16, 16), "label": (torch.rand(2, 1, 16, 16) > 0.5).float()}]
+    net = ProbUNet(2, 1, 2, channels=(4, 8), latent_dim=2)
+    optimizer = torch.optim.Adam(net.parameters())
+    trainer = ProbUNetTrainer(
+        device="cpu", max_epochs=epochs, train_data_loader=data, network=net, optimizer=optimizer,
+        loss_function=ELBOLoss(), prepare_batch=PrepareBatchExtraInput(extra_keys={"seg": "label"}),
+        decollate=False, **settings,
+    )  # fmt: skip
+    LastCheckpoint(folder, {"model": net, "optimizer": optimizer}, resume=True).attach(trainer)
+    with caplog.at_level(logging.INFO):
+        trainer.run()
+    return trainer
+
+
 def test_resume_keeps_the_precision_of_the_run_it_continues(tmp_path, caplog):
     """``precision: auto`` is a timing on a CPU, taken anew by each process: a resumed auto run computes in the
     precision the checkpoint was trained in; an explicit precision is kept, with a warning."""
-    import logging
-
     from monai_probunet.engines import resolve_precision
-    from monai_probunet.handlers import LastCheckpoint
 
-    data = [{"image": torch.rand(2, 1, 16, 16), "label": (torch.rand(2, 1, 16, 16) > 0.5).float()}]
-
-    def run(precision: str, epochs: int) -> ProbUNetTrainer:
-        torch.manual_seed(0)
-        net = ProbUNet(2, 1, 2, channels=(4, 8), latent_dim=2)
-        optimizer = torch.optim.Adam(net.parameters())
-        trainer = ProbUNetTrainer(
-            device="cpu", max_epochs=epochs, train_data_loader=data, network=net, optimizer=optimizer,
-            loss_function=ELBOLoss(), prepare_batch=PrepareBatchExtraInput(extra_keys={"seg": "label"}),
-            decollate=False, precision=precision,
-        )  # fmt: skip
-        LastCheckpoint(tmp_path, {"model": net, "optimizer": optimizer}, resume=True).attach(trainer)
-        with caplog.at_level(logging.INFO):
-            trainer.run()
-        return trainer
-
-    assert run("bf16", 1).precision == "bf16"
+    assert _resumed_run(tmp_path, caplog, 1, precision="bf16").precision == "bf16"
     caplog.clear()
-    assert run("auto", 2).precision == "bf16"
+    assert _resumed_run(tmp_path, caplog, 2, precision="auto").precision == "bf16"
     if resolve_precision("auto", "cpu") == "fp32":
         assert "resume: precision bf16, as the run it continues (auto measured fp32 this time)." in caplog.text
     caplog.clear()
-    assert run("fp32", 3).precision == "fp32"
+    assert _resumed_run(tmp_path, caplog, 3, precision="fp32").precision == "fp32"
     assert "resume: precision fp32 as configured, but the run it continues computed in bf16" in caplog.text
 
 
 def test_resume_keeps_the_memory_format_of_the_run_it_continues(tmp_path, caplog):
     """``channels_last: auto`` is a timing on a CPU too: a resumed auto run computes in the memory format the checkpoint
     was trained in, and ends with the weights of the uninterrupted run; an explicit format is kept, with a warning."""
-    import logging
-
     from monai_probunet.engines import resolve_channels_last
-    from monai_probunet.handlers import LastCheckpoint
     from monai_probunet.networks.utils import is_channels_last
 
-    data = [{"image": torch.rand(2, 1, 16, 16), "label": (torch.rand(2, 1, 16, 16) > 0.5).float()}]
-
     def run(channels_last: bool | str, epochs: int, folder: Path) -> ProbUNetTrainer:
-        torch.manual_seed(0)
-        net = ProbUNet(2, 1, 2, channels=(4, 8), latent_dim=2)
-        optimizer = torch.optim.Adam(net.parameters())
-        trainer = ProbUNetTrainer(
-            device="cpu", max_epochs=epochs, train_data_loader=data, network=net, optimizer=optimizer,
-            loss_function=ELBOLoss(), prepare_batch=PrepareBatchExtraInput(extra_keys={"seg": "label"}),
-            decollate=False, precision="fp32", channels_last=channels_last,
-        )  # fmt: skip
-        LastCheckpoint(folder, {"model": net, "optimizer": optimizer}, resume=True).attach(trainer)
-        with caplog.at_level(logging.INFO):
-            trainer.run()
-        return trainer
+        return _resumed_run(folder, caplog, epochs, precision="fp32", channels_last=channels_last)
 
     uninterrupted = run(True, 2, tmp_path / "once").network.state_dict()
     assert run(True, 1, tmp_path / "resumed").channels_last is True
