@@ -119,8 +119,8 @@ def main() -> None:
     dataset = split_dataset(args.model[0][2:], args.split)
     results = {m[0]: measure(m[0], m[1], m[2:], dataset, args.samples, args.seed) for m in args.model}
     print(f"{args.split} split, S = {args.samples}, sampling seed {args.seed}\n")
-    print("| model | images | shown share s (std) | corr(s, r) | readers' share r | a | b | best share r (1 + a) / (1 + b) "
-          "| GED |")  # fmt: skip
+    print("| model | images | shown share s (std) | corr(s, r) | readers' share r | a | b "
+          "| best share r (1 + a) / (1 + b) | GED |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|")
     for name, rows in results.items():
         s, r, a, b, ged = rows.T
