@@ -389,6 +389,29 @@ def test_sampling_inferer_reseeds_per_run():
     assert not torch.equal(outputs[0], outputs[1])
 
 
+def test_sampling_inferer_auto_follows_the_networks_memory_format_on_the_cpu():
+    """``channels_last="auto"`` on a CPU feeds the inputs in the network's own format (the one the trainer measured
+    and converted it to), not a second measurement; an explicit setting is obeyed."""
+    from monai_probunet.engines import SamplingInferer
+
+    formats: list[bool] = []
+
+    class Recorder(ProbUNet):
+        def sample(self, image, *args, **kwargs):
+            formats.append(image.is_contiguous(memory_format=torch.channels_last) and not image.is_contiguous())
+            return super().sample(image, *args, **kwargs)
+
+    torch.manual_seed(0)
+    net = Recorder(2, 2, 2, channels=(4, 8), latent_dim=2).eval()  # 2 channels: a 1-channel image is both formats
+    x = torch.randn(2, 2, 8, 8)
+    SamplingInferer(num_samples=2, seed=0, channels_last="auto")(x, net)
+    SamplingInferer(num_samples=2, seed=0, channels_last=True)(x, net)
+    net.to(memory_format=torch.channels_last)
+    SamplingInferer(num_samples=2, seed=0, channels_last="auto")(x, net)
+    SamplingInferer(num_samples=2, seed=0, channels_last=False)(x, net)
+    assert formats == [False, True, True, False]
+
+
 def test_prior_samples_in_training_pass_reach_the_prior_and_keep_the_reconstruction(model):
     image = torch.rand(2, 1, 16, 16)
     seg = (torch.rand(2, 1, 16, 16) > 0.8).long()
