@@ -44,8 +44,8 @@ BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 BF16_MIN_SPEEDUP = 1.1
 
 #: ``channels_last: auto`` picks channels-last on a CPU only where it measured at least this much faster than
-#: channels-first (:func:`cpu_channels_last_speedup`): slower on an Intel Xeon with AMX, faster in fp32 on an AMD
-#: EPYC without native bf16 (docs/benchmarks.md)
+#: channels-first (:func:`cpu_channels_last_speedup`); on the Intel Xeon with AMX measured here it is not
+#: (docs/benchmarks.md), and a margin above 1 keeps a run's choice from flipping between runs
 CHANNELS_LAST_MIN_SPEEDUP = 1.1
 
 
@@ -293,19 +293,11 @@ def resolve_channels_last(
     Raises:
         ConfigValueError: neither a boolean nor ``"auto"``, naming ``key``.
     """
-    value = check_channels_last(channels_last, key)
-    if value != "auto":
-        return bool(value)
-    device = torch.device(device)
-    if device.type == "cuda":
-        return True
-    if device.type != "cpu":
-        return False
-    return cpu_channels_last_speedup(resolve_precision(precision, device)) >= CHANNELS_LAST_MIN_SPEEDUP
+    return explain_channels_last(channels_last, device, precision, key)[0]
 
 
 def explain_channels_last(
-    channels_last: bool | str, device: torch.device | str, precision: str = "fp32"
+    channels_last: bool | str, device: torch.device | str, precision: str = "fp32", key: str = "channels_last"
 ) -> tuple[bool, str]:
     """The memory format :func:`resolve_channels_last` picks and one line saying why, for the training log.
 
@@ -314,15 +306,21 @@ def explain_channels_last(
         channels-last measured 0.91x the speed of channels-first here in fp32, a U-Net training pass at start-up;
         channels-last where >= 1.1x)")``.
     """
-    chosen = resolve_channels_last(channels_last, device, precision)
-    reason = f"memory format {'channels-last' if chosen else 'channels-first'}"
-    if check_channels_last(channels_last) != "auto":
-        return chosen, reason
+
+    def layout(chosen: bool) -> str:
+        return f"memory format {'channels-last' if chosen else 'channels-first'}"
+
+    value = check_channels_last(channels_last, key)
+    if value != "auto":
+        return bool(value), layout(bool(value))
     device = torch.device(device)
     if device.type != "cpu":
-        return chosen, f"{reason} (channels_last auto on {device.type})"
+        chosen = device.type == "cuda"
+        return chosen, f"{layout(chosen)} (channels_last auto on {device.type})"
     resolved = resolve_precision(precision, device)
     speedup = cpu_channels_last_speedup(resolved)
+    chosen = speedup >= CHANNELS_LAST_MIN_SPEEDUP
+    reason = layout(chosen)
     return chosen, (
         f"{reason} (channels_last auto on cpu: channels-last measured {speedup:.2f}x the speed of channels-first here "
         f"in {resolved}, a U-Net training pass at start-up; channels-last where >= {CHANNELS_LAST_MIN_SPEEDUP}x)"

@@ -144,9 +144,9 @@ class ProbUNetTrainer(SupervisedTrainer):
                 f"--sample_weight: {type(net).__name__} draws no prior samples; the loss on samples needs a ProbUNet."
             )
         self.graders_key = graders_key
-        self.channels_last = channels_last
+        self.channels_last = False
         if channels_last:
-            self.network.to(memory_format=torch.channels_last)
+            self.set_channels_last(True)
         self.compile_mode = compile_mode
         #: what the training pass calls: ``network``, or ``network`` under ``torch.compile`` (same parameters)
         self.train_network = torch.compile(self.network, mode=compile_mode) if compile_mode else self.network
