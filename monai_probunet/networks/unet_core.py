@@ -99,9 +99,12 @@ class PlainInstanceNorm(nn.GroupNorm):
     """Instance normalisation without affine parameters or running statistics, by the faster kernel per precision.
 
     It equals ``GroupNorm`` with one group per channel (both normalise each channel of each sample over its spatial
-    positions with the biased variance). In fp32 PyTorch's fused ``group_norm`` kernels are faster on CPU; under
-    autocast ``group_norm`` runs in fp32 (a cast of every activation there and back), so there ``instance_norm``,
-    which keeps the autocast dtype, is faster. No parameters or buffers: state dicts are unchanged.
+    positions with the biased variance). In fp32 PyTorch's fused ``group_norm`` kernels are faster on CPU. Autocast
+    would run ``group_norm`` in fp32 (a cast of every activation there and back), so under autocast on the CPU it
+    runs outside autocast on the activations' own dtype (statistics in fp32, one rounding at the end; faster than
+    ``instance_norm`` in ``benchmarks/train_speed.py``), except in the channels-last memory format, where the CPU's
+    ``group_norm`` is slow and ``instance_norm`` runs; on a GPU ``instance_norm``, which keeps the autocast dtype. No
+    parameters or buffers: state dicts are unchanged.
 
     Shapes: ``B x C x *spatial`` -> the same.
     """
@@ -111,7 +114,10 @@ class PlainInstanceNorm(nn.GroupNorm):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_autocast_enabled(x.device.type):
-            return F.instance_norm(x, eps=self.eps)
+            if x.device.type != "cpu" or not x.is_contiguous():
+                return F.instance_norm(x, eps=self.eps)
+            with torch.autocast("cpu", enabled=False):
+                return F.group_norm(x, self.num_groups, eps=self.eps)
         return F.group_norm(x, self.num_groups, eps=self.eps)
 
 
