@@ -436,7 +436,8 @@ def main() -> None:
         "--previous", action="store_true", help="also time ours with the kernels it used before its speed-ups (fp32)"
     )
     parser.add_argument(
-        "--profile", action="store_true", help="also print the operators taking most CPU time in each fp32 step"
+        "--profile", action="store_true",
+        help="also print the operators taking most CPU time in each training step (fp32, and bf16 where native)"
     )
     parser.add_argument(
         "--compile", action="store_true", help="also time ours with the network under torch.compile (fp32)"
@@ -484,7 +485,7 @@ def main() -> None:
         report["training"][k] = entry
         print(line)
     if args.profile:
-        profile_steps({k: v for k, v in steps.items() if "fp32" in k and "previous" not in k}, args.iterations)
+        profile_steps({k: v for k, v in steps.items() if "previous" not in k}, args.iterations)
     if not args.skip_sampling:
         print(f"\nsampling one {arch.size}x{arch.size} image, 1 vs 16 hypotheses (ms; median over rounds)")
         torch.manual_seed(0)
