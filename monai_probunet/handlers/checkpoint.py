@@ -19,6 +19,7 @@ from ignite.handlers import DiskSaver
 from monai.handlers import CheckpointLoader, CheckpointSaver
 
 from ..bundle_utils import ConfigValueError, as_bool
+from ..engines.precision import check_channels_last
 from ..engines.rng_state import TrainingRNGState
 from ..io_utils import atomic_torch_save
 
@@ -179,12 +180,12 @@ class _PrecisionState:
         if saved is None or saved == current:
             return
         layout = "channels-last" if saved else "channels-first"
-        if str(getattr(self.engine, "channels_last_requested", "")).strip().lower() == "auto":
+        if check_channels_last(getattr(self.engine, "channels_last_requested", False)) == "auto":
             self.engine.set_channels_last(saved)
             logger.info(f"resume: memory format {layout}, as the run it continues (auto measured the other this time).")
         else:
             logger.warning(
-                f"resume: memory format {'channels-last' if current else 'channels-first'} as configured, but the run "
+                f"resume: memory format {'channels-first' if saved else 'channels-last'} as configured, but the run "
                 f"it continues computed {layout}: the resumed run differs from an uninterrupted one."
             )
 
