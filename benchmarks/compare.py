@@ -4,9 +4,10 @@ Every model is trained by the same bundle command with one shared CPU-sized sche
 ``bundle/configs/baselines/``; ``paper_model``: ``paper_model.yaml``, the paper's own ProbUNet settings), then
 scored by ``evaluate.yaml`` on the test split at S = 1, 4, 8, 16 together with the oracle (draws from the true
 distribution). Writes ``results.md`` (GED at 1/4/8/16 samples, matched IoU at 16, lesion-presence accuracy, oracle
-row included) and ``ged_vs_samples.png`` into ``--out``. On binary lesion data the table also holds the reference
-rows every sampling model must beat: the readers' majority vote repeated S times (the best single answer) and
-predicting nothing (``reference_rows.py``).
+row included) and ``ged_vs_samples.png`` into ``--out``. The table also holds the reference rows every sampling
+model must beat (``reference_rows.py``): the readers' majority vote repeated S times (the best single answer) and
+predicting nothing; on the 32-mode task the graders' pixel-wise vote and the most probable mode, with their Eq. 7
+GED.
 
     python benchmarks/compare.py --jobs 2        # the full run: two 1-thread trainings at a time on 2 CPU cores
     python benchmarks/compare.py --quick         # minutes: tiny data, 2 epochs, to check the pipeline
@@ -172,12 +173,14 @@ def main() -> None:
         if (eval_dir / "calibration.json").is_file():
             calibrations[name] = json.loads((eval_dir / "calibration.json").read_text())
 
-    references = _references(out / "data" / "datalist.json") if args.task == "lidc" else {}
+    scoring = _task_scoring(args.task)
+    references = _references(out / "data" / "datalist.json", *scoring)
     tables = [table(summaries, timings, calibrations, _wilcoxon_vs(out / "eval", args.models, "probunet"), references)]
     if args.heldout is not None:
         heldout = _score_heldout(args, out, common, threads)
-        tables.append(table(heldout, {}, None, _wilcoxon_vs(out / "eval_heldout", args.models, "probunet"),
-                            _references(args.heldout / "datalist.json"), f"{args.heldout}: test split"))  # fmt: skip
+        refs = _references(args.heldout / "datalist.json", *scoring)
+        tables.append(table(heldout, {}, None, _wilcoxon_vs(out / "eval_heldout", args.models, "probunet"), refs,
+                            f"{args.heldout}: test split"))  # fmt: skip
     atomic_write_text(out / "results.md", "\n".join(tables))
     from monai_probunet.visualize import ged_vs_samples
 
@@ -261,21 +264,38 @@ def _wilcoxon_vs(evals: Path, models: list[str], reference: str, s: int = 16) ->
     }
 
 
-def _references(datalist: Path) -> dict[str, float]:
-    """``{row label: GED}`` of the readers' majority votes (>= half and > half of the A graders) and of predicting
-    nothing on ``datalist``'s test split (``reference_rows.py``; a prediction repeated S times scores the same GED
-    at every S); empty where the datalist does not exist."""
+def _task_scoring(task: str) -> tuple[list[int], int | None]:
+    """The classes the task's GED scores (``ged_classes``, default ``[1]``) and its ``ignore_index``."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(_config_files("probunet", task, evaluate=True))
+    return [int(c) for c in parser.get("ged_classes", [1])], parser.get("ignore_index")
+
+
+def _references(datalist: Path, classes: list[int], ignore_index: int | None) -> dict[str, dict[str, float]]:
+    """``{row label: {"ged": GED, "eq7": Eq. 7 GED where the modes are known}}`` of what a model must beat on
+    ``datalist``'s test split (``reference_rows.py``; a prediction repeated S times scores the same GED at every S):
+    binary lesion masks: the readers' majority votes (>= half and > half of the A graders) and predicting nothing;
+    several classes: the graders' pixel-wise vote, the most probable mode (where known) and no scored class. Empty
+    where the datalist does not exist."""
     if not datalist.is_file():
         return {}
     from reference_rows import reference_rows
 
-    rows = reference_rows(datalist, "test")
-    graders = max(int(name.split(">=")[1].split(" ")[0]) for name in rows if name.startswith("majority_vote>="))
-    votes = sorted({(graders + 1) // 2, graders // 2 + 1})
-    out = {f"reference: readers' majority vote (>= {k} of {graders}) repeated": rows[f"majority_vote>={k} (x16)"]
-           for k in votes}  # fmt: skip
-    out["reference: predicting nothing"] = rows["empty (x16)"]
-    return out
+    rows = reference_rows(datalist, "test", classes=classes, ignore_index=ignore_index)
+    if classes == [1] and ignore_index is None:
+        graders = max(int(name.split(">=")[1].split(" ")[0]) for name in rows if name.startswith("majority_vote>="))
+        votes = sorted({(graders + 1) // 2, graders // 2 + 1})
+        label = "reference: readers' majority vote (>= {} of {}) repeated"
+        out = {label.format(k, graders): {"ged": rows[f"majority_vote>={k} (x16)"]} for k in votes}
+        out["reference: predicting nothing"] = {"ged": rows["empty (x16)"]}
+        return out
+    labels = {"majority_vote": "reference: graders' pixel-wise majority vote repeated",
+              "most_probable_mode": "reference: the most probable mode repeated",
+              "empty": "reference: predicting nothing (no pixel of a scored class)"}  # fmt: skip
+    return {label: {"ged": rows[f"{key} (x16)"], "eq7": rows.get(f"{key} (x16) [Eq. 7]")}
+            for key, label in labels.items() if f"{key} (x16)" in rows}  # fmt: skip
 
 
 def _score_heldout(args: argparse.Namespace, out: Path, common: list[str], threads: int | None) -> dict[str, dict]:
@@ -311,20 +331,22 @@ def _metric(model_summary: dict, metric: str, s: int) -> float | None:
 
 def table(
     summaries: dict[str, dict], timings: dict[str, float], calibrations: dict[str, dict] | None = None,
-    p_values: dict[str, float] | None = None, references: dict[str, float] | None = None, title: str = "Test split",
+    p_values: dict[str, float] | None = None, references: dict[str, dict[str, float]] | None = None,
+    title: str = "Test split",
 ) -> str:
     """Markdown table: squared GED at S = 1/4/8/16, matched IoU at 16, presence accuracy (binary tasks) or Eq. 7 GED,
     Pearson r and modes hit (``calibrations``: the 32-mode task), the Wilcoxon p-value of per-image GED at S = 16
-    against ProbUNet (``p_values``), training + evaluation minutes; the ``references`` rows (``{label: GED}``, the
-    same at every S) before the oracle's."""
+    against ProbUNet (``p_values``), training + evaluation minutes; the ``references`` rows (``{label: {"ged": GED,
+    "eq7": Eq. 7 GED}}``, the same at every S) before the oracle's."""
     calibrations = calibrations or {}
     p_values = p_values or {}
     any_summary = next(iter(summaries.values()))
     any_cal = next(iter(calibrations.values()), None)
     rows = [(name, s["models"][name], timings.get(name), calibrations.get(name, {}).get("models", {}).get(name))
             for name, s in summaries.items()]  # fmt: skip
-    for label, ged in (references or {}).items():
-        rows.append((label, {"metrics": {"ged": [{"S": s, "mean": ged} for s in (1, 4, 8, 16)]}}, None, None))
+    for label, ref in (references or {}).items():
+        cal = {"ged": {"ged": ref["eq7"]}, "mode_calibration": {}} if ref.get("eq7") is not None else None
+        rows.append((label, {"metrics": {"ged": [{"S": s, "mean": ref["ged"]} for s in (1, 4, 8, 16)]}}, None, cal))
     rows.append(("oracle", any_summary["models"]["oracle"], None, any_cal and any_cal["models"]["oracle"]))
     if any_cal:
         s_ged, s_cal = any_cal.get("ged_num_samples", any_cal["num_samples"]), any_cal["num_samples"]
@@ -346,7 +368,7 @@ def table(
             values.append(summary.get("presence", {}).get("test_accuracy"))
         cells = [f"{v:.3f}" if v is not None else "–" for v in values]
         if calibrations:
-            cells.append(f"{mc['modes_hit']}/{mc['num_patterns']}" if cal else "–")
+            cells.append(f"{mc['modes_hit']}/{mc['num_patterns']}" if mc else "–")
         cells.append(f"{p_values[name]:.2g}" if name in p_values else "–")
         minutes = f"{seconds / 60:.1f}" if seconds is not None else "–"
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {minutes} |")

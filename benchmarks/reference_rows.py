@@ -12,9 +12,17 @@ For each image of a split (the A grader masks of its datalist entry) the rows ar
   then one of the image's non-empty grader masks: the outlines are perfect, the presence is what the lesion's size
   alone tells. A bound for a model whose outlines were perfect and whose presence followed the lesion size.
 
+With several classes (``classes``, e.g. the street scenes' ten switchable ones) the vote is each pixel's most frequent
+grader label (``majority_vote (x S)``), ``empty`` labels every pixel with a class outside ``classes``, sampled pixels
+where the graders have ``ignore_index`` count for no class (as in the evaluation), and where the datalist knows the
+true modes (``modes``, ``mode_probs``) the rows are also scored against them (Eq. 7, ``... [Eq. 7]``) beside
+``most_probable_mode (x S)``, the best single answer under the known distribution.
+
 A model's samples pay for themselves only where its GED_S is below the majority-vote rows.
 
     python benchmarks/reference_rows.py --datalist bundle/data/lidc_phantom/datalist.json --split test
+    python benchmarks/reference_rows.py --datalist bundle/data/scenes32/datalist.json \\
+        --classes 0 1 8 11 13 19 20 21 22 23 --ignore-index 255
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +40,12 @@ import torch
 
 from monai_probunet.data import load_datalist
 from monai_probunet.metrics import generalized_energy_distance
+from monai_probunet.metrics.calibration import known_mixture_ged, mask_ignored
 
-__all__ = ["SIZE_BINS", "grader_masks", "largest_outline_mm2", "presence_by_size", "reference_rows"]
+__all__ = [
+    "SIZE_BINS", "grader_masks", "label_maps", "largest_outline_mm2", "pixelwise_vote", "presence_by_size",
+    "reference_rows",
+]  # fmt: skip
 
 #: lesion-size bins (mm^2, the largest grader outline) of the ``shown by size`` row
 SIZE_BINS = (0.0, 10.0, 20.0, 35.0, 60.0, 100.0, 150.0, 250.0, float("inf"))
@@ -41,6 +54,17 @@ SIZE_BINS = (0.0, 10.0, 20.0, 35.0, 60.0, 100.0, 150.0, 250.0, float("inf"))
 def grader_masks(item: dict[str, Any]) -> np.ndarray:
     """``A x H x W`` uint8: the grader masks of a loaded datalist entry."""
     return np.stack([np.asarray(nib.load(p).dataobj) > 0 for p in item["label"]]).astype(np.uint8)
+
+
+def label_maps(paths: list[str]) -> np.ndarray:
+    """``N x H x W`` int64: the label maps at ``paths`` (grader masks or modes), labels as stored."""
+    return np.stack([np.asarray(nib.load(p).dataobj) for p in paths]).astype(np.int64)
+
+
+def pixelwise_vote(y: np.ndarray) -> np.ndarray:
+    """``H x W``: each pixel's most frequent label over the ``A x H x W`` maps ``y`` (a tie: the smallest label)."""
+    labels = np.unique(y)
+    return labels[np.stack([(y == v).sum(0) for v in labels]).argmax(0)]
 
 
 def largest_outline_mm2(item: dict[str, Any], y: np.ndarray) -> float:
@@ -71,6 +95,8 @@ def reference_rows(
     num_samples: int = 16,
     seed: int = 0,
     size_fit: str | Path | None = None,
+    classes: Sequence[int] = (1,),
+    ignore_index: int | None = None,
 ) -> dict[str, float]:
     """Mean GED_S over the split's images of the majority-vote, empty and grader-draw predictions.
 
@@ -80,11 +106,17 @@ def reference_rows(
         num_samples: S, the number of predictions per image (the table's S).
         seed: seed of the grader draws.
         size_fit: the ``datalist.json`` whose training split fits the ``shown by size`` row (default: ``datalist``).
+        classes: the classes whose IoU the GED averages (the evaluation's); ``(1,)``: binary lesion masks.
+        ignore_index: the graders' label of unannotated pixels (``None``: none), masked in the predictions.
 
     Returns:
         ``{row name: mean GED_S}`` (``images``: the number of images scored).
     """
     items = load_datalist(datalist, split)
+    if tuple(classes) != (1,) or ignore_index is not None:
+        out = _multiclass_rows(items, num_samples, np.random.default_rng(seed), tuple(classes), ignore_index)
+        out["images"] = len(items)
+        return out
     rng = np.random.default_rng(seed)
     shown = presence_by_size(datalist if size_fit is None else size_fit)
     sized_rng = np.random.default_rng([seed, 1])  # its own stream: the other rows' draws stay as they were
@@ -116,6 +148,37 @@ def reference_rows(
     return out
 
 
+def _multiclass_rows(
+    items: list[dict[str, Any]], num_samples: int, rng: np.random.Generator, classes: tuple[int, ...],
+    ignore_index: int | None,
+) -> dict[str, float]:
+    """:func:`reference_rows` for label maps of several classes (Eq. 6, and Eq. 7 where the modes are known)."""
+    outside = min(set(range(len(classes) + 1)) - set(classes))  # a label the GED does not score
+    sums: dict[str, float] = {}
+
+    def add(name: str, value: torch.Tensor) -> None:
+        sums[name] = sums.get(name, 0.0) + float(value[0])
+
+    for item in items:
+        y = label_maps(item["label"])  # A x H x W
+        targets = torch.as_tensor(y[None])
+        preds = {f"majority_vote (x{num_samples})": pixelwise_vote(y)}
+        preds[f"empty (x{num_samples})"] = np.full_like(y[0], outside)
+        modes = probs = None
+        if "modes" in item and "mode_probs" in item:
+            modes, probs = label_maps(item["modes"]), torch.as_tensor(item["mode_probs"], dtype=torch.float64)
+            preds[f"most_probable_mode (x{num_samples})"] = modes[int(probs.argmax())]
+        draws = {name: torch.as_tensor(np.repeat(p[None, None], num_samples, axis=1)) for name, p in preds.items()}
+        draws[f"graders ({num_samples} draws)"] = torch.as_tensor(y[rng.integers(0, y.shape[0], num_samples)][None])
+        for name, s in draws.items():
+            masked = s if ignore_index is None else mask_ignored(s, targets, ignore_index)
+            add(name, generalized_energy_distance(masked, targets, classes=classes).ged)
+            if modes is not None:
+                terms = known_mixture_ged(s, torch.as_tensor(modes[None]), probs[None], classes, ignore_index)
+                add(f"{name} [Eq. 7]", terms.ged)
+    return {k: v / len(items) for k, v in sums.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--datalist", required=True, help="datalist.json of the dataset")
@@ -124,8 +187,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
     parser.add_argument(
-        "--size-fit", default=None, help="datalist.json whose training split fits the 'shown by size' row (default: --datalist)",
+        "--size-fit", default=None,
+        help="datalist.json whose training split fits the 'shown by size' row (default: --datalist)",
     )
+    parser.add_argument("--classes", type=int, nargs="+", default=[1], help="classes the GED scores (default: 1)")
+    parser.add_argument("--ignore-index", type=int, default=None, help="the graders' label of unannotated pixels")
     args = parser.parse_args(argv)
     if not Path(args.datalist).is_file():
         print(f"error: --datalist {args.datalist} does not exist (expected a datalist.json).", file=sys.stderr)
@@ -133,11 +199,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.size_fit is not None and not Path(args.size_fit).is_file():
         print(f"error: --size-fit {args.size_fit} does not exist (expected a datalist.json).", file=sys.stderr)
         return 2
-    rows = reference_rows(args.datalist, args.split, args.num_samples, args.seed, args.size_fit)
+    rows = reference_rows(args.datalist, args.split, args.num_samples, args.seed, args.size_fit, args.classes,
+                          args.ignore_index)  # fmt: skip
     print(f"{args.split} split, {rows['images']} images, GED_{args.num_samples} (lower is better)")
     for name, value in rows.items():
         if name != "images":
-            print(f"  {name:<34s} {value:.4f}")
+            print(f"  {name:<42s} {value:.4f}")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     return 0

@@ -466,3 +466,69 @@ def test_compare_scores_ensemble_members_as_the_task_scores_a_model(tmp_path):
     member = tmp_path / "member_0"
     assert compare.scored_checkpoint("unet_ensemble", "scenes32", member) == str(member / "checkpoint_final.pt")
     assert compare.scored_checkpoint("unet_ensemble", "lidc", member) == str(member / "model.pt")
+
+
+def _compare_module():
+    import importlib.util
+    import sys
+
+    sys.path.insert(0, str(REPO / "benchmarks"))  # compare.py imports reference_rows from beside it
+    spec = importlib.util.spec_from_file_location("compare_bench", REPO / "benchmarks" / "compare.py")
+    compare = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(compare)
+    return compare
+
+
+def test_reference_rows_of_several_classes_hand_computed(tmp_path):
+    """reference_rows.py with several classes: two modes A (weight 0.75) and B (0.25) that differ only where A has
+    scored class 2 and B the unscored class 1, so d(A, B) = 1 - mean(IoU of class 0 = 1, of class 2 = 0) = 0.5;
+    graders A, A, A, B. The vote and the most probable mode are A: Eq. 6 = Eq. 7 = 2 * 0.25 d - 2 * 0.75 * 0.25 d =
+    0.125 d; nothing (every pixel the unscored class 1) is at distance 1 from both: 2 - 0.375 d. An ignore pixel
+    (255 in every map) changes none of them."""
+    import nibabel as nib
+
+    compare = _compare_module()
+    a = np.zeros((4, 4), np.uint8)
+    a[1:3, 1:3] = 2
+    a[0, 0] = IGNORE_INDEX
+    b = np.where(a == 2, 1, a).astype(np.uint8)
+    names = {"g0": a, "g1": a, "g2": a, "g3": b, "m0": a, "m1": b}
+    for name, m in names.items():
+        nib.save(nib.Nifti1Image(m, np.eye(4)), tmp_path / f"{name}.nii.gz")
+    item = {"image": "g0.nii.gz", "label": [f"g{i}.nii.gz" for i in range(4)], "modes": ["m0.nii.gz", "m1.nii.gz"],
+            "mode_probs": [0.75, 0.25], "patient_id": "P"}  # fmt: skip
+    (tmp_path / "datalist.json").write_text(json.dumps({"training": [item], "validation": [item], "test": [item]}))
+    rows = compare._references(tmp_path / "datalist.json", [0, 2], IGNORE_INDEX)
+    d = 0.5
+    expected = {
+        "reference: graders' pixel-wise majority vote repeated": (0.125 * d, 0.125 * d),
+        "reference: the most probable mode repeated": (0.125 * d, 0.125 * d),
+        "reference: predicting nothing (no pixel of a scored class)": (2 - 0.375 * d, 2 - 0.375 * d),
+    }
+    assert set(rows) == set(expected)
+    for label, (eq6, eq7) in expected.items():
+        assert rows[label]["ged"] == pytest.approx(eq6, abs=1e-6) and rows[label]["eq7"] == pytest.approx(eq7, abs=1e-6)
+    # the vote is A: a pixel-wise mode over the graders (ties: the smallest label)
+    from reference_rows import pixelwise_vote
+
+    assert np.array_equal(pixelwise_vote(np.stack([a, a, a, b])), a)
+    assert np.array_equal(pixelwise_vote(np.stack([a, b])), np.minimum(a, b))
+
+
+def test_compare_table_of_the_mode_task_holds_the_reference_rows_eq7():
+    """compare.py's table of the 32-mode task: the reference rows carry their Eq. 6 GED at every S and their Eq. 7
+    GED, no mode calibration; the model's own row is unchanged."""
+    compare = _compare_module()
+    ged = [{"S": s, "mean": 0.1 * s} for s in (1, 4, 8, 16)]
+    summary = {"num_images": 2, "estimator": "V", "models": {"probunet": {"metrics": {"ged": ged}},
+                                                            "oracle": {"metrics": {"ged": ged}}}}  # fmt: skip
+    mode_calibration = {"pearson_r": 0.9, "modes_hit": 30, "num_patterns": 32}
+    cal = {"num_samples": 128, "ged_num_samples": 16,
+           "models": {m: {"ged": {"ged": 0.2}, "mode_calibration": mode_calibration} for m in ("probunet", "oracle")}}
+    refs = {"reference: the most probable mode repeated": {"ged": 0.488, "eq7": 0.387}}
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+            for line in compare.table({"probunet": summary}, {}, {"probunet": cal}, None, refs).splitlines()
+            if line.startswith("| ")}  # fmt: skip
+    no_calibration = ["–", "0.387", "–", "–", "–", "–"]  # matched IoU, Eq. 7, r, modes hit, p, minutes
+    assert rows["reference: the most probable mode repeated"] == ["0.488"] * 4 + no_calibration
+    assert rows["probunet"][5:8] == ["0.200", "0.900", "30/32"]
