@@ -174,11 +174,11 @@ def main() -> None:
             calibrations[name] = json.loads((eval_dir / "calibration.json").read_text())
 
     scoring = _task_scoring(args.task)
-    references = _references(out / "data" / "datalist.json", *scoring)
+    references = _references(next(iter(summaries.values())), out / "data" / "datalist.json", *scoring)
     tables = [table(summaries, timings, calibrations, _wilcoxon_vs(out / "eval", args.models, "probunet"), references)]
     if args.heldout is not None:
         heldout = _score_heldout(args, out, common, threads)
-        refs = _references(args.heldout / "datalist.json", *scoring)
+        refs = _references(next(iter(heldout.values())), args.heldout / "datalist.json", *scoring)
         tables.append(table(heldout, {}, None, _wilcoxon_vs(out / "eval_heldout", args.models, "probunet"), refs,
                             f"{args.heldout}: test split"))  # fmt: skip
     atomic_write_text(out / "results.md", "\n".join(tables))
@@ -186,7 +186,9 @@ def main() -> None:
 
     curves = {name: s["models"][name] for name, s in summaries.items()}
     curves["oracle"] = next(iter(summaries.values()))["models"]["oracle"]
-    ged_vs_samples(curves, out / "ged_vs_samples.png")
+    bars = {label.removeprefix("reference: ").removesuffix(" repeated"): ref["ged"]
+            for label, ref in references.items() if label != "reference: predicting nothing"}  # fmt: skip
+    ged_vs_samples(curves, out / "ged_vs_samples.png", references=bars)
     if calibrations:
         from monai_probunet.metrics.calibration import ModeCalibration
         from monai_probunet.visualize import mode_calibration_plot
@@ -273,29 +275,34 @@ def _task_scoring(task: str) -> tuple[list[int], int | None]:
     return [int(c) for c in parser.get("ged_classes", [1])], parser.get("ignore_index")
 
 
-def _references(datalist: Path, classes: list[int], ignore_index: int | None) -> dict[str, dict[str, float]]:
-    """``{row label: {"ged": GED, "eq7": Eq. 7 GED where the modes are known}}`` of what a model must beat on
-    ``datalist``'s test split (``reference_rows.py``; a prediction repeated S times scores the same GED at every S):
-    binary lesion masks: the readers' majority votes (>= half and > half of the A graders) and predicting nothing;
-    several classes: the graders' pixel-wise vote, the most probable mode (where known) and no scored class. Empty
-    where the datalist does not exist."""
-    if not datalist.is_file():
-        return {}
-    from reference_rows import reference_rows
+def _references(summary: dict, datalist: Path, classes: list[int], ignore_index: int | None) -> dict[str, dict]:
+    """``{row label: {"ged": GED, "eq7": Eq. 7 GED or None}}`` of the single answers a model must beat on the test
+    split (:mod:`monai_probunet.metrics.references`; repeated S times they score the same at every S): the
+    evaluation's own ``references`` in ``summary``, or for an evaluation written before it held them, computed from
+    ``datalist`` (``reference_rows.py``; empty where it does not exist)."""
+    from monai_probunet.data import load_datalist
+    from monai_probunet.metrics.references import REFERENCE_LABELS
 
-    rows = reference_rows(datalist, "test", classes=classes, ignore_index=ignore_index)
-    if classes == [1] and ignore_index is None:
-        graders = max(int(name.split(">=")[1].split(" ")[0]) for name in rows if name.startswith("majority_vote>="))
-        votes = sorted({(graders + 1) // 2, graders // 2 + 1})
-        label = "reference: readers' majority vote (>= {} of {}) repeated"
-        out = {label.format(k, graders): {"ged": rows[f"majority_vote>={k} (x16)"]} for k in votes}
-        out["reference: predicting nothing"] = {"ged": rows["empty (x16)"]}
-        return out
-    labels = {"majority_vote": "reference: graders' pixel-wise majority vote repeated",
-              "most_probable_mode": "reference: the most probable mode repeated",
-              "empty": "reference: predicting nothing (no pixel of a scored class)"}  # fmt: skip
-    return {label: {"ged": rows[f"{key} (x16)"], "eq7": rows.get(f"{key} (x16) [Eq. 7]")}
-            for key, label in labels.items() if f"{key} (x16)" in rows}  # fmt: skip
+    rows = summary.get("references")
+    if rows is None:
+        if not datalist.is_file():
+            return {}
+        from reference_rows import reference_rows
+
+        flat = reference_rows(datalist, "test", classes=classes, ignore_index=ignore_index)
+        graders = len(load_datalist(datalist, "test")[0]["label"])
+        rows = {}
+        for name, ged in flat.items():
+            key, sep, rest = name.partition(" (x16)")
+            if sep and not rest:
+                base, _, k = key.partition(">=")
+                rows[key] = {"label": REFERENCE_LABELS[base].format(k=k, a=graders), "ged": ged,
+                             "ged_eq7": flat.get(f"{name} [Eq. 7]")}  # fmt: skip
+    out = {}
+    for key, row in rows.items():
+        label = "reference: predicting nothing" if key == "empty" else f"reference: {row['label']} repeated"
+        out[label] = {"ged": row["ged"], "eq7": row.get("ged_eq7")}
+    return out
 
 
 def _score_heldout(args: argparse.Namespace, out: Path, common: list[str], threads: int | None) -> dict[str, dict]:

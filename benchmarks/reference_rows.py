@@ -2,21 +2,21 @@
 
 For each image of a split (the A grader masks of its datalist entry) the rows are
 
-- ``majority_vote>=k (x S)``: the pixel-wise vote of the graders (a pixel is lesion where >= k of the A graders drew
-  it), repeated S times: the best *single* answer a deterministic model could give (d_ss = 0);
-- ``empty (x S)``: no lesion anywhere, S times;
+- the single answers of :mod:`monai_probunet.metrics.references` repeated S times (the evaluation's
+  ``summary.json`` holds the same under ``references``): ``majority_vote>=k (x S)``, the pixel-wise vote of the
+  graders (a pixel is lesion where >= k of the A graders drew it), the best *single* answer a deterministic model could
+  give (d_ss = 0); with several classes ``pixelwise_vote (x S)``, each pixel's most frequent grader label, and
+  ``most_probable_mode (x S)`` where the datalist knows the true modes (also scored against them: ``... [Eq. 7]``);
+  ``empty (x S)``: nothing anywhere;
 - ``graders (S draws)``: S draws (seeded, uniform, with replacement) from the image's own grader masks: what a perfect
   sampler of the grader distribution would score (the oracle);
-- ``graders, shown by size (S draws)``: each draw shows a lesion with the probability that a grader drew one at
-  that lesion size (the largest grader outline, in bins of :data:`SIZE_BINS` mm^2, fitted on a training split), and
-  then one of the image's non-empty grader masks: the outlines are perfect, the presence is what the lesion's size
-  alone tells. A bound for a model whose outlines were perfect and whose presence followed the lesion size.
+- ``graders, shown by size (S draws)`` (binary masks): each draw shows a lesion with the probability that a grader
+  drew one at that lesion size (the largest grader outline, in bins of :data:`SIZE_BINS` mm^2, fitted on a training
+  split), and then one of the image's non-empty grader masks: the outlines are perfect, the presence is what the
+  lesion's size alone tells. A bound for a model whose outlines were perfect and whose presence followed the size.
 
-With several classes (``classes``, e.g. the street scenes' ten switchable ones) the vote is each pixel's most frequent
-grader label (``majority_vote (x S)``), ``empty`` labels every pixel with a class outside ``classes``, sampled pixels
-where the graders have ``ignore_index`` count for no class (as in the evaluation), and where the datalist knows the
-true modes (``modes``, ``mode_probs``) the rows are also scored against them (Eq. 7, ``... [Eq. 7]``) beside
-``most_probable_mode (x S)``, the best single answer under the known distribution.
+With several classes (``classes``, e.g. the street scenes' ten switchable ones) sampled pixels where the graders have
+``ignore_index`` count for no class, as in the evaluation.
 
 A model's samples pay for themselves only where its GED_S is below the majority-vote rows.
 
@@ -40,12 +40,10 @@ import torch
 
 from monai_probunet.data import load_datalist
 from monai_probunet.metrics import generalized_energy_distance
-from monai_probunet.metrics.calibration import known_mixture_ged, mask_ignored
+from monai_probunet.metrics.calibration import mask_ignored
+from monai_probunet.metrics.references import reference_geds
 
-__all__ = [
-    "SIZE_BINS", "grader_masks", "label_maps", "largest_outline_mm2", "pixelwise_vote", "presence_by_size",
-    "reference_rows",
-]  # fmt: skip
+__all__ = ["SIZE_BINS", "grader_masks", "label_maps", "largest_outline_mm2", "presence_by_size", "reference_rows"]
 
 #: lesion-size bins (mm^2, the largest grader outline) of the ``shown by size`` row
 SIZE_BINS = (0.0, 10.0, 20.0, 35.0, 60.0, 100.0, 150.0, 250.0, float("inf"))
@@ -59,12 +57,6 @@ def grader_masks(item: dict[str, Any]) -> np.ndarray:
 def label_maps(paths: list[str]) -> np.ndarray:
     """``N x H x W`` int64: the label maps at ``paths`` (grader masks or modes), labels as stored."""
     return np.stack([np.asarray(nib.load(p).dataobj) for p in paths]).astype(np.int64)
-
-
-def pixelwise_vote(y: np.ndarray) -> np.ndarray:
-    """``H x W``: each pixel's most frequent label over the ``A x H x W`` maps ``y`` (a tie: the smallest label)."""
-    labels = np.unique(y)
-    return labels[np.stack([(y == v).sum(0) for v in labels]).argmax(0)]
 
 
 def largest_outline_mm2(item: dict[str, Any], y: np.ndarray) -> float:
@@ -98,85 +90,62 @@ def reference_rows(
     classes: Sequence[int] = (1,),
     ignore_index: int | None = None,
 ) -> dict[str, float]:
-    """Mean GED_S over the split's images of the majority-vote, empty and grader-draw predictions.
+    """Mean GED_S over the split's images of the single answers (:mod:`monai_probunet.metrics.references`, as the
+    evaluation scores them) and of the grader draws.
 
     Args:
         datalist: a ``datalist.json`` in the project's on-disk format.
         split: ``training``, ``validation`` or ``test``.
         num_samples: S, the number of predictions per image (the table's S).
         seed: seed of the grader draws.
-        size_fit: the ``datalist.json`` whose training split fits the ``shown by size`` row (default: ``datalist``).
+        size_fit: the ``datalist.json`` whose training split fits the ``shown by size`` row (default: ``datalist``;
+            binary masks only).
         classes: the classes whose IoU the GED averages (the evaluation's); ``(1,)``: binary lesion masks.
         ignore_index: the graders' label of unannotated pixels (``None``: none), masked in the predictions.
 
     Returns:
-        ``{row name: mean GED_S}`` (``images``: the number of images scored).
+        ``{row name: mean GED_S}`` (``images``: the number of images scored); a row scored against known modes too
+        has a twin named ``... [Eq. 7]``.
     """
     items = load_datalist(datalist, split)
-    if tuple(classes) != (1,) or ignore_index is not None:
-        out = _multiclass_rows(items, num_samples, np.random.default_rng(seed), tuple(classes), ignore_index)
-        out["images"] = len(items)
-        return out
+    binary = tuple(classes) == (1,)
     rng = np.random.default_rng(seed)
-    shown = presence_by_size(datalist if size_fit is None else size_fit)
+    shown = presence_by_size(datalist if size_fit is None else size_fit) if binary else None
     sized_rng = np.random.default_rng([seed, 1])  # its own stream: the other rows' draws stay as they were
     sums: dict[str, float] = {}
+
+    def add(name: str, value: float) -> None:
+        sums[name] = sums.get(name, 0.0) + value
+
     for item in items:
-        y = grader_masks(item)  # A x H x W
-        a = y.shape[0]
-        preds = {f"majority_vote>={k} (x{num_samples})": (y.sum(0) >= k) for k in range(1, a + 1)}
-        preds[f"empty (x{num_samples})"] = np.zeros_like(y[0], bool)
-        targets = torch.as_tensor(y[None].astype(np.int64))
-        for name, p in preds.items():
-            s = torch.as_tensor(np.repeat(p[None, None].astype(np.int64), num_samples, axis=1))
-            sums[name] = sums.get(name, 0.0) + float(generalized_energy_distance(s, targets).ged[0])
-        draws = torch.as_tensor(y[rng.integers(0, a, num_samples)][None].astype(np.int64))
-        name = f"graders ({num_samples} draws)"
-        sums[name] = sums.get(name, 0.0) + float(generalized_energy_distance(draws, targets).ged[0])
+        y = label_maps(item["label"])  # A x H x W
+        targets = torch.as_tensor(y[None])
+        modes = probs = None
+        if "modes" in item and "mode_probs" in item:
+            modes = torch.as_tensor(label_maps(item["modes"]))
+            probs = torch.as_tensor(item["mode_probs"], dtype=torch.float64)
+        for key, (ged, eq7) in reference_geds(torch.as_tensor(y), classes, ignore_index, modes, probs).items():
+            add(f"{key} (x{num_samples})", ged)
+            if eq7 is not None and not binary:
+                add(f"{key} (x{num_samples}) [Eq. 7]", eq7)
+        draws = torch.as_tensor(y[rng.integers(0, y.shape[0], num_samples)][None])
+        masked = draws if ignore_index is None else mask_ignored(draws, targets, ignore_index)
+        ged = generalized_energy_distance(masked, targets, classes=classes).ged
+        add(f"graders ({num_samples} draws)", float(ged[0]))
+        if not binary:
+            continue
         drawn = [m for m in y if m.any()]
-        name = f"graders, shown by size ({num_samples} draws)"
         if drawn:
             p = shown[int(np.digitize(largest_outline_mm2(item, y), SIZE_BINS)) - 1]
             picks = [drawn[sized_rng.integers(len(drawn))] if sized_rng.random() < p else np.zeros_like(y[0])
                      for _ in range(num_samples)]  # fmt: skip
         else:
             picks = [np.zeros_like(y[0])] * num_samples
-        sized = torch.as_tensor(np.stack(picks)[None].astype(np.int64))
-        sums[name] = sums.get(name, 0.0) + float(generalized_energy_distance(sized, targets).ged[0])
+        sized = torch.as_tensor(np.stack(picks)[None])
+        add(f"graders, shown by size ({num_samples} draws)", float(generalized_energy_distance(sized, targets).ged[0]))
     out = {k: v / len(items) for k, v in sums.items()}
     out["images"] = len(items)
     return out
-
-
-def _multiclass_rows(
-    items: list[dict[str, Any]], num_samples: int, rng: np.random.Generator, classes: tuple[int, ...],
-    ignore_index: int | None,
-) -> dict[str, float]:
-    """:func:`reference_rows` for label maps of several classes (Eq. 6, and Eq. 7 where the modes are known)."""
-    outside = min(set(range(len(classes) + 1)) - set(classes))  # a label the GED does not score
-    sums: dict[str, float] = {}
-
-    def add(name: str, value: torch.Tensor) -> None:
-        sums[name] = sums.get(name, 0.0) + float(value[0])
-
-    for item in items:
-        y = label_maps(item["label"])  # A x H x W
-        targets = torch.as_tensor(y[None])
-        preds = {f"majority_vote (x{num_samples})": pixelwise_vote(y)}
-        preds[f"empty (x{num_samples})"] = np.full_like(y[0], outside)
-        modes = probs = None
-        if "modes" in item and "mode_probs" in item:
-            modes, probs = label_maps(item["modes"]), torch.as_tensor(item["mode_probs"], dtype=torch.float64)
-            preds[f"most_probable_mode (x{num_samples})"] = modes[int(probs.argmax())]
-        draws = {name: torch.as_tensor(np.repeat(p[None, None], num_samples, axis=1)) for name, p in preds.items()}
-        draws[f"graders ({num_samples} draws)"] = torch.as_tensor(y[rng.integers(0, y.shape[0], num_samples)][None])
-        for name, s in draws.items():
-            masked = s if ignore_index is None else mask_ignored(s, targets, ignore_index)
-            add(name, generalized_energy_distance(masked, targets, classes=classes).ged)
-            if modes is not None:
-                terms = known_mixture_ged(s, torch.as_tensor(modes[None]), probs[None], classes, ignore_index)
-                add(f"{name} [Eq. 7]", terms.ged)
-    return {k: v / len(items) for k, v in sums.items()}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -94,7 +94,11 @@ __all__ += ["ged_vs_samples", "latent_grid", "presence_histogram"]
 
 
 def ged_vs_samples(
-    results: dict[str, dict], path: str | Path | None = None, metric: str = "ged", title: str | None = None
+    results: dict[str, dict],
+    path: str | Path | None = None,
+    metric: str = "ged",
+    title: str | None = None,
+    references: dict[str, float] | None = None,
 ) -> plt.Figure:
     """Mean of a metric against the number of samples S, one line per model, with CI error bars (Fig. 4 style).
 
@@ -105,11 +109,13 @@ def ged_vs_samples(
         path: if given, the figure is saved there as PNG (and closed).
         metric: which metric to plot (default the squared GED).
         title: optional title (default: the estimator, if the summaries state it).
+        references: optional ``{name: value}`` of single answers (repeated, each scores the same at every S): the
+            lowest, the bar a sampling model must be below, is drawn as a dotted horizontal line.
 
     Returns:
         The matplotlib figure (closed if ``path`` was given).
     """
-    many = len(results) > 4  # legend beside the axes, not over the curves
+    many = len(results) + bool(references) > 4  # legend beside the axes, not over the curves
     fig, ax = plt.subplots(figsize=(7.0 if many else 4.5, 3.4))
     all_s: set[int] = set()
     for name, summary in results.items():
@@ -126,6 +132,9 @@ def ged_vs_samples(
         style = dict(color="black", linestyle="--") if name == "oracle" else {}
         ax.errorbar(s, mean, yerr=[mean - lo, hi - mean], marker="o", ms=4, capsize=3, label=name, **style)
         all_s.update(int(v) for v in s)
+    if references:
+        name, value = min(references.items(), key=lambda kv: kv[1])
+        ax.axhline(value, color="grey", linestyle=":", linewidth=1.5, label=f"{name}, repeated")
     if all_s:
         ax.set_xscale("log", base=2)
         ticks = sorted(all_s)

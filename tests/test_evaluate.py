@@ -233,6 +233,17 @@ def test_run_evaluation_writes_csv_json_pngs_and_threshold(mixed, tmp_path):
         p = s["presence"]
         assert p["num_samples"] == 8 and p["fitted_on"] == "validation" and 0 <= p["test_accuracy"] <= 1
     assert [c["S"] for c in data["comparisons"]] == [1, 4, 8] and data["comparisons"][0]["b"] == "oracle"
+    # the reference rows, hand-computed (A inside B, r = d(A, B)): per image the vote >= 2 of 4 is B, A, C, B and
+    # scores r / 2, 0.5, 0.125, 0; >= 3 of 4 is A, nothing, C, B, the same; nothing scores 2 - E[d(Y, Y')]; against
+    # the known modes (images 0, 1, 3) the vote >= 2 scores r / 2, 0.125 + r / 4, 0
+    r = 1 - A.sum() / B.sum()
+    refs = data["references"]
+    assert set(refs) == {"majority_vote>=2", "majority_vote>=3", "empty"}
+    assert refs["majority_vote>=3"]["label"] == "graders' majority vote (>= 3 of 4)"
+    for k in (2, 3):
+        assert refs[f"majority_vote>={k}"]["ged"] == pytest.approx(np.mean([r / 2, 0.5, 0.125, 0.0]), abs=1e-6)
+    assert refs["majority_vote>=2"]["ged_eq7"] == pytest.approx(np.mean([r / 2, 0.125 + r / 4, 0.0]), abs=1e-6)
+    assert refs["empty"]["ged"] == pytest.approx(np.mean([2 - r / 2, 0.5, 1.125, 2.0]), abs=1e-6)
     # the presence rule: in output_dir only (the checkpoint's folder is left alone), round-trips
     assert not (ckpt.parent / "presence_threshold.json").exists()
     assert sorted(p.name for p in out.iterdir() if not p.name.endswith(".png")) == [
@@ -452,10 +463,10 @@ def test_compare_report_writes_table_with_wilcoxon_and_figure(mixed, tmp_path):
     r = 1 - A.sum() / B.sum()
     vote, nothing = np.mean([r / 2, 0.5, 0.125, 0.0]), np.mean([2 - r / 2, 0.5, 1.125, 2.0])
     for k in (2, 3):
-        assert rows[f"reference: readers' majority vote (>= {k} of 4) repeated"][:4] == [f"{vote:.3f}"] * 4
+        assert rows[f"reference: graders' majority vote (>= {k} of 4) repeated"][:4] == [f"{vote:.3f}"] * 4
     assert rows["reference: predicting nothing"][:4] == [f"{nothing:.3f}"] * 4
     assert set(rows) == {"model", "probunet", "unet", "oracle", "reference: predicting nothing",
-                         *(f"reference: readers' majority vote (>= {k} of 4) repeated" for k in (2, 3))}  # fmt: skip
+                         *(f"reference: graders' majority vote (>= {k} of 4) repeated" for k in (2, 3))}  # fmt: skip
     summary = json.loads((out / "eval" / "unet" / "summary.json").read_text())
     ged16 = next(e["mean"] for e in summary["models"]["unet"]["metrics"]["ged"] if e["S"] == 16)
     assert rows["unet"][3] == f"{ged16:.3f}" and rows["unet"][-1] == "1.0" and rows["probunet"][-1] == "2.0"

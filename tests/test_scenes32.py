@@ -498,21 +498,22 @@ def test_reference_rows_of_several_classes_hand_computed(tmp_path):
     item = {"image": "g0.nii.gz", "label": [f"g{i}.nii.gz" for i in range(4)], "modes": ["m0.nii.gz", "m1.nii.gz"],
             "mode_probs": [0.75, 0.25], "patient_id": "P"}  # fmt: skip
     (tmp_path / "datalist.json").write_text(json.dumps({"training": [item], "validation": [item], "test": [item]}))
-    rows = compare._references(tmp_path / "datalist.json", [0, 2], IGNORE_INDEX)
+    rows = compare._references({}, tmp_path / "datalist.json", [0, 2], IGNORE_INDEX)
     d = 0.5
     expected = {
         "reference: graders' pixel-wise majority vote repeated": (0.125 * d, 0.125 * d),
         "reference: the most probable mode repeated": (0.125 * d, 0.125 * d),
-        "reference: predicting nothing (no pixel of a scored class)": (2 - 0.375 * d, 2 - 0.375 * d),
+        "reference: predicting nothing": (2 - 0.375 * d, 2 - 0.375 * d),
     }
     assert set(rows) == set(expected)
     for label, (eq6, eq7) in expected.items():
         assert rows[label]["ged"] == pytest.approx(eq6, abs=1e-6) and rows[label]["eq7"] == pytest.approx(eq7, abs=1e-6)
     # the vote is A: a pixel-wise mode over the graders (ties: the smallest label)
-    from reference_rows import pixelwise_vote
+    from monai_probunet.metrics.references import pixelwise_vote
 
-    assert np.array_equal(pixelwise_vote(np.stack([a, a, a, b])), a)
-    assert np.array_equal(pixelwise_vote(np.stack([a, b])), np.minimum(a, b))
+    maps = torch.as_tensor(np.stack([a, a, a, b]).astype(np.int64))
+    assert torch.equal(pixelwise_vote(maps), maps[0])
+    assert torch.equal(pixelwise_vote(maps[2:]), torch.minimum(maps[2], maps[3]))
 
 
 def test_compare_table_of_the_mode_task_holds_the_reference_rows_eq7():

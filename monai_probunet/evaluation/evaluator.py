@@ -13,11 +13,12 @@ import numpy as np
 import torch
 
 from ..metrics import PresenceThreshold, fit_presence_threshold, lesion_presence_counts, presence_ambiguity
-from ..sampling import ORACLE, OracleSampler, Sampler, sample_batches
+from ..metrics.references import REFERENCE_LABELS, reference_geds
+from ..sampling import ORACLE, OracleSampler, Sampler, case_batches, sample_batches
 from .results import EvaluationResult
 from .scoring import METRICS, check_sample_counts, resolve_classes, score_samples
 
-__all__ = ["evaluate", "evaluate_model", "fit_presence", "presence_counts"]
+__all__ = ["evaluate", "evaluate_model", "fit_presence", "presence_counts", "reference_rows"]
 
 
 def evaluate(
@@ -183,3 +184,43 @@ def fit_presence(
     """
     threshold = fit_presence_threshold(val_counts, val_ambiguous, result.presence_samples)
     return threshold, threshold.score(result.presence_counts, result.ambiguous)
+
+
+def reference_rows(
+    items: Sequence[Mapping[str, Any]],
+    transform: Callable[[dict], dict],
+    classes: Sequence[int] = (1,),
+    ignore_index: int | None = None,
+    batch_size: int = 16,
+    num_workers: int = 0,
+) -> dict[str, dict[str, Any]]:
+    """The reference rows of a split (:mod:`~monai_probunet.metrics.references`): single answers repeated, the GED
+    any sampling model must be below, the same at every S.
+
+    Args:
+        items, transform, batch_size, num_workers: as for :func:`evaluate` (the same grader masks it scores against).
+        classes: the classes the GED scores (``(1,)``: binary masks).
+        ignore_index: the graders' label of unannotated pixels (``None``: none).
+
+    Returns:
+        ``{key: {"label": name, "ged": mean squared GED, "ged_eq7": mean Eq. 7 GED over the images whose modes are
+        known (``None`` where none are)}}``.
+    """
+    sums: dict[str, list[float]] = {}
+    eq7: dict[str, list[float]] = {}
+    num_graders = 0
+    for group in case_batches(items, transform, batch_size, num_workers):
+        for case in group:
+            num_graders = case.graders.shape[0]
+            rows = reference_geds(case.graders, classes, ignore_index, case.modes, case.probs)
+            for key, (ged, ged7) in rows.items():
+                sums.setdefault(key, []).append(ged)
+                if ged7 is not None:
+                    eq7.setdefault(key, []).append(ged7)
+    out = {}
+    for key, values in sums.items():
+        base, _, k = key.partition(">=")
+        label = REFERENCE_LABELS[base].format(k=k, a=num_graders)
+        out[key] = {"label": label, "ged": float(np.mean(values)),
+                    "ged_eq7": float(np.mean(eq7[key])) if key in eq7 else None}  # fmt: skip
+    return out

@@ -18,7 +18,7 @@ from ..model_loading import PRESENCE_THRESHOLD_NAME, load_trained_network
 from ..networks import ProbUNet
 from ..sampling import OracleSampler
 from ..visualize import ged_vs_samples, label_sample_grid, latent_grid, presence_histogram, sample_grid
-from .evaluator import evaluate, fit_presence, presence_counts
+from .evaluator import evaluate, fit_presence, presence_counts, reference_rows
 from .results import (
     PER_IMAGE_CSV,
     SUMMARY_JSON,
@@ -27,7 +27,7 @@ from .results import (
     write_per_image_csv,
     write_summary_json,
 )
-from .scoring import ESTIMATOR
+from .scoring import ESTIMATOR, resolve_classes
 
 __all__ = ["default_model_name", "run_evaluation"]
 
@@ -77,7 +77,9 @@ def run_evaluation(
 
     Writes into ``output_dir``: ``per_image.csv`` (:func:`write_per_image_csv`), ``summary.json``
     (``{"estimator", "sample_counts", "split", "models": {name: EvaluationResult.summary() + presence fit},
-    "comparisons": [...], "presence_threshold_file"}``), ``ged_vs_samples.png``, ``presence_histogram_<name>.png``,
+    "references": {key: {"label", "ged", "ged_eq7"}} (:func:`reference_rows`: the single answers a sampling model
+    must beat), "comparisons": [...], "presence_threshold_file"}``), ``ged_vs_samples.png`` (the references but
+    the lowest reference but predicting nothing as a horizontal line), ``presence_histogram_<name>.png``,
     ``samples.png`` (first ``num_plot_images`` test images, 16 samples; class colours when ``num_classes > 2``),
     ``latent_grid.png`` (ProbUNet with a 2-D latent only), and ``presence_threshold.json`` (the model's rule). The
     rule is also written to ``threshold_path`` when one is given (e.g. ``bundle/models/presence_threshold.json``,
@@ -105,6 +107,8 @@ def run_evaluation(
         oracle=oracle, split=eval_split, keep_examples=num_plot_images, ignore_index=ignore_index, **common,
     )
     summaries = {n: r.summary(bootstrap_resamples, confidence) for n, r in results.items()}
+    references = reference_rows(items, transform, resolve_classes(classes, num_classes), ignore_index,
+                                batch_size, num_workers)  # fmt: skip
 
     thresholds: dict[str, PresenceThreshold] = {}
     binary = num_classes == 2
@@ -142,6 +146,7 @@ def run_evaluation(
         "num_images": results[name].num_images,
         "checkpoint": [str(p) for p in ensemble_ckpts] if ensemble_ckpts else str(ckpt_path),
         "models": summaries,
+        "references": references,
         "comparisons": comparisons,
         "presence_threshold_files": [str(p) for p in threshold_files],
     }
@@ -149,7 +154,8 @@ def run_evaluation(
     write_per_image_csv(results, output_dir / PER_IMAGE_CSV)
     write_summary_json(summary, output_dir / SUMMARY_JSON)
 
-    ged_vs_samples(summaries, output_dir / "ged_vs_samples.png")
+    bars = {r["label"]: r["ged"] for key, r in references.items() if key != "empty"}
+    ged_vs_samples(summaries, output_dir / "ged_vs_samples.png", references=bars)
     for n, r in (results.items() if binary else ()):
         presence_histogram(
             r.presence_counts, r.ambiguous, thresholds.get(n), output_dir / f"presence_histogram_{n}.png",
@@ -168,5 +174,9 @@ def run_evaluation(
     for n, s in summaries.items():
         ged = {e["S"]: e["mean"] for e in s["metrics"]["ged"]}
         logger.info("%s: GED^2 by S %s; presence test accuracy %s", n, ged, s["presence"].get("test_accuracy"))
+    for key, r in references.items():
+        label = r["label"] if key == "empty" else f"{r['label']} repeated"
+        eq7 = "" if r["ged_eq7"] in (None, r["ged"]) else f" (against the known modes {r['ged_eq7']:.4f})"
+        logger.info("reference, %s: GED^2 %.4f at every S%s", label, r["ged"], eq7)
     logger.info("evaluation written to %s", os.fspath(output_dir))
     return summary
