@@ -495,3 +495,25 @@ def _per_image(eval_dir: Path, name: str, s: int = 16) -> np.ndarray:
     with open(eval_dir / "per_image.csv", newline="") as f:
         rows = [r for r in csv.DictReader(f) if r["model"] == name and int(r["S"]) == s]
     return np.array([float(r["ged"]) for r in sorted(rows, key=lambda r: int(r["index"]))])
+
+
+def test_reference_ged_handler_reports_the_best_vote_at_every_run():
+    """ReferenceGED: graders A, B, B and nothing (A inside B, r = d(A, B)): the vote >= 2 of 4 is B and scores
+    2 E[d(B, Y)] - E[d(Y, Y')] = (r + 1) / 2 - (4r + 6) / 16, below the vote >= 3 (A); written into the metrics of
+    every run, computed once."""
+    from ignite.engine import Engine
+    from monai.data import DataLoader
+
+    from monai_probunet.handlers import GeneralizedEnergyDistance, ReferenceGED
+
+    r = 1 - A.sum() / B.sum()
+    data = [{"label": torch.as_tensor(np.stack([A, B, B, EMPTY]))}]
+    handler = ReferenceGED(GeneralizedEnergyDistance())
+    engine = Engine(lambda e, batch: None)
+    handler.attach(engine)
+    engine.run(DataLoader(data, batch_size=1), max_epochs=1)
+    assert engine.state.metrics["val_ged_vote"] == pytest.approx((r + 1) / 2 - (4 * r + 6) / 16, abs=1e-6)
+    data[0]["label"] = torch.as_tensor(np.stack([B] * 4))  # not recomputed: the split does not change
+    engine.state.metrics.clear()
+    engine.run(DataLoader(data, batch_size=1), max_epochs=2)
+    assert engine.state.metrics["val_ged_vote"] == pytest.approx((r + 1) / 2 - (4 * r + 6) / 16, abs=1e-6)

@@ -87,9 +87,12 @@ def _check_run(tracking_uri: str, log: str, tmp_path: Path) -> None:
     for key in ("train_loss_iter", "train_ce_iter", "train_kl_iter", "lr_group_0"):  # per iteration
         h = history(key)
         assert [s for s, _ in h] == [1, 2, 3, 4] and all(math.isfinite(v) for _, v in h), (key, h)
-    for key in ("train_loss", "train_ce", "train_kl", "val_ged", "val_d_sy", "val_d_ss", "val_d_yy"):  # per epoch
+    per_epoch = ("train_loss", "train_ce", "train_kl", "val_ged", "val_d_sy", "val_d_ss", "val_d_yy", "val_ged_vote")
+    for key in per_epoch:
         h = history(key)
         assert [s for s, _ in h] == [1, 2] and all(math.isfinite(v) for _, v in h), (key, h)
+    vote = history("val_ged_vote")  # the graders' majority vote on the same split: the same at every validation
+    assert vote[0][1] == vote[1][1] and 0 < vote[0][1] < 2
     ce, kl, loss = history("train_ce_iter"), history("train_kl_iter"), history("train_loss_iter")
     assert all(abs(c + 10 * k - t) < 1e-3 * abs(t) for (_, c), (_, k), (_, t) in zip(ce, kl, loss))  # beta = 10
     assert history("lr_group_0")[0][1] == pytest.approx(1e-3)

@@ -4,6 +4,7 @@ from .checkpoint import AtomicCheckpointSaver, FinalModel, LastCheckpoint
 from .ged_handler import GeneralizedEnergyDistance
 from .kl_warmup import KLWarmup
 from .progress import TrainingProgress
+from .reference_ged import ReferenceGED
 from .tracking import MLflowSampleGrid, configure_mlflow, flatten_params, iteration_terms
 
 __all__ = [
@@ -13,6 +14,7 @@ __all__ = [
     "KLWarmup",
     "LastCheckpoint",
     "MLflowSampleGrid",
+    "ReferenceGED",
     "TrainingProgress",
     "configure_mlflow",
     "flatten_params",
