@@ -186,8 +186,12 @@ def main() -> None:
 
     curves = {name: s["models"][name] for name, s in summaries.items()}
     curves["oracle"] = next(iter(summaries.values()))["models"]["oracle"]
-    bars = {label.removeprefix("reference: ").removesuffix(" repeated"): ref["ged"]
-            for label, ref in references.items() if label != "reference: predicting nothing"}  # fmt: skip
+    from monai_probunet.metrics.references import best_single_answer
+
+    bars = {}
+    if references:
+        best = references[best_single_answer({k: r["ged"] for k, r in references.items()})]
+        bars = {best["label"].removeprefix("reference: ").removesuffix(" repeated"): best["ged"]}
     ged_vs_samples(curves, out / "ged_vs_samples.png", references=bars)
     if calibrations:
         from monai_probunet.metrics.calibration import ModeCalibration
@@ -276,12 +280,12 @@ def _task_scoring(task: str) -> tuple[list[int], int | None]:
 
 
 def _references(summary: dict, datalist: Path, classes: list[int], ignore_index: int | None) -> dict[str, dict]:
-    """``{row label: {"ged": GED, "eq7": Eq. 7 GED or None}}`` of the single answers a model must beat on the test
-    split (:mod:`monai_probunet.metrics.references`; repeated S times they score the same at every S): the
-    evaluation's own ``references`` in ``summary``, or for an evaluation written before it held them, computed from
-    ``datalist`` (``reference_rows.py``; empty where it does not exist)."""
+    """``{key: {"label": row label, "ged": GED, "eq7": Eq. 7 GED or None}}`` of the single answers a model must beat
+    on the test split (:mod:`monai_probunet.metrics.references`; repeated S times they score the same at every S):
+    the evaluation's own ``references`` in ``summary``, or for an evaluation written before it held them, computed
+    from ``datalist`` (``reference_rows.py``; empty where it does not exist)."""
     from monai_probunet.data import load_datalist
-    from monai_probunet.metrics.references import REFERENCE_LABELS
+    from monai_probunet.metrics.references import reference_label
 
     rows = summary.get("references")
     if rows is None:
@@ -295,13 +299,11 @@ def _references(summary: dict, datalist: Path, classes: list[int], ignore_index:
         for name, ged in flat.items():
             key, sep, rest = name.partition(" (x16)")
             if sep and not rest:
-                base, _, k = key.partition(">=")
-                rows[key] = {"label": REFERENCE_LABELS[base].format(k=k, a=graders), "ged": ged,
-                             "ged_eq7": flat.get(f"{name} [Eq. 7]")}  # fmt: skip
+                rows[key] = {"label": reference_label(key, graders), "ged": ged, "ged_eq7": flat.get(f"{name} [Eq. 7]")}
     out = {}
     for key, row in rows.items():
         label = "reference: predicting nothing" if key == "empty" else f"reference: {row['label']} repeated"
-        out[label] = {"ged": row["ged"], "eq7": row.get("ged_eq7")}
+        out[key] = {"label": label, "ged": row["ged"], "eq7": row.get("ged_eq7")}
     return out
 
 
@@ -343,17 +345,18 @@ def table(
 ) -> str:
     """Markdown table: squared GED at S = 1/4/8/16, matched IoU at 16, presence accuracy (binary tasks) or Eq. 7 GED,
     Pearson r and modes hit (``calibrations``: the 32-mode task), the Wilcoxon p-value of per-image GED at S = 16
-    against ProbUNet (``p_values``), training + evaluation minutes; the ``references`` rows (``{label: {"ged": GED,
-    "eq7": Eq. 7 GED}}``, the same at every S) before the oracle's."""
+    against ProbUNet (``p_values``), training + evaluation minutes; the ``references`` rows (``{key: {"label", "ged":
+    GED, "eq7": Eq. 7 GED}}``, the same at every S) before the oracle's."""
     calibrations = calibrations or {}
     p_values = p_values or {}
     any_summary = next(iter(summaries.values()))
     any_cal = next(iter(calibrations.values()), None)
     rows = [(name, s["models"][name], timings.get(name), calibrations.get(name, {}).get("models", {}).get(name))
             for name, s in summaries.items()]  # fmt: skip
-    for label, ref in (references or {}).items():
+    for ref in (references or {}).values():
         cal = {"ged": {"ged": ref["eq7"]}, "mode_calibration": {}} if ref.get("eq7") is not None else None
-        rows.append((label, {"metrics": {"ged": [{"S": s, "mean": ref["ged"]} for s in (1, 4, 8, 16)]}}, None, cal))
+        flat = {"metrics": {"ged": [{"S": s, "mean": ref["ged"]} for s in (1, 4, 8, 16)]}}
+        rows.append((ref["label"], flat, None, cal))
     rows.append(("oracle", any_summary["models"]["oracle"], None, any_cal and any_cal["models"]["oracle"]))
     if any_cal:
         s_ged, s_cal = any_cal.get("ged_num_samples", any_cal["num_samples"]), any_cal["num_samples"]

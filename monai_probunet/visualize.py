@@ -109,13 +109,13 @@ def ged_vs_samples(
         path: if given, the figure is saved there as PNG (and closed).
         metric: which metric to plot (default the squared GED).
         title: optional title (default: the estimator, if the summaries state it).
-        references: optional ``{name: value}`` of single answers (repeated, each scores the same at every S): the
-            lowest, the bar a sampling model must be below, is drawn as a dotted horizontal line.
+        references: optional ``{name: value}`` of single answers (repeated, one scores the same at every S), each
+            drawn as a dotted horizontal line.
 
     Returns:
         The matplotlib figure (closed if ``path`` was given).
     """
-    many = len(results) + bool(references) > 4  # legend beside the axes, not over the curves
+    many = len(results) + len(references or {}) > 4  # legend beside the axes, not over the curves
     fig, ax = plt.subplots(figsize=(7.0 if many else 4.5, 3.4))
     all_s: set[int] = set()
     for name, summary in results.items():
@@ -132,8 +132,7 @@ def ged_vs_samples(
         style = dict(color="black", linestyle="--") if name == "oracle" else {}
         ax.errorbar(s, mean, yerr=[mean - lo, hi - mean], marker="o", ms=4, capsize=3, label=name, **style)
         all_s.update(int(v) for v in s)
-    if references:
-        name, value = min(references.items(), key=lambda kv: kv[1])
+    for name, value in (references or {}).items():
         ax.axhline(value, color="grey", linestyle=":", linewidth=1.5, label=f"{name}, repeated")
     if all_s:
         ax.set_xscale("log", base=2)

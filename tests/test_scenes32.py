@@ -505,6 +505,7 @@ def test_reference_rows_of_several_classes_hand_computed(tmp_path):
         "reference: the most probable mode repeated": (0.125 * d, 0.125 * d),
         "reference: predicting nothing": (2 - 0.375 * d, 2 - 0.375 * d),
     }
+    rows = {row["label"]: row for row in rows.values()}
     assert set(rows) == set(expected)
     for label, (eq6, eq7) in expected.items():
         assert rows[label]["ged"] == pytest.approx(eq6, abs=1e-6) and rows[label]["eq7"] == pytest.approx(eq7, abs=1e-6)
@@ -526,7 +527,7 @@ def test_compare_table_of_the_mode_task_holds_the_reference_rows_eq7():
     mode_calibration = {"pearson_r": 0.9, "modes_hit": 30, "num_patterns": 32}
     cal = {"num_samples": 128, "ged_num_samples": 16,
            "models": {m: {"ged": {"ged": 0.2}, "mode_calibration": mode_calibration} for m in ("probunet", "oracle")}}
-    refs = {"reference: the most probable mode repeated": {"ged": 0.488, "eq7": 0.387}}
+    refs = {"most_probable_mode": {"label": "reference: the most probable mode repeated", "ged": 0.488, "eq7": 0.387}}
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
             for line in compare.table({"probunet": summary}, {}, {"probunet": cal}, None, refs).splitlines()
             if line.startswith("| ")}  # fmt: skip

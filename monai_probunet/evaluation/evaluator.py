@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ..metrics import PresenceThreshold, fit_presence_threshold, lesion_presence_counts, presence_ambiguity
-from ..metrics.references import REFERENCE_LABELS, reference_geds
+from ..metrics.references import reference_geds, reference_label
 from ..sampling import ORACLE, OracleSampler, Sampler, case_batches, sample_batches
 from .results import EvaluationResult
 from .scoring import METRICS, check_sample_counts, resolve_classes, score_samples
@@ -217,10 +217,6 @@ def reference_rows(
                 sums.setdefault(key, []).append(ged)
                 if ged7 is not None:
                     eq7.setdefault(key, []).append(ged7)
-    out = {}
-    for key, values in sums.items():
-        base, _, k = key.partition(">=")
-        label = REFERENCE_LABELS[base].format(k=k, a=num_graders)
-        out[key] = {"label": label, "ged": float(np.mean(values)),
-                    "ged_eq7": float(np.mean(eq7[key])) if key in eq7 else None}  # fmt: skip
-    return out
+    return {key: {"label": reference_label(key, num_graders), "ged": float(np.mean(values)),
+                  "ged_eq7": float(np.mean(eq7[key])) if key in eq7 else None}
+            for key, values in sums.items()}  # fmt: skip

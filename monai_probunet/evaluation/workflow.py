@@ -14,6 +14,7 @@ from torch import nn
 from ..data.disk_format import load_datalist
 from ..metrics import PresenceThreshold
 from ..metrics.oracle import ORACLE
+from ..metrics.references import best_single_answer
 from ..model_loading import PRESENCE_THRESHOLD_NAME, load_trained_network
 from ..networks import ProbUNet
 from ..sampling import OracleSampler
@@ -78,8 +79,8 @@ def run_evaluation(
     Writes into ``output_dir``: ``per_image.csv`` (:func:`write_per_image_csv`), ``summary.json``
     (``{"estimator", "sample_counts", "split", "models": {name: EvaluationResult.summary() + presence fit},
     "references": {key: {"label", "ged", "ged_eq7"}} (:func:`reference_rows`: the single answers a sampling model
-    must beat), "comparisons": [...], "presence_threshold_file"}``), ``ged_vs_samples.png`` (the references but
-    the lowest reference but predicting nothing as a horizontal line), ``presence_histogram_<name>.png``,
+    must beat), "comparisons": [...], "presence_threshold_file"}``), ``ged_vs_samples.png`` (the best
+    single answer as a horizontal line), ``presence_histogram_<name>.png``,
     ``samples.png`` (first ``num_plot_images`` test images, 16 samples; class colours when ``num_classes > 2``),
     ``latent_grid.png`` (ProbUNet with a 2-D latent only), and ``presence_threshold.json`` (the model's rule). The
     rule is also written to ``threshold_path`` when one is given (e.g. ``bundle/models/presence_threshold.json``,
@@ -154,8 +155,8 @@ def run_evaluation(
     write_per_image_csv(results, output_dir / PER_IMAGE_CSV)
     write_summary_json(summary, output_dir / SUMMARY_JSON)
 
-    bars = {r["label"]: r["ged"] for key, r in references.items() if key != "empty"}
-    ged_vs_samples(summaries, output_dir / "ged_vs_samples.png", references=bars)
+    best = references[best_single_answer({k: r["ged"] for k, r in references.items()})]
+    ged_vs_samples(summaries, output_dir / "ged_vs_samples.png", references={best["label"]: best["ged"]})
     for n, r in (results.items() if binary else ()):
         presence_histogram(
             r.presence_counts, r.ambiguous, thresholds.get(n), output_dir / f"presence_histogram_{n}.png",

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
-from ..metrics.references import REFERENCE_LABELS, reference_geds
+from ..metrics.references import best_single_answer, reference_geds, reference_label
 from .ged_handler import GeneralizedEnergyDistance
 
 __all__ = ["ReferenceGED"]
@@ -53,13 +53,11 @@ class ReferenceGED:
             graders = torch.as_tensor(item[self.label_key]).round().long()
             num_graders = graders.shape[0]
             for key, (ged, _) in reference_geds(graders, self.classes).items():
-                if key != "empty":
-                    sums.setdefault(key, []).append(ged)
+                sums.setdefault(key, []).append(ged)
         if not sums:
             raise ValueError("the evaluator's dataset is empty: no reference to compute.")
-        key = min(sums, key=lambda k: float(np.mean(sums[k])))
-        base, _, k = key.partition(">=")
-        return float(np.mean(sums[key])), REFERENCE_LABELS[base].format(k=k, a=num_graders)
+        key = best_single_answer({k: float(np.mean(v)) for k, v in sums.items()})
+        return float(np.mean(sums[key])), reference_label(key, num_graders)
 
     def __call__(self, engine: Engine) -> None:
         if self.value is None:

@@ -22,7 +22,10 @@ import torch
 from .calibration import known_mixture_ged, mask_ignored
 from .ged import generalized_energy_distance
 
-__all__ = ["REFERENCE_LABELS", "majority_votes", "pixelwise_vote", "reference_geds", "single_answers"]
+__all__ = [
+    "REFERENCE_LABELS", "best_single_answer", "majority_votes", "pixelwise_vote", "reference_geds",
+    "reference_label", "single_answers",
+]  # fmt: skip
 
 #: a reference row's key -> its name in tables and logs (``{k}`` and ``{a}``: the vote's threshold and grader count)
 REFERENCE_LABELS = {
@@ -31,6 +34,18 @@ REFERENCE_LABELS = {
     "most_probable_mode": "the most probable mode",
     "empty": "predicting nothing",
 }
+
+
+def reference_label(key: str, num_graders: int) -> str:
+    """The name of the row ``key`` (e.g. ``majority_vote>=3`` of 4 graders: "graders' majority vote (>= 3 of 4)")."""
+    base, _, k = key.partition(">=")
+    return REFERENCE_LABELS[base].format(k=k, a=num_graders)
+
+
+def best_single_answer(geds: dict[str, float]) -> str:
+    """The key of the lowest of the rows' ``{key: GED}`` other than predicting nothing: the bar a model must go
+    below."""
+    return min((k for k in geds if k != "empty"), key=lambda k: geds[k])
 
 
 def majority_votes(num_graders: int) -> list[int]:
