@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ..metrics import PresenceThreshold, fit_presence_threshold, lesion_presence_counts, presence_ambiguity
-from ..metrics.references import reference_geds, reference_label
+from ..metrics.references import mean_reference_geds
 from ..sampling import ORACLE, OracleSampler, Sampler, case_batches, sample_batches
 from .results import EvaluationResult
 from .scoring import METRICS, check_sample_counts, resolve_classes, score_samples
@@ -194,8 +194,8 @@ def reference_rows(
     batch_size: int = 16,
     num_workers: int = 0,
 ) -> dict[str, dict[str, Any]]:
-    """The reference rows of a split (:mod:`~monai_probunet.metrics.references`): single answers repeated, the GED
-    any sampling model must be below, the same at every S.
+    """The reference rows of a split (:func:`~monai_probunet.metrics.references.mean_reference_geds`): single answers
+    repeated, the GED any sampling model must be below, the same at every S.
 
     Args:
         items, transform, batch_size, num_workers: as for :func:`evaluate` (the same grader masks it scores against).
@@ -203,20 +203,7 @@ def reference_rows(
         ignore_index: the graders' label of unannotated pixels (``None``: none).
 
     Returns:
-        ``{key: {"label": name, "ged": mean squared GED, "ged_eq7": mean Eq. 7 GED over the images whose modes are
-        known (``None`` where none are)}}``.
+        ``{key: {"label", "ged", "ged_eq7"}}``.
     """
-    sums: dict[str, list[float]] = {}
-    eq7: dict[str, list[float]] = {}
-    num_graders = 0
-    for group in case_batches(items, transform, batch_size, num_workers):
-        for case in group:
-            num_graders = case.graders.shape[0]
-            rows = reference_geds(case.graders, classes, ignore_index, case.modes, case.probs)
-            for key, (ged, ged7) in rows.items():
-                sums.setdefault(key, []).append(ged)
-                if ged7 is not None:
-                    eq7.setdefault(key, []).append(ged7)
-    return {key: {"label": reference_label(key, num_graders), "ged": float(np.mean(values)),
-                  "ged_eq7": float(np.mean(eq7[key])) if key in eq7 else None}
-            for key, values in sums.items()}  # fmt: skip
+    cases = (c for group in case_batches(items, transform, batch_size, num_workers) for c in group)
+    return mean_reference_geds(((c.graders, c.modes, c.probs) for c in cases), classes, ignore_index)

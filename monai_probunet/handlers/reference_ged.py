@@ -5,11 +5,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
-from ..metrics.references import best_single_answer, reference_geds, reference_label
+from ..metrics.references import best_single_answer, mean_reference_geds
 from .ged_handler import GeneralizedEnergyDistance
 
 __all__ = ["ReferenceGED"]
@@ -47,17 +46,12 @@ class ReferenceGED:
 
     def compute(self, dataset: Any) -> tuple[float, str]:
         """The best single answer's mean squared GED over ``dataset`` and its name."""
-        sums: dict[str, list[float]] = {}
-        num_graders = 0
-        for item in dataset:
-            graders = torch.as_tensor(item[self.label_key]).round().long()
-            num_graders = graders.shape[0]
-            for key, (ged, _) in reference_geds(graders, self.classes).items():
-                sums.setdefault(key, []).append(ged)
-        if not sums:
+        images = ((torch.as_tensor(item[self.label_key]).round().long(), None, None) for item in dataset)
+        rows = mean_reference_geds(images, self.classes)
+        if not rows:
             raise ValueError("the evaluator's dataset is empty: no reference to compute.")
-        key = best_single_answer({k: float(np.mean(v)) for k, v in sums.items()})
-        return float(np.mean(sums[key])), reference_label(key, num_graders)
+        best = rows[best_single_answer({k: r["ged"] for k, r in rows.items()})]
+        return best["ged"], best["label"]
 
     def __call__(self, engine: Engine) -> None:
         if self.value is None:

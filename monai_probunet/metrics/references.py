@@ -15,7 +15,8 @@ Where the modes and their probabilities are known each row is also scored agains
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
 
@@ -23,8 +24,8 @@ from .calibration import known_mixture_ged, mask_ignored
 from .ged import generalized_energy_distance
 
 __all__ = [
-    "REFERENCE_LABELS", "best_single_answer", "majority_votes", "pixelwise_vote", "reference_geds",
-    "reference_label", "single_answers",
+    "REFERENCE_LABELS", "best_single_answer", "majority_votes", "mean_reference_geds", "pixelwise_vote",
+    "reference_geds", "reference_label", "single_answers",
 ]  # fmt: skip
 
 #: a reference row's key -> its name in tables and logs (``{k}`` and ``{a}``: the vote's threshold and grader count)
@@ -122,3 +123,32 @@ def reference_geds(
             eq7 = float(known_mixture_ged(s, modes.long()[None], weights, classes, ignore_index).ged[0])
         out[key] = (ged, eq7)
     return out
+
+
+def mean_reference_geds(
+    images: Iterable[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]],
+    classes: Sequence[int] = (1,),
+    ignore_index: int | None = None,
+) -> dict[str, dict[str, Any]]:
+    """The reference rows of a split: :func:`reference_geds` averaged over its images.
+
+    Args:
+        images: per image ``(graders, modes, probs)`` (``modes`` and ``probs`` ``None`` where unknown).
+        classes, ignore_index: see :func:`reference_geds`.
+
+    Returns:
+        ``{key: {"label": name, "ged": mean squared GED, "ged_eq7": mean Eq. 7 GED over the images whose modes are
+        known (``None`` where none are)}}``.
+    """
+    sums: dict[str, list[float]] = {}
+    eq7: dict[str, list[float]] = {}
+    num_graders = 0
+    for graders, modes, probs in images:
+        num_graders = graders.shape[0]
+        for key, (ged, ged7) in reference_geds(graders, classes, ignore_index, modes, probs).items():
+            sums.setdefault(key, []).append(ged)
+            if ged7 is not None:
+                eq7.setdefault(key, []).append(ged7)
+    return {key: {"label": reference_label(key, num_graders), "ged": sum(v) / len(v),
+                  "ged_eq7": sum(eq7[key]) / len(eq7[key]) if key in eq7 else None}
+            for key, v in sums.items()}  # fmt: skip
