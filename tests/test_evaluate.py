@@ -14,6 +14,7 @@ import pytest
 import torch
 from monai.transforms import Compose, EnsureTyped, LoadImaged
 
+from monai_probunet.bundle_utils import ConfigValueError
 from monai_probunet.data import write_nifti
 from monai_probunet.evaluation import (
     ESTIMATOR,
@@ -332,6 +333,23 @@ def _bundle(run_id: str, config_files: list[Path], *args: str) -> subprocess.Com
     cmd = [sys.executable, "-m", "monai.bundle", "run", run_id, "--config_file", str([str(f) for f in config_files])]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     return subprocess.run(cmd + list(args), capture_output=True, text=True, timeout=600, cwd="/", env=env, check=False)
+
+
+
+def test_split_options_name_the_key_and_null_skips_the_presence_rule(mixed, tmp_path):
+    ckpt = tmp_path / "model.pt"
+    torch.save(_tiny_probunet().state_dict(), ckpt)
+    common = dict(ckpt_path=ckpt, model_name="probunet", sample_counts=(1, 2), bootstrap_resamples=100)
+    for split in ("null", "None", None):  # the bundle CLI passes YAML's null as a string
+        out = tmp_path / f"eval_{split}"
+        summary = run_evaluation(_tiny_probunet(), mixed, TRANSFORM, out, threshold_split=split, **common)
+        assert "fitted_on" not in summary["models"]["probunet"]["presence"]
+        assert summary["presence_threshold_files"] == []
+        assert not (out / "presence_threshold.json").exists()
+    for key, value in (("eval_split", "tset"), ("threshold_split", "val")):
+        with pytest.raises(ConfigValueError, match=f"^--{key}: expected one of training, validation, test.*{value}"):
+            run_evaluation(_tiny_probunet(), mixed, TRANSFORM, tmp_path / "bad", **{key: value}, **common)
+    assert not (tmp_path / "bad").exists()  # checked before anything is loaded or written
 
 
 @pytest.mark.slow

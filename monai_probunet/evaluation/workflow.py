@@ -11,7 +11,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..data.disk_format import load_datalist
+from ..bundle_utils import ConfigValueError
+from ..data.disk_format import SPLITS, load_datalist
 from ..metrics import PresenceThreshold
 from ..metrics.oracle import ORACLE
 from ..metrics.references import best_single_answer
@@ -42,6 +43,19 @@ def default_model_name(ckpt_dir: str | Path, ensemble_ckpts: Sequence[str] | Non
         return f"unet_ensemble{len(ensemble_ckpts)}"
     base = Path(ckpt_dir).name
     return "probunet" if base in ("", "models") else base
+
+
+def _checked_splits(eval_split: str, threshold_split: str | None) -> str | None:
+    """``threshold_split`` with ``"null"`` / ``"none"`` (how the bundle CLI passes YAML's null) read as ``None``;
+    raises :class:`ConfigValueError` naming the option for a split the datalist cannot have."""
+    if isinstance(threshold_split, str) and threshold_split.strip().lower() in ("", "null", "none"):
+        threshold_split = None
+    if eval_split not in SPLITS:
+        raise ConfigValueError(f"--eval_split: expected one of {', '.join(SPLITS)}, got {eval_split!r}.")
+    if threshold_split is not None and threshold_split not in SPLITS:
+        expected = f"one of {', '.join(SPLITS)} or null (no presence rule)"
+        raise ConfigValueError(f"--threshold_split: expected {expected}, got {threshold_split!r}.")
+    return threshold_split
 
 
 def run_evaluation(
@@ -95,6 +109,7 @@ def run_evaluation(
     Returns:
         The summary dict written to ``summary.json``.
     """
+    threshold_split = _checked_splits(eval_split, threshold_split)
     device = torch.device(device)
     output_dir = Path(output_dir)
     model = load_trained_network(network, ckpt_path, ensemble_ckpts).to(device).eval()
