@@ -14,10 +14,12 @@ GED.
     python benchmarks/compare.py --dataset shapes --dataset-kwargs "{'num_patients': 300}" --models probunet unet
     python benchmarks/compare.py --task scenes32  # the 32-mode street scenes (scenes32.yaml, scenes32_evaluate.yaml)
     python benchmarks/compare.py --report --heldout DIR  # also score the trained models on DIR's test split
+    python benchmarks/compare.py --report --validation   # and on the validation split of the data they trained on
 
 ``--heldout DIR`` scores the checkpoints of the table (those its evaluations scored) on a second dataset's test split
 as well, e.g. the patients that ``benchmarks/heldout_patients.py --out DIR`` writes, and adds a table of it to
-``results.md``; with ``--report`` it scores only the models not yet scored there.
+``results.md``; with ``--report`` it scores only the models not yet scored there. ``--validation`` does the same on
+the validation split of the task's own data (no presence rule there: it is fitted on that split).
 
 With ``--task scenes32`` the table adds Eq. 7 GED against the 32 known modes, the Pearson r of mode frequencies
 against mode probabilities and the modes hit (from each model's ``calibration.json``), and ``mode_calibration.png``
@@ -134,6 +136,8 @@ def main() -> None:
     parser.add_argument("--report", action="store_true", help="only rebuild results.md and the figures from --out")
     parser.add_argument("--heldout", type=Path, default=None,
                         help="a second dataset (the project's on-disk format) whose test split scores every model too")
+    parser.add_argument("--validation", action="store_true",
+                        help="also score every model on the validation split of the data it trained on")
     args = parser.parse_args()
     if args.jobs < 1:
         parser.error(f"--jobs must be >= 1, got {args.jobs}")
@@ -176,11 +180,20 @@ def main() -> None:
     scoring = _task_scoring(args.task)
     references = _references(next(iter(summaries.values())), out / "data" / "datalist.json", *scoring)
     tables = [table(summaries, timings, calibrations, _wilcoxon_vs(out / "eval", args.models, "probunet"), references)]
+    elsewhere = []  # (results folder, datalist, title, overrides that choose the data and the split)
+    if args.validation:
+        split = [*common, "--eval_split", "validation", "--threshold_split", "null"]
+        elsewhere.append((out / "eval_validation", out / "data" / "datalist.json", "Validation split", split))
     if args.heldout is not None:
-        heldout = _score_heldout(args, out, common, threads)
-        refs = _references(next(iter(heldout.values())), args.heldout / "datalist.json", *scoring)
-        tables.append(table(heldout, {}, None, _wilcoxon_vs(out / "eval_heldout", args.models, "probunet"), refs,
-                            f"{args.heldout}: test split"))  # fmt: skip
+        pairs = zip(common[::2], common[1::2])  # `--key value` pairs: all but those that choose the data
+        shared = [a for key, value in pairs if not key.startswith("--dataset") for a in (key, value)]
+        data = ["--dataset_name", "folder", "--dataset_dir", str(args.heldout.resolve())]
+        elsewhere.append((out / "eval_heldout", args.heldout / "datalist.json", f"{args.heldout}: test split",
+                          [*shared, *data]))  # fmt: skip
+    for evals, datalist, title, overrides in elsewhere:
+        scored = _score_elsewhere(args, out, evals, overrides, threads)
+        refs = _references(next(iter(scored.values())), datalist, *scoring)
+        tables.append(table(scored, {}, None, _wilcoxon_vs(evals, args.models, "probunet"), refs, title))
     atomic_write_text(out / "results.md", "\n".join(tables))
     from monai_probunet.visualize import ged_vs_samples
 
@@ -307,13 +320,11 @@ def _references(summary: dict, datalist: Path, classes: list[int], ignore_index:
     return out
 
 
-def _score_heldout(args: argparse.Namespace, out: Path, common: list[str], threads: int | None) -> dict[str, dict]:
-    """Score the checkpoints that ``out/eval/<model>`` scored on the test split of ``args.heldout`` into
-    ``out/eval_heldout/<model>`` (with ``--report`` only those not scored there yet); returns the summaries."""
-    evals = out / "eval_heldout"
-    pairs = zip(common[::2], common[1::2])  # `--key value` pairs: all but those that choose the data
-    shared = [a for key, value in pairs if not key.startswith("--dataset") for a in (key, value)]
-    data = ["--dataset_name", "folder", "--dataset_dir", str(args.heldout.resolve())]
+def _score_elsewhere(
+    args: argparse.Namespace, out: Path, evals: Path, overrides: list[str], threads: int | None
+) -> dict[str, dict]:
+    """Score the checkpoints that ``out/eval/<model>`` scored with the evaluation ``overrides`` (the data and split)
+    into ``evals/<model>`` (with ``--report`` only those not scored there yet); returns the summaries."""
 
     def score(name: str) -> None:
         if args.report and (evals / name / "summary.json").is_file():
@@ -321,10 +332,10 @@ def _score_heldout(args: argparse.Namespace, out: Path, common: list[str], threa
         checkpoint = json.loads((out / "eval" / name / "summary.json").read_text())["checkpoint"]
         ensemble = isinstance(checkpoint, list)
         weights = ["--ensemble_ckpts", repr(checkpoint)] if ensemble else ["--ckpt_path", checkpoint]
-        overrides = [*shared, *data, *weights, "--model_name", name, "--output_dir", str(evals / name)]
-        seconds = _bundle("evaluating", _configs(name, args.task, evaluate=True), overrides,
-                          out / f"eval_heldout_{name}.log", threads)  # fmt: skip
-        print(f"scored {name} on {args.heldout} in {seconds / 60:.1f} min", flush=True)
+        run = [*overrides, *weights, "--model_name", name, "--output_dir", str(evals / name)]
+        seconds = _bundle("evaluating", _configs(name, args.task, evaluate=True), run,
+                          out / f"{evals.name}_{name}.log", threads)  # fmt: skip
+        print(f"scored {name} into {evals} in {seconds / 60:.1f} min", flush=True)
 
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         list(pool.map(score, args.models))

@@ -455,7 +455,8 @@ def test_multi_class_evaluation_skips_the_lesion_presence_rule(mixed, tmp_path):
 @pytest.mark.slow
 def test_compare_report_writes_table_with_wilcoxon_and_figure(mixed, tmp_path):
     """benchmarks/compare.py --report: the results table (oracle and reference rows, p-values vs probunet), the GED
-    figure, and with --heldout a second table of the same models on another dataset's test split."""
+    figure, with --validation a table of the same models on the validation split and with --heldout one on another
+    dataset's test split."""
     out = tmp_path / "compare"
     (out / "data").parent.mkdir(parents=True)
     (out / "data").symlink_to(mixed.parent)  # the dataset compare.py generated: its test split is `mixed`'s
@@ -464,17 +465,23 @@ def test_compare_report_writes_table_with_wilcoxon_and_figure(mixed, tmp_path):
     nets = {"probunet": _tiny_probunet(), "unet": DeterministicUNet(2, 1, 2, channels=(4, 8), num_convs=1)}
     for name, net in nets.items():
         torch.save(net.state_dict(), tmp_path / f"{name}.pt")
-        for evals, datalist in (("eval", mixed), ("eval_heldout", heldout / "datalist.json")):
+        for evals, datalist, split in (("eval", mixed, "test"), ("eval_validation", mixed, "validation"),
+                                       ("eval_heldout", heldout / "datalist.json", "test")):  # fmt: skip
             run_evaluation(
                 net, datalist, TRANSFORM, out / evals / name, ckpt_path=tmp_path / f"{name}.pt", model_name=name,
-                sample_counts=(1, 4, 8, 16), bootstrap_resamples=50, num_plot_images=0,
+                sample_counts=(1, 4, 8, 16), bootstrap_resamples=50, num_plot_images=0, eval_split=split,
+                threshold_split=None if split == "validation" else "validation",
             )
     (out / "timings.json").write_text(json.dumps({"probunet": 120.0, "unet": 60.0}))
     cmd = [sys.executable, str(REPO / "benchmarks" / "compare.py"), "--report", "--out", str(out),
            "--models", "probunet", "unet"]  # fmt: skip
-    proc = subprocess.run([*cmd, "--heldout", str(heldout)], capture_output=True, text=True, timeout=300, check=False)
+    proc = subprocess.run([*cmd, "--validation", "--heldout", str(heldout)], capture_output=True, text=True,
+                          timeout=300, check=False)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    test_table, heldout_table = (out / "results.md").read_text().split("\n\n" + str(heldout))
+    parts = (out / "results.md").read_text().split("\n\n")  # each table: its title, a blank line, its rows
+    titles, tables = parts[0::2], parts[1::2]
+    assert [t.split(",")[0] for t in titles] == ["Test split", "Validation split", f"{heldout}: test split"]
+    test_table, validation_table, heldout_table = tables
     rows = _table_rows(test_table)
     # the reference rows' known answers (A inside B, r = 1 - |A| / |B|; d(empty, a lesion) = 1): per test image
     # [A, B, A, B], [-, A, A, -], [C, C, -, C], [B, B, B, B] the vote (>= 2 or >= 3 of 4) is B or A, A or -, C, B
@@ -500,6 +507,12 @@ def test_compare_report_writes_table_with_wilcoxon_and_figure(mixed, tmp_path):
     ged16 = next(e["mean"] for e in summary["models"]["unet"]["metrics"]["ged"] if e["S"] == 16)
     assert summary["num_images"] == 3 and held["unet"][3] == f"{ged16:.3f}"
     assert held["reference: predicting nothing"][3] == f"{np.mean([0.5, 1.125, 2.0]):.3f}"
+    # the validation table: the same models on the validation split (here the test split's cases), no presence rule
+    val = _table_rows(validation_table)
+    summary = json.loads((out / "eval_validation" / "unet" / "summary.json").read_text())
+    ged16 = next(e["mean"] for e in summary["models"]["unet"]["metrics"]["ged"] if e["S"] == 16)
+    assert summary["split"] == "validation" and val["unet"][3] == f"{ged16:.3f}" and val["unet"][5] == "–"
+    assert val["reference: graders' majority vote (>= 2 of 4) repeated"][3] == f"{vote:.3f}"
     missing = subprocess.run([*cmd[:-2], "mheads"], capture_output=True, text=True, timeout=300, check=False)
     assert missing.returncode != 0 and "mheads" in missing.stderr and "summary.json" in missing.stderr
 
