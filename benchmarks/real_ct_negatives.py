@@ -6,11 +6,14 @@ vertebra, aorta, muscle, fat, lung bases; 128 x 128 at 0.66 mm) and the head sli
 both axes the model is clicked (through the inference API, as a user calls it), except outside the body (a 5 x 5
 neighbourhood below -950 HU). A click counts as a false lesion where more than ``--max-presence`` of the S hypotheses
 show a lesion, or where any outline is larger than ``--max-area-mm2`` (the targets of
-``tests/test_real_ct_negatives.py``, which checks ten named sites of ``CT_small.dcm``).
+``tests/test_real_ct_negatives.py``, which checks the ten named sites of :data:`SITES` on the shipped model).
+``--sites`` reports those ten sites instead, for any model: how many stay empty at sampling seeds 0-3 (the README's
+"real-CT sites empty").
 
     python benchmarks/real_ct_negatives.py                                  # the shipped bundle/models/model.pt
     python benchmarks/real_ct_negatives.py --model path/to/model.pt --config bundle/configs/train.yaml [OVERRIDE.yaml]
     python benchmarks/real_ct_negatives.py --padding-mode edge constant   # the field beyond the border: both fills
+    python benchmarks/real_ct_negatives.py --sites --model M --config bundle/configs/train.yaml OVERRIDE.yaml
 """
 
 from __future__ import annotations
@@ -28,6 +31,24 @@ from monai_probunet.inference_transforms import PADDING_MODES
 
 REPO = Path(__file__).resolve().parents[1]
 FILES = ("CT_small.dcm", "693_J2KI.dcm", "J2K_pixelrep_mismatch.dcm")
+#: the named lesion-free sites of ``CT_small.dcm``: (x, y) voxel of the loaded array (column, row of the DICOM pixel
+#: data) and the HU range expected there, a check that the location shows what its name says
+SITES: dict[str, tuple[tuple[int, int], tuple[int, int]]] = {
+    "vertebral body (bone)": ((56, 24), (100, 1200)),
+    "posterior arch (bone)": ((60, 66), (300, 1500)),
+    "rib head (bone)": ((16, 68), (150, 1500)),
+    "spinal canal": ((58, 46), (-20, 100)),
+    "paraspinal muscle (chest wall)": ((30, 100), (0, 120)),
+    "subcutaneous fat (chest wall)": ((60, 120), (-200, 0)),
+    "descending aorta (mediastinum)": ((96, 10), (60, 400)),
+    "para-aortic fat (mediastinum)": ((84, 30), (-200, 0)),
+    "left lung base (lung)": ((8, 28), (-1000, -500)),
+    "right lung base (lung)": ((120, 30), (-1000, -500)),
+}
+#: a site or click stays empty where at most this share of the hypotheses shows a lesion and no outline is larger
+MAX_PRESENCE = 0.2
+MAX_AREA_MM2 = 50.0
+SITE_SEEDS = (0, 1, 2, 3)
 
 
 def grid_clicks(image: np.ndarray, spacing_mm: float, step_mm: float) -> list[tuple[int, int]]:
@@ -47,8 +68,10 @@ def main() -> None:
     parser.add_argument("--config", nargs="+", default=[str(REPO / "bundle" / "configs" / "train.yaml")])
     parser.add_argument("--step-mm", type=float, default=16.0)
     parser.add_argument("--samples", type=int, default=16)
-    parser.add_argument("--max-presence", type=float, default=0.2)
-    parser.add_argument("--max-area-mm2", type=float, default=50.0)
+    parser.add_argument("--max-presence", type=float, default=MAX_PRESENCE)
+    parser.add_argument("--max-area-mm2", type=float, default=MAX_AREA_MM2)
+    parser.add_argument("--sites", action="store_true",
+                        help="the ten named sites of CT_small.dcm at sampling seeds 0-3 instead of the grid")
     parser.add_argument("--seeds", type=int, default=1,
                         help="sampling seeds 0..K-1 (every click of one seed draws the same latent noise, as the CLI's "
                         "default seed does): the rates are averaged over them, the spread printed")
@@ -58,11 +81,44 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     model, settings = load_model(args.model, args.config)
+    if args.sites:
+        report_sites(args, model, settings)
+        return
     print(f"model {args.model}: {args.samples} hypotheses per click, a click every {args.step_mm:g} mm")
     for padding_mode in args.padding_mode:
         if len(args.padding_mode) > 1:
             print(f"padding beyond the image border: {padding_mode}")
         report(args, model, settings, padding_mode)
+
+
+def site_hypotheses(model: torch.nn.Module, settings: dict, image, site: str, seed: int, num_samples: int = 16):
+    """The hypotheses (:class:`~monai_probunet.hypotheses.Hypotheses`) of one click on a named site of
+    ``CT_small.dcm`` (``image``, as :func:`~monai_probunet.inference.load_ct` returns it) with one sampling seed."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # no fitted presence threshold needed here: the share is checked
+        return predict_hypotheses(
+            image, SITES[site][0], model, spacing=settings["spacing"], roi_size=settings["roi_size"],
+            hu_window=settings["hu_window"], num_samples=num_samples, seed=seed,
+        )
+
+
+def report_sites(args: argparse.Namespace, model: torch.nn.Module, settings: dict) -> None:
+    """Print, per named site, the hypotheses showing a lesion and the largest outline over the seeds; then how many
+    sites stay empty at every seed."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        image, _ = load_ct(get_testdata_file("CT_small.dcm"))
+    empty = 0
+    print(f"model {args.model}: {args.samples} hypotheses per click, sampling seeds {SITE_SEEDS[0]}-{SITE_SEEDS[-1]}")
+    for site in SITES:
+        hyps = [site_hypotheses(model, settings, image, site, seed, args.samples) for seed in SITE_SEEDS]
+        counts = [h.presence_count for h in hyps]
+        largest = max(float(h.areas_mm2.max()) for h in hyps)
+        ok = max(counts) <= args.max_presence * args.samples and largest <= args.max_area_mm2
+        empty += ok
+        print(f"  {site:32s} {min(counts)}-{max(counts)} of {args.samples}, largest outline {largest:.0f} mm^2"
+              f"{'' if ok else '  LESION'}")  # fmt: skip
+    print(f"named sites empty: {empty} / {len(SITES)}")
 
 
 def report(args: argparse.Namespace, model: torch.nn.Module, settings: dict, padding_mode: str) -> None:

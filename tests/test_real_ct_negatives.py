@@ -2,43 +2,41 @@
 
 Held-out real data: pydicom's ``CT_small.dcm`` (a real chest CT slice, 128 x 128 at 0.66 mm, 5 mm thick: a thoracic
 vertebra with its canal and posterior arch, a rib head, paraspinal muscles, the descending aorta, subcutaneous fat and
-both lung bases in the corners). It is never used for training or for tuning the phantom. At each lesion-free
-location below the shipped ``bundle/models/model.pt`` (through the project's inference API, as a user calls it) must
-give a lesion-presence probability <= 0.2 over 16 hypotheses and no outline larger than 50 mm^2, with each of the
-sampling seeds 0-3: one set of 16 can miss a rare outline that the model draws, four sets rarely do. The aorta and
-both lung bases lie within 7 mm of the image's edge, so part of the model's field lies beyond it: the inference path's
-default fill there (the border repeated, ``infer_padding_mode: edge``) is what a user gets.
+both lung bases in the corners). It is never used for training or for tuning the phantom. At each lesion-free location
+of ``SITES`` (``benchmarks/real_ct_negatives.py``, whose ``--sites`` checks any model so) the shipped
+``bundle/models/model.pt`` (through the project's inference API, as a user calls it) must give a lesion-presence
+probability <= 0.2 over 16 hypotheses and no outline larger than 50 mm^2, with each of the sampling seeds 0-3: one set
+of 16 can miss a rare outline that the model draws, four sets rarely do. The aorta and both lung bases lie within 7 mm
+of the image's edge, so part of the model's field lies beyond it: the inference path's default fill there (the border
+repeated, ``infer_padding_mode: edge``) is what a user gets.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import warnings
 
 import pytest
 
-from monai_probunet.inference import load_ct, load_model, predict_hypotheses
-from tests.conftest import TRAIN_YAML
+from monai_probunet.inference import load_ct, load_model
+from tests.conftest import REPO, TRAIN_YAML
 
 pydicom_data = pytest.importorskip("pydicom.data")
 
 MODEL = TRAIN_YAML.parent.parent / "models" / "model.pt"
-#: (x, y) voxel of the loaded array (column, row of the DICOM pixel data) and the HU range expected there, a check
-#: that the location shows what its name says
-SITES = {
-    "vertebral body (bone)": ((56, 24), (100, 1200)),
-    "posterior arch (bone)": ((60, 66), (300, 1500)),
-    "rib head (bone)": ((16, 68), (150, 1500)),
-    "spinal canal": ((58, 46), (-20, 100)),
-    "paraspinal muscle (chest wall)": ((30, 100), (0, 120)),
-    "subcutaneous fat (chest wall)": ((60, 120), (-200, 0)),
-    "descending aorta (mediastinum)": ((96, 10), (60, 400)),
-    "para-aortic fat (mediastinum)": ((84, 30), (-200, 0)),
-    "left lung base (lung)": ((8, 28), (-1000, -500)),
-    "right lung base (lung)": ((120, 30), (-1000, -500)),
-}
-MAX_PRESENCE = 0.2
-MAX_AREA_MM2 = 50.0
-SEEDS = (0, 1, 2, 3)
+
+
+def _benchmark():
+    """``benchmarks/real_ct_negatives.py``: the named sites (``SITES``, the targets, the seeds) and their clicks, which
+    its ``--sites`` report runs for any model."""
+    spec = importlib.util.spec_from_file_location("real_ct_negatives", REPO / "benchmarks" / "real_ct_negatives.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+BENCH = _benchmark()
+SITES = BENCH.SITES
 
 
 @pytest.fixture(scope="module")
@@ -67,12 +65,8 @@ def test_no_lesion_on_real_ct_without_one(model_and_image, site):
     model, settings, image = model_and_image
     (x, y), (lo, hi) = SITES[site]
     assert lo <= float(image[0, x - 1 : x + 2, y - 1 : y + 2].mean()) <= hi, "the location is not what it is named"
-    for seed in SEEDS:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # no fitted presence threshold needed here: the fraction is checked
-            h = predict_hypotheses(
-                image, (x, y), model, spacing=settings["spacing"], roi_size=settings["roi_size"],
-                hu_window=settings["hu_window"], num_samples=16, seed=seed,
-            )
-        assert h.presence_probability <= MAX_PRESENCE, f"{site}, seed {seed}: {h.presence_count}/16 show a lesion"
-        assert float(h.areas_mm2.max()) <= MAX_AREA_MM2, f"{site}, seed {seed}: an outline of {h.areas_mm2.max():.0f} mm^2"
+    for seed in BENCH.SITE_SEEDS:
+        h = BENCH.site_hypotheses(model, settings, image, site, seed)
+        assert h.presence_probability <= BENCH.MAX_PRESENCE, f"{site}, seed {seed}: {h.presence_count}/16 show a lesion"
+        largest = float(h.areas_mm2.max())
+        assert largest <= BENCH.MAX_AREA_MM2, f"{site}, seed {seed}: an outline of {largest:.0f} mm^2"
