@@ -91,14 +91,17 @@ def main() -> None:
         report(args, model, settings, padding_mode)
 
 
-def site_hypotheses(model: torch.nn.Module, settings: dict, image, site: str, seed: int, num_samples: int = 16):
-    """The hypotheses (:class:`~monai_probunet.hypotheses.Hypotheses`) of one click on a named site of
-    ``CT_small.dcm`` (``image``, as :func:`~monai_probunet.inference.load_ct` returns it) with one sampling seed."""
+def click_hypotheses(
+    model: torch.nn.Module, settings: dict, image, click: tuple[int, int], seed: int, num_samples: int = 16,
+    padding_mode: str = "edge",
+):
+    """The hypotheses (:class:`~monai_probunet.hypotheses.Hypotheses`) of one click (voxel ``(x, y)``) on ``image``
+    (as :func:`~monai_probunet.inference.load_ct` returns it) with one sampling seed, as a user's click gets them."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # no fitted presence threshold needed here: the share is checked
         return predict_hypotheses(
-            image, SITES[site][0], model, spacing=settings["spacing"], roi_size=settings["roi_size"],
-            hu_window=settings["hu_window"], num_samples=num_samples, seed=seed,
+            image, click, model, spacing=settings["spacing"], roi_size=settings["roi_size"],
+            hu_window=settings["hu_window"], num_samples=num_samples, seed=seed, padding_mode=padding_mode,
         )
 
 
@@ -111,7 +114,7 @@ def report_sites(args: argparse.Namespace, model: torch.nn.Module, settings: dic
     empty = 0
     print(f"model {args.model}: {args.samples} hypotheses per click, sampling seeds {SITE_SEEDS[0]}-{SITE_SEEDS[-1]}")
     for site in SITES:
-        hyps = [site_hypotheses(model, settings, image, site, seed, args.samples) for seed in SITE_SEEDS]
+        hyps = [click_hypotheses(model, settings, image, SITES[site][0], seed, args.samples) for seed in SITE_SEEDS]
         counts = [h.presence_count for h in hyps]
         largest = max(float(h.areas_mm2.max()) for h in hyps)
         ok = max(counts) <= args.max_presence * args.samples and largest <= args.max_area_mm2
@@ -135,13 +138,7 @@ def report(args: argparse.Namespace, model: torch.nn.Module, settings: dict, pad
         for click in grid_clicks(np.asarray(image), spacing, args.step_mm):
             row_p, row_a = [], []
             for seed in seeds:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    h = predict_hypotheses(
-                        image, click, model, spacing=settings["spacing"], roi_size=settings["roi_size"],
-                        hu_window=settings["hu_window"], num_samples=args.samples, seed=seed,
-                        padding_mode=padding_mode,
-                    )
+                h = click_hypotheses(model, settings, image, click, seed, args.samples, padding_mode)
                 row_p.append(h.presence_probability)
                 row_a.append(float(h.areas_mm2.max()))
             presence.append(row_p)

@@ -66,7 +66,7 @@ def test_no_lesion_on_real_ct_without_one(model_and_image, site):
     (x, y), (lo, hi) = SITES[site]
     assert lo <= float(image[0, x - 1 : x + 2, y - 1 : y + 2].mean()) <= hi, "the location is not what it is named"
     for seed in BENCH.SITE_SEEDS:
-        h = BENCH.site_hypotheses(model, settings, image, site, seed)
+        h = BENCH.click_hypotheses(model, settings, image, (x, y), seed)
         assert h.presence_probability <= BENCH.MAX_PRESENCE, f"{site}, seed {seed}: {h.presence_count}/16 show a lesion"
         largest = float(h.areas_mm2.max())
         assert largest <= BENCH.MAX_AREA_MM2, f"{site}, seed {seed}: an outline of {largest:.0f} mm^2"
