@@ -52,10 +52,19 @@ def test_parse_params():
     p = m.parse_params({"center": [1, 2.5], "num_samples": "8", "seed": 3, "world": "true", "frame": "lps"})
     assert p == m.InferParams(center=[1.0, 2.5], from_click=False, world=True, frame="LPS", num_samples=8, seed=3,
                               hypotheses=False)
-    # 3D Slicer's click format: the first foreground point is the centre; background is checked, not used
+    # 3D Slicer's click format: the newest foreground point on the clicked slice is the centre; background is
+    # checked, not used
     p = m.parse_params({"foreground": [[4, 5, 6], [1, 1, 1]], "background": [[9, 9, 9]], "label": "lesion",
                         "slice": 6, "client_id": "user-xyz", "result_extension": ".nrrd", "result_dtype": "uint8"})
-    assert p.center == [4.0, 5.0, 6.0] and p.from_click
+    assert p.center == [4.0, 5.0, 6.0] and p.from_click and p.center_source == "foreground[0]"
+    # a second lesion clicked on the same slice: the new click, not the first lesion again
+    assert m.parse_params({"foreground": [[60, 94, 5], [20, 110, 5]], "slice": 5}).center == [20.0, 110.0, 5.0]
+    # on slice 0 the module sends the points of every slice: the newest point on slice 0, not an older one elsewhere
+    p = m.parse_params({"foreground": [[60, 94, 5], [56, 64, 0], [7, 7, 3]], "slice": 0})
+    assert p.center == [56.0, 64.0, 0.0] and p.center_source == "foreground[1]"
+    assert m.parse_params({"foreground": [[1, 2, 3], [4, 5, 6]]}).center == [4.0, 5.0, 6.0]  # no slice: the newest
+    assert m.parse_params({"foreground": [[1, 2, 3]], "slice": 9}).center == [1.0, 2.0, 3.0]  # none on it: newest
+    assert m.parse_params({"center": [1, 2], "allow_non_ct": "true"}).allow_non_ct
     assert m.parse_params({"center": [7, 8], "foreground": [[4, 5, 6]]}).center == [7.0, 8.0]  # REST centre wins
     for no_point in ({}, {"foreground": []}, {"foreground": [], "background": [[1, 2, 3]]}, {"center": None}):
         with pytest.raises(ValueError, match="click the centre of the lesion"):
@@ -67,6 +76,8 @@ def test_parse_params():
         ({"center": [1, 2], "world": "maybe"}, "world"), ({"center": [1, 2], "frame": "XYZ"}, "frame"),
         ({"center": [1, 2], "hypotheses": 2}, "hypotheses"), ({"foreground": [1, 2]}, "foreground"),
         ({"foreground": [[1, 2, 3]], "background": "x"}, "background"), ({"foreground": [["a", 2]]}, "foreground"),
+        ({"foreground": [[1, 2, 3]], "slice": "top"}, "slice"), ({"foreground": [[1, 2, 3]], "slice": 2.5}, "slice"),
+        ({"center": [1, 2], "allow_non_ct": "perhaps"}, "allow_non_ct"),
     ]:
         with pytest.raises(ValueError, match=match):
             m.parse_params(bad)
@@ -220,6 +231,9 @@ def server(tmp_path_factory):
     nib.save(nib.Nifti1Image(nan, affine), str(studies / "nanimage.nii.gz"))
     nib.save(nib.Nifti1Image(np.zeros((16, 16, 4, 2), np.float32), np.eye(4)), str(studies / "twochannel.nii.gz"))
     (studies / "corrupt.nii.gz").write_bytes(b"this is not a nifti file" * 8)
+    soft = np.full((64, 64), 40.0, np.float32)  # a soft-tissue crop: no air, lung or fat
+    soft[24:40, 26:38] = 70.0
+    nib.save(nib.Nifti1Image(soft, affine), str(studies / "softtissue.nii.gz"))
     model, config, net = write_test_model(root)
     with running_server(root, str(studies), {"model_path": model, "network_config": config}) as (url, log):
         yield url, {"studies": studies, "affine": affine, "image": img, "net": net, "root": root, "log": log,
@@ -435,6 +449,13 @@ BAD_REQUESTS = [
     ("corrupt file", {"image": "corrupt"}, C, 422),
     ("NaN voxels", {"image": "nanimage"}, C, 422),
     ("two channels", {"image": "twochannel"}, C, 422),
+    ("not plausibly CT", {"image": "softtissue"}, C, 422),
+    ("bad allow_non_ct flag", {"image": "softtissue"}, {**C, "allow_non_ct": "perhaps"}, 400),
+    ("unknown device", {"image": "case1"}, {**C, "device": "banana"}, 400),
+    ("device not a name", {"image": "case1"}, {**C, "device": 5}, 400),
+    ("result_dtype not a type", {"image": "case1"}, {**C, "result_dtype": "banana"}, 400),
+    ("result_dtype not integer", {"image": "case1"}, {**C, "result_dtype": "float32"}, 400),
+    ("slice not an integer", {"image": "case1"}, {"foreground": [[32, 30, 0]], "slice": "top"}, 400),
 ]
 
 
@@ -463,4 +484,8 @@ def test_bad_requests_then_good(server):
         assert 400 <= status < 500 and len(detail) > 10, f"{name}: {status} {detail!r}"
     # the server still answers a good request
     r = _post(url, params={"center": [32, 30]}, image="case1")
+    assert r.status_code == 200 and "presence_probability" in r.json()
+    # the refusal of an image that is not plausibly CT names the request's switch, and the switch works
+    assert "allow_non_ct" in {n: d for n, _, d in answers}["not plausibly CT"]
+    r = _post(url, params={"center": [32, 30], "allow_non_ct": True}, image="softtissue")
     assert r.status_code == 200 and "presence_probability" in r.json()

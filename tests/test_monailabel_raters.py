@@ -168,6 +168,34 @@ def test_bad_submissions_refused(rater_server):
 
 
 @pytestmark_server
+def test_default_client_id_layered_segmentation_and_bad_fields_refused(rater_server):
+    """What a Slicer user can get wrong: Submit with the module's default Client/User-ID (everyone's who has not set
+    one), Submit of the 16 hypotheses as the module saves them (overlapping segments: a 4-D .seg.nrrd), and form
+    fields that are not JSON objects. Each answers 400 with one line; nothing is stored."""
+    import requests
+
+    from tests.test_monailabel_slicer import slicer_infer
+
+    url, _ = rater_server
+    r = submit(url, "case3", MASKS["alice"], {"client_id": "user-xyz", "label_info": [{"name": "lesion", "idx": 1}]})
+    assert r.status_code == 400 and "Client/User-ID" in r.json()["detail"], r.text
+    status, name, data, _ = slicer_infer(url, "probunet", "case3", {"foreground": [[40, 20, 0]], "slice": 0,
+                                                                    "hypotheses": True, "num_samples": 4})
+    assert status == 200 and name.endswith(".seg.nrrd") and b"kinds: list domain domain domain" in data
+    r = requests.put(f"{url}/datastore/label", params={"image": "case3"}, timeout=60,
+                     files={"label": ("case3.seg.nrrd", data, "application/octet-stream")},
+                     data={"params": json.dumps({"client_id": "alice"})})
+    assert r.status_code == 400 and "4 overlapping segments" in r.json()["detail"], r.text
+    r = requests.put(f"{url}/datastore/label", params={"image": "case3"}, data={"params": "nope"}, timeout=60,
+                     files={"label": ("label.nii.gz", _gz(_nifti_bytes(MASKS["alice"])), "application/octet-stream")})
+    assert r.status_code == 400 and "'params' must be a JSON object" in r.json()["detail"], r.text
+    r = requests.put(f"{url}/datastore/image/info", params={"image": "case3"}, data={"info": "[1, 2]"}, timeout=30)
+    assert r.status_code == 400 and "'info' must be a JSON object" in r.json()["detail"], r.text
+    store = requests.get(f"{url}/datastore/", params={"output": "all"}, timeout=30).json()
+    assert store["objects"]["case3"]["labels"] == {}
+
+
+@pytestmark_server
 def test_export_writes_multi_grader_dataset(rater_server, tmp_path):
     from monai_probunet.data import prepare_dataset
 
@@ -237,5 +265,17 @@ def test_uncertainty_strategy_ranks_unlabelled_images_by_disagreement(rater_serv
                                  spacing=settings["spacing"], roi_size=settings["roi_size"], num_samples=8, seed=3,
                                  threshold=find_presence_threshold(str(model)), hu_window=settings["hu_window"])
         assert x["score"] == pytest.approx(hypothesis_disagreement(np.asarray(hyp.labels)), abs=1e-5), x
-    r = requests.post(f"{url}/activelearning/uncertainty", json={"num_samples": 1}, timeout=60)
-    assert r.status_code == 400 and "num_samples" in r.json()["detail"]
+    assert reply["not_scored"] == []
+    for bad, key in (({"num_samples": 1}, "num_samples"), ({"num_samples": "abc"}, "num_samples"),
+                     ({"seed": -5}, "seed")):
+        r = requests.post(f"{url}/activelearning/uncertainty", json=bad, timeout=60)
+        assert r.status_code == 400 and key in r.json()["detail"], r.text
+    r = requests.post(f"{url}/activelearning/nosuch", json={}, timeout=60)
+    assert r.status_code == 404 and "uncertainty" in r.json()["detail"], r.text
+    # an image whose centre info lies outside it cannot be scored: left out of the ranking, and the reply says why
+    r = requests.put(f"{url}/datastore/image/info", params={"image": "case4"}, data={"info": json.dumps(
+        {"center": [500, 500]})}, timeout=30)
+    assert r.status_code == 200, r.text
+    reply = requests.post(f"{url}/activelearning/uncertainty", json={"num_samples": 8, "seed": 3}, timeout=300).json()
+    assert sorted(x["id"] for x in reply["ranking"]) == ["case3", "case5"]
+    assert [x["id"] for x in reply["not_scored"]] == ["case4"] and "500" in reply["not_scored"][0]["reason"]

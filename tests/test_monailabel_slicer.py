@@ -249,6 +249,36 @@ def test_hypotheses_as_named_overlapping_segments(volume_server, library):
     assert re.fullmatch(r"h3 variant [A-Z]+ \d+/16( no lesion)?", want[3])
 
 
+def test_raters_view_in_2d_mode_scores_the_clicked_slice(volume_server):
+    """``probunet_raters`` on a volume in mode 2d: the hypotheses cover the clicked slice only, so their GED against
+    the raters' 3-D outlines is taken on that slice (on the whole grid the other slices would count as misses)."""
+    import requests
+    import torch
+
+    from monai_probunet.metrics.ged import generalized_energy_distance
+
+    url = volume_server["url"]
+    ii, jj = np.meshgrid(np.arange(96), np.arange(80), indexing="ij")
+    outline = np.zeros((96, 80, 10), np.uint8)
+    outline[..., 2:8][(ii - 40) ** 2 + (jj - 36) ** 2 <= 7 ** 2] = 1  # the lesion on slices 2-7
+    body = nib.Nifti1Image(outline, volume_server["affine"]).to_bytes()
+    r = requests.put(f"{url}/datastore/label", params={"image": "chest"}, timeout=60,
+                     files={"label": ("label.nii", body, "application/octet-stream")},
+                     data={"params": json.dumps({"client_id": "alice", "label_info": [{"name": "lesion", "idx": 1}]})})
+    assert r.status_code == 200, r.text
+    status, _, data, result = slicer_infer(url, "probunet_raters", "chest",
+                                           {"foreground": [[40, 36, 4]], "slice": 4, "mode": "2d"})
+    assert status == 200, result
+    _, arr = read_nrrd(data)
+    assert arr.shape == (17, 96, 80, 10)  # the rater, then the 16 hypotheses
+    np.testing.assert_array_equal(arr[0], outline)
+    assert not np.delete(arr[1:], 4, axis=3).any()  # hypotheses on the clicked slice only
+    terms = generalized_energy_distance(torch.as_tensor(arr[None, 1:, ..., 4]).long(),
+                                        torch.as_tensor(arr[None, :1, ..., 4]).long())
+    assert result["ged"]["ged"] == pytest.approx(float(terms.ged[0]), abs=1e-5)
+    assert "slice 4" in result["ged"]["estimator"]
+
+
 def test_click_on_a_2d_slice(volume_server, library):
     """Slicer shows a 2-D image as one slice: its clicks are [i, j, 0]."""
     url, info = volume_server["url"], volume_server["info"]
@@ -460,3 +490,18 @@ def test_dicomweb_series_to_dicom_seg(orthanc, tmp_path):
         assert [s.SegmentLabel for s in submitted.SegmentSequence] == ["lesion (reviewed)"]
         assert submitted.ReferencedSeriesSequence[0].SeriesInstanceUID == series_uid
         np.testing.assert_array_equal(seg_to_grid(submitted, label.shape, img.affine)[1], label)
+
+        # Next Sample does not offer the series just outlined again (MONAI Label keeps its list of labelled series
+        # for 2 hours): the only CT series is labelled, so nothing is left
+        nxt = requests.post(f"{url}/activelearning/first", json={"client_id": "alice"}, timeout=120)
+        assert nxt.status_code == 200 and nxt.json().get("id") != series_uid, nxt.text
+        # Submit errors answer 4xx with one line: an unknown series, a label on another grid
+        bad = nib.Nifti1Image(label[:, :, :-1].astype(np.uint8), img.affine).to_bytes()
+        for image_id, data, status, words in (("1.2.3.4", body_label, 404, "unknown image"),
+                                              (series_uid, bad, 400, "differs from the image's")):
+            r = requests.put(f"{url}/datastore/label", params={"image": image_id}, timeout=120,
+                             files={"label": ("label.nii", data, "application/octet-stream")},
+                             data={"params": json.dumps({"label_info": [{"name": "lesion", "idx": 1}]})})
+            assert r.status_code == status and words in r.json()["detail"], r.text
+        r = requests.get(f"{url}/datastore/image", params={"image": "1.2.3.4"}, timeout=60)
+        assert r.status_code == 404, r.text

@@ -133,6 +133,14 @@ class ProbUNetApp(MONAILabelApp):
                 task, num_samples=int(task._config.get("num_samples", 16)), seed=int(task._config.get("seed", 0)))
         return strategies
 
+    def next_sample(self, request: Dict[str, Any]) -> Dict[str, Any]:
+        """MONAILabelApp.next_sample; an unknown strategy answers 404 naming the available ones."""
+        strategy = request.get("strategy") or "random"
+        if strategy not in self._strategies:
+            raise HTTPException(status_code=404, detail=f"unknown strategy {strategy!r}; available: "
+                                f"{sorted(self._strategies)}")
+        return super().next_sample(request)
+
     def infer(self, request: Dict[str, Any], datastore: Any = None) -> Dict[str, Any]:
         """MONAILabelApp.infer with HTTP 4xx answers for requests that cannot be served."""
         model = request.get("model")
@@ -145,6 +153,8 @@ class ProbUNetApp(MONAILabelApp):
         if isinstance(image, str) and not os.path.exists(image):
             try:
                 uri = store.get_image_uri(image)
+            except HTTPException:
+                raise
             except Exception as e:  # noqa: BLE001 -- a DICOMweb datastore raises HTTP errors for an unknown series
                 logger.warning(f"infer {model}: image {image!r}: {type(e).__name__}: {e}")
                 uri = None

@@ -23,6 +23,7 @@ from monailabel.datastore.local import LocalDatastore
 from monailabel.interfaces.datastore import DefaultLabelTag
 
 from lib.infers.dicom_seg import DicomSegError, write_dicom_seg
+from lib.rater_datastore import check_label_shape, nrrd_layers
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +61,35 @@ def label_segments(label: np.ndarray, label_info: Any) -> tuple[np.ndarray, list
 
 
 class SegDICOMWebDatastore(DICOMWebDatastore):
-    """:class:`~monailabel.datastore.dicom.DICOMWebDatastore` with a highdicom SEG for final labels."""
+    """:class:`~monailabel.datastore.dicom.DICOMWebDatastore` with a highdicom SEG for final labels.
+
+    Also: an image id the server does not hold answers 404 (MONAI Label's datastore raises ``IndexError``: 500), an
+    unreachable server 502; a series whose label was submitted here counts as labelled at once (MONAI Label keeps
+    the list of labelled series for ``MONAI_LABEL_DICOMWEB_CACHE_EXPIRY`` seconds, 2 hours by default, so the next
+    sample would offer the series just outlined again).
+    """
+
+    @property
+    def _submitted(self) -> set[str]:
+        """The series whose label was submitted here (the app turns MONAI Label's datastore into this class after it
+        is built, so the set starts on first use)."""
+        return self.__dict__.setdefault("_submitted_series", set())
+
+    def get_image_uri(self, image_id: str) -> str:
+        import requests
+
+        try:
+            return super().get_image_uri(image_id)
+        except requests.RequestException as e:
+            raise HTTPException(status_code=502, detail=f"image {image_id!r}: the DICOMweb server did not answer "
+                                f"({type(e).__name__}: {e}).") from None
+        except IndexError:
+            raise HTTPException(status_code=404, detail=f"unknown image {image_id!r}: the DICOMweb server holds no "
+                                "series of that SeriesInstanceUID.") from None
+
+    def get_labeled_images(self, label_tag: str | None = None, labels: list[str] | None = None) -> list[str]:
+        labelled = list(super().get_labeled_images(label_tag, labels))
+        return labelled + sorted(s for s in self._submitted if s not in labelled and s in self.list_images())
 
     def save_label(
         self, image_id: str, label_filename: str, label_tag: str, label_info: Dict[str, Any], label_id: str = ""
@@ -68,10 +97,14 @@ class SegDICOMWebDatastore(DICOMWebDatastore):
         ext = "".join(pathlib.Path(label_filename).suffixes)
         if label_tag != DefaultLabelTag.FINAL or ext == ".bin":
             return super().save_label(image_id, label_filename, label_tag, label_info, label_id)
+        import nibabel as nib
         from monai.transforms import LoadImage
 
-        self.get_image_uri(image_id)  # the series' files and its NIfTI in the cache
+        image_shape = nib.load(self.get_image_uri(image_id)).shape  # the series' files and its NIfTI in the cache
         image_dir = os.path.realpath(os.path.join(self._datastore.image_path(), image_id))
+        layers = nrrd_layers(label_filename)
+        if layers is not None and layers > 1:
+            check_label_shape((layers, *image_shape), image_shape)
         try:
             label = LoadImage(image_only=True)(label_filename)
         except Exception as e:  # noqa: BLE001 -- readers raise many types for a bad file
@@ -79,8 +112,7 @@ class SegDICOMWebDatastore(DICOMWebDatastore):
         arr = np.asarray(label)
         if arr.ndim == 2:
             arr = arr[..., None]
-        if arr.ndim != 3:
-            raise HTTPException(status_code=422, detail=f"expected a 3-D labelmap, got shape {arr.shape}.")
+        check_label_shape(arr.shape, image_shape)
         layers, segments = label_segments(np.rint(arr).astype(np.int64), label_info.get("label_info"))
         import pydicom
 
@@ -104,4 +136,6 @@ class SegDICOMWebDatastore(DICOMWebDatastore):
             "StudyInstanceUID": image_info.get("StudyInstanceUID"),
         })
         logger.info(f"final label of {image_id} stored as DICOM SEG series {label_series_id}")
-        return LocalDatastore.save_label(self, image_id, label_filename, label_tag, label_info)
+        saved = LocalDatastore.save_label(self, image_id, label_filename, label_tag, label_info)
+        self._submitted.add(image_id)
+        return saved

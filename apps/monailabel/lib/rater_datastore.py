@@ -12,7 +12,8 @@ info, which ``GET /datastore/?output=all`` lists. The rater's name comes from, i
    of the request cannot tell raters apart.
 
 A label of any other tag (e.g. ``original``) is stored as MONAI Label stores it. Refused with 4xx and one line:
-no rater name (400), a name outside ``[A-Za-z0-9._-]{1,64}`` (400), a further rater beyond ``max_raters`` on an
+no rater name (400), 3D Slicer's default Client/User-ID ``user-xyz`` (400: it is everyone's who has not set one), a
+name outside ``[A-Za-z0-9._-]{1,64}`` (400), a further rater beyond ``max_raters`` on an
 image (409; a rater may resubmit their own outline), a label that is not readable, not on the image's voxel grid,
 or holds values other than background and the lesion (400/422). The stored file is the 0/1 lesion mask as NIfTI
 on the image's grid (an empty mask is a rater who reviewed the image and found no lesion).
@@ -35,10 +36,12 @@ from monailabel.interfaces.datastore import DefaultLabelTag
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RATER_TAG_PREFIX", "RaterDatastore", "lesion_mask", "rater_name"]
+__all__ = ["RATER_TAG_PREFIX", "RaterDatastore", "check_label_shape", "lesion_mask", "nrrd_layers", "rater_name"]
 
 RATER_TAG_PREFIX = "rater_"
 _NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+#: 3D Slicer's MONAI Label module sends this Client/User-ID until the user sets one: everyone who has not is one user
+SLICER_DEFAULT_CLIENT_ID = "user-xyz"
 
 
 def rater_name(tag: str | None, info: dict[str, Any]) -> str | None:
@@ -55,12 +58,57 @@ def rater_name(tag: str | None, info: dict[str, Any]) -> str | None:
         if not name:
             raise HTTPException(status_code=400, detail='no rater name: give params {"rater": "<name>"} (3D Slicer '
                                 "sends its Client/User-ID as client_id) or the tag rater_<name>.")
+        if not info.get("rater") and name == SLICER_DEFAULT_CLIENT_ID:
+            raise HTTPException(status_code=400, detail=f"Client/User-ID {name!r} is 3D Slicer's default, the same "
+                                "for everyone who has not set one, so one rater's outline would replace another's: "
+                                "set your name under Edit > Application Settings > MONAI Label > Client/User-ID, "
+                                "then Submit again.")
     else:
         return None
     if not isinstance(name, str) or not _NAME.match(name):
         raise HTTPException(status_code=400, detail=f"rater name {name!r}: expected 1-64 letters, digits, '.', '_' "
                             "or '-'.")
     return name
+
+
+def nrrd_layers(path: str) -> int | None:
+    """The number of layers of a layered NRRD segmentation (3D Slicer writes overlapping segments as a 4-D NRRD, the
+    first axis a list of layers), read from its header; ``None`` for any other file."""
+    if not path.endswith(".nrrd"):
+        return None
+    fields = {}
+    try:
+        with open(path, "rb") as f:
+            for raw in f:
+                line = raw.decode("latin-1").strip()
+                if not line:
+                    break
+                key, sep, value = line.partition(": ")
+                if sep:
+                    fields[key.strip().lower()] = value.strip()
+    except OSError:
+        return None
+    sizes, kinds = fields.get("sizes", "").split(), fields.get("kinds", "").split()
+    if fields.get("dimension") == "4" and len(sizes) == 4 and kinds[:1] == ["list"] and sizes[0].isdigit():
+        return int(sizes[0])
+    return None
+
+
+def check_label_shape(label_shape: tuple[int, ...], image_shape: tuple[int, ...]) -> None:
+    """Refuse (400) a label whose shape is not the image's (axes of length 1 aside).
+
+    A layered 3D Slicer segmentation (a ``.seg.nrrd`` of overlapping segments: one more axis, one layer per segment)
+    is told apart: one lesion segment is what a rater submits.
+    """
+    label_shape, image_shape = tuple(int(s) for s in label_shape), tuple(int(s) for s in image_shape)
+    if tuple(s for s in label_shape if s != 1) == tuple(s for s in image_shape if s != 1):
+        return
+    if len(label_shape) == len(image_shape) + 1 and label_shape[1:] == image_shape:
+        raise HTTPException(status_code=400, detail=f"the label holds {label_shape[0]} overlapping segments (a "
+                            "layered segmentation, e.g. the hypotheses or the raters' view): keep only your lesion "
+                            "segment (delete the others in Segment Editor), then Submit again.")
+    raise HTTPException(status_code=400, detail=f"label shape {list(label_shape)} differs from the image's "
+                        f"{list(image_shape)}: outline the image on its own voxel grid.")
 
 
 def _lesion_value(label_info: Any) -> int | None:
@@ -94,6 +142,9 @@ def lesion_mask(label_file: str, image_file: str, label_info: Any = None) -> tup
 
     image = nib.load(image_file)
     shape = tuple(int(s) for s in image.shape)
+    layers = nrrd_layers(label_file)
+    if layers is not None and layers > 1:
+        check_label_shape((layers, *shape), shape)
     try:
         if label_file.endswith((".nii", ".nii.gz")):
             lab = nib.load(label_file)
@@ -102,12 +153,9 @@ def lesion_mask(label_file: str, image_file: str, label_info: Any = None) -> tup
             loaded = LoadImage(image_only=True)(label_file)
             data, affine = np.asarray(loaded), np.asarray(loaded.affine)
     except Exception as e:  # noqa: BLE001 -- any reader error is a bad upload
-        raise HTTPException(status_code=422, detail=f"label {os.path.basename(label_file)}: not a readable image "
+        raise HTTPException(status_code=422, detail=f"the submitted label is not a readable image "
                             f"({type(e).__name__}: {e}).") from None
-    squeeze = tuple(s for s in data.shape if s != 1)
-    if squeeze != tuple(s for s in shape if s != 1):
-        raise HTTPException(status_code=400, detail=f"label shape {list(data.shape)} differs from the image's "
-                            f"{list(shape)}: outline the image on its own voxel grid.")
+    check_label_shape(data.shape, shape)
     if affine is not None and not np.allclose(np.asarray(affine)[:3], image.affine[:3], atol=1e-3):
         raise HTTPException(status_code=400, detail="label geometry (origin/spacing/direction) differs from the "
                             "image's: outline the image on its own voxel grid.")

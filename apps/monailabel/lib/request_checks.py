@@ -1,12 +1,13 @@
-"""400 answers for infer requests that MONAI Label's endpoint would turn into a bare 500.
+"""400 answers for requests that MONAI Label's endpoints would turn into a bare 500.
 
 MONAI Label 0.8.5's ``POST /infer/{model}`` parses the ``params`` form field with ``json.loads`` and merges it into
 the request with ``dict.update`` before the app sees it: non-JSON ``params`` (``JSONDecodeError``), a JSON list or
-scalar (``update`` fails) and an empty image id without an uploaded file answer 500 without a useful message.
-:func:`install` wraps the endpoint's module-level ``run_inference`` (the route handler looks it up at call time)
-with :func:`check_infer_request`, which answers those with 400 and one line naming the problem. ``output=dicom_seg``
-is answered with the app's own DICOM SEG (``result_extension`` ``.dcm``, written with highdicom) instead of MONAI
-Label's converter (which needs dcmqi and a ``label_info`` parameter).
+scalar (``update`` fails) and an empty image id without an uploaded file answer 500 without a useful message; so do
+``PUT /datastore/label`` (its ``params``) and ``PUT /datastore/image/info`` (its ``info``) with a field that is not a
+JSON object. :func:`install` wraps the endpoints' module-level functions (the route handlers look them up at call
+time): :func:`check_infer_request` and :func:`json_object` answer those with 400 and one line naming the problem.
+``output=dicom_seg`` is answered with the app's own DICOM SEG (``result_extension`` ``.dcm``, written with
+highdicom) instead of MONAI Label's converter (which needs dcmqi and a ``label_info`` parameter).
 """
 
 from __future__ import annotations
@@ -19,9 +20,34 @@ from fastapi import HTTPException
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["check_infer_request", "install"]
+__all__ = ["check_infer_request", "install", "json_object"]
 
 _MAX_SHOWN = 80
+
+
+def json_object(text: Any, field: str, example: str) -> None:
+    """Raise ``HTTPException(400)`` when the form field ``field`` is given but is not a JSON object.
+
+    Parameters
+    ----------
+    text : str
+        The field's value (an empty one is MONAI Label's ``{}``).
+    field : str
+        The form field's name, for the message.
+    example : str
+        A valid value, for the message.
+    """
+    if not isinstance(text, (str, bytes)) or not text.strip():
+        return
+    try:
+        parsed = json.loads(text)
+    except (ValueError, UnicodeDecodeError) as e:
+        shown = text if len(text) <= _MAX_SHOWN else text[:_MAX_SHOWN] + "..."
+        raise HTTPException(status_code=400, detail=f"form field {field!r} must be a JSON object such as {example}; "
+                            f"it is not JSON ({e}): {shown!r}") from None
+    if not isinstance(parsed, dict):
+        raise HTTPException(status_code=400, detail=f"form field {field!r} must be a JSON object ({{...}}), got a "
+                            f"JSON {type(parsed).__name__}: {json.dumps(parsed)[:_MAX_SHOWN]}")
 
 
 def check_infer_request(image: Any, session_id: Any, params: Any, file: Any) -> None:
@@ -38,22 +64,7 @@ def check_infer_request(image: Any, session_id: Any, params: Any, file: Any) -> 
     file : UploadFile or None
         An uploaded image.
     """
-    if isinstance(params, (str, bytes)) and params.strip():
-        try:
-            parsed = json.loads(params)
-        except (ValueError, UnicodeDecodeError) as e:
-            shown = params if len(params) <= _MAX_SHOWN else params[:_MAX_SHOWN] + "..."
-            raise HTTPException(
-                status_code=400,
-                detail=f"form field 'params' must be a JSON object such as {{\"foreground\": [[120, 88, 40]]}}; "
-                f"it is not JSON ({e}): {shown!r}",
-            ) from None
-        if not isinstance(parsed, dict):
-            raise HTTPException(
-                status_code=400,
-                detail=f"form field 'params' must be a JSON object ({{...}}), got a JSON {type(parsed).__name__}: "
-                f"{json.dumps(parsed)[:_MAX_SHOWN]}",
-            )
+    json_object(params, "params", '{"foreground": [[120, 88, 40]]}')
     if not file and not session_id and (not isinstance(image, str) or not image.strip()):
         raise HTTPException(
             status_code=400,
@@ -62,12 +73,34 @@ def check_infer_request(image: Any, session_id: Any, params: Any, file: Any) -> 
         )
 
 
+def _install_datastore_checks() -> None:
+    """Wrap ``save_label`` and ``update_image_info`` of ``monailabel.endpoints.datastore`` once."""
+    from monailabel.endpoints import datastore as endpoint
+
+    if getattr(endpoint.save_label, "_probunet_checked", False):
+        return
+    save_label, update_image_info = endpoint.save_label, endpoint.update_image_info
+
+    def checked_save_label(background_tasks, image, params="{}", tag="", label=None, user=None):
+        json_object(params, "params", '{"label_info": [{"name": "lesion", "idx": 1}], "client_id": "alice"}')
+        return save_label(background_tasks, image, params, tag, label, user)
+
+    def checked_update_image_info(image, info="{}", user=None):
+        json_object(info, "info", '{"center": [120, 88, 40]}')
+        return update_image_info(image, info, user)
+
+    checked_save_label._probunet_checked = True  # type: ignore[attr-defined]
+    endpoint.save_label, endpoint.update_image_info = checked_save_label, checked_update_image_info
+
+
 def install() -> bool:
-    """Wrap ``monailabel.endpoints.infer.run_inference`` once; returns whether the wrapper is (now) in place."""
+    """Wrap ``monailabel.endpoints.infer.run_inference`` (and the datastore's label and image-info functions) once;
+    returns whether the wrappers are (now) in place."""
     try:
         from monailabel.endpoints import infer as endpoint
     except ImportError:  # pragma: no cover -- not inside a MONAI Label server
         return False
+    _install_datastore_checks()
     original: Callable[..., Any] = endpoint.run_inference
     if getattr(original, "_probunet_checked", False):
         return True

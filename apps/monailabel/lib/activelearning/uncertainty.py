@@ -3,15 +3,17 @@
 For every image no rater has outlined yet, the ``probunet`` task's model draws ``num_samples`` hypotheses at the
 image's lesion centre and :func:`monai_probunet.metrics.disagreement.hypothesis_disagreement` scores them (presence
 ambiguity and the mean pairwise 1 - IoU of the lesion-containing hypotheses). The centre is the image's ``center``
-info (IJK voxel indices, as a click; set it with ``PUT /datastore/image/info?image=ID -F 'info={"center": [i, j]}'``)
+info (IJK voxel indices, as a click: ``[i, j]`` on a slice, ``[i, j, k]`` on a volume; set it with
+``PUT /datastore/image/info?image=ID -F 'info={"center": [i, j, k]}'``)
 or else the centre voxel of the image grid (images that are candidate crops centred on a finding); the reply says
 which (``center_source``). Scores are cached per image and model file (its modification time). Request::
 
     curl -X POST http://127.0.0.1:8000/activelearning/uncertainty -H 'Content-Type: application/json' \
         -d '{"num_samples": 16, "seed": 0}'
 
-The reply: the chosen image ``id``, its ``score``, ``center``, ``center_source`` and ``ranking`` (every scored
-image, highest score first).
+The reply: the chosen image ``id``, its ``score``, ``center``, ``center_source``, ``ranking`` (every scored
+image, highest score first) and ``not_scored`` (``[{"id", "reason"}]``: the unlabelled images that could not be
+scored, e.g. not CT or a ``center`` info that does not fit the image, which the ranking therefore never offers).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from fastapi import HTTPException
 from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.strategy import Strategy
 
+from lib.infers.params import MAX_SAMPLES, parse_int
 from monai_probunet.inference import load_ct, predict_hypotheses
 from monai_probunet.metrics.disagreement import hypothesis_disagreement, presence_ambiguity, shape_disagreement
 
@@ -86,10 +89,11 @@ class Uncertainty(Strategy):
     def __call__(self, request: dict[str, Any], datastore: Datastore) -> dict[str, Any] | None:
         import os
 
-        num_samples = int(request.get("num_samples", self.num_samples))
-        seed = int(request.get("seed", self.seed))
-        if not 2 <= num_samples <= 256:
-            raise HTTPException(status_code=400, detail=f"num_samples {num_samples}: expected 2..256.")
+        try:
+            num_samples = parse_int(request.get("num_samples", self.num_samples), "num_samples", 2, MAX_SAMPLES)
+            seed = parse_int(request.get("seed", self.seed), "seed", 0, 2**63 - 1)
+        except ValueError as e:
+            raise HTTPException(status_code=400, detail=str(e)) from None
         images = datastore.get_unlabeled_images()
         if not images:
             return None
@@ -109,7 +113,7 @@ class Uncertainty(Strategy):
                 except Exception as e:  # noqa: BLE001 -- one unreadable image must not stop the ranking
                     msg = getattr(e, "msg", None) or f"{type(e).__name__}: {e}"
                     logger.warning(f"uncertainty: image {image_id} not scored: {msg}")
-                    failures.append(f"{image_id}: {msg}")
+                    failures.append({"id": image_id, "reason": msg})
                     if getattr(e, "status", None) == 503:  # no model file: nothing can be scored
                         raise HTTPException(status_code=503, detail=msg) from None
                     continue
@@ -117,9 +121,10 @@ class Uncertainty(Strategy):
                     self._cache[key] = cached
             ranking.append({"id": image_id, **cached})
         if not ranking:
+            first = failures[0]
             raise HTTPException(status_code=422, detail=f"none of the {len(images)} unlabelled images could be "
-                                "scored; first: " + failures[0])
+                                f"scored; first: {first['id']}: {first['reason']}")
         ranking.sort(key=lambda r: (-r["score"], r["id"]))
         best = ranking[0]
         logger.info(f"uncertainty: next {best['id']} score {best['score']} of {len(ranking)} images")
-        return {**best, "ranking": [{"id": r["id"], "score": r["score"]} for r in ranking]}
+        return {**best, "ranking": [{"id": r["id"], "score": r["score"]} for r in ranking], "not_scored": failures}

@@ -150,7 +150,14 @@ class InterRaterInfer(ProbUNetInfer):
         label = data[self.output_label_key]
         hyps = np.asarray(label.array if isinstance(label, MetaTensor) else label, dtype=np.uint8)  # S x H x W x 1
         raters, masks = self._raters(store, image_id, hyps.shape[1:])
-        terms = generalized_energy_distance(torch.as_tensor(hyps[None]).long(), torch.as_tensor(masks[None]).long())
+        scored_h, scored_m, scored_on = hyps, masks, "the image grid"
+        axis, index = result.get("slice_axis"), result.get("slice_index")
+        if result.get("mode") == "2d" and axis is not None and index is not None and hyps.shape[1 + axis] > 1:
+            # hypotheses of one slice: the raters' outlines on that slice only (their other slices are not drawn)
+            scored_h, scored_m = np.take(hyps, [index], axis=1 + axis), np.take(masks, [index], axis=1 + axis)
+            scored_on = f"slice {index} (mode 2d)"
+        terms = generalized_energy_distance(torch.as_tensor(scored_h[None]).long(),
+                                            torch.as_tensor(scored_m[None]).long())
         segments = [{"name": f"rater {r['rater']}", "label_value": i + 1, "layer": i, "rater": r["rater"],
                      "color": _RATER_COLORS[i % len(_RATER_COLORS)]} for i, r in enumerate(raters)]
         for s in data["probunet_segments"]:
@@ -168,7 +175,7 @@ class InterRaterInfer(ProbUNetInfer):
                  "d_ss": round(float(terms.d_ss[0]), 6), "d_yy": round(float(terms.d_yy[0]), 6),
                  "num_samples": int(hyps.shape[0]), "num_raters": len(raters),
                  "estimator": "squared GED (Eq. 6, V-statistic; d = 1 - IoU of the lesion, empty-empty = 0) between "
-                              "the raters' outlines and the hypotheses on the image grid"},
+                              f"the raters' outlines and the hypotheses on {scored_on}"},
             center_source=source if source != "request" else result.get("center_source"),
             segments=[{k: v for k, v in s.items() if k != "color"} for s in segments],
         )

@@ -7,7 +7,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["CLICK_MESSAGE", "MAX_EXTENT_MM", "MAX_SAMPLES", "MODES", "InferParams", "parse_bool", "parse_params"]
+__all__ = [
+    "CLICK_MESSAGE", "MAX_EXTENT_MM", "MAX_SAMPLES", "MODES", "InferParams", "current_click", "parse_bool",
+    "parse_int", "parse_params",
+]
 
 #: upper bound on hypotheses per request (memory: S x voxels bytes for the label maps)
 MAX_SAMPLES = 256
@@ -30,7 +33,8 @@ class InferParams:
 
     Attributes:
         center: Lesion centre (voxel indices of the loaded array, or mm with ``world``).
-        from_click: ``center`` is the first ``foreground`` click (3D Slicer's IJK voxel indices of the volume).
+        from_click: ``center`` is a ``foreground`` click (3D Slicer's IJK voxel indices of the volume): the newest
+            one on the request's ``slice`` (:func:`current_click`).
         world: ``center`` in world millimetres.
         frame: ``"RAS"`` or ``"LPS"``.
         num_samples: Hypotheses to draw, ``1 .. MAX_SAMPLES``.
@@ -38,6 +42,9 @@ class InferParams:
         hypotheses: Return all hypotheses (multi-segment ``.seg.nrrd``) instead of the most frequent variant.
         mode: ``"auto"`` (3-D for a volume, 2-D for a slice), ``"3d"`` or ``"2d"``.
         max_extent_mm: 3-D: the largest lesion extent followed along the slice axis.
+        allow_non_ct: Run on an image whose intensities are not plausibly CT in HU (a crop without air, lung or
+            fat), with a warning in the log, instead of refusing it.
+        center_source: Where ``center`` came from: ``"center"`` or ``"foreground[i]"``.
     """
 
     center: list[float]
@@ -49,6 +56,8 @@ class InferParams:
     hypotheses: bool
     mode: str = "auto"
     max_extent_mm: float = 40.0
+    allow_non_ct: bool = False
+    center_source: str = "center"
 
 
 def parse_bool(value: Any, name: str) -> bool:
@@ -61,7 +70,8 @@ def parse_bool(value: Any, name: str) -> bool:
     raise ValueError(f"parameter {name!r} must be true or false, got {value!r}.")
 
 
-def _int(value: Any, name: str, low: int, high: int) -> int:
+def parse_int(value: Any, name: str, low: int, high: int) -> int:
+    """``value`` (an integer, or its text) checked to lie in ``[low, high]``; ``ValueError`` naming ``name``."""
     if isinstance(value, bool):
         raise ValueError(f"parameter {name!r} must be an integer, got {value!r}.")
     if isinstance(value, str):
@@ -116,14 +126,34 @@ def _extent(value: Any) -> float:
     return float(value)
 
 
+def current_click(foreground: list[list[float]], slice_index: Any) -> int:
+    """The index of the click the user placed last, as far as the request tells.
+
+    3D Slicer's MONAI Label module sends, for a 2-D model, the foreground points of the slice just clicked in the
+    order they were placed, and that slice as ``slice``; on slice 0 (and for a 3-D model) it sends the points of
+    every slice. The newest point on ``slice`` is the one just placed; without ``slice`` (a REST client), or with no
+    point on it, the last point.
+
+    Raises:
+        ValueError: ``slice`` is given but not an integer.
+    """
+    if slice_index is None:
+        return len(foreground) - 1
+    integer = isinstance(slice_index, (int, float)) and not isinstance(slice_index, bool)
+    if not integer or not math.isfinite(slice_index) or not float(slice_index).is_integer():
+        raise ValueError(f"parameter 'slice' must be the integer index of the clicked slice, got {slice_index!r}.")
+    on_slice = [i for i, p in enumerate(foreground) if len(p) == 3 and abs(p[2] - float(slice_index)) < 0.5]
+    return on_slice[-1] if on_slice else len(foreground) - 1
+
+
 def parse_params(request: Mapping[str, Any]) -> InferParams:
     """Parse and check ``center`` / ``foreground``, ``world``, ``frame``, ``num_samples``, ``seed``, ``hypotheses``,
     ``mode``, ``max_extent_mm``.
 
     ``center`` (REST) wins over ``foreground`` (MONAI Label's click list ``[[i, j, k], ...]`` as 3D Slicer sends
-    it: the first point is the lesion centre). ``background`` clicks are checked but not used. Other keys the
-    Slicer module sends (``label``, ``slice``, ``label_info``, ``client_id``, ``result_extension``, ...) are left to
-    the caller.
+    it: the newest point on ``slice`` is the lesion centre, :func:`current_click`). ``background`` clicks are
+    checked but not used. ``allow_non_ct`` as the CLI's ``--allow-non-ct``. Other keys the Slicer module sends
+    (``label``, ``label_info``, ``client_id``, ``result_extension``, ...) are left to the caller.
 
     Raises:
         ValueError: Naming the offending parameter, or :data:`CLICK_MESSAGE` when there is neither ``center`` nor a
@@ -134,7 +164,8 @@ def parse_params(request: Mapping[str, Any]) -> InferParams:
     if request.get("center") is not None:
         center, from_click = _point(request["center"], "center"), False
     elif fg:
-        center, from_click = fg[0], True
+        index = current_click(fg, request.get("slice"))
+        center, from_click = fg[index], True
     else:
         raise ValueError(CLICK_MESSAGE)
     frame = request.get("frame", "RAS")
@@ -145,9 +176,11 @@ def parse_params(request: Mapping[str, Any]) -> InferParams:
         from_click=from_click,
         world=parse_bool(request.get("world", False), "world"),
         frame=frame.upper(),
-        num_samples=_int(request.get("num_samples", 16), "num_samples", 1, MAX_SAMPLES),
-        seed=_int(request.get("seed", 0), "seed", 0, 2**63 - 1),
+        num_samples=parse_int(request.get("num_samples", 16), "num_samples", 1, MAX_SAMPLES),
+        seed=parse_int(request.get("seed", 0), "seed", 0, 2**63 - 1),
         hypotheses=parse_bool(request.get("hypotheses", False), "hypotheses"),
         mode=_mode(request.get("mode", "auto")),
         max_extent_mm=_extent(request.get("max_extent_mm", 40.0)),
+        allow_non_ct=parse_bool(request.get("allow_non_ct", False), "allow_non_ct"),
+        center_source=f"foreground[{index}]" if from_click else "center",
     )

@@ -59,6 +59,7 @@ from monai_probunet.inference_transforms import (
     inference_postprocessing,
     inference_preprocessing,
 )
+from monai_probunet.model_loading import check_device
 from monai_probunet.predict3d import check_uniform_slices, predict_hypotheses_3d
 
 from .dicom_seg import DicomSegError, find_source_series, write_dicom_seg
@@ -93,6 +94,37 @@ def _bad_input_is_400() -> Iterator[None]:
         raise ProbUNetRequestError(str(e), status=400) from e
 
 
+def request_device(value: Any) -> str:
+    """The device of a request's ``device`` (MONAI Label's mapping: ``cuda`` is the CPU on a machine without CUDA).
+
+    Raises:
+        ProbUNetRequestError: 400 for a value that is not an available torch device.
+    """
+    if isinstance(value, (list, tuple)) and value:  # the task's options list: its first entry, the default
+        value = value[0]
+    if value is not None and not isinstance(value, str):
+        raise ProbUNetRequestError(f"parameter 'device' must be a device name such as cpu or cuda, got {value!r}.")
+    device = str(name_to_device(value or "cuda"))
+    try:
+        check_device(device)
+    except ValueError as e:
+        raise ProbUNetRequestError(f"parameter 'device': {e}", status=400) from e
+    return device
+
+
+def check_result_dtype(value: Any) -> None:
+    """Refuse (400) a ``result_dtype`` that is not an integer type of numpy (3D Slicer sends ``uint8``)."""
+    if value is None or value == "":
+        return
+    try:
+        kind = np.dtype(value).kind
+    except TypeError:
+        kind = None
+    if kind not in ("u", "i"):
+        raise ProbUNetRequestError(
+            f"parameter 'result_dtype' must be an integer type such as uint8 (the label's values), got {value!r}.")
+
+
 class RequestCased:
     """The first pre-transform: the case the library's pieces take, from the checked request.
 
@@ -100,16 +132,18 @@ class RequestCased:
     ``world``), ``world`` and ``frame`` from ``data["probunet"]`` (:meth:`ProbUNetInfer.check_request`).
 
     Args:
-        load: ``image path -> MetaTensor`` (the task's cached :func:`~monai_probunet.inference.load_ct`).
+        load: ``(image path, allow_non_ct) -> MetaTensor`` (the task's cached
+            :func:`~monai_probunet.inference.load_ct`).
     """
 
-    def __init__(self, load: Callable[[str], MetaTensor]) -> None:
+    def __init__(self, load: Callable[[str, bool], MetaTensor]) -> None:
         self.load = load
 
     def __call__(self, data: Dict[str, Any]) -> Dict[str, Any]:
         case = data["probunet"]
         d = dict(data)
-        d.update(image=self.load(case["image_path"]), center=case["center"], world=case["world"], frame=case["frame"])
+        d.update(image=self.load(case["image_path"], case["allow_non_ct"]), center=case["center"], world=case["world"],
+                 frame=case["frame"])
         return d
 
 
@@ -172,7 +206,7 @@ class ProbUNetInfer(BasicInferTask):
         self.threshold_path = threshold_path
         self._models: Dict[str, Tuple[torch.nn.Module, Dict[str, Any], Any, float]] = {}
         self._uniform_series: Dict[str, float] = {}  # series folder -> mtime when its slice gaps were found equal
-        self._image_cache: Optional[Tuple[Tuple[str, int, int], Any]] = None  # the last image: (path, mtime, size)
+        self._image_cache: Optional[Tuple[Tuple[str, int, int, bool], Any]] = None  # the last image and its key
 
     # ------------------------------------------------------------------------------------------ model file
 
@@ -264,14 +298,16 @@ class ProbUNetInfer(BasicInferTask):
             params = parse_params(req)
         except ValueError as e:
             raise ProbUNetRequestError(str(e), status=400) from e
+        check_result_dtype(req.get("result_dtype"))
+        device = request_device(req.get("device"))
         t0 = time.perf_counter()
-        self._model(str(name_to_device(req.get("device", "cuda"))))
+        self._model(device)
         t1 = time.perf_counter()
         image_path = req.get("image_path") or req.get("image")
         if not isinstance(image_path, str) or not image_path:
             raise ProbUNetRequestError("no image: give an image id of the datastore or upload a file.", status=400)
         try:
-            image = self._load(image_path)
+            image = self._load(image_path, allow_non_ct=params.allow_non_ct)
         except FileNotFoundError as e:
             raise ProbUNetRequestError(str(e), status=404) from e
         except ValueError as e:
@@ -298,7 +334,7 @@ class ProbUNetInfer(BasicInferTask):
                 self._uniform_series[str(series)] = os.stat(series).st_mtime
         checked = {
             "params": params, "center": center, "world": params.world and not params.from_click,
-            "frame": params.frame, "three_d": three_d, "image_path": image_path,
+            "frame": params.frame, "three_d": three_d, "image_path": image_path, "allow_non_ct": params.allow_non_ct,
             "timings": {"model": round(t1 - t0, 3), "load_image": round(t2 - t1, 3)}, "checked_at": t2,
         }
         return {**request, "probunet": checked}
@@ -309,7 +345,7 @@ class ProbUNetInfer(BasicInferTask):
         """``(preprocessing, inferer, postprocessing)`` of a request: the bundle's ``inference.yaml`` pieces, built by
         the same factories with the model's settings and the request's S and seed (the task's defaults without a
         checked request)."""
-        device = str(name_to_device((data or {}).get("device") or self._config.get("device") or "cuda"))
+        device = request_device((data or {}).get("device") or self._config.get("device"))
         _, settings, threshold = self._model(device)
         params = (data or {}).get("probunet", {}).get("params")
         num_samples = params.num_samples if params else int(self._config.get("num_samples", 16))
@@ -317,7 +353,7 @@ class ProbUNetInfer(BasicInferTask):
         return (
             inference_preprocessing(
                 settings["spacing"], roi_size=settings["roi_size"], hu_window=settings["hu_window"],
-                num_samples=num_samples,
+                num_samples=num_samples, allow_non_ct=bool(params and params.allow_non_ct),
             ),
             HypothesesInferer(num_samples=num_samples, seed=seed),
             inference_postprocessing(threshold),
@@ -372,6 +408,7 @@ class ProbUNetInfer(BasicInferTask):
                 spacing=settings["spacing"], roi_size=settings["roi_size"], num_samples=inferer.num_samples,
                 seed=inferer.seed, threshold=threshold, hu_window=settings["hu_window"], device=device,
                 max_extent_mm=case["params"].max_extent_mm, preprocessing=pre, inferer=inferer, postprocessing=post,
+                allow_non_ct=case["allow_non_ct"],
             )
         return data
 
@@ -417,7 +454,7 @@ class ProbUNetInfer(BasicInferTask):
             label_rule=decision.rule,
             label_shows_lesion=bool(decision.show_lesion) if not params.hypotheses else None,
             label_voxels=int(np.count_nonzero(pred)) if not params.hypotheses else None,
-            center_source="foreground[0]" if params.from_click else "center",
+            center_source=params.center_source,
             background_points="not used",
             segments=[{k: v for k, v in s.items() if k != "color"} for s in segments],
             model_path=self.model_file,
@@ -428,14 +465,14 @@ class ProbUNetInfer(BasicInferTask):
         data["probunet_layered"] = params.hypotheses
         return data
 
-    def _load(self, image_path: str) -> MetaTensor:
+    def _load(self, image_path: str, allow_non_ct: bool = False) -> MetaTensor:
         """:func:`load_ct` of ``image_path``; the last image is kept (same path, mtime and size: the same file), so
         further clicks on the image a radiologist is reading skip reading it again."""
         st = os.stat(image_path) if os.path.isfile(image_path) else None
-        key = (os.path.abspath(image_path), st.st_mtime_ns, st.st_size) if st else None
+        key = (os.path.abspath(image_path), st.st_mtime_ns, st.st_size, allow_non_ct) if st else None
         if key is not None and self._image_cache is not None and self._image_cache[0] == key:
             return self._image_cache[1]
-        image, _ = load_ct(image_path)
+        image, _ = load_ct(image_path, allow_non_ct=allow_non_ct)
         if key is not None:
             self._image_cache = (key, image)
         return image
