@@ -26,6 +26,7 @@ from monai_probunet.evaluation import (
     run_evaluation,
     save_presence_threshold,
 )
+from monai_probunet.io_utils import OutputFolderError
 from monai_probunet.metrics import (
     PresenceThreshold,
     generalized_energy_distance,
@@ -350,6 +351,33 @@ def test_split_options_name_the_key_and_null_skips_the_presence_rule(mixed, tmp_
         with pytest.raises(ConfigValueError, match=f"^--{key}: expected one of training, validation, test.*{value}"):
             run_evaluation(_tiny_probunet(), mixed, TRANSFORM, tmp_path / "bad", **{key: value}, **common)
     assert not (tmp_path / "bad").exists()  # checked before anything is loaded or written
+
+
+def test_output_dir_of_someone_else_is_refused_and_an_earlier_evaluation_replaced(mixed, tmp_path):
+    ckpt = tmp_path / "model.pt"
+    torch.save(_tiny_probunet().state_dict(), ckpt)
+    common = dict(ckpt_path=ckpt, model_name="probunet", sample_counts=(1, 2), bootstrap_resamples=100)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "summary.json").write_text('{"mine": true}')  # the user's own files, with the evaluation's names
+    (mine / "per_image.csv").write_text("mine\n")
+    with pytest.raises(OutputFolderError, match=f"--output_dir {mine} is a folder holding files this program did"):
+        run_evaluation(_tiny_probunet(), mixed, TRANSFORM, mine, **common)
+    assert (mine / "summary.json").read_text() == '{"mine": true}' and (mine / "per_image.csv").read_text() == "mine\n"
+    assert sorted(p.name for p in mine.iterdir()) == ["per_image.csv", "summary.json"]
+
+    out = tmp_path / "eval"
+    first = run_evaluation(_tiny_probunet(), mixed, TRANSFORM, out, **common)
+    written = sorted(p.name for p in out.iterdir())
+    assert "summary.json" in written and "presence_threshold.json" in written
+    assert first["presence_threshold_files"] == [str(out / "presence_threshold.json")]
+    again = run_evaluation(_tiny_probunet(), mixed, TRANSFORM, out, **{**common, "sample_counts": (1, 2, 4)})
+    assert sorted(p.name for p in out.iterdir()) == written and again["sample_counts"] == [1, 2, 4]
+    assert json.loads((out / "summary.json").read_text())["sample_counts"] == [1, 2, 4]
+    (out / "notes.txt").write_text("keep")  # a file of the user's beside an evaluation: the folder is not ours
+    with pytest.raises(OutputFolderError, match="left untouched"):
+        run_evaluation(_tiny_probunet(), mixed, TRANSFORM, out, **common)
+    assert (out / "notes.txt").read_text() == "keep" and json.loads((out / "summary.json").read_text()) == again
 
 
 @pytest.mark.slow

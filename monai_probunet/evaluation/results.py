@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import fnmatch
 import io
+import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -15,13 +17,16 @@ import torch
 
 from ..io_utils import atomic_write_json, atomic_write_text
 from ..metrics import PresenceThreshold, bootstrap_ci, wilcoxon_signed_rank
+from ..model_loading import PRESENCE_THRESHOLD_NAME
 from .scoring import ESTIMATOR, METRICS
 
 __all__ = [
+    "EVALUATION_FILES",
     "PER_IMAGE_CSV",
     "SUMMARY_JSON",
     "EvaluationResult",
     "compare",
+    "is_evaluation_folder",
     "save_presence_threshold",
     "write_per_image_csv",
     "write_summary_json",
@@ -29,6 +34,25 @@ __all__ = [
 
 PER_IMAGE_CSV = "per_image.csv"
 SUMMARY_JSON = "summary.json"
+#: the names of the files an evaluation folder holds: the evaluation's, and those ``monai_probunet.calibration``
+#: writes beside them (``scenes32_evaluate.yaml``)
+EVALUATION_FILES = (
+    PER_IMAGE_CSV, SUMMARY_JSON, PRESENCE_THRESHOLD_NAME, "ged_vs_samples.png", "presence_histogram_*.png",
+    "samples.png", "latent_grid.png", "calibration.json", "mode_calibration.png", "pixel_marginals.png",
+    "calibration_samples.png",
+)
+
+
+def is_evaluation_folder(folder: Path) -> bool:
+    """Whether ``folder`` holds an earlier evaluation and nothing else: its ``summary.json`` is one (it has the
+    evaluation's keys) and every other entry is a file named as :data:`EVALUATION_FILES`."""
+    try:
+        summary = json.loads((folder / SUMMARY_JSON).read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(summary, dict) or not {"estimator", "models", "split"} <= set(summary):
+        return False
+    return all(p.is_file() and any(fnmatch.fnmatchcase(p.name, n) for n in EVALUATION_FILES) for p in folder.iterdir())
 
 
 @dataclass

@@ -13,6 +13,7 @@ from torch import nn
 
 from ..bundle_utils import ConfigValueError
 from ..data.disk_format import SPLITS, load_datalist
+from ..io_utils import staged_dir
 from ..metrics import PresenceThreshold
 from ..metrics.oracle import ORACLE
 from ..metrics.references import best_single_answer
@@ -25,6 +26,7 @@ from .results import (
     PER_IMAGE_CSV,
     SUMMARY_JSON,
     compare,
+    is_evaluation_folder,
     save_presence_threshold,
     write_per_image_csv,
     write_summary_json,
@@ -56,6 +58,28 @@ def _checked_splits(eval_split: str, threshold_split: str | None) -> str | None:
         expected = f"one of {', '.join(SPLITS)} or null (no presence rule)"
         raise ConfigValueError(f"--threshold_split: expected {expected}, got {threshold_split!r}.")
     return threshold_split
+
+
+def _plots(results: dict, summaries: dict, references: dict, thresholds: dict, model: nn.Module, name: str,
+           binary: bool, folder: Path) -> None:
+    """The evaluation's figures into ``folder``: GED by S, presence histograms, samples, the latent grid."""
+    best = references[best_single_answer({k: r["ged"] for k, r in references.items()})]
+    ged_vs_samples(summaries, folder / "ged_vs_samples.png", references={best["label"]: best["ged"]})
+    for n, r in (results.items() if binary else ()):
+        presence_histogram(
+            r.presence_counts, r.ambiguous, thresholds.get(n), folder / f"presence_histogram_{n}.png",
+            num_samples=r.presence_samples, title=n,
+        )
+    ex = results[name].examples
+    if ex:
+        images, graders = torch.stack([e["image"] for e in ex]), torch.stack([e["graders"] for e in ex])
+        samples, titles = torch.stack([e["samples"] for e in ex]), [e["case_id"] for e in ex]
+        if binary:
+            sample_grid(images[:, 0], graders, samples, folder / "samples.png", titles=titles)
+        else:  # class colours (Cityscapes palette), RGB images
+            label_sample_grid(images, graders, samples, folder / "samples.png", titles=titles)
+        if isinstance(model, ProbUNet) and model.latent_dim == 2:
+            latent_grid(model, ex[0]["image"], folder / "latent_grid.png", graders=ex[0]["graders"])
 
 
 def run_evaluation(
@@ -101,7 +125,10 @@ def run_evaluation(
     where the inference path looks next to the checkpoint); by default nothing outside ``output_dir`` is
     written, so a shipped threshold changes only when asked. The rule is deterministic (same counts and labels, in
     any order: same rule; ties broken as documented in :func:`~monai_probunet.metrics.fit_presence_threshold`).
-    Every file a later step reads (CSV, JSON) is written atomically.
+    The folder is written whole or not at all: into a temporary sibling, moved into place at the end (a failed run
+    leaves the previous evaluation as it was). ``output_dir`` must be new, empty or an earlier evaluation
+    (:func:`~.results.is_evaluation_folder`); a folder holding anything else is refused before the evaluation runs
+    (:class:`~monai_probunet.io_utils.OutputFolderError`, one line from the bundle command).
 
     The lesion-presence rule and its histograms are for binary masks (``num_classes == 2``); with more classes
     they are skipped. ``ignore_index`` masks sampled pixels in unannotated regions (see :func:`evaluate`).
@@ -112,6 +139,7 @@ def run_evaluation(
     threshold_split = _checked_splits(eval_split, threshold_split)
     device = torch.device(device)
     output_dir = Path(output_dir)
+    staged = staged_dir(output_dir, is_ours=is_evaluation_folder, what="--output_dir")  # refuses before any work
     model = load_trained_network(network, ckpt_path, ensemble_ckpts).to(device).eval()
     name = model_name or default_model_name(Path(ckpt_path).parent if ckpt_path else "", ensemble_ckpts)
     common = dict(seed=seed, device=device, batch_size=batch_size, num_workers=num_workers, precision=precision)
@@ -141,15 +169,9 @@ def run_evaluation(
                 threshold=threshold.to_dict(), fitted_on=threshold_split, num_fit_images=int(len(val_counts)),
                 validation_accuracy=threshold.accuracy, test_accuracy=test_acc,
             )
-    threshold_files = []
-    if name in thresholds:
-        t_acc = summaries[name]["presence"]["test_accuracy"]
-        extra = dict(model=name, test_accuracy=t_acc, fitted_on=threshold_split, evaluated_on=eval_split)
-        threshold_files.append(save_presence_threshold(thresholds[name], output_dir / PRESENCE_THRESHOLD_NAME, **extra))
-        if threshold_path:
-            threshold_files.append(save_presence_threshold(thresholds[name], threshold_path, **extra))
-            logger.info("presence rule (%d < count < %d) also written to %s", thresholds[name].low,
-                        thresholds[name].high, threshold_path)
+    threshold_files = [output_dir / PRESENCE_THRESHOLD_NAME] if name in thresholds else []
+    if name in thresholds and threshold_path:
+        threshold_files.append(Path(threshold_path))
 
     comparisons = []
     if oracle and name != ORACLE:
@@ -166,27 +188,18 @@ def run_evaluation(
         "comparisons": comparisons,
         "presence_threshold_files": [str(p) for p in threshold_files],
     }
-    output_dir.mkdir(parents=True, exist_ok=True)
-    write_per_image_csv(results, output_dir / PER_IMAGE_CSV)
-    write_summary_json(summary, output_dir / SUMMARY_JSON)
-
-    best = references[best_single_answer({k: r["ged"] for k, r in references.items()})]
-    ged_vs_samples(summaries, output_dir / "ged_vs_samples.png", references={best["label"]: best["ged"]})
-    for n, r in (results.items() if binary else ()):
-        presence_histogram(
-            r.presence_counts, r.ambiguous, thresholds.get(n), output_dir / f"presence_histogram_{n}.png",
-            num_samples=r.presence_samples, title=n,
-        )
-    ex = results[name].examples
-    if ex:
-        images, graders = torch.stack([e["image"] for e in ex]), torch.stack([e["graders"] for e in ex])
-        samples, titles = torch.stack([e["samples"] for e in ex]), [e["case_id"] for e in ex]
-        if binary:
-            sample_grid(images[:, 0], graders, samples, output_dir / "samples.png", titles=titles)
-        else:  # class colours (Cityscapes palette), RGB images
-            label_sample_grid(images, graders, samples, output_dir / "samples.png", titles=titles)
-        if isinstance(model, ProbUNet) and model.latent_dim == 2:
-            latent_grid(model, ex[0]["image"], output_dir / "latent_grid.png", graders=ex[0]["graders"])
+    with staged as tmp:
+        if name in thresholds:
+            t_acc = summaries[name]["presence"]["test_accuracy"]
+            extra = dict(model=name, test_accuracy=t_acc, fitted_on=threshold_split, evaluated_on=eval_split)
+            save_presence_threshold(thresholds[name], tmp / PRESENCE_THRESHOLD_NAME, **extra)
+        write_per_image_csv(results, tmp / PER_IMAGE_CSV)
+        write_summary_json(summary, tmp / SUMMARY_JSON)
+        _plots(results, summaries, references, thresholds, model, name, binary, tmp)
+    if name in thresholds and threshold_path:  # outside the folder: once the folder is in place
+        save_presence_threshold(thresholds[name], threshold_path, **extra)
+        logger.info("presence rule (%d < count < %d) also written to %s", thresholds[name].low,
+                    thresholds[name].high, threshold_path)
     for n, s in summaries.items():
         ged = {e["S"]: e["mean"] for e in s["metrics"]["ged"]}
         logger.info("%s: GED^2 by S %s; presence test accuracy %s", n, ged, s["presence"].get("test_accuracy"))
