@@ -3,8 +3,9 @@
 :func:`load_ct` reads a 2-D CT slice (NIfTI, or one DICOM file) or a 3-D CT volume (NIfTI, or a DICOM series folder)
 with MONAI's ``LoadImage`` (``PydicomReader`` for DICOM: rescale slope/intercept applied, i.e. HU), or takes an
 already loaded channel-first ``MetaTensor``, and refuses (``ValueError`` naming the file) what would otherwise be
-guessed: DICOM that is not ``Modality == "CT"``, a zero or negative voxel spacing, intensities that are not plausibly
-HU in an image without a DICOM modality. :func:`resolve_center` maps a voxel or world (RAS/LPS millimetres) centre to
+guessed: DICOM that is not ``Modality == "CT"``, a DICOM series with the same slice twice, a zero or negative voxel
+spacing, a NIfTI without qform/sform (unknown spacing) or with complex voxels, intensities that are not plausibly HU
+in an image without a DICOM modality. :func:`resolve_center` maps a voxel or world (RAS/LPS millimetres) centre to
 voxel coordinates of the loaded array (see :mod:`monai_probunet.inference` for the coordinate conventions).
 """
 
@@ -60,10 +61,85 @@ def _is_dicom(path: Path) -> bool:
         return False
 
 
+def _slice_position(ds) -> tuple[np.ndarray, float] | None:
+    """A DICOM slice's orientation (``ImageOrientationPatient``) and position along its normal in mm, or ``None``.
+
+    Args:
+        ds: A pydicom dataset (header only is enough).
+
+    Returns:
+        tuple or None: ``(orientation (6,), position along row x column in mm)``; ``None`` if either tag is missing
+        or not 3 + 6 finite numbers (other checks, or the reader, name that problem).
+    """
+    try:
+        ipp = np.asarray([float(v) for v in ds.ImagePositionPatient], dtype=np.float64)
+        iop = np.asarray([float(v) for v in ds.ImageOrientationPatient], dtype=np.float64)
+    except (AttributeError, TypeError, ValueError):
+        return None
+    if ipp.shape != (3,) or iop.shape != (6,) or not (np.isfinite(ipp).all() and np.isfinite(iop).all()):
+        return None
+    normal = np.cross(iop[:3], iop[3:])
+    norm = float(np.linalg.norm(normal))
+    if norm <= 1e-6:
+        return None
+    return iop, float(ipp @ (normal / norm))
+
+
+def _check_duplicate_slices(slices: Sequence[tuple[str, np.ndarray, float, str]], source: str) -> None:
+    """Raise ``ValueError`` if two slices of a series lie at the same position (the same slice twice).
+
+    Stacked, such slices give a zero slice spacing (or, inside a longer series, a volume with a repeated slice and a
+    wrong average spacing), so they are refused by name instead.
+
+    Args:
+        slices: ``(file name, ImageOrientationPatient, position along the slice normal in mm, SeriesInstanceUID)``
+            per slice.
+        source: The folder's name for the message.
+
+    Raises:
+        ValueError: Naming the files of the first position held by more than one slice of the same orientation.
+    """
+    order = sorted(slices, key=lambda s: s[2])
+    groups: list[list[tuple[str, np.ndarray, float, str]]] = []
+    for s in order:
+        g = groups[-1] if groups else None
+        if g is not None and abs(s[2] - g[0][2]) <= 1e-3 and np.allclose(s[1], g[0][1], atol=1e-4):
+            g.append(s)
+        else:
+            groups.append([s])
+    dups = [g for g in groups if len(g) > 1]
+    if not dups:
+        return
+    g = dups[0]
+    names = sorted(s[0] for s in g)
+    shown = ", ".join(names[:5]) + (f", ... ({len(names)} files)" if len(names) > 5 else "")
+    series = {s[3] for s in g}
+    more = f"; {len(dups) - 1} more positions hold more than one slice" if len(dups) > 1 else ""
+    hint = (
+        f"they belong to {len(series)} different series: keep one series per folder"
+        if len(series) > 1
+        else "remove the duplicates"
+    )
+    raise ValueError(
+        f"{source}: {len(g)} slices at the same position z = {g[0][2]:g} mm along the slice normal ({shown}){more}: "
+        f"{hint}."
+    )
+
+
 def _check_ct_dicom(files: Sequence[Path], source: str) -> None:
-    """Raise ``ValueError`` unless every DICOM header in ``files`` says ``Modality == "CT"``."""
+    """Raise ``ValueError`` unless every DICOM header in ``files`` says CT and the slices form one series.
+
+    Args:
+        files: The DICOM files of one slice or of one series (a folder).
+        source: The image's name for the messages.
+
+    Raises:
+        ValueError: If a file is unreadable, not ``Modality == "CT"``, has no positive ``PixelSpacing``, or two files
+            of a series lie at the same position (duplicate slices).
+    """
     import pydicom
 
+    positions = []
     for f in files:
         try:
             ds = pydicom.dcmread(str(f), stop_before_pixels=True)
@@ -84,13 +160,27 @@ def _check_ct_dicom(files: Sequence[Path], source: str) -> None:
                 f"{f}: PixelSpacing {None if spacing is None else list(spacing)!r} is missing or not positive; "
                 "the pixel size in mm is needed to resample to the model's spacing."
             )
+        pos = _slice_position(ds)
+        if pos is not None:
+            positions.append((f.name, pos[0], pos[1], str(getattr(ds, "SeriesInstanceUID", ""))))
+    if len(positions) > 1:
+        _check_duplicate_slices(positions, source)
 
 
 def _check_nifti_header(path: Path) -> None:
-    """Raise ``ValueError`` naming ``path`` if a NIfTI header's spatial voxel sizes are zero or negative.
+    """Raise ``ValueError`` naming ``path`` if a NIfTI header gives no trustworthy geometry or real-valued voxels.
 
     The header is read as stored (``check=False``): nibabel and MONAI silently replace a zero ``pixdim`` by 1 mm
-    and a negative one by its absolute value on load, which would resample the image with a made-up spacing.
+    and a negative one by its absolute value on load, take a header without any spatial orientation (``qform_code``
+    and ``sform_code`` both 0) as ``pixdim`` spacing at an arbitrary position, and cast complex voxels to their real
+    part: each would resample or segment the image with made-up values.
+
+    Args:
+        path: A ``.nii`` or ``.nii.gz`` file (anything else, or a corrupt header, is left to the reader).
+
+    Raises:
+        ValueError: If the voxel type is complex, the spatial ``pixdim`` or the sform's voxel sizes are zero, negative
+            or not finite, or neither a qform nor an sform is set.
     """
     import nibabel as nib
     from nibabel.openers import ImageOpener
@@ -110,12 +200,26 @@ def _check_nifti_header(path: Path) -> None:
         return
     if hdr is None:
         return
+    try:
+        dtype = hdr.get_data_dtype()
+    except Exception:  # noqa: BLE001 -- an unknown datatype code: the reader below names it
+        dtype = None
+    if dtype is not None and dtype.kind == "c":
+        raise ValueError(
+            f"{path}: complex-valued voxels (NIfTI datatype {dtype.name}); expected real-valued CT intensities in HU."
+        )
     nd = int(max(1, min(3, int(hdr["dim"][0]))))
     zooms = [float(v) for v in hdr["pixdim"][1 : nd + 1]]
     if any(not np.isfinite(z) or z <= 0 for z in zooms):
         raise ValueError(
             f"{path}: voxel spacing (NIfTI pixdim) {zooms} mm is zero or negative; fix the header (there is no "
             "voxel size to resample from)."
+        )
+    if int(hdr["sform_code"]) == 0 and int(hdr["qform_code"]) == 0:
+        raise ValueError(
+            f"{path}: no spatial orientation (NIfTI qform_code and sform_code are 0), so its voxel spacing and "
+            "position are unknown; write the header's sform/qform (e.g. nibabel img.set_sform(affine, code=1)) and "
+            "try again."
         )
     if int(hdr["sform_code"]) > 0:
         sform = np.asarray(hdr.get_sform(), dtype=np.float64)
@@ -125,6 +229,41 @@ def _check_nifti_header(path: Path) -> None:
                 f"{path}: the sform affine gives voxel spacing {np.round(sizes, 6).tolist()} mm, zero or not "
                 "finite; fix the header."
             )
+
+
+def _check_nifti_affine(path: Path, img: MetaTensor) -> None:
+    """Raise ``ValueError`` naming ``path`` if MONAI read a NIfTI with another affine than its header states.
+
+    MONAI's reader "rectifies" a header whose ``pixdim`` disagrees with its sform (or qform) by replacing that
+    affine with the other one, even one whose code is 0 (i.e. ``pixdim`` spacing at an arbitrary position): such a
+    contradictory header would be read with a guessed spacing, so it is refused instead.
+
+    Args:
+        path: The ``.nii`` / ``.nii.gz`` file ``img`` was read from.
+        img: The image as MONAI's ``LoadImage`` returned it.
+
+    Raises:
+        ValueError: If the loaded affine is not the header's sform (code > 0) or else qform (code > 0).
+    """
+    import nibabel as nib
+
+    try:
+        hdr = nib.load(str(path)).header
+        stated = np.asarray(hdr.get_best_affine(), dtype=np.float64)
+        loaded = np.asarray(_affine4(img), dtype=np.float64)
+    except Exception:  # noqa: BLE001 -- MONAI read it; nothing to compare against
+        return
+    if stated.shape != (4, 4) or np.allclose(loaded, stated, rtol=1e-5, atol=1e-4):
+        return
+    nd = int(max(1, min(3, int(hdr["dim"][0]))))
+    which = "sform" if int(hdr["sform_code"]) > 0 else "qform"
+    stated_mm = np.round(np.linalg.norm(stated[:3, :nd], axis=0), 6).tolist()
+    zooms = [round(float(z), 6) for z in hdr.get_zooms()[:nd]]
+    read_mm = np.round(np.linalg.norm(loaded[:3, :nd], axis=0), 6).tolist()
+    raise ValueError(
+        f"{path}: contradictory NIfTI header: its {which} gives voxel spacing {stated_mm} mm but pixdim says {zooms} "
+        f"mm (MONAI reads {read_mm} mm); make them agree (e.g. save with nibabel Nifti1Image(data, affine))."
+    )
 
 
 def _check_hu(img: MetaTensor, source: str, allow_non_ct: bool) -> None:
@@ -162,14 +301,22 @@ def load_ct(image: str | os.PathLike | MetaTensor, allow_non_ct: bool = False) -
 
     Raises:
         FileNotFoundError: If the path does not exist.
-        ValueError: If a DICOM file is not CT or unreadable, a folder holds no DICOM file, the file cannot be read as an
-            image, the image is not a single-channel 2-D/3-D image, has NaN/inf values or a zero/negative voxel spacing,
-            or (without ``allow_non_ct``) its intensities are not plausibly HU.
+        ValueError: If a DICOM file is not CT or unreadable, a folder holds no DICOM file or two slices at the same
+            position, the file cannot be read as an image, a NIfTI has no qform/sform (unknown spacing) or complex
+            voxels, the image is not a single-channel 2-D/3-D image, has NaN/inf values or a zero/negative voxel
+            spacing, or (without ``allow_non_ct``) its intensities are not plausibly HU.
     """
     verified_ct = False
     if isinstance(image, MetaTensor):
         source = str(image.meta.get("filename_or_obj", "") or "<MetaTensor>")
         img = image
+        codes = [image.meta.get(k) for k in ("qform_code", "sform_code")]
+        if all(c is not None and np.size(c) == 1 and int(np.asarray(c).item()) == 0 for c in codes):
+            raise ValueError(
+                f"{source}: the image was read from a NIfTI header without spatial orientation (qform_code and "
+                "sform_code 0), so its voxel spacing and position are unknown; write the header's sform/qform and "
+                "try again."
+            )
     elif isinstance(image, (torch.Tensor, np.ndarray)):
         raise ValueError(
             "image: a plain tensor/array has no geometry; pass a file path or a channel-first MetaTensor with an "
@@ -205,6 +352,8 @@ def load_ct(image: str | os.PathLike | MetaTensor, allow_non_ct: bool = False) -
             raise ValueError(f"could not read image {path} with its geometry (got {type(img).__name__}).")
         if verified_ct:
             img.meta[MODALITY_KEY] = "CT"
+        elif path.name.endswith((".nii", ".nii.gz")):
+            _check_nifti_affine(path, img)
     _check_image(img, source)
     if img.meta.get(MODALITY_KEY) != "CT":
         _check_hu(img, source, allow_non_ct)

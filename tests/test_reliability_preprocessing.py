@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from pydicom.data import get_testdata_file
 
@@ -96,3 +97,169 @@ def test_partial_download_and_a_run_without_images(tmp_path):
     write_scan_slices(empty_root, _scan(GOOD), range(2))  # slices far from the nodule
     r = lidc("--dicom-root", empty_root, "--out", tmp_path / "out2", "--patients", GOOD)
     assert_clean_error(r, 1, "no image was written")
+
+
+# ------------------------------------------------------------------------------------------------ load_ct: careless CT
+
+
+def _ct_small_copy(path: Path, z: float | None = None, instance: int | None = None, series: str | None = None) -> Path:
+    """pydicom's ``CT_small.dcm`` (128 x 128 at 0.661468 mm, z = -75.699997 mm) written to ``path``, optionally moved
+    to slice position ``z``, renumbered or put in another series."""
+    import pydicom
+
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    if z is not None:
+        ds.ImagePositionPatient = [ds.ImagePositionPatient[0], ds.ImagePositionPatient[1], z]
+    if instance is not None:
+        ds.InstanceNumber = instance
+    if series is not None:
+        ds.SeriesInstanceUID = series
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(str(path))
+    return path
+
+
+def _model_files(root: Path) -> tuple[Path, Path]:
+    """``(model.pt, net.yaml)`` of test_inference's coin-flip model, for the ``monai_probunet.infer`` command."""
+    import torch
+
+    from tests.test_inference import CHANNELS, LATENT, coin_flip_probunet
+
+    root.mkdir(parents=True, exist_ok=True)
+    torch.save(coin_flip_probunet().state_dict(), root / "model.pt")
+    (root / "net.yaml").write_text(
+        "hu_window: [-1000.0, 400.0]\ninfer_spacing: [0.5, 0.5]\n"
+        "network_def:\n  _target_: monai_probunet.networks.ProbUNet\n"
+        f"  spatial_dims: 2\n  channels: {CHANNELS}\n  latent_dim: {LATENT}\n"
+    )
+    return root / "model.pt", root / "net.yaml"
+
+
+def _infer_refused(image: Path, model: tuple[Path, Path], out: Path, *needles: str) -> None:
+    """``python -m monai_probunet.infer image`` exits 2 with one ``error:`` line holding every needle, no traceback."""
+    cmd = [sys.executable, "-m", "monai_probunet.infer", str(image), "--center", "5", "5", "--out", str(out),
+           "--ckpt", str(model[0]), "--config", str(model[1])]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd="/", env=ENV, check=False)
+    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr[-3000:])
+    assert "Traceback" not in r.stderr, r.stderr[-3000:]
+    lines = [line for line in r.stderr.splitlines() if "error:" in line]
+    assert len(lines) == 1, r.stderr[-3000:]
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    assert not out.exists()
+
+
+def _spacing(img) -> list[float]:
+    import torch
+
+    from monai_probunet.ct_io import _affine4
+
+    return [round(float(v), 4) for v in torch.linalg.norm(_affine4(img)[:3, : img.ndim - 1], dim=0)]
+
+
+def test_a_dicom_folder_with_the_same_slice_twice_names_the_duplicates(tmp_path):
+    from monai_probunet.ct_io import load_ct
+
+    # the same file copied twice: named as duplicates, not as a zero spacing to "fix in the header"
+    twice = tmp_path / "w" / "ser1"
+    twice.mkdir(parents=True)
+    for name in ("a.dcm", "b.dcm"):
+        (twice / name).write_bytes(Path(get_testdata_file("CT_small.dcm")).read_bytes())
+    with pytest.raises(ValueError) as e:
+        load_ct(twice)
+    msg = str(e.value)
+    assert "\n" not in msg and "voxel spacing" not in msg
+    for needle in ("w/ser1", "2 slices at the same position z = -75.7 mm", "(a.dcm, b.dcm)", "remove the duplicates"):
+        assert needle in msg, (needle, msg)
+    # a duplicate inside a longer series was stacked silently (3 slices, average spacing 1.25 mm): refused as well
+    mid = tmp_path / "mid"
+    for i, (name, z) in enumerate([("s1.dcm", -75.7), ("s2.dcm", -73.2), ("s2copy.dcm", -73.2)]):
+        _ct_small_copy(mid / name, z=z, instance=i + 1)
+    with pytest.raises(ValueError, match=r"2 slices at the same position z = -73\.2 mm .*\(s2\.dcm, s2copy\.dcm\)"):
+        load_ct(mid)
+    # two series mixed in one folder at the same position: said so
+    mixed = tmp_path / "mixed"
+    _ct_small_copy(mixed / "x.dcm")
+    _ct_small_copy(mixed / "y.dcm", series="1.2.3.4")
+    with pytest.raises(ValueError, match=r"\(x\.dcm, y\.dcm\): they belong to 2 different series"):
+        load_ct(mixed)
+    # a real series (2.5 mm apart) still loads with its spacing
+    good = tmp_path / "good"
+    _ct_small_copy(good / "1.dcm", z=-75.7, instance=1)
+    _ct_small_copy(good / "2.dcm", z=-73.2, instance=2)
+    img, _ = load_ct(good)
+    assert tuple(img.shape) == (1, 128, 128, 2)
+    assert _spacing(img) == [0.6615, 0.6615, 2.5]
+    # through the command: exit 2, one line naming the files
+    _infer_refused(twice, _model_files(tmp_path / "model"), tmp_path / "out", "ser1", "a.dcm, b.dcm", "same position")
+
+
+def test_a_nifti_without_qform_or_sform_is_refused_not_taken_as_1_mm(tmp_path):
+    import nibabel as nib
+    from monai.transforms import LoadImage
+
+    from monai_probunet.ct_io import load_ct
+
+    vol = np.full((40, 30, 6), -800.0, np.float32)
+    vol[15:25, 10:20, 2:4] = 30.0
+    affine = np.diag([0.7, 0.8, 2.0, 1.0])
+    nib.save(nib.Nifti1Image(vol, affine=None), str(tmp_path / "bare.nii.gz"))
+    hdr = nib.load(str(tmp_path / "bare.nii.gz")).header
+    assert int(hdr["qform_code"]) == 0 and int(hdr["sform_code"]) == 0 and list(hdr.get_zooms()) == [1.0, 1.0, 1.0]
+    with pytest.raises(ValueError) as e:
+        load_ct(tmp_path / "bare.nii.gz")
+    msg = str(e.value)
+    assert "\n" not in msg
+    for needle in ("bare.nii.gz", "qform_code and sform_code are 0", "spacing", "unknown", "sform/qform"):
+        assert needle in msg, (needle, msg)
+    # the same file read by MONAI first and passed as a MetaTensor: the same rule
+    loaded = LoadImage(image_only=True, ensure_channel_first=True)(str(tmp_path / "bare.nii.gz"))
+    with pytest.raises(ValueError, match="bare.nii.gz.*qform_code and sform_code 0"):
+        load_ct(loaded)
+    # headers that carry a qform or an sform (any code) keep working, with the header's spacing
+    for name, qcode, scode in [("q1", 1, 0), ("s1", 0, 1), ("s2", 0, 2), ("s3", 1, 3), ("s4", 0, 4)]:
+        img = nib.Nifti1Image(vol, affine)  # pixdim 0.7, 0.8, 2.0
+        img.set_qform(affine if qcode else None, code=qcode)
+        img.set_sform(affine if scode else None, code=scode)
+        nib.save(img, str(tmp_path / f"{name}.nii.gz"))
+        h = nib.load(str(tmp_path / f"{name}.nii.gz")).header
+        assert (int(h["qform_code"]), int(h["sform_code"])) == (qcode, scode)
+        loaded, _ = load_ct(tmp_path / f"{name}.nii.gz")
+        assert tuple(loaded.shape) == (1, 40, 30, 6) and _spacing(loaded) == [0.7, 0.8, 2.0], name
+        assert float(loaded.max()) == 30.0 and float(loaded.min()) == -800.0
+    # an sform whose spacing pixdim contradicts: MONAI would swap in the pixdim-only (code 0) qform, i.e. 1 mm
+    img = nib.Nifti1Image(vol, affine=None)
+    img.set_sform(affine, code=1)
+    nib.save(img, str(tmp_path / "contradictory.nii.gz"))
+    with pytest.raises(ValueError, match=r"contradictory\.nii\.gz: contradictory NIfTI header: its sform gives voxel "
+                       r"spacing \[0\.7, 0\.8, 2\.0\] mm but pixdim says \[1\.0, 1\.0, 1\.0\] mm"):
+        load_ct(tmp_path / "contradictory.nii.gz")
+    # what the project's tests and writers do (an affine: sform_code 2 by nibabel's default), 2-D included
+    nib.save(nib.Nifti1Image(vol[..., 2], affine), str(tmp_path / "slice.nii.gz"))
+    loaded, _ = load_ct(tmp_path / "slice.nii.gz")
+    assert tuple(loaded.shape) == (1, 40, 30) and _spacing(loaded) == [0.7, 0.8]
+    # through the command: exit 2, one line
+    _infer_refused(tmp_path / "bare.nii.gz", _model_files(tmp_path / "model"), tmp_path / "out", "bare.nii.gz",
+                   "qform_code and sform_code are 0")
+
+
+def test_a_complex_valued_nifti_is_refused(tmp_path):
+    import nibabel as nib
+
+    from monai_probunet.ct_io import load_ct
+
+    real = np.full((32, 32), -800.0, np.float32)
+    real[10:20, 10:20] = 30.0
+    for dtype in (np.complex64, np.complex128):
+        name = f"{np.dtype(dtype).name}.nii.gz"
+        nib.save(nib.Nifti1Image((real + 5j).astype(dtype), np.eye(4)), str(tmp_path / name))
+        with pytest.raises(ValueError) as e:
+            load_ct(tmp_path / name)
+        msg = str(e.value)
+        assert "\n" not in msg and name in msg and "complex-valued voxels" in msg and "real-valued" in msg, msg
+    # the real part alone loads unchanged
+    nib.save(nib.Nifti1Image(real, np.eye(4)), str(tmp_path / "real.nii.gz"))
+    loaded, _ = load_ct(tmp_path / "real.nii.gz")
+    assert np.array_equal(loaded.numpy()[0], real)
+    _infer_refused(tmp_path / "complex64.nii.gz", _model_files(tmp_path / "model"), tmp_path / "out",
+                   "complex64.nii.gz", "complex-valued")
