@@ -6,6 +6,8 @@ the ``evaluator`` id).
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import warnings
 from collections.abc import Mapping, Sequence
@@ -15,7 +17,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .ct_io import DEFAULT_HU_WINDOW, DEFAULT_ROI_SIZE, SPACING_HINT, _pair
+from .bundle_utils import UserInputError
+from .ct_io import DEFAULT_HU_WINDOW, DEFAULT_ROI_SIZE, SPACING_HINT, WORLD_FRAMES, _pair
 from .hypotheses import FALLBACK_RULE, _as_threshold, is_inference_run
 from .inference_evaluator import _safe_case_id, inference_evaluator  # noqa: F401 -- _safe_case_id: re-exported
 from .inference_transforms import HypothesesInferer, inference_postprocessing, inference_preprocessing
@@ -23,7 +26,52 @@ from .io_utils import read_json
 from .metrics import PresenceThreshold
 from .model_loading import check_device, find_presence_threshold
 
-__all__ = ["infer_cases", "inference_cases", "read_inference_cases", "resolve_threshold", "run_inference"]
+__all__ = [
+    "CASE_KEYS",
+    "FailedCasesError",
+    "failed_cases_message",
+    "infer_cases",
+    "inference_cases",
+    "read_inference_cases",
+    "resolve_threshold",
+    "run_inference",
+]
+
+
+def failed_cases_message(summary: Mapping[str, Any], output_dir: str | os.PathLike) -> str:
+    """One line on the failed cases of a run's summary: how many, which (the first five), where the rest went.
+
+    Args:
+        summary: :func:`infer_cases`' summary (``num_ok``, ``num_failed``, ``cases``).
+        output_dir: the run's folder.
+    """
+    failed = [str(r["case_id"]) for r in summary["cases"] if "error" in r]
+    names = ", ".join(failed[:5]) + (f", ... ({len(failed) - 5} more)" if len(failed) > 5 else "")
+    done = (
+        f"the {summary['num_ok']} good case(s) are written to {output_dir}"
+        if summary["num_ok"]
+        else f"nothing but the summary is written to {output_dir}"
+    )
+    return (
+        f"{len(failed)} of {len(summary['cases'])} case(s) failed ({names}); {done} (inference_summary.json holds "
+        "each error)."
+    )
+
+
+class FailedCasesError(UserInputError, ValueError):
+    """Some cases of a bundle run failed (bad images, centres outside them, ...); the good ones are written.
+
+    A user error (:class:`~monai_probunet.bundle_utils.UserInputError`): the bundle command prints the message as one
+    line and exits with status 2.
+
+    Args:
+        summary: the run's summary (:func:`infer_cases`), kept as :attr:`summary`.
+        output_dir: the run's folder.
+    """
+
+    def __init__(self, summary: Mapping[str, Any], output_dir: str | os.PathLike) -> None:
+        super().__init__(failed_cases_message(summary, output_dir))
+        self.summary = dict(summary)
 
 
 def inference_cases(
@@ -43,17 +91,89 @@ def inference_cases(
         raise ConfigValueError(str(e)) from e
 
 
-def _case_entry(raw: Any, image: str, where: str) -> dict[str, Any]:
-    if isinstance(raw, Mapping):
-        if "center" not in raw:
-            raise ValueError(f"{where}: entry for {image} has no 'center'.")
-        entry = {"center": raw["center"], "world": bool(raw.get("world", False)), "frame": raw.get("frame", "RAS")}
-        if "case_id" in raw:
-            entry["case_id"] = str(raw["case_id"])
-    else:
-        entry = {"center": raw, "world": False, "frame": "RAS"}
-    if not isinstance(entry["center"], (list, tuple)) or not entry["center"]:
-        raise ValueError(f"{where}: center of {image} must be a list of numbers, got {entry['center']!r}.")
+#: the keys a case of a centers file may have (a list entry also has ``image``)
+CASE_KEYS = ("center", "world", "frame", "case_id")
+
+
+def _json_repr(value: Any) -> str:
+    """``value`` as it reads in the JSON file, with its kind when it is no JSON number or boolean."""
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return f"{text} (a string)" if isinstance(value, str) else text
+
+
+def _check_center(center: Any, where: str, case: str) -> list[float]:
+    """``center`` as a list of 2 or 3 floats; a ``ValueError`` naming ``where``, ``case`` and ``"center"`` if it is
+    anything else (booleans, strings, ``null``, non-finite numbers, the wrong length)."""
+    ok = (
+        isinstance(center, (list, tuple))
+        and len(center) in (2, 3)
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in center)
+    )
+    if not ok:
+        raise ValueError(
+            f'{where}: case {case!r}: "center" must be a list of 2 or 3 finite numbers (voxel coordinates, or '
+            f'millimetres with "world": true), got {_json_repr(center)}.'
+        )
+    return [float(v) for v in center]
+
+
+def _check_world_frame(raw: Mapping, where: str, case: str) -> tuple[bool, str]:
+    """``(world, frame)`` of a case: ``world`` a JSON boolean (default false), ``frame`` ``"RAS"`` or ``"LPS"``
+    (default RAS) and only with ``"world": true``; a ``ValueError`` naming ``where``, ``case`` and the key."""
+    world = raw.get("world", False)
+    if not isinstance(world, bool):  # a bad value in the user's file: a ValueError, as every input check here
+        raise ValueError(  # noqa: TRY004
+            f'{where}: case {case!r}: "world" must be JSON true or false, got {_json_repr(world)}.'
+        )
+    frame = raw.get("frame", "RAS")
+    if not isinstance(frame, str) or frame.upper() not in WORLD_FRAMES:
+        raise ValueError(
+            f'{where}: case {case!r}: "frame" must be one of {", ".join(map(repr, WORLD_FRAMES))}, got '
+            f"{_json_repr(frame)}."
+        )
+    if "frame" in raw and not world:
+        raise ValueError(
+            f'{where}: case {case!r}: "frame" only applies with "world": true (the centre is voxel coordinates '
+            "otherwise)."
+        )
+    return world, frame.upper()
+
+
+def _case_entry(raw: Any, image: str, where: str, allowed: Sequence[str] = CASE_KEYS) -> dict[str, Any]:
+    """One case of a centers file, checked: ``{"center", "world", "frame"(, "case_id")}``.
+
+    Args:
+        raw: the case's value: ``[x, y(, z)]`` or ``{"center": [...], "world": bool, "frame": str, "case_id": str}``.
+        image: the case's image path as written in the file (names the case in messages).
+        where: the file (names it in messages).
+        allowed: the keys a dict case may have.
+
+    Raises:
+        ValueError: an unknown key, a missing or malformed ``center`` (not 2 or 3 finite numbers; booleans are no
+            numbers), a ``world`` that is not a JSON boolean, a ``frame`` other than RAS / LPS or without
+            ``"world": true``, a ``case_id`` that is not a non-empty string or an integer.
+    """
+    if not isinstance(raw, Mapping):
+        return {"center": _check_center(raw, where, image), "world": False, "frame": "RAS"}
+    unknown = [k for k in raw if k not in allowed]
+    if unknown:
+        raise ValueError(
+            f"{where}: case {image!r}: unknown key {unknown[0]!r}; a case takes {', '.join(map(repr, allowed))}."
+        )
+    if "center" not in raw:
+        raise ValueError(f'{where}: case {image!r}: no "center" (a list of 2 or 3 numbers).')
+    world, frame = _check_world_frame(raw, where, image)
+    entry = {"center": _check_center(raw["center"], where, image), "world": world, "frame": frame}
+    if "case_id" in raw:
+        cid = raw["case_id"]
+        if isinstance(cid, bool) or not isinstance(cid, (str, int)) or cid == "":
+            raise ValueError(
+                f'{where}: case {image!r}: "case_id" must be a non-empty string, got {_json_repr(cid)}.'
+            )
+        entry["case_id"] = str(cid)
     return entry
 
 
@@ -66,13 +186,21 @@ def read_inference_cases(
 
     1. ``centers`` (or ``<dataset_dir>/centers.json``): a dict ``{image: center}`` where ``image`` is a path
        relative to ``dataset_dir`` (or absolute) and ``center`` is ``[x, y(, z)]`` voxel coordinates or
-       ``{"center": [...], "world": true, "frame": "LPS"|"RAS"}``; or a list of ``{"image", "center", ...}``.
+       ``{"center": [...], "world": true, "frame": "LPS"|"RAS", "case_id": "..."}``; or a list of
+       ``{"image", "center", ...}``. Every case is checked before any is run (:func:`_case_entry`): unknown keys,
+       a ``center`` that is not 2 or 3 finite numbers, a ``world`` that is not a JSON boolean, a ``frame`` other
+       than RAS / LPS or without ``"world": true`` are refused.
     2. ``<dataset_dir>/datalist.json`` (the project's on-disk format): the entries of ``split``; an entry's
-       ``center`` if it has one, else the image's centre voxel (the built-in data are lesion-centred crops).
+       ``center`` if it has one, else the image's centre voxel (the built-in data are lesion-centred crops); its
+       ``center`` / ``world`` / ``frame`` are checked as above (other keys are the dataset's own).
 
     Returns:
         list of dict: ``{"image": absolute path, "center": list | None, "world": bool, "frame": str, "case_id": str}``
             (``center`` None = the image centre).
+
+    Raises:
+        FileNotFoundError: neither file exists.
+        ValueError: a malformed file or case, naming the file, the case and the key.
     """
     root = Path(dataset_dir)
     cpath = Path(centers) if centers is not None else root / "centers.json"
@@ -99,11 +227,15 @@ def read_inference_cases(
             raise ValueError(
                 f"centers file {cpath} must hold {{image: center}} or a list of {{image, center}} objects."
             )
-        items = data.items() if isinstance(data, Mapping) else [(d.get("image"), d) for d in data]
-        for image, raw in items:
+        if isinstance(data, Mapping):
+            items, allowed = [(image, raw, f"{image!r}") for image, raw in data.items()], CASE_KEYS
+        else:
+            items = [(d.get("image"), d, f"entry {k}") for k, d in enumerate(data)]
+            allowed = ("image", *CASE_KEYS)
+        for image, raw, name in items:  # every case is checked before any is run
             if not image or not isinstance(image, str):
-                raise ValueError(f"{cpath}: an entry has no 'image' path.")
-            entry = _case_entry(raw, image, str(cpath))
+                raise ValueError(f'{cpath}: case {name}: "image" must be a non-empty path, got {_json_repr(image)}.')
+            entry = _case_entry(raw, image, str(cpath), allowed)
             cases.append({"image": _abs(image), "case_id": entry.pop("case_id", _case_id(image)), **entry})
     else:
         dl = root / "datalist.json"
@@ -117,14 +249,24 @@ def read_inference_cases(
             image = e.get("image") if isinstance(e, Mapping) else e
             if not isinstance(image, str) or not image:
                 raise ValueError(f"{dl}: entry {k} of {split!r} has no 'image' path.")
-            center = e.get("center") if isinstance(e, Mapping) else None
+            e = e if isinstance(e, Mapping) else {}
+            where = f"{dl} ({split!r})"
+            center = e.get("center")  # None: the image centre
+            world, frame = _check_world_frame(e, where, image)
+            if center is None and world:
+                raise ValueError(f'{where}: case {image!r}: "world": true needs a "center".')
+            cid = e.get("case_id", _case_id(image))
+            if isinstance(cid, bool) or not isinstance(cid, (str, int)) or cid == "":
+                raise ValueError(
+                    f'{where}: case {image!r}: "case_id" must be a non-empty string, got {_json_repr(cid)}.'
+                )
             cases.append(
                 {
                     "image": _abs(image),
-                    "center": center,
-                    "world": bool(e.get("world", False)) if isinstance(e, Mapping) else False,
-                    "frame": e.get("frame", "RAS") if isinstance(e, Mapping) else "RAS",
-                    "case_id": str(e.get("case_id", _case_id(image))) if isinstance(e, Mapping) else _case_id(image),
+                    "center": None if center is None else _check_center(center, where, image),
+                    "world": world,
+                    "frame": frame,
+                    "case_id": str(cid),
                 }
             )
     if not cases:
@@ -231,6 +373,7 @@ def run_inference(
     inferer: HypothesesInferer | None = None,
     postprocessing: Any = None,
     evaluator: Any = None,
+    raise_on_failure: bool = False,
 ) -> dict[str, Any]:
     """Run the inference pieces on every image of a folder, the model loaded once (bundle id ``inferring``).
 
@@ -238,8 +381,9 @@ def run_inference(
     ``network`` (``weights_only=True``); the presence threshold comes from ``threshold_path`` or
     ``presence_threshold.json`` next to the checkpoint (else the fallback rule). Cases come from
     :func:`read_inference_cases`; the run is written by :func:`infer_cases` (all at once, per-case errors
-    recorded in ``<output_dir>/inference_summary.json``). With ``infer_3d`` each lesion is followed through the
-    slices of its volume (:func:`~monai_probunet.predict3d.predict_hypotheses_3d`, at most ``max_extent_mm``).
+    recorded in ``<output_dir>/inference_summary.json``); when a case failed and ``raise_on_failure``, it then raises
+    :class:`FailedCasesError` (the bundle command's exit status 2). With ``infer_3d`` each lesion is followed through
+    the slices of its volume (:func:`~monai_probunet.predict3d.predict_hypotheses_3d`, at most ``max_extent_mm``).
 
     Args:
         network: the network (``network_def``), its weights loaded from ``ckpt_path``.
@@ -258,6 +402,9 @@ def run_inference(
             :class:`~monai_probunet.inference_evaluator.HypothesesWriter`; its ``network`` is ``network``): the
             run is its ``run()`` after the checks and the weights; ``dataset_dir``, ``centers``, ``split`` and the
             pieces are then its own. ``None``: :func:`infer_cases` builds the same evaluator.
+        raise_on_failure: after the run, raise :class:`FailedCasesError` if any case failed (the good ones are
+            written first; the bundle command, ``inference.yaml``, then ends with one line and exit status 2); else
+            return the summary with the failed cases in it.
 
     Returns:
         dict: The summary.
@@ -265,6 +412,8 @@ def run_inference(
     Raises:
         ConfigValueError: a bad option value, missing cases, a foreign output folder or an unreadable checkpoint
             (one line from the bundle command).
+        FailedCasesError: after the run, with ``raise_on_failure``, when a case failed (the good ones are written;
+            the summary is its ``summary``): the bundle command prints one line and exits with status 2.
     """
     from .bundle_utils import ConfigValueError
     from .io_utils import load_network_weights, staged_dir
@@ -293,13 +442,17 @@ def run_inference(
         warnings.warn(f"no presence_threshold.json next to {ckpt_path}: {FALLBACK_RULE}.", UserWarning, stacklevel=2)
     if evaluator is not None:
         evaluator.run()
-        return evaluator.state.inference_summary
-    return infer_cases(
-        network, cases, output_dir, spacing=spacing, roi_size=roi_size, num_samples=num_samples, seed=seed,
-        hu_window=hu_window, threshold=thr, device=dev, progress=progress, allow_non_ct=allow_non_ct,
-        checkpoint=str(ckpt_path), three_d=bool(infer_3d), max_extent_mm=max_extent_mm,
-        pieces=None if preprocessing is None else pieces,
-    )
+        summary = evaluator.state.inference_summary
+    else:
+        summary = infer_cases(
+            network, cases, output_dir, spacing=spacing, roi_size=roi_size, num_samples=num_samples, seed=seed,
+            hu_window=hu_window, threshold=thr, device=dev, progress=progress, allow_non_ct=allow_non_ct,
+            checkpoint=str(ckpt_path), three_d=bool(infer_3d), max_extent_mm=max_extent_mm,
+            pieces=None if preprocessing is None else pieces,
+        )
+    if raise_on_failure and summary["num_failed"]:
+        raise FailedCasesError(summary, output_dir)
+    return summary
 
 
 def resolve_threshold(

@@ -29,8 +29,17 @@ it spans (:func:`monai_probunet.predict3d.predict_hypotheses_3d`: hypothesis s k
 growth while at least half of the lesion hypotheses continue, at most ``--max-extent-mm``); the set then holds the
 3-D hypotheses, ``presence_label.nii.gz`` (the presence-rule label) and 3-D volumes in ``report.json``.
 
-Exit status 0 ok, 2 for bad arguments or inputs (one line on stderr naming the file or option), 1 when every case of
-a batch failed. Heavy imports (torch, MONAI) happen after the arguments are parsed, so ``--help`` is instant.
+``--batch`` checks every case of its file before running any (unknown keys, a ``center`` that is not 2 or 3 finite
+numbers, a ``world`` that is not JSON true/false, a ``frame`` without ``"world": true``); a case that fails while
+running (a missing image, a centre outside it) is one line ``<case_id>: failed: <reason>`` on stderr, the other cases
+are still written.
+
+Checked up front as well: ``--frame`` only with ``--world``; ``--roi-size`` must be a crop the network runs on (it
+halves the crop at each level: the shipped model needs at least 16 px per side); the image resampled to
+``--spacing`` may have at most :data:`MAX_RESAMPLED_PIXELS` pixels in-plane (estimated from the header).
+
+Exit status 0 ok, 2 for bad arguments or inputs (one line on stderr naming the file or option) and for a batch in
+which any case failed. Heavy imports (torch, MONAI) happen after the arguments are parsed, so ``--help`` is instant.
 """
 
 from __future__ import annotations
@@ -38,7 +47,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
+import re
 import sys
 import warnings
 from collections.abc import Sequence
@@ -57,6 +68,16 @@ DEFAULT_CKPT = REPO_BUNDLE / "models" / "model.pt"
 IMPORT_DIET = (
     "ignite", "scipy", "mlflow", "pandas", "sklearn", "skimage", "matplotlib", "IPython", "fastapi", "tensorboard",
 )
+#: the most in-plane pixels an image may have once resampled to the model's spacing (``--spacing``): 8192 x 8192, about
+#: 3 GB while it is resampled, padded and cropped (measured: about 42 bytes a pixel); a 512 px CT slice of 0.7 mm
+#: reaches it at 0.044 mm, more than 20 times finer than the shipped model's 1 mm
+MAX_RESAMPLED_PIXELS = 2**26
+#: loggers whose lines the CLI replaces by its own (the batch evaluator's per-case errors and summary) or that say
+#: nothing a user can act on (MONAI's optional GPU DICOM decoder, absent on CPU machines)
+QUIET_LOGGERS = {
+    "monai_probunet.inference_evaluator": logging.CRITICAL,
+    "monai.data.nvimgcodec_pydicom_plugin": logging.ERROR,
+}
 
 
 def _positive_int(text: str) -> int:
@@ -99,7 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="lesion centre: X Y for a slice, X Y Z for a volume (voxel indices of the loaded array; mm with --world)",
     )
     p.add_argument("--world", action="store_true", help="--center is in world millimetres (see --frame)")
-    p.add_argument("--frame", choices=("RAS", "LPS"), default="RAS", help="world frame of --center (default RAS)")
+    p.add_argument(
+        "--frame", choices=("RAS", "LPS"), default=None, help="with --world: world frame of --center (default RAS)"
+    )
     p.add_argument(
         "--batch", default=None, metavar="CENTERS_JSON",
         help="many images, model loaded once: JSON {image: center | {center, world, frame}} or a list of "
@@ -117,11 +140,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", default=None, help="presence_threshold.json (default: next to --ckpt, if any)")
     p.add_argument(
         "--spacing", type=_positive_float, nargs="+", default=None, metavar="MM",
-        help="model in-plane spacing in mm (default: infer_spacing of the config)",
+        help="model in-plane spacing in mm (default: infer_spacing of the config); the image resampled to it may "
+        f"have at most {MAX_RESAMPLED_PIXELS} px (8192 x 8192) in-plane",
     )
     p.add_argument(
         "--roi-size", type=_positive_int, nargs="+", default=None, metavar="PX",
-        help="model crop in px (default: infer_roi_size of the config, else 64)",
+        help="model crop in px (default: infer_roi_size of the config, else 64); the network must run on it (the "
+        "shipped model: at least 16 px per side)",
     )
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument(
@@ -162,7 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv: the arguments (default: ``sys.argv[1:]``).
 
     Returns:
-        The exit status: 0 ok, 2 bad arguments or inputs, 1 every case of a batch failed.
+        The exit status: 0 ok, 2 bad arguments or inputs, or a case of a batch failed.
     """
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -172,7 +197,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--batch takes the images and centres from its file: give no IMAGE / --center with it")
     if args.max_extent_mm is not None and not args.three_d:
         parser.error("--max-extent-mm is a --3d option")
+    if args.batch is not None and (args.world or args.frame is not None):
+        parser.error('--world/--frame: with --batch each case gives its own "world" / "frame" in CENTERS_JSON')
+    if args.frame is not None and not args.world:
+        parser.error("--frame only applies with --world")
+    args.frame = args.frame or "RAS"
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    for name, level in QUIET_LOGGERS.items():
+        logging.getLogger(name).setLevel(level)
     try:
         spacing = _scalar_or_pair(args.spacing)
         roi_arg = _scalar_or_pair(args.roi_size)
@@ -229,6 +261,9 @@ def _run(args: argparse.Namespace, spacing, roi_arg) -> int:
     threshold = inf._as_threshold(args.threshold) if args.threshold else inf.find_presence_threshold(args.ckpt)
     model, settings = inf.load_model(args.ckpt, args.config, device=args.device, spacing=spacing)
     roi = roi_arg if roi_arg is not None else settings["roi_size"]
+    images = [c["image"] for c in cases] if cases is not None else [args.image]
+    _check_resampled_size(images, settings["spacing"], "--spacing" if spacing is not None else "infer_spacing")
+    _check_roi_size(model, roi, args.device, "--roi-size" if roi_arg is not None else "infer_roi_size")
     mode3d = {"three_d": True, "max_extent_mm": args.max_extent_mm or 40.0} if args.three_d else {}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
@@ -263,15 +298,16 @@ def _run(args: argparse.Namespace, spacing, roi_arg) -> int:
         if args.json:
             print(json.dumps(summary, indent=1))
         for row in summary["cases"]:
-            if "error" in row:
-                print(f"{row['case_id']}: failed: {row['error']}", file=sys.stderr)
+            if "error" in row:  # the summary's error is "<exception class>: <message>": the message alone
+                reason = _one_line(re.sub(r"^\w+: ", "", row["error"]))
+                print(f"{row['case_id']}: failed: {reason}", file=sys.stderr)
             else:
                 print(
                     f"{row['case_id']}: lesion presence {row['presence_probability']:.3f}, ambiguous="
                     f"{row['ambiguous']}, {row['num_variants']} variant(s), mean area {row['mean_area_mm2']:.1f} mm^2"
                 )
         print(f"{summary['num_ok']} ok, {summary['num_failed']} failed -> {Path(args.out)}")
-        return 1 if summary["num_ok"] == 0 else 0
+        return 2 if summary["num_failed"] else 0
     report = json.loads(Path(paths["report"]).read_text())
     if args.json:
         print(json.dumps(report, indent=1))
@@ -292,6 +328,119 @@ def _run(args: argparse.Namespace, spacing, roi_arg) -> int:
             f"{hyp.areas_mm2.mean():.1f} +/- {hyp.areas_mm2.std():.1f} mm^2 -> {Path(args.out)}"
         )
     return 0
+
+
+def _as_pair(value, cast: type) -> tuple:
+    vals = list(value) if isinstance(value, (list, tuple)) else [value, value]
+    return tuple(cast(v) for v in vals)
+
+
+def _as_given(value) -> str:
+    """An option's value as it was given (``0.5``, ``0.5 0.7``)."""
+    values = value if isinstance(value, (list, tuple)) else [value]
+    return " ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
+
+
+def _plane_geometry(image: str) -> tuple[list[int], list[float]] | None:
+    """The in-plane size (px) and pixel spacing (mm) of ``image`` from its header alone (no pixel data), in the
+    order of the loaded array's axes; ``None`` if the header cannot be read (loading the image names the problem).
+
+    NIfTI: the header's shape and affine (a volume's slice axis is the one most aligned with the world S axis, as
+    the inference path takes it); DICOM (one file, or the first file of a series folder): ``Columns`` x ``Rows`` at
+    ``PixelSpacing`` (MONAI loads the array as ``column, row``).
+    """
+    path = Path(image)
+    try:
+        if path.is_dir() or not path.name.endswith((".nii", ".nii.gz")):
+            import pydicom
+
+            from .ct_io import _is_dicom
+
+            files = sorted(f for f in path.iterdir() if f.is_file() and _is_dicom(f)) if path.is_dir() else [path]
+            if not files or not _is_dicom(files[0]):
+                return None
+            ds = pydicom.dcmread(str(files[0]), stop_before_pixels=True)
+            row_mm, col_mm = (float(v) for v in ds.PixelSpacing)
+            return [int(ds.Columns), int(ds.Rows)], [col_mm, row_mm]
+        import nibabel as nib
+        import numpy as np
+
+        from .ct_io import _slice_axis
+
+        img = nib.load(str(path))
+        shape = [int(n) for n in img.shape[:3]]
+        sizes = np.linalg.norm(np.asarray(img.affine, dtype=float)[:3, : len(shape)], axis=0).tolist()
+        if len(shape) == 3:
+            axis = _slice_axis(img.affine, 3)
+            del shape[axis], sizes[axis]
+        return (shape, sizes) if len(shape) == 2 else None
+    except Exception:  # noqa: BLE001 -- unreadable, not an image, ...: loading the image names it
+        return None
+
+
+def _check_resampled_size(images: Sequence[str], spacing, option: str) -> None:
+    """Refuse a model spacing at which an image's plane would have more than :data:`MAX_RESAMPLED_PIXELS` pixels (the
+    inference path resamples the whole plane to it), estimated from the headers before any image is loaded.
+
+    Args:
+        images: the images of the run (one whose header cannot be read is left to the loader).
+        spacing: the model's in-plane spacing in mm (one value or a pair).
+        option: where the spacing came from, for the message (``--spacing`` or ``infer_spacing``).
+
+    Raises:
+        ValueError: one line naming ``option``, the image, its extent and the resampled size.
+    """
+    model_mm = _as_pair(spacing, float)
+    for image in images:
+        geometry = _plane_geometry(image)
+        if geometry is None:
+            continue
+        shape, sizes = geometry
+        px = [math.ceil(round(n * mm / s, 6)) for n, mm, s in zip(shape, sizes, model_mm)]
+        if math.prod(px) > MAX_RESAMPLED_PIXELS:
+            extent = " x ".join(f"{n * mm:.1f}" for n, mm in zip(shape, sizes))
+            raise ValueError(
+                f"{option} {_as_given(spacing)}: {image} ({extent} mm in-plane) would be resampled "
+                f"to {px[0]} x {px[1]} px, more than {MAX_RESAMPLED_PIXELS} (8192 x 8192); give the model's pixel "
+                "spacing in mm (the shipped model: 1)."
+            )
+
+
+def _check_roi_size(model, roi, device: str, option: str) -> None:
+    """Refuse a crop the network cannot run on: it halves the crop at every level and its deepest level needs more
+    than one pixel (the shipped model, 3 halvings: at least 16 px per side). The crop is tried with one hypothesis
+    on an empty image; the rule in the message is the smallest square crop (a power of 2) the network runs on.
+
+    Args:
+        model: the loaded network (``sample``).
+        roi: the crop in px (one value or a pair).
+        device: where the model is.
+        option: where the crop came from, for the message (``--roi-size`` or ``infer_roi_size``).
+
+    Raises:
+        ValueError: one line naming ``option`` and the smallest crop the network runs on.
+    """
+    import torch
+
+    from .hypotheses_inferer import HypothesesInferer
+
+    def runs(size: tuple[int, ...]) -> bool:
+        try:
+            HypothesesInferer(num_samples=1)(torch.zeros((1, 1, *size), device=device), model)
+        except (RuntimeError, ValueError, TypeError):
+            return False
+        return True
+
+    size = _as_pair(roi, int)
+    if runs(tuple(min(n, 1024) for n in size)):  # a side beyond 1024 px is never too small (and not run here)
+        return
+    smallest = next((n for n in (2**k for k in range(1, 11)) if runs((n, n))), None)
+    if smallest is None:  # no crop size runs: not a matter of the size, the run itself names the problem
+        return
+    raise ValueError(
+        f"{option} {_as_given(roi)}: the network cannot run on a crop of {size[0]} x {size[1]} px; it halves the crop "
+        f"at each level and needs at least {smallest} px per side."
+    )
 
 
 def _median_nonzero(values) -> float:

@@ -491,7 +491,8 @@ def test_bundle_inferring(ct_small, ckpt, tmp_path):
            "--bundle_root", str(REPO / "bundle")]  # run from "/"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd="/", env=env, check=False)
-    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.returncode == 2, r.stderr[-3000:]  # bad.nii.gz failed: one line, exit status 2, the good cases written
+    assert "error: 1 of 3 case(s) failed (bad)" in r.stderr
     assert "inferring" in r.stderr  # the tqdm progress bar
     summary = json.loads((out / "inference_summary.json").read_text())
     assert summary["num_ok"] == 2 and summary["num_failed"] == 1

@@ -267,7 +267,7 @@ def test_batch_loads_the_model_once_and_matches_the_library(tmp_path, model_file
     out = tmp_path / "out"
     r = infer("--batch", data / "centers.json", "--out", out, "--num-samples", "6", "--seed", "4",
               model_files=model_files)
-    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.returncode == 2, r.stderr[-3000:]  # a case failed: bad input, the good cases are written
     assert "2 ok, 1 failed" in r.stdout and "gone: failed" in r.stderr and "Traceback" not in r.stderr
     summary = json.loads((out / "inference_summary.json").read_text())
     assert summary["num_ok"] == 2 and summary["written_by"] == "monai_probunet.inference"
@@ -339,3 +339,150 @@ def test_bundle_inferring_refuses_a_foreign_output_dir(tmp_path, model_files):
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd="/", env=ENV, check=False)
     assert_refused(r, "results", "did not write")
     assert [p.name for p in out.iterdir()] == ["thesis.docx"]
+
+
+# ------------------------------------------------------------------------------------------------ checked up front
+
+
+def test_frame_needs_world_and_batch_takes_world_from_its_file(tmp_path, model_files):
+    out = tmp_path / "out"
+    assert_refused(infer(CT, "--center", "64", "70", "--frame", "LPS", "--out", out, model_files=model_files),
+                   "--frame only applies with --world")
+    (tmp_path / "c.json").write_text(json.dumps({CT: [64, 70]}))
+    for flags in (("--world",), ("--world", "--frame", "LPS")):
+        assert_refused(infer("--batch", tmp_path / "c.json", *flags, "--out", out, model_files=model_files),
+                       "--world/--frame", "--batch")
+    assert not out.exists()
+
+
+def test_centers_file_cases_are_checked_strictly(tmp_path):
+    """Every case of a centers file is checked when the file is read (before any case runs): booleans are JSON
+    true/false, centres 2 or 3 finite numbers, unknown keys refused; one line naming the file, the case and the key."""
+    from monai_probunet.batch_inference import read_inference_cases
+
+    path = tmp_path / "centers.json"
+    good = {"ct.dcm": [64, 70]}
+    for case, needles in [
+        ({"center": [50, 50], "world": "false"}, ('"world"', 'JSON true or false', '"false" (a string)')),
+        ({"center": [50, 50], "world": 0}, ('"world"', "JSON true or false", "got 0")),
+        ({"center": [50, 50], "World": True}, ("unknown key 'World'", "'world'", "'case_id'")),
+        ([True, 60], ('"center"', "finite numbers", "[true, 60]")),
+        ([50, "x"], ('"center"', "finite numbers", '[50, "x"]')),
+        ([50, float("nan")], ('"center"', "finite numbers", "NaN")),
+        ([50], ('"center"', "2 or 3")),
+        ({"center": [50, 50], "frame": "LPS"}, ('"frame"', 'only applies with "world": true')),
+        ({"center": [50, 50], "world": True, "frame": "XYZ"}, ('"frame"', "'RAS', 'LPS'")),
+        ({"center": [50, 50], "case_id": None}, ('"case_id"', "non-empty string")),
+        ({"world": True}, ('no "center"',)),
+    ]:
+        path.write_text(json.dumps({**good, "b.nii.gz": case}))
+        with pytest.raises(ValueError) as e:
+            read_inference_cases(tmp_path, path)
+        message = str(e.value)
+        assert "\n" not in message and str(path) in message and "case 'b.nii.gz'" in message, message
+        for needle in needles:
+            assert needle in message, (needle, message)
+    path.write_text(json.dumps([{"image": "ct.dcm", "center": [64, 70]}, {"image": "b.nii.gz", "centre": [1, 1]}]))
+    with pytest.raises(ValueError, match="case 'b.nii.gz': unknown key 'centre'; a case takes 'image', 'center'"):
+        read_inference_cases(tmp_path, path)
+    # what is accepted, read as written
+    path.write_text(json.dumps({"a.nii.gz": [1, 2.5], "b.nii.gz": {"center": [1, 2, 3], "world": True, "frame": "LPS",
+                                                                   "case_id": "bee"},
+                                "c.nii.gz": {"center": [4, 5], "world": False}}))
+    cases = read_inference_cases(tmp_path, path)
+    assert [(c["case_id"], c["center"], c["world"], c["frame"]) for c in cases] == [
+        ("a", [1.0, 2.5], False, "RAS"), ("bee", [1.0, 2.0, 3.0], True, "LPS"), ("c", [4.0, 5.0], False, "RAS")]
+
+
+def test_batch_refuses_a_bad_case_before_running_any(tmp_path, model_files):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "ct.dcm").write_bytes(Path(CT).read_bytes())
+    nifti(data / "b.nii.gz", ct_slice(100))
+    (data / "centers.json").write_text(json.dumps({"ct.dcm": [64, 70], "b.nii.gz": {"center": [50, 50],
+                                                                                     "world": "false"}}))
+    out = tmp_path / "out"
+    r = infer("--batch", data / "centers.json", "--out", out, "--num-samples", "2", model_files=model_files)
+    assert_refused(r, "centers.json", "'b.nii.gz'", '"world"', "JSON true or false")
+    assert "ct:" not in r.stdout and not out.exists()  # not even the good first case ran
+
+
+def test_batch_failures_are_one_line_each_and_exit_2(tmp_path, model_files):
+    """A case that fails while running: one line naming the case and the reason (no exception class), the good case
+    written, the summary line kept, exit status 2; the same when every case fails."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "ct.dcm").write_bytes(Path(CT).read_bytes())
+    cases = [{"image": "ct.dcm", "center": [64, 70]}, {"image": "ct.dcm", "center": [500, 1], "case_id": "outside"},
+             {"image": "gone.nii.gz", "center": [1, 1]}]
+    (data / "centers.json").write_text(json.dumps(cases))
+    out = tmp_path / "out"
+    r = infer("--batch", data / "centers.json", "--out", out, "--num-samples", "2", model_files=model_files)
+    assert r.returncode == 2, (r.stdout, r.stderr[-3000:])
+    assert "1 ok, 2 failed" in r.stdout and "Traceback" not in r.stderr
+    for name in ("Error", "ERROR", "nvImageCodec"):
+        assert name not in r.stderr, r.stderr
+    for case, reason in (("outside", "outside the image"), ("gone", "does not exist")):
+        lines = [line for line in r.stderr.splitlines() if case in line]
+        assert len(lines) == 1 and lines[0].startswith(f"{case}: failed: ") and reason in lines[0], r.stderr
+    assert json.loads((out / "ct" / "report.json").read_text())["num_samples"] == 2
+    summary = json.loads((out / "inference_summary.json").read_text())
+    assert (summary["num_ok"], summary["num_failed"]) == (1, 2)
+    # every case fails (3-D mode on a 2-D slice): the same status, each reason once
+    (data / "centers.json").write_text(json.dumps({"ct.dcm": [64, 70]}))
+    r = infer("--batch", data / "centers.json", "--out", out, "--3d", "--num-samples", "2", model_files=model_files)
+    assert r.returncode == 2 and "0 ok, 1 failed" in r.stdout, (r.stdout, r.stderr[-3000:])
+    lines = [line for line in r.stderr.splitlines() if "3-D mode needs a CT volume" in line]
+    assert len(lines) == 1 and lines[0].startswith("ct: failed: ") and "Error" not in r.stderr, r.stderr
+
+
+def test_roi_size_the_network_cannot_run_on_is_refused(tmp_path):
+    """The shipped model (channels 16..128: 3 halvings, instance norm) runs on 16 px and more, not on 15."""
+    out = tmp_path / "out"
+    for roi in ("15", "8"):
+        assert_refused(infer(CT, "--center", "64", "70", "--out", out, "--roi-size", *roi.split()),
+                       f"--roi-size {roi}", "at least 16 px per side")
+    assert not out.exists()
+    r = infer(CT, "--center", "64", "70", "--out", out, "--roi-size", "16", "--num-samples", "2")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads((out / "report.json").read_text())["roi_size"] == [16, 16]
+
+
+def test_spacing_that_resamples_to_an_absurd_size_is_refused(tmp_path, model_files):
+    """CT_small.dcm is 128 px of 0.661468 mm = 84.67 mm: at 0.001 mm that would be 84668 x 84668 px."""
+    out = tmp_path / "out"
+    for spacing, size in (("0.001", "84668 x 84668"), ("1e-9", "84667904000 x 84667904000")):
+        assert_refused(infer(CT, "--center", "64", "70", "--out", out, "--spacing", spacing, model_files=model_files),
+                       f"--spacing {float(spacing):g}", "CT_small.dcm", size, "8192 x 8192")
+    # a volume: only its plane is resampled (100 x 100 px of 0.7 mm; 400 slices of 0.1 mm do not count)
+    vol = nifti(tmp_path / "vol.nii.gz", np.repeat(ct_slice(100)[..., None], 400, axis=2),
+                np.diag([0.7, 0.7, 0.1, 1.0]))
+    assert_refused(infer(vol, "--center", "50", "50", "200", "--out", out, "--spacing", "0.005",
+                         model_files=model_files), "--spacing 0.005", "vol.nii.gz", "14000 x 14000")
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_bundle_inferring_checks_cases_and_exits_2_when_a_case_fails(tmp_path, model_files):
+    data = tmp_path / "data"
+    data.mkdir()
+    nifti(data / "slice.nii.gz", ct_slice(100))
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "inferring", "--config_file",
+           str([str(REPO / "bundle/configs/train.yaml"), str(REPO / "bundle/configs/inference.yaml"),
+                paper_net_yaml(tmp_path)]),
+           "--dataset_dir", str(data), "--output_dir", str(out), "--ckpt_path", str(model_files[0]),
+           "--infer_num_samples", "2", "--device", "cpu", "--bundle_root", str(REPO / "bundle"),
+           "--infer_progress", "false"]
+    (data / "centers.json").write_text(json.dumps({"slice.nii.gz": {"center": [50, 50], "world": "false"}}))
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd="/", env=ENV, check=False)
+    assert_refused(r, "centers.json", "'slice.nii.gz'", '"world"')
+    assert not out.exists()
+    (data / "centers.json").write_text(json.dumps({"slice.nii.gz": [50, 50], "gone.nii.gz": [1, 1]}))
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd="/", env=ENV, check=False)
+    line = assert_refused(r, "1 of 2 case(s) failed (gone)", str(out))
+    assert "Traceback" not in r.stderr and line.startswith("error: ")
+    log = (r.stdout + r.stderr).splitlines()  # MONAI's log lines go to stdout
+    assert len([x for x in log if "case gone" in x and "does not exist" in x and "Error:" not in x]) == 1, log
+    summary = json.loads((out / "inference_summary.json").read_text())
+    assert (summary["num_ok"], summary["num_failed"]) == (1, 1) and (out / "slice" / "report.json").is_file()
