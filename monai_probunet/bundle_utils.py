@@ -14,11 +14,15 @@ from typing import Any
 
 __all__ = [
     "ConfigValueError",
+    "InputFileError",
+    "InputFileNotFoundError",
+    "RUN_OPTIONS",
     "TrainingInterrupted",
     "UserInputError",
     "as_bool",
     "bundle_root",
     "check_options",
+    "check_overrides",
     "install_cli_error_hook",
 ]
 
@@ -36,6 +40,14 @@ class UserInputError(Exception):
 
 class ConfigValueError(UserInputError, ValueError):
     """A bundle option with a value of the wrong kind (message names the key and what was expected)."""
+
+
+class InputFileError(UserInputError, ValueError):
+    """A file the user gave (a checkpoint, a config) that cannot be read or holds the wrong content."""
+
+
+class InputFileNotFoundError(UserInputError, FileNotFoundError):
+    """A file the user named (a checkpoint) that does not exist."""
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -124,17 +136,61 @@ def check_options(
             raise ConfigValueError(f"--{key} {folder} {what}.")
 
 
+#: the bundle command's own options (``monai.bundle.run``'s parameters), not ids of a config
+RUN_OPTIONS = ("run_id", "init_id", "final_id", "meta_file", "config_file", "logging_file", "tracking", "args_file")
+
+
+def check_overrides(argv: Sequence[str] | None = None) -> None:
+    """Refuse a command-line override that no config file of the run defines, e.g. ``--max_epoch 1``.
+
+    ``python -m monai.bundle run`` adds an unknown ``--key value`` to the config, where nothing reads it: the run
+    goes on with the default (9 epochs for ``--max_epoch 1``). Called from a config's ``initialize`` list, this reads
+    the command line (only when it is the bundle command's: ``argv[0]`` is ``monai/bundle/__main__.py``) and the
+    config files it names, and checks the first part of every ``--key`` (before a ``#``: nested keys of a dict such
+    as ``--dataset_kwargs#num_patients`` may be new) against the files' top-level ids and :data:`RUN_OPTIONS`.
+
+    Args:
+        argv: the command line (default ``sys.argv``).
+
+    Raises:
+        ConfigValueError: naming the option and the closest known one.
+    """
+    import ast
+    import difflib
+
+    argv = list(sys.argv if argv is None else argv)
+    if not argv or not str(argv[0]).replace(os.sep, "/").endswith("monai/bundle/__main__.py"):
+        return
+    keys, files = [], None
+    for i, token in enumerate(argv[1:], start=1):
+        if not token.startswith("--"):
+            continue
+        key, eq, value = token[2:].partition("=")
+        if key == "config_file":
+            files = value if eq else argv[i + 1] if i + 1 < len(argv) else None
+        keys.append(key)
+    if not files:
+        return
+    from monai.bundle import ConfigParser
+
+    try:
+        paths = ast.literal_eval(files) if files.lstrip().startswith(("[", "(")) else [files]
+        known = {k.lstrip("+") for p in paths for k in ConfigParser.load_config_file(p)} | set(RUN_OPTIONS)
+    except Exception:  # noqa: BLE001 -- MONAI's own loading reports unreadable config files
+        return
+    for key in keys:
+        top = key.split("#", 1)[0]
+        if top not in known:
+            close = difflib.get_close_matches(top, sorted(known), n=1, cutoff=0.75)
+            hint = f"did you mean --{close[0]}?" if close else "the options are the top-level keys of the config files"
+            raise ConfigValueError(f"--{key}: no config file of this run has the option {top!r} ({hint}).")
+
+
 def _user_error_in(exc: BaseException | None) -> BaseException | None:
     """The first user error (or Ctrl-C stop) in ``exc``'s chain of causes; MONAI's config parser wraps errors of
     ``$``-expressions and components in ``RuntimeError``-s."""
     seen: set[int] = set()
     user_types: tuple[type[BaseException], ...] = (UserInputError, KeyboardInterrupt)
-    try:  # output-folder errors of the project's writers are user errors as well
-        from .io_utils import OutputFolderError
-
-        user_types += (OutputFolderError,)
-    except ImportError:  # pragma: no cover
-        pass
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
         if isinstance(exc, user_types):

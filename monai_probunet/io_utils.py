@@ -8,8 +8,8 @@ replaced or deleted.
 
 Also :func:`load_network_weights`, the one place a checkpoint is read (``weights_only=True``, clear errors).
 
-This module imports only the standard library (torch lazily where needed), so command-line entry points can use it
-before their heavy imports.
+This module imports only the standard library and :mod:`.bundle_utils` (torch lazily where needed), so
+command-line entry points can use it before their heavy imports.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
+
+from .bundle_utils import InputFileError, InputFileNotFoundError, UserInputError
 
 __all__ = [
     "OutputFolderError",
@@ -35,7 +37,7 @@ __all__ = [
 ]
 
 
-class OutputFolderError(ValueError):
+class OutputFolderError(UserInputError, ValueError):
     """An output path that cannot be (re)placed: a file, unwritable, or a folder holding files of someone else."""
 
 
@@ -194,34 +196,34 @@ def load_network_weights(network: Any, path: str | os.PathLike) -> Any:
     """Load a state dict (``model.pt``, or a checkpoint dict holding it under ``"model"``) with ``weights_only``.
 
     Raises:
-        FileNotFoundError: no such file.
-        ValueError: an empty, truncated, corrupt or unsafe file, or weights that do not fit ``network``; the message
-            names the file.
+        InputFileNotFoundError: (a ``FileNotFoundError``) no such file.
+        InputFileError: (a ``ValueError``) an empty, truncated, corrupt or unsafe file, or weights that do not fit
+            ``network``; the message names the file. Both print as one line from the bundle command.
     """
     import torch
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(
+        raise InputFileNotFoundError(
             f"checkpoint {path} does not exist: train first (run id `training`) or set --ckpt_path / --ckpt_dir."
         )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # empty, truncated, corrupt or unsafe pickles raise many types
         msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise ValueError(
+        raise InputFileError(
             f"checkpoint {path} is not a readable PyTorch state dict (empty, truncated, corrupt or not a weights "
             f"file; weights_only=True): {type(e).__name__}: {msg[:300]}"
         ) from e
     if isinstance(state, Mapping) and "model" in state and isinstance(state["model"], Mapping):
         state = state["model"]
     if not isinstance(state, Mapping):
-        raise ValueError(f"checkpoint {path} holds a {type(state).__name__}, not a state dict of tensors.")
+        raise InputFileError(f"checkpoint {path} holds a {type(state).__name__}, not a state dict of tensors.")
     try:
         network.load_state_dict(state)
     except RuntimeError as e:
         detail = " ".join(str(e).split())
-        raise ValueError(
+        raise InputFileError(
             f"checkpoint {path} does not fit {type(network).__name__} as configured (network_def, channels, "
             f"latent_dim, ...): {detail[:400]}{'...' if len(detail) > 400 else ''}"
         ) from e

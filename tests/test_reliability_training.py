@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import torch
 
-from monai_probunet.bundle_utils import ConfigValueError, as_bool, check_options
+from monai_probunet.bundle_utils import ConfigValueError, as_bool, check_options, check_overrides
 from monai_probunet.data import prepare_dataset
 from monai_probunet.data.disk_format import DatasetError, atomic_dataset_dir, generated_by
 from monai_probunet.data.validation import validate_cases
@@ -89,6 +89,22 @@ def test_named_settings_are_checked_against_their_choices():
     message = r"^--draw_temperature: expected 1 unless --sample_gradient decoder, got 2\.0\.$"
     with pytest.raises(ConfigValueError, match=message):
         check_options(conditions={"draw_temperature": (2.0, False, "1 unless --sample_gradient decoder")})
+
+
+def test_an_option_no_config_has_is_refused_with_the_closest_one():
+    import monai.bundle
+
+    main = str(Path(monai.bundle.__file__).parent / "__main__.py")  # argv[0] of `python -m monai.bundle`
+    files = str([str(TRAIN_YAML), str(TRAIN_YAML.parent / "evaluate.yaml")])
+    check_overrides([main, "run", "evaluating", "--config_file", files, "--max_epochs", "1", "--output_dir", "x",
+                     "--dataset_kwargs#num_patients", "3", "--tracking", "mlflow"])  # all known; a new nested key
+    for typo, want in [("--max_epoch", "did you mean --max_epochs?"), ("--outputdir", "did you mean --output_dir?"),
+                       ("--zzz", "the options are the top-level keys")]:
+        with pytest.raises(ConfigValueError, match=rf"^{typo}: no config file of this run has the option .*{want}"):
+            check_overrides([main, "run", "evaluating", "--config_file", files, typo, "1"])
+    with pytest.raises(ConfigValueError, match="max_epoch"):  # --key=value, one config file
+        check_overrides([main, "run", "training", f"--config_file={TRAIN_YAML}", "--max_epoch=1"])
+    check_overrides(["pytest", "--max_epoch", "1"])  # not the bundle command: its arguments are not overrides
 
 
 # --- the user's dataset folder -----------------------------------------------------------------------------------
@@ -219,6 +235,32 @@ def test_folder_dataset_every_problem_is_listed_before_training(tmp_path):
     assert f"image {root / bad['missing']} does not exist" in text
     assert f"{root / bad['shape']} has shape (20, 16), its image" in text
     assert f"case {bad['graders']}: 6 grader masks, most cases have 4" in text
+
+
+def test_folder_dataset_patients_in_two_splits_no_patient_and_mixed_spacing_are_refused(tmp_path):
+    src = _small_shapes(tmp_path / "gen").parent
+    root = tmp_path / "user"
+    shutil.copytree(src, root)
+    content = json.loads((root / "datalist.json").read_text())
+    content.pop("generator")
+    (root / "datalist.json").write_text(json.dumps(content))
+    validate_cases(root / "datalist.json")  # the copy as generated passes
+    train, test = content["training"][0], content["test"][0]
+    test["patient_id"] = train["patient_id"]  # a training patient's image in the test split
+    del content["validation"][0]["patient_id"]
+    image = nib.load(str(root / content["training"][1]["image"]))  # one image at 2 mm among 0.5 mm images
+    nib.save(nib.Nifti1Image(np.asarray(image.dataobj), np.diag([2.0, 2.0, 1.0, 1.0])),
+             str(root / content["training"][1]["image"]))
+    (root / "datalist.json").write_text(json.dumps(content))
+    with pytest.raises(DatasetError) as info:
+        validate_cases(root / "datalist.json")
+    text = str(info.value)
+    assert "3 problem(s)" in text.splitlines()[0], text
+    assert (f"patient {train['patient_id']!r} has cases in training (case {train['case_id']}), test (case "
+            f"{test['case_id']})") in text
+    assert f"validation case {content['validation'][0]['case_id']}: no patient_id" in text
+    assert (f"training case {content['training'][1]['case_id']}: image spacing [2.0, 2.0] mm, most images "
+            "[0.5, 0.5] mm") in text
 
 
 def test_problem_list_is_capped(tmp_path):
@@ -406,7 +448,8 @@ def test_bundle_bad_folder_dataset_fails_before_training(tmp_path):
     "case",
     ["resume_maybe", "channels_last_2", "posterior_presence_x", "max_epochs_neg", "dataset_dir_file",
      "not_json", "empty_split", "bad_kwargs", "missing_datalist", "ckpt_dir_file", "kwargs_not_dict", "lr_negative",
-     "sample_gradient_x", "torch_compile_x", "draw_temperature_all", "empty_draws_mheads", "prior_pooling_x"],
+     "sample_gradient_x", "torch_compile_x", "draw_temperature_all", "empty_draws_mheads", "prior_pooling_x",
+     "option_typo", "precision_x", "seed_x", "resume_junk"],
 )  # fmt: skip
 def test_bundle_bad_input_is_one_line(tmp_path, case):
     data = tmp_path / "d"
@@ -451,6 +494,20 @@ def test_bundle_bad_input_is_one_line(tmp_path, case):
     elif case == "prior_pooling_x":
         args += ["--prior_pooling", "centre"]
         expect = ("--prior_pooling: expected null or one of mean, mean_max, mean_centre, got 'centre'",)
+    elif case == "option_typo":  # MONAI's command adds an unknown option to the config, where nothing reads it
+        args += ["--max_epoch", "5"]
+        expect = ("--max_epoch: no config file of this run has the option 'max_epoch' (did you mean --max_epochs?)",)
+    elif case == "precision_x":
+        args += ["--precision", "bogus"]
+        expect = ("--precision: expected one of auto, fp32, bf16, got 'bogus'",)
+    elif case == "seed_x":
+        args += ["--seed", "abc"]
+        expect = ("--seed: expected a whole number >= 0, got 'abc'",)
+    elif case == "resume_junk":
+        (tmp_path / "m").mkdir()
+        (tmp_path / "m" / "checkpoint_last.pt").write_bytes(b"not a checkpoint")
+        args += ["--resume", "true"]
+        expect = (f"--resume: {tmp_path / 'm' / 'checkpoint_last.pt'} is not a readable checkpoint", "move")
     elif case == "bad_kwargs":
         args += ["--dataset_kwargs", "{'num_patients': 12, 'image_size': 8}"]
         expect = ("invalid parameters for dataset 'shapes'", "image_size must be >= 16")

@@ -33,17 +33,20 @@ def _values_text(values: np.ndarray) -> str:
     return shown + (f", ... ({len(values)} distinct values)" if len(values) > 6 else "")
 
 
-def _check_case(base: Path, split: str, index: int, item: dict[str, Any]) -> list[str]:
-    """Problems of one case: missing or unreadable files, label values outside {0, 1}, shape mismatches."""
+def _check_case(base: Path, split: str, index: int, item: dict[str, Any]) -> tuple[list[str], tuple | None]:
+    """Problems of one case (missing or unreadable files, label values outside {0, 1}, shape mismatches) and its
+    image's in-plane voxel spacing (``None`` when unreadable)."""
     case = f"{split} case {item.get('case_id', index)!s}"
     problems: list[str] = []
     image_path = _resolve(base, item["image"])
-    image_shape = None
+    image_shape = spacing = None
     if not image_path.is_file():
         problems.append(f"{case}: image {image_path} does not exist.")
     else:
         try:
-            image_shape = tuple(nib.load(str(image_path)).shape)
+            image = nib.load(str(image_path))
+            image_shape = tuple(image.shape)
+            spacing = tuple(round(float(z), 4) for z in image.header.get_zooms()[:2])
         except _READ_ERRORS as e:
             problems.append(f"{case}: image {image_path} cannot be read as NIfTI ({type(e).__name__}: {e}).")
     for label in item["label"]:
@@ -69,7 +72,38 @@ def _check_case(base: Path, split: str, index: int, item: dict[str, Any]) -> lis
                 f"{case}: label {label_path} has shape {tuple(array.shape)}, its image {image_path} has shape "
                 f"{image_shape}."
             )
+    return problems, spacing
+
+
+def _patient_problems(cases: list[tuple[str, int, dict[str, Any]]]) -> list[str]:
+    """Cases without a ``patient_id``, and patients whose cases lie in more than one split."""
+    problems, where = [], {}
+    for split, i, item in cases:
+        patient = item.get("patient_id")
+        if not isinstance(patient, str) or not patient.strip():
+            problems.append(f"{split} case {item.get('case_id', i)!s}: no patient_id (a non-empty string); the "
+                            "splits must be by patient, and only a patient_id shows that they are.")
+            continue
+        where.setdefault(patient, {}).setdefault(split, str(item.get("case_id", i)))
+    for patient, splits in where.items():
+        if len(splits) > 1:
+            found = ", ".join(f"{s} (case {c})" for s, c in splits.items())
+            problems.append(f"patient {patient!r} has cases in {found}: a patient's images must all be in one split "
+                            "(images of one patient in training and test score the model on what it has seen).")
     return problems
+
+
+def _spacing_problems(cases: list[tuple[str, int, dict[str, Any]]], spacings: list[tuple | None]) -> list[str]:
+    """Images whose in-plane spacing is not the most common one (the network learns in pixels)."""
+    counts = Counter(s for s in spacings if s is not None)
+    if len(counts) < 2:
+        return []
+    usual = counts.most_common(1)[0][0]
+    return [
+        f"{split} case {item.get('case_id', i)!s}: image spacing {list(s)} mm, most images {list(usual)} mm; "
+        "resample every image (and its masks) to one spacing: the network learns in pixels."
+        for (split, i, item), s in zip(cases, spacings) if s is not None and s != usual
+    ]
 
 
 def validate_cases(datalist: str | Path, splits: Iterable[str] = SPLITS, num_threads: int = 4) -> dict[str, Any]:
@@ -77,7 +111,8 @@ def validate_cases(datalist: str | Path, splits: Iterable[str] = SPLITS, num_thr
 
     For each case of ``splits``: the image and every grader mask exist and are readable NIfTI, each mask holds
     only the values 0 and 1 (a 0/255 or 0/0.5 mask, a label map with class 2, a -1 are refused, not guessed),
-    each mask's shape equals its image's (spatial) shape; and every case has the same number of grader masks.
+    each mask's shape equals its image's (spatial) shape; every case has the same number of grader masks and a
+    ``patient_id``, no patient has cases in two splits, and every image has the same in-plane voxel spacing.
 
     Args:
         datalist: the dataset's ``datalist.json`` (paths in it relative to its folder, or absolute).
@@ -96,7 +131,8 @@ def validate_cases(datalist: str | Path, splits: Iterable[str] = SPLITS, num_thr
     cases = [(split, i, item) for split in splits for i, item in enumerate(content.get(split, []))]
     with ThreadPoolExecutor(max(1, num_threads)) as pool:
         per_case = list(pool.map(lambda c: _check_case(path.parent, *c), cases))
-    problems = [p for found in per_case for p in found]
+    problems = [p for found, _ in per_case for p in found]
+    problems += _patient_problems(cases) + _spacing_problems(cases, [spacing for _, spacing in per_case])
     counts = Counter(len(item["label"]) for _, _, item in cases)
     if len(counts) > 1:
         usual = counts.most_common(1)[0][0]

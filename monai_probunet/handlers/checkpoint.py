@@ -18,7 +18,7 @@ from ignite.engine import Engine, Events
 from ignite.handlers import DiskSaver
 from monai.handlers import CheckpointLoader, CheckpointSaver
 
-from ..bundle_utils import ConfigValueError, as_bool
+from ..bundle_utils import ConfigValueError, InputFileError, as_bool
 from ..engines.precision import check_channels_last
 from ..engines.rng_state import TrainingRNGState
 from ..io_utils import atomic_torch_save
@@ -190,6 +190,10 @@ class _PrecisionState:
             )
 
 
+def _resume_advice(path: Path) -> str:
+    return f"move {path} away to start over, or give the --ckpt_dir of the run to resume"
+
+
 class LastCheckpoint:
     """Save and restore everything needed to continue an interrupted training run.
 
@@ -353,11 +357,36 @@ class LastCheckpoint:
         self._last_saved_epoch = engine.state.epoch
         logger.info(f"Saved {self.path} at epoch {engine.state.epoch}, iteration {engine.state.iteration}.")
 
+    @property
+    def _advice(self) -> str:
+        return _resume_advice(self.path)
+
+    def _saved_keys(self) -> set[str]:
+        return LastCheckpoint.check_resumable(self.save_dir, True, self.filename)
+
+    @staticmethod
+    def check_resumable(save_dir: str | Path, resume: Any, filename: str = "checkpoint_last.pt") -> set[str]:
+        """With ``resume``, the keys of ``save_dir/filename`` (none without the file); called by the bundle's
+        ``initialize`` so that an unreadable checkpoint is refused before any data is prepared.
+
+        Raises:
+            InputFileError: the file is not a readable checkpoint (one line from the bundle command).
+        """
+        path = Path(save_dir) / filename
+        if not as_bool(resume, "resume") or not path.is_file():
+            return set()
+        try:
+            return set(torch.load(path, map_location="cpu", weights_only=True))
+        except Exception as e:  # noqa: BLE001 -- empty, truncated, corrupt or unsafe pickles raise many types
+            first = (str(e).strip().splitlines() or [""])[0][:200]
+            raise InputFileError(f"--resume: {path} is not a readable checkpoint ({type(e).__name__}: {first}); "
+                                 f"{_resume_advice(path)}.") from e
+
     def load(self, engine: Engine) -> None:
         if not self.path.is_file():
             logger.info(f"resume: no checkpoint at {self.path} yet; training starts from scratch.")
             return
-        saved_keys = set(torch.load(self.path, map_location="cpu", weights_only=True))
+        saved_keys = self._saved_keys()
         objects = dict(self.objects)
         if "rng" not in saved_keys:
             del objects["rng"]
@@ -373,7 +402,12 @@ class LastCheckpoint:
             strict_shape=self.strict_shape,
             map_location=self.map_location,
         )
-        loader(engine)
+        try:
+            loader(engine)
+        except (KeyError, RuntimeError, ValueError) as e:
+            detail = " ".join(str(e).split())[:300]
+            raise InputFileError(f"--resume: {self.path} does not fit this run (another network, optimizer or "
+                                 f"settings: {detail}); {self._advice}.") from e
         self._last_saved_iteration = engine.state.iteration
         self._last_saved_epoch = engine.state.epoch
         logger.info(
