@@ -431,6 +431,7 @@ def test_bundle_evaluator_runs_the_pieces(ct_small, ckpt, net, tmp_path):
     from monai.engines import SupervisedEvaluator
     from monai.engines.utils import IterationEvents
 
+    from monai_probunet.batch_inference import FailedCasesError
     from monai_probunet.inference_evaluator import HypothesesIteration, HypothesesWriter
 
     data = tmp_path / "data"
@@ -456,7 +457,9 @@ def test_bundle_evaluator_runs_the_pieces(ct_small, ckpt, net, tmp_path):
     assert any(isinstance(w, HypothesesWriter) for w in writers)
     seen = []
     evaluator.add_event_handler(IterationEvents.MODEL_COMPLETED, lambda e: seen.append(sorted(e.state.output)))
-    summary = parser.get_parsed_content("infer#runner")()
+    with pytest.raises(FailedCasesError, match="1 of 3 case") as failed:  # the bundle command: one line, exit 2
+        parser.get_parsed_content("infer#runner")()
+    summary = failed.value.summary  # raised after the run: the good cases are written
     assert summary["num_ok"] == 2 and summary["num_failed"] == 1
     assert "does not exist" in {r["case_id"]: r for r in summary["cases"]}["gone"]["error"]
     # the evaluator's postprocessing (registered first) ran on MODEL_COMPLETED, once per good case
