@@ -199,7 +199,7 @@ def read_inference_cases(
             (``center`` None = the image centre).
 
     Raises:
-        FileNotFoundError: neither file exists.
+        FileNotFoundError: the folder does not exist, or holds neither file.
         ValueError: a malformed file or case, naming the file, the case and the key.
     """
     root = Path(dataset_dir)
@@ -239,6 +239,9 @@ def read_inference_cases(
             cases.append({"image": _abs(image), "case_id": entry.pop("case_id", _case_id(image)), **entry})
     else:
         dl = root / "datalist.json"
+        if not root.is_dir():
+            what = "is a file, not a folder" if root.exists() else "does not exist"
+            raise FileNotFoundError(f"{root} {what}: give the folder holding the images and centers.json.")
         if not dl.is_file():
             raise FileNotFoundError(f"{root} holds neither centers.json nor datalist.json (images + lesion centres).")
         data = read_json(dl)

@@ -147,7 +147,8 @@ def check_overrides(argv: Sequence[str] | None = None) -> None:
     goes on with the default (9 epochs for ``--max_epoch 1``). Called from a config's ``initialize`` list, this reads
     the command line (only when it is the bundle command's: ``argv[0]`` is ``monai/bundle/__main__.py``) and the
     config files it names, and checks the first part of every ``--key`` (before a ``#``: nested keys of a dict such
-    as ``--dataset_kwargs#num_patients`` may be new) against the files' top-level ids and :data:`RUN_OPTIONS`.
+    as ``--dataset_kwargs#num_patients`` may be new) against the files' top-level ids, :data:`RUN_OPTIONS` and the
+    ids ``--tracking`` adds (``--tracking_uri``, ``--experiment_name``, ``--run_name``, ...).
 
     Args:
         argv: the command line (default ``sys.argv``).
@@ -172,12 +173,15 @@ def check_overrides(argv: Sequence[str] | None = None) -> None:
     if not files:
         return
     from monai.bundle import ConfigParser
+    from monai.bundle.utils import DEFAULT_EXP_MGMT_SETTINGS
 
     try:
         paths = ast.literal_eval(files) if files.lstrip().startswith(("[", "(")) else [files]
         known = {k.lstrip("+") for p in paths for k in ConfigParser.load_config_file(p)} | set(RUN_OPTIONS)
     except Exception:  # noqa: BLE001 -- MONAI's own loading reports unreadable config files
         return
+    for settings in DEFAULT_EXP_MGMT_SETTINGS.values():  # --tracking mlflow adds its ids (--tracking_uri, ...)
+        known |= set(settings.get("configs", {}))
     for key in keys:
         top = key.split("#", 1)[0]
         if top not in known:

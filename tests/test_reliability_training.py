@@ -97,7 +97,8 @@ def test_an_option_no_config_has_is_refused_with_the_closest_one():
     main = str(Path(monai.bundle.__file__).parent / "__main__.py")  # argv[0] of `python -m monai.bundle`
     files = str([str(TRAIN_YAML), str(TRAIN_YAML.parent / "evaluate.yaml")])
     check_overrides([main, "run", "evaluating", "--config_file", files, "--max_epochs", "1", "--output_dir", "x",
-                     "--dataset_kwargs#num_patients", "3", "--tracking", "mlflow"])  # all known; a new nested key
+                     "--dataset_kwargs#num_patients", "3", "--tracking", "mlflow", "--tracking_uri", "file:///x",
+                     "--run_name", "r"])  # all known (the last two added by --tracking); a new nested key
     for typo, want in [("--max_epoch", "did you mean --max_epochs?"), ("--outputdir", "did you mean --output_dir?"),
                        ("--zzz", "the options are the top-level keys")]:
         with pytest.raises(ConfigValueError, match=rf"^{typo}: no config file of this run has the option .*{want}"):
