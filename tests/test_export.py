@@ -46,6 +46,7 @@ def test_onnx_export_of_the_sampler_matches_pytorch(tmp_path, variant):
         onnx_export(
             net_id="export_def", filepath=str(path), ckpt_file=str(model), meta_file=str(METADATA),
             config_file=configs, input_shape=[1, 1, 64, 64],
+            converter_kwargs={"input_names": ["image"], "output_names": ["logits"]},  # as docs/export.md
         )
     parser = ConfigParser()
     parser.read_config(configs)
@@ -57,6 +58,7 @@ def test_onnx_export_of_the_sampler_matches_pytorch(tmp_path, variant):
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (inp,) = session.get_inputs()
+    assert inp.name == "image" and [o.name for o in session.get_outputs()] == ["logits"]
     rng = np.random.default_rng(0)
     # a dark field with a bright blob (a lesion-like input in the window's [0, 1] range) and plain noise
     yy, xx = np.mgrid[:64, :64]
