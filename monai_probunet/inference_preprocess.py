@@ -107,12 +107,14 @@ class CheckHypothesesMemoryd(MapTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             img = d[key]
-            need = self.num_samples * (int(np.prod(img.shape[1:])) + self.roi[0] * self.roi[1] * 4 * 4 * 3)
+            image_bytes, crop_bytes = int(np.prod(img.shape[1:])), self.roi[0] * self.roi[1] * 4 * 4 * 3
+            need = self.num_samples * (image_bytes + crop_bytes)
             if need > self.max_bytes:
+                fix = "use a smaller crop (--roi-size)" if crop_bytes > image_bytes else "draw fewer (--num-samples)"
                 raise ValueError(
                     f"num_samples={self.num_samples} hypotheses of {d.get('source', key)} (spatial shape "
-                    f"{tuple(img.shape[1:])}) would need about {need / 2**30:.1f} GiB; at most "
-                    f"{self.max_bytes / 2**30:.0f} GiB: draw fewer (--num-samples)."
+                    f"{tuple(img.shape[1:])}, crop {self.roi[0]} x {self.roi[1]} px) would need about "
+                    f"{need / 2**30:.1f} GiB; at most {self.max_bytes / 2**30:.0f} GiB: {fix}."
                 )
         return d
 

@@ -156,7 +156,12 @@ def load_model(
     try:
         parser.read_config(files)
     except Exception as e:  # yaml/json raise many types
-        raise ValueError(f"config {files} could not be read: {type(e).__name__}: {' '.join(str(e).split())}") from e
+        hint = ""
+        if isinstance(e, KeyError) and "query key" in str(e):  # an override refers to ids of the base config
+            hint = f"; an override config needs train.yaml before it, e.g. --config {REPO_CONFIG} {files[-1]}"
+        raise ValueError(
+            f"config {files} could not be read: {type(e).__name__}: {' '.join(str(e).split())}{hint}"
+        ) from e
     _defer_imports(parser)
     if network_id not in parser:
         raise ValueError(f"config {files} defines no {network_id!r}.")

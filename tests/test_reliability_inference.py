@@ -126,6 +126,8 @@ def _bad_model_inputs(tmp_path: Path, model_files) -> tuple[list, list]:
         (("--ckpt", ckpt, "--config", cfg, "--device", "tpu"), ("tpu", "not a torch device")),
         (("--ckpt", ckpt, "--config", cfg, "--threshold", tmp_path / "thr_list.json"), ("thr_list.json", "list")),
         (("--ckpt", ckpt, "--config", tmp_path / "broken.yaml"), ("broken.yaml", "could not be read")),
+        (("--config", REPO / "bundle" / "configs" / "scenes32.yaml"), ("scenes32.yaml", "needs train.yaml before it")),
+        (("--ckpt", ckpt, "--config", cfg, "--roi-size", "4096"), ("crop 4096 x 4096 px", "smaller crop (--roi-size)")),
     ]
     if not torch.cuda.is_available():
         more.append((("--ckpt", ckpt, "--config", cfg, "--device", "cuda"), ("'cuda'", "CUDA is not available")))
