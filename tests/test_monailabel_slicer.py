@@ -505,3 +505,6 @@ def test_dicomweb_series_to_dicom_seg(orthanc, tmp_path):
             assert r.status_code == status and words in r.json()["detail"], r.text
         r = requests.get(f"{url}/datastore/image", params={"image": "1.2.3.4"}, timeout=60)
         assert r.status_code == 404, r.text
+        # training from the raters' outlines needs a local studies folder: said in one line, nothing trained
+        r = requests.post(f"{url}/train/probunet", params={"run_sync": "true"}, json={"max_epochs": 1}, timeout=120)
+        assert r.status_code == 400 and "datastore is a DICOMweb server" in r.text, r.text

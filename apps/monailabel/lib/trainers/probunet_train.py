@@ -37,6 +37,7 @@ from typing import Any
 
 import torch
 from fastapi import HTTPException
+from monailabel.datastore.dicom import DICOMWebDatastore
 from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.train import TrainTask
 
@@ -200,7 +201,11 @@ class ProbUNetTrain(TrainTask):
 
     def _run(self, request: dict[str, Any], datastore: Datastore) -> dict[str, Any]:
         params = self._params(request)
-        studies = getattr(datastore, "_datastore_path", None)
+        studies = getattr(datastore, "_datastore_path", None)  # a DICOMweb datastore's is its download cache
+        if isinstance(datastore, DICOMWebDatastore):
+            raise TrainRequestError("training needs a local studies folder (the raters' labels are kept there); "
+                                    "this server's datastore is a DICOMweb server, whose submitted labels are one "
+                                    "final DICOM SEG per series, not each rater's outline.")
         if not studies or not os.path.isfile(os.path.join(studies, "datastore_v2.json")):
             raise TrainRequestError("training needs a local studies folder (the raters' labels are kept there); "
                                     f"this server's datastore is {type(datastore).__name__}.")
