@@ -262,6 +262,18 @@ def test_folder_dataset_patients_in_two_splits_no_patient_and_mixed_spacing_are_
     assert f"validation case {content['validation'][0]['case_id']}: no patient_id" in text
     assert (f"training case {content['training'][1]['case_id']}: image spacing [2.0, 2.0] mm, most images "
             "[0.5, 0.5] mm") in text
+    # an image normalised to [0, 1]: flat under the HU window training scales it from, fine without one
+    rel = content["training"][2]["image"]
+    image = nib.load(str(root / rel))
+    data = np.asarray(image.dataobj, np.float32)
+    nib.save(nib.Nifti1Image((data - data.min()) / (data.max() - data.min()), image.affine), str(root / rel))
+    with pytest.raises(DatasetError) as info:
+        validate_cases(root / "datalist.json", intensity_window=[-1000.0, 400.0])
+    assert "4 problem(s)" in str(info.value).splitlines()[0]
+    assert (f"image {root / rel} spans [0, 1], under 1% of the intensity window [-1000, 400] (hu_window)"
+            in str(info.value))
+    with pytest.raises(DatasetError, match=r"3 problem\(s\)"):
+        validate_cases(root / "datalist.json")
 
 
 def test_problem_list_is_capped(tmp_path):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,9 @@ def _cached_params(datalist: Path) -> dict[str, Any] | None:
         return None
 
 
-def prepare_dataset(name: str, root: str | Path, seed: int = 0, **kwargs: Any) -> str:
+def prepare_dataset(
+    name: str, root: str | Path, seed: int = 0, intensity_window: Sequence[float] | None = None, **kwargs: Any
+) -> str:
     """Return the path of a dataset's ``datalist.json``, generating a built-in dataset on first use.
 
     Args:
@@ -44,6 +46,8 @@ def prepare_dataset(name: str, root: str | Path, seed: int = 0, **kwargs: Any) -
             a missing or empty folder or over a dataset a generator wrote (its ``datalist.json`` has the
             ``generator`` block); a folder holding anything else is never replaced.
         seed: generation seed of a built-in dataset.
+        intensity_window: ``[low, high]`` the training scales images from (``hu_window``): a ``folder`` dataset's
+            images must not be flat in it (:func:`~monai_probunet.data.validation.validate_cases`).
         kwargs: generator parameters of a built-in dataset (e.g. ``num_patients``, ``image_size``).
 
     Raises:
@@ -56,7 +60,7 @@ def prepare_dataset(name: str, root: str | Path, seed: int = 0, **kwargs: Any) -
     if root.exists() and not root.is_dir():
         raise DatasetError(f"--dataset_dir {root} is a file, not a folder.")
     if name == "folder":
-        validate_cases(datalist)
+        validate_cases(datalist, intensity_window=intensity_window)
         return str(datalist)
     if name not in BUILTIN_DATASETS:
         raise DatasetError(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import zlib
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -33,9 +33,25 @@ def _values_text(values: np.ndarray) -> str:
     return shown + (f", ... ({len(values)} distinct values)" if len(values) > 6 else "")
 
 
-def _check_case(base: Path, split: str, index: int, item: dict[str, Any]) -> tuple[list[str], tuple | None]:
-    """Problems of one case (missing or unreadable files, label values outside {0, 1}, shape mismatches) and its
-    image's in-plane voxel spacing (``None`` when unreadable)."""
+#: an image whose values span less than this share of the intensity window it is scaled with is flat to the network
+MIN_WINDOW_SHARE = 0.01
+
+
+def _flat_in_window(image: nib.spatialimages.SpatialImage, window: Sequence[float]) -> tuple[float, float] | None:
+    """``(min, max)`` of an image whose values span less than :data:`MIN_WINDOW_SHARE` of ``window`` (after the
+    clipping to it), else ``None``."""
+    data = np.asanyarray(image.dataobj)
+    lo, hi = float(np.nanmin(data)), float(np.nanmax(data))
+    w_lo, w_hi = float(window[0]), float(window[1])
+    span = min(hi, w_hi) - max(lo, w_lo)
+    return (lo, hi) if span < MIN_WINDOW_SHARE * (w_hi - w_lo) else None
+
+
+def _check_case(
+    base: Path, split: str, index: int, item: dict[str, Any], window: Sequence[float] | None = None
+) -> tuple[list[str], tuple | None]:
+    """Problems of one case (missing or unreadable files, label values outside {0, 1}, shape mismatches, an image
+    flat in ``window``) and its image's in-plane voxel spacing (``None`` when unreadable)."""
     case = f"{split} case {item.get('case_id', index)!s}"
     problems: list[str] = []
     image_path = _resolve(base, item["image"])
@@ -47,6 +63,14 @@ def _check_case(base: Path, split: str, index: int, item: dict[str, Any]) -> tup
             image = nib.load(str(image_path))
             image_shape = tuple(image.shape)
             spacing = tuple(round(float(z), 4) for z in image.header.get_zooms()[:2])
+            flat = _flat_in_window(image, window) if window is not None else None
+            if flat is not None:
+                problems.append(
+                    f"{case}: image {image_path} spans [{flat[0]:g}, {flat[1]:g}], under "
+                    f"{MIN_WINDOW_SHARE:.0%} of the intensity window [{window[0]:g}, {window[1]:g}] (hu_window) it is "
+                    "scaled with: the network would see a flat image. Give CT in HU (not normalised), or set "
+                    "--hu_window to the images' range."
+                )
         except _READ_ERRORS as e:
             problems.append(f"{case}: image {image_path} cannot be read as NIfTI ({type(e).__name__}: {e}).")
     for label in item["label"]:
@@ -106,18 +130,26 @@ def _spacing_problems(cases: list[tuple[str, int, dict[str, Any]]], spacings: li
     ]
 
 
-def validate_cases(datalist: str | Path, splits: Iterable[str] = SPLITS, num_threads: int = 4) -> dict[str, Any]:
+def validate_cases(
+    datalist: str | Path,
+    splits: Iterable[str] = SPLITS,
+    num_threads: int = 4,
+    intensity_window: Sequence[float] | None = None,
+) -> dict[str, Any]:
     """Check every case of a dataset before it is used, and report every problem at once.
 
     For each case of ``splits``: the image and every grader mask exist and are readable NIfTI, each mask holds
     only the values 0 and 1 (a 0/255 or 0/0.5 mask, a label map with class 2, a -1 are refused, not guessed),
     each mask's shape equals its image's (spatial) shape; every case has the same number of grader masks and a
-    ``patient_id``, no patient has cases in two splits, and every image has the same in-plane voxel spacing.
+    ``patient_id``, no patient has cases in two splits, and every image has the same in-plane voxel spacing. With
+    ``intensity_window`` (the ``[low, high]`` the training scales images from, ``hu_window``), no image may span less
+    than :data:`MIN_WINDOW_SHARE` of it (CT normalised to [0, 1] under an HU window would be one flat value).
 
     Args:
         datalist: the dataset's ``datalist.json`` (paths in it relative to its folder, or absolute).
         splits: the splits to check (those absent from the file are skipped).
         num_threads: threads reading the files (NIfTI decompression releases the GIL).
+        intensity_window: ``[low, high]`` the images are scaled from in training; ``None``: not checked.
 
     Returns:
         the datalist content (as :func:`~monai_probunet.data.disk_format.validate_datalist`).
@@ -130,7 +162,7 @@ def validate_cases(datalist: str | Path, splits: Iterable[str] = SPLITS, num_thr
     content = validate_datalist(path)
     cases = [(split, i, item) for split in splits for i, item in enumerate(content.get(split, []))]
     with ThreadPoolExecutor(max(1, num_threads)) as pool:
-        per_case = list(pool.map(lambda c: _check_case(path.parent, *c), cases))
+        per_case = list(pool.map(lambda c: _check_case(path.parent, *c, intensity_window), cases))
     problems = [p for found, _ in per_case for p in found]
     problems += _patient_problems(cases) + _spacing_problems(cases, [spacing for _, spacing in per_case])
     counts = Counter(len(item["label"]) for _, _, item in cases)
