@@ -431,6 +431,7 @@ BAD_REQUESTS = [
     ("centre negative", {"image": "case1"}, {"center": [-10, 5]}, 400),
     ("3-D centre on a slice", {"image": "case1"}, {"center": [1, 2, 3]}, 400),
     ("click off the single slice", {"image": "case1"}, {"foreground": [[30, 30, 4]]}, 400),
+    ("click outside the image", {"image": "case1"}, {"foreground": [[500, 30, 0]]}, 400),
     ("world centre off the plane", {"image": "case1"}, {"center": [0, 0, 500], "world": True}, 400),
     ("bad frame", {"image": "case1"}, {**C, "frame": "XYZ"}, 400),
     ("bad world flag", {"image": "case1"}, {**C, "world": "maybe"}, 400),
@@ -487,5 +488,7 @@ def test_bad_requests_then_good(server):
     assert r.status_code == 200 and "presence_probability" in r.json()
     # the refusal of an image that is not plausibly CT names the request's switch, and the switch works
     assert "allow_non_ct" in {n: d for n, _, d in answers}["not plausibly CT"]
+    assert {n: d for n, _, d in answers}["click outside the image"].startswith(
+        "foreground point [500.0, 30.0, 0.0] lies outside the image (64 x 64 voxels)")
     r = _post(url, params={"center": [32, 30], "allow_non_ct": True}, image="softtissue")
     assert r.status_code == 200 and "presence_probability" in r.json()

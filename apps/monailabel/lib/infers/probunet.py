@@ -320,6 +320,11 @@ class ProbUNetInfer(BasicInferTask):
                 raise ProbUNetRequestError(
                     f"foreground point {params.center} lies on slice {center[2]:g} of a single-slice image.")
             center = center[:2]
+        spatial = [int(n) for n in image.shape[1:]]
+        if params.from_click and len(center) == len(spatial) and any(
+                not -0.5 <= c < n - 0.5 for c, n in zip(center, spatial)):
+            raise ProbUNetRequestError(f"foreground point {params.center} lies outside the image "
+                                       f"({' x '.join(map(str, spatial))} voxels): place it on the lesion.")
         three_d = params.mode == "3d" or (params.mode == "auto" and image.ndim == 4)
         if three_d and image.ndim != 4:
             raise ProbUNetRequestError(
