@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 from pydicom.data import get_testdata_file
 
+from tests.test_reliability_inference import assert_refused, infer
+
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 GOOD = "LIDC-IDRI-0078"
@@ -137,15 +139,7 @@ def _model_files(root: Path) -> tuple[Path, Path]:
 
 def _infer_refused(image: Path, model: tuple[Path, Path], out: Path, *needles: str) -> None:
     """``python -m monai_probunet.infer image`` exits 2 with one ``error:`` line holding every needle, no traceback."""
-    cmd = [sys.executable, "-m", "monai_probunet.infer", str(image), "--center", "5", "5", "--out", str(out),
-           "--ckpt", str(model[0]), "--config", str(model[1])]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd="/", env=ENV, check=False)
-    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr[-3000:])
-    assert "Traceback" not in r.stderr, r.stderr[-3000:]
-    lines = [line for line in r.stderr.splitlines() if "error:" in line]
-    assert len(lines) == 1, r.stderr[-3000:]
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
+    assert_refused(infer(image, "--center", "5", "5", "--out", out, model_files=model), *needles)
     assert not out.exists()
 
 
