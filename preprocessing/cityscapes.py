@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from monai_probunet.data.disk_format import DATALIST_NAME, SPLITS
+from monai_probunet.data.disk_format import DATALIST_NAME, SPLITS, check_converter_output
 from monai_probunet.data.scenes32 import (
     FLIP_PROBS,
     FLIPS,
@@ -179,6 +179,14 @@ def find_cases(root: str | Path, validation_cities: Sequence[str] = VALIDATION_C
                 cases.append(case)
     if not cases:
         raise FileNotFoundError(f"no *_leftImg8bit.png images under {root / 'leftImg8bit'}.")
+    train_cities = {c["city"] for c in cases if c["source_split"] == "train"}
+    unknown = sorted(set(validation_cities) - train_cities)
+    if unknown and not any(c["split"] == "validation" for c in cases):
+        raise ValueError(f"--validation-cities {' '.join(validation_cities)}: no such city under "
+                         f"{root / 'leftImg8bit' / 'train'} (its cities: {', '.join(sorted(train_cities))}), so the "
+                         "validation split would be empty.")
+    if unknown:
+        logger.warning("--validation-cities: %s not under %s; validation holds the others", unknown, root)
     order = {s: i for i, s in enumerate(SPLITS)}
     return sorted(cases, key=lambda c: (order[c["split"]], c["name"]))
 
@@ -263,6 +271,8 @@ def convert_cityscapes(
     """
     if len(size) != 2 or min(size) < 8 or num_graders < 1:
         raise ValueError(f"size must be (H, W) >= 8 and num_graders >= 1, got {list(size)} and {num_graders}.")
+    entries = {"images", "labels", "modes", "cases"}
+    check_converter_output(Path(out_dir), str(out_dir), "preprocessing.cityscapes", entries)
     out_dir = Path(out_dir)
     cases = find_cases(root, validation_cities)
     settings = _settings(size, num_graders, seed)

@@ -149,9 +149,13 @@ def _run(
 
 
 def _check_out(out_dir: Path, arg: str) -> None:
-    """Refuse an ``--out`` that is a file or cannot be created / written (before any work)."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ValueError(f"--out {arg} is a file, not a folder; give the dataset folder to write (or resume).")
+    """Refuse an ``--out`` that is a file, holds files this program did not write (see
+    :func:`~monai_probunet.data.disk_format.check_converter_output`) or cannot be created / written (before any
+    work)."""
+    from monai_probunet.data.disk_format import check_converter_output
+    from monai_probunet.data.lidc_cases import MANIFEST_DIR, STAGING_DIR
+
+    check_converter_output(out_dir, arg, "preprocessing.lidc", {"images", "labels", MANIFEST_DIR, STAGING_DIR})
     probe = out_dir
     while not probe.exists():
         probe = probe.parent
@@ -176,6 +180,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             the root.
     """
     args = _parser().parse_args(argv)
+    if not args.dicom_root.strip():
+        raise ValueError("--dicom-root is empty: give the LIDC-IDRI DICOM folder.")
     dicom_root = Path(args.dicom_root).expanduser().resolve()
     if not dicom_root.is_dir():
         if dicom_root.exists():

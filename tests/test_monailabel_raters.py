@@ -98,6 +98,26 @@ def rater_server(tmp_path_factory):
 # ------------------------------------------------------------------------------------------------ no server
 
 
+def test_export_refuses_a_malformed_datastore_and_a_missing_studies_folder_in_one_line(tmp_path):
+    def export(studies: Path, out: Path) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "monai_probunet.data.raters", "--studies", str(studies),
+                               "--out", str(out)], check=False, capture_output=True, text=True, timeout=120)
+
+    for name, content in (("objects_list", {"objects": [1, 2]}),
+                          ("no_image_key", {"objects": {"a": {"labels": {"rater_x": {"info": {}}}}}})):
+        studies = tmp_path / name
+        studies.mkdir()
+        (studies / "datastore_v2.json").write_text(json.dumps(content))
+        (studies / "labels" / "rater_x").mkdir(parents=True)  # the rater's label is there; the image entry is not
+        (studies / "labels" / "rater_x" / "a.nii.gz").write_bytes(_gz(_nifti_bytes(MASKS["alice"])))
+        proc = export(studies, tmp_path / "out")
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+        assert "not a MONAI Label datastore file" in proc.stderr, proc.stderr
+    proc = export(tmp_path / "nope", tmp_path / "out")
+    assert proc.returncode == 2 and f"--studies {tmp_path / 'nope'} does not exist" in proc.stderr, proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_disagreement_ranks_ambiguous_above_clear_and_empty():
     from monai_probunet.metrics.disagreement import hypothesis_disagreement, presence_ambiguity, shape_disagreement
 
@@ -231,6 +251,7 @@ def test_export_writes_multi_grader_dataset(rater_server, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "monai_probunet.data.raters", "--studies", str(ctx["studies"]),
                            "--out", str(mine)], check=False, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and "did not generate" in proc.stderr
+    assert "Give a new or empty --out" in proc.stderr and "--dataset_name" not in proc.stderr
     assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
 
 

@@ -61,6 +61,18 @@ def test_bad_roots_and_outputs_are_refused_before_any_work(tmp_path):
     (root / "notes.txt").write_text("no images here")
     assert_clean_error(lidc("--dicom-root", root, "--out", out), 2, "holds no .dcm file")
     assert not out.exists()
+    # an empty path is not the working directory
+    assert_clean_error(lidc("--dicom-root", "", "--out", out), 2, "--dicom-root is empty")
+    assert_clean_error(lidc("--dicom-root", root, "--out", ""), 2, "--out is empty")
+    # --out holding someone else's files (their own datalist.json among them): refused, untouched
+    mine = tmp_path / "mine"
+    (mine / "images").mkdir(parents=True)
+    (mine / "datalist.json").write_text('{"mine": 1}')
+    (mine / "notes.txt").write_text("keep")
+    assert_clean_error(lidc("--dicom-root", root, "--out", mine), 2, "holds files preprocessing.lidc did not write",
+                       "datalist.json, notes.txt", "left untouched")
+    assert (mine / "datalist.json").read_text() == '{"mine": 1}'
+    assert sorted(p.name for p in mine.iterdir()) == ["datalist.json", "images", "notes.txt"]
 
 
 def test_a_root_without_lidc_series_and_an_unknown_patient_fail_fast(tmp_path):

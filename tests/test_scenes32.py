@@ -408,6 +408,28 @@ def test_cityscapes_converter_train_ids_flips_and_split(tmp_path):
 # ------------------------------------------------------------------------------------------------ bundle
 
 
+def test_cityscapes_converter_refuses_someone_elses_folder_a_file_and_unknown_cities(tmp_path, capsys):
+    from preprocessing.cityscapes import main
+
+    _write_cityscapes_fixture(tmp_path / "cs", np.random.default_rng(0))
+    common = ["--root", str(tmp_path / "cs"), "--size", "16", "32"]
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "datalist.json").write_text('{"mine": 1}')
+    (mine / "notes.txt").write_text("keep")
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for out, needle in ((mine, "holds files preprocessing.cityscapes did not write (datalist.json, notes.txt)"),
+                        (afile, "is a file, not a folder")):
+        assert main([*common, "--out", str(out)]) == 2
+        assert needle in capsys.readouterr().err
+    assert (mine / "datalist.json").read_text() == '{"mine": 1}' and sorted(p.name for p in mine.iterdir()) == [
+        "datalist.json", "notes.txt"]
+    assert main([*common, "--out", str(tmp_path / "o"), "--validation-cities", "nowhere"]) == 2
+    assert "--validation-cities nowhere: no such city" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
 @pytest.mark.slow
 def test_bundle_trains_and_evaluates_on_scenes32(tmp_path):
     data_args = [a for k, v in SMALL_DATA.items() for a in (f"--dataset_kwargs#{k}", json.dumps(v))]

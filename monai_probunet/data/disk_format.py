@@ -38,6 +38,7 @@ __all__ = [
     "patient_level_split",
     "generated_by",
     "atomic_dataset_dir",
+    "check_converter_output",
 ]
 
 DATALIST_NAME = "datalist.json"
@@ -164,6 +165,43 @@ def generated_by(root: str | Path) -> str | None:
     return name
 
 
+def check_converter_output(out: Path, arg: str, generator: str, entries: frozenset[str] | set[str]) -> None:
+    """Refuse an output folder of a converter (``preprocessing.lidc``, ``preprocessing.cityscapes``) that holds
+    something the converter did not write; its files are never replaced.
+
+    Converters write into their folder as they go, so that an interrupted run resumes. The folder may be missing,
+    empty, a finished run of ``generator`` (its ``datalist.json`` has that ``generator`` block) or an unfinished one
+    (no ``datalist.json`` yet); in both of the last two it may hold only ``entries`` and ``datalist.json``.
+
+    Args:
+        out: the folder.
+        arg: the option as given, for the message (``--out DIR``).
+        generator: the ``generator`` name the converter writes into ``datalist.json``.
+        entries: the files and folders the converter writes.
+
+    Raises:
+        DatasetError: one line naming the folder, what is in it and what to give instead.
+    """
+    if not str(arg).strip():
+        raise DatasetError("--out is empty: give the dataset folder to write (or resume).")
+    if out.exists() and not out.is_dir():
+        raise DatasetError(f"--out {arg} is a file, not a folder; give the dataset folder to write (or resume).")
+    if not out.is_dir():
+        return
+    names = {p.name for p in out.iterdir()}
+    try:
+        content = json.loads((out / DATALIST_NAME).read_text()) if DATALIST_NAME in names else None
+    except (OSError, ValueError):
+        content = None
+    block = content.get("generator") if isinstance(content, dict) else None
+    ours = DATALIST_NAME not in names or (isinstance(block, dict) and block.get("name") == generator)
+    foreign = sorted(names - set(entries) - ({DATALIST_NAME} if ours else set()))
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise DatasetError(f"--out {arg} holds files {generator} did not write ({shown}); it is left untouched: give "
+                           "a new or empty folder, or the folder of an earlier run of it to resume.")
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -183,10 +221,19 @@ class atomic_dataset_dir:
     removed on error; on success the previous dataset is renamed aside (``.<name>.old-<pid>``), the new one
     renamed onto ``root`` and the old one deleted (if another process finished first, its result is kept and
     ours discarded). Such temporary siblings left by a killed process (whose pid is gone) are removed on entry.
+
+    Args:
+        root: the dataset folder.
+        advice: what the refusal of a folder holding other files tells the user to do instead (default: the bundle
+            options ``--dataset_name folder`` / ``--dataset_dir``).
     """
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, advice: str | None = None) -> None:
         self.root = Path(root)
+        self.advice = advice or (
+            "For your own data in the on-disk format add --dataset_name folder; for a built-in dataset give a new or "
+            "empty --dataset_dir."
+        )
         self.tmp = self.root.parent / f".{self.root.name}.tmp-{os.getpid()}"
         self.old = self.root.parent / f".{self.root.name}.old-{os.getpid()}"
 
@@ -196,9 +243,7 @@ class atomic_dataset_dir:
             raise DatasetError(f"dataset folder {root} is a file or link, not a folder; give a folder path.")
         if root.is_dir() and any(root.iterdir()) and generated_by(root) is None:
             raise DatasetError(
-                f"dataset folder {root} holds files this project did not generate; it is left untouched. For your "
-                "own data in the on-disk format add --dataset_name folder; for a built-in dataset give a new or "
-                "empty --dataset_dir."
+                f"dataset folder {root} holds files this project did not generate; it is left untouched. {self.advice}"
             )
 
     def _remove_stale_siblings(self) -> None:

@@ -52,6 +52,9 @@ def rated_images(studies: str | Path) -> dict[str, dict[str, Any]]:
     """
     studies = Path(studies)
     config = studies / DATASTORE_FILE
+    if not studies.is_dir():
+        what = "is a file, not a folder" if studies.exists() else "does not exist"
+        raise DatasetError(f"--studies {studies} {what}: give the folder a MONAI Label server ran on.")
     try:
         content = json.loads(config.read_text())
         objects = content["objects"]
@@ -61,6 +64,14 @@ def rated_images(studies: str | Path) -> dict[str, dict[str, Any]]:
         raise DatasetError(f"{config}: not a MONAI Label datastore file ({type(e).__name__}: {e}).") from None
     images_dir = studies / content.get("images_dir", ".")
     labels_dir = studies / content.get("labels_dir", "labels")
+    try:
+        return _rated_images(objects, config, images_dir, labels_dir)
+    except (AttributeError, KeyError, TypeError) as e:  # entries of another shape than MONAI Label writes
+        raise DatasetError(f"{config}: not a MONAI Label datastore file ({type(e).__name__}: {e}).") from None
+
+
+def _rated_images(objects: Any, config: Path, images_dir: Path, labels_dir: Path) -> dict[str, dict[str, Any]]:
+    """The images of the datastore's ``objects`` with at least one rater's label (see :func:`rated_images`)."""
     out: dict[str, dict[str, Any]] = {}
     for image_id, obj in sorted(objects.items()):
         raters = []
@@ -143,7 +154,7 @@ def export_rater_dataset(
         "num_graders": a,
         "training": [], "validation": [], "test": [],
     }
-    with atomic_dataset_dir(out) as tmp:
+    with atomic_dataset_dir(out, advice="Give a new or empty --out (or the folder of an earlier export).") as tmp:
         (tmp / "images").mkdir()
         (tmp / "labels").mkdir()
         for image_id, case in cases.items():
