@@ -148,7 +148,8 @@ def check_overrides(argv: Sequence[str] | None = None) -> None:
     the command line (only when it is the bundle command's: ``argv[0]`` is ``monai/bundle/__main__.py``) and the
     config files it names, and checks the first part of every ``--key`` (before a ``#``: nested keys of a dict such
     as ``--dataset_kwargs#num_patients`` may be new) against the files' top-level ids, :data:`RUN_OPTIONS` and the
-    ids ``--tracking`` adds (``--tracking_uri``, ``--experiment_name``, ``--run_name``, ...).
+    ids ``--tracking`` adds (``--tracking_uri``, ``--experiment_name``, ``--run_name``, ...); and that
+    ``--tracking_uri`` is a database or a server, not a folder (MLflow 3 has no file store).
 
     Args:
         argv: the command line (default ``sys.argv``).
@@ -162,14 +163,15 @@ def check_overrides(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv if argv is None else argv)
     if not argv or not str(argv[0]).replace(os.sep, "/").endswith("monai/bundle/__main__.py"):
         return
-    keys, files = [], None
+    keys, values = [], {}
     for i, token in enumerate(argv[1:], start=1):
         if not token.startswith("--"):
             continue
         key, eq, value = token[2:].partition("=")
-        if key == "config_file":
-            files = value if eq else argv[i + 1] if i + 1 < len(argv) else None
+        values[key] = value if eq else argv[i + 1] if i + 1 < len(argv) else None
         keys.append(key)
+    _check_tracking_uri(values.get("tracking_uri"))
+    files = values.get("config_file")
     if not files:
         return
     from monai.bundle import ConfigParser
@@ -188,6 +190,24 @@ def check_overrides(argv: Sequence[str] | None = None) -> None:
             close = difflib.get_close_matches(top, sorted(known), n=1, cutoff=0.75)
             hint = f"did you mean --{close[0]}?" if close else "the options are the top-level keys of the config files"
             raise ConfigValueError(f"--{key}: no config file of this run has the option {top!r} ({hint}).")
+
+
+def _check_tracking_uri(uri: str | None) -> None:
+    """``--tracking_uri`` must be a database or a server: MLflow 3 has no file store (a ``file:`` URI or a folder)."""
+    if uri is not None and (uri.startswith("file:") or "://" not in uri):
+        raise ConfigValueError(
+            f"--tracking_uri {uri}: MLflow {_mlflow_version()} keeps no runs in a folder (its file store is gone); "
+            "give a database, e.g. sqlite:///mlflow.db, or a tracking server, e.g. http://127.0.0.1:5000."
+        )
+
+
+def _mlflow_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("mlflow")
+    except Exception:  # noqa: BLE001 -- not installed
+        return "3"
 
 
 def _user_error_in(exc: BaseException | None) -> BaseException | None:

@@ -97,7 +97,7 @@ def test_an_option_no_config_has_is_refused_with_the_closest_one():
     main = str(Path(monai.bundle.__file__).parent / "__main__.py")  # argv[0] of `python -m monai.bundle`
     files = str([str(TRAIN_YAML), str(TRAIN_YAML.parent / "evaluate.yaml")])
     check_overrides([main, "run", "evaluating", "--config_file", files, "--max_epochs", "1", "--output_dir", "x",
-                     "--dataset_kwargs#num_patients", "3", "--tracking", "mlflow", "--tracking_uri", "file:///x",
+                     "--dataset_kwargs#num_patients", "3", "--tracking", "mlflow", "--tracking_uri", "sqlite:///x.db",
                      "--run_name", "r"])  # all known (the last two added by --tracking); a new nested key
     for typo, want in [("--max_epoch", "did you mean --max_epochs?"), ("--outputdir", "did you mean --output_dir?"),
                        ("--zzz", "the options are the top-level keys")]:
@@ -106,6 +106,10 @@ def test_an_option_no_config_has_is_refused_with_the_closest_one():
     with pytest.raises(ConfigValueError, match="max_epoch"):  # --key=value, one config file
         check_overrides([main, "run", "training", f"--config_file={TRAIN_YAML}", "--max_epoch=1"])
     check_overrides(["pytest", "--max_epoch", "1"])  # not the bundle command: its arguments are not overrides
+    for uri in ("file:///tmp/mlruns", "/tmp/mlruns"):  # MLflow 3 has no file store: a database or a server
+        with pytest.raises(ConfigValueError, match=rf"^--tracking_uri {uri}: MLflow .* sqlite:///mlflow.db"):
+            check_overrides([main, "run", "training", "--config_file", str(TRAIN_YAML), "--tracking", "mlflow",
+                             "--tracking_uri", uri])
 
 
 # --- the user's dataset folder -----------------------------------------------------------------------------------
