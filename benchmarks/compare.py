@@ -106,8 +106,15 @@ def _bundle(run_id: str, config_files: str, overrides: list[str], log: Path, thr
     with open(log, "w") as f:
         proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, check=False, env=env)
     if proc.returncode != 0:
+        errors = [line for line in log.read_text(errors="replace").splitlines() if line.startswith("error: ")]
+        if errors:  # the bundle command's one line for bad input (exit status 2)
+            raise BundleInputError(f"`run {run_id}` refused its input: {errors[-1][len('error: '):]} (log: {log})")
         raise RuntimeError(f"{' '.join(cmd)} failed; see {log}")
     return time.perf_counter() - t0
+
+
+class BundleInputError(ValueError):
+    """A bundle run of the comparison refused its input (a dataset name, a value): printed as one line, exit 2."""
 
 
 #: quick mode: a few images and a narrow network per task
@@ -145,6 +152,10 @@ def main() -> None:
         parser.error(f"--heldout {args.heldout}: no datalist.json there (benchmarks/heldout_patients.py --out DIR)")
 
     out = args.out.resolve()
+    if args.report and not out.is_dir():
+        parser.error(f"--report: {out} holds no comparison (run without --report first)")
+    if args.max_epochs is not None and args.max_epochs < 1:
+        parser.error(f"--max-epochs must be >= 1, got {args.max_epochs}")
     out.mkdir(parents=True, exist_ok=True)
     common: list[str] = ["--dataset_dir", str(out / "data")]
     if args.dataset is not None:
@@ -397,4 +408,8 @@ def table(
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (BundleInputError, FileNotFoundError, FileExistsError, NotADirectoryError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -80,7 +80,10 @@ def main() -> None:
                         "same clicks and seeds)")
     args = parser.parse_args()
     torch.manual_seed(0)
-    model, settings = load_model(args.model, args.config)
+    try:
+        model, settings = load_model(args.model, args.config)
+    except (FileNotFoundError, ValueError) as e:  # a missing or unreadable --model / --config
+        parser.exit(2, f"error: --model {args.model} / --config: {e}\n")
     if args.sites:
         report_sites(args, model, settings)
         return
