@@ -73,25 +73,18 @@ def rater_name(tag: str | None, info: dict[str, Any]) -> str | None:
 
 def nrrd_layers(path: str) -> int | None:
     """The number of layers of a layered NRRD segmentation (3D Slicer writes overlapping segments as a 4-D NRRD, the
-    first axis a list of layers), read from its header; ``None`` for any other file."""
+    first axis a list of layers), read from its header (pynrrd, a MONAI Label dependency); ``None`` for any other
+    file."""
     if not path.endswith(".nrrd"):
         return None
-    fields = {}
+    import nrrd
+
     try:
-        with open(path, "rb") as f:
-            for raw in f:
-                line = raw.decode("latin-1").strip()
-                if not line:
-                    break
-                key, sep, value = line.partition(": ")
-                if sep:
-                    fields[key.strip().lower()] = value.strip()
-    except OSError:
-        return None
-    sizes, kinds = fields.get("sizes", "").split(), fields.get("kinds", "").split()
-    if fields.get("dimension") == "4" and len(sizes) == 4 and kinds[:1] == ["list"] and sizes[0].isdigit():
-        return int(sizes[0])
-    return None
+        header = nrrd.read_header(path)
+    except (OSError, nrrd.NRRDError):
+        return None  # the label reader names an unreadable file
+    sizes, kinds = list(header.get("sizes", [])), list(header.get("kinds", []))
+    return int(sizes[0]) if len(sizes) == 4 and kinds[:1] == ["list"] else None
 
 
 def check_label_shape(label_shape: tuple[int, ...], image_shape: tuple[int, ...]) -> None:
