@@ -263,7 +263,8 @@ def _run(args: argparse.Namespace, spacing, roi_arg) -> int:
     roi = roi_arg if roi_arg is not None else settings["roi_size"]
     images = [c["image"] for c in cases] if cases is not None else [args.image]
     _check_resampled_size(images, settings["spacing"], "--spacing" if spacing is not None else "infer_spacing")
-    _check_roi_size(model, roi, args.device, "--roi-size" if roi_arg is not None else "infer_roi_size")
+    if roi_arg is not None:  # the config's infer_roi_size is the crop the model was made for
+        _check_roi_size(model, roi, args.device, "--roi-size")
     mode3d = {"three_d": True, "max_extent_mm": args.max_extent_mm or 40.0} if args.three_d else {}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
@@ -415,7 +416,7 @@ def _check_roi_size(model, roi, device: str, option: str) -> None:
         model: the loaded network (``sample``).
         roi: the crop in px (one value or a pair).
         device: where the model is.
-        option: where the crop came from, for the message (``--roi-size`` or ``infer_roi_size``).
+        option: the option the crop came from, for the message (``--roi-size``).
 
     Raises:
         ValueError: one line naming ``option`` and the smallest crop the network runs on.
