@@ -3,8 +3,9 @@
 :func:`load_ct` reads a 2-D CT slice (NIfTI, or one DICOM file) or a 3-D CT volume (NIfTI, or a DICOM series folder)
 with MONAI's ``LoadImage`` (``PydicomReader`` for DICOM: rescale slope/intercept applied, i.e. HU), or takes an
 already loaded channel-first ``MetaTensor``, and refuses (``ValueError`` naming the file) what would otherwise be
-guessed: DICOM that is not ``Modality == "CT"``, a DICOM series with the same slice twice, a zero or negative voxel
-spacing, a NIfTI without qform/sform (unknown spacing) or with complex voxels, intensities that are not plausibly HU
+guessed: DICOM that is not ``Modality == "CT"``, a DICOM folder that is not one evenly spaced series numbered in
+position order (:mod:`~monai_probunet.dicom_series`; one numbered against its normal is restacked along it, as 3D
+Slicer shows it), a zero or negative voxel spacing, a NIfTI without qform/sform (unknown spacing) or with complex voxels, intensities that are not plausibly HU
 in an image without a DICOM modality. :func:`resolve_center` maps a voxel or world (RAS/LPS millimetres) centre to
 voxel coordinates of the loaded array (see :mod:`monai_probunet.inference` for the coordinate conventions).
 """
@@ -22,6 +23,8 @@ import torch
 from monai.data import MetaTensor
 from monai.data.utils import to_affine_nd
 from monai.transforms import ApplyTransformToPoints, LoadImage
+
+from .dicom_series import check_ct_dicom, is_dicom
 
 __all__ = [
     "DEFAULT_HU_WINDOW",
@@ -50,121 +53,6 @@ SPACING_HINT = (
 
 
 # --------------------------------------------------------------------------------------------- loading
-
-
-def _is_dicom(path: Path) -> bool:
-    from pydicom.misc import is_dicom
-
-    try:
-        return path.suffix.lower() == ".dcm" or is_dicom(str(path))
-    except OSError:
-        return False
-
-
-def _slice_position(ds) -> tuple[np.ndarray, float] | None:
-    """A DICOM slice's orientation (``ImageOrientationPatient``) and position along its normal in mm, or ``None``.
-
-    Args:
-        ds: A pydicom dataset (header only is enough).
-
-    Returns:
-        tuple or None: ``(orientation (6,), position along row x column in mm)``; ``None`` if either tag is missing
-        or not 3 + 6 finite numbers (other checks, or the reader, name that problem).
-    """
-    try:
-        ipp = np.asarray([float(v) for v in ds.ImagePositionPatient], dtype=np.float64)
-        iop = np.asarray([float(v) for v in ds.ImageOrientationPatient], dtype=np.float64)
-    except (AttributeError, TypeError, ValueError):
-        return None
-    if ipp.shape != (3,) or iop.shape != (6,) or not (np.isfinite(ipp).all() and np.isfinite(iop).all()):
-        return None
-    normal = np.cross(iop[:3], iop[3:])
-    norm = float(np.linalg.norm(normal))
-    if norm <= 1e-6:
-        return None
-    return iop, float(ipp @ (normal / norm))
-
-
-def _check_duplicate_slices(slices: Sequence[tuple[str, np.ndarray, float, str]], source: str) -> None:
-    """Raise ``ValueError`` if two slices of a series lie at the same position (the same slice twice).
-
-    Stacked, such slices give a zero slice spacing (or, inside a longer series, a volume with a repeated slice and a
-    wrong average spacing), so they are refused by name instead.
-
-    Args:
-        slices: ``(file name, ImageOrientationPatient, position along the slice normal in mm, SeriesInstanceUID)``
-            per slice.
-        source: The folder's name for the message.
-
-    Raises:
-        ValueError: Naming the files of the first position held by more than one slice of the same orientation.
-    """
-    order = sorted(slices, key=lambda s: s[2])
-    groups: list[list[tuple[str, np.ndarray, float, str]]] = []
-    for s in order:
-        g = groups[-1] if groups else None
-        if g is not None and abs(s[2] - g[0][2]) <= 1e-3 and np.allclose(s[1], g[0][1], atol=1e-4):
-            g.append(s)
-        else:
-            groups.append([s])
-    dups = [g for g in groups if len(g) > 1]
-    if not dups:
-        return
-    g = dups[0]
-    names = sorted(s[0] for s in g)
-    shown = ", ".join(names[:5]) + (f", ... ({len(names)} files)" if len(names) > 5 else "")
-    series = {s[3] for s in g}
-    more = f"; {len(dups) - 1} more positions hold more than one slice" if len(dups) > 1 else ""
-    hint = (
-        f"they belong to {len(series)} different series: keep one series per folder"
-        if len(series) > 1
-        else "remove the duplicates"
-    )
-    raise ValueError(
-        f"{source}: {len(g)} slices at the same position z = {g[0][2]:g} mm along the slice normal ({shown}){more}: "
-        f"{hint}."
-    )
-
-
-def _check_ct_dicom(files: Sequence[Path], source: str) -> None:
-    """Raise ``ValueError`` unless every DICOM header in ``files`` says CT and the slices form one series.
-
-    Args:
-        files: The DICOM files of one slice or of one series (a folder).
-        source: The image's name for the messages.
-
-    Raises:
-        ValueError: If a file is unreadable, not ``Modality == "CT"``, has no positive ``PixelSpacing``, or two files
-            of a series lie at the same position (duplicate slices).
-    """
-    import pydicom
-
-    positions = []
-    for f in files:
-        try:
-            ds = pydicom.dcmread(str(f), stop_before_pixels=True)
-        except Exception as e:  # pydicom raises many types for a broken file
-            raise ValueError(f"{f} is not a readable DICOM file ({type(e).__name__}: {e}).") from e
-        modality = getattr(ds, "Modality", None)
-        if modality != "CT":
-            raise ValueError(
-                f"{source}: DICOM file {f.name} has Modality {modality!r}; this model segments CT (HU) only."
-            )
-        spacing = getattr(ds, "PixelSpacing", None)
-        try:
-            ok = spacing is not None and len(spacing) == 2 and all(float(v) > 0 for v in spacing)
-        except (TypeError, ValueError):
-            ok = False
-        if not ok:
-            raise ValueError(
-                f"{f}: PixelSpacing {None if spacing is None else list(spacing)!r} is missing or not positive; "
-                "the pixel size in mm is needed to resample to the model's spacing."
-            )
-        pos = _slice_position(ds)
-        if pos is not None:
-            positions.append((f.name, pos[0], pos[1], str(getattr(ds, "SeriesInstanceUID", ""))))
-    if len(positions) > 1:
-        _check_duplicate_slices(positions, source)
 
 
 def _check_nifti_header(path: Path) -> None:
@@ -301,12 +189,12 @@ def load_ct(image: str | os.PathLike | MetaTensor, allow_non_ct: bool = False) -
 
     Raises:
         FileNotFoundError: If the path does not exist.
-        ValueError: If a DICOM file is not CT or unreadable, a folder holds no DICOM file or two slices at the same
-            position, the file cannot be read as an image, a NIfTI has no qform/sform (unknown spacing) or complex
+        ValueError: If a DICOM file is not CT or unreadable, a folder holds no DICOM file or is not one evenly spaced
+            series numbered in position order (:func:`~monai_probunet.dicom_series.check_ct_dicom`), the file cannot be read as an image, a NIfTI has no qform/sform (unknown spacing) or complex
             voxels, the image is not a single-channel 2-D/3-D image, has NaN/inf values or a zero/negative voxel
             spacing, or (without ``allow_non_ct``) its intensities are not plausibly HU.
     """
-    verified_ct = False
+    verified_ct = against_normal = False
     if isinstance(image, MetaTensor):
         source = str(image.meta.get("filename_or_obj", "") or "<MetaTensor>")
         img = image
@@ -328,14 +216,14 @@ def load_ct(image: str | os.PathLike | MetaTensor, allow_non_ct: bool = False) -
         if not path.exists():
             raise FileNotFoundError(f"image {path} does not exist.")
         if path.is_dir():
-            files = sorted(p for p in path.iterdir() if p.is_file() and _is_dicom(p))
+            files = sorted(p for p in path.iterdir() if p.is_file() and is_dicom(p))
             if not files:
                 raise ValueError(f"image folder {path} holds no DICOM file (a folder must be one DICOM series).")
-            _check_ct_dicom(files, source)
+            against_normal = check_ct_dicom(files, source)
             loader = LoadImage(reader="PydicomReader", image_only=True, ensure_channel_first=True, dtype=np.float32)
             verified_ct = True
-        elif _is_dicom(path):
-            _check_ct_dicom([path], source)
+        elif is_dicom(path):
+            check_ct_dicom([path], source)
             loader = LoadImage(reader="PydicomReader", image_only=True, ensure_channel_first=True, dtype=np.float32)
             verified_ct = True
         else:
@@ -350,6 +238,8 @@ def load_ct(image: str | os.PathLike | MetaTensor, allow_non_ct: bool = False) -
             raise ValueError(f"could not read image {path}: {type(e).__name__}: {e}") from e
         if not isinstance(img, MetaTensor):
             raise ValueError(f"could not read image {path} with its geometry (got {type(img).__name__}).")
+        if against_normal:
+            img = _along_normal(img)
         if verified_ct:
             img.meta[MODALITY_KEY] = "CT"
         elif path.name.endswith((".nii", ".nii.gz")):
@@ -358,6 +248,19 @@ def load_ct(image: str | os.PathLike | MetaTensor, allow_non_ct: bool = False) -
     if img.meta.get(MODALITY_KEY) != "CT":
         _check_hu(img, source, allow_non_ct)
     return img, source
+
+
+def _along_normal(img: MetaTensor) -> MetaTensor:
+    """A DICOM volume read in ``InstanceNumber`` order against its slice normal, restacked along the normal (as 3D
+    Slicer and ITK stack it, so that slice ``k`` is the viewer's); its affine moved with it, the world unchanged."""
+    flip = torch.eye(4, dtype=torch.float64)
+    flip[2, 2], flip[2, 3] = -1.0, float(img.shape[-1] - 1)
+    affine = _affine4(img) @ flip
+    meta = {k: v for k, v in img.meta.items() if k != "affine"}
+    meta["original_affine"] = affine.numpy()
+    for key in ("00200032", "lastImagePositionPatient"):
+        meta.pop(key, None)  # the first and last slices' positions, now swapped
+    return MetaTensor(img.as_tensor().flip(-1), affine=affine, meta=meta)
 
 
 def _check_image(img: MetaTensor, source: str) -> None:

@@ -254,11 +254,12 @@ def _run(args: argparse.Namespace, spacing, roi_arg) -> int:
         raise ValueError(f"checkpoint {args.ckpt} is empty (0 bytes).")
 
     inf = _import_inference(full=args.batch is not None)
+    from .hypotheses import _as_threshold as as_threshold  # loaded with it
 
     is_ours = inf.is_hypotheses_set if args.batch is None else inf.is_inference_run
     staged_dir(args.out, is_ours=is_ours, what="--out")  # refuses a file / foreign folder / unwritable place
     cases = inf.read_inference_cases(Path(args.batch).parent, args.batch) if args.batch is not None else None
-    threshold = inf._as_threshold(args.threshold) if args.threshold else inf.find_presence_threshold(args.ckpt)
+    threshold = as_threshold(args.threshold) if args.threshold else inf.find_presence_threshold(args.ckpt)
     model, settings = inf.load_model(args.ckpt, args.config, device=args.device, spacing=spacing)
     roi = roi_arg if roi_arg is not None else settings["roi_size"]
     images = [c["image"] for c in cases] if cases is not None else [args.image]
@@ -355,10 +356,10 @@ def _plane_geometry(image: str) -> tuple[list[int], list[float]] | None:
         if path.is_dir() or not path.name.endswith((".nii", ".nii.gz")):
             import pydicom
 
-            from .ct_io import _is_dicom
+            from .dicom_series import is_dicom
 
-            files = sorted(f for f in path.iterdir() if f.is_file() and _is_dicom(f)) if path.is_dir() else [path]
-            if not files or not _is_dicom(files[0]):
+            files = sorted(f for f in path.iterdir() if f.is_file() and is_dicom(f)) if path.is_dir() else [path]
+            if not files or not is_dicom(files[0]):
                 return None
             ds = pydicom.dcmread(str(files[0]), stop_before_pixels=True)
             row_mm, col_mm = (float(v) for v in ds.PixelSpacing)

@@ -59,16 +59,6 @@ from .hypotheses import FALLBACK_RULE, Hypotheses, Variant, group_variants, is_h
 from .model_loading import check_device, find_presence_threshold, load_model
 from .predict import predict_hypotheses
 
-# the constants and helpers this module held before the split stay importable from it
-from .batch_inference import _case_entry, _safe_case_id  # noqa: F401
-from .ct_io import HU_PLAUSIBLE_MIN, MODALITY_KEY, SPACING_HINT, WORLD_FRAMES  # noqa: F401
-from .ct_io import _affine4, _check_ct_dicom, _check_hu, _check_image, _check_nifti_header  # noqa: F401
-from .ct_io import _is_dicom, _pair, _points, _slice_axis  # noqa: F401
-from .hypotheses import FALLBACK_MARGIN, REPORT_NAME, SET_FILES, SUMMARY_NAME, VARIANT_IOU  # noqa: F401
-from .hypotheses import WRITTEN_BY, WRITTEN_BY_KEY, _ambiguity, _as_threshold, _marked  # noqa: F401
-from .model_loading import PRESENCE_THRESHOLD_NAME, REPO_CONFIG, _defer_imports, _LazyModule  # noqa: F401
-from .predict import MAX_HYPOTHESES_BYTES  # noqa: F401
-
 __all__ = [
     "DEFAULT_HU_WINDOW",
     "DEFAULT_ROI_SIZE",

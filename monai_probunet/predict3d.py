@@ -86,14 +86,11 @@ __all__ = [
     "MIN_PRESENCE",
     "Hypotheses3D",
     "SharedNoiseSampler",
-    "check_uniform_slices",
     "growth_rule",
     "predict_hypotheses_3d",
     "slice_pieces",
 ]
 
-#: relative tolerance on the gaps between DICOM slice positions
-SLICE_GAP_TOLERANCE = 0.01
 PRESENCE_LABEL_NAME = "presence_label.nii.gz"
 
 
@@ -230,46 +227,6 @@ class Hypotheses3D(Hypotheses):
 # --------------------------------------------------------------------------------------------- input checks
 
 
-def check_uniform_slices(folder: str | os.PathLike, tolerance: float = SLICE_GAP_TOLERANCE) -> float:
-    """The slice spacing of a DICOM series folder; ``ValueError`` naming the folder if the gaps are not equal.
-
-    Slice positions are ``ImagePositionPatient`` projected on the slice normal (``ImageOrientationPatient``); a gap
-    that differs from the median by more than ``tolerance`` (relative) or a repeated position is refused: a volume
-    built from unequal gaps has a wrong slice spacing and a wrong lesion volume.
-    """
-    import pydicom
-
-    folder = Path(folder)
-    pos = []
-    for f in sorted(p for p in folder.iterdir() if p.is_file()):
-        try:
-            ds = pydicom.dcmread(str(f), stop_before_pixels=True)
-        except Exception:  # noqa: BLE001, S112 -- not a DICOM file (load_ct has refused broken series already)
-            continue
-        iop = getattr(ds, "ImageOrientationPatient", None)
-        ipp = getattr(ds, "ImagePositionPatient", None)
-        if iop is None or ipp is None:
-            raise ValueError(f"{folder}: {f.name} has no ImagePositionPatient/ImageOrientationPatient; 3-D mode needs "
-                             "the slice positions.")
-        iop = np.asarray([float(v) for v in iop])
-        normal = np.cross(iop[:3], iop[3:])
-        pos.append(float(np.dot(normal, [float(v) for v in ipp])))
-    if len(pos) < 2:
-        return float("nan")
-    gaps = np.diff(np.sort(pos))
-    med = float(np.median(gaps))
-    if (gaps <= 1e-6).any() or med <= 0:
-        raise ValueError(f"{folder}: two slices share a position ({np.count_nonzero(gaps <= 1e-6)} repeated); 3-D "
-                         "mode needs one slice per position.")
-    bad = np.abs(gaps - med) > tolerance * med
-    if bad.any():
-        raise ValueError(
-            f"{folder}: slice gaps are not uniform ({', '.join(f'{g:.3g}' for g in np.unique(np.round(gaps, 3)))} mm, "
-            f"median {med:.3g} mm); 3-D mode needs equally spaced slices: resample the series or use 2-D mode."
-        )
-    return med
-
-
 def _positive(value: Any, name: str) -> float:
     try:
         v = float(value)
@@ -404,8 +361,6 @@ def predict_hypotheses_3d(
             f"{source}: 3-D mode needs a CT volume (1 x H x W x D); this is a 2-D image of shape {tuple(img.shape)}: "
             "use 2-D mode."
         )
-    if not isinstance(image, MetaTensor) and Path(image).is_dir():
-        check_uniform_slices(image)
     spatial = tuple(int(s) for s in img.shape[1:])
     need = num_samples * int(np.prod(spatial)) + 8 * int(np.prod(spatial))
     if need > MAX_HYPOTHESES_BYTES:

@@ -230,14 +230,23 @@ def test_volume_nifti(volume, net, tmp_path):
     assert report["volume_mm3_spread"]["max"] == pytest.approx(float(h.volumes_mm3.max()))
 
 
-def test_dicom_series_folder(net):
-    folder = os.path.dirname(pydicom_data.get_testdata_file("dicomdirtests/77654033/CT2/17136"))
+def test_dicom_series_folder(net, tmp_path):
+    src = Path(pydicom_data.get_testdata_file("dicomdirtests/77654033/CT2/17136")).parent
+    # pydicom's folder is part of a series: slice 18 and slices 180-182, 1.25 mm apart; stacked, the 202 mm gap
+    # was spread over the four as a 68 mm slice spacing
+    with pytest.raises(ValueError, match=r"slice gaps are not uniform: 202 mm between 17106 and 17136, 1\.25 mm"):
+        load_ct(src)
+    folder = tmp_path / "CT2"
+    folder.mkdir()
+    for name in ("17136", "17166", "17196"):
+        shutil.copy(src / name, folder / name)
     # a 16 x 16 series at 0.49 mm: 7.8 mm, smaller than the 64 px field at 0.5 mm (refused), covers an 8 px one
     with pytest.raises(ValueError, match="smaller than the model's field"):
         _predict(folder, (8, 8, 1), net, num_samples=4)
     h = _predict(folder, (8, 8, 1), net, num_samples=4, roi_size=8)
     img, _ = load_ct(folder)
     assert h.labels.shape == (4, *img.shape[1:]) and h.slice_axis == 2
+    assert img.shape[-1] == 3 and float(img.affine[2, 2]) == pytest.approx(1.25, abs=1e-4)
 
 
 def test_save_slice(ct_small, net, tmp_path):

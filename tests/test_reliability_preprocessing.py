@@ -116,12 +116,16 @@ def test_partial_download_and_a_run_without_images(tmp_path):
 # ------------------------------------------------------------------------------------------------ load_ct: careless CT
 
 
-def _ct_small_copy(path: Path, z: float | None = None, instance: int | None = None, series: str | None = None) -> Path:
+def _ct_small_copy(
+    path: Path, z: float | None = None, instance: int | None = None, series: str | None = None, add: int = 0
+) -> Path:
     """pydicom's ``CT_small.dcm`` (128 x 128 at 0.661468 mm, z = -75.699997 mm) written to ``path``, optionally moved
-    to slice position ``z``, renumbered or put in another series."""
+    to slice position ``z``, renumbered, put in another series or with ``add`` added to every stored pixel."""
     import pydicom
 
     ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    if add:
+        ds.PixelData = (ds.pixel_array + add).astype(ds.pixel_array.dtype).tobytes()
     if z is not None:
         ds.ImagePositionPatient = [ds.ImagePositionPatient[0], ds.ImagePositionPatient[1], z]
     if instance is not None:
@@ -187,7 +191,8 @@ def test_a_dicom_folder_with_the_same_slice_twice_names_the_duplicates(tmp_path)
     mixed = tmp_path / "mixed"
     _ct_small_copy(mixed / "x.dcm")
     _ct_small_copy(mixed / "y.dcm", series="1.2.3.4")
-    with pytest.raises(ValueError, match=r"\(x\.dcm, y\.dcm\): they belong to 2 different series"):
+    with pytest.raises(ValueError, match=r"mixed: the folder holds 2 DICOM series \(.*: 1 files, .*: 1 files\); "
+                       "keep one series per folder"):
         load_ct(mixed)
     # a real series (2.5 mm apart) still loads with its spacing
     good = tmp_path / "good"
@@ -198,6 +203,58 @@ def test_a_dicom_folder_with_the_same_slice_twice_names_the_duplicates(tmp_path)
     assert _spacing(img) == [0.6615, 0.6615, 2.5]
     # through the command: exit 2, one line naming the files
     _infer_refused(twice, _model_files(tmp_path / "model"), tmp_path / "out", "ser1", "a.dcm, b.dcm", "same position")
+
+
+def test_a_dicom_folder_is_one_evenly_spaced_series_stacked_as_slicer_stacks_it(tmp_path):
+    import pydicom
+    import torch
+
+    from monai_probunet.ct_io import load_ct
+
+    zs = (-75.7, -73.2, -70.7)
+    # numbered feet to head or head to feet: the same volume, slice k at the k-th position along the normal (as
+    # SimpleITK, MONAI Label's DICOM conversion and 3D Slicer stack it; MONAI's reader stacks by InstanceNumber)
+    for name, numbers in (("up", (1, 2, 3)), ("down", (3, 2, 1))):
+        for k, (z, n) in enumerate(zip(zs, numbers)):
+            _ct_small_copy(tmp_path / name / f"{k}.dcm", z=z, instance=n, add=100 * k)
+    up, _ = load_ct(tmp_path / "up")
+    down, _ = load_ct(tmp_path / "down")
+    assert torch.equal(up.as_tensor(), down.as_tensor())
+    assert [round(float(up[0, ..., k].mean()) - float(up[0, ..., 0].mean())) for k in range(3)] == [0, 100, 200]
+    for img in (up, down):
+        assert img.affine[2, 2].item() == pytest.approx(2.5) and img.affine[2, 3].item() == pytest.approx(-75.7)
+        assert np.allclose(img.meta["original_affine"], img.affine.numpy())
+
+    def refused(folder: Path, pattern: str) -> None:
+        with pytest.raises(ValueError, match=pattern) as e:
+            load_ct(folder)
+        assert "\n" not in str(e.value)
+
+    # two series interleaved (distinct positions): not stacked into one volume
+    for k, z in enumerate((-75.7, -74.45, -73.2, -71.95)):
+        _ct_small_copy(tmp_path / "two" / f"{k}.dcm", z=z, instance=k // 2 + 1, series=f"1.2.3.{k % 2}")
+    refused(tmp_path / "two", r"two: the folder holds 2 DICOM series \(1\.2\.3\.\d: 2 files, 1\.2\.3\.\d: 2 files\)")
+    # numbered out of position order: the reader would scramble the slices
+    for k, (z, n) in enumerate(zip(zs, (1, 3, 2))):
+        _ct_small_copy(tmp_path / "shuffled" / f"{k}.dcm", z=z, instance=n)
+    refused(tmp_path / "shuffled", r"shuffled: InstanceNumber does not follow the slice positions \(2\.dcm is #2 at "
+            r"-70\.7 mm, 1\.dcm #3 at -73\.2 mm")
+    for k, z in enumerate(zs):
+        _ct_small_copy(tmp_path / "same" / f"{k}.dcm", z=z, instance=1 if k < 2 else 2)
+    refused(tmp_path / "same", r"same: 0\.dcm, 1\.dcm share InstanceNumber 1")
+    # a slice without InstanceNumber (MONAI's reader would skip it without a word)
+    for k, z in enumerate(zs):
+        _ct_small_copy(tmp_path / "unnumbered" / f"{k}.dcm", z=z, instance=k + 1)
+    ds = pydicom.dcmread(str(tmp_path / "unnumbered" / "1.dcm"))
+    del ds.InstanceNumber
+    ds.save_as(str(tmp_path / "unnumbered" / "1.dcm"))
+    refused(tmp_path / "unnumbered", r"unnumbered: 1\.dcm has no InstanceNumber")
+    # a missing slice: refused in every mode (its gap would be spread over the others as a wrong spacing)
+    for k, z in enumerate((-75.7, -73.2, -68.2, -65.7)):
+        _ct_small_copy(tmp_path / "gap" / f"{k}.dcm", z=z, instance=k + 1)
+    refused(tmp_path / "gap", r"gap: slice gaps are not uniform: 5 mm between 1\.dcm and 2\.dcm, 2\.5 mm \(the "
+            r"median\) elsewhere; a slice is missing .* or pass one slice's file for a 2-D result\.")
+    _infer_refused(tmp_path / "gap", _model_files(tmp_path / "model"), tmp_path / "out", "slice gaps are not uniform")
 
 
 def test_a_nifti_without_qform_or_sform_is_refused_not_taken_as_1_mm(tmp_path):
