@@ -467,20 +467,28 @@ def test_dicomweb_series_to_dicom_seg(orthanc, tmp_path):
 
         # Slicer's "Submit Label": PUT /datastore/label?image=<id> with the labelmap and label_info (as its client)
         body_label = (tmp_path / "label.nii.gz").read_bytes()
-        fields = json.dumps({"label_info": [{"name": "lesion (reviewed)", "idx": 1}], "model": "probunet",
-                             "client_id": "user-xyz"})
-        body = b"".join([
-            f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"params\"\r\n\r\n{fields}\r\n".encode(),
-            f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"label\"; filename=\"label.nii.gz\"\r\n"
-            "Content-Type: application/octet-stream\r\n\r\n".encode(), body_label, b"\r\n",
-            f"--{BOUNDARY}--\r\n".encode(),
-        ])
-        u = urlparse(url)
-        conn = http.client.HTTPConnection(u.hostname, u.port, timeout=300)
-        conn.request("PUT", f"/datastore/label?image={quote_plus(series_uid)}", body,
-                     {"content-type": f"multipart/form-data; boundary={BOUNDARY}", "content-length": str(len(body))})
-        resp = conn.getresponse()
-        assert resp.status == 200, resp.read()
+
+        def submit(client_id: str):
+            fields = json.dumps({"label_info": [{"name": "lesion (reviewed)", "idx": 1}], "model": "probunet",
+                                 "client_id": client_id})
+            body = b"".join([
+                f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"params\"\r\n\r\n{fields}\r\n".encode(),
+                f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"label\"; filename=\"label.nii.gz\"\r\n"
+                "Content-Type: application/octet-stream\r\n\r\n".encode(), body_label, b"\r\n",
+                f"--{BOUNDARY}--\r\n".encode(),
+            ])
+            u = urlparse(url)
+            conn = http.client.HTTPConnection(u.hostname, u.port, timeout=300)
+            conn.request("PUT", f"/datastore/label?image={quote_plus(series_uid)}", body, {
+                "content-type": f"multipart/form-data; boundary={BOUNDARY}", "content-length": str(len(body))})
+            resp = conn.getresponse()
+            return resp.status, resp.read().decode()
+
+        # the module's default Client/User-ID is everyone's: the SEG would name nobody
+        status, text = submit("user-xyz")
+        assert status == 400 and "set your name under Edit > Application Settings" in text, text
+        status, text = submit("alice")
+        assert status == 200, text
         series = requests.get(f"{orthanc}/dicom-web/studies/{study_uid}/series", timeout=10).json()
         new = {s["0020000E"]["Value"][0] for s in series if s.get("00080060", {}).get("Value") == ["SEG"]} - seg_series
         assert len(new) == 1
@@ -488,6 +496,9 @@ def test_dicomweb_series_to_dicom_seg(orthanc, tmp_path):
             "SeriesInstanceUID": new.pop()}}, timeout=10).json()
         submitted = pydicom.dcmread(io.BytesIO(requests.get(f"{orthanc}/instances/{found[0]}/file", timeout=10).content))
         assert [s.SegmentLabel for s in submitted.SegmentSequence] == ["lesion (reviewed)"]
+        assert submitted.ContentCreatorName == "alice" and submitted.SegmentSequence[0].SegmentAlgorithmType == \
+            "SEMIAUTOMATIC"  # a person's outline (the model's answer is AUTOMATIC)
+        assert seg.SegmentSequence[0].SegmentAlgorithmType == "AUTOMATIC" and not seg.get("ContentCreatorName")
         assert submitted.ReferencedSeriesSequence[0].SeriesInstanceUID == series_uid
         np.testing.assert_array_equal(seg_to_grid(submitted, label.shape, img.affine)[1], label)
 
@@ -508,3 +519,53 @@ def test_dicomweb_series_to_dicom_seg(orthanc, tmp_path):
         # training from the raters' outlines needs a local studies folder: said in one line, nothing trained
         r = requests.post(f"{url}/train/probunet", params={"run_sync": "true"}, json={"max_epochs": 1}, timeout=120)
         assert r.status_code == 400 and "datastore is a DICOMweb server" in r.text, r.text
+
+
+def test_dicomweb_series_headers_are_checked_as_the_cli_checks_them(orthanc, tmp_path):
+    """MONAI Label's DICOMweb cache converts a series to NIfTI, keeping neither its modality nor its pixel spacing (1
+    mm filled in) nor its gaps: the server checks the series' own headers before it reads the image, as the CLI does
+    (422, one line naming the series): a series tagged MR, a slice without PixelSpacing, a missing slice (2-D
+    mode too)."""
+    import sys
+
+    import pydicom
+    import requests
+
+    sys.path.insert(0, str(REPO / "apps" / "monailabel" / "orthanc"))
+    from make_ct_series import make_series, store
+
+    def series(seed: int, change) -> str:
+        files = make_series(tmp_path / f"s{seed}", slices=6, thickness=2.5, radius_mm=5.0, seed=seed)
+        files = change(files) or files
+        store(files, orthanc)
+        return str(pydicom.dcmread(str(files[0])).SeriesInstanceUID)
+
+    def edit(files, k, **tags):
+        ds = pydicom.dcmread(str(files[k]))
+        for tag, value in tags.items():
+            if value is None:
+                delattr(ds, tag)
+            else:
+                setattr(ds, tag, value)
+        ds.save_as(str(files[k]))
+
+    def tagged_mr(files):
+        for k in range(len(files)):
+            edit(files, k, Modality="MR")
+
+    cases = [
+        (series(21, tagged_mr), "has Modality 'MR'; this model segments CT (HU) only"),
+        (series(22, lambda f: edit(f, 2, PixelSpacing=None)), "PixelSpacing None is missing or not positive"),
+        (series(23, lambda f: f[:3] + f[4:]), "slice gaps are not uniform: 5 mm between"),
+    ]
+    root = tmp_path / "label"
+    root.mkdir()
+    conf = {"model_path": MODEL, "network_config": CONFIG}
+    with running_server(root, f"{orthanc}/dicom-web", conf) as (url, log):
+        for uid, words in cases:
+            for mode in ("2d", "3d"):
+                r = requests.post(f"{url}/infer/probunet", params={"image": uid, "output": "json"}, timeout=300,
+                                  data={"params": json.dumps({"foreground": [[60, 60, 2]], "mode": mode})})
+                detail = r.json().get("detail", "")
+                assert r.status_code == 422 and f"series {uid}" in detail and words in detail, (mode, r.text)
+                assert "\n" not in detail and "Traceback" not in detail

@@ -5,7 +5,9 @@ MONAI Label 0.8.5's ``DICOMWebDatastore.save_label`` converts a final label with
 :func:`lib.infers.dicom_seg.write_dicom_seg` instead (no download, no external tool) and uploads it with STOW-RS;
 everything else is MONAI Label's datastore. What 3D Slicer's "Submit Label" sends: ``PUT
 /datastore/label?image=<SeriesInstanceUID>`` with the labelmap (values 1..N) and ``params`` =
-``{"label_info": [{"name": <segment name>, "idx": <value>}, ...], ...}``.
+``{"label_info": [{"name": <segment name>, "idx": <value>}, ...], ...}``. The submitter's Client/User-ID (or
+``rater``) becomes the SEG's ``ContentCreatorName`` (3D Slicer's default ``user-xyz``, everyone's who has not set
+one, is refused with 400, as on a local studies folder).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from monailabel.datastore.local import LocalDatastore
 from monailabel.interfaces.datastore import DefaultLabelTag
 
 from lib.infers.dicom_seg import DicomSegError, write_dicom_seg
-from lib.rater_datastore import check_label_shape, nrrd_layers
+from lib.rater_datastore import check_label_shape, nrrd_layers, rater_name
 
 logger = logging.getLogger(__name__)
 
@@ -114,6 +116,8 @@ class SegDICOMWebDatastore(DICOMWebDatastore):
             arr = arr[..., None]
         check_label_shape(arr.shape, image_shape)
         layers, segments = label_segments(np.rint(arr).astype(np.int64), label_info.get("label_info"))
+        # the person who submits (refused: 3D Slicer's default id, everyone's who has not set one); none given: none
+        creator = rater_name(label_tag, label_info) if label_info.get("rater") or label_info.get("client_id") else None
         import pydicom
 
         fd, seg_file = tempfile.mkstemp(suffix=".dcm")
@@ -121,7 +125,8 @@ class SegDICOMWebDatastore(DICOMWebDatastore):
         try:
             try:
                 info = write_dicom_seg(seg_file, layers, np.asarray(label.affine, dtype=np.float64), segments,
-                                       image_dir, series_description="MONAI Label final label")
+                                       image_dir, series_description="MONAI Label final label",
+                                       content_creator=creator)
             except DicomSegError as e:
                 raise HTTPException(status_code=422, detail=f"DICOM SEG: {e}") from None
             self._client.store_instances(datasets=[pydicom.dcmread(seg_file)])  # STOW-RS

@@ -100,6 +100,7 @@ def write_dicom_seg(
     segments: Sequence[Mapping[str, Any]],
     series_dir: str | os.PathLike,
     series_description: str = "Probabilistic U-Net lesion",
+    content_creator: str | None = None,
 ) -> dict[str, str]:
     """Write a BINARY DICOM SEG of ``labels`` referencing the series in ``series_dir``.
 
@@ -109,6 +110,9 @@ def write_dicom_seg(
         affine_ras: ``4 x 4`` voxel -> RAS mm of the label grid.
         segments: ``name`` (the SEG's SegmentLabel, at most 64 characters) and optionally ``color`` (RGB in [0, 1]).
         series_dir: The source series' files.
+        content_creator: The person whose label this is (``ContentCreatorName``; the segments are then
+            ``SEMIAUTOMATIC``: a person's outline, possibly edited from the model's); ``None`` for the model's own
+            answer (``AUTOMATIC``).
 
     Returns:
         dict: ``SeriesInstanceUID``, ``SOPInstanceUID`` of the SEG and ``ReferencedSeriesInstanceUID``.
@@ -129,7 +133,8 @@ def write_dicom_seg(
             segment_label=str(seg["name"])[:64],
             segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
             segmented_property_type=codes.SCT.Lesion,
-            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC if content_creator is None
+            else hd.seg.SegmentAlgorithmTypeValues.SEMIAUTOMATIC,
             algorithm_identification=algorithm,
             tracking_uid=hd.UID(),
             tracking_id=str(seg["name"])[:64],
@@ -151,6 +156,7 @@ def write_dicom_seg(
         device_serial_number="none",
         series_description=series_description[:64],
         omit_empty_frames=False,
+        content_creator_name=content_creator,
     )
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")

@@ -52,6 +52,7 @@ from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 from monailabel.utils.others.generic import name_to_device
 
+from monai_probunet.dicom_series import check_ct_dicom, is_dicom
 from monai_probunet.inference import find_presence_threshold, load_ct, load_model
 from monai_probunet.inference_transforms import (
     HypothesesInferer,
@@ -60,7 +61,7 @@ from monai_probunet.inference_transforms import (
     inference_preprocessing,
 )
 from monai_probunet.model_loading import check_device
-from monai_probunet.predict3d import check_uniform_slices, predict_hypotheses_3d
+from monai_probunet.predict3d import predict_hypotheses_3d
 
 from .dicom_seg import DicomSegError, find_source_series, write_dicom_seg
 from .label_rule import consensus_label, hypothesis_segment_names, label_segment_name, presence_decision
@@ -205,7 +206,6 @@ class ProbUNetInfer(BasicInferTask):
         self.config_file = config_file
         self.threshold_path = threshold_path
         self._models: Dict[str, Tuple[torch.nn.Module, Dict[str, Any], Any, float]] = {}
-        self._uniform_series: Dict[str, float] = {}  # series folder -> mtime when its slice gaps were found equal
         self._image_cache: Optional[Tuple[Tuple[str, int, int, bool], Any]] = None  # the last image and its key
 
     # ------------------------------------------------------------------------------------------ model file
@@ -280,7 +280,7 @@ class ProbUNetInfer(BasicInferTask):
 
         In this order: the parameters (400, :func:`.params.parse_params`), the model file (503), the image (400
         without one, 404 missing, 422 unreadable or not CT), the click against the image (400) and the mode (400;
-        a DICOM series with unequal slice gaps in 3-D: 422). The image is loaded here (and kept, :meth:`_load`), so
+        a DICOM source series that is not one evenly spaced CT series: 422). The image is loaded here (and kept, :meth:`_load`), so
         the pre-transforms read it from memory.
 
         Args:
@@ -329,14 +329,6 @@ class ProbUNetInfer(BasicInferTask):
         if three_d and image.ndim != 4:
             raise ProbUNetRequestError(
                 f"mode 3d needs a volume; {os.path.basename(image_path)} is a single 2-D slice: use mode auto or 2d.")
-        if three_d:
-            series = find_source_series(image_path)
-            if series is not None and self._uniform_series.get(str(series)) != os.stat(series).st_mtime:
-                try:
-                    check_uniform_slices(series)
-                except ValueError as e:
-                    raise ProbUNetRequestError(f"bad image for 3-D mode: {e}", status=422) from e
-                self._uniform_series[str(series)] = os.stat(series).st_mtime
         checked = {
             "params": params, "center": center, "world": params.world and not params.from_click,
             "frame": params.frame, "three_d": three_d, "image_path": image_path, "allow_non_ct": params.allow_non_ct,
@@ -472,11 +464,19 @@ class ProbUNetInfer(BasicInferTask):
 
     def _load(self, image_path: str, allow_non_ct: bool = False) -> MetaTensor:
         """:func:`load_ct` of ``image_path``; the last image is kept (same path, mtime and size: the same file), so
-        further clicks on the image a radiologist is reading skip reading it again."""
+        further clicks on the image a radiologist is reading skip reading it again.
+
+        An image converted from a DICOM series (MONAI Label's DICOMweb cache: the series' files in the folder beside
+        it) is read only if the series' own headers pass :func:`~monai_probunet.dicom_series.check_ct_dicom` (CT, pixel
+        spacing, one evenly spaced series): the conversion keeps none of them and would fill in 1 mm pixels."""
         st = os.stat(image_path) if os.path.isfile(image_path) else None
         key = (os.path.abspath(image_path), st.st_mtime_ns, st.st_size, allow_non_ct) if st else None
         if key is not None and self._image_cache is not None and self._image_cache[0] == key:
             return self._image_cache[1]
+        series = find_source_series(image_path) if st else None
+        dicom = sorted(p for p in series.iterdir() if p.is_file() and is_dicom(p)) if series else []
+        if dicom:
+            check_ct_dicom(dicom, f"series {series.name}")
         image, _ = load_ct(image_path, allow_non_ct=allow_non_ct)
         if key is not None:
             self._image_cache = (key, image)
