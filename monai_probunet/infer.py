@@ -315,7 +315,7 @@ def _run(args: argparse.Namespace, spacing, roi_arg) -> int:
         print(json.dumps(report, indent=1))
     elif args.three_d:
         print(
-            f"{hyp.source}: {hyp.num_samples} 3-D hypotheses over {hyp.extent_slices} slice(s) "
+            f"{hyp.source} at {_where(hyp)}: {hyp.num_samples} 3-D hypotheses over {hyp.extent_slices} slice(s) "
             f"{list(hyp.slice_indices)[:1] + list(hyp.slice_indices)[-1:]} ({report['extent_mm']:.1f} mm), lesion "
             f"presence {hyp.presence_probability:.3f} ({hyp.presence_count}/{hyp.num_samples}) on the clicked slice, "
             f"ambiguous={hyp.ambiguous}; presence-rule label {report['presence_label']['volume_mm3']:.0f} mm^3; volume "
@@ -324,12 +324,19 @@ def _run(args: argparse.Namespace, spacing, roi_arg) -> int:
     else:
         top = hyp.variants[0]
         print(
-            f"{hyp.source}: {hyp.num_samples} hypotheses, lesion presence {hyp.presence_probability:.3f} "
+            f"{hyp.source} at {_where(hyp)}: {hyp.num_samples} hypotheses, lesion presence {hyp.presence_probability:.3f} "
             f"({hyp.presence_count}/{hyp.num_samples}), ambiguous={hyp.ambiguous}; {len(hyp.variants)} variant(s), "
             f"most frequent {top.frequency:.3f} (area {top.area_mm2:.1f} mm^2); area mean "
             f"{hyp.areas_mm2.mean():.1f} +/- {hyp.areas_mm2.std():.1f} mm^2 -> {Path(args.out)}"
         )
     return 0
+
+
+def _where(hyp) -> str:
+    """The centre as voxel indices and as RAS millimetres, so that a user sees which slice and point ran."""
+    voxel = ", ".join(f"{v:g}" for v in hyp.center_voxel)
+    ras = ", ".join(f"{v:.1f}" for v in hyp.center_world_ras)
+    return f"voxel ({voxel}) = RAS ({ras}) mm"
 
 
 def _as_pair(value, cast: type) -> tuple:

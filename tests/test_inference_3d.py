@@ -417,7 +417,10 @@ def test_cli_3d(shipped, ellipsoid, tmp_path, capsys):
     out = tmp_path / "out"
     args = [str(path), "--center", "68", "66", "11", "--3d", "--out", str(out)]
     assert cli_main(args) == 0
-    assert "3-D hypotheses over" in capsys.readouterr().out
+    out_line = capsys.readouterr().out
+    assert "3-D hypotheses over" in out_line
+    ras = nib.affines.apply_affine(AFFINE, [68, 66, 11])  # the centre in world millimetres, which slice ran
+    assert f"at voxel (68, 66, 11) = RAS ({ras[0]:.1f}, {ras[1]:.1f}, {ras[2]:.1f}) mm:" in out_line
     rep = json.loads((out / "report.json").read_text())
     assert rep["mode"] == "3d" and rep["files"]["presence_label"] == "presence_label.nii.gz"
     assert rep["prior_sampling"] == "sobol"  # the bundle's default, as the 16 noise vectors were drawn
