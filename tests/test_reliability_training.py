@@ -202,8 +202,9 @@ def _corrupt_folder(tmp_path: Path) -> tuple[Path, dict[str, str]]:
     cases = content["training"] + content["validation"] + content["test"]
     bad: dict[str, str] = {}
 
-    def save(rel: str, array: np.ndarray) -> None:
-        nib.save(nib.Nifti1Image(array, np.eye(4)), str(root / rel))
+    def save(rel: str, array: np.ndarray) -> None:  # a mask on its image's voxel grid (affine)
+        image = next(c["image"] for c in cases if rel in c["label"])
+        nib.save(nib.Nifti1Image(array, nib.load(str(root / image)).affine), str(root / rel))
 
     c = cases[0]  # 0/255 mask
     save(c["label"][0], np.array([[0, 255]], np.uint8).repeat(16, 0).repeat(8, 1))
@@ -238,7 +239,7 @@ def test_folder_dataset_every_problem_is_listed_before_training(tmp_path):
     assert f"{root / bad['0.5']} holds values 0.5;" in text
     assert f"{root / bad['2']} holds values -1, 0, 1, 2;" in text
     assert f"image {root / bad['missing']} does not exist" in text
-    assert f"{root / bad['shape']} has shape (20, 16), its image" in text
+    assert f"{root / bad['shape']} is 20 x 16, its image" in text and "is 16 x 16: a grader mask must have" in text
     assert f"case {bad['graders']}: 6 grader masks, most cases have 4" in text
 
 
@@ -253,9 +254,9 @@ def test_folder_dataset_patients_in_two_splits_no_patient_and_mixed_spacing_are_
     train, test = content["training"][0], content["test"][0]
     test["patient_id"] = train["patient_id"]  # a training patient's image in the test split
     del content["validation"][0]["patient_id"]
-    image = nib.load(str(root / content["training"][1]["image"]))  # one image at 2 mm among 0.5 mm images
-    nib.save(nib.Nifti1Image(np.asarray(image.dataobj), np.diag([2.0, 2.0, 1.0, 1.0])),
-             str(root / content["training"][1]["image"]))
+    for rel in [content["training"][1]["image"], *content["training"][1]["label"]]:  # one case at 2 mm among 0.5 mm
+        image = nib.load(str(root / rel))
+        nib.save(nib.Nifti1Image(np.asarray(image.dataobj), np.diag([2.0, 2.0, 1.0, 1.0])), str(root / rel))
     (root / "datalist.json").write_text(json.dumps(content))
     with pytest.raises(DatasetError) as info:
         validate_cases(root / "datalist.json")

@@ -13,6 +13,7 @@ true distribution is known, ``"modes": [M paths], "mode_probs": [M floats]`` (pa
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import shutil
@@ -98,8 +99,36 @@ def patient_level_split(
     return assignment
 
 
+#: how alike (difflib ratio, lower case) a top-level key must be to a split's name to be taken for a misspelt split
+SPLIT_NAME_SIMILARITY = 0.8
+
+
+def _is_case_list(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(v, dict) and "image" in v for v in value)
+
+
+def _misplaced_splits(content: dict[str, Any]) -> list[str]:
+    """Top-level keys that are not splits but look like one: a list of cases, or a list under a name close to a
+    split's (``"tests"``, ``"valdation"``, ``"Test"``); the datalist's other keys are free metadata."""
+    found = []
+    for key, value in content.items():
+        if key in SPLITS or not isinstance(value, list):
+            continue
+        close = difflib.get_close_matches(key.lower(), SPLITS, n=1, cutoff=SPLIT_NAME_SIMILARITY)
+        if not close and not _is_case_list(value):
+            continue
+        held = f"{len(value)} case{'' if len(value) == 1 else 's'}"
+        found.append(f"{key!r} ({held}" + (f"; did you mean {close[0]!r}?)" if close else ")"))
+    return found
+
+
 def validate_datalist(path: str | Path) -> dict[str, Any]:
-    """Read ``datalist.json`` and check its structure; raise a clear error naming the file and key."""
+    """Read ``datalist.json`` and check its structure; raise a clear error naming the file and key.
+
+    The splits are :data:`SPLITS` (``training`` and ``validation`` required, ``test`` optional); any other top-level
+    key is metadata (``name``, ``description``, ``spacing``, ``num_graders``, ``generator``, ...), but a key that holds
+    cases or whose name is close to a split's (a misspelt split, whose cases would never be used) is refused.
+    """
     path = Path(path)
     if path.parent.exists() and not path.parent.is_dir():
         raise DatasetError(f"dataset folder {path.parent} is a file, not a folder holding {DATALIST_NAME}.")
@@ -110,6 +139,14 @@ def validate_datalist(path: str | Path) -> dict[str, Any]:
     content = read_json(path, error=DatasetError)
     if not isinstance(content, dict):
         raise DatasetError(f"{path}: expected a JSON object with keys {SPLITS}, got {type(content).__name__}.")
+    misplaced = _misplaced_splits(content)
+    if misplaced:
+        many = len(misplaced) > 1
+        raise DatasetError(
+            f"{path}: top-level key{'s' if many else ''} {', '.join(misplaced)} "
+            f"{'are not splits, so no case in them' if many else 'is not a split, so no case in it'} would be used: "
+            f"the splits are {', '.join(map(repr, SPLITS))} (the other top-level keys are metadata and hold no cases)."
+        )
     for split in ("training", "validation"):
         if not isinstance(content.get(split), list) or not content[split]:
             raise DatasetError(f"{path}: key {split!r} must be a non-empty list of cases.")

@@ -47,22 +47,83 @@ def _flat_in_window(image: nib.spatialimages.SpatialImage, window: Sequence[floa
     return (lo, hi) if span < MIN_WINDOW_SHARE * (w_hi - w_lo) else None
 
 
+def _shape_text(shape: Sequence[int]) -> str:
+    return " x ".join(str(int(n)) for n in shape)
+
+
+def _image_shape_problem(image_path: Path, shape: tuple[int, ...]) -> str | None:
+    """Why an image of ``shape`` cannot be trained on, else ``None``.
+
+    The training loads each image as ``1 x H x W`` for a 2-D network and flips and rotates it by 90 degrees in
+    plane (``bundle/configs/train.yaml``): a third axis, even of size 1, reaches the network as a 3-D image, and a
+    non-square image turned by 90 degrees cannot be stacked into a batch with the others.
+    """
+    text = f"image {image_path} is {_shape_text(shape)}: expected one 2-D image per case (H x W)"
+    if len(shape) > 2 and len(shape[2:]) == sum(1 for n in shape[2:] if n == 1):
+        return f"{text}; save a 2-D slice as a 2-D NIfTI (without the axes of size 1), and its masks too."
+    if len(shape) > 2:
+        return f"{text}, the network is 2-D; save each slice of a volume as its own case, with 2-D masks."
+    if len(shape) < 2:
+        return f"{text}."
+    if shape[0] != shape[1]:
+        return (
+            f"image {image_path} is {_shape_text(shape)}: expected a square image (H = W), the training's random "
+            f"90-degree rotations turn it to {_shape_text(shape[::-1])} and the batches cannot stack both; crop or "
+            "pad it and its masks to a square."
+        )
+    return None
+
+
+def _grid_difference(image: Any, mask: Any, spatial_dims: int) -> str | None:
+    """How ``mask``'s voxel grid (its affine) differs from ``image``'s beyond float rounding, else ``None``.
+
+    Only the first ``spatial_dims`` axes and the origin are compared (a 2-D image has no slice thickness to match).
+    """
+    a, b = np.asarray(image.affine, np.float64), np.asarray(mask.affine, np.float64)
+    k = max(1, min(spatial_dims, 3))
+    za, zb = np.linalg.norm(a[:3, :k], axis=0), np.linalg.norm(b[:3, :k], axis=0)
+    tol = 1e-3 * float(za.min()) if za.min() > 0 else 1e-3  # a thousandth of a voxel
+    if np.allclose(a[:3, :k], b[:3, :k], rtol=0, atol=tol) and np.allclose(a[:3, 3], b[:3, 3], rtol=0, atol=tol):
+        return None
+    parts = []
+    if not np.allclose(za, zb, rtol=0, atol=tol):
+        mm_a, mm_b = ([round(float(z), 4) for z in zooms] for zooms in (za, zb))
+        parts.append(f"spacing {mm_b} mm, the image's {mm_a} mm")
+    da, db = a[:3, :k] / np.where(za > 0, za, 1), b[:3, :k] / np.where(zb > 0, zb, 1)
+    if not np.allclose(da, db, rtol=0, atol=1e-3):
+        axes_a, axes_b = "".join(map(str, nib.aff2axcodes(a)))[:k], "".join(map(str, nib.aff2axcodes(b)))[:k]
+        parts.append(f"axes {axes_b}, the image's {axes_a}" + (" (rotated)" if axes_a == axes_b else ""))
+    if not np.allclose(a[:3, 3], b[:3, 3], rtol=0, atol=tol):
+        parts.append(f"origin {[round(float(x), 3) for x in b[:3, 3]]} mm, the image's "
+                     f"{[round(float(x), 3) for x in a[:3, 3]]} mm")
+    return "; ".join(parts)
+
+
 def _check_case(
     base: Path, split: str, index: int, item: dict[str, Any], window: Sequence[float] | None = None
-) -> tuple[list[str], tuple | None]:
-    """Problems of one case (missing or unreadable files, label values outside {0, 1}, shape mismatches, an image
-    flat in ``window``) and its image's in-plane voxel spacing (``None`` when unreadable)."""
+) -> tuple[list[str], tuple | None, tuple | None]:
+    """Problems of one case (missing or unreadable files, an image that is not one square 2-D image, label values
+    outside {0, 1}, a mask of another shape or voxel grid (affine) than its image's, an image flat in ``window``),
+    its image's in-plane voxel spacing and its shape where it is one square 2-D image (each ``None`` otherwise).
+
+    Only the headers are read for the shapes and grids; the data of the masks (their values) and, with ``window``,
+    of the image."""
     case = f"{split} case {item.get('case_id', index)!s}"
     problems: list[str] = []
     image_path = _resolve(base, item["image"])
-    image_shape = spacing = None
+    image = image_shape = spacing = size = None
     if not image_path.is_file():
         problems.append(f"{case}: image {image_path} does not exist.")
     else:
         try:
             image = nib.load(str(image_path))
-            image_shape = tuple(image.shape)
+            image_shape = tuple(int(n) for n in image.shape)
             spacing = tuple(round(float(z), 4) for z in image.header.get_zooms()[:2])
+            shape_problem = _image_shape_problem(image_path, image_shape)
+            if shape_problem is not None:
+                problems.append(f"{case}: {shape_problem}")
+            else:
+                size = image_shape
             flat = _flat_in_window(image, window) if window is not None else None
             if flat is not None:
                 problems.append(
@@ -72,6 +133,7 @@ def _check_case(
                     "--hu_window to the images' range."
                 )
         except _READ_ERRORS as e:
+            image = None
             problems.append(f"{case}: image {image_path} cannot be read as NIfTI ({type(e).__name__}: {e}).")
     for label in item["label"]:
         label_path = _resolve(base, label)
@@ -79,7 +141,8 @@ def _check_case(
             problems.append(f"{case}: label {label_path} does not exist.")
             continue
         try:
-            array = np.asanyarray(nib.load(str(label_path)).dataobj)
+            mask = nib.load(str(label_path))
+            array = np.asanyarray(mask.dataobj)
         except _READ_ERRORS as e:
             problems.append(f"{case}: label {label_path} cannot be read as NIfTI ({type(e).__name__}: {e}).")
             continue
@@ -90,13 +153,22 @@ def _check_case(
                 f"{case}: label {label_path} holds values {_values_text(values)}; a grader mask must hold only "
                 "0 (background) and 1 (lesion)."
             )
-        spatial = image_shape[: array.ndim] if image_shape is not None else None
-        if spatial is not None and tuple(array.shape) != spatial:
+        if image is None:
+            continue
+        if tuple(array.shape) != image_shape:
             problems.append(
-                f"{case}: label {label_path} has shape {tuple(array.shape)}, its image {image_path} has shape "
-                f"{image_shape}."
+                f"{case}: label {label_path} is {_shape_text(array.shape)}, its image {image_path} is "
+                f"{_shape_text(image_shape)}: a grader mask must have its image's shape (and number of axes)."
             )
-    return problems, spacing
+            continue
+        difference = _grid_difference(image, mask, len(image_shape))
+        if difference is not None:
+            problems.append(
+                f"{case}: label {label_path} lies on another voxel grid than its image {image_path} (affine: "
+                f"{difference}): a grader mask must share its image's affine; resample it onto the image, or if "
+                "its voxels already match the image's, save it with the image's affine."
+            )
+    return problems, spacing, size
 
 
 def _patient_problems(cases: list[tuple[str, int, dict[str, Any]]]) -> list[str]:
@@ -130,6 +202,22 @@ def _spacing_problems(cases: list[tuple[str, int, dict[str, Any]]], spacings: li
     ]
 
 
+def _size_problems(
+    base: Path, cases: list[tuple[str, int, dict[str, Any]]], sizes: list[tuple | None]
+) -> list[str]:
+    """Images whose size is not the most common one (the batches stack them; no crop is taken by default)."""
+    counts = Counter(s for s in sizes if s is not None)
+    if len(counts) < 2:
+        return []
+    usual = counts.most_common(1)[0][0]
+    return [
+        f"{split} case {item.get('case_id', i)!s}: image {_resolve(base, item['image'])} is {_shape_text(s)}, "
+        f"most images are {_shape_text(usual)}; every image must have one size (the training stacks them into "
+        "batches): crop or pad it and its masks to that size."
+        for (split, i, item), s in zip(cases, sizes) if s is not None and s != usual
+    ]
+
+
 def validate_cases(
     datalist: str | Path,
     splits: Iterable[str] = SPLITS,
@@ -138,10 +226,12 @@ def validate_cases(
 ) -> dict[str, Any]:
     """Check every case of a dataset before it is used, and report every problem at once.
 
-    For each case of ``splits``: the image and every grader mask exist and are readable NIfTI, each mask holds
-    only the values 0 and 1 (a 0/255 or 0/0.5 mask, a label map with class 2, a -1 are refused, not guessed),
-    each mask's shape equals its image's (spatial) shape; every case has the same number of grader masks and a
-    ``patient_id``, no patient has cases in two splits, and every image has the same in-plane voxel spacing. With
+    For each case of ``splits``: the image and every grader mask exist and are readable NIfTI, the image is one
+    square 2-D image (``H x H``: no volume, no trailing axis of size 1), each mask holds only the values 0 and 1 (a
+    0/255 or 0/0.5 mask, a label map with class 2, a -1 are refused, not guessed), each mask has its image's shape
+    and voxel grid (affine: spacing, axes and origin, to a thousandth of a voxel; a mirrored mask is refused);
+    every case has the same number of grader masks and a ``patient_id``, no patient has cases in two splits, and
+    every image has the same size and in-plane voxel spacing (the training stacks the images into batches). With
     ``intensity_window`` (the ``[low, high]`` the training scales images from, ``hu_window``), no image may span less
     than :data:`MIN_WINDOW_SHARE` of it (CT normalised to [0, 1] under an HU window would be one flat value).
 
@@ -163,8 +253,9 @@ def validate_cases(
     cases = [(split, i, item) for split in splits for i, item in enumerate(content.get(split, []))]
     with ThreadPoolExecutor(max(1, num_threads)) as pool:
         per_case = list(pool.map(lambda c: _check_case(path.parent, *c, intensity_window), cases))
-    problems = [p for found, _ in per_case for p in found]
-    problems += _patient_problems(cases) + _spacing_problems(cases, [spacing for _, spacing in per_case])
+    problems = [p for found, _, _ in per_case for p in found]
+    problems += _patient_problems(cases) + _spacing_problems(cases, [spacing for _, spacing, _ in per_case])
+    problems += _size_problems(path.parent, cases, [size for _, _, size in per_case])
     counts = Counter(len(item["label"]) for _, _, item in cases)
     if len(counts) > 1:
         usual = counts.most_common(1)[0][0]

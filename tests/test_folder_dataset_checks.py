@@ -1,0 +1,260 @@
+"""A ``folder`` dataset is refused before training, one line per problem, where the training pipeline could not use it.
+
+Each bad shape is also run through ``train.yaml``'s own transforms and batching, to show that the check refuses
+what the pipeline cannot stack or feed to the 2-D network, and accepts what it can.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from monai.data import list_data_collate
+from monai.utils import set_determinism
+
+from monai_probunet.data.disk_format import DatasetError, load_datalist, validate_datalist
+from monai_probunet.data.validation import validate_cases
+from monai_probunet.networks.unet_core import check_image_channels
+
+from .conftest import run_bundle, train_yaml_parser
+
+ONE_MM = np.diag([1.0, 1.0, 1.0, 1.0])
+
+
+def _case_arrays(shape: tuple[int, ...], seed: int, graders: int = 2) -> tuple[np.ndarray, list[np.ndarray]]:
+    """A CT-like image in HU (air, a soft-tissue disc) of ``shape`` and ``graders`` masks of the disc."""
+    rng = np.random.default_rng(seed)
+    grid = np.indices(shape[:2]).astype(np.float32)
+    centre = np.array(shape[:2], np.float32)[:, None, None] / 2
+    r = np.sqrt(((grid - centre) ** 2).sum(0))
+    image = np.where(r < 6, 40.0, -800.0).astype(np.float32) + rng.normal(0, 20, shape[:2]).astype(np.float32)
+    masks = [(r < 5 + g).astype(np.uint8) for g in range(graders)]
+    extra = shape[2:]
+    if extra:
+        image = np.broadcast_to(image.reshape(*shape[:2], *[1] * len(extra)), shape).copy()
+        masks = [np.broadcast_to(m.reshape(*shape[:2], *[1] * len(extra)), shape).copy() for m in masks]
+    return image, masks
+
+
+def _save(path: Path, array: np.ndarray, affine: np.ndarray = ONE_MM) -> None:
+    nib.save(nib.Nifti1Image(array, affine), str(path))
+
+
+def _write_case(root: Path, name: str, image_shape: tuple[int, ...], mask_shape: tuple[int, ...] | None = None,
+                seed: int = 0) -> dict:
+    """Write one case (image of ``image_shape``, 2 masks of ``mask_shape``, default the image's) at 1 mm."""
+    image, masks = _case_arrays(image_shape, seed)
+    if mask_shape is not None:
+        masks = _case_arrays(mask_shape, seed)[1]
+    _save(root / "images" / f"{name}.nii.gz", image)
+    labels = []
+    for g, mask in enumerate(masks):
+        _save(root / "labels" / f"{name}_g{g}.nii.gz", mask)
+        labels.append(f"labels/{name}_g{g}.nii.gz")
+    return {"image": f"images/{name}.nii.gz", "label": labels, "patient_id": f"P-{name}", "case_id": name}
+
+
+def _folder(root: Path, shapes: dict[str, tuple[int, ...]] | None = None, **extra: object) -> Path:
+    """A dataset of 6 cases of 32 x 32 at 1 mm (c0-c3 training, c4 validation, c5 test); ``shapes`` overrides an
+    image's shape (its masks alike); ``extra`` adds top-level keys. Returns the ``datalist.json`` path."""
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    shapes = shapes or {}
+    cases = [_write_case(root, f"c{i}", shapes.get(f"c{i}", (32, 32)), seed=i) for i in range(6)]
+    content = {"training": cases[:4], "validation": cases[4:5], "test": cases[5:], **extra}
+    (root / "datalist.json").write_text(json.dumps(content))
+    return root / "datalist.json"
+
+
+def _problems(datalist: Path) -> list[str]:
+    """The problem lines of the error ``validate_cases`` raises (the header line dropped)."""
+    with pytest.raises(DatasetError) as info:
+        validate_cases(datalist)
+    lines = str(info.value).splitlines()
+    assert lines[0] == f"{datalist}: {len(lines) - 1} problem(s) in the dataset, nothing was trained:", lines[0]
+    return [line.strip() for line in lines[1:]]
+
+
+def _training_batches(datalist: Path, passes: int = 6) -> list[dict]:
+    """The training split through ``train.yaml``'s own transforms, ``passes`` times, and batched as its loader does
+    (all cases in one batch; the random rotations differ between passes)."""
+    set_determinism(seed=0)
+    try:
+        transform = train_yaml_parser().get_parsed_content("train#preprocessing")
+        items = load_datalist(datalist, "training")
+        return [list_data_collate([transform(dict(item)) for item in items]) for _ in range(passes)]
+    finally:
+        set_determinism(seed=None)
+
+
+# --- what the check accepts, the pipeline trains on ----------------------------------------------------------------
+
+
+def test_a_good_folder_passes_and_its_batches_feed_the_network(tmp_path):
+    datalist = _folder(tmp_path / "d")
+    assert validate_cases(datalist)["training"][0]["case_id"] == "c0"
+    for batch in _training_batches(datalist):
+        assert tuple(batch["image"].shape) == (4, 1, 32, 32) and tuple(batch["label"].shape) == (4, 1, 32, 32)
+        check_image_channels(batch["image"], in_channels=1, spatial_dims=2)
+
+
+# --- image shapes the pipeline cannot use are refused up front ------------------------------------------------------
+
+
+def test_2d_slices_saved_with_a_trailing_axis_of_size_1_are_refused(tmp_path):
+    datalist = _folder(tmp_path / "d", {f"c{i}": (32, 32, 1) for i in range(6)})  # as ITK tools write slices
+    assert _problems(datalist) == [
+        f"{split} case c{i}: image {tmp_path / 'd' / 'images' / f'c{i}.nii.gz'} is 32 x 32 x 1: expected one 2-D "
+        "image per case (H x W); save a 2-D slice as a 2-D NIfTI (without the axes of size 1), and its masks too."
+        for i, split in enumerate(["training"] * 4 + ["validation", "test"])
+    ]
+    # what training would have done: the network is 2-D, the loaded images 1 x 32 x 32 x 1
+    batch = _training_batches(datalist, passes=1)[0]
+    with pytest.raises(ValueError, match=r"got a tensor of shape \(4, 1, 32, 32, 1\)"):
+        check_image_channels(batch["image"], in_channels=1, spatial_dims=2)
+
+
+def test_a_volume_is_refused_and_2d_masks_of_a_volume_too(tmp_path):
+    root = tmp_path / "d"
+    datalist = _folder(root, {"c0": (32, 32, 5)})
+    image = root / "images" / "c0.nii.gz"
+    volume = (f"training case c0: image {image} is 32 x 32 x 5: expected one 2-D image per case (H x W), the network "
+              "is 2-D; save each slice of a volume as its own case, with 2-D masks.")
+    assert _problems(datalist) == [volume]
+    content = json.loads(datalist.read_text())
+    content["training"][0] = _write_case(root, "c0", (32, 32, 5), mask_shape=(32, 32))  # the masks of one slice
+    datalist.write_text(json.dumps(content))
+    assert _problems(datalist) == [volume] + [
+        f"training case c0: label {root / 'labels' / f'c0_g{g}.nii.gz'} is 32 x 32, its image {image} is 32 x 32 x "
+        "5: a grader mask must have its image's shape (and number of axes)."
+        for g in range(2)
+    ]
+
+
+def test_non_square_images_are_refused(tmp_path):
+    datalist = _folder(tmp_path / "d", {f"c{i}": (32, 48) for i in range(6)})
+    assert _problems(datalist) == [
+        f"{split} case c{i}: image {tmp_path / 'd' / 'images' / f'c{i}.nii.gz'} is 32 x 48: expected a square image "
+        "(H = W), the training's random 90-degree rotations turn it to 48 x 32 and the batches cannot stack both; "
+        "crop or pad it and its masks to a square."
+        for i, split in enumerate(["training"] * 4 + ["validation", "test"])
+    ]
+    with pytest.raises(RuntimeError, match="stack expects each tensor to be equal size"):
+        _training_batches(datalist)
+
+
+def test_an_image_of_another_size_than_the_others_is_refused(tmp_path):
+    datalist = _folder(tmp_path / "d", {"c2": (48, 48)})
+    assert _problems(datalist) == [(
+        f"training case c2: image {tmp_path / 'd' / 'images' / 'c2.nii.gz'} is 48 x 48, most images are 32 x 32; "
+        "every image must have one size (the training stacks them into batches): crop or pad it and its masks to "
+        "that size."
+    )]
+    with pytest.raises(RuntimeError, match="stack expects each tensor to be equal size"):
+        _training_batches(datalist, passes=1)
+
+
+# --- a mask on another voxel grid than its image's ------------------------------------------------------------------
+
+
+def test_a_mirrored_or_resampled_mask_is_refused_naming_both_files(tmp_path):
+    root = tmp_path / "d"
+    datalist = _folder(root)
+    image = root / "images" / "c3.nii.gz"
+    mask0, mask1 = root / "labels" / "c3_g0.nii.gz", root / "labels" / "c3_g1.nii.gz"
+    mirrored = np.diag([-1.0, 1.0, 1.0, 1.0])
+    mirrored[0, 3] = 31.0  # the same voxels' extent in space, x reversed
+    _save(mask0, np.asarray(nib.load(str(mask0)).dataobj)[::-1].copy(), mirrored)
+    _save(mask1, np.asarray(nib.load(str(mask1)).dataobj), np.diag([0.5, 0.5, 1.0, 1.0]))
+    grid = ("a grader mask must share its image's affine; resample it onto the image, or if its voxels already match "
+            "the image's, save it with the image's affine.")
+    assert _problems(datalist) == [
+        (f"training case c3: label {mask0} lies on another voxel grid than its image {image} (affine: axes LA, the "
+         f"image's RA; origin [31.0, 0.0, 0.0] mm, the image's [0.0, 0.0, 0.0] mm): {grid}"),
+        (f"training case c3: label {mask1} lies on another voxel grid than its image {image} (affine: spacing [0.5, "
+         f"0.5] mm, the image's [1.0, 1.0] mm): {grid}"),
+    ]
+
+
+def test_float_rounding_of_an_oblique_affine_is_not_a_difference(tmp_path):
+    root = tmp_path / "d"
+    datalist = _folder(root)
+    angle = np.deg2rad(30.0)
+    affine = np.eye(4)
+    affine[:3, :3] = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
+    affine[:3, :3] *= [0.7, 0.7, 2.5]
+    affine[:3, 3] = [-183.37, 95.21, -412.6]
+    for path in [root / "images" / f"c{i}.nii.gz" for i in range(6)]:
+        _save(path, np.asarray(nib.load(str(path)).dataobj), affine)
+    for path in sorted((root / "labels").glob("*.nii.gz")):  # the masks' grid in the qform only: other rounding
+        mask = nib.Nifti1Image(np.asarray(nib.load(str(path)).dataobj), None)
+        mask.set_qform(affine, code=1)
+        mask.set_sform(None, code=0)
+        nib.save(mask, str(path))
+    rounding = np.abs(nib.load(str(root / "labels" / "c0_g0.nii.gz")).affine - nib.load(str(root / "images" /
+                      "c0.nii.gz")).affine).max()
+    assert 0 < rounding < 1e-3
+    validate_cases(datalist)
+
+
+# --- a misspelt split ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "key, value, shown",
+    [("tests", "cases", "'tests' (1 case; did you mean 'test'?)"),
+     ("valdation", [], "'valdation' (0 cases; did you mean 'validation'?)"),
+     ("Test", "cases", "'Test' (1 case; did you mean 'test'?)"),
+     ("val", "cases", "'val' (1 case)")],
+)  # fmt: skip
+def test_a_misspelt_split_is_refused(tmp_path, key, value, shown):
+    datalist = _folder(tmp_path / "d")
+    content = json.loads(datalist.read_text())
+    content[key] = content.pop("test") if value == "cases" else value
+    datalist.write_text(json.dumps(content))
+    message = (f"{datalist}: top-level key {shown} is not a split, so no case in it would be used: the splits are "
+               "'training', 'validation', 'test' (the other top-level keys are metadata and hold no cases).")
+    with pytest.raises(DatasetError) as info:
+        validate_datalist(datalist)
+    assert str(info.value) == message
+    with pytest.raises(DatasetError) as info:
+        validate_cases(datalist)
+    assert str(info.value) == message
+
+
+def test_two_misspelt_splits_are_named_in_one_line(tmp_path):
+    datalist = _folder(tmp_path / "d", tests=[], valdation=[])
+    with pytest.raises(DatasetError) as info:
+        validate_datalist(datalist)
+    assert str(info.value) == (
+        f"{datalist}: top-level keys 'tests' (0 cases; did you mean 'test'?), 'valdation' (0 cases; did you mean "
+        "'validation'?) are not splits, so no case in them would be used: the splits are 'training', 'validation', "
+        "'test' (the other top-level keys are metadata and hold no cases)."
+    )
+
+
+def test_metadata_keys_are_allowed(tmp_path):
+    meta = {"name": "mine", "description": "d", "spacing": [1.0, 1.0], "num_graders": 2, "labels": {"lesion": 1},
+            "validation_cities": ["aachen", "bonn"], "patterns": [{"index": 0, "probability": 1.0}],
+            "generator": {"name": "x"}, "modality": {"0": "CT"}, "numTraining": 4}
+    datalist = _folder(tmp_path / "d", **meta)
+    assert validate_cases(datalist)["validation_cities"] == ["aachen", "bonn"]
+
+
+# --- the bundle command --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_bundle_refuses_a_slice_with_a_trailing_axis_in_one_line(tmp_path):
+    datalist = _folder(tmp_path / "d", {"c1": (32, 32, 1)})
+    proc = run_bundle("--dataset_name", "folder", "--dataset_dir", str(datalist.parent), "--max_epochs", "1",
+                      "--channels", "[8, 16, 32]", "--ckpt_dir", str(tmp_path / "m"))  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stdout + proc.stderr, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and f"{datalist}: 1 problem(s)" in errors[0], proc.stderr[-3000:]
+    assert f"image {datalist.parent / 'images' / 'c1.nii.gz'} is 32 x 32 x 1: expected one 2-D image" in proc.stderr
+    assert not (tmp_path / "m").exists()
