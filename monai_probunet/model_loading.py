@@ -6,7 +6,9 @@ next to a checkpoint (:func:`find_presence_threshold`). Every checkpoint loads w
 from __future__ import annotations
 
 import copy
+import hashlib
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ import torch.nn as nn
 
 from .ct_io import DEFAULT_HU_WINDOW, DEFAULT_ROI_SIZE, SPACING_HINT, _pair
 from .hypotheses import _as_threshold
+from .io_utils import read_json
 from .metrics import PresenceThreshold
 
 __all__ = [
@@ -182,12 +185,46 @@ def load_model(
     return network.to(dev).eval(), settings
 
 
+def weights_sha256(ckpt_path: str | os.PathLike) -> str:
+    """The SHA-256 of a checkpoint's tensors (names, shapes, dtypes and values, in name order): which weights a
+    presence rule was fitted for, whatever file or archive they were saved in."""
+    digest = hashlib.sha256()
+
+    def add(prefix: str, obj: Any) -> None:
+        if isinstance(obj, torch.Tensor):
+            t = obj.detach().cpu().contiguous()
+            digest.update(f"{prefix}:{t.dtype}:{tuple(t.shape)}".encode())
+            digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        elif isinstance(obj, dict):
+            for key in sorted(obj, key=str):
+                add(f"{prefix}/{key}", obj[key])
+
+    add("", torch.load(ckpt_path, map_location="cpu", weights_only=True))
+    return digest.hexdigest()
+
+
 def find_presence_threshold(ckpt_path: str | os.PathLike) -> PresenceThreshold | None:
-    """The fitted threshold in ``presence_threshold.json`` next to ``ckpt_path``, or ``None`` if there is none."""
+    """The fitted threshold in ``presence_threshold.json`` next to ``ckpt_path``, or ``None`` if there is none.
+
+    A rule fitted for other weights (its ``weights_sha256`` is not the checkpoint's: the folder's model was retrained
+    since) is not used: a warning says so and how to refit it, and ``None`` sends the caller to the fallback rule.
+    """
     path = Path(ckpt_path).parent / PRESENCE_THRESHOLD_NAME
     if not path.is_file():
         return None
-    return _as_threshold(path)
+    threshold = _as_threshold(path)
+    fitted_for = read_json(path, "presence threshold file").get("weights_sha256")
+    if fitted_for and Path(ckpt_path).is_file() and fitted_for != weights_sha256(ckpt_path):
+        warnings.warn(
+            f"{path} was fitted for other weights than {ckpt_path} (retrained since), so the fallback presence rule "
+            "is used; refit it: python -m monai.bundle run evaluating --config_file \"['bundle/configs/train.yaml',"
+            f"'bundle/configs/evaluate.yaml']\" --ckpt_dir {Path(ckpt_path).parent} --save_presence_threshold_to "
+            f"{path}",
+            UserWarning,
+            stacklevel=2,
+        )
+        return None
+    return threshold
 
 
 def load_trained_network(

@@ -27,6 +27,7 @@ from monai_probunet.evaluation import (
     save_presence_threshold,
 )
 from monai_probunet.io_utils import OutputFolderError
+from monai_probunet.model_loading import find_presence_threshold, weights_sha256
 from monai_probunet.metrics import (
     PresenceThreshold,
     generalized_energy_distance,
@@ -429,6 +430,29 @@ def test_bundle_evaluate_end_to_end(tmp_path):
     assert set(data["models"]) == {"mheads", "oracle"} and data["sample_counts"] == [1, 4]
     asked = load_presence_threshold(mheads_dir / "presence_threshold.json")
     assert asked == load_presence_threshold(tmp_path / "eval_mheads" / "presence_threshold.json")
+    # the rule names the weights it was fitted for: once the folder's model is retrained it is not used any more
+    fitted_for = json.loads((mheads_dir / "presence_threshold.json").read_text())["weights_sha256"]
+    assert fitted_for == weights_sha256(mheads_dir / "model.pt")
+    assert find_presence_threshold(mheads_dir / "model.pt") == asked
+    resaved = torch.load(mheads_dir / "model.pt", weights_only=True)  # the same weights saved again: still its rule
+    torch.save(dict(reversed(list(resaved.items()))), tmp_path / "resaved.pt")
+    assert (tmp_path / "resaved.pt").read_bytes() != (mheads_dir / "model.pt").read_bytes()
+    assert weights_sha256(tmp_path / "resaved.pt") == fitted_for
+    torch.save(MHeadsUNet(2, 1, 2, channels=(8, 16, 32), num_heads=16).state_dict(), mheads_dir / "retrained.pt")
+    (mheads_dir / "retrained.pt").replace(mheads_dir / "model.pt")
+    with pytest.warns(UserWarning, match=r"was fitted for other weights than .*model\.pt \(retrained since\), so the "
+                      r"fallback presence rule is used; refit it: .* --save_presence_threshold_to"):
+        assert find_presence_threshold(mheads_dir / "model.pt") is None
+    # a file of the user's there is never replaced: one line, exit 2, before any evaluation
+    notes = tmp_path / "notes.json"
+    notes.write_text('{"my": "notes"}')
+    proc = _bundle(
+        "evaluating", [TRAIN_YAML, mheads_yaml, evaluate_yaml], *small, "--ckpt_dir", str(mheads_dir),
+        "--output_dir", str(tmp_path / "eval_notes"), "--save_presence_threshold_to", str(notes),
+    )
+    assert proc.returncode == 2 and f"--save_presence_threshold_to {notes}: the file exists and is not a presence " \
+        "rule this program wrote" in proc.stdout + proc.stderr, (proc.stdout + proc.stderr)[-2000:]
+    assert notes.read_text() == '{"my": "notes"}' and not (tmp_path / "eval_notes").exists()
     assert not (tmp_path / "eval_mheads" / "latent_grid.png").exists()
     # a missing checkpoint fails with the path in the message
     proc = _bundle(

@@ -115,6 +115,24 @@ def test_an_option_no_config_has_is_refused_with_the_closest_one():
 # --- the user's dataset folder -----------------------------------------------------------------------------------
 
 
+def test_a_model_of_your_own_data_never_replaces_a_shipped_model(tmp_path):
+    """The default ckpt_dir: models/ for the built-in data (the shipped model), models/<the folder's name> for your
+    own data (``run evaluating`` with the same options finds it there), a task's or paper.yaml's own sub-folder."""
+    from monai.bundle import ConfigParser
+
+    def ckpt_dir(*overrides: str, **options: str) -> str:
+        parser = ConfigParser()
+        parser.read_config([str(TRAIN_YAML), *(str(TRAIN_YAML.parent / o) for o in overrides)])
+        parser.update({"bundle_root": "/b", **options})
+        return parser.get_parsed_content("ckpt_dir")
+
+    assert ckpt_dir() == "/b/models"
+    own = {"dataset_name": "folder", "dataset_dir": str(tmp_path / "my_graders") + "/"}
+    assert ckpt_dir(**own) == "/b/models/my_graders" == ckpt_dir("evaluate.yaml", **own)
+    assert ckpt_dir("paper.yaml") == "/b/models/paper" and ckpt_dir("scenes32.yaml") == "/b/models/scenes32"
+    assert ckpt_dir(**own, ckpt_dir="/elsewhere") == "/elsewhere"
+
+
 def test_builtin_name_never_replaces_a_user_folder(tmp_path):
     mine = tmp_path / "MY_DATA"
     files = _user_folder(mine)
@@ -391,6 +409,42 @@ def test_final_model_is_written_only_by_a_run_that_completes(tmp_path):
     for stop in ("terminate", "raise"):  # a later run that stops early keeps the completed run's model
         run(3.0, stop)
         assert torch.equal(torch.load(tmp_path / "model.pt", weights_only=True)["weight"], torch.full((2, 2), 2.0))
+
+
+def test_best_validation_weights_are_published_with_the_run_that_completes(tmp_path):
+    """The best validation epoch's file is written under a working name and moved onto its final name only when
+    the run completes: a run that stops early leaves the previous run's, one that never validates removes it, a
+    fresh run drops what an abandoned one left, a resumed one keeps it."""
+    from ignite.engine import Engine, Events
+
+    from monai_probunet.handlers import FinalModel
+
+    net = torch.nn.Linear(2, 2)
+    working, best = tmp_path / "best.running.pt", tmp_path / "best.pt"
+
+    def run(weight: float, validate: bool = True, stop: bool = False, resume: bool = False) -> None:
+        torch.nn.init.constant_(net.weight, weight)
+        engine = Engine(lambda e, b: None)
+        FinalModel(tmp_path, net, publish={working.name: best.name}, resume=resume).attach(engine)
+        if validate:  # what the key-metric saver does at a better validation
+            engine.add_event_handler(Events.ITERATION_COMPLETED(once=2),
+                                     lambda e: torch.save(net.state_dict(), working))
+        if stop:
+            engine.add_event_handler(Events.ITERATION_COMPLETED(once=5), lambda e: e.terminate())
+        engine.run(range(3), max_epochs=2)
+
+    def weight(path: Path) -> float:
+        return float(torch.load(path, weights_only=True)["weight"][0, 0])
+
+    run(1.0)
+    assert weight(best) == 1.0 and not working.exists()
+    run(2.0, stop=True)  # interrupted: the completed run's best stays; its own working file kept for a resume
+    assert weight(best) == 1.0 and weight(working) == 2.0
+    run(2.5, validate=False, resume=True)  # the resumed run completes: its earlier best is published
+    assert weight(best) == 2.0 and not working.exists()
+    run(3.0, stop=True)
+    run(4.0, validate=False)  # a fresh run that never validates: neither the abandoned working file nor the old best
+    assert not best.exists() and not working.exists() and weight(tmp_path / "model.pt") == 4.0
 
 
 def test_atomic_saver_removes_superseded_files_only_after_the_new_one(tmp_path):

@@ -1,6 +1,6 @@
 from .disk_format import DATALIST_NAME, SPLITS, load_datalist, patient_level_split, validate_datalist, write_nifti
 from .lidc_phantom import generate_lidc_phantom
-from .registry import BUILTIN_DATASETS, prepare_dataset
+from .registry import BUILTIN_DATASETS, models_subfolder, prepare_dataset
 from .scenes32 import (
     SWITCHABLE_CLASSES,
     RandClassFlipd,
@@ -26,6 +26,7 @@ __all__ = [
     "generate_lidc_phantom",
     "generate_shapes",
     "load_datalist",
+    "models_subfolder",
     "patient_level_split",
     "prepare_dataset",
     "render_shapes_case",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from .scenes32 import SCENES32_VERSION, generate_scenes32
 from .shapes import SHAPES_VERSION, generate_shapes
 from .validation import validate_cases
 
-__all__ = ["BUILTIN_DATASETS", "prepare_dataset"]
+__all__ = ["BUILTIN_DATASETS", "models_subfolder", "prepare_dataset"]
 
 logger = logging.getLogger(__name__)
 
@@ -94,3 +95,23 @@ def prepare_dataset(
         raise
     except (TypeError, ValueError) as e:  # the generators check their parameters before writing anything
         raise DatasetError(f"invalid parameters for dataset {name!r}: {kwargs} ({e})") from None
+
+
+def models_subfolder(dataset_name: str, dataset_dir: str | os.PathLike) -> str:
+    """The default sub-folder of ``models/`` for a training's checkpoints (``train.yaml``'s ``ckpt_task``).
+
+    A built-in dataset's model goes to ``models/`` itself (the shipped model is trained on ``lidc_phantom``; a task
+    override names its own, e.g. ``scenes32``); a model of your own data (``folder``) to ``models/<the dataset
+    folder's name>``, so that training on it never replaces a shipped model and ``run evaluating`` with the same
+    ``--dataset_name folder --dataset_dir`` finds it.
+
+    Args:
+        dataset_name: The bundle's ``dataset_name``.
+        dataset_dir: The bundle's ``dataset_dir``.
+
+    Returns:
+        str: ``""`` or the folder's name.
+    """
+    if str(dataset_name) != "folder":
+        return ""
+    return Path(os.path.abspath(os.path.expanduser(str(dataset_dir)))).name or "folder"

@@ -16,8 +16,9 @@ from ..data.disk_format import SPLITS, load_datalist
 from ..io_utils import staged_dir
 from ..metrics import PresenceThreshold
 from ..metrics.oracle import ORACLE
+from ..metrics.presence import load_presence_threshold
 from ..metrics.references import best_single_answer
-from ..model_loading import PRESENCE_THRESHOLD_NAME, load_trained_network
+from ..model_loading import PRESENCE_THRESHOLD_NAME, load_trained_network, weights_sha256
 from ..networks import ProbUNet
 from ..sampling import OracleSampler
 from ..visualize import ged_vs_samples, label_sample_grid, latent_grid, presence_histogram, sample_grid
@@ -82,6 +83,20 @@ def _plots(results: dict, summaries: dict, references: dict, thresholds: dict, m
             latent_grid(model, ex[0]["image"], folder / "latent_grid.png", graders=ex[0]["graders"])
 
 
+def _check_threshold_target(path: Path) -> None:
+    """Refuse a ``--save_presence_threshold_to`` that would replace a file the evaluation did not write."""
+    if path.is_dir():
+        raise ConfigValueError(f"--save_presence_threshold_to {path} is a folder; give a file path such as "
+                               f"{path / PRESENCE_THRESHOLD_NAME}.")
+    if not path.exists():
+        return
+    try:
+        load_presence_threshold(path)
+    except (OSError, ValueError):
+        raise ConfigValueError(f"--save_presence_threshold_to {path}: the file exists and is not a presence rule "
+                               "this program wrote; give a new path or an earlier presence_threshold.json.") from None
+
+
 def run_evaluation(
     network: nn.Module,
     datalist: str | Path,
@@ -140,6 +155,8 @@ def run_evaluation(
     device = torch.device(device)
     output_dir = Path(output_dir)
     staged = staged_dir(output_dir, is_ours=is_evaluation_folder, what="--output_dir")  # refuses before any work
+    if threshold_path:
+        _check_threshold_target(Path(threshold_path))
     model = load_trained_network(network, ckpt_path, ensemble_ckpts).to(device).eval()
     name = model_name or default_model_name(Path(ckpt_path).parent if ckpt_path else "", ensemble_ckpts)
     common = dict(seed=seed, device=device, batch_size=batch_size, num_workers=num_workers, precision=precision)
@@ -192,6 +209,8 @@ def run_evaluation(
         if name in thresholds:
             t_acc = summaries[name]["presence"]["test_accuracy"]
             extra = dict(model=name, test_accuracy=t_acc, fitted_on=threshold_split, evaluated_on=eval_split)
+            if ckpt_path and not ensemble_ckpts:  # the weights it was fitted for: a retrained model does not use it
+                extra["weights_sha256"] = weights_sha256(ckpt_path)
             save_presence_threshold(thresholds[name], tmp / PRESENCE_THRESHOLD_NAME, **extra)
         write_per_image_csv(results, tmp / PER_IMAGE_CSV)
         write_summary_json(summary, tmp / SUMMARY_JSON)

@@ -97,18 +97,46 @@ class FinalModel:
     only by the next one. The file holds the state dict of the (unwrapped) network, as ``model.pt`` of a
     key-metric saver does, so the same loaders read it.
 
+    Files a run writes under a working name while it runs (the best validation epoch's weights) are published
+    under their final names at the same moment: the folder then holds one complete run's files, and a run that
+    stops early or never validates leaves none of its own beside the previous run's.
+
     Args:
         save_dir: output folder.
         network: the trained network (DDP and DataParallel are unwrapped).
         filename: file name in ``save_dir``.
+        publish: ``{working name: final name}`` in ``save_dir``: each working file is moved onto its final name;
+            a final name this run wrote no working file for (it never validated) is removed, being the previous
+            run's.
+        resume: whether the run continues an interrupted one (whose working files it keeps); a fresh run removes
+            working files an abandoned run left, so that it never publishes them as its own.
     """
 
-    def __init__(self, save_dir: str | Path, network: torch.nn.Module, filename: str = "model.pt") -> None:
+    def __init__(
+        self,
+        save_dir: str | Path,
+        network: torch.nn.Module,
+        filename: str = "model.pt",
+        publish: Mapping[str, str] | None = None,
+        resume: bool = False,
+    ) -> None:
         self.path = Path(save_dir) / filename
         self.network = network
+        self.publish = dict(publish or {})
+        self.resume = as_bool(resume, "resume")
 
     def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self._drop_abandoned)
         engine.add_event_handler(Events.COMPLETED, self)
+
+    def _drop_abandoned(self, engine: Engine) -> None:
+        if self.resume or not _is_rank0():
+            return
+        for working in self.publish:
+            stale = self.path.parent / working
+            if stale.is_file():
+                stale.unlink()
+                logger.info("%s removed: an interrupted earlier run's, not resumed", stale)
 
     def __call__(self, engine: Engine) -> None:
         state = engine.state
@@ -117,6 +145,14 @@ class FinalModel:
             return
         atomic_torch_save(_unwrap(self.network).state_dict(), self.path)
         logger.info("final model (epoch %d) written to %s", state.epoch, self.path)
+        for working, final in self.publish.items():
+            src, dst = self.path.parent / working, self.path.parent / final
+            if src.is_file():
+                os.replace(src, dst)
+                logger.info("%s: the best validation epoch of this run", dst)
+            elif dst.is_file():
+                dst.unlink()
+                logger.info("%s removed: it was an earlier run's (this run never validated)", dst)
 
 
 class _BestMetricState:
