@@ -12,6 +12,7 @@ GED.
     python benchmarks/compare.py --jobs 2        # the full run: two 1-thread trainings at a time on 2 CPU cores
     python benchmarks/compare.py --quick         # minutes: tiny data, 2 epochs, to check the pipeline
     python benchmarks/compare.py --dataset shapes --dataset-kwargs "{'num_patients': 300}" --models probunet unet
+    python benchmarks/compare.py --dataset-dir DIR --out OUT  # your own data (the project's on-disk format)
     python benchmarks/compare.py --task scenes32  # the 32-mode street scenes (scenes32.yaml, scenes32_evaluate.yaml)
     python benchmarks/compare.py --report --heldout DIR  # also score the trained models on DIR's test split
     python benchmarks/compare.py --report --validation   # and on the validation split of the data they trained on
@@ -131,6 +132,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "bundle" / "eval" / "compare")
     parser.add_argument("--task", default="lidc", choices=list(TASKS), help="lidc: train.yaml's data; scenes32")
     parser.add_argument("--dataset", default=None, help="built-in dataset name (default: the task's)")
+    parser.add_argument("--dataset-dir", type=Path, default=None,
+                        help="your own multi-grader data in the project's on-disk format (README: 'Your own "
+                        "multi-grader data'), read, never written; default: the task's built-in data in OUT/data")
     parser.add_argument("--dataset-kwargs", default=None,
                         help="generation parameters, a dict literal (default with --dataset: that dataset's defaults)")
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
@@ -148,6 +152,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.jobs < 1:
         parser.error(f"--jobs must be >= 1, got {args.jobs}")
+    if args.dataset_dir is not None and (args.dataset is not None or args.dataset_kwargs is not None):
+        parser.error("--dataset-dir is your own data: --dataset and --dataset-kwargs name built-in data to generate")
+    if args.dataset_dir is not None and not (args.dataset_dir / "datalist.json").is_file():
+        parser.error(f"--dataset-dir {args.dataset_dir}: no datalist.json there (README: 'Your own multi-grader data')")
     if args.heldout is not None and not (args.heldout / "datalist.json").is_file():
         parser.error(f"--heldout {args.heldout}: no datalist.json there (benchmarks/heldout_patients.py --out DIR)")
 
@@ -157,13 +165,17 @@ def main() -> None:
     if args.max_epochs is not None and args.max_epochs < 1:
         parser.error(f"--max-epochs must be >= 1, got {args.max_epochs}")
     out.mkdir(parents=True, exist_ok=True)
-    common: list[str] = ["--dataset_dir", str(out / "data")]
+    data_dir = args.dataset_dir.resolve() if args.dataset_dir is not None else out / "data"
+    common: list[str] = ["--dataset_dir", str(data_dir)]
+    if args.dataset_dir is not None:
+        common += ["--dataset_name", "folder"]
     if args.dataset is not None:
         common += ["--dataset_name", args.dataset]
     if args.dataset is not None or args.dataset_kwargs is not None:  # train.yaml's kwargs are lidc_phantom's
         common += ["--dataset_kwargs", args.dataset_kwargs or "{}"]
     if args.quick:
-        common += [*QUICK_DATA[args.task], "--channels", "[8, 16, 32]", "--val_interval", "1"]
+        data = QUICK_DATA[args.task] if args.dataset_dir is None else []  # your own data as it is
+        common += [*data, "--channels", "[8, 16, 32]", "--val_interval", "1"]
         args.max_epochs = args.max_epochs or 2
         args.ensemble_members = min(args.ensemble_members, 2)
     if args.max_epochs is not None:
@@ -189,12 +201,12 @@ def main() -> None:
             calibrations[name] = json.loads((eval_dir / "calibration.json").read_text())
 
     scoring = _task_scoring(args.task)
-    references = _references(next(iter(summaries.values())), out / "data" / "datalist.json", *scoring)
+    references = _references(next(iter(summaries.values())), data_dir / "datalist.json", *scoring)
     tables = [table(summaries, timings, calibrations, _wilcoxon_vs(out / "eval", args.models, "probunet"), references)]
     elsewhere = []  # (results folder, datalist, title, overrides that choose the data and the split)
     if args.validation:
         split = [*common, "--eval_split", "validation", "--threshold_split", "null"]
-        elsewhere.append((out / "eval_validation", out / "data" / "datalist.json", "Validation split", split))
+        elsewhere.append((out / "eval_validation", data_dir / "datalist.json", "Validation split", split))
     if args.heldout is not None:
         pairs = zip(common[::2], common[1::2])  # `--key value` pairs: all but those that choose the data
         shared = [a for key, value in pairs if not key.startswith("--dataset") for a in (key, value)]

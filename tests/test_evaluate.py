@@ -600,3 +600,27 @@ def test_reference_ged_handler_reports_the_best_vote_at_every_run():
     engine.state.metrics.clear()
     engine.run(DataLoader(data, batch_size=1), max_epochs=2)
     assert engine.state.metrics["val_ged_vote"] == pytest.approx((r + 1) / 2 - (4 * r + 6) / 16, abs=1e-6)
+
+
+@pytest.mark.slow
+def test_compare_trains_and_scores_on_your_own_data(tmp_path):
+    """benchmarks/compare.py --dataset-dir DIR: every model trained and scored on the user's own folder dataset
+    (read, never written), the table with its reference rows from that folder's test split."""
+    from tests.test_folder_dataset_checks import _folder
+
+    datalist = _folder(tmp_path / "my_graders")
+    before = {p: p.read_bytes() for p in sorted(datalist.parent.rglob("*")) if p.is_file()}
+    out = tmp_path / "compare"
+    cmd = [sys.executable, str(REPO / "benchmarks" / "compare.py"), "--dataset-dir", str(datalist.parent), "--out",
+           str(out), "--quick", "--max-epochs", "1", "--precision", "fp32", "--models", "probunet", "unet"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    rows = _table_rows((out / "results.md").read_text().split("\n\n")[1])
+    assert {"probunet", "unet", "oracle", "reference: predicting nothing"} <= set(rows)
+    assert {p: p.read_bytes() for p in sorted(datalist.parent.rglob("*")) if p.is_file()} == before
+    assert not (out / "data").exists()  # nothing generated: the user's data was used
+    assert all((out / "models" / name / "model.pt").is_file() for name in ("probunet", "unet"))
+    # built-in generation options with your own data: one line, exit 2
+    proc = subprocess.run([*cmd[:6], "--dataset", "shapes"], capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 2 and "--dataset-dir is your own data" in proc.stderr, proc.stderr[-2000:]
