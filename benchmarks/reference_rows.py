@@ -27,7 +27,6 @@ A model's samples pay for themselves only where its GED_S is below the majority-
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from collections.abc import Sequence
@@ -37,6 +36,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import torch
+from user_errors import ArgumentParser, ScriptInputError, positive_int, run_main
 
 from monai_probunet.data import load_datalist
 from monai_probunet.metrics import generalized_energy_distance
@@ -106,6 +106,9 @@ def reference_rows(
     Returns:
         ``{row name: mean GED_S}`` (``images``: the number of images scored); a row scored against known modes too
         has a twin named ``... [Eq. 7]``.
+
+    Raises:
+        ScriptInputError: a class of ``classes`` that no grader mask of the split holds (every row would score 0).
     """
     items = load_datalist(datalist, split)
     binary = tuple(classes) == (1,)
@@ -113,12 +116,14 @@ def reference_rows(
     shown = presence_by_size(datalist if size_fit is None else size_fit) if binary else None
     sized_rng = np.random.default_rng([seed, 1])  # its own stream: the other rows' draws stay as they were
     sums: dict[str, float] = {}
+    present: set[int] = set()  # the labels the split's grader masks hold
 
     def add(name: str, value: float) -> None:
         sums[name] = sums.get(name, 0.0) + value
 
     for item in items:
         y = label_maps(item["label"])  # A x H x W
+        present.update(int(v) for v in np.unique(y))
         targets = torch.as_tensor(y[None])
         modes = probs = None
         if "modes" in item and "mode_probs" in item:
@@ -143,16 +148,25 @@ def reference_rows(
             picks = [np.zeros_like(y[0])] * num_samples
         sized = torch.as_tensor(np.stack(picks)[None])
         add(f"graders, shown by size ({num_samples} draws)", float(generalized_energy_distance(sized, targets).ged[0]))
+    present.discard(ignore_index)
+    absent = [c for c in classes if c not in present]
+    if absent:
+        held = ", ".join(str(c) for c in sorted(present)) or "none"
+        raise ScriptInputError(
+            f"--classes {' '.join(map(str, absent))}: no grader mask of the {split} split of {datalist} holds "
+            f"{'this class' if len(absent) == 1 else 'these classes'} (the masks hold classes {held}); "
+            "expected classes the masks hold."
+        )
     out = {k: v / len(items) for k, v in sums.items()}
     out["images"] = len(items)
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--datalist", required=True, help="datalist.json of the dataset")
     parser.add_argument("--split", default="test", choices=["training", "validation", "test"])
-    parser.add_argument("--num-samples", type=int, default=16, help="S (default 16)")
+    parser.add_argument("--num-samples", type=positive_int, default=16, help="S (default 16)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
     parser.add_argument(
@@ -180,4 +194,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_main(main)

@@ -15,17 +15,19 @@ import statistics
 
 import torch
 from train_speed import FILTERS, LATENT, RefProbUNet, interleaved, sampler
+from user_errors import ArgumentParser, positive_int, run_main
 
 from monai_probunet.engines.precision import cpu_bf16_flags, cpu_model_name
 from monai_probunet.networks import ProbUNet
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--repeats", type=int, default=5, help="calls per round and variant")
-    parser.add_argument("--fcomb-channels", type=int, default=None, help="ours' f_comb width (default 32, the paper's)")
-    args = parser.parse_args()
+def main(argv: list[str] | None = None) -> int:
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=positive_int, default=5)
+    parser.add_argument("--repeats", type=positive_int, default=5, help="calls per round and variant")
+    parser.add_argument("--fcomb-channels", type=positive_int, default=None,
+                        help="ours' f_comb width (default 32, the paper's)")  # fmt: skip
+    args = parser.parse_args(argv)
     flags = cpu_bf16_flags()
     print(f"CPU: {cpu_model_name()}; native bf16: {'yes' if flags else 'no'}; threads {torch.get_num_threads()}")
     torch.manual_seed(0)
@@ -44,7 +46,8 @@ def main() -> None:
                   f"16 vs 1 {ms[name, 16] / ms[name, 1]:.2f}x")  # fmt: skip
         print(f"{precision} ours/reference speed: {ms['reference', 1] / ms['ours', 1]:.2f}x at 1, "
               f"{ms['reference', 16] / ms['ours', 16]:.2f}x at 16 hypotheses")  # fmt: skip
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -275,7 +275,7 @@ def run_calibration(
         label_sample_grid(
             torch.stack([e["image"] for e in examples]), _pad_stack([e["modes"] for e in examples]),
             torch.stack([e["samples"] for e in examples]), output_dir / "calibration_samples.png",
-            titles=[e["case_id"] for e in examples],
+            titles=[e["case_id"] for e in examples], reference_name="mode",
         )
     for name, s in out["models"].items():
         mc = s["mode_calibration"]

@@ -110,10 +110,37 @@ def atomic_write_json(path: str | os.PathLike, data: Any, indent: int | None = 1
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save(obj, path)`` through a temporary file in the same folder and ``os.replace``."""
+    """``torch.save(obj, path)`` through a temporary file and ``os.replace``, with reproducible bytes.
+
+    ``torch.save`` names the records inside its zip archive after the stem of the file name it is given
+    (``model.pt`` -> ``model/data.pkl``), so the temporary file has the final file's name, in a temporary folder
+    beside ``path``: the same object saved twice to the same name gives the same bytes, whatever the temporary name.
+
+    Args:
+        obj: what ``torch.save`` writes.
+        path: the final file (its folder is created).
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    On any exception (including ``KeyboardInterrupt``) the temporary folder is removed and ``path`` is untouched.
+    The file gets the permissions of a plain ``open(path, "w")`` (``0o666`` minus the umask).
+    """
     import torch
 
-    return atomic_write(path, lambda p: torch.save(obj, p))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp = folder / path.name
+    try:
+        torch.save(obj, tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp, _umask_mode())
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return path
 
 
 class staged_dir:

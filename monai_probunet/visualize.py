@@ -14,6 +14,7 @@ matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from .metrics.calibration import ModeCalibration, PixelMarginals  # noqa: E402
 
@@ -33,6 +34,28 @@ def _np(x: torch.Tensor | np.ndarray) -> np.ndarray:
     return x.detach().float().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, dtype=np.float32)
 
 
+#: the colour map of every label map of :func:`sample_grid` (grader masks and samples alike, on one scale)
+MASK_CMAP = "magma"
+
+
+def _wrap_id(text: str, width: int = 16) -> str:
+    """``text`` broken into lines of about ``width`` characters at ``_`` (a case id such as
+    ``LIDC-IDRI-0035_s0046_n00_k114`` -> two lines), so that a row title is no taller than its row."""
+    lines: list[str] = []
+    for part in str(text).split("_"):
+        if lines and len(lines[-1]) + 1 + len(part) <= width:
+            lines[-1] += "_" + part
+        else:
+            lines.append(part)
+    return "\n".join(lines)
+
+
+def _row_title(ax: plt.Axes, text: str) -> None:
+    """``text`` (wrapped) left of a row's first panel, horizontal, so that long case ids neither overlap the next
+    row nor are cut off (the figure's layout makes room for it)."""
+    ax.set_ylabel(_wrap_id(text), fontsize=6, rotation=0, ha="right", va="center", labelpad=3)
+
+
 def sample_grid(
     images: torch.Tensor | np.ndarray,
     graders: torch.Tensor | np.ndarray,
@@ -48,8 +71,11 @@ def sample_grid(
         graders: ``B x A x H x W`` grader label maps.
         samples: ``B x S x H x W`` sampled label maps.
         path: if given, the figure is saved there as PNG (and closed).
-        titles: optional row titles (e.g. case ids), length B.
+        titles: optional row titles (e.g. case ids), length B, left of each row.
         max_samples: at most this many samples are drawn per row.
+
+    Grader masks and samples share one colour map (:data:`MASK_CMAP`) and one scale, so a label looks the same in
+    every column.
 
     Returns:
         The matplotlib figure (closed if ``path`` was given).
@@ -68,8 +94,8 @@ def sample_grid(
     vmax = max(1.0, float(max(grd.max(initial=0), smp.max(initial=0))))
     for r in range(b):
         panels = [(img[r], "gray", None, "image")]
-        panels += [(grd[r, k], "viridis", vmax, f"grader {k}") for k in range(a)]
-        panels += [(smp[r, k], "magma", vmax, f"sample {k}") for k in range(s)]
+        panels += [(grd[r, k], MASK_CMAP, vmax, f"grader {k}") for k in range(a)]
+        panels += [(smp[r, k], MASK_CMAP, vmax, f"sample {k}") for k in range(s)]
         for c, (data, cmap, top, name) in enumerate(panels):
             ax = axes[r, c]
             ax.imshow(data, cmap=cmap, vmin=0 if top else None, vmax=top, interpolation="nearest")
@@ -78,7 +104,7 @@ def sample_grid(
             if r == 0:
                 ax.set_title(name, fontsize=6)
         if titles is not None:
-            axes[r, 0].set_ylabel(str(titles[r]), fontsize=6)
+            _row_title(axes[r, 0], titles[r])
     fig.tight_layout(pad=0.2)
     if path is not None:
         save_figure(fig, path, dpi=100)
@@ -162,6 +188,7 @@ def presence_histogram(
     path: str | Path | None = None,
     num_samples: int | None = None,
     title: str | None = None,
+    split: str | None = None,
 ) -> plt.Figure:
     """Histograms of lesion-presence counts for ambiguous and unambiguous images (Fig. 12 style).
 
@@ -172,7 +199,8 @@ def presence_histogram(
             ``low < count < high`` is shaded.
         path: if given, the figure is saved there as PNG (and closed).
         num_samples: S (default ``threshold.num_samples``, else ``max(counts)``).
-        title: optional title (e.g. the model name).
+        title: optional title (e.g. the model name); the split (if given) and S are added to it.
+        split: the split the counts are of (e.g. ``"test"``), shown in the title.
 
     Returns:
         The matplotlib figure (closed if ``path`` was given).
@@ -185,17 +213,19 @@ def presence_histogram(
         num_samples = threshold.num_samples if threshold is not None else max(int(c.max(initial=0)), 1)
     s = int(num_samples)
     bins = np.arange(s + 2) - 0.5
-    fig, ax = plt.subplots(figsize=(4.5, 3.0))
+    fig, ax = plt.subplots(figsize=(6.2, 3.0))
     ax.hist([c[~amb], c[amb]], bins=bins, label=["unambiguous", "ambiguous"], color=["tab:blue", "tab:orange"])
     if threshold is not None:
         ax.axvspan(threshold.low + 0.5, threshold.high - 0.5, color="gray", alpha=0.2,
                    label=f"predicted ambiguous ({threshold.low} < count < {threshold.high})")
     ax.set_xlim(-0.5, s + 0.5)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # counts: no tick at 2.5
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel(f"samples with a lesion (of {s})")
     ax.set_ylabel("images")
-    if title:
-        ax.set_title(title, fontsize=8)
-    ax.legend(fontsize=6)
+    where = ", ".join(p for p in (f"{split} split" if split else "", f"S = {s}") if p)
+    ax.set_title(f"{title}: {where}" if title else where, fontsize=8)
+    ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)  # never over a bar
     fig.tight_layout()
     if path is not None:
         save_figure(fig, path, dpi=120)
@@ -325,6 +355,7 @@ def colourise(label: torch.Tensor | np.ndarray, palette: Sequence[Sequence[int]]
 def label_sample_grid(
     images: torch.Tensor, references: torch.Tensor, samples: torch.Tensor, path: str | Path,
     titles: Sequence[str] | None = None, palette: Sequence[Sequence[int]] = SCENE_PALETTE,
+    reference_name: str = "ref",
 ) -> Path:
     """One row per image: the RGB image, its reference label maps (e.g. graders or modes) and its samples, in colour.
 
@@ -333,8 +364,10 @@ def label_sample_grid(
         references: ``N x A x H x W`` label maps.
         samples: ``N x S x H x W`` label maps.
         path: PNG path.
-        titles: per-row labels (e.g. case ids).
+        titles: per-row labels (e.g. case ids), left of each row.
         palette: class colours (default :data:`SCENE_PALETTE`).
+        reference_name: what the reference maps are, the title of their columns (``"grader"`` -> ``grader 0``,
+            ``grader 1``, ...; ``"mode"`` for the most probable modes); say which, the figure does not know.
 
     Returns:
         ``path``.
@@ -348,7 +381,7 @@ def label_sample_grid(
         img = images[r].float().cpu()
         img = img[0] if img.shape[0] == 1 else img[:3].permute(1, 2, 0)
         panels = [(img.clamp(0, 1).numpy(), "image")]
-        panels += [(colourise(references[r, k], palette), f"ref {k}") for k in range(a)]
+        panels += [(colourise(references[r, k], palette), f"{reference_name} {k}") for k in range(a)]
         panels += [(colourise(samples[r, k], palette), f"sample {k}") for k in range(s)]
         for c, (data, name) in enumerate(panels):
             ax = axes[r, c]
@@ -358,7 +391,7 @@ def label_sample_grid(
             if r == 0:
                 ax.set_title(name, fontsize=6)
         if titles is not None:
-            axes[r, 0].set_ylabel(str(titles[r]), fontsize=6)
+            _row_title(axes[r, 0], titles[r])
     fig.tight_layout()
     return save_figure(fig, path, dpi=100)
 
@@ -381,7 +414,7 @@ def mode_calibration_plot(
     cals = {"model": calibrations} if isinstance(calibrations, ModeCalibration) else dict(calibrations)
     if not cals:
         raise ValueError("nothing to plot: pass at least one ModeCalibration.")
-    fig, ax = plt.subplots(figsize=(5.0, 4.6))
+    fig, ax = plt.subplots(figsize=(7.0, 4.6))
     top = 0.0
     markers = "osD^vP*X"
     for i, (name, cal) in enumerate(cals.items()):
@@ -397,7 +430,8 @@ def mode_calibration_plot(
     ax.set_xlabel("ground-truth mode probability")
     ax.set_ylabel("predicted mode frequency" + (" (all flips visible)" if exact else ""))
     ax.set_title(title or "Reproduction of the mode probabilities")
-    ax.legend(fontsize=7, loc="upper left")
+    # beside the axes: inside them any corner can hold a mode (a collapsed model puts one high on the left)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
     fig.tight_layout()
     return save_figure(fig, path, dpi=120)
 
@@ -442,8 +476,10 @@ def pixel_marginals_plot(
     ax.set_xlabel("fraction of sampled pixels, given the ground-truth class")
     ax.set_title(title or "Pixel-wise marginal frequencies p(predicted | ground truth)")
     ax.invert_yaxis()
-    handles, labels = ax.get_legend_handles_labels()
-    uniq = dict(zip(labels, handles))
-    ax.legend(uniq.values(), uniq.keys(), fontsize=7, loc="lower right")
+    uniq: dict = {}
+    for handle, label in zip(*ax.get_legend_handles_labels()):
+        uniq.setdefault(label, handle)  # the first model's plain bars, not the last one's hatching
+    # beside the axes: the stacked bars fill the whole width, a legend inside would cover some
+    ax.legend(uniq.values(), uniq.keys(), fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
     fig.tight_layout()
     return save_figure(fig, path, dpi=120)

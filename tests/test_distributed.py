@@ -284,9 +284,10 @@ print("NOT REACHED", flush=True)
     assert "FIRST SAVED" in proc.stdout and "NOT REACHED" not in proc.stdout
     leftovers = [p for p in tmp_path.iterdir() if p.name != "checkpoint_last.pt"]
     assert len(leftovers) == 1 and leftovers[0].name.startswith(".checkpoint_last.pt.")
-    assert leftovers[0].name.endswith(".tmp") and leftovers[0].stat().st_size > 1000
+    partial = leftovers[0] / "checkpoint_last.pt"  # saved under its final name in a temporary folder
+    assert leftovers[0].name.endswith(".tmp") and leftovers[0].is_dir() and partial.stat().st_size > 1000
     try:
-        torch.load(leftovers[0], weights_only=True)
+        torch.load(partial, weights_only=True)
         raise AssertionError("the half-written file should not be loadable")
     except RuntimeError:
         pass

@@ -69,7 +69,7 @@ def _plots(results: dict, summaries: dict, references: dict, thresholds: dict, m
     for n, r in (results.items() if binary else ()):
         presence_histogram(
             r.presence_counts, r.ambiguous, thresholds.get(n), folder / f"presence_histogram_{n}.png",
-            num_samples=r.presence_samples, title=n,
+            num_samples=r.presence_samples, title=n, split=r.split,
         )
     ex = results[name].examples
     if ex:
@@ -78,7 +78,7 @@ def _plots(results: dict, summaries: dict, references: dict, thresholds: dict, m
         if binary:
             sample_grid(images[:, 0], graders, samples, folder / "samples.png", titles=titles)
         else:  # class colours (Cityscapes palette), RGB images
-            label_sample_grid(images, graders, samples, folder / "samples.png", titles=titles)
+            label_sample_grid(images, graders, samples, folder / "samples.png", titles=titles, reference_name="grader")
         if isinstance(model, ProbUNet) and model.latent_dim == 2:
             latent_grid(model, ex[0]["image"], folder / "latent_grid.png", graders=ex[0]["graders"])
 
@@ -221,7 +221,9 @@ def run_evaluation(
                     thresholds[name].high, threshold_path)
     for n, s in summaries.items():
         ged = {e["S"]: e["mean"] for e in s["metrics"]["ged"]}
-        logger.info("%s: GED^2 by S %s; presence test accuracy %s", n, ged, s["presence"].get("test_accuracy"))
+        accuracy = s["presence"].get("test_accuracy")
+        rule = "no presence rule" if accuracy is None else f"presence accuracy on the {eval_split} split {accuracy:.3f}"
+        logger.info("%s: GED^2 by S %s; %s", n, ged, rule)
     for key, r in references.items():
         label = r["label"] if key == "empty" else f"{r['label']} repeated"
         eq7 = "" if r["ged_eq7"] in (None, r["ged"]) else f" (against the known modes {r['ged_eq7']:.4f})"

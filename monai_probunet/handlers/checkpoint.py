@@ -235,8 +235,8 @@ class LastCheckpoint:
 
     Every ``save_interval`` epochs (and when training completes) the state dicts of ``save_dict`` plus the
     trainer's own state (iteration, epoch) go to ``save_dir/filename``, replacing the previous file atomically
-    (serialized to a temporary file in the same folder, then ``os.replace``-d onto the final name), so
-    ``filename`` always holds a complete checkpoint (a process killed mid-write leaves only a ``.*.tmp`` file,
+    (serialized in a temporary folder beside it, then ``os.replace``-d onto the final name), so
+    ``filename`` always holds a complete checkpoint (a process killed mid-write leaves only a ``.*.tmp`` folder,
     which is never read). Only rank 0 writes.
 
     With ``resume=True`` every rank loads ``save_dir/filename`` when the trainer starts (the trainer continues

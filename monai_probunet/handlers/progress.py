@@ -37,11 +37,14 @@ class TrainingProgress:
     - Off a terminal, every epoch ends with a line giving its duration (with the validation handlers attached before
       this one) and the time left at the run's pace so far.
 
+    The loss terms on these lines are those of the last iteration (``last iteration: loss ...``), not the epoch's
+    means: those are on MONAI's ``Epoch[n] Metrics -- train_loss: ...`` line where the trainer has the metrics.
+
     Args:
         interval_s: seconds between progress lines when the output is not a terminal.
         estimate_after: timed iterations behind the time-per-epoch estimate.
-        output_transform: maps ``engine.state.output`` to a ``{name: float}`` dict shown on each line (e.g.
-            :func:`monai_probunet.engines.loss_terms`); ``None`` shows none.
+        output_transform: maps ``engine.state.output`` to a ``{name: float}`` dict shown on each line as the last
+            iteration's values (e.g. :func:`monai_probunet.engines.loss_terms`); ``None`` shows none.
         tty: force the terminal (``True``) or the log-line (``False``) form; ``None`` asks ``sys.stderr.isatty()``.
         name: logger name; ``None`` uses the engine's logger (as MONAI's ``StatsHandler`` does).
     """
@@ -122,7 +125,7 @@ class TrainingProgress:
         line = f"epoch {engine.state.epoch}/{engine.state.max_epochs} took "
         line += format_duration(now - self._epoch_start)
         if left > 0 and done > 0:
-            line += f"; about {format_duration((now - self._run_start) / done * left)} left at this pace"
+            line += f", about {format_duration((now - self._run_start) / done * left)} left at this pace"
         self.logger.info(line + self._terms(engine))
 
     def _log_estimate(self, engine: Engine, per_it: float) -> None:
@@ -145,7 +148,9 @@ class TrainingProgress:
             terms = self.output_transform(engine.state.output)
         except (KeyError, TypeError, IndexError):
             return ""
-        return "".join(f", {k} {float(v):.4g}" for k, v in terms.items())
+        if not terms:
+            return ""
+        return "; last iteration: " + ", ".join(f"{k} {float(v):.4g}" for k, v in terms.items())
 
 
 def _isatty(stream: Any) -> bool:
