@@ -149,7 +149,8 @@ def check_overrides(argv: Sequence[str] | None = None) -> None:
     config files it names, and checks the first part of every ``--key`` (before a ``#``: nested keys of a dict such
     as ``--dataset_kwargs#num_patients`` may be new) against the files' top-level ids, :data:`RUN_OPTIONS` and the
     ids ``--tracking`` adds (``--tracking_uri``, ``--experiment_name``, ``--run_name``, ...); and that
-    ``--tracking_uri`` is a database or a server, not a folder (MLflow 3 has no file store).
+    ``--tracking_uri`` is a database or a server, not a folder (MLflow 3 has no file store), and with ``--tracking``
+    that a tracking server (``--tracking_uri`` or ``MLFLOW_TRACKING_URI``) answers, before any data is prepared.
 
     Args:
         argv: the command line (default ``sys.argv``).
@@ -171,6 +172,9 @@ def check_overrides(argv: Sequence[str] | None = None) -> None:
         values[key] = value if eq else argv[i + 1] if i + 1 < len(argv) else None
         keys.append(key)
     _check_tracking_uri(values.get("tracking_uri"))
+    if "tracking" in values:
+        env = os.environ.get("MLFLOW_TRACKING_URI")
+        _check_tracking_server(env or values.get("tracking_uri"), "MLFLOW_TRACKING_URI" if env else "--tracking_uri")
     files = values.get("config_file")
     if not files:
         return
@@ -199,6 +203,27 @@ def _check_tracking_uri(uri: str | None) -> None:
             f"--tracking_uri {uri}: MLflow {_mlflow_version()} keeps no runs in a folder (its file store is gone); "
             "give a database, e.g. sqlite:///mlflow.db, or a tracking server, e.g. http://127.0.0.1:5000."
         )
+
+
+def _check_tracking_server(uri: str | None, option: str = "--tracking_uri", timeout: float = 5.0) -> None:
+    """An ``http(s)://`` tracking URI must answer (MLflow's ``/health``; any HTTP reply counts), within ``timeout``
+    seconds: MLflow's client would otherwise retry for minutes, after the data is prepared."""
+    import urllib.error
+    import urllib.request
+
+    if not uri or not uri.lower().startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout):
+            return
+    except urllib.error.HTTPError:  # it answered (an error status, e.g. behind a login): a server is there
+        return
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        reason = getattr(e, "reason", None) or e
+        raise ConfigValueError(
+            f"{option} {uri}: no MLflow tracking server answers there ({reason}); start it (mlflow server ...) "
+            "or give another tracking URI, e.g. sqlite:///mlflow.db."
+        ) from None
 
 
 def _mlflow_version() -> str:

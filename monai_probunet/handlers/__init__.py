@@ -1,6 +1,7 @@
 """Ignite event handlers of the Probabilistic U-Net workflows (the counterpart of :mod:`monai.handlers`)."""
 
 from .checkpoint import AtomicCheckpointSaver, FinalModel, LastCheckpoint
+from .evaluation_tracking import log_evaluation
 from .ged_handler import GeneralizedEnergyDistance
 from .kl_warmup import KLWarmup
 from .progress import TrainingProgress
@@ -19,4 +20,5 @@ __all__ = [
     "configure_mlflow",
     "flatten_params",
     "iteration_terms",
+    "log_evaluation",
 ]

@@ -366,6 +366,9 @@ class LastCheckpoint:
     def _reraise(self, engine: Engine, e: BaseException) -> None:
         # ignite swallows an exception when an EXCEPTION_RAISED handler returns: restore Ctrl-C and pass it on
         self._restore_sigint(engine)
+        from .tracking import end_tracking_run  # the MLflow run: KILLED or FAILED (no handler runs after this one)
+
+        end_tracking_run(engine, e)
         raise e
 
     def _report_interrupt(self, engine: Engine) -> None:

@@ -1,0 +1,197 @@
+"""`--tracking mlflow` across interruptions, resumes, refusals and evaluations: one MLflow run per training (a
+resumed training continues its own, marked KILLED while interrupted), no executed-config file left in the output
+folders, the data a run used in its params, an unreachable server refused up front, an evaluation's summary metrics
+in a run of its own. Read back with MlflowClient from a real SQLite store in tmp_path."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from monai.utils import path_to_sqlite_uri
+
+from .conftest import REPO, TRAIN_YAML, run_bundle
+
+TINY = (
+    "--dataset_kwargs", "{'num_patients': 12, 'image_size': 32}", "--channels", "[8, 16, 32]",
+    "--val_interval", "1", "--batch_size", "8", "--precision", "fp32", "--tracking", "mlflow",
+)  # fmt: skip  (16 training images: 2 iterations per epoch)
+
+
+@pytest.fixture(autouse=True)
+def _no_mlflow_env(monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # it would win over --tracking_uri
+
+
+def _client(db: Path):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=path_to_sqlite_uri(str(db)))
+
+
+def _runs(db: Path) -> dict[str, object]:
+    client = _client(db)
+    exp = client.get_experiment_by_name("monai_experiment")
+    return {r.info.run_id: r for r in client.search_runs([exp.experiment_id])}
+
+
+def _steps(db: Path, run_id: str, key: str) -> list[int]:
+    return sorted(m.step for m in _client(db).get_metric_history(run_id, key))
+
+
+def _interrupt(ckpt: Path, *args: str) -> tuple[int, str]:
+    """Start a training, send SIGINT once checkpoint_last.pt exists (mid-epoch 2 or later); (status, output)."""
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", str(TRAIN_YAML), *args]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd, cwd="/", env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        while not (ckpt / "checkpoint_last.pt").is_file():
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+        return proc.returncode, out + err
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def _config_files(folder: Path) -> list[Path]:
+    return sorted(folder.glob("config_*.json")) if folder.exists() else []  # not the artifacts under mlruns/
+
+
+@pytest.mark.slow
+def test_interrupted_run_is_killed_unrelated_run_is_new_resume_continues(tmp_path):
+    db, eval_dir = tmp_path / "eval" / "mlruns.db", tmp_path / "eval"
+    common = (*TINY, "--output_dir", str(eval_dir), "--dataset_dir", str(tmp_path / "shapes"))
+    a = tmp_path / "a"
+    status, log = _interrupt(a, "--dataset_name", "shapes", *common, "--max_epochs", "30", "--ckpt_dir", str(a))
+    assert status == 130, log[-3000:]
+    (run_a,) = _runs(db).values()
+    assert run_a.info.status == "KILLED"  # not RUNNING forever
+    assert json.loads((a / "mlflow_run.json").read_text())["run_id"] == run_a.info.run_id
+    assert _config_files(eval_dir) == []  # the executed config went into the run, not into output_dir
+    top = [f.path for f in _client(db).list_artifacts(run_a.info.run_id)]
+    assert any(p.startswith("config_") and p.endswith(".json") for p in top), top
+
+    # an unrelated training (own data, other seed and learning rate): a run of its own, with its own params
+    b = tmp_path / "b"
+    other = run_bundle("--dataset_name", "folder", *common, "--max_epochs", "1", "--seed", "5",
+                       "--learning_rate", "0.002", "--ckpt_dir", str(b))  # fmt: skip
+    assert other.returncode == 0, other.stderr[-3000:]
+    runs = _runs(db)
+    assert len(runs) == 2, [r.info.run_name for r in runs.values()]
+    run_b = runs[json.loads((b / "mlflow_run.json").read_text())["run_id"]]
+    assert run_b.info.run_id != run_a.info.run_id and run_b.info.status == "FINISHED"
+    assert runs[run_a.info.run_id].info.status == "KILLED"
+    params = run_b.data.params
+    assert params["seed"] == "5" and params["learning_rate"] == "0.002" and params["dataset_name"] == "folder"
+    assert params["dataset_dir"] == str(tmp_path / "shapes") and len(params["datalist_sha256"]) == 64
+    assert params["hu_window"] == "[-1000.0, 400.0]" and params["infer_spacing"] == "[1.0, 1.0]"
+    assert not [k for k in params if k.startswith("dataset_kwargs") or k == "data_seed"], sorted(params)
+    assert "Traceback" not in other.stderr and "params cannot change" not in other.stderr
+
+    # --resume true continues run A: the same run, FINISHED, every iteration logged once, up to the end
+    resumed = run_bundle("--dataset_name", "shapes", *common, "--max_epochs", "30", "--resume", "true",
+                         "--ckpt_dir", str(a))  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    runs = _runs(db)
+    assert len(runs) == 2 and runs[run_a.info.run_id].info.status == "FINISHED"
+    for key in ("train_loss_iter", "lr_group_0"):
+        assert _steps(db, run_a.info.run_id, key) == list(range(1, 61)), key
+    assert _steps(db, run_a.info.run_id, "val_ged") == list(range(1, 31))
+    assert runs[run_a.info.run_id].data.params["dataset_kwargs.num_patients"] == "12"
+    assert _config_files(eval_dir) == []
+
+    # the evaluation of A's model: its output folder accepted, its summary in a child run of A's
+    out = tmp_path / "eval_a"
+    ev = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "run", "evaluating", "--config_file",
+         str([str(TRAIN_YAML), str(REPO / "bundle" / "configs" / "evaluate.yaml")]), "--dataset_name", "shapes",
+         *common, "--ckpt_dir", str(a), "--output_dir", str(out), "--tracking_uri", path_to_sqlite_uri(str(db)),
+         "--sample_counts", "[1, 4]", "--bootstrap_resamples", "50", "--num_plot_images", "1"],
+        cwd="/", capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert ev.returncode == 0, ev.stderr[-3000:]
+    assert (out / "summary.json").is_file() and _config_files(out) == []
+    (run_e,) = [r for r in _runs(db).values() if r.info.run_id not in (run_a.info.run_id, run_b.info.run_id)]
+    assert run_e.info.status == "FINISHED" and run_e.data.tags["mlflow.parentRunId"] == run_a.info.run_id
+    summary = json.loads((out / "summary.json").read_text())
+    ged = {e["S"]: e["mean"] for e in summary["models"]["a"]["metrics"]["ged"]}
+    history = {m.step: m.value for m in _client(db).get_metric_history(run_e.info.run_id, "test_ged")}
+    assert history == pytest.approx(ged) and sorted(history) == [1, 4]
+    arts = [f.path for f in _client(db).list_artifacts(run_e.info.run_id)]
+    assert "summary.json" in arts and any(p.startswith("config_") for p in arts), arts
+
+    # a later evaluation without tracking into the same folder is not refused
+    again = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "run", "evaluating", "--config_file",
+         str([str(TRAIN_YAML), str(REPO / "bundle" / "configs" / "evaluate.yaml")]), "--dataset_name", "shapes",
+         *[x for x in common if x not in ("--tracking", "mlflow")], "--ckpt_dir", str(a), "--output_dir", str(out),
+         "--sample_counts", "[1]", "--bootstrap_resamples", "50", "--num_plot_images", "1"],
+        cwd="/", capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert again.returncode == 0, again.stderr[-3000:]
+
+
+def test_unreachable_server_is_refused_before_any_data(tmp_path):
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    start = time.monotonic()
+    proc = run_bundle(*TINY, "--dataset_name", "shapes", "--tracking_uri", f"http://127.0.0.1:{port}",
+                      "--dataset_dir", str(tmp_path / "data"), "--ckpt_dir", str(tmp_path / "models"),
+                      "--output_dir", str(tmp_path / "eval"), timeout=300)  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"error: --tracking_uri http://127.0.0.1:{port}: no MLflow tracking server answers there ([Errno 111] "
+        "Connection refused); start it (mlflow server ...) or give another tracking URI, e.g. sqlite:///mlflow.db."
+    )
+    assert "Traceback" not in proc.stderr and time.monotonic() - start < 120
+    assert not (tmp_path / "data").exists() and _config_files(tmp_path / "eval") == []
+
+
+def test_refused_run_leaves_no_executed_config(tmp_path):
+    proc = run_bundle(*TINY, "--dataset_name", "shapes", "--max_epochs", "0", "--output_dir", str(tmp_path / "eval"),
+                      "--dataset_dir", str(tmp_path / "data"), "--ckpt_dir", str(tmp_path / "models"))  # fmt: skip
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("error: --max_epochs"), proc.stderr
+    assert (tmp_path / "eval").is_dir() and _config_files(tmp_path / "eval") == []
+
+
+def test_data_params_log_the_generator_settings_of_built_in_data_only(tmp_path):
+    from monai_probunet.handlers.tracking import data_params, flatten_params
+
+    datalist = tmp_path / "datalist.json"
+    datalist.write_text('{"training": []}')
+    own = flatten_params(data_params("folder", tmp_path, datalist, 0, {"num_patients": 90}))
+    digest = hashlib.sha256(b'{"training": []}').hexdigest()
+    assert own == {"dataset_name": "folder", "dataset_dir": str(tmp_path), "datalist_sha256": digest}
+    built_in = flatten_params(data_params("shapes", tmp_path, datalist, 3, {"num_patients": 12}))
+    assert built_in["data_seed"] == 3 and built_in["dataset_kwargs.num_patients"] == 12
+
+
+def test_summary_metrics_use_the_sample_count_as_step():
+    from monai_probunet.handlers.evaluation_tracking import _summary_metrics
+
+    summary = {
+        "split": "test",
+        "models": {
+            "m": {"metrics": {"ged": [{"S": 1, "mean": 0.5}, {"S": 16, "mean": 0.3}], "iou": [{"S": 1, "mean": None}]},
+                  "presence": {"test_accuracy": 0.75}},
+            "oracle": {"metrics": {"ged": [{"S": 1, "mean": 0.2}]}, "presence": {}},
+        },
+        "references": {"empty": {"ged": 0.9}},
+    }  # fmt: skip
+    assert sorted(_summary_metrics(summary)) == sorted([
+        ("test_ged", 0.5, 1), ("test_ged", 0.3, 16), ("test_presence_accuracy", 0.75, 0),
+        ("oracle_test_ged", 0.2, 1), ("test_ged_empty", 0.9, 0),
+    ])  # fmt: skip
