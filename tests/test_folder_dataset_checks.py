@@ -15,6 +15,7 @@ import pytest
 from monai.data import list_data_collate
 from monai.utils import set_determinism
 
+from monai_probunet.bundle_utils import ConfigValueError
 from monai_probunet.data.disk_format import DatasetError, load_datalist, validate_datalist
 from monai_probunet.data.validation import validate_cases
 from monai_probunet.networks.unet_core import check_image_channels
@@ -155,6 +156,83 @@ def test_an_image_of_another_size_than_the_others_is_refused(tmp_path):
     )]
     with pytest.raises(RuntimeError, match="stack expects each tensor to be equal size"):
         _training_batches(datalist, passes=1)
+
+
+# --- the check follows the run's config ----------------------------------------------------------------------------
+
+#: what train.yaml (the binary CT task) gives the check of a folder dataset
+TRAIN_YAML_CHECK = {"intensity_window": [-1000.0, 400.0], "num_classes": 2, "ignore_index": None, "in_channels": 1,
+                    "square_images": True}
+
+
+def _check_settings(parser) -> dict:
+    """What a parsed config gives the check of a folder dataset (``prepare_dataset``'s arguments in ``datalist``)."""
+    keys = ("num_classes", "ignore_index", "in_channels", "square_images")
+    settings = {k: parser.get_parsed_content(k) for k in keys}
+    return {"intensity_window": parser.get_parsed_content("hu_window"), **settings}
+
+
+def test_train_yaml_refuses_a_0_255_mask_through_its_datalist_entry(tmp_path):
+    datalist = _folder(tmp_path / "d")
+    mask = tmp_path / "d" / "labels" / "c1_g0.nii.gz"
+    _save(mask, np.asarray(nib.load(str(mask)).dataobj) * np.uint8(255))
+    assert _check_settings(train_yaml_parser()) == TRAIN_YAML_CHECK
+    line = (f"training case c1: label {mask} holds values 0, 255; a grader mask must hold only 0 (background) and 1 "
+            "(lesion).")
+    assert _problems(datalist) == [line]
+    parser = train_yaml_parser(dataset_name="folder", dataset_dir=str(datalist.parent))
+    with pytest.raises(RuntimeError) as info:
+        parser.get_parsed_content("datalist")
+    assert isinstance(info.value.__cause__, DatasetError)
+    assert str(info.value.__cause__).splitlines()[1:] == [f"  {line}"]
+
+
+@pytest.mark.parametrize("overrides", [(), ("scenes32.yaml",), ("augmentation.yaml",), ("paper.yaml",)])
+def test_square_images_is_set_where_the_training_rotates_by_90_degrees(overrides):
+    parser = train_yaml_parser(*overrides)
+    rotates = any("Rotate90" in str(t.get("_target_", "")) for t in parser.get("train#random_transforms"))
+    assert parser.get_parsed_content("square_images") is rotates
+    assert rotates is (overrides != ("scenes32.yaml",))
+
+
+def test_non_square_images_pass_where_the_training_does_not_rotate(tmp_path):
+    datalist = _folder(tmp_path / "d", {f"c{i}": (32, 48) for i in range(6)})
+    assert validate_cases(datalist, square_images="false")["training"][0]["case_id"] == "c0"  # as the CLI gives it
+    with pytest.raises(ConfigValueError, match=r"^--square_images: expected a boolean .* got 'sometimes'\.$"):
+        validate_cases(datalist, square_images="sometimes")
+    with pytest.raises(ConfigValueError, match=r"^--num_classes: expected a whole number >= 1, got 0\.$"):
+        validate_cases(datalist, num_classes=0)
+
+
+def test_single_channel_images_are_refused_where_the_run_takes_3_channels(tmp_path):
+    datalist = _folder(tmp_path / "d")
+    with pytest.raises(DatasetError) as info:
+        validate_cases(datalist, in_channels=3)
+    assert [line.strip() for line in str(info.value).splitlines()[1:]] == [
+        f"{split} case c{i}: image {tmp_path / 'd' / 'images' / f'c{i}.nii.gz'} is 32 x 32: expected one 2-D image "
+        "of 3 channels per case (in_channels), H x W x 3 with the channel axis last (as preprocessing.cityscapes "
+        "writes RGB)."
+        for i, split in enumerate(["training"] * 4 + ["validation", "test"])
+    ]
+
+
+def test_a_mask_of_an_rgb_image_must_have_its_height_and_width(tmp_path):
+    root = tmp_path / "d"
+    datalist = _folder(root)
+    for i in range(6):
+        image = nib.load(str(root / "images" / f"c{i}.nii.gz"))
+        rgb = np.repeat(np.asarray(image.dataobj)[..., None], 3, axis=-1)
+        _save(root / "images" / f"c{i}.nii.gz", rgb.astype(np.float32))
+    settings = {"num_classes": 2, "in_channels": 3, "square_images": False}
+    assert validate_cases(datalist, **settings)["test"][0]["case_id"] == "c5"
+    mask = root / "labels" / "c2_g1.nii.gz"
+    _save(mask, np.zeros((32, 30), np.uint8))
+    with pytest.raises(DatasetError) as info:
+        validate_cases(datalist, **settings)
+    assert str(info.value).splitlines()[1:] == [
+        (f"  training case c2: label {mask} is 32 x 30, its image {root / 'images' / 'c2.nii.gz'} is 32 x 32 x 3: "
+         "a grader mask must have its image's shape (and number of axes, without its 3 channels).")
+    ]
 
 
 # --- a mask on another voxel grid than its image's ------------------------------------------------------------------

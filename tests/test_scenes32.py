@@ -11,9 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from monai.data import list_data_collate
 from PIL import Image
 
 from monai_probunet.data import load_datalist, prepare_dataset
+from monai_probunet.data.disk_format import DatasetError
 from monai_probunet.data.scenes32 import (
     FLIP_PROBS,
     FLIPS,
@@ -40,7 +42,7 @@ from monai_probunet.metrics.calibration import (
     match_modes,
 )
 
-from .conftest import REPO, run_bundle
+from .conftest import REPO, run_bundle, train_yaml_parser
 
 SCENES32_YAML = REPO / "bundle" / "configs" / "scenes32.yaml"
 EVALUATE_YAML = REPO / "bundle" / "configs" / "evaluate.yaml"
@@ -403,6 +405,85 @@ def test_cityscapes_converter_train_ids_flips_and_split(tmp_path):
     assert json.loads((out / "datalist.json").read_text()) == dl
     assert (out / "images" / "ulm_000000_000019.nii.gz").stat().st_mtime_ns == mtime
     assert main(["--root", str(tmp_path / "missing"), "--out", str(out)]) == 2
+
+
+# ---------------------------------------------------------------------------------------- Cityscapes as a folder
+
+#: what scenes32.yaml (over train.yaml) gives the check of a folder dataset
+SCENES32_CHECK = {"intensity_window": [0.0, 255.0], "num_classes": 24, "ignore_index": 255, "in_channels": 3,
+                  "square_images": False}
+
+
+def _converted_cityscapes(tmp_path: Path) -> Path:
+    """The Cityscapes fixture converted by ``preprocessing.cityscapes`` (16 x 32, 3 graders); its output folder."""
+    from preprocessing.cityscapes import main
+
+    _write_cityscapes_fixture(tmp_path / "cs", np.random.default_rng(0))
+    out = tmp_path / "out"
+    assert main(["--root", str(tmp_path / "cs"), "--out", str(out), "--size", "16", "32", "--num-graders", "3"]) == 0
+    return out
+
+
+def test_converted_cityscapes_passes_the_folder_check_of_the_scenes32_config(tmp_path):
+    out = _converted_cityscapes(tmp_path)
+    datalist = str(out / "datalist.json")
+    parser = train_yaml_parser("scenes32.yaml")
+    keys = ("num_classes", "ignore_index", "in_channels", "square_images")
+    settings = {k: parser.get_parsed_content(k) for k in keys}
+    assert {"intensity_window": parser.get_parsed_content("hu_window"), **settings} == SCENES32_CHECK
+    assert prepare_dataset("folder", out, **SCENES32_CHECK) == datalist
+    # the documented command's datalist entry: scenes32.yaml's settings reach the check ...
+    parser = train_yaml_parser("scenes32.yaml", dataset_name="folder", dataset_dir=str(out))
+    assert parser.get_parsed_content("datalist") == datalist
+    # ... and its training pipeline stacks what the check let through: RGB 16 x 32, train ids and 255
+    transform = parser.get_parsed_content("train#preprocessing")
+    batch = list_data_collate([transform(item) for item in load_datalist(datalist, "training")])
+    assert tuple(batch["image"].shape) == (2, 3, 16, 32) and tuple(batch["label"].shape) == (2, 1, 16, 32)
+    assert set(torch.unique(batch["label"]).tolist()) <= set(range(24)) | {255}
+    assert 255 in batch["label"] and float(batch["image"].min()) >= 0.0 and float(batch["image"].max()) <= 1.0
+    # train.yaml's CT task refuses the same folder: RGB is not one single-channel image, train ids are not 0/1
+    with pytest.raises(RuntimeError) as info:
+        train_yaml_parser(dataset_name="folder", dataset_dir=str(out)).get_parsed_content("datalist")
+    assert isinstance(info.value.__cause__, DatasetError)
+    assert (f"training case aachen_000000_000019: image {out / 'images' / 'aachen_000000_000019.nii.gz'} is 16 x 32 "
+            "x 3: expected one 2-D image per case (H x W)") in str(info.value.__cause__)
+
+
+def test_a_cityscapes_mask_value_outside_the_classes_is_refused_in_one_line(tmp_path):
+    import nibabel as nib
+
+    out = _converted_cityscapes(tmp_path)
+    label = out / "labels" / "aachen_000001_000019_g1.nii.gz"
+    mask = nib.load(str(label))
+    data = np.zeros((16, 32), np.int16)
+    data[:4], data[4:8], data[8:12] = 23, 255, 24  # 23: the last class, 255: ignore, 24: no class
+    nib.save(nib.Nifti1Image(data, mask.affine), str(label))
+    with pytest.raises(DatasetError) as info:
+        prepare_dataset("folder", out, **SCENES32_CHECK)
+    assert str(info.value).splitlines() == [
+        f"{out / 'datalist.json'}: 1 problem(s) in the dataset, nothing was trained:",
+        (f"  training case aachen_000001_000019: label {label} holds values 0, 23, 24, 255 (24 not allowed); a "
+         "grader mask must hold only the class ids 0 to 23 (num_classes 24) and 255 (ignore_index: unannotated)."),
+    ]
+    data[12:, :4] = -1
+    nib.save(nib.Nifti1Image(data, mask.affine), str(label))
+    with pytest.raises(DatasetError, match=r"holds values -1, 0, 23, 24, 255 \(-1, 24 not allowed\);"):
+        prepare_dataset("folder", out, **SCENES32_CHECK)
+
+
+@pytest.mark.slow
+def test_bundle_trains_on_converted_cityscapes_as_scenes32_documents(tmp_path):
+    out = _converted_cityscapes(tmp_path)
+    proc = run_bundle("--dataset_name", "folder", "--dataset_dir", str(out), "--max_epochs", "1",
+                      "--val_interval", "1", "--channels", "[8, 16, 32]", "--ckpt_dir", str(tmp_path / "models"),
+                      config_file=f"['{TRAIN_YAML}', '{SCENES32_YAML}']")  # fmt: skip
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-3000:]
+    geds = {float(v) for v in re.findall(r"val_ged: ([0-9.]+)", log)}  # one validation, logged twice (rounded)
+    assert geds and all(math.isfinite(g) and 0.0 < g <= 2.0 for g in geds), log[-2000:]
+    net = ProbUNet(2, in_channels=3, out_channels=24, channels=(8, 16, 32), latent_dim=6, posterior_presence=True,
+                   prior_covariance="full")  # fmt: skip
+    net.load_state_dict(torch.load(tmp_path / "models" / "model.pt", weights_only=True))
 
 
 # ------------------------------------------------------------------------------------------------ bundle

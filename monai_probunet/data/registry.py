@@ -35,7 +35,15 @@ def _cached_params(datalist: Path) -> dict[str, Any] | None:
 
 
 def prepare_dataset(
-    name: str, root: str | Path, seed: int = 0, intensity_window: Sequence[float] | None = None, **kwargs: Any
+    name: str,
+    root: str | Path,
+    seed: int = 0,
+    intensity_window: Sequence[float] | None = None,
+    num_classes: int = 2,
+    ignore_index: int | None = None,
+    in_channels: int = 1,
+    square_images: bool = True,
+    **kwargs: Any,
 ) -> str:
     """Return the path of a dataset's ``datalist.json``, generating a built-in dataset on first use.
 
@@ -49,6 +57,13 @@ def prepare_dataset(
         seed: generation seed of a built-in dataset.
         intensity_window: ``[low, high]`` the training scales images from (``hu_window``): a ``folder`` dataset's
             images must not be flat in it (:func:`~monai_probunet.data.validation.validate_cases`).
+        num_classes: the run's classes: a ``folder`` dataset's masks may hold only the class ids
+            ``0 .. num_classes - 1`` and ``ignore_index``.
+        ignore_index: the run's label of unannotated pixels (``None``: none).
+        in_channels: the run's image channels: a ``folder`` dataset's images are ``H x W`` (1) or ``H x W x C``.
+        square_images: whether a ``folder`` dataset's images must be square (the run's training transforms rotate
+            by 90 degrees). These four only set the checks of a ``folder`` dataset; the defaults are
+            ``train.yaml``'s binary CT task.
         kwargs: generator parameters of a built-in dataset (e.g. ``num_patients``, ``image_size``).
 
     Raises:
@@ -61,7 +76,14 @@ def prepare_dataset(
     if root.exists() and not root.is_dir():
         raise DatasetError(f"--dataset_dir {root} is a file, not a folder.")
     if name == "folder":
-        validate_cases(datalist, intensity_window=intensity_window)
+        validate_cases(
+            datalist,
+            intensity_window=intensity_window,
+            num_classes=num_classes,
+            ignore_index=ignore_index,
+            in_channels=in_channels,
+            square_images=square_images,
+        )
         return str(datalist)
     if name not in BUILTIN_DATASETS:
         raise DatasetError(

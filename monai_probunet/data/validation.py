@@ -13,6 +13,7 @@ import nibabel as nib
 import numpy as np
 from nibabel.filebasedimages import ImageFileError
 
+from ..bundle_utils import ConfigValueError, as_bool
 from .disk_format import SPLITS, DatasetError, validate_datalist
 
 __all__ = ["validate_cases"]
@@ -51,27 +52,59 @@ def _shape_text(shape: Sequence[int]) -> str:
     return " x ".join(str(int(n)) for n in shape)
 
 
-def _image_shape_problem(image_path: Path, shape: tuple[int, ...]) -> str | None:
+def _image_shape_problem(
+    image_path: Path, shape: tuple[int, ...], in_channels: int = 1, square: bool = True
+) -> str | None:
     """Why an image of ``shape`` cannot be trained on, else ``None``.
 
-    The training loads each image as ``1 x H x W`` for a 2-D network and flips and rotates it by 90 degrees in
-    plane (``bundle/configs/train.yaml``): a third axis, even of size 1, reaches the network as a 3-D image, and a
-    non-square image turned by 90 degrees cannot be stacked into a batch with the others.
+    The training loads a single-channel image (``in_channels`` 1) as ``1 x H x W`` for a 2-D network: a third axis,
+    even of size 1, reaches the network as a 3-D image. An image of ``in_channels`` > 1 is loaded from ``H x W x C``,
+    the channel axis last (``scenes32.yaml``'s loader, as ``preprocessing.cityscapes`` writes RGB). With ``square``
+    (the training rotates by 90 degrees in plane, ``train.yaml``), a non-square image turned by 90 degrees cannot be
+    stacked into a batch with the others.
     """
-    text = f"image {image_path} is {_shape_text(shape)}: expected one 2-D image per case (H x W)"
-    if len(shape) > 2 and len(shape[2:]) == sum(1 for n in shape[2:] if n == 1):
-        return f"{text}; save a 2-D slice as a 2-D NIfTI (without the axes of size 1), and its masks too."
-    if len(shape) > 2:
-        return f"{text}, the network is 2-D; save each slice of a volume as its own case, with 2-D masks."
-    if len(shape) < 2:
-        return f"{text}."
-    if shape[0] != shape[1]:
+    if in_channels > 1:
+        if len(shape) != 3 or shape[2] != in_channels:
+            return (
+                f"image {image_path} is {_shape_text(shape)}: expected one 2-D image of {in_channels} channels per "
+                f"case (in_channels), H x W x {in_channels} with the channel axis last (as preprocessing.cityscapes "
+                "writes RGB)."
+            )
+    else:
+        text = f"image {image_path} is {_shape_text(shape)}: expected one 2-D image per case (H x W)"
+        if len(shape) > 2 and len(shape[2:]) == sum(1 for n in shape[2:] if n == 1):
+            return f"{text}; save a 2-D slice as a 2-D NIfTI (without the axes of size 1), and its masks too."
+        if len(shape) > 2:
+            return f"{text}, the network is 2-D; save each slice of a volume as its own case, with 2-D masks."
+        if len(shape) < 2:
+            return f"{text}."
+    if square and shape[0] != shape[1]:
+        turned = (shape[1], shape[0], *shape[2:])
         return (
             f"image {image_path} is {_shape_text(shape)}: expected a square image (H = W), the training's random "
-            f"90-degree rotations turn it to {_shape_text(shape[::-1])} and the batches cannot stack both; crop or "
+            f"90-degree rotations turn it to {_shape_text(turned)} and the batches cannot stack both; crop or "
             "pad it and its masks to a square."
         )
     return None
+
+
+def _label_values_problem(values: np.ndarray, num_classes: int, ignore_index: int | None) -> str | None:
+    """Why a mask holding the distinct ``values`` cannot be trained on (a value that is no class id in
+    ``[0, num_classes)`` and not ``ignore_index``), else ``None``."""
+    v = values.astype(np.float64)
+    ok = (v >= 0) & (v < num_classes) & (v == np.round(v))
+    if ignore_index is not None:
+        ok |= v == ignore_index
+    bad = values[~ok]
+    if not bad.size:
+        return None
+    if num_classes == 2 and ignore_index is None:
+        return f"holds values {_values_text(values)}; a grader mask must hold only 0 (background) and 1 (lesion)."
+    ignored = f" and {ignore_index:g} (ignore_index: unannotated)" if ignore_index is not None else ""
+    return (
+        f"holds values {_values_text(values)} ({_values_text(bad)} not allowed); a grader mask must hold only the "
+        f"class ids 0 to {num_classes - 1} (num_classes {num_classes}){ignored}."
+    )
 
 
 def _grid_difference(image: Any, mask: Any, spatial_dims: int) -> str | None:
@@ -100,11 +133,20 @@ def _grid_difference(image: Any, mask: Any, spatial_dims: int) -> str | None:
 
 
 def _check_case(
-    base: Path, split: str, index: int, item: dict[str, Any], window: Sequence[float] | None = None
+    base: Path,
+    split: str,
+    index: int,
+    item: dict[str, Any],
+    window: Sequence[float] | None = None,
+    num_classes: int = 2,
+    ignore_index: int | None = None,
+    in_channels: int = 1,
+    square: bool = True,
 ) -> tuple[list[str], tuple | None, tuple | None]:
-    """Problems of one case (missing or unreadable files, an image that is not one square 2-D image, label values
-    outside {0, 1}, a mask of another shape or voxel grid (affine) than its image's, an image flat in ``window``),
-    its image's in-plane voxel spacing and its shape where it is one square 2-D image (each ``None`` otherwise).
+    """Problems of one case (missing or unreadable files, an image that is not one 2-D image of ``in_channels``
+    channels, or not square with ``square``, a mask value that is no class id in ``[0, num_classes)`` and not
+    ``ignore_index``, a mask of another shape or voxel grid (affine) than its image's, an image flat in ``window``),
+    its image's in-plane voxel spacing and its shape where the image's shape is usable (each ``None`` otherwise).
 
     Only the headers are read for the shapes and grids; the data of the masks (their values) and, with ``window``,
     of the image."""
@@ -112,6 +154,8 @@ def _check_case(
     problems: list[str] = []
     image_path = _resolve(base, item["image"])
     image = image_shape = spacing = size = None
+    # the shape a mask must have: the image's, without its channel axis where it has several channels
+    mask_shape: tuple[int, ...] | None = None
     if not image_path.is_file():
         problems.append(f"{case}: image {image_path} does not exist.")
     else:
@@ -119,11 +163,15 @@ def _check_case(
             image = nib.load(str(image_path))
             image_shape = tuple(int(n) for n in image.shape)
             spacing = tuple(round(float(z), 4) for z in image.header.get_zooms()[:2])
-            shape_problem = _image_shape_problem(image_path, image_shape)
+            shape_problem = _image_shape_problem(image_path, image_shape, in_channels, square)
             if shape_problem is not None:
                 problems.append(f"{case}: {shape_problem}")
             else:
                 size = image_shape
+            if in_channels == 1:
+                mask_shape = image_shape
+            elif shape_problem is None:
+                mask_shape = image_shape[:2]
             flat = _flat_in_window(image, window) if window is not None else None
             if flat is not None:
                 problems.append(
@@ -146,22 +194,20 @@ def _check_case(
         except _READ_ERRORS as e:
             problems.append(f"{case}: label {label_path} cannot be read as NIfTI ({type(e).__name__}: {e}).")
             continue
-        values = np.unique(array)
-        bad = values[~np.isin(values, (0, 1))]
-        if bad.size:
-            problems.append(
-                f"{case}: label {label_path} holds values {_values_text(values)}; a grader mask must hold only "
-                "0 (background) and 1 (lesion)."
-            )
-        if image is None:
+        values_problem = _label_values_problem(np.unique(array), num_classes, ignore_index)
+        if values_problem is not None:
+            problems.append(f"{case}: label {label_path} {values_problem}")
+        if image is None or mask_shape is None:
             continue
-        if tuple(array.shape) != image_shape:
+        if tuple(array.shape) != mask_shape:
+            channels = "" if in_channels == 1 else f", without its {in_channels} channels"
             problems.append(
                 f"{case}: label {label_path} is {_shape_text(array.shape)}, its image {image_path} is "
-                f"{_shape_text(image_shape)}: a grader mask must have its image's shape (and number of axes)."
+                f"{_shape_text(image_shape)}: a grader mask must have its image's shape (and number of axes"
+                f"{channels})."
             )
             continue
-        difference = _grid_difference(image, mask, len(image_shape))
+        difference = _grid_difference(image, mask, len(mask_shape))
         if difference is not None:
             problems.append(
                 f"{case}: label {label_path} lies on another voxel grid than its image {image_path} (affine: "
@@ -223,23 +269,38 @@ def validate_cases(
     splits: Iterable[str] = SPLITS,
     num_threads: int = 4,
     intensity_window: Sequence[float] | None = None,
+    num_classes: int = 2,
+    ignore_index: int | None = None,
+    in_channels: int = 1,
+    square_images: bool = True,
 ) -> dict[str, Any]:
     """Check every case of a dataset before it is used, and report every problem at once.
 
-    For each case of ``splits``: the image and every grader mask exist and are readable NIfTI, the image is one
-    square 2-D image (``H x H``: no volume, no trailing axis of size 1), each mask holds only the values 0 and 1 (a
-    0/255 or 0/0.5 mask, a label map with class 2, a -1 are refused, not guessed), each mask has its image's shape
-    and voxel grid (affine: spacing, axes and origin, to a thousandth of a voxel; a mirrored mask is refused);
-    every case has the same number of grader masks and a ``patient_id``, no patient has cases in two splits, and
-    every image has the same size and in-plane voxel spacing (the training stacks the images into batches). With
-    ``intensity_window`` (the ``[low, high]`` the training scales images from, ``hu_window``), no image may span less
-    than :data:`MIN_WINDOW_SHARE` of it (CT normalised to [0, 1] under an HU window would be one flat value).
+    The defaults are ``train.yaml``'s binary CT task; a run checks its data against its own config (``num_classes``,
+    ``ignore_index``, ``in_channels``, ``square_images``: ``scenes32.yaml`` for Cityscapes converted by
+    ``python -m preprocessing.cityscapes``). For each case of ``splits``: the image and every grader mask exist and
+    are readable NIfTI; the image is one 2-D image, ``H x W`` with ``in_channels`` 1 (no volume, no trailing axis of
+    size 1), ``H x W x C`` (the channel axis last) with ``in_channels`` C > 1, and square (``H = W``) with
+    ``square_images``; each mask holds only class ids in ``[0, num_classes)`` and ``ignore_index`` (the defaults: 0
+    and 1; a 0/255 or 0/0.5 mask, a label map with class 2, a -1 are refused, not guessed); each mask has its image's
+    shape (without the channel axis) and voxel grid (affine: spacing, axes and origin, to a thousandth of a voxel; a
+    mirrored mask is refused); every case has the same number of grader masks and a ``patient_id``, no patient has
+    cases in two splits, and every image has the same size and in-plane voxel spacing (the training stacks the images
+    into batches). With ``intensity_window`` (the ``[low, high]`` the training scales images from, ``hu_window``), no
+    image may span less than :data:`MIN_WINDOW_SHARE` of it (CT normalised to [0, 1] under an HU window would be one
+    flat value).
 
     Args:
         datalist: the dataset's ``datalist.json`` (paths in it relative to its folder, or absolute).
         splits: the splits to check (those absent from the file are skipped).
         num_threads: threads reading the files (NIfTI decompression releases the GIL).
         intensity_window: ``[low, high]`` the images are scaled from in training; ``None``: not checked.
+        num_classes: the network's classes; a mask value must be a class id in ``[0, num_classes)`` or
+            ``ignore_index``.
+        ignore_index: the label of unannotated pixels (``None``: none).
+        in_channels: the channels of every image (1: ``H x W``; more: ``H x W x in_channels``).
+        square_images: whether every image must be square (the training rotates by 90 degrees); a boolean or its
+            command-line spelling (``true``/``false``).
 
     Returns:
         the datalist content (as :func:`~monai_probunet.data.disk_format.validate_datalist`).
@@ -247,12 +308,22 @@ def validate_cases(
     Raises:
         DatasetError: one line per problem (case, file, what was found and expected), at most
             :data:`MAX_LISTED` listed and the rest counted.
+        ConfigValueError (a ``ValueError``): ``num_classes`` or ``in_channels`` not a whole number >= 1,
+            ``ignore_index`` not a whole number or ``None``, ``square_images`` not a boolean.
     """
+    for key, value in (("num_classes", num_classes), ("in_channels", in_channels), ("ignore_index", ignore_index)):
+        whole = not isinstance(value, bool) and isinstance(value, (int, np.integer))
+        if key == "ignore_index" and not (value is None or whole):
+            raise ConfigValueError(f"--ignore_index: expected a whole number or null, got {value!r}.")
+        if key != "ignore_index" and not (whole and value >= 1):
+            raise ConfigValueError(f"--{key}: expected a whole number >= 1, got {value!r}.")
+    square_images = as_bool(square_images, "square_images")
     path = Path(datalist)
     content = validate_datalist(path)
     cases = [(split, i, item) for split in splits for i, item in enumerate(content.get(split, []))]
+    rules = (intensity_window, num_classes, ignore_index, in_channels, square_images)
     with ThreadPoolExecutor(max(1, num_threads)) as pool:
-        per_case = list(pool.map(lambda c: _check_case(path.parent, *c, intensity_window), cases))
+        per_case = list(pool.map(lambda c: _check_case(path.parent, *c, *rules), cases))
     problems = [p for found, _, _ in per_case for p in found]
     problems += _patient_problems(cases) + _spacing_problems(cases, [spacing for _, spacing, _ in per_case])
     problems += _size_problems(path.parent, cases, [size for _, _, size in per_case])
