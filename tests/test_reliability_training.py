@@ -492,6 +492,29 @@ def test_last_checkpoint_does_not_swallow_a_training_error(tmp_path):
     assert signal.getsignal(signal.SIGINT) is before  # Ctrl-C handling restored to what it was
 
 
+def test_every_rank_gives_the_same_resume_advice_after_ctrl_c(tmp_path, monkeypatch):
+    """Under torchrun only rank 0 writes checkpoint_last.pt, but every process prints how to resume: a rank other
+    than 0 must name the epoch rank 0 saved, not say that nothing was saved."""
+    import signal as signals
+
+    from ignite.engine import Engine, Events
+
+    from monai_probunet.handlers import LastCheckpoint, checkpoint
+
+    def run(rank0: bool, folder: Path) -> str:
+        monkeypatch.setattr(checkpoint, "_is_rank0", lambda: rank0)
+        engine = Engine(lambda e, b: None)
+        LastCheckpoint(folder, {"model": torch.nn.Linear(1, 1)}).attach(engine)
+        engine.add_event_handler(Events.ITERATION_COMPLETED(once=5), lambda e: signals.raise_signal(signals.SIGINT))
+        engine.run(range(3), max_epochs=3)  # epoch 1 saved, Ctrl-C in epoch 2
+        return engine.state.interrupted
+
+    assert "holds epoch 1: continue with the same command and --resume true" in run(True, tmp_path / "a")
+    assert (tmp_path / "a" / "checkpoint_last.pt").is_file()
+    assert "holds epoch 1: continue with the same command and --resume true" in run(False, tmp_path / "b")
+    assert not (tmp_path / "b" / "checkpoint_last.pt").exists()  # written by rank 0 only
+
+
 # --- the bundle command ------------------------------------------------------------------------------------------
 
 

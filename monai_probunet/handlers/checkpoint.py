@@ -389,11 +389,14 @@ class LastCheckpoint:
     def save(self, engine: Engine) -> None:
         if self._interrupted_at is not None:  # an interrupted epoch (or its validation) is not a resume point
             return
-        if not _is_rank0() or self._last_saved_iteration == engine.state.iteration:
+        if self._last_saved_iteration == engine.state.iteration:
             return
-        atomic_torch_save(self.state_dict(), self.path)  # tmp file in save_dir + os.replace
+        if _is_rank0():  # rank 0 writes the file every rank resumes from; every rank knows which epoch it holds
+            atomic_torch_save(self.state_dict(), self.path)  # a temporary folder beside it + os.replace
         self._last_saved_iteration = engine.state.iteration
         self._last_saved_epoch = engine.state.epoch
+        if not _is_rank0():
+            return
         logger.info(f"Saved {self.path} at epoch {engine.state.epoch}, iteration {engine.state.iteration}.")
 
     @property
