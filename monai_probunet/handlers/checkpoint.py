@@ -7,7 +7,7 @@ import logging
 import os
 import signal
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -304,6 +304,8 @@ class LastCheckpoint:
         self.filename = filename
         self.save_interval = save_interval
         self.resume = as_bool(resume, "resume")
+        #: called with the exception that stops training, before it is passed on (e.g. to end an MLflow run)
+        self.on_error: list[Callable[[BaseException], None]] = []
         self.trainer_key = trainer_key
         self.strict = strict
         self.strict_shape = strict_shape
@@ -366,9 +368,8 @@ class LastCheckpoint:
     def _reraise(self, engine: Engine, e: BaseException) -> None:
         # ignite swallows an exception when an EXCEPTION_RAISED handler returns: restore Ctrl-C and pass it on
         self._restore_sigint(engine)
-        from .tracking import end_tracking_run  # the MLflow run: KILLED or FAILED (no handler runs after this one)
-
-        end_tracking_run(engine, e)
+        for hook in self.on_error:  # ignite calls no EXCEPTION_RAISED handler after this one
+            hook(e)
         raise e
 
     def _report_interrupt(self, engine: Engine) -> None:

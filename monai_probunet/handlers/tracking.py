@@ -34,8 +34,7 @@ import os
 import re
 import tempfile
 import time
-import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,13 +47,13 @@ from ..engines.inferer import SamplingInferer
 from ..engines.trainer import loss_terms
 from ..io_utils import atomic_write_json
 from ..visualize import sample_grid
+from .checkpoint import LastCheckpoint
 
 __all__ = [
     "RUN_RECORD",
     "MLflowSampleGrid",
     "configure_mlflow",
     "data_params",
-    "end_tracking_run",
     "flatten_params",
     "iteration_terms",
     "take_executed_config",
@@ -312,27 +311,13 @@ def _recorded_run(handler: MLFlowHandler, record: Path, experiment_id: str, run_
     return run
 
 
-def _last_checkpoint(handlers: Sequence[Any] | None) -> Any | None:
-    from .checkpoint import LastCheckpoint
-
+def _last_checkpoint(handlers: Sequence[Any] | None) -> LastCheckpoint | None:
     return next((h for h in handlers or () if isinstance(h, LastCheckpoint)), None)
 
 
 def _is_rank0() -> bool:
     dist = torch.distributed
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
-
-
-_RUN_ENDS: weakref.WeakKeyDictionary[Engine, Callable[[BaseException], None]] = weakref.WeakKeyDictionary()
-
-
-def end_tracking_run(engine: Engine, error: BaseException) -> None:
-    """Mark the MLflow run :func:`configure_mlflow` opened for ``engine`` as ``KILLED`` (``error`` is a Ctrl-C) or
-    ``FAILED`` (any other exception); nothing without tracking. Called where an ``EXCEPTION_RAISED`` handler passes
-    the exception on (:class:`~monai_probunet.handlers.LastCheckpoint`), as ignite calls no handler after it."""
-    end = _RUN_ENDS.get(engine)
-    if end is not None:
-        end(error)
 
 
 class _RunEnd:
@@ -455,8 +440,9 @@ def configure_mlflow(
     except BaseException as e:
         end(e)
         raise
+    if last is not None:
+        last.on_error.append(end)  # its EXCEPTION_RAISED handler passes the error on: none after it runs
     if trainer is not None:
-        _RUN_ENDS[trainer] = end
         trainer.add_event_handler(Events.TERMINATE, end.on_terminate)
         trainer.add_event_handler(Events.EXCEPTION_RAISED, end.on_exception)
     if isinstance(params, Mapping):
