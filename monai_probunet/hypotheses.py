@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from .metrics import PresenceThreshold, pairwise_iou_distance
+from .presence_label import LabelDecision, consensus_label, presence_decision
 
 __all__ = [
     "FALLBACK_RULE",
@@ -42,8 +43,11 @@ WRITTEN_BY_KEY = "written_by"
 WRITTEN_BY = "monai_probunet.inference"
 REPORT_NAME = "report.json"
 SUMMARY_NAME = "inference_summary.json"
+#: the DICOM SEG of the presence-rule label (DICOM input only: :meth:`Hypotheses.write_set` with ``dicom_source``)
+DICOM_SEG_NAME = "seg.dcm"
 SET_FILES = ("hypotheses.nii.gz", "mean_probability.nii.gz", "entropy.nii.gz", "variant_label.nii.gz", REPORT_NAME,
-             "presence_label.nii.gz")  # the last one: 3-D mode only (monai_probunet.predict3d)
+             "presence_label.nii.gz",  # 3-D mode only (monai_probunet.predict3d)
+             DICOM_SEG_NAME)
 
 
 # --------------------------------------------------------------------------------------------- results
@@ -148,6 +152,20 @@ class Hypotheses:
         """``*spatial`` uint8: the representative hypothesis of the most frequent variant."""
         return self.labels[self.variants[0].representative]
 
+    def presence_rule_label(self) -> tuple[np.ndarray, LabelDecision]:
+        """The presence-rule label (:mod:`monai_probunet.presence_label`): what MONAI Label returns as the label.
+
+        Returns:
+            tuple: ``*spatial`` uint8 (0/1): empty when the presence rule says no lesion, else the consensus of the
+                lesion-containing hypotheses (fallback: the representative of the most frequent lesion variant);
+                and the :class:`~monai_probunet.presence_label.LabelDecision`.
+        """
+        decision = presence_decision(self.presence_count, self.num_samples, self.threshold)
+        if not decision.show_lesion:
+            return np.zeros(self.spatial_shape, np.uint8), decision
+        lesion = [v for v in self.variants if v.has_lesion]
+        return consensus_label(self.labels, fallback=lesion[0].representative if lesion else None), decision
+
     def summary(self, values: np.ndarray | None) -> dict[str, float] | None:
         """Spread of per-hypothesis values: ``{mean, std, min, median, max}`` (``None`` for ``None``)."""
         if values is None:
@@ -209,7 +227,9 @@ class Hypotheses:
             **self.extra,
         }
 
-    def save(self, out_dir: str | os.PathLike) -> dict[str, Path]:
+    def save(
+        self, out_dir: str | os.PathLike, dicom_source: str | os.PathLike | None = None, seg_hypotheses: bool = False
+    ) -> dict[str, Path]:
         """Write NIfTI files with the input's affine and a JSON report into ``out_dir``, all or nothing.
 
         The set is written into a temporary sibling folder and moved onto ``out_dir`` when complete, so a failed
@@ -223,20 +243,67 @@ class Hypotheses:
                 = 4th axis).
             ``mean_probability.nii.gz``, ``entropy.nii.gz``: float32 ``*spatial``.
             ``variant_label.nii.gz``: uint8 ``*spatial``: the most frequent variant's label map.
-            ``report.json``: :meth:`to_report` plus ``files`` (name -> file name) and ``written_by``.
+            ``seg.dcm`` (with ``dicom_source`` only): :meth:`write_dicom_seg`.
+            ``report.json``: :meth:`to_report` plus ``files`` (name -> file name), ``written_by`` and, with the SEG,
+                ``dicom_seg`` (its UIDs and segment names).
+
+        Args:
+            out_dir: The output folder.
+            dicom_source: The DICOM series folder (or DICOM file) the input was loaded from: a DICOM SEG of it is
+                written too; ``None``: no SEG.
+            seg_hypotheses: With ``dicom_source``: the S hypotheses are further segments of the SEG.
 
         Returns:
             dict: Name -> written path (keys ``hypotheses``, ``mean_probability``, ``entropy``, ``variant_label``,
-                ``report``).
+                ``report``; ``dicom_seg`` with ``dicom_source``).
         """
         from .io_utils import staged_dir
 
         out = Path(out_dir)
         with staged_dir(out, is_ours=is_hypotheses_set, what="output folder") as tmp:
-            names = self.write_set(tmp)
+            names = self.write_set(tmp, dicom_source=dicom_source, seg_hypotheses=seg_hypotheses)
         return {k: out / v.name for k, v in names.items()}
 
-    def write_set(self, folder: str | os.PathLike) -> dict[str, Path]:
+    def write_dicom_seg(
+        self, path: str | os.PathLike, dicom_source: str | os.PathLike, seg_hypotheses: bool = False
+    ) -> dict[str, Any]:
+        """Write a DICOM SEG of the source series (or slice): segment 1 is :meth:`presence_rule_label`, named as the
+        MONAI Label app names it (``lesion p=0.88``, :func:`~monai_probunet.segment_names.label_segment_name`);
+        with ``seg_hypotheses`` segments 2 .. S + 1 are the S hypotheses (``h3 variant B 4/16``).
+
+        Args:
+            path: The ``.dcm`` to write (atomically).
+            dicom_source: The DICOM series folder, or the DICOM file of a slice, the input was loaded from (the label
+                grid must be that image's: :func:`~monai_probunet.dicom_seg.label_to_frames`).
+            seg_hypotheses: Add the hypotheses as segments.
+
+        Returns:
+            dict: ``SeriesInstanceUID``, ``SOPInstanceUID``, ``ReferencedSeriesInstanceUID`` and ``segments`` (names,
+                segment number = position + 1).
+
+        Raises:
+            DicomSegError: (a ``ValueError``) the source is not one DICOM series, or its geometry is not the label's.
+        """
+        from .dicom_seg import write_dicom_seg
+        from .segment_names import hypothesis_segment_names, label_segment_name
+
+        label, decision = self.presence_rule_label()
+        names = [label_segment_name(self.presence_probability, self.ambiguous, decision.show_lesion)]
+        layers = label[None]
+        if seg_hypotheses:
+            names += hypothesis_segment_names(self.variants, self.num_samples)
+            layers = np.concatenate([layers, self.labels], axis=0)
+        layers = (layers > 0).astype(np.uint8)
+        if layers.ndim == 3:  # a slice: L x H x W x 1
+            layers = layers[..., None]
+        info = write_dicom_seg(
+            path, layers, np.asarray(self.affine, dtype=np.float64), [{"name": n} for n in names], dicom_source
+        )
+        return {**info, "segments": names}
+
+    def write_set(
+        self, folder: str | os.PathLike, dicom_source: str | os.PathLike | None = None, seg_hypotheses: bool = False
+    ) -> dict[str, Path]:
         """Write the files of :meth:`save` into an existing, empty ``folder`` (no staging; :meth:`save` stages)."""
         import nibabel as nib
 
@@ -258,6 +325,9 @@ class Hypotheses:
             paths[name] = out / f"{name}.nii.gz"
             nib.save(img, str(paths[name]))
         report = self.to_report()
+        if dicom_source is not None:
+            paths["dicom_seg"] = out / DICOM_SEG_NAME
+            report["dicom_seg"] = self.write_dicom_seg(paths["dicom_seg"], dicom_source, seg_hypotheses)
         report["files"] = {k: p.name for k, p in paths.items()}
         report[WRITTEN_BY_KEY] = WRITTEN_BY
         paths["report"] = out / REPORT_NAME

@@ -4,7 +4,8 @@ Usage::
 
     python -m monai_probunet.infer IMAGE --center X Y [Z] [--world [--frame LPS|RAS]] --out DIR \
         [--ckpt bundle/models/model.pt] [--config bundle/configs/train.yaml ...] [--num-samples 16] [--seed 0] \
-        [--threshold presence_threshold.json] [--spacing MM [MM]] [--device cpu] [--allow-non-ct]
+        [--threshold presence_threshold.json] [--spacing MM [MM]] [--device cpu] [--allow-non-ct] \
+        [--no-dicom-seg | [--dicom-seg] [--seg-hypotheses]]
     python -m monai_probunet.infer --batch centers.json --out DIR [same options]
     python -m monai_probunet.infer VOLUME --center X Y Z --3d [--max-extent-mm 40] --out DIR [same options]
 
@@ -23,6 +24,14 @@ hypothesis = 4th axis), ``mean_probability.nii.gz``, ``entropy.nii.gz``, ``varia
 input's affine) and ``report.json``; prints a short summary (``--json``: the report). With ``--batch`` (a JSON file
 ``{image: center}`` or ``[{image, center, world, frame, case_id}]``, images relative to the file's folder) the
 model is loaded once and every case goes to ``--out/<case_id>/`` plus ``--out/inference_summary.json``.
+
+DICOM input (a series folder or one DICOM file) also gets ``seg.dcm``: a DICOM Segmentation of the source series
+(or slice), referencing its instances, study and frame of reference, so that the radiologist's viewer or PACS shows
+the outline on the images they read. Its segment 1 is the presence-rule label, the label MONAI Label returns
+(:meth:`~monai_probunet.hypotheses.Hypotheses.presence_rule_label`; in 3-D ``presence_label.nii.gz``), named as the
+app names it (``lesion p=0.88``); ``--seg-hypotheses`` adds the S hypotheses as segments 2 .. S+1. ``--no-dicom-seg``
+skips it; ``--dicom-seg`` (or ``--seg-hypotheses``) with a NIfTI input is refused (no DICOM series to reference);
+``--batch`` writes no SEG.
 
 ``--3d`` (3-D volumes only; a 2-D image is refused): the lesion is followed from the clicked slice through every slice
 it spans (:func:`monai_probunet.predict3d.predict_hypotheses_3d`: hypothesis s keeps its prior noise on every slice,
@@ -112,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="python -m monai_probunet.infer",
         description="Draw S Probabilistic U-Net hypotheses of the lesion at a centre of a CT image and save them "
-        "on the image's own grid (NIfTI + report.json).",
+        "on the image's own grid (NIfTI + report.json; DICOM input: also seg.dcm, a DICOM SEG of the series).",
     )
     p.add_argument("image", nargs="?", help="NIfTI file, one DICOM file, or a DICOM series folder (CT, HU)")
     p.add_argument(
@@ -162,6 +171,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-extent-mm", type=_positive_float, default=None, metavar="MM",
         help="with --3d: largest lesion extent along the slice axis (default 40)",
     )
+    p.add_argument(
+        "--dicom-seg", dest="dicom_seg", action=argparse.BooleanOptionalAction, default=None,
+        help="write seg.dcm, a DICOM SEG of the input series (or slice) holding the presence-rule label (the label "
+        "MONAI Label returns; one segment named like 'lesion p=0.88'), so that a DICOM viewer or PACS overlays it on "
+        "the images the radiologist reads. Default: on for DICOM input (a series folder or a DICOM file), off for "
+        "NIfTI (nothing to reference: --dicom-seg with NIfTI is refused); --no-dicom-seg skips it",
+    )
+    p.add_argument(
+        "--seg-hypotheses", action="store_true",
+        help="DICOM input: the S hypotheses as further segments 2..S+1 of seg.dcm (named like 'h3 variant B 4/16')",
+    )
     p.add_argument("--json", action="store_true", help="print the full JSON report")
     return p
 
@@ -201,6 +221,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error('--world/--frame: with --batch each case gives its own "world" / "frame" in CENTERS_JSON')
     if args.frame is not None and not args.world:
         parser.error("--frame only applies with --world")
+    if args.seg_hypotheses and args.dicom_seg is False:
+        parser.error("--seg-hypotheses adds segments to the DICOM SEG: not with --no-dicom-seg")
+    if args.batch is not None and (args.dicom_seg or args.seg_hypotheses):
+        parser.error("--dicom-seg/--seg-hypotheses: --batch writes no DICOM SEG; run a DICOM image on its own")
     args.frame = args.frame or "RAS"
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     for name, level in QUIET_LOGGERS.items():
@@ -252,6 +276,14 @@ def _run(args: argparse.Namespace, spacing, roi_arg) -> int:
         raise FileNotFoundError(f"checkpoint {args.ckpt} does not exist (--ckpt).")
     if Path(args.ckpt).stat().st_size == 0:
         raise ValueError(f"checkpoint {args.ckpt} is empty (0 bytes).")
+    dicom_source = None if args.batch is not None else _dicom_source(args.image)
+    if dicom_source is None and (args.dicom_seg or args.seg_hypotheses):
+        option = "--dicom-seg" if args.dicom_seg else "--seg-hypotheses"
+        raise ValueError(
+            f"{option}: {args.image} is not DICOM, so there is no DICOM series for a SEG to reference; give a DICOM "
+            f"series folder or DICOM file, or leave out {option}."
+        )
+    seg = {"dicom_source": dicom_source, "seg_hypotheses": args.seg_hypotheses} if args.dicom_seg is not False else {}
 
     inf = _import_inference(full=args.batch is not None)
     from .hypotheses import _as_threshold as as_threshold  # loaded with it
@@ -284,14 +316,14 @@ def _run(args: argparse.Namespace, spacing, roi_arg) -> int:
                 hu_window=settings["hu_window"], device=args.device, allow_non_ct=args.allow_non_ct,
                 max_extent_mm=mode3d["max_extent_mm"],
             )
-            paths = hyp.save(args.out)
+            paths = hyp.save(args.out, **seg)
         else:
             hyp = inf.predict_hypotheses(
                 args.image, args.center, model, world=args.world, frame=args.frame, spacing=settings["spacing"],
                 roi_size=roi, num_samples=args.num_samples, seed=args.seed, threshold=threshold,
                 hu_window=settings["hu_window"], device=args.device, allow_non_ct=args.allow_non_ct,
             )
-            paths = hyp.save(args.out)
+            paths = hyp.save(args.out, **seg)
     for w in caught:
         text = str(w.message)
         if "presence threshold" in text or "allow_non_ct" in text or threshold is None and "0.5 rule" in text:
@@ -324,12 +356,31 @@ def _run(args: argparse.Namespace, spacing, roi_arg) -> int:
     else:
         top = hyp.variants[0]
         print(
-            f"{hyp.source} at {_where(hyp)}: {hyp.num_samples} hypotheses, lesion presence {hyp.presence_probability:.3f} "
-            f"({hyp.presence_count}/{hyp.num_samples}), ambiguous={hyp.ambiguous}; {len(hyp.variants)} variant(s), "
-            f"most frequent {top.frequency:.3f} (area {top.area_mm2:.1f} mm^2); area mean "
-            f"{hyp.areas_mm2.mean():.1f} +/- {hyp.areas_mm2.std():.1f} mm^2 -> {Path(args.out)}"
+            f"{hyp.source} at {_where(hyp)}: {hyp.num_samples} hypotheses, lesion presence "
+            f"{hyp.presence_probability:.3f} ({hyp.presence_count}/{hyp.num_samples}), ambiguous={hyp.ambiguous}; "
+            f"{len(hyp.variants)} variant(s), most frequent {top.frequency:.3f} (area {top.area_mm2:.1f} mm^2); "
+            f"area mean {hyp.areas_mm2.mean():.1f} +/- {hyp.areas_mm2.std():.1f} mm^2 -> {Path(args.out)}"
+        )
+    if not args.json and "dicom_seg" in report:
+        names = report["dicom_seg"]["segments"]
+        more = f" + {len(names) - 1} hypotheses" if len(names) > 1 else ""
+        print(
+            f"DICOM SEG {Path(args.out) / report['files']['dicom_seg']}: segment 1 '{names[0]}'{more}, of series "
+            f"{report['dicom_seg']['ReferencedSeriesInstanceUID']}"
         )
     return 0
+
+
+def _dicom_source(image: str) -> Path | None:
+    """The DICOM the image is read from (a series folder, or one DICOM file), ``None`` for NIfTI and other files."""
+    from .dicom_series import is_dicom
+
+    path = Path(image)
+    if path.is_dir():
+        return path
+    if path.name.lower().endswith((".nii", ".nii.gz")) or not is_dicom(path):
+        return None
+    return path
 
 
 def _where(hyp) -> str:

@@ -78,7 +78,7 @@ from .lesion_growth import (
 from .metrics import PresenceThreshold
 from .networks.latent_noise import prior_noise
 from .predict import MAX_HYPOTHESES_BYTES, check_sampling_arguments
-from .presence_label import consensus_label, presence_decision
+from .presence_label import LabelDecision, consensus_label, presence_decision
 
 __all__ = [
     "DEFAULT_MAX_EXTENT_MM",
@@ -207,13 +207,21 @@ class Hypotheses3D(Hypotheses):
         )
         return report
 
-    def write_set(self, folder: str | os.PathLike) -> dict[str, Path]:
-        """The 2-D set (:meth:`Hypotheses.write_set`) plus ``presence_label.nii.gz`` (uint8 ``*spatial``)."""
+    def presence_rule_label(self) -> tuple[np.ndarray, LabelDecision]:
+        """:attr:`presence_label` and the decision that made it (the rule applied to the 3-D hypotheses)."""
+        label = self.presence_label if self.presence_label is not None else np.zeros(self.spatial_shape, np.uint8)
+        return np.asarray(label, dtype=np.uint8), LabelDecision(bool(self.label_shows_lesion), self.label_rule)
+
+    def write_set(
+        self, folder: str | os.PathLike, dicom_source: str | os.PathLike | None = None, seg_hypotheses: bool = False
+    ) -> dict[str, Path]:
+        """The 2-D set (:meth:`Hypotheses.write_set`, with the DICOM SEG of :attr:`presence_label` for a
+        ``dicom_source``) plus ``presence_label.nii.gz`` (uint8 ``*spatial``)."""
         import json
 
         import nibabel as nib
 
-        paths = super().write_set(folder)
+        paths = super().write_set(folder, dicom_source=dicom_source, seg_hypotheses=seg_hypotheses)
         img = nib.Nifti1Image(np.ascontiguousarray(self.presence_label, dtype=np.uint8), np.asarray(self.affine))
         img.header.set_xyzt_units("mm")
         paths["presence_label"] = Path(folder) / PRESENCE_LABEL_NAME

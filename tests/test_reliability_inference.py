@@ -27,7 +27,8 @@ from tests.test_inference import CHANNELS, LATENT, coin_flip_probunet, paper_net
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 CT = get_testdata_file("CT_small.dcm")
-SET_FILES = ["entropy.nii.gz", "hypotheses.nii.gz", "mean_probability.nii.gz", "report.json", "variant_label.nii.gz"]
+SET_FILES = ["entropy.nii.gz", "hypotheses.nii.gz", "mean_probability.nii.gz", "report.json", "seg.dcm",
+             "variant_label.nii.gz"]  # seg.dcm: the DICOM SEG of a DICOM input
 
 
 @pytest.fixture(scope="module")

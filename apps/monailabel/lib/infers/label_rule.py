@@ -1,5 +1,6 @@
 """The label the app returns and the names of its segments (numpy only: no MONAI Label import, unit-testable).
-The presence rule and the consensus live in :mod:`monai_probunet.presence_label` (re-exported here).
+The presence rule and the consensus live in :mod:`monai_probunet.presence_label`, the segment names in
+:mod:`monai_probunet.segment_names` (both re-exported here: the CLI's DICOM SEG names its segments the same way).
 
 Presence rule
 -------------
@@ -21,9 +22,6 @@ appended for an empty hypothesis).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
-
 from monai_probunet.presence_label import (  # noqa: F401 -- the rule lives in the library (3-D mode uses it too)
     CONSENSUS_RULE,
     FALLBACK_LOW_P,
@@ -31,6 +29,7 @@ from monai_probunet.presence_label import (  # noqa: F401 -- the rule lives in t
     consensus_label,
     presence_decision,
 )
+from monai_probunet.segment_names import hypothesis_segment_names, label_segment_name, variant_letter
 
 __all__ = [
     "FALLBACK_LOW_P",
@@ -41,42 +40,3 @@ __all__ = [
     "presence_decision",
     "variant_letter",
 ]
-
-
-def label_segment_name(presence_probability: float, ambiguous: bool, show_lesion: bool) -> str:
-    """``lesion p=0.62 ambiguous``, ``lesion p=0.94``, ``no lesion p=0.06``."""
-    name = f"{'lesion' if show_lesion else 'no lesion'} p={presence_probability:.2f}"
-    return f"{name} ambiguous" if ambiguous else name
-
-
-def variant_letter(rank: int) -> str:
-    """``0 -> A``, ``25 -> Z``, ``26 -> AA`` (spreadsheet column letters)."""
-    if rank < 0:
-        raise ValueError(f"rank must be >= 0, got {rank}.")
-    letters = ""
-    r = rank + 1
-    while r:
-        r, m = divmod(r - 1, 26)
-        letters = chr(ord("A") + m) + letters
-    return letters
-
-
-def hypothesis_segment_names(variants: Sequence[Any], num_samples: int) -> list[str]:
-    """Name of each hypothesis: ``h{s} variant {letter} {count}/{S}`` (+ `` no lesion`` when empty).
-
-    Args:
-        variants: Objects with ``members`` (hypothesis indices) and ``has_lesion``, most frequent first.
-        num_samples: S.
-
-    Returns:
-        list of str: ``S`` names, hypothesis order.
-    """
-    names: list[str | None] = [None] * num_samples
-    for rank, v in enumerate(variants):
-        for s in v.members:
-            name = f"h{s} variant {variant_letter(rank)} {len(v.members)}/{num_samples}"
-            names[s] = name if v.has_lesion else f"{name} no lesion"
-    missing = [s for s, n in enumerate(names) if n is None]
-    if missing:
-        raise ValueError(f"hypotheses {missing} belong to no variant.")
-    return names  # type: ignore[return-value]

@@ -1,0 +1,209 @@
+"""A label as a DICOM Segmentation (SEG) of its source CT series or slice (highdicom).
+
+The label lives on the grid of the image the model ran on: the DICOM series (or slice) itself as MONAI loaded it,
+or a NIfTI made from the series (MONAI Label's DICOMweb cache: ``<cache>/images/<SeriesInstanceUID>.nii.gz``
+beside the folder of the series' files). Each source instance's pixels are located in that grid from the
+instance's own geometry (``ImagePositionPatient``, ``ImageOrientationPatient``, ``PixelSpacing``) and the label is
+read there (the grids coincide: a mismatch of more than :data:`GRID_TOLERANCE` voxel is refused rather than
+resampled). The SEG references the source series, study, patient and frame of reference; one segment per label
+layer (overlapping for hypotheses), labelled with the segment name. Works with pydicom 2 + highdicom 0.22 and with
+pydicom 3 + a current highdicom.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "GRID_TOLERANCE",
+    "DicomSegError",
+    "find_source_series",
+    "label_to_frames",
+    "read_series",
+    "write_dicom_seg",
+]
+
+#: largest tolerated distance (in voxels) between a source pixel centre and a label voxel centre
+GRID_TOLERANCE = 0.01
+
+
+class DicomSegError(ValueError):
+    """The label cannot be written as a DICOM SEG of a source series."""
+
+
+def find_source_series(image_path: str | os.PathLike) -> Path | None:
+    """The folder of DICOM files the image came from: the image itself if it is a folder, else the sibling folder
+    named like the file without ``.nii.gz`` / ``.nii`` / ``.nrrd`` (MONAI Label's DICOMweb cache); else ``None``."""
+    p = Path(image_path)
+    if p.is_dir():
+        return p
+    for suffix in (".nii.gz", ".nii", ".nrrd"):
+        if p.name.endswith(suffix):
+            d = p.with_name(p.name[: -len(suffix)])
+            return d if d.is_dir() else None
+    return None
+
+
+def read_series(source: str | os.PathLike) -> list[Any]:
+    """The source instances: every DICOM file of a folder (files pydicom cannot read are skipped), or one file.
+
+    Args:
+        source: A folder holding one DICOM series, or one DICOM file (a slice).
+
+    Returns:
+        list of pydicom.Dataset: the instances (folder: file-name order).
+
+    Raises:
+        DicomSegError: No DICOM file, more than one series, or an unreadable single file.
+    """
+    import pydicom
+
+    path = Path(source)
+    if path.is_file():
+        try:
+            return [pydicom.dcmread(str(path))]
+        except Exception as e:  # pydicom raises many types for a file that is not DICOM
+            raise DicomSegError(f"{path} is not a readable DICOM file ({type(e).__name__}).") from e
+    if not path.is_dir():
+        raise DicomSegError(f"{path} is neither a DICOM file nor a folder of a DICOM series.")
+    datasets = []
+    for f in sorted(path.iterdir()):
+        if f.is_file():
+            try:
+                datasets.append(pydicom.dcmread(str(f)))
+            except Exception:  # noqa: BLE001, S112 -- not a DICOM file: skipped
+                continue
+    if not datasets:
+        raise DicomSegError(f"no DICOM files in {path}.")
+    series = {str(ds.SeriesInstanceUID) for ds in datasets}
+    if len(series) != 1:
+        raise DicomSegError(f"{path} holds {len(series)} series; a DICOM SEG needs exactly one.")
+    return datasets
+
+
+def label_to_frames(labels: np.ndarray, affine_ras: np.ndarray, datasets: Sequence[Any]) -> np.ndarray:
+    """Read the label at each source instance's pixels.
+
+    Args:
+        labels: ``L x I x J x K`` (L segments, 0/1) on the image grid.
+        affine_ras: ``4 x 4`` voxel -> RAS mm of that grid.
+        datasets: The source instances.
+
+    Returns:
+        numpy.ndarray: ``N x rows x cols x L`` bool, one frame per source instance (in ``datasets`` order).
+
+    Raises:
+        DicomSegError: An instance's pixels lie off the label grid or outside it.
+    """
+    inv = np.linalg.inv(np.asarray(affine_ras, dtype=np.float64))
+    frames = []
+    for ds in datasets:
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        iop = np.array([float(v) for v in ds.ImageOrientationPatient])
+        ipp = np.array([float(v) for v in ds.ImagePositionPatient])
+        dr, dc = (float(v) for v in ds.PixelSpacing)  # between rows, between columns
+        r, c = np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij")
+        lps = ipp[None, None] + c[..., None] * dc * iop[:3] + r[..., None] * dr * iop[3:]
+        ras = lps * np.array([-1.0, -1.0, 1.0])
+        vox = ras @ inv[:3, :3].T + inv[:3, 3]
+        idx = np.rint(vox)
+        if np.abs(vox - idx).max() > GRID_TOLERANCE:
+            raise DicomSegError(
+                f"instance {ds.SOPInstanceUID}: its pixels are {np.abs(vox - idx).max():.3f} voxels off the label grid."
+            )
+        idx = idx.astype(np.int64)
+        shape = np.array(labels.shape[1:])
+        if (idx < 0).any() or (idx >= shape).any():
+            raise DicomSegError(f"instance {ds.SOPInstanceUID} lies outside the label grid {tuple(shape)}.")
+        frames.append(np.moveaxis(labels[:, idx[..., 0], idx[..., 1], idx[..., 2]], 0, -1) > 0)
+    return np.stack(frames)
+
+
+def write_dicom_seg(
+    path: str | os.PathLike,
+    labels: np.ndarray,
+    affine_ras: np.ndarray,
+    segments: Sequence[Mapping[str, Any]],
+    series_dir: str | os.PathLike,
+    series_description: str = "Probabilistic U-Net lesion",
+    content_creator: str | None = None,
+) -> dict[str, str]:
+    """Write a BINARY DICOM SEG of ``labels`` referencing the series (or slice) in ``series_dir``.
+
+    Args:
+        path: Output ``.dcm`` (written to a temporary sibling, then moved into place).
+        labels: ``L x I x J x K`` 0/1 (segment ``l`` = ``segments[l]``); a slice's label is ``L x I x J x 1``.
+        affine_ras: ``4 x 4`` voxel -> RAS mm of the label grid.
+        segments: ``name`` (the SEG's SegmentLabel, at most 64 characters) and optionally ``color`` (RGB in [0, 1]).
+        series_dir: The source series' folder, or one DICOM file (:func:`read_series`).
+        series_description: The SEG's ``SeriesDescription`` (at most 64 characters).
+        content_creator: The person whose label this is (``ContentCreatorName``; the segments are then
+            ``SEMIAUTOMATIC``: a person's outline, possibly edited from the model's); ``None`` for the model's own
+            answer (``AUTOMATIC``).
+
+    Returns:
+        dict: ``SeriesInstanceUID``, ``SOPInstanceUID`` of the SEG and ``ReferencedSeriesInstanceUID``.
+
+    Raises:
+        DicomSegError: The source cannot be read as one series, the label layers and segments differ in number,
+            or the label's grid is not the source's.
+    """
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    datasets = read_series(series_dir)
+    if len(segments) != labels.shape[0]:
+        raise DicomSegError(f"{labels.shape[0]} label layers but {len(segments)} segments.")
+    pixels = label_to_frames(labels, affine_ras, datasets)
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name="monai-probunet", version="0.1.0", family=codes.cid7162.ArtificialIntelligence
+    )
+    descriptions = [
+        hd.seg.SegmentDescription(
+            segment_number=i + 1,
+            segment_label=str(seg["name"])[:64],
+            segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
+            segmented_property_type=codes.SCT.Lesion,
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC if content_creator is None
+            else hd.seg.SegmentAlgorithmTypeValues.SEMIAUTOMATIC,
+            algorithm_identification=algorithm,
+            tracking_uid=hd.UID(),
+            tracking_id=str(seg["name"])[:64],
+        )
+        for i, seg in enumerate(segments)
+    ]
+    seg_ds = hd.seg.Segmentation(
+        source_images=datasets,
+        pixel_array=pixels,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descriptions,
+        series_instance_uid=hd.UID(),
+        series_number=300,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer="monai-probunet",
+        manufacturer_model_name="Probabilistic U-Net",
+        software_versions="0.1.0",
+        device_serial_number="none",
+        series_description=series_description[:64],
+        omit_empty_frames=False,
+        content_creator_name=content_creator,
+    )
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        seg_ds.save_as(str(tmp))
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return {
+        "SeriesInstanceUID": str(seg_ds.SeriesInstanceUID),
+        "SOPInstanceUID": str(seg_ds.SOPInstanceUID),
+        "ReferencedSeriesInstanceUID": str(datasets[0].SeriesInstanceUID),
+    }

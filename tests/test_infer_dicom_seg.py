@@ -1,0 +1,291 @@
+"""The inference CLI's DICOM SEG (``seg.dcm``) for DICOM input: a 2-D slice and a 3-D series.
+
+Uses the shipped model (bundle/models/model.pt with its presence_threshold.json, bundle/configs/train.yaml), a
+synthetic CT series with a lesion (apps/monailabel/orthanc/make_ct_series.py: CT_small's geometry, 8 slices of
+2.5 mm) and pydicom's CT_small.dcm. The SEG is read back with pydicom (frame by frame: source instance, position,
+segment) and with highdicom, and compared voxel by voxel with the NIfTI outputs: MONAI loads a DICOM slice as
+``column x row`` and a series as ``column x row x slice`` (slices in InstanceNumber order), so frame ``k`` of the
+SEG is ``label[:, :, k].T``; the NIfTI's affine is checked to put voxel ``(0, 0, k)`` at slice ``k``'s
+``ImagePositionPatient``, so both sides sit on the source series' geometry.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+
+from monai_probunet import dicom_seg
+from monai_probunet.dicom_seg import DicomSegError
+from monai_probunet.infer import main as cli_main
+from monai_probunet.metrics import PresenceThreshold
+from monai_probunet.presence_label import consensus_label, presence_decision
+from monai_probunet.segment_names import hypothesis_segment_names, label_segment_name
+
+hd = pytest.importorskip("highdicom")
+
+REPO = Path(__file__).resolve().parents[1]
+MODEL = REPO / "bundle" / "models" / "model.pt"
+TRAIN_YAML = REPO / "bundle" / "configs" / "train.yaml"
+APP_INFERS = REPO / "apps" / "monailabel" / "lib" / "infers"
+LESION_SLICE, LESION_ROW, LESION_COL = 4, 64, 56  # make_series paints the lesion here (slices 2..5 of 8)
+
+pytestmark = pytest.mark.skipif(not MODEL.is_file(), reason=f"{MODEL} does not exist (train the bundle)")
+
+
+@pytest.fixture(scope="module")
+def series(tmp_path_factory) -> list[Path]:
+    """A CT series with a lesion: 8 files ``slice_000.dcm`` .. in slice (= InstanceNumber) order."""
+    sys.path.insert(0, str(REPO / "apps" / "monailabel" / "orthanc"))
+    try:
+        from make_ct_series import make_series
+    finally:
+        sys.path.pop(0)
+    return make_series(tmp_path_factory.mktemp("ct") / "series", slices=8, thickness=2.5, radius_mm=5.0, seed=7)
+
+
+def run(image: Path, center: list[int], out: Path, *options: str) -> int:
+    return cli_main([str(image), "--center", *map(str, center), "--ckpt", str(MODEL), "--config", str(TRAIN_YAML),
+                     "--out", str(out), *options])
+
+
+def seg_frames(path: Path) -> tuple[pydicom.Dataset, dict[tuple[int, str], tuple[np.ndarray, list[float]]]]:
+    """The SEG and ``(segment number, source SOPInstanceUID) -> (rows x cols uint8 frame, ImagePositionPatient)``."""
+    ds = pydicom.dcmread(str(path))
+    pixels = ds.pixel_array.reshape(int(ds.NumberOfFrames), int(ds.Rows), int(ds.Columns))
+    shared = ds.SharedFunctionalGroupsSequence[0]
+
+    def group(item: pydicom.Dataset, keyword: str) -> pydicom.Dataset:  # per-frame, else shared by all frames
+        return getattr(item, keyword, None) or getattr(shared, keyword)
+
+    frames = {}
+    for i, item in enumerate(ds.PerFrameFunctionalGroupsSequence):
+        segment = int(group(item, "SegmentIdentificationSequence")[0].ReferencedSegmentNumber)
+        source = str(group(item, "DerivationImageSequence")[0].SourceImageSequence[0].ReferencedSOPInstanceUID)
+        ipp = [float(v) for v in group(item, "PlanePositionSequence")[0].ImagePositionPatient]
+        assert (segment, source) not in frames
+        frames[(segment, source)] = (pixels[i], ipp)
+    return ds, frames
+
+
+def check_references(ds: pydicom.Dataset, sources: list[pydicom.Dataset]) -> None:
+    """The SEG references exactly the source instances, their series, study, patient and frame of reference."""
+    assert ds.Modality == "SEG" and ds.SegmentationType == "BINARY"
+    assert ds.StudyInstanceUID == sources[0].StudyInstanceUID
+    assert ds.FrameOfReferenceUID == sources[0].FrameOfReferenceUID
+    assert ds.PatientID == sources[0].PatientID
+    assert ds.SeriesInstanceUID != sources[0].SeriesInstanceUID
+    (ref,) = ds.ReferencedSeriesSequence
+    assert ref.SeriesInstanceUID == sources[0].SeriesInstanceUID
+    assert sorted(str(i.ReferencedSOPInstanceUID) for i in ref.ReferencedInstanceSequence) == sorted(
+        str(s.SOPInstanceUID) for s in sources
+    )
+
+
+def expected_2d_label(out: Path) -> tuple[np.ndarray, str]:
+    """The presence-rule label (what MONAI Label returns) and its segment name, from the CLI's NIfTI hypotheses
+    and report (the app's rule: presence decision, then the consensus of the lesion-containing hypotheses)."""
+    report = json.loads((out / "report.json").read_text())
+    stack = np.asarray(nib.load(str(out / "hypotheses.nii.gz")).dataobj)  # H x W x 1 x S (slice) or *spatial x S
+    labels = np.moveaxis(stack, -1, 0)
+    if labels.ndim == 4 and labels.shape[3] == 1 and report["slice_axis"] is None:
+        labels = labels[..., 0]
+    threshold = PresenceThreshold.from_dict(report["threshold"]) if report["threshold"] else None
+    decision = presence_decision(report["presence_count"], report["num_samples"], threshold)
+    if decision.show_lesion:
+        lesion = [v for v in report["variants"] if v["has_lesion"]]
+        label = consensus_label(labels, fallback=lesion[0]["representative"] if lesion else None)
+    else:
+        label = np.zeros(labels.shape[1:], np.uint8)
+    return label, label_segment_name(report["presence_probability"], report["ambiguous"], decision.show_lesion)
+
+
+def check_geometry(affine: np.ndarray, sources: list[pydicom.Dataset]) -> None:
+    """The NIfTI's voxel ``(0, 0, k)`` is slice ``k``'s first pixel (``ImagePositionPatient``, LPS -> RAS)."""
+    for k, src in enumerate(sources):
+        lps = np.array([float(v) for v in src.ImagePositionPatient])
+        np.testing.assert_allclose(nib.affines.apply_affine(affine, [0, 0, k]), lps * [-1, -1, 1], atol=1e-3)
+
+
+# ------------------------------------------------------------------------------------------------ 3-D
+
+
+def test_3d_series_seg(series, tmp_path, capsys):
+    """``--3d --seg-hypotheses`` on a series: segment 1 = presence_label.nii.gz and segments 2..17 = the
+    hypotheses, frame by frame on the source instances; report.json lists seg.dcm; a rerun replaces the set."""
+    sources = [pydicom.dcmread(str(f)) for f in series]
+    out = tmp_path / "out3d"
+    assert run(series[0].parent, [LESION_COL, LESION_ROW, LESION_SLICE], out, "--3d", "--seg-hypotheses") == 0
+    assert re.search(r"^DICOM SEG .*seg\.dcm: segment 1 'lesion p=\d\.\d\d( ambiguous)?' \+ 16 hypotheses",
+                     capsys.readouterr().out, re.MULTILINE)
+    report = json.loads((out / "report.json").read_text())
+    assert report["files"]["dicom_seg"] == "seg.dcm" and report["files"]["presence_label"] == "presence_label.nii.gz"
+
+    presence = nib.load(str(out / "presence_label.nii.gz"))
+    label = np.asarray(presence.dataobj)
+    hyps = np.asarray(nib.load(str(out / "hypotheses.nii.gz")).dataobj)  # cols x rows x slices x 16
+    check_geometry(presence.affine, sources)
+    assert label.shape == (128, 128, 8) and label[LESION_COL, LESION_ROW, LESION_SLICE] == 1
+    assert np.count_nonzero(label.any(axis=(0, 1))) >= 2  # the label spans slices: a real 3-D comparison
+    assert report["presence_label"]["shows_lesion"] and report["presence_label"]["voxels"] == label.sum()
+
+    ds, frames = seg_frames(out / "seg.dcm")
+    check_references(ds, sources)
+    assert ds.SOPInstanceUID == report["dicom_seg"]["SOPInstanceUID"]
+    assert ds.SeriesInstanceUID == report["dicom_seg"]["SeriesInstanceUID"]
+    names = [str(s.SegmentLabel) for s in ds.SegmentSequence]
+    shows = report["presence_label"]["shows_lesion"]
+    assert names[0] == label_segment_name(report["presence_probability"], report["ambiguous"], shows)
+    variants = [type("V", (), {"members": v["members"], "has_lesion": v["has_lesion"]}) for v in report["variants"]]
+    assert names[1:] == hypothesis_segment_names(variants, 16) == report["dicom_seg"]["segments"][1:]
+    assert len(frames) == 17 * 8
+    for k, src in enumerate(sources):
+        uid = str(src.SOPInstanceUID)
+        for segment in range(1, 18):
+            pixels, ipp = frames[(segment, uid)]
+            np.testing.assert_allclose(ipp, [float(v) for v in src.ImagePositionPatient], atol=1e-4)
+            want = label[:, :, k] if segment == 1 else hyps[:, :, k, segment - 2]
+            np.testing.assert_array_equal(pixels, want.T, err_msg=f"segment {segment}, slice {k}")
+
+    seg = hd.seg.segread(str(out / "seg.dcm"))  # highdicom's own reading of the same SEG
+    uids = [str(s.SOPInstanceUID) for s in sources]
+    got = seg.get_pixels_by_source_instance(uids, segment_numbers=[1])[..., 0]
+    np.testing.assert_array_equal(got, np.moveaxis(label, 2, 0).transpose(0, 2, 1))
+    assert seg.get_segment_description(1).segment_label == names[0]
+
+    assert run(series[0].parent, [LESION_COL, LESION_ROW, LESION_SLICE], out, "--3d") == 0  # replaces the set
+    assert pydicom.dcmread(str(out / "seg.dcm")).SegmentSequence[-1].SegmentNumber == 1  # label only now
+
+
+# ------------------------------------------------------------------------------------------------ 2-D
+
+
+@pytest.mark.parametrize("which", ["lesion_slice", "ct_small"])
+def test_2d_slice_seg(series, tmp_path, which, capsys):
+    """One DICOM file, 2-D (the default: a SEG with one frame): the presence-rule label of the hypotheses
+    (recomputed from hypotheses.nii.gz and report.json by the app's rule) equals the SEG frame voxel by voxel.
+    A slice of the lesion gives a non-empty label; CT_small.dcm clicked in soft tissue whatever the model says."""
+    if which == "lesion_slice":
+        image, center = series[LESION_SLICE], [LESION_COL, LESION_ROW]
+    else:
+        image = tmp_path / "CT_small.dcm"
+        shutil.copy(get_testdata_file("CT_small.dcm"), image)
+        center = [64, 64]
+    src = pydicom.dcmread(str(image))
+    out = tmp_path / "out2d"
+    assert run(image, center, out) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["files"]["dicom_seg"] == "seg.dcm"
+    label, name = expected_2d_label(out)
+    assert label.shape == (int(src.Columns), int(src.Rows))
+    if which == "lesion_slice":
+        assert label[LESION_COL, LESION_ROW] == 1 and name.startswith("lesion p=")
+
+    ds, frames = seg_frames(out / "seg.dcm")
+    check_references(ds, [src])
+    assert [str(s.SegmentLabel) for s in ds.SegmentSequence] == [name] == report["dicom_seg"]["segments"]
+    assert list(frames) == [(1, str(src.SOPInstanceUID))]
+    pixels, ipp = frames[(1, str(src.SOPInstanceUID))]
+    np.testing.assert_allclose(ipp, [float(v) for v in src.ImagePositionPatient], atol=1e-4)
+    np.testing.assert_array_equal(pixels, label.T)
+    assert f"segment 1 '{name}', of series {src.SeriesInstanceUID}" in capsys.readouterr().out
+
+
+def test_2d_on_series_seg(series, tmp_path):
+    """2-D mode on a series folder: the SEG covers every instance, the label only the clicked slice."""
+    sources = [pydicom.dcmread(str(f)) for f in series]
+    out = tmp_path / "out"
+    assert run(series[0].parent, [LESION_COL, LESION_ROW, LESION_SLICE], out) == 0
+    label, _ = expected_2d_label(out)
+    check_geometry(nib.load(str(out / "variant_label.nii.gz")).affine, sources)
+    assert label.shape == (128, 128, 8) and label[..., LESION_SLICE].any()
+    assert not np.delete(label, LESION_SLICE, axis=2).any()
+    ds, frames = seg_frames(out / "seg.dcm")
+    check_references(ds, sources)
+    for k, src in enumerate(sources):
+        np.testing.assert_array_equal(frames[(1, str(src.SOPInstanceUID))][0], label[:, :, k].T)
+
+
+# ------------------------------------------------------------------------------------------------ options, refusals
+
+
+def test_nifti_with_dicom_seg_refused(tmp_path, capsys):
+    """NIfTI input: no SEG by default; ``--dicom-seg`` / ``--seg-hypotheses`` refused in one line (exit 2), before
+    anything is written; ``--seg-hypotheses --no-dicom-seg`` is a usage error."""
+    vol = np.full((64, 64), -850.0, np.float32)
+    vol[28:36, 28:36] = 40.0
+    image = tmp_path / "slice.nii.gz"
+    nib.save(nib.Nifti1Image(vol, np.diag([-1.0, -1.0, 1.0, 1.0])), str(image))
+    for option in ("--dicom-seg", "--seg-hypotheses"):
+        out = tmp_path / f"o{option}"
+        assert run(image, [32, 32], out, option) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"error: {option}: {image} is not DICOM"), err
+        assert not out.exists()
+    with pytest.raises(SystemExit) as e:
+        run(image, [32, 32], tmp_path / "o", "--seg-hypotheses", "--no-dicom-seg")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and "not with --no-dicom-seg" in err[0]
+    assert run(image, [32, 32], tmp_path / "nifti") == 0
+    report = json.loads((tmp_path / "nifti" / "report.json").read_text())
+    assert "dicom_seg" not in report and not (tmp_path / "nifti" / "seg.dcm").exists()
+
+
+def test_no_dicom_seg_and_failed_seg(series, tmp_path, monkeypatch, capsys):
+    """``--no-dicom-seg`` skips the SEG; a SEG that cannot be written fails the run in one line and leaves the
+    earlier output folder exactly as it was (written whole or not at all)."""
+    out = tmp_path / "out"
+    assert run(series[LESION_SLICE], [LESION_COL, LESION_ROW], out, "--no-dicom-seg") == 0
+    assert not (out / "seg.dcm").exists() and "dicom_seg" not in json.loads((out / "report.json").read_text())
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def refuse(*args, **kwargs):
+        raise DicomSegError("instance 1.2.3: its pixels are 0.500 voxels off the label grid.")
+
+    monkeypatch.setattr(dicom_seg, "write_dicom_seg", refuse)
+    capsys.readouterr()
+    assert run(series[LESION_SLICE], [LESION_COL, LESION_ROW], out) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: instance 1.2.3: its pixels are 0.500 voxels off the label grid."]
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temporary folder left
+
+
+def test_off_grid_label_refused(series):
+    """The writer refuses a label whose grid is not the source's (half a voxel off) instead of resampling."""
+    src = pydicom.dcmread(str(series[0]))
+    lps = np.array([float(v) for v in src.ImagePositionPatient])
+    dr, dc = (float(v) for v in src.PixelSpacing)
+    affine = np.diag([-dc, -dr, 2.5, 1.0])
+    affine[:3, 3] = lps * [-1, -1, 1] + [0.5 * dc, 0, 0]
+    with pytest.raises(DicomSegError, match="voxels off the label grid"):
+        dicom_seg.label_to_frames(np.zeros((1, 128, 128, 8), np.uint8), affine, [src])
+    affine[:3, 3] = lps * [-1, -1, 1]
+    frames = dicom_seg.label_to_frames(np.eye(128, dtype=np.uint8)[None, :, :, None].repeat(8, axis=3), affine, [src])
+    np.testing.assert_array_equal(frames[0, ..., 0], np.eye(128, dtype=bool))
+
+
+def test_app_names_are_the_library_s():
+    """The MONAI Label app's DICOM SEG module re-exports the library's writer; its segment names are the CLI's."""
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(f"probunet_seg_{name}", APP_INFERS / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+        return module
+
+    app = load("dicom_seg")
+    for name in ("DicomSegError", "find_source_series", "label_to_frames", "write_dicom_seg"):
+        assert getattr(app, name) is getattr(dicom_seg, name)
+    rule = load("label_rule")
+    assert rule.hypothesis_segment_names is hypothesis_segment_names and rule.label_segment_name is label_segment_name
