@@ -15,12 +15,10 @@ import sys
 from collections.abc import Callable
 from typing import NoReturn
 
-from monai_probunet.bundle_utils import UserInputError
+from monai_probunet.bundle_utils import EXIT_USAGE, UserInputError, positive_int
 
 __all__ = ["ArgumentParser", "ScriptInputError", "positive_int", "run_main"]
 
-#: exit status of a refused option or input
-EXIT_USAGE = 2
 
 
 class ScriptInputError(UserInputError, ValueError):
@@ -34,17 +32,6 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:  # type: ignore[override]
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
-
-
-def positive_int(text: str) -> int:
-    """argparse ``type`` of an option that counts something (rounds, samples): an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    return value
 
 
 def run_main(main: Callable[[], int | None]) -> NoReturn:

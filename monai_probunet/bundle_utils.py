@@ -24,6 +24,7 @@ __all__ = [
     "check_options",
     "check_overrides",
     "install_cli_error_hook",
+    "positive_int",
 ]
 
 #: exit status of the bundle command for bad input (a config value, a dataset on disk), as argparse uses
@@ -56,6 +57,19 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 _TRUE = {"true", "1", "yes", "y", "on"}
 _FALSE = {"false", "0", "no", "n", "off"}
+
+
+def positive_int(text: str) -> int:
+    """``argparse`` type of an option that counts something (samples, rounds, pixels): an integer >= 1."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
 
 
 def as_bool(value: Any, key: str) -> bool:

@@ -64,6 +64,8 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+from .bundle_utils import positive_int
+
 __all__ = ["build_parser", "main"]
 
 REPO_BUNDLE = Path(__file__).resolve().parents[1] / "bundle"
@@ -88,15 +90,6 @@ QUIET_LOGGERS = {
     "monai.data.nvimgcodec_pydicom_plugin": logging.ERROR,
 }
 
-
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return v
 
 
 def _positive_float(text: str) -> float:
@@ -144,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="bundle config file(s) defining network_def, hu_window, infer_spacing (default: configs/train.yaml "
         "of the bundle holding --ckpt, else bundle/configs/train.yaml)",
     )
-    p.add_argument("--num-samples", type=_positive_int, default=16, help="hypotheses to draw (default 16)")
+    p.add_argument("--num-samples", type=positive_int, default=16, help="hypotheses to draw (default 16)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     p.add_argument("--threshold", default=None, help="presence_threshold.json (default: next to --ckpt, if any)")
     p.add_argument(
@@ -153,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
         f"have at most {MAX_RESAMPLED_PIXELS} px (8192 x 8192) in-plane",
     )
     p.add_argument(
-        "--roi-size", type=_positive_int, nargs="+", default=None, metavar="PX",
+        "--roi-size", type=positive_int, nargs="+", default=None, metavar="PX",
         help="model crop in px (default: infer_roi_size of the config, else 64); the network must run on it (the "
         "shipped model: at least 16 px per side)",
     )

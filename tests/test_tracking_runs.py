@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -18,6 +16,7 @@ import pytest
 from monai.utils import path_to_sqlite_uri
 
 from .conftest import REPO, TRAIN_YAML, run_bundle
+from .test_reliability_training import _interrupt_with_ctrl_c
 
 TINY = (
     "--dataset_kwargs", "{'num_patients': 12, 'image_size': 32}", "--channels", "[8, 16, 32]",
@@ -46,23 +45,6 @@ def _steps(db: Path, run_id: str, key: str) -> list[int]:
     return sorted(m.step for m in _client(db).get_metric_history(run_id, key))
 
 
-def _interrupt(ckpt: Path, *args: str) -> tuple[int, str]:
-    """Start a training, send SIGINT once checkpoint_last.pt exists (mid-epoch 2 or later); (status, output)."""
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", str(TRAIN_YAML), *args]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(cmd, cwd="/", env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        while not (ckpt / "checkpoint_last.pt").is_file():
-            assert proc.poll() is None, proc.communicate()[1][-3000:]
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=120)
-        return proc.returncode, out + err
-    finally:
-        proc.kill()
-        proc.wait()
-
-
 def _config_files(folder: Path) -> list[Path]:
     return sorted(folder.glob("config_*.json")) if folder.exists() else []  # not the artifacts under mlruns/
 
@@ -72,7 +54,8 @@ def test_interrupted_run_is_killed_unrelated_run_is_new_resume_continues(tmp_pat
     db, eval_dir = tmp_path / "eval" / "mlruns.db", tmp_path / "eval"
     common = (*TINY, "--output_dir", str(eval_dir), "--dataset_dir", str(tmp_path / "shapes"))
     a = tmp_path / "a"
-    status, log = _interrupt(a, "--dataset_name", "shapes", *common, "--max_epochs", "30", "--ckpt_dir", str(a))
+    status, log = _interrupt_with_ctrl_c(a, "--dataset_name", "shapes", *common, "--max_epochs", "30", "--ckpt_dir",
+                                         str(a))
     assert status == 130, log[-3000:]
     (run_a,) = _runs(db).values()
     assert run_a.info.status == "KILLED"  # not RUNNING forever

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import zlib
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -235,33 +235,36 @@ def _patient_problems(cases: list[tuple[str, int, dict[str, Any]]]) -> list[str]
     return problems
 
 
-def _spacing_problems(cases: list[tuple[str, int, dict[str, Any]]], spacings: list[tuple | None]) -> list[str]:
-    """Images whose in-plane spacing is not the most common one (the network learns in pixels)."""
-    counts = Counter(s for s in spacings if s is not None)
+def _uncommon(
+    cases: list[tuple[str, int, dict[str, Any]]], values: list[tuple | None], line: Callable[..., str]
+) -> list[str]:
+    """``line(case, item, value, usual)`` for every case whose value is not the most common one (``None``: not
+    known, skipped); nothing when all known values agree."""
+    counts = Counter(v for v in values if v is not None)
     if len(counts) < 2:
         return []
     usual = counts.most_common(1)[0][0]
     return [
-        f"{split} case {item.get('case_id', i)!s}: image spacing {list(s)} mm, most images {list(usual)} mm; "
-        "resample every image (and its masks) to one spacing: the network learns in pixels."
-        for (split, i, item), s in zip(cases, spacings) if s is not None and s != usual
+        line(f"{split} case {item.get('case_id', i)!s}", item, v, usual)
+        for (split, i, item), v in zip(cases, values) if v is not None and v != usual
     ]
+
+
+def _spacing_problems(cases: list[tuple[str, int, dict[str, Any]]], spacings: list[tuple | None]) -> list[str]:
+    """Images whose in-plane spacing is not the most common one (the network learns in pixels)."""
+    return _uncommon(cases, spacings, lambda case, item, s, usual: (
+        f"{case}: image spacing {list(s)} mm, most images {list(usual)} mm; resample every image (and its masks) to "
+        "one spacing: the network learns in pixels."))
 
 
 def _size_problems(
     base: Path, cases: list[tuple[str, int, dict[str, Any]]], sizes: list[tuple | None]
 ) -> list[str]:
     """Images whose size is not the most common one (the batches stack them; no crop is taken by default)."""
-    counts = Counter(s for s in sizes if s is not None)
-    if len(counts) < 2:
-        return []
-    usual = counts.most_common(1)[0][0]
-    return [
-        f"{split} case {item.get('case_id', i)!s}: image {_resolve(base, item['image'])} is {_shape_text(s)}, "
-        f"most images are {_shape_text(usual)}; every image must have one size (the training stacks them into "
-        "batches): crop or pad it and its masks to that size."
-        for (split, i, item), s in zip(cases, sizes) if s is not None and s != usual
-    ]
+    return _uncommon(cases, sizes, lambda case, item, s, usual: (
+        f"{case}: image {_resolve(base, item['image'])} is {_shape_text(s)}, most images are {_shape_text(usual)}; "
+        "every image must have one size (the training stacks them into batches): crop or pad it and its masks to "
+        "that size."))
 
 
 def validate_cases(
