@@ -515,6 +515,37 @@ def test_every_rank_gives_the_same_resume_advice_after_ctrl_c(tmp_path, monkeypa
     assert not (tmp_path / "b" / "checkpoint_last.pt").exists()  # written by rank 0 only
 
 
+def test_a_resume_says_that_the_saved_learning_rate_goes_on(tmp_path, caplog):
+    """--resume continues the saved optimizer and schedule: a --learning_rate changed on the resume command does not
+    apply, and the log says so (it was silently ignored)."""
+    import logging
+
+    from ignite.engine import Engine
+
+    from monai_probunet.handlers import LastCheckpoint
+
+    def run(lr: float, resume: bool, epochs: int) -> torch.optim.Optimizer:
+        net = torch.nn.Linear(1, 1)
+        optimizer = torch.optim.Adam(net.parameters(), lr=lr)
+        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[5])
+        engine = Engine(lambda e, b: None)
+        LastCheckpoint(tmp_path, {"model": net, "optimizer": optimizer, "lr_scheduler": scheduler},
+                       resume=resume).attach(engine)
+        engine.run(range(2), max_epochs=epochs)
+        return optimizer
+
+    run(1e-3, resume=False, epochs=1)
+    with caplog.at_level(logging.WARNING, logger="monai_probunet.handlers.checkpoint"):
+        optimizer = run(1e-2, resume=True, epochs=2)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-3)
+    assert "this command's learning rate 0.01 is not the run's it continues (0.001): the saved optimizer and " \
+        "schedule go on with 0.001" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="monai_probunet.handlers.checkpoint"):
+        run(1e-3, resume=True, epochs=3)
+    assert "learning rate" not in caplog.text
+
+
 # --- the bundle command ------------------------------------------------------------------------------------------
 
 

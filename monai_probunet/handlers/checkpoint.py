@@ -226,6 +226,12 @@ class _PrecisionState:
             )
 
 
+def _initial_lrs(optimizer: Any) -> list[float]:
+    """The learning rate each parameter group starts from (``initial_lr``, set by an LR scheduler; else ``lr``)."""
+    groups = getattr(optimizer, "param_groups", None) or []
+    return [float(g.get("initial_lr", g.get("lr", 0.0))) for g in groups]
+
+
 def _resume_advice(path: Path) -> str:
     return f"move {path} away to start over, or give the --ckpt_dir of the run to resume"
 
@@ -445,6 +451,7 @@ class LastCheckpoint:
             strict_shape=self.strict_shape,
             map_location=self.map_location,
         )
+        configured = _initial_lrs(self.objects.get("optimizer"))
         try:
             loader(engine)
         except (KeyError, RuntimeError, ValueError) as e:
@@ -455,5 +462,13 @@ class LastCheckpoint:
         self._last_saved_epoch = engine.state.epoch
         logger.info(
             f"Resumed from {self.path}: resuming from iteration {engine.state.iteration}, epoch "
-            f"{engine.state.epoch} until {engine.state.max_epochs} epochs."
+            f"{engine.state.epoch} until {engine.state.max_epochs} epochs; its optimizer, learning-rate schedule and "
+            "random generators continue the saved run's (this command's --seed does not apply to them)."
         )
+        saved = _initial_lrs(self.objects.get("optimizer"))
+        if configured and saved and configured != saved:
+            logger.warning(
+                f"resume: this command's learning rate {configured[0]:g} is not the run's it continues "
+                f"({saved[0]:g}): the saved optimizer and schedule go on with {saved[0]:g}; train with "
+                f"{configured[0]:g} from scratch in another --ckpt_dir."
+            )
