@@ -9,7 +9,7 @@ split; the ``shown by size`` row is fitted on ``--size-fit`` (the default datase
 generated). A model trained by the README's command never saw these patients. Score it with
 
     python -m monai.bundle run evaluating --config_file "['bundle/configs/train.yaml','bundle/configs/evaluate.yaml']" \\
-        --dataset_name folder --dataset_dir DIR --output_dir OUT [--ckpt_dir MODEL_DIR]
+        --dataset_name folder --dataset_dir DIR --output_dir OUT --ckpt_dir MODEL_DIR   # bundle/models: the shipped one
 
 and split the result by readers with ``python benchmarks/ged_by_readers.py --datalist DIR/datalist.json
 --per-image OUT/per_image.csv``.

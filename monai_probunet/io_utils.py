@@ -232,7 +232,9 @@ def load_network_weights(network: Any, path: str | os.PathLike) -> Any:
     path = Path(path)
     if not path.is_file():
         raise InputFileNotFoundError(
-            f"checkpoint {path} does not exist: train first (run id `training`) or set --ckpt_path / --ckpt_dir."
+            f"checkpoint {path} does not exist: train first (run id `training`) or set --ckpt_path / --ckpt_dir (the "
+            "shipped model: --ckpt_dir bundle/models; a model trained with --dataset_name folder --dataset_dir DIR is "
+            "in bundle/models/<DIR's name>)."
         )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
