@@ -5,8 +5,8 @@ with MONAI's ``LoadImage`` (``PydicomReader`` for DICOM: rescale slope/intercept
 already loaded channel-first ``MetaTensor``, and refuses (``ValueError`` naming the file) what would otherwise be
 guessed: DICOM that is not ``Modality == "CT"``, a DICOM folder that is not one evenly spaced series numbered in
 position order (:mod:`~monai_probunet.dicom_series`; one numbered against its normal is restacked along it, as 3D
-Slicer shows it), a zero or negative voxel spacing, a NIfTI without qform/sform (unknown spacing) or with complex voxels, intensities that are not plausibly HU
-in an image without a DICOM modality. :func:`resolve_center` maps a voxel or world (RAS/LPS millimetres) centre to
+Slicer shows it), a zero or negative voxel spacing, a NIfTI without qform/sform (unknown spacing) or with complex
+voxels, intensities that are not plausibly HU in an image without a DICOM modality. :func:`resolve_center` maps a voxel or world (RAS/LPS millimetres) centre to
 voxel coordinates of the loaded array (see :mod:`monai_probunet.inference` for the coordinate conventions).
 """
 
@@ -190,9 +190,10 @@ def load_ct(image: str | os.PathLike | MetaTensor, allow_non_ct: bool = False) -
     Raises:
         FileNotFoundError: If the path does not exist.
         ValueError: If a DICOM file is not CT or unreadable, a folder holds no DICOM file or is not one evenly spaced
-            series numbered in position order (:func:`~monai_probunet.dicom_series.check_ct_dicom`), the file cannot be read as an image, a NIfTI has no qform/sform (unknown spacing) or complex
-            voxels, the image is not a single-channel 2-D/3-D image, has NaN/inf values or a zero/negative voxel
-            spacing, or (without ``allow_non_ct``) its intensities are not plausibly HU.
+            series numbered in position order (:func:`~monai_probunet.dicom_series.check_ct_dicom`), the file
+            cannot be read as an image, a NIfTI has no qform/sform (unknown spacing) or complex voxels, the image
+            is not a single-channel 2-D/3-D image, has NaN/inf values or a zero/negative voxel spacing, or (without
+            ``allow_non_ct``) its intensities are not plausibly HU.
     """
     verified_ct = against_normal = False
     if isinstance(image, MetaTensor):

@@ -280,8 +280,8 @@ class ProbUNetInfer(BasicInferTask):
 
         In this order: the parameters (400, :func:`.params.parse_params`), the model file (503), the image (400
         without one, 404 missing, 422 unreadable or not CT), the click against the image (400) and the mode (400;
-        a DICOM source series that is not one evenly spaced CT series: 422). The image is loaded here (and kept, :meth:`_load`), so
-        the pre-transforms read it from memory.
+        a DICOM source series that is not one evenly spaced CT series: 422). The image is loaded here (and kept,
+        :meth:`_load`), so the pre-transforms read it from memory.
 
         Args:
             request: The request as MONAI Label passes it (the task's ``config`` defaults under it).
