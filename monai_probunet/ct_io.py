@@ -6,8 +6,9 @@ already loaded channel-first ``MetaTensor``, and refuses (``ValueError`` naming 
 guessed: DICOM that is not ``Modality == "CT"``, a DICOM folder that is not one evenly spaced series numbered in
 position order (:mod:`~monai_probunet.dicom_series`; one numbered against its normal is restacked along it, as 3D
 Slicer shows it), a zero or negative voxel spacing, a NIfTI without qform/sform (unknown spacing) or with complex
-voxels, intensities that are not plausibly HU in an image without a DICOM modality. :func:`resolve_center` maps a voxel or world (RAS/LPS millimetres) centre to
-voxel coordinates of the loaded array (see :mod:`monai_probunet.inference` for the coordinate conventions).
+voxels, intensities that are not plausibly HU in an image without a DICOM modality. :func:`resolve_center` maps a
+voxel or world (RAS/LPS millimetres) centre to voxel coordinates of the loaded array (see
+:mod:`monai_probunet.inference` for the coordinate conventions).
 """
 
 from __future__ import annotations
