@@ -30,3 +30,27 @@ def test_no_terms_no_label(caplog):
         engine.run(range(2), max_epochs=1)
     lines = [r.getMessage() for r in caplog.records if r.name == "t.none" and " took " in r.getMessage()]
     assert len(lines) == 1 and "iteration:" not in lines[0]
+
+
+def test_time_left_after_a_resume_counts_the_epochs_of_this_run(caplog):
+    """A resumed run (its epoch restored at STARTED, after this handler's own STARTED) estimates the time left from
+    the epochs it ran itself, not from every epoch since 0 (which made it 8x too short after 7 of 30 epochs)."""
+    import re
+    import time
+
+    from ignite.engine import Events
+
+    engine = Engine(lambda e, b: time.sleep(0.2) or {"loss": torch.tensor(1.0)})
+    TrainingProgress(interval_s=3600, output_transform=lambda out: {}, tty=False, name="t.resume").attach(engine)
+
+    def restore(e: Engine) -> None:  # what LastCheckpoint.load does on --resume
+        e.state.epoch, e.state.iteration = 7, 7 * 2
+
+    engine.add_event_handler(Events.STARTED, restore)
+    with caplog.at_level(logging.INFO, logger="t.resume"):
+        engine.run(range(2), max_epochs=9)
+    lines = [r.getMessage() for r in caplog.records if r.name == "t.resume" and " took " in r.getMessage()]
+    first = lines[0]
+    assert first.startswith("epoch 8/9 took "), lines
+    took, left = (float(v) for v in re.findall(r"([0-9.]+) s", first)[:2])
+    assert left > 0.5 * took, first  # one epoch left, at about this epoch's pace (was about an eighth of it)

@@ -178,3 +178,28 @@ def test_summary_metrics_use_the_sample_count_as_step():
         ("test_ged", 0.5, 1), ("test_ged", 0.3, 16), ("test_presence_accuracy", 0.75, 0),
         ("oracle_test_ged", 0.2, 1), ("test_ged_empty", 0.9, 0),
     ])  # fmt: skip
+
+
+def test_an_evaluation_tracked_in_another_store_than_its_training_says_so(tmp_path, caplog):
+    """The run record names the training's store: an evaluation logged into another one (no --tracking_uri) warns
+    instead of silently losing the link to its training run; a setting not given (None) is not logged as 'None'."""
+    import logging
+
+    from monai.handlers import MLFlowHandler
+
+    from monai_probunet.handlers import log_evaluation
+    from monai_probunet.handlers.tracking import RUN_RECORD
+
+    ckpt = tmp_path / "models"
+    ckpt.mkdir()
+    trained_in = path_to_sqlite_uri(str(tmp_path / "server.db"))
+    (ckpt / RUN_RECORD).write_text(json.dumps({"run_id": "0" * 32, "run_name": "run_x", "experiment_id": "1",
+                                               "tracking_uri": trained_in}))
+    db = tmp_path / "local.db"
+    handler = MLFlowHandler(tracking_uri=path_to_sqlite_uri(str(db)), experiment_name="eval")
+    summary = {"split": "test", "models": {"m": {"metrics": {"ged": [{"S": 16, "mean": 0.3}]}}}, "references": {}}
+    with caplog.at_level(logging.WARNING, logger="monai_probunet.handlers.evaluation_tracking"):
+        log_evaluation(summary, [handler], tmp_path, ckpt / "model.pt", {"model_name": None, "seed": 0})
+    assert f"the training of {ckpt / 'model.pt'} was tracked in {trained_in}; this evaluation goes into" in caplog.text
+    (run,) = _client(db).search_runs([_client(db).get_experiment_by_name("eval").experiment_id])
+    assert run.data.params == {"seed": "0"} and run.data.metrics == {"test_ged": 0.3}

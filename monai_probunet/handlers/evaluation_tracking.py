@@ -15,7 +15,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .tracking import RUN_RECORD, _experiment, _log_executed_config, _mlflow_handlers, _recorded_run, flatten_params
+from .tracking import (
+    RUN_RECORD,
+    _experiment,
+    _log_executed_config,
+    _mlflow_handlers,
+    _read_record,
+    _recorded_run,
+    flatten_params,
+)
 
 __all__ = ["log_evaluation"]
 
@@ -70,15 +78,24 @@ def log_evaluation(
     experiment = _experiment(h)
     tags = {}
     if ckpt_path is not None:
-        parent = _recorded_run(h, Path(ckpt_path).parent / RUN_RECORD, experiment.experiment_id)
+        record = Path(ckpt_path).parent / RUN_RECORD
+        parent = _recorded_run(h, record, experiment.experiment_id)
         if parent is not None:
             tags["mlflow.parentRunId"] = parent.info.run_id
+        else:
+            trained_in = (_read_record(record) or {}).get("tracking_uri")
+            if trained_in and trained_in != h.client.tracking_uri:
+                logger.warning(
+                    f"MLflow: the training of {ckpt_path} was tracked in {trained_in}; this evaluation goes into "
+                    f"{h.client.tracking_uri}, not linked to it: add --tracking_uri {trained_in} to log it there."
+                )
     name = h.run_name if h.run_name is not None else f"eval_{time.strftime('%Y%m%d_%H%M%S')}"
     run = h.client.create_run(experiment.experiment_id, run_name=name, tags=tags)
     run_id = run.info.run_id
     try:
         now = int(time.time() * 1000)
-        flat = [mlflow.entities.Param(k, str(v)) for k, v in flatten_params(dict(params or {})).items()]
+        given = {k: v for k, v in dict(params or {}).items() if v is not None}  # e.g. no --model_name
+        flat = [mlflow.entities.Param(k, str(v)) for k, v in flatten_params(given).items()]
         metrics = [mlflow.entities.Metric(k, v, now, step) for k, v, step in _summary_metrics(summary)]
         for i in range(0, max(len(metrics), 1), 1000):  # MLflow takes at most 1000 metrics per batch
             h.client.log_batch(run_id, metrics=metrics[i : i + 1000], params=flat if i == 0 else [])

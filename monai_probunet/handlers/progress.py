@@ -84,13 +84,15 @@ class TrainingProgress:
 
     def _started(self, engine: Engine) -> None:
         self._run_start = time.perf_counter()
-        self._run_start_epoch = engine.state.epoch
+        self._run_start_epoch: int | None = None  # at the first epoch: a resume restores the epoch after STARTED
         self._estimate_start: float | None = None
         self._estimate_from = 0
         self._estimated = False
 
     def _epoch_started(self, engine: Engine) -> None:
         now = time.perf_counter()
+        if self._run_start_epoch is None:
+            self._run_start_epoch = engine.state.epoch - 1
         self._epoch_start = self._last_line = now
         self._last_line_iteration = 0
 

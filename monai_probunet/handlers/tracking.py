@@ -391,7 +391,8 @@ def _open_run(
         h.experiment, h.cur_run = experiment, run
     if record is not None:
         atomic_write_json(record, {"run_id": run.info.run_id, "run_name": run.info.run_name,
-                                   "experiment_id": experiment.experiment_id})  # fmt: skip
+                                   "experiment_id": experiment.experiment_id,
+                                   "tracking_uri": first.client.tracking_uri})  # fmt: skip
     return run
 
 

@@ -31,6 +31,7 @@ def make_series(out: Path, slices: int = 8, thickness: float = 2.5, radius_mm: f
     import pydicom
     from pydicom.data import get_testdata_file
     from pydicom.uid import generate_uid
+    from pydicom.valuerep import DS
 
     src = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
     base = src.pixel_array.astype(np.float64) * float(src.RescaleSlope) + float(src.RescaleIntercept)
@@ -59,8 +60,9 @@ def make_series(out: Path, slices: int = 8, thickness: float = 2.5, radius_mm: f
         ds.SOPInstanceUID = uid(f"instance-{k}")
         ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
         ds.InstanceNumber = k + 1
-        ds.ImagePositionPatient = [float(v) for v in ipp0 + k * thickness * normal]
-        ds.SliceLocation = float(np.dot(ipp0 + k * thickness * normal, normal))
+        # decimal strings of at most 16 characters, as DICOM's DS requires (a float's repr can be 19)
+        ds.ImagePositionPatient = [DS(float(v), auto_format=True) for v in ipp0 + k * thickness * normal]
+        ds.SliceLocation = DS(float(np.dot(ipp0 + k * thickness * normal, normal)), auto_format=True)
         ds.SliceThickness = thickness
         ds.SpacingBetweenSlices = thickness
         ds.SeriesDescription = "monai-probunet test CT series"
