@@ -45,9 +45,11 @@ REPORT_NAME = "report.json"
 SUMMARY_NAME = "inference_summary.json"
 #: the DICOM SEG of the presence-rule label (DICOM input only: :meth:`Hypotheses.write_set` with ``dicom_source``)
 DICOM_SEG_NAME = "seg.dcm"
+#: the CLI's picture (``--png``, :mod:`monai_probunet.overview`), written into the set's folder after it
+OVERVIEW_NAME = "overview.png"
 SET_FILES = ("hypotheses.nii.gz", "mean_probability.nii.gz", "entropy.nii.gz", "variant_label.nii.gz", REPORT_NAME,
              "presence_label.nii.gz",  # 3-D mode only (monai_probunet.predict3d)
-             DICOM_SEG_NAME)
+             DICOM_SEG_NAME, OVERVIEW_NAME)
 
 
 # --------------------------------------------------------------------------------------------- results

@@ -5,7 +5,7 @@ Usage::
     python -m monai_probunet.infer IMAGE --center X Y [Z] [--world [--frame LPS|RAS]] --out DIR \
         [--ckpt bundle/models/model.pt] [--config bundle/configs/train.yaml ...] [--num-samples 16] [--seed 0] \
         [--threshold presence_threshold.json] [--spacing MM [MM]] [--device cpu] [--allow-non-ct] \
-        [--no-dicom-seg | [--dicom-seg] [--seg-hypotheses]]
+        [--no-dicom-seg | [--dicom-seg] [--seg-hypotheses]] [--png]
     python -m monai_probunet.infer --batch centers.json --out DIR [same options]
     python -m monai_probunet.infer VOLUME --center X Y Z --3d [--max-extent-mm 40] --out DIR [same options]
 
@@ -175,6 +175,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--seg-hypotheses", action="store_true",
         help="DICOM input: the S hypotheses as further segments 2..S+1 of seg.dcm (named like 'h3 variant B 4/16')",
     )
+    p.add_argument(
+        "--png", action="store_true",
+        help="also write overview.png: the clicked slice around the centre with the presence-rule label and every "
+        "hypothesis outlined (the patient's right on the left)",
+    )
     p.add_argument("--json", action="store_true", help="print the full JSON report")
     return p
 
@@ -216,6 +221,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--frame only applies with --world")
     if args.seg_hypotheses and args.dicom_seg is False:
         parser.error("--seg-hypotheses adds segments to the DICOM SEG: not with --no-dicom-seg")
+    if args.batch is not None and args.png:
+        parser.error("--png: --batch writes no picture; run an image on its own")
     if args.batch is not None and (args.dicom_seg or args.seg_hypotheses):
         parser.error("--dicom-seg/--seg-hypotheses: --batch writes no DICOM SEG; run a DICOM image on its own")
     args.frame = args.frame or "RAS"
@@ -336,6 +343,7 @@ def _run(args: argparse.Namespace, spacing, roi_arg) -> int:
         print(f"{summary['num_ok']} ok, {summary['num_failed']} failed -> {Path(args.out)}")
         return 2 if summary["num_failed"] else 0
     report = json.loads(Path(paths["report"]).read_text())
+    picture = _write_overview(inf, hyp, args, settings["hu_window"]) if args.png else None
     if args.json:
         print(json.dumps(report, indent=1))
     elif args.three_d:
@@ -354,6 +362,8 @@ def _run(args: argparse.Namespace, spacing, roi_arg) -> int:
             f"{len(hyp.variants)} variant(s), most frequent {top.frequency:.3f} (area {top.area_mm2:.1f} mm^2); "
             f"area mean {hyp.areas_mm2.mean():.1f} +/- {hyp.areas_mm2.std():.1f} mm^2 -> {Path(args.out)}"
         )
+    if picture is not None and not args.json:
+        print(f"picture {picture}")
     if not args.json and "dicom_seg" in report:
         names = report["dicom_seg"]["segments"]
         more = f" + {len(names) - 1} hypotheses" if len(names) > 1 else ""
@@ -374,6 +384,31 @@ def _dicom_source(image: str) -> Path | None:
     if path.name.lower().endswith((".nii", ".nii.gz")) or not is_dicom(path):
         return None
     return path
+
+
+def _write_overview(inf, hyp, args: argparse.Namespace, hu_window) -> Path:
+    """``overview.png`` in ``--out`` (:func:`~monai_probunet.overview.hypotheses_overview`): the clicked slice of the
+    input (of a volume: ``hyp.slice_index`` along ``hyp.slice_axis``), the presence-rule label and the hypotheses."""
+    import numpy as np
+    from monai.data.utils import to_affine_nd
+
+    from .hypotheses import OVERVIEW_NAME
+    from .overview import hypotheses_overview
+
+    image, _ = inf.load_ct(args.image, allow_non_ct=args.allow_non_ct)
+    array, labels, label = np.asarray(image.array)[0], np.asarray(hyp.labels), hyp.presence_rule_label()[0]
+    keep = [0, 1]
+    if array.ndim == 3:
+        axis, k = hyp.slice_axis, hyp.slice_index
+        array, labels, label = np.take(array, k, axis), np.take(labels, k, axis + 1), np.take(label, k, axis)
+        keep = [a for a in range(3) if a != axis]
+    columns = np.asarray(to_affine_nd(3, np.asarray(hyp.affine, dtype=np.float64)))[:3, keep]
+    spacing = np.linalg.norm(columns, axis=0)
+    title = (f"{Path(str(hyp.source)).name}: lesion presence {hyp.presence_probability:.2f} "
+             f"({hyp.presence_count}/{hyp.num_samples}){', ambiguous' if hyp.ambiguous else ''}")
+    return hypotheses_overview(array, labels, label, tuple(hyp.center_voxel[a] for a in keep), columns / spacing,
+                               tuple(float(v) for v in spacing), Path(args.out) / OVERVIEW_NAME, title,
+                               tuple(hu_window))
 
 
 def _where(hyp) -> str:

@@ -1,0 +1,105 @@
+"""The inference CLI's picture (``--png``): the clicked slice around the centre with the presence-rule label and every
+hypothesis outlined, in radiological orientation (the patient's right on the image's left, anterior up)."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["display_orientation", "hypotheses_overview"]
+
+#: the side of the shown square around the centre, in mm
+FIELD_MM = 64.0
+
+
+def display_orientation(directions: np.ndarray) -> tuple[bool, bool, bool]:
+    """How to show a slice whose two array axes point along ``directions`` (``3 x 2``: their RAS unit vectors).
+
+    Returns:
+        tuple: ``(transpose, flip_rows, flip_cols)`` for an array ``A[a0, a1]``: with ``transpose`` the shown image is
+        ``A.T`` (rows along axis 1), then its rows and columns are reversed as flagged, so that the shown columns run
+        from the patient's right to left (RAS x decreasing) and the rows from anterior to posterior (y decreasing).
+    """
+    d = np.asarray(directions, dtype=np.float64)
+    transpose = abs(d[0, 0]) >= abs(d[0, 1])  # axis 0 along x: shown horizontally, i.e. as columns of A.T
+    col_axis, row_axis = (0, 1) if transpose else (1, 0)
+    return transpose, bool(d[1, row_axis] > 0), bool(d[0, col_axis] > 0)
+
+
+def _shown(array: np.ndarray, orientation: tuple[bool, bool, bool]) -> np.ndarray:
+    transpose, flip_rows, flip_cols = orientation
+    a = array.T if transpose else array
+    return a[::-1 if flip_rows else 1, ::-1 if flip_cols else 1]
+
+
+def hypotheses_overview(
+    image: np.ndarray,
+    labels: np.ndarray,
+    label: np.ndarray,
+    center: tuple[float, float],
+    directions: np.ndarray,
+    spacing: tuple[float, float],
+    path: str | os.PathLike,
+    title: str,
+    hu_window: tuple[float, float] = (-1000.0, 400.0),
+) -> Path:
+    """Write the overview PNG: the slice around the centre (``FIELD_MM`` square) with the presence-rule label, then
+    one small panel per hypothesis; written to a temporary file beside ``path`` and moved onto it.
+
+    Args:
+        image: ``A0 x A1`` HU slice on the input grid.
+        labels: ``S x A0 x A1`` 0/1 hypotheses.
+        label: ``A0 x A1`` 0/1 presence-rule label.
+        center: The centre's ``(a0, a1)`` array indices.
+        directions: ``3 x 2`` RAS directions of the two array axes (:func:`display_orientation`).
+        spacing: The pixel size in mm along the two array axes.
+        path: The PNG.
+        title: The figure's title (e.g. the presence probability).
+        hu_window: The grey-level window.
+
+    Returns:
+        Path: ``path``.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    half = [max(4, math.ceil(FIELD_MM / 2 / s)) for s in spacing]
+    box = tuple(slice(max(0, round(c) - h), round(c) + h + 1) for c, h in zip(center, half))
+    orientation = display_orientation(directions)
+    aspect = float(spacing[0] / spacing[1]) if orientation[0] else float(spacing[1] / spacing[0])
+
+    def show(ax, outline: np.ndarray, colour: str) -> None:
+        ax.imshow(_shown(image[box], orientation), cmap="gray", vmin=hu_window[0], vmax=hu_window[1], aspect=aspect)
+        if outline[box].any():
+            ax.contour(_shown(outline[box].astype(np.float32), orientation), levels=[0.5], colors=colour,
+                       linewidths=1.0)
+        ax.set_xticks([])
+        ax.set_yticks([])
+
+    num = labels.shape[0]
+    cols = math.ceil(math.sqrt(num))
+    rows = math.ceil(num / cols)
+    fig = plt.figure(figsize=(4 + 1.4 * cols, max(4.0, 1.4 * rows)), layout="constrained")
+    grid = fig.add_gridspec(rows, cols + 3)
+    main = fig.add_subplot(grid[:, :3])
+    show(main, label, "yellow")
+    main.set_title("presence-rule label (yellow); the patient's right on the left", fontsize=8)
+    for s in range(num):
+        ax = fig.add_subplot(grid[s // cols, 3 + s % cols])
+        show(ax, labels[s], "orange")
+        ax.set_title(f"h{s + 1}", fontsize=6)
+    fig.suptitle(title, fontsize=9)
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    try:
+        fig.savefig(tmp, dpi=110)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
+    return path
