@@ -95,13 +95,17 @@ def test_interrupted_run_is_killed_unrelated_run_is_new_resume_continues(tmp_pat
 
     # the evaluation of A's model: its output folder accepted, its summary in a child run of A's
     out = tmp_path / "eval_a"
-    ev = subprocess.run(
-        [sys.executable, "-m", "monai.bundle", "run", "evaluating", "--config_file",
-         str([str(TRAIN_YAML), str(REPO / "bundle" / "configs" / "evaluate.yaml")]), "--dataset_name", "shapes",
-         *common, "--ckpt_dir", str(a), "--output_dir", str(out), "--tracking_uri", path_to_sqlite_uri(str(db)),
-         "--sample_counts", "[1, 4]", "--bootstrap_resamples", "50", "--num_plot_images", "1"],
-        cwd="/", capture_output=True, text=True, timeout=600, check=False,
-    )  # fmt: skip
+
+    def evaluate(options: list[str], *extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "monai.bundle", "run", "evaluating", "--config_file",
+             str([str(TRAIN_YAML), str(REPO / "bundle" / "configs" / "evaluate.yaml")]), "--dataset_name", "shapes",
+             *options, "--ckpt_dir", str(a), "--output_dir", str(out), "--bootstrap_resamples", "50",
+             "--num_plot_images", "1", *extra],
+            cwd="/", capture_output=True, text=True, timeout=600, check=False,
+        )  # fmt: skip
+
+    ev = evaluate(common, "--tracking_uri", path_to_sqlite_uri(str(db)), "--sample_counts", "[1, 4]")
     assert ev.returncode == 0, ev.stderr[-3000:]
     assert (out / "summary.json").is_file() and _config_files(out) == []
     (run_e,) = [r for r in _runs(db).values() if r.info.run_id not in (run_a.info.run_id, run_b.info.run_id)]
@@ -114,13 +118,7 @@ def test_interrupted_run_is_killed_unrelated_run_is_new_resume_continues(tmp_pat
     assert "summary.json" in arts and any(p.startswith("config_") for p in arts), arts
 
     # a later evaluation without tracking into the same folder is not refused
-    again = subprocess.run(
-        [sys.executable, "-m", "monai.bundle", "run", "evaluating", "--config_file",
-         str([str(TRAIN_YAML), str(REPO / "bundle" / "configs" / "evaluate.yaml")]), "--dataset_name", "shapes",
-         *[x for x in common if x not in ("--tracking", "mlflow")], "--ckpt_dir", str(a), "--output_dir", str(out),
-         "--sample_counts", "[1]", "--bootstrap_resamples", "50", "--num_plot_images", "1"],
-        cwd="/", capture_output=True, text=True, timeout=600, check=False,
-    )  # fmt: skip
+    again = evaluate([x for x in common if x not in ("--tracking", "mlflow")], "--sample_counts", "[1]")
     assert again.returncode == 0, again.stderr[-3000:]
 
 
@@ -203,3 +201,20 @@ def test_an_evaluation_tracked_in_another_store_than_its_training_says_so(tmp_pa
     assert f"the training of {ckpt / 'model.pt'} was tracked in {trained_in}; this evaluation goes into" in caplog.text
     (run,) = _client(db).search_runs([_client(db).get_experiment_by_name("eval").experiment_id])
     assert run.data.params == {"seed": "0"} and run.data.metrics == {"test_ged": 0.3}
+
+
+def test_the_executed_config_is_taken_from_monais_file_only(tmp_path):
+    """MONAI's own config_<time>.json is read and removed (the run uploads it); a --save_execute_config path the
+    user gave is read and kept."""
+    from monai_probunet.handlers.tracking import _EXECUTED_CONFIG, take_executed_config
+
+    monai_file, users_file = tmp_path / "config_20261206_101112.json", tmp_path / "my_config.json"
+    for path in (monai_file, users_file):
+        path.write_text('{"seed": 0}')
+    try:
+        assert take_executed_config(str(monai_file)) == monai_file.name and not monai_file.exists()
+        assert take_executed_config(str(users_file)) == users_file.name and users_file.read_text() == '{"seed": 0}'
+        assert _EXECUTED_CONFIG[users_file.name] == '{"seed": 0}'
+        assert take_executed_config(True) is None  # no tracking: nothing to take
+    finally:
+        _EXECUTED_CONFIG.clear()

@@ -234,9 +234,10 @@ def take_executed_config(save_execute_config: Any) -> str | None:
 
     MONAI's tracking patch writes ``<output_dir>/config_<time>.json`` before the config runs, for the MLflow handler
     to upload when the run completes. Called first thing from the bundle's ``initialize`` list, this reads and
-    removes that file: :func:`configure_mlflow` and :func:`log_evaluation` upload the text as the run's artifact
-    when the run opens (an interrupted run has it too), and a refused, interrupted or evaluation run leaves no file
-    in its output folder. Without ``--tracking`` (``save_execute_config`` is not a path) it does nothing.
+    removes that file (a ``--save_execute_config PATH`` the user gave is read and kept): :func:`configure_mlflow`
+    and :func:`log_evaluation` upload the text as the run's artifact when the run opens (an interrupted run has it
+    too), and a refused, interrupted or evaluation run leaves no file in its output folder. Without ``--tracking``
+    (``save_execute_config`` is not a path) it does nothing.
 
     Args:
         save_execute_config: the config's ``@save_execute_config`` (the path MONAI wrote, when tracking).
@@ -249,7 +250,8 @@ def take_executed_config(save_execute_config: Any) -> str | None:
     path = Path(_repair_artifacts([os.fspath(save_execute_config)])[0])
     try:
         text = path.read_text()
-        path.unlink()
+        if re.fullmatch(r"config_\d{8}_\d{6}\.json", path.name):  # MONAI's own name; a path the user gave stays
+            path.unlink()
     except FileNotFoundError:  # another rank of the same command (same second, same name) took it
         return None
     _EXECUTED_CONFIG[path.name] = text
