@@ -16,9 +16,7 @@ from monai_probunet.dicom_seg import (  # noqa: F401 -- re-exported: the app's n
     DicomSegError,
     find_source_series,
     label_to_frames,
-    read_series,
     write_dicom_seg,
 )
-from monai_probunet.dicom_seg import read_series as _read_series  # noqa: F401 -- the app's earlier private name
 
 __all__ = ["DicomSegError", "find_source_series", "label_to_frames", "write_dicom_seg"]
