@@ -9,6 +9,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from monai.networks.blocks import Convolution
 
+from .instance_norm import PlainInstanceNorm, plain_instance_norm_eps
+
 __all__ = [
     "DEFAULT_NORM",
     "ConvBlock",
@@ -88,57 +90,11 @@ class ConvBlock(nn.Sequential):
                 act=("relu", {"inplace": True}),
                 norm=norm,
             )
-            eps = _plain_instance_norm_eps(norm)
+            eps = plain_instance_norm_eps(norm)
             if eps is not None:  # the same normalisation through GroupNorm's faster kernels (no parameters either)
                 conv.adn.N = PlainInstanceNorm(out_channels, eps=eps)
             layers.append(conv)
         super().__init__(*layers)
-
-
-class PlainInstanceNorm(nn.GroupNorm):
-    """Instance normalisation without affine parameters or running statistics, by the faster kernel per precision.
-
-    It equals ``GroupNorm`` with one group per channel (both normalise each channel of each sample over its spatial
-    positions with the biased variance). In fp32 PyTorch's fused ``group_norm`` kernels are faster on CPU. Autocast
-    would run ``group_norm`` in fp32 (a cast of every activation there and back), so under autocast on the CPU it
-    runs outside autocast on the activations' own dtype (statistics in fp32, one rounding at the end; faster than
-    ``instance_norm`` in ``benchmarks/train_speed.py``), except in the channels-last memory format, where the CPU's
-    ``group_norm`` is slow and ``instance_norm`` runs; on a GPU ``instance_norm``, which keeps the autocast dtype. No
-    parameters or buffers: state dicts are unchanged.
-
-    Shapes: ``B x C x *spatial`` -> the same.
-    """
-
-    def __init__(self, num_channels: int, eps: float = 1e-5) -> None:
-        super().__init__(num_channels, num_channels, eps=eps, affine=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.is_autocast_enabled(x.device.type):
-            if x.device.type != "cpu" or not x.is_contiguous():
-                return F.instance_norm(x, eps=self.eps)
-            with torch.autocast("cpu", enabled=False):
-                return F.group_norm(x, self.num_groups, eps=self.eps)
-        return F.group_norm(x, self.num_groups, eps=self.eps)
-
-
-def _plain_instance_norm_eps(norm: str | tuple | None) -> float | None:
-    """``eps`` of an instance normalisation without affine parameters or running statistics, else ``None``.
-
-    Such a normalisation equals ``GroupNorm`` with one group per channel and no affine parameters (both normalise
-    each channel of each sample over its spatial positions with the biased variance), which PyTorch computes
-    with fused kernels on CPU (measured faster than ``InstanceNorm``'s in ``benchmarks/train_speed.py``); neither
-    has parameters or buffers, so state dicts are unchanged.
-    """
-    if norm is None:
-        return None
-    name, args = (norm, {}) if isinstance(norm, str) else (norm[0], dict(norm[1]) if len(norm) > 1 else {})
-    if not isinstance(name, str) or name.lower() != "instance":
-        return None
-    if args.pop("affine", False) or args.pop("track_running_stats", False):
-        return None
-    eps = float(args.pop("eps", 1e-5))
-    args.pop("momentum", None)  # unused without running statistics
-    return None if args else eps
 
 
 def _check_channels(channels: Sequence[int]) -> tuple[int, ...]:
