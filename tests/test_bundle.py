@@ -36,6 +36,21 @@ def test_bundle_training_writes_checkpoint_and_finite_ged(tmp_path):
     assert (tmp_path / "data" / "datalist.json").is_file()
 
 
+@pytest.mark.slow
+def test_bundle_training_channels_last(tmp_path):
+    """`--channels_last true` trains and validates on the CPU: the instance norm's channels-last kernel takes the
+    MetaTensor batches MONAI's loaders give (the in-place ReLU after it refused them as views)."""
+    proc = run_bundle(
+        *SMALL, "--channels_last", "true", "--ckpt_dir", str(tmp_path / "models"), "--dataset_dir", str(tmp_path / "data")
+    )
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-3000:]
+    assert "memory format channels-last" in log
+    geds = [float(v) for v in re.findall(r"val_ged: ([0-9.]+)", log)]
+    assert len(geds) >= 2 and all(0.0 <= g <= 2.0 for g in geds), log[-2000:]
+    assert (tmp_path / "models" / "model.pt").is_file()
+
+
 def test_bundle_root_is_the_bundle_folder_seen_from_where_the_command_runs(tmp_path, monkeypatch):
     """From the repository root or the bundle folder (no command line read); elsewhere one error naming the folder."""
     from monai_probunet.bundle_utils import ConfigValueError, bundle_root

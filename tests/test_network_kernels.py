@@ -116,3 +116,22 @@ def test_network_trains_alike_in_both_memory_formats():
     out_last.square().mean().backward()
     for (name, a), b in zip(first.named_parameters(), last.parameters()):
         torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_channels_last_norm_takes_meta_tensors(bf16):
+    """MONAI's loaders give MetaTensors, and a MetaTensor makes every tensor created from it a view: the channels-last
+    kernel runs on the plain data, so the block's in-place ReLU after it trains (forward and backward) and gives the
+    channels-first result."""
+    from monai.data import MetaTensor
+
+    torch.manual_seed(0)
+    block = ConvBlock(2, 1, 4, num_convs=2)
+    last = copy.deepcopy(block).to(memory_format=torch.channels_last)
+    x = torch.rand(2, 1, 12, 12)
+    meta = MetaTensor(x.clone()).contiguous(memory_format=torch.channels_last).requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        out, want = last(meta), block(x)
+    out.float().square().mean().backward()
+    assert meta.grad is not None and meta.grad.abs().sum() > 0
+    torch.testing.assert_close(out.float(), want.float(), **({"rtol": 0.02, "atol": 0.02} if bf16 else {}))

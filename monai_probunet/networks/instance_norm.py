@@ -51,8 +51,13 @@ def instance_norm_per_sample(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor
         eps: added to the variance.
 
     Returns:
-        ``B x C x *spatial``, the same dtype and memory format as ``x``.
+        ``B x C x *spatial``, the same dtype and memory format as ``x``; a plain tensor also for a subclass of one
+        (the data only).
     """
+    if type(x) is not torch.Tensor:
+        # a subclass such as MONAI's MetaTensor makes every tensor created from it a view, which autograd forbids
+        # as a custom function's output modified in place (the ReLU after the norm)
+        x = x.as_subclass(torch.Tensor)
     with torch.autocast(x.device.type, enabled=False):
         return _PerSampleBatchNorm.apply(x, eps)
 
