@@ -194,7 +194,8 @@ def weights_sha256(ckpt_path: str | os.PathLike) -> str:
         if isinstance(obj, torch.Tensor):
             t = obj.detach().cpu().contiguous()
             digest.update(f"{prefix}:{t.dtype}:{tuple(t.shape)}".encode())
-            digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+            # flat first: a channels-last weight with 1x1 kernels counts as contiguous with a last stride above 1
+            digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
         elif isinstance(obj, dict):
             for key in sorted(obj, key=str):
                 add(f"{prefix}/{key}", obj[key])

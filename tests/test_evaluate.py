@@ -299,6 +299,20 @@ def test_presence_threshold_json_round_trip(tmp_path):
 # ------------------------------------------------------------------------------------------------ latent grid
 
 
+def test_weights_hash_is_the_same_for_weights_saved_channels_last(tmp_path):
+    """A model trained channels-last saves channels-last weights (its 1x1 kernels with a last stride above 1): they
+    hash, and hash as the same weights saved channels-first, so the presence rule fitted for one is the other's."""
+    net = ProbUNet(2, 1, 2, channels=(4, 8), latent_dim=2)
+    torch.save(net.state_dict(), tmp_path / "first.pt")
+    torch.save(net.to(memory_format=torch.channels_last).state_dict(), tmp_path / "last.pt")
+    saved = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert any(t.ndim == 4 and t.shape[-1] == 1 and t.stride(-1) > 1 for t in saved.values())
+    assert weights_sha256(tmp_path / "last.pt") == weights_sha256(tmp_path / "first.pt")
+    changed = {k: (v + 1e-3 if k == next(iter(saved)) else v) for k, v in saved.items()}
+    torch.save(changed, tmp_path / "changed.pt")
+    assert weights_sha256(tmp_path / "changed.pt") != weights_sha256(tmp_path / "first.pt")
+
+
 def test_latent_grid_shape_png_and_error(tmp_path):
     model = _tiny_probunet(latent_dim=2)
     image = torch.randn(1, SIZE, SIZE)
