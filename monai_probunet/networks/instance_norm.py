@@ -63,6 +63,8 @@ def instance_norm_per_sample(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor
 
 
 class _PerSampleBatchNorm(torch.autograd.Function):
+    """:func:`instance_norm_per_sample`'s forward and backward: ``B x C x *spatial`` -> the same."""
+
     @staticmethod
     def forward(ctx, x: torch.Tensor, eps: float) -> torch.Tensor:
         n, c = x.shape[:2]
