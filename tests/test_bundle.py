@@ -40,9 +40,8 @@ def test_bundle_training_writes_checkpoint_and_finite_ged(tmp_path):
 def test_bundle_training_channels_last(tmp_path):
     """`--channels_last true` trains and validates on the CPU: the instance norm's channels-last kernel takes the
     MetaTensor batches MONAI's loaders give (the in-place ReLU after it refused them as views)."""
-    proc = run_bundle(
-        *SMALL, "--channels_last", "true", "--ckpt_dir", str(tmp_path / "models"), "--dataset_dir", str(tmp_path / "data")
-    )
+    dirs = ("--ckpt_dir", str(tmp_path / "models"), "--dataset_dir", str(tmp_path / "data"))
+    proc = run_bundle(*SMALL, "--channels_last", "true", *dirs)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-3000:]
     assert "memory format channels-last" in log

@@ -1,4 +1,4 @@
-"""Instance normalisation without parameters, computed by the fastest kernel PyTorch has per device, format and dtype."""
+"""Instance normalisation without parameters, by the fastest kernel PyTorch has per device, format and dtype."""
 
 from __future__ import annotations
 
