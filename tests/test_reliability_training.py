@@ -492,6 +492,37 @@ def test_last_checkpoint_does_not_swallow_a_training_error(tmp_path):
     assert signal.getsignal(signal.SIGINT) is before  # Ctrl-C handling restored to what it was
 
 
+def test_a_fresh_run_never_replaces_an_unfinished_runs_checkpoint(tmp_path):
+    """Without --resume a fresh run would replace checkpoint_last.pt at its first epoch: refused (before any data
+    is prepared) while the file holds a run that stopped early; a completed run's or an unreadable file is not."""
+    from ignite.engine import Engine, Events
+
+    from monai_probunet.bundle_utils import InputFileError
+    from monai_probunet.handlers import LastCheckpoint
+
+    def run(save_dir: Path, stop_at: int | None) -> None:
+        engine = Engine(lambda e, b: None)
+        LastCheckpoint(save_dir, {"model": torch.nn.Linear(1, 1)}).attach(engine)
+        if stop_at is not None:
+            engine.add_event_handler(Events.ITERATION_COMPLETED(once=stop_at), lambda e: e.terminate())
+        engine.run(range(3), max_epochs=4)
+
+    run(tmp_path / "stopped", stop_at=7)  # stops in epoch 3: epoch 2 saved
+    path = tmp_path / "stopped" / "checkpoint_last.pt"
+    with pytest.raises(InputFileError) as e:
+        LastCheckpoint.check_resumable(path.parent, "false")
+    assert str(e.value) == (f"{path} holds an unfinished run (epoch 2 of 4) that a fresh run would replace: continue "
+                            f"it with --resume true, or move {path} away (or give another --ckpt_dir) to start over.")
+    assert "trainer" in LastCheckpoint.check_resumable(path.parent, "true")  # the resume itself is allowed
+
+    run(tmp_path / "done", stop_at=None)
+    assert LastCheckpoint.check_resumable(tmp_path / "done", False) == set()  # a completed run may be retrained
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "checkpoint_last.pt").write_bytes(b"not a checkpoint")
+    assert LastCheckpoint.check_resumable(tmp_path / "junk", False) == set()
+    assert LastCheckpoint.check_resumable(tmp_path / "none", False) == set()
+
+
 def test_every_rank_gives_the_same_resume_advice_after_ctrl_c(tmp_path, monkeypatch):
     """Under torchrun only rank 0 writes checkpoint_last.pt, but every process prints how to resume: a rank other
     than 0 must name the epoch rank 0 saved, not say that nothing was saved."""
@@ -699,6 +730,16 @@ def test_bundle_ctrl_c_stops_and_resume_is_bit_identical(tmp_path):
     saved_epoch = int(line.split("holds epoch ")[1].split(":")[0])
     trainer = torch.load(ckpt / "checkpoint_last.pt", weights_only=True)["trainer"]
     assert trainer["iteration"] == saved_epoch * trainer["epoch_length"] and saved_epoch < 8
+
+    # the same command with --resume forgotten would replace the interrupted run's checkpoint: refused
+    saved = (ckpt / "checkpoint_last.pt").read_bytes()
+    forgotten = run_bundle(*common, "--ckpt_dir", str(ckpt))
+    assert forgotten.returncode == 2 and "Traceback" not in forgotten.stderr, forgotten.stderr[-3000:]
+    assert forgotten.stderr.strip().splitlines()[-1] == (
+        f"error: {ckpt / 'checkpoint_last.pt'} holds an unfinished run (epoch {saved_epoch} of 8) that a fresh run "
+        f"would replace: continue it with --resume true, or move {ckpt / 'checkpoint_last.pt'} away (or give another "
+        "--ckpt_dir) to start over.")
+    assert (ckpt / "checkpoint_last.pt").read_bytes() == saved
 
     resumed = run_bundle(*common, "--resume", "TRUE", "--ckpt_dir", str(ckpt))
     assert resumed.returncode == 0, resumed.stderr[-3000:]

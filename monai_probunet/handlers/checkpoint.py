@@ -236,6 +236,18 @@ def _resume_advice(path: Path) -> str:
     return f"move {path} away to start over, or give the --ckpt_dir of the run to resume"
 
 
+def _unfinished_epochs(path: Path, trainer_key: str = "trainer") -> tuple[int, int] | None:
+    """``(epoch, max_epochs)`` of the run saved in ``path`` if it stopped before its last epoch, else ``None``
+    (completed, or not a readable checkpoint with a trainer state)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)[trainer_key]
+        length, max_epochs = int(state["epoch_length"]), int(state["max_epochs"])
+        iteration = int(state["iteration"]) if "iteration" in state else int(state["epoch"]) * length
+    except Exception:  # noqa: BLE001 -- unreadable or another layout: nothing to keep a fresh run from
+        return None
+    return (iteration // length, max_epochs) if iteration < max_epochs * length else None
+
+
 class LastCheckpoint:
     """Save and restore everything needed to continue an interrupted training run.
 
@@ -415,14 +427,28 @@ class LastCheckpoint:
 
     @staticmethod
     def check_resumable(save_dir: str | Path, resume: Any, filename: str = "checkpoint_last.pt") -> set[str]:
-        """With ``resume``, the keys of ``save_dir/filename`` (none without the file); called by the bundle's
-        ``initialize`` so that an unreadable checkpoint is refused before any data is prepared.
+        """Check ``save_dir/filename`` before any data is prepared (the bundle's ``initialize`` calls this).
+
+        With ``resume``, return the keys of the checkpoint (none without the file). Without it, a fresh run would
+        replace the file at its first checkpoint: that is refused while the file holds a run that has not
+        completed (its trainer's iteration below ``max_epochs`` epochs), whose progress would be lost to a
+        forgotten ``--resume true``. A completed run's file, or one that cannot be read, is replaced as before.
 
         Raises:
-            InputFileError: the file is not a readable checkpoint (one line from the bundle command).
+            InputFileError: with ``resume``, the file is not a readable checkpoint; without it, the file holds an
+                unfinished run (one line from the bundle command).
         """
         path = Path(save_dir) / filename
-        if not as_bool(resume, "resume") or not path.is_file():
+        if not path.is_file():
+            return set()
+        if not as_bool(resume, "resume"):
+            stopped = _unfinished_epochs(path)
+            if stopped is not None:
+                raise InputFileError(
+                    f"{path} holds an unfinished run (epoch {stopped[0]} of {stopped[1]}) that a fresh run would "
+                    f"replace: continue it with --resume true, or move {path} away (or give another --ckpt_dir) to "
+                    "start over."
+                )
             return set()
         try:
             return set(torch.load(path, map_location="cpu", weights_only=True))
