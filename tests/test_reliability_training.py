@@ -447,6 +447,33 @@ def test_best_validation_weights_are_published_with_the_run_that_completes(tmp_p
     assert not best.exists() and not working.exists() and weight(tmp_path / "model.pt") == 4.0
 
 
+def test_resuming_a_completed_run_keeps_its_files(tmp_path):
+    """--resume true on a run that had completed trains nothing: its best validation weights (published when it
+    completed) are not taken for an earlier run's and removed, and model.pt keeps its weights."""
+    from ignite.engine import Engine, Events
+
+    from monai_probunet.handlers import FinalModel, LastCheckpoint
+
+    net = torch.nn.Linear(2, 2)
+    working, best = tmp_path / "best.running.pt", tmp_path / "best.pt"
+
+    def run(weight: float, resume: bool) -> Engine:
+        torch.nn.init.constant_(net.weight, weight)
+        engine = Engine(lambda e, b: None)
+        LastCheckpoint(tmp_path, {"model": net}, resume=resume).attach(engine)
+        FinalModel(tmp_path, net, publish={working.name: best.name}, resume=resume).attach(engine)
+        engine.add_event_handler(Events.ITERATION_COMPLETED(once=2), lambda e: torch.save(net.state_dict(), working))
+        engine.run(range(3), max_epochs=2)
+        return engine
+
+    run(1.0, resume=False)
+    assert best.is_file() and not working.exists()
+    engine = run(5.0, resume=True)  # loads the completed run's weights (1.0) and trains no iteration
+    assert engine.state.iteration == 6
+    for path in (best, tmp_path / "model.pt"):
+        assert float(torch.load(path, weights_only=True)["weight"][0, 0]) == 1.0, path
+
+
 def test_atomic_saver_removes_superseded_files_only_after_the_new_one(tmp_path):
     from ignite.engine import Engine, Events
 

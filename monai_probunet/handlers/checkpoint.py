@@ -109,7 +109,8 @@ class FinalModel:
             a final name this run wrote no working file for (it never validated) is removed, being the previous
             run's.
         resume: whether the run continues an interrupted one (whose working files it keeps); a fresh run removes
-            working files an abandoned run left, so that it never publishes them as its own.
+            working files an abandoned run left, so that it never publishes them as its own. A resumed run that
+            had already completed trains no iteration and leaves every file as it is.
     """
 
     def __init__(
@@ -124,10 +125,15 @@ class FinalModel:
         self.network = network
         self.publish = dict(publish or {})
         self.resume = as_bool(resume, "resume")
+        self._trained = False
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self._drop_abandoned)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._mark_trained)
         engine.add_event_handler(Events.COMPLETED, self)
+
+    def _mark_trained(self, engine: Engine) -> None:
+        self._trained = True
 
     def _drop_abandoned(self, engine: Engine) -> None:
         if self.resume or not _is_rank0():
@@ -142,6 +148,10 @@ class FinalModel:
         state = engine.state
         max_epochs = state.max_epochs or 0
         if not _is_rank0() or state.epoch < max_epochs or state.iteration < (state.epoch_length or 0) * max_epochs:
+            return
+        if not self._trained:  # resumed from a completed run: its model files are this run's, kept as they are
+            logger.info("%s: the resumed run had completed its %d epochs; nothing trained, its files kept (raise "
+                        "--max_epochs to train on)", self.path.parent, max_epochs)
             return
         atomic_torch_save(_unwrap(self.network).state_dict(), self.path)
         logger.info("final model (epoch %d) written to %s", state.epoch, self.path)
