@@ -11,6 +11,7 @@ GED.
 
     python benchmarks/compare.py --jobs 2        # the full run: two 1-thread trainings at a time on 2 CPU cores
     python benchmarks/compare.py --quick         # minutes: tiny data, 2 epochs, to check the pipeline
+    python benchmarks/compare.py --jobs 2 --resume   # after an interruption: each training continues where it stopped
     python benchmarks/compare.py --dataset shapes --dataset-kwargs "{'num_patients': 300}" --models probunet unet
     python benchmarks/compare.py --dataset-dir DIR --out OUT  # your own data (the project's on-disk format)
     python benchmarks/compare.py --task scenes32  # the 32-mode street scenes (scenes32.yaml, scenes32_evaluate.yaml)
@@ -145,6 +146,10 @@ def main() -> None:
                         help="every training's precision (default: train.yaml's auto, timed anew by each run)")
     parser.add_argument("--quick", action="store_true", help="tiny data and 2 epochs: checks the pipeline in minutes")
     parser.add_argument("--report", action="store_true", help="only rebuild results.md and the figures from --out")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue an interrupted comparison in --out: every training resumes its "
+                        "checkpoint_last.pt (a completed one trains no further; the table's minutes then count this "
+                        "run's part)")
     parser.add_argument("--heldout", type=Path, default=None,
                         help="a second dataset (the project's on-disk format) whose test split scores every model too")
     parser.add_argument("--validation", action="store_true",
@@ -261,6 +266,8 @@ def _train_and_evaluate(
         else:
             member = ckpts[name] / f"member_{seed}"
             overrides, log = [*common, "--seed", str(seed), "--ckpt_dir", str(member)], out / f"train_{name}_{seed}.log"
+        if args.resume:
+            overrides += ["--resume", "true"]
         seconds = _bundle("training", _configs(name, args.task), overrides, log, threads)
         print(f"trained {name}{'' if seed is None else f' member {seed}'} in {seconds / 60:.1f} min", flush=True)
         return seconds

@@ -634,7 +634,14 @@ def test_compare_trains_and_scores_on_your_own_data(tmp_path):
     assert {"probunet", "unet", "oracle", "reference: predicting nothing"} <= set(rows)
     assert {p: p.read_bytes() for p in sorted(datalist.parent.rglob("*")) if p.is_file()} == before
     assert not (out / "data").exists()  # nothing generated: the user's data was used
-    assert all((out / "models" / name / "model.pt").is_file() for name in ("probunet", "unet"))
+    models = {name: (out / "models" / name / "model.pt").read_bytes() for name in ("probunet", "unet")}
+    # --resume after the comparison completed: nothing trains again, every model is scored as it was
+    proc = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, timeout=900, check=False,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    assert {name: (out / "models" / name / "model.pt").read_bytes() for name in models} == models
+    assert "nothing trained" in (out / "train_probunet.log").read_text()
+    assert _table_rows((out / "results.md").read_text().split("\n\n")[1]).keys() == rows.keys()
     # built-in generation options with your own data: one line, exit 2
     proc = subprocess.run([*cmd[:6], "--dataset", "shapes"], capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 2 and "--dataset-dir is your own data" in proc.stderr, proc.stderr[-2000:]
