@@ -520,34 +520,33 @@ def test_last_checkpoint_does_not_swallow_a_training_error(tmp_path):
 
 
 def test_a_fresh_run_never_replaces_an_unfinished_runs_checkpoint(tmp_path):
-    """Without --resume a fresh run would replace checkpoint_last.pt at its first epoch: refused (before any data
-    is prepared) while the file holds a run that stopped early; a completed run's or an unreadable file is not."""
+    """Without --resume a fresh run would replace checkpoint_last.pt at its first epoch: refused while the file
+    holds a run that stopped early; a completed run's or an unreadable file is not."""
     from ignite.engine import Engine, Events
 
     from monai_probunet.bundle_utils import InputFileError
     from monai_probunet.handlers import LastCheckpoint
 
-    def run(save_dir: Path, stop_at: int | None) -> None:
+    def run(save_dir: Path, stop_at: int | None, resume: bool = False) -> None:
         engine = Engine(lambda e, b: None)
-        LastCheckpoint(save_dir, {"model": torch.nn.Linear(1, 1)}).attach(engine)
+        LastCheckpoint(save_dir, {"model": torch.nn.Linear(1, 1)}, resume=resume).attach(engine)
         if stop_at is not None:
             engine.add_event_handler(Events.ITERATION_COMPLETED(once=stop_at), lambda e: e.terminate())
         engine.run(range(3), max_epochs=4)
 
     run(tmp_path / "stopped", stop_at=7)  # stops in epoch 3: epoch 2 saved
     path = tmp_path / "stopped" / "checkpoint_last.pt"
+    saved = path.read_bytes()
     with pytest.raises(InputFileError) as e:
-        LastCheckpoint.check_resumable(path.parent, "false")
+        run(path.parent, stop_at=None)
     assert str(e.value) == (f"{path} holds an unfinished run (epoch 2 of 4) that a fresh run would replace: continue "
                             f"it with --resume true, or move {path} away (or give another --ckpt_dir) to start over.")
-    assert "trainer" in LastCheckpoint.check_resumable(path.parent, "true")  # the resume itself is allowed
-
-    run(tmp_path / "done", stop_at=None)
-    assert LastCheckpoint.check_resumable(tmp_path / "done", False) == set()  # a completed run may be retrained
+    assert path.read_bytes() == saved
+    run(path.parent, stop_at=None, resume=True)  # the resume itself goes on, and completes the run
+    run(path.parent, stop_at=None)  # a completed run may be retrained from scratch
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "checkpoint_last.pt").write_bytes(b"not a checkpoint")
-    assert LastCheckpoint.check_resumable(tmp_path / "junk", False) == set()
-    assert LastCheckpoint.check_resumable(tmp_path / "none", False) == set()
+    run(tmp_path / "junk", stop_at=None)  # unreadable: nothing to keep
 
 
 def test_every_rank_gives_the_same_resume_advice_after_ctrl_c(tmp_path, monkeypatch):

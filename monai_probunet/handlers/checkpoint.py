@@ -267,13 +267,14 @@ class LastCheckpoint:
     ``filename`` always holds a complete checkpoint (a process killed mid-write leaves only a ``.*.tmp`` folder,
     which is never read). Only rank 0 writes.
 
-    With ``resume=True`` every rank loads ``save_dir/filename`` when the trainer starts (the trainer continues
-    with the epoch after the saved one; the configured ``max_epochs`` is kept, so it can be raised to train
-    longer); if the file does not exist yet, training starts from scratch, so the same command can be used for
-    the first start and every restart. The checkpoint also holds the state of every random generator training
-    draws from (:class:`~monai_probunet.engines.rng_state.TrainingRNGState`) and the trainer's precision (kept on
-    resume where ``precision: auto`` would measure again), so on the same device a resumed run is identical to an
-    uninterrupted one.
+    Without ``resume`` a ``save_dir/filename`` of a run that has not completed is refused
+    (:meth:`check_fresh_start`). With ``resume=True`` every rank loads ``save_dir/filename`` when the trainer starts
+    (the trainer continues with the epoch after the saved one; the configured ``max_epochs`` is kept, so it can be
+    raised to train longer); if the file does not exist yet, training starts from scratch, so the same command can
+    be used for the first start and every restart. The checkpoint also holds the state of every random generator
+    training draws from (:class:`~monai_probunet.engines.rng_state.TrainingRNGState`) and the trainer's precision
+    (kept on resume where ``precision: auto`` would measure again), so on the same device a resumed run is identical
+    to an uninterrupted one.
 
     Ctrl-C (SIGINT, in the main thread) stops training after the current iteration (and a running validation
     after its current batch) instead of raising in the middle of a step: nothing more is saved, so ``filename``
@@ -332,6 +333,8 @@ class LastCheckpoint:
         self.filename = filename
         self.save_interval = save_interval
         self.resume = as_bool(resume, "resume")
+        if not self.resume:
+            self.check_fresh_start(self.save_dir, filename)
         #: called with the exception that stops training, before it is passed on (e.g. to end an MLflow run)
         self.on_error: list[Callable[[BaseException], None]] = []
         self.trainer_key = trainer_key
@@ -437,28 +440,14 @@ class LastCheckpoint:
 
     @staticmethod
     def check_resumable(save_dir: str | Path, resume: Any, filename: str = "checkpoint_last.pt") -> set[str]:
-        """Check ``save_dir/filename`` before any data is prepared (the bundle's ``initialize`` calls this).
-
-        With ``resume``, return the keys of the checkpoint (none without the file). Without it, a fresh run would
-        replace the file at its first checkpoint: that is refused while the file holds a run that has not
-        completed (its trainer's iteration below ``max_epochs`` epochs), whose progress would be lost to a
-        forgotten ``--resume true``. A completed run's file, or one that cannot be read, is replaced as before.
+        """With ``resume``, the keys of ``save_dir/filename`` (none without the file); called by the bundle's
+        ``initialize`` so that an unreadable checkpoint is refused before any data is prepared.
 
         Raises:
-            InputFileError: with ``resume``, the file is not a readable checkpoint; without it, the file holds an
-                unfinished run (one line from the bundle command).
+            InputFileError: the file is not a readable checkpoint (one line from the bundle command).
         """
         path = Path(save_dir) / filename
-        if not path.is_file():
-            return set()
-        if not as_bool(resume, "resume"):
-            stopped = _unfinished_epochs(path)
-            if stopped is not None:
-                raise InputFileError(
-                    f"{path} holds an unfinished run (epoch {stopped[0]} of {stopped[1]}) that a fresh run would "
-                    f"replace: continue it with --resume true, or move {path} away (or give another --ckpt_dir) to "
-                    "start over."
-                )
+        if not as_bool(resume, "resume") or not path.is_file():
             return set()
         try:
             return set(torch.load(path, map_location="cpu", weights_only=True))
@@ -466,6 +455,25 @@ class LastCheckpoint:
             first = (str(e).strip().splitlines() or [""])[0][:200]
             raise InputFileError(f"--resume: {path} is not a readable checkpoint ({type(e).__name__}: {first}); "
                                  f"{_resume_advice(path)}.") from e
+
+    @staticmethod
+    def check_fresh_start(save_dir: str | Path, filename: str = "checkpoint_last.pt") -> None:
+        """Refuse a fresh run (without ``resume``) where ``save_dir/filename`` holds a run that has not completed
+        (its trainer's iteration below ``max_epochs`` epochs): the fresh run would replace it at its first
+        checkpoint, and a forgotten ``--resume true`` would lose that run's progress. A completed run's file, or
+        one that cannot be read, is replaced as before.
+
+        Raises:
+            InputFileError: the file holds an unfinished run (one line from the bundle command).
+        """
+        path = Path(save_dir) / filename
+        stopped = _unfinished_epochs(path) if path.is_file() else None
+        if stopped is not None:
+            raise InputFileError(
+                f"{path} holds an unfinished run (epoch {stopped[0]} of {stopped[1]}) that a fresh run would "
+                f"replace: continue it with --resume true, or move {path} away (or give another --ckpt_dir) to "
+                "start over."
+            )
 
     def load(self, engine: Engine) -> None:
         if not self.path.is_file():
