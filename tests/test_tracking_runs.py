@@ -81,6 +81,18 @@ def test_interrupted_run_is_killed_unrelated_run_is_new_resume_continues(tmp_pat
     assert not [k for k in params if k.startswith("dataset_kwargs") or k == "data_seed"], sorted(params)
     assert "Traceback" not in other.stderr and "params cannot change" not in other.stderr
 
+    # a resume refused at the trainer's start (another network than the saved one's): one line, no traceback, the
+    # run it reopened marked FAILED (not RUNNING forever); the checkpoint untouched
+    saved = (a / "checkpoint_last.pt").read_bytes()
+    wider = [x if x != "[8, 16, 32]" else "[8, 16, 64]" for x in common]
+    changed = run_bundle("--dataset_name", "shapes", *wider, "--max_epochs", "30", "--resume", "true",
+                         "--ckpt_dir", str(a))  # fmt: skip
+    assert changed.returncode == 2 and "Traceback" not in changed.stderr + changed.stdout, changed.stderr[-3000:]
+    errors = [line for line in changed.stderr.splitlines() if "does not fit this run" in line]
+    assert len(errors) == 1 and errors[0].startswith("error: --resume: "), changed.stderr[-3000:]
+    assert _runs(db)[run_a.info.run_id].info.status == "FAILED"
+    assert (a / "checkpoint_last.pt").read_bytes() == saved
+
     # --resume true continues run A: the same run, FINISHED, every iteration logged once, up to the end
     resumed = run_bundle("--dataset_name", "shapes", *common, "--max_epochs", "30", "--resume", "true",
                          "--ckpt_dir", str(a))  # fmt: skip

@@ -203,6 +203,54 @@ def _resumed_run(folder: Path, caplog, epochs: int, **settings) -> ProbUNetTrain
     return trainer
 
 
+def test_an_error_in_training_reaches_every_hook_and_a_users_error_logs_no_traceback(tmp_path, caplog):
+    """ignite stops handing an exception on at the first EXCEPTION_RAISED handler that raises it (MONAI's
+    StatsHandler, attached first by the bundle): the trainer's own hooks still see it (Ctrl-C restored, an MLflow
+    run ended), and a user's error (a resume past --max_epochs) is one message, not a logged traceback."""
+    import logging
+    import signal
+
+    from monai.handlers import StatsHandler
+
+    from monai_probunet.bundle_utils import InputFileError
+    from monai_probunet.handlers import LastCheckpoint
+
+    def run(epochs: int, step=None) -> list[BaseException]:
+        torch.manual_seed(0)
+        net = ProbUNet(2, 1, 2, channels=(4, 8), latent_dim=2)
+        optimizer = torch.optim.Adam(net.parameters())
+        data = [{"image": torch.rand(2, 1, 16, 16), "label": (torch.rand(2, 1, 16, 16) > 0.5).float()}]
+        handlers = [StatsHandler(iteration_log=False, output_transform=loss_terms),  # first, as in the bundle
+                    LastCheckpoint(tmp_path, {"model": net, "optimizer": optimizer}, resume=True)]
+        trainer = ProbUNetTrainer(
+            device="cpu", max_epochs=epochs, train_data_loader=data, network=net, optimizer=optimizer,
+            loss_function=ELBOLoss(), prepare_batch=PrepareBatchExtraInput(extra_keys={"seg": "label"}),
+            decollate=False, precision="fp32", train_handlers=handlers, iteration_update=step,
+        )  # fmt: skip
+        seen: list[BaseException] = []
+        trainer.on_error.append(seen.append)
+        with caplog.at_level(logging.INFO):
+            trainer.run()
+        return seen
+
+    before = signal.getsignal(signal.SIGINT)
+    assert run(3) == []
+    caplog.clear()
+    with pytest.raises(InputFileError, match=r"holds epoch 3 of its run, past this command's --max_epochs 2: give "
+                                             r"--max_epochs 3 \(the run's own\) to continue it"):
+        run(2)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+    assert signal.getsignal(signal.SIGINT) is before
+
+    def boom(engine, batch):
+        raise RuntimeError("boom in step")
+
+    (tmp_path / "checkpoint_last.pt").unlink()
+    with pytest.raises(RuntimeError, match="boom in step"):
+        run(1, step=boom)
+    assert signal.getsignal(signal.SIGINT) is before
+
+
 def test_resume_keeps_the_precision_of_the_run_it_continues(tmp_path, caplog):
     """``precision: auto`` is a timing on a CPU, taken anew by each process: a resumed auto run computes in the
     precision the checkpoint was trained in; an explicit precision is kept, with a warning."""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import inspect
+import logging
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -12,7 +14,7 @@ from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents, default_prepare_batch
 from monai.utils import CommonKeys as Keys
 
-from ..bundle_utils import ConfigValueError, TrainingInterrupted
+from ..bundle_utils import ConfigValueError, TrainingInterrupted, UserInputError
 from .precision import autocast_context, explain_channels_last, explain_precision, resolve_compile
 
 __all__ = ["ProbUNetTrainer", "loss_terms"]
@@ -23,6 +25,15 @@ def loss_terms(output: dict | list) -> dict[str, float]:
     iteration output (for logging handlers)."""
     first = output[0] if isinstance(output, list) else output
     return {k: float(torch.as_tensor(first[k]).detach()) for k in ("loss", "ce", "kl", "energy") if k in first}
+
+
+class _QuietUserErrors(logging.Filter):
+    """Drops the engine's log records of a :class:`~monai_probunet.bundle_utils.UserInputError` (ignite's "Engine
+    run is terminating due to exception" line): the bundle command prints that error as its one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else sys.exc_info()[1]
+        return not isinstance(error, UserInputError)
 
 
 def _auto_note(key: str, value: Any, device: str | torch.device) -> str:
@@ -56,7 +67,10 @@ class ProbUNetTrainer(SupervisedTrainer):
       optimizer, as in plain PyTorch;
     - :meth:`run` raises :class:`~monai_probunet.bundle_utils.TrainingInterrupted` (a ``KeyboardInterrupt``) when
       a :class:`~monai_probunet.handlers.LastCheckpoint` handler stopped the run on Ctrl-C, with its message on
-      how to resume.
+      how to resume;
+    - an exception that stops training goes to every hook in :attr:`on_error` before any ``EXCEPTION_RAISED``
+      handler (ignite stops at the first handler that raises it again, MONAI's ``StatsHandler`` among them), and
+      a :class:`~monai_probunet.bundle_utils.UserInputError` is not logged with a traceback.
 
     Use ``prepare_batch=monai.engines.PrepareBatchExtraInput(extra_keys={"seg": "label"})`` so the network is
     called as ``network(image, seg=label)``. Gradient accumulation is not supported (``accumulation_steps=1``).
@@ -123,10 +137,20 @@ class ProbUNetTrainer(SupervisedTrainer):
             key_train_metric=key_train_metric,
             additional_metrics=additional_metrics,
             metric_cmp_fn=metric_cmp_fn,
-            train_handlers=train_handlers,
+            train_handlers=None,  # attached below, after this trainer's own error handler
             optim_set_to_none=optim_set_to_none,
             **kwargs,
         )
+        # ignite hands an exception to the EXCEPTION_RAISED handlers in the order they were added, and the first
+        # that raises it again ends the round (MONAI's StatsHandler logs a traceback and raises): this trainer's
+        # own handler comes first, so that every `on_error` hook sees the error and a user's error gets no traceback
+        #: called with the exception that stops training, before it is passed on (e.g. to end an MLflow run)
+        self.on_error: list[Callable[[BaseException], None]] = []
+        self.add_event_handler(Events.EXCEPTION_RAISED, self._on_exception)
+        if not any(isinstance(f, _QuietUserErrors) for f in self.logger.filters):  # one logger per class
+            self.logger.addFilter(_QuietUserErrors())
+        if train_handlers is not None:
+            self._register_handlers(train_handlers)
         if self.accumulation_steps != 1:
             raise ValueError("ProbUNetTrainer does not support gradient accumulation (accumulation_steps must be 1).")
         self.precision_requested = precision
@@ -150,6 +174,14 @@ class ProbUNetTrainer(SupervisedTrainer):
         self.compile_mode = compile_mode
         #: what the training pass calls: ``network``, or ``network`` under ``torch.compile`` (same parameters)
         self.train_network = torch.compile(self.network, mode=compile_mode) if compile_mode else self.network
+
+    def _on_exception(self, engine: Any, e: BaseException) -> None:
+        for hook in self.on_error:
+            try:
+                hook(e)
+            except Exception as hook_error:  # noqa: BLE001 -- the training's own error is the one to report
+                self.logger.warning(f"while stopping on {type(e).__name__}: {type(hook_error).__name__}: {hook_error}")
+        raise e
 
     def run(self) -> None:  # type: ignore[override]
         """Train; raise :class:`~monai_probunet.bundle_utils.TrainingInterrupted` if Ctrl-C stopped the run."""

@@ -109,8 +109,9 @@ class FinalModel:
             a final name this run wrote no working file for (it never validated) is removed, being the previous
             run's.
         resume: whether the run continues an interrupted one (whose working files it keeps); a fresh run removes
-            working files an abandoned run left, so that it never publishes them as its own. A resumed run that
-            had already completed trains no iteration and leaves every file as it is.
+            working files an abandoned run left, so that it never publishes them as its own. A run resumed from
+            a completed run's checkpoint without more epochs (``state.resumed_completed_run``, set by
+            :class:`LastCheckpoint`) trains nothing and leaves every file as it is.
     """
 
     def __init__(
@@ -125,15 +126,10 @@ class FinalModel:
         self.network = network
         self.publish = dict(publish or {})
         self.resume = as_bool(resume, "resume")
-        self._trained = False
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self._drop_abandoned)
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self._mark_trained)
         engine.add_event_handler(Events.COMPLETED, self)
-
-    def _mark_trained(self, engine: Engine) -> None:
-        self._trained = True
 
     def _drop_abandoned(self, engine: Engine) -> None:
         if self.resume or not _is_rank0():
@@ -149,7 +145,7 @@ class FinalModel:
         max_epochs = state.max_epochs or 0
         if not _is_rank0() or state.epoch < max_epochs or state.iteration < (state.epoch_length or 0) * max_epochs:
             return
-        if not self._trained:  # resumed from a completed run: its model files are this run's, kept as they are
+        if getattr(state, "resumed_completed_run", False):  # its model files are this run's, kept as they are
             logger.info("%s: the resumed run had completed its %d epochs; nothing trained, its files kept (raise "
                         "--max_epochs to train on)", self.path.parent, max_epochs)
             return
@@ -246,16 +242,16 @@ def _resume_advice(path: Path) -> str:
     return f"move {path} away to start over, or give the --ckpt_dir of the run to resume"
 
 
-def _unfinished_epochs(path: Path, trainer_key: str = "trainer") -> tuple[int, int] | None:
-    """``(epoch, max_epochs)`` of the run saved in ``path`` if it stopped before its last epoch, else ``None``
-    (completed, or not a readable checkpoint with a trainer state)."""
+def _saved_progress(path: Path, trainer_key: str = "trainer") -> tuple[int, int, bool] | None:
+    """``(epoch, max_epochs, completed)`` of the run saved in ``path``, or ``None`` where it is not a readable
+    checkpoint with a trainer state."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)[trainer_key]
         length, max_epochs = int(state["epoch_length"]), int(state["max_epochs"])
         iteration = int(state["iteration"]) if "iteration" in state else int(state["epoch"]) * length
-    except Exception:  # noqa: BLE001 -- unreadable or another layout: nothing to keep a fresh run from
+    except Exception:  # noqa: BLE001 -- unreadable or another layout: nothing to tell of it
         return None
-    return (iteration // length, max_epochs) if iteration < max_epochs * length else None
+    return iteration // length, max_epochs, iteration >= max_epochs * length
 
 
 class LastCheckpoint:
@@ -371,7 +367,11 @@ class LastCheckpoint:
         engine.add_event_handler(Events.COMPLETED, self.save)
         for event in (Events.COMPLETED, Events.TERMINATE):
             engine.add_event_handler(event, self._restore_sigint)
-        engine.add_event_handler(Events.EXCEPTION_RAISED, self._reraise)
+        hooks = getattr(engine, "on_error", None)  # a ProbUNetTrainer's: called before any EXCEPTION_RAISED handler
+        if isinstance(hooks, list):
+            hooks.append(lambda e: self._stop_on_error(engine, e))
+        else:
+            engine.add_event_handler(Events.EXCEPTION_RAISED, self._reraise)
         engine.add_event_handler(Events.TERMINATE, self._report_interrupt)
 
     def _install_sigint(self, engine: Engine) -> None:
@@ -396,11 +396,14 @@ class LastCheckpoint:
             signal.signal(signal.SIGINT, self._previous_sigint)
             self._previous_sigint = None
 
+    def _stop_on_error(self, engine: Engine, e: BaseException) -> None:
+        self._restore_sigint(engine)
+        for hook in self.on_error:
+            hook(e)
+
     def _reraise(self, engine: Engine, e: BaseException) -> None:
         # ignite swallows an exception when an EXCEPTION_RAISED handler returns: restore Ctrl-C and pass it on
-        self._restore_sigint(engine)
-        for hook in self.on_error:  # ignite calls no EXCEPTION_RAISED handler after this one
-            hook(e)
+        self._stop_on_error(engine, e)  # ignite calls no EXCEPTION_RAISED handler after this one
         raise e
 
     def _report_interrupt(self, engine: Engine) -> None:
@@ -467,10 +470,10 @@ class LastCheckpoint:
             InputFileError: the file holds an unfinished run (one line from the bundle command).
         """
         path = Path(save_dir) / filename
-        stopped = _unfinished_epochs(path) if path.is_file() else None
-        if stopped is not None:
+        saved = _saved_progress(path) if path.is_file() else None
+        if saved is not None and not saved[2]:
             raise InputFileError(
-                f"{path} holds an unfinished run (epoch {stopped[0]} of {stopped[1]}) that a fresh run would "
+                f"{path} holds an unfinished run (epoch {saved[0]} of {saved[1]}) that a fresh run would "
                 f"replace: continue it with --resume true, or move {path} away (or give another --ckpt_dir) to "
                 "start over."
             )
@@ -480,6 +483,13 @@ class LastCheckpoint:
             logger.info(f"resume: no checkpoint at {self.path} yet; training starts from scratch.")
             return
         saved_keys = self._saved_keys()
+        saved = _saved_progress(self.path, self.trainer_key)
+        if saved is not None and engine.state.max_epochs is not None and saved[0] > engine.state.max_epochs:
+            raise InputFileError(
+                f"--resume: {self.path} holds epoch {saved[0]} of its run, past this command's --max_epochs "
+                f"{engine.state.max_epochs}: give --max_epochs {max(saved[0], saved[1])} (the run's own) to continue "
+                f"it, or {self._advice}."
+            )
         objects = dict(self.objects)
         if "rng" not in saved_keys:
             del objects["rng"]
@@ -504,6 +514,8 @@ class LastCheckpoint:
                                  f"settings: {detail}); {self._advice}.") from e
         self._last_saved_iteration = engine.state.iteration
         self._last_saved_epoch = engine.state.epoch
+        # a completed run resumed without more epochs: nothing trains, and FinalModel keeps its published files
+        engine.state.resumed_completed_run = bool(saved and saved[2] and saved[0] >= (engine.state.max_epochs or 0))
         logger.info(
             f"Resumed from {self.path}: resuming from iteration {engine.state.iteration}, epoch "
             f"{engine.state.epoch} until {engine.state.max_epochs} epochs; its optimizer, learning-rate schedule and "

@@ -443,11 +443,15 @@ def configure_mlflow(
     except BaseException as e:
         end(e)
         raise
-    if last is not None:
+    trainer_hooks = getattr(trainer, "on_error", None)  # a ProbUNetTrainer's: called before any handler
+    if isinstance(trainer_hooks, list):
+        trainer_hooks.append(end)
+    elif last is not None:
         last.on_error.append(end)  # its EXCEPTION_RAISED handler passes the error on: none after it runs
     if trainer is not None:
         trainer.add_event_handler(Events.TERMINATE, end.on_terminate)
-        trainer.add_event_handler(Events.EXCEPTION_RAISED, end.on_exception)
+        if not isinstance(trainer_hooks, list):
+            trainer.add_event_handler(Events.EXCEPTION_RAISED, end.on_exception)
     if isinstance(params, Mapping):
         params = [params]
     merged = {k: v for p in params or () for k, v in p.items()}
