@@ -215,11 +215,11 @@ def test_an_error_in_training_reaches_every_hook_and_a_users_error_logs_no_trace
     from monai_probunet.bundle_utils import InputFileError
     from monai_probunet.handlers import LastCheckpoint
 
-    def run(epochs: int, step=None) -> list[BaseException]:
+    def run(epochs: int, step=None, batches: int = 1) -> list[BaseException]:
         torch.manual_seed(0)
         net = ProbUNet(2, 1, 2, channels=(4, 8), latent_dim=2)
         optimizer = torch.optim.Adam(net.parameters())
-        data = [{"image": torch.rand(2, 1, 16, 16), "label": (torch.rand(2, 1, 16, 16) > 0.5).float()}]
+        data = [{"image": torch.rand(2, 1, 16, 16), "label": (torch.rand(2, 1, 16, 16) > 0.5).float()}] * batches
         handlers = [StatsHandler(iteration_log=False, output_transform=loss_terms),  # first, as in the bundle
                     LastCheckpoint(tmp_path, {"model": net, "optimizer": optimizer}, resume=True)]
         trainer = ProbUNetTrainer(
@@ -241,6 +241,9 @@ def test_an_error_in_training_reaches_every_hook_and_a_users_error_logs_no_trace
         run(2)
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
     assert signal.getsignal(signal.SIGINT) is before
+    with pytest.raises(InputFileError, match="holds a run of 1 iterations per epoch, and this command's data, "
+                                             "--batch_size and processes give 2: resume with the run's own"):
+        run(4, batches=2)  # other data: ignite would go on with the saved epoch length
 
     def boom(engine, batch):
         raise RuntimeError("boom in step")

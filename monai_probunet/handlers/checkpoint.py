@@ -242,16 +242,16 @@ def _resume_advice(path: Path) -> str:
     return f"move {path} away to start over, or give the --ckpt_dir of the run to resume"
 
 
-def _saved_progress(path: Path, trainer_key: str = "trainer") -> tuple[int, int, bool] | None:
-    """``(epoch, max_epochs, completed)`` of the run saved in ``path``, or ``None`` where it is not a readable
-    checkpoint with a trainer state."""
+def _saved_progress(path: Path, trainer_key: str = "trainer") -> tuple[int, int, bool, int] | None:
+    """``(epoch, max_epochs, completed, epoch_length)`` of the run saved in ``path``, or ``None`` where it is not a
+    readable checkpoint with a trainer state."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)[trainer_key]
         length, max_epochs = int(state["epoch_length"]), int(state["max_epochs"])
         iteration = int(state["iteration"]) if "iteration" in state else int(state["epoch"]) * length
     except Exception:  # noqa: BLE001 -- unreadable or another layout: nothing to tell of it
         return None
-    return iteration // length, max_epochs, iteration >= max_epochs * length
+    return iteration // length, max_epochs, iteration >= max_epochs * length, length
 
 
 class LastCheckpoint:
@@ -484,6 +484,12 @@ class LastCheckpoint:
             return
         saved_keys = self._saved_keys()
         saved = _saved_progress(self.path, self.trainer_key)
+        length = engine.state.epoch_length  # this command's iterations per epoch (its data and batch size)
+        if saved is not None and length is not None and saved[3] != length:
+            raise InputFileError(
+                f"--resume: {self.path} holds a run of {saved[3]} iterations per epoch, and this command's data, "
+                f"--batch_size and processes give {length}: resume with the run's own, or {self._advice}."
+            )
         if saved is not None and engine.state.max_epochs is not None and saved[0] > engine.state.max_epochs:
             raise InputFileError(
                 f"--resume: {self.path} holds epoch {saved[0]} of its run, past this command's --max_epochs "
