@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 def train(precision: str, max_epochs: int, workdir: Path) -> tuple[float, float]:
     cmd = [
         sys.executable, "-m", "monai.bundle", "run", "training",
-        "--config_file", str(REPO / "bundle" / "configs" / "train.yaml"),
+        "--config_file", str(REPO / "bundle" / "configs" / "train.yaml"), "--bundle_root", str(REPO / "bundle"),
         "--precision", precision, "--max_epochs", str(max_epochs),
         "--ckpt_dir", str(workdir / precision),
     ]  # fmt: skip

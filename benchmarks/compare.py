@@ -102,7 +102,8 @@ def scored_checkpoint(name: str, task: str, ckpt_dir: Path) -> str:
 
 def _bundle(run_id: str, config_files: str, overrides: list[str], log: Path, threads: int | None = None) -> float:
     """Run a bundle workflow in a subprocess (stdout + stderr into ``log``); returns its wall seconds."""
-    cmd = [sys.executable, "-m", "monai.bundle", "run", run_id, "--config_file", config_files, *overrides]
+    cmd = [sys.executable, "-m", "monai.bundle", "run", run_id, "--config_file", config_files,
+           "--bundle_root", str(REPO / "bundle"), *overrides]  # from any working directory
     env = dict(os.environ, OMP_NUM_THREADS=str(threads)) if threads else None
     t0 = time.perf_counter()
     with open(log, "w") as f:
@@ -110,7 +111,9 @@ def _bundle(run_id: str, config_files: str, overrides: list[str], log: Path, thr
     if proc.returncode != 0:
         errors = [line for line in log.read_text(errors="replace").splitlines() if line.startswith("error: ")]
         if errors:  # the bundle command's one line for bad input (exit status 2)
-            raise BundleInputError(f"`run {run_id}` refused its input: {errors[-1][len('error: '):]} (log: {log})")
+            line = errors[-1][len("error: "):]
+            hint = " (here: rerun with --resume)" if "holds an unfinished run" in line else ""
+            raise BundleInputError(f"`run {run_id}` refused its input: {line}{hint} (log: {log})")
         raise RuntimeError(f"{' '.join(cmd)} failed; see {log}")
     return time.perf_counter() - t0
 
