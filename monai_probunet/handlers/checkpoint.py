@@ -19,9 +19,9 @@ from ..bundle_utils import ConfigValueError, InputFileError, as_bool
 from ..engines.precision import check_channels_last
 from ..engines.rng_state import TrainingRNGState
 from ..io_utils import atomic_torch_save
-from .model_files import _is_rank0, _unwrap
+from .model_files import AtomicCheckpointSaver, FinalModel, _is_rank0, _unwrap  # the first two: their old path
 
-__all__ = ["LastCheckpoint"]
+__all__ = ["AtomicCheckpointSaver", "FinalModel", "LastCheckpoint"]
 
 logger = logging.getLogger(__name__)
 
