@@ -549,6 +549,33 @@ def test_a_fresh_run_never_replaces_an_unfinished_runs_checkpoint(tmp_path):
     run(tmp_path / "junk", stop_at=None)  # unreadable: nothing to keep
 
 
+def test_a_resume_on_another_datalist_is_refused(tmp_path):
+    """The checkpoint holds its run's datalist.json SHA-256: a resume with other data (or an edited datalist) is
+    refused before anything is loaded; the run's own data continue it; a checkpoint without one is not checked."""
+    from ignite.engine import Engine
+
+    from monai_probunet.bundle_utils import InputFileError
+    from monai_probunet.handlers import LastCheckpoint
+
+    own, other = tmp_path / "own.json", tmp_path / "other.json"
+    own.write_text('{"training": [{"image": "a.nii.gz"}]}')
+    other.write_text('{"training": [{"image": "b.nii.gz"}]}')
+
+    def run(datalist: Path | None, epochs: int) -> Engine:
+        engine = Engine(lambda e, b: None)
+        LastCheckpoint(tmp_path / "m", {"model": torch.nn.Linear(1, 1)}, resume=True, datalist=datalist).attach(engine)
+        engine.run(range(3), max_epochs=epochs)
+        return engine
+
+    run(own, 2)
+    with pytest.raises(InputFileError, match=r"checkpoint_last.pt holds a run of another datalist.json \(SHA-256 "):
+        run(other, 4)
+    assert run(own, 3).state.iteration == 9  # resumed at epoch 2
+    (tmp_path / "m" / "checkpoint_last.pt").unlink()
+    run(None, 1)  # written without a datalist
+    assert run(other, 2).state.iteration == 6
+
+
 def test_every_rank_gives_the_same_resume_advice_after_ctrl_c(tmp_path, monkeypatch):
     """Under torchrun only rank 0 writes checkpoint_last.pt, but every process prints how to resume: a rank other
     than 0 must name the epoch rank 0 saved, not say that nothing was saved."""

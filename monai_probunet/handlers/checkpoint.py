@@ -3,6 +3,7 @@ generators; Ctrl-C stops at a resumable point), and what a fresh run or a resume
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import signal
@@ -57,6 +58,20 @@ class _KeyMetricSaverState:
         self.saver.load_state_dict(dict(state))
 
 
+class _DataIdentity:
+    """The SHA-256 of the run's ``datalist.json`` (its cases and splits) as a state-dict object: a resume checks it
+    against the command's before loading anything (:meth:`LastCheckpoint.load`)."""
+
+    def __init__(self, datalist: str | os.PathLike) -> None:
+        self.sha256 = hashlib.sha256(Path(datalist).read_bytes()).hexdigest()
+
+    def state_dict(self) -> dict[str, str]:
+        return {"datalist_sha256": self.sha256}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        pass  # compared in LastCheckpoint.load, before the other objects are loaded
+
+
 class _PrecisionState:
     """The precision and memory format a :class:`~monai_probunet.engines.ProbUNetTrainer` computes in, as a
     state-dict object.
@@ -107,6 +122,11 @@ def _resume_advice(path: Path) -> str:
     return f"move {path} away to start over, or give the --ckpt_dir of the run to resume"
 
 
+def _saved_entry(path: Path, key: str) -> Any:
+    """One entry of the checkpoint in ``path`` (memory-mapped: the rest is not read)."""
+    return torch.load(path, map_location="cpu", weights_only=True, mmap=True)[key]
+
+
 class _Progress(NamedTuple):
     epoch: int
     max_epochs: int
@@ -121,7 +141,7 @@ def _saved_progress(path: Path, trainer_key: str = "trainer") -> _Progress | Non
     """How far the run saved in ``path`` got (its last completed epoch), or ``None`` where it is not a readable
     checkpoint with a trainer state."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)[trainer_key]
+        state = _saved_entry(path, trainer_key)
         length, max_epochs = int(state["epoch_length"]), int(state["max_epochs"])
         iteration = int(state["iteration"]) if "iteration" in state else int(state["epoch"]) * length
     except Exception:  # noqa: BLE001 -- unreadable or another layout: nothing to tell of it
@@ -169,6 +189,8 @@ class LastCheckpoint:
         evaluator_handlers: the validation handlers; key-metric ``CheckpointSaver``-s among them are saved and
             restored.
         trainer_key: key of the trainer state in the checkpoint.
+        datalist: the run's ``datalist.json``: its SHA-256 is saved, and a resume whose datalist differs (other
+            data, or an edited file) is refused.
         strict: passed to ``load_state_dict`` of the networks.
         strict_shape: as :class:`monai.handlers.CheckpointLoader` (``False`` loads only matching network
             weights and skips the other objects).
@@ -188,6 +210,7 @@ class LastCheckpoint:
         strict: bool = True,
         strict_shape: bool = True,
         map_location: Any = "cpu",
+        datalist: str | os.PathLike | None = None,
     ) -> None:
         if isinstance(save_interval, bool) or not isinstance(save_interval, int) or save_interval < 0:
             raise ConfigValueError(
@@ -213,6 +236,8 @@ class LastCheckpoint:
         self.strict_shape = strict_shape
         self.map_location = map_location
         self.objects: dict[str, Any] = {k: v for k, v in save_dict.items() if v is not None}
+        if datalist is not None:
+            self.objects["data"] = _DataIdentity(datalist)
         if evaluator is not None:
             self.objects["evaluator_best"] = _BestMetricState(evaluator)
         savers = [h for h in evaluator_handlers or () if isinstance(h, CheckpointSaver)]
@@ -358,6 +383,15 @@ class LastCheckpoint:
             logger.info(f"resume: no checkpoint at {self.path} yet; training starts from scratch.")
             return
         saved_keys = self._saved_keys()
+        data = self.objects.get("data")
+        if isinstance(data, _DataIdentity) and "data" in saved_keys:
+            saved_sha = _saved_entry(self.path, "data").get("datalist_sha256")
+            if saved_sha != data.sha256:
+                raise InputFileError(
+                    f"--resume: {self.path} holds a run of another datalist.json (SHA-256 {str(saved_sha)[:12]}..., "
+                    f"this command's {data.sha256[:12]}...: other data, or an edited datalist): resume with the "
+                    f"run's own data, or {self._advice}."
+                )
         saved = _saved_progress(self.path, self.trainer_key)
         length = engine.state.epoch_length  # this command's iterations per epoch (its data and batch size)
         if saved is not None and length is not None and saved.epoch_length != length:
@@ -371,7 +405,7 @@ class LastCheckpoint:
                 f"{engine.state.max_epochs}: give --max_epochs {max(saved.epoch, saved.max_epochs)} (the run's own) "
                 f"to continue it, or {self._advice}."
             )
-        objects = dict(self.objects)
+        objects = {k: v for k, v in self.objects.items() if k != "data" or k in saved_keys}  # older checkpoints
         if "rng" not in saved_keys:
             del objects["rng"]
             logger.warning(
