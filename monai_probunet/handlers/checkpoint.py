@@ -122,9 +122,18 @@ def _resume_advice(path: Path) -> str:
     return f"move {path} away to start over, or give the --ckpt_dir of the run to resume"
 
 
-def _saved_entry(path: Path, key: str) -> Any:
-    """One entry of the checkpoint in ``path`` (memory-mapped: the rest is not read)."""
-    return torch.load(path, map_location="cpu", weights_only=True, mmap=True)[key]
+def _read_checkpoint(path: Path) -> Mapping[str, Any]:
+    """The checkpoint in ``path``, memory-mapped (an entry is read when it is used).
+
+    Raises:
+        InputFileError: the file is not a readable checkpoint (one line from the bundle command).
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # noqa: BLE001 -- empty, truncated, corrupt or unsafe pickles raise many types
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise InputFileError(f"--resume: {path} is not a readable checkpoint ({type(e).__name__}: {first}); "
+                             f"{_resume_advice(path)}.") from e
 
 
 class _Progress(NamedTuple):
@@ -137,14 +146,12 @@ class _Progress(NamedTuple):
         return self.epoch >= self.max_epochs
 
 
-def _saved_progress(path: Path, trainer_key: str = "trainer") -> _Progress | None:
-    """How far the run saved in ``path`` got (its last completed epoch), or ``None`` where it is not a readable
-    checkpoint with a trainer state."""
+def _progress(state: Any) -> _Progress | None:
+    """How far the run whose trainer state this is got (its last completed epoch); ``None`` for another layout."""
     try:
-        state = _saved_entry(path, trainer_key)
         length, max_epochs = int(state["epoch_length"]), int(state["max_epochs"])
         iteration = int(state["iteration"]) if "iteration" in state else int(state["epoch"]) * length
-    except Exception:  # noqa: BLE001 -- unreadable or another layout: nothing to tell of it
+    except (KeyError, TypeError, ValueError):
         return None
     return _Progress(iteration // length, max_epochs, length)
 
@@ -338,9 +345,6 @@ class LastCheckpoint:
     def _advice(self) -> str:
         return _resume_advice(self.path)
 
-    def _saved_keys(self) -> set[str]:
-        return LastCheckpoint.check_resumable(self.save_dir, True, self.filename)
-
     @staticmethod
     def check_resumable(save_dir: str | Path, resume: Any, filename: str = "checkpoint_last.pt") -> set[str]:
         """With ``resume``, the keys of ``save_dir/filename`` (none without the file); called by the bundle's
@@ -352,12 +356,7 @@ class LastCheckpoint:
         path = Path(save_dir) / filename
         if not as_bool(resume, "resume") or not path.is_file():
             return set()
-        try:
-            return set(torch.load(path, map_location="cpu", weights_only=True))
-        except Exception as e:  # noqa: BLE001 -- empty, truncated, corrupt or unsafe pickles raise many types
-            first = (str(e).strip().splitlines() or [""])[0][:200]
-            raise InputFileError(f"--resume: {path} is not a readable checkpoint ({type(e).__name__}: {first}); "
-                                 f"{_resume_advice(path)}.") from e
+        return set(_read_checkpoint(path))
 
     @staticmethod
     def check_fresh_start(save_dir: str | Path, filename: str = "checkpoint_last.pt") -> None:
@@ -370,7 +369,10 @@ class LastCheckpoint:
             InputFileError: the file holds an unfinished run (one line from the bundle command).
         """
         path = Path(save_dir) / filename
-        saved = _saved_progress(path) if path.is_file() else None
+        try:
+            saved = _progress(_read_checkpoint(path)["trainer"]) if path.is_file() else None
+        except (InputFileError, KeyError):  # unreadable, or no trainer state: nothing to keep a fresh run from
+            saved = None
         if saved is not None and not saved.completed:
             raise InputFileError(
                 f"{path} holds an unfinished run (epoch {saved.epoch} of {saved.max_epochs}) that a fresh run would "
@@ -382,17 +384,18 @@ class LastCheckpoint:
         if not self.path.is_file():
             logger.info(f"resume: no checkpoint at {self.path} yet; training starts from scratch.")
             return
-        saved_keys = self._saved_keys()
+        checkpoint = _read_checkpoint(self.path)
+        saved_keys = set(checkpoint)
         data = self.objects.get("data")
         if isinstance(data, _DataIdentity) and "data" in saved_keys:
-            saved_sha = _saved_entry(self.path, "data").get("datalist_sha256")
+            saved_sha = checkpoint["data"].get("datalist_sha256")
             if saved_sha != data.sha256:
                 raise InputFileError(
                     f"--resume: {self.path} holds a run of another datalist.json (SHA-256 {str(saved_sha)[:12]}..., "
                     f"this command's {data.sha256[:12]}...: other data, or an edited datalist): resume with the "
                     f"run's own data, or {self._advice}."
                 )
-        saved = _saved_progress(self.path, self.trainer_key)
+        saved = _progress(checkpoint.get(self.trainer_key))
         length = engine.state.epoch_length  # this command's iterations per epoch (its data and batch size)
         if saved is not None and length is not None and saved.epoch_length != length:
             raise InputFileError(
