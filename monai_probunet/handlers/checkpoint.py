@@ -235,7 +235,7 @@ class LastCheckpoint:
         self.save_interval = save_interval
         self.resume = as_bool(resume, "resume")
         if not self.resume:
-            self.check_fresh_start(self.save_dir, filename)
+            self.check_fresh_start(self.save_dir, filename, trainer_key)
         #: called with the exception that stops training, before it is passed on (e.g. to end an MLflow run)
         self.on_error: list[Callable[[BaseException], None]] = []
         self.trainer_key = trainer_key
@@ -359,7 +359,9 @@ class LastCheckpoint:
         return set(_read_checkpoint(path))
 
     @staticmethod
-    def check_fresh_start(save_dir: str | Path, filename: str = "checkpoint_last.pt") -> None:
+    def check_fresh_start(
+        save_dir: str | Path, filename: str = "checkpoint_last.pt", trainer_key: str = "trainer"
+    ) -> None:
         """Refuse a fresh run (without ``resume``) where ``save_dir/filename`` holds a run that has not completed
         (its trainer's iteration below ``max_epochs`` epochs): the fresh run would replace it at its first
         checkpoint, and a forgotten ``--resume true`` would lose that run's progress. A completed run's file, or
@@ -370,7 +372,7 @@ class LastCheckpoint:
         """
         path = Path(save_dir) / filename
         try:
-            saved = _progress(_read_checkpoint(path)["trainer"]) if path.is_file() else None
+            saved = _progress(_read_checkpoint(path)[trainer_key]) if path.is_file() else None
         except (InputFileError, KeyError):  # unreadable, or no trainer state: nothing to keep a fresh run from
             saved = None
         if saved is not None and not saved.completed:
