@@ -184,8 +184,9 @@ def running_server(root: Path, studies: str, conf: dict):
     if not app.exists():
         shutil.copytree(APP, app, ignore=shutil.ignore_patterns("logs", "model", "bin", "__pycache__", "*.sh"))
     port = _free_port()
+    (root / "tmp").mkdir(exist_ok=True)  # the server's temporary files, which tests may count
     env = {**server_env(), "MONAI_LABEL_SESSION_PATH": str(root / "sessions"),
-           "MONAI_LABEL_DATASTORE_CACHE_PATH": str(root / "dicom_cache")}
+           "MONAI_LABEL_DATASTORE_CACHE_PATH": str(root / "dicom_cache"), "TMPDIR": str(root / "tmp")}
     log_path = root / f"server_{port}.log"
     cmd = [str(MONAILABEL), "start_server", "--app", str(app), "--studies", str(studies), "--host", "127.0.0.1",
            "--port", str(port)]

@@ -399,6 +399,19 @@ def series_image_and_click(url: str, series_uid: str, ds, row: int, col: int, tm
     return img, [int(round(v)) for v in ijk[:3]]
 
 
+def left_behind(tmp: Path, wait_s: float = 10.0) -> list[str]:
+    """The images and labels still in the server's temporary folder ``tmp`` once the answers' own files are gone
+    (MONAI Label removes a result file after sending it)."""
+    import time
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        left = sorted(p.name for p in tmp.iterdir() if p.name.endswith((".nii.gz", ".nii", ".dcm", ".nrrd")))
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.2)
+
+
 def infer_series(url: str, series_uid: str, params: dict, tmp_path: Path):
     """The click ``params`` on the series answered as NIfTI (``output=all`` -> ``label.nii.gz``) and as a DICOM SEG
     (``seg.dcm``). Returns ``(nibabel label image, uint8 label array, result params, pydicom SEG dataset)``."""
@@ -438,11 +451,16 @@ def test_dicomweb_series_to_dicom_seg(orthanc, tmp_path):
         # Slicer's "Next Sample": the series listed by QIDO-RS from Orthanc
         nxt = requests.post(f"{url}/activelearning/first", json={"client_id": "user-xyz"}, timeout=120)
         assert nxt.status_code == 200 and nxt.json()["id"] == series_uid, nxt.text
+        # where a client shares the server's disk it loads "path": the series' NIfTI in the cache, beside its files,
+        # not a temporary conversion (left behind in the server's temporary folder, one per series)
+        path = Path(nxt.json()["path"])
+        assert path.is_file() and path.with_name(f"{series_uid}").is_dir(), nxt.text
         # the image as Slicer downloads it, and the click in its IJK: the lesion centre (row 64, column 56, slice 4)
         img, click = series_image_and_click(url, series_uid, src[4], 64, 56, tmp_path)
         params = {"foreground": [click], "background": [], "label": "lesion", "num_samples": 16, "seed": 0}
 
         lab, label, result, seg = infer_series(url, series_uid, params, tmp_path)
+        assert not left_behind(root / "tmp")
         np.testing.assert_allclose(lab.affine, img.affine, atol=1e-4)
         assert label.any() and result["label_shows_lesion"]  # the lesion is found at the click
         assert seg.Modality == "SEG" and seg.StudyInstanceUID == study_uid

@@ -68,7 +68,8 @@ class SegDICOMWebDatastore(DICOMWebDatastore):
     Also: an image id the server does not hold answers 404 (MONAI Label's datastore raises ``IndexError``: 500), an
     unreachable server 502; a series whose label was submitted here counts as labelled at once (MONAI Label keeps
     the list of labelled series for ``MONAI_LABEL_DICOMWEB_CACHE_EXPIRY`` seconds, 2 hours by default, so the next
-    sample would offer the series just outlined again).
+    sample would offer the series just outlined again); a series read for the first time is returned as its cached
+    NIfTI, and MONAI Label's temporary conversion is removed (left in the temporary folder, one per series, before).
     """
 
     @property
@@ -81,13 +82,22 @@ class SegDICOMWebDatastore(DICOMWebDatastore):
         import requests
 
         try:
-            return super().get_image_uri(image_id)
+            uri = super().get_image_uri(image_id)
         except requests.RequestException as e:
             raise HTTPException(status_code=502, detail=f"image {image_id!r}: the DICOMweb server did not answer "
                                 f"({type(e).__name__}: {e}).") from None
         except IndexError:
             raise HTTPException(status_code=404, detail=f"unknown image {image_id!r}: the DICOMweb server holds no "
                                 "series of that SeriesInstanceUID.") from None
+        # on first use MONAI Label converts the series into a temporary NIfTI, copies it into its cache and returns
+        # the temporary file, which nothing removes: return the cached copy (beside the series' files) instead
+        cached = os.path.realpath(os.path.join(self._datastore.image_path(), f"{image_id}.nii.gz"))
+        if (uri != cached and uri.endswith(".nii.gz") and os.path.isfile(uri) and os.path.isfile(cached)
+                and os.path.dirname(os.path.realpath(uri)) == os.path.realpath(tempfile.gettempdir())
+                and os.path.getsize(uri) == os.path.getsize(cached)):
+            os.remove(uri)
+            return cached
+        return uri
 
     def get_labeled_images(self, label_tag: str | None = None, labels: list[str] | None = None) -> list[str]:
         labelled = list(super().get_labeled_images(label_tag, labels))
