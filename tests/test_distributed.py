@@ -113,7 +113,7 @@ def _share_speedup_worker(rank: int, port: int, out: str) -> None:
     from monai_probunet.engines import precision
 
     # each rank's own timing would differ: 2x on rank 0, 0.5x on rank 1
-    precision._pass_time_ratio = lambda threads, first, second: 2.0 if rank == 0 else 0.5
+    precision._pass_time_ratio = lambda threads, first, second, norm=True: 2.0 if rank == 0 else 0.5
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     try:
         shared = precision.share_cpu_speedups()
@@ -121,6 +121,7 @@ def _share_speedup_worker(rank: int, port: int, out: str) -> None:
             shared,
             precision.cpu_channels_last_speedup("fp32"),
             precision.resolve_channels_last("auto", "cpu", "fp32"),
+            precision.resolve_channels_last("auto", "cpu", "fp32", norm=False),
             precision.resolve_precision("auto", "cpu"),
         ]
         Path(out, f"{rank}.json").write_text(json.dumps(result))
@@ -136,8 +137,9 @@ def test_every_rank_uses_rank0s_start_up_timings(tmp_path):
     torch.multiprocessing.spawn(_share_speedup_worker, args=(_free_port(), str(tmp_path)), nprocs=2)
     results = [json.loads((tmp_path / f"{rank}.json").read_text()) for rank in (0, 1)]
     native = bool(cpu_bf16_flags())
-    expected_shared = {"channels_last_fp32": 2.0, **({"channels_last_bf16": 2.0, "bf16": 2.0} if native else {})}
-    assert results[0] == results[1] == [expected_shared, 2.0, True, "bf16" if native else "fp32"]
+    expected_shared = {"channels_last_fp32": 2.0, "channels_last_fp32_no_norm": 2.0, **(
+        {"channels_last_bf16": 2.0, "channels_last_bf16_no_norm": 2.0, "bf16": 2.0} if native else {})}
+    assert results[0] == results[1] == [expected_shared, 2.0, True, True, "bf16" if native else "fp32"]
 
 
 def _dirs(tmp_path: Path) -> tuple[str, ...]:

@@ -27,6 +27,7 @@ __all__ = [
     "explain_channels_last",
     "explain_precision",
     "native_bf16_text",
+    "network_normalises",
     "onednn_isa_cap",
     "resolve_channels_last",
     "resolve_compile",
@@ -110,18 +111,20 @@ def _cpu_has_native_bf16() -> bool:
 
 
 @cache
-def _pass_time_ratio(threads: int, first: tuple[bool, bool], second: tuple[bool, bool]) -> float:
+def _pass_time_ratio(threads: int, first: tuple[bool, bool], second: tuple[bool, bool], norm: bool = True) -> float:
     """``time(first) / time(second)`` of a training pass of a small U-Net on the CPU, each setting a pair
-    ``(bf16 autocast, channels-last)``; ``threads`` only keys the cache (the pass runs on the current threads)."""
-    from ..networks.unet_core import UNetCore  # engines import networks, never the reverse
+    ``(bf16 autocast, channels-last)``, with the package's instance norm after every convolution or (``norm``
+    false) none; ``threads`` only keys the cache (the pass runs on the current threads)."""
+    from ..networks.unet_core import DEFAULT_NORM, UNetCore  # engines import networks, never the reverse
 
     times: dict[tuple[bool, bool], list[float]] = {first: [], second: []}
     # a training pass wherever the first call comes from (an evaluation's no_grad or inference_mode); the caller's
     # random stream stays as it was
     with torch.inference_mode(False), torch.enable_grad(), torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        nets = {False: UNetCore(2, 1, (16, 32, 64), 3)}
-        nets[True] = UNetCore(2, 1, (16, 32, 64), 3).to(memory_format=torch.channels_last)
+        nets = {False: UNetCore(2, 1, (16, 32, 64), 3, norm=DEFAULT_NORM if norm else None)}
+        nets[True] = UNetCore(2, 1, (16, 32, 64), 3, norm=DEFAULT_NORM if norm else None).to(
+            memory_format=torch.channels_last)
         x = torch.rand(4, 1, 64, 64)
         for rep in range(7):  # 2 warm-up passes each, then 5 timed, the two settings alternating
             for bf16, channels_last in (first, second):
@@ -151,27 +154,43 @@ def cpu_bf16_speedup() -> float:
     return _pass_time_ratio(torch.get_num_threads(), (False, False), (True, False))
 
 
-def cpu_channels_last_speedup(precision: str) -> float:
+def cpu_channels_last_speedup(precision: str, norm: bool = True) -> float:
     """How much faster the channels-last memory format trains than channels-first on this CPU (``channels-first
     time / channels-last time``) at ``precision`` (``"fp32"`` or ``"bf16"`` autocast), measured as
-    :func:`cpu_bf16_speedup` is (once per process, thread count and precision; the same small U-Net pass).
+    :func:`cpu_bf16_speedup` is (once per process, thread count, precision and ``norm``; the same small U-Net pass,
+    with the instance norm after every convolution or, ``norm`` false, none).
 
-    Which is faster depends on the CPU and the precision: oneDNN's kernels for the two formats differ.
+    Which is faster depends on the CPU, the precision and the norm: oneDNN's kernels for the two formats differ, and
+    the norm's channels-last kernels are slower than its channels-first ones (docs/benchmarks.md: on an AMD EPYC
+    channels-last measured 0.9-1.0x with the norm, 1.2-1.4x without).
     """
     if precision not in ("fp32", "bf16"):
         raise ValueError(f"precision must be fp32 or bf16, got {precision!r}.")
-    key = f"channels_last_{precision}"
+    key = _channels_last_key(precision, norm)
     if key in _shared_speedups:
         return _shared_speedups[key]
     bf16 = precision == "bf16"
-    return _pass_time_ratio(torch.get_num_threads(), (bf16, False), (bf16, True))
+    return _pass_time_ratio(torch.get_num_threads(), (bf16, False), (bf16, True), norm)
+
+
+def _channels_last_key(precision: str, norm: bool) -> str:
+    return f"channels_last_{precision}" + ("" if norm else "_no_norm")
+
+
+def network_normalises(network: torch.nn.Module) -> bool:
+    """Whether ``network`` has a normalisation layer (batch, instance, group or layer norm), as ``train.yaml``'s
+    networks do and ``paper.yaml``'s do not: the start-up pass of ``channels_last: auto`` then measures with the
+    norm (:func:`cpu_channels_last_speedup`)."""
+    kinds = (torch.nn.modules.batchnorm._NormBase, torch.nn.GroupNorm, torch.nn.LayerNorm)
+    return any(isinstance(m, kinds) for m in network.modules())
 
 
 def share_cpu_speedups() -> dict[str, float]:
     """Rank 0's start-up measurements for every rank of the process group, so that ``precision: auto`` and
     ``channels_last: auto`` pick the same on all of them (each rank timing on its own could differ, the ranks sharing
     the cores; DistributedDataParallel needs the same memory format everywhere): :func:`cpu_bf16_speedup` on a CPU
-    with native bf16, :func:`cpu_channels_last_speedup` for each precision the CPU can run natively. A collective:
+    with native bf16, :func:`cpu_channels_last_speedup` for each precision the CPU can run natively, with and
+    without the norm. A collective:
     every rank calls it at the same point (:func:`~monai_probunet.engines.init_distributed` does).
     """
     import torch.distributed as dist
@@ -179,7 +198,9 @@ def share_cpu_speedups() -> dict[str, float]:
     value: list[dict[str, float] | None] = [None]
     if dist.get_rank() == 0:
         precisions = ("fp32", "bf16") if _cpu_has_native_bf16() else ("fp32",)
-        value[0] = {f"channels_last_{p}": cpu_channels_last_speedup(p) for p in precisions}
+        value[0] = {
+            _channels_last_key(p, n): cpu_channels_last_speedup(p, n) for p in precisions for n in (True, False)
+        }
         if _cpu_has_native_bf16():
             value[0]["bf16"] = cpu_bf16_speedup()
     dist.broadcast_object_list(value, src=0)
@@ -281,30 +302,39 @@ def check_channels_last(channels_last: bool | str, key: str = "channels_last") -
 
 
 def resolve_channels_last(
-    channels_last: bool | str, device: torch.device | str, precision: str = "fp32", key: str = "channels_last"
+    channels_last: bool | str,
+    device: torch.device | str,
+    precision: str = "fp32",
+    key: str = "channels_last",
+    norm: bool = True,
 ) -> bool:
     """Whether to run 2-D networks in the channels-last memory format.
 
     ``"auto"`` is channels-last on a CUDA device (bf16 training of ``paper.yaml``'s network measured 1.2-1.9x faster
     there), and on a CPU where it measured at least :data:`CHANNELS_LAST_MIN_SPEEDUP` times faster than
-    channels-first at ``precision`` (resolved by :func:`resolve_precision`; :func:`cpu_channels_last_speedup`),
-    else channels-first; ``benchmarks/train_speed.py`` measures both. Other values are booleans.
+    channels-first at ``precision`` (resolved by :func:`resolve_precision`) for a network with (``norm``) or without
+    normalisation layers (:func:`cpu_channels_last_speedup`), else channels-first; ``benchmarks/train_speed.py``
+    measures both. Other values are booleans.
 
     Raises:
         ConfigValueError: neither a boolean nor ``"auto"``, naming ``key``.
     """
-    return explain_channels_last(channels_last, device, precision, key)[0]
+    return explain_channels_last(channels_last, device, precision, key, norm)[0]
 
 
 def explain_channels_last(
-    channels_last: bool | str, device: torch.device | str, precision: str = "fp32", key: str = "channels_last"
+    channels_last: bool | str,
+    device: torch.device | str,
+    precision: str = "fp32",
+    key: str = "channels_last",
+    norm: bool = True,
 ) -> tuple[bool, str]:
     """The memory format :func:`resolve_channels_last` picks and one line saying why, for the training log.
 
     Returns:
         ``(channels_last, reason)``, e.g. ``(False, "memory format channels-first (channels_last auto on cpu:
-        channels-last measured 0.91x the speed of channels-first here in fp32, a U-Net training pass at start-up;
-        channels-last where >= 1.1x)")``.
+        channels-last measured 0.91x the speed of channels-first here in fp32, a U-Net training pass with instance
+        norm at start-up; channels-last where >= 1.1x)")``.
     """
 
     def layout(chosen: bool) -> str:
@@ -318,12 +348,13 @@ def explain_channels_last(
         chosen = device.type == "cuda"
         return chosen, f"{layout(chosen)} (channels_last auto on {device.type})"
     resolved = resolve_precision(precision, device)
-    speedup = cpu_channels_last_speedup(resolved)
+    speedup = cpu_channels_last_speedup(resolved, norm)
     chosen = speedup >= CHANNELS_LAST_MIN_SPEEDUP
     reason = layout(chosen)
     return chosen, (
         f"{reason} (channels_last auto on cpu: channels-last measured {speedup:.2f}x the speed of channels-first here "
-        f"in {resolved}, a U-Net training pass at start-up; channels-last where >= {CHANNELS_LAST_MIN_SPEEDUP}x)"
+        f"in {resolved}, a U-Net training pass {'with instance norm' if norm else 'without normalisation'} at "
+        f"start-up; channels-last where >= {CHANNELS_LAST_MIN_SPEEDUP}x)"
     )
 
 

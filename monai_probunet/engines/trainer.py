@@ -15,7 +15,13 @@ from monai.engines.utils import IterationEvents, default_prepare_batch
 from monai.utils import CommonKeys as Keys
 
 from ..bundle_utils import ConfigValueError, TrainingInterrupted, UserInputError
-from .precision import autocast_context, explain_channels_last, explain_precision, resolve_compile
+from .precision import (
+    autocast_context,
+    explain_channels_last,
+    explain_precision,
+    network_normalises,
+    resolve_compile,
+)
 
 __all__ = ["ProbUNetTrainer", "loss_terms"]
 
@@ -52,8 +58,8 @@ class ProbUNetTrainer(SupervisedTrainer):
       unlike MONAI's CUDA-only ``amp``) with float32 master weights; ``"auto"`` picks bf16 on a GPU with bf16 and on
       a CPU where native bf16 measured faster than fp32 (:func:`~monai_probunet.engines.resolve_precision`);
     - ``channels_last=True`` converts the network and 2-D inputs to the channels-last memory format (``"auto"``: on
-      a CUDA device, and on a CPU where it measured faster at start-up,
-      :func:`~monai_probunet.engines.resolve_channels_last`);
+      a CUDA device, and on a CPU where it measured faster at start-up, with the network's normalisation or without,
+      as the network has it: :func:`~monai_probunet.engines.resolve_channels_last`);
     - ``torch_compile`` runs the training pass through ``torch.compile`` (``"auto"``: ``reduce-overhead``, i.e. CUDA
       graphs, on a CUDA device; eager elsewhere; :func:`~monai_probunet.engines.resolve_compile`). ``network``
       itself stays the plain module (its state dict, checkpoints and the evaluators' sampling are unchanged);
@@ -116,7 +122,9 @@ class ProbUNetTrainer(SupervisedTrainer):
         if isinstance(max_epochs, bool) or not isinstance(max_epochs, int) or max_epochs < 1:
             raise ConfigValueError(f"--max_epochs: expected a whole number of epochs >= 1, got {max_epochs!r}.")
         self.channels_last_requested = channels_last
-        channels_last, layout_reason = explain_channels_last(channels_last, device, precision)
+        channels_last, layout_reason = explain_channels_last(
+            channels_last, device, precision, norm=network_normalises(network)
+        )
         compile_mode = resolve_compile(torch_compile, device)
         compile_reason = (f"torch.compile mode {compile_mode}" if compile_mode else "not compiled") + _auto_note(
             "torch_compile", torch_compile, device
