@@ -190,8 +190,8 @@ def share_cpu_speedups() -> dict[str, float]:
     ``channels_last: auto`` pick the same on all of them (each rank timing on its own could differ, the ranks sharing
     the cores; DistributedDataParallel needs the same memory format everywhere): :func:`cpu_bf16_speedup` on a CPU
     with native bf16, :func:`cpu_channels_last_speedup` for each precision the CPU can run natively, with and
-    without the norm. A collective:
-    every rank calls it at the same point (:func:`~monai_probunet.engines.init_distributed` does).
+    without the norm. A collective: every rank calls it at the same point
+    (:func:`~monai_probunet.engines.init_distributed` does).
     """
     import torch.distributed as dist
 
