@@ -6,7 +6,8 @@ up-sampling, the latent tiled to the image grid and concatenated to the U-Net's 
 convolutions, a binary mask with a summed BCE, and sampling by a Python loop over the samples. Both networks have
 the paper's LIDC architecture: 128x128 crops, batch 8, filters 32-64-128-192, 3 convolutions per scale, latent 6,
 f_comb 3 x 1x1 of width 32. Ours is the default ``ProbUNet`` (instance norm) driven by ``ProbUNetTrainer``'s own
-training step, channels-first (the trainer's default) unless ``--channels-last``.
+training step, channels-first (the trainer's default) unless ``--channels-last``; the first lines say which
+memory format the bundle's ``channels_last: auto`` would train ours in here (the trainer's start-up pass).
 
 The timings of the two are interleaved (rounds of ``--iterations`` steps each, alternating) so that load from other
 processes hits both alike; the spread of the per-round ratios is printed as the noise. On a GPU (``--device cuda``)
@@ -41,7 +42,7 @@ from monai.engines import PrepareBatchExtraInput
 from torch.distributions import Independent, Normal, kl_divergence
 
 from monai_probunet.engines import ProbUNetTrainer, autocast_context
-from monai_probunet.engines.precision import cpu_bf16_flags, cpu_model_name, native_bf16_text
+from monai_probunet.engines.precision import cpu_bf16_flags, cpu_model_name, explain_channels_last, native_bf16_text
 from monai_probunet.io_utils import atomic_write_json
 from monai_probunet.losses import ELBOLoss
 from monai_probunet.networks import ProbUNet, unet_core
@@ -464,10 +465,14 @@ def main() -> None:
     print(f"architecture {arch.text()}")
     native = torch.cuda.is_bf16_supported() if cuda else bool(cpu_bf16_flags())
     precisions = ["fp32"] + (["bf16"] if native else [])
+    # what the trainer's `channels_last: auto` would pick for ours here (its start-up pass, before the timing)
+    layouts = {p: explain_channels_last("auto", args.device, p, norm=arch.norm is not None)[1] for p in precisions}
+    for precision, layout in layouts.items():
+        print(f"channels_last auto, {precision}: {layout}")
     steps = training_steps(args, arch, precisions)
     cpu: dict = {}
     times = interleaved(steps, args.rounds, args.iterations, cpu)
-    report: dict = {"device": header, "arch": asdict(arch), "training": {}, "sampling": {}}
+    report: dict = {"device": header, "arch": asdict(arch), "auto_layout": layouts, "training": {}, "sampling": {}}
     print("\ntraining step: images/s (wall) and images per CPU-second (all threads); median over rounds, min-max in")
     print("brackets; speed vs the reference fp32 as the median (min-max) of the per-round ratios, wall and CPU time")
     for k, t in times.items():
