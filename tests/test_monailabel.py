@@ -197,6 +197,19 @@ def running_server(root: Path, studies: str, conf: dict):
         yield url, log_path
 
 
+def left_behind(tmp: Path, wait_s: float = 10.0) -> list[str]:
+    """The images and labels still in the server's temporary folder ``tmp`` once the answers' own files are gone
+    (MONAI Label removes a result file after sending it)."""
+    import time
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        left = sorted(p.name for p in tmp.iterdir() if p.name.endswith((".nii.gz", ".nii", ".dcm", ".nrrd")))
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.2)
+
+
 def write_test_model(root: Path) -> tuple[Path, Path, torch.nn.Module]:
     """The coin-flip ProbUNet of test_inference (every crop pixel is lesion iff z_0 > 0) and its config."""
     from tests.test_inference import CHANNELS, LATENT, coin_flip_probunet
@@ -480,6 +493,7 @@ def test_bad_requests_then_good(server):
         files={"file": ("upload.nii.gz", io.BytesIO(b"garbage" * 20), "application/octet-stream")}, timeout=120,
     )
     answers.append(("uploaded corrupt file", r.status_code, r.json().get("detail", "")))
+    assert not left_behind(server[1]["root"] / "tmp")  # the refused upload is not left in the temporary folder
     expected = [s for *_, s in BAD_REQUESTS] + [422]
     for (name, status, detail), want in zip(answers, expected):
         assert status == want, f"{name}: {status} {detail}"

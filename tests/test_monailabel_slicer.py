@@ -30,7 +30,14 @@ import numpy as np
 import pytest
 
 from tests.conftest import background_server
-from tests.test_monailabel import MONAILABEL, REPO, _load_app_module, expected_label, running_server
+from tests.test_monailabel import (
+    MONAILABEL,
+    REPO,
+    _load_app_module,
+    expected_label,
+    left_behind,
+    running_server,
+)
 
 pytestmark = [
     pytest.mark.slow,
@@ -399,19 +406,6 @@ def series_image_and_click(url: str, series_uid: str, ds, row: int, col: int, tm
     return img, [int(round(v)) for v in ijk[:3]]
 
 
-def left_behind(tmp: Path, wait_s: float = 10.0) -> list[str]:
-    """The images and labels still in the server's temporary folder ``tmp`` once the answers' own files are gone
-    (MONAI Label removes a result file after sending it)."""
-    import time
-
-    deadline = time.monotonic() + wait_s
-    while True:
-        left = sorted(p.name for p in tmp.iterdir() if p.name.endswith((".nii.gz", ".nii", ".dcm", ".nrrd")))
-        if not left or time.monotonic() > deadline:
-            return left
-        time.sleep(0.2)
-
-
 def infer_series(url: str, series_uid: str, params: dict, tmp_path: Path):
     """The click ``params`` on the series answered as NIfTI (``output=all`` -> ``label.nii.gz``) and as a DICOM SEG
     (``seg.dcm``). Returns ``(nibabel label image, uint8 label array, result params, pydicom SEG dataset)``."""
@@ -534,6 +528,7 @@ def test_dicomweb_series_to_dicom_seg(orthanc, tmp_path):
             assert r.status_code == status and words in r.json()["detail"], r.text
         r = requests.get(f"{url}/datastore/image", params={"image": "1.2.3.4"}, timeout=60)
         assert r.status_code == 404, r.text
+        assert not left_behind(root / "tmp")  # the refused labels' uploads too
         # training from the raters' outlines needs a local studies folder: said in one line, nothing trained
         r = requests.post(f"{url}/train/probunet", params={"run_sync": "true"}, json={"max_epochs": 1}, timeout=120)
         assert r.status_code == 400 and "datastore is a DICOMweb server" in r.text, r.text

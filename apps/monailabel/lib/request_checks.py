@@ -8,6 +8,10 @@ JSON object. :func:`install` wraps the endpoints' module-level functions (the ro
 time): :func:`check_infer_request` and :func:`json_object` answer those with 400 and one line naming the problem.
 ``output=dicom_seg`` is answered with the app's own DICOM SEG (``result_extension`` ``.dcm``, written with
 highdicom) instead of MONAI Label's converter (which needs dcmqi and a ``label_info`` parameter).
+
+The endpoints copy an uploaded image or label into a temporary file and register its removal as a background task,
+which runs only after a successful answer: every refused upload stayed in the temporary folder. The wrapped
+endpoints run those removals (:func:`_removing_uploads_on_error`) when the request fails.
 """
 
 from __future__ import annotations
@@ -73,17 +77,39 @@ def check_infer_request(image: Any, session_id: Any, params: Any, file: Any) -> 
         )
 
 
+def _removing_uploads_on_error(background_tasks: Any, call: Callable[[], Any]) -> Any:
+    """``call()``; if it raises, first run the request's own background removals of its temporary uploads
+    (MONAI Label's ``remove_file`` tasks, registered before the failure and otherwise skipped), then re-raise."""
+    try:
+        return call()
+    except BaseException:
+        from monailabel.utils.others.generic import remove_file
+
+        for task in list(getattr(background_tasks, "tasks", ())):
+            if task.func is remove_file:
+                try:
+                    task.func(*task.args, **task.kwargs)
+                except OSError as e:
+                    logger.warning(f"could not remove a temporary upload: {e}")
+        raise
+
+
 def _install_datastore_checks() -> None:
     """Wrap ``save_label`` and ``update_image_info`` of ``monailabel.endpoints.datastore`` once."""
     from monailabel.endpoints import datastore as endpoint
 
     if getattr(endpoint.save_label, "_probunet_checked", False):
         return
-    save_label, update_image_info = endpoint.save_label, endpoint.update_image_info
+    save_label, update_image_info, add_image = endpoint.save_label, endpoint.update_image_info, endpoint.add_image
 
     def checked_save_label(background_tasks, image, params="{}", tag="", label=None, user=None):
         json_object(params, "params", '{"label_info": [{"name": "lesion", "idx": 1}], "client_id": "alice"}')
-        return save_label(background_tasks, image, params, tag, label, user)
+        return _removing_uploads_on_error(
+            background_tasks, lambda: save_label(background_tasks, image, params, tag, label, user))
+
+    def checked_add_image(background_tasks, image=None, params="{}", file=None, user=None):
+        return _removing_uploads_on_error(
+            background_tasks, lambda: add_image(background_tasks, image, params, file, user))
 
     def checked_update_image_info(image, info="{}", user=None):
         json_object(info, "info", '{"center": [120, 88, 40]}')
@@ -91,6 +117,7 @@ def _install_datastore_checks() -> None:
 
     checked_save_label._probunet_checked = True  # type: ignore[attr-defined]
     endpoint.save_label, endpoint.update_image_info = checked_save_label, checked_update_image_info
+    endpoint.add_image = checked_add_image
 
 
 def install() -> bool:
@@ -111,7 +138,8 @@ def install() -> bool:
         if output == "dicom_seg":  # the app writes the SEG itself (result_extension .dcm) and answers with it
             p = json.loads(params) if isinstance(params, (str, bytes)) and params.strip() else {}
             params, output = json.dumps({**p, "result_extension": ".dcm"}), "image"
-        return original(background_tasks, model, image, session_id, params, file, label, output)
+        return _removing_uploads_on_error(
+            background_tasks, lambda: original(background_tasks, model, image, session_id, params, file, label, output))
 
     run_inference._probunet_checked = True  # type: ignore[attr-defined]
     endpoint.run_inference = run_inference
