@@ -195,6 +195,41 @@ def test_info_puts_the_model_in_the_click_panel(volume_server):
     assert "warmed up" in volume_server["log"].read_text()
 
 
+def slicer_upload(url: str, image_id: str, data: bytes, file_name: str) -> tuple[int, dict]:
+    """PUT as MONAILabelClient.upload_image does (3D Slicer sends a volume the server does not have before the first
+    click on it: the node saved to a temporary file, the node's name as the image id); returns (status, answer)."""
+    fields = json.dumps({"client_id": "user-xyz"})
+    body = b"".join([
+        f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"params\"\r\n\r\n{fields}\r\n".encode(),
+        f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{file_name}\"\r\n"
+        "Content-Type: application/octet-stream\r\n\r\n".encode(), data, b"\r\n", f"--{BOUNDARY}--\r\n".encode(),
+    ])
+    u = urlparse(url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=300)
+    conn.request("PUT", f"/datastore/?image={quote_plus(image_id)}", body, {
+        "content-type": f"multipart/form-data; boundary={BOUNDARY}", "content-length": str(len(body))})
+    resp = conn.getresponse()
+    return resp.status, json.loads(resp.read() or b"{}")
+
+
+def test_a_volume_uploaded_from_slicer_then_clicked(volume_server):
+    """A volume loaded in 3D Slicer from elsewhere: the module uploads it under the node's name, then sends the
+    click. The answer is the one for the same image already on the server, and nothing is left in the server's
+    temporary folder."""
+    url, info = volume_server["url"], volume_server["info"]
+    data = (volume_server["studies"] / "chest.nii.gz").read_bytes()
+    status, answer = slicer_upload(url, "CT chest 2", data, "tmpk2j3abcd.nii.gz")
+    assert status == 200 and answer.get("image") == "CT chest 2", answer
+    params = click_params(info, "probunet", [[40, 37, 5]], mode="2d")
+    status, _, uploaded, result = slicer_infer(url, "probunet", "CT chest 2", params)
+    assert status == 200, result
+    status, _, same, ref = slicer_infer(url, "probunet", "chest", params)
+    assert status == 200 and result["presence_count"] == ref["presence_count"] > 0
+    assert result["label_names"] == ref["label_names"]
+    np.testing.assert_array_equal(read_nrrd(uploaded)[1], read_nrrd(same)[1])
+    assert not left_behind(volume_server["root"] / "tmp")
+
+
 def test_click_on_a_volume_as_slicer(volume_server, library):
     """A foreground click on slice 5 of the volume: the label lands on that slice, as the library predicts, with
     the image's geometry and a segment name carrying presence and ambiguity."""
