@@ -96,6 +96,13 @@ def test_presence_rule_fitted_and_fallback():
     # a threshold fitted on S=16 applied to S=32: the count is rescaled (8/32 -> 4/16: shown; 6/32 -> 3/16: empty)
     assert m.presence_decision(8, 32, thr).show_lesion and not m.presence_decision(6, 32, thr).show_lesion
     assert "rescaled from 8 of 32" in m.presence_decision(8, 32, thr).rule
+    # a rule fitted on lesion crops alone (low = 0, as the shipped one): still no label drawn from 1-3 of 16
+    # hypotheses (one hypothesis outlining a lesion-free lung vessel would otherwise be the label)
+    lesion_only = PresenceThreshold(low=0, high=11, accuracy=0.73, num_samples=16)
+    assert [m.presence_decision(c, 16, lesion_only).show_lesion for c in (0, 1, 3, 4, 16)] == [
+        False, False, False, True, True]
+    rule = m.presence_decision(3, 16, lesion_only).rule
+    assert "empty iff count <= 0 or p < 0.25" in rule and "p = 3/16 = 0.188" in rule
     # fallback: empty iff p < 0.25
     assert [m.presence_decision(c, 16, None).show_lesion for c in (0, 3, 4, 16)] == [False, False, True, True]
     assert "fallback" in m.presence_decision(4, 16, None).rule

@@ -14,12 +14,13 @@ slice, a 3-D label, volumes from the 3-D masks; at most ``max_extent_mm``, 40 mm
 2-D image; ``3d`` (a 2-D image answers 400); ``2d`` (the clicked slice of a volume only).
 
 The label returned follows the presence rule (:mod:`.label_rule`): empty only when the presence count is below the
-fitted threshold, otherwise the consensus of the lesion-containing hypotheses. Its one segment is named for a
-glance at Slicer's segment list (``lesion p=0.62 ambiguous``). With ``{"hypotheses": true}`` all S hypotheses come
-back as overlapping segments of a ``.seg.nrrd`` (one layer each), named ``h3 variant B 4/16``. ``label_names`` in
-the reply maps the returned segment names to their label values (for the layered ``.seg.nrrd``: segment ``s`` is
-layer ``s`` with value 1, and ``label_names`` gives ``s + 1``, its channel number). The reply JSON also holds the
-full report of :meth:`monai_probunet.inference.Hypotheses.to_report`, the rule (``label_rule``) and ``segments``.
+fitted threshold or under a quarter of S, otherwise the consensus of the lesion-containing hypotheses. Its one
+segment is named for a glance at Slicer's segment list (``lesion p=0.62 ambiguous``). With ``{"hypotheses": true}``
+all S hypotheses come back as overlapping segments of a ``.seg.nrrd`` (one layer each), named ``h3 variant B 4/16``.
+``label_names`` in the reply maps the returned segment names to their label values (for the layered ``.seg.nrrd``:
+segment ``s`` is layer ``s`` with value 1, and ``label_names`` gives ``s + 1``, its channel number). The reply JSON
+also holds the full report of :meth:`monai_probunet.inference.Hypotheses.to_report`, the rule (``label_rule``) and
+``segments``.
 
 The task is MONAI Label's flow over the library's pieces (those of the bundle's ``inference.yaml``):
 :meth:`ProbUNetInfer.check_request` first (each request error answers its own status: 400, 404, 422, 503), then
