@@ -8,7 +8,8 @@ of ``SITES`` (``benchmarks/real_ct_negatives.py``, whose ``--sites`` checks any 
 probability <= 0.2 over 16 hypotheses and no outline larger than 50 mm^2, with each of the sampling seeds 0-3: one set
 of 16 can miss a rare outline that the model draws, four sets rarely do. The aorta and both lung bases lie within 7 mm
 of the image's edge, so part of the model's field lies beyond it: the inference path's default fill there (the border
-repeated, ``infer_padding_mode: edge``) is what a user gets.
+repeated, ``infer_padding_mode: edge``) is what a user gets. The label a user sees there (the presence rule with the
+shipped ``presence_threshold.json``, as the CLI's ``seg.dcm`` and MONAI Label answer) must be empty too.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ import warnings
 
 import pytest
 
-from monai_probunet.inference import load_ct, load_model
+from monai_probunet.inference import find_presence_threshold, load_ct, load_model
 from monai_probunet.model_loading import weights_sha256
+from monai_probunet.presence_label import presence_decision
 from tests.conftest import REPO, TRAIN_YAML
 
 pydicom_data = pytest.importorskip("pydicom.data")
@@ -52,7 +54,7 @@ def model_and_image():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         image, _ = load_ct(pydicom_data.get_testdata_file("CT_small.dcm"))
-    return model, settings, image
+    return model, settings, image, find_presence_threshold(MODEL)
 
 
 #: sites where the shipped model still fails (strict: a site that starts passing must move out of this list); none
@@ -69,7 +71,8 @@ NOT_MET: dict[str, str] = {}
     ],
 )
 def test_no_lesion_on_real_ct_without_one(model_and_image, site):
-    model, settings, image = model_and_image
+    model, settings, image, threshold = model_and_image
+    assert threshold is not None  # the shipped presence_threshold.json
     (x, y), (lo, hi) = SITES[site]
     assert lo <= float(image[0, x - 1 : x + 2, y - 1 : y + 2].mean()) <= hi, "the location is not what it is named"
     for seed in BENCH.SITE_SEEDS:
@@ -77,3 +80,5 @@ def test_no_lesion_on_real_ct_without_one(model_and_image, site):
         assert h.presence_probability <= BENCH.MAX_PRESENCE, f"{site}, seed {seed}: {h.presence_count}/16 show a lesion"
         largest = float(h.areas_mm2.max())
         assert largest <= BENCH.MAX_AREA_MM2, f"{site}, seed {seed}: an outline of {largest:.0f} mm^2"
+        decision = presence_decision(h.presence_count, h.num_samples, threshold)
+        assert not decision.show_lesion, f"{site}, seed {seed}: the label shows a lesion ({decision.rule})"
