@@ -195,21 +195,28 @@ def test_info_puts_the_model_in_the_click_panel(volume_server):
     assert "warmed up" in volume_server["log"].read_text()
 
 
-def slicer_upload(url: str, image_id: str, data: bytes, file_name: str) -> tuple[int, dict]:
-    """PUT as MONAILabelClient.upload_image does (3D Slicer sends a volume the server does not have before the first
-    click on it: the node saved to a temporary file, the node's name as the image id); returns (status, answer)."""
-    fields = json.dumps({"client_id": "user-xyz"})
+def slicer_put(url: str, selector: str, params: dict, field: str, file_name: str, data: bytes) -> tuple[int, str]:
+    """PUT a file as the module's client does (multipart: ``params`` as JSON, the file in ``field``, its
+    boundary); returns (status, answer text)."""
     body = b"".join([
-        f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"params\"\r\n\r\n{fields}\r\n".encode(),
-        f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{file_name}\"\r\n"
+        f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"params\"\r\n\r\n{json.dumps(params)}\r\n".encode(),
+        f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"{file_name}\"\r\n"
         "Content-Type: application/octet-stream\r\n\r\n".encode(), data, b"\r\n", f"--{BOUNDARY}--\r\n".encode(),
     ])
     u = urlparse(url)
     conn = http.client.HTTPConnection(u.hostname, u.port, timeout=300)
-    conn.request("PUT", f"/datastore/?image={quote_plus(image_id)}", body, {
+    conn.request("PUT", selector, body, {
         "content-type": f"multipart/form-data; boundary={BOUNDARY}", "content-length": str(len(body))})
     resp = conn.getresponse()
-    return resp.status, json.loads(resp.read() or b"{}")
+    return resp.status, resp.read().decode()
+
+
+def slicer_upload(url: str, image_id: str, data: bytes, file_name: str) -> tuple[int, dict]:
+    """PUT as MONAILabelClient.upload_image does (3D Slicer sends a volume the server does not have before the first
+    click on it: the node saved to a temporary file, the node's name as the image id); returns (status, answer)."""
+    status, text = slicer_put(url, f"/datastore/?image={quote_plus(image_id)}", {"client_id": "user-xyz"}, "file",
+                              file_name, data)
+    return status, json.loads(text or "{}")
 
 
 def test_a_volume_uploaded_from_slicer_then_clicked(volume_server):
@@ -516,20 +523,10 @@ def test_dicomweb_series_to_dicom_seg(orthanc, tmp_path):
         body_label = (tmp_path / "label.nii.gz").read_bytes()
 
         def submit(client_id: str):
-            fields = json.dumps({"label_info": [{"name": "lesion (reviewed)", "idx": 1}], "model": "probunet",
-                                 "client_id": client_id})
-            body = b"".join([
-                f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"params\"\r\n\r\n{fields}\r\n".encode(),
-                f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"label\"; filename=\"label.nii.gz\"\r\n"
-                "Content-Type: application/octet-stream\r\n\r\n".encode(), body_label, b"\r\n",
-                f"--{BOUNDARY}--\r\n".encode(),
-            ])
-            u = urlparse(url)
-            conn = http.client.HTTPConnection(u.hostname, u.port, timeout=300)
-            conn.request("PUT", f"/datastore/label?image={quote_plus(series_uid)}", body, {
-                "content-type": f"multipart/form-data; boundary={BOUNDARY}", "content-length": str(len(body))})
-            resp = conn.getresponse()
-            return resp.status, resp.read().decode()
+            params = {"label_info": [{"name": "lesion (reviewed)", "idx": 1}], "model": "probunet",
+                      "client_id": client_id}
+            return slicer_put(url, f"/datastore/label?image={quote_plus(series_uid)}", params, "label",
+                              "label.nii.gz", body_label)
 
         # the module's default Client/User-ID is everyone's: the SEG would name nobody
         status, text = submit("user-xyz")
