@@ -14,11 +14,13 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 from ignite.engine import Engine, Events
+from monai.utils import path_to_sqlite_uri
 
 from .conftest import REPO, TRAIN_YAML, run_bundle, train_yaml_network
 from .test_bundle import SMALL
@@ -149,22 +151,36 @@ def _dirs(tmp_path: Path) -> tuple[str, ...]:
     )  # fmt: skip
 
 
+def take_executed_config_late_on_rank0(save_execute_config):
+    """The bundle's first step, 2 s later on rank 0 than on rank 1 (both wrote MONAI's executed config, under one
+    name where they started within the same second)."""
+    from monai_probunet.handlers.tracking import take_executed_config
+
+    time.sleep(2 if os.environ["RANK"] == "0" else 0)
+    return take_executed_config(save_execute_config)
+
+
 def _records(records_dir: Path, tag: str) -> list[dict]:
     return [json.loads(line) for p in sorted(records_dir.glob(f"{tag}-*.jsonl")) for line in p.read_text().splitlines()]
 
 
 @pytest.mark.slow
 def test_torchrun_two_cpu_processes(tmp_path):
+    """Two processes: disjoint halves of the data, all-gathered validation, files and MLflow from rank 0 only."""
     extra = tmp_path / "count.yaml"
     extra.write_text(
         "+train#handlers: [{_target_: tests.test_distributed.SeenImages}]\n"
         "+validate#handlers: [{_target_: tests.test_distributed.GatheredCount}]\n"
+        "initialize#1: {_target_: tests.test_distributed.take_executed_config_late_on_rank0, "
+        "save_execute_config: '@save_execute_config'}\n"
     )
     configs = str([str(TRAIN_YAML), str(MULTI_GPU_YAML), str(extra)])
+    db = tmp_path / "mlruns.db"
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
         "--master_port", str(_free_port()),
         "-m", "monai.bundle", "run", "training", "--config_file", configs, *SMALL, *_dirs(tmp_path),
+        "--tracking", "mlflow", "--tracking_uri", path_to_sqlite_uri(str(db)),
     ]  # fmt: skip
     records = tmp_path / "records"
     records.mkdir()
@@ -198,13 +214,24 @@ def test_torchrun_two_cpu_processes(tmp_path):
     assert log.count("checkpoint_last.pt at epoch") == 2
     models = tmp_path / "models"
     assert sorted(p.name for p in models.iterdir()) == [
-        "checkpoint_final.pt", "checkpoint_last.pt", "model.pt", "model_best_validation.pt"
+        "checkpoint_final.pt", "checkpoint_last.pt", "mlflow_run.json", "model.pt", "model_best_validation.pt"
     ]
     net = train_yaml_network(channels=[8, 16, 32])
     net.load_state_dict(torch.load(models / "model.pt", weights_only=True))  # unwrapped from DDP
     last = torch.load(models / "checkpoint_last.pt", weights_only=True)
     net.load_state_dict(last["model"])
     assert last["trainer"]["iteration"] == 2  # 8 images per rank and batch 16: one iteration per epoch
+
+    # one MLflow run, with the complete executed config; none left in the output folder by either rank
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=path_to_sqlite_uri(str(db)))
+    (run,) = client.search_runs([client.get_experiment_by_name("monai_experiment").experiment_id])
+    assert run.info.status == "FINISHED" and run.data.metrics["val_ged"] >= 0
+    (config,) = [a.path for a in client.list_artifacts(run.info.run_id) if a.path.startswith("config_")]
+    executed = json.loads(Path(client.download_artifacts(run.info.run_id, config, str(tmp_path))).read_text())
+    assert executed["max_epochs"] == 2 and executed["channels"] == [8, 16, 32]
+    assert sorted((tmp_path / "eval").glob("config_*.json")) == []
 
 
 @pytest.mark.slow

@@ -230,3 +230,25 @@ def test_the_executed_config_is_taken_from_monais_file_only(tmp_path):
         assert take_executed_config(True) is None  # no tracking: nothing to take
     finally:
         _EXECUTED_CONFIG.clear()
+
+
+def test_under_torchrun_the_executed_config_is_read_when_the_run_opens_and_removed_at_exit(tmp_path, monkeypatch):
+    """Every torchrun process writes the config, under one name within a second: none reads or removes it at
+    start-up, where another may still be writing it or have removed it already."""
+    from monai_probunet.handlers import tracking
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monai_file, users_file = tmp_path / "config_20261206_101112.json", tmp_path / "my_config.json"
+    for path in (monai_file, users_file):
+        path.write_text('{"seed": 0}')
+    try:
+        assert tracking.take_executed_config(str(monai_file)) is None and monai_file.exists()
+        assert tracking.take_executed_config(str(users_file)) is None and not tracking._EXECUTED_CONFIG
+        monai_file.write_text('{"seed": 1}')  # another rank writes it again
+        tracking._read_deferred_configs()  # when the MLflow run opens
+        assert tracking._EXECUTED_CONFIG == {monai_file.name: '{"seed": 1}', users_file.name: '{"seed": 0}'}
+        tracking._remove_deferred_configs()  # at exit
+        assert not monai_file.exists() and users_file.read_text() == '{"seed": 0}'
+    finally:
+        tracking._EXECUTED_CONFIG.clear()
+        tracking._DEFERRED_CONFIGS.clear()

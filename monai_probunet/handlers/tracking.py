@@ -27,6 +27,7 @@ a fresh training in the same checkpoint folder makes stale.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import logging
@@ -227,6 +228,12 @@ def data_params(
 
 
 _EXECUTED_CONFIG: dict[str, str] = {}  # file name -> text of the executed config MONAI wrote for this process
+_DEFERRED_CONFIGS: list[Path] = []  # a torchrun process's executed config, read when the run opens (see below)
+_MONAI_CONFIG_NAME = re.compile(r"config_\d{8}_\d{6}\.json")  # MONAI's own name; a path the user gave stays
+
+
+def _launched_by_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
 def take_executed_config(save_execute_config: Any) -> str | None:
@@ -239,28 +246,52 @@ def take_executed_config(save_execute_config: Any) -> str | None:
     too), and a refused, interrupted or evaluation run leaves no file in its output folder. Without ``--tracking``
     (``save_execute_config`` is not a path) it does nothing.
 
+    Under ``torchrun`` every process writes the same config, under one name where they start within the same
+    second, and a rank may still be writing it when another reads it here. There the file is read when the MLflow
+    run opens (on rank 0, after every rank has joined the process group, so after every rank has written it) and
+    each process removes its own at exit.
+
     Args:
         save_execute_config: the config's ``@save_execute_config`` (the path MONAI wrote, when tracking).
 
     Returns:
-        The file name taken, or None.
+        The file name taken, or None (none, or read later under ``torchrun``).
     """
     if not isinstance(save_execute_config, (str, os.PathLike)):
         return None
     path = Path(_repair_artifacts([os.fspath(save_execute_config)])[0])
+    if _launched_by_torchrun():
+        if not _DEFERRED_CONFIGS:
+            atexit.register(_remove_deferred_configs)
+        _DEFERRED_CONFIGS.append(path)
+        return None
     try:
         text = path.read_text()
-        if re.fullmatch(r"config_\d{8}_\d{6}\.json", path.name):  # MONAI's own name; a path the user gave stays
+        if _MONAI_CONFIG_NAME.fullmatch(path.name):
             path.unlink()
-    except FileNotFoundError:  # another rank of the same command (same second, same name) took it
+    except FileNotFoundError:  # gone since MONAI wrote it
         return None
     _EXECUTED_CONFIG[path.name] = text
     return path.name
 
 
+def _read_deferred_configs() -> None:
+    for path in _DEFERRED_CONFIGS:
+        if path.name not in _EXECUTED_CONFIG and path.is_file():
+            _EXECUTED_CONFIG[path.name] = path.read_text()
+
+
+def _remove_deferred_configs() -> None:
+    for path in _DEFERRED_CONFIGS:
+        if _MONAI_CONFIG_NAME.fullmatch(path.name):
+            path.unlink(missing_ok=True)
+    _DEFERRED_CONFIGS.clear()
+
+
 def _log_executed_config(handlers: Sequence[MLFlowHandler], run_id: str) -> None:
-    """Upload the config :func:`take_executed_config` took, and drop its (removed) file from the handlers'
-    artifacts, which they would upload when the run completes."""
+    """Upload the config :func:`take_executed_config` took (or left to read now, under ``torchrun``), and drop its
+    file from the handlers' artifacts, which they would upload when the run completes."""
+    _read_deferred_configs()
     with tempfile.TemporaryDirectory() as tmp:
         for name, text in _EXECUTED_CONFIG.items():
             (Path(tmp) / name).write_text(text)
