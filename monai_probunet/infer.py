@@ -177,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--png", action="store_true",
-        help="also write overview.png: the clicked slice around the centre with the presence-rule label and every "
+        help="also write overview.png: the clicked slice around the centre (marked) with the presence-rule label and every "
         "hypothesis outlined (the patient's right on the left)",
     )
     p.add_argument("--json", action="store_true", help="print the full JSON report")
@@ -386,6 +386,17 @@ def _dicom_source(image: str) -> Path | None:
     return path
 
 
+def overview_title(hyp) -> str:
+    """The picture's title: the source, the label's segment name (as in ``seg.dcm`` and MONAI Label) and the count,
+    e.g. ``CT_small.dcm: no lesion p=0.19 ambiguous (3 of 16 hypotheses show a lesion)``."""
+    from .segment_names import label_segment_name
+
+    _, decision = hyp.presence_rule_label()
+    name = label_segment_name(hyp.presence_probability, hyp.ambiguous, decision.show_lesion)
+    return (f"{Path(str(hyp.source)).name}: {name} ({hyp.presence_count} of {hyp.num_samples} hypotheses show a "
+            "lesion)")
+
+
 def _write_overview(inf, hyp, args: argparse.Namespace, hu_window) -> Path:
     """``overview.png`` in ``--out`` (:func:`~monai_probunet.overview.hypotheses_overview`): the clicked slice of the
     input (of a volume: ``hyp.slice_index`` along ``hyp.slice_axis``), the presence-rule label and the hypotheses."""
@@ -404,8 +415,7 @@ def _write_overview(inf, hyp, args: argparse.Namespace, hu_window) -> Path:
         keep = [a for a in range(3) if a != axis]
     columns = np.asarray(to_affine_nd(3, np.asarray(hyp.affine, dtype=np.float64)))[:3, keep]
     spacing = np.linalg.norm(columns, axis=0)
-    title = (f"{Path(str(hyp.source)).name}: lesion presence {hyp.presence_probability:.2f} "
-             f"({hyp.presence_count}/{hyp.num_samples}){', ambiguous' if hyp.ambiguous else ''}")
+    title = overview_title(hyp)
     return hypotheses_overview(array, labels, label, tuple(hyp.center_voxel[a] for a in keep), columns / spacing,
                                tuple(float(v) for v in spacing), Path(args.out) / OVERVIEW_NAME, title,
                                tuple(hu_window))

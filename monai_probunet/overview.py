@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["display_orientation", "hypotheses_overview"]
+__all__ = ["display_orientation", "hypotheses_overview", "shown_point"]
 
 #: the side of the shown square around the centre, in mm
 FIELD_MM = 64.0
@@ -35,6 +35,18 @@ def _shown(array: np.ndarray, orientation: tuple[bool, bool, bool]) -> np.ndarra
     return a[::-1 if flip_rows else 1, ::-1 if flip_cols else 1]
 
 
+def shown_point(point: tuple[float, float], shape: tuple[int, int], orientation: tuple[bool, bool, bool]) -> tuple[
+        float, float]:
+    """Where the array position ``point`` (``(a0, a1)`` in an ``A0 x A1`` array) lies in :func:`_shown`'s picture.
+
+    Returns:
+        tuple: ``(x, y)``: the shown column and row, as matplotlib's ``imshow`` places them.
+    """
+    transpose, flip_rows, flip_cols = orientation
+    (row, col), (rows, cols) = (point[::-1], shape[::-1]) if transpose else (point, shape)
+    return (cols - 1 - col if flip_cols else col), (rows - 1 - row if flip_rows else row)
+
+
 def hypotheses_overview(
     image: np.ndarray,
     labels: np.ndarray,
@@ -46,8 +58,9 @@ def hypotheses_overview(
     title: str,
     hu_window: tuple[float, float] = (-1000.0, 400.0),
 ) -> Path:
-    """Write the overview PNG: the slice around the centre (``FIELD_MM`` square) with the presence-rule label, then
-    one small panel per hypothesis; written to a temporary file beside ``path`` and moved onto it.
+    """Write the overview PNG: the slice around the centre (``FIELD_MM`` square) with the presence-rule label and the
+    centre marked, then one small panel per hypothesis; written to a temporary file beside ``path`` and moved onto
+    it.
 
     Args:
         image: ``A0 x A1`` HU slice on the input grid.
@@ -88,7 +101,10 @@ def hypotheses_overview(
     grid = fig.add_gridspec(rows, cols + 3)
     main = fig.add_subplot(grid[:, :3])
     show(main, label, "yellow")
-    main.set_title("presence-rule label (yellow); the patient's right on the left", fontsize=8)
+    x, y = shown_point(tuple(c - b.start for c, b in zip(center, box)), image[box].shape, orientation)
+    for dx, dy in ((1, 0), (-1, 0), (0, 1), (0, -1)):  # a cross with a gap: the outline under it stays visible
+        main.plot([x + 3 * dx, x + 8 * dx], [y + 3 * dy, y + 8 * dy], color="cyan", linewidth=1.2)
+    main.set_title("label (yellow), centre (+); the patient's right on the left", fontsize=8)
     for s in range(num):
         ax = fig.add_subplot(grid[s // cols, 3 + s % cols])
         show(ax, labels[s], "orange")
