@@ -177,8 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--png", action="store_true",
-        help="also write overview.png: the clicked slice around the centre (marked) with the presence-rule label and every "
-        "hypothesis outlined (the patient's right on the left)",
+        help="also write overview.png: the clicked slice around the centre (marked) with the presence-rule label and "
+        "every hypothesis outlined (the patient's right on the left)",
     )
     p.add_argument("--json", action="store_true", help="print the full JSON report")
     return p

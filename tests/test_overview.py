@@ -45,7 +45,7 @@ def test_cli_writes_the_picture_with_the_set_and_replaces_it(tmp_path, capsys):
     assert refused.value.code == 2 and "--png: --batch writes no picture" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("orientation", [(t, r, c) for t in (False, True) for r in (False, True) for c in (False, True)])
+@pytest.mark.parametrize("orientation", [(t, r, c) for t in (0, 1) for r in (0, 1) for c in (0, 1)])
 def test_the_centre_is_marked_where_the_picture_shows_its_pixel(orientation):
     from monai_probunet.overview import _shown, shown_point
 
