@@ -178,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--png", action="store_true",
         help="also write overview.png: the clicked slice around the centre (marked) with the presence-rule label and "
-        "every hypothesis outlined (the patient's right on the left)",
+        "every hypothesis outlined (the patient's right on the left); with --3d also the label through its slices",
     )
     p.add_argument("--json", action="store_true", help="print the full JSON report")
     return p
@@ -388,37 +388,53 @@ def _dicom_source(image: str) -> Path | None:
 
 def overview_title(hyp) -> str:
     """The picture's title: the source, the label's segment name (as in ``seg.dcm`` and MONAI Label) and the count,
-    e.g. ``CT_small.dcm: no lesion p=0.19 ambiguous (3 of 16 hypotheses show a lesion)``."""
+    e.g. ``CT_small.dcm: no lesion p=0.19 ambiguous (3 of 16 hypotheses show a lesion)``; of a 3-D result also the
+    clicked slice and the label's volume and slices."""
+    import numpy as np
+
     from .segment_names import label_segment_name
 
-    _, decision = hyp.presence_rule_label()
+    label, decision = hyp.presence_rule_label()
     name = label_segment_name(hyp.presence_probability, hyp.ambiguous, decision.show_lesion)
-    return (f"{Path(str(hyp.source)).name}: {name} ({hyp.presence_count} of {hyp.num_samples} hypotheses show a "
-            "lesion)")
+    counts = f"{hyp.presence_count} of {hyp.num_samples} hypotheses show a lesion"
+    if not getattr(hyp, "slice_indices", ()):
+        return f"{Path(str(hyp.source)).name}: {name} ({counts})"
+    title = f"{Path(str(hyp.source)).name}: {name} ({counts} on the clicked slice {hyp.slice_index})"
+    spanned = np.flatnonzero(np.any(label, axis=tuple(a for a in range(label.ndim) if a != hyp.slice_axis)))
+    if spanned.size:
+        volume = np.count_nonzero(label) * hyp.voxel_volume_mm3
+        title += f"; the label {volume:.0f} mm^3 on slices {spanned[0]}-{spanned[-1]}"
+    return title
 
 
 def _write_overview(inf, hyp, args: argparse.Namespace, hu_window) -> Path:
     """``overview.png`` in ``--out`` (:func:`~monai_probunet.overview.hypotheses_overview`): the clicked slice of the
-    input (of a volume: ``hyp.slice_index`` along ``hyp.slice_axis``), the presence-rule label and the hypotheses."""
+    input (of a volume: ``hyp.slice_index`` along ``hyp.slice_axis``), the presence-rule label and the hypotheses;
+    of a 3-D result also the label through its slices."""
     import numpy as np
     from monai.data.utils import to_affine_nd
 
     from .hypotheses import OVERVIEW_NAME
-    from .overview import hypotheses_overview
+    from .overview import hypotheses_overview, label_slices
 
     image, _ = inf.load_ct(args.image, allow_non_ct=args.allow_non_ct)
-    array, labels, label = np.asarray(image.array)[0], np.asarray(hyp.labels), hyp.presence_rule_label()[0]
-    keep = [0, 1]
-    if array.ndim == 3:
+    volume, labels, label = np.asarray(image.array)[0], np.asarray(hyp.labels), hyp.presence_rule_label()[0]
+    array, keep, slices = volume, [0, 1], []
+    if volume.ndim == 3:
         axis, k = hyp.slice_axis, hyp.slice_index
-        array, labels, label = np.take(array, k, axis), np.take(labels, k, axis + 1), np.take(label, k, axis)
+        if getattr(hyp, "slice_indices", ()):  # 3-D: the label through its slices
+            shown = {r["slice"]: r["presence_count"] for r in hyp.per_slice}
+            for j in label_slices(label, axis):
+                name = f"slice {j}{' (clicked)' if j == k else ''}"
+                name += f": {shown[j]}/{hyp.num_samples}" if j in shown else ""
+                slices.append((name, np.take(volume, j, axis), np.take(label, j, axis)))
+        array, labels, label = np.take(volume, k, axis), np.take(labels, k, axis + 1), np.take(label, k, axis)
         keep = [a for a in range(3) if a != axis]
     columns = np.asarray(to_affine_nd(3, np.asarray(hyp.affine, dtype=np.float64)))[:3, keep]
     spacing = np.linalg.norm(columns, axis=0)
-    title = overview_title(hyp)
     return hypotheses_overview(array, labels, label, tuple(hyp.center_voxel[a] for a in keep), columns / spacing,
-                               tuple(float(v) for v in spacing), Path(args.out) / OVERVIEW_NAME, title,
-                               tuple(hu_window))
+                               tuple(float(v) for v in spacing), Path(args.out) / OVERVIEW_NAME, overview_title(hyp),
+                               tuple(hu_window), slices)
 
 
 def _where(hyp) -> str:

@@ -5,14 +5,39 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["display_orientation", "hypotheses_overview", "shown_point"]
+__all__ = ["MAX_SLICE_PANELS", "display_orientation", "hypotheses_overview", "label_slices", "shown_point"]
 
 #: the side of the shown square around the centre, in mm
 FIELD_MM = 64.0
+
+#: at most this many slices of a 3-D label in the picture's bottom row
+MAX_SLICE_PANELS = 12
+
+
+def label_slices(label: np.ndarray, axis: int, max_panels: int = MAX_SLICE_PANELS) -> list[int]:
+    """The slices to show of a 3-D label: those it spans and one beyond each end (within the volume), evenly
+    thinned to ``max_panels`` keeping both ends.
+
+    Args:
+        label: ``*spatial`` (3-D) 0/1 label.
+        axis: The slice axis.
+        max_panels: The most slices returned.
+
+    Returns:
+        list: Ascending slice indices; empty for an empty label.
+    """
+    spanned = np.flatnonzero(np.any(label, axis=tuple(a for a in range(label.ndim) if a != axis)))
+    if spanned.size == 0:
+        return []
+    shown = np.arange(max(0, spanned[0] - 1), min(label.shape[axis], spanned[-1] + 2))
+    if shown.size > max_panels:
+        shown = shown[np.unique(np.round(np.linspace(0, shown.size - 1, max_panels)).astype(int))]
+    return [int(k) for k in shown]
 
 
 def display_orientation(directions: np.ndarray) -> tuple[bool, bool, bool]:
@@ -57,6 +82,7 @@ def hypotheses_overview(
     path: str | os.PathLike,
     title: str,
     hu_window: tuple[float, float] = (-1000.0, 400.0),
+    slices: Sequence[tuple[str, np.ndarray, np.ndarray]] = (),
 ) -> Path:
     """Write the overview PNG: the slice around the centre (``FIELD_MM`` square) with the presence-rule label and the
     centre marked, then one small panel per hypothesis; written to a temporary file beside ``path`` and moved onto
@@ -72,6 +98,8 @@ def hypotheses_overview(
         path: The PNG.
         title: The figure's title (e.g. the presence probability).
         hu_window: The grey-level window.
+        slices: A bottom row of ``(name, image, label)`` panels (``A0 x A1`` each, the same box): a 3-D label through
+            its slices.
 
     Returns:
         Path: ``path``.
@@ -86,8 +114,8 @@ def hypotheses_overview(
     orientation = display_orientation(directions)
     aspect = float(spacing[0] / spacing[1]) if orientation[0] else float(spacing[1] / spacing[0])
 
-    def show(ax, outline: np.ndarray, colour: str) -> None:
-        ax.imshow(_shown(image[box], orientation), cmap="gray", vmin=hu_window[0], vmax=hu_window[1], aspect=aspect)
+    def show(ax, outline: np.ndarray, colour: str, picture: np.ndarray = image) -> None:
+        ax.imshow(_shown(picture[box], orientation), cmap="gray", vmin=hu_window[0], vmax=hu_window[1], aspect=aspect)
         if outline[box].any():
             ax.contour(_shown(outline[box].astype(np.float32), orientation), levels=[0.5], colors=colour,
                        linewidths=1.0)
@@ -97,16 +125,24 @@ def hypotheses_overview(
     num = labels.shape[0]
     cols = math.ceil(math.sqrt(num))
     rows = math.ceil(num / cols)
-    fig = plt.figure(figsize=(4 + 1.4 * cols, max(4.0, 1.4 * rows)), layout="constrained")
-    grid = fig.add_gridspec(rows, cols + 3)
-    main = fig.add_subplot(grid[:, :3])
+    height = max(4.0, 1.4 * rows)
+    fig = plt.figure(figsize=(4 + 1.4 * cols, height + (1.8 if slices else 0.0)), layout="constrained")
+    top = fig
+    if slices:
+        top, bottom = fig.subfigures(2, 1, height_ratios=[height, 1.8])
+        for ax, (name, slice_image, slice_label) in zip(np.atleast_1d(bottom.subplots(1, len(slices))), slices):
+            show(ax, slice_label, "yellow", slice_image)
+            ax.set_title(name, fontsize=6)
+        bottom.suptitle("the label through its slices (hypotheses showing a lesion on each)", fontsize=8)
+    grid = top.add_gridspec(rows, cols + 3)
+    main = top.add_subplot(grid[:, :3])
     show(main, label, "yellow")
     x, y = shown_point(tuple(c - b.start for c, b in zip(center, box)), image[box].shape, orientation)
     for dx, dy in ((1, 0), (-1, 0), (0, 1), (0, -1)):  # a cross with a gap: the outline under it stays visible
         main.plot([x + 3 * dx, x + 8 * dx], [y + 3 * dy, y + 8 * dy], color="cyan", linewidth=1.2)
     main.set_title("label (yellow), centre (+); the patient's right on the left", fontsize=8)
     for s in range(num):
-        ax = fig.add_subplot(grid[s // cols, 3 + s % cols])
+        ax = top.add_subplot(grid[s // cols, 3 + s % cols])
         show(ax, labels[s], "orange")
         ax.set_title(f"h{s + 1}", fontsize=6)
     fig.suptitle(title, fontsize=9)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -74,3 +76,61 @@ def test_the_pictures_title_names_the_label_as_the_dicom_seg_does(center):
     name = f"{'lesion' if label.any() else 'no lesion'} p={hyp.presence_probability:.2f}"
     assert overview_title(hyp) == (f"CT_small.dcm: {name}{' ambiguous' if hyp.ambiguous else ''} "
                                    f"({hyp.presence_count} of 16 hypotheses show a lesion)")
+
+
+def test_the_slices_of_a_3d_label_the_picture_shows():
+    from monai_probunet.overview import label_slices
+
+    label = np.zeros((6, 6, 40), np.uint8)
+    assert label_slices(label, 2) == []
+    label[2:4, 2:4, 3:6] = 1
+    assert label_slices(label, 2) == [2, 3, 4, 5, 6]  # and one beyond each end
+    assert label_slices(label, 0) == [1, 2, 3, 4]
+    label[:] = 0
+    label[1, 1, 0:2] = 1
+    assert label_slices(label, 2) == [0, 1, 2]  # within the volume
+    label[1, 1, 0:36] = 1
+    shown = label_slices(label, 2, max_panels=12)
+    assert len(shown) == 12 and shown[0] == 0 and shown[-1] == 36 and shown == sorted(set(shown))
+
+
+def test_a_3d_picture_adds_the_label_through_its_slices(tmp_path):
+    import nibabel as nib
+    from PIL import Image
+
+    from monai_probunet.infer import main
+    from tests.test_inference_3d import AFFINE, lung_volume, paint_ellipsoid
+
+    vol = lung_volume()
+    mask = paint_ellipsoid(vol, (70.0, 64.0, 11.3), (6.0, 5.0, 7.0))
+    nib.save(nib.Nifti1Image(vol, np.asarray(AFFINE)), tmp_path / "ct.nii.gz")
+    sizes = {}
+    for mode in ("2d", "3d"):
+        out = tmp_path / mode
+        args = [str(tmp_path / "ct.nii.gz"), "--center", "68", "66", "11", "--png", "--out", str(out)]
+        assert main([*args, "--3d"] if mode == "3d" else args) == 0
+        with Image.open(out / "overview.png") as picture:
+            sizes[mode] = picture.size
+    assert sizes["3d"][1] > sizes["2d"][1]  # a row of slices below
+    report = json.loads((tmp_path / "3d" / "report.json").read_text())
+    label = np.asarray(nib.load(tmp_path / "3d" / "presence_label.nii.gz").dataobj)
+    spanned = np.flatnonzero(label.any(axis=(0, 1)))
+    assert set(spanned) <= set(np.flatnonzero(mask.any(axis=(0, 1))))  # the ellipsoid's slices
+    assert report["presence_label"]["volume_mm3"] > 0 and spanned.size >= 3
+
+    # the title states what the files hold: the clicked slice's count, the label's volume and slices
+    from monai_probunet.infer import overview_title
+    from monai_probunet.inference import find_presence_threshold, load_model
+    from monai_probunet.predict3d import predict_hypotheses_3d
+    from tests.conftest import TRAIN_YAML
+
+    ckpt = TRAIN_YAML.parent.parent / "models" / "model.pt"
+    model, settings = load_model(ckpt, TRAIN_YAML)
+    hyp = predict_hypotheses_3d(str(tmp_path / "ct.nii.gz"), [68, 66, 11], model, spacing=settings["spacing"],
+                                roi_size=settings["roi_size"], hu_window=settings["hu_window"],
+                                threshold=find_presence_threshold(ckpt))
+    assert overview_title(hyp) == (
+        f"ct.nii.gz: lesion p={report['presence_probability']:.2f} ({report['presence_count']} of 16 hypotheses show "
+        f"a lesion on the clicked slice 11); the label {report['presence_label']['volume_mm3']:.0f} mm^3 on slices "
+        f"{spanned[0]}-{spanned[-1]}"
+    )
