@@ -392,6 +392,7 @@ def overview_title(hyp) -> str:
     clicked slice and the label's volume and slices."""
     import numpy as np
 
+    from .overview import spanned_slices
     from .segment_names import label_segment_name
 
     label, decision = hyp.presence_rule_label()
@@ -400,7 +401,7 @@ def overview_title(hyp) -> str:
     if not getattr(hyp, "slice_indices", ()):
         return f"{Path(str(hyp.source)).name}: {name} ({counts})"
     title = f"{Path(str(hyp.source)).name}: {name} ({counts} on the clicked slice {hyp.slice_index})"
-    spanned = np.flatnonzero(np.any(label, axis=tuple(a for a in range(label.ndim) if a != hyp.slice_axis)))
+    spanned = spanned_slices(label, hyp.slice_axis)
     if spanned.size:
         volume = np.count_nonzero(label) * hyp.voxel_volume_mm3
         title += f"; the label {volume:.0f} mm^3 on slices {spanned[0]}-{spanned[-1]}"

@@ -10,13 +10,18 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["MAX_SLICE_PANELS", "display_orientation", "hypotheses_overview", "label_slices", "shown_point"]
+__all__ = ["MAX_SLICE_PANELS", "display_orientation", "hypotheses_overview", "label_slices", "shown_point", "spanned_slices"]
 
 #: the side of the shown square around the centre, in mm
 FIELD_MM = 64.0
 
 #: at most this many slices of a 3-D label in the picture's bottom row
 MAX_SLICE_PANELS = 12
+
+
+def spanned_slices(label: np.ndarray, axis: int) -> np.ndarray:
+    """The indices along ``axis`` of the slices where ``label`` (``*spatial``) has any voxel, ascending."""
+    return np.flatnonzero(np.any(label, axis=tuple(a for a in range(label.ndim) if a != axis)))
 
 
 def label_slices(label: np.ndarray, axis: int, max_panels: int = MAX_SLICE_PANELS) -> list[int]:
@@ -31,7 +36,7 @@ def label_slices(label: np.ndarray, axis: int, max_panels: int = MAX_SLICE_PANEL
     Returns:
         list: Ascending slice indices; empty for an empty label.
     """
-    spanned = np.flatnonzero(np.any(label, axis=tuple(a for a in range(label.ndim) if a != axis)))
+    spanned = spanned_slices(label, axis)
     if spanned.size == 0:
         return []
     shown = np.arange(max(0, spanned[0] - 1), min(label.shape[axis], spanned[-1] + 2))
@@ -60,8 +65,9 @@ def _shown(array: np.ndarray, orientation: tuple[bool, bool, bool]) -> np.ndarra
     return a[::-1 if flip_rows else 1, ::-1 if flip_cols else 1]
 
 
-def shown_point(point: tuple[float, float], shape: tuple[int, int], orientation: tuple[bool, bool, bool]) -> tuple[
-        float, float]:
+def shown_point(
+    point: tuple[float, float], shape: tuple[int, int], orientation: tuple[bool, bool, bool]
+) -> tuple[float, float]:
     """Where the array position ``point`` (``(a0, a1)`` in an ``A0 x A1`` array) lies in :func:`_shown`'s picture.
 
     Returns:
