@@ -47,9 +47,10 @@ SUMMARY_NAME = "inference_summary.json"
 DICOM_SEG_NAME = "seg.dcm"
 #: the CLI's picture (``--png``, :mod:`monai_probunet.overview`), written into the set's folder after it
 OVERVIEW_NAME = "overview.png"
+#: the presence-rule label (:meth:`Hypotheses.presence_rule_label`): what MONAI Label returns and ``seg.dcm`` holds
+PRESENCE_LABEL_NAME = "presence_label.nii.gz"
 SET_FILES = ("hypotheses.nii.gz", "mean_probability.nii.gz", "entropy.nii.gz", "variant_label.nii.gz", REPORT_NAME,
-             "presence_label.nii.gz",  # 3-D mode only (monai_probunet.predict3d)
-             DICOM_SEG_NAME, OVERVIEW_NAME)
+             PRESENCE_LABEL_NAME, DICOM_SEG_NAME, OVERVIEW_NAME)
 
 
 # --------------------------------------------------------------------------------------------- results
@@ -143,6 +144,9 @@ class Hypotheses:
     roi_size: tuple[int, int]
     extra: dict[str, Any] = field(default_factory=dict)
     prior_sampling: str | None = None
+    # the presence-rule label, computed once (a volume's 2-D result: a consensus over S x the whole volume)
+    _presence_rule_label: tuple[np.ndarray, LabelDecision] | None = field(default=None, init=False, repr=False,
+                                                                         compare=False)
 
     @property
     def spatial_shape(self) -> tuple[int, ...]:
@@ -160,13 +164,17 @@ class Hypotheses:
         Returns:
             tuple: ``*spatial`` uint8 (0/1): empty when the presence rule says no lesion, else the consensus of the
                 lesion-containing hypotheses (fallback: the representative of the most frequent lesion variant);
-                and the :class:`~monai_probunet.presence_label.LabelDecision`.
+                and the :class:`~monai_probunet.presence_label.LabelDecision`. Computed once; not to be modified.
         """
-        decision = presence_decision(self.presence_count, self.num_samples, self.threshold)
-        if not decision.show_lesion:
-            return np.zeros(self.spatial_shape, np.uint8), decision
-        lesion = [v for v in self.variants if v.has_lesion]
-        return consensus_label(self.labels, fallback=lesion[0].representative if lesion else None), decision
+        if self._presence_rule_label is None:
+            decision = presence_decision(self.presence_count, self.num_samples, self.threshold)
+            if decision.show_lesion:
+                lesion = [v for v in self.variants if v.has_lesion]
+                label = consensus_label(self.labels, fallback=lesion[0].representative if lesion else None)
+            else:
+                label = np.zeros(self.spatial_shape, np.uint8)
+            self._presence_rule_label = (label, decision)
+        return self._presence_rule_label
 
     def summary(self, values: np.ndarray | None) -> dict[str, float] | None:
         """Spread of per-hypothesis values: ``{mean, std, min, median, max}`` (``None`` for ``None``)."""
@@ -226,8 +234,32 @@ class Hypotheses:
                 }
                 for r, v in enumerate(self.variants)
             ],
+            "presence_label": self.presence_label_report(),
             **self.extra,
         }
+
+    def presence_label_report(self) -> dict[str, Any]:
+        """The presence-rule label in ``report.json``: ``shows_lesion``, ``name`` (the segment name MONAI Label and
+        ``seg.dcm`` give it, e.g. ``no lesion p=0.19 ambiguous``), ``voxels`` (on the input grid), its size and the
+        ``rule`` that decided it."""
+        from .segment_names import label_segment_name
+
+        label, decision = self.presence_rule_label()
+        voxels = int(np.count_nonzero(label))
+        return {
+            "shows_lesion": bool(decision.show_lesion),
+            "name": label_segment_name(self.presence_probability, self.ambiguous, decision.show_lesion),
+            "voxels": voxels,
+            **self._label_size(voxels),
+            "rule": decision.rule,
+        }
+
+    def _label_size(self, voxels: int) -> dict[str, float]:
+        """``{"area_mm2": ...}`` of ``voxels`` pixels of the segmented slice (the input grid's in-plane pixel)."""
+        affine = np.asarray(self.affine, dtype=np.float64)
+        axes = [a for a in range(len(self.spatial_shape)) if a != self.slice_axis][:2]
+        pixel = float(np.linalg.norm(np.cross(affine[:3, axes[0]], affine[:3, axes[1]])))
+        return {"area_mm2": voxels * pixel}
 
     def save(
         self, out_dir: str | os.PathLike, dicom_source: str | os.PathLike | None = None, seg_hypotheses: bool = False
@@ -319,6 +351,7 @@ class Hypotheses:
             "mean_probability": self.mean_probability.astype(np.float32),
             "entropy": self.entropy.astype(np.float32),
             "variant_label": self.most_frequent_label.astype(np.uint8),
+            "presence_label": self.presence_rule_label()[0].astype(np.uint8),
         }
         paths: dict[str, Path] = {}
         for name, arr in arrays.items():

@@ -20,15 +20,17 @@ loaded from ``--ckpt`` with ``weights_only=True``; the model's spacing is ``infe
 
 Writes into ``--out`` (all at once: a temporary sibling folder moved into place at the end; an ``--out`` holding an
 earlier result of this program is replaced, one holding other files is refused): ``hypotheses.nii.gz`` (4-D,
-hypothesis = 4th axis), ``mean_probability.nii.gz``, ``entropy.nii.gz``, ``variant_label.nii.gz`` (all with the
-input's affine) and ``report.json``; prints a short summary (``--json``: the report). With ``--batch`` (a JSON file
+hypothesis = 4th axis), ``mean_probability.nii.gz``, ``entropy.nii.gz``, ``variant_label.nii.gz``,
+``presence_label.nii.gz`` (the presence-rule label, what MONAI Label returns; all with the input's affine) and
+``report.json`` (its ``presence_label``: the label's segment name, size and rule); prints a short summary with the
+label's name (``--json``: the report). With ``--batch`` (a JSON file
 ``{image: center}`` or ``[{image, center, world, frame, case_id}]``, images relative to the file's folder) the
 model is loaded once and every case goes to ``--out/<case_id>/`` plus ``--out/inference_summary.json``.
 
 DICOM input (a series folder or one DICOM file) also gets ``seg.dcm``: a DICOM Segmentation of the source series
 (or slice), referencing its instances, study and frame of reference, so that the radiologist's viewer or PACS shows
 the outline on the images they read. Its segment 1 is the presence-rule label, the label MONAI Label returns
-(:meth:`~monai_probunet.hypotheses.Hypotheses.presence_rule_label`; in 3-D ``presence_label.nii.gz``), named as the
+(:meth:`~monai_probunet.hypotheses.Hypotheses.presence_rule_label`, ``presence_label.nii.gz``), named as the
 app names it (``lesion p=0.88``); ``--seg-hypotheses`` adds the S hypotheses as segments 2 .. S+1. ``--no-dicom-seg``
 skips it; ``--dicom-seg`` (or ``--seg-hypotheses``) with a NIfTI input is refused (no DICOM series to reference);
 ``--batch`` writes no SEG.
@@ -36,7 +38,7 @@ skips it; ``--dicom-seg`` (or ``--seg-hypotheses``) with a NIfTI input is refuse
 ``--3d`` (3-D volumes only; a 2-D image is refused): the lesion is followed from the clicked slice through every slice
 it spans (:func:`monai_probunet.predict3d.predict_hypotheses_3d`: hypothesis s keeps its prior noise on every slice,
 growth while at least half of the lesion hypotheses continue, at most ``--max-extent-mm``); the set then holds the
-3-D hypotheses, ``presence_label.nii.gz`` (the presence-rule label) and 3-D volumes in ``report.json``.
+3-D hypotheses, the 3-D presence-rule label and 3-D volumes in ``report.json``.
 
 ``--batch`` checks every case of its file before running any (unknown keys, a ``center`` that is not 2 or 3 finite
 numbers, a ``world`` that is not JSON true/false, a ``frame`` without ``"world": true``); a case that fails while
@@ -338,7 +340,8 @@ def _run(args: argparse.Namespace, spacing, roi_arg) -> int:
             else:
                 print(
                     f"{row['case_id']}: lesion presence {row['presence_probability']:.3f}, ambiguous="
-                    f"{row['ambiguous']}, {row['num_variants']} variant(s), mean area {row['mean_area_mm2']:.1f} mm^2"
+                    f"{row['ambiguous']}, the label: {row['label']}, {row['num_variants']} variant(s), mean area "
+                    f"{row['mean_area_mm2']:.1f} mm^2"
                 )
         print(f"{summary['num_ok']} ok, {summary['num_failed']} failed -> {Path(args.out)}")
         return 2 if summary["num_failed"] else 0
@@ -351,14 +354,15 @@ def _run(args: argparse.Namespace, spacing, roi_arg) -> int:
             f"{hyp.source} at {_where(hyp)}: {hyp.num_samples} 3-D hypotheses over {hyp.extent_slices} slice(s) "
             f"{list(hyp.slice_indices)[:1] + list(hyp.slice_indices)[-1:]} ({report['extent_mm']:.1f} mm), lesion "
             f"presence {hyp.presence_probability:.3f} ({hyp.presence_count}/{hyp.num_samples}) on the clicked slice, "
-            f"ambiguous={hyp.ambiguous}; presence-rule label {report['presence_label']['volume_mm3']:.0f} mm^3; volume "
-            f"median of the lesion hypotheses {_median_nonzero(hyp.volumes_mm3):.0f} mm^3 -> {Path(args.out)}"
+            f"ambiguous={hyp.ambiguous}; the label: {_label_said(report)}; volume median of the lesion hypotheses "
+            f"{_median_nonzero(hyp.volumes_mm3):.0f} mm^3 -> {Path(args.out)}"
         )
     else:
         top = hyp.variants[0]
         print(
             f"{hyp.source} at {_where(hyp)}: {hyp.num_samples} hypotheses, lesion presence "
             f"{hyp.presence_probability:.3f} ({hyp.presence_count}/{hyp.num_samples}), ambiguous={hyp.ambiguous}; "
+            f"the label: {_label_said(report)}; "
             f"{len(hyp.variants)} variant(s), most frequent {top.frequency:.3f} (area {top.area_mm2:.1f} mm^2); "
             f"area mean {hyp.areas_mm2.mean():.1f} +/- {hyp.areas_mm2.std():.1f} mm^2 -> {Path(args.out)}"
         )
@@ -436,6 +440,16 @@ def _write_overview(inf, hyp, args: argparse.Namespace, hu_window) -> Path:
     return hypotheses_overview(array, labels, label, tuple(hyp.center_voxel[a] for a in keep), columns / spacing,
                                tuple(float(v) for v in spacing), Path(args.out) / OVERVIEW_NAME, overview_title(hyp),
                                tuple(hu_window), slices)
+
+
+def _label_said(report: dict) -> str:
+    """The presence-rule label as the CLI prints it: its segment name and, where it shows a lesion, its size
+    (``lesion p=0.75, 941 mm^3``; ``no lesion p=0.19 ambiguous``)."""
+    label = report["presence_label"]
+    if not label["shows_lesion"]:
+        return label["name"]
+    size = f"{label['volume_mm3']:.0f} mm^3" if "volume_mm3" in label else f"{label['area_mm2']:.0f} mm^2"
+    return f"{label['name']}, {size}"
 
 
 def _where(hyp) -> str:

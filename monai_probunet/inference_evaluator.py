@@ -224,6 +224,7 @@ class HypothesesWriter:
         row = {
             "presence_probability": hyp.presence_probability,
             "ambiguous": hyp.ambiguous,
+            "label": hyp.presence_label_report()["name"],
             "num_variants": len(hyp.variants),
             "top_variant_frequency": hyp.variants[0].frequency,
             "mean_area_mm2": float(np.mean(hyp.areas_mm2)),

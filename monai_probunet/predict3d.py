@@ -37,7 +37,6 @@ import os
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -90,8 +89,6 @@ __all__ = [
     "predict_hypotheses_3d",
     "slice_pieces",
 ]
-
-PRESENCE_LABEL_NAME = "presence_label.nii.gz"
 
 
 class SharedNoiseSampler(nn.Module):
@@ -173,13 +170,12 @@ class Hypotheses3D(Hypotheses):
     def to_report(self) -> dict[str, Any]:
         """The 2-D report's keys (clicked-slice presence, areas) plus the 3-D ones: ``mode`` ``"3d"``, ``slices``,
         ``extent_slices``, ``extent_mm``, ``per_slice``, ``growth_rule``, ``stop_reasons``, ``reached_max_extent``,
-        ``volumes_mm3`` (3-D masks), ``presence_label`` (voxels, volume, rule), ``latent_noise``."""
+        ``volumes_mm3`` (3-D masks), ``presence_label`` with its volume, ``latent_noise``."""
         report = super().to_report()
         vox = self.voxel_volume_mm3
         for row, v in zip(report["variants"], self.variants):
             row["volume_mm3"] = float(self.volumes_mm3[v.representative])
             row["area_mm2"] = float(v.area_mm2)
-        label_voxels = int(np.count_nonzero(self.presence_label)) if self.presence_label is not None else 0
         report.update(
             mode="3d",
             slices=[int(k) for k in self.slice_indices],
@@ -192,12 +188,6 @@ class Hypotheses3D(Hypotheses):
             voxel_volume_mm3=float(vox),
             volume_grid="input grid: voxel count x voxel volume (in-plane spacing x slice spacing)",
             area_note="areas_mm2, presence_count and ambiguous are those of the clicked slice (slice_index)",
-            presence_label={
-                "shows_lesion": bool(self.label_shows_lesion),
-                "voxels": label_voxels,
-                "volume_mm3": float(label_voxels * vox),
-                "rule": self.label_rule,
-            },
             latent_noise=None if self.latent_noise is None else np.asarray(self.latent_noise, float).tolist(),
             latent_noise_rule=(
                 "hypothesis s uses the whitened prior noise latent_noise[s] on every slice: z = mu + L eps_s"
@@ -212,24 +202,9 @@ class Hypotheses3D(Hypotheses):
         label = self.presence_label if self.presence_label is not None else np.zeros(self.spatial_shape, np.uint8)
         return np.asarray(label, dtype=np.uint8), LabelDecision(bool(self.label_shows_lesion), self.label_rule)
 
-    def write_set(
-        self, folder: str | os.PathLike, dicom_source: str | os.PathLike | None = None, seg_hypotheses: bool = False
-    ) -> dict[str, Path]:
-        """The 2-D set (:meth:`Hypotheses.write_set`, with the DICOM SEG of :attr:`presence_label` for a
-        ``dicom_source``) plus ``presence_label.nii.gz`` (uint8 ``*spatial``)."""
-        import json
-
-        import nibabel as nib
-
-        paths = super().write_set(folder, dicom_source=dicom_source, seg_hypotheses=seg_hypotheses)
-        img = nib.Nifti1Image(np.ascontiguousarray(self.presence_label, dtype=np.uint8), np.asarray(self.affine))
-        img.header.set_xyzt_units("mm")
-        paths["presence_label"] = Path(folder) / PRESENCE_LABEL_NAME
-        nib.save(img, str(paths["presence_label"]))
-        report = json.loads(paths["report"].read_text())
-        report["files"]["presence_label"] = PRESENCE_LABEL_NAME
-        paths["report"].write_text(json.dumps(report, indent=1))
-        return paths
+    def _label_size(self, voxels: int) -> dict[str, float]:
+        """``{"volume_mm3": ...}`` of ``voxels`` voxels of the input."""
+        return {"volume_mm3": voxels * self.voxel_volume_mm3}
 
 
 # --------------------------------------------------------------------------------------------- input checks

@@ -197,7 +197,15 @@ def test_2d_slice_seg(series, tmp_path, which, capsys):
     pixels, ipp = frames[(1, str(src.SOPInstanceUID))]
     np.testing.assert_allclose(ipp, [float(v) for v in src.ImagePositionPatient], atol=1e-4)
     np.testing.assert_array_equal(pixels, label.T)
-    assert f"segment 1 '{name}', of series {src.SeriesInstanceUID}" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert f"segment 1 '{name}', of series {src.SeriesInstanceUID}" in printed
+    # the same label as presence_label.nii.gz, named and measured in report.json and in the printed line
+    written = nib.load(str(out / "presence_label.nii.gz"))
+    np.testing.assert_array_equal(np.asarray(written.dataobj), label)
+    assert report["presence_label"]["name"] == name and report["presence_label"]["voxels"] == label.sum()
+    pixel_mm2 = abs(np.linalg.det(written.affine[:2, :2]))
+    assert report["presence_label"]["area_mm2"] == pytest.approx(label.sum() * pixel_mm2)
+    assert f"; the label: {name}" in printed
 
 
 def test_2d_on_series_seg(series, tmp_path):
@@ -208,6 +216,7 @@ def test_2d_on_series_seg(series, tmp_path):
     label, _ = expected_2d_label(out)
     check_geometry(nib.load(str(out / "variant_label.nii.gz")).affine, sources)
     assert label.shape == (128, 128, 8) and label[..., LESION_SLICE].any()
+    np.testing.assert_array_equal(np.asarray(nib.load(str(out / "presence_label.nii.gz")).dataobj), label)
     assert not np.delete(label, LESION_SLICE, axis=2).any()
     ds, frames = seg_frames(out / "seg.dcm")
     check_references(ds, sources)

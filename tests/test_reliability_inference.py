@@ -27,8 +27,8 @@ from tests.test_inference import CHANNELS, LATENT, coin_flip_probunet, paper_net
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 CT = get_testdata_file("CT_small.dcm")
-SET_FILES = ["entropy.nii.gz", "hypotheses.nii.gz", "mean_probability.nii.gz", "report.json", "seg.dcm",
-             "variant_label.nii.gz"]  # seg.dcm: the DICOM SEG of a DICOM input
+SET_FILES = ["entropy.nii.gz", "hypotheses.nii.gz", "mean_probability.nii.gz", "presence_label.nii.gz", "report.json",
+             "seg.dcm", "variant_label.nii.gz"]  # seg.dcm: the DICOM SEG of a DICOM input
 
 
 @pytest.fixture(scope="module")
@@ -284,6 +284,9 @@ def test_batch_loads_the_model_once_and_matches_the_library(tmp_path, model_file
         assert report["presence_count"] == h.presence_count and report["center_voxel"] == list(h.center_voxel)
         np.testing.assert_array_equal(np.moveaxis(np.asarray(nib.load(str(out / case / "hypotheses.nii.gz")).dataobj),
                                                   -1, 0).reshape(h.labels.shape), h.labels)
+        name = h.presence_label_report()["name"]  # the label's name, as MONAI Label gives it: printed per case
+        assert report["presence_label"]["name"] == name and f"{case}: lesion presence" in r.stdout
+        assert f"the label: {name}, " in r.stdout.split(f"{case}: lesion presence")[1].splitlines()[0]
     # a second batch into the same --out replaces the whole run
     (data / "centers.json").write_text(json.dumps({"ct.dcm": [64, 70]}))
     r = infer("--batch", data / "centers.json", "--out", out, "--num-samples", "2", model_files=model_files)

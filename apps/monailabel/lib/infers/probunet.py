@@ -65,7 +65,7 @@ from monai_probunet.model_loading import check_device
 from monai_probunet.predict3d import predict_hypotheses_3d
 
 from .dicom_seg import DicomSegError, find_source_series, write_dicom_seg
-from .label_rule import consensus_label, hypothesis_segment_names, label_segment_name, presence_decision
+from .label_rule import hypothesis_segment_names, label_segment_name
 from .params import parse_params
 from .seg_nrrd import write_seg_nrrd
 
@@ -418,9 +418,9 @@ class ProbUNetInfer(BasicInferTask):
         """The reply from the request's :class:`~monai_probunet.hypotheses.Hypotheses` (``data["hypotheses"]``):
         the label (``pred``: the presence-rule label, or all S hypotheses as layers), its segments and the JSON."""
         case = data["probunet"]
-        params, three_d, hyp = case["params"], case["three_d"], data["hypotheses"]
+        params, hyp = case["params"], data["hypotheses"]
         t3 = time.perf_counter()
-        decision = presence_decision(hyp.presence_count, hyp.num_samples, hyp.threshold)
+        label, decision = hyp.presence_rule_label()  # the library's rule, in 3-D applied to the 3-D hypotheses
         if params.hypotheses:
             names = hypothesis_segment_names(hyp.variants, hyp.num_samples)
             rank = {s: r for r, v in enumerate(hyp.variants) for s in v.members}
@@ -431,13 +431,7 @@ class ProbUNetInfer(BasicInferTask):
                 for s, n in enumerate(names)
             ]
         else:
-            if three_d:  # the same rule, applied by the library to the 3-D hypotheses
-                pred = hyp.presence_label
-            elif decision.show_lesion:
-                lesion = [v for v in hyp.variants if v.has_lesion]
-                pred = consensus_label(hyp.labels, fallback=lesion[0].representative if lesion else None)
-            else:
-                pred = np.zeros(hyp.spatial_shape, np.uint8)
+            pred = label
             name = label_segment_name(hyp.presence_probability, hyp.ambiguous, decision.show_lesion)
             segments = [{"name": name, "label_value": 1, "layer": 0, "color": LESION_COLOR}]
         if pred.ndim == (3 if params.hypotheses else 2):
