@@ -25,7 +25,9 @@ hypothesis = 4th axis), ``mean_probability.nii.gz``, ``entropy.nii.gz``, ``varia
 ``report.json`` (its ``presence_label``: the label's segment name, size and rule); prints a short summary with the
 label's name (``--json``: the report). With ``--batch`` (a JSON file
 ``{image: center}`` or ``[{image, center, world, frame, case_id}]``, images relative to the file's folder) the
-model is loaded once and every case goes to ``--out/<case_id>/`` plus ``--out/inference_summary.json``.
+model is loaded once and every case goes to ``--out/<case_id>/`` plus ``--out/inference_summary.json``. ``--png``
+adds ``overview.png`` to the set (:mod:`monai_probunet.overview`; with ``--batch`` to every case's folder, drawn from
+its files).
 
 DICOM input (a series folder or one DICOM file) also gets ``seg.dcm``: a DICOM Segmentation of the source series
 (or slice), referencing its instances, study and frame of reference, so that the radiologist's viewer or PACS shows
@@ -180,7 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--png", action="store_true",
         help="also write overview.png: the clicked slice around the centre (marked) with the presence-rule label and "
-        "every hypothesis outlined (the patient's right on the left); with --3d also the label through its slices",
+        "every hypothesis outlined (the patient's right on the left); with --3d also the label through its slices; "
+        "with --batch one in every case's folder",
     )
     p.add_argument("--json", action="store_true", help="print the full JSON report")
     return p
@@ -223,8 +226,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--frame only applies with --world")
     if args.seg_hypotheses and args.dicom_seg is False:
         parser.error("--seg-hypotheses adds segments to the DICOM SEG: not with --no-dicom-seg")
-    if args.batch is not None and args.png:
-        parser.error("--png: --batch writes no picture; run an image on its own")
     if args.batch is not None and (args.dicom_seg or args.seg_hypotheses):
         parser.error("--dicom-seg/--seg-hypotheses: --batch writes no DICOM SEG; run a DICOM image on its own")
     args.frame = args.frame or "RAS"
@@ -344,9 +345,17 @@ def _run(args: argparse.Namespace, spacing, roi_arg) -> int:
                     f"{row['mean_area_mm2']:.1f} mm^2"
                 )
         print(f"{summary['num_ok']} ok, {summary['num_failed']} failed -> {Path(args.out)}")
+        if args.png:
+            written = [row for row in summary["cases"] if "error" not in row]
+            for row in written:
+                _write_overview(inf, row["image"], Path(row["output_dir"]), settings["hu_window"], args.allow_non_ct)
+            print(f"pictures: overview.png in each of the {len(written)} case folders")
         return 2 if summary["num_failed"] else 0
     report = json.loads(Path(paths["report"]).read_text())
-    picture = _write_overview(inf, hyp, args, settings["hu_window"]) if args.png else None
+    picture = None
+    if args.png:
+        arrays = (hyp.labels, hyp.presence_rule_label()[0])
+        picture = _write_overview(inf, args.image, Path(args.out), settings["hu_window"], args.allow_non_ct, arrays)
     if args.json:
         print(json.dumps(report, indent=1))
     elif args.three_d:
@@ -390,56 +399,22 @@ def _dicom_source(image: str) -> Path | None:
     return path
 
 
-def overview_title(hyp) -> str:
-    """The picture's title: the source, the label's segment name (as in ``seg.dcm`` and MONAI Label) and the count,
-    e.g. ``CT_small.dcm: no lesion p=0.19 ambiguous (3 of 16 hypotheses show a lesion)``; of a 3-D result also the
-    clicked slice and the label's volume and slices."""
+def _write_overview(inf, image: str | Path, folder: Path, hu_window, allow_non_ct: bool, arrays=None) -> Path:
+    """``overview.png`` in a result's ``folder`` (:func:`~monai_probunet.overview.result_overview`), from its
+    ``report.json`` and ``arrays`` (the hypotheses and the presence-rule label: else its files) on ``image``."""
+    import nibabel as nib
     import numpy as np
 
-    from .overview import spanned_slices
-    from .segment_names import label_segment_name
+    from .hypotheses import OVERVIEW_NAME, PRESENCE_LABEL_NAME, REPORT_NAME
+    from .overview import result_overview
 
-    label, decision = hyp.presence_rule_label()
-    name = label_segment_name(hyp.presence_probability, hyp.ambiguous, decision.show_lesion)
-    counts = f"{hyp.presence_count} of {hyp.num_samples} hypotheses show a lesion"
-    if not getattr(hyp, "slice_indices", ()):
-        return f"{Path(str(hyp.source)).name}: {name} ({counts})"
-    title = f"{Path(str(hyp.source)).name}: {name} ({counts} on the clicked slice {hyp.slice_index})"
-    spanned = spanned_slices(label, hyp.slice_axis)
-    if spanned.size:
-        volume = np.count_nonzero(label) * hyp.voxel_volume_mm3
-        title += f"; the label {volume:.0f} mm^3 on slices {spanned[0]}-{spanned[-1]}"
-    return title
-
-
-def _write_overview(inf, hyp, args: argparse.Namespace, hu_window) -> Path:
-    """``overview.png`` in ``--out`` (:func:`~monai_probunet.overview.hypotheses_overview`): the clicked slice of the
-    input (of a volume: ``hyp.slice_index`` along ``hyp.slice_axis``), the presence-rule label and the hypotheses;
-    of a 3-D result also the label through its slices."""
-    import numpy as np
-    from monai.data.utils import to_affine_nd
-
-    from .hypotheses import OVERVIEW_NAME
-    from .overview import hypotheses_overview, label_slices
-
-    image, _ = inf.load_ct(args.image, allow_non_ct=args.allow_non_ct)
-    volume, labels, label = np.asarray(image.array)[0], np.asarray(hyp.labels), hyp.presence_rule_label()[0]
-    array, keep, slices = volume, [0, 1], []
-    if volume.ndim == 3:
-        axis, k = hyp.slice_axis, hyp.slice_index
-        if getattr(hyp, "slice_indices", ()):  # 3-D: the label through its slices
-            shown = {r["slice"]: r["presence_count"] for r in hyp.per_slice}
-            for j in label_slices(label, axis):
-                name = f"slice {j}{' (clicked)' if j == k else ''}"
-                name += f": {shown[j]}/{hyp.num_samples}" if j in shown else ""
-                slices.append((name, np.take(volume, j, axis), np.take(label, j, axis)))
-        array, labels, label = np.take(volume, k, axis), np.take(labels, k, axis + 1), np.take(label, k, axis)
-        keep = [a for a in range(3) if a != axis]
-    columns = np.asarray(to_affine_nd(3, np.asarray(hyp.affine, dtype=np.float64)))[:3, keep]
-    spacing = np.linalg.norm(columns, axis=0)
-    return hypotheses_overview(array, labels, label, tuple(hyp.center_voxel[a] for a in keep), columns / spacing,
-                               tuple(float(v) for v in spacing), Path(args.out) / OVERVIEW_NAME, overview_title(hyp),
-                               tuple(hu_window), slices)
+    report = json.loads((folder / REPORT_NAME).read_text())
+    if arrays is None:
+        stack = np.asarray(nib.load(str(folder / "hypotheses.nii.gz")).dataobj)  # *spatial x S; a slice H x W x 1 x S
+        labels = np.moveaxis(stack[:, :, 0] if len(report["spatial_shape"]) == 2 else stack, -1, 0)
+        arrays = (labels, np.asarray(nib.load(str(folder / PRESENCE_LABEL_NAME)).dataobj))
+    volume, _ = inf.load_ct(image, allow_non_ct=allow_non_ct)
+    return result_overview(np.asarray(volume.array)[0], report, *arrays, folder / OVERVIEW_NAME, tuple(hu_window))
 
 
 def _label_said(report: dict) -> str:

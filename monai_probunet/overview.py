@@ -1,16 +1,27 @@
 """The inference CLI's picture (``--png``): the clicked slice around the centre with the presence-rule label and every
-hypothesis outlined, in radiological orientation (the patient's right on the image's left, anterior up)."""
+hypothesis outlined, in radiological orientation (the patient's right on the image's left, anterior up); of a 3-D
+result also the label through its slices. :func:`result_overview` draws it from a result's ``report.json``, its
+hypotheses and its label, as written (:meth:`~monai_probunet.hypotheses.Hypotheses.write_set`)."""
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["MAX_SLICE_PANELS", "display_orientation", "hypotheses_overview", "label_slices", "shown_point", "spanned_slices"]
+__all__ = [
+    "MAX_SLICE_PANELS",
+    "display_orientation",
+    "hypotheses_overview",
+    "label_slices",
+    "overview_title",
+    "result_overview",
+    "shown_point",
+    "spanned_slices",
+]
 
 #: the side of the shown square around the centre, in mm
 FIELD_MM = 64.0
@@ -161,3 +172,69 @@ def hypotheses_overview(
         plt.close(fig)
         tmp.unlink(missing_ok=True)
     return path
+
+
+def overview_title(report: Mapping, label: np.ndarray) -> str:
+    """The picture's title: the source, the label's segment name (as in ``seg.dcm`` and MONAI Label) and the count,
+    e.g. ``CT_small.dcm: no lesion p=0.19 ambiguous (3 of 16 hypotheses show a lesion)``; of a 3-D result also the
+    clicked slice and the label's volume and slices.
+
+    Args:
+        report: The result's ``report.json``.
+        label: ``*spatial`` the presence-rule label.
+    """
+    source, name = Path(str(report["source"])).name, report["presence_label"]["name"]
+    counts = f"{report['presence_count']} of {report['num_samples']} hypotheses show a lesion"
+    if report.get("mode") != "3d":
+        return f"{source}: {name} ({counts})"
+    title = f"{source}: {name} ({counts} on the clicked slice {report['slice_index']})"
+    spanned = spanned_slices(label, report["slice_axis"])
+    if spanned.size:
+        title += f"; the label {report['presence_label']['volume_mm3']:.0f} mm^3 on slices {spanned[0]}-{spanned[-1]}"
+    return title
+
+
+def result_overview(
+    image: np.ndarray,
+    report: Mapping,
+    labels: np.ndarray,
+    label: np.ndarray,
+    path: str | os.PathLike,
+    hu_window: tuple[float, float] = (-1000.0, 400.0),
+) -> Path:
+    """:func:`hypotheses_overview` of one inference result: the clicked slice of ``image`` (of a volume:
+    ``slice_index`` along ``slice_axis``) and, for a 3-D result, the label through its slices.
+
+    Args:
+        image: ``*spatial`` HU, the input the result was drawn on.
+        report: The result's ``report.json`` (``affine_ras``, ``center_voxel``, ``slice_axis``, ``slice_index``,
+            ``presence_label``, ``per_slice`` in 3-D, ...).
+        labels: ``S x *spatial`` 0/1 hypotheses.
+        label: ``*spatial`` 0/1 presence-rule label.
+        path: The PNG.
+        hu_window: The grey-level window.
+
+    Returns:
+        Path: ``path``.
+    """
+    keep, slices, array, title = [0, 1], [], image, overview_title(report, label)
+    if image.ndim == 3:
+        axis, k = report["slice_axis"], report["slice_index"]
+        if report.get("mode") == "3d":
+            shown = {r["slice"]: r["presence_count"] for r in report["per_slice"]}
+            for j in label_slices(label, axis):
+                name = f"slice {j}{' (clicked)' if j == k else ''}"
+                name += f": {shown[j]}/{report['num_samples']}" if j in shown else ""
+                slices.append((name, np.take(image, j, axis), np.take(label, j, axis)))
+        array, labels, label = np.take(image, k, axis), np.take(labels, k, axis + 1), np.take(label, k, axis)
+        keep = [a for a in range(3) if a != axis]
+    affine = np.asarray(report["affine_ras"], dtype=np.float64)
+    if affine.shape == (3, 3):  # a 2-D affine: the two axes in the x-y plane
+        affine = np.array([[*affine[0, :2], 0, affine[0, 2]], [*affine[1, :2], 0, affine[1, 2]], [0, 0, 1, 0],
+                           [0, 0, 0, 1]])
+    columns = affine[:3, keep]
+    spacing = np.linalg.norm(columns, axis=0)
+    center = tuple(float(report["center_voxel"][a]) for a in keep)
+    return hypotheses_overview(array, labels, label, center, columns / spacing, tuple(float(v) for v in spacing),
+                               path, title, tuple(hu_window), slices)
+

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -42,9 +43,28 @@ def test_cli_writes_the_picture_with_the_set_and_replaces_it(tmp_path, capsys):
         with Image.open(out / "overview.png") as picture:
             assert picture.format == "PNG" and picture.size[0] > 600
         assert is_hypotheses_set(out)
-    with pytest.raises(SystemExit) as refused:
-        main(["--batch", str(tmp_path / "c.json"), "--png", "--out", str(tmp_path / "b")])
-    assert refused.value.code == 2 and "--png: --batch writes no picture" in capsys.readouterr().err
+
+
+def test_a_batch_writes_a_picture_in_every_case_folder(tmp_path, capsys):
+    from PIL import Image
+
+    from monai_probunet.hypotheses import is_inference_run
+    from monai_probunet.infer import main
+
+    (tmp_path / "ct.dcm").write_bytes(Path(pydicom_data.get_testdata_file("CT_small.dcm")).read_bytes())
+    (tmp_path / "centers.json").write_text(json.dumps([{"image": "ct.dcm", "center": [60, 60], "case_id": "soft"},
+                                                        {"image": "ct.dcm", "center": [8, 28], "case_id": "base"}]))
+    out = tmp_path / "out"
+    assert main(["--batch", str(tmp_path / "centers.json"), "--png", "--out", str(out)]) == 0
+    assert "pictures: overview.png in each of the 2 case folders" in capsys.readouterr().out
+    for case in ("soft", "base"):
+        with Image.open(out / case / "overview.png") as picture:
+            assert picture.format == "PNG" and picture.size[0] > 600
+    assert is_inference_run(out)  # a later run may replace it as a whole
+    # drawn from the case's files, the same picture as the image run on its own draws from its results in memory
+    assert main([str(tmp_path / "ct.dcm"), "--center", "8", "28", "--png", "--out", str(tmp_path / "single")]) == 0
+    with Image.open(out / "base" / "overview.png") as batch, Image.open(tmp_path / "single" / "overview.png") as one:
+        assert np.array_equal(np.asarray(batch), np.asarray(one))
 
 
 @pytest.mark.parametrize("orientation", [(t, r, c) for t in (0, 1) for r in (0, 1) for c in (0, 1)])
@@ -62,8 +82,8 @@ def test_the_centre_is_marked_where_the_picture_shows_its_pixel(orientation):
 def test_the_pictures_title_names_the_label_as_the_dicom_seg_does(center):
     """The title leads with the label's segment name (``no lesion p=0.19 ambiguous``): the picture, ``seg.dcm`` and
     MONAI Label say the same, where the count alone (3 of 16 at the lung base) would read as a lesion."""
-    from monai_probunet.infer import overview_title
     from monai_probunet.inference import find_presence_threshold, load_model, predict_hypotheses
+    from monai_probunet.overview import overview_title
     from tests.conftest import TRAIN_YAML
 
     ckpt = TRAIN_YAML.parent.parent / "models" / "model.pt"
@@ -74,8 +94,8 @@ def test_the_pictures_title_names_the_label_as_the_dicom_seg_does(center):
     label, decision = hyp.presence_rule_label()
     assert decision.show_lesion == bool(label.any())
     name = f"{'lesion' if label.any() else 'no lesion'} p={hyp.presence_probability:.2f}"
-    assert overview_title(hyp) == (f"CT_small.dcm: {name}{' ambiguous' if hyp.ambiguous else ''} "
-                                   f"({hyp.presence_count} of 16 hypotheses show a lesion)")
+    assert overview_title(hyp.to_report(), label) == (f"CT_small.dcm: {name}{' ambiguous' if hyp.ambiguous else ''} "
+                                                      f"({hyp.presence_count} of 16 hypotheses show a lesion)")
 
 
 def test_the_slices_of_a_3d_label_the_picture_shows():
@@ -94,12 +114,22 @@ def test_the_slices_of_a_3d_label_the_picture_shows():
     assert len(shown) == 12 and shown[0] == 0 and shown[-1] == 36 and shown == sorted(set(shown))
 
 
-def test_a_3d_picture_adds_the_label_through_its_slices(tmp_path):
+def test_a_3d_picture_adds_the_label_through_its_slices(tmp_path, monkeypatch):
     import nibabel as nib
     from PIL import Image
 
+    from monai_probunet import overview
     from monai_probunet.infer import main
     from tests.test_inference_3d import AFFINE, lung_volume, paint_ellipsoid
+
+    drawn = []  # the titles and slice rows the pictures were drawn with (the real drawing runs)
+    draw = overview.hypotheses_overview
+
+    def spy(*args, **kwargs):
+        drawn.append((args[7], [name for name, _, _ in args[9]]))
+        return draw(*args, **kwargs)
+
+    monkeypatch.setattr(overview, "hypotheses_overview", spy)
 
     vol = lung_volume()
     mask = paint_ellipsoid(vol, (70.0, 64.0, 11.3), (6.0, 5.0, 7.0))
@@ -119,8 +149,8 @@ def test_a_3d_picture_adds_the_label_through_its_slices(tmp_path):
     assert report["presence_label"]["volume_mm3"] > 0 and spanned.size >= 3
 
     # the title states what the files hold: the clicked slice's count, the label's volume and slices
-    from monai_probunet.infer import overview_title
     from monai_probunet.inference import find_presence_threshold, load_model
+    from monai_probunet.overview import overview_title
     from monai_probunet.predict3d import predict_hypotheses_3d
     from tests.conftest import TRAIN_YAML
 
@@ -129,8 +159,10 @@ def test_a_3d_picture_adds_the_label_through_its_slices(tmp_path):
     hyp = predict_hypotheses_3d(str(tmp_path / "ct.nii.gz"), [68, 66, 11], model, spacing=settings["spacing"],
                                 roi_size=settings["roi_size"], hu_window=settings["hu_window"],
                                 threshold=find_presence_threshold(ckpt))
-    assert overview_title(hyp) == (
+    assert drawn[1][0] == overview_title(hyp.to_report(), hyp.presence_rule_label()[0]) == (
         f"ct.nii.gz: lesion p={report['presence_probability']:.2f} ({report['presence_count']} of 16 hypotheses show "
         f"a lesion on the clicked slice 11); the label {report['presence_label']['volume_mm3']:.0f} mm^3 on slices "
         f"{spanned[0]}-{spanned[-1]}"
     )
+    assert drawn[0][1] == [] and drawn[1][1][0].startswith(f"slice {spanned[0] - 1}")  # the 3-D picture's row
+    assert any(name.startswith("slice 11 (clicked): ") for name in drawn[1][1])
