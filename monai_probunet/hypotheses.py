@@ -319,11 +319,10 @@ class Hypotheses:
             DicomSegError: (a ``ValueError``) the source is not one DICOM series, or its geometry is not the label's.
         """
         from .dicom_seg import write_dicom_seg
-        from .segment_names import hypothesis_segment_names, label_segment_name
+        from .segment_names import hypothesis_segment_names
 
-        label, decision = self.presence_rule_label()
-        names = [label_segment_name(self.presence_probability, self.ambiguous, decision.show_lesion)]
-        layers = label[None]
+        names = [self.presence_label_report()["name"]]
+        layers = self.presence_rule_label()[0][None]
         if seg_hypotheses:
             names += hypothesis_segment_names(self.variants, self.num_samples)
             layers = np.concatenate([layers, self.labels], axis=0)

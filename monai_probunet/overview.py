@@ -228,11 +228,9 @@ def result_overview(
                 slices.append((name, np.take(image, j, axis), np.take(label, j, axis)))
         array, labels, label = np.take(image, k, axis), np.take(labels, k, axis + 1), np.take(label, k, axis)
         keep = [a for a in range(3) if a != axis]
-    affine = np.asarray(report["affine_ras"], dtype=np.float64)
-    if affine.shape == (3, 3):  # a 2-D affine: the two axes in the x-y plane
-        affine = np.array([[*affine[0, :2], 0, affine[0, 2]], [*affine[1, :2], 0, affine[1, 2]], [0, 0, 1, 0],
-                           [0, 0, 0, 1]])
-    columns = affine[:3, keep]
+    from monai.data.utils import to_affine_nd
+
+    columns = np.asarray(to_affine_nd(3, np.asarray(report["affine_ras"], dtype=np.float64)))[:3, keep]
     spacing = np.linalg.norm(columns, axis=0)
     center = tuple(float(report["center_voxel"][a]) for a in keep)
     return hypotheses_overview(array, labels, label, center, columns / spacing, tuple(float(v) for v in spacing),

@@ -65,7 +65,7 @@ from monai_probunet.model_loading import check_device
 from monai_probunet.predict3d import predict_hypotheses_3d
 
 from .dicom_seg import DicomSegError, find_source_series, write_dicom_seg
-from .label_rule import hypothesis_segment_names, label_segment_name
+from .label_rule import hypothesis_segment_names
 from .params import parse_params
 from .seg_nrrd import write_seg_nrrd
 
@@ -432,8 +432,8 @@ class ProbUNetInfer(BasicInferTask):
             ]
         else:
             pred = label
-            name = label_segment_name(hyp.presence_probability, hyp.ambiguous, decision.show_lesion)
-            segments = [{"name": name, "label_value": 1, "layer": 0, "color": LESION_COLOR}]
+            segments = [{"name": hyp.presence_label_report()["name"], "label_value": 1, "layer": 0,
+                         "color": LESION_COLOR}]
         if pred.ndim == (3 if params.hypotheses else 2):
             pred = pred[..., None]  # a slice: H x W x 1 (the writers drop the affine of 2-D arrays)
         data[self.output_label_key] = MetaTensor(
