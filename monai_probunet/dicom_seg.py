@@ -22,6 +22,7 @@ import numpy as np
 __all__ = [
     "GRID_TOLERANCE",
     "DicomSegError",
+    "check_seg_source",
     "find_source_series",
     "label_to_frames",
     "read_series",
@@ -49,11 +50,12 @@ def find_source_series(image_path: str | os.PathLike) -> Path | None:
     return None
 
 
-def read_series(source: str | os.PathLike) -> list[Any]:
+def read_series(source: str | os.PathLike, headers_only: bool = False) -> list[Any]:
     """The source instances: every DICOM file of a folder (files pydicom cannot read are skipped), or one file.
 
     Args:
         source: A folder holding one DICOM series, or one DICOM file (a slice).
+        headers_only: Read each file up to its pixel data (``stop_before_pixels``): for checks of the headers.
 
     Returns:
         list of pydicom.Dataset: the instances (folder: file-name order).
@@ -66,7 +68,7 @@ def read_series(source: str | os.PathLike) -> list[Any]:
     path = Path(source)
     if path.is_file():
         try:
-            return [pydicom.dcmread(str(path))]
+            return [pydicom.dcmread(str(path), stop_before_pixels=headers_only)]
         except Exception as e:  # pydicom raises many types for a file that is not DICOM
             raise DicomSegError(f"{path} is not a readable DICOM file ({type(e).__name__}).") from e
     if not path.is_dir():
@@ -75,7 +77,7 @@ def read_series(source: str | os.PathLike) -> list[Any]:
     for f in sorted(path.iterdir()):
         if f.is_file():
             try:
-                datasets.append(pydicom.dcmread(str(f)))
+                datasets.append(pydicom.dcmread(str(f), stop_before_pixels=headers_only))
             except Exception:  # noqa: BLE001, S112 -- not a DICOM file: skipped
                 continue
     if not datasets:
@@ -84,6 +86,32 @@ def read_series(source: str | os.PathLike) -> list[Any]:
     if len(series) != 1:
         raise DicomSegError(f"{path} holds {len(series)} series; a DICOM SEG needs exactly one.")
     return datasets
+
+
+def check_seg_source(datasets: Sequence[Any], source: str | os.PathLike) -> None:
+    """Refuse a source that a DICOM SEG cannot reference, in one line naming it.
+
+    A SEG of a CT series places its frames in the source's frame of reference and references each source instance;
+    highdicom refuses a source without a Frame of Reference UID in a message that names neither file nor tag.
+
+    Args:
+        datasets: The source instances (:func:`read_series`; headers suffice).
+        source: The series folder or DICOM file they came from (named in the message).
+
+    Raises:
+        DicomSegError: An instance lacks the Frame of Reference UID or one of the UIDs a SEG references.
+    """
+    required = {
+        "FrameOfReferenceUID": "Frame of Reference UID (0020,0052)",
+        "StudyInstanceUID": "Study Instance UID (0020,000D)",
+        "SeriesInstanceUID": "Series Instance UID (0020,000E)",
+        "SOPInstanceUID": "SOP Instance UID (0008,0018)",
+    }
+    for keyword, tag in required.items():
+        if any(not str(ds.get(keyword, "") or "").strip() for ds in datasets):
+            raise DicomSegError(
+                f"{source} has no {tag}, which a DICOM SEG of it must reference."
+            )
 
 
 def label_to_frames(labels: np.ndarray, affine_ras: np.ndarray, datasets: Sequence[Any]) -> np.ndarray:
@@ -157,6 +185,7 @@ def write_dicom_seg(
     from pydicom.sr.codedict import codes
 
     datasets = read_series(series_dir)
+    check_seg_source(datasets, series_dir)
     if len(segments) != labels.shape[0]:
         raise DicomSegError(f"{labels.shape[0]} label layers but {len(segments)} segments.")
     pixels = label_to_frames(labels, affine_ras, datasets)

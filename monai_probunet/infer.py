@@ -35,7 +35,8 @@ the outline on the images they read. Its segment 1 is the presence-rule label, t
 (:meth:`~monai_probunet.hypotheses.Hypotheses.presence_rule_label`, ``presence_label.nii.gz``), named as the
 app names it (``lesion p=0.88``); ``--seg-hypotheses`` adds the S hypotheses as segments 2 .. S+1. ``--no-dicom-seg``
 skips it; ``--dicom-seg`` (or ``--seg-hypotheses``) with a NIfTI input is refused (no DICOM series to reference);
-``--batch`` writes no SEG.
+``--batch`` writes no SEG. A source without a Frame of Reference UID cannot be referenced: the other results are
+written and one warning line says why there is no ``seg.dcm`` (``--dicom-seg`` / ``--seg-hypotheses``: refused).
 
 ``--3d`` (3-D volumes only; a 2-D image is refused): the lesion is followed from the clicked slice through every slice
 it spans (:func:`monai_probunet.predict3d.predict_hypotheses_3d`: hypothesis s keeps its prior noise on every slice,
@@ -93,6 +94,8 @@ QUIET_LOGGERS = {
     "monai_probunet.inference_evaluator": logging.CRITICAL,
     "monai.data.nvimgcodec_pydicom_plugin": logging.ERROR,
 }
+#: the same decoder's warning, given each time MONAI's DICOM reader loads a compressed file
+QUIET_WARNING = "NvImgCodecPydicomReader: nvImageCodec decoder plugin did not register"
 
 
 
@@ -232,6 +235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     for name, level in QUIET_LOGGERS.items():
         logging.getLogger(name).setLevel(level)
+    warnings.filterwarnings("ignore", message=QUIET_WARNING, category=UserWarning)
     try:
         spacing = _scalar_or_pair(args.spacing)
         roi_arg = _scalar_or_pair(args.roi_size)
@@ -286,6 +290,13 @@ def _run(args: argparse.Namespace, spacing, roi_arg) -> int:
             f"{option}: {args.image} is not DICOM, so there is no DICOM series for a SEG to reference; give a DICOM "
             f"series folder or DICOM file, or leave out {option}."
         )
+    problem = _seg_source_problem(dicom_source) if dicom_source is not None and args.dicom_seg is not False else None
+    if problem is not None and (args.dicom_seg or args.seg_hypotheses):
+        option = "--dicom-seg" if args.dicom_seg else "--seg-hypotheses"
+        raise ValueError(f"{option}: {problem} Leave out {option} for the other results.")
+    if problem is not None:  # the SEG is a default extra: the hypotheses do not need it
+        print(f"warning: no seg.dcm: {problem} The other results are written.", file=sys.stderr)
+        dicom_source = None
     seg = {"dicom_source": dicom_source, "seg_hypotheses": args.seg_hypotheses} if args.dicom_seg is not False else {}
 
     inf = _import_inference(full=args.batch is not None)
@@ -385,6 +396,22 @@ def _run(args: argparse.Namespace, spacing, roi_arg) -> int:
             f"{report['dicom_seg']['ReferencedSeriesInstanceUID']}"
         )
     return 0
+
+
+def _seg_source_problem(source: Path) -> str | None:
+    """Why no DICOM SEG can reference ``source`` (:func:`~monai_probunet.dicom_seg.check_seg_source`), or ``None``;
+    a source that is not one readable series is left to the image loader, which names what is wrong with it."""
+    from .dicom_seg import DicomSegError, check_seg_source, read_series
+
+    try:
+        datasets = read_series(source, headers_only=True)
+    except DicomSegError:
+        return None
+    try:
+        check_seg_source(datasets, source)
+    except DicomSegError as e:
+        return str(e)
+    return None
 
 
 def _dicom_source(image: str) -> Path | None:

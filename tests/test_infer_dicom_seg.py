@@ -269,6 +269,36 @@ def test_no_dicom_seg_and_failed_seg(series, tmp_path, monkeypatch, capsys):
     assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temporary folder left
 
 
+def test_source_a_seg_cannot_reference(tmp_path, capsys):
+    """Held-out real CT without a Frame of Reference UID (pydicom's ``693_J2KI.dcm``, a JPEG 2000 head slice): a DICOM
+    SEG cannot reference it (highdicom refuses in a line that names neither file nor tag). By default the other
+    results are written, with one warning line naming the file and the tag; ``--dicom-seg`` asked for it: refused in
+    one line (exit 2), nothing written. MONAI's note on its absent GPU decoder, given for every compressed file it
+    loads (here the picture's), is not shown."""
+    image = Path(get_testdata_file("693_J2KI.dcm"))
+    assert "FrameOfReferenceUID" not in pydicom.dcmread(str(image), stop_before_pixels=True)
+    out = tmp_path / "out"
+    assert run(image, [64, 64], out, "--png") == 0
+    captured = capsys.readouterr()
+    warning = (f"warning: no seg.dcm: {image} has no Frame of Reference UID (0020,0052), which a DICOM SEG of it "
+               f"must reference. The other results are written.")
+    assert captured.err.strip().splitlines() == [warning]
+    report = json.loads((out / "report.json").read_text())
+    assert "dicom_seg" not in report and not (out / "seg.dcm").exists()
+    assert {"hypotheses", "presence_label"} <= set(report["files"]) and (out / "overview.png").is_file()
+    for option in ("--dicom-seg", "--seg-hypotheses"):
+        assert run(image, [64, 64], tmp_path / "refused", option) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        refusal = (f"error: {option}: {image} has no Frame of Reference UID (0020,0052), which a DICOM SEG of it "
+                   f"must reference. Leave out {option} for the other results.")
+        assert err == [refusal], err
+        assert not (tmp_path / "refused").exists()
+    # the writer itself refuses it so, for every caller (the MONAI Label app answers 422 with the line)
+    with pytest.raises(DicomSegError, match=r"has no Frame of Reference UID \(0020,0052\)"):
+        dicom_seg.write_dicom_seg(tmp_path / "seg.dcm", np.zeros((1, 512, 512, 1), np.uint8), np.eye(4),
+                                  [{"name": "lesion"}], image)
+
+
 def test_off_grid_label_refused(series):
     """The writer refuses a label whose grid is not the source's (half a voxel off) instead of resampling."""
     src = pydicom.dcmread(str(series[0]))

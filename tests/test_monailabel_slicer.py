@@ -570,7 +570,8 @@ def test_dicomweb_series_headers_are_checked_as_the_cli_checks_them(orthanc, tmp
     """MONAI Label's DICOMweb cache converts a series to NIfTI, keeping neither its modality nor its pixel spacing (1
     mm filled in) nor its gaps: the server checks the series' own headers before it reads the image, as the CLI does
     (422, one line naming the series): a series tagged MR, a slice without PixelSpacing, a missing slice (2-D
-    mode too)."""
+    mode too). A series without a Frame of Reference UID is answered as a label, and a DICOM SEG of it (which must
+    reference one) is refused in one line (422), as a Submit of a label for it."""
     import sys
 
     import pydicom
@@ -598,11 +599,16 @@ def test_dicomweb_series_headers_are_checked_as_the_cli_checks_them(orthanc, tmp
         for k in range(len(files)):
             edit(files, k, Modality="MR")
 
+    def no_frame_of_reference(files):
+        for k in range(len(files)):
+            edit(files, k, FrameOfReferenceUID=None)
+
     cases = [
         (series(21, tagged_mr), "has Modality 'MR'; this model segments CT (HU) only"),
         (series(22, lambda f: edit(f, 2, PixelSpacing=None)), "PixelSpacing None is missing or not positive"),
         (series(23, lambda f: f[:3] + f[4:]), "slice gaps are not uniform: 5 mm between"),
     ]
+    unreferenceable = series(24, no_frame_of_reference)
     root = tmp_path / "label"
     root.mkdir()
     conf = {"model_path": MODEL, "network_config": CONFIG}
@@ -614,3 +620,19 @@ def test_dicomweb_series_headers_are_checked_as_the_cli_checks_them(orthanc, tmp
                 detail = r.json().get("detail", "")
                 assert r.status_code == 422 and f"series {uid}" in detail and words in detail, (mode, r.text)
                 assert "\n" not in detail and "Traceback" not in detail
+        params = {"foreground": [[56, 64, 2]], "mode": "3d"}
+        r = requests.post(f"{url}/infer/probunet", params={"image": unreferenceable, "output": "json"}, timeout=300,
+                          data={"params": json.dumps(params)})
+        assert r.status_code == 200 and r.json()["presence_label"]["name"], r.text
+        words = "has no Frame of Reference UID (0020,0052), which a DICOM SEG of it must reference."
+        for extra in ({"output": "dicom_seg"}, {"output": "json", "store_dicom_seg": True}):
+            query = {"image": unreferenceable, "output": extra["output"]}
+            r = requests.post(f"{url}/infer/probunet", params=query, timeout=300,
+                              data={"params": json.dumps({**params, **extra})})
+            detail = r.json().get("detail", "")
+            assert r.status_code == 422 and words in detail and "\n" not in detail, (extra, r.text)
+        label = nib.Nifti1Image(np.zeros((128, 128, 6), np.uint8), np.eye(4)).to_bytes()
+        r = requests.put(f"{url}/datastore/label", params={"image": unreferenceable}, timeout=120,
+                         files={"label": ("label.nii", label, "application/octet-stream")},
+                         data={"params": json.dumps({"label_info": [{"name": "lesion", "idx": 1}]})})
+        assert r.status_code == 422 and words in r.json()["detail"], r.text
