@@ -193,7 +193,8 @@ def running_server(root: Path, studies: str, conf: dict):
     port = _free_port()
     (root / "tmp").mkdir(exist_ok=True)  # the server's temporary files, which tests may count
     env = {**server_env(), "MONAI_LABEL_SESSION_PATH": str(root / "sessions"),
-           "MONAI_LABEL_DATASTORE_CACHE_PATH": str(root / "dicom_cache"), "TMPDIR": str(root / "tmp")}
+           "MONAI_LABEL_DATASTORE_CACHE_PATH": str(root / "dicom_cache"), "TMPDIR": str(root / "tmp"),
+           "MONAI_LABEL_DICOMWEB_CACHE_PATH": str(root / "dicom_cache")}  # the DICOMweb datastore reads this one
     log_path = root / f"server_{port}.log"
     cmd = [str(MONAILABEL), "start_server", "--app", str(app), "--studies", str(studies), "--host", "127.0.0.1",
            "--port", str(port)]
