@@ -339,10 +339,11 @@ def predict_hypotheses_3d(
     num_samples, seed = int(num_samples), int(seed)
 
     img, source = load_ct(image, allow_non_ct=allow_non_ct)
-    if img.ndim != 4:
+    if img.ndim != 4 or img.shape[-1] < 2:  # one slice has no neighbours to follow the lesion into
+        what = "a 2-D image" if img.ndim != 4 else "a volume of one slice"
         raise ValueError(
-            f"{source}: 3-D mode needs a CT volume (1 x H x W x D); this is a 2-D image of shape {tuple(img.shape)}: "
-            "use 2-D mode."
+            f"{source}: 3-D mode needs a CT volume (1 x H x W x D, D >= 2); this is {what} of shape "
+            f"{tuple(img.shape)}: use 2-D mode."
         )
     spatial = tuple(int(s) for s in img.shape[1:])
     need = num_samples * int(np.prod(spatial)) + 8 * int(np.prod(spatial))

@@ -367,6 +367,9 @@ def test_bad_inputs(shipped, ellipsoid, tmp_path):
     slice2d = MetaTensor(torch.from_numpy(vol[..., 11].copy())[None], affine=torch.as_tensor(AFFINE))
     with pytest.raises(ValueError, match=r"3-D mode needs a CT volume .* 2-D image .*use 2-D mode"):
         run3d(shipped, slice2d, [68, 66])
+    one_slice = MetaTensor(torch.from_numpy(vol[..., 11:12].copy())[None], affine=torch.as_tensor(AFFINE))
+    with pytest.raises(ValueError, match=r"3-D mode needs a CT volume .* D >= 2.* a volume of one slice .*2-D mode"):
+        run3d(shipped, one_slice, [68, 66, 0])
     for bad in (0, -5, float("nan"), "x"):
         with pytest.raises(ValueError, match="max_extent_mm must be a positive number"):
             run3d(shipped, as_image(vol), [68, 66, 11], max_extent_mm=bad)

@@ -52,6 +52,7 @@ def server3d(tmp_path_factory):
     vol[d <= 1] = 30.0 + 10.0 * rng.standard_normal(int((d <= 1).sum()))
     nib.save(nib.Nifti1Image(vol, AFFINE), str(studies / "chest.nii.gz"))
     nib.save(nib.Nifti1Image(vol[..., 11], AFFINE), str(studies / "slice.nii.gz"))
+    nib.save(nib.Nifti1Image(vol[..., 11:12], AFFINE), str(studies / "one_slice.nii.gz"))  # a series of one slice
     with running_server(root, str(studies), {"model_path": MODEL, "network_config": CONFIG}) as (url, log):
         import requests
 
@@ -143,6 +144,14 @@ def test_2d_mode_and_refusals(server3d):
     status, _, _, result = slicer_infer(url, "probunet", "slice",
                                         click_params(info, "probunet", [[68, 66, 0]], mode="3d"))
     assert status == 400 and "mode 3d needs a volume" in result["detail"] and "\n" not in result["detail"]
+    # a volume of one slice (a single-slice DICOM series as MONAI Label's cache converts it): answered in 2-D, its
+    # label's area, not a volume from a slice thickness that no neighbouring slice defines; 3d refused as for a slice
+    status, _, _, one = slicer_infer(url, "probunet", "one_slice", click_params(info, "probunet", [[68, 66, 0]]))
+    assert status == 200 and one["mode"] == "2d" and "area_mm2" in one["presence_label"], one
+    assert "volume_mm3" not in one["presence_label"] and one["presence_label"]["shows_lesion"]
+    status, _, _, result = slicer_infer(url, "probunet", "one_slice",
+                                        click_params(info, "probunet", [[68, 66, 0]], mode="3d"))
+    assert status == 400 and "mode 3d needs a volume" in result["detail"], result
     for bad, match in (({"mode": "4d"}, "'mode' must be one of"), ({"max_extent_mm": 0}, "'max_extent_mm'")):
         status, _, _, result = slicer_infer(url, "probunet", "chest", click_params(info, "probunet", [CLICK], **bad))
         assert status == 400 and match in result["detail"]

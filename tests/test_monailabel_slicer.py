@@ -636,3 +636,39 @@ def test_dicomweb_series_headers_are_checked_as_the_cli_checks_them(orthanc, tmp
                          files={"label": ("label.nii", label, "application/octet-stream")},
                          data={"params": json.dumps({"label_info": [{"name": "lesion", "idx": 1}]})})
         assert r.status_code == 422 and words in r.json()["detail"], r.text
+
+
+def test_dicomweb_compressed_series(orthanc, tmp_path):
+    """A series stored in JPEG 2000, as PACS often store CT (held-out real CT: pydicom's ``J2K_pixelrep_mismatch.dcm``,
+    one oblique head slice): Orthanc without its GDCM plugin cannot transcode it to the uncompressed default that
+    MONAI Label asks WADO-RS for (it answered 500, and the series could not be opened). The server fetches each
+    series as stored: Slicer's download is the slice's HU, voxel for voxel; a click is answered (in 2-D: one slice),
+    and as a DICOM SEG that references it."""
+    import pydicom
+    import requests
+    from pydicom.data import get_testdata_file
+
+    source = Path(get_testdata_file("J2K_pixelrep_mismatch.dcm"))
+    ds = pydicom.dcmread(str(source))
+    assert ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.90"  # JPEG 2000, lossless only
+    r = requests.post(f"{orthanc}/instances", data=source.read_bytes(), timeout=30)
+    assert r.status_code == 200, r.text
+    uid = str(ds.SeriesInstanceUID)
+    hu = ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
+    root = tmp_path / "label"
+    root.mkdir()
+    with running_server(root, f"{orthanc}/dicom-web", {"model_path": MODEL, "network_config": CONFIG}) as (url, _):
+        img, click = series_image_and_click(url, uid, ds, 300, 200, tmp_path)
+        np.testing.assert_array_equal(np.asarray(img.dataobj)[:, :, 0], hu.T)  # column x row, as MONAI loads it
+        params = {"foreground": [click], "background": [], "label": "lesion", "num_samples": 16, "seed": 0}
+        r = requests.post(f"{url}/infer/probunet", params={"image": uid, "output": "json"}, timeout=300,
+                          data={"params": json.dumps(params)})
+        assert r.status_code == 200 and r.json()["mode"] == "2d", r.text
+        r = requests.post(f"{url}/infer/probunet", params={"image": uid, "output": "dicom_seg"}, timeout=300,
+                          data={"params": json.dumps(params)})
+        assert r.status_code == 200, r.text
+        seg = pydicom.dcmread(io.BytesIO(r.content))
+        assert seg.Modality == "SEG" and seg.ReferencedSeriesSequence[0].SeriesInstanceUID == uid
+        assert seg.FrameOfReferenceUID == ds.FrameOfReferenceUID and int(seg.NumberOfFrames) == 1
+        series_dirs = [p for p in (root / "dicom_cache").rglob(f"*{uid}*") if p.is_dir()]
+        assert [p.name for p in series_dirs] == [uid]  # the series folder, no partial download beside it

@@ -7,7 +7,8 @@ everything else is MONAI Label's datastore. What 3D Slicer's "Submit Label" send
 /datastore/label?image=<SeriesInstanceUID>`` with the labelmap (values 1..N) and ``params`` =
 ``{"label_info": [{"name": <segment name>, "idx": <value>}, ...], ...}``. The submitter's Client/User-ID (or
 ``rater``) becomes the SEG's ``ContentCreatorName`` (3D Slicer's default ``user-xyz``, everyone's who has not set
-one, is refused with 400, as on a local studies folder).
+one, is refused with 400, as on a local studies folder). A series is fetched in the transfer syntax it is stored in
+(a JPEG 2000 series opens without the server transcoding it).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import pathlib
+import shutil
 import tempfile
 from typing import Any, Dict
 
@@ -28,6 +30,9 @@ from lib.infers.dicom_seg import DicomSegError, write_dicom_seg
 from lib.rater_datastore import check_label_shape, nrrd_layers, rater_name
 
 logger = logging.getLogger(__name__)
+
+#: WADO-RS media type for "each instance in the transfer syntax it is stored in" (no transcoding by the server)
+ANY_TRANSFER_SYNTAX = (("application/dicom", "*"),)
 
 __all__ = ["SegDICOMWebDatastore", "label_segments"]
 
@@ -82,6 +87,7 @@ class SegDICOMWebDatastore(DICOMWebDatastore):
         import requests
 
         try:
+            self._download_as_stored(image_id)
             uri = super().get_image_uri(image_id)
         except requests.RequestException as e:
             raise HTTPException(status_code=502, detail=f"image {image_id!r}: the DICOMweb server did not answer "
@@ -98,6 +104,43 @@ class SegDICOMWebDatastore(DICOMWebDatastore):
             os.remove(uri)
             return cached
         return uri
+
+    def _download_as_stored(self, series_id: str) -> None:
+        """Fetch a series not yet in the cache in the transfer syntax it is stored in, into its cache folder, whole
+        or not at all; MONAI Label then finds it there and converts it (SimpleITK's GDCM reads compressed DICOM).
+
+        MONAI Label asks WADO-RS for the default transfer syntax (uncompressed), which makes the server transcode:
+        Orthanc without its GDCM plugin cannot transcode JPEG 2000 and answers 500, so a series stored compressed,
+        as PACS often store them, could not be opened. A server that refuses ``transfer-syntax=*`` (older than
+        DICOMweb's 2019 edition) is asked again as MONAI Label asks. Its own download writes into the cache folder
+        file by file, and an interrupted one left a partial series that was then read as the whole.
+        """
+        import requests
+
+        folder = os.path.realpath(os.path.join(self._datastore.image_path(), series_id))
+        if self._fetch_by_frame or (os.path.isdir(folder) and os.listdir(folder)):
+            return
+        found = [s for s in self._client.search_for_series(search_filters={"SeriesInstanceUID": series_id})
+                 if s.get("0020000E", {}).get("Value") == [series_id]]
+        if not found:
+            raise IndexError(series_id)  # answered 404 by get_image_uri, as MONAI Label's own lookup fails
+        study_id = found[0]["0020000D"]["Value"][0]
+        try:
+            instances = self._client.retrieve_series(study_id, series_id, media_types=ANY_TRANSFER_SYNTAX)
+        except requests.HTTPError as e:
+            if e.response is None or e.response.status_code not in (400, 406, 415):
+                raise
+            instances = self._client.retrieve_series(study_id, series_id)
+        part = tempfile.mkdtemp(prefix=f".{series_id}.", dir=os.path.dirname(folder))
+        try:
+            for ds in instances:
+                ds.save_as(os.path.join(part, f"{ds.SOPInstanceUID}.dcm"))
+            if os.path.isdir(folder):  # an empty folder left by an earlier failed download
+                os.rmdir(folder)
+            os.replace(part, folder)
+        finally:
+            if os.path.isdir(part):
+                shutil.rmtree(part)
 
     def get_labeled_images(self, label_tag: str | None = None, labels: list[str] | None = None) -> list[str]:
         labelled = list(super().get_labeled_images(label_tag, labels))

@@ -11,7 +11,7 @@ guessed position.
 ``mode`` (options table): ``auto`` (default) follows the lesion from the click through every slice it spans for a
 volume (:func:`monai_probunet.predict3d.predict_hypotheses_3d`: 3-D hypotheses, each with its own prior noise on every
 slice, a 3-D label, volumes from the 3-D masks; at most ``max_extent_mm``, 40 mm) and answers the clicked slice for a
-2-D image; ``3d`` (a 2-D image answers 400); ``2d`` (the clicked slice of a volume only).
+2-D image or a series of one slice; ``3d`` (those answer 400); ``2d`` (the clicked slice of a volume only).
 
 The label returned follows the presence rule (:mod:`.label_rule`): empty only when the presence count is below the
 fitted threshold or under a quarter of S, otherwise the consensus of the lesion-containing hypotheses. Its one
@@ -326,8 +326,9 @@ class ProbUNetInfer(BasicInferTask):
                 not -0.5 <= c < n - 0.5 for c, n in zip(center, spatial)):
             raise ProbUNetRequestError(f"foreground point {params.center} lies outside the image "
                                        f"({' x '.join(map(str, spatial))} voxels): place it on the lesion.")
-        three_d = params.mode == "3d" or (params.mode == "auto" and image.ndim == 4)
-        if three_d and image.ndim != 4:
+        volume = image.ndim == 4 and image.shape[-1] > 1  # a series of one slice is answered in 2-D: its area
+        three_d = params.mode == "3d" or (params.mode == "auto" and volume)
+        if three_d and not volume:
             raise ProbUNetRequestError(
                 f"mode 3d needs a volume; {os.path.basename(image_path)} is a single 2-D slice: use mode auto or 2d.")
         checked = {
