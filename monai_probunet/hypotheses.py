@@ -346,15 +346,15 @@ class Hypotheses:
         if self.labels.ndim == 3:  # a slice: H x W x 1 x S, so that axis 4 holds the hypotheses
             stack = stack[:, :, None, :]
         arrays = {
-            "hypotheses": stack.astype(np.uint8),
-            "mean_probability": self.mean_probability.astype(np.float32),
-            "entropy": self.entropy.astype(np.float32),
-            "variant_label": self.most_frequent_label.astype(np.uint8),
-            "presence_label": self.presence_rule_label()[0].astype(np.uint8),
+            "hypotheses": (stack, np.uint8),
+            "mean_probability": (self.mean_probability, np.float32),
+            "entropy": (self.entropy, np.float32),
+            "variant_label": (self.most_frequent_label, np.uint8),
+            "presence_label": (self.presence_rule_label()[0], np.uint8),
         }
         paths: dict[str, Path] = {}
-        for name, arr in arrays.items():
-            img = nib.Nifti1Image(np.ascontiguousarray(arr), affine)
+        for name, (arr, dtype) in arrays.items():
+            img = nib.Nifti1Image(_nifti_ordered(arr, dtype), affine)
             img.header.set_xyzt_units("mm")
             paths[name] = out / f"{name}.nii.gz"
             nib.save(img, str(paths[name]))
@@ -367,6 +367,21 @@ class Hypotheses:
         paths["report"] = out / REPORT_NAME
         paths["report"].write_text(json.dumps(report, indent=1))
         return paths
+
+
+def _nifti_ordered(arr: np.ndarray, dtype: type) -> np.ndarray:
+    """``arr`` as ``dtype`` in the order NIfTI stores voxels (the first axis fastest: Fortran order), so that nibabel
+    writes it without a strided copy of its own, copied by the box of its non-zero voxels (the rest of a 3-D result
+    on a whole CT is empty: 16 x 512 x 512 x 300 hypotheses are written in a third of the time)."""
+    occupied = arr.any(axis=-1) if arr.ndim == 4 else arr != 0  # a stack: any hypothesis (its last axis)
+    box = []
+    for axis in range(occupied.ndim):
+        hit = np.flatnonzero(occupied.any(axis=tuple(a for a in range(occupied.ndim) if a != axis)))
+        box.append(slice(hit[0], hit[-1] + 1) if hit.size else slice(0, 0))
+    box += [slice(None)] * (arr.ndim - occupied.ndim)
+    out = np.zeros(arr.shape, dtype, order="F")
+    out[tuple(box)] = arr[tuple(box)]
+    return out
 
 
 def _marked(path: Path) -> bool:

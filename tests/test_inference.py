@@ -567,3 +567,30 @@ def test_bundle_export_and_verify(net, ckpt, tmp_path):
     with torch.no_grad():
         ref = net.sample(x, S, generator=torch.Generator().manual_seed(0))  # export_seed = train.yaml's seed (0)
         torch.testing.assert_close(unstack_hypotheses(loaded(x), 2), ref, rtol=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("where", ["centre", "corners", "empty", "all"])
+def test_nifti_ordered_copies_every_voxel(where, tmp_path):
+    """The arrays of a result are handed to nibabel in NIfTI's own order (Fortran), copied by their non-zero box: a
+    file read back equals the array, whatever the box (a small lesion, voxels at opposite corners, none, all), for a
+    stack of hypotheses (its last axis) and a float map with NaN."""
+    from monai_probunet.hypotheses import _nifti_ordered
+
+    rng = np.random.default_rng(0)
+    stack = np.zeros((20, 18, 7, 4), np.uint8)
+    prob = np.zeros((20, 18, 7), np.float32)
+    if where == "centre":
+        stack[8:12, 5:9, 3, 1:3] = 1
+        prob[8:12, 5:9, 2:5] = rng.random((4, 4, 3), dtype=np.float32)
+    elif where == "corners":
+        stack[0, 0, 0, 0] = stack[-1, -1, -1, -1] = 1
+        prob[0, -1, 0], prob[-1, 0, -1] = 0.25, np.nan
+    elif where == "all":
+        stack[:] = rng.integers(0, 2, stack.shape)
+        prob[:] = rng.random(prob.shape, dtype=np.float32)
+    view = np.moveaxis(np.ascontiguousarray(np.moveaxis(stack, -1, 0)), 0, -1)  # as a result holds it: S first
+    for arr, dtype in ((stack, np.uint8), (view, np.uint8), (prob, np.float32)):
+        out = _nifti_ordered(arr, dtype)
+        assert out.flags.f_contiguous and out.dtype == dtype
+        nib.save(nib.Nifti1Image(out, np.eye(4)), str(tmp_path / "a.nii.gz"))
+        np.testing.assert_array_equal(np.asarray(nib.load(str(tmp_path / "a.nii.gz")).dataobj), arr)
