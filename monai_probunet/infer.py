@@ -294,8 +294,7 @@ def _run(args: argparse.Namespace, spacing, roi_arg) -> int:
     if problem is not None and (args.dicom_seg or args.seg_hypotheses):
         option = "--dicom-seg" if args.dicom_seg else "--seg-hypotheses"
         raise ValueError(f"{option}: {problem} Leave out {option} for the other results.")
-    if problem is not None:  # the SEG is a default extra: the hypotheses do not need it
-        print(f"warning: no seg.dcm: {problem} The other results are written.", file=sys.stderr)
+    if problem is not None:  # the SEG is a default extra: the hypotheses do not need it (said once they are written)
         dicom_source = None
     seg = {"dicom_source": dicom_source, "seg_hypotheses": args.seg_hypotheses} if args.dicom_seg is not False else {}
 
@@ -342,6 +341,8 @@ def _run(args: argparse.Namespace, spacing, roi_arg) -> int:
         text = str(w.message)
         if "presence threshold" in text or "allow_non_ct" in text or threshold is None and "0.5 rule" in text:
             print(f"warning: {text}", file=sys.stderr)
+    if problem is not None:
+        print(f"warning: no seg.dcm: {problem} The other results are written.", file=sys.stderr)
     if cases is not None:
         if args.json:
             print(json.dumps(summary, indent=1))

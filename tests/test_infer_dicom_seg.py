@@ -293,6 +293,11 @@ def test_source_a_seg_cannot_reference(tmp_path, capsys):
                    f"must reference. Leave out {option} for the other results.")
         assert err == [refusal], err
         assert not (tmp_path / "refused").exists()
+    # an input refused for itself (ultrasound, also without the UID) gets that one line, not the SEG's warning too
+    ultrasound = Path(get_testdata_file("examples_jpeg2k.dcm"))
+    assert run(ultrasound, [10, 10], tmp_path / "us") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "has Modality 'US'; this model segments CT (HU) only" in err[0], err
     # the writer itself refuses it so, for every caller (the MONAI Label app answers 422 with the line)
     with pytest.raises(DicomSegError, match=r"has no Frame of Reference UID \(0020,0052\)"):
         dicom_seg.write_dicom_seg(tmp_path / "seg.dcm", np.zeros((1, 512, 512, 1), np.uint8), np.eye(4),
