@@ -109,9 +109,7 @@ def check_seg_source(datasets: Sequence[Any], source: str | os.PathLike) -> None
     }
     for keyword, tag in required.items():
         if any(not str(ds.get(keyword, "") or "").strip() for ds in datasets):
-            raise DicomSegError(
-                f"{source} has no {tag}, which a DICOM SEG of it must reference."
-            )
+            raise DicomSegError(f"{source} has no {tag}, which a DICOM SEG of it must reference.")
 
 
 def label_to_frames(labels: np.ndarray, affine_ras: np.ndarray, datasets: Sequence[Any]) -> np.ndarray:
