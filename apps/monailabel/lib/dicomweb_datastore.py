@@ -135,9 +135,11 @@ class SegDICOMWebDatastore(DICOMWebDatastore):
         try:
             for ds in instances:
                 ds.save_as(os.path.join(part, f"{ds.SOPInstanceUID}.dcm"))
-            if os.path.isdir(folder):  # an empty folder left by an earlier failed download
-                os.rmdir(folder)
-            os.replace(part, folder)
+            try:
+                os.replace(part, folder)  # also over an empty folder left by MONAI Label's failed download
+            except OSError:
+                if not os.listdir(folder):
+                    raise  # else a request beside this one fetched the series first: its copy stays
         finally:
             if os.path.isdir(part):
                 shutil.rmtree(part)
