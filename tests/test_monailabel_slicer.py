@@ -491,6 +491,7 @@ def test_dicomweb_series_to_dicom_seg(orthanc, tmp_path):
         # not a temporary conversion (left behind in the server's temporary folder, one per series)
         path = Path(nxt.json()["path"])
         assert path.is_file() and path.with_name(f"{series_uid}").is_dir(), nxt.text
+        check_cached_as_monai_label_converts(root, series_uid)  # 8 slices
         # the image as Slicer downloads it, and the click in its IJK: the lesion centre (row 64, column 56, slice 4)
         img, click = series_image_and_click(url, series_uid, src[4], 64, 56, tmp_path)
         params = {"foreground": [click], "background": [], "label": "lesion", "num_samples": 16, "seed": 0}
@@ -638,6 +639,29 @@ def test_dicomweb_series_headers_are_checked_as_the_cli_checks_them(orthanc, tmp
         assert r.status_code == 422 and words in r.json()["detail"], r.text
 
 
+def check_cached_as_monai_label_converts(root: Path, series_uid: str) -> None:
+    """The app's NIfTI of a cached series equals, header and voxels, the one MONAI Label's own ``dicom_to_nifti`` makes
+    of the same files (run in MONAI Label's venv), and the datastore records it as MONAI Label does."""
+    import subprocess
+
+    from tests.test_monailabel import VENV
+
+    (cached,) = (root / "dicom_cache").rglob(f"{series_uid}.nii.gz")
+    code = ("import sys; from monailabel.datastore.utils.convert import dicom_to_nifti; "
+            "print(dicom_to_nifti(sys.argv[1]))")
+    r = subprocess.run([str(VENV / "bin" / "python"), "-c", code, str(cached.with_name(series_uid))],
+                       capture_output=True, text=True, timeout=300, check=True)
+    theirs = Path(r.stdout.strip().splitlines()[-1])
+    try:
+        ours, ref = nib.load(str(cached)), nib.load(str(theirs))
+        assert ours.header.binaryblock == ref.header.binaryblock
+        np.testing.assert_array_equal(np.asarray(ours.dataobj), np.asarray(ref.dataobj))
+    finally:
+        theirs.unlink()
+    record = json.loads((cached.parent / "datastore_v2.json").read_text())["objects"][series_uid]
+    assert record["image"]["ext"] == ".nii.gz" and record["image"]["info"]["SeriesInstanceUID"] == series_uid
+
+
 def test_dicomweb_compressed_series(orthanc, tmp_path):
     """A series stored in JPEG 2000, as PACS often store CT (held-out real CT: pydicom's ``J2K_pixelrep_mismatch.dcm``,
     one oblique head slice): Orthanc without its GDCM plugin cannot transcode it to the uncompressed default that
@@ -660,6 +684,7 @@ def test_dicomweb_compressed_series(orthanc, tmp_path):
     with running_server(root, f"{orthanc}/dicom-web", {"model_path": MODEL, "network_config": CONFIG}) as (url, _):
         img, click = series_image_and_click(url, uid, ds, 300, 200, tmp_path)
         np.testing.assert_array_equal(np.asarray(img.dataobj)[:, :, 0], hu.T)  # column x row, as MONAI loads it
+        check_cached_as_monai_label_converts(root, uid)
         params = {"foreground": [click], "background": [], "label": "lesion", "num_samples": 16, "seed": 0}
         r = requests.post(f"{url}/infer/probunet", params={"image": uid, "output": "json"}, timeout=300,
                           data={"params": json.dumps(params)})
