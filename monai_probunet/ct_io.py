@@ -25,7 +25,7 @@ from monai.data import MetaTensor
 from monai.data.utils import to_affine_nd
 from monai.transforms import ApplyTransformToPoints, LoadImage
 
-from .dicom_series import check_ct_dicom, is_dicom
+from .dicom_series import DICOMDIR_FREE, check_ct_dicom, is_dicom, series_files
 
 __all__ = [
     "DEFAULT_HU_WINDOW",
@@ -218,11 +218,12 @@ def load_ct(image: str | os.PathLike | MetaTensor, allow_non_ct: bool = False) -
         if not path.exists():
             raise FileNotFoundError(f"image {path} does not exist.")
         if path.is_dir():
-            files = sorted(p for p in path.iterdir() if p.is_file() and is_dicom(p))
+            files = series_files(path)
             if not files:
                 raise ValueError(f"image folder {path} holds no DICOM file (a folder must be one DICOM series).")
             against_normal = check_ct_dicom(files, source)
-            loader = LoadImage(reader="PydicomReader", image_only=True, ensure_channel_first=True, dtype=np.float32)
+            loader = LoadImage(reader="PydicomReader", image_only=True, ensure_channel_first=True, dtype=np.float32,
+                               fname_regex=DICOMDIR_FREE)
             verified_ct = True
         elif is_dicom(path):
             check_ct_dicom([path], source)

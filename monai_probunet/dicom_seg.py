@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from .dicom_series import series_files
+
 __all__ = [
     "GRID_TOLERANCE",
     "DicomSegError",
@@ -74,15 +76,14 @@ def read_series(source: str | os.PathLike, headers_only: bool = False) -> list[A
     if not path.is_dir():
         raise DicomSegError(f"{path} is neither a DICOM file nor a folder of a DICOM series.")
     datasets = []
-    for f in sorted(path.iterdir()):
-        if f.is_file():
-            try:
-                datasets.append(pydicom.dcmread(str(f), stop_before_pixels=headers_only))
-            except Exception:  # noqa: BLE001, S112 -- not a DICOM file: skipped
-                continue
+    for f in series_files(path):
+        try:
+            datasets.append(pydicom.dcmread(str(f), stop_before_pixels=headers_only))
+        except Exception:  # noqa: BLE001, S112 -- not a DICOM file: skipped
+            continue
     if not datasets:
         raise DicomSegError(f"no DICOM files in {path}.")
-    series = {str(ds.SeriesInstanceUID) for ds in datasets}
+    series = {str(ds.get("SeriesInstanceUID", "")) for ds in datasets}
     if len(series) != 1:
         raise DicomSegError(f"{path} holds {len(series)} series; a DICOM SEG needs exactly one.")
     return datasets

@@ -18,10 +18,15 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["SLICE_GAP_TOLERANCE", "check_ct_dicom", "is_dicom"]
+__all__ = ["DICOMDIR_FREE", "SLICE_GAP_TOLERANCE", "check_ct_dicom", "is_dicom", "series_files"]
 
 #: a slice gap that differs from the series' median gap by more than this share of it is refused
 SLICE_GAP_TOLERANCE = 0.01
+#: the name DICOM media give their directory file (PS3.10: ``DICOMDIR``), a DICOM file that is not an image
+DICOMDIR = "DICOMDIR"
+#: MONAI ``PydicomReader``'s ``fname_regex`` for a series folder: every file but a ``DICOMDIR`` (which it would
+#: otherwise read as a slice; files that are not DICOM it skips itself)
+DICOMDIR_FREE = rf".*(?<![/\\]{DICOMDIR})$"
 
 
 def is_dicom(path: Path) -> bool:
@@ -32,6 +37,12 @@ def is_dicom(path: Path) -> bool:
         return path.suffix.lower() == ".dcm" or _has_preamble(str(path))
     except OSError:
         return False
+
+
+def series_files(folder: Path) -> list[Path]:
+    """The DICOM files of a series folder (:func:`is_dicom`), in name order, without a CD's or USB stick's
+    ``DICOMDIR`` (an index of the media, not an instance of the series)."""
+    return sorted(p for p in Path(folder).iterdir() if p.is_file() and p.name != DICOMDIR and is_dicom(p))
 
 
 @dataclass(frozen=True)

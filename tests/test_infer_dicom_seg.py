@@ -304,6 +304,26 @@ def test_source_a_seg_cannot_reference(tmp_path, capsys):
                                   [{"name": "lesion"}], image)
 
 
+def test_series_folder_with_a_dicomdir(series, tmp_path):
+    """A series as a CD or USB export holds it: beside the slices the media's ``DICOMDIR`` (a DICOM file that is not
+    an image: it was read as a slice, and the run failed with a traceback) and a text file. Both are left out: the
+    hypotheses are those of the plain folder, and the SEG references the 8 slices."""
+    plain, export = tmp_path / "plain", tmp_path / "export"
+    for folder in (plain, export):
+        folder.mkdir()
+        for f in series:
+            shutil.copy(f, folder / f.name)
+    shutil.copy(get_testdata_file("DICOMDIR"), export / "DICOMDIR")
+    (export / "README.TXT").write_text("exported by a viewer\n")
+    for folder in (plain, export):
+        assert run(folder, [LESION_COL, LESION_ROW, LESION_SLICE], tmp_path / f"out_{folder.name}", "--3d") == 0
+    hyps = [np.asarray(nib.load(str(tmp_path / f"out_{n}" / "hypotheses.nii.gz")).dataobj) for n in ("plain", "export")]
+    np.testing.assert_array_equal(hyps[0], hyps[1])
+    assert hyps[0].any()
+    seg = pydicom.dcmread(str(tmp_path / "out_export" / "seg.dcm"))
+    assert int(seg.NumberOfFrames) == len(series)
+
+
 def test_off_grid_label_refused(series):
     """The writer refuses a label whose grid is not the source's (half a voxel off) instead of resampling."""
     src = pydicom.dcmread(str(series[0]))

@@ -53,7 +53,7 @@ from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 from monailabel.utils.others.generic import name_to_device
 
-from monai_probunet.dicom_series import check_ct_dicom, is_dicom
+from monai_probunet.dicom_series import check_ct_dicom, series_files
 from monai_probunet.inference import find_presence_threshold, load_ct, load_model
 from monai_probunet.inference_transforms import (
     HypothesesInferer,
@@ -470,7 +470,7 @@ class ProbUNetInfer(BasicInferTask):
         if key is not None and self._image_cache is not None and self._image_cache[0] == key:
             return self._image_cache[1]
         series = find_source_series(image_path) if st else None
-        dicom = sorted(p for p in series.iterdir() if p.is_file() and is_dicom(p)) if series else []
+        dicom = series_files(series) if series else []
         if dicom:
             check_ct_dicom(dicom, f"series {series.name}")
         image, _ = load_ct(image_path, allow_non_ct=allow_non_ct)
