@@ -25,7 +25,7 @@ from monai.data import MetaTensor
 from monai.data.utils import to_affine_nd
 from monai.transforms import ApplyTransformToPoints, LoadImage
 
-from .dicom_series import DICOMDIR_FREE, check_ct_dicom, is_dicom, series_files
+from .dicom_series import DICOMDIR, DICOMDIR_FREE, check_ct_dicom, is_dicom, series_files
 
 __all__ = [
     "DEFAULT_HU_WINDOW",
@@ -175,6 +175,17 @@ def _check_hu(img: MetaTensor, source: str, allow_non_ct: bool) -> None:
     warnings.warn(msg + "; running anyway (allow_non_ct).", UserWarning, stacklevel=3)
 
 
+def _series_below(folder: Path, most: int = 3) -> str:
+    """Where a folder without DICOM files of its own holds them further down (a CD's or USB stick's export: a
+    ``DICOMDIR`` at the top, each series in a folder of its own): ``"; its subfolders hold DICOM files: ..."``."""
+    holding = sorted({f.parent for f in folder.rglob("*") if f.is_file() and f.name != DICOMDIR and is_dicom(f)})
+    if not holding:
+        return ""
+    listed = ", ".join(f"{d} ({len(series_files(d))} files)" for d in holding[:most])
+    more = f" and {len(holding) - most} more" if len(holding) > most else ""
+    return f"; its subfolders hold DICOM files: give one series' folder, e.g. {listed}{more}"
+
+
 def load_ct(image: str | os.PathLike | MetaTensor, allow_non_ct: bool = False) -> tuple[MetaTensor, str]:
     """Load a CT slice or volume as a channel-first float32 ``MetaTensor`` in HU with a RAS affine.
 
@@ -220,7 +231,8 @@ def load_ct(image: str | os.PathLike | MetaTensor, allow_non_ct: bool = False) -
         if path.is_dir():
             files = series_files(path)
             if not files:
-                raise ValueError(f"image folder {path} holds no DICOM file (a folder must be one DICOM series).")
+                raise ValueError(f"image folder {path} holds no DICOM file (a folder must be one DICOM series)"
+                                 f"{_series_below(path)}.")
             against_normal = check_ct_dicom(files, source)
             loader = LoadImage(reader="PydicomReader", image_only=True, ensure_channel_first=True, dtype=np.float32,
                                fname_regex=DICOMDIR_FREE)

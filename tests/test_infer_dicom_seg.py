@@ -304,7 +304,7 @@ def test_source_a_seg_cannot_reference(tmp_path, capsys):
                                   [{"name": "lesion"}], image)
 
 
-def test_series_folder_with_a_dicomdir(series, tmp_path):
+def test_series_folder_with_a_dicomdir(series, tmp_path, capsys):
     """A series as a CD or USB export holds it: beside the slices the media's ``DICOMDIR`` (a DICOM file that is not
     an image: it was read as a slice, and the run failed with a traceback) and a text file. Both are left out: the
     hypotheses are those of the plain folder, and the SEG references the 8 slices."""
@@ -322,6 +322,16 @@ def test_series_folder_with_a_dicomdir(series, tmp_path):
     assert hyps[0].any()
     seg = pydicom.dcmread(str(tmp_path / "out_export" / "seg.dcm"))
     assert int(seg.NumberOfFrames) == len(series)
+    # the media's top folder (its DICOMDIR, the series below): refused in one line that names the series' folder
+    media = tmp_path / "media"
+    media.mkdir()
+    shutil.copy(get_testdata_file("DICOMDIR"), media / "DICOMDIR")
+    shutil.copytree(plain, media / "DICOM" / "SE0001")
+    assert run(media, [LESION_COL, LESION_ROW, LESION_SLICE], tmp_path / "out_media", "--3d") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    said = (f"error: image folder {media} holds no DICOM file (a folder must be one DICOM series); its subfolders "
+            f"hold DICOM files: give one series' folder, e.g. {media / 'DICOM' / 'SE0001'} ({len(series)} files).")
+    assert err == [said], err
 
 
 def test_off_grid_label_refused(series):
