@@ -25,7 +25,7 @@ from monai.data import MetaTensor
 from monai.data.utils import to_affine_nd
 from monai.transforms import ApplyTransformToPoints, LoadImage
 
-from .dicom_series import DICOMDIR, DICOMDIR_FREE, check_ct_dicom, is_dicom, series_files
+from .dicom_series import DICOMDIR_FREE, check_ct_dicom, is_dicom, series_files
 
 __all__ = [
     "DEFAULT_HU_WINDOW",
@@ -175,10 +175,18 @@ def _check_hu(img: MetaTensor, source: str, allow_non_ct: bool) -> None:
     warnings.warn(msg + "; running anyway (allow_non_ct).", UserWarning, stacklevel=3)
 
 
-def _series_below(folder: Path, most: int = 3) -> str:
+def _series_below(folder: Path, most: int = 3, depth: int = 5) -> str:
     """Where a folder without DICOM files of its own holds them further down (a CD's or USB stick's export: a
-    ``DICOMDIR`` at the top, each series in a folder of its own): ``"; its subfolders hold DICOM files: ..."``."""
-    holding = sorted({f.parent for f in folder.rglob("*") if f.is_file() and f.name != DICOMDIR and is_dicom(f)})
+    ``DICOMDIR`` at the top, each series in a folder of its own, ``DICOM/PA0/ST0/SE0``): ``"; its subfolders hold
+    DICOM files: ..."``. Looks ``depth`` folders down at most, so that a folder given by mistake (a home) is not
+    searched whole."""
+    holding = []
+    for root, dirs, _ in os.walk(folder):
+        if len(Path(root).relative_to(folder).parts) >= depth:
+            dirs.clear()
+        if Path(root) != folder and series_files(Path(root)):
+            holding.append(Path(root))
+    holding.sort()
     if not holding:
         return ""
     listed = ", ".join(f"{d} ({len(series_files(d))} files)" for d in holding[:most])

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["DICOMDIR", "DICOMDIR_FREE", "SLICE_GAP_TOLERANCE", "check_ct_dicom", "is_dicom", "series_files"]
+__all__ = ["DICOMDIR_FREE", "SLICE_GAP_TOLERANCE", "check_ct_dicom", "is_dicom", "series_files"]
 
 #: a slice gap that differs from the series' median gap by more than this share of it is refused
 SLICE_GAP_TOLERANCE = 0.01

@@ -217,6 +217,8 @@ def result_overview(
     Returns:
         Path: ``path``.
     """
+    from monai.data.utils import to_affine_nd
+
     keep, slices, array, title = [0, 1], [], image, overview_title(report, label)
     if image.ndim == 3:
         axis, k = report["slice_axis"], report["slice_index"]
@@ -228,8 +230,6 @@ def result_overview(
                 slices.append((name, np.take(image, j, axis), np.take(label, j, axis)))
         array, labels, label = np.take(image, k, axis), np.take(labels, k, axis + 1), np.take(label, k, axis)
         keep = [a for a in range(3) if a != axis]
-    from monai.data.utils import to_affine_nd
-
     columns = np.asarray(to_affine_nd(3, np.asarray(report["affine_ras"], dtype=np.float64)))[:3, keep]
     spacing = np.linalg.norm(columns, axis=0)
     center = tuple(float(report["center_voxel"][a]) for a in keep)
