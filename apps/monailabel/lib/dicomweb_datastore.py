@@ -149,8 +149,8 @@ class SegDICOMWebDatastore(DICOMWebDatastore):
     def _convert_to_cache(self, series_id: str) -> None:
         """The cached series' NIfTI, made as MONAI Label makes it (SimpleITK's GDCM reader: the same voxels, geometry
         and header) but written uncompressed, then gzipped at level 1, and recorded in the datastore as MONAI Label
-        records it; MONAI Label then finds it there. SimpleITK's own ``.nii.gz`` writer took 10 of the 10.5 s that
-        512 x 512 x 200 slices took to convert; this takes 2.6 s (``apps/monailabel/README.md``: the first open 2x)."""
+        records it; MONAI Label then finds it there. SimpleITK's own ``.nii.gz`` writer took most of a large series'
+        first open (``apps/monailabel/README.md``: the measurement)."""
         import SimpleITK as sitk
 
         folder = os.path.realpath(os.path.join(self._datastore.image_path(), series_id))
