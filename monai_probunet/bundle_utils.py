@@ -25,6 +25,7 @@ __all__ = [
     "check_overrides",
     "install_cli_error_hook",
     "positive_int",
+    "quiet_optional_decoder",
 ]
 
 #: exit status of the bundle command for bad input (a config value, a dataset on disk), as argparse uses
@@ -54,6 +55,11 @@ class InputFileNotFoundError(UserInputError, FileNotFoundError):
 class TrainingInterrupted(KeyboardInterrupt):
     """Training stopped by Ctrl-C after saving what can be resumed; the message says how to resume."""
 
+
+#: MONAI's optional GPU DICOM decoder (nvImageCodec), absent on CPU machines: its logger, and the warning MONAI's
+#: ``LoadImage`` gives whenever it sets up its readers or loads a compressed DICOM file; nothing a user can act on
+OPTIONAL_DECODER_LOGGER = "monai.data.nvimgcodec_pydicom_plugin"
+OPTIONAL_DECODER_WARNING = "NvImgCodecPydicomReader: nvImageCodec decoder plugin did not register"
 
 _TRUE = {"true", "1", "yes", "y", "on"}
 _FALSE = {"false", "0", "no", "n", "off"}
@@ -291,6 +297,21 @@ def install_cli_error_hook() -> None:
         return
     hook._monai_probunet = True  # type: ignore[attr-defined]
     sys.excepthook = hook
+
+
+def quiet_optional_decoder() -> None:
+    """Silence MONAI's notes that its optional GPU DICOM decoder (nvImageCodec) is absent.
+
+    Every ``LoadImage`` without a fixed reader sets up all of MONAI's readers, the GPU one included, which warns
+    that it fell back to pydicom (a line in every training and evaluation run), and MONAI's decoder plugin logs the
+    same for every compressed DICOM file. Called by the CLIs, the MONAI Label app and a config's ``initialize`` list;
+    other warnings and the decoder's errors still show.
+    """
+    import logging
+    import warnings
+
+    logging.getLogger(OPTIONAL_DECODER_LOGGER).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=OPTIONAL_DECODER_WARNING, category=UserWarning)
 
 
 def bundle_root(start: str | os.PathLike | None = None) -> str:

@@ -69,7 +69,7 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from .bundle_utils import positive_int
+from .bundle_utils import positive_int, quiet_optional_decoder
 
 __all__ = ["build_parser", "main"]
 
@@ -88,14 +88,8 @@ IMPORT_DIET = (
 #: 3 GB while it is resampled, padded and cropped (measured: about 42 bytes a pixel); a 512 px CT slice of 0.7 mm
 #: reaches it at 0.044 mm, more than 20 times finer than the shipped model's 1 mm
 MAX_RESAMPLED_PIXELS = 2**26
-#: loggers whose lines the CLI replaces by its own (the batch evaluator's per-case errors and summary) or that say
-#: nothing a user can act on (MONAI's optional GPU DICOM decoder, absent on CPU machines)
-QUIET_LOGGERS = {
-    "monai_probunet.inference_evaluator": logging.CRITICAL,
-    "monai.data.nvimgcodec_pydicom_plugin": logging.ERROR,
-}
-#: the same decoder's warning, given each time MONAI's DICOM reader loads a compressed file
-QUIET_WARNING = "NvImgCodecPydicomReader: nvImageCodec decoder plugin did not register"
+#: loggers whose lines the CLI replaces by its own (the batch evaluator's per-case errors and summary)
+QUIET_LOGGERS = {"monai_probunet.inference_evaluator": logging.CRITICAL}
 
 
 
@@ -235,7 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     for name, level in QUIET_LOGGERS.items():
         logging.getLogger(name).setLevel(level)
-    warnings.filterwarnings("ignore", message=QUIET_WARNING, category=UserWarning)
+    quiet_optional_decoder()
     try:
         spacing = _scalar_or_pair(args.spacing)
         roi_arg = _scalar_or_pair(args.roi_size)

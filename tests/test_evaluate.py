@@ -409,12 +409,15 @@ def test_bundle_evaluate_end_to_end(tmp_path):
     ]  # fmt: skip
     proc = run_bundle(*small)  # ~10 s
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    logs = proc.stdout + proc.stderr
     evaluate_yaml = REPO / "bundle" / "configs" / "evaluate.yaml"
     out = tmp_path / "eval"
     proc = _bundle(
         "evaluating", [TRAIN_YAML, evaluate_yaml], *small, "--output_dir", str(out), "--bootstrap_resamples", "500"
     )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    logs += proc.stdout + proc.stderr
+    assert "nvImageCodec" not in logs  # MONAI's note on its absent GPU decoder, from every LoadImage: quiet
     data = json.loads((out / "summary.json").read_text())
     assert data["estimator"] == ESTIMATOR and data["sample_counts"] == [1, 4, 8, 16]
     assert set(data["models"]) == {"probunet", "oracle"}

@@ -44,6 +44,7 @@ from lib.dicomweb_datastore import SegDICOMWebDatastore
 from lib.infers.params import parse_bool
 from lib.rater_datastore import RaterDatastore
 from lib.request_checks import install as install_request_checks
+from monai_probunet.bundle_utils import quiet_optional_decoder
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +54,7 @@ class ProbUNetApp(MONAILabelApp):
     ``probunet`` train task."""
 
     def __init__(self, app_dir: str, studies: str, conf: Dict[str, str]) -> None:
+        quiet_optional_decoder()
         self.model_dir = os.path.join(app_dir, "model")
         self.models: Dict[str, ProbUNetConfig] = {}
         for name, cls in {"probunet": ProbUNetConfig}.items():
