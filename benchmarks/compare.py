@@ -14,6 +14,7 @@ GED.
     python benchmarks/compare.py --jobs 2 --resume   # after an interruption: each training continues where it stopped
     python benchmarks/compare.py --dataset shapes --dataset-kwargs "{'num_patients': 300}" --models probunet unet
     python benchmarks/compare.py --dataset-dir DIR --out OUT  # your own data (the project's on-disk format)
+    python benchmarks/compare.py --dataset-dir DIR --out OUT --tracking   # and every run in MLflow
     python benchmarks/compare.py --task scenes32  # the 32-mode street scenes (scenes32.yaml, scenes32_evaluate.yaml)
     python benchmarks/compare.py --report --heldout DIR  # also score the trained models on DIR's test split
     python benchmarks/compare.py --report --validation   # and on the validation split of the data they trained on
@@ -26,6 +27,12 @@ the validation split of the task's own data (no presence rule there: it is fitte
 With ``--task scenes32`` the table adds Eq. 7 GED against the 32 known modes, the Pearson r of mode frequencies
 against mode probabilities and the modes hit (from each model's ``calibration.json``), and ``mode_calibration.png``
 overlays every model's Fig. 5 scatter.
+
+With ``--tracking`` every training and evaluation logs into MLflow (``docs/training.md``), in one experiment
+(``--experiment-name``, default the ``--out`` folder's name; the store ``--tracking-uri``, default the bundle's
+``bundle/eval/mlruns.db``): a training run per model named after it (``unet_ensemble_member_N`` per member) with its
+evaluation as a child run (``eval_<model>``; ``eval_validation_<model>``, ``eval_heldout_<model>``), and a run
+``comparison`` holding ``results.md``, the figures and every model's GED by S.
 
 The U-Net Ensemble has ``--ensemble-members`` members (trained with different seeds); for S above that number its
 members are reused cyclically, so its curve flattens there (the paper trains one ensemble per S).
@@ -45,6 +52,7 @@ from pathlib import Path
 
 import numpy as np
 
+from monai_probunet.bundle_utils import ConfigValueError, check_tracking_uri
 from monai_probunet.io_utils import atomic_write_text
 
 REPO = Path(__file__).resolve().parents[1]
@@ -122,6 +130,61 @@ class BundleInputError(ValueError):
     """A bundle run of the comparison refused its input (a dataset name, a value): printed as one line, exit 2."""
 
 
+def _open_experiment(args: argparse.Namespace, out: Path) -> dict[str, str]:
+    """With ``--tracking``: check the store, create the experiment before the runs that log into it (two at a
+    time must not both create it) and return ``{"uri", "experiment", "experiment_id"}``."""
+    import mlflow
+    from monai.utils import path_to_sqlite_uri
+
+    uri = check_tracking_uri(args.tracking_uri, "--tracking-uri") or path_to_sqlite_uri(
+        str(REPO / "bundle" / "eval" / "mlruns.db")
+    )
+    if uri.startswith("sqlite:"):
+        Path(uri.split(":///", 1)[-1]).parent.mkdir(parents=True, exist_ok=True)
+    name = args.experiment_name or out.name
+    client = mlflow.MlflowClient(uri)
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None and experiment.lifecycle_stage != "active":
+        reason = "give another name (or restore it: mlflow experiments restore)"
+        raise ConfigValueError(f"--experiment-name {name}: the experiment is deleted in {uri}; {reason}.")
+    experiment_id = experiment.experiment_id if experiment is not None else client.create_experiment(name)
+    return {"uri": uri, "experiment": name, "experiment_id": experiment_id}
+
+
+def _tracking(args: argparse.Namespace, run_name: str) -> list[str]:
+    """The bundle options that log a run named ``run_name`` into the comparison's experiment (none without it)."""
+    if args.mlflow is None:
+        return []
+    return ["--tracking", "mlflow", "--tracking_uri", args.mlflow["uri"], "--experiment_name",
+            args.mlflow["experiment"], "--run_name", run_name]  # fmt: skip
+
+
+def _log_comparison(args: argparse.Namespace, out: Path, summaries: dict[str, dict], timings: dict[str, float]) -> None:
+    """A run ``comparison`` in the experiment: the table and figures as artifacts, every model's test GED by S
+    (``test_ged_<model>``, step S) and its minutes as metrics, the comparison's settings as params."""
+    import mlflow
+
+    client = mlflow.MlflowClient(args.mlflow["uri"])
+    run = client.create_run(args.mlflow["experiment_id"], run_name="comparison")
+    run_id = run.info.run_id
+    settings = {"task": args.task, "models": " ".join(args.models), "dataset_dir": str(args.dataset_dir or ""),
+                "dataset": args.dataset or "", "max_epochs": args.max_epochs or "", "precision": args.precision or "",
+                "ensemble_members": args.ensemble_members, "out": str(out)}  # fmt: skip
+    for key, value in settings.items():
+        client.log_param(run_id, key, value)
+    for name, summary in summaries.items():
+        for entry in summary["models"][name]["metrics"].get("ged", []):
+            client.log_metric(run_id, f"test_ged_{name}", float(entry["mean"]), step=int(entry["S"]))
+        if timings.get(name):
+            client.log_metric(run_id, f"minutes_{name}", timings[name] / 60)
+    for name in ("results.md", "ged_vs_samples.png", "mode_calibration.png", "timings.json"):
+        if (out / name).is_file():
+            client.log_artifact(run_id, str(out / name))
+    client.set_terminated(run_id)
+    print(f"MLflow: experiment {args.mlflow['experiment']} in {args.mlflow['uri']} (run comparison {run_id}); "
+          f"mlflow ui --backend-store-uri {args.mlflow['uri']}", flush=True)
+
+
 #: quick mode: a few images and a narrow network per task
 QUICK_DATA: dict[str, list[str]] = {
     "lidc": ["--dataset_kwargs#num_patients", "24"],
@@ -157,7 +220,15 @@ def main() -> None:
                         help="a second dataset (the project's on-disk format) whose test split scores every model too")
     parser.add_argument("--validation", action="store_true",
                         help="also score every model on the validation split of the data it trained on")
+    parser.add_argument("--tracking", action="store_true",
+                        help="log every training and evaluation, and the table, into MLflow (one experiment)")
+    parser.add_argument("--tracking-uri", default=None,
+                        help="the MLflow store: a database (sqlite:///PATH.db) or a server (http://HOST:PORT); "
+                        "default: the bundle's bundle/eval/mlruns.db (MLFLOW_TRACKING_URI overrides it)")
+    parser.add_argument("--experiment-name", default=None, help="the MLflow experiment (default: --out's folder name)")
     args = parser.parse_args()
+    if (args.tracking_uri or args.experiment_name) and not args.tracking:
+        parser.error("--tracking-uri/--experiment-name: only with --tracking")
     if args.jobs < 1:
         parser.error(f"--jobs must be >= 1, got {args.jobs}")
     if args.dataset_dir is not None and (args.dataset is not None or args.dataset_kwargs is not None):
@@ -172,6 +243,7 @@ def main() -> None:
         parser.error(f"--report: {out} holds no comparison (run without --report first)")
     if args.max_epochs is not None and args.max_epochs < 1:
         parser.error(f"--max-epochs must be >= 1, got {args.max_epochs}")
+    args.mlflow = _open_experiment(args, out) if args.tracking else None
     out.mkdir(parents=True, exist_ok=True)
     data_dir = args.dataset_dir.resolve() if args.dataset_dir is not None else out / "data"
     common: list[str] = ["--dataset_dir", str(data_dir)]
@@ -247,6 +319,8 @@ def main() -> None:
         cals = {n: ModeCalibration.from_dict(c["models"][n]["mode_calibration"]) for n, c in sources.items()}
         mode_calibration_plot(cals, out / "mode_calibration.png")
     print((out / "results.md").read_text())
+    if args.mlflow is not None:
+        _log_comparison(args, out, summaries, timings)
 
 
 def _train_and_evaluate(
@@ -265,12 +339,16 @@ def _train_and_evaluate(
     def train(unit: tuple[str, int | None]) -> float:
         name, seed = unit
         if seed is None:
-            overrides, log = [*common, "--ckpt_dir", str(ckpts[name])], out / f"train_{name}.log"
+            ckpt, log = ckpts[name], out / f"train_{name}.log"
+            overrides = [*common, "--ckpt_dir", str(ckpt)]
         else:
-            member = ckpts[name] / f"member_{seed}"
-            overrides, log = [*common, "--seed", str(seed), "--ckpt_dir", str(member)], out / f"train_{name}_{seed}.log"
+            ckpt, log = ckpts[name] / f"member_{seed}", out / f"train_{name}_{seed}.log"
+            overrides = [*common, "--seed", str(seed), "--ckpt_dir", str(ckpt)]
         if args.resume:
             overrides += ["--resume", "true"]
+        if args.mlflow is not None:  # the executed config MONAI writes at start, named by the second: one folder each
+            run_name = name if seed is None else f"{name}_member_{seed}"
+            overrides += ["--output_dir", str(ckpt), *_tracking(args, run_name)]
         seconds = _bundle("training", _configs(name, args.task), overrides, log, threads)
         print(f"trained {name}{'' if seed is None else f' member {seed}'} in {seconds / 60:.1f} min", flush=True)
         return seconds
@@ -283,7 +361,8 @@ def _train_and_evaluate(
             evaluation = ["--ensemble_ckpts", repr(members), "--model_name", name]
         else:
             evaluation = ["--model_name", name]
-        overrides = [*common, "--ckpt_dir", str(ckpts[name]), "--output_dir", str(out / "eval" / name), *evaluation]
+        overrides = [*common, "--ckpt_dir", str(ckpts[name]), "--output_dir", str(out / "eval" / name), *evaluation,
+                     *_tracking(args, f"eval_{name}")]  # fmt: skip
         return _bundle("evaluating", _configs(name, args.task, evaluate=True), overrides, out / f"eval_{name}.log",
                        threads)  # fmt: skip
 
@@ -365,7 +444,8 @@ def _score_elsewhere(
         checkpoint = json.loads((out / "eval" / name / "summary.json").read_text())["checkpoint"]
         ensemble = isinstance(checkpoint, list)
         weights = ["--ensemble_ckpts", repr(checkpoint)] if ensemble else ["--ckpt_path", checkpoint]
-        run = [*overrides, *weights, "--model_name", name, "--output_dir", str(evals / name)]
+        run = [*overrides, *weights, "--model_name", name, "--output_dir", str(evals / name),
+               *_tracking(args, f"{evals.name}_{name}")]  # fmt: skip
         seconds = _bundle("evaluating", _configs(name, args.task, evaluate=True), run,
                           out / f"{evals.name}_{name}.log", threads)  # fmt: skip
         print(f"scored {name} into {evals} in {seconds / 60:.1f} min", flush=True)
@@ -432,6 +512,6 @@ def table(
 if __name__ == "__main__":
     try:
         main()
-    except (BundleInputError, FileNotFoundError, FileExistsError, NotADirectoryError) as e:
+    except (BundleInputError, ConfigValueError, FileNotFoundError, FileExistsError, NotADirectoryError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -23,6 +23,7 @@ __all__ = [
     "bundle_root",
     "check_options",
     "check_overrides",
+    "check_tracking_uri",
     "install_cli_error_hook",
     "positive_int",
     "quiet_optional_decoder",
@@ -193,8 +194,7 @@ def check_overrides(argv: Sequence[str] | None = None) -> None:
         keys.append(key)
     _check_tracking_uri(values.get("tracking_uri"))
     if "tracking" in values:
-        env = os.environ.get("MLFLOW_TRACKING_URI")
-        _check_tracking_server(env or values.get("tracking_uri"), "MLFLOW_TRACKING_URI" if env else "--tracking_uri")
+        check_tracking_uri(values.get("tracking_uri"))
     files = values.get("config_file")
     if not files:
         return
@@ -216,11 +216,34 @@ def check_overrides(argv: Sequence[str] | None = None) -> None:
             raise ConfigValueError(f"--{key}: no config file of this run has the option {top!r} ({hint}).")
 
 
-def _check_tracking_uri(uri: str | None) -> None:
+def check_tracking_uri(uri: str | None, option: str = "--tracking_uri") -> str | None:
+    """The MLflow store a tracked run logs into, checked before any work starts.
+
+    ``MLFLOW_TRACKING_URI`` overrides ``uri`` (as MLflow does); the store must be a database or a server (MLflow 3
+    has no file store), and a server must answer.
+
+    Args:
+        uri: the tracking URI given (``None``: the config's default).
+        option: the option that gave it, for the message.
+
+    Returns:
+        the URI the run logs into (``None``: the config's default).
+
+    Raises:
+        ConfigValueError: naming the option (or ``MLFLOW_TRACKING_URI``), the URI and what to give instead.
+    """
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    uri, option = (env, "MLFLOW_TRACKING_URI") if env else (uri, option)
+    _check_tracking_uri(uri, option)
+    _check_tracking_server(uri, option)
+    return uri
+
+
+def _check_tracking_uri(uri: str | None, option: str = "--tracking_uri") -> None:
     """``--tracking_uri`` must be a database or a server: MLflow 3 has no file store (a ``file:`` URI or a folder)."""
     if uri is not None and (uri.startswith("file:") or "://" not in uri):
         raise ConfigValueError(
-            f"--tracking_uri {uri}: MLflow {_mlflow_version()} keeps no runs in a folder (its file store is gone); "
+            f"{option} {uri}: MLflow {_mlflow_version()} keeps no runs in a folder (its file store is gone); "
             "give a database, e.g. sqlite:///mlflow.db, or a tracking server, e.g. http://127.0.0.1:5000."
         )
 

@@ -622,29 +622,63 @@ def test_reference_ged_handler_reports_the_best_vote_at_every_run():
 @pytest.mark.slow
 def test_compare_trains_and_scores_on_your_own_data(tmp_path):
     """benchmarks/compare.py --dataset-dir DIR: every model trained and scored on the user's own folder dataset
-    (read, never written), the table with its reference rows from that folder's test split."""
+    (read, never written), the table with its reference rows from that folder's test split; with --tracking each
+    training, its evaluation (a child run) and the table in one MLflow experiment, two trainings at a time."""
+    import mlflow
+
     from tests.test_folder_dataset_checks import _folder
 
     datalist = _folder(tmp_path / "my_graders")
     before = {p: p.read_bytes() for p in sorted(datalist.parent.rglob("*")) if p.is_file()}
     out = tmp_path / "compare"
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     cmd = [sys.executable, str(REPO / "benchmarks" / "compare.py"), "--dataset-dir", str(datalist.parent), "--out",
-           str(out), "--quick", "--max-epochs", "1", "--precision", "fp32", "--models", "probunet", "unet"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+           str(out), "--quick", "--max-epochs", "1", "--precision", "fp32", "--models", "probunet", "unet",
+           "--jobs", "2", "--tracking", "--tracking-uri", uri]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"} | {"OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False, cwd=tmp_path, env=env)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    client = mlflow.MlflowClient(uri)
+    experiment = client.get_experiment_by_name("compare")  # --out's folder name
+    runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
+    assert set(runs) == {"probunet", "unet", "eval_probunet", "eval_unet", "comparison"}
+    for name in ("probunet", "unet"):
+        training, evaluation = runs[name], runs[f"eval_{name}"]
+        assert training.info.status == evaluation.info.status == "FINISHED"
+        assert evaluation.data.tags["mlflow.parentRunId"] == training.info.run_id
+        config = [a.path for a in client.list_artifacts(training.info.run_id) if a.path.startswith("config_")]
+        downloaded = client.download_artifacts(training.info.run_id, config[0], str(tmp_path))
+        executed = json.loads(Path(downloaded).read_text())
+        assert executed["ckpt_dir"] == str(out / "models" / name)  # its own config, though both started together
+        summary = json.loads((out / "eval" / name / "summary.json").read_text())
+        ged16 = next(e["mean"] for e in summary["models"][name]["metrics"]["ged"] if e["S"] == 16)
+        logged = client.get_metric_history(evaluation.info.run_id, "test_ged")
+        assert next(m.value for m in logged if m.step == 16) == pytest.approx(ged16)
+        logged = client.get_metric_history(runs["comparison"].info.run_id, f"test_ged_{name}")
+        assert next(m.value for m in logged if m.step == 16) == pytest.approx(ged16)
+    table = client.download_artifacts(runs["comparison"].info.run_id, "results.md", str(tmp_path / "artifacts"))
+    assert Path(table).read_text() == (out / "results.md").read_text()
     rows = _table_rows((out / "results.md").read_text().split("\n\n")[1])
     assert {"probunet", "unet", "oracle", "reference: predicting nothing"} <= set(rows)
     assert {p: p.read_bytes() for p in sorted(datalist.parent.rglob("*")) if p.is_file()} == before
     assert not (out / "data").exists()  # nothing generated: the user's data was used
     models = {name: (out / "models" / name / "model.pt").read_bytes() for name in ("probunet", "unet")}
     # --resume after the comparison completed: nothing trains again, every model is scored as it was
-    proc = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, timeout=900, check=False,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    proc = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, timeout=900, check=False, cwd=tmp_path,
+                          env=env)  # fmt: skip
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     assert {name: (out / "models" / name / "model.pt").read_bytes() for name in models} == models
+    trainings = [r for r in client.search_runs([experiment.experiment_id]) if r.info.run_name in models]
+    assert sorted(r.info.run_id for r in trainings) == sorted(runs[n].info.run_id for n in models)  # the same runs
     assert "nothing trained" in (out / "train_probunet.log").read_text()
     assert _table_rows((out / "results.md").read_text().split("\n\n")[1]).keys() == rows.keys()
     # built-in generation options with your own data: one line, exit 2
     proc = subprocess.run([*cmd[:6], "--dataset", "shapes"], capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 2 and "--dataset-dir is your own data" in proc.stderr, proc.stderr[-2000:]
+    # a store MLflow cannot keep runs in, or a store without --tracking: one line, exit 2, nothing trained
+    for extra, expected in ((["--tracking", "--tracking-uri", str(tmp_path / "runs")], "keeps no runs in a folder"),
+                            (["--tracking-uri", uri], "only with --tracking")):  # fmt: skip
+        proc = subprocess.run([*cmd[:6], "--out", str(tmp_path / "refused"), *extra], capture_output=True, text=True,
+                              timeout=60, check=False, env=env)  # fmt: skip
+        assert proc.returncode == 2 and expected in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+        assert not (tmp_path / "refused").exists()
