@@ -16,6 +16,7 @@ starts servers (about 20-40 s each on a 2-core CPU).
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import http.client
 import io
@@ -697,3 +698,80 @@ def test_dicomweb_compressed_series(orthanc, tmp_path):
         assert seg.FrameOfReferenceUID == ds.FrameOfReferenceUID and int(seg.NumberOfFrames) == 1
         series_dirs = [p for p in (root / "dicom_cache").rglob(f"*{uid}*") if p.is_dir()]
         assert [p.name for p in series_dirs] == [uid]  # the series folder, no partial download beside it
+
+
+@contextlib.contextmanager
+def refusing_any_transfer_syntax(upstream: str):
+    """A loopback HTTP proxy in front of ``upstream`` (Orthanc) that behaves as a DICOMweb server older than the
+    2019 edition: a request whose ``Accept`` asks for ``transfer-syntax=*`` answers 406, every other is passed on.
+    Yields ``(url, accepts)``: ``accepts`` lists the ``Accept`` header of each series retrieval, in order."""
+    import threading
+    import urllib.error
+    import urllib.request
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    accepts: list[str] = []
+
+    class Proxy(BaseHTTPRequestHandler):
+        def log_message(self, *args) -> None:  # quiet
+            pass
+
+        def _forward(self) -> None:
+            accept = self.headers.get("Accept", "")
+            if re.search(r"/studies/[^/]+/series/[^/?]+$", urlparse(self.path).path):
+                accepts.append(accept)
+            if "transfer-syntax=*" in accept:
+                self.send_response(406)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0) or 0)) or None
+            headers = {k: v for k, v in self.headers.items() if k.lower() in ("accept", "content-type")}
+            request = urllib.request.Request(upstream + self.path, data=body, headers=headers, method=self.command)
+            try:
+                with urllib.request.urlopen(request, timeout=60) as r:
+                    status, content, kind = r.status, r.read(), r.headers.get("Content-Type", "")
+            except urllib.error.HTTPError as e:
+                status, content, kind = e.code, e.read(), e.headers.get("Content-Type", "")
+            self.send_response(status)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(content)))
+            self.end_headers()
+            self.wfile.write(content)
+
+        do_GET = do_POST = _forward
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", accepts
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_dicomweb_server_refusing_any_transfer_syntax(orthanc, tmp_path):
+    """A DICOMweb server that refuses ``transfer-syntax=*`` (406, as servers before DICOMweb's 2019 edition may):
+    the series is asked for again in the default transfer syntax, as MONAI Label asks, and opens whole; Slicer's
+    download is the series' HU voxel for voxel and a click on it is answered."""
+    import requests
+
+    slices = orthanc_series(orthanc, tmp_path / "series", slices=6, seed=41)
+    uid = str(slices[0].SeriesInstanceUID)
+    hu = np.stack([d.pixel_array * float(d.RescaleSlope) + float(d.RescaleIntercept) for d in slices], axis=-1)
+    root = tmp_path / "label"
+    root.mkdir()
+    with refusing_any_transfer_syntax(orthanc) as (proxy, accepts), running_server(
+        root, f"{proxy}/dicom-web", {"model_path": MODEL, "network_config": CONFIG}
+    ) as (url, _):
+        img, click = series_image_and_click(url, uid, slices[0], 64, 56, tmp_path)
+        assert len(accepts) == 2 and "transfer-syntax=*" in accepts[0] and "transfer-syntax=*" not in accepts[1]
+        voxels = np.asarray(img.dataobj)
+        np.testing.assert_array_equal(voxels.transpose(1, 0, 2), hu)  # column x row x slice, as MONAI loads it
+        params = {"foreground": [click], "background": [], "label": "lesion", "num_samples": 16, "seed": 0}
+        r = requests.post(f"{url}/infer/probunet", params={"image": uid, "output": "json"}, timeout=300,
+                          data={"params": json.dumps(params)})
+        assert r.status_code == 200 and r.json()["mode"] == "3d", r.text
+    series_dirs = [p for p in (root / "dicom_cache").rglob(f"*{uid}*") if p.is_dir()]
+    assert [p.name for p in series_dirs] == [uid] and len(list(series_dirs[0].iterdir())) == len(slices)
