@@ -178,20 +178,33 @@ def _check_hu(img: MetaTensor, source: str, allow_non_ct: bool) -> None:
 def _series_below(folder: Path, most: int = 3, depth: int = 5) -> str:
     """Where a folder without DICOM files of its own holds them further down (a CD's or USB stick's export: a
     ``DICOMDIR`` at the top, each series in a folder of its own, ``DICOM/PA0/ST0/SE0``): ``"; its subfolders hold
-    DICOM files: ..."``. Looks ``depth`` folders down at most, so that a folder given by mistake (a home) is not
-    searched whole."""
+    DICOM series: ..."``, each with its modality and description (the first file's), CT series first and the
+    largest first among them (a scout or a dose report beside the CT is one or two files). Looks ``depth`` folders
+    down at most, so that a folder given by mistake (a home) is not searched whole."""
+    import pydicom
+
     holding = []
     for root, dirs, _ in os.walk(folder):
         if len(Path(root).relative_to(folder).parts) >= depth:
             dirs.clear()
-        if Path(root) != folder and series_files(Path(root)):
-            holding.append(Path(root))
-    holding.sort()
+        files = series_files(Path(root)) if Path(root) != folder else []
+        if files:
+            try:
+                ds = pydicom.dcmread(str(files[0]), stop_before_pixels=True,
+                                     specific_tags=["Modality", "SeriesDescription"])  # fmt: skip
+                modality, description = str(ds.get("Modality", "") or "?"), str(ds.get("SeriesDescription", "") or "")
+            except Exception:  # noqa: BLE001 -- an unreadable header: listed without it
+                modality, description = "?", ""
+            holding.append((modality != "CT", -len(files), str(root), modality, description))
     if not holding:
         return ""
-    listed = ", ".join(f"{d} ({len(series_files(d))} files)" for d in holding[:most])
+    holding.sort()
+    listed = ", ".join(
+        f"{root} ({modality}{f' {description!r}' if description else ''}, {-count} file{'s' if count != -1 else ''})"
+        for _, count, root, modality, description in holding[:most]
+    )
     more = f" and {len(holding) - most} more" if len(holding) > most else ""
-    return f"; its subfolders hold DICOM files: give one series' folder, e.g. {listed}{more}"
+    return f"; its subfolders hold DICOM series: give one series' folder, e.g. {listed}{more}"
 
 
 def load_ct(image: str | os.PathLike | MetaTensor, allow_non_ct: bool = False) -> tuple[MetaTensor, str]:

@@ -322,15 +322,24 @@ def test_series_folder_with_a_dicomdir(series, tmp_path, capsys):
     assert hyps[0].any()
     seg = pydicom.dcmread(str(tmp_path / "out_export" / "seg.dcm"))
     assert int(seg.NumberOfFrames) == len(series)
-    # the media's top folder (its DICOMDIR, the series below): refused in one line that names the series' folder
+    # the media's top folder (its DICOMDIR, the series below: an MR slice, a CT scout and the CT series): refused in
+    # one line that names the series' folders, the CT series first, the largest first
     media = tmp_path / "media"
     media.mkdir()
     shutil.copy(get_testdata_file("DICOMDIR"), media / "DICOMDIR")
-    shutil.copytree(plain, media / "DICOM" / "SE0001")
+    (media / "DICOM" / "SE0001").mkdir(parents=True)
+    shutil.copy(get_testdata_file("MR_small.dcm"), media / "DICOM" / "SE0001" / "IM0001")
+    scout = pydicom.dcmread(str(series[0]))
+    scout.SeriesDescription = "Scout"
+    (media / "DICOM" / "SE0002").mkdir()
+    scout.save_as(str(media / "DICOM" / "SE0002" / "IM0001"))
+    shutil.copytree(plain, media / "DICOM" / "SE0003")
     assert run(media, [LESION_COL, LESION_ROW, LESION_SLICE], tmp_path / "out_media", "--3d") == 2
     err = capsys.readouterr().err.strip().splitlines()
     said = (f"error: image folder {media} holds no DICOM file (a folder must be one DICOM series); its subfolders "
-            f"hold DICOM files: give one series' folder, e.g. {media / 'DICOM' / 'SE0001'} ({len(series)} files).")
+            f"hold DICOM series: give one series' folder, e.g. {media / 'DICOM' / 'SE0003'} (CT 'monai-probunet test "
+            f"CT series', {len(series)} files), {media / 'DICOM' / 'SE0002'} (CT 'Scout', 1 file), "
+            f"{media / 'DICOM' / 'SE0001'} (MR, 1 file).")
     assert err == [said], err
 
 
