@@ -19,6 +19,9 @@ GED.
     python benchmarks/compare.py --report --heldout DIR  # also score the trained models on DIR's test split
     python benchmarks/compare.py --report --validation   # and on the validation split of the data they trained on
 
+``--out`` is a new or empty folder, or an earlier comparison's (it holds ``comparison.json``): a folder holding
+files of someone else is refused, and nothing in it is replaced.
+
 ``--heldout DIR`` scores the checkpoints of the table (those its evaluations scored) on a second dataset's test split
 as well, e.g. the patients that ``benchmarks/heldout_patients.py --out DIR`` writes, and adds a table of it to
 ``results.md``; with ``--report`` it scores only the models not yet scored there. ``--validation`` does the same on
@@ -53,7 +56,7 @@ from pathlib import Path
 import numpy as np
 
 from monai_probunet.bundle_utils import ConfigValueError, check_tracking_uri
-from monai_probunet.io_utils import atomic_write_text
+from monai_probunet.io_utils import OutputFolderError, atomic_write_json, atomic_write_text
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "bundle" / "configs"
@@ -124,6 +127,16 @@ def _bundle(run_id: str, config_files: str, overrides: list[str], log: Path, thr
             raise BundleInputError(f"`run {run_id}` refused its input: {line}{hint} (log: {log})")
         raise RuntimeError(f"{' '.join(cmd)} failed; see {log}")
     return time.perf_counter() - t0
+
+
+#: written into --out when a comparison starts there: a folder with it (or an earlier comparison's
+#: ``prepare_data.log``) is a comparison's, which a new run, --resume and --report write into
+MARKER = "comparison.json"
+
+
+def _is_comparison(out: Path) -> bool:
+    """Whether the folder ``out`` may be written into: empty, or a comparison's (``MARKER``)."""
+    return not any(out.iterdir()) or (out / MARKER).is_file() or (out / "prepare_data.log").is_file()
 
 
 class BundleInputError(ValueError):
@@ -239,12 +252,20 @@ def main() -> None:
         parser.error(f"--heldout {args.heldout}: no datalist.json there (benchmarks/heldout_patients.py --out DIR)")
 
     out = args.out.resolve()
+    if out.exists() and not out.is_dir():
+        raise OutputFolderError(f"--out {out} is a file, not a folder; give a folder path.")
+    if out.exists() and not _is_comparison(out):
+        raise OutputFolderError(f"--out {out} is a folder holding files this program did not write; it is left "
+                                "untouched: give an empty or new folder, or an earlier comparison's.")  # fmt: skip
     if args.report and not out.is_dir():
         parser.error(f"--report: {out} holds no comparison (run without --report first)")
     if args.max_epochs is not None and args.max_epochs < 1:
         parser.error(f"--max-epochs must be >= 1, got {args.max_epochs}")
     args.mlflow = _open_experiment(args, out) if args.tracking else None
     out.mkdir(parents=True, exist_ok=True)
+    if not (out / MARKER).is_file():
+        atomic_write_json(out / MARKER, {"task": args.task, "dataset_dir": str(args.dataset_dir or ""),
+                                         "dataset": args.dataset, "models": args.models})  # fmt: skip
     data_dir = args.dataset_dir.resolve() if args.dataset_dir is not None else out / "data"
     common: list[str] = ["--dataset_dir", str(data_dir)]
     if args.dataset_dir is not None:
@@ -269,7 +290,7 @@ def main() -> None:
         timings = json.loads(path.read_text()) if path.is_file() else {}
     else:
         timings = _train_and_evaluate(args, out, common, threads)
-        (out / "timings.json").write_text(json.dumps(timings, indent=1))
+        atomic_write_json(out / "timings.json", timings)
     summaries: dict[str, dict] = {}
     calibrations: dict[str, dict] = {}
     for name in args.models:
@@ -512,6 +533,7 @@ def table(
 if __name__ == "__main__":
     try:
         main()
-    except (BundleInputError, ConfigValueError, FileNotFoundError, FileExistsError, NotADirectoryError) as e:
+    except (BundleInputError, ConfigValueError, OutputFolderError, FileNotFoundError, FileExistsError,
+            NotADirectoryError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -542,6 +542,7 @@ def test_compare_report_writes_table_with_wilcoxon_and_figure(mixed, tmp_path):
                 threshold_split=None if split == "validation" else "validation",
             )
     (out / "timings.json").write_text(json.dumps({"probunet": 120.0, "unet": 60.0}))
+    (out / "comparison.json").write_text("{}")  # what marks a comparison's folder
     cmd = [sys.executable, str(REPO / "benchmarks" / "compare.py"), "--report", "--out", str(out),
            "--models", "probunet", "unet"]  # fmt: skip
     proc = subprocess.run([*cmd, "--validation", "--heldout", str(heldout)], capture_output=True, text=True,
@@ -617,6 +618,25 @@ def test_reference_ged_handler_reports_the_best_vote_at_every_run():
     engine.state.metrics.clear()
     engine.run(DataLoader(data, batch_size=1), max_epochs=2)
     assert engine.state.metrics["val_ged_vote"] == pytest.approx((r + 1) / 2 - (4 * r + 6) / 16, abs=1e-6)
+
+
+def test_compare_leaves_a_folder_of_someone_else_untouched(tmp_path):
+    """benchmarks/compare.py --out: a folder holding files it did not write (a results.md of the user's own), or a
+    file, is refused in one line (exit 2) before anything is trained or written."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "results.md").write_text("my own results\n")
+    (tmp_path / "a_file").write_text("mine\n")
+    expected = {mine: "is a folder holding files this program did not write; it is left untouched",
+                tmp_path / "a_file": "is a file, not a folder"}  # fmt: skip
+    for out, said in expected.items():
+        for extra in ([], ["--report"], ["--resume"]):
+            proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "compare.py"), "--out", str(out),
+                                   "--quick", *extra], capture_output=True, text=True, timeout=120, check=False)
+            err = proc.stderr.strip().splitlines()
+            assert proc.returncode == 2 and len(err) == 1 and f"--out {out} {said}" in err[0], proc.stderr
+    assert sorted(p.name for p in mine.iterdir()) == ["results.md"]
+    assert (mine / "results.md").read_text() == "my own results\n" and (tmp_path / "a_file").read_text() == "mine\n"
 
 
 @pytest.mark.slow
