@@ -238,6 +238,54 @@ def test_a_volume_uploaded_from_slicer_then_clicked(volume_server):
     assert not left_behind(volume_server["root"] / "tmp")
 
 
+def read_ahead_lines(log: Path, before: int, timeout_s: float = 60.0) -> list[str]:
+    """The server log's lines that say an image was read ahead of its first click, once there are more than
+    ``before`` of them (or ``timeout_s`` has passed)."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        lines = [line for line in log.read_text().splitlines() if "read before its first click" in line]
+        if len(lines) > before or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.2)
+
+
+def test_the_image_slicer_opens_is_read_before_the_first_click(volume_server):
+    """3D Slicer opens an image by downloading it (``GET /datastore/image``) or, after *Next Sample*, from the path in
+    the answer where it can: either way the server reads the image in the background, and the first click finds it
+    in memory (``timings_s.image_kept``), as the next clicks do."""
+    import requests
+
+    url, info, log = volume_server["url"], volume_server["info"], volume_server["log"]
+    data = (volume_server["studies"] / "chest.nii.gz").read_bytes()
+    for image_id in ("0 read ahead a", "0 read ahead b"):  # the first ids of the folder: Next Sample's `first`
+        assert slicer_upload(url, image_id, data, "tmp_read_ahead.nii.gz")[0] == 200
+    params = click_params(info, "probunet", [[40, 37, 5]], mode="2d")
+    opens = [
+        ("0 read ahead b", lambda: requests.get(f"{url}/datastore/image", params={"image": "0 read ahead b"},
+                                                timeout=60)),
+        ("0 read ahead a", lambda: requests.post(f"{url}/activelearning/first", json={"client_id": "user-xyz"},
+                                                 timeout=60)),
+        ("slice", lambda: requests.get(f"{url}/datastore/image", params={"image": "slice"}, timeout=60)),
+    ]
+    for image_id, open_it in opens:
+        before = len(read_ahead_lines(log, -1))
+        r = open_it()
+        assert r.status_code == 200, r.text
+        if "activelearning" in r.url:
+            assert r.json()["id"] == image_id, r.text
+        lines = read_ahead_lines(log, before)
+        assert len(lines) == before + 1 and f"{image_id}.nii.gz: read before its first click" in lines[-1], lines
+        click = [[40, 37, 0]] if image_id == "slice" else [[40, 37, 5]]
+        status, _, _, result = slicer_infer(url, "probunet", image_id, {**params, "foreground": click})
+        assert status == 200 and result["timings_s"]["image_kept"] is True, result
+    # the next click on the same image: kept, and nothing more read
+    status, _, _, result = slicer_infer(url, "probunet", "slice", {**params, "foreground": [[41, 36, 0]]})
+    assert status == 200 and result["timings_s"]["image_kept"] is True
+    assert len(read_ahead_lines(log, -1, timeout_s=0)) == before + 1
+
+
 def test_click_on_a_volume_as_slicer(volume_server, library):
     """A foreground click on slice 5 of the volume: the label lands on that slice, as the library predicts, with
     the image's geometry and a segment name carrying presence and ambiguity."""

@@ -1,6 +1,7 @@
 """First-click and next-click latency of a real `monailabel start_server`, with and without the start-up warm-up.
 
-    python apps/monailabel/bench_latency.py [--3d] [--hypotheses] [--next 5] [--samples 16] [--venv .venv-label]
+    python apps/monailabel/bench_latency.py [--3d] [--hypotheses] [--next 5] [--samples 16] [--open 3]
+        [--venv .venv-label]
 
 For each of ``--conf warmup true`` and ``false`` (side by side, one run): start the server on a free loopback port
 with the shipped model (bundle/models/model.pt) and a synthetic CT volume, time the start until ``/info/`` answers,
@@ -13,7 +14,9 @@ machine may be shared: wall time above CPU time / threads means the click waited
 Default: a 96 x 80 x 10 volume (0.8 x 0.8 x 2.5 mm), ``mode`` ``2d`` (the clicked slice). ``--3d``: a 512 x 512 x 40
 int16 CT volume (0.7 x 0.7 x 2.5 mm) with a soft-tissue ellipsoid of semi-axes 10 x 8 x 12.5 mm (10 slices) in lung,
 ``mode`` ``3d`` (the lesion followed through its slices; the presence-rule 3-D label, or with ``--hypotheses`` the 16
-3-D hypotheses); the reply's ``extent_slices`` is printed with the times.
+3-D hypotheses); the reply's ``extent_slices`` is printed with the times. ``--open S``: before the first click the
+image is opened as 3D Slicer opens it (``GET /datastore/image``, timed as ``open_s``) and the click comes ``S``
+seconds later, as a radiologist's does (the server reads the image in that time).
 """
 
 from __future__ import annotations
@@ -107,7 +110,7 @@ def write_volume(studies: Path, three_d: bool) -> tuple[str, list[int]]:
 
 
 def run(warmup: bool, venv: Path, studies: Path, work: Path, n_next: int, samples: int, image: str,
-        click: list[int], extra: dict) -> dict:
+        click: list[int], extra: dict, open_wait: float | None = None) -> dict:
     import requests
 
     port = _free_port()
@@ -140,6 +143,14 @@ def run(warmup: bool, venv: Path, studies: Path, work: Path, n_next: int, sample
                 pass
             time.sleep(0.2)
         start_s = time.perf_counter() - t0
+        open_s = None
+        if open_wait is not None:  # as Slicer opens the image, then the radiologist looks before clicking
+            t = time.perf_counter()
+            r = requests.get(f"{url}/datastore/image", params={"image": image}, timeout=600)
+            open_s = round(time.perf_counter() - t, 3)
+            if r.status_code != 200:
+                raise RuntimeError(f"GET /datastore/image answered {r.status_code}: {r.text[:300]}")
+            time.sleep(open_wait)
         load_before = os.getloadavg()
         times, cpu, server, extents = [], [], [], []
         for i in range(1 + n_next):
@@ -157,7 +168,8 @@ def run(warmup: bool, venv: Path, studies: Path, work: Path, n_next: int, sample
             result = _reply(r)
             server.append(_server_latencies(result))
             extents.append(result.get("extent_slices"))
-        return {"warmup": warmup, "start_to_info_s": round(start_s, 2), "first_click_s": round(times[0], 3),
+        return {"warmup": warmup, "start_to_info_s": round(start_s, 2), "open_s": open_s, "open_wait_s": open_wait,
+                "first_click_s": round(times[0], 3),
                 "first_click_cpu_s": round(cpu[0], 2),
                 "next_click_median_s": round(statistics.median(times[1:]), 3) if n_next else None,
                 "next_click_median_cpu_s": round(statistics.median(cpu[1:]), 2) if n_next else None,
@@ -182,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hypotheses", action="store_true", help="return all hypotheses (layered .seg.nrrd)")
     ap.add_argument("--next", type=int, default=5, help="clicks after the first")
     ap.add_argument("--samples", type=int, default=16)
+    ap.add_argument("--open", dest="open_wait", type=float, default=None, metavar="S",
+                    help="open the image first (GET /datastore/image, as Slicer does) and click S seconds later")
     ap.add_argument("--venv", type=Path, default=REPO / ".venv-label")
     args = ap.parse_args(argv)
     if not (args.venv / "bin" / "monailabel").exists():
@@ -194,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
         studies = work / "studies"
         studies.mkdir()
         image, click = write_volume(studies, args.three_d)
-        rows = [run(w, args.venv, studies, work, args.next, args.samples, image, click, extra) for w in (True, False)]
+        rows = [run(w, args.venv, studies, work, args.next, args.samples, image, click, extra, args.open_wait)
+                for w in (True, False)]  # fmt: skip
     print(json.dumps({"cpu": cpu_model_name(), "native_bf16": native_bf16_text(), "cores": os.cpu_count(),
                       "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "num_samples": args.samples,
                       "mode": extra["mode"], "hypotheses": args.hypotheses, "runs": rows}, indent=1))

@@ -42,6 +42,7 @@ from lib.activelearning import Uncertainty
 from lib.configs.probunet import ProbUNetConfig
 from lib.dicomweb_datastore import SegDICOMWebDatastore
 from lib.infers.params import parse_bool
+from lib.prefetch import install as install_prefetch
 from lib.rater_datastore import RaterDatastore
 from lib.request_checks import install as install_request_checks
 from monai_probunet.bundle_utils import quiet_optional_decoder
@@ -71,6 +72,7 @@ class ProbUNetApp(MONAILabelApp):
             labels={"lesion": 1},
         )
         install_request_checks()
+        install_prefetch()  # the image Slicer opens is read before its first click
         if parse_bool(conf.get("warmup", "true"), "warmup"):
             self.warmup()
 
@@ -136,12 +138,30 @@ class ProbUNetApp(MONAILabelApp):
         return strategies
 
     def next_sample(self, request: Dict[str, Any]) -> Dict[str, Any]:
-        """MONAILabelApp.next_sample; an unknown strategy answers 404 naming the available ones."""
+        """MONAILabelApp.next_sample; an unknown strategy answers 404 naming the available ones. The image chosen is
+        read ahead of its first click (:meth:`read_ahead`): 3D Slicer opens it next, from its path where it can."""
         strategy = request.get("strategy") or "random"
         if strategy not in self._strategies:
             raise HTTPException(status_code=404, detail=f"unknown strategy {strategy!r}; available: "
                                 f"{sorted(self._strategies)}")
-        return super().next_sample(request)
+        sample = super().next_sample(request)
+        if sample.get("path"):
+            self.read_ahead(path=sample["path"])
+        return sample
+
+    def read_ahead(self, image_id: str | None = None, path: str | None = None) -> None:
+        """Have the ``probunet`` task read an image (its datastore id or its file) in the background, so that the
+        radiologist's first click on it finds it in memory (``lib/prefetch.py``); nothing where it cannot."""
+        task = self._infers.get("probunet")
+        if task is None or not hasattr(task, "prefetch"):
+            return
+        if path is None:
+            try:
+                path = self.datastore().get_image_uri(image_id)  # in the datastore's cache by now: no download
+            except Exception as e:  # noqa: BLE001 -- a click on the image reports any problem with it
+                logger.debug(f"read ahead of {image_id}: {type(e).__name__}: {e}")
+                return
+        task.prefetch(path)
 
     def infer(self, request: Dict[str, Any], datastore: Any = None) -> Dict[str, Any]:
         """MONAILabelApp.infer with HTTP 4xx answers for requests that cannot be served."""

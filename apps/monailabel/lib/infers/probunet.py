@@ -40,6 +40,7 @@ import contextlib
 import logging
 import os
 import tempfile
+import threading
 import time
 import warnings
 from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Tuple
@@ -208,6 +209,7 @@ class ProbUNetInfer(BasicInferTask):
         self.threshold_path = threshold_path
         self._models: Dict[str, Tuple[torch.nn.Module, Dict[str, Any], Any, float]] = {}
         self._image_cache: Optional[Tuple[Tuple[str, int, int, bool], Any]] = None  # the last image and its key
+        self._image_lock = threading.Lock()  # one reader at a time: a click waits for the prefetch of its image
 
     # ------------------------------------------------------------------------------------------ model file
 
@@ -308,7 +310,7 @@ class ProbUNetInfer(BasicInferTask):
         if not isinstance(image_path, str) or not image_path:
             raise ProbUNetRequestError("no image: give an image id of the datastore or upload a file.", status=400)
         try:
-            image = self._load(image_path, allow_non_ct=params.allow_non_ct)
+            image, kept = self._read(image_path, allow_non_ct=params.allow_non_ct)
         except FileNotFoundError as e:
             raise ProbUNetRequestError(str(e), status=404) from e
         except ValueError as e:
@@ -334,7 +336,8 @@ class ProbUNetInfer(BasicInferTask):
         checked = {
             "params": params, "center": center, "world": params.world and not params.from_click,
             "frame": params.frame, "three_d": three_d, "image_path": image_path, "allow_non_ct": params.allow_non_ct,
-            "timings": {"model": round(t1 - t0, 3), "load_image": round(t2 - t1, 3)}, "checked_at": t2,
+            "timings": {"model": round(t1 - t0, 3), "load_image": round(t2 - t1, 3), "image_kept": kept},
+            "checked_at": t2,
         }
         return {**request, "probunet": checked}
 
@@ -458,25 +461,52 @@ class ProbUNetInfer(BasicInferTask):
         data["probunet_layered"] = params.hypotheses
         return data
 
+    def prefetch(self, image_path: str) -> None:
+        """Read ``image_path`` into the one-image cache of :meth:`_load` in a background thread.
+
+        Called when 3D Slicer opens an image (``GET /datastore/image``): the radiologist's first click then finds
+        it in memory, as the next clicks do, instead of waiting for it to be read (about 2 s for a 512 x 512 x 200
+        series). A click that comes first waits for the read and uses it. A problem with the image is left for the
+        click to answer."""
+
+        def read() -> None:
+            start = time.perf_counter()
+            try:
+                _, kept = self._read(image_path)
+            except Exception as e:  # noqa: BLE001 -- the click on the image reports it
+                logger.debug(f"prefetch of {image_path}: {type(e).__name__}: {e}")
+                return
+            if not kept:
+                logger.info(f"{os.path.basename(image_path)}: read before its first click "
+                            f"({time.perf_counter() - start:.1f} s)")
+
+        threading.Thread(target=read, name="probunet-prefetch", daemon=True).start()
+
     def _load(self, image_path: str, allow_non_ct: bool = False) -> MetaTensor:
-        """:func:`load_ct` of ``image_path``; the last image is kept (same path, mtime and size: the same file), so
-        further clicks on the image a radiologist is reading skip reading it again.
+        """:meth:`_read`'s image (the pre-transforms' reader)."""
+        return self._read(image_path, allow_non_ct)[0]
+
+    def _read(self, image_path: str, allow_non_ct: bool = False) -> Tuple[MetaTensor, bool]:
+        """:func:`load_ct` of ``image_path`` and whether it was kept from before; the last image is kept (same path,
+        mtime and size: the same file), so further clicks on the image a radiologist is reading skip reading it
+        again.
 
         An image converted from a DICOM series (MONAI Label's DICOMweb cache: the series' files in the folder beside
         it) is read only if the series' own headers pass :func:`~monai_probunet.dicom_series.check_ct_dicom` (CT, pixel
         spacing, one evenly spaced series): the conversion keeps none of them and would fill in 1 mm pixels."""
-        st = os.stat(image_path) if os.path.isfile(image_path) else None
-        key = (os.path.abspath(image_path), st.st_mtime_ns, st.st_size, allow_non_ct) if st else None
-        if key is not None and self._image_cache is not None and self._image_cache[0] == key:
-            return self._image_cache[1]
-        series = find_source_series(image_path) if st else None
-        dicom = series_files(series) if series else []
-        if dicom:
-            check_ct_dicom(dicom, f"series {series.name}")
-        image, _ = load_ct(image_path, allow_non_ct=allow_non_ct)
-        if key is not None:
-            self._image_cache = (key, image)
-        return image
+        with self._image_lock:
+            st = os.stat(image_path) if os.path.isfile(image_path) else None
+            key = (os.path.abspath(image_path), st.st_mtime_ns, st.st_size, allow_non_ct) if st else None
+            if key is not None and self._image_cache is not None and self._image_cache[0] == key:
+                return self._image_cache[1], True
+            series = find_source_series(image_path) if st else None
+            dicom = series_files(series) if series else []
+            if dicom:
+                check_ct_dicom(dicom, f"series {series.name}")
+            image, _ = load_ct(image_path, allow_non_ct=allow_non_ct)
+            if key is not None:
+                self._image_cache = (key, image)
+            return image, False
 
     def writer(self, data: Dict[str, Any], extension: Optional[str] = None, dtype: Any = None) -> Tuple[Any, Any]:
         ext = data.get("result_extension") or ""
