@@ -1,12 +1,12 @@
 """Read the image 3D Slicer opens before the radiologist's first click on it.
 
 3D Slicer's MONAI Label module opens an image with ``GET /datastore/image``; the first click comes seconds later,
-and without this it waited for the image to be read (a 512 x 512 x 200 CT series: about 2 s; the next clicks find it in memory). :func:`install` wraps
-``monailabel.endpoints.datastore.download_image`` (the route handlers look it up at call time): once the image is
-sent, the ``probunet`` task reads it into its one-image cache in a background thread
-(the app's ``read_ahead``, :meth:`~lib.infers.probunet.ProbUNetInfer.prefetch`). A click that comes first waits for
-that read and uses it. *Next Sample* reads its image ahead too (the app's ``next_sample``): 3D Slicer on the same
-machine loads it from its path, without downloading it.
+and without this it waited for the image to be read (the next clicks find it in memory; ``apps/monailabel/README.md``
+has the measurement). :func:`install` wraps ``monailabel.endpoints.datastore.download_image`` (the route handlers
+look it up at call time): once the image is sent, the ``probunet`` task reads it into its one-image cache in a
+background thread (the app's ``read_ahead``, :meth:`~lib.infers.probunet.ProbUNetInfer.prefetch`). A click that comes
+first waits for that read and uses it. *Next Sample* reads its image ahead too (the app's ``next_sample``): 3D Slicer
+on the same machine loads it from its path, without downloading it.
 """
 
 from __future__ import annotations

@@ -465,9 +465,9 @@ class ProbUNetInfer(BasicInferTask):
         """Read ``image_path`` into the one-image cache of :meth:`_load` in a background thread.
 
         Called when 3D Slicer opens an image (``GET /datastore/image``): the radiologist's first click then finds
-        it in memory, as the next clicks do, instead of waiting for it to be read (about 2 s for a 512 x 512 x 200
-        series). A click that comes first waits for the read and uses it. A problem with the image is left for the
-        click to answer."""
+        it in memory, as the next clicks do, instead of waiting for it to be read (``apps/monailabel/README.md``: a
+        512 x 512 x 200 series, measured). A click that comes first waits for the read and uses it. A problem with
+        the image is left for the click to answer."""
 
         def read() -> None:
             start = time.perf_counter()
