@@ -55,7 +55,7 @@ from pathlib import Path
 
 import numpy as np
 
-from monai_probunet.bundle_utils import ConfigValueError, check_tracking_uri
+from monai_probunet.bundle_utils import ConfigValueError
 from monai_probunet.io_utils import OutputFolderError, atomic_write_json, atomic_write_text
 
 REPO = Path(__file__).resolve().parents[1]
@@ -139,63 +139,17 @@ def _is_comparison(out: Path) -> bool:
     return not any(out.iterdir()) or (out / MARKER).is_file() or (out / "prepare_data.log").is_file()
 
 
+def tracking_options(tracking: dict[str, str] | None, run_name: str) -> list[str]:
+    """The bundle options that log a run named ``run_name`` into the comparison's MLflow experiment (``tracking``:
+    ``compare_tracking.open_experiment``'s; none without it)."""
+    if tracking is None:
+        return []
+    return ["--tracking", "mlflow", "--tracking_uri", tracking["uri"], "--experiment_name", tracking["experiment"],
+            "--run_name", run_name]  # fmt: skip
+
+
 class BundleInputError(ValueError):
     """A bundle run of the comparison refused its input (a dataset name, a value): printed as one line, exit 2."""
-
-
-def _open_experiment(args: argparse.Namespace, out: Path) -> dict[str, str]:
-    """With ``--tracking``: check the store, create the experiment before the runs that log into it (two at a
-    time must not both create it) and return ``{"uri", "experiment", "experiment_id"}``."""
-    import mlflow
-    from monai.utils import path_to_sqlite_uri
-
-    uri = check_tracking_uri(args.tracking_uri, "--tracking-uri") or path_to_sqlite_uri(
-        str(REPO / "bundle" / "eval" / "mlruns.db")
-    )
-    if uri.startswith("sqlite:"):
-        Path(uri.split(":///", 1)[-1]).parent.mkdir(parents=True, exist_ok=True)
-    name = args.experiment_name or out.name
-    client = mlflow.MlflowClient(uri)
-    experiment = client.get_experiment_by_name(name)
-    if experiment is not None and experiment.lifecycle_stage != "active":
-        reason = "give another name (or restore it: mlflow experiments restore)"
-        raise ConfigValueError(f"--experiment-name {name}: the experiment is deleted in {uri}; {reason}.")
-    experiment_id = experiment.experiment_id if experiment is not None else client.create_experiment(name)
-    return {"uri": uri, "experiment": name, "experiment_id": experiment_id}
-
-
-def _tracking(args: argparse.Namespace, run_name: str) -> list[str]:
-    """The bundle options that log a run named ``run_name`` into the comparison's experiment (none without it)."""
-    if args.mlflow is None:
-        return []
-    return ["--tracking", "mlflow", "--tracking_uri", args.mlflow["uri"], "--experiment_name",
-            args.mlflow["experiment"], "--run_name", run_name]  # fmt: skip
-
-
-def _log_comparison(args: argparse.Namespace, out: Path, summaries: dict[str, dict], timings: dict[str, float]) -> None:
-    """A run ``comparison`` in the experiment: the table and figures as artifacts, every model's test GED by S
-    (``test_ged_<model>``, step S) and its minutes as metrics, the comparison's settings as params."""
-    import mlflow
-
-    client = mlflow.MlflowClient(args.mlflow["uri"])
-    run = client.create_run(args.mlflow["experiment_id"], run_name="comparison")
-    run_id = run.info.run_id
-    settings = {"task": args.task, "models": " ".join(args.models), "dataset_dir": str(args.dataset_dir or ""),
-                "dataset": args.dataset or "", "max_epochs": args.max_epochs or "", "precision": args.precision or "",
-                "ensemble_members": args.ensemble_members, "out": str(out)}  # fmt: skip
-    for key, value in settings.items():
-        client.log_param(run_id, key, value)
-    for name, summary in summaries.items():
-        for entry in summary["models"][name]["metrics"].get("ged", []):
-            client.log_metric(run_id, f"test_ged_{name}", float(entry["mean"]), step=int(entry["S"]))
-        if timings.get(name):
-            client.log_metric(run_id, f"minutes_{name}", timings[name] / 60)
-    for name in ("results.md", "ged_vs_samples.png", "mode_calibration.png", "timings.json"):
-        if (out / name).is_file():
-            client.log_artifact(run_id, str(out / name))
-    client.set_terminated(run_id)
-    print(f"MLflow: experiment {args.mlflow['experiment']} in {args.mlflow['uri']} (run comparison {run_id}); "
-          f"mlflow ui --backend-store-uri {args.mlflow['uri']}", flush=True)
 
 
 #: quick mode: a few images and a narrow network per task
@@ -261,7 +215,11 @@ def main() -> None:
         parser.error(f"--report: {out} holds no comparison (run without --report first)")
     if args.max_epochs is not None and args.max_epochs < 1:
         parser.error(f"--max-epochs must be >= 1, got {args.max_epochs}")
-    args.mlflow = _open_experiment(args, out) if args.tracking else None
+    args.mlflow = None
+    if args.tracking:
+        from compare_tracking import open_experiment
+
+        args.mlflow = open_experiment(args.tracking_uri, args.experiment_name or out.name, REPO)
     out.mkdir(parents=True, exist_ok=True)
     if not (out / MARKER).is_file():
         atomic_write_json(out / MARKER, {"task": args.task, "dataset_dir": str(args.dataset_dir or ""),
@@ -341,7 +299,12 @@ def main() -> None:
         mode_calibration_plot(cals, out / "mode_calibration.png")
     print((out / "results.md").read_text())
     if args.mlflow is not None:
-        _log_comparison(args, out, summaries, timings)
+        settings = {"task": args.task, "models": " ".join(args.models), "dataset_dir": str(args.dataset_dir or ""),
+                    "dataset": args.dataset or "", "max_epochs": args.max_epochs or "",
+                    "precision": args.precision or "", "ensemble_members": args.ensemble_members, "out": str(out)}
+        from compare_tracking import log_comparison
+
+        log_comparison(args.mlflow, out, summaries, timings, settings)
 
 
 def _train_and_evaluate(
@@ -369,7 +332,7 @@ def _train_and_evaluate(
             overrides += ["--resume", "true"]
         if args.mlflow is not None:  # the executed config MONAI writes at start, named by the second: one folder each
             run_name = name if seed is None else f"{name}_member_{seed}"
-            overrides += ["--output_dir", str(ckpt), *_tracking(args, run_name)]
+            overrides += ["--output_dir", str(ckpt), *tracking_options(args.mlflow, run_name)]
         seconds = _bundle("training", _configs(name, args.task), overrides, log, threads)
         print(f"trained {name}{'' if seed is None else f' member {seed}'} in {seconds / 60:.1f} min", flush=True)
         return seconds
@@ -383,7 +346,7 @@ def _train_and_evaluate(
         else:
             evaluation = ["--model_name", name]
         overrides = [*common, "--ckpt_dir", str(ckpts[name]), "--output_dir", str(out / "eval" / name), *evaluation,
-                     *_tracking(args, f"eval_{name}")]  # fmt: skip
+                     *tracking_options(args.mlflow, f"eval_{name}")]  # fmt: skip
         return _bundle("evaluating", _configs(name, args.task, evaluate=True), overrides, out / f"eval_{name}.log",
                        threads)  # fmt: skip
 
@@ -466,7 +429,7 @@ def _score_elsewhere(
         ensemble = isinstance(checkpoint, list)
         weights = ["--ensemble_ckpts", repr(checkpoint)] if ensemble else ["--ckpt_path", checkpoint]
         run = [*overrides, *weights, "--model_name", name, "--output_dir", str(evals / name),
-               *_tracking(args, f"{evals.name}_{name}")]  # fmt: skip
+               *tracking_options(args.mlflow, f"{evals.name}_{name}")]  # fmt: skip
         seconds = _bundle("evaluating", _configs(name, args.task, evaluate=True), run,
                           out / f"{evals.name}_{name}.log", threads)  # fmt: skip
         print(f"scored {name} into {evals} in {seconds / 60:.1f} min", flush=True)
