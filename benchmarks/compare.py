@@ -55,7 +55,7 @@ from pathlib import Path
 
 import numpy as np
 
-from monai_probunet.bundle_utils import ConfigValueError
+from monai_probunet.bundle_utils import EXIT_INTERRUPTED, ConfigValueError
 from monai_probunet.io_utils import OutputFolderError, atomic_write_json, atomic_write_text
 
 REPO = Path(__file__).resolve().parents[1]
@@ -119,6 +119,8 @@ def _bundle(run_id: str, config_files: str, overrides: list[str], log: Path, thr
     t0 = time.perf_counter()
     with open(log, "w") as f:
         proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, check=False, env=env)
+    if proc.returncode == EXIT_INTERRUPTED:  # Ctrl-C reached the bundle run too: it saved what it can resume
+        raise KeyboardInterrupt
     if proc.returncode != 0:
         errors = [line for line in log.read_text(errors="replace").splitlines() if line.startswith("error: ")]
         if errors:  # the bundle command's one line for bad input (exit status 2)
@@ -500,3 +502,7 @@ if __name__ == "__main__":
             NotADirectoryError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print("compare.py: interrupted by Ctrl-C; the same command with --resume continues every training where it "
+              "stopped.", file=sys.stderr)  # fmt: skip
+        sys.exit(EXIT_INTERRUPTED)

@@ -640,6 +640,40 @@ def test_compare_leaves_a_folder_of_someone_else_untouched(tmp_path):
 
 
 @pytest.mark.slow
+def test_compare_ctrl_c_stops_in_one_line_and_resume_completes(tmp_path):
+    """Ctrl-C (SIGINT to the terminal's process group: compare.py and its bundle runs) during a comparison: exit
+    status 130 and one line saying how to continue, the interrupted training's checkpoint kept; the same command
+    with --resume then completes the table."""
+    import signal
+    import time
+
+    from tests.test_folder_dataset_checks import _folder
+
+    datalist = _folder(tmp_path / "my_graders")
+    out = tmp_path / "compare"
+    cmd = [sys.executable, str(REPO / "benchmarks" / "compare.py"), "--dataset-dir", str(datalist.parent), "--out",
+           str(out), "--quick", "--max-epochs", "40", "--precision", "fp32", "--models", "probunet"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)  # fmt: skip
+    deadline = time.monotonic() + 300
+    while not (out / "models" / "probunet" / "checkpoint_last.pt").is_file() and time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-2000:]
+    assert stderr.strip().splitlines() == ["compare.py: interrupted by Ctrl-C; the same command with --resume "
+                                           "continues every training where it stopped."], stderr[-2000:]
+    assert "interrupted by Ctrl-C" in (out / "train_probunet.log").read_text()
+    assert not (out / "results.md").exists()
+    cmd[cmd.index("40")] = "3"  # a shorter schedule from the saved epoch on: the test's time, not the point
+    proc = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, timeout=900, check=False, env=env)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    assert "probunet" in _table_rows((out / "results.md").read_text().split("\n\n")[1])
+
+
+@pytest.mark.slow
 def test_compare_trains_and_scores_on_your_own_data(tmp_path):
     """benchmarks/compare.py --dataset-dir DIR: every model trained and scored on the user's own folder dataset
     (read, never written), the table with its reference rows from that folder's test split; with --tracking each
