@@ -69,7 +69,7 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from .bundle_utils import positive_int, quiet_optional_decoder
+from .bundle_utils import EXIT_INTERRUPTED, positive_int, quiet_optional_decoder
 
 __all__ = ["build_parser", "main"]
 
@@ -244,6 +244,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = f" ({e.filename})" if getattr(e, "filename", None) else ""
         print(f"error: {type(e).__name__}{where}: {_one_line(e)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # the results are staged: nothing of this run is in --out
+        print(f"interrupted by Ctrl-C; nothing was written ({args.out} is as it was).", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 def _import_inference(full: bool = False):

@@ -255,6 +255,33 @@ def test_a_failed_write_leaves_the_previous_set(tmp_path, model_files, monkeypat
         Hypotheses.save(h, tmp_path / "out" / "report.json")  # a file
 
 
+def test_ctrl_c_while_writing_leaves_the_previous_set_and_says_so(tmp_path, model_files, monkeypatch, capsys):
+    """Ctrl-C while the CLI writes a new set over an earlier one (between its files): exit status 130, one line,
+    the earlier set byte for byte and no partial folder beside it."""
+    from monai_probunet.infer import main as cli_main
+
+    out = tmp_path / "out"
+    common = ["--ckpt", str(model_files[0]), "--config", str(model_files[1]), "--out", str(out), "--num-samples", "4"]
+    assert cli_main([CT, "--center", "64", "70", *common]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    capsys.readouterr()
+    calls = []
+
+    def interrupted_save(img, filename):  # Ctrl-C after the first file of the new set
+        calls.append(filename)
+        if len(calls) > 1:
+            raise KeyboardInterrupt
+        return real_save(img, filename)
+
+    real_save = nib.save
+    monkeypatch.setattr(nib, "save", interrupted_save)
+    assert cli_main([CT, "--center", "60", "60", *common]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"interrupted by Ctrl-C; nothing was written ({out} is as it was)."], err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
 def test_batch_loads_the_model_once_and_matches_the_library(tmp_path, model_files):
     """--batch: several images (a DICOM slice, a 3-D NIfTI with a world centre, a missing file) in one process; each
     case equals the library called in this process (the CLI imports MONAI without its unused optional packages)."""
