@@ -300,3 +300,16 @@ def test_uncertainty_strategy_ranks_unlabelled_images_by_disagreement(rater_serv
     reply = requests.post(f"{url}/activelearning/uncertainty", json={"num_samples": 8, "seed": 3}, timeout=300).json()
     assert sorted(x["id"] for x in reply["ranking"]) == ["case3", "case5"]
     assert [x["id"] for x in reply["not_scored"]] == ["case4"] and "500" in reply["not_scored"][0]["reason"]
+    # at most max_images images not scored before per request (a PACS is ranked over several requests): seed 4
+    # has scored nothing yet; each request scores the next image in id order and answers the best so far
+    replies = [requests.post(f"{url}/activelearning/uncertainty", json={"num_samples": 8, "seed": 4,
+                                                                         "max_images": 1}, timeout=300)
+               for _ in range(3)]  # fmt: skip
+    assert [r.status_code for r in replies] == [200, 200, 200], [r.text for r in replies]
+    steps = [r.json() for r in replies]
+    assert [sorted(x["id"] for x in step["ranking"]) for step in steps] == [["case3"], ["case3"], ["case3", "case5"]]
+    assert [step["not_yet_scored"] for step in steps] == [["case4", "case5"], ["case5"], []]
+    assert [[x["id"] for x in step["not_scored"]] for step in steps] == [[], ["case4"], ["case4"]]
+    assert steps[2]["id"] == steps[2]["ranking"][0]["id"]
+    r = requests.post(f"{url}/activelearning/uncertainty", json={"max_images": 0}, timeout=60)
+    assert r.status_code == 400 and "max_images" in r.json()["detail"], r.text

@@ -12,8 +12,11 @@ which (``center_source``). Scores are cached per image and model file (its modif
         -d '{"num_samples": 16, "seed": 0}'
 
 The reply: the chosen image ``id``, its ``score``, ``center``, ``center_source``, ``ranking`` (every scored
-image, highest score first) and ``not_scored`` (``[{"id", "reason"}]``: the unlabelled images that could not be
-scored, e.g. not CT or a ``center`` info that does not fit the image, which the ranking therefore never offers).
+image, highest score first), ``not_scored`` (``[{"id", "reason"}]``: the unlabelled images that could not be
+scored, e.g. not CT or a ``center`` info that does not fit the image, which the ranking therefore never offers) and
+``not_yet_scored`` (ids). One request scores at most ``max_images`` images not scored before (request key, default
+64; in id order): a large datastore (a PACS behind DICOMweb, where scoring a series first downloads it) is ranked
+over several requests instead of one that runs for hours, each answering with the best image scored so far.
 """
 
 from __future__ import annotations
@@ -44,14 +47,19 @@ class Uncertainty(Strategy):
         infer_task: the ``probunet`` infer task (its model, settings and presence threshold are used).
         num_samples: hypotheses per image (request key ``num_samples``).
         seed: sampling seed (request key ``seed``).
+        max_images: images not scored before that one request scores at most (request key ``max_images``).
     """
 
-    def __init__(self, infer_task: Any, num_samples: int = 16, seed: int = 0) -> None:
+    def __init__(self, infer_task: Any, num_samples: int = 16, seed: int = 0, max_images: int = 64) -> None:
         super().__init__("Probabilistic U-Net hypothesis disagreement (presence ambiguity, pairwise 1 - IoU)")
         self.task = infer_task
         self.num_samples = num_samples
         self.seed = seed
+        self.max_images = max_images
+        # per (image, model file time, num_samples, seed, centre info and image time): its score, or why it cannot
+        # be scored
         self._cache: dict[tuple[str, float, int, int, str], dict[str, Any]] = {}
+        self._failed: dict[tuple[str, float, int, int, str], str] = {}
         self._lock = threading.Lock()
 
     @staticmethod
@@ -92,20 +100,28 @@ class Uncertainty(Strategy):
         try:
             num_samples = parse_int(request.get("num_samples", self.num_samples), "num_samples", 2, MAX_SAMPLES)
             seed = parse_int(request.get("seed", self.seed), "seed", 0, 2**63 - 1)
+            max_images = parse_int(request.get("max_images", self.max_images), "max_images", 1, 1_000_000)
         except ValueError as e:
             raise HTTPException(status_code=400, detail=str(e)) from None
-        images = datastore.get_unlabeled_images()
+        images = sorted(datastore.get_unlabeled_images())
         if not images:
             return None
         model = self.task.model_file
         mtime = os.stat(model).st_mtime if model and os.path.isfile(model) else 0.0
-        ranking, failures = [], []
+        ranking, failures, waiting = [], [], []
         for image_id in images:
             info = datastore.get_image_info(image_id) or {}
-            key = (image_id, mtime, num_samples, seed, repr(info.get("center")))
+            key = (image_id, mtime, num_samples, seed, repr((info.get("center"), info.get("ts"))))  # ts: the file
             with self._lock:
-                cached = self._cache.get(key)
+                cached, failed = self._cache.get(key), self._failed.get(key)
+            if failed is not None:
+                failures.append({"id": image_id, "reason": failed})
+                continue
             if cached is None:
+                if max_images == 0:
+                    waiting.append(image_id)
+                    continue
+                max_images -= 1
                 try:
                     cached = self.score(datastore.get_image_uri(image_id), info, num_samples, seed)
                 except HTTPException:
@@ -113,18 +129,27 @@ class Uncertainty(Strategy):
                 except Exception as e:  # noqa: BLE001 -- one unreadable image must not stop the ranking
                     msg = getattr(e, "msg", None) or f"{type(e).__name__}: {e}"
                     logger.warning(f"uncertainty: image {image_id} not scored: {msg}")
-                    failures.append({"id": image_id, "reason": msg})
                     if getattr(e, "status", None) == 503:  # no model file: nothing can be scored
                         raise HTTPException(status_code=503, detail=msg) from None
+                    failures.append({"id": image_id, "reason": msg})
+                    with self._lock:
+                        self._failed[key] = msg
                     continue
                 with self._lock:
                     self._cache[key] = cached
             ranking.append({"id": image_id, **cached})
-        if not ranking:
+        if not ranking and not waiting:
             first = failures[0]
             raise HTTPException(status_code=422, detail=f"none of the {len(images)} unlabelled images could be "
                                 f"scored; first: {first['id']}: {first['reason']}")
+        if not ranking:  # every image scored in this request failed: the next request goes on with the others
+            first = failures[0]
+            raise HTTPException(status_code=422, detail=f"none of the {len(images) - len(waiting)} unlabelled images "
+                                f"scored so far could be scored (first: {first['id']}: {first['reason']}); "
+                                f"{len(waiting)} are not scored yet: ask again.")
         ranking.sort(key=lambda r: (-r["score"], r["id"]))
         best = ranking[0]
-        logger.info(f"uncertainty: next {best['id']} score {best['score']} of {len(ranking)} images")
-        return {**best, "ranking": [{"id": r["id"], "score": r["score"]} for r in ranking], "not_scored": failures}
+        logger.info(f"uncertainty: next {best['id']} score {best['score']} of {len(ranking)} images"
+                    + (f"; {len(waiting)} not scored yet" if waiting else ""))
+        return {**best, "ranking": [{"id": r["id"], "score": r["score"]} for r in ranking], "not_scored": failures,
+                "not_yet_scored": waiting}
