@@ -823,3 +823,29 @@ def test_dicomweb_server_refusing_any_transfer_syntax(orthanc, tmp_path):
         assert r.status_code == 200 and r.json()["mode"] == "3d", r.text
     series_dirs = [p for p in (root / "dicom_cache").rglob(f"*{uid}*") if p.is_dir()]
     assert [p.name for p in series_dirs] == [uid] and len(list(series_dirs[0].iterdir())) == len(slices)
+
+
+def test_dicomweb_uncertainty_ranks_a_pacs_over_several_requests(orthanc, tmp_path):
+    """*Next Sample* (``uncertainty``) on a DICOMweb server scores a series by downloading it: each request scores at
+    most ``max_images`` series not scored before, so the ranking grows by one series per request here until none is
+    left, and a series once scored is not scored (downloaded, read) again."""
+    import requests
+
+    mine = {str(orthanc_series(orthanc, tmp_path / f"s{seed}", slices=4, seed=seed)[0].SeriesInstanceUID)
+            for seed in (51, 52, 53)}  # fmt: skip
+    root = tmp_path / "label"
+    root.mkdir()
+    with running_server(root, f"{orthanc}/dicom-web", {"model_path": MODEL, "network_config": CONFIG}) as (url, _):
+        steps = []
+        for _ in range(40):  # the other tests' series are in this Orthanc too
+            r = requests.post(f"{url}/activelearning/uncertainty", json={"max_images": 1}, timeout=300)
+            assert r.status_code == 200, r.text
+            steps.append(r.json())
+            if not steps[-1]["not_yet_scored"]:
+                break
+        done = [len(s["ranking"]) + len(s["not_scored"]) for s in steps]
+        assert done == list(range(1, len(steps) + 1)), done  # one more series per request
+        assert [len(s["not_yet_scored"]) for s in steps] == list(range(len(steps) - 1, -1, -1))
+        assert mine <= {x["id"] for x in steps[-1]["ranking"]}
+        again = requests.post(f"{url}/activelearning/uncertainty", json={"max_images": 1}, timeout=300).json()
+        assert again["ranking"] == steps[-1]["ranking"] and again["not_yet_scored"] == []

@@ -109,9 +109,12 @@ class Uncertainty(Strategy):
         model = self.task.model_file
         mtime = os.stat(model).st_mtime if model and os.path.isfile(model) else 0.0
         ranking, failures, waiting = [], [], []
+        def key_of(image_id: str, info: dict[str, Any]) -> tuple[str, float, int, int, str]:
+            return image_id, mtime, num_samples, seed, repr((info.get("center"), info.get("ts")))  # ts: the file's
+
         for image_id in images:
             info = datastore.get_image_info(image_id) or {}
-            key = (image_id, mtime, num_samples, seed, repr((info.get("center"), info.get("ts"))))  # ts: the file
+            key = key_of(image_id, info)
             with self._lock:
                 cached, failed = self._cache.get(key), self._failed.get(key)
             if failed is not None:
@@ -123,7 +126,9 @@ class Uncertainty(Strategy):
                     continue
                 max_images -= 1
                 try:
-                    cached = self.score(datastore.get_image_uri(image_id), info, num_samples, seed)
+                    path = datastore.get_image_uri(image_id)
+                    key = key_of(image_id, datastore.get_image_info(image_id) or {})  # a download adds its time
+                    cached = self.score(path, info, num_samples, seed)
                 except HTTPException:
                     raise
                 except Exception as e:  # noqa: BLE001 -- one unreadable image must not stop the ranking
