@@ -109,6 +109,7 @@ class Uncertainty(Strategy):
         model = self.task.model_file
         mtime = os.stat(model).st_mtime if model and os.path.isfile(model) else 0.0
         ranking, failures, waiting = [], [], []
+
         def key_of(image_id: str, info: dict[str, Any]) -> tuple[str, float, int, int, str]:
             return image_id, mtime, num_samples, seed, repr((info.get("center"), info.get("ts")))  # ts: the file's
 
@@ -143,15 +144,11 @@ class Uncertainty(Strategy):
                 with self._lock:
                     self._cache[key] = cached
             ranking.append({"id": image_id, **cached})
-        if not ranking and not waiting:
+        if not ranking:  # where some are not scored yet, the next request goes on with them
             first = failures[0]
-            raise HTTPException(status_code=422, detail=f"none of the {len(images)} unlabelled images could be "
-                                f"scored; first: {first['id']}: {first['reason']}")
-        if not ranking:  # every image scored in this request failed: the next request goes on with the others
-            first = failures[0]
+            later = f"; {len(waiting)} more are not scored yet: ask again" if waiting else ""
             raise HTTPException(status_code=422, detail=f"none of the {len(images) - len(waiting)} unlabelled images "
-                                f"scored so far could be scored (first: {first['id']}: {first['reason']}); "
-                                f"{len(waiting)} are not scored yet: ask again.")
+                                f"tried could be scored (first: {first['id']}: {first['reason']}){later}.")
         ranking.sort(key=lambda r: (-r["score"], r["id"]))
         best = ranking[0]
         logger.info(f"uncertainty: next {best['id']} score {best['score']} of {len(ranking)} images"
