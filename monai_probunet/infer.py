@@ -46,7 +46,7 @@ growth while at least half of the lesion hypotheses continue, at most ``--max-ex
 ``--batch`` checks every case of its file before running any (unknown keys, a ``center`` that is not 2 or 3 finite
 numbers, a ``world`` that is not JSON true/false, a ``frame`` without ``"world": true``); a case that fails while
 running (a missing image, a centre outside it) is one line ``<case_id>: failed: <reason>`` on stderr, the other cases
-are still written.
+are still written. In a terminal (stderr a tty) a progress bar counts the cases.
 
 Checked up front as well: ``--frame`` only with ``--world``; ``--roi-size`` must be a crop the network runs on (it
 halves the crop at each level: the shipped model needs at least 16 px per side); the image resampled to
@@ -315,7 +315,7 @@ def _run(args: argparse.Namespace, spacing, roi_arg) -> int:
             summary = inf.infer_cases(
                 model, cases, args.out, spacing=settings["spacing"], roi_size=roi, num_samples=args.num_samples,
                 seed=args.seed, hu_window=settings["hu_window"], threshold=threshold, device=args.device,
-                progress=False, allow_non_ct=args.allow_non_ct, checkpoint=str(args.ckpt), **mode3d,
+                progress=sys.stderr.isatty(), allow_non_ct=args.allow_non_ct, checkpoint=str(args.ckpt), **mode3d,
             )
         elif args.three_d:
             from .predict3d import predict_hypotheses_3d

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -425,6 +426,44 @@ def test_centers_file_cases_are_checked_strictly(tmp_path):
     cases = read_inference_cases(tmp_path, path)
     assert [(c["case_id"], c["center"], c["world"], c["frame"]) for c in cases] == [
         ("a", [1.0, 2.5], False, "RAS"), ("bee", [1.0, 2.0, 3.0], True, "LPS"), ("c", [4.0, 5.0], False, "RAS")]
+
+
+def test_batch_shows_a_progress_bar_in_a_terminal_only(tmp_path, model_files):
+    """``--batch`` in a terminal (stderr a tty of 100 columns) shows a progress bar of the cases; with stderr a file
+    or a pipe (a log, a CI job) only the result lines, as before."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("a", "b", "c"):
+        nifti(data / f"{name}.nii.gz", ct_slice(100))
+    (data / "centers.json").write_text(json.dumps({f"{n}.nii.gz": [50, 50] for n in "abc"}))
+    cmd = [sys.executable, "-m", "monai_probunet.infer", "--batch", str(data / "centers.json"), "--num-samples", "2",
+           "--ckpt", str(model_files[0]), "--config", str(model_files[1])]  # fmt: skip
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 100, 0, 0))
+    proc = subprocess.Popen([*cmd, "--out", str(tmp_path / "tty")], stdout=subprocess.PIPE, stderr=slave, cwd="/",
+                            env=ENV)  # fmt: skip
+    os.close(slave)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # the child closed its end
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(master)
+    assert proc.wait(timeout=300) == 0
+    assert re.search(r"inferring: 100%.*3/3", shown.decode(errors="replace")), shown[-2000:]
+    assert proc.stdout.read().decode().count("lesion presence") == 3
+    r = infer("--batch", data / "centers.json", "--out", tmp_path / "file", "--num-samples", "2",
+              model_files=model_files)  # fmt: skip
+    assert r.returncode == 0 and "inferring" not in r.stderr and r.stdout.count("lesion presence") == 3, r.stderr
 
 
 def test_batch_refuses_a_bad_case_before_running_any(tmp_path, model_files):
