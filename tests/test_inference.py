@@ -506,7 +506,7 @@ def test_bundle_inferring(ct_small, ckpt, tmp_path):
     assert r.returncode == 2, r.stderr[-3000:]  # bad.nii.gz failed: one line, exit status 2, the good cases written
     assert "error: 1 of 3 case(s) failed (bad)" in r.stderr
     assert "inferring" in r.stderr  # the tqdm progress bar
-    assert "nvImageCodec" not in r.stdout + r.stderr  # MONAI's absent GPU decoder: quiet (configs/logging.conf)
+    assert "nvImageCodec" not in r.stdout + r.stderr  # MONAI's absent GPU decoder: quiet (bundle_utils.quiet_optional_decoder)
     summary = json.loads((out / "inference_summary.json").read_text())
     assert summary["num_ok"] == 2 and summary["num_failed"] == 1
     rows = {row["case_id"]: row for row in summary["cases"]}
