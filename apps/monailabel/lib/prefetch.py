@@ -11,21 +11,13 @@ on the same machine loads it from its path, without downloading it.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from starlette.background import BackgroundTask
 from starlette.responses import Response
 
 __all__ = ["install"]
-
-
-def _prefetch(image_id: str) -> None:
-    """Have the app read ``image_id`` ahead (its ``read_ahead``); nothing in an app without it."""
-    from monailabel.interfaces.utils.app import app_instance
-
-    read_ahead = getattr(app_instance(), "read_ahead", None)
-    if read_ahead is not None:
-        read_ahead(image_id=image_id)
 
 
 def install() -> bool:
@@ -40,11 +32,14 @@ def install() -> bool:
         return True
 
     def download_image(image: str, check_only: bool = False, check_sum: Any = None) -> Any:
+        from monailabel.interfaces.utils.app import app_instance
+
         answer = original(image, check_only, check_sum)
+        read_ahead = app_instance().read_ahead
         if isinstance(answer, Response) and answer.background is None:
-            answer.background = BackgroundTask(_prefetch, image)  # once the file is sent: Slicer gets it first
+            answer.background = BackgroundTask(read_ahead, image_id=image)  # once the file is sent: Slicer first
         else:
-            _prefetch(image)
+            read_ahead(image_id=image)
         return answer
 
     download_image._probunet_prefetch = True  # type: ignore[attr-defined]
