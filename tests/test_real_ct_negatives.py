@@ -20,16 +20,13 @@ import warnings
 import pytest
 
 from monai_probunet.inference import find_presence_threshold, load_ct, load_model
-from monai_probunet.model_loading import weights_sha256
 from monai_probunet.presence_label import presence_decision
-from tests.conftest import REPO, TRAIN_YAML
+from tests.conftest import REPO, TRAIN_YAML, is_shipped_model
 
 pydicom_data = pytest.importorskip("pydicom.data")
 
+#: the sites below are a property of the shipped weights (``tests.conftest.is_shipped_model``)
 MODEL = TRAIN_YAML.parent.parent / "models" / "model.pt"
-#: the shipped weights (``weights_sha256`` of the committed ``bundle/models/model.pt``, as its presence_threshold.json
-#: records them): the sites below are a property of those weights
-SHIPPED_WEIGHTS = "c94a44bdc4afa3da217867e17a1a20bf2bf400fe02e0055f89fba52b6eed8fe5"
 
 
 def _benchmark():
@@ -47,7 +44,7 @@ SITES = BENCH.SITES
 
 @pytest.fixture(scope="module")
 def model_and_image():
-    if weights_sha256(MODEL) != SHIPPED_WEIGHTS:
+    if not is_shipped_model(MODEL):
         pytest.skip(f"{MODEL} is not the shipped model (retrained in place, e.g. by the README's quickstart): check "
                     "a retrained model's sites with python benchmarks/real_ct_negatives.py --sites")
     model, settings = load_model(MODEL, TRAIN_YAML)
