@@ -162,7 +162,8 @@ def test_a_3d_picture_adds_the_label_through_its_slices(tmp_path, monkeypatch):
                                 roi_size=settings["roi_size"], hu_window=settings["hu_window"],
                                 threshold=find_presence_threshold(ckpt))
     assert drawn[1][0] == overview_title(hyp.to_report(), hyp.presence_rule_label()[0]) == (
-        f"ct.nii.gz: lesion p={report['presence_probability']:.2f} ({report['presence_count']} of 16 hypotheses show "
+        f"ct.nii.gz: lesion p={report['presence_probability']:.2f}{' ambiguous' if report['ambiguous'] else ''} "
+        f"({report['presence_count']} of 16 hypotheses show "
         f"a lesion on the clicked slice 11); the label {report['presence_label']['volume_mm3']:.0f} mm^3 on slices "
         f"{spanned[0]}-{spanned[-1]}"
     )
