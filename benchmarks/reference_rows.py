@@ -40,7 +40,7 @@ from user_errors import ArgumentParser, ScriptInputError, positive_int, run_main
 
 from monai_probunet.data import load_datalist
 from monai_probunet.metrics import generalized_energy_distance
-from monai_probunet.metrics.calibration import mask_ignored
+from monai_probunet.metrics.known_mixture import mask_ignored
 from monai_probunet.metrics.references import reference_geds
 
 __all__ = ["SIZE_BINS", "grader_masks", "label_maps", "largest_outline_mm2", "presence_by_size", "reference_rows"]

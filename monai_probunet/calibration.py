@@ -29,7 +29,8 @@ from .data.disk_format import load_datalist
 from .engines.precision import autocast_context
 from .evaluation import write_summary_json
 from .flip_task import FLIPS, IGNORE_INDEX, SWITCHABLE_CLASSES, enumerate_modes
-from .metrics.calibration import CalibrationAccumulator, flip_recovery_counts, match_modes
+from .metrics.calibration import CalibrationAccumulator, flip_recovery_counts
+from .metrics.known_mixture import match_modes
 from .model_loading import load_trained_network
 from .networks.utils import hypotheses_to_labels
 from .sampling import ORACLE, OracleSampler, case_batches, sample_batches

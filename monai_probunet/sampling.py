@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from .engines.precision import autocast_context
-from .metrics.calibration import mask_ignored
+from .metrics.known_mixture import mask_ignored
 from .metrics.oracle import ORACLE, sample_modes
 from .networks.utils import hypotheses_to_labels
 
@@ -309,7 +309,7 @@ def sample_batches(
         batch_size, num_workers: see :func:`case_batches`.
         precision: autocast for sampling (``"fp32"``, ``"bf16"``, ``"auto"``).
         ignore_index: label of unannotated regions: a network's sampled pixels where the graders have it are set to
-            it as well (:func:`~monai_probunet.metrics.calibration.mask_ignored`); ``None``: no masking.
+            it as well (:func:`~monai_probunet.metrics.known_mixture.mask_ignored`); ``None``: no masking.
         with_graders: see :func:`prepare_items` (without graders every image needs its modes).
 
     Yields:

@@ -31,16 +31,9 @@ from monai_probunet.data.scenes32 import (
     unflip,
 )
 from monai_probunet.metrics import generalized_energy_distance
+from monai_probunet.metrics.calibration import CalibrationAccumulator, ModeCalibration, flip_recovery_counts
+from monai_probunet.metrics.known_mixture import MaskIgnoredd, known_mixture_ged, mask_ignored, match_modes
 from monai_probunet.networks import ProbUNet
-from monai_probunet.metrics.calibration import (
-    CalibrationAccumulator,
-    MaskIgnoredd,
-    ModeCalibration,
-    flip_recovery_counts,
-    known_mixture_ged,
-    mask_ignored,
-    match_modes,
-)
 
 from .conftest import REPO, run_bundle, train_yaml_parser
 

@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
-from .calibration import known_mixture_ged, mask_ignored
 from .ged import generalized_energy_distance
+from .known_mixture import known_mixture_ged, mask_ignored
 
 __all__ = [
     "REFERENCE_LABELS", "best_single_answer", "majority_votes", "mean_reference_geds", "pixelwise_vote",
