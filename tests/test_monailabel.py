@@ -287,7 +287,8 @@ sys.path.insert(0, sys.argv[1])
 import numpy as np
 from monai.bundle import ConfigParser
 from monailabel.tasks.infer.basic_infer import CallBackTypes
-from lib.infers.probunet import ProbUNetInfer, ProbUNetRequestError
+from lib.infers.probunet import ProbUNetInfer
+from lib.infers.request_errors import ProbUNetRequestError
 from monai_probunet.inference_transforms import run_hypotheses
 
 model, config, train_yaml, infer_yaml, bundle, image, corrupt = sys.argv[2:9]

@@ -31,7 +31,8 @@ from monai.data import MetaTensor
 
 from monai_probunet.metrics.ged import generalized_energy_distance
 
-from .probunet import ProbUNetInfer, ProbUNetRequestError
+from .probunet import ProbUNetInfer
+from .request_errors import ProbUNetRequestError
 
 logger = logging.getLogger(__name__)
 

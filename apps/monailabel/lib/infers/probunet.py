@@ -36,20 +36,18 @@ other extensions (the image's own, e.g. ``.nii.gz``) a plain label image.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import tempfile
 import threading
 import time
 import warnings
-from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from monai.data import MetaTensor
 from monai.transforms import Compose
-from monailabel.interfaces.exception import MONAILabelError, MONAILabelException
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 from monailabel.utils.others.generic import name_to_device
@@ -62,70 +60,21 @@ from monai_probunet.inference_transforms import (
     inference_postprocessing,
     inference_preprocessing,
 )
-from monai_probunet.model_loading import check_device
 from monai_probunet.predict3d import predict_hypotheses_3d
 
 from .dicom_seg import DicomSegError, find_source_series, write_dicom_seg
 from .label_rule import hypothesis_segment_names
 from .params import parse_params
+from .request_errors import ProbUNetRequestError, bad_input_is_400, check_result_dtype, request_device
 from .seg_nrrd import write_seg_nrrd
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["AnswerFromHypothesesd", "ProbUNetInfer", "ProbUNetRequestError", "RequestCased"]
+__all__ = ["AnswerFromHypothesesd", "ProbUNetInfer", "RequestCased"]
 
 #: result extensions answered with a named Slicer segmentation (.seg.nrrd)
 NRRD_EXTENSIONS = (".nrrd", ".seg.nrrd")
 LESION_COLOR = (0.95, 0.75, 0.1)
-
-
-class ProbUNetRequestError(MONAILabelException):
-    """A request the task cannot serve; ``status`` is the HTTP status the app answers with."""
-
-    def __init__(self, msg: str, status: int = 400) -> None:
-        super().__init__(MONAILabelError.INVALID_INPUT, msg)
-        super().__setattr__("status", status)
-
-
-@contextlib.contextmanager
-def _bad_input_is_400() -> Iterator[None]:
-    """A ``ValueError`` of the library's pieces (a centre outside the image, an image smaller than the model's field,
-    too many hypotheses for the memory) answers 400 with its message."""
-    try:
-        yield
-    except ValueError as e:
-        raise ProbUNetRequestError(str(e), status=400) from e
-
-
-def request_device(value: Any) -> str:
-    """The device of a request's ``device`` (MONAI Label's mapping: ``cuda`` is the CPU on a machine without CUDA).
-
-    Raises:
-        ProbUNetRequestError: 400 for a value that is not an available torch device.
-    """
-    if isinstance(value, (list, tuple)) and value:  # the task's options list: its first entry, the default
-        value = value[0]
-    if value is not None and not isinstance(value, str):
-        raise ProbUNetRequestError(f"parameter 'device' must be a device name such as cpu or cuda, got {value!r}.")
-    device = str(name_to_device(value or "cuda"))
-    try:
-        check_device(device)
-    except ValueError as e:
-        raise ProbUNetRequestError(f"parameter 'device': {e}", status=400) from e
-    return device
-
-
-def check_result_dtype(value: Any) -> None:
-    """Refuse (400) a ``result_dtype`` that is not an integer type of numpy (3D Slicer sends ``uint8``)."""
-    if value is None or value == "":
-        return
-    try:
-        kind = np.dtype(value).kind
-    except TypeError:
-        kind = None
-    if kind not in ("u", "i"):
-        raise ProbUNetRequestError(
-            f"parameter 'result_dtype' must be an integer type such as uint8 (the label's values), got {value!r}.")
 
 
 class RequestCased:
@@ -390,7 +339,7 @@ class ProbUNetInfer(BasicInferTask):
         return self._model(str(device))[0]
 
     def run_pre_transforms(self, data: Dict[str, Any], transforms: Sequence[Callable]) -> Dict[str, Any]:
-        with _bad_input_is_400():
+        with bad_input_is_400():
             return super().run_pre_transforms(data, transforms)
 
     def run_inferer(self, data: Dict[str, Any], convert_to_batch: bool = True, device: str = "cuda") -> Dict[str, Any]:
@@ -400,7 +349,7 @@ class ProbUNetInfer(BasicInferTask):
         request's pieces)."""
         network = self._get_network(device, data)
         case = data["probunet"]
-        with _bad_input_is_400():
+        with bad_input_is_400():
             if not case["three_d"]:
                 return apply_inferer(data, network, self.inferer(data), device=device)
             _, settings, threshold = self._model(str(device))
@@ -415,7 +364,7 @@ class ProbUNetInfer(BasicInferTask):
         return data
 
     def run_post_transforms(self, data: Dict[str, Any], transforms: Sequence[Callable]) -> Dict[str, Any]:
-        with _bad_input_is_400():
+        with bad_input_is_400():
             return super().run_post_transforms(data, transforms)
 
     def answer(self, data: Dict[str, Any]) -> Dict[str, Any]:
