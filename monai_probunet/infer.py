@@ -61,7 +61,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import re
 import sys
@@ -70,6 +69,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .bundle_utils import EXIT_INTERRUPTED, positive_int, quiet_optional_decoder
+from .infer_checks import (
+    MAX_RESAMPLED_PIXELS,
+    check_resampled_size,
+    check_roi_size,
+    dicom_source,
+    seg_source_problem,
+)
 
 __all__ = ["build_parser", "main"]
 
@@ -84,10 +90,6 @@ DEFAULT_CKPT = REPO_BUNDLE / "models" / "model.pt"
 IMPORT_DIET = (
     "ignite", "scipy", "mlflow", "pandas", "sklearn", "skimage", "matplotlib", "IPython", "fastapi", "tensorboard",
 )
-#: the most in-plane pixels an image may have once resampled to the model's spacing (``--spacing``): 8192 x 8192, about
-#: 3 GB while it is resampled, padded and cropped (measured: about 42 bytes a pixel); a 512 px CT slice of 0.7 mm
-#: reaches it at 0.044 mm, more than 20 times finer than the shipped model's 1 mm
-MAX_RESAMPLED_PIXELS = 2**26
 #: loggers whose lines the CLI replaces by its own (the batch evaluator's per-case errors and summary)
 QUIET_LOGGERS = {"monai_probunet.inference_evaluator": logging.CRITICAL}
 
@@ -280,20 +282,20 @@ def _run(args: argparse.Namespace, spacing, roi_arg) -> int:
         raise FileNotFoundError(f"checkpoint {args.ckpt} does not exist (--ckpt).")
     if Path(args.ckpt).stat().st_size == 0:
         raise ValueError(f"checkpoint {args.ckpt} is empty (0 bytes).")
-    dicom_source = None if args.batch is not None else _dicom_source(args.image)
-    if dicom_source is None and (args.dicom_seg or args.seg_hypotheses):
+    source = None if args.batch is not None else dicom_source(args.image)
+    if source is None and (args.dicom_seg or args.seg_hypotheses):
         option = "--dicom-seg" if args.dicom_seg else "--seg-hypotheses"
         raise ValueError(
             f"{option}: {args.image} is not DICOM, so there is no DICOM series for a SEG to reference; give a DICOM "
             f"series folder or DICOM file, or leave out {option}."
         )
-    problem = _seg_source_problem(dicom_source) if dicom_source is not None and args.dicom_seg is not False else None
+    problem = seg_source_problem(source) if source is not None and args.dicom_seg is not False else None
     if problem is not None and (args.dicom_seg or args.seg_hypotheses):
         option = "--dicom-seg" if args.dicom_seg else "--seg-hypotheses"
         raise ValueError(f"{option}: {problem} Leave out {option} for the other results.")
     if problem is not None:  # the SEG is a default extra: the hypotheses do not need it (said once they are written)
-        dicom_source = None
-    seg = {"dicom_source": dicom_source, "seg_hypotheses": args.seg_hypotheses} if args.dicom_seg is not False else {}
+        source = None
+    seg = {"dicom_source": source, "seg_hypotheses": args.seg_hypotheses} if args.dicom_seg is not False else {}
 
     inf = _import_inference(full=args.batch is not None)
     from .hypotheses import _as_threshold as as_threshold  # loaded with it
@@ -305,9 +307,9 @@ def _run(args: argparse.Namespace, spacing, roi_arg) -> int:
     model, settings = inf.load_model(args.ckpt, args.config, device=args.device, spacing=spacing)
     roi = roi_arg if roi_arg is not None else settings["roi_size"]
     images = [c["image"] for c in cases] if cases is not None else [args.image]
-    _check_resampled_size(images, settings["spacing"], "--spacing" if spacing is not None else "infer_spacing")
+    check_resampled_size(images, settings["spacing"], "--spacing" if spacing is not None else "infer_spacing")
     if roi_arg is not None:  # the config's infer_roi_size is the crop the model was made for
-        _check_roi_size(model, roi, args.device, "--roi-size")
+        check_roi_size(model, roi, args.device, "--roi-size")
     mode3d = {"three_d": True, "max_extent_mm": args.max_extent_mm or 40.0} if args.three_d else {}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
@@ -396,34 +398,6 @@ def _run(args: argparse.Namespace, spacing, roi_arg) -> int:
     return 0
 
 
-def _seg_source_problem(source: Path) -> str | None:
-    """Why no DICOM SEG can reference ``source`` (:func:`~monai_probunet.dicom_seg.check_seg_source`), or ``None``;
-    a source that is not one readable series is left to the image loader, which names what is wrong with it."""
-    from .dicom_seg import DicomSegError, check_seg_source, read_series
-
-    try:
-        datasets = read_series(source, headers_only=True)
-    except DicomSegError:
-        return None
-    try:
-        check_seg_source(datasets, source)
-    except DicomSegError as e:
-        return str(e)
-    return None
-
-
-def _dicom_source(image: str) -> Path | None:
-    """The DICOM the image is read from (a series folder, or one DICOM file), ``None`` for NIfTI and other files."""
-    from .dicom_series import is_dicom
-
-    path = Path(image)
-    if path.is_dir():
-        return path
-    if path.name.lower().endswith((".nii", ".nii.gz")) or not is_dicom(path):
-        return None
-    return path
-
-
 def _write_overview(inf, image: str | Path, folder: Path, hu_window, allow_non_ct: bool, arrays=None) -> Path:
     """``overview.png`` in a result's ``folder`` (:func:`~monai_probunet.overview.result_overview`), from its
     ``report.json`` and ``arrays`` (the hypotheses and the presence-rule label: else its files) on ``image``."""
@@ -457,119 +431,6 @@ def _where(hyp) -> str:
     voxel = ", ".join(f"{v:g}" for v in hyp.center_voxel)
     ras = ", ".join(f"{v:.1f}" for v in hyp.center_world_ras)
     return f"voxel ({voxel}) = RAS ({ras}) mm"
-
-
-def _as_pair(value, cast: type) -> tuple:
-    vals = list(value) if isinstance(value, (list, tuple)) else [value, value]
-    return tuple(cast(v) for v in vals)
-
-
-def _as_given(value) -> str:
-    """An option's value as it was given (``0.5``, ``0.5 0.7``)."""
-    values = value if isinstance(value, (list, tuple)) else [value]
-    return " ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
-
-
-def _plane_geometry(image: str) -> tuple[list[int], list[float]] | None:
-    """The in-plane size (px) and pixel spacing (mm) of ``image`` from its header alone (no pixel data), in the
-    order of the loaded array's axes; ``None`` if the header cannot be read (loading the image names the problem).
-
-    NIfTI: the header's shape and affine (a volume's slice axis is the one most aligned with the world S axis, as
-    the inference path takes it); DICOM (one file, or the first file of a series folder): ``Columns`` x ``Rows`` at
-    ``PixelSpacing`` (MONAI loads the array as ``column, row``).
-    """
-    path = Path(image)
-    try:
-        if path.is_dir() or not path.name.endswith((".nii", ".nii.gz")):
-            import pydicom
-
-            from .dicom_series import is_dicom
-
-            files = sorted(f for f in path.iterdir() if f.is_file() and is_dicom(f)) if path.is_dir() else [path]
-            if not files or not is_dicom(files[0]):
-                return None
-            ds = pydicom.dcmread(str(files[0]), stop_before_pixels=True)
-            row_mm, col_mm = (float(v) for v in ds.PixelSpacing)
-            return [int(ds.Columns), int(ds.Rows)], [col_mm, row_mm]
-        import nibabel as nib
-        import numpy as np
-
-        from .ct_io import _slice_axis
-
-        img = nib.load(str(path))
-        shape = [int(n) for n in img.shape[:3]]
-        sizes = np.linalg.norm(np.asarray(img.affine, dtype=float)[:3, : len(shape)], axis=0).tolist()
-        if len(shape) == 3:
-            axis = _slice_axis(img.affine, 3)
-            del shape[axis], sizes[axis]
-        return (shape, sizes) if len(shape) == 2 else None
-    except Exception:  # noqa: BLE001 -- unreadable, not an image, ...: loading the image names it
-        return None
-
-
-def _check_resampled_size(images: Sequence[str], spacing, option: str) -> None:
-    """Refuse a model spacing at which an image's plane would have more than :data:`MAX_RESAMPLED_PIXELS` pixels (the
-    inference path resamples the whole plane to it), estimated from the headers before any image is loaded.
-
-    Args:
-        images: the images of the run (one whose header cannot be read is left to the loader).
-        spacing: the model's in-plane spacing in mm (one value or a pair).
-        option: where the spacing came from, for the message (``--spacing`` or ``infer_spacing``).
-
-    Raises:
-        ValueError: one line naming ``option``, the image, its extent and the resampled size.
-    """
-    model_mm = _as_pair(spacing, float)
-    for image in images:
-        geometry = _plane_geometry(image)
-        if geometry is None:
-            continue
-        shape, sizes = geometry
-        px = [math.ceil(round(n * mm / s, 6)) for n, mm, s in zip(shape, sizes, model_mm)]
-        if math.prod(px) > MAX_RESAMPLED_PIXELS:
-            extent = " x ".join(f"{n * mm:.1f}" for n, mm in zip(shape, sizes))
-            raise ValueError(
-                f"{option} {_as_given(spacing)}: {image} ({extent} mm in-plane) would be resampled "
-                f"to {px[0]} x {px[1]} px, more than {MAX_RESAMPLED_PIXELS} (8192 x 8192); give the model's pixel "
-                "spacing in mm (the shipped model: 1)."
-            )
-
-
-def _check_roi_size(model, roi, device: str, option: str) -> None:
-    """Refuse a crop the network cannot run on: it halves the crop at every level and its deepest level needs more
-    than one pixel (the shipped model, 3 halvings: at least 16 px per side). The crop is tried with one hypothesis
-    on an empty image; the rule in the message is the smallest square crop (a power of 2) the network runs on.
-
-    Args:
-        model: the loaded network (``sample``).
-        roi: the crop in px (one value or a pair).
-        device: where the model is.
-        option: the option the crop came from, for the message (``--roi-size``).
-
-    Raises:
-        ValueError: one line naming ``option`` and the smallest crop the network runs on.
-    """
-    import torch
-
-    from .hypotheses_inferer import HypothesesInferer
-
-    def runs(size: tuple[int, ...]) -> bool:
-        try:
-            HypothesesInferer(num_samples=1)(torch.zeros((1, 1, *size), device=device), model)
-        except (RuntimeError, ValueError, TypeError):
-            return False
-        return True
-
-    size = _as_pair(roi, int)
-    if runs(tuple(min(n, 1024) for n in size)):  # a side beyond 1024 px is never too small (and not run here)
-        return
-    smallest = next((n for n in (2**k for k in range(1, 11)) if runs((n, n))), None)
-    if smallest is None:  # no crop size runs: not a matter of the size, the run itself names the problem
-        return
-    raise ValueError(
-        f"{option} {_as_given(roi)}: the network cannot run on a crop of {size[0]} x {size[1]} px; it halves the crop "
-        f"at each level and needs at least {smallest} px per side."
-    )
 
 
 def _median_nonzero(values) -> float:
