@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -24,6 +25,7 @@ __all__ = [
     "check_options",
     "check_overrides",
     "check_tracking_uri",
+    "folder_write_problem",
     "install_cli_error_hook",
     "positive_int",
     "quiet_optional_decoder",
@@ -149,12 +151,37 @@ def check_options(
         if not ok:
             raise ConfigValueError(f"--{key}: expected {expected}, got {value!r}.")
     for key, value in (folders or {}).items():
-        folder = probe = Path(str(value)).expanduser()
-        while not probe.exists() and probe != probe.parent:
-            probe = probe.parent
-        if not probe.is_dir():
-            what = "is a file, not a folder" if probe == folder else f"cannot be created: {probe} is a file"
-            raise ConfigValueError(f"--{key} {folder} {what}.")
+        folder = Path(str(value)).expanduser()
+        problem = folder_write_problem(folder)
+        if problem is not None:
+            raise ConfigValueError(f"--{key} {folder} {problem}.")
+
+
+def folder_write_problem(folder: str | os.PathLike) -> str | None:
+    """Why nothing can be written into ``folder`` (created where missing), or ``None`` where it can.
+
+    Its first existing ancestor (the folder itself where it exists) must be a folder in which this process can
+    create a folder: tried for real and undone, since ``os.access`` says yes to root everywhere, also on ``/proc``
+    and on a read-only mount. Called before any work, so that a run is refused in one line rather than failing
+    when it first saves.
+
+    Args:
+        folder: the folder a run will write into.
+
+    Returns:
+        What is wrong, said of the folder (``"is a file, not a folder"``, ``"cannot be created: A is a file"``,
+        ``"cannot be written: no folder can be created in A (reason)"``), or ``None``.
+    """
+    folder = probe = Path(folder).expanduser().absolute()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        return "is a file, not a folder" if probe == folder else f"cannot be created: {probe} is a file"
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".write-check-", dir=probe))
+    except OSError as e:
+        return f"cannot be written: no folder can be created in {probe} ({e.strerror or e})"
+    return None
 
 
 #: the bundle command's own options (``monai.bundle.run``'s parameters), not ids of a config

@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from .bundle_utils import InputFileError, InputFileNotFoundError, UserInputError
+from .bundle_utils import InputFileError, InputFileNotFoundError, UserInputError, folder_write_problem
 
 __all__ = [
     "OutputFolderError",
@@ -176,16 +176,11 @@ class staged_dir:
                     f"{what} {t} is a folder holding files this program did not write; it is left untouched: "
                     "give an empty or new folder."
                 )
-        parent = t.absolute().parent
-        probe = parent
-        while not probe.exists():  # the first existing ancestor must be a writable folder
-            probe = probe.parent
-        if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
-            raise OutputFolderError(f"{what} {t}: cannot write into {probe} (not a writable folder).")
-        try:  # os.access says yes to root everywhere: really try (and undo) the first step of __enter__
-            os.rmdir(tempfile.mkdtemp(prefix=f".{t.name}.", suffix=".probe", dir=probe))
-        except OSError as e:
-            raise OutputFolderError(f"{what} {t}: cannot write into {probe} ({e.strerror or e}).") from e
+        parent = t.absolute().parent  # where __enter__ creates the staging folder
+        problem = folder_write_problem(parent)
+        if problem is not None:
+            problem = f"cannot be created: {parent} is a file" if problem.startswith("is a file") else problem
+            raise OutputFolderError(f"{what} {t} {problem}.")
 
     def __enter__(self) -> Path:
         parent = self.target.absolute().parent

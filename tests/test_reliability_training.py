@@ -199,6 +199,32 @@ def test_killed_generation_leaves_no_temporary_folder_after_the_next_run(tmp_pat
     assert sorted(p.name for p in tmp_path.iterdir()) == [".d.tmp-1", "d"]
 
 
+def test_folders_nothing_can_be_written_into_are_refused_before_any_work(tmp_path):
+    """A checkpoint, dataset or output folder that cannot be created or written (below a file; in ``/proc``, where
+    even root cannot create a folder, as on a read-only mount) is refused in one line naming it; a writable one is
+    accepted and the write check leaves nothing behind."""
+    from monai_probunet.bundle_utils import folder_write_problem
+    from monai_probunet.io_utils import OutputFolderError, staged_dir
+
+    (tmp_path / "f").write_text("mine")
+    assert folder_write_problem(tmp_path / "new" / "models") is None and folder_write_problem(tmp_path) is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f"]
+    assert folder_write_problem(tmp_path / "f") == "is a file, not a folder"
+    assert folder_write_problem(tmp_path / "f" / "m") == f"cannot be created: {tmp_path / 'f'} is a file"
+    with pytest.raises(ConfigValueError, match=r"^--ckpt_dir /proc/probunet/m cannot be written: no folder can be "
+                       r"created in /proc \("):
+        check_options(folders={"ckpt_dir": "/proc/probunet/m"})
+    with pytest.raises(DatasetError, match=r"^dataset folder /proc/d cannot be written: no folder can be created in "
+                       r"/proc \("), atomic_dataset_dir("/proc/d"):
+        pass
+    with pytest.raises(DatasetError, match=rf"^dataset folder {tmp_path / 'f' / 'd'} cannot be created: "
+                       rf"{tmp_path / 'f'} is a file\.$"), atomic_dataset_dir(tmp_path / "f" / "d"):
+        pass
+    with pytest.raises(OutputFolderError, match=r"^--out /proc/o cannot be written: no folder can be created in /proc"):
+        staged_dir("/proc/o", is_ours=lambda d: True, what="--out")
+    assert (tmp_path / "f").read_text() == "mine" and sorted(p.name for p in tmp_path.iterdir()) == ["f"]
+
+
 def test_atomic_dataset_dir_refuses_a_user_folder_itself(tmp_path):
     mine = tmp_path / "mine"
     _user_folder(mine)
@@ -659,7 +685,7 @@ def test_bundle_bad_folder_dataset_fails_before_training(tmp_path):
     ["resume_maybe", "channels_last_2", "posterior_presence_x", "max_epochs_neg", "dataset_dir_file",
      "not_json", "empty_split", "bad_kwargs", "missing_datalist", "ckpt_dir_file", "kwargs_not_dict", "lr_negative",
      "sample_gradient_x", "torch_compile_x", "draw_temperature_all", "empty_draws_mheads", "prior_pooling_x",
-     "option_typo", "precision_x", "seed_x", "resume_junk"],
+     "option_typo", "precision_x", "seed_x", "resume_junk", "ckpt_dir_unwritable", "dataset_dir_unwritable"],
 )  # fmt: skip
 def test_bundle_bad_input_is_one_line(tmp_path, case):
     data = tmp_path / "d"
@@ -686,6 +712,10 @@ def test_bundle_bad_input_is_one_line(tmp_path, case):
     elif case == "ckpt_dir_file":
         (tmp_path / "m").write_bytes(b"model")
         expect = (f"--ckpt_dir {tmp_path / 'm'} is a file",)
+    elif case in ("ckpt_dir_unwritable", "dataset_dir_unwritable"):  # a folder even root cannot create a folder in
+        key = case.removesuffix("_unwritable")
+        args[args.index(f"--{key}") + 1] = "/proc/probunet"
+        expect = ("no folder can be created in /proc",)
     elif case == "kwargs_not_dict":
         args[3] = "5"
         expect = ("--dataset_kwargs: expected a dict", "got 5")

@@ -25,7 +25,7 @@ import nibabel as nib
 import numpy as np
 from monai.data import load_decathlon_datalist
 
-from ..bundle_utils import UserInputError
+from ..bundle_utils import UserInputError, folder_write_problem
 from ..io_utils import read_json
 
 __all__ = [
@@ -292,6 +292,10 @@ class atomic_dataset_dir:
 
     def __enter__(self) -> Path:
         self._check_replaceable()
+        problem = folder_write_problem(self.root.parent)  # where the dataset is built before it is moved into place
+        if problem is not None:
+            problem = f"cannot be created: {self.root.parent} is a file" if problem.startswith("is a file") else problem
+            raise DatasetError(f"dataset folder {self.root} {problem}.")
         self.root.parent.mkdir(parents=True, exist_ok=True)
         self._remove_stale_siblings()
         shutil.rmtree(self.tmp, ignore_errors=True)
