@@ -220,7 +220,7 @@ def test_out_is_replaced_as_a_whole_and_foreign_folders_are_refused(tmp_path, mo
     for target, needles in [
         (mine, ("--out", "mine", "did not write")),
         (tmp_path / "afile", ("afile", "is a file")),
-        (tmp_path / "afile" / "sub", ("afile", "cannot write")),
+        (tmp_path / "afile" / "sub", ("afile/sub cannot be created", "afile is a file")),
     ]:
         assert_refused(infer(CT, "--center", "64", "70", "--out", target, model_files=model_files), *needles)
     assert [p.name for p in mine.iterdir()] == ["notes.txt"] and (mine / "notes.txt").read_text() == "precious"
