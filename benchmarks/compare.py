@@ -55,7 +55,7 @@ from pathlib import Path
 
 import numpy as np
 
-from monai_probunet.bundle_utils import EXIT_INTERRUPTED, ConfigValueError
+from monai_probunet.bundle_utils import EXIT_INTERRUPTED, ConfigValueError, folder_write_problem
 from monai_probunet.io_utils import OutputFolderError, atomic_write_json, atomic_write_text
 
 REPO = Path(__file__).resolve().parents[1]
@@ -210,6 +210,9 @@ def main() -> None:
     out = args.out.resolve()
     if out.exists() and not out.is_dir():
         raise OutputFolderError(f"--out {out} is a file, not a folder; give a folder path.")
+    problem = folder_write_problem(out)
+    if problem is not None:
+        raise OutputFolderError(f"--out {out} {problem}.")
     if out.exists() and not _is_comparison(out):
         raise OutputFolderError(f"--out {out} is a folder holding files this program did not write; it is left "
                                 "untouched: give an empty or new folder, or an earlier comparison's.")  # fmt: skip

@@ -621,14 +621,15 @@ def test_reference_ged_handler_reports_the_best_vote_at_every_run():
 
 
 def test_compare_leaves_a_folder_of_someone_else_untouched(tmp_path):
-    """benchmarks/compare.py --out: a folder holding files it did not write (a results.md of the user's own), or a
-    file, is refused in one line (exit 2) before anything is trained or written."""
+    """benchmarks/compare.py --out: a folder holding files it did not write (a results.md of the user's own), a
+    file, or a folder below a file, is refused in one line (exit 2) before anything is trained or written."""
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "results.md").write_text("my own results\n")
     (tmp_path / "a_file").write_text("mine\n")
     expected = {mine: "is a folder holding files this program did not write; it is left untouched",
-                tmp_path / "a_file": "is a file, not a folder"}  # fmt: skip
+                tmp_path / "a_file": "is a file, not a folder",
+                tmp_path / "a_file" / "out": f"cannot be created: {tmp_path / 'a_file'} is a file"}  # fmt: skip
     for out, said in expected.items():
         for extra in ([], ["--report"], ["--resume"]) if out == mine else ([],):
             proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "compare.py"), "--out", str(out),
