@@ -35,9 +35,9 @@ STARTUP_TIMEOUT = 180  # seconds
 S = 16
 
 
-def _load_app_module(name: str):
-    """A module of apps/monailabel/lib/infers that imports no MONAI Label (runs in the main venv)."""
-    spec = importlib.util.spec_from_file_location(f"probunet_{name}", APP / "lib" / "infers" / f"{name}.py")
+def _load_app_module(name: str, folder: str = "infers"):
+    """A module of apps/monailabel/lib/<folder> that imports no MONAI Label (runs in the main venv)."""
+    spec = importlib.util.spec_from_file_location(f"probunet_{name}", APP / "lib" / folder / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
     spec.loader.exec_module(module)
@@ -148,6 +148,36 @@ def test_segment_names():
     assert len(set(names)) == len(names)  # one segment per hypothesis, each name unique
     with pytest.raises(ValueError, match="no variant"):
         m.hypothesis_segment_names([V((0,), True)], 2)
+
+
+def test_studies_notes_say_why_a_folder_lists_no_image(tmp_path):
+    """MONAI Label's local datastore lists only the NIfTI / NRRD files at the studies folder's top: a folder of DICOM
+    series, of images one level down, or nothing gets one line saying why Slicer's list is empty; a file as the
+    folder is a problem; a folder that lists images, or a DICOMweb URL, gets no note."""
+    import pydicom.data
+
+    m = _load_app_module("studies_check", folder=".")
+    ext = ["*.nii.gz", "*.nii", "*.nrrd"]
+    ct = Path(pydicom.data.get_testdata_file("CT_small.dcm"))
+    for name in ("IM0001", "IM0002"):  # a CD's series: DICOM files without a suffix
+        (tmp_path / "cd" / "DICOM" / "SE1").mkdir(parents=True, exist_ok=True)
+        shutil.copy(ct, tmp_path / "cd" / "DICOM" / "SE1" / name)
+    (tmp_path / "cd" / "README.TXT").write_text("a CD")
+    [note] = m.studies_notes(str(tmp_path / "cd"), 0, ext)
+    assert "holds 2 DICOM file(s) in 1 folder(s)" in note and "--studies http://127.0.0.1:8042/dicom-web" in note
+    (tmp_path / "nested" / "patient1").mkdir(parents=True)
+    (tmp_path / "nested" / "patient1" / "ct.nii.gz").write_bytes(b"")
+    (tmp_path / "nested" / "labels" / "final").mkdir(parents=True)  # the datastore's own labels: not the user's
+    (tmp_path / "nested" / "labels" / "final" / "x.nii.gz").write_bytes(b"")
+    [note] = m.studies_notes(str(tmp_path / "nested"), 0, ext)
+    assert "1 image file(s) lie in its subfolders, and only those at its top level are served" in note
+    (tmp_path / "empty").mkdir()
+    [note] = m.studies_notes(str(tmp_path / "empty"), 0, ext)
+    assert note.startswith(f"studies folder {tmp_path / 'empty'} holds no image") and "check the path" in note
+    assert m.studies_notes(str(tmp_path / "cd"), 3, ext) == [] and m.studies_notes("http://pacs/dicom-web", 0, ext) == []
+    assert m.studies_problem(str(ct)) == (f"--studies {ct} is a file: give a folder of images (NIfTI or NRRD) or a "
+                                          "DICOMweb server's URL (http://HOST:8042/dicom-web).")
+    assert m.studies_problem(str(tmp_path / "cd")) is None and m.studies_problem("https://pacs/dicom-web") is None
 
 
 # ------------------------------------------------------------------------------------------------ server

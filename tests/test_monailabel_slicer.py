@@ -416,6 +416,36 @@ def test_missing_model_is_said_at_start(tmp_path):
         assert status == 503 and "does not exist" in result["detail"]
 
 
+def test_a_studies_folder_slicer_would_see_empty_is_said_at_start(tmp_path):
+    """A CD's DICOM folder as --studies: the server starts, lists no image, and its log says why in one warning
+    line; a file as --studies stops the server with one error line (exit status 2), not MONAI Label's traceback."""
+    import shutil
+    import subprocess
+
+    import pydicom.data
+    import requests
+
+    from tests.test_monailabel import server_env
+
+    ct = Path(pydicom.data.get_testdata_file("CT_small.dcm"))
+    series = tmp_path / "cd" / "DICOM" / "SE1"
+    series.mkdir(parents=True)
+    shutil.copy(ct, series / "IM0001")
+    with running_server(tmp_path, str(tmp_path / "cd"), {"warmup": "false"}) as (url, log):
+        assert requests.get(f"{url}/datastore/?output=all", timeout=30).json()["objects"] == {}
+        notes = [line for line in log.read_text().splitlines() if "[WARNING]" in line and "DICOM file(s)" in line]
+        assert len(notes) == 1 and "holds 1 DICOM file(s) in 1 folder(s)" in notes[0], log.read_text()[-3000:]
+    app = tmp_path / "app"  # the copy running_server made
+    proc = subprocess.run([str(MONAILABEL), "start_server", "--app", str(app), "--studies", str(ct), "--conf",
+                           "zoo_source", "local", "--conf", "warmup", "false", "--host", "127.0.0.1", "--port", "1"],
+                          capture_output=True, text=True, env=server_env(), cwd=str(tmp_path), timeout=120, check=False)
+    out = proc.stdout + proc.stderr
+    errors = [line for line in out.splitlines() if "[ERROR]" in line]
+    assert proc.returncode == 2 and "Traceback" not in out, out[-3000:]
+    assert len(errors) == 1 and errors[0].endswith(f"--studies {ct} is a file: give a folder of images (NIfTI or "
+                                                   "NRRD) or a DICOMweb server's URL (http://HOST:8042/dicom-web)."), out
+
+
 # ------------------------------------------------------------------------------------ DICOM via DICOMweb (Orthanc)
 
 ORTHANC_SCRIPT = REPO / "apps" / "monailabel" / "orthanc" / "start_orthanc.sh"

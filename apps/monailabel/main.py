@@ -28,6 +28,7 @@ import time
 from typing import Any, Dict
 
 from fastapi import HTTPException
+from monailabel.config import settings
 from monailabel.datastore.dicom import DICOMWebDatastore
 from monailabel.datastore.local import LocalDatastore
 from monailabel.interfaces.app import MONAILabelApp
@@ -45,6 +46,7 @@ from lib.infers.params import parse_bool
 from lib.prefetch import install as install_prefetch
 from lib.rater_datastore import RaterDatastore
 from lib.request_checks import install as install_request_checks
+from lib.studies_check import studies_notes, studies_problem
 from monai_probunet.bundle_utils import quiet_optional_decoder
 
 logger = logging.getLogger(__name__)
@@ -56,6 +58,11 @@ class ProbUNetApp(MONAILabelApp):
 
     def __init__(self, app_dir: str, studies: str, conf: Dict[str, str]) -> None:
         quiet_optional_decoder()
+        problem = studies_problem(studies)
+        if problem is not None:  # MONAI Label would fail with a traceback: one line, exit status 2
+            logger.error(problem)
+            logging.shutdown()
+            os._exit(2)
         self.model_dir = os.path.join(app_dir, "model")
         self.models: Dict[str, ProbUNetConfig] = {}
         for name, cls in {"probunet": ProbUNetConfig}.items():
@@ -103,6 +110,9 @@ class ProbUNetApp(MONAILabelApp):
         if type(store) is LocalDatastore:
             store.__class__ = RaterDatastore  # same state; label saving and the labelled/unlabelled lists differ
             store.max_raters = int(self.conf.get("max_raters", 4))
+            extensions = settings.MONAI_LABEL_DATASTORE_FILE_EXT
+            for note in studies_notes(self.studies, len(store.list_images()), extensions):
+                logger.warning(note)
         return store
 
     def _init_dicomweb_datastore(self) -> Any:
