@@ -157,7 +157,7 @@ def check_options(
             raise ConfigValueError(f"--{key} {folder} {problem}.")
 
 
-def folder_write_problem(folder: str | os.PathLike) -> str | None:
+def folder_write_problem(folder: str | os.PathLike, beside: bool = False) -> str | None:
     """Why nothing can be written into ``folder`` (created where missing), or ``None`` where it can.
 
     Its first existing ancestor (the folder itself where it exists) must be a folder in which this process can
@@ -167,12 +167,15 @@ def folder_write_problem(folder: str | os.PathLike) -> str | None:
 
     Args:
         folder: the folder a run will write into.
+        beside: the folder is built beside itself (a temporary sibling moved into place at the end): its parent
+            must be writable.
 
     Returns:
         What is wrong, said of the folder (``"is a file, not a folder"``, ``"cannot be created: A is a file"``,
         ``"cannot be written: no folder can be created in A (reason)"``), or ``None``.
     """
-    folder = probe = Path(folder).expanduser().absolute()
+    folder = Path(folder).expanduser().absolute()
+    probe = folder.parent if beside else folder
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
     if not probe.is_dir():

@@ -176,10 +176,8 @@ class staged_dir:
                     f"{what} {t} is a folder holding files this program did not write; it is left untouched: "
                     "give an empty or new folder."
                 )
-        parent = t.absolute().parent  # where __enter__ creates the staging folder
-        problem = folder_write_problem(parent)
+        problem = folder_write_problem(t, beside=True)  # __enter__ creates the staging folder beside it
         if problem is not None:
-            problem = f"cannot be created: {parent} is a file" if problem.startswith("is a file") else problem
             raise OutputFolderError(f"{what} {t} {problem}.")
 
     def __enter__(self) -> Path:

@@ -292,9 +292,8 @@ class atomic_dataset_dir:
 
     def __enter__(self) -> Path:
         self._check_replaceable()
-        problem = folder_write_problem(self.root.parent)  # where the dataset is built before it is moved into place
+        problem = folder_write_problem(self.root, beside=True)  # it is built beside itself, then moved into place
         if problem is not None:
-            problem = f"cannot be created: {self.root.parent} is a file" if problem.startswith("is a file") else problem
             raise DatasetError(f"dataset folder {self.root} {problem}.")
         self.root.parent.mkdir(parents=True, exist_ok=True)
         self._remove_stale_siblings()
