@@ -30,7 +30,6 @@ import argparse
 import json
 import logging
 import multiprocessing
-import os
 import shutil
 import sys
 import time
@@ -156,13 +155,6 @@ def _check_out(out_dir: Path, arg: str) -> None:
     from monai_probunet.data.lidc_cases import MANIFEST_DIR, STAGING_DIR
 
     check_converter_output(out_dir, arg, "preprocessing.lidc", {"images", "labels", MANIFEST_DIR, STAGING_DIR})
-    probe = out_dir
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir():
-        raise ValueError(f"--out {arg}: {probe} is a file, not a folder.")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise ValueError(f"--out {arg}: cannot write into {probe}.")
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

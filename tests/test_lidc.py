@@ -351,3 +351,9 @@ def test_broken_inputs_give_clear_errors(dicom_root, tmp_path):
     with pytest.raises(FileNotFoundError, match="--dicom-root .*nowhere does not exist"):
         main(["--dicom-root", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out")])
     assert not (tmp_path / "out").exists()
+    (tmp_path / "afile").write_text("mine")  # an --out nothing can be written into, before any work
+    for out, said in ((tmp_path / "afile" / "out", f"cannot be created: {tmp_path / 'afile'} is a file"),
+                      (Path("/proc/probunet"), "cannot be written: no folder can be created in /proc")):
+        with pytest.raises(ValueError, match=f"^--out {out} {said}"):
+            main(["--dicom-root", str(dicom_root), "--out", str(out)])
+    assert (tmp_path / "afile").read_text() == "mine"

@@ -494,7 +494,8 @@ def test_cityscapes_converter_refuses_someone_elses_folder_a_file_and_unknown_ci
     afile = tmp_path / "afile"
     afile.write_text("x")
     for out, needle in ((mine, "holds files preprocessing.cityscapes did not write (datalist.json, notes.txt)"),
-                        (afile, "is a file, not a folder")):
+                        (afile, "is a file, not a folder"), (afile / "out", f"cannot be created: {afile} is a file"),
+                        (Path("/proc/probunet"), "cannot be written: no folder can be created in /proc")):
         assert main([*common, "--out", str(out)]) == 2
         assert needle in capsys.readouterr().err
     assert (mine / "datalist.json").read_text() == '{"mine": 1}' and sorted(p.name for p in mine.iterdir()) == [

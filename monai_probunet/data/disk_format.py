@@ -217,12 +217,16 @@ def check_converter_output(out: Path, arg: str, generator: str, entries: frozens
         entries: the files and folders the converter writes.
 
     Raises:
-        DatasetError: one line naming the folder, what is in it and what to give instead.
+        DatasetError: one line naming the folder, what is in it and what to give instead (or why it cannot be
+            written).
     """
     if not str(arg).strip():
         raise DatasetError("--out is empty: give the dataset folder to write (or resume).")
     if out.exists() and not out.is_dir():
         raise DatasetError(f"--out {arg} is a file, not a folder; give the dataset folder to write (or resume).")
+    problem = folder_write_problem(out)
+    if problem is not None:
+        raise DatasetError(f"--out {arg} {problem}.")
     if not out.is_dir():
         return
     names = {p.name for p in out.iterdir()}
