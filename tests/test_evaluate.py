@@ -470,6 +470,14 @@ def test_bundle_evaluate_end_to_end(tmp_path):
     assert proc.returncode == 2 and f"--save_presence_threshold_to {notes}: the file exists and is not a presence " \
         "rule this program wrote" in proc.stdout + proc.stderr, (proc.stdout + proc.stderr)[-2000:]
     assert notes.read_text() == '{"my": "notes"}' and not (tmp_path / "eval_notes").exists()
+    # nor is a rule asked for where it cannot be written evaluated first and lost at the end
+    proc = _bundle(
+        "evaluating", [TRAIN_YAML, mheads_yaml, evaluate_yaml], *small, "--ckpt_dir", str(mheads_dir),
+        "--output_dir", str(tmp_path / "eval_notes"), "--save_presence_threshold_to", str(notes / "rule.json"),
+    )
+    assert proc.returncode == 2 and f"--save_presence_threshold_to {notes / 'rule.json'}: its folder {notes} is a " \
+        "file, not a folder." in proc.stdout + proc.stderr, (proc.stdout + proc.stderr)[-2000:]
+    assert not (tmp_path / "eval_notes").exists()
     assert not (tmp_path / "eval_mheads" / "latent_grid.png").exists()
     # a missing checkpoint fails with the path in the message
     proc = _bundle(

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..bundle_utils import ConfigValueError
+from ..bundle_utils import ConfigValueError, folder_write_problem
 from ..data.disk_format import SPLITS, load_datalist
 from ..io_utils import staged_dir
 from ..metrics import PresenceThreshold
@@ -84,11 +84,15 @@ def _plots(results: dict, summaries: dict, references: dict, thresholds: dict, m
 
 
 def _check_threshold_target(path: Path) -> None:
-    """Refuse a ``--save_presence_threshold_to`` that would replace a file the evaluation did not write."""
+    """Refuse a ``--save_presence_threshold_to`` that would replace a file the evaluation did not write, or that
+    cannot be written."""
     if path.is_dir():
         raise ConfigValueError(f"--save_presence_threshold_to {path} is a folder; give a file path such as "
                                f"{path / PRESENCE_THRESHOLD_NAME}.")
     if not path.exists():
+        problem = folder_write_problem(path.parent)  # written at the end: refused now, not after the evaluation
+        if problem is not None:
+            raise ConfigValueError(f"--save_presence_threshold_to {path}: its folder {path.parent} {problem}.")
         return
     try:
         load_presence_threshold(path)
