@@ -266,6 +266,7 @@ def check_tracking_uri(uri: str | None, option: str = "--tracking_uri") -> str |
     uri, option = (env, "MLFLOW_TRACKING_URI") if env else (uri, option)
     _check_tracking_uri(uri, option)
     _check_tracking_server(uri, option)
+    _check_tracking_database(uri, option)
     return uri
 
 
@@ -276,6 +277,20 @@ def _check_tracking_uri(uri: str | None, option: str = "--tracking_uri") -> None
             f"{option} {uri}: MLflow {_mlflow_version()} keeps no runs in a folder (its file store is gone); "
             "give a database, e.g. sqlite:///mlflow.db, or a tracking server, e.g. http://127.0.0.1:5000."
         )
+
+
+def _check_tracking_database(uri: str | None, option: str = "--tracking_uri") -> None:
+    """A ``sqlite:///PATH`` tracking URI must name a database MLflow can create (its folder writable) or one that
+    exists: MLflow would otherwise fail with a traceback when the run opens, after the data is prepared."""
+    if not uri or not uri.lower().startswith("sqlite:///"):
+        return
+    path = uri[len("sqlite:///"):].split("?", 1)[0]
+    if not path or path == ":memory:" or Path(path).is_file():
+        return
+    problem = folder_write_problem(Path(path).parent)
+    if problem is not None:
+        raise ConfigValueError(f"{option} {uri}: the database's folder {Path(path).parent} {problem}; give a "
+                               "database in a folder you can write, e.g. sqlite:///mlflow.db.")
 
 
 def _check_tracking_server(uri: str | None, option: str = "--tracking_uri", timeout: float = 5.0) -> None:
