@@ -174,7 +174,8 @@ def test_studies_notes_say_why_a_folder_lists_no_image(tmp_path):
     (tmp_path / "empty").mkdir()
     [note] = m.studies_notes(str(tmp_path / "empty"), 0, ext)
     assert note.startswith(f"studies folder {tmp_path / 'empty'} holds no image") and "check the path" in note
-    assert m.studies_notes(str(tmp_path / "cd"), 3, ext) == [] and m.studies_notes("http://pacs/dicom-web", 0, ext) == []
+    assert m.studies_notes(str(tmp_path / "cd"), 3, ext) == []
+    assert m.studies_notes("http://pacs/dicom-web", 0, ext) == []
     assert m.studies_problem(str(ct)) == (f"--studies {ct} is a file: give a folder of images (NIfTI or NRRD) or a "
                                           "DICOMweb server's URL (http://HOST:8042/dicom-web).")
     assert m.studies_problem(str(tmp_path / "cd")) is None and m.studies_problem("https://pacs/dicom-web") is None

@@ -443,7 +443,8 @@ def test_a_studies_folder_slicer_would_see_empty_is_said_at_start(tmp_path):
     errors = [line for line in out.splitlines() if "[ERROR]" in line]
     assert proc.returncode == 2 and "Traceback" not in out, out[-3000:]
     assert len(errors) == 1 and errors[0].endswith(f"--studies {ct} is a file: give a folder of images (NIfTI or "
-                                                   "NRRD) or a DICOMweb server's URL (http://HOST:8042/dicom-web)."), out
+                                                   "NRRD) or a DICOMweb server's URL (http://HOST:8042/dicom-web)."), \
+        out
 
 
 # ------------------------------------------------------------------------------------ DICOM via DICOMweb (Orthanc)
@@ -779,10 +780,11 @@ def test_dicomweb_compressed_series(orthanc, tmp_path):
 
 
 @contextlib.contextmanager
-def refusing_any_transfer_syntax(upstream: str):
-    """A loopback HTTP proxy in front of ``upstream`` (Orthanc) that behaves as a DICOMweb server older than the
-    2019 edition: a request whose ``Accept`` asks for ``transfer-syntax=*`` answers 406, every other is passed on.
-    Yields ``(url, accepts)``: ``accepts`` lists the ``Accept`` header of each series retrieval, in order."""
+def refusing_any_transfer_syntax(upstream: str, port: int = 0, refuse: bool = True):
+    """A loopback HTTP proxy (on ``port``; 0: a free one) in front of ``upstream`` (Orthanc) that behaves as a
+    DICOMweb server older than the 2019 edition: a request whose ``Accept`` asks for ``transfer-syntax=*`` answers
+    406 (``refuse=False``: passed on too), every other is passed on. Yields ``(url, accepts)``: ``accepts`` lists
+    the ``Accept`` header of each series retrieval, in order."""
     import threading
     import urllib.error
     import urllib.request
@@ -798,7 +800,7 @@ def refusing_any_transfer_syntax(upstream: str):
             accept = self.headers.get("Accept", "")
             if re.search(r"/studies/[^/]+/series/[^/?]+$", urlparse(self.path).path):
                 accepts.append(accept)
-            if "transfer-syntax=*" in accept:
+            if refuse and "transfer-syntax=*" in accept:
                 self.send_response(406)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
@@ -819,7 +821,7 @@ def refusing_any_transfer_syntax(upstream: str):
 
         do_GET = do_POST = _forward
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
+    server = ThreadingHTTPServer(("127.0.0.1", port), Proxy)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -827,6 +829,46 @@ def refusing_any_transfer_syntax(upstream: str):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_dicomweb_server_that_is_down_is_said_at_start_and_answered_502_at_once(orthanc, tmp_path):
+    """The DICOMweb server does not answer when the app starts (not started yet, a wrong port): one ERROR line at
+    start, and 3D Slicer's requests answer 502 naming it at once (dicomweb-client's retries took 30 s and ended in
+    500); once the server answers, the same requests are served."""
+    import time
+
+    import requests
+
+    from tests.test_monailabel import _free_port
+
+    slices = orthanc_series(orthanc, tmp_path / "series", slices=4, seed=43)
+    uid = str(slices[0].SeriesInstanceUID)
+    port = _free_port()  # nothing listens there until the proxy below
+    pacs = f"http://127.0.0.1:{port}/dicom-web"
+    said = f"the DICOMweb server {pacs} does not answer ([Errno 111] Connection refused); start it"
+    conf = {"model_path": MODEL, "network_config": CONFIG, "warmup": "false"}
+    with running_server(tmp_path, pacs, conf) as (url, log):
+        errors = [line for line in log.read_text().splitlines() if "[ERROR]" in line]
+        assert len(errors) == 1 and said in errors[0] and "every request answers 502" in errors[0], errors
+        info = requests.get(f"{url}/info/", timeout=60).json()  # Slicer connects: the model is listed
+        assert "probunet" in info["models"] and said in info["datastore"]["problem"], info["datastore"]
+        for method, path, kwargs in (("POST", "/activelearning/random", {"json": {}}),
+                                     ("GET", "/datastore/image", {"params": {"image": uid}})):
+            start = time.monotonic()
+            r = requests.request(method, url + path, timeout=60, **kwargs)
+            assert r.status_code == 502 and said in r.json()["detail"], r.text
+            assert time.monotonic() - start < 10
+        with refusing_any_transfer_syntax(orthanc, port=port, refuse=False):
+            r = requests.post(f"{url}/activelearning/random", json={}, timeout=120)
+            assert r.status_code == 200 and r.json()["id"] == uid, r.text
+            r = requests.get(f"{url}/datastore/image", params={"image": uid}, timeout=120)
+            assert r.status_code == 200 and nib.load(_save(r.content, tmp_path / "image.nii.gz")).shape[2] == 4
+            assert requests.get(f"{url}/info/", timeout=60).json()["datastore"]["total"] >= 1
+
+
+def _save(content: bytes, path: Path) -> str:
+    path.write_bytes(content)
+    return str(path)
 
 
 def test_dicomweb_server_refusing_any_transfer_syntax(orthanc, tmp_path):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import pathlib
+import re
 import shutil
 import tempfile
 from typing import Any, Dict
@@ -36,6 +37,8 @@ from lib.rater_datastore import check_label_shape, nrrd_layers, rater_name
 
 logger = logging.getLogger(__name__)
 
+#: seconds for which an answer of the DICOMweb server is taken to mean it is up (``answer_problem``)
+ANSWER_KEPT_S = 30.0
 #: WADO-RS media type for "each instance in the transfer syntax it is stored in" (no transcoding by the server)
 ANY_TRANSFER_SYNTAX = (("application/dicom", "*"),)
 
@@ -75,12 +78,55 @@ def label_segments(label: np.ndarray, label_info: Any) -> tuple[np.ndarray, list
 class SegDICOMWebDatastore(DICOMWebDatastore):
     """:class:`~monailabel.datastore.dicom.DICOMWebDatastore` with a highdicom SEG for final labels.
 
-    Also: an image id the server does not hold answers 404 (MONAI Label's datastore raises ``IndexError``: 500), an
-    unreachable server 502; a series whose label was submitted here counts as labelled at once (MONAI Label keeps
-    the list of labelled series for ``MONAI_LABEL_DICOMWEB_CACHE_EXPIRY`` seconds, 2 hours by default, so the next
-    sample would offer the series just outlined again); a series read for the first time is returned as its cached
-    NIfTI, and MONAI Label's temporary conversion is removed (left in the temporary folder, one per series, before).
+    Also: an image id the server does not hold answers 404 (MONAI Label's datastore raises ``IndexError``: 500), a
+    server that does not answer 502 at once (:meth:`answer_problem`; said at start too, and ``/info/`` still lists
+    the models); a series whose label was submitted here counts as labelled at once (MONAI Label keeps the list of
+    labelled series for ``MONAI_LABEL_DICOMWEB_CACHE_EXPIRY`` seconds, 2 hours by default, so the next sample would
+    offer the series just outlined again); a series read for the first time is returned as its cached NIfTI, and
+    MONAI Label's temporary conversion is removed (left in the temporary folder, one per series, before).
     """
+
+    def answer_problem(self, timeout: float = 5.0) -> str | None:
+        """Why the DICOMweb server does not answer, or ``None`` where it does (any HTTP reply counts).
+
+        dicomweb-client retries a request that fails for 30 s (five attempts, exponential back-off), also where
+        nothing listens at the URL, so every request of 3D Slicer waited 30 s and answered 500 (or 502) while the
+        server was down. One request without retries, within ``timeout`` seconds; an answer is remembered for
+        :data:`ANSWER_KEPT_S` seconds.
+        """
+        import time
+
+        import requests
+
+        if time.monotonic() - self.__dict__.get("_answered_at", -ANSWER_KEPT_S) < ANSWER_KEPT_S:
+            return None
+        try:
+            self._client._session.get(self._client.base_url, timeout=timeout).close()
+        except requests.RequestException as e:
+            errno = re.search(r"\[Errno -?\d+\] [^)'\"]+", str(e))  # urllib3 nests the socket's error in its message
+            reason = errno.group(0).strip() if errno else f"{type(e).__name__}: {e}"
+            return (f"the DICOMweb server {self._client.base_url} does not answer ({reason}); start it (Orthanc: "
+                    "apps/monailabel/orthanc/start_orthanc.sh) or check --studies.")
+        self.__dict__["_answered_at"] = time.monotonic()
+        return None
+
+    def _check_answering(self) -> None:
+        """Answer 502 at once where the DICOMweb server does not answer (:meth:`answer_problem`)."""
+        problem = self.answer_problem()
+        if problem is not None:
+            raise HTTPException(status_code=502, detail=problem)
+
+    def list_images(self) -> list[str]:
+        self._check_answering()
+        return super().list_images()
+
+    def status(self) -> Dict[str, Any]:
+        """The datastore's counts (part of ``/info/``, which 3D Slicer asks for on connecting): where the server does
+        not answer, none, and ``problem`` saying why, so that the app's models are still listed."""
+        problem = self.answer_problem()
+        if problem is not None:
+            return {"total": 0, "completed": 0, "label_tags": {}, "problem": problem}
+        return super().status()
 
     @property
     def _submitted(self) -> set[str]:
@@ -91,6 +137,7 @@ class SegDICOMWebDatastore(DICOMWebDatastore):
     def get_image_uri(self, image_id: str) -> str:
         import requests
 
+        self._check_answering()
         try:
             self._download_as_stored(image_id)
             self._convert_to_cache(image_id)

@@ -3,8 +3,9 @@
 MONAI Label's local datastore lists only the image files at the top of the studies folder (NIfTI, NRRD, ...) and never
 reads DICOM (and ``start_server`` creates a missing folder empty). So a CD's DICOM folder, a folder whose images lie
 one level down or a mistyped path start a server that lists no image, and 3D Slicer shows an empty list without a
-word; a file given as the folder fails with MONAI Label's traceback. :func:`studies_problem` names the file case (the app stops), and
-:func:`studies_notes` the empty cases (the server starts, with a warning saying why the list is empty and what to do).
+word; a file given as the folder fails with MONAI Label's traceback. :func:`studies_problem` names the file case
+(the app stops), and :func:`studies_notes` the empty cases (the server starts, with a warning saying why the list is
+empty and what to do).
 No MONAI Label import: unit-testable.
 """
 
