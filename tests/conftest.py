@@ -58,9 +58,11 @@ def run_bundle(*args: str, config_file: str | None = None, timeout: int = 600) -
 
 
 @contextlib.contextmanager
-def background_server(cmd: list[str], probe_url: str, log_path: Path, timeout: float, name: str, **popen_kwargs):
-    """Start ``cmd`` in its own process group (output to ``log_path``), wait until ``probe_url`` answers 200 (fail
-    the test if the process exits or ``timeout`` seconds pass), yield the process, and stop its group afterwards."""
+def background_server(cmd: list[str], probe_url: str, log_path: Path, timeout: float, name: str,
+                      probe_auth: tuple[str, str] | None = None, **popen_kwargs):
+    """Start ``cmd`` in its own process group (output to ``log_path``), wait until ``probe_url`` answers 200 (asked
+    with ``probe_auth``'s user and password where given; fail the test if the process exits or ``timeout`` seconds
+    pass), yield the process, and stop its group afterwards."""
     import requests
 
     with open(log_path, "wb") as log:
@@ -71,7 +73,7 @@ def background_server(cmd: list[str], probe_url: str, log_path: Path, timeout: f
                 if proc.poll() is not None:
                     pytest.fail(f"{name} exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}")
                 try:
-                    if requests.get(probe_url, timeout=5).status_code == 200:
+                    if requests.get(probe_url, timeout=5, auth=probe_auth).status_code == 200:
                         break
                 except requests.RequestException:
                     pass

@@ -849,7 +849,7 @@ def test_a_dicomweb_server_that_is_down_is_said_at_start_and_answered_502_at_onc
     conf = {"model_path": MODEL, "network_config": CONFIG, "warmup": "false"}
     with running_server(tmp_path, pacs, conf) as (url, log):
         errors = [line for line in log.read_text().splitlines() if "[ERROR]" in line]
-        assert len(errors) == 1 and said in errors[0] and "every request answers 502" in errors[0], errors
+        assert len(errors) == 1 and said in errors[0] and "Until then, 3D Slicer lists no image" in errors[0], errors
         info = requests.get(f"{url}/info/", timeout=60).json()  # Slicer connects: the model is listed
         assert "probunet" in info["models"] and said in info["datastore"]["problem"], info["datastore"]
         for method, path, kwargs in (("POST", "/activelearning/random", {"json": {}}),
@@ -864,6 +864,54 @@ def test_a_dicomweb_server_that_is_down_is_said_at_start_and_answered_502_at_onc
             r = requests.get(f"{url}/datastore/image", params={"image": uid}, timeout=120)
             assert r.status_code == 200 and nib.load(_save(r.content, tmp_path / "image.nii.gz")).shape[2] == 4
             assert requests.get(f"{url}/info/", timeout=60).json()["datastore"]["total"] >= 1
+
+
+def test_a_dicomweb_server_that_refuses_the_apps_credentials_is_said_at_start_and_answered_502(tmp_path, monkeypatch):
+    """A DICOMweb server that asks for a user and password (Orthanc started with ORTHANC_USER / ORTHANC_PASSWORD):
+    without them (or with wrong ones) one ERROR line at start naming the variables to set, ``/info/`` still lists
+    the model (MONAI Label answered it 500, so 3D Slicer could not connect) and the requests answer 502; with
+    MONAI_LABEL_DICOMWEB_USERNAME / _PASSWORD the series opens."""
+    import os
+
+    import pydicom
+    import pydicom.data
+    import requests
+
+    from tests.test_monailabel import _free_port
+
+    if not _orthanc_installed():
+        pytest.skip("Orthanc with its DICOMweb plugin is not installed: apt-get install -y orthanc orthanc-dicomweb")
+    ct = Path(pydicom.data.get_testdata_file("CT_small.dcm"))
+    uid = str(pydicom.dcmread(str(ct), stop_before_pixels=True).SeriesInstanceUID)
+    port = _free_port()
+    pacs = f"http://127.0.0.1:{port}"
+    cmd = ["bash", str(ORTHANC_SCRIPT), str(tmp_path / "orthanc"), str(port)]
+    env = {**os.environ, "ORTHANC_USER": "rad", "ORTHANC_PASSWORD": "s3cret"}
+    conf = {"model_path": MODEL, "network_config": CONFIG, "warmup": "false"}
+    said = (f"the DICOMweb server {pacs}/dicom-web refuses this app (401 Unauthorized): give the user and password it "
+            "accepts in MONAI_LABEL_DICOMWEB_USERNAME and MONAI_LABEL_DICOMWEB_PASSWORD.")
+    with background_server(cmd, f"{pacs}/system", tmp_path / "orthanc.log", 60, "Orthanc", probe_auth=("rad", "s3cret"),
+                           env=env):  # fmt: skip
+        assert requests.get(f"{pacs}/dicom-web/studies", timeout=10).status_code == 401
+        stored = requests.post(f"{pacs}/instances", data=ct.read_bytes(), auth=("rad", "s3cret"), timeout=30)
+        assert stored.status_code == 200, stored.text
+        for password in (None, "wrong", "s3cret"):
+            for key, value in (("USERNAME", "rad"), ("PASSWORD", password)):
+                if password is None:
+                    monkeypatch.delenv(f"MONAI_LABEL_DICOMWEB_{key}", raising=False)
+                else:
+                    monkeypatch.setenv(f"MONAI_LABEL_DICOMWEB_{key}", value)
+            with running_server(tmp_path / f"ml_{password}", f"{pacs}/dicom-web", conf) as (url, log):
+                errors = [line for line in log.read_text().splitlines() if "[ERROR]" in line]
+                info = requests.get(f"{url}/info/", timeout=60).json()
+                assert "probunet" in info["models"]
+                r = requests.get(f"{url}/datastore/image", params={"image": uid}, timeout=120)
+                if password != "s3cret":
+                    assert len(errors) == 1 and said in errors[0], errors
+                    assert info["datastore"]["problem"] == said and r.status_code == 502 and r.json()["detail"] == said
+                else:
+                    assert errors == [] and info["datastore"]["total"] == 1 and r.status_code == 200
+                    assert nib.load(_save(r.content, tmp_path / "ct.nii.gz")).shape[:2] == (128, 128)
 
 
 def _save(content: bytes, path: Path) -> str:

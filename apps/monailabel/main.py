@@ -123,7 +123,7 @@ class ProbUNetApp(MONAILabelApp):
             store.__class__ = SegDICOMWebDatastore  # same state; save_label and the answers to a server that is down
             problem = store.answer_problem()
             if problem is not None:  # the app still starts: the server may come up later
-                logger.error(f"{problem} Until it does, 3D Slicer lists no image and every request answers 502.")
+                logger.error(f"{problem} Until then, 3D Slicer lists no image and every request answers 502.")
         return store
 
     def init_infers(self) -> Dict[str, InferTask]:

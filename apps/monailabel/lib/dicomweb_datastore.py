@@ -87,7 +87,8 @@ class SegDICOMWebDatastore(DICOMWebDatastore):
     """
 
     def answer_problem(self, timeout: float = 5.0) -> str | None:
-        """Why the DICOMweb server does not answer, or ``None`` where it does (any HTTP reply counts).
+        """Why the DICOMweb server does not answer or refuses this app's credentials, or ``None`` where it answers
+        (any other HTTP reply counts).
 
         dicomweb-client retries a request that fails for 30 s (five attempts, exponential back-off), also where
         nothing listens at the URL, so every request of 3D Slicer waited 30 s and answered 500 (or 502) while the
@@ -101,12 +102,16 @@ class SegDICOMWebDatastore(DICOMWebDatastore):
         if time.monotonic() - self.__dict__.get("_answered_at", -ANSWER_KEPT_S) < ANSWER_KEPT_S:
             return None
         try:
-            self._client._session.get(self._client.base_url, timeout=timeout).close()
+            with self._client._session.get(self._client.base_url, timeout=timeout) as answer:
+                status, reason = answer.status_code, answer.reason
         except requests.RequestException as e:
             errno = re.search(r"\[Errno -?\d+\] [^)'\"]+", str(e))  # urllib3 nests the socket's error in its message
             reason = errno.group(0).strip() if errno else f"{type(e).__name__}: {e}"
             return (f"the DICOMweb server {self._client.base_url} does not answer ({reason}); start it (Orthanc: "
                     "apps/monailabel/orthanc/start_orthanc.sh) or check --studies.")
+        if status in (401, 403):  # every request would fail alike: MONAI Label answered them 500
+            return (f"the DICOMweb server {self._client.base_url} refuses this app ({status} {reason}): give the user "
+                    "and password it accepts in MONAI_LABEL_DICOMWEB_USERNAME and MONAI_LABEL_DICOMWEB_PASSWORD.")
         self.__dict__["_answered_at"] = time.monotonic()
         return None
 
