@@ -134,31 +134,39 @@ def test_interrupted_run_is_killed_unrelated_run_is_new_resume_continues(tmp_pat
     assert again.returncode == 0, again.stderr[-3000:]
 
 
-def test_unreachable_store_is_refused_before_any_data(tmp_path):
-    """A tracking server that does not answer, or a SQLite store MLflow cannot create (its folder below a file), is
-    refused in one line before any data is prepared (MLflow would fail with a traceback when the run opens)."""
+def test_unreachable_server_is_refused_before_any_data(tmp_path):
     import socket
 
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    start = time.monotonic()
+    proc = run_bundle(*TINY, "--dataset_name", "shapes", "--tracking_uri", f"http://127.0.0.1:{port}",
+                      "--dataset_dir", str(tmp_path / "data"), "--ckpt_dir", str(tmp_path / "models"),
+                      "--output_dir", str(tmp_path / "eval"), timeout=300)  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"error: --tracking_uri http://127.0.0.1:{port}: no MLflow tracking server answers there ([Errno 111] "
+        "Connection refused); start it (mlflow server ...) or give another tracking URI, e.g. sqlite:///mlflow.db."
+    )
+    assert "Traceback" not in proc.stderr and time.monotonic() - start < 120
+    assert not (tmp_path / "data").exists() and _config_files(tmp_path / "eval") == []
+
+
+def test_a_sqlite_store_that_cannot_be_created_is_refused(tmp_path):
+    """A SQLite store whose folder cannot be created (below a file) is refused by the check the bundle command runs
+    before any data (the server case above), not by MLflow's traceback when the run opens."""
+    from monai_probunet.bundle_utils import ConfigValueError, check_tracking_uri
+
     (tmp_path / "afile").write_text("mine")
-    cases = {
-        f"http://127.0.0.1:{port}": f"no MLflow tracking server answers there ([Errno 111] Connection refused); start "
-        "it (mlflow server ...) or give another tracking URI, e.g. sqlite:///mlflow.db.",
-        f"sqlite:///{tmp_path}/afile/runs/m.db": f"the database's folder {tmp_path / 'afile' / 'runs'} cannot be "
-        f"created: {tmp_path / 'afile'} is a file; give a database in a folder you can write, e.g. sqlite:///mlflow.db.",
-    }
-    for uri, said in cases.items():
-        start = time.monotonic()
-        proc = run_bundle(*TINY, "--dataset_name", "shapes", "--tracking_uri", uri,
-                          "--dataset_dir", str(tmp_path / "data"), "--ckpt_dir", str(tmp_path / "models"),
-                          "--output_dir", str(tmp_path / "eval"), timeout=300)  # fmt: skip
-        assert proc.returncode == 2, proc.stderr[-3000:]
-        assert proc.stderr.strip().splitlines()[-1] == f"error: --tracking_uri {uri}: {said}"
-        assert "Traceback" not in proc.stderr and time.monotonic() - start < 120
-        assert not (tmp_path / "data").exists() and _config_files(tmp_path / "eval") == []
-    assert (tmp_path / "afile").read_text() == "mine"
+    uri = f"sqlite:///{tmp_path}/afile/runs/m.db"
+    said = (f"--tracking_uri {uri}: the database's folder {tmp_path / 'afile' / 'runs'} cannot be created: "
+            f"{tmp_path / 'afile'} is a file; give a database in a folder you can write, e.g. sqlite:///mlflow.db.")
+    with pytest.raises(ConfigValueError) as refused:
+        check_tracking_uri(uri)
+    assert str(refused.value) == said
+    assert check_tracking_uri(f"sqlite:///{tmp_path}/new/runs/m.db") == f"sqlite:///{tmp_path}/new/runs/m.db"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"] and (tmp_path / "afile").read_text() == "mine"
 
 
 def test_refused_run_leaves_no_executed_config(tmp_path):
