@@ -860,7 +860,8 @@ def test_a_dicomweb_server_that_is_down_is_said_at_start_and_answered_502_at_onc
             assert time.monotonic() - start < 10
         with refusing_any_transfer_syntax(orthanc, port=port, refuse=False):
             r = requests.post(f"{url}/activelearning/random", json={}, timeout=120)
-            assert r.status_code == 200 and r.json()["id"] == uid, r.text
+            held = [s["0020000E"]["Value"][0] for s in requests.get(f"{orthanc}/dicom-web/series", timeout=30).json()]
+            assert r.status_code == 200 and uid in held and r.json()["id"] in held, r.text  # other tests' series too
             r = requests.get(f"{url}/datastore/image", params={"image": uid}, timeout=120)
             assert r.status_code == 200 and nib.load(_save(r.content, tmp_path / "image.nii.gz")).shape[2] == 4
             assert requests.get(f"{url}/info/", timeout=60).json()["datastore"]["total"] >= 1
