@@ -143,7 +143,9 @@ def test_onednn_isa_cap_makes_auto_pick_fp32():
 )
 def test_start_up_speedups_are_measured_once_and_leave_the_random_stream_alone(measure):
     """The start-up measurements behind ``auto`` on a CPU: a positive speed ratio, the same value on every call of a
-    process (measured once), the caller's random numbers as without it, and measured from any calling context."""
+    process (measured once), the caller's random numbers as without it, and measured from any calling context (both
+    run ``_pass_time_ratio``, which sets up its own context: checked on the fp32 one, since bf16 passes are emulated,
+    several times slower, on a CPU without native bf16)."""
     torch.manual_seed(3)
     expected = torch.rand(4)
     torch.manual_seed(3)
@@ -151,6 +153,8 @@ def test_start_up_speedups_are_measured_once_and_leave_the_random_stream_alone(m
     first = measure()
     assert torch.equal(torch.rand(4), expected)
     assert first > 0 and measure() == first
+    if measure is cpu_bf16_speedup:
+        return
     # first called where an evaluation samples (no gradients, inference mode, under autocast): still measured
     for context in (torch.no_grad, torch.inference_mode, lambda: torch.autocast("cpu", dtype=torch.bfloat16)):
         _pass_time_ratio.cache_clear()
