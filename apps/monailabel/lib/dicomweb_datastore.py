@@ -91,9 +91,9 @@ class SegDICOMWebDatastore(DICOMWebDatastore):
         (any other HTTP reply counts).
 
         dicomweb-client retries a request that fails for 30 s (five attempts, exponential back-off), also where
-        nothing listens at the URL, so every request of 3D Slicer waited 30 s and answered 500 (or 502) while the
-        server was down. One request without retries, within ``timeout`` seconds; an answer is remembered for
-        :data:`ANSWER_KEPT_S` seconds.
+        nothing listens at the URL, and MONAI Label answers a server that refuses the credentials with 500 (``/info/``
+        included): so each request of 3D Slicer is checked first by one request without retries, within ``timeout``
+        seconds; an answer is remembered for :data:`ANSWER_KEPT_S` seconds.
         """
         import time
 
@@ -109,7 +109,7 @@ class SegDICOMWebDatastore(DICOMWebDatastore):
             reason = errno.group(0).strip() if errno else f"{type(e).__name__}: {e}"
             return (f"the DICOMweb server {self._client.base_url} does not answer ({reason}); start it (Orthanc: "
                     "apps/monailabel/orthanc/start_orthanc.sh) or check --studies.")
-        if status in (401, 403):  # every request would fail alike: MONAI Label answered them 500
+        if status in (401, 403):  # every request would fail alike
             return (f"the DICOMweb server {self._client.base_url} refuses this app ({status} {reason}): give the user "
                     "and password it accepts in MONAI_LABEL_DICOMWEB_USERNAME and MONAI_LABEL_DICOMWEB_PASSWORD.")
         self.__dict__["_answered_at"] = time.monotonic()
