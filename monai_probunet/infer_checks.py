@@ -13,14 +13,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 __all__ = [
-    "MAX_RESAMPLED_PIXELS", "as_given", "as_pair", "check_resampled_size", "check_roi_size", "dicom_source", "plane_geometry",
-    "seg_source_problem",
+    "MAX_RESAMPLED_PIXELS", "as_given", "as_pair", "check_resampled_size", "check_roi_size", "dicom_source",
+    "plane_geometry", "seg_source_problem",
 ]
 
 #: the most in-plane pixels an image may have once resampled to the model's spacing (``--spacing``): 8192 x 8192, about
 #: 3 GB while it is resampled, padded and cropped (measured: about 42 bytes a pixel); a 512 px CT slice of 0.7 mm
 #: reaches it at 0.044 mm, more than 20 times finer than the shipped model's 1 mm
 MAX_RESAMPLED_PIXELS = 2**26
+
 
 def seg_source_problem(source: Path) -> str | None:
     """Why no DICOM SEG can reference ``source`` (:func:`~monai_probunet.dicom_seg.check_seg_source`), or ``None``;
@@ -51,6 +52,7 @@ def dicom_source(image: str) -> Path | None:
 
 
 def as_pair(value, cast: type) -> tuple:
+    """An option's one value or two values as a pair of ``cast`` (``0.5`` -> ``(0.5, 0.5)``)."""
     vals = list(value) if isinstance(value, (list, tuple)) else [value, value]
     return tuple(cast(v) for v in vals)
 
