@@ -38,6 +38,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 import zlib
 from collections.abc import Sequence
@@ -48,6 +49,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from monai_probunet.bundle_utils import EXIT_INTERRUPTED
 from monai_probunet.data.disk_format import DATALIST_NAME, SPLITS, check_converter_output
 from monai_probunet.data.scenes32 import (
     FLIP_PROBS,
@@ -293,11 +295,15 @@ def convert_cityscapes(
             if (i + 1) % 100 == 0:
                 logger.info("converted %d / %d", i + 1, len(args))
     else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            for i, item in enumerate(pool.map(_convert_star, args, chunksize=8)):
-                items[item["case_id"]] = item
-                if (i + 1) % 100 == 0:
-                    logger.info("converted %d / %d", i + 1, len(args))
+        with ProcessPoolExecutor(max_workers=workers, initializer=_ignore_ctrl_c) as pool:
+            try:
+                for i, item in enumerate(pool.map(_convert_star, args, chunksize=8)):
+                    items[item["case_id"]] = item
+                    if (i + 1) % 100 == 0:
+                        logger.info("converted %d / %d", i + 1, len(args))
+            except KeyboardInterrupt:  # the cases being converted finish, the others are not started
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
     datalist: dict[str, Any] = {
         "name": "cityscapes_flip32",
         "description": f"Cityscapes at {size[0]}x{size[1]}, train ids + 255 ignore, 5 classes flipped at random "
@@ -333,8 +339,13 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _ignore_ctrl_c() -> None:
+    """Pool worker start-up: Ctrl-C is the parent's, which lets the cases being converted finish."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line entry point; returns the exit status."""
+    """Command line entry point; returns the exit status (0, 2 for bad input, 130 for Ctrl-C)."""
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
@@ -344,6 +355,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("preprocessing.cityscapes: interrupted by Ctrl-C; the same command continues where it stopped (the "
+              "cases converted are kept in --out).", file=sys.stderr)
+        return EXIT_INTERRUPTED
     print(path)
     return 0
 

@@ -31,6 +31,7 @@ import json
 import logging
 import multiprocessing
 import shutil
+import signal
 import sys
 import time
 import warnings
@@ -55,6 +56,7 @@ def _init_worker() -> None:
 
     from monai_probunet.data.lidc_lesions import load_pylidc
 
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's: it lets the scans running finish
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")
     logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").setLevel(logging.ERROR)  # "nvImageCodec not available"
@@ -136,15 +138,19 @@ def _run(
                 ): (scan_id, patient)
                 for scan_id, patient in todo
             }
-            for future in as_completed(futures):
-                scan_id, patient = futures[future]
-                try:
-                    result = future.result()
-                except Exception as e:
-                    record(scan_id, patient, None, e)
-                else:
-                    record(scan_id, patient, result, None)
-                bar.update()
+            try:
+                for future in as_completed(futures):
+                    scan_id, patient = futures[future]
+                    try:
+                        result = future.result()
+                    except Exception as e:
+                        record(scan_id, patient, None, e)
+                    else:
+                        record(scan_id, patient, result, None)
+                    bar.update()
+            except KeyboardInterrupt:  # the scans running finish (workers ignore SIGINT), the others are not started
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
 
 
 def _check_out(out_dir: Path, arg: str) -> None:
@@ -273,7 +279,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 def cli(argv: Sequence[str] | None = None) -> int:
     """``python -m preprocessing.lidc``: :func:`main` with exit status 0 (images written), 1 (the run finished but
-    produced no image) or 2 (bad arguments or inputs: one line on stderr, no traceback)."""
+    produced no image), 2 (bad arguments or inputs: one line on stderr, no traceback) or 130 (Ctrl-C: one line)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         summary = main(argv)
@@ -283,6 +289,12 @@ def cli(argv: Sequence[str] | None = None) -> int:
     except OSError as e:
         print(f"error: {type(e).__name__}: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        from monai_probunet.bundle_utils import EXIT_INTERRUPTED
+
+        print("preprocessing.lidc: interrupted by Ctrl-C; the same command continues where it stopped (the scans "
+              "finished are kept in --out).", file=sys.stderr)
+        return EXIT_INTERRUPTED
     if summary["images"] == 0:
         print(
             f"error: no image was written ({summary['scans']} scans finished, {summary['errors']} failed, "

@@ -89,6 +89,55 @@ def test_a_root_without_lidc_series_and_an_unknown_patient_fail_fast(tmp_path):
     assert_clean_error(r, 2, "--patients", "LIDC-IDRI-9999")
 
 
+def _ctrl_c(cmd: list[str], after_s: float) -> subprocess.CompletedProcess:
+    """``cmd`` in its own process group, SIGINT to the group (Ctrl-C in a terminal) after ``after_s`` seconds."""
+    import signal
+    import time
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(REPO), env=ENV,
+                            start_new_session=True)  # fmt: skip
+    time.sleep(after_s)
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_a_converter_in_one_line_and_the_same_command_completes(tmp_path):
+    """Ctrl-C during ``preprocessing.cityscapes`` with two workers (the workers leave it to the parent, which lets
+    the cases being converted finish and starts no other): exit status 130, one line, no traceback; the same command
+    then converts the rest. ``preprocessing.lidc`` likewise while it starts."""
+    import shutil
+
+    from tests.test_scenes32 import _write_cityscapes_fixture
+
+    root = tmp_path / "cs"
+    _write_cityscapes_fixture(root, np.random.default_rng(0))
+    image = root / "leftImg8bit" / "train" / "aachen" / "aachen_000000_000019_leftImg8bit.png"
+    label = root / "gtFine" / "train" / "aachen" / "aachen_000000_000019_gtFine_labelIds.png"
+    for k in range(2, 3000):  # a run long enough to interrupt: copies of one training image
+        shutil.copy(image, image.with_name(f"aachen_{k:06d}_000019_leftImg8bit.png"))
+        shutil.copy(label, label.with_name(f"aachen_{k:06d}_000019_gtFine_labelIds.png"))
+    cmd = [sys.executable, "-m", "preprocessing.cityscapes", "--root", str(root), "--out", str(tmp_path / "out"),
+           "--workers", "2", "--size", "32", "64"]  # fmt: skip
+    said = ("preprocessing.cityscapes: interrupted by Ctrl-C; the same command continues where it stopped (the cases "
+            "converted are kept in --out).")
+    r = _ctrl_c(cmd, after_s=8)
+    assert r.returncode == 130 and "Traceback" not in r.stderr and r.stderr.strip().splitlines()[-1] == said, r.stderr
+    assert not (tmp_path / "out" / "datalist.json").exists()
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=str(REPO), env=ENV, check=False)
+    assert r.returncode == 0, r.stderr[-3000:]
+    counts = {k: len(v) for k, v in json.loads((tmp_path / "out" / "datalist.json").read_text()).items()
+              if k in ("training", "validation", "test")}  # fmt: skip
+    assert counts == {"training": 3000, "validation": 1, "test": 1}
+    (tmp_path / "lidc").mkdir()
+    shutil.copy(get_testdata_file("CT_small.dcm"), tmp_path / "lidc" / "ct.dcm")
+    r = _ctrl_c([sys.executable, "-m", "preprocessing.lidc", "--dicom-root", str(tmp_path / "lidc"), "--out",
+                 str(tmp_path / "lidc_out")], after_s=2)  # fmt: skip
+    assert r.returncode == 130 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("preprocessing.lidc: interrupted by Ctrl-C; the same command")
+
+
 @pytest.mark.slow
 def test_partial_download_and_a_run_without_images(tmp_path):
     """One patient of two present: it is processed and the absent one is summarised in one line (exit 0); a present
