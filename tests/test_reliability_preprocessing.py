@@ -89,14 +89,18 @@ def test_a_root_without_lidc_series_and_an_unknown_patient_fail_fast(tmp_path):
     assert_clean_error(r, 2, "--patients", "LIDC-IDRI-9999")
 
 
-def _ctrl_c(cmd: list[str], after_s: float) -> subprocess.CompletedProcess:
-    """``cmd`` in its own process group, SIGINT to the group (Ctrl-C in a terminal) after ``after_s`` seconds."""
+def _ctrl_c(cmd: list[str], after_s: float, until=None) -> subprocess.CompletedProcess:
+    """``cmd`` in its own process group, SIGINT to the group (Ctrl-C in a terminal) after ``after_s`` seconds, or
+    once ``until()`` is true (checked every 0.1 s, for at most 300 s)."""
     import signal
     import time
 
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(REPO), env=ENV,
                             start_new_session=True)  # fmt: skip
-    time.sleep(after_s)
+    deadline = time.monotonic() + (300 if until is not None else after_s)
+    while time.monotonic() < deadline and not (until is not None and until()):
+        assert proc.poll() is None or until is None, "the run ended before it could be interrupted"
+        time.sleep(0.1)
     os.killpg(proc.pid, signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
@@ -122,7 +126,8 @@ def test_ctrl_c_stops_a_converter_in_one_line_and_the_same_command_completes(tmp
            "--workers", "2", "--size", "32", "64"]  # fmt: skip
     said = ("preprocessing.cityscapes: interrupted by Ctrl-C; the same command continues where it stopped (the cases "
             "converted are kept in --out).")
-    r = _ctrl_c(cmd, after_s=8)
+    cases = tmp_path / "out" / "cases"  # one file per case converted: interrupted once 100 are done
+    r = _ctrl_c(cmd, after_s=0, until=lambda: cases.is_dir() and sum(1 for _ in cases.iterdir()) >= 100)
     assert r.returncode == 130 and "Traceback" not in r.stderr and r.stderr.strip().splitlines()[-1] == said, r.stderr
     assert not (tmp_path / "out" / "datalist.json").exists()
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=str(REPO), env=ENV, check=False)
