@@ -154,6 +154,15 @@ class Hypotheses:
         return tuple(self.labels.shape[1:])
 
     @property
+    def occupied_box(self) -> tuple[slice, ...]:
+        """The part of the input's grid where a hypothesis can be non-zero: the segmented slice of a volume, else the
+        whole grid (a volume's 2-D result leaves every other slice empty; nothing needs to look there)."""
+        box = [slice(None)] * len(self.spatial_shape)
+        if self.slice_axis is not None and len(box) == 3:
+            box[self.slice_axis] = slice(self.slice_index, self.slice_index + 1)
+        return tuple(box)
+
+    @property
     def most_frequent_label(self) -> np.ndarray:
         """``*spatial`` uint8: the representative hypothesis of the most frequent variant."""
         return self.labels[self.variants[0].representative]
@@ -168,11 +177,12 @@ class Hypotheses:
         """
         if self._presence_rule_label is None:
             decision = presence_decision(self.presence_count, self.num_samples, self.threshold)
+            label = np.zeros(self.spatial_shape, np.uint8)
             if decision.show_lesion:
                 lesion = [v for v in self.variants if v.has_lesion]
-                label = consensus_label(self.labels, fallback=lesion[0].representative if lesion else None)
-            else:
-                label = np.zeros(self.spatial_shape, np.uint8)
+                box = self.occupied_box
+                label[box] = consensus_label(self.labels[(slice(None), *box)],
+                                             fallback=lesion[0].representative if lesion else None)
             self._presence_rule_label = (label, decision)
         return self._presence_rule_label
 
@@ -353,8 +363,9 @@ class Hypotheses:
             "presence_label": (self.presence_rule_label()[0], np.uint8),
         }
         paths: dict[str, Path] = {}
+        box = self.occupied_box
         for name, (arr, dtype) in arrays.items():
-            img = nib.Nifti1Image(_nifti_ordered(arr, dtype), affine)
+            img = nib.Nifti1Image(_nifti_ordered(arr, dtype, box), affine)
             img.header.set_xyzt_units("mm")
             paths[name] = out / f"{name}.nii.gz"
             nib.save(img, str(paths[name]))
@@ -369,15 +380,18 @@ class Hypotheses:
         return paths
 
 
-def _nifti_ordered(arr: np.ndarray, dtype: type) -> np.ndarray:
+def _nifti_ordered(arr: np.ndarray, dtype: type, within: tuple[slice, ...] = ()) -> np.ndarray:
     """``arr`` as ``dtype`` in the order NIfTI stores voxels (the first axis fastest: Fortran order), so that nibabel
     writes it without a strided copy of its own, copied by the box of its non-zero voxels (the rest of a 3-D result
-    on a whole CT is empty; docs/benchmarks.md: the measurement)."""
-    occupied = arr.any(axis=-1) if arr.ndim == 4 else arr != 0  # a stack: any hypothesis (its last axis)
+    on a whole CT is empty; docs/benchmarks.md: the measurement), looked for ``within`` the leading axes' slices
+    given (:attr:`Hypotheses.occupied_box`; everything outside is zero)."""
+    part = arr[within]
+    occupied = part.any(axis=-1) if arr.ndim == 4 else part != 0  # a stack: any hypothesis (its last axis)
     box = []
     for axis in range(occupied.ndim):
         hit = np.flatnonzero(occupied.any(axis=tuple(a for a in range(occupied.ndim) if a != axis)))
-        box.append(slice(hit[0], hit[-1] + 1) if hit.size else slice(0, 0))
+        start = (within[axis].start or 0) if axis < len(within) else 0
+        box.append(slice(start + hit[0], start + hit[-1] + 1) if hit.size else slice(0, 0))
     box += [slice(None)] * (arr.ndim - occupied.ndim)
     out = np.zeros(arr.shape, dtype, order="F")
     out[tuple(box)] = arr[tuple(box)]

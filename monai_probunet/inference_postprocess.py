@@ -133,9 +133,9 @@ class ToInputGridd(MapTransform):
         slice_axis, slice_index, spatial = d.get("slice_axis"), d.get("slice_index"), d["input_shape"]
         if slice_axis is not None:  # write the slice into an otherwise empty volume
             num_samples, nd = hyp.shape[0], len(spatial)
-            labels = np.zeros((num_samples, *spatial), dtype=np.uint8)
-            mp = np.zeros(spatial, dtype=np.float32)
-            en = np.zeros(spatial, dtype=np.float32)
+            labels = _slice_outermost((num_samples, *spatial), 1 + slice_axis, np.uint8)
+            mp = _slice_outermost(spatial, slice_axis, np.float32)
+            en = _slice_outermost(spatial, slice_axis, np.float32)
             idx = [slice(None)] * nd
             idx[slice_axis] = slice(slice_index, slice_index + 1)
             labels[(slice(None), *idx)] = hyp
@@ -145,6 +145,13 @@ class ToInputGridd(MapTransform):
             labels, mp, en = hyp, mean_prob.astype(np.float32), entropy.astype(np.float32)
         d["labels"], d["mean_probability"], d["entropy"] = labels, mp, en
         return d
+
+
+def _slice_outermost(shape: Sequence[int], axis: int, dtype: type) -> np.ndarray:
+    """Zeros of ``shape`` whose ``axis`` varies slowest in memory (a view of a C-ordered array), so that writing one
+    index of ``axis`` (a volume's slice) touches that slice's memory only, not every page of the volume."""
+    buf = np.zeros((shape[axis], *shape[:axis], *shape[axis + 1:]), dtype=dtype)
+    return np.moveaxis(buf, 0, axis)
 
 
 class PresenceSummaryd(MapTransform):

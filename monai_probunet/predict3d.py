@@ -163,6 +163,14 @@ class Hypotheses3D(Hypotheses):
         return len(self.slice_indices)
 
     @property
+    def occupied_box(self) -> tuple[slice, ...]:
+        """The lesion's slices (the whole plane of each): where a 3-D hypothesis can be non-zero."""
+        box = [slice(None)] * len(self.spatial_shape)
+        if len(self.slice_indices):
+            box[self.slice_axis] = slice(int(min(self.slice_indices)), int(max(self.slice_indices)) + 1)
+        return tuple(box)
+
+    @property
     def slice_thickness_mm(self) -> float:
         """Spacing between slice centres (mm)."""
         return float(np.linalg.norm(np.asarray(self.affine)[:3, self.slice_axis]))
