@@ -6,9 +6,10 @@ already loaded channel-first ``MetaTensor``, and refuses (``ValueError`` naming 
 guessed: DICOM that is not ``Modality == "CT"``, a DICOM folder that is not one evenly spaced series numbered in
 position order (:mod:`~monai_probunet.dicom_series`; one numbered against its normal is restacked along it, as 3D
 Slicer shows it), a zero or negative voxel spacing, a NIfTI without qform/sform (unknown spacing) or with complex
-voxels, intensities that are not plausibly HU in an image without a DICOM modality. :func:`resolve_center` maps a
-voxel or world (RAS/LPS millimetres) centre to voxel coordinates of the loaded array (see
-:mod:`monai_probunet.inference` for the coordinate conventions).
+voxels, a single DICOM slice without position and orientation or that is not axial, intensities that are not
+plausibly HU in an image without a DICOM modality or in DICOM CT stored without a negative rescale intercept.
+:func:`resolve_center` maps a voxel or world (RAS/LPS millimetres) centre to voxel coordinates of the loaded array
+(see :mod:`monai_probunet.inference` for the coordinate conventions).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from monai.data import MetaTensor
 from monai.data.utils import to_affine_nd
 from monai.transforms import ApplyTransformToPoints, LoadImage
 
-from .dicom_series import DICOMDIR_FREE, check_ct_dicom, is_dicom, series_files
+from .dicom_series import DICOMDIR_FREE, check_ct_dicom, hu_shift_missing, is_dicom, series_files
 
 __all__ = [
     "DEFAULT_HU_WINDOW",
@@ -228,7 +229,7 @@ def load_ct(image: str | os.PathLike | MetaTensor, allow_non_ct: bool = False) -
             is not a single-channel 2-D/3-D image, has NaN/inf values or a zero/negative voxel spacing, or (without
             ``allow_non_ct``) its intensities are not plausibly HU.
     """
-    verified_ct = against_normal = False
+    verified_ct = against_normal = unshifted = False
     if isinstance(image, MetaTensor):
         source = str(image.meta.get("filename_or_obj", "") or "<MetaTensor>")
         img = image
@@ -255,11 +256,13 @@ def load_ct(image: str | os.PathLike | MetaTensor, allow_non_ct: bool = False) -
                 raise ValueError(f"image folder {path} holds no DICOM file (a folder must be one DICOM series)"
                                  f"{_series_below(path)}.")
             against_normal = check_ct_dicom(files, source)
+            unshifted = hu_shift_missing(files[0])
             loader = LoadImage(reader="PydicomReader", image_only=True, ensure_channel_first=True, dtype=np.float32,
                                fname_regex=DICOMDIR_FREE)
             verified_ct = True
         elif is_dicom(path):
             check_ct_dicom([path], source)
+            unshifted = hu_shift_missing(path)
             loader = LoadImage(reader="PydicomReader", image_only=True, ensure_channel_first=True, dtype=np.float32)
             verified_ct = True
         else:
@@ -281,7 +284,7 @@ def load_ct(image: str | os.PathLike | MetaTensor, allow_non_ct: bool = False) -
         elif path.name.endswith((".nii", ".nii.gz")):
             _check_nifti_affine(path, img)
     _check_image(img, source)
-    if img.meta.get(MODALITY_KEY) != "CT":
+    if img.meta.get(MODALITY_KEY) != "CT" or unshifted:  # DICOM CT without a negative intercept: HU only if signed
         _check_hu(img, source, allow_non_ct)
     return img, source
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["DICOMDIR_FREE", "SLICE_GAP_TOLERANCE", "check_ct_dicom", "is_dicom", "series_files"]
+__all__ = ["DICOMDIR_FREE", "SLICE_GAP_TOLERANCE", "check_ct_dicom", "hu_shift_missing", "is_dicom", "series_files"]
 
 #: a slice gap that differs from the series' median gap by more than this share of it is refused
 SLICE_GAP_TOLERANCE = 0.01
@@ -180,6 +180,30 @@ def _check_gaps(by_position: Sequence[_Slice], source: str, tolerance: float) ->
         )
 
 
+def _check_axial_slice(s: _Slice, source: str) -> None:
+    """One slice needs its position and orientation (its pixel grid in the patient) and must be axial: the model
+    answers axial slices, and a coronal or sagittal slice holds no axial plane to answer on (a series does)."""
+    if s.position is None:
+        raise ValueError(f"{source}: no usable ImagePositionPatient / ImageOrientationPatient; the slice's position "
+                         "and orientation in the patient are needed to place the click and the outlines.")
+    normal = np.abs(np.cross(s.orientation[:3], s.orientation[3:]))
+    if int(np.argmax(normal)) != 2:
+        plane = "sagittal" if int(np.argmax(normal)) == 0 else "coronal"
+        raise ValueError(f"{source}: a {plane} slice (ImageOrientationPatient {np.round(s.orientation, 3).tolist()});"
+                         " the model answers axial slices: give an axial slice, or the whole series as a folder.")
+
+
+def hu_shift_missing(path: Path) -> bool:
+    """Whether a DICOM file's pixels were stored without a negative ``RescaleIntercept``: then only a signed
+    storage that holds air at about -1000 is HU, and :func:`~monai_probunet.ct_io.load_ct` checks the values."""
+    import pydicom
+
+    try:
+        return not float(pydicom.dcmread(str(path), stop_before_pixels=True).RescaleIntercept) < 0
+    except (AttributeError, TypeError, ValueError, OSError):
+        return True
+
+
 def check_ct_dicom(files: Sequence[Path], source: str, tolerance: float = SLICE_GAP_TOLERANCE) -> bool:
     """Check the DICOM headers of one slice or one series before it is read (no pixel data is read).
 
@@ -194,12 +218,13 @@ def check_ct_dicom(files: Sequence[Path], source: str, tolerance: float = SLICE_
 
     Raises:
         ValueError: One line naming the file or the folder: a file unreadable, not ``Modality == "CT"`` or without a
-            positive ``PixelSpacing``; for a series: more than one ``SeriesInstanceUID``, a slice without position,
+            positive ``PixelSpacing``; one slice without position or orientation, or not axial; for a series: more than one ``SeriesInstanceUID``, a slice without position,
             orientation or ``InstanceNumber``, slices of different orientations, two slices at one position, an
             ``InstanceNumber`` used twice or out of position order, unequal slice gaps.
     """
     slices = [_read_header(Path(f), source) for f in files]
     if len(slices) < 2:
+        _check_axial_slice(slices[0], source)
         return False
     _check_one_series(slices, source)
     by_position = sorted(slices, key=lambda s: s.position)

@@ -49,7 +49,7 @@ class HypothesesFromLogitsd(MapTransform):
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
-        slice_axis = d.get("slice_axis")
+        slice_axis = d.get("model_slice_axis")
         crop = d[self.image_key]
         for key in self.key_iterator(d):
             probs = torch.softmax(d[key][0].float(), dim=1).cpu()  # S x C x roi x roi
@@ -180,7 +180,7 @@ class PresenceSummaryd(MapTransform):
             num_samples = int(crop_labels.shape[0])
             crop = d["image"]
             slice_axis = d.get("slice_axis")
-            inplane = [a for a in range(crop.ndim - 1) if a != slice_axis]
+            inplane = [a for a in range(crop.ndim - 1) if a != d.get("model_slice_axis")]
             pixel_area = float(np.prod([float(np.linalg.norm(np.asarray(crop.affine)[:3, a])) for a in inplane]))
             flat = crop_labels.reshape(num_samples, -1) > 0
             count = int(flat.any(dim=1).sum())

@@ -3,7 +3,7 @@
 :func:`inference_preprocessing`: :class:`LoadCTd` (load and check the CT), :class:`CheckHypothesesMemoryd`,
 :class:`ResolveCenterd` (the centre as voxel and RAS world coordinates), :class:`AxialSliced` (the axial slice
 through the centre of a volume), ``CastToTyped`` + ``ScaleIntensityRanged`` (the HU window, as in training),
-:class:`ModelGridd` (``Spacingd`` to the model's spacing, ``SpatialPadd`` continuing the image's border, ``SpatialCropd``
+:class:`ModelGridd` (``Orientationd`` to the model's axis directions, ``Spacingd`` to the model's spacing, ``SpatialPadd`` continuing the image's border, ``SpatialCropd``
 of the model's field around the centre; the per-case chain is kept for ``Invertd``) and :class:`ModelInputd`.
 """
 
@@ -20,6 +20,7 @@ from monai.transforms import (
     CastToTyped,
     Compose,
     MapTransform,
+    Orientationd,
     ScaleIntensityRanged,
     Spacingd,
     SpatialCrop,
@@ -45,6 +46,14 @@ __all__ = [
 #: how :class:`ModelGridd` fills the model's field beyond the image border: ``"edge"`` repeats the border pixels (the
 #: default), ``"constant"`` puts air there (0 after the HU window)
 PADDING_MODES = ("edge", "constant")
+
+#: the directions of the model's input axes (nibabel's codes, RAS world): the pixel rows and columns of an axial CT
+#: slice as a DICOM reader gives them (``PydicomReader``: first axis to the patient's left, second posterior), the
+#: slice axis superior. Every image is turned so before the model sees it and back after (training flips and turns
+#: its crops every way, so this fixes the model's answer to the anatomy, not to the file's voxel order)
+MODEL_AXCODES = "LPS"
+#: nibabel's axis labels of a RAS affine (every image's affine here is RAS)
+RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
 
 #: refuse a request whose hypotheses (on the image's grid and the model's) would need more memory than this
 MAX_HYPOTHESES_BYTES = 4 * 2**30
@@ -187,11 +196,14 @@ class AxialSliced(MapTransform):
 
 
 class ModelGridd(MapTransform):
-    """Resample in-plane to the model's spacing, pad beyond the border and crop the model's field around the centre.
+    """Turn the slice to the model's axis directions, resample in-plane to the model's spacing, pad beyond the border
+    and crop the model's field around the centre.
 
-    Per case it builds ``Spacingd`` (bilinear, the slice axis kept), ``SpatialPadd`` (by the field) and
-    ``SpatialCropd`` (``roi_size`` around the centre), applies them and keeps their ``Compose`` under ``transform_key``
-    for :class:`InvertModelGridd`. Also stores ``inside`` (bool ``1 x *crop``: crop pixels that lie on the image),
+    Per case it builds ``Orientationd`` (:data:`MODEL_AXCODES`: the same anatomy gives the model the same crop
+    however the file orders its voxels; a volume's slice axis then last), ``Spacingd`` (bilinear, the slice axis
+    kept), ``SpatialPadd`` (by the field) and ``SpatialCropd`` (``roi_size`` around the centre), applies them and
+    keeps their ``Compose`` under ``transform_key`` for :class:`InvertModelGridd`. Also stores ``model_slice_axis``
+    (the slice axis on the model's grid), ``inside`` (bool ``1 x *crop``: crop pixels that lie on the image),
     ``model_spacing`` and ``model_roi_size``.
 
     A centre near the border (within half the field) puts part of the field beyond the image. Air padding
@@ -234,9 +246,11 @@ class ModelGridd(MapTransform):
         return d
 
     def _apply(self, d: dict, key: Hashable) -> dict[Hashable, Any]:
-        plane = d[key]
-        slice_axis = d.get("slice_axis")
-        nd = plane.ndim - 1
+        nd = d[key].ndim - 1
+        # the model's axis directions whatever order the file stores its voxels in (a volume's slice axis last)
+        orient_t = Orientationd(keys=key, axcodes=MODEL_AXCODES[:nd], labels=RAS_LABELS)
+        plane = orient_t({key: d[key]})[key]
+        slice_axis = 2 if nd == 3 else None
         inplane = [a for a in range(nd) if a != slice_axis]
         pixdim, pad_size, crop_size = [-1.0] * nd, [-1] * nd, [1] * nd
         for a, s, r in zip(inplane, self.spacing, self.roi):
@@ -245,14 +259,14 @@ class ModelGridd(MapTransform):
         out = spacing_t({key: plane})
         resampled = [int(out[key].shape[1 + a]) for a in inplane]
         if any(n < r for n, r in zip(resampled, self.roi)):
-            affine, plane_shape, (s0, s1), (r0, r1) = d["input_affine"], d["plane_shape"], self.spacing, self.roi
-            extent = [float(np.linalg.norm(np.asarray(affine)[:3, a])) * plane_shape[a] for a in inplane]
+            (s0, s1), (r0, r1) = self.spacing, self.roi
+            extent = [float(np.linalg.norm(np.asarray(plane.affine)[:3, a])) * plane.shape[1 + a] for a in inplane]
             raise ValueError(
                 f"{d.get('source', key)}: the image ({' x '.join(f'{e:.1f}' for e in extent)} mm in-plane, "
                 f"{resampled[0]} x {resampled[1]} px at the model's {s0:g} x {s1:g} mm) is smaller than the model's "
                 f"field of {r0} x {r1} px ({r0 * s0:g} x {r1 * s1:g} mm); give the whole slice, not a small crop."
             )
-        inside_plane = MetaTensor(torch.ones_like(plane.as_tensor()), affine=plane.affine)
+        inside_plane = MetaTensor(torch.ones_like(d[key].as_tensor()), affine=d[key].affine)
         for a in inplane:
             pad_size[a] = int(out[key].shape[1 + a]) + crop_size[a]
         pad_kwargs = {"value": 0.0} if self.padding_mode == "constant" else {}
@@ -267,10 +281,11 @@ class ModelGridd(MapTransform):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             zero_pad_t = SpatialPadd(keys=key, spatial_size=pad_size, mode="constant", value=0.0)
-            inside = crop_t(zero_pad_t(spacing_t({key: inside_plane})))[key].as_tensor() > 0.5
+            inside = crop_t(zero_pad_t(spacing_t(orient_t({key: inside_plane}))))[key].as_tensor() > 0.5
         return {
             key: out[key],
-            self.transform_key: Compose([spacing_t, pad_t, crop_t]),
+            self.transform_key: Compose([orient_t, spacing_t, pad_t, crop_t]),
+            "model_slice_axis": slice_axis,
             "inside": inside,
             "model_spacing": self.spacing,
             "model_roi_size": self.roi,
@@ -296,8 +311,8 @@ class ModelInputd(MapTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             x = d[key].as_tensor().float()
-            if d.get("slice_axis") is not None:
-                x = x.squeeze(1 + d["slice_axis"])
+            if d.get("model_slice_axis") is not None:
+                x = x.squeeze(1 + d["model_slice_axis"])
             d[self.output_key] = x
         return d
 

@@ -34,6 +34,7 @@ from monai_probunet.inference import (
 )
 from monai_probunet.metrics import PresenceThreshold
 from monai_probunet.networks import ProbUNet, ProbUNetSampler, unstack_hypotheses
+from monai_probunet.predict3d import predict_hypotheses_3d
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_YAML = REPO / "bundle" / "configs" / "train.yaml"
@@ -228,6 +229,48 @@ def test_volume_nifti(volume, net, tmp_path):
                 "area_mm2_spread", "volume_mm3_spread", "center_voxel", "center_world_ras", "files"):
         assert key in report
     assert report["volume_mm3_spread"]["max"] == pytest.approx(float(h.volumes_mm3.max()))
+
+
+def _same_world_other_storage(vol: np.ndarray, affine: np.ndarray, flips=(0, 1), order=(0, 1, 2)):
+    """The same image stored in another voxel order: axes flipped and permuted, the affine moved with them."""
+    out, aff = vol, affine.copy()
+    for a in flips:
+        out = np.flip(out, a)
+        shift = np.eye(4)
+        shift[a, a], shift[a, 3] = -1.0, vol.shape[a] - 1
+        aff = aff @ shift
+    perm = np.eye(4)
+    perm[:3, :3] = np.eye(3)[:, list(order)]
+    return np.ascontiguousarray(out.transpose(order)), aff @ perm
+
+
+def test_the_answer_follows_the_anatomy_not_the_voxel_order(volume, net, tmp_path):
+    """The same CT stored flipped or with its axes in another order (a prone scan, a converter's choice) gives the
+    same hypotheses: every image is turned to the model's axis directions before the model sees it, and back."""
+    img = nib.load(str(volume))
+    vol, affine = np.asarray(img.dataobj), img.affine
+    centre = np.array([28.0, 23.0, 6.0])
+    world = (affine @ [*centre, 1])[:3]
+    ref = _predict(str(volume), list(world), net, world=True, num_samples=S, seed=3)
+    assert ref.presence_count > 0
+    for flips, order in [((0, 1), (0, 1, 2)), ((0,), (1, 0, 2)), ((1, 2), (2, 0, 1))]:
+        other_vol, other_aff = _same_world_other_storage(vol, affine, flips, order)
+        path = tmp_path / f"other_{''.join(map(str, flips))}_{''.join(map(str, order))}.nii.gz"
+        nib.save(nib.Nifti1Image(other_vol, other_aff), str(path))
+        h = _predict(str(path), list(world), net, world=True, num_samples=S, seed=3)
+        np.testing.assert_array_equal(h.crop_labels, ref.crop_labels)  # the model saw the same crop
+        np.testing.assert_allclose(h.areas_mm2, ref.areas_mm2)
+        # the outlines on the input's grid are the reference's, stored the other way
+        for s in range(S):
+            stored, _ = _same_world_other_storage(ref.labels[s], affine, flips, order)
+            np.testing.assert_array_equal(h.labels[s], stored)
+    # the 3-D answer too (each slice goes through the same model grid)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        ref3 = predict_hypotheses_3d(str(volume), list(world), net, world=True, spacing=0.5, num_samples=S, seed=3)
+        h3 = predict_hypotheses_3d(str(path), list(world), net, world=True, spacing=0.5, num_samples=S, seed=3)
+    assert list(h3.slice_indices) == [11 - k for k in ref3.slice_indices][::-1]  # order (2, 0, 1), axis 2 flipped
+    np.testing.assert_allclose(h3.volumes_mm3, ref3.volumes_mm3)
 
 
 def test_dicom_series_folder(net, tmp_path):

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pydicom
 import pytest
 import torch
 from pydicom.data import get_testdata_file
@@ -173,6 +174,16 @@ def test_bad_images_are_refused_with_their_file_named(tmp_path, model_files):
     }
     (tmp_path / "nodicom").mkdir()
     (tmp_path / "nodicom" / "notes.txt").write_text("no images")
+    for name, edit in [
+        ("noipp", lambda ds: delattr(ds, "ImagePositionPatient")),
+        ("coronal", lambda ds: setattr(ds, "ImageOrientationPatient", [1, 0, 0, 0, 0, -1])),
+        ("sagittal", lambda ds: setattr(ds, "ImageOrientationPatient", [0, 1, 0, 0, 0, -1])),
+        ("norescale", lambda ds: setattr(ds, "RescaleIntercept", 0)),  # stored values 128..2191, not HU
+    ]:
+        ds = pydicom.dcmread(CT)
+        edit(ds)
+        ds.save_as(str(tmp_path / f"{name}.dcm"))
+        files[name] = tmp_path / f"{name}.dcm"
     out = tmp_path / "out"
     for args, needles in [
         ((files["mr"], "--center", "64", "64"), ("mr.nii.gz", "not plausibly CT", "--allow-non-ct")),
@@ -184,6 +195,10 @@ def test_bad_images_are_refused_with_their_file_named(tmp_path, model_files):
         ((files["4d"], "--center", "50", "50", "1"), ("4d.nii.gz", "single-channel")),
         ((tmp_path / "nodicom", "--center", "5", "5"), ("nodicom", "no DICOM file")),
         ((CT, "--center", "300", "70"), ("CT_small.dcm", "outside the image")),
+        ((files["noipp"], "--center", "64", "70"), ("noipp.dcm", "ImagePositionPatient")),
+        ((files["coronal"], "--center", "64", "70"), ("coronal.dcm", "a coronal slice", "axial")),
+        ((files["sagittal"], "--center", "64", "70"), ("sagittal.dcm", "a sagittal slice")),
+        ((files["norescale"], "--center", "64", "70"), ("norescale.dcm", "not plausibly CT")),
         ((CT, "--center", "64", "70", "1000", "--world"), ("off the plane",)),
     ]:
         assert_refused(infer(*args, "--out", out, model_files=model_files), *needles)
