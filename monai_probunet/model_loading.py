@@ -9,7 +9,7 @@ import copy
 import hashlib
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from .io_utils import read_json
 from .metrics import PresenceThreshold
 
 __all__ = [
+    "MODEL_SETTINGS_NAME",
     "PRESENCE_THRESHOLD_NAME",
     "REPO_CONFIG",
     "bundle_config",
@@ -29,12 +30,21 @@ __all__ = [
     "find_presence_threshold",
     "load_model",
     "load_trained_network",
+    "read_model_settings",
+    "write_model_settings",
 ]
 
 #: the package's own bundle configuration: the network definition :func:`load_model` falls back to for a checkpoint
 #: that does not sit in a bundle folder (:func:`bundle_config`)
 REPO_CONFIG = Path(__file__).resolve().parents[1] / "bundle" / "configs" / "train.yaml"
 PRESENCE_THRESHOLD_NAME = "presence_threshold.json"
+#: what a training run records beside ``model.pt`` (:func:`write_model_settings`): the grid the model was trained on
+#: (``infer_spacing``, ``infer_roi_size``, ``hu_window``), the data it was trained on and the weights it describes
+MODEL_SETTINGS_NAME = "model.json"
+#: ``written_by`` of a model's settings: the folder's model files were written by a training run of this package
+MODEL_WRITTEN_BY = "monai_probunet.training"
+#: the settings inference takes from ``model.json`` before the config (each a config id)
+_GEOMETRY_KEYS = ("hu_window", "infer_spacing", "infer_roi_size")
 
 
 class _LazyModule:
@@ -136,9 +146,10 @@ def load_model(
         spacing: The model's in-plane spacing in mm, overriding the config's ``infer_spacing``.
 
     Returns:
-        tuple: ``(network in eval mode, settings)`` where ``settings`` holds ``hu_window`` (config, else
-            :data:`DEFAULT_HU_WINDOW`), ``spacing`` (``spacing``, else the config's ``infer_spacing``) and ``roi_size``
-            (config's ``infer_roi_size``, else :data:`DEFAULT_ROI_SIZE`).
+        tuple: ``(network in eval mode, settings)`` where ``settings`` holds ``hu_window``, ``spacing`` and
+            ``roi_size``: those the model was trained with (``model.json`` beside the checkpoint,
+            :func:`read_model_settings`), else the config's (``hu_window``, ``infer_spacing``, ``infer_roi_size``; else
+            :data:`DEFAULT_HU_WINDOW` and :data:`DEFAULT_ROI_SIZE`); ``spacing`` given here overrides both.
 
     Raises:
         FileNotFoundError: A missing config or checkpoint file.
@@ -180,9 +191,51 @@ def load_model(
     except Exception as e:  # a config expression can raise anything
         msg = str(e).splitlines()[0] if str(e) else ""
         raise ValueError(f"config {files}: {network_id!r} could not be built: {type(e).__name__}: {msg}") from e
-    _pair(settings["spacing"], "infer_spacing", float)
     load_network_weights(network, ckpt_path)
+    trained = read_model_settings(ckpt_path) or {}
+    for key, name in zip(_GEOMETRY_KEYS, ("hu_window", "spacing", "roi_size")):  # the grid it was trained on
+        if trained.get(key) is not None and not (name == "spacing" and spacing is not None):
+            settings[name] = tuple(trained[key]) if name == "hu_window" else list(trained[key])
+    _pair(settings["spacing"], "infer_spacing", float)
     return network.to(dev).eval(), settings
+
+
+def write_model_settings(model_path: str | os.PathLike, settings: Mapping[str, Any]) -> Path:
+    """Write ``model.json`` beside ``model_path`` (atomically): ``settings`` plus the weights' SHA-256 and
+    ``written_by``, so that inference resamples to the grid the model was trained on and the folder is known as a
+    training run's (:mod:`monai_probunet.model_folder`).
+
+    Args:
+        model_path: the ``model.pt`` just written.
+        settings: JSON-serialisable values: ``hu_window``, ``infer_spacing``, ``infer_roi_size``, ``dataset``, ...
+
+    Returns:
+        The written path.
+    """
+    from .io_utils import atomic_write_json
+
+    record = {**dict(settings), "weights_sha256": weights_sha256(model_path), "written_by": MODEL_WRITTEN_BY}
+    return atomic_write_json(Path(model_path).parent / MODEL_SETTINGS_NAME, record)
+
+
+def read_model_settings(model_path: str | os.PathLike) -> dict[str, Any] | None:
+    """``model.json`` beside ``model_path`` when it describes these weights, else ``None`` (no file, an unreadable
+    one, or one written for other weights: a warning says so)."""
+    path = Path(model_path).parent / MODEL_SETTINGS_NAME
+    if not path.is_file() or not Path(model_path).is_file():
+        return None
+    try:
+        record = read_json(path, "model settings file")
+    except ValueError as e:
+        warnings.warn(f"{e}; the config's settings are used.", UserWarning, stacklevel=2)
+        return None
+    if not isinstance(record, dict) or record.get("written_by") != MODEL_WRITTEN_BY:
+        return None
+    if record.get("weights_sha256") != weights_sha256(model_path):
+        warnings.warn(f"{path} describes other weights than {model_path}; the config's settings are used.",
+                      UserWarning, stacklevel=2)
+        return None
+    return record
 
 
 def weights_sha256(ckpt_path: str | os.PathLike) -> str:

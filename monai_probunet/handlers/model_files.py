@@ -19,6 +19,7 @@ from monai.handlers import CheckpointSaver
 
 from ..bundle_utils import as_bool
 from ..io_utils import atomic_torch_save
+from ..model_loading import write_model_settings
 
 __all__ = ["AtomicCheckpointSaver", "FinalModel"]
 
@@ -109,6 +110,8 @@ class FinalModel:
             working files an abandoned run left, so that it never publishes them as its own. A run resumed from
             a completed run's checkpoint without more epochs (``state.resumed_completed_run``, set by
             :class:`~monai_probunet.handlers.LastCheckpoint`) trains nothing and leaves every file as it is.
+        settings: written as ``model.json`` beside the file (:func:`~monai_probunet.model_loading.write_model_settings`:
+            the grid the model was trained on and its data, :func:`~monai_probunet.model_folder.trained_settings`).
     """
 
     def __init__(
@@ -118,11 +121,13 @@ class FinalModel:
         filename: str = "model.pt",
         publish: Mapping[str, str] | None = None,
         resume: bool = False,
+        settings: Mapping[str, Any] | None = None,
     ) -> None:
         self.path = Path(save_dir) / filename
         self.network = network
         self.publish = dict(publish or {})
         self.resume = as_bool(resume, "resume")
+        self.settings = settings
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self._drop_abandoned)
@@ -147,6 +152,8 @@ class FinalModel:
                         "--max_epochs to train on)", self.path.parent, max_epochs)
             return
         atomic_torch_save(_unwrap(self.network).state_dict(), self.path)
+        if self.settings is not None:
+            write_model_settings(self.path, self.settings)
         logger.info("final model (epoch %d) written to %s", state.epoch, self.path)
         for working, final in self.publish.items():
             src, dst = self.path.parent / working, self.path.parent / final

@@ -1,0 +1,183 @@
+"""A training run's model folder: what it records there and what it checks before writing into it.
+
+A run writes ``model.pt`` with ``model.json`` beside it (:func:`trained_settings`, written by
+:class:`~monai_probunet.handlers.FinalModel`): the grid the model was trained on, which inference then resamples to
+(:func:`~monai_probunet.model_loading.load_model`), and the data it was trained on. Before any work the bundle checks
+(one line each, exit status 2):
+
+- :func:`check_data_geometry`: your own data's pixel spacing and image size are the inference settings
+  (``infer_spacing``, ``infer_roi_size``), so the model is never run at another scale than it learnt;
+- :func:`check_training_folder`: ``--ckpt_dir`` holds no model of other data (two datasets in folders of one name
+  would share ``bundle/models/<name>``) and no file of the names a run writes that a run did not write;
+- :func:`check_evaluated_model`: ``run evaluating`` scores a model on the data it was trained on.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .bundle_utils import ConfigValueError
+from .io_utils import InputFileError, load_network_weights, read_json
+from .model_loading import MODEL_SETTINGS_NAME, MODEL_WRITTEN_BY, read_model_settings
+
+__all__ = [
+    "RUN_FILES",
+    "check_data_geometry",
+    "check_evaluated_model",
+    "check_training_folder",
+    "dataset_identity",
+    "trained_settings",
+]
+
+#: the files a training run writes into its ``ckpt_dir`` (weights, checkpoints)
+RUN_FILES = ("model.pt", "model_best_validation.pt", "checkpoint_final.pt", "checkpoint_last.pt")
+
+
+def dataset_identity(dataset_name: str, dataset_dir: str | os.PathLike) -> str:
+    """The data a model is trained on: a built-in dataset's name, or your own data's folder (absolute)."""
+    if str(dataset_name) != "folder":
+        return str(dataset_name)
+    return os.path.abspath(os.path.expanduser(str(dataset_dir)))
+
+
+def trained_settings(
+    hu_window: Sequence[float],
+    infer_spacing: Sequence[float],
+    infer_roi_size: Sequence[int],
+    dataset_name: str,
+    dataset_dir: str | os.PathLike,
+) -> dict[str, Any]:
+    """What ``model.json`` records of a run (the config's values, as plain lists)."""
+    return {
+        "hu_window": [float(v) for v in hu_window],
+        "infer_spacing": [float(v) for v in infer_spacing],
+        "infer_roi_size": [int(v) for v in infer_roi_size],
+        "dataset": dataset_identity(dataset_name, dataset_dir),
+    }
+
+
+def _image_geometry(datalist: str | os.PathLike) -> tuple[Path, tuple[int, ...], tuple[float, ...]]:
+    """The first training image of a datalist: its path, shape and pixel spacing (mm) from its header."""
+    import nibabel as nib
+
+    from .data import load_datalist
+
+    path = Path(load_datalist(datalist, "training")[0]["image"])
+    img = nib.load(str(path))
+    shape = tuple(int(n) for n in img.shape if int(n) != 1)
+    return path, shape, tuple(float(z) for z in img.header.get_zooms()[: len(shape)])
+
+
+def check_data_geometry(
+    datalist: str | os.PathLike,
+    infer_spacing: Sequence[float],
+    infer_roi_size: Sequence[int],
+    crop: Sequence[Any] = (),
+    dataset_name: str = "folder",
+) -> None:
+    """Refuse your own data whose pixel spacing (or, without a random crop, image size) is not the inference
+    setting: the model would learn at one scale and field and be run at another. Built-in datasets are sized by
+    their own configs.
+
+    Args:
+        datalist: the run's ``datalist.json`` (all its images share one size and spacing: checked with the cases).
+        infer_spacing: the in-plane mm inference resamples to.
+        infer_roi_size: the crop inference feeds the model.
+        crop: ``train#crop``: with a random crop the training field is its size, not the image's.
+        dataset_name: the bundle's ``dataset_name``; only ``folder`` is checked.
+
+    Raises:
+        ConfigValueError: one line naming both and the options that make them agree.
+    """
+    if str(dataset_name) != "folder":
+        return
+    path, shape, zooms = _image_geometry(datalist)
+    spacing = [float(v) for v in infer_spacing]
+    roi = [int(v) for v in infer_roi_size]
+    same_spacing = np.allclose(zooms, spacing, rtol=1e-3)
+    if same_spacing and (crop or list(shape) == roi):
+        return
+    want = f'--infer_spacing "[{", ".join(f"{z:g}" for z in zooms)}]"'
+    if not crop:
+        want += f' --infer_roi_size "[{", ".join(str(n) for n in shape)}]"'
+    raise ConfigValueError(
+        f"{path}: the training images are {' x '.join(map(str, shape))} px at {' x '.join(f'{z:g}' for z in zooms)} "
+        f"mm, but inference would crop {' x '.join(map(str, roi))} px at {' x '.join(f'{s:g}' for s in spacing)} mm "
+        f"(infer_roi_size, infer_spacing): add {want} so that the model is run at the scale it learns."
+    )
+
+
+def _fits(path: Path, network: Any) -> bool:
+    """Whether ``path`` is this network's weights (a state dict, or a checkpoint holding one under ``model``)."""
+    try:
+        load_network_weights(copy.deepcopy(network), path)
+    except (InputFileError, OSError, ValueError):
+        return False
+    return True
+
+
+def check_training_folder(
+    ckpt_dir: str | os.PathLike, network: Any, dataset_name: str, dataset_dir: str | os.PathLike
+) -> None:
+    """Refuse a ``--ckpt_dir`` that holds a model of other data, or a file of the names a run writes
+    (:data:`RUN_FILES`) that no training run wrote.
+
+    A folder with ``model.json`` was written by a run: its data must be this run's (the folder a dataset's name
+    selects, ``bundle/models/<name>``, is shared by every dataset folder of that name). Without it (a folder of
+    yours, or an earlier version's run), each such file must be this network's weights.
+
+    Raises:
+        InputFileError: one line naming the folder, what it holds and what to do.
+    """
+    folder = Path(ckpt_dir)
+    if not folder.is_dir():
+        return
+    here = dataset_identity(dataset_name, dataset_dir)
+    settings_path = folder / MODEL_SETTINGS_NAME
+    if settings_path.is_file():
+        record = _read_record(settings_path)
+        if record is not None:
+            trained_on = record.get("dataset")
+            if trained_on is not None and trained_on != here:
+                raise InputFileError(
+                    f"--ckpt_dir {folder} holds the model trained on {trained_on}, and this run trains on {here}: "
+                    f"give this data a folder of its own (--ckpt_dir), or move {folder} away to replace it."
+                )
+            return
+    foreign = [name for name in RUN_FILES if (folder / name).is_file() and not _fits(folder / name, network)]
+    if foreign:
+        raise InputFileError(
+            f"--ckpt_dir {folder} holds {', '.join(foreign)}, which this run would replace and which are not this "
+            "network's weights (no training run of this configuration wrote them): give an empty or new --ckpt_dir."
+        )
+
+
+def _read_record(path: Path) -> dict[str, Any] | None:
+    try:
+        record = read_json(path, "model settings file")
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) and record.get("written_by") == MODEL_WRITTEN_BY else None
+
+
+def check_evaluated_model(ckpt_path: str | os.PathLike, dataset_name: str, dataset_dir: str | os.PathLike) -> None:
+    """Refuse to score a model on other data than it was trained on (its ``model.json`` says which): a second dataset
+    in a folder of the same name would otherwise be scored with the first one's model.
+
+    Raises:
+        InputFileError: one line naming the model, both datasets and the option to use.
+    """
+    record = read_model_settings(ckpt_path)
+    trained_on = None if record is None else record.get("dataset")
+    here = dataset_identity(dataset_name, dataset_dir)
+    if trained_on is not None and trained_on != here:
+        raise InputFileError(
+            f"{ckpt_path} was trained on {trained_on}, not on {here}: give the model of this data with --ckpt_dir "
+            "(where its training wrote it)."
+        )
