@@ -41,6 +41,8 @@ __all__ = [
 
 #: the model's input crop in pixels (the built-in data: 64 x 64)
 DEFAULT_ROI_SIZE = 64
+#: picture formats MONAI's readers would take as an image without geometry or HU
+PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 #: HU window scaled to [0, 1] (``hu_window`` in bundle/configs/train.yaml)
 DEFAULT_HU_WINDOW = (-1000.0, 400.0)
 WORLD_FRAMES = ("RAS", "LPS")
@@ -266,6 +268,9 @@ def load_ct(image: str | os.PathLike | MetaTensor, allow_non_ct: bool = False) -
             loader = LoadImage(reader="PydicomReader", image_only=True, ensure_channel_first=True, dtype=np.float32)
             verified_ct = True
         else:
+            if path.suffix.lower() in PICTURE_SUFFIXES:
+                raise ValueError(f"{path} is a {path.suffix[1:].upper()} picture: it has no HU values, pixel size or "
+                                 "position in the patient; give the CT as DICOM or NIfTI.")
             if path.name.endswith((".nii", ".nii.gz")):
                 _check_nifti_header(path)
             loader = LoadImage(image_only=True, ensure_channel_first=True, dtype=np.float32)
@@ -310,8 +315,8 @@ def _check_image(img: MetaTensor, source: str) -> None:
         )
     if img.shape[0] != 1:
         raise ValueError(
-            f"{source}: expected a single-channel CT image (channel-first 1 x *spatial), got {img.shape[0]} channels "
-            f"(shape {tuple(img.shape)})."
+            f"{source}: holds {img.shape[0]} values per voxel (a colour picture, a 4-D series or several images in one "
+            f"file; shape {tuple(img.shape)}); expected one CT slice or volume of HU values."
         )
     if min(img.shape[1:]) < 1:
         raise ValueError(f"{source}: empty image of shape {tuple(img.shape)}.")

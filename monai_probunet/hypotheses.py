@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -272,7 +272,11 @@ class Hypotheses:
         return {"area_mm2": voxels * pixel}
 
     def save(
-        self, out_dir: str | os.PathLike, dicom_source: str | os.PathLike | None = None, seg_hypotheses: bool = False
+        self,
+        out_dir: str | os.PathLike,
+        dicom_source: str | os.PathLike | None = None,
+        seg_hypotheses: bool = False,
+        then: Callable[[Path], Any] | None = None,
     ) -> dict[str, Path]:
         """Write NIfTI files with the input's affine and a JSON report into ``out_dir``, all or nothing.
 
@@ -296,6 +300,8 @@ class Hypotheses:
             dicom_source: The DICOM series folder (or DICOM file) the input was loaded from: a DICOM SEG of it is
                 written too; ``None``: no SEG.
             seg_hypotheses: With ``dicom_source``: the S hypotheses are further segments of the SEG.
+            then: Called with the staged folder once the set is in it, to add files of the set (the CLI's
+                ``overview.png``), which then arrive with the rest or not at all.
 
         Returns:
             dict: Name -> written path (keys ``hypotheses``, ``mean_probability``, ``entropy``, ``variant_label``,
@@ -306,6 +312,8 @@ class Hypotheses:
         out = Path(out_dir)
         with staged_dir(out, is_ours=is_hypotheses_set, what="output folder") as tmp:
             names = self.write_set(tmp, dicom_source=dicom_source, seg_hypotheses=seg_hypotheses)
+            if then is not None:
+                then(tmp)
         return {k: out / v.name for k, v in names.items()}
 
     def write_dicom_seg(

@@ -91,7 +91,7 @@ IMPORT_DIET = (
     "ignite", "scipy", "mlflow", "pandas", "sklearn", "skimage", "matplotlib", "IPython", "fastapi", "tensorboard",
 )
 #: loggers whose lines the CLI replaces by its own (the batch evaluator's per-case errors and summary)
-QUIET_LOGGERS = {"monai_probunet.inference_evaluator": logging.CRITICAL}
+QUIET_LOGGERS = {"monai_probunet.inference_evaluator": logging.CRITICAL, "nibabel": logging.ERROR}
 
 
 
@@ -131,7 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--batch", default=None, metavar="CENTERS_JSON",
         help="many images, model loaded once: JSON {image: center | {center, world, frame}} or a list of "
-        "{image, center, ...}; images relative to the file's folder; results in --out/<case_id>/",
+        "{image, center, ...}; images relative to the file's folder; results in --out/<case_id>/ (no seg.dcm: run a "
+        "DICOM image on its own for its DICOM SEG)",
     )
     p.add_argument("--out", required=True, help="output folder (new, empty, or an earlier output of this program)")
     p.add_argument("--ckpt", default=str(DEFAULT_CKPT), help=f"model weights (default {DEFAULT_CKPT})")
@@ -298,6 +299,7 @@ def _run(args: argparse.Namespace, spacing, roi_arg) -> int:
     seg = {"dicom_source": source, "seg_hypotheses": args.seg_hypotheses} if args.dicom_seg is not False else {}
 
     inf = _import_inference(full=args.batch is not None)
+    from .hypotheses import OVERVIEW_NAME
     from .hypotheses import _as_threshold as as_threshold  # loaded with it
 
     is_ours = inf.is_hypotheses_set if args.batch is None else inf.is_inference_run
@@ -311,6 +313,14 @@ def _run(args: argparse.Namespace, spacing, roi_arg) -> int:
     if roi_arg is not None:  # the config's infer_roi_size is the crop the model was made for
         check_roi_size(model, roi, args.device, "--roi-size")
     mode3d = {"three_d": True, "max_extent_mm": args.max_extent_mm or 40.0} if args.three_d else {}
+
+    def draw_overview(hyp):
+        """``--png``: the overview drawn into the staged set, so that it arrives with the rest or not at all."""
+        if not args.png:
+            return None
+        arrays = (hyp.labels, hyp.presence_rule_label()[0])
+        return lambda folder: _write_overview(inf, args.image, folder, settings["hu_window"], args.allow_non_ct, arrays)
+
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
         if cases is not None:
@@ -328,14 +338,14 @@ def _run(args: argparse.Namespace, spacing, roi_arg) -> int:
                 hu_window=settings["hu_window"], device=args.device, allow_non_ct=args.allow_non_ct,
                 max_extent_mm=mode3d["max_extent_mm"],
             )
-            paths = hyp.save(args.out, **seg)
+            paths = hyp.save(args.out, **seg, then=draw_overview(hyp))
         else:
             hyp = inf.predict_hypotheses(
                 args.image, args.center, model, world=args.world, frame=args.frame, spacing=settings["spacing"],
                 roi_size=roi, num_samples=args.num_samples, seed=args.seed, threshold=threshold,
                 hu_window=settings["hu_window"], device=args.device, allow_non_ct=args.allow_non_ct,
             )
-            paths = hyp.save(args.out, **seg)
+            paths = hyp.save(args.out, **seg, then=draw_overview(hyp))
     for w in caught:
         text = str(w.message)
         if "presence threshold" in text or "allow_non_ct" in text or threshold is None and "0.5 rule" in text:
@@ -356,6 +366,10 @@ def _run(args: argparse.Namespace, spacing, roi_arg) -> int:
                     f"{row['mean_area_mm2']:.1f} mm^2"
                 )
         print(f"{summary['num_ok']} ok, {summary['num_failed']} failed -> {Path(args.out)}")
+        dicom = [str(r["case_id"]) for r in summary["cases"] if dicom_source(str(r["image"])) is not None]
+        if dicom and args.dicom_seg is not False:
+            print(f"note: --batch writes no seg.dcm (DICOM SEG); for that of {', '.join(dicom[:3])}"
+                  f"{' ...' if len(dicom) > 3 else ''} run the image on its own.", file=sys.stderr)
         if args.png:
             written = [row for row in summary["cases"] if "error" not in row]
             for row in written:
@@ -363,10 +377,7 @@ def _run(args: argparse.Namespace, spacing, roi_arg) -> int:
             print(f"pictures: overview.png in each of the {len(written)} case folders")
         return 2 if summary["num_failed"] else 0
     report = json.loads(Path(paths["report"]).read_text())
-    picture = None
-    if args.png:
-        arrays = (hyp.labels, hyp.presence_rule_label()[0])
-        picture = _write_overview(inf, args.image, Path(args.out), settings["hu_window"], args.allow_non_ct, arrays)
+    picture = Path(args.out) / OVERVIEW_NAME if args.png else None
     if args.json:
         print(json.dumps(report, indent=1))
     elif args.three_d:

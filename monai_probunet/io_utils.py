@@ -233,6 +233,8 @@ def load_network_weights(network: Any, path: str | os.PathLike) -> Any:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # empty, truncated, corrupt or unsafe pickles raise many types
         msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        if msg.startswith("Weights only load failed"):  # torch's advice to load it unsafely is not ours to give
+            msg = "it holds objects other than tensors, which loading would have to run as code"
         raise InputFileError(
             f"checkpoint {path} is not a readable PyTorch state dict (empty, truncated, corrupt or not a weights "
             f"file; weights_only=True): {type(e).__name__}: {msg[:300]}"

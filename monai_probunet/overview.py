@@ -76,6 +76,12 @@ def _shown(array: np.ndarray, orientation: tuple[bool, bool, bool]) -> np.ndarra
     return a[::-1 if flip_rows else 1, ::-1 if flip_cols else 1]
 
 
+def pixel_aspect(spacing: tuple[float, float], orientation: tuple[bool, bool, bool]) -> float:
+    """A shown pixel's height over its width (matplotlib's ``aspect``) for pixels of ``spacing`` mm along the two
+    array axes: the shown rows run along axis 1 when :func:`_shown` transposes, else along axis 0."""
+    return float(spacing[1] / spacing[0]) if orientation[0] else float(spacing[0] / spacing[1])
+
+
 def shown_point(
     point: tuple[float, float], shape: tuple[int, int], orientation: tuple[bool, bool, bool]
 ) -> tuple[float, float]:
@@ -129,7 +135,7 @@ def hypotheses_overview(
     half = [max(4, math.ceil(FIELD_MM / 2 / s)) for s in spacing]
     box = tuple(slice(max(0, round(c) - h), round(c) + h + 1) for c, h in zip(center, half))
     orientation = display_orientation(directions)
-    aspect = float(spacing[0] / spacing[1]) if orientation[0] else float(spacing[1] / spacing[0])
+    aspect = pixel_aspect(spacing, orientation)
 
     def show(ax, outline: np.ndarray, colour: str, picture: np.ndarray = image) -> None:
         ax.imshow(_shown(picture[box], orientation), cmap="gray", vmin=hu_window[0], vmax=hu_window[1], aspect=aspect)
@@ -161,7 +167,7 @@ def hypotheses_overview(
     for s in range(num):
         ax = top.add_subplot(grid[s // cols, 3 + s % cols])
         show(ax, labels[s], "orange")
-        ax.set_title(f"h{s + 1}", fontsize=6)
+        ax.set_title(f"h{s}", fontsize=6)  # as the report's members and the SEG's segment names count
     fig.suptitle(title, fontsize=9)
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp.png")

@@ -368,7 +368,7 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple]:
     ct = pydicom_data.get_testdata_file("CT_small.dcm")
     return {
         "nan": ((tmp / "nan.nii.gz", (5, 5, 2)), {}, r"nan\.nii\.gz.*NaN"),
-        "channels": ((tmp / "two_channels.nii.gz", (5, 5, 2)), {}, r"two_channels.*single-channel"),
+        "channels": ((tmp / "two_channels.nii.gz", (5, 5, 2)), {}, r"two_channels.*values per voxel"),
         "rank": ((tmp / "line.nii.gz", (5,)), {}, r"line\.nii\.gz.*2-D slice"),
         "corrupt": ((tmp / "corrupt.nii.gz", (5, 5)), {}, r"could not read image .*corrupt"),
         "non_ct": ((mr, (5, 5)), {}, r"MR_small\.dcm.*Modality 'MR'"),
@@ -378,7 +378,7 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple]:
         "off_plane": ((ct, (0, 0, 0)), {"world": True}, r"off the plane"),
         "not_numbers": ((ct, ("a", 5)), {}, r"center must be a sequence of numbers"),
         "tensor": ((torch.zeros(1, 20, 20), (5, 5)), {}, r"image: a plain tensor"),
-        "not_channel_first": ((MetaTensor(torch.zeros(20, 20, 3)), (5, 5, 1)), {}, r"single-channel"),
+        "not_channel_first": ((MetaTensor(torch.zeros(20, 20, 3)), (5, 5, 1)), {}, r"values per voxel"),
         "num_samples": ((ct, (5, 5)), {"num_samples": 0}, r"num_samples"),
         "frame": ((ct, (5, 5)), {"world": True, "frame": "XYZ"}, r"frame"),
         "hu_window": ((ct, (5, 5)), {"hu_window": (400, -1000)}, r"hu_window"),

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from monai_probunet.overview import display_orientation
+from monai_probunet.overview import _shown, display_orientation, pixel_aspect
 from tests.conftest import REPO, is_shipped_model
 
 pydicom_data = pytest.importorskip("pydicom.data")
@@ -28,6 +28,18 @@ pydicom_data = pytest.importorskip("pydicom.data")
 )
 def test_display_orientation_puts_the_patients_right_on_the_left_and_anterior_up(directions, expected):
     assert display_orientation(np.array(directions, dtype=float)) == expected
+
+
+def test_non_square_pixels_are_shown_at_their_true_shape():
+    """A 9 mm x 5 mm rectangle on pixels of 0.9 mm (axis 0) x 0.5 mm (axis 1): 10 x 10 pixels, shown wider than
+    tall by 9 : 5 in both array orders."""
+    rect = np.ones((10, 10))
+    for directions, spacing in [(np.array([[-1.0, 0], [0, -1], [0, 0]]), (0.9, 0.5)),  # axis 0 along x
+                                (np.array([[0, -1.0], [-1, 0], [0, 0]]), (0.5, 0.9))]:  # axis 1 along x
+        orientation = display_orientation(directions)
+        rows, cols = _shown(rect, orientation).shape
+        height_mm = rows * pixel_aspect(spacing, orientation)  # in units of a shown pixel's width
+        assert cols / height_mm == pytest.approx(9 / 5), (directions, spacing)
 
 
 def test_cli_writes_the_picture_with_the_set_and_replaces_it(tmp_path, capsys):

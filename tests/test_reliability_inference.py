@@ -192,7 +192,7 @@ def test_bad_images_are_refused_with_their_file_named(tmp_path, model_files):
         ((files["zero"], "--center", "50", "50"), ("zero.nii.gz", "zero or negative")),
         ((files["negative"], "--center", "50", "50"), ("negative.nii.gz", "zero or negative")),
         ((files["nan"], "--center", "50", "50"), ("nan.nii.gz", "NaN")),
-        ((files["4d"], "--center", "50", "50", "1"), ("4d.nii.gz", "single-channel")),
+        ((files["4d"], "--center", "50", "50", "1"), ("4d.nii.gz", "values per voxel", "one CT slice or volume")),
         ((tmp_path / "nodicom", "--center", "5", "5"), ("nodicom", "no DICOM file")),
         ((CT, "--center", "300", "70"), ("CT_small.dcm", "outside the image")),
         ((files["noipp"], "--center", "64", "70"), ("noipp.dcm", "ImagePositionPatient")),
@@ -294,6 +294,18 @@ def test_ctrl_c_while_writing_leaves_the_previous_set_and_says_so(tmp_path, mode
     assert cli_main([CT, "--center", "60", "60", *common]) == 130
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"interrupted by Ctrl-C; nothing was written ({out} is as it was)."], err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    # Ctrl-C while --png draws the overview, after every other file of the set: still nothing of the new set
+    monkeypatch.setattr(nib, "save", real_save)
+    import monai_probunet.overview as overview
+
+    def interrupted_overview(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(overview, "result_overview", interrupted_overview)
+    assert cli_main([CT, "--center", "60", "60", "--png", *common]) == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("interrupted by Ctrl-C; nothing was written")
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
