@@ -238,6 +238,66 @@ def test_a_volume_uploaded_from_slicer_then_clicked(volume_server):
     assert not left_behind(volume_server["root"] / "tmp")
 
 
+def slicer_submit(url: str, image_id: str, mask: np.ndarray, affine: np.ndarray, client_id: str) -> tuple[int, str]:
+    """PUT /datastore/label as the module's Submit Label does (the label saved as NIfTI, ``label_info`` and the
+    rater's Client/User-ID in ``params``); returns (status, answer text)."""
+    params = {"label_info": [{"name": "lesion", "idx": 1}], "model": "probunet", "client_id": client_id}
+    return slicer_put(url, f"/datastore/label?image={quote_plus(image_id)}", params, "label", "tmplabel.nii.gz",
+                      gzip.compress(nib.Nifti1Image(mask, affine).to_bytes()))
+
+
+def test_an_upload_under_an_existing_name_never_replaces_the_stored_image(volume_server, tmp_path):
+    """3D Slicer uploads a volume loaded with File > Add Data under its node's name, on every Submit. The same
+    volume again (another rater, saved anew by ITK) is accepted and changes nothing; another volume under a name the
+    datastore holds is refused with 409 saying how it differs and what to do: the stored file and its raters' labels
+    stay as they were (MONAI Label replaced the file, and the raters' labels then outlined another image)."""
+    import hashlib
+
+    import itk
+    import requests
+
+    url, studies, affine = volume_server["url"], volume_server["studies"], volume_server["affine"]
+    data = (studies / "chest.nii.gz").read_bytes()
+    assert slicer_upload(url, "rated upload", data, "tmp1a2b3c4d.nii.gz") == (200, {"image": "rated upload"})
+    stored = studies / "rated upload.nii.gz"
+    md5 = hashlib.md5(stored.read_bytes()).hexdigest()
+    vol, mask = np.asarray(nib.load(str(stored)).dataobj), np.zeros((96, 80, 10), np.uint8)
+    mask[38:43, 34:39, 3:6] = 1
+    assert slicer_submit(url, "rated upload", mask, affine, "bob")[0] == 200
+
+    itk.imwrite(itk.imread(str(stored)), str(tmp_path / "resaved.nii.gz"))  # the volume as Slicer saves it (ITK)
+    resaved = (tmp_path / "resaved.nii.gz").read_bytes()
+    assert resaved != data
+    assert slicer_upload(url, "rated upload", resaved, "tmp5e6f7a8b.nii.gz") == (200, {"image": "rated upload"})
+    assert slicer_submit(url, "rated upload", mask, affine, "carol")[0] == 200  # a second rater, same volume
+
+    edited = vol.copy()
+    edited[..., :2] = -1000.0  # e.g. a re-export of the study, or another patient's volume of the same name
+    shifted = affine.copy()
+    shifted[2, 3] += 2.5  # the same voxels one slice higher
+    for array, aff, how in ((edited, affine, "15,360 of 76,800 voxel values differ"),
+                            (vol, shifted, "geometry (origin, spacing or direction) differs by up to 2.5 mm"),
+                            (vol[..., :9], affine, "size 96 x 80 x 9 voxels, the stored image's 96 x 80 x 10")):
+        body = gzip.compress(nib.Nifti1Image(array, aff).to_bytes())
+        status, answer = slicer_upload(url, "rated upload", body, "tmp9c0d1e2f.nii.gz")
+        assert status == 409, answer
+        detail = answer["detail"]
+        assert detail.startswith("image 'rated upload' is already in the datastore (rated upload.nii.gz)"), detail
+        assert how in detail and "rename it in the Data module" in detail and "\n" not in detail, detail
+    assert hashlib.md5(stored.read_bytes()).hexdigest() == md5
+    assert sorted(p.name for p in studies.glob("rated upload*")) == ["rated upload.nii.gz"]
+    labels = requests.get(f"{url}/datastore/", params={"output": "all"}, timeout=30).json()["objects"]["rated upload"]
+    assert sorted(labels["labels"]) == ["rater_bob", "rater_carol"], labels
+    got = requests.get(f"{url}/datastore/label", params={"label": "rated upload", "tag": "rater_bob"}, timeout=30)
+    np.testing.assert_array_equal(np.asarray(nib.Nifti1Image.from_bytes(gzip.decompress(got.content)).dataobj), mask)
+
+    # a 2-D image: Slicer saves it as a volume of one slice, the same image
+    one_slice = np.asarray(nib.load(str(studies / "slice.nii.gz")).dataobj)[..., None]
+    body = gzip.compress(nib.Nifti1Image(one_slice, affine).to_bytes())
+    assert slicer_upload(url, "slice", body, "tmp3f4a5b6c.nii.gz") == (200, {"image": "slice"})
+    assert not left_behind(volume_server["root"] / "tmp")
+
+
 def read_ahead_lines(log: Path, before: int, timeout_s: float = 60.0) -> list[str]:
     """The server log's lines that say an image was read ahead of its first click, once there are more than
     ``before`` of them (or ``timeout_s`` has passed)."""

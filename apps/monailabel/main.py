@@ -105,7 +105,8 @@ class ProbUNetApp(MONAILabelApp):
 
     def init_datastore(self) -> Any:
         """A local studies folder keeps every rater's label side by side (:class:`lib.rater_datastore.RaterDatastore`:
-        tag ``rater_<name>``, at most ``--conf max_raters`` raters per image, default 4 = the model's graders)."""
+        tag ``rater_<name>``, at most ``--conf max_raters`` raters per image, default 4 = the model's graders; an
+        upload never replaces a stored image)."""
         store = super().init_datastore()
         if type(store) is LocalDatastore:
             store.__class__ = RaterDatastore  # same state; label saving and the labelled/unlabelled lists differ

@@ -17,6 +17,11 @@ name outside ``[A-Za-z0-9._-]{1,64}`` (400), a further rater beyond ``max_raters
 image (409; a rater may resubmit their own outline), a label that is not readable, not on the image's voxel grid,
 or holds values other than background and the lesion (400/422). The stored file is the 0/1 lesion mask as NIfTI
 on the image's grid (an empty mask is a rater who reviewed the image and found no lesion).
+
+An uploaded image (``PUT /datastore/image?image=ID``; 3D Slicer uploads a volume loaded with File > Add Data under its
+node's name) whose id is already in the datastore never replaces the stored file, whose raters' labels would then
+outline another image: the same voxels on the same grid are accepted as they are (3D Slicer uploads the volume again
+on every Submit), anything else answers 409 saying how it differs and what to do.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import re
 import tempfile
 import threading
 from typing import Any
+from urllib.parse import quote
 
 import nibabel as nib
 import numpy as np
@@ -36,7 +42,8 @@ from monailabel.interfaces.datastore import DefaultLabelTag
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RATER_TAG_PREFIX", "RaterDatastore", "check_label_shape", "lesion_mask", "nrrd_layers", "rater_name"]
+__all__ = ["RATER_TAG_PREFIX", "RaterDatastore", "check_label_shape", "image_difference", "lesion_mask", "nrrd_layers",
+           "rater_name"]
 
 RATER_TAG_PREFIX = "rater_"
 _NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -69,6 +76,64 @@ def rater_name(tag: str | None, info: dict[str, Any]) -> str | None:
         raise HTTPException(status_code=400, detail=f"rater name {name!r}: expected 1-64 letters, digits, '.', '_' "
                             "or '-'.")
     return name
+
+
+def _grid(image: Any) -> tuple[tuple[int, ...], np.ndarray]:
+    """A SimpleITK image's size (axes of length 1 at the end dropped) and its 3 x 4 voxel -> LPS matrix (a 2-D
+    image padded with a unit third axis)."""
+    dim = image.GetDimension()
+    size = list(image.GetSize())
+    while len(size) > 2 and size[-1] == 1:
+        size.pop()
+    matrix = np.eye(3, 4)
+    direction = np.asarray(image.GetDirection(), float).reshape(dim, dim)
+    matrix[:dim, :dim] = direction * np.asarray(image.GetSpacing(), float)
+    matrix[:dim, 3] = image.GetOrigin()
+    return tuple(size), matrix
+
+
+def image_difference(stored_file: str, upload_file: str) -> str | None:
+    """How an uploaded image differs from the stored one (size, geometry, voxel values), ``None`` when it holds the
+    same voxels on the same grid (a byte-identical file, or e.g. 3D Slicer's re-saving of the same volume).
+
+    A 2-D image and the same image as a volume of one slice are the same; a different voxel type with the same
+    values is the same image. Geometry is compared to 1e-3 mm (what NIfTI's single precision keeps).
+    """
+    import filecmp
+
+    import SimpleITK as sitk
+
+    if filecmp.cmp(stored_file, upload_file, shallow=False):
+        return None
+    images = []
+    for what, path in (("the upload", upload_file), ("the stored file", stored_file)):
+        try:
+            images.append(sitk.ReadImage(path))
+        except RuntimeError as e:
+            return f"{what} is not a readable image ({str(e).strip().splitlines()[-1][:200]})"
+    upload, stored = images
+    (up_size, up_grid), (st_size, st_grid) = _grid(upload), _grid(stored)
+    shown = " x ".join
+    if up_size != st_size:
+        return f"size {shown(map(str, up_size))} voxels, the stored image's {shown(map(str, st_size))}"
+    comps = upload.GetNumberOfComponentsPerPixel(), stored.GetNumberOfComponentsPerPixel()
+    if comps[0] != comps[1]:
+        return f"{comps[0]} components per voxel, the stored image's {comps[1]}"
+    dim = min(upload.GetDimension(), stored.GetDimension())  # a 2-D image has no slice position to compare
+    offset = np.abs(up_grid[:dim] - st_grid[:dim]).max()
+    if offset > 1e-3:
+        return (f"geometry (origin, spacing or direction) differs by up to {offset:.4g} mm, the voxels' positions "
+                "in the patient")
+    a = sitk.GetArrayViewFromImage(upload).reshape(-1)
+    b = sitk.GetArrayViewFromImage(stored).reshape(-1)
+    unequal = a != b
+    if a.dtype.kind == "f" and b.dtype.kind == "f":
+        unequal &= ~(np.isnan(a) & np.isnan(b))
+    differ = np.flatnonzero(unequal)
+    if differ.size:
+        largest = float(np.nanmax(np.abs(a[differ].astype(np.float64) - b[differ].astype(np.float64)), initial=0))
+        return f"{differ.size:,} of {a.size:,} voxel values differ (by up to {largest:.6g})"
+    return None
 
 
 def nrrd_layers(path: str) -> int | None:
@@ -171,6 +236,7 @@ class RaterDatastore(LocalDatastore):
 
     max_raters: int = 4
     _save_lock = threading.Lock()
+    _add_lock = threading.Lock()
 
     def raters(self, image_id: str) -> dict[str, dict[str, Any]]:
         """``{rater name: label info}`` of an image (info holds ``rater``, ``ts``, ``name``, ...)."""
@@ -205,6 +271,40 @@ class RaterDatastore(LocalDatastore):
                 os.remove(tmp)
         logger.info(f"label of rater {name!r} for {image_id} stored under tag {tag} ({int(mask.sum())} voxels)")
         return label_id
+
+    def _stored_image_file(self, image_id: str, ext: str) -> str | None:
+        """The file of image ``image_id`` in the studies folder (listed, or a file of that name not listed yet)."""
+        uri = self.get_image_uri(image_id)
+        if uri and os.path.exists(uri):
+            return uri
+        path = os.path.realpath(os.path.join(self._datastore.image_path(), self._filename(image_id, ext)))
+        return path if os.path.exists(path) else None
+
+    def add_image(self, image_id: str, image_filename: str, image_info: dict[str, Any]) -> str:
+        """MONAI Label's ``add_image`` for a new id; an id already in the datastore keeps its file (module docstring).
+
+        Raises:
+            HTTPException: 409 when the upload differs from the stored image of its id.
+        """
+        upload_id, ext = self._to_id(os.path.basename(image_filename))
+        image_id = image_id or upload_id
+        with self._add_lock:  # two uploads of one new id: the second finds the first one's file
+            stored = self._stored_image_file(image_id, ext)
+            if stored is None:
+                return super().add_image(image_id, image_filename, image_info)
+        difference = image_difference(stored, image_filename)
+        if difference is None:
+            logger.info(f"upload of {image_id}: the same voxels and geometry as the stored {os.path.basename(stored)}"
+                        "; kept as it is")
+            return image_id
+        logger.warning(f"upload of {image_id} refused: it differs from the stored {os.path.basename(stored)}: "
+                       f"{difference}")
+        raise HTTPException(status_code=409, detail=f"image {image_id!r} is already in the datastore "
+                            f"({os.path.basename(stored)}) and this upload differs from it: {difference}. Nothing "
+                            "was replaced (the stored image and its raters' labels are kept). To add this volume, "
+                            "give it another name (3D Slicer uploads a volume under its name: rename it in the Data "
+                            "module) and try again; to replace the stored image, remove it first (DELETE "
+                            f"/datastore/image?id={quote(image_id)}, which also removes its labels).")
 
     def _rated(self) -> list[str]:
         return [k for k, v in self._datastore.objects.items()
