@@ -61,7 +61,8 @@ MASKS = {
 
 @pytest.fixture(scope="module")
 def rater_server(tmp_path_factory):
-    """A server on three 2-D CT slices; raters alice, bob, carol, dave outline case1; alice and bob case2."""
+    """A server on five 2-D CT slices; raters alice, bob, carol, dave outline case1 (dave a second time as
+    ``Dave``); alice (again as ``Alice``) and bob case2."""
     if not MONAILABEL.exists():
         pytest.skip(f"{MONAILABEL} does not exist: build it with `bash apps/monailabel/setup_venv.sh`")
     pytest.importorskip("requests")
@@ -87,8 +88,10 @@ def rater_server(tmp_path_factory):
                 {"name": "lesion", "idx": 1}]})
             time.sleep(1.1)  # distinct submission seconds: the export orders graders by time
         replies["dave"] = submit(url, "case1", MASKS["dave"], tag="rater_dave")  # a REST client naming the tag
+        replies["case1_Dave"] = submit(url, "case1", MASKS["dave"], {"client_id": "Dave"})  # dave again
         replies["eve"] = submit(url, "case1", MASKS["alice"], {"rater": "eve"})  # a 5th rater
-        replies["case2_alice"] = submit(url, "case2", MASKS["alice"], {"rater": "alice"})
+        replies["case2_alice_first"] = submit(url, "case2", MASKS["carol"], {"rater": "alice"})
+        replies["case2_alice"] = submit(url, "case2", MASKS["alice"], {"client_id": "Alice"})  # her outline again
         time.sleep(1.1)
         replies["case2_bob_first"] = submit(url, "case2", MASKS["bob"], {"rater": "bob"})
         replies["case2_bob"] = submit(url, "case2", np.zeros((S, S), np.uint8), {"rater": "bob"})  # reviewed: none
@@ -164,6 +167,24 @@ def test_each_rater_kept_with_name_and_time(rater_server):
         np.testing.assert_array_equal(arr.reshape(S, S), MASKS[name])
     case2 = store["objects"]["case2"]["labels"]
     assert sorted(case2) == ["rater_alice", "rater_bob"] and case2["rater_bob"]["info"]["lesion_voxels"] == 0
+
+
+@pytestmark_server
+def test_rater_names_match_case_insensitively(rater_server):
+    """``Dave`` after ``dave`` is dave resubmitting, not a 5th rater; ``Alice``'s Submit replaces ``alice``'s outline
+    (stored under the first spelling), not a third rater of case2."""
+    import requests
+
+    url, ctx = rater_server
+    for key in ("case1_Dave", "case2_alice_first", "case2_alice"):
+        assert ctx["replies"][key].status_code == 200, (key, ctx["replies"][key].text)
+    assert "(alice, bob, carol, dave)" in ctx["replies"]["eve"].json()["detail"]
+    objects = requests.get(f"{url}/datastore/", params={"output": "all"}, timeout=30).json()["objects"]
+    assert sorted(objects["case1"]["labels"]) == ["rater_alice", "rater_bob", "rater_carol", "rater_dave"]
+    assert sorted(objects["case2"]["labels"]) == ["rater_alice", "rater_bob"]
+    assert objects["case2"]["labels"]["rater_alice"]["info"]["rater"] == "alice"
+    got = requests.get(f"{url}/datastore/label", params={"label": "case2", "tag": "rater_alice"}, timeout=30)
+    np.testing.assert_array_equal(np.asarray(nib.Nifti1Image.from_bytes(_ungz(got.content)).dataobj), MASKS["alice"])
 
 
 def _ungz(data: bytes) -> bytes:

@@ -11,6 +11,9 @@ info, which ``GET /datastore/?output=all`` lists. The rater's name comes from, i
    "Client/User-ID" setting). With authentication off MONAI Label's own user is always ``admin``, so the user name
    of the request cannot tell raters apart.
 
+Rater names match case-insensitively: a Submit by ``Alice`` replaces the outline stored as ``alice`` (kept under
+``rater_alice``) and counts once towards ``max_raters``.
+
 A label of any other tag (e.g. ``original``) is stored as MONAI Label stores it. Refused with 4xx and one line:
 no rater name (400), 3D Slicer's default Client/User-ID ``user-xyz`` (400: it is everyone's who has not set one), a
 name outside ``[A-Za-z0-9._-]{1,64}`` (400), a further rater beyond ``max_raters`` on an
@@ -43,7 +46,7 @@ from monailabel.interfaces.datastore import DefaultLabelTag
 logger = logging.getLogger(__name__)
 
 __all__ = ["RATER_TAG_PREFIX", "RaterDatastore", "check_label_shape", "image_difference", "lesion_mask", "nrrd_layers",
-           "rater_name"]
+           "rater_name", "same_rater"]
 
 RATER_TAG_PREFIX = "rater_"
 _NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -76,6 +79,11 @@ def rater_name(tag: str | None, info: dict[str, Any]) -> str | None:
         raise HTTPException(status_code=400, detail=f"rater name {name!r}: expected 1-64 letters, digits, '.', '_' "
                             "or '-'.")
     return name
+
+
+def same_rater(a: str, b: str) -> bool:
+    """Whether two rater names are one rater's: names match case-insensitively (``Alice`` is ``alice``)."""
+    return a.casefold() == b.casefold()
 
 
 def _grid(image: Any) -> tuple[tuple[int, ...], np.ndarray]:
@@ -255,9 +263,14 @@ class RaterDatastore(LocalDatastore):
         if not image_file:
             raise HTTPException(status_code=404, detail=f"unknown image {image_id!r}: not in the datastore.")
         mask, affine = lesion_mask(label_filename, image_file, label_info.get("label_info"))
-        tag = f"{RATER_TAG_PREFIX}{name}"
         with self._save_lock:
-            others = sorted(r for r in self.raters(image_id) if r != name)
+            stored = self.raters(image_id)
+            known = next((r for r in sorted(stored) if same_rater(r, name)), None)
+            if known is not None and known != name:
+                logger.info(f"rater {name!r} of {image_id} is the stored {known!r} (names match case-insensitively)")
+                name = known
+            tag = f"{RATER_TAG_PREFIX}{name}"
+            others = sorted({r.casefold(): r for r in sorted(stored) if not same_rater(r, name)}.values())
             if len(others) >= self.max_raters:
                 raise HTTPException(status_code=409, detail=f"image {image_id!r} already has {len(others)} raters "
                                     f"({', '.join(others)}), the model's number of graders; {name!r} not stored.")
