@@ -334,3 +334,33 @@ def test_uncertainty_strategy_ranks_unlabelled_images_by_disagreement(rater_serv
     assert steps[2]["id"] == steps[2]["ranking"][0]["id"]
     r = requests.post(f"{url}/activelearning/uncertainty", json={"max_images": 0}, timeout=60)
     assert r.status_code == 400 and "max_images" in r.json()["detail"], r.text
+
+
+@pytestmark_server
+def test_next_sample_offers_an_image_to_each_rater_until_it_has_max_raters(rater_server):
+    """Next Sample as 3D Slicer asks for it (``POST /activelearning/<strategy>``, the module's Client/User-ID as
+    ``client_id`` in the JSON body): case1 has its 4 raters and is offered to no one; case2 (alice, bob) is offered
+    to carol and to a new rater, not to alice or bob (names match case-insensitively); without a rater, or with the
+    module's default ``user-xyz``, only the images nobody outlined (case3-5)."""
+    import requests
+
+    url, _ = rater_server
+
+    def next_sample(strategy: str, body: dict) -> dict:
+        r = requests.post(f"{url}/activelearning/{strategy}", json=body, timeout=300)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    for body, want in (({"client_id": "carol"}, "case2"), ({"client_id": "Carol"}, "case2"),
+                       ({"rater": "eve", "client_id": "user-xyz"}, "case2"), ({"client_id": "alice"}, "case3"),
+                       ({"client_id": "BOB"}, "case3"), ({"client_id": "user-xyz"}, "case3"), ({}, "case3")):
+        assert next_sample("first", body)["id"] == want, body
+    for rater, offered in (("carol", {"case2", "case3", "case4", "case5"}), ("alice", {"case3", "case4", "case5"})):
+        time.sleep(1.1)  # MONAI Label's random weighs each image by the seconds since it chose it (all 0: 500)
+        assert next_sample("random", {"client_id": rater})["id"] in offered, rater
+        reply = next_sample("uncertainty", {"client_id": rater, "num_samples": 8, "seed": 3})
+        ranked = {x["id"] for x in reply["ranking"]}
+        assert ranked | {x["id"] for x in reply["not_scored"]} | set(reply["not_yet_scored"]) == offered, reply
+        assert reply["id"] in ranked and reply["id"] == reply["ranking"][0]["id"]
+    objects = requests.get(f"{url}/datastore/", params={"output": "all"}, timeout=30).json()["objects"]
+    assert len(objects["case1"]["labels"]) == 4 and all(not objects[f"case{i}"]["labels"] for i in (3, 4, 5))

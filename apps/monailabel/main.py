@@ -44,7 +44,7 @@ from lib.configs.probunet import ProbUNetConfig
 from lib.dicomweb_datastore import SegDICOMWebDatastore
 from lib.infers.params import parse_bool
 from lib.prefetch import install as install_prefetch
-from lib.rater_datastore import RaterDatastore
+from lib.rater_datastore import RaterDatastore, next_sample_rater
 from lib.request_checks import install as install_request_checks
 from lib.studies_check import studies_notes, studies_problem
 from monai_probunet.bundle_utils import quiet_optional_decoder
@@ -152,14 +152,32 @@ class ProbUNetApp(MONAILabelApp):
         return strategies
 
     def next_sample(self, request: Dict[str, Any]) -> Dict[str, Any]:
-        """MONAILabelApp.next_sample; an unknown strategy answers 404 naming the available ones. The image chosen is
-        read ahead of its first click (:meth:`read_ahead`): 3D Slicer opens it next, from its path where it can."""
+        """MONAILabelApp.next_sample, the strategy choosing among the images to offer the request's rater.
+
+        With a local studies folder and a rater (``rater``, else ``client_id``: 3D Slicer's Client/User-ID; not its
+        default ``user-xyz``) the strategy is given the datastore as that rater sees it
+        (:meth:`lib.rater_datastore.RaterDatastore.for_rater`): images with fewer than ``max_raters`` raters that
+        this rater has not outlined. Without one, the images no rater has outlined. An unknown strategy answers 404
+        naming the available ones. The image chosen is read ahead of its first click (:meth:`read_ahead`): 3D Slicer
+        opens it next, from its path where it can.
+        """
         strategy = request.get("strategy") or "random"
         if strategy not in self._strategies:
             raise HTTPException(status_code=404, detail=f"unknown strategy {strategy!r}; available: "
                                 f"{sorted(self._strategies)}")
-        sample = super().next_sample(request)
-        if sample.get("path"):
+        store = self.datastore()
+        rater = next_sample_rater(request)
+        if rater is not None and isinstance(store, RaterDatastore):
+            store = store.for_rater(rater)
+        sample = self._strategies[strategy](request, store)
+        if not sample or not sample.get("id"):
+            logger.info(f"next sample ({strategy}) for {rater or 'any rater'}: no image left")
+            return {}
+        sample["path"] = self._datastore.get_image_uri(sample["id"])
+        logger.info(f"next sample ({strategy}) for {rater or 'any rater'}: {sample['id']}")
+        if self._auto_update_scoring:  # as MONAILabelApp.next_sample
+            self.async_scoring(None)
+        if sample["path"]:
             self.read_ahead(path=sample["path"])
         return sample
 

@@ -21,6 +21,11 @@ image (409; a rater may resubmit their own outline), a label that is not readabl
 or holds values other than background and the lesion (400/422). The stored file is the 0/1 lesion mask as NIfTI
 on the image's grid (an empty mask is a rater who reviewed the image and found no lesion).
 
+*Next Sample* offers a rater (the request's ``rater``, else its ``client_id``) the images with fewer than
+``max_raters`` raters that they have not outlined (the app's ``next_sample`` gives the strategy
+:meth:`RaterDatastore.for_rater`'s view); without a rater, or with 3D Slicer's default ``user-xyz``, the images no
+rater has outlined.
+
 An uploaded image (``PUT /datastore/image?image=ID``; 3D Slicer uploads a volume loaded with File > Add Data under its
 node's name) whose id is already in the datastore never replaces the stored file, whose raters' labels would then
 outline another image: the same voxels on the same grid are accepted as they are (3D Slicer uploads the volume again
@@ -45,8 +50,8 @@ from monailabel.interfaces.datastore import DefaultLabelTag
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RATER_TAG_PREFIX", "RaterDatastore", "check_label_shape", "image_difference", "lesion_mask", "nrrd_layers",
-           "rater_name", "same_rater"]
+__all__ = ["RATER_TAG_PREFIX", "RaterDatastore", "RaterView", "check_label_shape", "image_difference", "lesion_mask",
+           "next_sample_rater", "nrrd_layers", "rater_name", "same_rater"]
 
 RATER_TAG_PREFIX = "rater_"
 _NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -79,6 +84,17 @@ def rater_name(tag: str | None, info: dict[str, Any]) -> str | None:
         raise HTTPException(status_code=400, detail=f"rater name {name!r}: expected 1-64 letters, digits, '.', '_' "
                             "or '-'.")
     return name
+
+
+def next_sample_rater(request: dict[str, Any]) -> str | None:
+    """The rater a *Next Sample* request is for: its ``rater``, else its ``client_id`` (3D Slicer sends its
+    Client/User-ID with every request) unless that is 3D Slicer's default ``user-xyz``; ``None`` without one."""
+    name = request.get("rater")
+    if not isinstance(name, str) or not name.strip():
+        name = request.get("client_id")
+        if name == SLICER_DEFAULT_CLIENT_ID:
+            return None
+    return name.strip() if isinstance(name, str) and name.strip() else None
 
 
 def same_rater(a: str, b: str) -> bool:
@@ -329,5 +345,47 @@ class RaterDatastore(LocalDatastore):
 
     def get_unlabeled_images(self, label_tag: str | None = None, labels: list[str] | None = None) -> list[str]:
         """Images no rater has outlined yet (nor a final label)."""
-        rated = set(self._rated())
-        return [k for k in self._datastore.objects if k not in rated]
+        return self.images_for_rater(None)
+
+    def images_for_rater(self, rater: str | None) -> list[str]:
+        """The images to offer ``rater``: fewer than ``max_raters`` raters, none of them ``rater`` (names match
+        case-insensitively); for ``None``, the images no rater has outlined. An image with a ``final`` label (one
+        stored outside the raters' tags) is never offered."""
+        offered = []
+        for image_id, obj in self._datastore.objects.items():
+            if obj.labels.get(DefaultLabelTag.FINAL):
+                continue
+            raters = {tag[len(RATER_TAG_PREFIX):].casefold() for tag in obj.labels if tag.startswith(RATER_TAG_PREFIX)}
+            if rater is None:
+                if not raters:
+                    offered.append(image_id)
+            elif len(raters) < self.max_raters and rater.casefold() not in raters:
+                offered.append(image_id)
+        return offered
+
+    def for_rater(self, rater: str) -> RaterView:
+        """This datastore as ``rater``'s *Next Sample* sees it (:class:`RaterView`)."""
+        return RaterView(self, rater)
+
+
+class RaterView:
+    """One rater's view of a :class:`RaterDatastore`, given to an active-learning strategy by the app's
+    ``next_sample``: its unlabelled images are the ones to offer this rater (:meth:`RaterDatastore.images_for_rater`),
+    so MONAI Label's strategies (``random``, ``first``) and the app's ``uncertainty`` choose among them unchanged.
+    Everything else is the datastore's own.
+
+    Args:
+        store: the datastore.
+        rater: the rater's name (the request's ``rater`` or ``client_id``).
+    """
+
+    def __init__(self, store: RaterDatastore, rater: str) -> None:
+        self.store = store
+        self.rater = rater
+
+    def get_unlabeled_images(self, label_tag: str | None = None, labels: list[str] | None = None) -> list[str]:
+        """The images to offer this rater."""
+        return self.store.images_for_rater(self.rater)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)

@@ -1,8 +1,10 @@
 """The ``uncertainty`` active-learning strategy: the unlabelled image whose hypotheses disagree most comes next.
 
-For every image no rater has outlined yet, the ``probunet`` task's model draws ``num_samples`` hypotheses at the
-image's lesion centre and :func:`monai_probunet.metrics.disagreement.hypothesis_disagreement` scores them (presence
-ambiguity and the mean pairwise 1 - IoU of the lesion-containing hypotheses). The centre is the image's ``center``
+For every unlabelled image of the datastore it is given (for a rater's *Next Sample*: the images that rater may
+outline next, :meth:`lib.rater_datastore.RaterDatastore.for_rater`), the ``probunet`` task's model draws
+``num_samples`` hypotheses at the image's lesion centre and
+:func:`monai_probunet.metrics.disagreement.hypothesis_disagreement` scores them (presence ambiguity and the mean
+pairwise 1 - IoU of the lesion-containing hypotheses). The centre is the image's ``center``
 info (IJK voxel indices, as a click: ``[i, j]`` on a slice, ``[i, j, k]`` on a volume; set it with
 ``PUT /datastore/image/info?image=ID -F 'info={"center": [i, j, k]}'``)
 or else the centre voxel of the image grid (images that are candidate crops centred on a finding); the reply says
