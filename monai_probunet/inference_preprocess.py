@@ -119,7 +119,8 @@ class CheckHypothesesMemoryd(MapTransform):
             image_bytes, crop_bytes = int(np.prod(img.shape[1:])), self.roi[0] * self.roi[1] * 4 * 4 * 3
             need = self.num_samples * (image_bytes + crop_bytes)
             if need > self.max_bytes:
-                fix = "use a smaller crop (--roi-size)" if crop_bytes > image_bytes else "draw fewer (--num-samples)"
+                fix = ("use a smaller crop (--roi-size)" if crop_bytes > image_bytes
+                       else "draw fewer hypotheses (num_samples; the CLI's --num-samples)")
                 raise ValueError(
                     f"num_samples={self.num_samples} hypotheses of {d.get('source', key)} (spatial shape "
                     f"{tuple(img.shape[1:])}, crop {self.roi[0]} x {self.roi[1]} px) would need about "

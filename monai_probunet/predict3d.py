@@ -358,7 +358,8 @@ def predict_hypotheses_3d(
     if need > MAX_HYPOTHESES_BYTES:
         raise ValueError(
             f"num_samples={num_samples} 3-D hypotheses of {source} (spatial shape {spatial}) would need about "
-            f"{need / 2**30:.1f} GiB; at most {MAX_HYPOTHESES_BYTES / 2**30:.0f} GiB: draw fewer (--num-samples)."
+            f"{need / 2**30:.1f} GiB; at most {MAX_HYPOTHESES_BYTES / 2**30:.0f} GiB: draw fewer hypotheses "
+            "(num_samples; the CLI's --num-samples), or answer the clicked slice (2-D mode)."
         )
     voxel, world_ras = resolve_center(img, center, world=world, frame=frame, source=source)
     affine = _affine4(img).numpy()

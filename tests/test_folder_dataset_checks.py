@@ -195,6 +195,14 @@ def test_square_images_is_set_where_the_training_rotates_by_90_degrees(overrides
     assert rotates is (overrides != ("scenes32.yaml",))
 
 
+def test_square_images_false_turns_the_90_degree_rotation_off():
+    for value, prob in [("false", 0.0), (False, 0.0), ("true", 0.5)]:
+        parser = train_yaml_parser(square_images=value)  # as --square_images VALUE sets it
+        rotation = [t for t in parser.get_parsed_content("train#random_transforms", instantiate=True)
+                    if type(t).__name__ == "RandRotate90d"]
+        assert [t.prob for t in rotation] == [prob], value
+
+
 def test_non_square_images_pass_where_the_training_does_not_rotate(tmp_path):
     datalist = _folder(tmp_path / "d", {f"c{i}": (32, 48) for i in range(6)})
     assert validate_cases(datalist, square_images="false")["training"][0]["case_id"] == "c0"  # as the CLI gives it
