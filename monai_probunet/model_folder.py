@@ -1,12 +1,11 @@
 """A training run's model folder: what it records there and what it checks before writing into it.
 
 A run writes ``model.pt`` with ``model.json`` beside it (:func:`trained_settings`, written by
-:class:`~monai_probunet.handlers.FinalModel`): the grid the model was trained on, which inference then resamples to
+:class:`~monai_probunet.handlers.FinalModel`): the grid the model was trained on (for your own data the training
+images' pixel spacing and size), which inference then resamples and crops to
 (:func:`~monai_probunet.model_loading.load_model`), and the data it was trained on. Before any work the bundle checks
 (one line each, exit status 2):
 
-- :func:`check_data_geometry`: your own data's pixel spacing and image size are the inference settings
-  (``infer_spacing``, ``infer_roi_size``), so the model is never run at another scale than it learnt;
 - :func:`check_training_folder`: ``--ckpt_dir`` holds no model of other data (two datasets in folders of one name
   would share ``bundle/models/<name>``) and no file of the names a run writes that a run did not write;
 - :func:`check_evaluated_model`: ``run evaluating`` scores a model on the data it was trained on.
@@ -15,6 +14,7 @@ A run writes ``model.pt`` with ``model.json`` beside it (:func:`trained_settings
 from __future__ import annotations
 
 import copy
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,15 +22,16 @@ from typing import Any
 
 import numpy as np
 
-from .bundle_utils import ConfigValueError
 from .io_utils import InputFileError, load_network_weights, read_json
 from .model_loading import MODEL_SETTINGS_NAME, MODEL_WRITTEN_BY, read_model_settings
 
+logger = logging.getLogger(__name__)
+
 __all__ = [
     "RUN_FILES",
-    "check_data_geometry",
     "check_evaluated_model",
     "check_training_folder",
+    "data_geometry",
     "dataset_identity",
     "trained_settings",
 ]
@@ -52,18 +53,39 @@ def trained_settings(
     infer_roi_size: Sequence[int],
     dataset_name: str,
     dataset_dir: str | os.PathLike,
+    datalist: str | os.PathLike | None = None,
+    crop: Sequence[Any] = (),
 ) -> dict[str, Any]:
-    """What ``model.json`` records of a run (the config's values, as plain lists)."""
+    """What ``model.json`` records of a run: the HU window, the grid inference is to resample and crop to, the data.
+
+    For your own data (``dataset_name`` ``folder``) the grid is the training images' own (:func:`data_geometry`):
+    their pixel spacing, and without a random crop (``train#crop``) their size; where ``infer_spacing`` or
+    ``infer_roi_size`` say otherwise a warning says so, and the images' grid is recorded, so that the model is never
+    run at another scale or field than it learnt. A built-in dataset's grid is its config's.
+    """
+    spacing, roi = [float(v) for v in infer_spacing], [int(v) for v in infer_roi_size]
+    if str(dataset_name) == "folder" and datalist is not None:
+        path, shape, zooms = data_geometry(datalist)
+        data_roi = roi if crop else list(shape)
+        if not np.allclose(zooms, spacing, rtol=1e-3) or data_roi != roi:
+            logger.warning(
+                "%s: the training images are %s px at %s mm; inference will crop %s px at %s mm, their grid "
+                "(infer_roi_size %s, infer_spacing %s set otherwise; model.json records what the model learns)",
+                path, " x ".join(map(str, shape)), " x ".join(f"{z:g}" for z in zooms),
+                " x ".join(map(str, data_roi)), " x ".join(f"{z:g}" for z in zooms), roi, spacing,
+            )
+        spacing, roi = list(zooms), data_roi
     return {
         "hu_window": [float(v) for v in hu_window],
-        "infer_spacing": [float(v) for v in infer_spacing],
-        "infer_roi_size": [int(v) for v in infer_roi_size],
+        "infer_spacing": spacing,
+        "infer_roi_size": roi,
         "dataset": dataset_identity(dataset_name, dataset_dir),
     }
 
 
-def _image_geometry(datalist: str | os.PathLike) -> tuple[Path, tuple[int, ...], tuple[float, ...]]:
-    """The first training image of a datalist: its path, shape and pixel spacing (mm) from its header."""
+def data_geometry(datalist: str | os.PathLike) -> tuple[Path, tuple[int, ...], tuple[float, ...]]:
+    """The first training image of a datalist (all its images share one size and spacing: checked with the cases):
+    its path, in-plane shape and pixel spacing (mm) from its header."""
     import nibabel as nib
 
     from .data import load_datalist
@@ -72,45 +94,6 @@ def _image_geometry(datalist: str | os.PathLike) -> tuple[Path, tuple[int, ...],
     img = nib.load(str(path))
     shape = tuple(int(n) for n in img.shape if int(n) != 1)
     return path, shape, tuple(float(z) for z in img.header.get_zooms()[: len(shape)])
-
-
-def check_data_geometry(
-    datalist: str | os.PathLike,
-    infer_spacing: Sequence[float],
-    infer_roi_size: Sequence[int],
-    crop: Sequence[Any] = (),
-    dataset_name: str = "folder",
-) -> None:
-    """Refuse your own data whose pixel spacing (or, without a random crop, image size) is not the inference
-    setting: the model would learn at one scale and field and be run at another. Built-in datasets are sized by
-    their own configs.
-
-    Args:
-        datalist: the run's ``datalist.json`` (all its images share one size and spacing: checked with the cases).
-        infer_spacing: the in-plane mm inference resamples to.
-        infer_roi_size: the crop inference feeds the model.
-        crop: ``train#crop``: with a random crop the training field is its size, not the image's.
-        dataset_name: the bundle's ``dataset_name``; only ``folder`` is checked.
-
-    Raises:
-        ConfigValueError: one line naming both and the options that make them agree.
-    """
-    if str(dataset_name) != "folder":
-        return
-    path, shape, zooms = _image_geometry(datalist)
-    spacing = [float(v) for v in infer_spacing]
-    roi = [int(v) for v in infer_roi_size]
-    same_spacing = np.allclose(zooms, spacing, rtol=1e-3)
-    if same_spacing and (crop or list(shape) == roi):
-        return
-    want = f'--infer_spacing "[{", ".join(f"{z:g}" for z in zooms)}]"'
-    if not crop:
-        want += f' --infer_roi_size "[{", ".join(str(n) for n in shape)}]"'
-    raise ConfigValueError(
-        f"{path}: the training images are {' x '.join(map(str, shape))} px at {' x '.join(f'{z:g}' for z in zooms)} "
-        f"mm, but inference would crop {' x '.join(map(str, roi))} px at {' x '.join(f'{s:g}' for s in spacing)} mm "
-        f"(infer_roi_size, infer_spacing): add {want} so that the model is run at the scale it learns."
-    )
 
 
 def _fits(path: Path, network: Any) -> bool:

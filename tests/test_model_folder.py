@@ -9,10 +9,8 @@ import warnings
 import pytest
 import torch
 
-from monai_probunet.bundle_utils import ConfigValueError
 from monai_probunet.io_utils import InputFileError
 from monai_probunet.model_folder import (
-    check_data_geometry,
     check_evaluated_model,
     check_training_folder,
     trained_settings,
@@ -23,17 +21,22 @@ from .test_folder_dataset_checks import _folder
 from .test_inference import coin_flip_probunet, paper_net_yaml
 
 
-def test_data_at_another_scale_than_inference_is_refused_with_the_options_to_set(tmp_path):
+def test_model_json_records_your_own_datas_grid(tmp_path, caplog):
     datalist = _folder(tmp_path / "data")  # 32 x 32 px at 1 mm
-    check_data_geometry(datalist, [1.0, 1.0], [32, 32])  # agrees: nothing said
-    check_data_geometry(datalist, [1.0, 1.0], [16, 16], crop=[{"roi": 16}])  # a random crop sets the field
-    check_data_geometry(datalist, [0.5, 0.5], [64, 64], dataset_name="lidc_phantom")  # a built-in sizes itself
+    agree = trained_settings([-1000, 400], [1.0, 1.0], [32, 32], "folder", tmp_path / "data", datalist)
+    assert agree["infer_spacing"] == [1.0, 1.0] and agree["infer_roi_size"] == [32, 32]
+    assert agree["dataset"] == str(tmp_path / "data") and not caplog.records
+    # train.yaml's 64 px at 1 mm (or another spacing) for 32 px images: the images' grid, and a warning naming both
     for spacing, roi in [([1.0, 1.0], [64, 64]), ([0.5, 0.5], [32, 32])]:
-        with pytest.raises(ConfigValueError) as info:
-            check_data_geometry(datalist, spacing, roi)
-        line = str(info.value)
-        assert "\n" not in line and "c0.nii.gz" in line and "32 x 32 px at 1 x 1 mm" in line
-        assert '--infer_spacing "[1, 1]" --infer_roi_size "[32, 32]"' in line
+        caplog.clear()
+        got = trained_settings([-1000, 400], spacing, roi, "folder", tmp_path / "data", datalist)
+        assert got["infer_spacing"] == [1.0, 1.0] and got["infer_roi_size"] == [32, 32]
+        assert "32 x 32 px at 1 x 1 mm" in caplog.text and "c0.nii.gz" in caplog.text
+    # a random crop sets the field; a built-in dataset's grid is its config's
+    crop = trained_settings([-1000, 400], [1.0, 1.0], [16, 16], "folder", tmp_path / "data", datalist, [{"r": 16}])
+    assert crop["infer_roi_size"] == [16, 16]
+    built_in = trained_settings([-1000, 400], [0.5, 0.5], [128, 128], "lidc_phantom", tmp_path / "x", datalist)
+    assert built_in["infer_spacing"] == [0.5, 0.5] and built_in["dataset"] == "lidc_phantom"
 
 
 def test_a_folder_with_a_model_of_other_data_or_files_no_run_wrote_is_refused(tmp_path):
