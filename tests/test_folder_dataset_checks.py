@@ -70,10 +70,10 @@ def _folder(root: Path, shapes: dict[str, tuple[int, ...]] | None = None, **extr
     return root / "datalist.json"
 
 
-def _problems(datalist: Path) -> list[str]:
-    """The problem lines of the error ``validate_cases`` raises (the header line dropped)."""
+def _problems(datalist: Path, **settings: object) -> list[str]:
+    """The problem lines of the error ``validate_cases(datalist, **settings)`` raises (the header line dropped)."""
     with pytest.raises(DatasetError) as info:
-        validate_cases(datalist)
+        validate_cases(datalist, **settings)
     lines = str(info.value).splitlines()
     assert lines[0] == f"{datalist}: {len(lines) - 1} problem(s) in the dataset, nothing was trained:", lines[0]
     return [line.strip() for line in lines[1:]]
@@ -284,6 +284,30 @@ def test_float_rounding_of_an_oblique_affine_is_not_a_difference(tmp_path):
                       "c0.nii.gz")).affine).max()
     assert 0 < rounding < 1e-3
     validate_cases(datalist)
+
+
+# --- image values the training cannot learn from -------------------------------------------------------------------
+
+
+def test_an_image_with_nan_voxels_is_refused_an_infinite_value_is_not(tmp_path):
+    root = tmp_path / "d"
+    datalist = _folder(root)
+    image = root / "images" / "c2.nii.gz"
+    data = np.asarray(nib.load(str(image)).dataobj).copy()
+    data[:3, :3] = np.nan
+    _save(image, data)
+    other = root / "images" / "c3.nii.gz"
+    data = np.asarray(nib.load(str(other)).dataobj).copy()
+    data[0, 0], data[0, 1] = np.inf, -np.inf  # clipped to the intensity window like any other value
+    _save(other, data)
+    assert _problems(datalist, **TRAIN_YAML_CHECK) == [
+        (f"training case c2: image {image} holds 9 NaN voxels (not a number): clipping to the intensity window keeps "
+         "them NaN and the training fails in its first epoch; replace them with a value (in CT air, -1000) or leave "
+         "the case out.")
+    ]
+    # what training would have fed the network
+    batch = _training_batches(datalist, passes=1)[0]
+    assert bool(batch["image"][2].isnan().any()) and not bool(batch["image"][3].isnan().any())
 
 
 # --- a misspelt split ---------------------------------------------------------------------------------------------

@@ -38,10 +38,11 @@ def _values_text(values: np.ndarray) -> str:
 MIN_WINDOW_SHARE = 0.01
 
 
-def _flat_in_window(image: nib.spatialimages.SpatialImage, window: Sequence[float]) -> tuple[float, float] | None:
-    """``(min, max)`` of an image whose values span less than :data:`MIN_WINDOW_SHARE` of ``window`` (after the
-    clipping to it), else ``None``."""
-    data = np.asanyarray(image.dataobj)
+def _flat_in_window(data: np.ndarray, window: Sequence[float]) -> tuple[float, float] | None:
+    """``(min, max)`` of an image's voxel values ``data`` that span less than :data:`MIN_WINDOW_SHARE` of ``window``
+    (after the clipping to it), else ``None`` (also for an image of NaN only)."""
+    if not np.any(~np.isnan(data)):
+        return None
     lo, hi = float(np.nanmin(data)), float(np.nanmax(data))
     w_lo, w_hi = float(window[0]), float(window[1])
     span = min(hi, w_hi) - max(lo, w_lo)
@@ -144,12 +145,12 @@ def _check_case(
     square: bool = True,
 ) -> tuple[list[str], tuple | None, tuple | None]:
     """Problems of one case (missing or unreadable files, an image that is not one 2-D image of ``in_channels``
-    channels, or not square with ``square``, a mask value that is no class id in ``[0, num_classes)`` and not
-    ``ignore_index``, a mask of another shape or voxel grid (affine) than its image's, an image flat in ``window``),
-    its image's in-plane voxel spacing and its shape where the image's shape is usable (each ``None`` otherwise).
+    channels, or not square with ``square``, an image holding NaN voxels, a mask value that is no class id in
+    ``[0, num_classes)`` and not ``ignore_index``, a mask of another shape or voxel grid (affine) than its image's, an
+    image flat in ``window``), its image's in-plane voxel spacing and its shape where the image's shape is usable
+    (each ``None`` otherwise).
 
-    Only the headers are read for the shapes and grids; the data of the masks (their values) and, with ``window``,
-    of the image."""
+    Only the headers are read for the shapes and grids; the data of the masks (their values) and of the image."""
     case = f"{split} case {item.get('case_id', index)!s}"
     problems: list[str] = []
     image_path = _resolve(base, item["image"])
@@ -172,7 +173,15 @@ def _check_case(
                 mask_shape = image_shape
             elif shape_problem is None:
                 mask_shape = image_shape[:2]
-            flat = _flat_in_window(image, window) if window is not None else None
+            data = np.asanyarray(image.dataobj)
+            nans = int(np.count_nonzero(np.isnan(data))) if data.dtype.kind in "fc" else 0
+            if nans:
+                problems.append(
+                    f"{case}: image {image_path} holds {nans} NaN voxel{'' if nans == 1 else 's'} (not a number): "
+                    "clipping to the intensity window keeps them NaN and the training fails in its first epoch; "
+                    "replace them with a value (in CT air, -1000) or leave the case out."
+                )
+            flat = _flat_in_window(data, window) if window is not None else None
             if flat is not None:
                 problems.append(
                     f"{case}: image {image_path} spans [{flat[0]:g}, {flat[1]:g}], under "
@@ -289,9 +298,10 @@ def validate_cases(
     shape (without the channel axis) and voxel grid (affine: spacing, axes and origin, to a thousandth of a voxel; a
     mirrored mask is refused); every case has the same number of grader masks and a ``patient_id``, no patient has
     cases in two splits, and every image has the same size and in-plane voxel spacing (the training stacks the images
-    into batches). With ``intensity_window`` (the ``[low, high]`` the training scales images from, ``hu_window``), no
-    image may span less than :data:`MIN_WINDOW_SHARE` of it (CT normalised to [0, 1] under an HU window would be one
-    flat value).
+    into batches); no image holds a NaN voxel (it stays NaN through the clipping to the intensity window and makes
+    the loss NaN; an infinite value is clipped like any other). With ``intensity_window`` (the ``[low, high]`` the
+    training scales images from, ``hu_window``), no image may span less than :data:`MIN_WINDOW_SHARE` of it (CT
+    normalised to [0, 1] under an HU window would be one flat value).
 
     Args:
         datalist: the dataset's ``datalist.json`` (paths in it relative to its folder, or absolute).
