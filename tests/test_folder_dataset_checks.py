@@ -310,6 +310,48 @@ def test_an_image_with_nan_voxels_is_refused_an_infinite_value_is_not(tmp_path):
     assert bool(batch["image"][2].isnan().any()) and not bool(batch["image"][3].isnan().any())
 
 
+def _mr_like(root: Path, cases: range = range(6)) -> None:
+    """Replace the images of ``cases`` by MR-like ones: a bright disc on tissue, values about 80 to 900, none < 0."""
+    rng = np.random.default_rng(0)
+    for i in cases:
+        path = root / "images" / f"c{i}.nii.gz"
+        disc = np.asarray(nib.load(str(root / "labels" / f"c{i}_g0.nii.gz")).dataobj) > 0
+        _save(path, (200.0 + 600.0 * disc + rng.normal(0, 30, disc.shape)).astype(np.float32))
+
+
+def test_images_that_are_not_plausibly_ct_in_hu_are_refused_under_the_ct_window(tmp_path):
+    root = tmp_path / "d"
+    datalist = _folder(root)
+    assert validate_cases(datalist, **TRAIN_YAML_CHECK)["test"][0]["case_id"] == "c5"  # CT in HU passes
+    _mr_like(root)
+    lows = [float(np.asarray(nib.load(str(root / "images" / f"c{i}.nii.gz")).dataobj).min()) for i in range(6)]
+    lowest, at = min(lows), int(np.argmin(lows))
+    split = ["training"] * 4 + ["validation", "test"]
+    line = (f"images not plausibly CT in Hounsfield units: no image has a value at or below -200 (air, lung or fat), "
+            f"the lowest is {lowest:g} in {split[at]} case c{at}'s image {root / 'images' / f'c{at}.nii.gz'}; the "
+            'intensity window [-1000, 400] (hu_window) is CT\'s: to train on another modality, set --hu_window '
+            '"[low, high]" to its intensity range.')
+    assert 50 < lowest < 200
+    assert _problems(datalist, **TRAIN_YAML_CHECK) == [line]
+    # train.yaml's check of a folder dataset: the default hu_window refuses it, the modality's own range passes
+    parser = train_yaml_parser(dataset_name="folder", dataset_dir=str(root))
+    with pytest.raises(RuntimeError) as info:
+        parser.get_parsed_content("datalist")
+    assert str(info.value.__cause__).splitlines()[1:] == [f"  {line}"]
+    parser = train_yaml_parser(dataset_name="folder", dataset_dir=str(root), hu_window=[0.0, 1000.0])
+    assert parser.get_parsed_content("datalist") == str(datalist)
+    assert validate_cases(datalist)["test"][0]["case_id"] == "c5"  # no window: not checked
+
+
+def test_ct_crops_lying_in_soft_tissue_pass_where_one_image_holds_lung(tmp_path):
+    """The rule is the dataset's: crops of a chest CT wholly inside a mass or the chest wall (no value at or below
+    -200 HU) pass beside the others, which hold lung."""
+    root = tmp_path / "d"
+    datalist = _folder(root)
+    _mr_like(root, range(1, 6))  # values 80 to 900: soft tissue and bone in HU, nothing of air, lung or fat
+    assert validate_cases(datalist, **TRAIN_YAML_CHECK)["test"][0]["case_id"] == "c5"
+
+
 # --- a misspelt split ---------------------------------------------------------------------------------------------
 
 

@@ -7,13 +7,14 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import nibabel as nib
 import numpy as np
 from nibabel.filebasedimages import ImageFileError
 
 from ..bundle_utils import ConfigValueError, as_bool
+from ..ct_io import HU_PLAUSIBLE_MIN
 from .disk_format import SPLITS, DatasetError, validate_datalist
 
 __all__ = ["validate_cases"]
@@ -36,6 +37,18 @@ def _values_text(values: np.ndarray) -> str:
 
 #: an image whose values span less than this share of the intensity window it is scaled with is flat to the network
 MIN_WINDOW_SHARE = 0.01
+#: ``train.yaml``'s ``hu_window``: the intensity window of CT in Hounsfield units, under which the images must be CT
+CT_HU_WINDOW = (-1000.0, 400.0)
+
+
+class _CaseFacts(NamedTuple):
+    """What :func:`_check_case` found: the problems, and where known (else ``None``) the image's in-plane spacing,
+    its shape (where usable) and its lowest value (NaN ignored)."""
+
+    problems: list[str]
+    spacing: tuple | None
+    size: tuple | None
+    lowest: float | None
 
 
 def _flat_in_window(data: np.ndarray, window: Sequence[float]) -> tuple[float, float] | None:
@@ -143,7 +156,7 @@ def _check_case(
     ignore_index: int | None = None,
     in_channels: int = 1,
     square: bool = True,
-) -> tuple[list[str], tuple | None, tuple | None]:
+) -> _CaseFacts:
     """Problems of one case (missing or unreadable files, an image that is not one 2-D image of ``in_channels``
     channels, or not square with ``square``, an image holding NaN voxels, a mask value that is no class id in
     ``[0, num_classes)`` and not ``ignore_index``, a mask of another shape or voxel grid (affine) than its image's, an
@@ -154,7 +167,7 @@ def _check_case(
     case = f"{split} case {item.get('case_id', index)!s}"
     problems: list[str] = []
     image_path = _resolve(base, item["image"])
-    image = image_shape = spacing = size = None
+    image = image_shape = spacing = size = lowest = None
     # the shape a mask must have: the image's, without its channel axis where it has several channels
     mask_shape: tuple[int, ...] | None = None
     if not image_path.is_file():
@@ -181,6 +194,8 @@ def _check_case(
                     "clipping to the intensity window keeps them NaN and the training fails in its first epoch; "
                     "replace them with a value (in CT air, -1000) or leave the case out."
                 )
+            if np.any(~np.isnan(data)):
+                lowest = float(np.nanmin(data))
             flat = _flat_in_window(data, window) if window is not None else None
             if flat is not None:
                 problems.append(
@@ -223,7 +238,7 @@ def _check_case(
                 f"{difference}): a grader mask must share its image's affine; resample it onto the image, or if "
                 "its voxels already match the image's, save it with the image's affine."
             )
-    return problems, spacing, size
+    return _CaseFacts(problems, spacing, size, lowest)
 
 
 def _patient_problems(cases: list[tuple[str, int, dict[str, Any]]]) -> list[str]:
@@ -276,6 +291,33 @@ def _size_problems(
         "that size."))
 
 
+def _is_ct_window(window: Sequence[float] | None) -> bool:
+    """Whether ``window`` is :data:`CT_HU_WINDOW` (``train.yaml``'s default ``hu_window``)."""
+    try:
+        return window is not None and tuple(float(v) for v in window) == CT_HU_WINDOW
+    except (TypeError, ValueError):
+        return False
+
+
+def _hu_problems(base: Path, cases: list[tuple[str, int, dict[str, Any]]], lowest: list[float | None]) -> list[str]:
+    """One line where no image has a value at or below :data:`~monai_probunet.ct_io.HU_PLAUSIBLE_MIN` (no air, lung
+    or fat anywhere: MR, CT without its rescale intercept, normalised images), naming the image of the lowest value;
+    nothing where one has (a chest CT's lesion-centred crops hold lung, even if some lie wholly in soft tissue) or no
+    image could be read."""
+    known = [(low, c) for low, c in zip(lowest, cases) if low is not None]
+    if not known or min(low for low, _ in known) <= HU_PLAUSIBLE_MIN:
+        return []
+    low, (split, i, item) = min(known, key=lambda k: k[0])
+    window = f"[{CT_HU_WINDOW[0]:g}, {CT_HU_WINDOW[1]:g}]"
+    line = (
+        f"images not plausibly CT in Hounsfield units: no image has a value at or below {HU_PLAUSIBLE_MIN:g} (air, "
+        f"lung or fat), the lowest is {low:g} in {split} case {item.get('case_id', i)!s}'s image "
+        f"{_resolve(base, item['image'])}; the intensity window {window} (hu_window) is CT's: to train on another "
+        'modality, set --hu_window "[low, high]" to its intensity range.'
+    )
+    return [line]
+
+
 def validate_cases(
     datalist: str | Path,
     splits: Iterable[str] = SPLITS,
@@ -301,13 +343,20 @@ def validate_cases(
     into batches); no image holds a NaN voxel (it stays NaN through the clipping to the intensity window and makes
     the loss NaN; an infinite value is clipped like any other). With ``intensity_window`` (the ``[low, high]`` the
     training scales images from, ``hu_window``), no image may span less than :data:`MIN_WINDOW_SHARE` of it (CT
-    normalised to [0, 1] under an HU window would be one flat value).
+    normalised to [0, 1] under an HU window would be one flat value). With the CT window :data:`CT_HU_WINDOW`
+    (``train.yaml``'s default ``hu_window``) the images must be plausibly CT in Hounsfield units, by the rule of the
+    inference's check (``ct_io``): at least one image of the dataset has a value at or below
+    :data:`~monai_probunet.ct_io.HU_PLAUSIBLE_MIN` (-200 HU: air, lung or fat). A chest CT's lesion-centred crops hold
+    lung, so a chest-CT dataset passes even where some of its crops lie wholly in soft tissue; MR (values from about
+    0 up), CT stored without its rescale intercept (from 0 up) and images normalised to [0, 1] or to zero mean fail.
+    With another window (another modality's intensity range, ``--hu_window``) this is not checked.
 
     Args:
         datalist: the dataset's ``datalist.json`` (paths in it relative to its folder, or absolute).
         splits: the splits to check (those absent from the file are skipped).
         num_threads: threads reading the files (NIfTI decompression releases the GIL).
-        intensity_window: ``[low, high]`` the images are scaled from in training; ``None``: not checked.
+        intensity_window: ``[low, high]`` the images are scaled from in training (:data:`CT_HU_WINDOW`: also
+            checked for CT in HU); ``None``: not checked.
         num_classes: the network's classes; a mask value must be a class id in ``[0, num_classes)`` or
             ``ignore_index``.
         ignore_index: the label of unannotated pixels (``None``: none).
@@ -337,9 +386,11 @@ def validate_cases(
     rules = (intensity_window, num_classes, ignore_index, in_channels, square_images)
     with ThreadPoolExecutor(max(1, num_threads)) as pool:
         per_case = list(pool.map(lambda c: _check_case(path.parent, *c, *rules), cases))
-    problems = [p for found, _, _ in per_case for p in found]
-    problems += _patient_problems(cases) + _spacing_problems(cases, [spacing for _, spacing, _ in per_case])
-    problems += _size_problems(path.parent, cases, [size for _, _, size in per_case])
+    problems = [p for facts in per_case for p in facts.problems]
+    problems += _patient_problems(cases) + _spacing_problems(cases, [facts.spacing for facts in per_case])
+    problems += _size_problems(path.parent, cases, [facts.size for facts in per_case])
+    if _is_ct_window(intensity_window):
+        problems += _hu_problems(path.parent, cases, [facts.lowest for facts in per_case])
     counts = Counter(len(item["label"]) for _, _, item in cases)
     if len(counts) > 1:
         usual = counts.most_common(1)[0][0]
