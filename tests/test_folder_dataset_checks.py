@@ -352,6 +352,59 @@ def test_ct_crops_lying_in_soft_tissue_pass_where_one_image_holds_lung(tmp_path)
     assert validate_cases(datalist, **TRAIN_YAML_CHECK)["test"][0]["case_id"] == "c5"
 
 
+# --- the known modes of a case (the oracle's distribution) ----------------------------------------------------------
+
+
+def _with_modes(root: Path) -> tuple[Path, dict]:
+    """The dataset of :func:`_folder` whose validation and test cases give their 2 grader masks as the known modes,
+    with probabilities 0.7 and 0.3; returns the ``datalist.json`` path and its content."""
+    datalist = _folder(root)
+    content = json.loads(datalist.read_text())
+    for item in content["validation"] + content["test"]:
+        item["modes"], item["mode_probs"] = list(item["label"]), [0.7, 0.3]
+    datalist.write_text(json.dumps(content))
+    return datalist, content
+
+
+def test_known_modes_that_fit_pass(tmp_path):
+    datalist, _ = _with_modes(tmp_path / "d")
+    assert validate_cases(datalist, **TRAIN_YAML_CHECK)["test"][0]["mode_probs"] == [0.7, 0.3]
+    assert load_datalist(datalist, "test")[0]["modes"] == [str(tmp_path / "d" / "labels" / f"c5_g{g}.nii.gz")
+                                                           for g in range(2)]
+
+
+def test_known_modes_that_do_not_fit_are_refused_one_line_each(tmp_path):
+    root = tmp_path / "d"
+    datalist, content = _with_modes(root)
+    test, validation = content["test"][0], content["validation"][0]
+    test["mode_probs"] = [0.6, 0.3]  # sums to 0.9
+    test["modes"][1] = "modes/nope.nii.gz"  # no such file
+    mode = root / "modes" / "c4_m0.nii.gz"  # a mode stored 0/255
+    mode.parent.mkdir()
+    _save(mode, np.asarray(nib.load(str(root / validation["label"][0])).dataobj) * np.uint8(255))
+    validation["modes"][0] = "modes/c4_m0.nii.gz"
+    datalist.write_text(json.dumps(content))
+    assert _problems(datalist) == [
+        (f"validation case c4: 'modes' file {mode} holds values 0, 255; a mode mask must hold only 0 (background) "
+         "and 1 (lesion)."),
+        ("test case c5: 'mode_probs' sum to 0.9, not 1: they are the probabilities of the known modes (the true "
+         "distribution the oracle draws from)."),
+        f"test case c5: 'modes' file {root / 'modes' / 'nope.nii.gz'} does not exist.",
+    ]
+    del test["mode_probs"]
+    validation["mode_probs"] = [0.7, 0.3, 0.0]
+    datalist.write_text(json.dumps(content))
+    refused = _problems(datalist)
+    assert refused[0] == ("validation case c4: 'mode_probs' holds 3 values for 2 'modes' files: one probability per "
+                          "mode.")
+    assert refused[2:] == [("test case c5: 'modes' without 'mode_probs': give both (the known modes' mask files and "
+                            "their probabilities) or neither.")]
+    validation["mode_probs"] = [0.7, "0.3"]
+    datalist.write_text(json.dumps(content))
+    assert _problems(datalist)[0] == ("validation case c4: 'mode_probs' must be a list of probabilities (numbers >= "
+                                      "0), one per 'modes' file, got [0.7, \"0.3\"].")
+
+
 # --- a misspelt split ---------------------------------------------------------------------------------------------
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -102,9 +103,11 @@ def _image_shape_problem(
     return None
 
 
-def _label_values_problem(values: np.ndarray, num_classes: int, ignore_index: int | None) -> str | None:
-    """Why a mask holding the distinct ``values`` cannot be trained on (a value that is no class id in
-    ``[0, num_classes)`` and not ``ignore_index``), else ``None``."""
+def _label_values_problem(
+    values: np.ndarray, num_classes: int, ignore_index: int | None, what: str = "a grader mask"
+) -> str | None:
+    """Why a mask (``what``: a grader's or a mode's) holding the distinct ``values`` cannot be used (a value that is
+    no class id in ``[0, num_classes)`` and not ``ignore_index``), else ``None``."""
     v = values.astype(np.float64)
     ok = (v >= 0) & (v < num_classes) & (v == np.round(v))
     if ignore_index is not None:
@@ -113,10 +116,10 @@ def _label_values_problem(values: np.ndarray, num_classes: int, ignore_index: in
     if not bad.size:
         return None
     if num_classes == 2 and ignore_index is None:
-        return f"holds values {_values_text(values)}; a grader mask must hold only 0 (background) and 1 (lesion)."
+        return f"holds values {_values_text(values)}; {what} must hold only 0 (background) and 1 (lesion)."
     ignored = f" and {ignore_index:g} (ignore_index: unannotated)" if ignore_index is not None else ""
     return (
-        f"holds values {_values_text(values)} ({_values_text(bad)} not allowed); a grader mask must hold only the "
+        f"holds values {_values_text(values)} ({_values_text(bad)} not allowed); {what} must hold only the "
         f"class ids 0 to {num_classes - 1} (num_classes {num_classes}){ignored}."
     )
 
@@ -157,13 +160,17 @@ def _check_case(
     in_channels: int = 1,
     square: bool = True,
 ) -> _CaseFacts:
-    """Problems of one case (missing or unreadable files, an image that is not one 2-D image of ``in_channels``
-    channels, or not square with ``square``, an image holding NaN voxels, a mask value that is no class id in
-    ``[0, num_classes)`` and not ``ignore_index``, a mask of another shape or voxel grid (affine) than its image's, an
-    image flat in ``window``), its image's in-plane voxel spacing and its shape where the image's shape is usable
-    (each ``None`` otherwise).
+    """Check one case: missing or unreadable files, an image that is not one 2-D image of ``in_channels`` channels
+    (or not square with ``square``), an image holding NaN voxels or flat in ``window``, a mask value that is no class
+    id in ``[0, num_classes)`` and not ``ignore_index``, a mask of another shape or voxel grid (affine) than its
+    image's, ``modes`` and ``mode_probs`` that do not fit; the mode masks as the grader masks but for their grid.
 
-    Only the headers are read for the shapes and grids; the data of the masks (their values) and of the image."""
+    Only the headers are read for the shapes and grids; the data of the masks (their values) and of the image.
+
+    Returns:
+        the problems, the image's in-plane voxel spacing, its shape where usable and its lowest value (``None``
+        where not known).
+    """
     case = f"{split} case {item.get('case_id', index)!s}"
     problems: list[str] = []
     image_path = _resolve(base, item["image"])
@@ -207,38 +214,87 @@ def _check_case(
         except _READ_ERRORS as e:
             image = None
             problems.append(f"{case}: image {image_path} cannot be read as NIfTI ({type(e).__name__}: {e}).")
+    grid = (image, image_path, image_shape, mask_shape, in_channels)
     for label in item["label"]:
-        label_path = _resolve(base, label)
-        if not label_path.is_file():
-            problems.append(f"{case}: label {label_path} does not exist.")
-            continue
-        try:
-            mask = nib.load(str(label_path))
-            array = np.asanyarray(mask.dataobj)
-        except _READ_ERRORS as e:
-            problems.append(f"{case}: label {label_path} cannot be read as NIfTI ({type(e).__name__}: {e}).")
-            continue
-        values_problem = _label_values_problem(np.unique(array), num_classes, ignore_index)
-        if values_problem is not None:
-            problems.append(f"{case}: label {label_path} {values_problem}")
-        if image is None or mask_shape is None:
-            continue
-        if tuple(array.shape) != mask_shape:
-            channels = "" if in_channels == 1 else f", without its {in_channels} channels"
-            problems.append(
-                f"{case}: label {label_path} is {_shape_text(array.shape)}, its image {image_path} is "
-                f"{_shape_text(image_shape)}: a grader mask must have its image's shape (and number of axes"
-                f"{channels})."
-            )
-            continue
-        difference = _grid_difference(image, mask, len(mask_shape))
-        if difference is not None:
-            problems.append(
-                f"{case}: label {label_path} lies on another voxel grid than its image {image_path} (affine: "
-                f"{difference}): a grader mask must share its image's affine; resample it onto the image, or if "
-                "its voxels already match the image's, save it with the image's affine."
-            )
+        problems += _mask_problems(case, "label", _resolve(base, label), grid, num_classes, ignore_index)
+    modes_problems, modes = _modes_problems(case, item)
+    problems += modes_problems
+    for mode in modes:
+        problems += _mask_problems(case, "'modes' file", _resolve(base, mode), grid, num_classes, ignore_index)
     return _CaseFacts(problems, spacing, size, lowest)
+
+
+def _mask_problems(
+    case: str, kind: str, mask_path: Path, grid: tuple, num_classes: int, ignore_index: int | None
+) -> list[str]:
+    """Problems of one mask of a case (``kind``: ``"label"``, a grader's, or ``"'modes' file"``): missing,
+    unreadable, a value that is no class id, another shape than its image's and for a grader's mask another voxel
+    grid (affine) (``grid``: the image, its path, its shape, the shape a mask must have and the image's channels;
+    the image ``None`` where it is unusable)."""
+    image, image_path, image_shape, mask_shape, in_channels = grid
+    what = "a grader mask" if kind == "label" else "a mode mask"
+    if not mask_path.is_file():
+        return [f"{case}: {kind} {mask_path} does not exist."]
+    try:
+        mask = nib.load(str(mask_path))
+        array = np.asanyarray(mask.dataobj)
+    except _READ_ERRORS as e:
+        return [f"{case}: {kind} {mask_path} cannot be read as NIfTI ({type(e).__name__}: {e})."]
+    problems = []
+    values_problem = _label_values_problem(np.unique(array), num_classes, ignore_index, what)
+    if values_problem is not None:
+        problems.append(f"{case}: {kind} {mask_path} {values_problem}")
+    if image is None or mask_shape is None:
+        return problems
+    if tuple(array.shape) != mask_shape:
+        channels = "" if in_channels == 1 else f", without its {in_channels} channels"
+        problems.append(
+            f"{case}: {kind} {mask_path} is {_shape_text(array.shape)}, its image {image_path} is "
+            f"{_shape_text(image_shape)}: {what} must have its image's shape (and number of axes{channels})."
+        )
+        return problems
+    difference = _grid_difference(image, mask, len(mask_shape)) if kind == "label" else None
+    if difference is not None:
+        problems.append(
+            f"{case}: {kind} {mask_path} lies on another voxel grid than its image {image_path} (affine: "
+            f"{difference}): {what} must share its image's affine; resample it onto the image, or if its voxels "
+            "already match the image's, save it with the image's affine."
+        )
+    return problems
+
+
+#: how far the ``mode_probs`` of a case may sum from 1 (the known-mixture GED's tolerance)
+MODE_PROBS_TOLERANCE = 1e-6
+
+
+def _modes_problems(case: str, item: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """Problems of a case's optional ``modes`` (the known modes' mask files) and ``mode_probs`` (their
+    probabilities: the true distribution the oracle draws from), and the mode files to check (none where the two
+    keys do not fit together)."""
+    has_modes, has_probs = "modes" in item, "mode_probs" in item
+    if not has_modes and not has_probs:
+        return [], []
+    if has_modes != has_probs:
+        given, missing = ("modes", "mode_probs") if has_modes else ("mode_probs", "modes")
+        return [(f"{case}: {given!r} without {missing!r}: give both (the known modes' mask files and their "
+                 "probabilities) or neither.")], []
+    modes, probs = item["modes"], item["mode_probs"]
+    if not isinstance(modes, list) or not modes or not all(isinstance(m, str) for m in modes):
+        return [f"{case}: 'modes' must be a non-empty list of mask paths, got {json.dumps(modes)[:80]}."], []
+    numbers = isinstance(probs, list) and all(
+        isinstance(p, (int, float)) and not isinstance(p, bool) and np.isfinite(p) for p in probs
+    )
+    if not numbers or any(p < 0 for p in probs):
+        return [(f"{case}: 'mode_probs' must be a list of probabilities (numbers >= 0), one per 'modes' file, got "
+                 f"{json.dumps(probs)[:80]}.")], modes
+    if len(probs) != len(modes):
+        return [(f"{case}: 'mode_probs' holds {len(probs)} values for {len(modes)} 'modes' files: one probability "
+                 "per mode.")], modes
+    total = float(sum(probs))
+    if abs(total - 1.0) > MODE_PROBS_TOLERANCE:
+        return [(f"{case}: 'mode_probs' sum to {total:g}, not 1: they are the probabilities of the known modes (the "
+                 "true distribution the oracle draws from).")], modes
+    return [], modes
 
 
 def _patient_problems(cases: list[tuple[str, int, dict[str, Any]]]) -> list[str]:
@@ -338,18 +394,22 @@ def validate_cases(
     ``square_images``; each mask holds only class ids in ``[0, num_classes)`` and ``ignore_index`` (the defaults: 0
     and 1; a 0/255 or 0/0.5 mask, a label map with class 2, a -1 are refused, not guessed); each mask has its image's
     shape (without the channel axis) and voxel grid (affine: spacing, axes and origin, to a thousandth of a voxel; a
-    mirrored mask is refused); every case has the same number of grader masks and a ``patient_id``, no patient has
-    cases in two splits, and every image has the same size and in-plane voxel spacing (the training stacks the images
-    into batches); no image holds a NaN voxel (it stays NaN through the clipping to the intensity window and makes
-    the loss NaN; an infinite value is clipped like any other). With ``intensity_window`` (the ``[low, high]`` the
-    training scales images from, ``hu_window``), no image may span less than :data:`MIN_WINDOW_SHARE` of it (CT
-    normalised to [0, 1] under an HU window would be one flat value). With the CT window :data:`CT_HU_WINDOW`
-    (``train.yaml``'s default ``hu_window``) the images must be plausibly CT in Hounsfield units, by the rule of the
-    inference's check (``ct_io``): at least one image of the dataset has a value at or below
-    :data:`~monai_probunet.ct_io.HU_PLAUSIBLE_MIN` (-200 HU: air, lung or fat). A chest CT's lesion-centred crops hold
-    lung, so a chest-CT dataset passes even where some of its crops lie wholly in soft tissue; MR (values from about
-    0 up), CT stored without its rescale intercept (from 0 up) and images normalised to [0, 1] or to zero mean fail.
-    With another window (another modality's intensity range, ``--hu_window``) this is not checked.
+    mirrored mask is refused); a case's optional ``modes`` (the mask files of the known modes, for the oracle) and
+    ``mode_probs`` (their probabilities) come together, one number >= 0 per mode, summing to 1, and each mode file is
+    checked as a grader mask is (exists, its values and shape); every case has the same number of grader masks and a
+    ``patient_id``, no patient has cases in two splits, and every image has the same size and in-plane voxel spacing
+    (the training stacks the images into batches); no image holds a NaN voxel (it stays NaN through the clipping to
+    the intensity window and makes the loss NaN; an infinite value is clipped like any other). With
+    ``intensity_window`` (the ``[low, high]`` the training scales images from, ``hu_window``), no image may span less
+    than :data:`MIN_WINDOW_SHARE` of it (CT normalised to [0, 1] under an HU window would be one flat value).
+
+    With the CT window :data:`CT_HU_WINDOW` (``train.yaml``'s default ``hu_window``) the images must be plausibly CT
+    in Hounsfield units, by the rule of the inference's check (``ct_io``): at least one image of the dataset has a
+    value at or below :data:`~monai_probunet.ct_io.HU_PLAUSIBLE_MIN` (-200 HU: air, lung or fat). A chest CT's
+    lesion-centred crops hold lung, so a chest-CT dataset passes even where some of its crops lie wholly in soft
+    tissue; MR (values from about 0 up), CT stored without its rescale intercept (from 0 up) and images normalised to
+    [0, 1] or to zero mean fail. With another window (another modality's intensity range, ``--hu_window``) this is
+    not checked.
 
     Args:
         datalist: the dataset's ``datalist.json`` (paths in it relative to its folder, or absolute).
