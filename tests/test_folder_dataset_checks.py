@@ -352,6 +352,26 @@ def test_ct_crops_lying_in_soft_tissue_pass_where_one_image_holds_lung(tmp_path)
     assert validate_cases(datalist, **TRAIN_YAML_CHECK)["test"][0]["case_id"] == "c5"
 
 
+# --- one image in two splits --------------------------------------------------------------------------------------
+
+
+def test_an_image_listed_in_two_splits_is_refused_whatever_its_patient_id(tmp_path):
+    root = tmp_path / "d"
+    datalist = _folder(root)
+    content = json.loads(datalist.read_text())
+    content["test"][0]["image"] = f"./images/../images/{Path(content['training'][1]['image']).name}"  # c1's image
+    content["test"][0]["label"] = content["training"][1]["label"]
+    (root / "images" / "c0_link.nii.gz").symlink_to(root / "images" / "c0.nii.gz")
+    content["validation"][0]["image"] = str(root / "images" / "c0_link.nii.gz")  # c0's image, through a link
+    datalist.write_text(json.dumps(content))
+    message = (": an image must be in one split only (the same image in training and test scores the model on what it "
+               "has seen).")
+    assert _problems(datalist) == [
+        f"image {root / 'images' / 'c0.nii.gz'} is listed in training (case c0), validation (case c4){message}",
+        f"image {root / 'images' / 'c1.nii.gz'} is listed in training (case c1), test (case c5){message}",
+    ]
+
+
 # --- the known modes of a case (the oracle's distribution) ----------------------------------------------------------
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -315,6 +316,25 @@ def _patient_problems(cases: list[tuple[str, int, dict[str, Any]]]) -> list[str]
     return problems
 
 
+def _shared_image_problems(base: Path, cases: list[tuple[str, int, dict[str, Any]]]) -> list[str]:
+    """Image files listed in more than one split (by their real path: also under another spelling, a link, or
+    another ``patient_id``)."""
+    where: dict[str, dict[str, str]] = {}
+    shown: dict[str, Path] = {}
+    for split, i, item in cases:
+        image = _resolve(base, item["image"])
+        key = os.path.realpath(image)
+        shown.setdefault(key, image)
+        where.setdefault(key, {}).setdefault(split, str(item.get("case_id", i)))
+    problems = []
+    for key, splits in where.items():
+        if len(splits) > 1:
+            found = ", ".join(f"{s} (case {c})" for s, c in splits.items())
+            problems.append(f"image {shown[key]} is listed in {found}: an image must be in one split only (the same "
+                            "image in training and test scores the model on what it has seen).")
+    return problems
+
+
 def _uncommon(
     cases: list[tuple[str, int, dict[str, Any]]], values: list[tuple | None], line: Callable[..., str]
 ) -> list[str]:
@@ -388,20 +408,20 @@ def validate_cases(
 
     The defaults are ``train.yaml``'s binary CT task; a run checks its data against its own config (``num_classes``,
     ``ignore_index``, ``in_channels``, ``square_images``: ``scenes32.yaml`` for Cityscapes converted by
-    ``python -m preprocessing.cityscapes``). For each case of ``splits``: the image and every grader mask exist and
-    are readable NIfTI; the image is one 2-D image, ``H x W`` with ``in_channels`` 1 (no volume, no trailing axis of
-    size 1), ``H x W x C`` (the channel axis last) with ``in_channels`` C > 1, and square (``H = W``) with
-    ``square_images``; each mask holds only class ids in ``[0, num_classes)`` and ``ignore_index`` (the defaults: 0
-    and 1; a 0/255 or 0/0.5 mask, a label map with class 2, a -1 are refused, not guessed); each mask has its image's
-    shape (without the channel axis) and voxel grid (affine: spacing, axes and origin, to a thousandth of a voxel; a
-    mirrored mask is refused); a case's optional ``modes`` (the mask files of the known modes, for the oracle) and
-    ``mode_probs`` (their probabilities) come together, one number >= 0 per mode, summing to 1, and each mode file is
-    checked as a grader mask is (exists, its values and shape); every case has the same number of grader masks and a
-    ``patient_id``, no patient has cases in two splits, and every image has the same size and in-plane voxel spacing
-    (the training stacks the images into batches); no image holds a NaN voxel (it stays NaN through the clipping to
-    the intensity window and makes the loss NaN; an infinite value is clipped like any other). With
-    ``intensity_window`` (the ``[low, high]`` the training scales images from, ``hu_window``), no image may span less
-    than :data:`MIN_WINDOW_SHARE` of it (CT normalised to [0, 1] under an HU window would be one flat value).
+    ``python -m preprocessing.cityscapes``). For each case of ``splits``: the image and every grader mask exist and are
+    readable NIfTI; the image is one 2-D image, ``H x W`` with ``in_channels`` 1 (no volume, no trailing axis of size
+    1), ``H x W x C`` (the channel axis last) with ``in_channels`` C > 1, and square (``H = W``) with ``square_images``;
+    each mask holds only class ids in ``[0, num_classes)`` and ``ignore_index`` (the defaults: 0 and 1; a 0/255 or 0/0.5
+    mask, a label map with class 2, a -1 are refused, not guessed); each mask has its image's shape (without the channel
+    axis) and voxel grid (affine: spacing, axes and origin, to a thousandth of a voxel; a mirrored mask is refused); a
+    case's optional ``modes`` (the mask files of the known modes, for the oracle) and ``mode_probs`` (their
+    probabilities) come together, one number >= 0 per mode, summing to 1, and each mode file is checked as a grader mask
+    is (exists, its values and shape); every case has the same number of grader masks and a ``patient_id``, no patient
+    and no image file has cases in two splits, and every image has the same size and in-plane voxel spacing (the
+    training stacks the images into batches); no image holds a NaN voxel (it stays NaN through the clipping to the
+    intensity window and makes the loss NaN; an infinite value is clipped like any other). With ``intensity_window``
+    (the ``[low, high]`` the training scales images from, ``hu_window``), no image may span less than
+    :data:`MIN_WINDOW_SHARE` of it (CT normalised to [0, 1] under an HU window would be one flat value).
 
     With the CT window :data:`CT_HU_WINDOW` (``train.yaml``'s default ``hu_window``) the images must be plausibly CT
     in Hounsfield units, by the rule of the inference's check (``ct_io``): at least one image of the dataset has a
@@ -447,7 +467,8 @@ def validate_cases(
     with ThreadPoolExecutor(max(1, num_threads)) as pool:
         per_case = list(pool.map(lambda c: _check_case(path.parent, *c, *rules), cases))
     problems = [p for facts in per_case for p in facts.problems]
-    problems += _patient_problems(cases) + _spacing_problems(cases, [facts.spacing for facts in per_case])
+    problems += _patient_problems(cases) + _shared_image_problems(path.parent, cases)
+    problems += _spacing_problems(cases, [facts.spacing for facts in per_case])
     problems += _size_problems(path.parent, cases, [facts.size for facts in per_case])
     if _is_ct_window(intensity_window):
         problems += _hu_problems(path.parent, cases, [facts.lowest for facts in per_case])
