@@ -352,6 +352,29 @@ def test_ct_crops_lying_in_soft_tissue_pass_where_one_image_holds_lung(tmp_path)
     assert validate_cases(datalist, **TRAIN_YAML_CHECK)["test"][0]["case_id"] == "c5"
 
 
+# --- paths written with ~ ------------------------------------------------------------------------------------------
+
+
+def test_paths_under_the_home_folder_written_with_a_tilde_are_checked_and_loaded_alike(tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    monkeypatch.setenv("HOME", str(home))
+    _folder(home / "mydata")
+    content = json.loads((home / "mydata" / "datalist.json").read_text())
+    for item in content["training"] + content["validation"] + content["test"]:
+        item["image"] = f"~/mydata/{item['image']}"
+        item["label"] = [f"~/mydata/{label}" for label in item["label"]]
+    item["modes"], item["mode_probs"] = list(item["label"]), [0.5, 0.5]
+    datalist = tmp_path / "d" / "datalist.json"
+    datalist.parent.mkdir()
+    datalist.write_text(json.dumps(content))
+    validate_cases(datalist, **TRAIN_YAML_CHECK)
+    (test,) = load_datalist(datalist, "test")
+    assert test["image"] == str(home / "mydata" / "images" / "c5.nii.gz")
+    assert test["label"] == test["modes"] == [str(home / "mydata" / "labels" / f"c5_g{g}.nii.gz") for g in range(2)]
+    batch = _training_batches(datalist, passes=1)[0]  # what the training loads
+    assert tuple(batch["image"].shape) == (4, 1, 32, 32)
+
+
 # --- one image in two splits --------------------------------------------------------------------------------------
 
 

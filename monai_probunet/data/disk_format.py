@@ -34,6 +34,7 @@ __all__ = [
     "DatasetError",
     "DatasetFileNotFoundError",
     "write_nifti",
+    "case_path",
     "load_datalist",
     "validate_datalist",
     "patient_level_split",
@@ -164,8 +165,26 @@ def validate_datalist(path: str | Path) -> dict[str, Any]:
     return content
 
 
+def case_path(base: str | Path, path: str) -> Path:
+    """Where a path of a datalist entry points: ``~`` expanded to the home folder, then an absolute path as it is and
+    a relative one under ``base`` (the datalist's folder), normalised (``a/../b`` is ``b``)."""
+    expanded = os.path.expanduser(path)
+    return Path(os.path.normpath(expanded if os.path.isabs(expanded) else os.path.join(base, expanded)))
+
+
+def _case_paths(base: Path, value: Any) -> Any:
+    """:func:`case_path` of a path or of each path of a list of them; another value as it is."""
+    if isinstance(value, str):
+        return str(case_path(base, value))
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return [str(case_path(base, v)) for v in value]
+    return value
+
+
 def load_datalist(path: str | Path, split: str = "training") -> list[dict[str, Any]]:
-    """Cases of one split with absolute paths (MONAI's decathlon reader); checks that the files exist."""
+    """Cases of one split with absolute paths (MONAI's decathlon reader; ``image``, ``label`` and ``modes`` as
+    :func:`case_path` resolves them, ``~`` expanded as the checks of the cases expand it); checks that the files of the
+    first and last case exist."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}.")
     path = Path(path)
@@ -173,6 +192,10 @@ def load_datalist(path: str | Path, split: str = "training") -> list[dict[str, A
     if split not in content:
         raise DatasetError(f"{path} has no {split!r} split.")
     items = load_decathlon_datalist(str(path), is_segmentation=True, data_list_key=split, base_dir=str(path.parent))
+    for item, entry in zip(items, content[split]):
+        for key in ("image", "label", "modes"):
+            if key in entry:
+                item[key] = _case_paths(path.parent, entry[key])
     for item in items[:1] + items[-1:]:
         for f in [item["image"], *item["label"]]:
             if not os.path.exists(f):

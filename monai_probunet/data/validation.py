@@ -17,7 +17,7 @@ from nibabel.filebasedimages import ImageFileError
 
 from ..bundle_utils import ConfigValueError, as_bool
 from ..ct_io import HU_PLAUSIBLE_MIN
-from .disk_format import SPLITS, DatasetError, validate_datalist
+from .disk_format import SPLITS, DatasetError, case_path, validate_datalist
 
 __all__ = ["validate_cases"]
 
@@ -28,8 +28,7 @@ _READ_ERRORS = (ImageFileError, OSError, EOFError, ValueError, zlib.error)
 
 
 def _resolve(base: Path, path: str) -> Path:
-    p = Path(path).expanduser()
-    return p if p.is_absolute() else base / p
+    return case_path(base, path)  # as load_datalist resolves it for the training
 
 
 def _values_text(values: np.ndarray) -> str:
