@@ -352,6 +352,29 @@ def test_ct_crops_lying_in_soft_tissue_pass_where_one_image_holds_lung(tmp_path)
     assert validate_cases(datalist, **TRAIN_YAML_CHECK)["test"][0]["case_id"] == "c5"
 
 
+# --- the number of graders ----------------------------------------------------------------------------------------
+
+
+def test_cases_with_different_grader_counts_are_refused_naming_the_counts(tmp_path):
+    datalist = _folder(tmp_path / "d")
+    content = json.loads(datalist.read_text())
+    for item in content["training"][1::2] + content["test"]:  # c1, c3, c5 with 3 graders: 3 cases of 2, 3 of 3
+        item["label"] = [*item["label"], item["label"][0]]
+    datalist.write_text(json.dumps(content))
+    rule = "every case needs the same number of graders (an absent grader is an empty mask)."
+    assert _problems(datalist) == [
+        ("cases differ in their number of grader masks, with no number in most of them: 2 graders in 3 cases, 3 in 3 "
+         f"(the first of each: training case c0, training case c1); {rule}")
+    ]
+    content["validation"][0]["label"] = content["validation"][0]["label"][:1]  # c4 with 1 grader
+    content["training"][0]["label"] = [*content["training"][0]["label"], content["training"][0]["label"][0]]
+    datalist.write_text(json.dumps(content))
+    assert _problems(datalist) == [
+        f"training case c2: 2 grader masks, most cases have 3 (3 graders in 4 cases, 1 in 1, 2 in 1); {rule}",
+        f"validation case c4: 1 grader mask, most cases have 3 (3 graders in 4 cases, 1 in 1, 2 in 1); {rule}",
+    ]
+
+
 # --- paths written with ~ ------------------------------------------------------------------------------------------
 
 

@@ -334,6 +334,31 @@ def _shared_image_problems(base: Path, cases: list[tuple[str, int, dict[str, Any
     return problems
 
 
+def _grader_count_problems(cases: list[tuple[str, int, dict[str, Any]]]) -> list[str]:
+    """Cases whose number of grader masks differs from the others': one line per case off the number most cases
+    have, or where no number is in most cases (a tie), one line for the dataset; both name the numbers found."""
+    counts = Counter(len(item["label"]) for _, _, item in cases)
+    if len(counts) < 2:
+        return []
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    found = ", ".join(f"{n} grader{'' if n == 1 else 's'} in {k} case{'' if k == 1 else 's'}" if j == 0 else
+                      f"{n} in {k}" for j, (n, k) in enumerate(ranked))
+    rule = "every case needs the same number of graders (an absent grader is an empty mask)."
+    (usual, most), (_, second) = ranked[0], ranked[1]
+    if most > second:
+        return [
+            f"{split} case {item.get('case_id', i)!s}: {len(item['label'])} grader mask"
+            f"{'' if len(item['label']) == 1 else 's'}, most cases have {usual} ({found}); {rule}"
+            for split, i, item in cases if len(item["label"]) != usual
+        ]
+    first = {}
+    for split, i, item in cases:
+        first.setdefault(len(item["label"]), f"{split} case {item.get('case_id', i)!s}")
+    examples = ", ".join(first[n] for n, _ in ranked)
+    return [(f"cases differ in their number of grader masks, with no number in most of them: {found} (the first of "
+             f"each: {examples}); {rule}")]
+
+
 def _uncommon(
     cases: list[tuple[str, int, dict[str, Any]]], values: list[tuple | None], line: Callable[..., str]
 ) -> list[str]:
@@ -471,15 +496,7 @@ def validate_cases(
     problems += _size_problems(path.parent, cases, [facts.size for facts in per_case])
     if _is_ct_window(intensity_window):
         problems += _hu_problems(path.parent, cases, [facts.lowest for facts in per_case])
-    counts = Counter(len(item["label"]) for _, _, item in cases)
-    if len(counts) > 1:
-        usual = counts.most_common(1)[0][0]
-        for split, i, item in cases:
-            if len(item["label"]) != usual:
-                problems.append(
-                    f"{split} case {item.get('case_id', i)!s}: {len(item['label'])} grader masks, most cases have "
-                    f"{usual}; every case needs the same number of graders (an absent grader is an empty mask)."
-                )
+    problems += _grader_count_problems(cases)
     if problems:
         listed = problems[:MAX_LISTED]
         more = f"\n  ... and {len(problems) - MAX_LISTED} more problems" if len(problems) > MAX_LISTED else ""
