@@ -1,8 +1,8 @@
 """MLflow for ``compare.py --tracking``: one experiment holding every training and evaluation run and the table.
 
 The bundle runs log themselves (``--tracking mlflow``, ``docs/training.md``; ``compare.tracking_options``); this
-module opens the experiment before they start (:func:`open_experiment`) and adds the comparison's own run
-(:func:`log_comparison`).
+module opens the experiment before they start (:func:`open_experiment`, its artifacts where a bundle training would
+put them) and adds the comparison's own run (:func:`log_comparison`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 
 from monai_probunet.bundle_utils import ConfigValueError, check_tracking_uri
 
-__all__ = ["log_comparison", "open_experiment"]
+__all__ = ["artifact_location", "log_comparison", "open_experiment"]
 
 
 def open_experiment(uri: str | None, name: str, repo: Path) -> dict[str, str]:
@@ -43,8 +43,28 @@ def open_experiment(uri: str | None, name: str, repo: Path) -> dict[str, str]:
     if experiment is not None and experiment.lifecycle_stage != "active":
         reason = "give another name (or restore it: mlflow experiments restore)"
         raise ConfigValueError(f"--experiment-name {name}: the experiment is deleted in {uri}; {reason}.")
-    experiment_id = experiment.experiment_id if experiment is not None else client.create_experiment(name)
+    if experiment is not None:
+        experiment_id = experiment.experiment_id
+    else:
+        experiment_id = client.create_experiment(name, artifact_location=artifact_location(uri))
     return {"uri": uri, "experiment": name, "experiment_id": experiment_id}
+
+
+def artifact_location(uri: str) -> str | None:
+    """Where a bundle training's ``MLFlowHandler`` puts the artifacts of an experiment it creates in the store ``uri``.
+
+    Args:
+        uri: the tracking URI.
+
+    Returns:
+        ``mlruns`` beside a SQLite database, as a ``file:`` URI (a relative database path is taken from the working
+        folder, as MLflow takes the database); ``None`` for a server, which decides.
+    """
+    from monai.utils import path_to_uri
+
+    if uri.startswith("sqlite:///"):
+        return path_to_uri(Path(uri[len("sqlite:///"):]).parent / "mlruns")
+    return None
 
 
 def log_comparison(

@@ -268,3 +268,36 @@ def test_under_torchrun_the_executed_config_is_read_when_the_run_opens_and_remov
     finally:
         tracking._EXECUTED_CONFIG.clear()
         tracking._DEFERRED_CONFIGS.clear()
+
+
+def _compare_tracking(monkeypatch):
+    """``benchmarks/compare_tracking.py``, imported as ``compare.py`` imports it (by name, from its folder)."""
+    import importlib
+
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    return importlib.import_module("compare_tracking")
+
+
+def test_compare_puts_its_artifacts_where_a_bundle_training_puts_them(tmp_path, monkeypatch):
+    """The experiment ``compare.py --tracking`` creates keeps its artifacts beside the database, as the experiment a
+    bundle training creates in the same store would: not in ./mlruns of the folder it runs from."""
+    from mlflow import MlflowClient
+    from monai.handlers import MLFlowHandler
+    from monai.utils import path_to_uri
+
+    compare_tracking = _compare_tracking(monkeypatch)
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    db = tmp_path / "store" / "runs.db"
+    uri = path_to_sqlite_uri(str(db))
+    tracking = compare_tracking.open_experiment(uri, "cmp", REPO)
+    location = MlflowClient(uri).get_experiment(tracking["experiment_id"]).artifact_location
+    assert location == MLFlowHandler(tracking_uri=uri).artifact_location == path_to_uri(db.parent / "mlruns")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "results.md").write_text("| model | GED |\n")
+    run_id = compare_tracking.log_comparison(tracking, out, {}, {}, {"task": "lidc"})
+    assert [p.name for p in (db.parent / "mlruns").rglob("results.md")] == ["results.md"]
+    assert MlflowClient(uri).get_run(run_id).info.artifact_uri.startswith(location)
+    assert not (elsewhere / "mlruns").exists()
