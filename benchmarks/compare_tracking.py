@@ -2,18 +2,21 @@
 
 The bundle runs log themselves (``--tracking mlflow``, ``docs/training.md``; ``compare.tracking_options``); this
 module opens the experiment before they start (:func:`open_experiment`, its artifacts where a bundle training would
-put them) and adds the comparison's own run (:func:`log_comparison`).
+put them) and adds the comparison's own run (:func:`log_comparison`), after it nesting the runs of a model trained as
+several members (the ensemble) under one run of the model, its evaluations included, as an evaluation of any other
+model is a child of its training run.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from monai_probunet.bundle_utils import ConfigValueError, check_tracking_uri
 
-__all__ = ["artifact_location", "log_comparison", "open_experiment"]
+__all__ = ["artifact_location", "log_comparison", "nest_member_runs", "open_experiment"]
 
 
 def open_experiment(uri: str | None, name: str, repo: Path) -> dict[str, str]:
@@ -67,18 +70,73 @@ def artifact_location(uri: str) -> str | None:
     return None
 
 
+#: the run names of a model's evaluations (``compare.py``: ``eval_<model>``, with ``--validation`` /
+#: ``--heldout`` also ``eval_validation_<model>`` / ``eval_heldout_<model>``)
+EVALUATION_PREFIXES = ("eval", "eval_validation", "eval_heldout")
+
+
+def nest_member_runs(tracking: Mapping[str, str], models: Iterable[str]) -> dict[str, str]:
+    """Nest the runs of each model trained as several members (its training runs ``<model>_member_<N>``: the
+    ensemble) under one run ``<model>``: the member trainings and the model's evaluations (``eval_<model>`` ...)
+    become its children, as an evaluation of a model of one training is a child of that training's run (the bundle
+    links it through the run record beside the checkpoint, which a model of several trainings has not).
+
+    The run ``<model>`` is created once (``FINISHED``, its member count as the param ``members``) and found again
+    by a later call (``--resume``, ``--report``); a run that already has a parent is left where it is.
+
+    Args:
+        tracking: :func:`open_experiment`'s ``{"uri", "experiment", "experiment_id"}``.
+        models: the compared models' names.
+
+    Returns:
+        ``{model: its run id}`` for each model trained as members.
+    """
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking["uri"])
+    by_name: dict[str, list[Any]] = {}
+    token = None
+    while True:
+        page = client.search_runs([tracking["experiment_id"]], max_results=1000, page_token=token)
+        for run in page:
+            by_name.setdefault(run.info.run_name, []).append(run)
+        token = page.token
+        if not token:
+            break
+    nested = {}
+    for model in models:
+        member = re.compile(re.escape(model) + r"_member_\d+")
+        members = [r for name, found in by_name.items() if member.fullmatch(name) for r in found]
+        if not members:
+            continue
+        if model in by_name:
+            run_id = by_name[model][0].info.run_id
+        else:
+            run_id = client.create_run(tracking["experiment_id"], run_name=model).info.run_id
+            client.log_param(run_id, "members", len({r.info.run_name for r in members}))
+            client.set_terminated(run_id)
+        evaluations = [r for prefix in EVALUATION_PREFIXES for r in by_name.get(f"{prefix}_{model}", [])]
+        for run in members + evaluations:
+            if "mlflow.parentRunId" not in run.data.tags:
+                client.set_tag(run.info.run_id, "mlflow.parentRunId", run_id)
+        nested[model] = run_id
+    return nested
+
+
 def log_comparison(
     tracking: Mapping[str, str], out: Path, summaries: Mapping[str, dict], timings: Mapping[str, float],
     params: Mapping[str, Any],
 ) -> str:
     """A run ``comparison`` in the experiment: ``out``'s table, figures and timings as artifacts, every model's test
-    GED by S (``test_ged_<model>``, step S) and its minutes (``minutes_<model>``) as metrics, ``params`` as params.
+    GED by S (``test_ged_<model>``, step S) and its minutes (``minutes_<model>``) as metrics, ``params`` as params;
+    first the runs of a model trained as members are nested under one run of it (:func:`nest_member_runs`).
 
     Returns:
         the run's id.
     """
     import mlflow
 
+    nest_member_runs(tracking, summaries)
     client = mlflow.MlflowClient(tracking["uri"])
     run_id = client.create_run(tracking["experiment_id"], run_name="comparison").info.run_id
     for key, value in params.items():

@@ -301,3 +301,42 @@ def test_compare_puts_its_artifacts_where_a_bundle_training_puts_them(tmp_path, 
     assert [p.name for p in (db.parent / "mlruns").rglob("results.md")] == ["results.md"]
     assert MlflowClient(uri).get_run(run_id).info.artifact_uri.startswith(location)
     assert not (elsewhere / "mlruns").exists()
+
+
+def test_the_ensembles_evaluation_is_a_child_run_like_the_other_evaluations(tmp_path, monkeypatch):
+    """A model trained as members (the ensemble: one training run per member) has no one training run its
+    evaluation could be a child of: the comparison nests the member trainings and its evaluations under one run of
+    the model, once (a later --report or --resume reuses it); another model's runs are left as the bundle linked
+    them."""
+    from mlflow import MlflowClient
+
+    compare_tracking = _compare_tracking(monkeypatch)
+    uri = path_to_sqlite_uri(str(tmp_path / "runs.db"))
+    tracking = compare_tracking.open_experiment(uri, "cmp", REPO)
+    client, experiment_id = MlflowClient(uri), tracking["experiment_id"]
+
+    def run(name: str, parent: str | None = None) -> str:  # a run as a bundle training or evaluation leaves it
+        tags = {} if parent is None else {"mlflow.parentRunId": parent}
+        run_id = client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
+        client.set_terminated(run_id)
+        return run_id
+
+    probunet = run("probunet")
+    eval_probunet = run("eval_probunet", probunet)
+    members = [run(f"unet_ensemble_member_{s}") for s in range(2)]
+    evaluations = [run("eval_unet_ensemble"), run("eval_validation_unet_ensemble")]
+    summaries = {name: {"models": {name: {"metrics": {"ged": [{"S": 16, "mean": 0.3}]}}}}
+                 for name in ("probunet", "unet_ensemble")}  # fmt: skip
+    (tmp_path / "out").mkdir()
+    compare_tracking.log_comparison(tracking, tmp_path / "out", summaries, {}, {})
+    runs = {r.info.run_name: r for r in client.search_runs([experiment_id])}
+    ensemble = runs["unet_ensemble"]
+    assert ensemble.info.status == "FINISHED" and ensemble.data.params == {"members": "2"}
+    parents = {r.info.run_id: r.data.tags.get("mlflow.parentRunId") for r in runs.values()}
+    assert [parents[i] for i in members + evaluations] == [ensemble.info.run_id] * 4
+    assert parents[eval_probunet] == probunet and parents[probunet] is None and parents[ensemble.info.run_id] is None
+    again = run("eval_unet_ensemble")  # a --resume: its trainings continue, its evaluations are new runs
+    compare_tracking.log_comparison(tracking, tmp_path / "out", summaries, {}, {})
+    names = [r.info.run_name for r in client.search_runs([experiment_id])]
+    assert names.count("unet_ensemble") == 1
+    assert client.get_run(again).data.tags["mlflow.parentRunId"] == ensemble.info.run_id
