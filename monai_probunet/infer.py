@@ -366,7 +366,8 @@ def _run(args: argparse.Namespace, spacing, roi_arg) -> int:
                     f"{row['mean_area_mm2']:.1f} mm^2"
                 )
         print(f"{summary['num_ok']} ok, {summary['num_failed']} failed -> {Path(args.out)}")
-        dicom = [str(r["case_id"]) for r in summary["cases"] if dicom_source(str(r["image"])) is not None]
+        dicom = [str(r["case_id"]) for r in summary["cases"]
+                 if "error" not in r and dicom_source(str(r["image"])) is not None]
         if dicom and args.dicom_seg is not False:
             print(f"note: --batch writes no seg.dcm (DICOM SEG); for that of {', '.join(dicom[:3])}"
                   f"{' ...' if len(dicom) > 3 else ''} run the image on its own.", file=sys.stderr)

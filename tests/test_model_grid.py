@@ -14,10 +14,12 @@ HU_WINDOW = (-1000.0, 400.0)
 
 
 def _slice() -> MetaTensor:
-    """A 90 x 80 slice at 1 mm whose HU grows along both axes (-900 + 4 i + 3 j): every border pixel differs."""
+    """A 90 x 80 slice at 1 mm whose HU grows along both axes (-900 + 4 i + 3 j): every border pixel differs; stored
+    in the model's axis directions (a DICOM reader's: to the patient's left, posterior), so the crop is in its order."""
     i, j = np.meshgrid(np.arange(90), np.arange(80), indexing="ij")
     hu = (-900.0 + 4.0 * i + 3.0 * j).astype(np.float32)
-    return MetaTensor(torch.as_tensor(hu)[None], affine=torch.eye(4, dtype=torch.float64))
+    lps = torch.diag(torch.tensor([-1.0, -1.0, 1.0, 1.0], dtype=torch.float64))
+    return MetaTensor(torch.as_tensor(hu)[None], affine=lps)
 
 
 def _crop(padding_mode: str, center: tuple[int, int]) -> dict:

@@ -307,12 +307,16 @@ def _patient_problems(cases: list[tuple[str, int, dict[str, Any]]]) -> list[str]
                             "splits must be by patient, and only a patient_id shows that they are.")
             continue
         where.setdefault(patient, {}).setdefault(split, str(item.get("case_id", i)))
-    for patient, splits in where.items():
-        if len(splits) > 1:
-            found = ", ".join(f"{s} (case {c})" for s, c in splits.items())
-            problems.append(f"patient {patient!r} has cases in {found}: a patient's images must all be in one split "
-                            "(images of one patient in training and test score the model on what it has seen).")
+    for patient, found in _in_several_splits(where):
+        problems.append(f"patient {patient!r} has cases in {found}: a patient's images must all be in one split "
+                        "(images of one patient in training and test score the model on what it has seen).")
     return problems
+
+
+def _in_several_splits(where: dict[str, dict[str, str]]) -> list[tuple[str, str]]:
+    """``(key, "training (case c1), test (case c7)")`` for each key of ``{key: {split: case}}`` in several splits."""
+    return [(key, ", ".join(f"{s} (case {c})" for s, c in splits.items()))
+            for key, splits in where.items() if len(splits) > 1]
 
 
 def _shared_image_problems(base: Path, cases: list[tuple[str, int, dict[str, Any]]]) -> list[str]:
@@ -325,13 +329,8 @@ def _shared_image_problems(base: Path, cases: list[tuple[str, int, dict[str, Any
         key = os.path.realpath(image)
         shown.setdefault(key, image)
         where.setdefault(key, {}).setdefault(split, str(item.get("case_id", i)))
-    problems = []
-    for key, splits in where.items():
-        if len(splits) > 1:
-            found = ", ".join(f"{s} (case {c})" for s, c in splits.items())
-            problems.append(f"image {shown[key]} is listed in {found}: an image must be in one split only (the same "
-                            "image in training and test scores the model on what it has seen).")
-    return problems
+    return [f"image {shown[key]} is listed in {found}: an image must be in one split only (the same image in "
+            "training and test scores the model on what it has seen)." for key, found in _in_several_splits(where)]
 
 
 def _grader_count_problems(cases: list[tuple[str, int, dict[str, Any]]]) -> list[str]:
