@@ -8,6 +8,7 @@ absence of a traceback and that nothing was deleted or truncated.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pickle
 import shutil
@@ -408,7 +409,7 @@ def test_kill_during_the_save_of_a_new_best_model_keeps_the_previous_one(tmp_pat
         torch.load(tmp_path / "monai" / which, weights_only=True)
 
 
-def test_final_model_is_written_only_by_a_run_that_completes(tmp_path):
+def test_final_model_is_written_only_by_a_run_that_completes(tmp_path, caplog):
     from ignite.engine import Engine, Events
 
     from monai_probunet.handlers import FinalModel
@@ -435,6 +436,9 @@ def test_final_model_is_written_only_by_a_run_that_completes(tmp_path):
     for stop in ("terminate", "raise"):  # a later run that stops early keeps the completed run's model
         run(3.0, stop)
         assert torch.equal(torch.load(tmp_path / "model.pt", weights_only=True)["weight"], torch.full((2, 2), 2.0))
+    with caplog.at_level(logging.INFO, logger="monai_probunet.handlers.model_files"):
+        run(4.0)  # a later run that completes replaces it, and says so
+    assert "(replacing the previous run's)" in caplog.text
 
 
 def test_best_validation_weights_are_published_with_the_run_that_completes(tmp_path):

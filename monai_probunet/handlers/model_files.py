@@ -151,10 +151,11 @@ class FinalModel:
             logger.info("%s: the resumed run had completed its %d epochs; nothing trained, its files kept (raise "
                         "--max_epochs to train on)", self.path.parent, max_epochs)
             return
+        replaced = " (replacing the previous run's)" if self.path.is_file() else ""
         atomic_torch_save(_unwrap(self.network).state_dict(), self.path)
         if self.settings is not None:
             write_model_settings(self.path, self.settings)
-        logger.info("final model (epoch %d) written to %s", state.epoch, self.path)
+        logger.info("final model (epoch %d) written to %s%s", state.epoch, self.path, replaced)
         for working, final in self.publish.items():
             src, dst = self.path.parent / working, self.path.parent / final
             if src.is_file():
