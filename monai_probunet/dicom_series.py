@@ -217,9 +217,10 @@ def check_ct_dicom(files: Sequence[Path], source: str, tolerance: float = SLICE_
         along the normal), ``False`` otherwise (and for one slice).
 
     Raises:
-        ValueError: One line naming the file or the folder: a file unreadable, not ``Modality == "CT"`` or without a
-            positive ``PixelSpacing``; one slice without position or orientation, or not axial; for a series: more than one ``SeriesInstanceUID``, a slice without position,
-            orientation or ``InstanceNumber``, slices of different orientations, two slices at one position, an
+        ValueError: One line naming the file or the folder: a file unreadable, not ``Modality == "CT"`` or
+            without a positive ``PixelSpacing``; one slice without position or orientation, or not axial; for a
+            series: more than one ``SeriesInstanceUID``, a slice without position, orientation or
+            ``InstanceNumber``, slices of different orientations, two slices at one position, an
             ``InstanceNumber`` used twice or out of position order, unequal slice gaps.
     """
     slices = [_read_header(Path(f), source) for f in files]

@@ -3,8 +3,9 @@
 :func:`inference_preprocessing`: :class:`LoadCTd` (load and check the CT), :class:`CheckHypothesesMemoryd`,
 :class:`ResolveCenterd` (the centre as voxel and RAS world coordinates), :class:`AxialSliced` (the axial slice
 through the centre of a volume), ``CastToTyped`` + ``ScaleIntensityRanged`` (the HU window, as in training),
-:class:`ModelGridd` (``Orientationd`` to the model's axis directions, ``Spacingd`` to the model's spacing, ``SpatialPadd`` continuing the image's border, ``SpatialCropd``
-of the model's field around the centre; the per-case chain is kept for ``Invertd``) and :class:`ModelInputd`.
+:class:`ModelGridd` (``Orientationd`` to the model's axis directions, ``Spacingd`` to the model's spacing,
+``SpatialPadd`` continuing the image's border, ``SpatialCropd`` of the model's field around the centre; the per-case
+chain is kept for ``Invertd``) and :class:`ModelInputd`.
 """
 
 from __future__ import annotations
