@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from .bundle_utils import as_bool
 from .io_utils import InputFileError, load_network_weights, read_json
 from .model_loading import MODEL_SETTINGS_NAME, MODEL_WRITTEN_BY, read_model_settings
 
@@ -91,9 +92,8 @@ def data_geometry(datalist: str | os.PathLike) -> tuple[Path, tuple[int, ...], t
     from .data import load_datalist
 
     path = Path(load_datalist(datalist, "training")[0]["image"])
-    img = nib.load(str(path))
-    shape = tuple(int(n) for n in img.shape if int(n) != 1)
-    return path, shape, tuple(float(z) for z in img.header.get_zooms()[: len(shape)])
+    img = nib.load(str(path))  # a 2-D image: H x W (an RGB one H x W x 3)
+    return path, tuple(int(n) for n in img.shape[:2]), tuple(float(z) for z in img.header.get_zooms()[:2])
 
 
 def _fits(path: Path, network: Any) -> bool:
@@ -106,14 +106,15 @@ def _fits(path: Path, network: Any) -> bool:
 
 
 def check_training_folder(
-    ckpt_dir: str | os.PathLike, network: Any, dataset_name: str, dataset_dir: str | os.PathLike
+    ckpt_dir: str | os.PathLike, network: Any, dataset_name: str, dataset_dir: str | os.PathLike, resume: Any = False
 ) -> None:
     """Refuse a ``--ckpt_dir`` that holds a model of other data, or a file of the names a run writes
     (:data:`RUN_FILES`) that no training run wrote.
 
     A folder with ``model.json`` was written by a run: its data must be this run's (the folder a dataset's name
     selects, ``bundle/models/<name>``, is shared by every dataset folder of that name). Without it (a folder of
-    yours, or an earlier version's run), each such file must be this network's weights.
+    yours, or an earlier version's run), each such file must be this network's weights; with ``resume``
+    ``checkpoint_last.pt`` is the run to continue, which the resume itself checks against the command.
 
     Raises:
         InputFileError: one line naming the folder, what it holds and what to do.
@@ -133,7 +134,8 @@ def check_training_folder(
                     f"give this data a folder of its own (--ckpt_dir), or move {folder} away to replace it."
                 )
             return
-    foreign = [name for name in RUN_FILES if (folder / name).is_file() and not _fits(folder / name, network)]
+    names = [n for n in RUN_FILES if not (as_bool(resume, "resume") and n == "checkpoint_last.pt")]
+    foreign = [name for name in names if (folder / name).is_file() and not _fits(folder / name, network)]
     if foreign:
         raise InputFileError(
             f"--ckpt_dir {folder} holds {', '.join(foreign)}, which this run would replace and which are not this "

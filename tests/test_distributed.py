@@ -214,7 +214,8 @@ def test_torchrun_two_cpu_processes(tmp_path):
     assert log.count("checkpoint_last.pt at epoch") == 2
     models = tmp_path / "models"
     assert sorted(p.name for p in models.iterdir()) == [
-        "checkpoint_final.pt", "checkpoint_last.pt", "mlflow_run.json", "model.pt", "model_best_validation.pt"
+        "checkpoint_final.pt", "checkpoint_last.pt", "mlflow_run.json", "model.json", "model.pt",
+        "model_best_validation.pt",
     ]
     net = train_yaml_network(channels=[8, 16, 32])
     net.load_state_dict(torch.load(models / "model.pt", weights_only=True))  # unwrapped from DDP
