@@ -195,6 +195,7 @@ def test_training_swaps_in_only_a_better_model(train_server):
     import requests
 
     from monai_probunet.inference import load_model, predict_hypotheses
+    from monai_probunet.model_loading import read_model_settings
 
     url, ctx = train_server
     model = ctx["model"]
@@ -218,6 +219,7 @@ def test_training_swaps_in_only_a_better_model(train_server):
     assert trained != untrained and trained == _model_bytes(result["new_model"])
     backup = Path(result["backup"])
     assert backup.parent == model.parent and _model_bytes(backup) == untrained
+    assert read_model_settings(model)["infer_roi_size"] == [32, 32]  # its model.json came with it
     run_dir = Path(stats["run_dir"])
     export = json.loads((run_dir / "dataset" / "datalist.json").read_text())
     assert sum(len(export[s]) for s in ("training", "validation", "test")) == NUM_CASES

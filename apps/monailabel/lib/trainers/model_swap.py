@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from monai_probunet.io_utils import atomic_write
+from monai_probunet.model_loading import MODEL_SETTINGS_NAME
 
 __all__ = ["backup_path", "compare_models", "swap_in"]
 
@@ -100,7 +101,8 @@ def swap_in(new: str | Path, model_path: str | Path) -> Path | None:
 
     Both the backup and the new model are first copied into temporary files of the model's folder and then moved
     into place with ``os.replace``; the model file itself is replaced by one ``os.replace`` (a fresh file: a new
-    modification time, which the infer task's model cache notices).
+    modification time, which the infer task's model cache notices). Its ``model.json`` (the grid it was trained on)
+    then comes beside it.
 
     Returns:
         the backup's path, or ``None`` when there was no model file to keep.
@@ -112,4 +114,7 @@ def swap_in(new: str | Path, model_path: str | Path) -> Path | None:
         backup = backup_path(model_path)
         atomic_write(backup, lambda p: shutil.copyfile(model_path, p))
     atomic_write(model_path, lambda p: shutil.copyfile(new, p))
+    settings = Path(new).with_name(MODEL_SETTINGS_NAME)  # the grid it was trained on, for the infer task
+    if settings.is_file():
+        atomic_write(model_path.with_name(MODEL_SETTINGS_NAME), lambda p: shutil.copyfile(settings, p))
     return backup
