@@ -16,6 +16,7 @@ import numpy as np
 from nibabel.filebasedimages import ImageFileError
 
 from ..bundle_utils import ConfigValueError, as_bool
+from ..ct_io import DEFAULT_HU_WINDOW as CT_HU_WINDOW  # train.yaml's hu_window: under it the images must be CT
 from ..ct_io import HU_PLAUSIBLE_MIN
 from .disk_format import SPLITS, DatasetError, case_path, validate_datalist
 
@@ -38,8 +39,6 @@ def _values_text(values: np.ndarray) -> str:
 
 #: an image whose values span less than this share of the intensity window it is scaled with is flat to the network
 MIN_WINDOW_SHARE = 0.01
-#: ``train.yaml``'s ``hu_window``: the intensity window of CT in Hounsfield units, under which the images must be CT
-CT_HU_WINDOW = (-1000.0, 400.0)
 
 
 class _CaseFacts(NamedTuple):
@@ -52,12 +51,9 @@ class _CaseFacts(NamedTuple):
     lowest: float | None
 
 
-def _flat_in_window(data: np.ndarray, window: Sequence[float]) -> tuple[float, float] | None:
-    """``(min, max)`` of an image's voxel values ``data`` that span less than :data:`MIN_WINDOW_SHARE` of ``window``
-    (after the clipping to it), else ``None`` (also for an image of NaN only)."""
-    if not np.any(~np.isnan(data)):
-        return None
-    lo, hi = float(np.nanmin(data)), float(np.nanmax(data))
+def _flat_in_window(lo: float, hi: float, window: Sequence[float]) -> tuple[float, float] | None:
+    """``(lo, hi)``, an image's lowest and highest voxel values, where they span less than :data:`MIN_WINDOW_SHARE`
+    of ``window`` (after the clipping to it), else ``None``."""
     w_lo, w_hi = float(window[0]), float(window[1])
     span = min(hi, w_hi) - max(lo, w_lo)
     return (lo, hi) if span < MIN_WINDOW_SHARE * (w_hi - w_lo) else None
@@ -201,9 +197,10 @@ def _check_case(
                     "clipping to the intensity window keeps them NaN and the training fails in its first epoch; "
                     "replace them with a value (in CT air, -1000) or leave the case out."
                 )
-            if np.any(~np.isnan(data)):
-                lowest = float(np.nanmin(data))
-            flat = _flat_in_window(data, window) if window is not None else None
+            flat = None
+            if np.any(~np.isnan(data)):  # an image of NaN only: named above, no range to compare
+                lowest, highest = float(np.nanmin(data)), float(np.nanmax(data))
+                flat = _flat_in_window(lowest, highest, window) if window is not None else None
             if flat is not None:
                 problems.append(
                     f"{case}: image {image_path} spans [{flat[0]:g}, {flat[1]:g}], under "
