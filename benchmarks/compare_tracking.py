@@ -60,14 +60,12 @@ def artifact_location(uri: str) -> str | None:
         uri: the tracking URI.
 
     Returns:
-        ``mlruns`` beside a SQLite database, as a ``file:`` URI (a relative database path is taken from the working
-        folder, as MLflow takes the database); ``None`` for a server, which decides.
+        ``mlruns`` beside a SQLite database, as a ``file:`` URI; ``None`` for a server, which decides (MONAI's own
+        rule, read from the handler itself).
     """
-    from monai.utils import path_to_uri
+    from monai.handlers import MLFlowHandler
 
-    if uri.startswith("sqlite:///"):
-        return path_to_uri(Path(uri[len("sqlite:///"):]).parent / "mlruns")
-    return None
+    return MLFlowHandler(tracking_uri=uri).artifact_location
 
 
 #: the run names of a model's evaluations (``compare.py``: ``eval_<model>``, with ``--validation`` /
