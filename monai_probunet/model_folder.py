@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 
 from .bundle_utils import as_bool
-from .io_utils import InputFileError, load_network_weights, read_json
-from .model_loading import MODEL_SETTINGS_NAME, MODEL_WRITTEN_BY, read_model_settings
+from .io_utils import InputFileError, load_network_weights
+from .model_loading import model_record, read_model_settings
 
 logger = logging.getLogger(__name__)
 
@@ -123,17 +123,15 @@ def check_training_folder(
     if not folder.is_dir():
         return
     here = dataset_identity(dataset_name, dataset_dir)
-    settings_path = folder / MODEL_SETTINGS_NAME
-    if settings_path.is_file():
-        record = _read_record(settings_path)
-        if record is not None:
-            trained_on = record.get("dataset")
-            if trained_on is not None and trained_on != here:
-                raise InputFileError(
-                    f"--ckpt_dir {folder} holds the model trained on {trained_on}, and this run trains on {here}: "
-                    f"give this data a folder of its own (--ckpt_dir), or move {folder} away to replace it."
-                )
-            return
+    record = model_record(folder)
+    if record is not None:
+        trained_on = record.get("dataset")
+        if trained_on is not None and trained_on != here:
+            raise InputFileError(
+                f"--ckpt_dir {folder} holds the model trained on {trained_on}, and this run trains on {here}: "
+                f"give this data a folder of its own (--ckpt_dir), or move {folder} away to replace it."
+            )
+        return
     names = [n for n in RUN_FILES if not (as_bool(resume, "resume") and n == "checkpoint_last.pt")]
     foreign = [name for name in names if (folder / name).is_file() and not _fits(folder / name, network)]
     if foreign:
@@ -141,14 +139,6 @@ def check_training_folder(
             f"--ckpt_dir {folder} holds {', '.join(foreign)}, which this run would replace and which are not this "
             "network's weights (no training run of this configuration wrote them): give an empty or new --ckpt_dir."
         )
-
-
-def _read_record(path: Path) -> dict[str, Any] | None:
-    try:
-        record = read_json(path, "model settings file")
-    except ValueError:
-        return None
-    return record if isinstance(record, dict) and record.get("written_by") == MODEL_WRITTEN_BY else None
 
 
 def check_evaluated_model(ckpt_path: str | os.PathLike, dataset_name: str, dataset_dir: str | os.PathLike) -> None:

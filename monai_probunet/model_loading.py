@@ -30,6 +30,7 @@ __all__ = [
     "find_presence_threshold",
     "load_model",
     "load_trained_network",
+    "model_record",
     "read_model_settings",
     "write_model_settings",
 ]
@@ -218,18 +219,27 @@ def write_model_settings(model_path: str | os.PathLike, settings: Mapping[str, A
     return atomic_write_json(Path(model_path).parent / MODEL_SETTINGS_NAME, record)
 
 
-def read_model_settings(model_path: str | os.PathLike) -> dict[str, Any] | None:
-    """``model.json`` beside ``model_path`` when it describes these weights, else ``None`` (no file, an unreadable
-    one, or one written for other weights: a warning says so)."""
-    path = Path(model_path).parent / MODEL_SETTINGS_NAME
-    if not path.is_file() or not Path(model_path).is_file():
+def model_record(folder: str | os.PathLike, warn: bool = False) -> dict[str, Any] | None:
+    """A training run's ``model.json`` in ``folder`` (whatever weights it describes), else ``None`` (none, not a
+    run's, or unreadable: with ``warn`` a warning says so)."""
+    path = Path(folder) / MODEL_SETTINGS_NAME
+    if not path.is_file():
         return None
     try:
         record = read_json(path, "model settings file")
     except ValueError as e:
-        warnings.warn(f"{e}; the config's settings are used.", UserWarning, stacklevel=2)
+        if warn:
+            warnings.warn(f"{e}; the config's settings are used.", UserWarning, stacklevel=3)
         return None
-    if not isinstance(record, dict) or record.get("written_by") != MODEL_WRITTEN_BY:
+    return record if isinstance(record, dict) and record.get("written_by") == MODEL_WRITTEN_BY else None
+
+
+def read_model_settings(model_path: str | os.PathLike) -> dict[str, Any] | None:
+    """``model.json`` beside ``model_path`` when it describes these weights, else ``None`` (no file, an unreadable
+    one, or one written for other weights: a warning says so)."""
+    path = Path(model_path).parent / MODEL_SETTINGS_NAME
+    record = model_record(path.parent, warn=True) if Path(model_path).is_file() else None
+    if record is None:
         return None
     if record.get("weights_sha256") != weights_sha256(model_path):
         warnings.warn(f"{path} describes other weights than {model_path}; the config's settings are used.",
