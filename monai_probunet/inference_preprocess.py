@@ -94,6 +94,9 @@ class LoadCTd(MapTransform):
 class CheckHypothesesMemoryd(MapTransform):
     """Refuse (``ValueError``) an image whose S hypotheses would need more than ``max_bytes`` of memory.
 
+    What they fill: S hypotheses of the answered slice (a volume's other slices stay zeros the system has not
+    allocated) and S crops of the model's grid.
+
     Args:
         keys: the image key.
         num_samples: S.
@@ -117,7 +120,11 @@ class CheckHypothesesMemoryd(MapTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             img = d[key]
-            image_bytes, crop_bytes = int(np.prod(img.shape[1:])), self.roi[0] * self.roi[1] * 4 * 4 * 3
+            spatial = tuple(int(n) for n in img.shape[1:])
+            image_bytes = int(np.prod(spatial))
+            if len(spatial) == 3:  # a volume: its slice
+                image_bytes //= spatial[_slice_axis(_affine4(img), 3)]
+            crop_bytes = self.roi[0] * self.roi[1] * 4 * 4 * 3
             need = self.num_samples * (image_bytes + crop_bytes)
             if need > self.max_bytes:
                 fix = ("use a smaller crop (--roi-size)" if crop_bytes > image_bytes

@@ -23,8 +23,8 @@ Re-centring
     than half of the continuing hypotheses; their union if no voxel has a majority).
 
 The slices are sequential (each is centred on the previous one's result), so they are not batched. The rule works
-on numpy arrays (scipy for the connected components); the hypotheses are written into arrays of the volume's
-in-plane grid with the slices last.
+on numpy arrays (scipy for the connected components); the result holds the hypotheses on the lesion's box only (the
+union of its slices' windows x its slices, the slices last), so its memory follows the lesion, not the volume.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ __all__ = [
     "grid_step",
     "grow_lesion",
     "growth_rule",
+    "max_growth_slices",
     "slice_window",
 ]
 
@@ -78,6 +79,11 @@ def growth_rule(min_fraction: float, min_presence: float, max_extent_mm: float) 
         "growth in that direction; at most "
         f"{max_extent_mm:g} mm of slices in all; each slice centred on the previous slice's consensus footprint"
     )
+
+
+def max_growth_slices(max_extent_mm: float, thickness: float) -> int:
+    """The most slices a lesion is followed over: ``max_extent_mm`` of slices ``thickness`` mm apart (at least 1)."""
+    return max(1, math.floor(max_extent_mm / thickness + 1e-6))
 
 
 def grid_step(pix: float, spacing: float) -> int:
@@ -136,14 +142,17 @@ class Growth:
     """The lesion followed through the slices, on the volume's in-plane grid with the slices last.
 
     Attributes:
-        labels: ``S x H x W x D`` uint8: hypothesis ``s`` on every slice of the lesion (the continuing components
-            beyond the clicked slice), 0 elsewhere.
-        mean_probability: ``H x W x D`` float32: the slices' mean foreground probability on their windows, 0 elsewhere.
-        entropy: ``H x W x D`` float32: likewise, the entropy in bits.
+        labels: ``S x h x w x d`` uint8 on the lesion's box (:attr:`bounds` in-plane x :attr:`slices`): hypothesis
+            ``s`` on every slice of the lesion (the continuing components beyond the clicked slice), 0 elsewhere.
+            Outside the box every hypothesis is empty.
+        mean_probability: ``h x w x d`` float32 on the box: the slices' mean foreground probability on their
+            windows, 0 elsewhere.
+        entropy: ``h x w x d`` float32: likewise, the entropy in bits.
         first: The clicked slice's 2-D hypotheses (on its window).
         has_lesion: ``S`` bool: the hypotheses with a lesion on the clicked slice (``n0`` of them).
-        slices: The lesion's slices, ascending.
-        bounds: Two in-plane slices: the union of the lesion slices' windows (every label voxel lies inside).
+        slices: The lesion's slices, ascending and consecutive (the box's ``d``).
+        bounds: Two in-plane slices of the volume's grid: the union of the lesion slices' windows (the box's ``h``
+            and ``w``).
         per_slice: One record per slice tried: ``slice``, ``center_voxel``, ``presence_count``, ``continuing``,
             ``accepted``.
         stop_reasons: ``{"up": ..., "down": ...}``: why the growth stopped in each direction (``up`` = increasing
@@ -196,22 +205,15 @@ def grow_lesion(
         min_presence: ... and at least ``ceil(min_presence * S)``.
 
     Returns:
-        Growth: the hypotheses ``S x H x W x D`` and the slices, windows and reasons of the growth.
+        Growth: the hypotheses on the lesion's box ``S x h x w x d`` and the slices, windows and reasons of the growth.
     """
     from scipy import ndimage
 
     hw = tuple(int(n) for n in plane_shape)
-    labels = np.zeros((num_samples, *hw, num_slices), np.uint8)
-    mean_prob = np.zeros((*hw, num_slices), np.float32)
-    entropy = np.zeros_like(mean_prob)
-    bounds = [[hw[0], 0], [hw[1], 0]]  # the union of the accepted slices' windows (nothing lies outside it)
+    placed: dict[int, tuple[tuple[slice, slice], np.ndarray, np.ndarray, np.ndarray]] = {}  # slice -> its window
 
     def place(k: int, h: Hypotheses, win: tuple[slice, slice], keep: np.ndarray) -> None:
-        for d in range(2):
-            bounds[d] = [min(bounds[d][0], win[d].start), max(bounds[d][1], win[d].stop)]
-        labels[:, win[0], win[1], k] = h.labels * keep
-        mean_prob[win[0], win[1], k] = h.mean_probability
-        entropy[win[0], win[1], k] = h.entropy
+        placed[k] = (win, h.labels * keep, h.mean_probability, h.entropy)
 
     k0 = int(first_slice)
     c0 = [float(v) for v in first_center]
@@ -223,7 +225,7 @@ def grow_lesion(
     per_slice = [{"slice": k0, "center_voxel": c0, "presence_count": n0, "continuing": n0, "accepted": True}]
     accepted = [k0]
     need_continuing = max(1, math.ceil(min_fraction * n0 - 1e-9), math.ceil(min_presence * num_samples - 1e-9))
-    max_slices = max(1, math.floor(max_extent_mm / thickness + 1e-6))
+    max_slices = max_growth_slices(max_extent_mm, thickness)
     stop: dict[str, str] = {}
     reached_max = False
     if n0 < need_continuing:
@@ -281,14 +283,27 @@ def grow_lesion(
                 accepted.append(k)
                 s["k"], s["prev"] = k, kept
 
+    # the lesion's box: the union of its slices' windows x its (consecutive) slices
+    slices = tuple(sorted(accepted))
+    bounds = tuple(slice(min(w[d].start for w, *_ in placed.values()), max(w[d].stop for w, *_ in placed.values()))
+                   for d in range(2))
+    shape = (bounds[0].stop - bounds[0].start, bounds[1].stop - bounds[1].start, slices[-1] - slices[0] + 1)
+    labels = np.zeros((num_samples, *shape), np.uint8)
+    mean_prob = np.zeros(shape, np.float32)
+    entropy = np.zeros_like(mean_prob)
+    for k, (win, lab, mp, en) in placed.items():
+        r, c = (slice(win[d].start - bounds[d].start, win[d].stop - bounds[d].start) for d in range(2))
+        labels[:, r, c, k - slices[0]] = lab
+        mean_prob[r, c, k - slices[0]] = mp
+        entropy[r, c, k - slices[0]] = en
     return Growth(
         labels=labels,
         mean_probability=mean_prob,
         entropy=entropy,
         first=h0,
         has_lesion=alive0,
-        slices=tuple(sorted(accepted)),
-        bounds=(slice(bounds[0][0], bounds[0][1]), slice(bounds[1][0], bounds[1][1])),
+        slices=slices,
+        bounds=bounds,
         per_slice=per_slice,
         stop_reasons=stop,
         reached_max_extent=reached_max,

@@ -72,6 +72,7 @@ from .lesion_growth import (
     grid_step,
     grow_lesion,
     growth_rule,
+    max_growth_slices,
     slice_window,
 )
 from .metrics import PresenceThreshold
@@ -129,6 +130,8 @@ class Hypotheses3D(Hypotheses):
 
     Attributes:
         slice_indices: The slices of the lesion (ascending), along ``slice_axis``.
+        lesion_box: Three slices of the input's grid: the lesion's slices x the union of their in-plane windows. Every
+            hypothesis, the maps and the label are zero outside it (``()``: not known, the whole grid).
         per_slice: One record per slice tried: ``slice``, ``center_voxel``, ``presence_count`` (hypotheses with any
             lesion there), ``continuing`` (lesion hypotheses continuing from the previous slice), ``accepted``.
         presence_label: ``*spatial`` uint8: the presence-rule label (:mod:`monai_probunet.presence_label`) of the 3-D
@@ -145,6 +148,7 @@ class Hypotheses3D(Hypotheses):
     """
 
     slice_indices: tuple[int, ...] = ()
+    lesion_box: tuple[slice, ...] = ()
     per_slice: list[dict[str, Any]] = field(default_factory=list)
     presence_label: np.ndarray | None = None
     label_shows_lesion: bool = False
@@ -164,11 +168,8 @@ class Hypotheses3D(Hypotheses):
 
     @property
     def occupied_box(self) -> tuple[slice, ...]:
-        """The lesion's slices (the whole plane of each): where a 3-D hypothesis can be non-zero."""
-        box = [slice(None)] * len(self.spatial_shape)
-        if len(self.slice_indices):
-            box[self.slice_axis] = slice(int(min(self.slice_indices)), int(max(self.slice_indices)) + 1)
-        return tuple(box)
+        """:attr:`lesion_box`: where a 3-D hypothesis can be non-zero."""
+        return tuple(self.lesion_box) or (slice(None),) * len(self.spatial_shape)
 
     @property
     def slice_thickness_mm(self) -> float:
@@ -354,19 +355,23 @@ def predict_hypotheses_3d(
             f"{tuple(img.shape)}: use 2-D mode."
         )
     spatial = tuple(int(s) for s in img.shape[1:])
-    need = num_samples * int(np.prod(spatial)) + 8 * int(np.prod(spatial))
-    if need > MAX_HYPOTHESES_BYTES:
-        raise ValueError(
-            f"num_samples={num_samples} 3-D hypotheses of {source} (spatial shape {spatial}) would need about "
-            f"{need / 2**30:.1f} GiB; at most {MAX_HYPOTHESES_BYTES / 2**30:.0f} GiB: draw fewer hypotheses "
-            "(num_samples; the CLI's --num-samples), or answer the clicked slice (2-D mode)."
-        )
     voxel, world_ras = resolve_center(img, center, world=world, frame=frame, source=source)
     affine = _affine4(img).numpy()
     axis = _slice_axis(torch.as_tensor(affine), 3)
     inplane = [a for a in range(3) if a != axis]
     pix = np.linalg.norm(affine[:3, :3], axis=0)
     thickness = float(pix[axis])
+    # the memory the result fills: S uint8 hypotheses and two float32 maps on the lesion's box, at most the whole
+    # plane x the slices followed (the volume-sized arrays around the box are zeros the system has not allocated)
+    most = min(spatial[axis], max_growth_slices(max_extent_mm, thickness))
+    need = (num_samples + 8) * spatial[inplane[0]] * spatial[inplane[1]] * most
+    if need > MAX_HYPOTHESES_BYTES:
+        raise ValueError(
+            f"num_samples={num_samples} 3-D hypotheses of {source} over up to {most} slices of "
+            f"{spatial[inplane[0]]} x {spatial[inplane[1]]} would need about {need / 2**30:.1f} GiB; at most "
+            f"{MAX_HYPOTHESES_BYTES / 2**30:.0f} GiB: draw fewer hypotheses (num_samples; the CLI's --num-samples) "
+            "or follow the lesion over fewer mm (max_extent_mm; the CLI's --max-extent-mm)."
+        )
     voxel_volume = float(abs(np.linalg.det(affine[:3, :3])))
     field_mm = [r * s for r, s in zip(roi2, spacing2)]
     extent = [pix[a] * spatial[a] for a in inplane]
@@ -420,19 +425,22 @@ def predict_hypotheses_3d(
     )
     h0, alive0, n0 = grown.first, grown.has_lesion, grown.presence_count
 
-    # back to the input's axis order: (inplane0, inplane1, slice) -> spatial
+    # the lesion's box (its slices and windows: all voxels of every hypothesis lie in it), back in the input's axis
+    # order: (inplane0, inplane1, slice) -> spatial; the volume-sized results are zeros around it
     order = np.argsort([inplane[0], inplane[1], axis])
-    labels = np.ascontiguousarray(grown.labels.transpose(0, *(1 + order)))
-    mean_prob = np.ascontiguousarray(grown.mean_probability.transpose(*order))
-    entropy = np.ascontiguousarray(grown.entropy.transpose(*order))
-
-    # variants by 3-D IoU on the box of the lesion's slices and windows (all voxels of every hypothesis lie in it);
-    # presence-rule label; volumes
     box = [slice(None)] * 3
     box[axis] = slice(grown.slices[0], grown.slices[-1] + 1)
     for d, a in enumerate(inplane):
         box[a] = grown.bounds[d]
-    sub = np.ascontiguousarray(labels[(slice(None), *box)])
+    box = tuple(box)
+    sub = np.ascontiguousarray(grown.labels.transpose(0, *(1 + order)))
+    labels = np.zeros((num_samples, *spatial), np.uint8)
+    labels[(slice(None), *box)] = sub
+    mean_prob, entropy = np.zeros(spatial, np.float32), np.zeros(spatial, np.float32)
+    mean_prob[box] = grown.mean_probability.transpose(*order)
+    entropy[box] = grown.entropy.transpose(*order)
+
+    # variants by 3-D IoU on the box; presence-rule label; volumes
     variants = [
         replace(v, area_mm2=float(h0.areas_mm2[v.representative]), has_lesion=bool(alive0[v.representative]))
         for v in group_variants(torch.from_numpy(sub), voxel_volume)
@@ -441,7 +449,7 @@ def predict_hypotheses_3d(
     presence = np.zeros(spatial, np.uint8)
     if decision.show_lesion:
         lesion = [v for v in variants if v.has_lesion]
-        presence[tuple(box)] = consensus_label(sub, fallback=lesion[0].representative if lesion else None)
+        presence[box] = consensus_label(sub, fallback=lesion[0].representative if lesion else None)
     volumes = np.count_nonzero(sub.reshape(num_samples, -1), axis=1).astype(np.float64) * voxel_volume
     if thr is None:
         warnings.warn(f"no fitted presence threshold given: {FALLBACK_RULE}.", UserWarning, stacklevel=2)
@@ -471,6 +479,7 @@ def predict_hypotheses_3d(
         roi_size=roi2,
         prior_sampling=h0.prior_sampling,
         slice_indices=grown.slices,
+        lesion_box=box,
         per_slice=grown.per_slice,
         presence_label=presence,
         label_shows_lesion=bool(decision.show_lesion),

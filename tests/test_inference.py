@@ -638,3 +638,20 @@ def test_nifti_ordered_copies_every_voxel(where, tmp_path):
         assert out.flags.f_contiguous and out.dtype == dtype
         nib.save(nib.Nifti1Image(out, np.eye(4)), str(tmp_path / "a.nii.gz"))
         np.testing.assert_array_equal(np.asarray(nib.load(str(tmp_path / "a.nii.gz")).dataobj), arr)
+
+
+def test_the_memory_check_counts_the_answered_slice_of_a_volume():
+    """A volume's 2-D answer fills S hypotheses of its clicked slice (the other slices stay unallocated zeros), so
+    the check counts that slice, whichever axis the slices lie along; a 2-D image as large counts whole."""
+    from monai_probunet.inference_preprocess import CheckHypothesesMemoryd
+
+    check = CheckHypothesesMemoryd("image", num_samples=16, roi_size=64, max_bytes=64 * 2**20)
+    slices_last = MetaTensor(torch.zeros(1, 1, 1, 1).expand(1, 512, 512, 700), affine=torch.diag(
+        torch.tensor([-0.7, -0.7, 0.625, 1.0], dtype=torch.float64)))
+    slices_first = MetaTensor(torch.zeros(1, 1, 1, 1).expand(1, 700, 512, 512), affine=torch.tensor(
+        [[0, -0.7, 0, 0], [0, 0, -0.7, 0], [0.625, 0, 0, 0], [0, 0, 0, 1]], dtype=torch.float64))
+    for volume in (slices_last, slices_first):  # 16 x 512 x 512 x 700 = 2.7 GiB, one slice 4 MiB
+        assert check({"image": volume})["image"] is volume
+    picture = MetaTensor(torch.zeros(1, 1, 1).expand(1, 4096, 4096), affine=torch.eye(3, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"spatial shape \(4096, 4096\).*0\.3 GiB.*draw fewer"):
+        check({"image": picture})

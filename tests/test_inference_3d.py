@@ -141,6 +141,32 @@ def test_max_extent_and_image_border(shipped):
     assert list(h.slice_indices) == list(range(16)) and h.stop_reasons == {"up": "image border", "down": "image border"}
 
 
+def test_memory_follows_the_lesion_not_the_volume(shipped, ellipsoid, monkeypatch):
+    """The result is filled on the lesion's box only (its slices x their windows; the volume-sized arrays around it
+    are zeros the system does not allocate), and the memory check counts that box: a volume whose S hypotheses would
+    exceed the limit over every voxel is answered (a thin-slice CT), a limit the slices followed would exceed is
+    refused with one line naming both settings."""
+    h = ellipsoid["h"]
+    box = h.lesion_box
+    assert h.occupied_box == box and box[2] == slice(h.slice_indices[0], h.slice_indices[-1] + 1)
+    inside = np.zeros(h.spatial_shape, bool)
+    inside[box] = True
+    for arr in (h.labels.any(0), h.mean_probability, h.entropy, h.presence_label):
+        assert arr[inside].any() and not arr[~inside].any()
+    assert (box[0].stop - box[0].start) < 140 and (box[1].stop - box[1].start) < 130  # not the whole plane
+
+    import monai_probunet.predict3d as predict3d
+
+    volume = int(np.prod(h.spatial_shape))  # 140 x 130 x 24
+    limit = 8 * 2**20  # below (16 + 8) x the volume, above (16 + 8) x the plane x 16 slices (40 mm of 2.5 mm)
+    assert (16 + 8) * 140 * 130 * 16 < limit < (16 + 8) * volume
+    monkeypatch.setattr(predict3d, "MAX_HYPOTHESES_BYTES", limit)
+    again = run3d(shipped, as_image(ellipsoid["vol"]), [68, 66, 11])
+    np.testing.assert_array_equal(again.labels, h.labels)
+    with pytest.raises(ValueError, match=r"over up to 24 slices of 140 x 130 .*num_samples.*max_extent_mm"):
+        run3d(shipped, as_image(ellipsoid["vol"]), [68, 66, 11], max_extent_mm=100.0)
+
+
 def test_no_lesion_at_the_click(shipped):
     """A click on empty lung (12 slices): no runaway. Some hypotheses show a (false) lesion on the clicked slice and
     on the next ones, at other places: growth stops within a slice or two, whether too few show one at the click
