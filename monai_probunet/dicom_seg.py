@@ -116,6 +116,11 @@ def check_seg_source(datasets: Sequence[Any], source: str | os.PathLike) -> None
 def label_to_frames(labels: np.ndarray, affine_ras: np.ndarray, datasets: Sequence[Any]) -> np.ndarray:
     """Read the label at each source instance's pixels.
 
+    A pixel's voxel is an affine function of its row and column. Where every pixel lies within
+    :data:`GRID_TOLERANCE` of a voxel centre by that function's bound (the grids coincide, as for the image the
+    model ran on), the frame is read by integer steps: a strided view where rows and columns follow two axes of the
+    grid; otherwise each pixel is located and checked.
+
     Args:
         labels: ``L x I x J x K`` (L segments, 0/1) on the image grid.
         affine_ras: ``4 x 4`` voxel -> RAS mm of that grid.
@@ -128,27 +133,60 @@ def label_to_frames(labels: np.ndarray, affine_ras: np.ndarray, datasets: Sequen
         DicomSegError: An instance's pixels lie off the label grid or outside it.
     """
     inv = np.linalg.inv(np.asarray(affine_ras, dtype=np.float64))
+    shape = np.array(labels.shape[1:])
     frames = []
     for ds in datasets:
         rows, cols = int(ds.Rows), int(ds.Columns)
         iop = np.array([float(v) for v in ds.ImageOrientationPatient])
         ipp = np.array([float(v) for v in ds.ImagePositionPatient])
         dr, dc = (float(v) for v in ds.PixelSpacing)  # between rows, between columns
-        r, c = np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij")
-        lps = ipp[None, None] + c[..., None] * dc * iop[:3] + r[..., None] * dr * iop[3:]
-        ras = lps * np.array([-1.0, -1.0, 1.0])
-        vox = ras @ inv[:3, :3].T + inv[:3, 3]
-        idx = np.rint(vox)
-        if np.abs(vox - idx).max() > GRID_TOLERANCE:
-            raise DicomSegError(
-                f"instance {ds.SOPInstanceUID}: its pixels are {np.abs(vox - idx).max():.3f} voxels off the label grid."
-            )
-        idx = idx.astype(np.int64)
-        shape = np.array(labels.shape[1:])
-        if (idx < 0).any() or (idx >= shape).any():
+        flip = np.array([-1.0, -1.0, 1.0])  # LPS -> RAS
+        origin = inv[:3, :3] @ (ipp * flip) + inv[:3, 3]  # the voxel of pixel (0, 0), then a row's and a column's step
+        step_r, step_c = inv[:3, :3] @ (dr * iop[3:] * flip), inv[:3, :3] @ (dc * iop[:3] * flip)
+        o, sr, sc = np.rint(origin), np.rint(step_r), np.rint(step_c)
+        drift = np.abs(origin - o) + (rows - 1) * np.abs(step_r - sr) + (cols - 1) * np.abs(step_c - sc)
+        if drift.max() > GRID_TOLERANCE:
+            frames.append(_frame_by_pixel(labels, inv, ds, rows, cols, dr, dc, iop, ipp))
+            continue
+        o, sr, sc = o.astype(np.int64), sr.astype(np.int64), sc.astype(np.int64)
+        corners = [o + a * (rows - 1) * sr + b * (cols - 1) * sc for a in (0, 1) for b in (0, 1)]
+        if any((c < 0).any() or (c >= shape).any() for c in corners):
             raise DicomSegError(f"instance {ds.SOPInstanceUID} lies outside the label grid {tuple(shape)}.")
-        frames.append(np.moveaxis(labels[:, idx[..., 0], idx[..., 1], idx[..., 2]], 0, -1) > 0)
+        frames.append(np.moveaxis(_frame_by_steps(labels, o, sr, sc, rows, cols), 0, -1) > 0)
     return np.stack(frames)
+
+
+def _frame_by_steps(labels: np.ndarray, o: np.ndarray, sr: np.ndarray, sc: np.ndarray, rows: int, cols: int):
+    """``L x rows x cols``: the label at voxels ``o + r * sr + c * sc`` (integer steps, all inside the grid)."""
+    ar, ac = np.flatnonzero(sr), np.flatnonzero(sc)
+    if len(ar) == 1 and len(ac) == 1 and ar[0] != ac[0] and abs(sr[ar[0]]) == 1 and abs(sc[ac[0]]) == 1:
+        index: list[Any] = [int(v) for v in o]
+        for axis, step, n in ((ar[0], sr[ar[0]], rows), (ac[0], sc[ac[0]], cols)):
+            stop = o[axis] + step * n
+            index[axis] = slice(int(o[axis]), None if stop < 0 else int(stop), int(step))
+        view = labels[(slice(None), *index)]  # L x (the two axes in the grid's order)
+        return view if ar[0] < ac[0] else view.transpose(0, 2, 1)
+    r, c = np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij")
+    idx = o + r[..., None] * sr + c[..., None] * sc
+    return labels[:, idx[..., 0], idx[..., 1], idx[..., 2]]
+
+
+def _frame_by_pixel(labels, inv, ds, rows, cols, dr, dc, iop, ipp) -> np.ndarray:
+    """``rows x cols x L`` bool: each pixel located in the grid and checked (``DicomSegError`` off or outside it)."""
+    r, c = np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij")
+    lps = ipp[None, None] + c[..., None] * dc * iop[:3] + r[..., None] * dr * iop[3:]
+    ras = lps * np.array([-1.0, -1.0, 1.0])
+    vox = ras @ inv[:3, :3].T + inv[:3, 3]
+    idx = np.rint(vox)
+    if np.abs(vox - idx).max() > GRID_TOLERANCE:
+        raise DicomSegError(
+            f"instance {ds.SOPInstanceUID}: its pixels are {np.abs(vox - idx).max():.3f} voxels off the label grid."
+        )
+    idx = idx.astype(np.int64)
+    shape = np.array(labels.shape[1:])
+    if (idx < 0).any() or (idx >= shape).any():
+        raise DicomSegError(f"instance {ds.SOPInstanceUID} lies outside the label grid {tuple(shape)}.")
+    return np.moveaxis(labels[:, idx[..., 0], idx[..., 1], idx[..., 2]], 0, -1) > 0
 
 
 def write_dicom_seg(

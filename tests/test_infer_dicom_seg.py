@@ -363,6 +363,53 @@ def test_off_grid_label_refused(series):
     np.testing.assert_array_equal(frames[0, ..., 0], np.eye(128, dtype=bool))
 
 
+def test_frames_read_on_every_grid_orientation():
+    """Each source pixel reads the label voxel at its own position, whether the label grid's axes run along the
+    frames' rows and columns, against them, swapped, with the slices first, or twice as fine (integer steps); a
+    pixel outside the grid is refused."""
+    from pydicom.dataset import Dataset
+
+    rng = np.random.default_rng(0)
+    rows, cols, n = 6, 5, 4
+
+    def instance(k: int) -> Dataset:
+        ds = Dataset()
+        ds.Rows, ds.Columns, ds.SOPInstanceUID = rows, cols, f"1.2.3.{k}"
+        ds.ImageOrientationPatient, ds.PixelSpacing = [1, 0, 0, 0, 1, 0], [0.8, 0.6]  # rows 0.8 mm apart
+        ds.ImagePositionPatient = [10.0, -20.0, 5.0 + 2.0 * k]
+        return ds
+
+    datasets = [instance(k) for k in range(n)]
+    # the series' own grid (voxel (i, j, k) = column i, row j, slice k), LPS -> RAS
+    base = np.array([[-0.6, 0, 0, -10.0], [0, -0.8, 0, 20.0], [0, 0, 2.0, 5.0], [0, 0, 0, 1]])
+    grids = {
+        "as stored": (base, (cols, rows, n), lambda a: a),
+        "flipped in-plane": (base @ _flip(0, cols) @ _flip(1, rows), (cols, rows, n), lambda a: a[::-1, ::-1]),
+        "rows first": (base[:, [1, 0, 2, 3]], (rows, cols, n), lambda a: a.transpose(1, 0, 2)),
+        "slices first, reversed": (base[:, [2, 0, 1, 3]] @ _flip(0, n), (n, cols, rows),
+                                   lambda a: a[:, :, ::-1].transpose(2, 0, 1)),
+    }
+    truth = rng.integers(0, 2, (2, cols, rows, n)).astype(np.uint8)  # L = 2 layers on the series' own grid
+    expected = truth.transpose(3, 2, 1, 0).astype(bool)  # N x rows x cols x L
+    for name, (affine, shape, store) in grids.items():
+        labels = np.stack([store(layer) for layer in truth])
+        assert labels.shape[1:] == shape
+        np.testing.assert_array_equal(dicom_seg.label_to_frames(labels, affine, datasets), expected, err_msg=name)
+    fine = np.zeros((2, 2 * cols, 2 * rows, n), np.uint8)  # half the spacing in-plane: every other voxel
+    fine[:, ::2, ::2] = truth
+    fine_affine = base @ np.diag([0.5, 0.5, 1.0, 1.0])
+    np.testing.assert_array_equal(dicom_seg.label_to_frames(fine, fine_affine, datasets), expected)
+    with pytest.raises(DicomSegError, match="lies outside the label grid"):
+        dicom_seg.label_to_frames(truth[:, :, :, : n - 1], base, datasets)
+
+
+def _flip(axis: int, n: int) -> np.ndarray:
+    """The voxel map ``i -> n - 1 - i`` along ``axis`` as a 4 x 4 matrix (grid affine @ it: the flipped grid)."""
+    m = np.eye(4)
+    m[axis, axis], m[axis, 3] = -1.0, n - 1
+    return m
+
+
 def test_app_names_are_the_library_s():
     """The MONAI Label app's DICOM SEG module re-exports the library's writer; its segment names are the CLI's."""
 
