@@ -221,7 +221,7 @@ def write_dicom_seg(
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
-    datasets = read_series(series_dir)
+    datasets = read_series(series_dir, headers_only=True)  # highdicom reads the sources' attributes, not their pixels
     check_seg_source(datasets, series_dir)
     if len(segments) != labels.shape[0]:
         raise DicomSegError(f"{labels.shape[0]} label layers but {len(segments)} segments.")
