@@ -134,7 +134,17 @@ def label_to_frames(labels: np.ndarray, affine_ras: np.ndarray, datasets: Sequen
     """
     inv = np.linalg.inv(np.asarray(affine_ras, dtype=np.float64))
     shape = np.array(labels.shape[1:])
-    frames = []
+    sizes = {(int(ds.Rows), int(ds.Columns)) for ds in datasets}
+    if len(sizes) == 1:  # one array filled frame by frame (not a list of frames and then their stack)
+        out = np.empty((len(datasets), *sizes.pop(), labels.shape[0]), bool)
+        for i, frame in enumerate(_frames(labels, inv, shape, datasets)):
+            out[i] = frame
+        return out
+    return np.stack(list(_frames(labels, inv, shape, datasets)))
+
+
+def _frames(labels: np.ndarray, inv: np.ndarray, shape: np.ndarray, datasets: Sequence[Any]):
+    """Each instance's ``rows x cols x L`` frame (:func:`label_to_frames`), one at a time."""
     for ds in datasets:
         rows, cols = int(ds.Rows), int(ds.Columns)
         iop = np.array([float(v) for v in ds.ImageOrientationPatient])
@@ -146,14 +156,13 @@ def label_to_frames(labels: np.ndarray, affine_ras: np.ndarray, datasets: Sequen
         o, sr, sc = np.rint(origin), np.rint(step_r), np.rint(step_c)
         drift = np.abs(origin - o) + (rows - 1) * np.abs(step_r - sr) + (cols - 1) * np.abs(step_c - sc)
         if drift.max() > GRID_TOLERANCE:
-            frames.append(_frame_by_pixel(labels, inv, ds, rows, cols, dr, dc, iop, ipp))
+            yield _frame_by_pixel(labels, inv, ds, rows, cols, dr, dc, iop, ipp)
             continue
         o, sr, sc = o.astype(np.int64), sr.astype(np.int64), sc.astype(np.int64)
         corners = [o + a * (rows - 1) * sr + b * (cols - 1) * sc for a in (0, 1) for b in (0, 1)]
         if any((c < 0).any() or (c >= shape).any() for c in corners):
             raise DicomSegError(f"instance {ds.SOPInstanceUID} lies outside the label grid {tuple(shape)}.")
-        frames.append(np.moveaxis(_frame_by_steps(labels, o, sr, sc, rows, cols), 0, -1) > 0)
-    return np.stack(frames)
+        yield np.moveaxis(_frame_by_steps(labels, o, sr, sc, rows, cols), 0, -1) > 0
 
 
 def _frame_by_steps(labels: np.ndarray, o: np.ndarray, sr: np.ndarray, sc: np.ndarray, rows: int, cols: int):
@@ -257,7 +266,6 @@ def write_dicom_seg(
         software_versions="0.1.0",
         device_serial_number="none",
         series_description=series_description[:64],
-        omit_empty_frames=False,
         content_creator_name=content_creator,
     )
     path = Path(path)

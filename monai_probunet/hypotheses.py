@@ -340,11 +340,14 @@ class Hypotheses:
         from .segment_names import hypothesis_segment_names
 
         names = [self.presence_label_report()["name"]]
-        layers = self.presence_rule_label()[0][None]
         if seg_hypotheses:
             names += hypothesis_segment_names(self.variants, self.num_samples)
-            layers = np.concatenate([layers, self.labels], axis=0)
-        layers = (layers > 0).astype(np.uint8)
+        # L x *spatial 0/1, filled where a layer can be non-zero (zeros elsewhere: not allocated by the system)
+        box = self.occupied_box
+        layers = np.zeros((len(names), *self.spatial_shape), np.uint8)
+        layers[(0, *box)] = self.presence_rule_label()[0][box] > 0
+        if seg_hypotheses:
+            layers[(slice(1, None), *box)] = self.labels[(slice(None), *box)] > 0
         if layers.ndim == 3:  # a slice: L x H x W x 1
             layers = layers[..., None]
         info = write_dicom_seg(
