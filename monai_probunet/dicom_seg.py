@@ -27,6 +27,7 @@ __all__ = [
     "check_seg_source",
     "find_source_series",
     "label_to_frames",
+    "read_dicom_seg",
     "read_series",
     "write_dicom_seg",
 ]
@@ -113,13 +114,59 @@ def check_seg_source(datasets: Sequence[Any], source: str | os.PathLike) -> None
             raise DicomSegError(f"{source} has no {tag}, which a DICOM SEG of it must reference.")
 
 
-def label_to_frames(labels: np.ndarray, affine_ras: np.ndarray, datasets: Sequence[Any]) -> np.ndarray:
-    """Read the label at each source instance's pixels.
+def _grid_index(ds: Any, inv: np.ndarray, shape: Sequence[int]) -> tuple[tuple[Any, ...], bool]:
+    """Where instance ``ds``'s pixels lie on the label grid (inverse affine ``inv``, ``shape``), from its
+    ``ImagePositionPatient``, ``ImageOrientationPatient`` and ``PixelSpacing``.
 
     A pixel's voxel is an affine function of its row and column. Where every pixel lies within
     :data:`GRID_TOLERANCE` of a voxel centre by that function's bound (the grids coincide, as for the image the
-    model ran on), the frame is read by integer steps: a strided view where rows and columns follow two axes of the
-    grid; otherwise each pixel is located and checked.
+    model ran on), the voxels follow by integer steps: slices where rows and columns run along two axes of the grid
+    (``grid[index]`` is then a view); otherwise each pixel is located and checked.
+
+    Returns:
+        ``(index, swapped)``: ``grid[index]`` is the instance's ``rows x cols`` pixels of a 3-D ``grid``
+        (``cols x rows`` where ``swapped``); with a leading layer axis, ``grid[(slice(None), *index)]``.
+
+    Raises:
+        DicomSegError: The instance's pixels lie off the grid or outside it.
+    """
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    iop = np.array([float(v) for v in ds.ImageOrientationPatient])
+    ipp = np.array([float(v) for v in ds.ImagePositionPatient])
+    dr, dc = (float(v) for v in ds.PixelSpacing)  # between rows, between columns
+    flip = np.array([-1.0, -1.0, 1.0])  # LPS -> RAS
+    origin = inv[:3, :3] @ (ipp * flip) + inv[:3, 3]  # the voxel of pixel (0, 0), then a row's and a column's step
+    step_r, step_c = inv[:3, :3] @ (dr * iop[3:] * flip), inv[:3, :3] @ (dc * iop[:3] * flip)
+    o, sr, sc = np.rint(origin), np.rint(step_r), np.rint(step_c)
+    drift = np.abs(origin - o) + (rows - 1) * np.abs(step_r - sr) + (cols - 1) * np.abs(step_c - sc)
+    r, c = np.arange(rows)[:, None, None], np.arange(cols)[None, :, None]
+    if drift.max() > GRID_TOLERANCE:  # each pixel located and checked
+        vox = origin + r * step_r + c * step_c
+        idx = np.rint(vox)
+        if np.abs(vox - idx).max() > GRID_TOLERANCE:
+            raise DicomSegError(
+                f"instance {ds.SOPInstanceUID}: its pixels are {np.abs(vox - idx).max():.3f} voxels off the label "
+                "grid."
+            )
+    else:
+        idx = o + r * sr + c * sc
+    lo, hi = idx.min(axis=(0, 1)), idx.max(axis=(0, 1))
+    if (lo < 0).any() or (hi >= np.asarray(shape)).any():
+        raise DicomSegError(f"instance {ds.SOPInstanceUID} lies outside the label grid {tuple(shape)}.")
+    ar, ac = np.flatnonzero(sr), np.flatnonzero(sc)
+    if drift.max() <= GRID_TOLERANCE and len(ar) == len(ac) == 1 and ar[0] != ac[0] and \
+            abs(sr[ar[0]]) == abs(sc[ac[0]]) == 1:  # rows and columns along two axes of the grid
+        index: list[Any] = [int(v) for v in o]
+        for axis, step, n in ((ar[0], int(sr[ar[0]]), rows), (ac[0], int(sc[ac[0]]), cols)):
+            stop = int(o[axis]) + step * n
+            index[axis] = slice(int(o[axis]), None if stop < 0 else stop, step)
+        return tuple(index), bool(ar[0] > ac[0])
+    idx = idx.astype(np.int64)
+    return (idx[..., 0], idx[..., 1], idx[..., 2]), False
+
+
+def label_to_frames(labels: np.ndarray, affine_ras: np.ndarray, datasets: Sequence[Any]) -> np.ndarray:
+    """Read the label at each source instance's pixels (:func:`_grid_index`).
 
     Args:
         labels: ``L x I x J x K`` (L segments, 0/1) on the image grid.
@@ -133,69 +180,60 @@ def label_to_frames(labels: np.ndarray, affine_ras: np.ndarray, datasets: Sequen
         DicomSegError: An instance's pixels lie off the label grid or outside it.
     """
     inv = np.linalg.inv(np.asarray(affine_ras, dtype=np.float64))
-    shape = np.array(labels.shape[1:])
+
+    def frame(ds: Any) -> np.ndarray:
+        index, swapped = _grid_index(ds, inv, labels.shape[1:])
+        part = labels[(slice(None), *index)]  # L x rows x cols (L x cols x rows where swapped)
+        return np.moveaxis(part.transpose(0, 2, 1) if swapped else part, 0, -1) > 0
+
     sizes = {(int(ds.Rows), int(ds.Columns)) for ds in datasets}
-    if len(sizes) == 1:  # one array filled frame by frame (not a list of frames and then their stack)
-        out = np.empty((len(datasets), *sizes.pop(), labels.shape[0]), bool)
-        for i, frame in enumerate(_frames(labels, inv, shape, datasets)):
-            out[i] = frame
-        return out
-    return np.stack(list(_frames(labels, inv, shape, datasets)))
+    if len(sizes) != 1:
+        return np.stack([frame(ds) for ds in datasets])
+    out = np.empty((len(datasets), *sizes.pop(), labels.shape[0]), bool)  # filled frame by frame, not stacked
+    for i, ds in enumerate(datasets):
+        out[i] = frame(ds)
+    return out
 
 
-def _frames(labels: np.ndarray, inv: np.ndarray, shape: np.ndarray, datasets: Sequence[Any]):
-    """Each instance's ``rows x cols x L`` frame (:func:`label_to_frames`), one at a time."""
-    for ds in datasets:
-        rows, cols = int(ds.Rows), int(ds.Columns)
-        iop = np.array([float(v) for v in ds.ImageOrientationPatient])
-        ipp = np.array([float(v) for v in ds.ImagePositionPatient])
-        dr, dc = (float(v) for v in ds.PixelSpacing)  # between rows, between columns
-        flip = np.array([-1.0, -1.0, 1.0])  # LPS -> RAS
-        origin = inv[:3, :3] @ (ipp * flip) + inv[:3, 3]  # the voxel of pixel (0, 0), then a row's and a column's step
-        step_r, step_c = inv[:3, :3] @ (dr * iop[3:] * flip), inv[:3, :3] @ (dc * iop[:3] * flip)
-        o, sr, sc = np.rint(origin), np.rint(step_r), np.rint(step_c)
-        drift = np.abs(origin - o) + (rows - 1) * np.abs(step_r - sr) + (cols - 1) * np.abs(step_c - sc)
-        if drift.max() > GRID_TOLERANCE:
-            yield _frame_by_pixel(labels, inv, ds, rows, cols, dr, dc, iop, ipp)
-            continue
-        o, sr, sc = o.astype(np.int64), sr.astype(np.int64), sc.astype(np.int64)
-        corners = [o + a * (rows - 1) * sr + b * (cols - 1) * sc for a in (0, 1) for b in (0, 1)]
-        if any((c < 0).any() or (c >= shape).any() for c in corners):
-            raise DicomSegError(f"instance {ds.SOPInstanceUID} lies outside the label grid {tuple(shape)}.")
-        yield np.moveaxis(_frame_by_steps(labels, o, sr, sc, rows, cols), 0, -1) > 0
+def read_dicom_seg(
+    seg: Any, series_dir: str | os.PathLike, affine_ras: np.ndarray, shape: Sequence[int]
+) -> tuple[np.ndarray, list[str]]:
+    """A DICOM SEG of the series in ``series_dir`` read back onto the image grid (the inverse of
+    :func:`write_dicom_seg`): highdicom gives each source instance's frame, placed at that instance's own pixels.
 
+    Args:
+        seg: The SEG (a pydicom Dataset).
+        series_dir: The source series' folder, or one DICOM file (:func:`read_series`).
+        affine_ras: ``4 x 4`` voxel -> RAS mm of the image grid.
+        shape: The image grid's ``I x J x K``.
 
-def _frame_by_steps(labels: np.ndarray, o: np.ndarray, sr: np.ndarray, sc: np.ndarray, rows: int, cols: int):
-    """``L x rows x cols``: the label at voxels ``o + r * sr + c * sc`` (integer steps, all inside the grid)."""
-    ar, ac = np.flatnonzero(sr), np.flatnonzero(sc)
-    if len(ar) == 1 and len(ac) == 1 and ar[0] != ac[0] and abs(sr[ar[0]]) == 1 and abs(sc[ac[0]]) == 1:
-        index: list[Any] = [int(v) for v in o]
-        for axis, step, n in ((ar[0], sr[ar[0]], rows), (ac[0], sc[ac[0]], cols)):
-            stop = o[axis] + step * n
-            index[axis] = slice(int(o[axis]), None if stop < 0 else int(stop), int(step))
-        view = labels[(slice(None), *index)]  # L x (the two axes in the grid's order)
-        return view if ar[0] < ac[0] else view.transpose(0, 2, 1)
-    r, c = np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij")
-    idx = o + r[..., None] * sr + c[..., None] * sc
-    return labels[:, idx[..., 0], idx[..., 1], idx[..., 2]]
+    Returns:
+        ``(L x I x J x K uint8 0/1, L segment labels)``, in segment number order.
 
+    Raises:
+        DicomSegError: The SEG is not one of this series, or its frames lie off the grid.
+    """
+    import highdicom as hd
 
-def _frame_by_pixel(labels, inv, ds, rows, cols, dr, dc, iop, ipp) -> np.ndarray:
-    """``rows x cols x L`` bool: each pixel located in the grid and checked (``DicomSegError`` off or outside it)."""
-    r, c = np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij")
-    lps = ipp[None, None] + c[..., None] * dc * iop[:3] + r[..., None] * dr * iop[3:]
-    ras = lps * np.array([-1.0, -1.0, 1.0])
-    vox = ras @ inv[:3, :3].T + inv[:3, 3]
-    idx = np.rint(vox)
-    if np.abs(vox - idx).max() > GRID_TOLERANCE:
-        raise DicomSegError(
-            f"instance {ds.SOPInstanceUID}: its pixels are {np.abs(vox - idx).max():.3f} voxels off the label grid."
-        )
-    idx = idx.astype(np.int64)
-    shape = np.array(labels.shape[1:])
-    if (idx < 0).any() or (idx >= shape).any():
-        raise DicomSegError(f"instance {ds.SOPInstanceUID} lies outside the label grid {tuple(shape)}.")
-    return np.moveaxis(labels[:, idx[..., 0], idx[..., 1], idx[..., 2]], 0, -1) > 0
+    datasets = read_series(series_dir, headers_only=True)
+    try:
+        parsed = hd.seg.Segmentation.from_dataset(seg)
+        numbers = sorted(int(d.SegmentNumber) for d in parsed.SegmentSequence)
+        pixels = parsed.get_pixels_by_source_instance(
+            [str(ds.SOPInstanceUID) for ds in datasets], segment_numbers=numbers,
+            assert_missing_frames_are_empty=True,
+        )  # N x rows x cols x L
+    except (ValueError, KeyError, AttributeError) as e:
+        raise DicomSegError(f"SEG {seg.get('SeriesInstanceUID', '?')} is not readable as a SEG of the series in "
+                            f"{series_dir}: {e}") from e
+    inv = np.linalg.inv(np.asarray(affine_ras, dtype=np.float64))
+    labels = np.zeros((len(numbers), *shape), np.uint8)
+    for ds, frame in zip(datasets, pixels):
+        index, swapped = _grid_index(ds, inv, shape)
+        layers = np.moveaxis(frame > 0, -1, 0)  # L x rows x cols
+        labels[(slice(None), *index)] = layers.transpose(0, 2, 1) if swapped else layers
+    names = {int(d.SegmentNumber): str(d.SegmentLabel) for d in parsed.SegmentSequence}
+    return labels, [names[n] for n in numbers]
 
 
 def write_dicom_seg(

@@ -414,6 +414,26 @@ def _flip(axis: int, n: int) -> np.ndarray:
     return m
 
 
+def test_a_seg_read_back_onto_the_grid_is_the_label_written(series, tmp_path):
+    """read_dicom_seg puts each frame of a SEG back at its source instance's voxels: the two overlapping segments
+    written (one of them empty on some slices, one empty altogether) come back voxel by voxel, with their names."""
+    src = pydicom.dcmread(str(series[0]))
+    dr, dc = (float(v) for v in src.PixelSpacing)
+    affine = np.diag([-dc, -dr, 2.5, 1.0])
+    affine[:3, 3] = np.array([float(v) for v in src.ImagePositionPatient]) * [-1, -1, 1]
+    labels = np.zeros((3, 128, 128, 8), np.uint8)
+    labels[0, 50:70, 40:60, 2:6] = 1
+    labels[1, 55:90, 45:50, 1:3] = 1  # overlaps the first
+    folder = series[0].parent
+    dicom_seg.write_dicom_seg(tmp_path / "seg.dcm", labels, affine, [{"name": "lesion"}, {"name": "other"},
+                              {"name": "empty"}], folder, content_creator="alice")
+    back, names = dicom_seg.read_dicom_seg(pydicom.dcmread(str(tmp_path / "seg.dcm")), folder, affine, (128, 128, 8))
+    assert names == ["lesion", "other", "empty"]
+    np.testing.assert_array_equal(back, labels)
+    with pytest.raises(DicomSegError, match="lies outside the label grid"):  # a grid that is not the series'
+        dicom_seg.read_dicom_seg(pydicom.dcmread(str(tmp_path / "seg.dcm")), folder, affine, (128, 128, 4))
+
+
 def test_app_names_are_the_library_s():
     """The MONAI Label app's DICOM SEG module re-exports the library's writer; its segment names are the CLI's."""
 
