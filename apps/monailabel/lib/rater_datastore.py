@@ -50,13 +50,19 @@ from monailabel.interfaces.datastore import DefaultLabelTag
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RATER_TAG_PREFIX", "RaterDatastore", "RaterView", "check_label_shape", "image_difference", "lesion_mask",
-           "next_sample_rater", "nrrd_layers", "rater_name", "same_rater"]
+__all__ = ["RATER_TAG_PREFIX", "RaterDatastore", "RaterRules", "RaterView", "check_label_shape", "image_difference",
+           "lesion_mask", "lesion_segment_name", "next_sample_rater", "nrrd_layers", "offered_to", "rater_name",
+           "rater_slot", "same_rater", "valid_rater_name"]
 
 RATER_TAG_PREFIX = "rater_"
 _NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 #: 3D Slicer's MONAI Label module sends this Client/User-ID until the user sets one: everyone who has not is one user
 SLICER_DEFAULT_CLIENT_ID = "user-xyz"
+
+
+def valid_rater_name(name: Any) -> bool:
+    """Whether ``name`` is a rater's name: 1-64 letters, digits, ``.``, ``_`` or ``-`` (it names a label tag)."""
+    return isinstance(name, str) and bool(_NAME.match(name))
 
 
 def rater_name(tag: str | None, info: dict[str, Any]) -> str | None:
@@ -80,7 +86,7 @@ def rater_name(tag: str | None, info: dict[str, Any]) -> str | None:
                                 "then Submit again.")
     else:
         return None
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not valid_rater_name(name):
         raise HTTPException(status_code=400, detail=f"rater name {name!r}: expected 1-64 letters, digits, '.', '_' "
                             "or '-'.")
     return name
@@ -100,6 +106,40 @@ def next_sample_rater(request: dict[str, Any]) -> str | None:
 def same_rater(a: str, b: str) -> bool:
     """Whether two rater names are one rater's: names match case-insensitively (``Alice`` is ``alice``)."""
     return a.casefold() == b.casefold()
+
+
+def rater_slot(image_id: str, name: str, stored: Any, max_raters: int) -> str:
+    """The name under which ``name``'s label of ``image_id`` is kept: the stored spelling of the same rater (names
+    match case-insensitively), else ``name``.
+
+    Args:
+        image_id: the image (named in the refusal).
+        name: the submitting rater.
+        stored: the names of the raters already stored for the image.
+        max_raters: the most raters an image keeps.
+
+    Raises:
+        HTTPException: 409 when the image has ``max_raters`` other raters.
+    """
+    stored = sorted(stored)
+    known = next((r for r in stored if same_rater(r, name)), None)
+    if known is not None and known != name:
+        logger.info(f"rater {name!r} of {image_id} is the stored {known!r} (names match case-insensitively)")
+        name = known
+    others = sorted({r.casefold(): r for r in stored if not same_rater(r, name)}.values())
+    if len(others) >= max_raters:
+        raise HTTPException(status_code=409, detail=f"image {image_id!r} already has {len(others)} raters "
+                            f"({', '.join(others)}), the model's number of graders; {name!r} not stored.")
+    return name
+
+
+def offered_to(rater: str | None, raters: Any, max_raters: int) -> bool:
+    """Whether *Next Sample* offers ``rater`` an image outlined by ``raters``: fewer than ``max_raters`` raters,
+    none of them ``rater`` (names match case-insensitively); for ``None``, an image no rater has outlined."""
+    names = {r.casefold() for r in raters}
+    if rater is None:
+        return not names
+    return len(names) < max_raters and rater.casefold() not in names
 
 
 def _grid(image: Any) -> tuple[tuple[int, ...], np.ndarray]:
@@ -205,6 +245,16 @@ def _lesion_value(label_info: Any) -> int | None:
     return None
 
 
+def lesion_segment_name(label_info: Any) -> str:
+    """The name 3D Slicer gave the lesion segment in ``label_info`` (the entry named ``lesion``, else the entry of
+    value 1), else ``lesion``."""
+    value = _lesion_value(label_info) or 1
+    for entry in label_info if isinstance(label_info, list) else []:
+        if isinstance(entry, dict) and entry.get("idx", entry.get("id")) == value and str(entry.get("name", "")):
+            return str(entry["name"])
+    return "lesion"
+
+
 def lesion_mask(label_file: str, image_file: str, label_info: Any = None) -> tuple[np.ndarray, np.ndarray]:
     """The submitted label as a uint8 0/1 mask on the image's voxel grid, and the image's affine.
 
@@ -252,13 +302,34 @@ def lesion_mask(label_file: str, image_file: str, label_info: Any = None) -> tup
     return (data == max(allowed)).astype(np.uint8), image.affine
 
 
-class RaterDatastore(LocalDatastore):
+class RaterRules:
+    """Who is offered which image: the rule of a datastore that keeps each rater's label of an image, whether the
+    labels live in a local studies folder (:class:`RaterDatastore`) or in a DICOMweb server
+    (:class:`lib.dicomweb_datastore.SegDICOMWebDatastore`). The datastore gives :meth:`rater_names`."""
+
+    max_raters: int = 4
+
+    def rater_names(self) -> dict[str, list[str]]:
+        """``{image id: its raters' names}`` of the images *Next Sample* may offer."""
+        raise NotImplementedError
+
+    def images_for_rater(self, rater: str | None) -> list[str]:
+        """The images to offer ``rater`` (:func:`offered_to`): fewer than ``max_raters`` raters, none of them
+        ``rater``; for ``None``, the images no rater has outlined."""
+        return [image_id for image_id, raters in self.rater_names().items()
+                if offered_to(rater, raters, self.max_raters)]
+
+    def for_rater(self, rater: str) -> RaterView:
+        """This datastore as ``rater``'s *Next Sample* sees it (:class:`RaterView`)."""
+        return RaterView(self, rater)
+
+
+class RaterDatastore(RaterRules, LocalDatastore):
     """MONAI Label's :class:`LocalDatastore`; labels of raters kept side by side (module docstring).
 
     ``max_raters`` (the model's number of graders, 4) is set by the app after construction.
     """
 
-    max_raters: int = 4
     _save_lock = threading.Lock()
     _add_lock = threading.Lock()
 
@@ -281,15 +352,8 @@ class RaterDatastore(LocalDatastore):
         mask, affine = lesion_mask(label_filename, image_file, label_info.get("label_info"))
         with self._save_lock:
             stored = self.raters(image_id)
-            known = next((r for r in sorted(stored) if same_rater(r, name)), None)
-            if known is not None and known != name:
-                logger.info(f"rater {name!r} of {image_id} is the stored {known!r} (names match case-insensitively)")
-                name = known
+            name = rater_slot(image_id, name, stored, self.max_raters)
             tag = f"{RATER_TAG_PREFIX}{name}"
-            others = sorted({r.casefold(): r for r in sorted(stored) if not same_rater(r, name)}.values())
-            if len(others) >= self.max_raters:
-                raise HTTPException(status_code=409, detail=f"image {image_id!r} already has {len(others)} raters "
-                                    f"({', '.join(others)}), the model's number of graders; {name!r} not stored.")
             fd, tmp = tempfile.mkstemp(suffix=".nii.gz")
             os.close(fd)
             try:
@@ -347,25 +411,11 @@ class RaterDatastore(LocalDatastore):
         """Images no rater has outlined yet (nor a final label)."""
         return self.images_for_rater(None)
 
-    def images_for_rater(self, rater: str | None) -> list[str]:
-        """The images to offer ``rater``: fewer than ``max_raters`` raters, none of them ``rater`` (names match
-        case-insensitively); for ``None``, the images no rater has outlined. An image with a ``final`` label (one
-        stored outside the raters' tags) is never offered."""
-        offered = []
-        for image_id, obj in self._datastore.objects.items():
-            if obj.labels.get(DefaultLabelTag.FINAL):
-                continue
-            raters = {tag[len(RATER_TAG_PREFIX):].casefold() for tag in obj.labels if tag.startswith(RATER_TAG_PREFIX)}
-            if rater is None:
-                if not raters:
-                    offered.append(image_id)
-            elif len(raters) < self.max_raters and rater.casefold() not in raters:
-                offered.append(image_id)
-        return offered
-
-    def for_rater(self, rater: str) -> RaterView:
-        """This datastore as ``rater``'s *Next Sample* sees it (:class:`RaterView`)."""
-        return RaterView(self, rater)
+    def rater_names(self) -> dict[str, list[str]]:
+        """``{image id: its raters' names}`` of the images *Next Sample* may offer: an image with a ``final`` label
+        (one stored outside the raters' tags) is never offered."""
+        return {image_id: [tag[len(RATER_TAG_PREFIX):] for tag in obj.labels if tag.startswith(RATER_TAG_PREFIX)]
+                for image_id, obj in self._datastore.objects.items() if not obj.labels.get(DefaultLabelTag.FINAL)}
 
 
 class RaterView:
@@ -379,7 +429,7 @@ class RaterView:
         rater: the rater's name (the request's ``rater`` or ``client_id``).
     """
 
-    def __init__(self, store: RaterDatastore, rater: str) -> None:
+    def __init__(self, store: RaterRules, rater: str) -> None:
         self.store = store
         self.rater = rater
 
