@@ -697,7 +697,8 @@ def test_dicomweb_series_to_dicom_seg(orthanc, tmp_path):
                                               (series_uid, bad, 400, "differs from the image's")):
             r = requests.put(f"{url}/datastore/label", params={"image": image_id}, timeout=120,
                              files={"label": ("label.nii", data, "application/octet-stream")},
-                             data={"params": json.dumps({"label_info": [{"name": "lesion", "idx": 1}]})})
+                             data={"params": json.dumps({"label_info": [{"name": "lesion", "idx": 1}],
+                                                         "client_id": "bob"})})
             assert r.status_code == status and words in r.json()["detail"], r.text
         r = requests.get(f"{url}/datastore/image", params={"image": "1.2.3.4"}, timeout=60)
         assert r.status_code == 404, r.text
@@ -772,10 +773,14 @@ def test_dicomweb_series_headers_are_checked_as_the_cli_checks_them(orthanc, tmp
                               data={"params": json.dumps({**params, **extra})})
             detail = r.json().get("detail", "")
             assert r.status_code == 422 and words in detail and "\n" not in detail, (extra, r.text)
-        label = nib.Nifti1Image(np.zeros((128, 128, 6), np.uint8), np.eye(4)).to_bytes()
+        image = requests.get(f"{url}/datastore/image", params={"image": unreferenceable}, timeout=120)
+        (tmp_path / "unreferenceable.nii.gz").write_bytes(image.content)
+        affine = nib.load(str(tmp_path / "unreferenceable.nii.gz")).affine  # a rater's label on the series' grid
+        label = nib.Nifti1Image(np.zeros((128, 128, 6), np.uint8), affine).to_bytes()
         r = requests.put(f"{url}/datastore/label", params={"image": unreferenceable}, timeout=120,
                          files={"label": ("label.nii", label, "application/octet-stream")},
-                         data={"params": json.dumps({"label_info": [{"name": "lesion", "idx": 1}]})})
+                         data={"params": json.dumps({"label_info": [{"name": "lesion", "idx": 1}],
+                                                     "client_id": "alice"})})
         assert r.status_code == 422 and words in r.json()["detail"], r.text
 
 

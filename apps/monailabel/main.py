@@ -44,7 +44,7 @@ from lib.configs.probunet import ProbUNetConfig
 from lib.dicomweb_datastore import SegDICOMWebDatastore
 from lib.infers.params import parse_bool
 from lib.prefetch import install as install_prefetch
-from lib.rater_datastore import RaterDatastore, next_sample_rater
+from lib.rater_datastore import RaterDatastore, RaterRules, next_sample_rater
 from lib.request_checks import install as install_request_checks
 from lib.studies_check import studies_notes, studies_problem
 from monai_probunet.bundle_utils import quiet_optional_decoder
@@ -117,11 +117,12 @@ class ProbUNetApp(MONAILabelApp):
         return store
 
     def _init_dicomweb_datastore(self) -> Any:
-        """MONAI Label's DICOMweb datastore, storing submitted final labels as highdicom SEG
-        (:class:`lib.dicomweb_datastore.SegDICOMWebDatastore`)."""
+        """MONAI Label's DICOMweb datastore, keeping every rater's submitted label as a highdicom SEG in the server
+        (:class:`lib.dicomweb_datastore.SegDICOMWebDatastore`: the raters' rules of a local studies folder)."""
         store = super()._init_dicomweb_datastore()
         if type(store) is DICOMWebDatastore:
-            store.__class__ = SegDICOMWebDatastore  # same state; save_label and the answers to a server that is down
+            store.__class__ = SegDICOMWebDatastore  # same state; the raters' SEGs and the answers to a server down
+            store.max_raters = int(self.conf.get("max_raters", 4))
             problem = store.answer_problem()
             if problem is not None:  # the app still starts: the server may come up later
                 logger.error(f"{problem} Until then, 3D Slicer lists no image and every request answers 502.")
@@ -154,8 +155,8 @@ class ProbUNetApp(MONAILabelApp):
     def next_sample(self, request: Dict[str, Any]) -> Dict[str, Any]:
         """MONAILabelApp.next_sample, the strategy choosing among the images to offer the request's rater.
 
-        With a local studies folder and a rater (``rater``, else ``client_id``: 3D Slicer's Client/User-ID; not its
-        default ``user-xyz``) the strategy is given the datastore as that rater sees it
+        With a rater (``rater``, else ``client_id``: 3D Slicer's Client/User-ID; not its default ``user-xyz``) the
+        strategy is given the datastore as that rater sees it
         (:meth:`lib.rater_datastore.RaterDatastore.for_rater`): images with fewer than ``max_raters`` raters that
         this rater has not outlined. Without one, the images no rater has outlined. An unknown strategy answers 404
         naming the available ones. The image chosen is read ahead of its first click (:meth:`read_ahead`): 3D Slicer
@@ -167,7 +168,7 @@ class ProbUNetApp(MONAILabelApp):
                                 f"{sorted(self._strategies)}")
         store = self.datastore()
         rater = next_sample_rater(request)
-        if rater is not None and isinstance(store, RaterDatastore):
+        if rater is not None and isinstance(store, RaterRules):
             store = store.for_rater(rater)
         sample = self._strategies[strategy](request, store)
         if not sample or not sample.get("id"):

@@ -1,14 +1,18 @@
-"""A DICOMweb datastore whose submitted (final) labels are stored as DICOM SEG written with highdicom.
+"""A DICOMweb datastore that keeps every rater's submitted label as a DICOM SEG in the server (highdicom).
 
 MONAI Label 0.8.5's ``DICOMWebDatastore.save_label`` converts a final label with dcmqi's ``itkimage2segimage``
-(downloaded from GitHub at start). :class:`SegDICOMWebDatastore` writes the SEG with
-:func:`lib.infers.dicom_seg.write_dicom_seg` instead (no download, no external tool) and uploads it with STOW-RS;
-everything else is MONAI Label's datastore. What 3D Slicer's "Submit Label" sends: ``PUT
-/datastore/label?image=<SeriesInstanceUID>`` with the labelmap (values 1..N) and ``params`` =
-``{"label_info": [{"name": <segment name>, "idx": <value>}, ...], ...}``. The submitter's Client/User-ID (or
-``rater``) becomes the SEG's ``ContentCreatorName`` (3D Slicer's default ``user-xyz``, everyone's who has not set
-one, is refused with 400, as on a local studies folder). A series is fetched in the transfer syntax it is stored in
-(a JPEG 2000 series opens without the server transcoding it).
+(downloaded from GitHub at start), keeps one final label per series in its cache (a second rater's Submit replaced
+the first one's there) and counts a series with any SEG as labelled, so *Next Sample* offered it to no second rater.
+:class:`SegDICOMWebDatastore` applies the raters' rules of a local studies folder (:mod:`lib.rater_datastore`) to the
+server: 3D Slicer's "Submit Label" (``PUT /datastore/label?image=<SeriesInstanceUID>`` with the labelmap and
+``params`` = ``{"label_info": [...], "client_id": <Client/User-ID>}``) is checked as there (the rater's name, one
+lesion outline on the series' grid, at most ``max_raters`` raters per series: 409), written with
+:func:`lib.infers.dicom_seg.write_dicom_seg` (no download, no external tool) with the rater as
+``ContentCreatorName``, and stored with STOW-RS; every SEG stays in the server. The raters of a series are read
+from the server's SEGs (:mod:`lib.seg_raters`: a rater's latest SEG is their label), so *Next Sample*, the
+``probunet_raters`` view and Train see every rater, also after a restart or from another server on the same PACS;
+each rater's mask is cached under the tag ``rater_<name>`` (``GET /datastore/?output=all`` lists them). A series is
+fetched in the transfer syntax it is stored in (a JPEG 2000 series opens without the server transcoding it).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import pathlib
 import re
 import shutil
 import tempfile
+import threading
 from typing import Any, Dict
 
 import numpy as np
@@ -30,10 +35,19 @@ except ImportError:  # a venv built before the extra had it
 from fastapi import HTTPException
 from monailabel.datastore.dicom import DICOMWebDatastore
 from monailabel.datastore.local import LocalDatastore
-from monailabel.interfaces.datastore import DefaultLabelTag
 
 from lib.infers.dicom_seg import DicomSegError, write_dicom_seg
-from lib.rater_datastore import check_label_shape, nrrd_layers, rater_name
+from lib.rater_datastore import (
+    RATER_TAG_PREFIX,
+    RaterRules,
+    lesion_mask,
+    lesion_segment_name,
+    rater_name,
+    rater_slot,
+    same_rater,
+)
+from lib.seg_raters import RaterSeg, SegRaterIndex, latest_by_rater, rater_seg
+from monai_probunet.dicom_seg import read_dicom_seg
 
 logger = logging.getLogger(__name__)
 
@@ -75,15 +89,13 @@ def label_segments(label: np.ndarray, label_info: Any) -> tuple[np.ndarray, list
     return layers, [{"name": names.get(v, f"label {v}"), "label_value": v} for v in values]
 
 
-class SegDICOMWebDatastore(DICOMWebDatastore):
-    """:class:`~monailabel.datastore.dicom.DICOMWebDatastore` with a highdicom SEG for final labels.
+class SegDICOMWebDatastore(RaterRules, DICOMWebDatastore):
+    """:class:`~monailabel.datastore.dicom.DICOMWebDatastore` keeping each rater's label as a SEG (module docstring).
 
     Also: an image id the server does not hold answers 404 (MONAI Label's datastore raises ``IndexError``: 500), a
     server that does not answer 502 at once (:meth:`answer_problem`; said at start too, and ``/info/`` still lists
-    the models); a series whose label was submitted here counts as labelled at once (MONAI Label keeps the list of
-    labelled series for ``MONAI_LABEL_DICOMWEB_CACHE_EXPIRY`` seconds, 2 hours by default, so the next sample would
-    offer the series just outlined again); a series read for the first time is returned as its cached NIfTI, and
-    MONAI Label's temporary conversion is removed (left in the temporary folder, one per series, before).
+    the models); a series read for the first time is returned as its cached NIfTI, and MONAI Label's temporary
+    conversion is removed (left in the temporary folder, one per series, before). ``max_raters`` is set by the app.
     """
 
     def answer_problem(self, timeout: float = 5.0) -> str | None:
@@ -134,10 +146,10 @@ class SegDICOMWebDatastore(DICOMWebDatastore):
         return super().status()
 
     @property
-    def _submitted(self) -> set[str]:
-        """The series whose label was submitted here (the app turns MONAI Label's datastore into this class after it
-        is built, so the set starts on first use)."""
-        return self.__dict__.setdefault("_submitted_series", set())
+    def _seg_raters(self) -> SegRaterIndex:
+        """The raters' SEGs of the server (the app turns MONAI Label's datastore into this class after it is built,
+        so the index starts on first use)."""
+        return self.__dict__.setdefault("_seg_rater_index", SegRaterIndex(self._client))
 
     def get_image_uri(self, image_id: str) -> str:
         import requests
@@ -236,58 +248,161 @@ class SegDICOMWebDatastore(DICOMWebDatastore):
         finally:
             shutil.rmtree(work)
 
-    def get_labeled_images(self, label_tag: str | None = None, labels: list[str] | None = None) -> list[str]:
-        labelled = list(super().get_labeled_images(label_tag, labels))
-        return labelled + sorted(s for s in self._submitted if s not in labelled and s in self.list_images())
+    def _rater_segs(self) -> dict[str, dict[str, RaterSeg]]:
+        """``{series: {rater: their latest SEG}}`` as the server holds them now, for the series listed."""
+        import requests
 
-    def save_label(
-        self, image_id: str, label_filename: str, label_tag: str, label_info: Dict[str, Any], label_id: str = ""
-    ) -> str:
-        ext = "".join(pathlib.Path(label_filename).suffixes)
-        if label_tag != DefaultLabelTag.FINAL or ext == ".bin":
-            return super().save_label(image_id, label_filename, label_tag, label_info, label_id)
-        import nibabel as nib
-        from monai.transforms import LoadImage
-
-        image_shape = nib.load(self.get_image_uri(image_id)).shape  # the series' files and its NIfTI in the cache
-        image_dir = os.path.realpath(os.path.join(self._datastore.image_path(), image_id))
-        layers = nrrd_layers(label_filename)
-        if layers is not None and layers > 1:
-            check_label_shape((layers, *image_shape), image_shape)
+        self._check_answering()
         try:
-            label = LoadImage(image_only=True)(label_filename)
-        except Exception as e:  # noqa: BLE001 -- readers raise many types for a bad file
-            raise HTTPException(status_code=422, detail=f"could not read the label file: {e}") from None
-        arr = np.asarray(label)
-        if arr.ndim == 2:
-            arr = arr[..., None]
-        check_label_shape(arr.shape, image_shape)
-        layers, segments = label_segments(np.rint(arr).astype(np.int64), label_info.get("label_info"))
-        # the person who submits (refused: 3D Slicer's default id, everyone's who has not set one); none given: none
-        creator = rater_name(label_tag, label_info) if label_info.get("rater") or label_info.get("client_id") else None
-        import pydicom
+            found = self._seg_raters.by_image()
+        except requests.RequestException as e:
+            raise HTTPException(status_code=502, detail=f"the raters' SEGs: the DICOMweb server did not answer "
+                                f"({type(e).__name__}: {e}).") from None
+        return {image: latest_by_rater(segs) for image, segs in found.items()}
 
-        fd, seg_file = tempfile.mkstemp(suffix=".dcm")
+    def rater_names(self) -> dict[str, list[str]]:
+        """``{series: its raters' names}`` of every series listed (:class:`lib.rater_datastore.RaterRules`)."""
+        segs = self._rater_segs()
+        return {image: sorted(segs.get(image, {})) for image in self.list_images()}
+
+    def raters(self, image_id: str) -> dict[str, dict[str, Any]]:
+        """``{rater: info}`` of a series (``rater``, ``ts``: when their latest SEG was made, ``SeriesInstanceUID``
+        of that SEG), from the server."""
+        return {name: {"rater": name, "ts": int(seg.ts), "SeriesInstanceUID": seg.series}
+                for name, seg in self._rater_segs().get(image_id, {}).items()}
+
+    def get_labeled_images(self, label_tag: str | None = None, labels: list[str] | None = None) -> list[str]:
+        """The series at least one rater outlined (a SEG of theirs in the server)."""
+        return [image for image, raters in self.rater_names().items() if raters]
+
+    def get_unlabeled_images(self, label_tag: str | None = None, labels: list[str] | None = None) -> list[str]:
+        """The series no rater has outlined yet."""
+        return self.images_for_rater(None)
+
+    def get_label_uri(self, label_id: str, label_tag: str, image_id: str = "") -> str:
+        """A rater's label (tag ``rater_<name>``; ``label_id`` is the series): the mask of their latest SEG in the
+        server, read into the cache where the cache does not hold that SEG's (:meth:`_cache_rater_label`); other
+        tags as MONAI Label."""
+        if label_tag.startswith(RATER_TAG_PREFIX):
+            return self._cache_rater_label(label_id, label_tag[len(RATER_TAG_PREFIX):])
+        return super().get_label_uri(label_id, label_tag, image_id)
+
+    def _cache_rater_label(self, image_id: str, name: str) -> str:
+        """The cached NIfTI of rater ``name``'s latest SEG of ``image_id``, read from the server where the cache
+        holds another (an older SEG, or none: a cache made by another server or emptied).
+
+        Raises:
+            HTTPException: 404 no such rater; 422 a SEG that is not one lesion outline of the series.
+        """
+        import nibabel as nib
+
+        segs = self._rater_segs().get(image_id, {})
+        name = next((r for r in sorted(segs) if same_rater(r, name)), name)
+        seg = segs.get(name)
+        if seg is None:
+            raise HTTPException(status_code=404, detail=f"image {image_id!r} has no SEG of rater {name!r} in the "
+                                "DICOMweb server.")
+        tag = f"{RATER_TAG_PREFIX}{name}"
+        cached = LocalDatastore.get_label_uri(self, image_id, tag)
+        if cached and os.path.isfile(cached) and \
+                LocalDatastore.get_label_info(self, image_id, tag).get("SeriesInstanceUID") == seg.series:
+            return cached
+        image = nib.load(self.get_image_uri(image_id))
+        datasets = self._client.retrieve_series(seg.study, seg.series)
+        try:
+            layers, names = read_dicom_seg(datasets[0], self._series_dir(image_id), image.affine, image.shape)
+        except (DicomSegError, IndexError) as e:
+            raise HTTPException(status_code=422, detail=f"rater {name}'s SEG {seg.series} of {image_id}: {e}") from None
+        lesion = [i for i, n in enumerate(names) if n.strip().lower() == "lesion"]
+        if not lesion and len(names) != 1:
+            raise HTTPException(status_code=422, detail=f"rater {name}'s SEG {seg.series} of {image_id} holds "
+                                f"{len(names)} segments ({', '.join(names)}), none named 'lesion': expected one "
+                                "lesion outline.")
+        mask = layers[lesion[0] if lesion else 0]
+        self._cache_label(image_id, tag, mask, image.affine, {"rater": name, "SeriesInstanceUID": seg.series,
+                                                             "lesion_voxels": int(mask.sum())}, seg.ts)
+        logger.info(f"rater {name}'s SEG {seg.series} of {image_id} read into the cache")
+        return LocalDatastore.get_label_uri(self, image_id, tag)
+
+    def _series_dir(self, image_id: str) -> str:
+        return os.path.realpath(os.path.join(self._datastore.image_path(), image_id))
+
+    def _cache_label(self, image_id: str, tag: str, mask: np.ndarray, affine: np.ndarray, info: dict[str, Any],
+                     ts: float) -> None:
+        """Keep a rater's mask in the cache under ``tag`` (MONAI Label's local datastore), with ``ts`` the time of
+        its SEG (MONAI Label sets the time it is cached)."""
+        import nibabel as nib
+
+        fd, tmp = tempfile.mkstemp(suffix=".nii.gz")
         os.close(fd)
         try:
-            try:
-                info = write_dicom_seg(seg_file, layers, np.asarray(label.affine, dtype=np.float64), segments,
-                                       image_dir, series_description="MONAI Label final label",
-                                       content_creator=creator)
-            except DicomSegError as e:
-                raise HTTPException(status_code=422, detail=f"DICOM SEG: {e}") from None
-            self._client.store_instances(datasets=[pydicom.dcmread(seg_file)])  # STOW-RS
+            nib.save(nib.Nifti1Image(mask.astype(np.uint8), affine), tmp)
+            LocalDatastore.save_label(self, image_id, tmp, tag, dict(info))
         finally:
-            os.unlink(seg_file)
-        label_series_id = info["SeriesInstanceUID"]
-        image_info = self.get_image_info(image_id)
-        label_info.update({
-            "SeriesInstanceUID": label_series_id,
-            "Modality": image_info.get("Modality"),
-            "PatientID": image_info.get("PatientID"),
-            "StudyInstanceUID": image_info.get("StudyInstanceUID"),
-        })
-        logger.info(f"final label of {image_id} stored as DICOM SEG series {label_series_id}")
-        saved = LocalDatastore.save_label(self, image_id, label_filename, label_tag, label_info)
-        self._submitted.add(image_id)
-        return saved
+            os.remove(tmp)
+        LocalDatastore.update_label_info(self, image_id, tag, {"ts": int(ts)})
+
+    def sync_rater_labels(self) -> str:
+        """Read every rater's latest SEG of every series listed into the cache (each series' image too); returns
+        the cache folder, a local datastore of those images and raters' labels (:mod:`monai_probunet.data.raters`
+        exports it for training)."""
+        for image_id, raters in self.rater_names().items():
+            for name in raters:
+                self._cache_rater_label(image_id, name)
+        return self._datastore_path
+
+    def save_label(
+        self, image_id: str, label_filename: str, label_tag: str, label_info: dict[str, Any], label_id: str = ""
+    ) -> str:
+        """A rater's label (the tag ``final`` 3D Slicer's Submit sends, or ``rater_<name>``; the rater as for a
+        local studies folder, :func:`lib.rater_datastore.rater_name`) stored in the server as a DICOM SEG and
+        kept in the cache under ``rater_<name>``; another tag as MONAI Label stores it (in the cache only).
+
+        Raises:
+            HTTPException: as :class:`lib.rater_datastore.RaterDatastore` (400 no rater, 409 a further rater
+                beyond ``max_raters``, 400/422 a label that is not one lesion outline of the series), 422 a series
+                a SEG cannot reference, 502 the server did not take it.
+        """
+        import pydicom
+        import requests
+
+        label_info = dict(label_info or {})
+        ext = "".join(pathlib.Path(label_filename).suffixes)
+        name = None if ext == ".bin" else rater_name(label_tag, label_info)
+        if name is None:
+            return super().save_label(image_id, label_filename, label_tag, label_info, label_id)
+        image_file = self.get_image_uri(image_id)  # the series' files and its NIfTI in the cache; 404 unknown
+        mask, affine = lesion_mask(label_filename, image_file, label_info.get("label_info"))
+        with self.__dict__.setdefault("_save_lock", threading.Lock()):
+            name = rater_slot(image_id, name, self.raters(image_id), self.max_raters)
+            layers, segments = label_segments(mask, [{"name": lesion_segment_name(label_info.get("label_info")),
+                                                      "idx": 1}])
+            fd, seg_file = tempfile.mkstemp(suffix=".dcm")
+            os.close(fd)
+            try:
+                try:
+                    info = write_dicom_seg(seg_file, layers, np.asarray(affine, dtype=np.float64), segments,
+                                           self._series_dir(image_id), series_description="MONAI Label rater label",
+                                           content_creator=name)
+                except DicomSegError as e:
+                    raise HTTPException(status_code=422, detail=f"DICOM SEG: {e}") from None
+                seg_ds = pydicom.dcmread(seg_file)
+                try:
+                    self._client.store_instances(datasets=[seg_ds])  # STOW-RS
+                except requests.RequestException as e:
+                    raise HTTPException(status_code=502, detail=f"the DICOMweb server did not store rater {name}'s "
+                                        f"SEG ({type(e).__name__}: {e}); nothing was kept.") from None
+            finally:
+                os.unlink(seg_file)
+            seg = rater_seg(seg_ds)
+            self._seg_raters.add(seg)
+            image_info = self.get_image_info(image_id)
+            tag = f"{RATER_TAG_PREFIX}{name}"
+            self._cache_label(image_id, tag, mask, affine, {
+                **label_info, "rater": name, "lesion_voxels": int(mask.sum()),
+                "SeriesInstanceUID": info["SeriesInstanceUID"], "Modality": image_info.get("Modality"),
+                "PatientID": image_info.get("PatientID"), "StudyInstanceUID": image_info.get("StudyInstanceUID"),
+            }, seg.ts)
+        logger.info(f"label of rater {name!r} for {image_id} stored as DICOM SEG series {info['SeriesInstanceUID']} "
+                    f"and cached under tag {tag} ({int(mask.sum())} voxels)")
+        return image_id

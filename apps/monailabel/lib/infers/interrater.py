@@ -81,7 +81,9 @@ class InterRaterInfer(ProbUNetInfer):
 
     def _image_id(self, store: Any, image_path: str) -> str:
         real = os.path.realpath(image_path)
-        for image_id in store.list_images():
+        images = store.list_images()
+        named = os.path.basename(real).split(".nii")[0]  # a DICOMweb cache names the series' NIfTI by its UID
+        for image_id in sorted(images, key=lambda i: i != named):  # that one first: no other series is downloaded
             uri = store.get_image_uri(image_id)
             if uri and os.path.realpath(uri) == real:
                 return image_id
