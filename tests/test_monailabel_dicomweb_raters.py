@@ -64,7 +64,8 @@ def rater_segs(orthanc_url: str) -> dict[str, list[str]]:
                           timeout=30).json()
     for instance in found:
         ds = pydicom.dcmread(io.BytesIO(requests.get(f"{orthanc_url}/instances/{instance}/file", timeout=30).content))
-        out.setdefault(str(ds.get("ContentCreatorName", "")), []).append(ds.ReferencedSeriesSequence[0].SeriesInstanceUID)
+        referenced = str(ds.ReferencedSeriesSequence[0].SeriesInstanceUID)
+        out.setdefault(str(ds.get("ContentCreatorName", "")), []).append(referenced)
     return out
 
 

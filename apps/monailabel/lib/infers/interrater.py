@@ -1,11 +1,12 @@
 """The ``probunet_raters`` infer task: each rater's outline and the model's hypotheses side by side, with their GED.
 
-For an image that raters outlined (tags ``rater_<name>`` of the local datastore, :mod:`lib.rater_datastore`), the
-reply is one layered Slicer segmentation (``.seg.nrrd``): first one segment per rater, named ``rater alice``, then
-the S hypotheses of the ``probunet`` task, named as it names them (``h3 variant B 4/16``). The reply JSON holds the
-squared GED between the raters' set and the hypotheses on the image grid
-(:func:`monai_probunet.metrics.ged.generalized_energy_distance`: Eq. 6, V-statistic, ``d = 1 - IoU`` of the lesion,
-empty-empty = 0) with its three terms, the raters (name, time, lesion voxels) and the hypotheses' report.
+For an image that raters outlined (tags ``rater_<name>``: :mod:`lib.rater_datastore`; on a DICOMweb server each
+rater's latest SEG there, :mod:`lib.dicomweb_datastore`), the reply is one layered Slicer segmentation
+(``.seg.nrrd``): first one segment per rater, named ``rater alice``, then the S hypotheses of the ``probunet`` task,
+named as it names them (``h3 variant B 4/16``). The reply JSON holds the squared GED between the raters' set and
+the hypotheses on the image grid (:func:`monai_probunet.metrics.ged.generalized_energy_distance`: Eq. 6,
+V-statistic, ``d = 1 - IoU`` of the lesion, empty-empty = 0) with its three terms, the raters (name, time, lesion
+voxels) and the hypotheses' report.
 
 The lesion centre is, in this order: the request's ``center`` / first ``foreground`` point (as for ``probunet``:
 in 3D Slicer it is a click model under "SmartEdit / Deepgrow", click the lesion), the image's ``center`` info (IJK
@@ -93,7 +94,8 @@ class InterRaterInfer(ProbUNetInfer):
     def _raters(self, store: Any, image_id: str, shape: Sequence[int]) -> tuple[list[dict[str, Any]], np.ndarray]:
         """Raters ordered by submission time (then name) and their masks, ``R x *shape`` uint8."""
         if not hasattr(store, "raters"):
-            raise ProbUNetRequestError("this datastore keeps no raters' labels (a local studies folder does).")
+            raise ProbUNetRequestError("this datastore keeps no raters' labels (a local studies folder and a "
+                                       "DICOMweb server do).")
         raters = sorted(store.raters(image_id).items(), key=lambda kv: (int(kv[1].get("ts", 0)), kv[0]))
         if not raters:
             raise ProbUNetRequestError(f"image {image_id!r} has no rater's outline yet (labels tagged "

@@ -203,9 +203,9 @@ class ProbUNetTrain(TrainTask):
         params = self._params(request)
         studies = getattr(datastore, "_datastore_path", None)  # a DICOMweb datastore's is its download cache
         if isinstance(datastore, DICOMWebDatastore):
-            raise TrainRequestError("training needs a local studies folder (the raters' labels are kept there); "
-                                    "this server's datastore is a DICOMweb server, whose submitted labels are one "
-                                    "final DICOM SEG per series, not each rater's outline.")
+            raise TrainRequestError("training needs a local studies folder; this server's datastore is a DICOMweb "
+                                    "server, where the raters' labels are SEGs in the server, which training does "
+                                    "not read yet.")
         if not studies or not os.path.isfile(os.path.join(studies, "datastore_v2.json")):
             raise TrainRequestError("training needs a local studies folder (the raters' labels are kept there); "
                                     f"this server's datastore is {type(datastore).__name__}.")
