@@ -140,6 +140,7 @@ def _grid_index(ds: Any, inv: np.ndarray, shape: Sequence[int]) -> tuple[tuple[A
     o, sr, sc = np.rint(origin), np.rint(step_r), np.rint(step_c)
     drift = np.abs(origin - o) + (rows - 1) * np.abs(step_r - sr) + (cols - 1) * np.abs(step_c - sc)
     r, c = np.arange(rows)[:, None, None], np.arange(cols)[None, :, None]
+    outside = DicomSegError(f"instance {ds.SOPInstanceUID} lies outside the label grid {tuple(shape)}.")
     if drift.max() > GRID_TOLERANCE:  # each pixel located and checked
         vox = origin + r * step_r + c * step_c
         idx = np.rint(vox)
@@ -148,20 +149,21 @@ def _grid_index(ds: Any, inv: np.ndarray, shape: Sequence[int]) -> tuple[tuple[A
                 f"instance {ds.SOPInstanceUID}: its pixels are {np.abs(vox - idx).max():.3f} voxels off the label "
                 "grid."
             )
-    else:
-        idx = o + r * sr + c * sc
-    lo, hi = idx.min(axis=(0, 1)), idx.max(axis=(0, 1))
-    if (lo < 0).any() or (hi >= np.asarray(shape)).any():
-        raise DicomSegError(f"instance {ds.SOPInstanceUID} lies outside the label grid {tuple(shape)}.")
+        idx = idx.astype(np.int64)
+        if (idx < 0).any() or (idx >= np.asarray(shape)).any():
+            raise outside
+        return (idx[..., 0], idx[..., 1], idx[..., 2]), False
+    corners = np.array([o + a * (rows - 1) * sr + b * (cols - 1) * sc for a in (0, 1) for b in (0, 1)])
+    if (corners < 0).any() or (corners >= np.asarray(shape)).any():  # an affine map's extremes are at the corners
+        raise outside
     ar, ac = np.flatnonzero(sr), np.flatnonzero(sc)
-    if drift.max() <= GRID_TOLERANCE and len(ar) == len(ac) == 1 and ar[0] != ac[0] and \
-            abs(sr[ar[0]]) == abs(sc[ac[0]]) == 1:  # rows and columns along two axes of the grid
-        index: list[Any] = [int(v) for v in o]
+    if len(ar) == len(ac) == 1 and ar[0] != ac[0] and abs(sr[ar[0]]) == abs(sc[ac[0]]) == 1:
+        index: list[Any] = [int(v) for v in o]  # rows and columns along two axes of the grid
         for axis, step, n in ((ar[0], int(sr[ar[0]]), rows), (ac[0], int(sc[ac[0]]), cols)):
             stop = int(o[axis]) + step * n
             index[axis] = slice(int(o[axis]), None if stop < 0 else stop, step)
         return tuple(index), bool(ar[0] > ac[0])
-    idx = idx.astype(np.int64)
+    idx = (o + r * sr + c * sc).astype(np.int64)
     return (idx[..., 0], idx[..., 1], idx[..., 2]), False
 
 
