@@ -209,11 +209,11 @@ class ModelGridd(MapTransform):
     and crop the model's field around the centre.
 
     Per case it builds ``Orientationd`` (:data:`MODEL_AXCODES`: the same anatomy gives the model the same crop
-    however the file orders its voxels; a volume's slice axis then last), ``Spacingd`` (bilinear, the slice axis
-    kept), ``SpatialPadd`` (by the field) and ``SpatialCropd`` (``roi_size`` around the centre), applies them and
-    keeps their ``Compose`` under ``transform_key`` for :class:`InvertModelGridd`. Also stores ``model_slice_axis``
-    (the slice axis on the model's grid), ``inside`` (bool ``1 x *crop``: crop pixels that lie on the image),
-    ``model_spacing`` and ``model_roi_size``.
+    however the file orders its voxels; a volume's slice axis then last), ``Spacingd`` (``mode``, bilinear by default;
+    the slice axis kept), ``SpatialPadd`` (by the field) and ``SpatialCropd`` (``roi_size`` around the centre), applies
+    them and keeps their ``Compose`` under ``transform_key`` for :class:`InvertModelGridd`. Also stores
+    ``model_slice_axis`` (the slice axis on the model's grid), ``inside`` (bool ``1 x *crop``: crop pixels that lie on
+    the image), ``model_spacing`` and ``model_roi_size``.
 
     A centre near the border (within half the field) puts part of the field beyond the image. Air padding
     (``"constant"``) draws a straight tissue-to-air edge across whatever the border cuts, and a cut aorta or vessel
@@ -228,6 +228,8 @@ class ModelGridd(MapTransform):
         roi_size: the model's crop size in pixels.
         transform_key: where the case's chain is stored.
         padding_mode: one of :data:`PADDING_MODES`.
+        mode: ``Spacingd``'s interpolation: ``"bilinear"`` for an image, ``"nearest"`` for a mask (the training
+            export cuts the raters' masks with the image, :mod:`monai_probunet.data.volume_crops`).
 
     Raises:
         ValueError: an image smaller than the model's field at ``spacing`` (never padded into one), or an unknown
@@ -241,8 +243,10 @@ class ModelGridd(MapTransform):
         roi_size: int | Sequence[int] = DEFAULT_ROI_SIZE,
         transform_key: str = "model_grid",
         padding_mode: str = "edge",
+        mode: str = "bilinear",
     ) -> None:
         super().__init__(keys)
+        self.mode = mode
         self.spacing = _pair(spacing, "spacing", float)
         self.roi = _pair(roi_size, "roi_size", int)
         self.transform_key = transform_key
@@ -264,7 +268,7 @@ class ModelGridd(MapTransform):
         pixdim, pad_size, crop_size = [-1.0] * nd, [-1] * nd, [1] * nd
         for a, s, r in zip(inplane, self.spacing, self.roi):
             pixdim[a], crop_size[a] = s, r
-        spacing_t = Spacingd(keys=key, pixdim=pixdim, mode="bilinear", padding_mode="border")
+        spacing_t = Spacingd(keys=key, pixdim=pixdim, mode=self.mode, padding_mode="border")
         out = spacing_t({key: plane})
         resampled = [int(out[key].shape[1 + a]) for a in inplane]
         if any(n < r for n, r in zip(resampled, self.roi)):

@@ -30,6 +30,7 @@ __all__ = [
     "find_presence_threshold",
     "load_model",
     "load_trained_network",
+    "model_grid",
     "model_record",
     "read_model_settings",
     "write_model_settings",
@@ -199,6 +200,50 @@ def load_model(
             settings[name] = tuple(trained[key]) if name == "hu_window" else list(trained[key])
     _pair(settings["spacing"], "infer_spacing", float)
     return network.to(dev).eval(), settings
+
+
+def model_grid(
+    model_path: str | os.PathLike | None,
+    config_file: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
+) -> tuple[list[float], list[int]]:
+    """The grid a model takes its crops on: in-plane pixel spacing (mm) and crop size (pixels).
+
+    Those the model was trained on (``infer_spacing`` / ``infer_roi_size`` of its ``model.json``,
+    :func:`read_model_settings`), else the config's (default :func:`bundle_config` of ``model_path``;
+    ``infer_roi_size`` else :data:`DEFAULT_ROI_SIZE`), as :func:`load_model` resolves them, without building the
+    network. ``model_path`` may be ``None`` or not exist yet (no model in use): the config's grid.
+
+    Returns:
+        ``([spacing_0, spacing_1], [roi_0, roi_1])``.
+
+    Raises:
+        ValueError: a config that does not parse or has no ``infer_spacing``, or a grid that is not 2 positive values.
+    """
+    record = read_model_settings(model_path) if model_path is not None and Path(model_path).is_file() else None
+    spacing = (record or {}).get("infer_spacing")
+    roi = (record or {}).get("infer_roi_size")
+    if spacing is None or roi is None:
+        from monai.bundle import ConfigParser
+
+        files = [bundle_config(model_path or REPO_CONFIG)] if config_file is None else config_file
+        files = [str(f) for f in ([files] if isinstance(files, (str, os.PathLike)) else files)]
+        parser = ConfigParser()
+        try:
+            parser.read_config(files)
+            _defer_imports(parser)
+            if spacing is None:
+                if "infer_spacing" not in parser:
+                    raise ValueError(f"config {files} defines no infer_spacing: {SPACING_HINT}.")
+                spacing = parser.get_parsed_content("infer_spacing")
+            if roi is None:
+                roi = parser.get_parsed_content("infer_roi_size") if "infer_roi_size" in parser else DEFAULT_ROI_SIZE
+        except ValueError:
+            raise
+        except Exception as e:  # yaml/json and config expressions raise many types
+            raise ValueError(f"config {files} could not be read: {type(e).__name__}: {' '.join(str(e).split())}") \
+                from e
+    spacing, roi = _pair(spacing, "infer_spacing", float), _pair(roi, "infer_roi_size", int)
+    return [float(v) for v in spacing], [int(v) for v in roi]
 
 
 def write_model_settings(model_path: str | os.PathLike, settings: Mapping[str, Any]) -> Path:
