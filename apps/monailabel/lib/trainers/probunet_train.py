@@ -2,9 +2,12 @@
 
 ``POST /train/probunet`` (3D Slicer: "Train") runs, in MONAI Label's background train process:
 
-1. **export**: every image of the local studies folder that a rater outlined, with all its raters' labels, as a
-   multi-grader dataset (:func:`monai_probunet.data.raters.export_rater_dataset`) in
-   ``<app>/model/probunet_train/<run>/dataset``;
+1. **export**: every image that a rater outlined, with all its raters' labels, as a multi-grader dataset
+   (:func:`monai_probunet.data.raters.export_rater_dataset`) in ``<app>/model/probunet_train/<run>/dataset``: a CT
+   volume as 2-D crops on the grid of the model in use (``model.json`` beside it, else the config's
+   ``infer_spacing`` / ``infer_roi_size``), one per lesion and axial slice it spans; a 2-D candidate crop as it is
+   (all of one size). The datastore is the local studies folder, or on a DICOMweb server the cache into which every
+   rater's latest SEG is read first (``sync_rater_labels``);
 2. **train**: ``python -m monai.bundle run training --config_file "[<network config(s)>]" --dataset_name folder
    --dataset_dir <export> --ckpt_dir <run>/models --max_epochs N --val_interval V`` in a subprocess (plus
    ``finetune.yaml --pretrained_path <current model>`` to start from the model in use, MONAI Label's ``pretrained``);
@@ -18,8 +21,9 @@ The outcome (GEDs, swapped or not, backup, run folder) is the last line of ``det
 ``/info/`` and ``<app>/model/probunet_train/train_stats.json``. Request parameters (``params`` of the POST, shown in
 Slicer's train options): ``max_epochs`` (default 5: CPU-sized), ``val_interval`` (1), ``pretrained`` (true),
 ``seed`` (0), ``num_samples`` (16, of the comparison). Anything that stops a run (fewer than two rated patients, a
-bad parameter, a failed training) ends the task with status ``ERROR`` and one line saying why, and leaves the model
-in use untouched; with ``run_sync=true`` the POST answers 400 / 500 with that line.
+bad parameter, a volume without spacing, a rater's mask off its image's grid, a failed training) ends the task with
+status ``ERROR`` and one line saying why, and leaves the model in use untouched; with ``run_sync=true`` the POST
+answers 400 / 500 with that line.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from monailabel.interfaces.tasks.train import TrainTask
 from monai_probunet.data.disk_format import DatasetError
 from monai_probunet.data.raters import export_rater_dataset
 from monai_probunet.io_utils import atomic_write_json
+from monai_probunet.model_loading import model_grid
 
 from .model_swap import compare_models, swap_in
 
@@ -60,7 +65,7 @@ _TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
 
 
 class TrainRequestError(Exception):
-    """A train request that cannot run (bad parameter, too few rated images, no local studies folder); ``status`` is
+    """A train request that cannot run (bad parameter, too few rated images, no raters' labels); ``status`` is
     the HTTP status of a synchronous request."""
 
     def __init__(self, msg: str, status: int = 400) -> None:
@@ -96,8 +101,9 @@ def _check_one_size(dataset: Path, content: dict[str, Any]) -> None:
             shapes.setdefault(tuple(int(n) for n in nib.load(str(dataset / entry["image"])).shape), entry["case_id"])
     if len(shapes) > 1:
         examples = ", ".join(f"{cid} {list(shape)}" for shape, cid in list(shapes.items())[:3])
-        raise TrainRequestError(f"the rated images differ in size ({examples}): the training batches whole images, "
-                                "so rate candidate crops of one size.")
+        raise TrainRequestError(f"the rated images differ in size ({examples}): the training batches whole 2-D images, "
+                                "so rate 2-D candidate crops of one size (or whole CT volumes, which are cut into "
+                                "the model's crops).")
 
 
 def _in_background_process() -> bool:
@@ -199,16 +205,32 @@ class ProbUNetTrain(TrainTask):
                 "run, so no model would be chosen; give val_interval <= max_epochs.")
         return params
 
-    def _run(self, request: dict[str, Any], datastore: Datastore) -> dict[str, Any]:
-        params = self._params(request)
-        studies = getattr(datastore, "_datastore_path", None)  # a DICOMweb datastore's is its download cache
+    def _studies(self, datastore: Datastore) -> str:
+        """The local datastore folder to export: the studies folder, or a DICOMweb datastore's cache once every
+        rater's latest SEG is read into it."""
         if isinstance(datastore, DICOMWebDatastore):
-            raise TrainRequestError("training needs a local studies folder; this server's datastore is a DICOMweb "
-                                    "server, where the raters' labels are SEGs in the server, which training does "
-                                    "not read yet.")
+            if not hasattr(datastore, "sync_rater_labels"):
+                raise TrainRequestError(f"this server's datastore is {type(datastore).__name__}, which keeps no "
+                                        "raters' labels: start the app on the DICOMweb server as it is set up "
+                                        "(apps/monailabel/README.md).")
+            try:
+                return datastore.sync_rater_labels()
+            except HTTPException as e:  # the server did not answer, or a SEG that is no lesion outline
+                raise TrainRequestError(f"reading the raters' SEGs from the DICOMweb server: {e.detail}",
+                                        status=e.status_code) from None
+        studies = getattr(datastore, "_datastore_path", None)
         if not studies or not os.path.isfile(os.path.join(studies, "datastore_v2.json")):
             raise TrainRequestError("training needs a local studies folder (the raters' labels are kept there); "
                                     f"this server's datastore is {type(datastore).__name__}.")
+        return studies
+
+    def _run(self, request: dict[str, Any], datastore: Datastore) -> dict[str, Any]:
+        params = self._params(request)
+        studies = self._studies(datastore)
+        try:
+            spacing, roi_size = model_grid(self.model_path, self.config_file)
+        except (ValueError, FileNotFoundError) as e:
+            raise TrainRequestError(f"the model's grid (the crops of CT volumes): {e}", status=500) from None
         run_dir = self.work_dir / time.strftime("run_%Y%m%d-%H%M%S")
         k = 1
         while run_dir.exists():
@@ -221,7 +243,7 @@ class ProbUNetTrain(TrainTask):
 
         try:
             datalist = export_rater_dataset(studies, run_dir / "dataset", num_graders=self.num_graders,
-                                            seed=params["seed"])
+                                            seed=params["seed"], spacing=spacing, roi_size=roi_size)
         except DatasetError as e:
             raise TrainRequestError(f"export of the raters' labels: {e}") from None
         content = json.loads(datalist.read_text())
@@ -230,7 +252,8 @@ class ProbUNetTrain(TrainTask):
         stats.update(state="TRAINING", export=str(datalist.parent), cases=counts, num_graders=content["num_graders"],
                      epoch=0, max_epochs=params["max_epochs"])
         print(f"train probunet: exported {counts['training']} training, {counts['validation']} validation, "
-              f"{counts['test']} test images with {content['num_graders']} graders each to {datalist.parent}",
+              f"{counts['test']} test images with {content['num_graders']} graders each to {datalist.parent} "
+              f"(CT volumes: crops of {roi_size[0]} x {roi_size[1]} px at {spacing[0]:g} x {spacing[1]:g} mm)",
               flush=True)
         self._write_stats(stats)
 
