@@ -294,3 +294,79 @@ def test_inter_rater_view(train_server):
     r = requests.post(f"{url}/infer/probunet_raters", params={"image": "case10", "output": "json"},
                       data={"params": "{}"}, timeout=120)
     assert r.status_code == 400 and "no rater" in r.json()["detail"], r.text
+
+
+# ------------------------------------------------------------------------------------------------ CT volumes
+
+#: two patients' CT volumes of different sizes and spacings (shape, in-plane mm, slice mm), each with an ellipsoid
+#: lesion (radii in mm) that the three raters outline in 3-D, each at their own scale
+VOLUMES = {"ct_p1": ((48, 44, 7), 0.8, 2.5, (6.0, 5.0, 3.0)), "ct_p2": ((40, 40, 6), 1.0, 3.0, (7.0, 6.0, 4.0))}
+
+
+def _ellipsoid(shape, spacing, radii) -> np.ndarray:
+    """An ellipsoid around the volume's centre voxel (``radii`` in mm)."""
+    idx = np.indices(shape).astype(float)
+    return (sum(((idx[a] - (shape[a] // 2)) * spacing[a] / radii[a]) ** 2 for a in range(3)) <= 1).astype(np.uint8)
+
+
+@pytestmark_server
+def test_train_on_rated_ct_volumes(tmp_path_factory):
+    """Whole CT volumes rated in 3-D by three raters (as Slicer submits them) -> POST /train/probunet?run_sync=true
+    -> the crops of every lesion slice, one epoch, the comparison; before, the export refused volumes."""
+    import requests
+
+    if not MONAILABEL.exists():
+        pytest.skip(f"{MONAILABEL} does not exist: build it with `bash apps/monailabel/setup_venv.sh`")
+    root = tmp_path_factory.mktemp("train_volumes")
+    studies = root / "studies"
+    studies.mkdir()
+    rng = np.random.default_rng(3)
+    raters, expected = {}, {}
+    for vid, (shape, inplane, thick, radii) in VOLUMES.items():
+        spacing = (inplane, inplane, thick)
+        affine = np.diag([-inplane, -inplane, thick, 1.0])  # as a DICOM series converts: LPS voxel axes
+        affine[:3, 3] = [40.0, 30.0, -120.0]
+        img = (-850.0 + 15 * rng.standard_normal(shape)).astype(np.float32)
+        img[_ellipsoid(shape, spacing, radii) > 0] = 30.0
+        nib.save(nib.Nifti1Image(img, affine), str(studies / f"{vid}.nii.gz"))
+        raters[vid] = {name: (_ellipsoid(shape, spacing, [r * f for r in radii]), affine) for name, f in RATERS.items()}
+        # the union is carol's (the largest): one crop per slice whose centre lies within her z radius
+        expected[vid] = sum(abs(k - shape[2] // 2) * thick <= radii[2] * RATERS["carol"] for k in range(shape[2]))
+    (root / "tiny.yaml").write_text(TINY_NET)
+    configs = [str(REPO / "bundle" / "configs" / "train.yaml"), str(root / "tiny.yaml")]
+    model = root / "models" / "model.pt"
+    model.parent.mkdir()
+    _untrained_model(model, configs)
+    conf = {"model_path": model, "network_config": ",".join(configs), "warmup": "false"}
+    with running_server(root, str(studies), conf) as (url, log):
+        for name in RATERS:
+            for vid, masks in raters.items():
+                mask, affine = masks[name]
+                files = {"label": ("label.nii.gz", gzip.compress(nib.Nifti1Image(mask, affine).to_bytes()),
+                                   "application/octet-stream")}
+                params = {"client_id": name, "label_info": [{"name": "lesion", "idx": 1}]}
+                r = requests.put(f"{url}/datastore/label", params={"image": vid}, files=files,
+                                 data={"params": json.dumps(params)}, timeout=60)
+                assert r.status_code == 200, r.text
+            time.sleep(1.1)  # distinct submission seconds: the export orders graders by time
+        r = requests.post(f"{url}/train/probunet", params={"run_sync": "true"}, json={"max_epochs": 1},
+                          timeout=600)
+        assert r.status_code == 200, r.text
+        result = r.json()
+        server_log = Path(log).read_text()
+    assert result["new_ged"] is not None and result["current_ged"] is not None
+    line = "new model in use" if result["swapped"] else "new model NOT used"
+    assert f"train probunet: {line}: validation GED {result['new_ged']:.4f}" in server_log
+    stats = json.loads((root / "app" / "model" / "probunet_train" / "train_stats.json").read_text())
+    export = Path(stats["export"])
+    datalist = json.loads((export / "datalist.json").read_text())
+    entries = [e for s in ("training", "validation", "test") for e in datalist[s]]
+    assert {vid: sum(e["image_id"] == vid for e in entries) for vid in VOLUMES} == expected
+    assert all(e["raters"] == ["alice", "bob", "carol"] and e["lesion"] == 1 for e in entries)
+    validation = {e["patient_id"] for e in datalist["validation"]}
+    assert len(validation) == 1 and result["num_images"] == expected[validation.pop()]
+    for e in entries:  # crops of the model's field (tiny.yaml: 32 x 32 px at 1 mm), lesion at the centre
+        crop = nib.load(str(export / e["image"]))
+        assert crop.shape == (32, 32) and np.allclose(crop.header.get_zooms()[:2], (1.0, 1.0))
+        carol = np.asarray(nib.load(str(export / e["label"][2])).dataobj)
+        assert carol[16, 16] == 1 and carol[0].sum() == carol[:, 0].sum() == 0
