@@ -11,7 +11,8 @@ lesion outline on the series' grid, at most ``max_raters`` raters per series: 40
 ``ContentCreatorName``, and stored with STOW-RS; every SEG stays in the server. The raters of a series are read
 from the server's SEGs (:mod:`lib.seg_raters`: a rater's latest SEG is their label), so *Next Sample*, the
 ``probunet_raters`` view and Train see every rater, also after a restart or from another server on the same PACS;
-each rater's mask is cached under the tag ``rater_<name>`` (``GET /datastore/?output=all`` lists them). A series is
+each rater's mask is cached under the tag ``rater_<name>`` (``GET /datastore/?output=all`` lists them; Train reads
+every rater's latest SEG into the cache with :meth:`sync_rater_labels` and exports the cache). A series is
 fetched in the transfer syntax it is stored in (a JPEG 2000 series opens without the server transcoding it).
 """
 
