@@ -13,6 +13,8 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import sys
+from pathlib import Path
 from urllib.parse import quote_plus
 
 import nibabel as nib
@@ -135,3 +137,63 @@ def test_a_team_of_raters_on_a_pacs(orthanc, tmp_path):  # noqa: F811 -- the fix
         status, text = submit(url, second, masks["bob"], img.affine, "frank")
         assert status == 200, text
         assert next_sample(url, "frank") is None and next_sample(url, "bob") == second
+
+
+def test_train_on_a_pacs(orthanc, tmp_path):  # noqa: F811 -- the fixture
+    """Train on a DICOMweb datastore: every rater's SEG read into the cache, the series' crops exported with
+    patient-level splits by PatientID, one epoch, the comparison (before: refused)."""
+    import pydicom
+    import requests
+
+    from tests.test_monailabel_train import TINY_NET, _untrained_model
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "apps" / "monailabel" / "orthanc"))
+    from make_ct_series import make_series, store
+
+    series = []
+    for k, patient in enumerate(("PACS-P1", "PACS-P2")):
+        files = make_series(tmp_path / f"s{k}", slices=6, seed=80 + k)
+        for f in files:  # two patients (CT_small.dcm's own PatientID is one)
+            ds = pydicom.dcmread(str(f))
+            ds.PatientID = patient
+            ds.save_as(str(f))
+        store(files, orthanc)
+        series.append(str(pydicom.dcmread(str(files[0])).SeriesInstanceUID))
+    (tmp_path / "tiny.yaml").write_text(TINY_NET)
+    configs = [str(CONFIG), str(tmp_path / "tiny.yaml")]
+    model = tmp_path / "models" / "model.pt"
+    model.parent.mkdir()
+    _untrained_model(model, configs)
+    conf = {"model_path": model, "network_config": ",".join(configs), "warmup": "false"}
+    (tmp_path / "a").mkdir()
+    with running_server(tmp_path / "a", f"{orthanc}/dicom-web", conf) as (url, log):
+        for uid in series:
+            r = requests.get(f"{url}/datastore/image", params={"image": uid}, timeout=120)
+            (tmp_path / "img.nii.gz").write_bytes(r.content)
+            img = nib.load(str(tmp_path / "img.nii.gz"))
+            for k, name in enumerate(["alice", "bob", "carol"]):  # 3-D outlines of the lesion, slices 1..4
+                mask = np.zeros(img.shape, np.uint8)
+                mask[50 - 2 * k:70 + 2 * k, 45 - 2 * k:65 + 2 * k, 1 + (k == 0):5] = 1
+                status, text = submit(url, uid, mask, img.affine, name)
+                assert status == 200, text
+        r = requests.post(f"{url}/train/probunet", params={"run_sync": "true"}, json={"max_epochs": 1},
+                          timeout=600)
+        assert r.status_code == 200, r.text
+        result = r.json()
+        server_log = Path(log).read_text()
+    assert "new model" in server_log and f"validation GED {result['new_ged']:.4f}" in server_log
+    stats = json.loads((tmp_path / "a" / "app" / "model" / "probunet_train" / "train_stats.json").read_text())
+    datalist = json.loads((Path(stats["export"]) / "datalist.json").read_text())
+    # the PACS may hold other rated series (this module's other test): this test's are its two patients'
+    entries = [e for s in ("training", "validation", "test") for e in datalist[s] if e["image_id"] in series]
+    # one crop per slice of the outline (slices 1..4) and series; alice's misses slice 1: an empty grader there
+    assert sorted((e["image_id"], e["slice_index"]) for e in entries) == sorted(
+        (uid, k) for uid in series for k in range(1, 5))
+    assert {e["image_id"]: e["patient_id"] for e in entries} == dict(zip(series, ("PACS-P1", "PACS-P2")))
+    assert all(e["raters"][:3] == ["alice", "bob", "carol"] and e["num_raters"] == 3 for e in entries)
+    first_slice = [e for e in entries if e["slice_index"] == 1]
+    export = Path(stats["export"])
+    for e in first_slice:
+        sums = [int(np.asarray(nib.load(str(export / p)).dataobj).sum()) for p in e["label"][:3]]
+        assert sums[0] == 0 and min(sums[1:]) > 0, sums
+    assert result["num_images"] == len(datalist["validation"]) > 0
