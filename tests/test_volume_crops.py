@@ -165,3 +165,18 @@ def test_volume_export_refuses_what_it_cannot_use_in_one_line(tmp_path):
     with pytest.raises(DatasetError, match=r"a\.nii\.gz: no spatial orientation"):
         export_rater_dataset(studies, tmp_path / "out", spacing=MODEL_SPACING, roi_size=ROI)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_tip_thinner_than_the_models_pixel_gives_no_crop(tmp_path):
+    """A lesion's last slice holding one 0.5 mm voxel, which the 1 mm grid around its centre does not sample: no
+    crop of empty graders (that would teach "no lesion" at the lesion's tip), the other slice's crop kept."""
+    from monai_probunet.data.volume_crops import volume_crops
+
+    affine = np.diag([0.5, 0.5, 2.0, 1.0])
+    nib.save(nib.Nifti1Image(np.full((160, 160, 6), -850, np.int16), affine), str(tmp_path / "img.nii.gz"))
+    mask = np.zeros((160, 160, 6), np.uint8)
+    mask[70:90, 70:90, 2] = 1  # 10 x 10 mm on slice 2
+    mask[80, 81, 3] = 1  # the tip on slice 3: between the crop's pixel centres
+    nib.save(nib.Nifti1Image(mask, affine), str(tmp_path / "m.nii.gz"))
+    crops = volume_crops(tmp_path / "img.nii.gz", [tmp_path / "m.nii.gz"], (1.0, 1.0), (32, 32))
+    assert [c.slice_index for c in crops] == [2] and crops[0].masks.sum() == 100

@@ -9,7 +9,9 @@ the volume's axis nearest to the patient's superior axis) one crop is cut around
 :class:`~monai_probunet.inference_preprocess.ModelGridd`: the slice turned to the model's axis directions,
 resampled in-plane, the field cut around the centre): the image bilinearly in HU (the border continued beyond the
 image), each rater's mask by nearest neighbour (nothing drawn beyond the image). Each rater's mask on that slice is
-a grader; a rater whose outline misses the slice drew nothing there: an empty grader.
+a grader; a rater whose outline misses the slice drew nothing there: an empty grader. A slice where no rater's
+outline is left on the model's grid (a lesion's tip thinner than its pixel) gives no crop: that is not a reading
+of "no lesion".
 """
 
 from __future__ import annotations
@@ -125,7 +127,8 @@ def volume_crops(
         roi_size: the model's crop size in pixels (2 values).
 
     Returns:
-        the crops in lesion then slice order (none if no rater outlined anything).
+        the crops in lesion then slice order (none if no rater outlined anything; none for a slice where no outline
+        is left on the model's grid).
 
     Raises:
         DatasetError: one line naming the file and what was expected.
@@ -156,10 +159,13 @@ def volume_crops(
             raise DatasetError(f"{str(e).split('; give ')[0]}: the model's crops cannot be cut from this volume's "
                                "slices.") from None
         crop = d["image"]
+        crop_masks = np.stack([np.asarray(d[key].as_tensor()[0, ..., 0]) > 0.5 for key in keys]).astype(np.uint8)
+        if not crop_masks.any():  # a lesion's tip thinner than the model's pixel: no grader's outline, not "no lesion"
+            continue
         crops.append(SliceCrop(
             lesion=lesion, slice_index=k, centre_ras=np.asarray(d["center_world_ras"], np.float64),
             image=np.asarray(crop.as_tensor()[0, ..., 0], np.float32),
-            masks=np.stack([np.asarray(d[key].as_tensor()[0, ..., 0]) > 0.5 for key in keys]).astype(np.uint8),
+            masks=crop_masks,
             affine=np.asarray(_affine4(crop), np.float64),
         ))
     return crops
