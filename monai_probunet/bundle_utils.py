@@ -189,6 +189,8 @@ def folder_write_problem(folder: str | os.PathLike, beside: bool = False) -> str
 
 #: the bundle command's own options (``monai.bundle.run``'s parameters), not ids of a config
 RUN_OPTIONS = ("run_id", "init_id", "final_id", "meta_file", "config_file", "logging_file", "tracking", "args_file")
+#: the ids the project's configs run (``run <id>``), offered where a run id is mistyped
+RUN_IDS = ("training", "evaluating", "inferring", "datalist", "run")
 
 
 def check_overrides(argv: Sequence[str] | None = None) -> None:
@@ -201,7 +203,8 @@ def check_overrides(argv: Sequence[str] | None = None) -> None:
     as ``--dataset_kwargs#num_patients`` may be new) against the files' top-level ids, :data:`RUN_OPTIONS` and the
     ids ``--tracking`` adds (``--tracking_uri``, ``--experiment_name``, ``--run_name``, ...); and that
     ``--tracking_uri`` is a database or a server, not a folder (MLflow 3 has no file store), and with ``--tracking``
-    that a tracking server (``--tracking_uri`` or ``MLFLOW_TRACKING_URI``) answers, before any data is prepared.
+    that a tracking server (``--tracking_uri`` or ``MLFLOW_TRACKING_URI``) answers, before any data is prepared; and
+    that the run id (``run evaluating``) is an id of the config files (MONAI would fail on it after this check).
 
     Args:
         argv: the command line (default ``sys.argv``).
@@ -244,6 +247,13 @@ def check_overrides(argv: Sequence[str] | None = None) -> None:
             close = difflib.get_close_matches(top, sorted(known), n=1, cutoff=0.75)
             hint = f"did you mean --{close[0]}?" if close else "the options are the top-level keys of the config files"
             raise ConfigValueError(f"--{key}: no config file of this run has the option {top!r} ({hint}).")
+    positional = argv[2] if len(argv) > 2 and argv[1] == "run" and not argv[2].startswith("--") else None
+    run_id = str(values.get("run_id") or positional or "run")
+    if run_id not in known - set(RUN_OPTIONS):
+        ids = sorted(k for k in known - set(RUN_OPTIONS) if k in RUN_IDS)
+        close = difflib.get_close_matches(run_id, ids, n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]}?" if close else f"these configs run {', '.join(ids)}"
+        raise ConfigValueError(f"run {run_id}: no config file of this run has the id {run_id!r} ({hint}).")
 
 
 def check_tracking_uri(uri: str | None, option: str = "--tracking_uri") -> str | None:

@@ -107,6 +107,10 @@ def test_an_option_no_config_has_is_refused_with_the_closest_one():
     with pytest.raises(ConfigValueError, match="max_epoch"):  # --key=value, one config file
         check_overrides([main, "run", "training", f"--config_file={TRAIN_YAML}", "--max_epoch=1"])
     check_overrides(["pytest", "--max_epoch", "1"])  # not the bundle command: its arguments are not overrides
+    with pytest.raises(ConfigValueError, match=r"^run evaluatin: no config file .* \(did you mean evaluating\?\)\.$"):
+        check_overrides([main, "run", "evaluatin", "--config_file", files])  # MONAI: ValueError after initialize
+    with pytest.raises(ConfigValueError, match=r"^run inferring: .* \(these configs run datalist, evaluating, run, "):
+        check_overrides([main, "run", "--run_id", "inferring", "--config_file", files])
     for uri in ("file:///tmp/mlruns", "/tmp/mlruns"):  # MLflow 3 has no file store: a database or a server
         with pytest.raises(ConfigValueError, match=rf"^--tracking_uri {uri}: MLflow .* sqlite:///mlflow.db"):
             check_overrides([main, "run", "training", "--config_file", str(TRAIN_YAML), "--tracking", "mlflow",

@@ -1,0 +1,134 @@
+"""``python -m monai_probunet.bundle run ...``: MONAI's bundle command with its own options checked first.
+
+``python -m monai.bundle run`` checks the options of the command itself (``--config_file``, ``--tracking``,
+``--logging_file``, ``--meta_file``, ``--args_file``) before any code of a config runs, so a typo there (``--tracking
+mlfow``, a config file's name) ends in MONAI's traceback, and Ctrl-C while MONAI is still being imported (several
+seconds) prints the import's traceback. This command takes the same arguments: it installs the one-line error hook
+(:func:`~monai_probunet.bundle_utils.install_cli_error_hook`) before importing anything heavy, refuses such an option
+in one line (exit status 2), then runs MONAI's own ``monai.bundle`` command unchanged. Everything after that (an
+option no config has, a value of the wrong kind, the run id) is checked by the configs themselves, under either
+command.
+
+    python -m monai_probunet.bundle run training --config_file bundle/configs/train.yaml --tracking mlflow
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import runpy
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .bundle_utils import ConfigValueError, install_cli_error_hook
+
+__all__ = ["check_run_options", "command_options", "main"]
+
+#: the options of ``monai.bundle.run`` that name a file, read before any code of a config runs
+FILE_OPTIONS = ("config_file", "meta_file", "logging_file", "args_file")
+#: the suffixes MONAI reads a config, metadata or tracking settings file from
+CONFIG_SUFFIXES = (".json", ".yaml", ".yml")
+
+
+def command_options(argv: Sequence[str]) -> tuple[list[str], dict[str, Any]]:
+    """The positional arguments and the ``--key value`` / ``--key=value`` options of a bundle command line, values
+    read as the command reads them (Python literals such as ``"['a.yaml', 'b.yaml']"``, else the text).
+
+    Args:
+        argv: the arguments after the program (``["run", "training", "--config_file", ...]``).
+    """
+    positional, options = [], {}
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        if token.startswith("--"):
+            key, eq, text = token[2:].partition("=")
+            if not eq and i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+                text, i = argv[i + 1], i + 1
+            options[key] = _literal(text) if (eq or text) else True
+        else:
+            positional.append(token)
+        i += 1
+    return positional, options
+
+
+def _literal(text: str) -> Any:
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def _paths(value: Any) -> list[str]:
+    """The file names of a file option: a list, or one name, or names separated by commas (as MONAI reads them)."""
+    if isinstance(value, (list, tuple)):
+        return [str(v) for v in value]
+    value = str(value)
+    return value.split(",") if "," in value and not Path(value).is_file() else [value]
+
+
+def _missing_file(option: str, path: str) -> ConfigValueError:
+    """The error for a file option naming a file that is not there, with the closest file of its folder."""
+    folder = Path(path).parent
+    suffixes = CONFIG_SUFFIXES + (".conf",)
+    known = sorted(str(p) for p in folder.glob("*") if p.suffix in suffixes) if folder.is_dir() else []
+    close = difflib.get_close_matches(path, known, n=1, cutoff=0.8)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    return ConfigValueError(f"--{option} {path}: no such file{hint}.")
+
+
+def check_run_options(argv: Sequence[str]) -> None:
+    """Refuse, in one line, an option of ``monai.bundle run`` itself that MONAI would fail on with a traceback: a
+    file option (``--config_file``, ``--meta_file``, ``--logging_file``, ``--args_file``) naming no file, and a
+    ``--tracking`` that is neither one of MONAI's tracking settings (``mlflow``) nor a settings file.
+
+    Args:
+        argv: the arguments after the program; only a ``run`` command is checked.
+
+    Raises:
+        ConfigValueError: naming the option, the value and what is accepted.
+    """
+    positional, options = command_options(argv)
+    if not positional or positional[0] != "run":
+        return
+    for option in FILE_OPTIONS:
+        value = options.get(option)
+        if value is None or value is False or (option == "logging_file" and str(value).lower() == "false"):
+            continue
+        for path in _paths(value):
+            if not Path(path).is_file():
+                raise _missing_file(option, path)
+    if "tracking" in options:
+        from monai.bundle.utils import DEFAULT_EXP_MGMT_SETTINGS
+
+        value, named = options["tracking"], sorted(DEFAULT_EXP_MGMT_SETTINGS)
+        if value in named:
+            return
+        text = str(value)
+        if Path(text).suffix.lower() in CONFIG_SUFFIXES:
+            if not Path(text).is_file():
+                raise _missing_file("tracking", text)
+            return
+        close = difflib.get_close_matches(text, named, n=1, cutoff=0.6)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise ConfigValueError(f"--tracking {text}: expected {' or '.join(named)}, or a tracking settings file "
+                               f"({', '.join(CONFIG_SUFFIXES)}){hint}.")  # fmt: skip
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Check the command's own options, then run ``python -m monai.bundle`` with the same arguments.
+
+    Args:
+        argv: the arguments after the program (default ``sys.argv[1:]``).
+    """
+    install_cli_error_hook()  # from here Ctrl-C is one line (exit 130), a user error one line (exit 2)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    check_run_options(argv)
+    sys.argv = [sys.argv[0], *argv]
+    runpy.run_module("monai.bundle", run_name="__main__", alter_sys=True)
+
+
+if __name__ == "__main__":
+    main()
