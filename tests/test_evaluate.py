@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -365,6 +366,15 @@ def test_split_options_name_the_key_and_null_skips_the_presence_rule(mixed, tmp_
     for key, value in (("eval_split", "tset"), ("threshold_split", "val")):
         with pytest.raises(ConfigValueError, match=f"^--{key}: expected one of training, validation, test.*{value}"):
             run_evaluation(_tiny_probunet(), mixed, TRANSFORM, tmp_path / "bad", **{key: value}, **common)
+    # counts as the bundle command passes them (--sample_counts 16 is the number 16): MONAI's traceback before
+    for key, value, said in (("sample_counts", 16, "a list of whole numbers >= 1"),
+                             ("sample_counts", [0, 16], "a list of whole numbers >= 1"),
+                             ("sample_counts", "1,4", "a list of whole numbers >= 1"),
+                             ("batch_size", 0, "a whole number >= 1"), ("num_plot_images", -1, "a whole number >= 0"),
+                             ("bootstrap_resamples", 2.5, "a whole number >= 1")):  # fmt: skip
+        option = {"batch_size": "eval_batch_size"}.get(key, key)
+        with pytest.raises(ConfigValueError, match=rf"^--{option}: expected {said}.*, got {re.escape(repr(value))}\.$"):
+            run_evaluation(_tiny_probunet(), mixed, TRANSFORM, tmp_path / "bad", **{**common, key: value})
     assert not (tmp_path / "bad").exists()  # checked before anything is loaded or written
 
 

@@ -61,6 +61,23 @@ def _checked_splits(eval_split: str, threshold_split: str | None) -> str | None:
     return threshold_split
 
 
+def _checked_counts(sample_counts: Any, batch_size: Any, num_plot_images: Any, bootstrap_resamples: Any) -> None:
+    """Refuse, naming the option, a count of the evaluation that is not a whole number of its range (``--sample_counts
+    16`` for ``[16]``, ``--eval_batch_size 0``), before the model is loaded."""
+
+    def whole(value: Any, least: int) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+    if isinstance(sample_counts, (str, bytes)) or not isinstance(sample_counts, Sequence) or not sample_counts or \
+            not all(whole(s, 1) for s in sample_counts):
+        raise ConfigValueError("--sample_counts: expected a list of whole numbers >= 1 such as \"[1, 4, 8, 16]\", "
+                               f"got {sample_counts!r}.")
+    for key, value, least in (("eval_batch_size", batch_size, 1), ("num_plot_images", num_plot_images, 0),
+                              ("bootstrap_resamples", bootstrap_resamples, 1)):  # fmt: skip
+        if not whole(value, least):
+            raise ConfigValueError(f"--{key}: expected a whole number >= {least}, got {value!r}.")
+
+
 def _plots(results: dict, summaries: dict, references: dict, thresholds: dict, model: nn.Module, name: str,
            binary: bool, folder: Path) -> None:
     """The evaluation's figures into ``folder``: GED by S, presence histograms, samples, the latent grid."""
@@ -156,6 +173,7 @@ def run_evaluation(
         The summary dict written to ``summary.json``.
     """
     threshold_split = _checked_splits(eval_split, threshold_split)
+    _checked_counts(sample_counts, batch_size, num_plot_images, bootstrap_resamples)
     device = torch.device(device)
     output_dir = Path(output_dir)
     staged = staged_dir(output_dir, is_ours=is_evaluation_folder, what="--output_dir")  # refuses before any work
