@@ -20,7 +20,8 @@ GED.
     python benchmarks/compare.py --report --validation   # and on the validation split of the data they trained on
 
 ``--out`` is a new or empty folder, or an earlier comparison's (it holds ``comparison.json``): a folder holding
-files of someone else is refused, and nothing in it is replaced.
+files of someone else is refused, and nothing in it is replaced. ``--report`` and ``--resume`` take the task and the
+models that comparison ran unless ``--task`` / ``--models`` are given.
 
 ``--heldout DIR`` scores the checkpoints of the table (those its evaluations scored) on a second dataset's test split
 as well, e.g. the patients that ``benchmarks/heldout_patients.py --out DIR`` writes, and adds a table of it to
@@ -54,8 +55,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from user_errors import ArgumentParser
 
-from monai_probunet.bundle_utils import EXIT_INTERRUPTED, ConfigValueError, folder_write_problem
+from monai_probunet.bundle_utils import EXIT_INTERRUPTED, ConfigValueError, folder_write_problem, positive_int
 from monai_probunet.io_utils import OutputFolderError, atomic_write_json, atomic_write_text
 
 REPO = Path(__file__).resolve().parents[1]
@@ -141,6 +143,21 @@ def _is_comparison(out: Path) -> bool:
     return not any(out.iterdir()) or (out / MARKER).is_file() or (out / "prepare_data.log").is_file()
 
 
+def _recorded(out: Path) -> dict:
+    """What the comparison in ``out`` recorded when it started (``MARKER``: its task and models), ``{}`` where it
+    recorded nothing readable; models or a task this program does not know are left out."""
+    try:
+        recorded = json.loads((out / MARKER).read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(recorded, dict):
+        return {}
+    models = recorded.get("models")
+    valid = isinstance(models, list) and models and all(m in MODELS for m in models)
+    task = recorded.get("task")
+    return {"task": task if task in TASKS else None, "models": models if valid else None}
+
+
 def tracking_options(tracking: dict[str, str] | None, run_name: str) -> list[str]:
     """The bundle options that log a run named ``run_name`` into the comparison's MLflow experiment (``tracking``:
     ``compare_tracking.open_experiment``'s; none without it)."""
@@ -164,18 +181,20 @@ QUICK_DATA: dict[str, list[str]] = {
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=REPO / "bundle" / "eval" / "compare")
-    parser.add_argument("--task", default="lidc", choices=list(TASKS), help="lidc: train.yaml's data; scenes32")
+    parser.add_argument("--task", default=None, choices=list(TASKS),
+                        help="lidc (default): train.yaml's data; scenes32. With --report/--resume: the comparison's")
     parser.add_argument("--dataset", default=None, help="built-in dataset name (default: the task's)")
     parser.add_argument("--dataset-dir", type=Path, default=None,
                         help="your own multi-grader data in the project's on-disk format (README: 'Your own "
                         "multi-grader data'), read, never written; default: the task's built-in data in OUT/data")
     parser.add_argument("--dataset-kwargs", default=None,
                         help="generation parameters, a dict literal (default with --dataset: that dataset's defaults)")
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--models", nargs="+", default=None, choices=list(MODELS),
+                        help="default: every model; with --report/--resume, those the comparison in --out ran")
     parser.add_argument("--max-epochs", type=int, default=None, help="shared schedule (default: the task's)")
-    parser.add_argument("--ensemble-members", type=int, default=4)
+    parser.add_argument("--ensemble-members", type=positive_int, default=4)
     parser.add_argument("--jobs", type=int, default=1, help="trainings at once, each with cores // jobs threads")
     parser.add_argument("--precision", default=None, choices=["auto", "fp32", "bf16"],
                         help="every training's precision (default: train.yaml's auto, timed anew by each run)")
@@ -189,8 +208,9 @@ def main() -> None:
                         help="a second dataset (the project's on-disk format) whose test split scores every model too")
     parser.add_argument("--validation", action="store_true",
                         help="also score every model on the validation split of the data it trained on")
-    parser.add_argument("--tracking", action="store_true",
-                        help="log every training and evaluation, and the table, into MLflow (one experiment)")
+    parser.add_argument("--tracking", nargs="?", const="mlflow", default=None, choices=["mlflow"],
+                        help="log every training and evaluation, and the table, into MLflow (one experiment); "
+                        "`--tracking mlflow` as the bundle command spells it is the same")
     parser.add_argument("--tracking-uri", default=None,
                         help="the MLflow store: a database (sqlite:///PATH.db) or a server (http://HOST:PORT); "
                         "default: the bundle's bundle/eval/mlruns.db (MLFLOW_TRACKING_URI overrides it)")
@@ -218,6 +238,9 @@ def main() -> None:
                                 "untouched: give an empty or new folder, or an earlier comparison's.")  # fmt: skip
     if args.report and not out.is_dir():
         parser.error(f"--report: {out} holds no comparison (run without --report first)")
+    recorded = _recorded(out)
+    args.task = args.task or recorded.get("task") or "lidc"
+    args.models = args.models or (recorded.get("models") if args.report or args.resume else None) or list(MODELS)
     if args.max_epochs is not None and args.max_epochs < 1:
         parser.error(f"--max-epochs must be >= 1, got {args.max_epochs}")
     args.mlflow = None

@@ -583,6 +583,7 @@ def test_compare_report_writes_table_with_wilcoxon_and_figure(mixed, tmp_path):
     summary = json.loads((out / "eval" / "unet" / "summary.json").read_text())
     ged16 = next(e["mean"] for e in summary["models"]["unet"]["metrics"]["ged"] if e["S"] == 16)
     assert rows["unet"][3] == f"{ged16:.3f}" and rows["unet"][-1] == "1.0" and rows["probunet"][-1] == "2.0"
+    test_table_unet_ged16 = rows["unet"][3]
     a = _per_image(out / "eval" / "unet", "unet")
     b = _per_image(out / "eval" / "probunet", "probunet")
     from scipy.stats import wilcoxon
@@ -603,6 +604,18 @@ def test_compare_report_writes_table_with_wilcoxon_and_figure(mixed, tmp_path):
     assert val["reference: graders' majority vote (>= 2 of 4) repeated"][3] == f"{vote:.3f}"
     missing = subprocess.run([*cmd[:-2], "mheads"], capture_output=True, text=True, timeout=300, check=False)
     assert missing.returncode != 0 and "mheads" in missing.stderr and "summary.json" in missing.stderr
+    # without --models: the models the comparison ran (comparison.json), not every model compare.py knows
+    (out / "comparison.json").write_text(json.dumps({"task": "lidc", "models": ["unet", "probunet"]}))
+    (out / "results.md").unlink()
+    proc = subprocess.run(cmd[:-3], capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = _table_rows((out / "results.md").read_text().split("\n\n")[1])
+    assert [r for r in rows if not r.startswith("reference")] == ["model", "unet", "probunet", "oracle"]
+    assert rows["unet"][3] == test_table_unet_ged16
+    for bad, said in ((["--tracking", "mlfow"], "argument --tracking: invalid choice: 'mlfow' (choose from 'mlflow')"),
+                      (["--ensemble-members", "0"], "argument --ensemble-members: expected an integer >= 1, got '0'")):
+        proc = subprocess.run([*cmd, *bad], capture_output=True, text=True, timeout=300, check=False)
+        assert proc.returncode == 2 and proc.stderr.splitlines() == [f"compare.py: error: {said} (see --help)"]
 
 
 def _table_rows(markdown: str) -> dict[str, list[str]]:
