@@ -27,6 +27,7 @@ __all__ = [
     "check_tracking_uri",
     "folder_write_problem",
     "install_cli_error_hook",
+    "is_window",
     "positive_int",
     "quiet_optional_decoder",
 ]
@@ -79,6 +80,15 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
     return value
+
+
+def is_window(value: Any) -> bool:
+    """Whether ``value`` is an intensity window ``[low, high]``: two numbers, ``low < high`` (``hu_window``)."""
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        return False
+    if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in value):
+        return False
+    return value[0] < value[1]
 
 
 def as_bool(value: Any, key: str) -> bool:

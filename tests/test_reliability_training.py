@@ -693,7 +693,8 @@ def test_bundle_bad_folder_dataset_fails_before_training(tmp_path):
     ["resume_maybe", "channels_last_2", "posterior_presence_x", "max_epochs_neg", "dataset_dir_file",
      "not_json", "empty_split", "bad_kwargs", "missing_datalist", "ckpt_dir_file", "kwargs_not_dict", "lr_negative",
      "sample_gradient_x", "torch_compile_x", "draw_temperature_all", "empty_draws_mheads", "prior_pooling_x",
-     "option_typo", "precision_x", "seed_x", "resume_junk", "ckpt_dir_unwritable", "dataset_dir_unwritable"],
+     "option_typo", "precision_x", "seed_x", "resume_junk", "ckpt_dir_unwritable", "dataset_dir_unwritable",
+     "hu_window_one", "val_interval_0", "num_workers_neg"],
 )  # fmt: skip
 def test_bundle_bad_input_is_one_line(tmp_path, case):
     data = tmp_path / "d"
@@ -748,6 +749,15 @@ def test_bundle_bad_input_is_one_line(tmp_path, case):
     elif case == "precision_x":
         args += ["--precision", "bogus"]
         expect = ("--precision: expected one of auto, fp32, bf16, got 'bogus'",)
+    elif case == "hu_window_one":  # MONAI: a traceback on `@hu_window::1` once the data is loaded
+        args += ["--hu_window", "[400]"]
+        expect = ("--hu_window: expected [low, high]: two numbers, low < high, e.g. [-1000, 400], got [400]",)
+    elif case == "val_interval_0":  # ignite: a traceback when the trainer is built
+        args += ["--val_interval", "0"]
+        expect = ("--val_interval: expected a whole number >= 1, got 0",)
+    elif case == "num_workers_neg":  # torch's DataLoader: a traceback when the data loader is built
+        args += ["--num_workers", "-1"]
+        expect = ("--num_workers: expected a whole number >= 0, got -1",)
     elif case == "seed_x":
         args += ["--seed", "abc"]
         expect = ("--seed: expected a whole number >= 0, got 'abc'",)
