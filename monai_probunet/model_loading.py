@@ -341,14 +341,17 @@ def load_trained_network(
 ) -> nn.Module:
     """``network`` with ``ckpt_path`` loaded, or a :class:`~monai_probunet.networks.UNetEnsemble` of one copy of
     ``network`` per member checkpoint in ``ensemble_ckpts`` (all with ``weights_only=True``)."""
-    from .bundle_utils import InputFileNotFoundError
+    from .bundle_utils import ConfigValueError, InputFileNotFoundError
     from .io_utils import load_network_weights
     from .networks import UNetEnsemble
 
+    if isinstance(ensemble_ckpts, (str, bytes, os.PathLike)):  # one path: each character would be a member
+        raise ConfigValueError("--ensemble_ckpts: expected a list of member checkpoints such as "
+                               f"\"['member_0/model.pt', 'member_1/model.pt']\", got {str(ensemble_ckpts)!r}.")
     if ensemble_ckpts:
         missing = [str(p) for p in ensemble_ckpts if not Path(p).is_file()]
         if missing:
-            raise InputFileNotFoundError(f"ensemble_ckpts: member checkpoint(s) {missing} do not exist.")
+            raise InputFileNotFoundError(f"--ensemble_ckpts: member checkpoint(s) {missing} do not exist.")
         return UNetEnsemble([load_network_weights(copy.deepcopy(network), p) for p in ensemble_ckpts])
     if ckpt_path is None:
         raise ValueError("give ckpt_path (a model.pt) or ensemble_ckpts (a list of member checkpoints).")

@@ -7,6 +7,7 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 
+from monai_probunet.bundle_utils import ConfigValueError
 from monai_probunet.data.chest_phantom import NEGATIVE_SITES, check_negative_sites
 from monai_probunet.networks import ProbUNet
 
@@ -105,11 +106,22 @@ def test_scenes32_evaluation_keeps_the_task_settings():
     b = _merged("evaluate.yaml", "scenes32.yaml", "scenes32_evaluate.yaml")
     assert a == b
     assert a["ckpt_path"] == "$@ckpt_dir + '/checkpoint_final.pt'"
-    # the task's own evaluation (its GED classes), logged into MLflow under --tracking as evaluate.yaml's is, then the
-    # calibration
-    assert len(a["evaluating"]) == 2 and a["evaluating"][1] == "$@calibrate#runner()"
+    # --calibration_samples checked first; the task's own evaluation (its GED classes), logged into MLflow under
+    # --tracking as evaluate.yaml's is, then the calibration
+    assert len(a["evaluating"]) == 3 and a["evaluating"][2] == "$@calibrate#runner()"
     first = "$monai_probunet.handlers.log_evaluation(@evaluate#runner(classes=@ged_classes),"
-    assert a["evaluating"][0].startswith(first)
+    assert a["evaluating"][1].startswith(first)
+
+
+def test_scenes32_evaluation_refuses_a_calibration_sample_count_before_any_work():
+    """``--calibration_samples 0`` ended in a traceback after the whole evaluation had been written."""
+    parser = train_yaml_parser("scenes32.yaml", "evaluate.yaml", "scenes32_evaluate.yaml", calibration_samples=0)
+    with pytest.raises(RuntimeError) as info:  # MONAI wraps an expression's error; the bundle command prints it
+        parser.get_parsed_content("evaluating#0")
+    assert isinstance(info.value.__cause__, ConfigValueError)
+    assert str(info.value.__cause__) == "--calibration_samples: expected a whole number >= 1, got 0."
+    parser["calibration_samples"] = 128
+    parser.get_parsed_content("evaluating#0", lazy=False)  # the default passes
 
 
 @pytest.mark.parametrize("overrides", [(), ("baselines/fixed_prior.yaml",), ("paper.yaml",)])

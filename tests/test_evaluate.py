@@ -276,6 +276,12 @@ def test_run_evaluation_of_a_unet_ensemble(mixed, tmp_path):
     assert not (tmp_path / "presence_threshold.json").exists()  # no single checkpoint to sit next to
     with pytest.raises(FileNotFoundError, match="member_9.pt"):
         run_evaluation(template, mixed, TRANSFORM, tmp_path / "e2", ensemble_ckpts=[tmp_path / "member_9.pt"])
+    # one path where a list belongs (`--ensemble_ckpts a/model.pt`): refused as such, not as 22 one-letter members
+    for one in (str(paths[0]), paths[0]):
+        with pytest.raises(ConfigValueError, match=rf"^--ensemble_ckpts: expected a list of member checkpoints .*, "
+                                                   rf"got '{paths[0]}'\.$"):
+            run_evaluation(template, mixed, TRANSFORM, tmp_path / "e2", ensemble_ckpts=one)
+    assert not (tmp_path / "e2").exists()
 
 
 def test_missing_checkpoint_names_the_path(mixed, tmp_path):
