@@ -17,6 +17,7 @@ from monai.transforms import Compose, EnsureTyped, LoadImaged
 
 from monai_probunet.bundle_utils import ConfigValueError
 from monai_probunet.data import write_nifti
+from monai_probunet.engines.precision import resolve_precision
 from monai_probunet.evaluation import (
     ESTIMATOR,
     METRICS,
@@ -226,6 +227,7 @@ def test_run_evaluation_writes_csv_json_pngs_and_threshold(mixed, tmp_path):
     data = json.loads((out / "summary.json").read_text())
     assert data["estimator"] == ESTIMATOR == "squared GED, V-statistic, d = 1 - IoU, empty-empty = 0"
     assert data["sample_counts"] == [1, 4, 8] and data["split"] == "test" and data["num_images"] == 4
+    assert data["precision"] == "fp32"  # run_evaluation's default; `auto` is recorded as what it resolved to
     assert data == summary | {"comparisons": data["comparisons"]}  # JSON-safe copy of the returned summary
     for name in ("probunet", "oracle"):
         s = data["models"][name]
@@ -269,8 +271,9 @@ def test_run_evaluation_of_a_unet_ensemble(mixed, tmp_path):
     template = DeterministicUNet(2, 1, 2, channels=(4, 8), num_convs=1)
     summary = run_evaluation(
         template, mixed, TRANSFORM, tmp_path / "eval", ensemble_ckpts=paths, sample_counts=(1, 2),
-        bootstrap_resamples=100, num_plot_images=1,
+        bootstrap_resamples=100, num_plot_images=1, precision="auto",
     )
+    assert summary["precision"] == resolve_precision("auto", "cpu") and summary["precision"] in ("fp32", "bf16")
     assert set(summary["models"]) == {"unet_ensemble2", "oracle"} and summary["checkpoint"] == [str(p) for p in paths]
     assert (tmp_path / "eval" / "presence_threshold.json").is_file()
     assert not (tmp_path / "presence_threshold.json").exists()  # no single checkpoint to sit next to

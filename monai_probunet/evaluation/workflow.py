@@ -13,6 +13,7 @@ from torch import nn
 
 from ..bundle_utils import ConfigValueError, folder_write_problem
 from ..data.disk_format import SPLITS, load_datalist
+from ..engines.precision import explain_precision
 from ..io_utils import staged_dir
 from ..metrics import PresenceThreshold
 from ..metrics.oracle import ORACLE
@@ -151,7 +152,8 @@ def run_evaluation(
     ``eval_split``, tests the model against the oracle (Wilcoxon, GED at every S).
 
     Writes into ``output_dir``: ``per_image.csv`` (:func:`write_per_image_csv`), ``summary.json``
-    (``{"estimator", "sample_counts", "split", "models": {name: EvaluationResult.summary() + presence fit},
+    (``{"estimator", "sample_counts", "split", "checkpoint", "precision" (what ``auto`` resolved to, also in the log),
+    "models": {name: EvaluationResult.summary() + presence fit},
     "references": {key: {"label", "ged", "ged_eq7"}} (:func:`reference_rows`: the single answers a sampling model
     must beat), "comparisons": [...], "presence_threshold_file"}``), ``ged_vs_samples.png`` (the best
     single answer as a horizontal line), ``presence_histogram_<name>.png``,
@@ -181,6 +183,8 @@ def run_evaluation(
         _check_threshold_target(Path(threshold_path))
     model = load_trained_network(network, ckpt_path, ensemble_ckpts).to(device).eval()
     name = model_name or default_model_name(Path(ckpt_path).parent if ckpt_path else "", ensemble_ckpts)
+    precision, reason = explain_precision(precision, device)  # auto: measured once, said in the log and summary
+    logger.info(reason)
     common = dict(seed=seed, device=device, batch_size=batch_size, num_workers=num_workers, precision=precision)
 
     items = load_datalist(datalist, eval_split)
@@ -222,6 +226,7 @@ def run_evaluation(
         "split": eval_split,
         "num_images": results[name].num_images,
         "checkpoint": [str(p) for p in ensemble_ckpts] if ensemble_ckpts else str(ckpt_path),
+        "precision": precision,
         "models": summaries,
         "references": references,
         "comparisons": comparisons,
