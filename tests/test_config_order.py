@@ -106,11 +106,12 @@ def test_scenes32_evaluation_keeps_the_task_settings():
     b = _merged("evaluate.yaml", "scenes32.yaml", "scenes32_evaluate.yaml")
     assert a == b
     assert a["ckpt_path"] == "$@ckpt_dir + '/checkpoint_final.pt'"
-    # --calibration_samples checked first; the task's own evaluation (its GED classes), logged into MLflow under
-    # --tracking as evaluate.yaml's is, then the calibration
-    assert len(a["evaluating"]) == 3 and a["evaluating"][2] == "$@calibrate#runner()"
+    # --calibration_samples and the model's data checked first (as evaluate.yaml checks it); the task's own
+    # evaluation (its GED classes), logged into MLflow under --tracking as evaluate.yaml's is, then the calibration
+    assert len(a["evaluating"]) == 4 and a["evaluating"][3] == "$@calibrate#runner()"
+    assert a["evaluating"][1] == _merged("evaluate.yaml")["evaluating"][0]  # check_evaluated_model
     first = "$monai_probunet.handlers.log_evaluation(@evaluate#runner(classes=@ged_classes),"
-    assert a["evaluating"][1].startswith(first)
+    assert a["evaluating"][2].startswith(first)
 
 
 def test_scenes32_evaluation_refuses_a_calibration_sample_count_before_any_work():
@@ -122,6 +123,27 @@ def test_scenes32_evaluation_refuses_a_calibration_sample_count_before_any_work(
     assert str(info.value.__cause__) == "--calibration_samples: expected a whole number >= 1, got 0."
     parser["calibration_samples"] = 128
     parser.get_parsed_content("evaluating#0", lazy=False)  # the default passes
+
+
+def test_scenes32_evaluation_refuses_a_model_of_other_data(tmp_path):
+    """A model whose model.json names other data is refused before scoring, as evaluate.yaml's evaluation does."""
+    from monai_probunet.io_utils import InputFileError
+    from monai_probunet.model_folder import trained_settings
+    from monai_probunet.model_loading import write_model_settings
+
+    ckpt = tmp_path / "models" / "checkpoint_final.pt"
+    ckpt.parent.mkdir()
+    torch.save({"w": torch.zeros(1)}, ckpt)
+    write_model_settings(ckpt, trained_settings([0, 255], [1.0, 1.0], [64, 128], "folder", tmp_path / "a"))
+    files = ("scenes32.yaml", "evaluate.yaml", "scenes32_evaluate.yaml")
+    parser = train_yaml_parser(*files, ckpt_dir=str(ckpt.parent), dataset_name="folder",
+                               dataset_dir=str(tmp_path / "b"))  # fmt: skip
+    with pytest.raises(RuntimeError) as info:
+        parser.get_parsed_content("evaluating#1")
+    assert isinstance(info.value.__cause__, InputFileError)
+    assert f"was trained on {tmp_path / 'a'}, not on {tmp_path / 'b'}" in str(info.value.__cause__)
+    parser["dataset_dir"] = str(tmp_path / "a")
+    parser.get_parsed_content("evaluating#1", lazy=False)  # its own data: on to the evaluation
 
 
 @pytest.mark.parametrize("overrides", [(), ("baselines/fixed_prior.yaml",), ("paper.yaml",)])
