@@ -143,6 +143,16 @@ def _is_comparison(out: Path) -> bool:
     return not any(out.iterdir()) or (out / MARKER).is_file() or (out / "prepare_data.log").is_file()
 
 
+def _literal(text: str) -> object:
+    """``text`` as the bundle command reads an option's value: a Python literal, else ``None``."""
+    import ast
+
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return None
+
+
 def _recorded(out: Path) -> dict:
     """What the comparison in ``out`` recorded when it started (``MARKER``: its task and models), ``{}`` where it
     recorded nothing readable; models or a task this program does not know are left out."""
@@ -222,6 +232,9 @@ def main() -> None:
         parser.error(f"--jobs must be >= 1, got {args.jobs}")
     if args.dataset_dir is not None and (args.dataset is not None or args.dataset_kwargs is not None):
         parser.error("--dataset-dir is your own data: --dataset and --dataset-kwargs name built-in data to generate")
+    if args.dataset_kwargs is not None and not isinstance(_literal(args.dataset_kwargs), dict):
+        example = "\"{'num_patients': 12}\""
+        parser.error(f"--dataset-kwargs: expected a dict such as {example}, got {args.dataset_kwargs!r}")
     if args.dataset_dir is not None and not (args.dataset_dir / "datalist.json").is_file():
         parser.error(f"--dataset-dir {args.dataset_dir}: no datalist.json there (README: 'Your own multi-grader data')")
     if args.heldout is not None and not (args.heldout / "datalist.json").is_file():

@@ -622,7 +622,9 @@ def test_compare_report_writes_table_with_wilcoxon_and_figure(mixed, tmp_path):
     assert [r for r in rows if not r.startswith("reference")] == ["model", "unet", "probunet", "oracle"]
     assert rows["unet"][3] == test_table_unet_ged16
     for bad, said in ((["--tracking", "mlfow"], "argument --tracking: invalid choice: 'mlfow' (choose from 'mlflow')"),
-                      (["--ensemble-members", "0"], "argument --ensemble-members: expected an integer >= 1, got '0'")):
+                      (["--ensemble-members", "0"], "argument --ensemble-members: expected an integer >= 1, got '0'"),
+                      (["--dataset-kwargs", "{bad"],  # was a traceback of the bundle run and one of compare.py
+                       "--dataset-kwargs: expected a dict such as \"{'num_patients': 12}\", got '{bad'")):
         proc = subprocess.run([*cmd, *bad], capture_output=True, text=True, timeout=300, check=False)
         assert proc.returncode == 2 and proc.stderr.splitlines() == [f"compare.py: error: {said} (see --help)"]
 
