@@ -55,7 +55,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from user_errors import ArgumentParser
 
 from monai_probunet.bundle_utils import EXIT_INTERRUPTED, ConfigValueError, folder_write_problem, positive_int
 from monai_probunet.io_utils import OutputFolderError, atomic_write_json, atomic_write_text
@@ -191,6 +190,8 @@ QUICK_DATA: dict[str, list[str]] = {
 
 
 def main() -> None:
+    from user_errors import ArgumentParser  # by name from this folder, as the script's other siblings
+
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=REPO / "bundle" / "eval" / "compare")
     parser.add_argument("--task", default=None, choices=list(TASKS),
