@@ -257,7 +257,9 @@ def check_overrides(argv: Sequence[str] | None = None) -> None:
             close = difflib.get_close_matches(top, sorted(known), n=1, cutoff=0.75)
             hint = f"did you mean --{close[0]}?" if close else "the options are the top-level keys of the config files"
             raise ConfigValueError(f"--{key}: no config file of this run has the option {top!r} ({hint}).")
-    positional = argv[2] if len(argv) > 2 and argv[1] == "run" and not argv[2].startswith("--") else None
+    if len(argv) < 2 or argv[1] != "run":  # MONAI's other commands (onnx_export, ckpt_export, ...) run no run id
+        return
+    positional = argv[2] if len(argv) > 2 and not argv[2].startswith("--") else None
     run_id = str(values.get("run_id") or positional or "run")
     if run_id not in known - set(RUN_OPTIONS):
         ids = sorted(k for k in known - set(RUN_OPTIONS) if k in RUN_IDS)
