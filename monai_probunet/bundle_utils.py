@@ -199,6 +199,8 @@ def folder_write_problem(folder: str | os.PathLike, beside: bool = False) -> str
 
 #: the bundle command's own options (``monai.bundle.run``'s parameters), not ids of a config
 RUN_OPTIONS = ("run_id", "init_id", "final_id", "meta_file", "config_file", "logging_file", "tracking", "args_file")
+#: the options ``--tracking mlflow`` reads (MONAI's MLflow settings): given without it, nothing would be logged
+TRACKING_ONLY = ("tracking_uri", "experiment_name", "run_name")
 #: the ids the project's configs run (``run <id>``), offered where a run id is mistyped
 RUN_IDS = ("training", "evaluating", "inferring", "datalist", "run")
 
@@ -212,8 +214,10 @@ def check_overrides(argv: Sequence[str] | None = None) -> None:
     config files it names, and checks the first part of every ``--key`` (before a ``#``: nested keys of a dict such
     as ``--dataset_kwargs#num_patients`` may be new) against the files' top-level ids, :data:`RUN_OPTIONS` and the
     ids ``--tracking`` adds (``--tracking_uri``, ``--experiment_name``, ``--run_name``, ...); and that
-    ``--tracking_uri`` is a database or a server, not a folder (MLflow 3 has no file store), and with ``--tracking``
-    that a tracking server (``--tracking_uri`` or ``MLFLOW_TRACKING_URI``) answers, before any data is prepared; and
+    ``--tracking_uri``, ``--experiment_name`` and ``--run_name`` come with ``--tracking`` (alone they would log
+    nothing), ``--tracking_uri`` is a database or a server, not a folder (MLflow 3 has no file store), and with
+    ``--tracking`` that a tracking server (``--tracking_uri`` or ``MLFLOW_TRACKING_URI``) answers, before any data is
+    prepared; and
     that the run id (``run evaluating``) is an id of the config files (MONAI would fail on it after this check).
 
     Args:
@@ -235,6 +239,10 @@ def check_overrides(argv: Sequence[str] | None = None) -> None:
         key, eq, value = token[2:].partition("=")
         values[key] = value if eq else argv[i + 1] if i + 1 < len(argv) else None
         keys.append(key)
+    without = [k for k in TRACKING_ONLY if k in values] if "tracking" not in values else []
+    if without:
+        raise ConfigValueError(f"--{without[0]}: only with --tracking mlflow; without it the run logs nothing to "
+                               "MLflow.")
     _check_tracking_uri(values.get("tracking_uri"))
     if "tracking" in values:
         check_tracking_uri(values.get("tracking_uri"))

@@ -112,6 +112,10 @@ def test_an_option_no_config_has_is_refused_with_the_closest_one():
     with pytest.raises(ConfigValueError, match=r"^run inferring: .* \(these configs run datalist, evaluating, run, "):
         check_overrides([main, "run", "--run_id", "inferring", "--config_file", files])
     check_overrides([main, "ckpt_export", "export_def", "--config_file", files])  # not a run: no run id to check
+    for option, value in (("--experiment_name", "lidc"), ("--run_name", "r"), ("--tracking_uri", "sqlite:///x.db")):
+        with pytest.raises(ConfigValueError, match=rf"^{option}: only with --tracking mlflow; without it the run logs "
+                                                   "nothing to MLflow\\.$"):
+            check_overrides([main, "run", "training", "--config_file", str(TRAIN_YAML), option, value])
     for uri in ("file:///tmp/mlruns", "/tmp/mlruns"):  # MLflow 3 has no file store: a database or a server
         with pytest.raises(ConfigValueError, match=rf"^--tracking_uri {uri}: MLflow .* sqlite:///mlflow.db"):
             check_overrides([main, "run", "training", "--config_file", str(TRAIN_YAML), "--tracking", "mlflow",
