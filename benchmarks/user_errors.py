@@ -1,5 +1,6 @@
 """One-line errors for the benchmark scripts: a bad option or input file is reported as one line ``error: ...``
-(naming the option or file and what was expected) with exit status 2, never a traceback; a bug keeps its traceback.
+(naming the option or file and what was expected) with exit status 2, never a traceback; Ctrl-C is one line with exit
+status 130; a bug keeps its traceback.
 
 A script parses its options with :class:`ArgumentParser`, raises :class:`ScriptInputError` (or lets the package's
 own user errors, e.g. :class:`~monai_probunet.data.DatasetError`, pass) and ends with::
@@ -15,7 +16,7 @@ import sys
 from collections.abc import Callable
 from typing import NoReturn
 
-from monai_probunet.bundle_utils import EXIT_USAGE, UserInputError, positive_int
+from monai_probunet.bundle_utils import EXIT_INTERRUPTED, EXIT_USAGE, UserInputError, positive_int
 
 __all__ = ["ArgumentParser", "ScriptInputError", "positive_int", "run_main"]
 
@@ -36,11 +37,16 @@ class ArgumentParser(argparse.ArgumentParser):
 
 def run_main(main: Callable[[], int | None]) -> NoReturn:
     """Exit with ``main()``'s status (``None``: 0); a :class:`~monai_probunet.bundle_utils.UserInputError` it raises
-    is printed as one line ``error: <message>`` on stderr and exits with status 2."""
+    is printed as one line ``error: <message>`` on stderr and exits with status 2, Ctrl-C as one line with status
+    130."""
     try:
         status = main()
     except UserInputError as e:
         sys.stdout.flush()
         print(f"error: {' '.join(str(e).split()) or type(e).__name__}", file=sys.stderr, flush=True)
         sys.exit(EXIT_USAGE)
+    except KeyboardInterrupt:
+        sys.stdout.flush()
+        print("interrupted by Ctrl-C.", file=sys.stderr, flush=True)
+        sys.exit(EXIT_INTERRUPTED)
     sys.exit(status or 0)

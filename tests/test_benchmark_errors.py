@@ -63,6 +63,16 @@ def _run(main, argv: list[str], capsys) -> tuple[int, str, str]:
     return exit_info.value.code, out, err
 
 
+def test_ctrl_c_in_a_script_is_one_line(capsys):
+    """Ctrl-C while a script runs: one line and exit status 130, as the bundle command and the CLI, no traceback."""
+
+    def main() -> int:
+        raise KeyboardInterrupt
+
+    status, out, err = _run(lambda argv: main(), [], capsys)
+    assert status == 130 and out == "" and err == "interrupted by Ctrl-C.\n"
+
+
 def _assert_one_line(err: str, *words: str) -> None:
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     for word in words:
