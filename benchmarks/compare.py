@@ -543,6 +543,9 @@ if __name__ == "__main__":
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
-        print("compare.py: interrupted by Ctrl-C; the same command with --resume continues every training where it "
-              "stopped.", file=sys.stderr)  # fmt: skip
+        if "--report" in sys.argv:  # it trains nothing; it scores only what is not scored yet
+            print("compare.py: interrupted by Ctrl-C; the same command continues.", file=sys.stderr)
+        else:
+            print("compare.py: interrupted by Ctrl-C; the same command with --resume continues every training where "
+                  "it stopped.", file=sys.stderr)  # fmt: skip
         sys.exit(EXIT_INTERRUPTED)

@@ -627,6 +627,21 @@ def test_compare_report_writes_table_with_wilcoxon_and_figure(mixed, tmp_path):
                        "--dataset-kwargs: expected a dict such as \"{'num_patients': 12}\", got '{bad'")):
         proc = subprocess.run([*cmd, *bad], capture_output=True, text=True, timeout=300, check=False)
         assert proc.returncode == 2 and proc.stderr.splitlines() == [f"compare.py: error: {said} (see --help)"]
+    # Ctrl-C while --report loads MONAI (``-X importtime`` says when torch is being imported; its lines left out):
+    # one line that says to run it again, not --resume's advice (--report trains nothing)
+    import signal
+
+    proc = subprocess.Popen([sys.executable, "-X", "importtime", *cmd[1:]], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
+    lines = []
+    for line in proc.stderr:  # type: ignore[union-attr]
+        lines.append(line)
+        if "torch" in line:
+            break
+    os.killpg(proc.pid, signal.SIGINT)
+    _, rest = proc.communicate(timeout=120)
+    said = [x for x in "".join(lines).splitlines() + rest.splitlines() if not x.startswith("import time:")]
+    assert proc.returncode == 130 and said == ["compare.py: interrupted by Ctrl-C; the same command continues."], said
 
 
 def _table_rows(markdown: str) -> dict[str, list[str]]:
