@@ -57,6 +57,19 @@ def run_bundle(*args: str, config_file: str | None = None, timeout: int = 600) -
     )
 
 
+def terminal_job(cmd: list[str], **popen: object) -> subprocess.Popen:
+    """``cmd`` started as a terminal's foreground job that Ctrl-C can reach: in its own process group (send SIGINT
+    with ``os.killpg(proc.pid, signal.SIGINT)``) and with SIGINT at its default, also where the tests themselves run
+    in the background of a shell, which starts them with SIGINT ignored (Python then keeps it ignored: no Ctrl-C).
+
+    Args:
+        cmd: the command.
+        popen: further ``subprocess.Popen`` arguments (``stdout``, ``stderr``, ``text``, ``cwd``, ``env``, ...).
+    """
+    return subprocess.Popen(cmd, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), **popen)  # noqa: PLW1509
+
+
 @contextlib.contextmanager
 def background_server(cmd: list[str], probe_url: str, log_path: Path, timeout: float, name: str,
                       probe_auth: tuple[str, str] | None = None, **popen_kwargs):

@@ -15,7 +15,7 @@ import pytest
 from monai_probunet.bundle import check_run_options, command_options
 from monai_probunet.bundle_utils import ConfigValueError
 
-from .conftest import REPO, TRAIN_YAML
+from .conftest import REPO, TRAIN_YAML, terminal_job
 
 CONFIGS = TRAIN_YAML.parent
 
@@ -81,8 +81,8 @@ def test_ctrl_c_while_monai_is_imported_is_one_line(tmp_path):
     ``-X importtime`` tells when torch is being imported (its lines are left out of what is compared)."""
     cmd = [sys.executable, "-X", "importtime", *_bundle("training", "--config_file", str(TRAIN_YAML), "--ckpt_dir",
                                                         str(tmp_path / "models"))[1:]]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
-                            start_new_session=True, env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    proc = terminal_job(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+                        env={**os.environ, "OMP_NUM_THREADS": "1"})
     lines = []
     for line in proc.stderr:  # type: ignore[union-attr]
         lines.append(line)

@@ -40,7 +40,7 @@ from monai_probunet.metrics import (
 from monai_probunet.networks import DeterministicUNet, MHeadsUNet, ProbUNet
 from monai_probunet.visualize import latent_grid
 
-from .conftest import REPO, TRAIN_YAML, run_bundle
+from .conftest import REPO, TRAIN_YAML, run_bundle, terminal_job
 
 SIZE = 16
 TRANSFORM = Compose(
@@ -631,8 +631,8 @@ def test_compare_report_writes_table_with_wilcoxon_and_figure(mixed, tmp_path):
     # one line that says to run it again, not --resume's advice (--report trains nothing)
     import signal
 
-    proc = subprocess.Popen([sys.executable, "-X", "importtime", *cmd[1:]], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
+    proc = terminal_job([sys.executable, "-X", "importtime", *cmd[1:]], stdout=subprocess.PIPE,
+                        stderr=subprocess.PIPE, text=True)
     lines = []
     for line in proc.stderr:  # type: ignore[union-attr]
         lines.append(line)
@@ -712,8 +712,7 @@ def test_compare_ctrl_c_stops_in_one_line_and_resume_completes(tmp_path):
     cmd = [sys.executable, str(REPO / "benchmarks" / "compare.py"), "--dataset-dir", str(datalist.parent), "--out",
            str(out), "--quick", "--max-epochs", "40", "--precision", "fp32", "--models", "probunet"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            start_new_session=True)  # fmt: skip
+    proc = terminal_job(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.monotonic() + 300
     while not (out / "models" / "probunet" / "checkpoint_last.pt").is_file() and time.monotonic() < deadline:
         assert proc.poll() is None, proc.communicate()

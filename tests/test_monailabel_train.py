@@ -13,6 +13,7 @@ import gzip
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -83,6 +84,16 @@ def train(url: str, params: dict) -> dict:
         time.sleep(1.0)
 
 
+def _tiny_model(root: Path) -> tuple[list[str], Path, dict[str, Any]]:
+    """An untrained tiny network in ``root/models/model.pt``: its configs, the model file, the server's ``--conf``."""
+    (root / "tiny.yaml").write_text(TINY_NET)
+    configs = [str(REPO / "bundle" / "configs" / "train.yaml"), str(root / "tiny.yaml")]
+    model = root / "models" / "model.pt"
+    model.parent.mkdir()
+    _untrained_model(model, configs)
+    return configs, model, {"model_path": model, "network_config": ",".join(configs), "warmup": "false"}
+
+
 def _untrained_model(path: Path, config_files: list[str]) -> None:
     """The network of the config, freshly initialised (seed 0), never trained: the model in use at the start."""
     from monai.bundle import ConfigParser
@@ -107,12 +118,7 @@ def train_server(tmp_path_factory):
         nib.save(nib.Nifti1Image(img, AFFINE), str(studies / f"{cid}.nii.gz"))
     big = np.full((S + 16, S + 16), -850.0, np.float32)  # a slice of another size than the others
     nib.save(nib.Nifti1Image(big, AFFINE), str(studies / "big.nii.gz"))
-    (root / "tiny.yaml").write_text(TINY_NET)
-    configs = [str(REPO / "bundle" / "configs" / "train.yaml"), str(root / "tiny.yaml")]
-    model = root / "models" / "model.pt"
-    model.parent.mkdir()
-    _untrained_model(model, configs)
-    conf = {"model_path": model, "network_config": ",".join(configs), "warmup": "false"}
+    configs, model, conf = _tiny_model(root)
     with running_server(root, str(studies), conf) as (url, log):
         ctx = {"root": root, "studies": studies, "cases": cases, "model": model, "configs": configs, "log": log,
                "app": root / "app"}
@@ -332,12 +338,7 @@ def test_train_on_rated_ct_volumes(tmp_path_factory):
         raters[vid] = {name: (_ellipsoid(shape, spacing, [r * f for r in radii]), affine) for name, f in RATERS.items()}
         # the union is carol's (the largest): one crop per slice whose centre lies within her z radius
         expected[vid] = sum(abs(k - shape[2] // 2) * thick <= radii[2] * RATERS["carol"] for k in range(shape[2]))
-    (root / "tiny.yaml").write_text(TINY_NET)
-    configs = [str(REPO / "bundle" / "configs" / "train.yaml"), str(root / "tiny.yaml")]
-    model = root / "models" / "model.pt"
-    model.parent.mkdir()
-    _untrained_model(model, configs)
-    conf = {"model_path": model, "network_config": ",".join(configs), "warmup": "false"}
+    *_, conf = _tiny_model(root)
     with running_server(root, str(studies), conf) as (url, log):
         for name in RATERS:
             for vid, masks in raters.items():

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from pydicom.data import get_testdata_file
 
+from tests.conftest import terminal_job
 from tests.test_reliability_inference import assert_refused, infer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -95,11 +96,7 @@ def _ctrl_c(cmd: list[str], after_s: float, until=None) -> subprocess.CompletedP
     import signal
     import time
 
-    # a terminal's foreground job: SIGINT at its default even where this test runs in the background of a shell,
-    # which starts it ignored (and Python then keeps it ignored)
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(REPO), env=ENV,
-                            start_new_session=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
+    proc = terminal_job(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(REPO), env=ENV)
     deadline = time.monotonic() + (300 if until is not None else after_s)
     while time.monotonic() < deadline and not (until is not None and until()):
         assert proc.poll() is None or until is None, "the run ended before it could be interrupted"
