@@ -155,7 +155,7 @@ def test_memory_follows_the_lesion_not_the_volume(shipped, ellipsoid, monkeypatc
         assert arr[inside].any() and not arr[~inside].any()
     assert (box[0].stop - box[0].start) < 140 and (box[1].stop - box[1].start) < 130  # not the whole plane
 
-    import monai_probunet.predict3d as predict3d
+    from monai_probunet import predict3d
 
     volume = int(np.prod(h.spatial_shape))  # 140 x 130 x 24
     limit = 8 * 2**20  # below (16 + 8) x the volume, above (16 + 8) x the plane x 16 slices (40 mm of 2.5 mm)
