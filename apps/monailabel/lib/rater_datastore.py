@@ -48,13 +48,14 @@ from fastapi import HTTPException
 from monailabel.datastore.local import LocalDatastore
 from monailabel.interfaces.datastore import DefaultLabelTag
 
+from monai_probunet.data.raters import RATER_TAG_PREFIX  # the tag the export reads
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["RATER_TAG_PREFIX", "RaterDatastore", "RaterRules", "RaterView", "check_label_shape", "image_difference",
            "lesion_mask", "lesion_segment_name", "next_sample_rater", "nrrd_layers", "offered_to", "rater_name",
            "rater_slot", "same_rater", "valid_rater_name"]
 
-RATER_TAG_PREFIX = "rater_"
 _NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 #: 3D Slicer's MONAI Label module sends this Client/User-ID until the user sets one: everyone who has not is one user
 SLICER_DEFAULT_CLIENT_ID = "user-xyz"

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from monai.data import MetaTensor
 
+from monai_probunet.data.raters import RATER_TAG_PREFIX
 from monai_probunet.metrics.ged import generalized_energy_distance
 
 from .probunet import ProbUNetInfer
@@ -39,7 +40,6 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["InterRaterInfer"]
 
-RATER_TAG_PREFIX = "rater_"
 _RATER_COLORS = [(1.0, 1.0, 1.0), (0.0, 1.0, 1.0), (1.0, 0.0, 1.0), (1.0, 1.0, 0.0), (0.5, 1.0, 0.5),
                  (1.0, 0.6, 0.6)]
 
