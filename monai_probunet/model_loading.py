@@ -159,8 +159,6 @@ def load_model(
             a checkpoint that is not a readable state dict of that network, an unavailable device.
     """
     dev = check_device(device)
-    from monai.bundle import ConfigParser
-
     from .io_utils import load_network_weights
 
     files = [bundle_config(ckpt_path)] if config_file is None else config_file
@@ -168,17 +166,7 @@ def load_model(
     for f in files:
         if not Path(f).is_file():
             raise FileNotFoundError(f"config file {f} does not exist.")
-    parser = ConfigParser()
-    try:
-        parser.read_config(files)
-    except Exception as e:  # yaml/json raise many types
-        hint = ""
-        if isinstance(e, KeyError) and "query key" in str(e):  # an override refers to ids of the base config
-            hint = f"; an override config needs train.yaml before it, e.g. --config {REPO_CONFIG} {files[-1]}"
-        raise ValueError(
-            f"config {files} could not be read: {type(e).__name__}: {' '.join(str(e).split())}{hint}"
-        ) from e
-    _defer_imports(parser)
+    parser = _read_configs(files)
     if network_id not in parser:
         raise ValueError(f"config {files} defines no {network_id!r}.")
     if spacing is None and "infer_spacing" not in parser:
@@ -202,6 +190,24 @@ def load_model(
     return network.to(dev).eval(), settings
 
 
+def _read_configs(files: list[str]) -> Any:
+    """A ``ConfigParser`` of the config files (imports deferred); a file that does not parse is a ``ValueError``."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    try:
+        parser.read_config(files)
+    except Exception as e:  # yaml/json raise many types
+        hint = ""
+        if isinstance(e, KeyError) and "query key" in str(e):  # an override refers to ids of the base config
+            hint = f"; an override config needs train.yaml before it, e.g. --config {REPO_CONFIG} {files[-1]}"
+        raise ValueError(
+            f"config {files} could not be read: {type(e).__name__}: {' '.join(str(e).split())}{hint}"
+        ) from e
+    _defer_imports(parser)
+    return parser
+
+
 def model_grid(
     model_path: str | os.PathLike | None,
     config_file: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
@@ -223,14 +229,10 @@ def model_grid(
     spacing = (record or {}).get("infer_spacing")
     roi = (record or {}).get("infer_roi_size")
     if spacing is None or roi is None:
-        from monai.bundle import ConfigParser
-
         files = [bundle_config(model_path or REPO_CONFIG)] if config_file is None else config_file
         files = [str(f) for f in ([files] if isinstance(files, (str, os.PathLike)) else files)]
-        parser = ConfigParser()
+        parser = _read_configs(files)
         try:
-            parser.read_config(files)
-            _defer_imports(parser)
             if spacing is None:
                 if "infer_spacing" not in parser:
                     raise ValueError(f"config {files} defines no infer_spacing: {SPACING_HINT}.")
@@ -239,7 +241,7 @@ def model_grid(
                 roi = parser.get_parsed_content("infer_roi_size") if "infer_roi_size" in parser else DEFAULT_ROI_SIZE
         except ValueError:
             raise
-        except Exception as e:  # yaml/json and config expressions raise many types
+        except Exception as e:  # config expressions raise many types
             raise ValueError(f"config {files} could not be read: {type(e).__name__}: {' '.join(str(e).split())}") \
                 from e
     spacing, roi = _pair(spacing, "infer_spacing", float), _pair(roi, "infer_roi_size", int)
