@@ -180,3 +180,49 @@ def test_a_tip_thinner_than_the_models_pixel_gives_no_crop(tmp_path):
     nib.save(nib.Nifti1Image(mask, affine), str(tmp_path / "m.nii.gz"))
     crops = volume_crops(tmp_path / "img.nii.gz", [tmp_path / "m.nii.gz"], (1.0, 1.0), (32, 32))
     assert [c.slice_index for c in crops] == [2] and crops[0].masks.sum() == 100
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_an_export_leaves_the_earlier_export(tmp_path):
+    """The raters' export from the command line: a progress line per rated image where the output is a file, and
+    Ctrl-C while it reads the volumes gives one line (exit 130) and leaves ``--out``, an earlier export, as it was."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from .conftest import REPO, terminal_job
+
+    image, masks = _image(), _masks()
+    out = tmp_path / "export"
+    earlier = _studies(tmp_path / "earlier", {"v": {"image": image, "masks": masks, "patient": "p1"},
+                                              "w": {"image": image, "masks": masks, "patient": "p2"}})
+    export_rater_dataset(earlier, out, spacing=MODEL_SPACING, roi_size=ROI)
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    pad = ((0, 240), (0, 240), (0, 48))  # 320 x 312 x 64 voxels, the same lesions: about a second a volume
+    big = np.pad(image, pad, mode="edge")
+    big_masks = {name: np.pad(m, pad) for name, m in masks.items()}
+    studies = _studies(tmp_path / "later", {f"v{i}": {"image": big, "masks": big_masks, "patient": f"p{i}"}
+                                            for i in range(4)})
+    cmd = [sys.executable, "-m", "monai_probunet.data.raters", "--studies", str(studies), "--out", str(out),
+           "--spacing", "1", "1", "--roi_size", "32", "32"]
+    proc = terminal_job(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+                        env={**os.environ, "OMP_NUM_THREADS": "1"})
+    first = proc.stderr.readline()  # logged once the datastore is read, before the first volume
+    assert first.strip() == f"{studies}: 4 rated image(s), 12 raters' labels", first
+    time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == f"interrupted by Ctrl-C; nothing was written (--out {out} is as it was).", err
+    assert "Traceback" not in err, err
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["earlier", "export", "later"]  # no temporary folder left
+
+    # uninterrupted: a progress line that names the images read, then the summary
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "raters' labels: 4/4 rated images, " in proc.stderr and proc.stdout.startswith(f"wrote {out}/datalist.json")

@@ -38,8 +38,10 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
+from ..bundle_utils import EXIT_INTERRUPTED, quiet_optional_decoder
 from ..model_loading import model_grid
 from .disk_format import DATALIST_NAME, DatasetError, atomic_dataset_dir, patient_level_split
+from .progress import ScanProgress
 from .volume_crops import is_volume, volume_crops
 
 __all__ = ["RATER_TAG_PREFIX", "export_rater_dataset", "main", "rated_images"]
@@ -209,13 +211,20 @@ def export_rater_dataset(
         raise DatasetError("spacing and roi_size: give both (the model's grid) or neither.")
     grid = None if spacing is None else (tuple(float(v) for v in spacing), tuple(int(v) for v in roi_size))
     written: dict[str, list[dict[str, Any]]] = {}
-    for image_id, case in cases.items():
-        try:
-            shape = nib.load(str(case["image"])).shape
-        except Exception as e:  # noqa: BLE001 -- reader errors name the file
-            raise DatasetError(f"{case['image']}: not a readable NIfTI image ({type(e).__name__}: {e}).") from None
-        written[image_id] = (_volume_cases(image_id, case, grid) if is_volume(shape)
-                             else _slice_cases(image_id, case))
+    logger.info(f"{studies}: {len(cases)} rated image(s), {sum(len(c['raters']) for c in cases.values())} raters' "
+                "labels")
+    progress = ScanProgress(len(cases), "raters' labels", log=logger, unit="rated image", made="cases")
+    try:
+        for image_id, case in cases.items():
+            try:
+                shape = nib.load(str(case["image"])).shape
+            except Exception as e:  # noqa: BLE001 -- reader errors name the file
+                raise DatasetError(f"{case['image']}: not a readable NIfTI image ({type(e).__name__}: {e}).") from None
+            written[image_id] = (_volume_cases(image_id, case, grid) if is_volume(shape)
+                                 else _slice_cases(image_id, case))
+            progress.update(sum(len(w) for w in written.values()))
+    finally:
+        progress.close()
     patients = {cases[i]["patient_id"] for i, w in written.items() if w}
     split_of = patient_level_split(sorted(patients), _split_counts(len(patients), fractions), seed)
     params: dict[str, Any] = {"studies": str(Path(studies).resolve()), "num_graders": a, "seed": seed,
@@ -267,6 +276,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--spacing", type=float, nargs=2, default=None, help="CT volumes: in-plane mm of the crops")
     parser.add_argument("--roi_size", type=int, nargs=2, default=None, help="CT volumes: crop size in pixels")
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    quiet_optional_decoder()
     try:
         spacing, roi_size = args.spacing, args.roi_size
         if args.model is not None and (spacing is None or roi_size is None):
@@ -280,6 +291,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DatasetError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # the export is written into a temporary folder, renamed into place at the end
+        print(f"interrupted by Ctrl-C; nothing was written (--out {args.out} is as it was).", file=sys.stderr)
+        return EXIT_INTERRUPTED
     content = json.loads(path.read_text())
     print(f"wrote {path}: " + ", ".join(f"{len(content[s])} {s}" for s in ("training", "validation", "test"))
           + f" cases, {content['num_graders']} graders each")
