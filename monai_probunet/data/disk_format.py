@@ -23,7 +23,6 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
-from monai.data import load_decathlon_datalist
 
 from ..bundle_utils import UserInputError, folder_write_problem
 from ..io_utils import read_json
@@ -191,6 +190,8 @@ def load_datalist(path: str | Path, split: str = "training") -> list[dict[str, A
     content = validate_datalist(path)
     if split not in content:
         raise DatasetError(f"{path} has no {split!r} split.")
+    from monai.data import load_decathlon_datalist  # MONAI only where a datalist is loaded
+
     items = load_decathlon_datalist(str(path), is_segmentation=True, data_list_key=split, base_dir=str(path.parent))
     for item, entry in zip(items, content[split]):
         for key in ("image", "label", "modes"):

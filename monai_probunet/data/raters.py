@@ -39,10 +39,8 @@ import nibabel as nib
 import numpy as np
 
 from ..bundle_utils import EXIT_INTERRUPTED, quiet_optional_decoder
-from ..model_loading import model_grid
 from .disk_format import DATALIST_NAME, DatasetError, atomic_dataset_dir, patient_level_split
 from .progress import ScanProgress
-from .volume_crops import is_volume, volume_crops
 
 __all__ = ["RATER_TAG_PREFIX", "export_rater_dataset", "main", "rated_images"]
 
@@ -154,6 +152,8 @@ def _volume_cases(image_id: str, case: dict[str, Any], grid: tuple[Sequence[floa
     if grid is None:
         raise DatasetError(f"{case['image']}: a CT volume; its raters' outlines are exported as 2-D crops on the "
                            "model's grid, which was not given (--model, or --spacing and --roi_size).")
+    from .volume_crops import volume_crops
+
     crops = volume_crops(case["image"], [r["label"] for r in case["raters"]], *grid)
     if not crops:
         logger.warning(f"{case['image']}: no rater outlined anything in it (all masks empty): no crop exported.")
@@ -210,6 +210,8 @@ def export_rater_dataset(
     if (spacing is None) != (roi_size is None):
         raise DatasetError("spacing and roi_size: give both (the model's grid) or neither.")
     grid = None if spacing is None else (tuple(float(v) for v in spacing), tuple(int(v) for v in roi_size))
+    from .volume_crops import is_volume  # torch and MONAI: once the datastore and the arguments are checked
+
     written: dict[str, list[dict[str, Any]]] = {}
     logger.info(f"{studies}: {len(cases)} rated image(s), {sum(len(c['raters']) for c in cases.values())} raters' "
                 "labels")
@@ -281,6 +283,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         spacing, roi_size = args.spacing, args.roi_size
         if args.model is not None and (spacing is None or roi_size is None):
+            from ..model_loading import model_grid  # torch: only for a model's grid
+
             try:
                 grid = model_grid(args.model, args.config)
             except (ValueError, FileNotFoundError) as e:
