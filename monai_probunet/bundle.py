@@ -7,7 +7,8 @@ seconds) prints the import's traceback. This command takes the same arguments: i
 (:func:`~monai_probunet.bundle_utils.install_cli_error_hook`) before importing anything heavy, refuses such an option
 in one line (exit status 2), then runs MONAI's own ``monai.bundle`` command unchanged. Everything after that (an
 option no config has, a value of the wrong kind, the run id) is checked by the configs themselves, under either
-command.
+command. The export commands (``onnx_export``, ``ckpt_export``, ``verify_net_in_out``) are checked and write their
+file whole (:mod:`~monai_probunet.bundle_export`).
 
     python -m monai_probunet.bundle run training --config_file bundle/configs/train.yaml --tracking mlflow
 """
@@ -123,9 +124,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     Args:
         argv: the arguments after the program (default ``sys.argv[1:]``).
     """
+    from .bundle_export import check_export_options, run_export
+
     install_cli_error_hook()  # from here Ctrl-C is one line (exit 130), a user error one line (exit 2)
     argv = list(sys.argv[1:] if argv is None else argv)
     check_run_options(argv)
+    target = check_export_options(argv)
+    if target is not None:
+        run_export(argv, target, _run_monai_bundle)
+    else:
+        _run_monai_bundle(argv)
+
+
+def _run_monai_bundle(argv: Sequence[str]) -> None:
+    """``python -m monai.bundle`` with ``argv`` (its command line: fire parses ``sys.argv``)."""
     sys.argv = [sys.argv[0], *argv]
     runpy.run_module("monai.bundle", run_name="__main__", alter_sys=True)
 
