@@ -8,7 +8,8 @@ seconds) prints the import's traceback. This command takes the same arguments: i
 in one line (exit status 2), then runs MONAI's own ``monai.bundle`` command unchanged. Everything after that (an
 option no config has, a value of the wrong kind, the run id) is checked by the configs themselves, under either
 command. The export commands (``onnx_export``, ``ckpt_export``, ``verify_net_in_out``) are checked and write their
-file whole (:mod:`~monai_probunet.bundle_export`).
+file whole (:mod:`~monai_probunet.bundle_export`), and ``verify_metadata`` is one line offline
+(:mod:`~monai_probunet.bundle_metadata`).
 
     python -m monai_probunet.bundle run training --config_file bundle/configs/train.yaml --tracking mlflow
 """
@@ -125,13 +126,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         argv: the arguments after the program (default ``sys.argv[1:]``).
     """
     from .bundle_export import check_export_options, run_export
+    from .bundle_metadata import check_verify_metadata, run_verify_metadata
 
     install_cli_error_hook()  # from here Ctrl-C is one line (exit 130), a user error one line (exit 2)
     argv = list(sys.argv[1:] if argv is None else argv)
     check_run_options(argv)
     target = check_export_options(argv)
+    verify = check_verify_metadata(argv)
     if target is not None:
         run_export(argv, target, _run_monai_bundle)
+    elif verify is not None:
+        run_verify_metadata(argv, *verify, _run_monai_bundle)
     else:
         _run_monai_bundle(argv)
 

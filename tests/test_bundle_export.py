@@ -1,4 +1,4 @@
-"""``python -m monai_probunet.bundle onnx_export / ckpt_export / verify_net_in_out``: MONAI's
+"""``python -m monai_probunet.bundle onnx_export / ckpt_export / verify_net_in_out / verify_metadata``: MONAI's
 commands with their options checked first (one line, exit status 2), the export written whole and never over a
 file this project did not write, and docs/export.md's recipe from a CT and a click to the CLI's hypotheses."""
 
@@ -77,6 +77,36 @@ def test_an_export_never_replaces_a_file_the_project_did_not_write(tmp_path):
     assert mine.read_text() == "the user's own file" and sorted(tmp_path.iterdir()) == [mine]
     said = _one_line_error(_bundle("verify_net_in_out", "export_def", "--config_file", CONFIGS, "--device", "cpu"))
     assert said.startswith("error: verify_net_in_out needs --meta_file FILE")
+
+
+def _schema_case(tmp_path: Path, url: str, version: object = "0.3.1") -> Path:
+    meta = json.loads(METADATA.read_text())
+    meta["schema"], meta["version"] = url, version
+    path = tmp_path / "metadata.json"
+    path.write_text(json.dumps(meta))
+    return path
+
+
+def test_verify_metadata_offline_is_one_line_and_reads_a_schema_already_there(tmp_path):
+    """MONAI's verify_metadata downloads the schema (a traceback without a network or without --filepath); here:
+    one line naming the URL, nothing written; with the schema already at --filepath it verifies offline, and a
+    field the schema refuses is one line naming the field."""
+    meta = _schema_case(tmp_path, "http://127.0.0.1:9/meta_schema.json")  # nothing listens on the discard port
+    said = _one_line_error(_bundle("verify_metadata", "--meta_file", str(meta)))
+    assert said.startswith("error: verify_metadata needs --filepath FILE")
+    schema = tmp_path / "schema" / "meta_schema.json"
+    said = _one_line_error(_bundle("verify_metadata", "--meta_file", str(meta), "--filepath", str(schema)))
+    assert said.startswith(f"error: verify_metadata: the schema http://127.0.0.1:9/meta_schema.json could not be "
+                           f"downloaded to {schema} (")  # fmt: skip
+    assert not schema.exists()
+    schema.parent.mkdir(exist_ok=True)
+    schema.write_text(json.dumps({"type": "object", "required": ["name", "version"],
+                                  "properties": {"version": {"type": "string"}}}))  # fmt: skip
+    proc = _bundle("verify_metadata", "--meta_file", str(meta), "--filepath", str(schema))
+    assert proc.returncode == 0 and "metadata is verified with no error" in proc.stdout, proc.stderr[-3000:]
+    bad = _schema_case(tmp_path, "http://127.0.0.1:9/meta_schema.json", version=3)
+    said = _one_line_error(_bundle("verify_metadata", "--meta_file", str(bad), "--filepath", str(schema)))
+    assert said == f"error: --meta_file {bad}: version: 3 is not of type 'string' (schema {schema})."
 
 
 def _recipe() -> str:
