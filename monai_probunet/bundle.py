@@ -16,69 +16,21 @@ file whole (:mod:`~monai_probunet.bundle_export`), and ``verify_metadata`` is on
 
 from __future__ import annotations
 
-import ast
 import difflib
 import runpy
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
+from .bundle_export import check_export_options, run_export
+from .bundle_metadata import check_verify_metadata, run_verify_metadata
+from .bundle_options import CONFIG_SUFFIXES, check_files, command_options, missing_file
 from .bundle_utils import ConfigValueError, install_cli_error_hook
 
-__all__ = ["check_run_options", "command_options", "main"]
+__all__ = ["check_run_options", "main"]
 
 #: the options of ``monai.bundle.run`` that name a file, read before any code of a config runs
 FILE_OPTIONS = ("config_file", "meta_file", "logging_file", "args_file")
-#: the suffixes MONAI reads a config, metadata or tracking settings file from
-CONFIG_SUFFIXES = (".json", ".yaml", ".yml")
-
-
-def command_options(argv: Sequence[str]) -> tuple[list[str], dict[str, Any]]:
-    """The positional arguments and the ``--key value`` / ``--key=value`` options of a bundle command line, values
-    read as the command reads them (Python literals such as ``"['a.yaml', 'b.yaml']"``, else the text).
-
-    Args:
-        argv: the arguments after the program (``["run", "training", "--config_file", ...]``).
-    """
-    positional, options = [], {}
-    i = 0
-    while i < len(argv):
-        token = argv[i]
-        if token.startswith("--"):
-            key, eq, text = token[2:].partition("=")
-            if not eq and i + 1 < len(argv) and not argv[i + 1].startswith("--"):
-                text, i = argv[i + 1], i + 1
-            options[key] = _literal(text) if (eq or text) else True
-        else:
-            positional.append(token)
-        i += 1
-    return positional, options
-
-
-def _literal(text: str) -> Any:
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
-
-
-def _paths(value: Any) -> list[str]:
-    """The file names of a file option: a list, or one name, or names separated by commas (as MONAI reads them)."""
-    if isinstance(value, (list, tuple)):
-        return [str(v) for v in value]
-    value = str(value)
-    return value.split(",") if "," in value and not Path(value).is_file() else [value]
-
-
-def _missing_file(option: str, path: str) -> ConfigValueError:
-    """The error for a file option naming a file that is not there, with the closest file of its folder."""
-    folder = Path(path).parent
-    suffixes = CONFIG_SUFFIXES + (".conf",)
-    known = sorted(str(p) for p in folder.glob("*") if p.suffix in suffixes) if folder.is_dir() else []
-    close = difflib.get_close_matches(path, known, n=1, cutoff=0.8)
-    hint = f" (did you mean {close[0]}?)" if close else ""
-    return ConfigValueError(f"--{option} {path}: no such file{hint}.")
 
 
 def check_run_options(argv: Sequence[str]) -> None:
@@ -95,13 +47,7 @@ def check_run_options(argv: Sequence[str]) -> None:
     positional, options = command_options(argv)
     if not positional or positional[0] != "run":
         return
-    for option in FILE_OPTIONS:
-        value = options.get(option)
-        if value is None or value is False or (option == "logging_file" and str(value).lower() == "false"):
-            continue
-        for path in _paths(value):
-            if not Path(path).is_file():
-                raise _missing_file(option, path)
+    check_files(options, FILE_OPTIONS)
     if "tracking" in options:
         from monai.bundle.utils import DEFAULT_EXP_MGMT_SETTINGS
 
@@ -111,7 +57,7 @@ def check_run_options(argv: Sequence[str]) -> None:
         text = str(value)
         if Path(text).suffix.lower() in CONFIG_SUFFIXES:
             if not Path(text).is_file():
-                raise _missing_file("tracking", text)
+                raise missing_file("tracking", text)
             return
         close = difflib.get_close_matches(text, named, n=1, cutoff=0.6)
         hint = f" (did you mean {close[0]}?)" if close else ""
@@ -125,9 +71,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     Args:
         argv: the arguments after the program (default ``sys.argv[1:]``).
     """
-    from .bundle_export import check_export_options, run_export
-    from .bundle_metadata import check_verify_metadata, run_verify_metadata
-
     install_cli_error_hook()  # from here Ctrl-C is one line (exit 130), a user error one line (exit 2)
     argv = list(sys.argv[1:] if argv is None else argv)
     check_run_options(argv)

@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from .bundle_options import check_files, command_options, file_paths
 from .bundle_utils import ConfigValueError
 
 __all__ = [
@@ -59,19 +60,6 @@ def _required(command: str, options: dict[str, Any], option: str, what: str) -> 
     return value
 
 
-def _as_paths(value: Any) -> list[str]:
-    return [str(v) for v in value] if isinstance(value, (list, tuple)) else [str(value)]
-
-
-def _check_files(options: dict[str, Any]) -> None:
-    for option in ("config_file", "meta_file", "ckpt_file"):
-        if options.get(option) is None:
-            continue
-        for path in _as_paths(options[option]):
-            if not Path(path).is_file():
-                raise ConfigValueError(f"--{option} {path}: no such file.")
-
-
 def expected_input_shape(ckpt_file: str | None, meta_file: Any) -> tuple[int, tuple[int, ...], str] | None:
     """The input channels and the crop the exported network is to be fed, and where they come from.
 
@@ -85,7 +73,7 @@ def expected_input_shape(ckpt_file: str | None, meta_file: Any) -> tuple[int, tu
     from .io_utils import read_json
 
     channels, spatial, source = 1, None, ""
-    for path in reversed(_as_paths(meta_file) if meta_file else []):
+    for path in reversed(file_paths(meta_file) if meta_file else []):
         try:
             image = read_json(path)["network_data_format"]["inputs"]["image"]
             channels, spatial, source = int(image["num_channels"]), tuple(image["spatial_shape"]), f"{path}"
@@ -154,8 +142,6 @@ def check_export_options(argv: Sequence[str]) -> Path | None:
     Raises:
         ConfigValueError: naming the option, the value and what is expected.
     """
-    from .bundle import command_options
-
     positional, options = command_options(argv)
     if not positional or positional[0] not in CHECKED_COMMANDS:
         return None
@@ -164,11 +150,11 @@ def check_export_options(argv: Sequence[str]) -> Path | None:
     _required(command, options, "config_file", f"FILES (e.g. {configs})")
     if command == "verify_net_in_out":
         _required(command, options, "meta_file", "FILE (bundle/configs/metadata.json: the shapes to verify)")
-        _check_files(options)
+        check_files(options, ("config_file", "meta_file", "ckpt_file"))
         return None
     _required(command, options, "ckpt_file", "FILE (the weights to export, e.g. bundle/models/model.pt)")
     filepath = str(_required(command, options, "filepath", "FILE (where the export is written)"))
-    _check_files(options)
+    check_files(options, ("config_file", "meta_file", "ckpt_file"))
     _check_input_shape(options)
     target = Path(filepath)
     if command == "ckpt_export" and not target.suffix:
@@ -188,8 +174,6 @@ def export_settings(argv: Sequence[str]) -> dict[str, str]:
         argv: the export command's arguments.
     """
     from monai.bundle import ConfigParser
-
-    from .bundle import command_options
 
     _, options = command_options(argv)
     parser = ConfigParser()

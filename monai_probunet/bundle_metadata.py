@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from .bundle_options import check_files, command_options
 from .bundle_utils import ConfigValueError
 
 __all__ = ["check_verify_metadata", "run_verify_metadata"]
@@ -30,7 +31,6 @@ def check_verify_metadata(argv: Sequence[str]) -> tuple[Path, Path] | None:
         ConfigValueError: a missing option or file, metadata without ``schema``, or a schema that could not be
             downloaded (naming its URL and what to do offline).
     """
-    from .bundle import command_options
     from .io_utils import read_json
 
     positional, options = command_options(argv)
@@ -39,8 +39,7 @@ def check_verify_metadata(argv: Sequence[str]) -> tuple[Path, Path] | None:
     meta = options.get("meta_file")
     if meta is None or meta is True:
         raise ConfigValueError("verify_metadata needs --meta_file FILE (e.g. bundle/configs/metadata.json).")
-    if not Path(str(meta)).is_file():
-        raise ConfigValueError(f"--meta_file {meta}: no such file.")
+    check_files(options, ("meta_file",))
     schema = options.get("filepath")
     if schema is None or schema is True:
         raise ConfigValueError("verify_metadata needs --filepath FILE: where the metadata's JSON schema is "

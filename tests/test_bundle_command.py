@@ -12,7 +12,8 @@ import sys
 
 import pytest
 
-from monai_probunet.bundle import check_run_options, command_options
+from monai_probunet.bundle import check_run_options
+from monai_probunet.bundle_options import command_options
 from monai_probunet.bundle_utils import ConfigValueError
 
 from .conftest import REPO, TRAIN_YAML, terminal_job
