@@ -78,3 +78,18 @@ def test_wrong_channel_count_fails_at_start(tmp_path):
     assert proc.returncode != 0
     assert "expects images of shape B x 3 x S x S (in_channels=3), got a tensor of shape (16, 1, 32, 32)" in proc.stderr + proc.stdout
     assert "Epoch[1] Complete" not in proc.stdout + proc.stderr
+
+
+def test_the_bundle_metadata_states_the_shipped_models_scores_as_the_readme_does():
+    """``metadata.json``'s ``eval_metrics`` (what the model zoo shows) and the README's row of the shipped ProbUNet
+    are the same figures: retraining the shipped model means updating both."""
+    import json
+
+    meta = json.loads((REPO / "bundle/configs/metadata.json").read_text())["eval_metrics"]
+    row = next(line for line in (REPO / "README.md").read_text().splitlines()
+               if line.startswith("| **ProbUNet** (shipped"))
+    cells = [c.strip().strip("*") for c in row.split("|")[2:]]
+    s1, s4, s8, s16, _, iou, presence, validation = (float(c) if c not in ("–", "") else None for c in cells[:8])
+    assert (meta["ged_s1"], meta["ged_s4"], meta["ged_s8"], meta["ged_s16"]) == (s1, s4, s8, s16)
+    assert (meta["matched_iou_s16"], meta["presence_ambiguity_accuracy"], meta["validation_ged_s16"]) == (
+        iou, presence, validation)
