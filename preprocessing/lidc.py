@@ -158,7 +158,7 @@ def _check_out(out_dir: Path, arg: str) -> None:
     :func:`~monai_probunet.data.disk_format.check_converter_output`) or cannot be created / written (before any
     work)."""
     from monai_probunet.data.disk_format import check_converter_output
-    from monai_probunet.data.lidc_cases import MANIFEST_DIR, STAGING_DIR
+    from monai_probunet.data.lidc_settings import MANIFEST_DIR, STAGING_DIR
 
     check_converter_output(out_dir, arg, "preprocessing.lidc", {"images", "labels", MANIFEST_DIR, STAGING_DIR})
 
@@ -189,18 +189,19 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     _check_out(out_dir, args.out)
     if args.workers < 1:
         raise ValueError(f"--workers must be >= 1, got {args.workers}.")
-    from monai_probunet.data.disk_format import DATALIST_NAME, SPLITS
-    from monai_probunet.data.lidc_cases import MANIFEST_DIR, STAGING_DIR, build_datalist
-    from monai_probunet.data.lidc_dicom import index_series
-    from monai_probunet.data.lidc_lesions import select_scans
-    from monai_probunet.data.lidc_settings import LIDCSettings
+    from monai_probunet.data.lidc_dicom import index_series  # pydicom only: a root without DICOM fails at once
 
-    settings = LIDCSettings(slice_location_filter=not args.no_slice_location_filter)
     t0 = time.time()
     series = index_series(dicom_root)
     logger.info("%d DICOM series under %s (indexed in %.1f s)", len(series), dicom_root, time.time() - t0)
     if not series:
         raise ValueError(f"--dicom-root {args.dicom_root} holds no .dcm file (expected the LIDC-IDRI DICOM folder).")
+    from monai_probunet.data.disk_format import DATALIST_NAME, SPLITS
+    from monai_probunet.data.lidc_cases import build_datalist
+    from monai_probunet.data.lidc_lesions import select_scans
+    from monai_probunet.data.lidc_settings import MANIFEST_DIR, STAGING_DIR, LIDCSettings
+
+    settings = LIDCSettings(slice_location_filter=not args.no_slice_location_filter)
     selected = select_scans(args.patients)
     present = [(i, p) for i, p, uid in selected if uid in series]
     absent = [(i, p) for i, p, uid in selected if uid not in series]

@@ -31,7 +31,7 @@ from .lidc_lesions import (
     reader_masks,
     scan_lesions,
 )
-from .lidc_settings import LIDC_VERSION, LIDCSettings
+from .lidc_settings import LIDC_VERSION, MANIFEST_DIR, STAGING_DIR, LIDCSettings
 
 if TYPE_CHECKING:
     from pylidc import Scan
@@ -48,12 +48,6 @@ __all__ = [
     "write_crop_files",
     "write_lesion_cases",
 ]
-
-
-MANIFEST_DIR = "scans"
-
-
-STAGING_DIR = ".staging"
 
 
 def manifest_path(out_dir: Path, scan_id: int) -> Path:

@@ -18,13 +18,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pydicom
-import torch
-from monai.data import MetaTensor, PydicomReader
-from monai.transforms import LoadImage
 
 from .lidc_settings import LIDCSettings
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # torch and MONAI are imported where pixels are read: indexing a DICOM root needs neither
+    from monai.data import MetaTensor, PydicomReader
+    from monai.transforms import LoadImage
     from pylidc import Scan
 
 __all__ = [
@@ -122,12 +121,17 @@ def slice_location_filter(
 
 def volume_affine(img: MetaTensor) -> np.ndarray:
     """The 4 x 4 affine of a MetaTensor as float64 numpy."""
+    import torch
+
     return torch.as_tensor(img.affine).detach().cpu().numpy().astype(np.float64)
 
 
 @functools.lru_cache(maxsize=1)
 def _dicom_loader() -> tuple[LoadImage, PydicomReader]:
     """One MONAI loader per process; the reader is passed at call time so that no other reader is tried."""
+    from monai.data import PydicomReader
+    from monai.transforms import LoadImage
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the optional GPU DICOM reader warns when nvImageCodec is absent
         return LoadImage(image_only=True, dtype=np.float32), PydicomReader()
@@ -152,6 +156,9 @@ def read_ct_series(files: Sequence[str | Path]) -> MetaTensor:
     Raises:
         DicomSeriesError: a file is unreadable, truncated, not CT, or the slices do not form one axial series.
     """
+    import torch
+    from monai.data import MetaTensor
+
     if not files:
         raise DicomSeriesError("no DICOM files to read (expected >= 1 CT slice).")
     headers = {Path(f): read_dicom_header(f) for f in files}

@@ -1,14 +1,19 @@
-"""The options of the LIDC-IDRI preprocessing that change its output (read by the DICOM reader and the case writer)."""
+"""The options of the LIDC-IDRI preprocessing that change its output (read by the DICOM reader and the case writer),
+and the names of its output's own folders."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["LIDC_VERSION", "LIDCSettings"]
+__all__ = ["LIDC_VERSION", "MANIFEST_DIR", "STAGING_DIR", "LIDCSettings"]
 
 #: version of the written dataset; a manifest of another version is redone
 LIDC_VERSION = 1
+#: the output's folder of per-scan manifests (``<out>/scans/<scan id>.json``)
+MANIFEST_DIR = "scans"
+#: the output's folder where a scan's files are written before they are moved into place
+STAGING_DIR = ".staging"
 
 
 @dataclass(frozen=True)
