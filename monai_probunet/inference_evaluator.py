@@ -32,6 +32,8 @@ from monai.transforms import Compose
 
 from .bundle_utils import ConfigValueError
 from .ct_io import DEFAULT_HU_WINDOW, DEFAULT_ROI_SIZE, load_ct
+from .data.progress import ScanProgress
+from .engines.quiet_errors import quiet_user_errors
 from .hypotheses import FALLBACK_RULE, SUMMARY_NAME, WRITTEN_BY, WRITTEN_BY_KEY, is_inference_run
 from .hypotheses_inferer import HypothesesInferer, _apply, _unwrap, apply_inferer
 from .metrics import PresenceThreshold
@@ -150,7 +152,8 @@ class HypothesesWriter:
         num_samples, seed: Recorded in the summary (the inferer's).
         threshold: The fitted presence rule (``None``: the fallback rule), recorded in the summary.
         three_d: 3-D mode: the summary rows get the extent and the presence-rule label's volume.
-        progress: Show a tqdm bar.
+        progress: Show the progress: a tqdm bar on a terminal, else a log line every 10 s
+            (:class:`~monai_probunet.data.progress.ScanProgress`).
     """
 
     def __init__(
@@ -180,20 +183,21 @@ class HypothesesWriter:
     def attach(self, engine: SupervisedEvaluator) -> None:
         from ignite.engine import Events
 
+        quiet_user_errors(engine.logger)  # Ctrl-C and a user's error: the command's one line, not ignite's
         engine.add_event_handler(Events.STARTED, self.started)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self.iteration_completed)
         engine.add_event_handler(Events.COMPLETED, self.completed)
         engine.add_event_handler(Events.EXCEPTION_RAISED, self.exception_raised)
 
     def started(self, engine: SupervisedEvaluator) -> None:
-        from tqdm import tqdm
-
         from .io_utils import staged_dir
 
         self._rows, self._used, self.summary = [], set(), None
         self._stage = staged_dir(self.output_dir, is_ours=is_inference_run, what="output folder")
         self._tmp = self._stage.__enter__()
-        self._bar = tqdm(total=engine.state.epoch_length, desc="inferring", unit="image", disable=not self.progress)
+        if self.progress:
+            self._bar = ScanProgress(engine.state.epoch_length, "inferring", log=logger, unit="image", made="ok",
+                                     leave=True)
 
     def iteration_completed(self, engine: SupervisedEvaluator) -> None:
         output = engine.state.output
@@ -214,7 +218,8 @@ class HypothesesWriter:
             logger.error("case %s (%s) failed: %s", cid, case["image"], error)
             row = {"case_id": cid, "image": str(case["image"]), "error": f"{type(error).__name__}: {error}"}
         self._rows.append(row)
-        self._bar.update(1)
+        if self._bar is not None:
+            self._bar.update(sum("error" not in r for r in self._rows))
 
     def _write_case(self, hyp: Any, cid: str) -> dict[str, Any]:
         assert self._tmp is not None
@@ -251,7 +256,8 @@ class HypothesesWriter:
             "cases": rows,
         }
         (self._tmp / SUMMARY_NAME).write_text(json.dumps(summary, indent=1))
-        self._bar.close()
+        if self._bar is not None:
+            self._bar.close()
         stage, self._stage, self._tmp = self._stage, None, None
         stage.__exit__(None, None, None)
         log = logger.error if rows and not summary["num_ok"] else logger.info

@@ -22,11 +22,13 @@ class ScanProgress:
         log: the logger of the lines.
         unit: what one item is called (a line says ``3/10 scans``).
         made: what :meth:`update`'s count is called (``120 images``).
+        leave: keep the terminal's bar once closed.
     """
 
     def __init__(
         self, total: int, desc: str, interval_s: float = 10.0, log: logging.Logger | None = None, unit: str = "scan",
         made: str = "images",
+        leave: bool = False,
     ) -> None:
         import sys
 
@@ -38,7 +40,7 @@ class ScanProgress:
         if sys.stderr.isatty():
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, desc=desc, unit=unit, leave=False)
+            self.bar = tqdm(total=total, desc=desc, unit=unit, leave=leave)
 
     def update(self, images: int) -> None:
         self.done += 1

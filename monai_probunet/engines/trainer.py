@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import inspect
-import logging
-import sys
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -14,7 +12,7 @@ from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents, default_prepare_batch
 from monai.utils import CommonKeys as Keys
 
-from ..bundle_utils import ConfigValueError, TrainingInterrupted, UserInputError
+from ..bundle_utils import ConfigValueError, TrainingInterrupted
 from .precision import (
     autocast_context,
     explain_channels_last,
@@ -22,6 +20,7 @@ from .precision import (
     network_normalises,
     resolve_compile,
 )
+from .quiet_errors import quiet_user_errors
 
 __all__ = ["ProbUNetTrainer", "loss_terms"]
 
@@ -31,15 +30,6 @@ def loss_terms(output: dict | list) -> dict[str, float]:
     iteration output (for logging handlers)."""
     first = output[0] if isinstance(output, list) else output
     return {k: float(torch.as_tensor(first[k]).detach()) for k in ("loss", "ce", "kl", "energy") if k in first}
-
-
-class _QuietUserErrors(logging.Filter):
-    """Drops the engine's log records of a :class:`~monai_probunet.bundle_utils.UserInputError` (ignite's "Engine
-    run is terminating due to exception" line): the bundle command prints that error as its one line."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        error = record.exc_info[1] if record.exc_info else sys.exc_info()[1]
-        return not isinstance(error, UserInputError)
 
 
 def _auto_note(key: str, value: Any, device: str | torch.device) -> str:
@@ -155,8 +145,7 @@ class ProbUNetTrainer(SupervisedTrainer):
         #: called with the exception that stops training, before it is passed on (e.g. to end an MLflow run)
         self.on_error: list[Callable[[BaseException], None]] = []
         self.add_event_handler(Events.EXCEPTION_RAISED, self._on_exception)
-        if not any(isinstance(f, _QuietUserErrors) for f in self.logger.filters):  # one logger per class
-            self.logger.addFilter(_QuietUserErrors())
+        quiet_user_errors(self.logger)
         if train_handlers is not None:
             self._register_handlers(train_handlers)
         if self.accumulation_steps != 1:
