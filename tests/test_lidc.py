@@ -281,6 +281,7 @@ def test_pipeline_errors_summary_and_resume(pipeline_run, dicom_root, caplog):
         again = main(["--dicom-root", str(dicom_root), "--out", str(out), "--patients", GOOD, BROKEN, MISSING,
                       "--seed", "1", "--split", "1", "1", "1"])
     assert f"scan 1 ({GOOD}): already done" in caplog.text and "1 already done (skipped)" in caplog.text
+    assert "LIDC scans: 1/1 scans, 0 images, " in caplog.text  # the progress, where stderr is no terminal: lines
     assert {p: p.stat().st_mtime_ns for p in before} == before
     assert again["scans_skipped"] == 1 and again["errors"] == 1
     assert f"1 of 3 selected scans are not under {dicom_root}" in caplog.text and MISSING in caplog.text
