@@ -51,6 +51,7 @@ from PIL import Image
 
 from monai_probunet.bundle_utils import EXIT_INTERRUPTED
 from monai_probunet.data.disk_format import DATALIST_NAME, SPLITS, check_converter_output
+from monai_probunet.data.progress import ScanProgress
 from monai_probunet.data.scenes32 import (
     FLIP_PROBS,
     FLIPS,
@@ -289,21 +290,23 @@ def convert_cityscapes(
             items[c["name"]] = done
     logger.info("%d images (%d already converted) -> %s", len(cases), len(cases) - len(todo), out_dir)
     args = [(c, out_dir, tuple(size), num_graders, seed) for c in todo]
-    if workers <= 1:
-        for i, a in enumerate(args):
-            items[a[0]["name"]] = _convert_star(a)
-            if (i + 1) % 100 == 0:
-                logger.info("converted %d / %d", i + 1, len(args))
-    else:
-        with ProcessPoolExecutor(max_workers=workers, initializer=_ignore_ctrl_c) as pool:
-            try:
-                for i, item in enumerate(pool.map(_convert_star, args, chunksize=8)):
-                    items[item["case_id"]] = item
-                    if (i + 1) % 100 == 0:
-                        logger.info("converted %d / %d", i + 1, len(args))
-            except KeyboardInterrupt:  # the cases being converted finish, the others are not started
-                pool.shutdown(wait=True, cancel_futures=True)
-                raise
+    progress = ScanProgress(len(args), "cityscapes", log=logger, unit="image", made="converted", leave=True)
+    try:
+        if workers <= 1:
+            for i, a in enumerate(args):
+                items[a[0]["name"]] = _convert_star(a)
+                progress.update(i + 1)
+        else:
+            with ProcessPoolExecutor(max_workers=workers, initializer=_ignore_ctrl_c) as pool:
+                try:
+                    for i, item in enumerate(pool.map(_convert_star, args, chunksize=8)):
+                        items[item["case_id"]] = item
+                        progress.update(i + 1)
+                except KeyboardInterrupt:  # the cases being converted finish, the others are not started
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    raise
+    finally:
+        progress.close()
     datalist: dict[str, Any] = {
         "name": "cityscapes_flip32",
         "description": f"Cityscapes at {size[0]}x{size[1]}, train ids + 255 ignore, 5 classes flipped at random "
