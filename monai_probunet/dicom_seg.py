@@ -8,6 +8,17 @@ read there (the grids coincide: a mismatch of more than :data:`GRID_TOLERANCE` v
 resampled). The SEG references the source series, study, patient and frame of reference; one segment per label
 layer (overlapping for hypotheses), labelled with the segment name. Works with pydicom 2 + highdicom 0.22 and with
 pydicom 3 + a current highdicom.
+
+A segment's empty frames are left out (highdicom's default; a SEG whose segments are all empty keeps the frames it
+was given). Where the caller knows the part of the grid the label can occupy (``occupied``: a 3-D result's lesion
+box, a 2-D result's slice), highdicom is given only the frames of the source instances that meet it, with those
+instances' plane positions, and every instance of the series as its source images: it matches each frame to its
+instance by position (the frame's ``ReferencedSOPInstanceUID``, spatial locations preserved) and the SEG references
+the whole series, as a viewer expects. Its frames are the non-empty ones that the whole series' frames would give,
+but a 700-slice series' 700 x rows x cols x segments frames are neither made nor scanned. (A label that is empty
+everywhere keeps the frames of the instances meeting ``occupied``, not every instance's.) highdicom before 0.26 does
+not match given plane positions to the source instances: there every instance's frame is given, as without
+``occupied``.
 """
 
 from __future__ import annotations
@@ -167,6 +178,46 @@ def _grid_index(ds: Any, inv: np.ndarray, shape: Sequence[int]) -> tuple[tuple[A
     return (idx[..., 0], idx[..., 1], idx[..., 2]), False
 
 
+def _matches_plane_positions(version: str) -> bool:
+    """Whether highdicom ``version`` matches the plane positions it is given to the source instances (0.26 on)."""
+    try:
+        return tuple(int(v) for v in version.split(".")[:2]) >= (0, 26)
+    except ValueError:
+        return False
+
+
+def _instances_meeting(
+    datasets: Sequence[Any], affine_ras: np.ndarray, shape: Sequence[int], box: Sequence[slice]
+) -> list[Any]:
+    """The instances of ``datasets`` with a pixel in ``box`` (one slice per axis of the label grid ``shape``, step 1).
+
+    Raises:
+        DicomSegError: An instance's pixels lie off the label grid or outside it (:func:`_grid_index`).
+    """
+    inv = np.linalg.inv(np.asarray(affine_ras, dtype=np.float64))
+    bounds = [b.indices(int(n))[:2] for b, n in zip(box, shape)]
+    meeting = []
+    for ds in datasets:
+        index, _ = _grid_index(ds, inv, shape)
+        if any(isinstance(i, np.ndarray) for i in index):  # each pixel located: voxel indices per axis
+            inside = np.ones(np.shape(index[0]), bool)
+            for i, (lo, hi) in zip(index, bounds):
+                inside &= (i >= lo) & (i < hi)
+            hit = bool(inside.any())
+        else:  # per axis an int or a slice of step +-1 (rows and columns along two axes of the grid)
+            spans = [(i, i) if isinstance(i, (int, np.integer)) else _span(i, int(n)) for i, n in zip(index, shape)]
+            hit = all(first <= hi - 1 and last >= lo for (first, last), (lo, hi) in zip(spans, bounds))
+        if hit:
+            meeting.append(ds)
+    return meeting
+
+
+def _span(part: slice, n: int) -> tuple[int, int]:
+    """The lowest and highest index of a (non-empty) slice of an axis of length ``n``."""
+    values = range(*part.indices(n))
+    return min(values[0], values[-1]), max(values[0], values[-1])
+
+
 def label_to_frames(labels: np.ndarray, affine_ras: np.ndarray, datasets: Sequence[Any]) -> np.ndarray:
     """Read the label at each source instance's pixels (:func:`_grid_index`).
 
@@ -246,6 +297,7 @@ def write_dicom_seg(
     series_dir: str | os.PathLike,
     series_description: str = "Probabilistic U-Net lesion",
     content_creator: str | None = None,
+    occupied: Sequence[slice] | None = None,
 ) -> dict[str, str]:
     """Write a BINARY DICOM SEG of ``labels`` referencing the series (or slice) in ``series_dir``.
 
@@ -259,6 +311,9 @@ def write_dicom_seg(
         content_creator: The person whose label this is (``ContentCreatorName``; the segments are then
             ``SEMIAUTOMATIC``: a person's outline, possibly edited from the model's); ``None`` for the model's own
             answer (``AUTOMATIC``).
+        occupied: One slice per axis of ``I x J x K`` (step 1): every layer is zero outside this box (e.g.
+            :attr:`~monai_probunet.hypotheses.Hypotheses.occupied_box`). Only the frames of the source instances
+            that meet it are made and given to highdicom (the module's docstring); ``None``: every instance's.
 
     Returns:
         dict: ``SeriesInstanceUID``, ``SOPInstanceUID`` of the SEG and ``ReferencedSeriesInstanceUID``.
@@ -274,7 +329,13 @@ def write_dicom_seg(
     check_seg_source(datasets, series_dir)
     if len(segments) != labels.shape[0]:
         raise DicomSegError(f"{labels.shape[0]} label layers but {len(segments)} segments.")
-    pixels = label_to_frames(labels, affine_ras, datasets)
+    framed = list(datasets)
+    if occupied is not None and _matches_plane_positions(hd.__version__):
+        framed = _instances_meeting(datasets, affine_ras, labels.shape[1:], occupied) or framed  # none: all
+    pixels = label_to_frames(labels, affine_ras, framed)  # N x rows x cols x L, N = the instances framed
+    positions = {}
+    if len(framed) < len(datasets):  # highdicom matches each frame to its instance by position
+        positions["plane_positions"] = hd.utils.get_plane_positions_of_series(framed)
     algorithm = hd.AlgorithmIdentificationSequence(
         name="monai-probunet", version="0.1.0", family=codes.cid7162.ArtificialIntelligence
     )
@@ -307,6 +368,7 @@ def write_dicom_seg(
         device_serial_number="none",
         series_description=series_description[:64],
         content_creator_name=content_creator,
+        **positions,
     )
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")

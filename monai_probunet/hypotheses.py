@@ -351,8 +351,9 @@ class Hypotheses:
         if layers.ndim == 3:  # a slice: L x H x W x 1
             layers = layers[..., None]
         info = write_dicom_seg(
-            path, layers, np.asarray(self.affine, dtype=np.float64), [{"name": n} for n in names], dicom_source
-        )
+            path, layers, np.asarray(self.affine, dtype=np.float64), [{"name": n} for n in names], dicom_source,
+            occupied=box if len(box) == 3 else None,
+        )  # the frames of the instances meeting the box only
         return {**info, "segments": names}
 
     def write_set(

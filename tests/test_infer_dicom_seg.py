@@ -434,6 +434,55 @@ def test_a_seg_read_back_onto_the_grid_is_the_label_written(series, tmp_path):
         dicom_seg.read_dicom_seg(pydicom.dcmread(str(tmp_path / "seg.dcm")), folder, affine, (128, 128, 4))
 
 
+@pytest.mark.skipif(not dicom_seg._matches_plane_positions(hd.__version__), reason="highdicom < 0.26 frames all")
+def test_seg_of_the_occupied_box_is_the_whole_series_seg(series, tmp_path):
+    """Given the box a label occupies, the writer frames only the instances meeting it: the SEG is the one the whole
+    series gives (every instance referenced, each frame on its own instance and position, the same pixels, read back
+    voxel by voxel by the library and by highdicom), and a voxel outside the box (a broken promise) is not in it.
+    A label empty everywhere keeps the frames of the box's instances only."""
+    sources = [pydicom.dcmread(str(f), stop_before_pixels=True) for f in series]
+    dr, dc = (float(v) for v in sources[0].PixelSpacing)
+    affine = np.diag([-dc, -dr, 2.5, 1.0])
+    affine[:3, 3] = np.array([float(v) for v in sources[0].ImagePositionPatient]) * [-1, -1, 1]
+    check_geometry(affine, sources)
+    labels = np.zeros((2, 128, 128, 8), np.uint8)
+    labels[0, 50:70, 40:60, 2:5] = 1
+    labels[1, 55:90, 45:50, 3:5] = 1
+    box = (slice(None), slice(40, 100), slice(2, 5))
+    folder = series[0].parent
+    segments = [{"name": "lesion"}, {"name": "h0"}]
+    dicom_seg.write_dicom_seg(tmp_path / "whole.dcm", labels, affine, segments, folder)
+    outside = labels.copy()
+    outside[1, 10, 10, 7] = 1  # outside the box: not looked at
+    dicom_seg.write_dicom_seg(tmp_path / "box.dcm", outside, affine, segments, folder, occupied=box)
+    whole, whole_frames = seg_frames(tmp_path / "whole.dcm")
+    ds, frames = seg_frames(tmp_path / "box.dcm")
+    check_references(ds, sources)
+    assert set(frames) == set(whole_frames) == {
+        (segment + 1, str(src.SOPInstanceUID)) for segment in range(2) for k, src in enumerate(sources)
+        if labels[segment, :, :, k].any()
+    }
+    for (segment, uid), (pixels, ipp) in frames.items():
+        src = next(s for s in sources if str(s.SOPInstanceUID) == uid)
+        np.testing.assert_allclose(ipp, [float(v) for v in src.ImagePositionPatient], atol=1e-4)
+        np.testing.assert_array_equal(pixels, whole_frames[(segment, uid)][0])
+    assert int(ds.NumberOfFrames) == int(whole.NumberOfFrames) == 5
+    back, names = dicom_seg.read_dicom_seg(ds, folder, affine, (128, 128, 8))
+    assert names == ["lesion", "h0"]
+    np.testing.assert_array_equal(back, labels)
+    uids = [str(s.SOPInstanceUID) for s in sources]
+    got = hd.seg.segread(str(tmp_path / "box.dcm")).get_pixels_by_source_instance(
+        uids, segment_numbers=[1, 2], assert_missing_frames_are_empty=True)  # N x rows x cols x L
+    np.testing.assert_array_equal(got, labels.transpose(3, 2, 1, 0))
+
+    dicom_seg.write_dicom_seg(tmp_path / "empty.dcm", np.zeros((1, 128, 128, 8), np.uint8), affine, segments[:1],
+                              folder, occupied=(slice(None), slice(None), slice(3, 5)))
+    empty, frames = seg_frames(tmp_path / "empty.dcm")
+    check_references(empty, sources)
+    assert sorted(frames) == [(1, str(sources[3].SOPInstanceUID)), (1, str(sources[4].SOPInstanceUID))]
+    assert not any(pixels.any() for pixels, _ in frames.values())
+
+
 def test_app_names_are_the_library_s():
     """The MONAI Label app's DICOM SEG module re-exports the library's writer; its segment names are the CLI's."""
 
