@@ -19,6 +19,7 @@ import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -210,7 +211,9 @@ def _series_below(folder: Path, most: int = 3, depth: int = 5) -> str:
     return f"; its subfolders hold DICOM series: give one series' folder, e.g. {listed}{more}"
 
 
-def load_ct(image: str | os.PathLike | MetaTensor, allow_non_ct: bool = False) -> tuple[MetaTensor, str]:
+def load_ct(
+    image: str | os.PathLike | MetaTensor, allow_non_ct: bool = False, dicom_headers: Sequence[Any] | None = None
+) -> tuple[MetaTensor, str]:
     """Load a CT slice or volume as a channel-first float32 ``MetaTensor`` in HU with a RAS affine.
 
     Args:
@@ -219,6 +222,10 @@ def load_ct(image: str | os.PathLike | MetaTensor, allow_non_ct: bool = False) -
             (``1 x H x W`` or ``1 x H x W x D``, e.g. from ``LoadImage(ensure_channel_first=True)``).
         allow_non_ct: Only warn (instead of refusing) when an image without a DICOM modality (NIfTI, MetaTensor) has
             intensities that are not plausibly CT in HU (nothing below -200: no air, lung or fat; e.g. MR).
+        dicom_headers: For a DICOM series folder (or file): the headers of its files where the caller has read them
+            (:func:`~monai_probunet.dicom_series.read_headers` of
+            :func:`~monai_probunet.dicom_series.series_files`, or of the one file), so that the checks do not read
+            them again; ``None``: read here.
 
     Returns:
         tuple: ``(MetaTensor 1 x *spatial, source name)``.
@@ -257,14 +264,16 @@ def load_ct(image: str | os.PathLike | MetaTensor, allow_non_ct: bool = False) -
             if not files:
                 raise ValueError(f"image folder {path} holds no DICOM file (a folder must be one DICOM series)"
                                  f"{_series_below(path)}.")
-            against_normal = check_ct_dicom(files, source)
-            unshifted = hu_shift_missing(files[0])
+            headers = dicom_headers if dicom_headers is not None and len(dicom_headers) == len(files) else None
+            against_normal = check_ct_dicom(files, source, headers=headers)
+            unshifted = hu_shift_missing(files[0], headers[0] if headers else None)
             loader = LoadImage(reader="PydicomReader", image_only=True, ensure_channel_first=True, dtype=np.float32,
                                fname_regex=DICOMDIR_FREE)
             verified_ct = True
         elif is_dicom(path):
-            check_ct_dicom([path], source)
-            unshifted = hu_shift_missing(path)
+            header = dicom_headers[0] if dicom_headers is not None and len(dicom_headers) == 1 else None
+            check_ct_dicom([path], source, headers=None if header is None else [header])
+            unshifted = hu_shift_missing(path, header)
             loader = LoadImage(reader="PydicomReader", image_only=True, ensure_channel_first=True, dtype=np.float32)
             verified_ct = True
         else:

@@ -35,6 +35,7 @@ from .dicom_series import series_files
 __all__ = [
     "GRID_TOLERANCE",
     "DicomSegError",
+    "check_one_series",
     "check_seg_source",
     "find_source_series",
     "label_to_frames",
@@ -93,12 +94,21 @@ def read_series(source: str | os.PathLike, headers_only: bool = False) -> list[A
             datasets.append(pydicom.dcmread(str(f), stop_before_pixels=headers_only))
         except Exception:  # noqa: BLE001, S112 -- not a DICOM file: skipped
             continue
+    return check_one_series(datasets, path)
+
+
+def check_one_series(datasets: Sequence[Any], source: str | os.PathLike) -> list[Any]:
+    """The instances of a series folder (:func:`read_series`), refused unless they are one series.
+
+    Raises:
+        DicomSegError: No instance, or more than one ``SeriesInstanceUID``.
+    """
     if not datasets:
-        raise DicomSegError(f"no DICOM files in {path}.")
+        raise DicomSegError(f"no DICOM files in {source}.")
     series = {str(ds.get("SeriesInstanceUID", "")) for ds in datasets}
     if len(series) != 1:
-        raise DicomSegError(f"{path} holds {len(series)} series; a DICOM SEG needs exactly one.")
-    return datasets
+        raise DicomSegError(f"{source} holds {len(series)} series; a DICOM SEG needs exactly one.")
+    return list(datasets)
 
 
 def check_seg_source(datasets: Sequence[Any], source: str | os.PathLike) -> None:
@@ -298,6 +308,7 @@ def write_dicom_seg(
     series_description: str = "Probabilistic U-Net lesion",
     content_creator: str | None = None,
     occupied: Sequence[slice] | None = None,
+    datasets: Sequence[Any] | None = None,
 ) -> dict[str, str]:
     """Write a BINARY DICOM SEG of ``labels`` referencing the series (or slice) in ``series_dir``.
 
@@ -314,6 +325,8 @@ def write_dicom_seg(
         occupied: One slice per axis of ``I x J x K`` (step 1): every layer is zero outside this box (e.g.
             :attr:`~monai_probunet.hypotheses.Hypotheses.occupied_box`). Only the frames of the source instances
             that meet it are made and given to highdicom (the module's docstring); ``None``: every instance's.
+        datasets: The source instances' headers as :func:`read_series` reads them (``headers_only``), where the
+            caller holds them already; ``None``: read from ``series_dir``.
 
     Returns:
         dict: ``SeriesInstanceUID``, ``SOPInstanceUID`` of the SEG and ``ReferencedSeriesInstanceUID``.
@@ -325,7 +338,8 @@ def write_dicom_seg(
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
-    datasets = read_series(series_dir, headers_only=True)  # highdicom reads the sources' attributes, not their pixels
+    if datasets is None:  # highdicom reads the sources' attributes, not their pixels
+        datasets = read_series(series_dir, headers_only=True)
     check_seg_source(datasets, series_dir)
     if len(segments) != labels.shape[0]:
         raise DicomSegError(f"{labels.shape[0]} label layers but {len(segments)} segments.")

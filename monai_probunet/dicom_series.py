@@ -7,6 +7,9 @@ orientation, pixel spacing and ``InstanceNumber``, numbered in position order (e
 says which, and :func:`~monai_probunet.ct_io.load_ct` flips a series numbered against the normal so that slice
 ``k`` is the viewer's), and equal gaps (a missing slice would otherwise be spread over the others as a wrong
 spacing). Everything else is refused with one line naming the file and what was expected.
+
+The headers are read once (:func:`read_headers`, up to the pixel data): a caller that holds them (the inference CLI,
+which also needs them for the DICOM SEG) passes them to :func:`check_ct_dicom` and :func:`hu_shift_missing`.
 """
 
 from __future__ import annotations
@@ -15,10 +18,14 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-__all__ = ["DICOMDIR_FREE", "SLICE_GAP_TOLERANCE", "check_ct_dicom", "hu_shift_missing", "is_dicom", "series_files"]
+__all__ = [
+    "DICOMDIR_FREE", "SLICE_GAP_TOLERANCE", "check_ct_dicom", "hu_shift_missing", "is_dicom", "read_headers",
+    "series_files",
+]
 
 #: a slice gap that differs from the series' median gap by more than this share of it is refused
 SLICE_GAP_TOLERANCE = 0.01
@@ -71,15 +78,35 @@ def _slice_position(ds) -> tuple[np.ndarray, float] | None:
     return iop, float(ipp @ (normal / norm))
 
 
-def _read_header(f: Path, source: str) -> _Slice:
-    """One file's header, refused unless it is a readable CT slice with a positive ``PixelSpacing``."""
+def read_headers(files: Sequence[Path], source: str) -> list[Any]:
+    """Each file's header, read up to its pixel data (pydicom's ``stop_before_pixels``).
+
+    Args:
+        files: DICOM files (one slice, or a series folder's :func:`series_files`).
+        source: The image's name for the messages.
+
+    Returns:
+        list of pydicom.Dataset: the headers, in ``files`` order.
+
+    Raises:
+        ValueError: One line naming a file pydicom cannot read.
+    """
     import pydicom
 
+    headers = []
+    for f in files:
+        f = Path(f)
+        try:
+            headers.append(pydicom.dcmread(str(f), stop_before_pixels=True))
+        except Exception as e:  # pydicom raises many types for a broken file
+            where = source if source == str(f) else f"{source}: {f.name}"
+            raise ValueError(f"{where} is not a readable DICOM file ({type(e).__name__}: {e}).") from e
+    return headers
+
+
+def _slice_of(f: Path, ds: Any, source: str) -> _Slice:
+    """File ``f``'s header ``ds``, refused unless it is a CT slice with a positive ``PixelSpacing``."""
     where = source if source == str(f) else f"{source}: {f.name}"
-    try:
-        ds = pydicom.dcmread(str(f), stop_before_pixels=True)
-    except Exception as e:  # pydicom raises many types for a broken file
-        raise ValueError(f"{where} is not a readable DICOM file ({type(e).__name__}: {e}).") from e
     modality = getattr(ds, "Modality", None)
     if modality != "CT":
         raise ValueError(f"{source}: DICOM file {f.name} has Modality {modality!r}; this model segments CT (HU) only.")
@@ -193,24 +220,30 @@ def _check_axial_slice(s: _Slice, source: str) -> None:
                          " the model answers axial slices: give an axial slice, or the whole series as a folder.")
 
 
-def hu_shift_missing(path: Path) -> bool:
+def hu_shift_missing(path: Path, header: Any = None) -> bool:
     """Whether a DICOM file's pixels were stored without a negative ``RescaleIntercept``: then only a signed
-    storage that holds air at about -1000 is HU, and :func:`~monai_probunet.ct_io.load_ct` checks the values."""
+    storage that holds air at about -1000 is HU, and :func:`~monai_probunet.ct_io.load_ct` checks the values.
+    ``header``: the file's header if read already (:func:`read_headers`)."""
     import pydicom
 
     try:
-        return not float(pydicom.dcmread(str(path), stop_before_pixels=True).RescaleIntercept) < 0
+        ds = header if header is not None else pydicom.dcmread(str(path), stop_before_pixels=True)
+        return not float(ds.RescaleIntercept) < 0
     except (AttributeError, TypeError, ValueError, OSError):
         return True
 
 
-def check_ct_dicom(files: Sequence[Path], source: str, tolerance: float = SLICE_GAP_TOLERANCE) -> bool:
+def check_ct_dicom(
+    files: Sequence[Path], source: str, tolerance: float = SLICE_GAP_TOLERANCE, headers: Sequence[Any] | None = None
+) -> bool:
     """Check the DICOM headers of one slice or one series before it is read (no pixel data is read).
 
     Args:
         files: The DICOM files of one slice, or of one series (a folder's DICOM files).
         source: The image's name for the messages.
         tolerance: The largest relative difference of a slice gap from the median gap.
+        headers: The files' headers where the caller has read them (:func:`read_headers`, in ``files`` order);
+            ``None``: read here.
 
     Returns:
         bool: ``True`` if the series is numbered against its slice normal (the reader's slice 0 is the last one
@@ -223,7 +256,9 @@ def check_ct_dicom(files: Sequence[Path], source: str, tolerance: float = SLICE_
             ``InstanceNumber``, slices of different orientations, two slices at one position, an
             ``InstanceNumber`` used twice or out of position order, unequal slice gaps.
     """
-    slices = [_read_header(Path(f), source) for f in files]
+    if headers is None or len(headers) != len(files):
+        headers = read_headers(files, source)
+    slices = [_slice_of(Path(f), ds, source) for f, ds in zip(files, headers)]
     if len(slices) < 2:
         _check_axial_slice(slices[0], source)
         return False

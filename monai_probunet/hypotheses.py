@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -277,6 +277,7 @@ class Hypotheses:
         dicom_source: str | os.PathLike | None = None,
         seg_hypotheses: bool = False,
         then: Callable[[Path], Any] | None = None,
+        dicom_headers: Sequence[Any] | None = None,
     ) -> dict[str, Path]:
         """Write NIfTI files with the input's affine and a JSON report into ``out_dir``, all or nothing.
 
@@ -302,6 +303,8 @@ class Hypotheses:
             seg_hypotheses: With ``dicom_source``: the S hypotheses are further segments of the SEG.
             then: Called with the staged folder once the set is in it, to add files of the set (the CLI's
                 ``overview.png``), which then arrive with the rest or not at all.
+            dicom_headers: With ``dicom_source``: its instances' headers where the caller has read them
+                (:func:`~monai_probunet.dicom_series.read_headers`), so that the SEG does not read them again.
 
         Returns:
             dict: Name -> written path (keys ``hypotheses``, ``mean_probability``, ``entropy``, ``variant_label``,
@@ -311,13 +314,18 @@ class Hypotheses:
 
         out = Path(out_dir)
         with staged_dir(out, is_ours=is_hypotheses_set, what="output folder") as tmp:
-            names = self.write_set(tmp, dicom_source=dicom_source, seg_hypotheses=seg_hypotheses)
+            names = self.write_set(tmp, dicom_source=dicom_source, seg_hypotheses=seg_hypotheses,
+                                   dicom_headers=dicom_headers)
             if then is not None:
                 then(tmp)
         return {k: out / v.name for k, v in names.items()}
 
     def write_dicom_seg(
-        self, path: str | os.PathLike, dicom_source: str | os.PathLike, seg_hypotheses: bool = False
+        self,
+        path: str | os.PathLike,
+        dicom_source: str | os.PathLike,
+        seg_hypotheses: bool = False,
+        dicom_headers: Sequence[Any] | None = None,
     ) -> dict[str, Any]:
         """Write a DICOM SEG of the source series (or slice): segment 1 is :meth:`presence_rule_label`, named as the
         MONAI Label app names it (``lesion p=0.88``, :func:`~monai_probunet.segment_names.label_segment_name`);
@@ -328,6 +336,8 @@ class Hypotheses:
             dicom_source: The DICOM series folder, or the DICOM file of a slice, the input was loaded from (the label
                 grid must be that image's: :func:`~monai_probunet.dicom_seg.label_to_frames`).
             seg_hypotheses: Add the hypotheses as segments.
+            dicom_headers: The source instances' headers, if read already (else they are read from
+                ``dicom_source``).
 
         Returns:
             dict: ``SeriesInstanceUID``, ``SOPInstanceUID``, ``ReferencedSeriesInstanceUID`` and ``segments`` (names,
@@ -352,12 +362,16 @@ class Hypotheses:
             layers = layers[..., None]
         info = write_dicom_seg(
             path, layers, np.asarray(self.affine, dtype=np.float64), [{"name": n} for n in names], dicom_source,
-            occupied=box if len(box) == 3 else None,
+            occupied=box if len(box) == 3 else None, datasets=dicom_headers,
         )  # the frames of the instances meeting the box only
         return {**info, "segments": names}
 
     def write_set(
-        self, folder: str | os.PathLike, dicom_source: str | os.PathLike | None = None, seg_hypotheses: bool = False
+        self,
+        folder: str | os.PathLike,
+        dicom_source: str | os.PathLike | None = None,
+        seg_hypotheses: bool = False,
+        dicom_headers: Sequence[Any] | None = None,
     ) -> dict[str, Path]:
         """Write the files of :meth:`save` into an existing, empty ``folder`` (no staging; :meth:`save` stages)."""
         import nibabel as nib
@@ -384,7 +398,8 @@ class Hypotheses:
         report = self.to_report()
         if dicom_source is not None:
             paths["dicom_seg"] = out / DICOM_SEG_NAME
-            report["dicom_seg"] = self.write_dicom_seg(paths["dicom_seg"], dicom_source, seg_hypotheses)
+            report["dicom_seg"] = self.write_dicom_seg(paths["dicom_seg"], dicom_source, seg_hypotheses,
+                                                       dicom_headers)
         report["files"] = {k: p.name for k, p in paths.items()}
         report[WRITTEN_BY_KEY] = WRITTEN_BY
         paths["report"] = out / REPORT_NAME

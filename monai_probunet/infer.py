@@ -73,6 +73,7 @@ from .infer_checks import (
     MAX_RESAMPLED_PIXELS,
     check_resampled_size,
     check_roi_size,
+    dicom_headers,
     dicom_source,
     seg_source_problem,
 )
@@ -284,19 +285,24 @@ def _run(args: argparse.Namespace, spacing, roi_arg) -> int:
     if Path(args.ckpt).stat().st_size == 0:
         raise ValueError(f"checkpoint {args.ckpt} is empty (0 bytes).")
     source = None if args.batch is not None else dicom_source(args.image)
+    # the DICOM headers, read once: for the SEG's checks, the 3-D loader's checks and the SEG itself
+    wanted = source is not None and (args.dicom_seg is not False or args.three_d)
+    headers = dicom_headers(source) if wanted else None
     if source is None and (args.dicom_seg or args.seg_hypotheses):
         option = "--dicom-seg" if args.dicom_seg else "--seg-hypotheses"
         raise ValueError(
             f"{option}: {args.image} is not DICOM, so there is no DICOM series for a SEG to reference; give a DICOM "
             f"series folder or DICOM file, or leave out {option}."
         )
-    problem = seg_source_problem(source) if source is not None and args.dicom_seg is not False else None
+    problem = seg_source_problem(source, headers) if source is not None and args.dicom_seg is not False else None
     if problem is not None and (args.dicom_seg or args.seg_hypotheses):
         option = "--dicom-seg" if args.dicom_seg else "--seg-hypotheses"
         raise ValueError(f"{option}: {problem} Leave out {option} for the other results.")
     if problem is not None:  # the SEG is a default extra: the hypotheses do not need it (said once they are written)
         source = None
-    seg = {"dicom_source": source, "seg_hypotheses": args.seg_hypotheses} if args.dicom_seg is not False else {}
+    seg = {"dicom_source": source, "seg_hypotheses": args.seg_hypotheses, "dicom_headers": headers}
+    if args.dicom_seg is False:
+        seg = {}
 
     inf = _import_inference(full=args.batch is not None)
     from .hypotheses import OVERVIEW_NAME
@@ -309,7 +315,8 @@ def _run(args: argparse.Namespace, spacing, roi_arg) -> int:
     model, settings = inf.load_model(args.ckpt, args.config, device=args.device, spacing=spacing)
     roi = roi_arg if roi_arg is not None else settings["roi_size"]
     images = [c["image"] for c in cases] if cases is not None else [args.image]
-    check_resampled_size(images, settings["spacing"], "--spacing" if spacing is not None else "infer_spacing")
+    spacing_from = "--spacing" if spacing is not None else "infer_spacing"
+    check_resampled_size(images, settings["spacing"], spacing_from, {args.image: headers[0]} if headers else None)
     if roi_arg is not None:  # the config's infer_roi_size is the crop the model was made for
         check_roi_size(model, roi, args.device, "--roi-size")
     mode3d = {"three_d": True, "max_extent_mm": args.max_extent_mm or 40.0} if args.three_d else {}
@@ -336,7 +343,7 @@ def _run(args: argparse.Namespace, spacing, roi_arg) -> int:
                 args.image, args.center, model, world=args.world, frame=args.frame, spacing=settings["spacing"],
                 roi_size=roi, num_samples=args.num_samples, seed=args.seed, threshold=threshold,
                 hu_window=settings["hu_window"], device=args.device, allow_non_ct=args.allow_non_ct,
-                max_extent_mm=mode3d["max_extent_mm"],
+                max_extent_mm=mode3d["max_extent_mm"], dicom_headers=headers,
             )
             paths = hyp.save(args.out, **seg, then=draw_overview(hyp))
         else:

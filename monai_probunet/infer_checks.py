@@ -9,12 +9,13 @@ DICOM SEG can reference. Heavy imports happen inside the functions (the CLI's ``
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 __all__ = [
-    "MAX_RESAMPLED_PIXELS", "as_given", "as_pair", "check_resampled_size", "check_roi_size", "dicom_source",
-    "plane_geometry", "seg_source_problem",
+    "MAX_RESAMPLED_PIXELS", "as_given", "as_pair", "check_resampled_size", "check_roi_size", "dicom_headers",
+    "dicom_source", "plane_geometry", "seg_source_problem",
 ]
 
 #: the most in-plane pixels an image may have once resampled to the model's spacing (``--spacing``): 8192 x 8192, about
@@ -23,13 +24,29 @@ __all__ = [
 MAX_RESAMPLED_PIXELS = 2**26
 
 
-def seg_source_problem(source: Path) -> str | None:
+def dicom_headers(source: Path) -> list | None:
+    """The headers of a DICOM source's files (a series folder's DICOM files, or the one file), read once up to their
+    pixel data for the checks, the image loader and the DICOM SEG (:func:`~monai_probunet.dicom_series.read_headers`);
+    ``None`` where there is none or one cannot be read (the image loader names the problem)."""
+    from .dicom_series import read_headers, series_files
+
+    files = series_files(source) if source.is_dir() else [source]
+    if not files:
+        return None
+    try:
+        return read_headers(files, str(source))
+    except ValueError:
+        return None
+
+
+def seg_source_problem(source: Path, headers: Sequence | None = None) -> str | None:
     """Why no DICOM SEG can reference ``source`` (:func:`~monai_probunet.dicom_seg.check_seg_source`), or ``None``;
-    a source that is not one readable series is left to the image loader, which names what is wrong with it."""
-    from .dicom_seg import DicomSegError, check_seg_source, read_series
+    a source that is not one readable series is left to the image loader, which names what is wrong with it.
+    ``headers``: its files' headers if read already (:func:`dicom_headers`)."""
+    from .dicom_seg import DicomSegError, check_one_series, check_seg_source, read_series
 
     try:
-        datasets = read_series(source, headers_only=True)
+        datasets = read_series(source, headers_only=True) if headers is None else check_one_series(headers, source)
     except DicomSegError:
         return None
     try:
@@ -63,13 +80,13 @@ def as_given(value) -> str:
     return " ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
 
 
-def plane_geometry(image: str) -> tuple[list[int], list[float]] | None:
+def plane_geometry(image: str, header: Any = None) -> tuple[list[int], list[float]] | None:
     """The in-plane size (px) and pixel spacing (mm) of ``image`` from its header alone (no pixel data), in the
     order of the loaded array's axes; ``None`` if the header cannot be read (loading the image names the problem).
 
     NIfTI: the header's shape and affine (a volume's slice axis is the one most aligned with the world S axis, as
     the inference path takes it); DICOM (one file, or the first file of a series folder): ``Columns`` x ``Rows`` at
-    ``PixelSpacing`` (MONAI loads the array as ``column, row``).
+    ``PixelSpacing`` (MONAI loads the array as ``column, row``); ``header``: that file's header if read already.
     """
     path = Path(image)
     try:
@@ -78,10 +95,11 @@ def plane_geometry(image: str) -> tuple[list[int], list[float]] | None:
 
             from .dicom_series import is_dicom
 
-            files = sorted(f for f in path.iterdir() if f.is_file() and is_dicom(f)) if path.is_dir() else [path]
-            if not files or not is_dicom(files[0]):
-                return None
-            ds = pydicom.dcmread(str(files[0]), stop_before_pixels=True)
+            if header is None:
+                files = sorted(f for f in path.iterdir() if f.is_file() and is_dicom(f)) if path.is_dir() else [path]
+                if not files or not is_dicom(files[0]):
+                    return None
+            ds = header if header is not None else pydicom.dcmread(str(files[0]), stop_before_pixels=True)
             row_mm, col_mm = (float(v) for v in ds.PixelSpacing)
             return [int(ds.Columns), int(ds.Rows)], [col_mm, row_mm]
         import nibabel as nib
@@ -100,7 +118,9 @@ def plane_geometry(image: str) -> tuple[list[int], list[float]] | None:
         return None
 
 
-def check_resampled_size(images: Sequence[str], spacing, option: str) -> None:
+def check_resampled_size(
+    images: Sequence[str], spacing, option: str, headers: Mapping[str, Any] | None = None
+) -> None:
     """Refuse a model spacing at which an image's plane would have more than :data:`MAX_RESAMPLED_PIXELS` pixels (the
     inference path resamples the whole plane to it), estimated from the headers before any image is loaded.
 
@@ -108,13 +128,14 @@ def check_resampled_size(images: Sequence[str], spacing, option: str) -> None:
         images: the images of the run (one whose header cannot be read is left to the loader).
         spacing: the model's in-plane spacing in mm (one value or a pair).
         option: where the spacing came from, for the message (``--spacing`` or ``infer_spacing``).
+        headers: image -> the DICOM header of its (first) file, where read already.
 
     Raises:
         ValueError: one line naming ``option``, the image, its extent and the resampled size.
     """
     model_mm = as_pair(spacing, float)
     for image in images:
-        geometry = plane_geometry(image)
+        geometry = plane_geometry(image, (headers or {}).get(image))
         if geometry is None:
             continue
         shape, sizes = geometry

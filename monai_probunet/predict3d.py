@@ -303,6 +303,7 @@ def predict_hypotheses_3d(
     preprocessing: Compose | None = None,
     inferer: HypothesesInferer | None = None,
     postprocessing: Compose | None = None,
+    dicom_headers: Sequence[Any] | None = None,
 ) -> Hypotheses3D:
     """S hypotheses of the lesion at ``center`` on every slice it spans (module docstring: coherence, growth rule).
 
@@ -323,6 +324,8 @@ def predict_hypotheses_3d(
             ``postprocessing``), built once per volume; given together or not at all, and built with this call's
             ``spacing``, ``roi_size``, ``num_samples``, ``seed`` and ``threshold`` (their window is the slices'
             HU window). ``None``: built from the arguments.
+        dicom_headers: For a DICOM series folder: its files' headers where the caller has read them
+            (:func:`~monai_probunet.ct_io.load_ct`), so that they are not read again.
 
     Returns:
         Hypotheses3D: ``labels`` ``S x *spatial`` uint8, ``presence_label`` ``*spatial``, ``volumes_mm3`` ``S``, the
@@ -347,7 +350,7 @@ def predict_hypotheses_3d(
     thr = _as_threshold(threshold)
     num_samples, seed = int(num_samples), int(seed)
 
-    img, source = load_ct(image, allow_non_ct=allow_non_ct)
+    img, source = load_ct(image, allow_non_ct=allow_non_ct, dicom_headers=dicom_headers)
     if img.ndim != 4 or img.shape[-1] < 2:  # one slice has no neighbours to follow the lesion into
         what = "a 2-D image" if img.ndim != 4 else "a volume of one slice"
         raise ValueError(

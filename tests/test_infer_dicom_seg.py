@@ -454,7 +454,8 @@ def test_seg_of_the_occupied_box_is_the_whole_series_seg(series, tmp_path):
     dicom_seg.write_dicom_seg(tmp_path / "whole.dcm", labels, affine, segments, folder)
     outside = labels.copy()
     outside[1, 10, 10, 7] = 1  # outside the box: not looked at
-    dicom_seg.write_dicom_seg(tmp_path / "box.dcm", outside, affine, segments, folder, occupied=box)
+    dicom_seg.write_dicom_seg(tmp_path / "box.dcm", outside, affine, segments, folder, occupied=box,
+                              datasets=sources)
     whole, whole_frames = seg_frames(tmp_path / "whole.dcm")
     ds, frames = seg_frames(tmp_path / "box.dcm")
     check_references(ds, sources)
@@ -481,6 +482,24 @@ def test_seg_of_the_occupied_box_is_the_whole_series_seg(series, tmp_path):
     check_references(empty, sources)
     assert sorted(frames) == [(1, str(sources[3].SOPInstanceUID)), (1, str(sources[4].SOPInstanceUID))]
     assert not any(pixels.any() for pixels, _ in frames.values())
+
+
+def test_cli_reads_each_dicom_header_once(series, tmp_path, monkeypatch):
+    """``--3d --seg-hypotheses`` on a series reads each file's header once (for the checks, the loader and the
+    SEG) and its pixels once (MONAI's reader); pydicom's reading itself runs, only counted."""
+    reads: dict[tuple[str, bool], int] = {}
+    real = pydicom.dcmread
+
+    def counted(fp, *args, **kwargs):
+        key = (Path(str(fp)).name, bool(kwargs.get("stop_before_pixels", False)))
+        reads[key] = reads.get(key, 0) + 1
+        return real(fp, *args, **kwargs)
+
+    monkeypatch.setattr(pydicom, "dcmread", counted)
+    out = tmp_path / "out"
+    assert run(series[0].parent, [LESION_COL, LESION_ROW, LESION_SLICE], out, "--3d", "--seg-hypotheses") == 0
+    assert (out / "seg.dcm").is_file()
+    assert reads == {(f.name, headers_only): 1 for f in series for headers_only in (True, False)}
 
 
 def test_app_names_are_the_library_s():
