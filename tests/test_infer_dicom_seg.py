@@ -407,6 +407,43 @@ def test_frames_read_on_every_grid_orientation():
         dicom_seg.label_to_frames(truth[:, :, :, : n - 1], base, datasets)
 
 
+def test_instances_meeting_a_box_on_every_grid_orientation():
+    """The instances a box of the label grid meets are those whose pixels lie in it, whichever way the grid's axes
+    run (the slices along the last axis or the first, reversed; rows and columns flipped or turned) and where each
+    pixel is located (a grid twice as fine in-plane)."""
+    from pydicom.dataset import Dataset
+
+    rows, cols, n = 6, 5, 4
+
+    def instance(k: int) -> Dataset:
+        ds = Dataset()
+        ds.Rows, ds.Columns, ds.SOPInstanceUID = rows, cols, f"1.2.3.{k}"
+        ds.ImageOrientationPatient, ds.PixelSpacing = [1, 0, 0, 0, 1, 0], [0.8, 0.6]
+        ds.ImagePositionPatient = [10.0, -20.0, 5.0 + 2.0 * k]
+        return ds
+
+    datasets = [instance(k) for k in range(n)]
+    base = np.array([[-0.6, 0, 0, -10.0], [0, -0.8, 0, 20.0], [0, 0, 2.0, 5.0], [0, 0, 0, 1]])
+    turned = base @ np.array([[0, -1, 0, cols - 1], [1, 0, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1.0]])  # i <- j
+    cases = {  # grid affine, shape, a box holding slices 1 and 2 (and part of each slice's plane)
+        "as stored": (base, (cols, rows, n), (slice(1, 3), slice(None), slice(1, 3))),
+        "flipped in-plane": (base @ _flip(0, cols) @ _flip(1, rows), (cols, rows, n),
+                             (slice(None), slice(2, 4), slice(1, 3))),
+        "slices first, reversed": (base[:, [2, 0, 1, 3]] @ _flip(0, n), (n, cols, rows),
+                                   (slice(1, 3), slice(None), slice(None))),
+        "rows first, turned": (turned, (rows, cols, n), (slice(0, 2), slice(None), slice(1, 3))),
+        "twice as fine": (base @ np.diag([0.5, 0.5, 1.0, 1.0]), (2 * cols, 2 * rows, n),
+                          (slice(0, 4), slice(None), slice(1, 3))),
+    }
+    for name, (affine, shape, box) in cases.items():
+        got = dicom_seg._instances_meeting(datasets, affine, shape, box)
+        assert [ds.SOPInstanceUID for ds in got] == ["1.2.3.1", "1.2.3.2"], name
+    affine, shape, _ = cases["as stored"]
+    assert dicom_seg._instances_meeting(datasets, affine, shape, (slice(None), slice(None), slice(3, 4))) == [
+        datasets[3]]
+    assert dicom_seg._instances_meeting(datasets, affine, shape, (slice(None), slice(None), slice(4, 4))) == []
+
+
 def _flip(axis: int, n: int) -> np.ndarray:
     """The voxel map ``i -> n - 1 - i`` along ``axis`` as a 4 x 4 matrix (grid affine @ it: the flipped grid)."""
     m = np.eye(4)
