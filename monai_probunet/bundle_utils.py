@@ -5,6 +5,7 @@ This module imports only the standard library, so configs can use it before thei
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import tempfile
@@ -17,6 +18,7 @@ __all__ = [
     "ConfigValueError",
     "InputFileError",
     "InputFileNotFoundError",
+    "QuietUserErrors",
     "RUN_OPTIONS",
     "TrainingInterrupted",
     "UserInputError",
@@ -30,6 +32,7 @@ __all__ = [
     "is_window",
     "positive_int",
     "quiet_optional_decoder",
+    "quiet_user_errors",
 ]
 
 #: exit status of the bundle command for bad input (a config value, a dataset on disk), as argparse uses
@@ -364,6 +367,22 @@ def _user_error_in(exc: BaseException | None) -> BaseException | None:
             return exc
         exc = exc.__cause__ or exc.__context__
     return None
+
+
+class QuietUserErrors(logging.Filter):
+    """Drops an engine's log records of a :class:`UserInputError` or a Ctrl-C (ignite's "Engine run is terminating
+    due to exception" line, empty for a ``KeyboardInterrupt``): the command prints that error, or how the run was
+    interrupted, as its one line (:func:`install_cli_error_hook`)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else sys.exc_info()[1]
+        return not isinstance(error, (UserInputError, KeyboardInterrupt))
+
+
+def quiet_user_errors(logger: logging.Logger) -> None:
+    """Add :class:`QuietUserErrors` to ``logger`` (once: ignite has one logger per engine class)."""
+    if not any(isinstance(f, QuietUserErrors) for f in logger.filters):
+        logger.addFilter(QuietUserErrors())
 
 
 def install_cli_error_hook() -> None:

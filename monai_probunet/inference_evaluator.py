@@ -30,10 +30,9 @@ from monai.engines import SupervisedEvaluator
 from monai.engines.utils import IterationEvents
 from monai.transforms import Compose
 
-from .bundle_utils import ConfigValueError
+from .bundle_utils import ConfigValueError, quiet_user_errors
 from .ct_io import DEFAULT_HU_WINDOW, DEFAULT_ROI_SIZE, load_ct
 from .data.progress import ScanProgress
-from .engines.quiet_errors import quiet_user_errors
 from .hypotheses import FALLBACK_RULE, SUMMARY_NAME, WRITTEN_BY, WRITTEN_BY_KEY, is_inference_run
 from .hypotheses_inferer import HypothesesInferer, _apply, _unwrap, apply_inferer
 from .metrics import PresenceThreshold

@@ -12,7 +12,7 @@ from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents, default_prepare_batch
 from monai.utils import CommonKeys as Keys
 
-from ..bundle_utils import ConfigValueError, TrainingInterrupted
+from ..bundle_utils import ConfigValueError, TrainingInterrupted, quiet_user_errors
 from .precision import (
     autocast_context,
     explain_channels_last,
@@ -20,7 +20,6 @@ from .precision import (
     network_normalises,
     resolve_compile,
 )
-from .quiet_errors import quiet_user_errors
 
 __all__ = ["ProbUNetTrainer", "loss_terms"]
 
