@@ -15,18 +15,24 @@ CASE_IDS = ["LIDC-IDRI-0035_s0046_n00_k114", "LIDC-IDRI-0129_s0102_n01_k007", "L
 
 @pytest.fixture
 def figures(monkeypatch):
-    """The figures the plot functions save, drawn and kept open (instead of written and closed)."""
-    kept = []
+    """The figures the plot functions save: each written by the real ``save_figure`` (a PNG of the figure's size at
+    its dpi, the figure closed), then drawn again and kept for the layout checks."""
+    from PIL import Image
 
-    def keep(fig, path, dpi=120):
+    kept = []
+    save = visualize.save_figure
+
+    def save_and_keep(fig, path, dpi=120):
+        written = save(fig, path, dpi)
+        assert not visualize.plt.fignum_exists(fig.number)  # closed: no figure piles up over an evaluation
+        with Image.open(written) as png:
+            assert png.size == tuple(round(v * dpi) for v in fig.get_size_inches())
         fig.canvas.draw()
         kept.append(fig)
-        return path
+        return written
 
-    monkeypatch.setattr(visualize, "save_figure", keep)
-    yield kept
-    for fig in kept:
-        visualize.plt.close(fig)
+    monkeypatch.setattr(visualize, "save_figure", save_and_keep)
+    return kept
 
 
 def _overlap(a, b) -> bool:
