@@ -615,26 +615,59 @@ def test_a_resume_on_another_datalist_is_refused(tmp_path):
     assert run(other, 2).state.iteration == 6
 
 
-def test_every_rank_gives_the_same_resume_advice_after_ctrl_c(tmp_path, monkeypatch):
-    """Under torchrun only rank 0 writes checkpoint_last.pt, but every process prints how to resume: a rank other
-    than 0 must name the epoch rank 0 saved, not say that nothing was saved."""
-    import signal as signals
+#: rank 0 of a 2-process gloo group that only joins, waits for rank 1 at a barrier and leaves (argv: the port)
+_IDLE_RANK0 = """
+import datetime, sys
+import torch.distributed as dist
+dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{sys.argv[1]}", rank=0, world_size=2,
+                        timeout=datetime.timedelta(seconds=120))
+dist.barrier()
+dist.destroy_process_group()
+"""
 
+
+def test_every_rank_gives_the_same_resume_advice_after_ctrl_c(tmp_path):
+    """Under torchrun only rank 0 writes checkpoint_last.pt, but every process prints how to resume: a rank other
+    than 0 (this process as rank 1 of a real 2-process gloo group) must name the epoch rank 0 saved, not say that
+    nothing was saved, and write nothing."""
+    import datetime
+    import signal as signals
+    import socket
+
+    import torch.distributed as dist
     from ignite.engine import Engine, Events
 
-    from monai_probunet.handlers import LastCheckpoint, checkpoint
+    from monai_probunet.handlers import LastCheckpoint
 
-    def run(rank0: bool, folder: Path) -> str:
-        monkeypatch.setattr(checkpoint, "_is_rank0", lambda: rank0)
+    def run(folder: Path) -> str:
         engine = Engine(lambda e, b: None)
         LastCheckpoint(folder, {"model": torch.nn.Linear(1, 1)}).attach(engine)
         engine.add_event_handler(Events.ITERATION_COMPLETED(once=5), lambda e: signals.raise_signal(signals.SIGINT))
         engine.run(range(3), max_epochs=3)  # epoch 1 saved, Ctrl-C in epoch 2
         return engine.state.interrupted
 
-    assert "holds epoch 1: continue with the same command and --resume true" in run(True, tmp_path / "a")
+    advice = "holds epoch 1: continue with the same command and --resume true"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    rank0 = subprocess.Popen([sys.executable, "-c", _IDLE_RANK0, str(port)])  # joins while this process runs alone
+    assert advice in run(tmp_path / "a")  # no process group: the only process is rank 0
     assert (tmp_path / "a" / "checkpoint_last.pt").is_file()
-    assert "holds epoch 1: continue with the same command and --resume true" in run(False, tmp_path / "b")
+    try:
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=1, world_size=2,
+                                timeout=datetime.timedelta(seconds=120))
+        try:
+            assert dist.get_rank() == 1
+            said = run(tmp_path / "b")
+            dist.barrier()
+        finally:
+            dist.destroy_process_group()
+        assert rank0.wait(timeout=60) == 0
+    finally:
+        if rank0.poll() is None:
+            rank0.kill()
+            rank0.wait()
+    assert advice in said
     assert not (tmp_path / "b" / "checkpoint_last.pt").exists()  # written by rank 0 only
 
 
