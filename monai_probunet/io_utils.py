@@ -32,6 +32,7 @@ __all__ = [
     "atomic_write_json",
     "atomic_write_text",
     "load_network_weights",
+    "pid_alive",
     "read_json",
     "staged_dir",
 ]
@@ -143,6 +144,17 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     return path
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this id runs (one of another user counts as running)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class staged_dir:
     """Write a set of outputs into a temporary sibling folder and move it onto ``target`` only when complete.
 
@@ -155,7 +167,8 @@ class staged_dir:
     ``target`` may be missing, an empty folder, or a folder for which ``is_ours(target)`` is true (a set this
     project wrote earlier: it is replaced as a whole). Anything else is refused *before* any work is done, with
     :class:`OutputFolderError` naming the path: an existing file, a folder holding other files, a parent folder
-    that is not writable. Nothing the project did not write is deleted.
+    that is not writable. Nothing the project did not write is deleted. The staging folder is
+    ``.<name>.<pid>-<random>.partial`` beside ``target``: one that a killed run left is removed by the next run.
 
     Args:
         target: the output folder.
@@ -184,10 +197,22 @@ class staged_dir:
         parent = self.target.absolute().parent
         try:
             parent.mkdir(parents=True, exist_ok=True)
-            self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.", suffix=".partial", dir=parent))
+            self._remove_stale_siblings(parent)
+            prefix = f".{self.target.name}.{os.getpid()}-"
+            self.tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=".partial", dir=parent))
         except OSError as e:
             raise OutputFolderError(f"{self.what} {self.target}: cannot create a folder in {parent} ({e}).") from e
         return self.tmp
+
+    def _remove_stale_siblings(self, parent: Path) -> None:
+        """Remove the staging folders of this target that a killed run left (``.<name>.<pid>-*.partial`` /
+        ``.old`` whose process is gone); another running process's are kept."""
+        prefix = f".{self.target.name}."
+        for sibling in parent.glob(f"{prefix}*-*"):
+            pid = sibling.name[len(prefix):].partition("-")[0]
+            if sibling.suffix in (".partial", ".old") and pid.isdigit() and int(pid) != os.getpid() \
+                    and not pid_alive(int(pid)) and sibling.is_dir():
+                shutil.rmtree(sibling, ignore_errors=True)
 
     def __exit__(self, exc_type, exc, tb) -> None:
         assert self.tmp is not None
@@ -198,7 +223,8 @@ class staged_dir:
         old = None
         try:
             if self.target.exists():
-                old = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.", suffix=".old", dir=self.tmp.parent))
+                prefix = f".{self.target.name}.{os.getpid()}-"
+                old = Path(tempfile.mkdtemp(prefix=prefix, suffix=".old", dir=self.tmp.parent))
                 os.rename(self.target, old / "set")
             os.rename(self.tmp, self.target)
         except BaseException:

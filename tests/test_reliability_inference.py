@@ -383,6 +383,30 @@ def test_atomic_json_and_staged_dir_keep_the_previous_state(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json"]
 
 
+def test_a_killed_runs_staging_folder_is_removed_by_the_next_run(tmp_path):
+    """A run killed (SIGKILL: no clean-up) while writing leaves its staging folder beside the output; the next run
+    removes it, and keeps a running process's staging folder and the user's own files."""
+    import signal
+
+    script = ("import sys, time; from monai_probunet.io_utils import staged_dir\n"
+              "with staged_dir(sys.argv[1], is_ours=lambda p: True) as tmp:\n"
+              "    (tmp / 'x').write_text('partial'); print(tmp.name, flush=True); time.sleep(600)\n")
+    runs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "set")], stdout=subprocess.PIPE,
+                             text=True, env=ENV) for _ in range(2)]
+    staging = [run.stdout.readline().strip() for run in runs]
+    runs[0].send_signal(signal.SIGKILL)
+    runs[0].wait(timeout=30)
+    (tmp_path / ".set.notes").write_text("the user's")
+    try:
+        assert all((tmp_path / name / "x").is_file() for name in staging)
+        with staged_dir(tmp_path / "set", is_ours=lambda p: True) as tmp:
+            (tmp / "report.json").write_text("{}")
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted([".set.notes", staging[1], "set"])
+    finally:
+        runs[1].kill()
+        runs[1].wait(timeout=30)
+
+
 @pytest.mark.slow
 def test_bundle_inferring_refuses_a_foreign_output_dir(tmp_path, model_files):
     data = tmp_path / "data"

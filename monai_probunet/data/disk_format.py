@@ -25,7 +25,7 @@ import nibabel as nib
 import numpy as np
 
 from ..bundle_utils import UserInputError, folder_write_problem
-from ..io_utils import read_json
+from ..io_utils import pid_alive, read_json
 
 __all__ = [
     "DATALIST_NAME",
@@ -267,16 +267,6 @@ def check_converter_output(out: Path, arg: str, generator: str, entries: frozens
                            "a new or empty folder, or the folder of an earlier run of it to resume.")
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class atomic_dataset_dir:
     """Context manager: build a dataset in a temporary sibling folder, then move it into place.
 
@@ -315,7 +305,7 @@ class atomic_dataset_dir:
         prefix = f".{self.root.name}."
         for sibling in self.root.parent.glob(f"{prefix}*-*"):
             kind, _, pid = sibling.name[len(prefix):].rpartition("-")
-            if kind in ("tmp", "old") and pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            if kind in ("tmp", "old") and pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
                 shutil.rmtree(sibling, ignore_errors=True)
 
     def __enter__(self) -> Path:
