@@ -126,6 +126,7 @@ def test_ged_by_readers_refuses_a_datalist_it_cannot_read(datalist, summary, tmp
     assert "GED16 0.375 over 2 images" in out and "1 of 4 readers:   1 images, GED 0.500" in out
 
 
+@pytest.mark.slow  # subprocesses (the CLI, the bundle, a benchmark script): the slow tier
 def test_sample_latency_refuses_zero_rounds():
     """Run as a script (its ``__main__`` block): ``--rounds 0`` is refused before any timing."""
     for option in ("--rounds", "--repeats"):

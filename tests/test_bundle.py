@@ -19,6 +19,7 @@ SMALL = (
 )  # fmt: skip
 
 
+@pytest.mark.slow  # subprocesses (the CLI, the bundle, a benchmark script): the slow tier
 def test_bundle_training_writes_checkpoint_and_finite_ged(tmp_path):
     proc = run_bundle(*SMALL, "--ckpt_dir", str(tmp_path / "models"), "--dataset_dir", str(tmp_path / "data"))
     log = proc.stdout + proc.stderr

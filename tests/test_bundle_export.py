@@ -15,6 +15,8 @@ import pytest
 
 from .conftest import REPO
 
+pytestmark = pytest.mark.slow  # every test runs python -m monai_probunet.bundle: the slow tier
+
 CONFIGS = str([str(REPO / "bundle" / "configs" / n) for n in ("train.yaml", "inference.yaml")])
 METADATA = REPO / "bundle" / "configs" / "metadata.json"
 MODEL = REPO / "bundle" / "models" / "model.pt"

@@ -137,6 +137,7 @@ def _bad_model_inputs(tmp_path: Path, model_files) -> tuple[list, list]:
     return common, more
 
 
+@pytest.mark.slow  # subprocesses (the CLI, the bundle, a benchmark script): the slow tier
 def test_bad_checkpoints_devices_thresholds_and_configs(tmp_path, model_files):
     common, _ = _bad_model_inputs(tmp_path, model_files)
     out = tmp_path / "out"
@@ -213,6 +214,7 @@ def test_bad_images_are_refused_with_their_file_named(tmp_path, model_files):
 # ------------------------------------------------------------------------------------------------ outputs
 
 
+@pytest.mark.slow  # subprocesses (the CLI, the bundle, a benchmark script): the slow tier
 def test_out_is_replaced_as_a_whole_and_foreign_folders_are_refused(tmp_path, model_files):
     out = tmp_path / "out"
     r = infer(CT, "--center", "64", "70", "--out", out, "--num-samples", "4", "--seed", "1", model_files=model_files)
@@ -310,6 +312,7 @@ def test_ctrl_c_while_writing_leaves_the_previous_set_and_says_so(tmp_path, mode
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
+@pytest.mark.slow  # subprocesses (the CLI, the bundle, a benchmark script): the slow tier
 def test_batch_loads_the_model_once_and_matches_the_library(tmp_path, model_files):
     """--batch: several images (a DICOM slice, a 3-D NIfTI with a world centre, a missing file) in one process; each
     case equals the library called in this process (the CLI imports MONAI without its unused optional packages)."""
@@ -527,6 +530,7 @@ def test_batch_refuses_a_bad_case_before_running_any(tmp_path, model_files):
     assert "ct:" not in r.stdout and not out.exists()  # not even the good first case ran
 
 
+@pytest.mark.slow  # subprocesses (the CLI, the bundle, a benchmark script): the slow tier
 def test_batch_failures_are_one_line_each_and_exit_2(tmp_path, model_files):
     """A case that fails while running: one line naming the case and the reason (no exception class), the good case
     written, the summary line kept, exit status 2; the same when every case fails."""
@@ -557,6 +561,7 @@ def test_batch_failures_are_one_line_each_and_exit_2(tmp_path, model_files):
     assert len(lines) == 1 and lines[0].startswith("ct: failed: ") and "Error" not in r.stderr, r.stderr
 
 
+@pytest.mark.slow  # subprocesses (the CLI, the bundle, a benchmark script): the slow tier
 def test_roi_size_the_network_cannot_run_on_is_refused(tmp_path):
     """The shipped model (channels 16..128: 3 halvings, instance norm) runs on 16 px and more, not on 15."""
     out = tmp_path / "out"
@@ -569,6 +574,7 @@ def test_roi_size_the_network_cannot_run_on_is_refused(tmp_path):
     assert json.loads((out / "report.json").read_text())["roi_size"] == [16, 16]
 
 
+@pytest.mark.slow  # subprocesses (the CLI, the bundle, a benchmark script): the slow tier
 def test_spacing_that_resamples_to_an_absurd_size_is_refused(tmp_path, model_files):
     """CT_small.dcm is 128 px of 0.661468 mm = 84.67 mm: at 0.001 mm that would be 84668 x 84668 px."""
     out = tmp_path / "out"

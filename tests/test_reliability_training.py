@@ -407,6 +407,7 @@ def _kill_during_save(ckpt_dir: Path, which: str, saver: str) -> None:
         proc.wait()
 
 
+@pytest.mark.slow  # subprocesses (the CLI, the bundle, a benchmark script): the slow tier
 @pytest.mark.parametrize("which", ["model.pt", "checkpoint_final.pt"])
 def test_kill_during_the_save_of_a_new_best_model_keeps_the_previous_one(tmp_path, which):
     _kill_during_save(tmp_path / "atomic", which, "atomic")
