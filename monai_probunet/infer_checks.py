@@ -99,9 +99,9 @@ def plane_geometry(image: str, header: Any = None) -> tuple[list[int], list[floa
                 files = sorted(f for f in path.iterdir() if f.is_file() and is_dicom(f)) if path.is_dir() else [path]
                 if not files or not is_dicom(files[0]):
                     return None
-            ds = header if header is not None else pydicom.dcmread(str(files[0]), stop_before_pixels=True)
-            row_mm, col_mm = (float(v) for v in ds.PixelSpacing)
-            return [int(ds.Columns), int(ds.Rows)], [col_mm, row_mm]
+                header = pydicom.dcmread(str(files[0]), stop_before_pixels=True)
+            row_mm, col_mm = (float(v) for v in header.PixelSpacing)
+            return [int(header.Columns), int(header.Rows)], [col_mm, row_mm]
         import nibabel as nib
         import numpy as np
 
