@@ -30,6 +30,7 @@ __all__ = [
     "folder_write_problem",
     "install_cli_error_hook",
     "is_window",
+    "log_progress_to_stderr",
     "positive_int",
     "quiet_optional_decoder",
     "quiet_user_errors",
@@ -429,6 +430,18 @@ def quiet_optional_decoder() -> None:
 
     logging.getLogger(OPTIONAL_DECODER_LOGGER).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message=OPTIONAL_DECODER_WARNING, category=UserWarning)
+
+
+def log_progress_to_stderr(fmt: str) -> None:
+    """A command line's logging: its own INFO lines (progress, summaries) on stderr in ``fmt``; torch only warns.
+
+    torch sets its loggers to WARNING once its import completes. A Ctrl-C during that import (a CLI importing torch
+    lazily, after its arguments are checked) leaves them at the root's INFO, and torch's exit hook then logs its
+    cache statistics after the CLI's last line ("interrupted by Ctrl-C ..."). Setting torch's level first keeps
+    that line last.
+    """
+    logging.basicConfig(level=logging.INFO, format=fmt)
+    logging.getLogger("torch").setLevel(logging.WARNING)
 
 
 def bundle_root(start: str | os.PathLike | None = None) -> str:

@@ -49,7 +49,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from monai_probunet.bundle_utils import EXIT_INTERRUPTED
+from monai_probunet.bundle_utils import EXIT_INTERRUPTED, log_progress_to_stderr
 from monai_probunet.data.disk_format import DATALIST_NAME, SPLITS, check_converter_output
 from monai_probunet.data.progress import ScanProgress
 from monai_probunet.data.scenes32 import (
@@ -350,7 +350,7 @@ def _ignore_ctrl_c() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line entry point; returns the exit status (0, 2 for bad input, 130 for Ctrl-C)."""
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    log_progress_to_stderr("%(asctime)s %(levelname)s %(message)s")
     try:
         path = convert_cityscapes(
             args.root, args.out, args.size, args.num_graders, args.seed, args.workers, args.validation_cities

@@ -40,6 +40,8 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from monai_probunet.bundle_utils import log_progress_to_stderr
+
 # torch, MONAI, pydicom, scipy and pylidc come with monai_probunet.data, imported after the arguments are checked,
 # so that `--help` and a missing root, --out a file or a root without DICOM files answer in a second
 if TYPE_CHECKING:
@@ -291,7 +293,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 def cli(argv: Sequence[str] | None = None) -> int:
     """``python -m preprocessing.lidc``: :func:`main` with exit status 0 (images written), 1 (the run finished but
     produced no image), 2 (bad arguments or inputs: one line on stderr, no traceback) or 130 (Ctrl-C: one line)."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log_progress_to_stderr("%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         summary = main(argv)
     except (FileNotFoundError, ValueError) as e:

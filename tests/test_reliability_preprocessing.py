@@ -144,6 +144,33 @@ def test_ctrl_c_stops_a_converter_in_one_line_and_the_same_command_completes(tmp
     assert r.stderr.strip().splitlines()[-1].startswith("preprocessing.lidc: interrupted by Ctrl-C; the same command")
 
 
+_STOP_TORCH_IMPORT = """
+import importlib.abc, logging, sys
+from monai_probunet.bundle_utils import log_progress_to_stderr
+
+log_progress_to_stderr("%(name)s: %(message)s")
+
+class Stop(importlib.abc.MetaPathFinder):  # Ctrl-C once torch registered its exit hook, before it set its levels
+    def find_spec(self, name, path, target=None):
+        if hasattr(sys.modules.get("torch._subclasses.fake_tensor"), "dump_cache_stats"):
+            raise KeyboardInterrupt
+
+sys.meta_path.insert(0, Stop())
+try:
+    import torch
+except KeyboardInterrupt:
+    logging.getLogger("cli").info("interrupted by Ctrl-C.")
+"""
+
+
+def test_ctrl_c_while_torch_is_imported_leaves_the_clis_line_last():
+    """The converters import torch once their arguments are checked; Ctrl-C during that import left torch's loggers
+    at the root's INFO, so torch's exit hook logged its cache statistics after "interrupted by Ctrl-C."."""
+    r = subprocess.run([sys.executable, "-c", _STOP_TORCH_IMPORT], capture_output=True, text=True, timeout=300,
+                       cwd=str(REPO), env=ENV, check=False)  # fmt: skip
+    assert r.returncode == 0 and r.stderr.strip().splitlines() == ["cli: interrupted by Ctrl-C."], r.stderr
+
+
 @pytest.mark.slow
 def test_partial_download_and_a_run_without_images(tmp_path):
     """One patient of two present: it is processed and the absent one is summarised in one line (exit 0); a present

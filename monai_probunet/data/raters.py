@@ -38,7 +38,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from ..bundle_utils import EXIT_INTERRUPTED, quiet_optional_decoder
+from ..bundle_utils import EXIT_INTERRUPTED, log_progress_to_stderr, quiet_optional_decoder
 from .disk_format import DATALIST_NAME, DatasetError, atomic_dataset_dir, patient_level_split
 from .progress import ScanProgress
 
@@ -278,7 +278,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--spacing", type=float, nargs=2, default=None, help="CT volumes: in-plane mm of the crops")
     parser.add_argument("--roi_size", type=int, nargs=2, default=None, help="CT volumes: crop size in pixels")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    log_progress_to_stderr("%(message)s")
     quiet_optional_decoder()
     try:
         spacing, roi_size = args.spacing, args.roi_size
