@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Mapping
@@ -34,8 +35,19 @@ __all__ = [
     "load_network_weights",
     "pid_alive",
     "read_json",
+    "remove_stale_temporaries",
     "staged_dir",
+    "temporary_prefix",
 ]
+
+#: the marker in the names of this module's temporaries: ``.<name>.probunet-<pid>-<random>.tmp`` (a file being
+#: written, or the folder holding it), ``.partial`` (an output set being staged) and ``.old`` (the set it replaces)
+TEMPORARY_MARKER = "probunet"
+_TEMPORARY = re.compile(
+    rf"\.(?P<name>.+)\.(?:{TEMPORARY_MARKER}-(?P<pid>\d+)-[a-z0-9_]*\.(?:tmp|partial|old)"
+    r"|(?P<staged_pid>\d+)-[a-z0-9_]{8}\.(?:partial|old)|(?:tmp|old)-(?P<dataset_pid>\d+))"
+)  # the second and third forms: the names of earlier versions, removed only where a name is given
+_swept: set[Path] = set()
 
 
 class OutputFolderError(UserInputError, ValueError):
@@ -75,12 +87,14 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
 
-    On any exception (including ``KeyboardInterrupt``) the temporary file is removed and ``path`` is untouched.
+    On any exception (including ``KeyboardInterrupt``) the temporary file is removed and ``path`` is untouched; one
+    that a killed process left in the folder is removed by the next write there (:func:`remove_stale_temporaries`).
     The file gets the permissions of a plain ``open(path, "w")`` (``0o666`` minus the umask).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    _sweep_once(path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=temporary_prefix(path.name), suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         write(Path(tmp))
@@ -124,14 +138,16 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
 
-    On any exception (including ``KeyboardInterrupt``) the temporary folder is removed and ``path`` is untouched.
+    On any exception (including ``KeyboardInterrupt``) the temporary folder is removed and ``path`` is untouched; one
+    that a killed process left is removed by the next write there (:func:`remove_stale_temporaries`).
     The file gets the permissions of a plain ``open(path, "w")`` (``0o666`` minus the umask).
     """
     import torch
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    folder = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    _sweep_once(path.parent)
+    folder = Path(tempfile.mkdtemp(prefix=temporary_prefix(path.name), suffix=".tmp", dir=path.parent))
     tmp = folder / path.name
     try:
         torch.save(obj, tmp)
@@ -155,6 +171,52 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def temporary_prefix(name: str) -> str:
+    """The start of a temporary's name for the file or folder ``name``: ``.<name>.probunet-<pid>-``."""
+    return f".{name}.{TEMPORARY_MARKER}-{os.getpid()}-"
+
+
+def remove_stale_temporaries(folder: str | os.PathLike, name: str | None = None) -> int:
+    """Remove from ``folder`` the temporaries of this module that killed runs left behind.
+
+    A temporary is removed only when its name says this module made it (:data:`TEMPORARY_MARKER` and a process id)
+    and that process is gone: another running process's temporaries and every other file are kept.
+
+    Args:
+        folder: the folder holding the temporaries (a missing or unreadable folder: nothing to do).
+        name: only the temporaries of this file or folder name (default: all).
+
+    Returns:
+        how many were removed.
+    """
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return 0
+    removed = 0
+    for entry in entries:
+        found = _TEMPORARY.fullmatch(entry.name)
+        if found is None or (name is not None and found["name"] != name):
+            continue
+        pid = found["pid"] or (found["staged_pid"] or found["dataset_pid"] if name is not None else None)
+        if pid is None or int(pid) == os.getpid() or pid_alive(int(pid)):
+            continue
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path, ignore_errors=True)
+        else:
+            Path(entry.path).unlink(missing_ok=True)
+        removed += 1
+    return removed
+
+
+def _sweep_once(folder: Path) -> None:
+    """:func:`remove_stale_temporaries` for every name, the first time this process writes into ``folder``."""
+    key = folder.absolute()
+    if key not in _swept:
+        _swept.add(key)
+        remove_stale_temporaries(key)
+
+
 class staged_dir:
     """Write a set of outputs into a temporary sibling folder and move it onto ``target`` only when complete.
 
@@ -168,7 +230,8 @@ class staged_dir:
     project wrote earlier: it is replaced as a whole). Anything else is refused *before* any work is done, with
     :class:`OutputFolderError` naming the path: an existing file, a folder holding other files, a parent folder
     that is not writable. Nothing the project did not write is deleted. The staging folder is
-    ``.<name>.<pid>-<random>.partial`` beside ``target``: one that a killed run left is removed by the next run.
+    ``.<name>.probunet-<pid>-<random>.partial`` beside ``target``: one that a killed run left is removed by the next
+    run (:func:`remove_stale_temporaries`).
 
     Args:
         target: the output folder.
@@ -197,22 +260,11 @@ class staged_dir:
         parent = self.target.absolute().parent
         try:
             parent.mkdir(parents=True, exist_ok=True)
-            self._remove_stale_siblings(parent)
-            prefix = f".{self.target.name}.{os.getpid()}-"
-            self.tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=".partial", dir=parent))
+            remove_stale_temporaries(parent, self.target.name)
+            self.tmp = Path(tempfile.mkdtemp(prefix=temporary_prefix(self.target.name), suffix=".partial", dir=parent))
         except OSError as e:
             raise OutputFolderError(f"{self.what} {self.target}: cannot create a folder in {parent} ({e}).") from e
         return self.tmp
-
-    def _remove_stale_siblings(self, parent: Path) -> None:
-        """Remove the staging folders of this target that a killed run left (``.<name>.<pid>-*.partial`` /
-        ``.old`` whose process is gone); another running process's are kept."""
-        prefix = f".{self.target.name}."
-        for sibling in parent.glob(f"{prefix}*-*"):
-            pid = sibling.name[len(prefix):].partition("-")[0]
-            if sibling.suffix in (".partial", ".old") and pid.isdigit() and int(pid) != os.getpid() \
-                    and not pid_alive(int(pid)) and sibling.is_dir():
-                shutil.rmtree(sibling, ignore_errors=True)
 
     def __exit__(self, exc_type, exc, tb) -> None:
         assert self.tmp is not None
@@ -223,7 +275,7 @@ class staged_dir:
         old = None
         try:
             if self.target.exists():
-                prefix = f".{self.target.name}.{os.getpid()}-"
+                prefix = temporary_prefix(self.target.name)
                 old = Path(tempfile.mkdtemp(prefix=prefix, suffix=".old", dir=self.tmp.parent))
                 os.rename(self.target, old / "set")
             os.rename(self.tmp, self.target)

@@ -175,7 +175,7 @@ def test_regeneration_replaces_only_the_projects_folder_atomically(tmp_path):
     old = json.loads(datalist.read_text())
     new = prepare_dataset("shapes", datalist.parent, seed=2, num_patients=6, images_per_patient=1, image_size=16)
     assert json.loads(Path(new).read_text())["generator"]["params"]["seed"] == 2 != old["generator"]["params"]["seed"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]  # neither .d.tmp-* nor .d.old-* left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]  # no temporary left
 
 
 def test_a_dataset_dir_that_is_a_file_is_refused(tmp_path):
@@ -194,19 +194,19 @@ def test_killed_generation_leaves_no_temporary_folder_after_the_next_run(tmp_pat
         prepare_dataset("shapes", {str(root)!r}, seed=1, num_patients=4000, images_per_patient=1, image_size=16)
     """)
     proc = subprocess.Popen([sys.executable, "-c", code])
-    tmp = tmp_path / f".d.tmp-{proc.pid}"
+    tmp = tmp_path / f".d.probunet-{proc.pid}-dataset.partial"
     while not (tmp / "images").is_dir() or len(list((tmp / "images").iterdir())) < 5:  # the run ends by itself
         assert proc.poll() is None, "the generation ended before it could be killed"
         time.sleep(0.1)
     proc.kill()
     proc.wait()
     assert tmp.is_dir() and not root.exists()  # the kill left a partial temporary folder, nothing at root
-    live = tmp_path / f".d.tmp-{os.getpid()}0"  # a temporary name whose pid does not exist is stale as well ...
-    other = tmp_path / ".d.tmp-1"  # ... but one of a live process (pid 1) is another run's, kept
-    other.mkdir()
+    gone = [tmp_path / f".d.probunet-{os.getpid()}0-dataset.old", tmp_path / f".d.tmp-{os.getpid()}0"]
+    kept = [tmp_path / ".d.probunet-1-dataset.partial", tmp_path / ".d.tmp-notes", tmp_path / ".e.tmp-99999999"]
+    for p in gone + kept:  # no such pids: stale (also in an earlier version's name); pid 1 runs: another run's; ...
+        p.mkdir()  # ... not a temporary's name, or another folder's: the user's
     _small_shapes(root)
-    assert not tmp.exists() and other.is_dir() and not live.exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".d.tmp-1", "d"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([p.name for p in kept] + ["d"])
 
 
 def test_folders_nothing_can_be_written_into_are_refused_before_any_work(tmp_path):

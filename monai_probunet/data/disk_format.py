@@ -25,7 +25,7 @@ import nibabel as nib
 import numpy as np
 
 from ..bundle_utils import UserInputError, folder_write_problem
-from ..io_utils import pid_alive, read_json
+from ..io_utils import read_json, remove_stale_temporaries, temporary_prefix
 
 __all__ = [
     "DATALIST_NAME",
@@ -272,10 +272,11 @@ class atomic_dataset_dir:
 
     ``root`` must be missing, an empty folder, or a dataset a built-in generator wrote (:func:`generated_by`);
     anything else is refused with :class:`DatasetError` before any work, so a user's folder is never replaced.
-    Nothing half-written is left at ``root``: the dataset is built in ``.<name>.tmp-<pid>`` beside it, which is
-    removed on error; on success the previous dataset is renamed aside (``.<name>.old-<pid>``), the new one
-    renamed onto ``root`` and the old one deleted (if another process finished first, its result is kept and
-    ours discarded). Such temporary siblings left by a killed process (whose pid is gone) are removed on entry.
+    Nothing half-written is left at ``root``: the dataset is built in a temporary sibling
+    (``.<name>.probunet-<pid>-dataset.partial``), which is removed on error; on success the previous dataset is
+    renamed aside (``.old``), the new one renamed onto ``root`` and the old one deleted (if another process finished
+    first, its result is kept and ours discarded). Such temporary siblings left by a killed process (whose pid is
+    gone) are removed on entry (:func:`~monai_probunet.io_utils.remove_stale_temporaries`).
 
     Args:
         root: the dataset folder.
@@ -289,8 +290,8 @@ class atomic_dataset_dir:
             "For your own data in the on-disk format add --dataset_name folder; for a built-in dataset give a new or "
             "empty --dataset_dir."
         )
-        self.tmp = self.root.parent / f".{self.root.name}.tmp-{os.getpid()}"
-        self.old = self.root.parent / f".{self.root.name}.old-{os.getpid()}"
+        self.tmp = self.root.parent / f"{temporary_prefix(self.root.name)}dataset.partial"
+        self.old = self.root.parent / f"{temporary_prefix(self.root.name)}dataset.old"
 
     def _check_replaceable(self) -> None:
         root = self.root
@@ -301,20 +302,13 @@ class atomic_dataset_dir:
                 f"dataset folder {root} holds files this project did not generate; it is left untouched. {self.advice}"
             )
 
-    def _remove_stale_siblings(self) -> None:
-        prefix = f".{self.root.name}."
-        for sibling in self.root.parent.glob(f"{prefix}*-*"):
-            kind, _, pid = sibling.name[len(prefix):].rpartition("-")
-            if kind in ("tmp", "old") and pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
-                shutil.rmtree(sibling, ignore_errors=True)
-
     def __enter__(self) -> Path:
         self._check_replaceable()
         problem = folder_write_problem(self.root, beside=True)  # it is built beside itself, then moved into place
         if problem is not None:
             raise DatasetError(f"dataset folder {self.root} {problem}.")
         self.root.parent.mkdir(parents=True, exist_ok=True)
-        self._remove_stale_siblings()
+        remove_stale_temporaries(self.root.parent, self.root.name)
         shutil.rmtree(self.tmp, ignore_errors=True)
         self.tmp.mkdir(parents=True)
         return self.tmp
