@@ -27,7 +27,8 @@ from monai.data import MetaTensor
 from monai.data.utils import to_affine_nd
 from monai.transforms import ApplyTransformToPoints, LoadImage
 
-from .dicom_series import DICOMDIR_FREE, check_ct_dicom, hu_shift_missing, is_dicom, series_files
+from .dicom_series import DICOMDIR_FREE, check_ct_dicom, hu_shift_missing, is_dicom, read_headers, series_files
+from .dicom_slab import ReadNear, plan_slab
 
 __all__ = [
     "DEFAULT_HU_WINDOW",
@@ -212,7 +213,10 @@ def _series_below(folder: Path, most: int = 3, depth: int = 5) -> str:
 
 
 def load_ct(
-    image: str | os.PathLike | MetaTensor, allow_non_ct: bool = False, dicom_headers: Sequence[Any] | None = None
+    image: str | os.PathLike | MetaTensor,
+    allow_non_ct: bool = False,
+    dicom_headers: Sequence[Any] | None = None,
+    near: ReadNear | None = None,
 ) -> tuple[MetaTensor, str]:
     """Load a CT slice or volume as a channel-first float32 ``MetaTensor`` in HU with a RAS affine.
 
@@ -226,6 +230,9 @@ def load_ct(
             (:func:`~monai_probunet.dicom_series.read_headers` of
             :func:`~monai_probunet.dicom_series.series_files`, or of the one file), so that the checks do not read
             them again; ``None``: read here.
+        near: For an axial DICOM series folder: the click and how far along the slice normal its answer reaches;
+            only those slices' pixels are read, placed in a volume of the whole series' shape and affine whose
+            other slices are zeros (:mod:`~monai_probunet.dicom_slab`). ``None``: every slice is read.
 
     Returns:
         tuple: ``(MetaTensor 1 x *spatial, source name)``.
@@ -239,6 +246,7 @@ def load_ct(
             ``allow_non_ct``) its intensities are not plausibly HU.
     """
     verified_ct = against_normal = unshifted = False
+    slab = None
     if isinstance(image, MetaTensor):
         source = str(image.meta.get("filename_or_obj", "") or "<MetaTensor>")
         img = image
@@ -265,10 +273,13 @@ def load_ct(
                 raise ValueError(f"image folder {path} holds no DICOM file (a folder must be one DICOM series)"
                                  f"{_series_below(path)}.")
             headers = dicom_headers if dicom_headers is not None and len(dicom_headers) == len(files) else None
+            if near is not None and len(files) > 2 and headers is None:
+                headers = read_headers(files, source)  # where the slab's files are
             against_normal = check_ct_dicom(files, source, headers=headers)
             unshifted = hu_shift_missing(files[0], headers[0] if headers else None)
+            slab = plan_slab(path, files, headers, against_normal, near) if near and len(files) > 2 else None
             loader = LoadImage(reader="PydicomReader", image_only=True, ensure_channel_first=True, dtype=np.float32,
-                               fname_regex=DICOMDIR_FREE)
+                               fname_regex=DICOMDIR_FREE if slab is None else slab.regex)
             verified_ct = True
         elif is_dicom(path):
             header = dicom_headers[0] if dicom_headers is not None and len(dicom_headers) == 1 else None
@@ -300,6 +311,8 @@ def load_ct(
     _check_image(img, source)
     if img.meta.get(MODALITY_KEY) != "CT" or unshifted:  # DICOM CT without a negative intercept: HU only if signed
         _check_hu(img, source, allow_non_ct)
+    if slab is not None:
+        img = slab.place(img, descending=against_normal)
     return img, source
 
 

@@ -285,8 +285,8 @@ def _run(args: argparse.Namespace, spacing, roi_arg) -> int:
     if Path(args.ckpt).stat().st_size == 0:
         raise ValueError(f"checkpoint {args.ckpt} is empty (0 bytes).")
     source = None if args.batch is not None else dicom_source(args.image)
-    # the DICOM headers, read once: for the SEG's checks, the 3-D loader's checks and the SEG itself
-    wanted = source is not None and (args.dicom_seg is not False or args.three_d)
+    # the DICOM headers, read once: for the SEG's checks, the loader's (which slices to read) and the SEG itself
+    wanted = source is not None
     headers = dicom_headers(source) if wanted else None
     if source is None and (args.dicom_seg or args.seg_hypotheses):
         option = "--dicom-seg" if args.dicom_seg else "--seg-hypotheses"
@@ -351,6 +351,7 @@ def _run(args: argparse.Namespace, spacing, roi_arg) -> int:
                 args.image, args.center, model, world=args.world, frame=args.frame, spacing=settings["spacing"],
                 roi_size=roi, num_samples=args.num_samples, seed=args.seed, threshold=threshold,
                 hu_window=settings["hu_window"], device=args.device, allow_non_ct=args.allow_non_ct,
+                dicom_headers=headers,
             )
             paths = hyp.save(args.out, **seg, then=draw_overview(hyp))
     for w in caught:

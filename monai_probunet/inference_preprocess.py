@@ -31,6 +31,7 @@ from monai.transforms import (
 
 from .bundle_utils import ConfigValueError
 from .ct_io import DEFAULT_HU_WINDOW, DEFAULT_ROI_SIZE, _affine4, _pair, _points, _slice_axis, load_ct, resolve_center
+from .dicom_slab import ReadNear
 
 __all__ = [
     "MAX_HYPOTHESES_BYTES",
@@ -70,24 +71,42 @@ def _padding_mode(value: str) -> str:
 class LoadCTd(MapTransform):
     """Load a CT slice or volume with :func:`~monai_probunet.ct_io.load_ct` (checks included).
 
+    Of an axial DICOM series only the slices at the case's ``center`` are read (the chain answers the one axial
+    slice through it, :class:`AxialSliced`), on the whole series' grid (:mod:`~monai_probunet.dicom_slab`).
+
     Args:
         keys: the image key.
         allow_non_ct: warn instead of refusing intensities that are not plausibly HU (see :func:`load_ct`).
         source_key: where the image's name (file name or ``"<MetaTensor>"``) is stored.
+        center_key: the case's centre (with ``world`` and ``frame``), read near it; ``None``: read every slice.
+        headers_key: where a case may hold its DICOM headers already read (``load_ct``'s ``dicom_headers``).
 
     Shapes:
         ``data[key]``: a path or a ``MetaTensor`` ``1 x *spatial``; afterwards ``MetaTensor`` ``1 x *spatial``.
     """
 
-    def __init__(self, keys: str = "image", allow_non_ct: bool = False, source_key: str = "source") -> None:
+    def __init__(
+        self,
+        keys: str = "image",
+        allow_non_ct: bool = False,
+        source_key: str = "source",
+        center_key: str | None = "center",
+        headers_key: str = "dicom_headers",
+    ) -> None:
         super().__init__(keys)
         self.allow_non_ct = bool(allow_non_ct)
         self.source_key = source_key
+        self.center_key = center_key
+        self.headers_key = headers_key
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
+        center = d.get(self.center_key) if self.center_key is not None else None
+        near = None if center is None else ReadNear(center, bool(d.get("world", False)), d.get("frame", "RAS"))
         for key in self.key_iterator(d):
-            d[key], d[self.source_key] = load_ct(d[key], allow_non_ct=self.allow_non_ct)
+            d[key], d[self.source_key] = load_ct(
+                d[key], allow_non_ct=self.allow_non_ct, dicom_headers=d.pop(self.headers_key, None), near=near
+            )
         return d
 
 

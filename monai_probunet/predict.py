@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -67,6 +68,7 @@ def predict_hypotheses(
     device: str | torch.device = "cpu",
     allow_non_ct: bool = False,
     padding_mode: str = "edge",
+    dicom_headers: Sequence[Any] | None = None,
 ) -> Hypotheses:
     """Draw S segmentation hypotheses of the lesion at ``center`` and map them onto the input's grid.
 
@@ -96,6 +98,8 @@ def predict_hypotheses(
             plausibly HU (:func:`load_ct`).
         padding_mode: ``"edge"`` (repeat the border pixels) or ``"constant"`` (air) beyond the image border
             (:class:`~monai_probunet.inference_transforms.ModelGridd`).
+        dicom_headers: For a DICOM series folder or file: its files' headers where the caller has read them
+            (:func:`load_ct`), so that they are not read again.
 
     Returns:
         Hypotheses: Label maps ``S x *spatial``, mean probability and entropy ``*spatial``, presence probability,
@@ -116,6 +120,8 @@ def predict_hypotheses(
     device = torch.device(device)
     inferer = HypothesesInferer(num_samples=int(num_samples), seed=int(seed))
     case = {"image": image, "center": center, "world": world, "frame": frame}
+    if dicom_headers is not None:
+        case["dicom_headers"] = dicom_headers
     hyp = run_hypotheses(case, model, preprocessing, inferer, postprocessing, device=device)
     if hyp.threshold is None:
         warnings.warn(f"no fitted presence threshold given: {FALLBACK_RULE}.", UserWarning, stacklevel=2)

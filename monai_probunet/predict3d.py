@@ -56,6 +56,7 @@ from .ct_io import (
     load_ct,
     resolve_center,
 )
+from .dicom_slab import ReadNear
 from .hypotheses import FALLBACK_RULE, Hypotheses, _as_threshold, group_variants
 from .inference_transforms import (
     HypothesesInferer,
@@ -350,7 +351,8 @@ def predict_hypotheses_3d(
     thr = _as_threshold(threshold)
     num_samples, seed = int(num_samples), int(seed)
 
-    img, source = load_ct(image, allow_non_ct=allow_non_ct, dicom_headers=dicom_headers)
+    near = ReadNear(center, world, frame, mm_each_side=max_extent_mm)  # of a DICOM series: the slices followed
+    img, source = load_ct(image, allow_non_ct=allow_non_ct, dicom_headers=dicom_headers, near=near)
     if img.ndim != 4 or img.shape[-1] < 2:  # one slice has no neighbours to follow the lesion into
         what = "a 2-D image" if img.ndim != 4 else "a volume of one slice"
         raise ValueError(
