@@ -325,8 +325,12 @@ def _run(args: argparse.Namespace, spacing, roi_arg) -> int:
         """``--png``: the overview drawn into the staged set, so that it arrives with the rest or not at all."""
         if not args.png:
             return None
+        from .dicom_slab import ReadNear
+
         arrays = (hyp.labels, hyp.presence_rule_label()[0])
-        return lambda folder: _write_overview(inf, args.image, folder, settings["hu_window"], args.allow_non_ct, arrays)
+        near = ReadNear(args.center, args.world, args.frame, mode3d.get("max_extent_mm", 0.0))  # the answer's slices
+        return lambda folder: _write_overview(inf, args.image, folder, settings["hu_window"], args.allow_non_ct, arrays,
+                                              near=near, dicom_headers=headers)
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
@@ -418,9 +422,11 @@ def _run(args: argparse.Namespace, spacing, roi_arg) -> int:
     return 0
 
 
-def _write_overview(inf, image: str | Path, folder: Path, hu_window, allow_non_ct: bool, arrays=None) -> Path:
+def _write_overview(inf, image: str | Path, folder: Path, hu_window, allow_non_ct: bool, arrays=None, near=None,
+                    dicom_headers=None) -> Path:
     """``overview.png`` in a result's ``folder`` (:func:`~monai_probunet.overview.result_overview`), from its
-    ``report.json`` and ``arrays`` (the hypotheses and the presence-rule label: else its files) on ``image``."""
+    ``report.json`` and ``arrays`` (the hypotheses and the presence-rule label: else its files) on ``image``; of a
+    DICOM series only the slices ``near`` the click are read (``load_ct``'s ``near`` and ``dicom_headers``)."""
     import nibabel as nib
     import numpy as np
 
@@ -432,7 +438,7 @@ def _write_overview(inf, image: str | Path, folder: Path, hu_window, allow_non_c
         stack = np.asarray(nib.load(str(folder / "hypotheses.nii.gz")).dataobj)  # *spatial x S; a slice H x W x 1 x S
         labels = np.moveaxis(stack[:, :, 0] if len(report["spatial_shape"]) == 2 else stack, -1, 0)
         arrays = (labels, np.asarray(nib.load(str(folder / PRESENCE_LABEL_NAME)).dataobj))
-    volume, _ = inf.load_ct(image, allow_non_ct=allow_non_ct)
+    volume, _ = inf.load_ct(image, allow_non_ct=allow_non_ct, dicom_headers=dicom_headers, near=near)
     return result_overview(np.asarray(volume.array)[0], report, *arrays, folder / OVERVIEW_NAME, tuple(hu_window))
 
 

@@ -4,6 +4,7 @@ not read."""
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 
@@ -117,8 +118,10 @@ def lesion_series(tmp_path_factory) -> list[Path]:
 @pytest.mark.skipif(not MODEL.is_file(), reason=f"{MODEL} does not exist (train the bundle)")
 @pytest.mark.parametrize("three_d", [False, True])
 def test_the_cli_reads_the_slab_and_answers_as_from_the_whole_series(lesion_series, tmp_path, monkeypatch, three_d):
-    """The CLI on the series folder reads the pixels of the slab's files only and writes the files a whole read
-    gives (the library on the whole volume, loaded beforehand)."""
+    """The CLI on the series folder reads the pixels of the slab's files only (its picture's included) and writes
+    the files a whole read gives (the library on the whole volume, loaded beforehand), and the same picture."""
+    from monai_probunet import inference
+    from monai_probunet.infer import _write_overview
     from monai_probunet.infer import main as cli_main
     from monai_probunet.model_loading import find_presence_threshold, load_model
     from monai_probunet.predict import predict_hypotheses
@@ -137,9 +140,10 @@ def test_the_cli_reads_the_slab_and_answers_as_from_the_whole_series(lesion_seri
     out = tmp_path / "cli"
     extent = ["--3d", "--max-extent-mm", "10"] if three_d else []
     assert cli_main([str(folder), "--center", *map(str, center), "--ckpt", str(MODEL), "--config", str(TRAIN_YAML),
-                     "--out", str(out), "--no-dicom-seg", *extent]) == 0
+                     "--out", str(out), "--no-dicom-seg", "--png", *extent]) == 0
     reach = (int(np.ceil(10 / 1.25)) if three_d else 0) + 1
-    assert sorted(pixel_reads) == [f"slice_{k:03d}.dcm" for k in range(20 - reach, 21 + reach)]
+    assert sorted(set(pixel_reads)) == [f"slice_{k:03d}.dcm" for k in range(20 - reach, 21 + reach)]  # the picture
+    assert all(pixel_reads.count(name) == 2 for name in pixel_reads)  # reads them again
     monkeypatch.setattr(pydicom, "dcmread", real)
 
     whole, _ = load_ct(folder)
@@ -157,3 +161,8 @@ def test_the_cli_reads_the_slab_and_answers_as_from_the_whole_series(lesion_seri
         a, b = nib.load(out / name), nib.load(tmp_path / "whole" / name)
         assert np.array_equal(a.affine, b.affine) and np.array_equal(np.asarray(a.dataobj), np.asarray(b.dataobj))
     assert nib.load(out / "hypotheses.nii.gz").get_fdata().any()  # a lesion was drawn: a real comparison
+    redrawn = tmp_path / "redrawn"  # the CLI's result, its picture drawn again on the whole series
+    shutil.copytree(out, redrawn)
+    (redrawn / "overview.png").unlink()
+    _write_overview(inference, folder, redrawn, settings["hu_window"], False)
+    assert (redrawn / "overview.png").read_bytes() == (out / "overview.png").read_bytes()
