@@ -325,12 +325,9 @@ def _run(args: argparse.Namespace, spacing, roi_arg) -> int:
         """``--png``: the overview drawn into the staged set, so that it arrives with the rest or not at all."""
         if not args.png:
             return None
-        from .dicom_slab import ReadNear
-
         arrays = (hyp.labels, hyp.presence_rule_label()[0])
-        near = ReadNear(args.center, args.world, args.frame, mode3d.get("max_extent_mm", 0.0))  # the answer's slices
         return lambda folder: _write_overview(inf, args.image, folder, settings["hu_window"], args.allow_non_ct, arrays,
-                                              near=near, dicom_headers=headers)
+                                              dicom_headers=headers)
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
@@ -422,18 +419,24 @@ def _run(args: argparse.Namespace, spacing, roi_arg) -> int:
     return 0
 
 
-def _write_overview(inf, image: str | Path, folder: Path, hu_window, allow_non_ct: bool, arrays=None, near=None,
+def _write_overview(inf, image: str | Path, folder: Path, hu_window, allow_non_ct: bool, arrays=None,
                     dicom_headers=None) -> Path:
     """``overview.png`` in a result's ``folder`` (:func:`~monai_probunet.overview.result_overview`), from its
     ``report.json`` and ``arrays`` (the hypotheses and the presence-rule label: else its files) on ``image``; of a
-    DICOM series only the slices ``near`` the click are read (``load_ct``'s ``near`` and ``dicom_headers``)."""
+    DICOM series only the slices the picture shows are read (``load_ct``'s ``near``; ``dicom_headers`` if read)."""
     import nibabel as nib
     import numpy as np
 
+    from .dicom_slab import ReadNear
     from .hypotheses import OVERVIEW_NAME, PRESENCE_LABEL_NAME, REPORT_NAME
     from .overview import result_overview
 
     report = json.loads((folder / REPORT_NAME).read_text())
+    voxel, reach = report.get("center_voxel") or [], 0.0
+    if report.get("mode") == "3d" and report.get("slices"):  # the label's slices and one beyond each end
+        beyond = max(abs(int(k) - int(report["slice_index"])) for k in report["slices"]) + 1
+        reach = beyond * float(report["slice_thickness_mm"])
+    near = ReadNear(voxel, mm_each_side=reach) if len(voxel) == 3 else None
     if arrays is None:
         stack = np.asarray(nib.load(str(folder / "hypotheses.nii.gz")).dataobj)  # *spatial x S; a slice H x W x 1 x S
         labels = np.moveaxis(stack[:, :, 0] if len(report["spatial_shape"]) == 2 else stack, -1, 0)

