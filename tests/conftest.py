@@ -105,3 +105,14 @@ def background_server(cmd: list[str], probe_url: str, log_path: Path, timeout: f
                     break
                 except subprocess.TimeoutExpired:
                     continue
+
+
+def make_ct_series(out: Path, **kwargs: object) -> list[Path]:
+    """``apps/monailabel/orthanc/make_ct_series.py``'s ``make_series``: a CT series with real DICOM geometry and a
+    lesion (its files in slice order)."""
+    sys.path.insert(0, str(REPO / "apps" / "monailabel" / "orthanc"))
+    try:
+        from make_ct_series import make_series
+    finally:
+        sys.path.pop(0)
+    return make_series(out, **kwargs)

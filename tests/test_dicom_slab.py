@@ -5,7 +5,6 @@ not read."""
 from __future__ import annotations
 
 import shutil
-import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -18,6 +17,7 @@ from pydicom.valuerep import DS
 
 from monai_probunet.ct_io import load_ct, resolve_center
 from monai_probunet.dicom_slab import ReadNear
+from tests.conftest import make_ct_series
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = REPO / "bundle" / "models" / "model.pt"
@@ -107,12 +107,7 @@ def test_a_coronal_series_and_a_click_outside_are_read_whole(tmp_path):
 @pytest.fixture(scope="module")
 def lesion_series(tmp_path_factory) -> list[Path]:
     """40 slices of 1.25 mm with a lesion of 5 mm radius on the middle ones (slices 10-29)."""
-    sys.path.insert(0, str(REPO / "apps" / "monailabel" / "orthanc"))
-    try:
-        from make_ct_series import make_series
-    finally:
-        sys.path.pop(0)
-    return make_series(tmp_path_factory.mktemp("ct") / "series", slices=40, thickness=1.25, radius_mm=5.0, seed=3)
+    return make_ct_series(tmp_path_factory.mktemp("ct") / "series", slices=40, thickness=1.25, radius_mm=5.0, seed=3)
 
 
 @pytest.mark.skipif(not MODEL.is_file(), reason=f"{MODEL} does not exist (train the bundle)")

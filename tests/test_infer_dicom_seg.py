@@ -30,6 +30,7 @@ from monai_probunet.infer import main as cli_main
 from monai_probunet.metrics import PresenceThreshold
 from monai_probunet.presence_label import consensus_label, presence_decision
 from monai_probunet.segment_names import hypothesis_segment_names, label_segment_name
+from tests.conftest import make_ct_series
 
 hd = pytest.importorskip("highdicom")
 
@@ -45,12 +46,7 @@ pytestmark = pytest.mark.skipif(not MODEL.is_file(), reason=f"{MODEL} does not e
 @pytest.fixture(scope="module")
 def series(tmp_path_factory) -> list[Path]:
     """A CT series with a lesion: 8 files ``slice_000.dcm`` .. in slice (= InstanceNumber) order."""
-    sys.path.insert(0, str(REPO / "apps" / "monailabel" / "orthanc"))
-    try:
-        from make_ct_series import make_series
-    finally:
-        sys.path.pop(0)
-    return make_series(tmp_path_factory.mktemp("ct") / "series", slices=8, thickness=2.5, radius_mm=5.0, seed=7)
+    return make_ct_series(tmp_path_factory.mktemp("ct") / "series", slices=8, thickness=2.5, radius_mm=5.0, seed=7)
 
 
 def stderr_lines(err: str) -> list[str]:
