@@ -277,7 +277,8 @@ def load_ct(
                 headers = read_headers(files, source)  # where the slab's files are
             against_normal = check_ct_dicom(files, source, headers=headers)
             unshifted = hu_shift_missing(files[0], headers[0] if headers else None)
-            slab = plan_slab(path, files, headers, against_normal, near) if near and len(files) > 2 else None
+            slab = plan_slab(path, files, headers, against_normal, near) if near is not None and len(files) > 2 \
+                else None
             loader = LoadImage(reader="PydicomReader", image_only=True, ensure_channel_first=True, dtype=np.float32,
                                fname_regex=DICOMDIR_FREE if slab is None else slab.regex)
             verified_ct = True

@@ -24,7 +24,7 @@ import numpy as np
 
 __all__ = [
     "DICOMDIR_FREE", "SLICE_GAP_TOLERANCE", "check_ct_dicom", "hu_shift_missing", "is_dicom", "read_headers",
-    "series_files",
+    "series_files", "slice_position",
 ]
 
 #: a slice gap that differs from the series' median gap by more than this share of it is refused
@@ -61,7 +61,7 @@ class _Slice:
     instance: int | None  # InstanceNumber
 
 
-def _slice_position(ds) -> tuple[np.ndarray, float] | None:
+def slice_position(ds) -> tuple[np.ndarray, float] | None:
     """A DICOM slice's orientation (``ImageOrientationPatient``) and position along its normal in mm, or ``None``
     if either tag is missing or not 3 + 6 finite numbers."""
     try:
@@ -120,7 +120,7 @@ def _slice_of(f: Path, ds: Any, source: str) -> _Slice:
             f"{where}: PixelSpacing {None if spacing is None else list(spacing)!r} is missing or not positive; "
             "the pixel size in mm is needed to resample to the model's spacing."
         )
-    pos = _slice_position(ds)
+    pos = slice_position(ds)
     try:
         instance = int(ds.InstanceNumber)
     except (AttributeError, TypeError, ValueError):

@@ -28,6 +28,8 @@ import torch
 from monai.data import MetaTensor
 from monai.data.utils import orientation_ras_lps
 
+from .dicom_series import slice_position
+
 __all__ = ["ReadNear", "SeriesSlab", "plan_slab"]
 
 #: read the whole series when the slab would hold more than this share of its files anyway
@@ -140,19 +142,21 @@ def plan_slab(folder: Path, files: Sequence[Path], headers: Sequence[Any], desce
         the slab, or ``None`` where the whole series is read: a series that is not axial, a click the headers
         cannot place (it is then refused after the whole read, as before), or a slab of most of the files.
     """
+    placed = [slice_position(h) for h in headers]  # (orientation, position along the normal in mm)
     try:
-        iop = np.asarray(_floats(headers[0].ImageOrientationPatient, 6))
-        positions = np.asarray([_floats(h.ImagePositionPatient, 3) for h in headers])
         numbers = [int(h.InstanceNumber) for h in headers]
         center = np.asarray([float(v) for v in near.center], dtype=np.float64)
     except (AttributeError, TypeError, ValueError):
         return None
+    if any(p is None for p in placed) or center.shape != (3,) or not np.isfinite(center).all():
+        return None
+    iop = placed[0][0]
     normal = np.cross(iop[:3], iop[3:])
     normal /= np.linalg.norm(normal)
-    if int(np.argmax(np.abs(normal))) != 2 or center.shape != (3,) or not np.isfinite(center).all():
+    if int(np.argmax(np.abs(normal))) != 2:
         return None  # the axial plane crosses every file of a coronal or sagittal series
     order = np.argsort(numbers)  # the reader's slice order
-    along = positions[order] @ normal  # LPS positions along the normal
+    along = np.asarray([placed[i][1] for i in order])  # LPS positions along the normal
     n = len(files)
     if near.world:
         point = center * (np.array([-1.0, -1.0, 1.0]) if str(near.frame).upper() == "RAS" else 1.0)  # to LPS
