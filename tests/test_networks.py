@@ -67,12 +67,14 @@ def test_fcomb_equals_concatenation_then_1x1_convs():
             torch.testing.assert_close(out[b, s], f.rest(h)[0], rtol=1e-5, atol=1e-5)
 
 
-def test_fcomb_in_pixel_tiles_has_the_gradients_of_one_pass(monkeypatch):
-    """Several pixel tiles (a 20 x 20 grid, at least 256 pixels per tile): the outputs and every gradient equal those
-    of the concatenation then 1x1 convolutions, computed in one pass."""
+@pytest.mark.parametrize("max_tile_elements", [1 << 22, 1])
+def test_fcomb_in_pixel_tiles_has_the_gradients_of_one_pass(monkeypatch, max_tile_elements):
+    """Several pixel tiles (a 20 x 20 grid, at least 64 pixels per tile), of both images together or one image each:
+    the outputs and every gradient equal those of the concatenation then 1x1 convolutions, computed in one pass."""
     from monai_probunet.networks import fcomb
 
-    monkeypatch.setattr(fcomb, "_TILE_ELEMENTS", 1)  # the smallest tile, 256 pixels: 2 tiles here
+    monkeypatch.setattr(fcomb, "_TILE_ELEMENTS", 1)  # the smallest tile, 64 pixels: 7 tiles here
+    monkeypatch.setattr(fcomb, "_MAX_TILE_ELEMENTS", max_tile_elements)  # 1: one image per tile
     torch.manual_seed(0)
     f = FComb(2, feature_channels=5, latent_dim=3, out_channels=2, hidden_channels=7)
     feats, z = torch.randn(2, 5, 20, 20, requires_grad=True), torch.randn(2, 3, 3, requires_grad=True)
@@ -96,13 +98,20 @@ def test_fcomb_in_pixel_tiles_has_the_gradients_of_one_pass(monkeypatch):
 
 
 def test_fcomb_tiles_pixels_on_the_cpu_only():
-    """On the CPU a tile holds about 4 MB of float32 hidden activations (2^20 elements); on a GPU all pixels."""
-    from monai_probunet.networks.fcomb import pixel_tile
+    """On the CPU a tile holds about 4 MB of float32 hidden activations (2^20 elements), and at most 16 MB (2^22) where
+    a batch of many images x hypotheses needs at least 64 pixels each; on a GPU all pixels of all images."""
+    from monai_probunet.networks.fcomb import images_per_tile, pixel_tile
 
-    assert pixel_tile(torch.device("cpu"), 32, 1, 32, 128 * 128) == 1024
-    assert pixel_tile(torch.device("cpu"), 1, 16, 32, 128 * 128) == 2048
-    assert pixel_tile(torch.device("cpu"), 64, 16, 64, 64 * 64) == 256  # never below 256 pixels
+    cpu = torch.device("cpu")
+    assert pixel_tile(cpu, 32, 1, 32, 128 * 128) == 1024
+    assert pixel_tile(cpu, 1, 16, 32, 128 * 128) == 2048
+    assert pixel_tile(cpu, 8, 1, 128, 64 * 64) == 1024  # the CPU default's training step
+    assert pixel_tile(cpu, 32, 16, 128, 64 * 64) == 64  # its validation batch: never below 64 pixels
+    assert images_per_tile(cpu, 32, 16, 128, 64) == 32  # 2^22 elements, all images at once
+    assert images_per_tile(cpu, 64, 16, 128, 64) == 32  # twice that: two tiles of 32 images
+    assert images_per_tile(cpu, 8, 1, 128, 1024) == 8
     assert pixel_tile(torch.device("cuda"), 32, 1, 32, 128 * 128) == 128 * 128
+    assert images_per_tile(torch.device("cuda"), 64, 16, 128, 64 * 64) == 64
     f = FComb(2, feature_channels=5, latent_dim=3, out_channels=2).to("meta")  # a non-CPU device: one pass
     assert f(torch.empty(2, 5, 20, 20, device="meta"), torch.empty(2, 3, 3, device="meta")).shape == (2, 3, 2, 20, 20)
 
