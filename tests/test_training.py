@@ -108,6 +108,31 @@ def test_empty_loss_scores_prior_draws_on_lesion_free_images_only():
                prior_samples=1)
 
 
+def test_metatensor_batches_reach_the_network_as_plain_tensors_with_the_same_weights():
+    """MONAI's random transforms return MetaTensors; the trainer hands the network and the loss their plain tensors
+    (no metadata dispatch on every operation) and trains the same weights as from plain batches."""
+    from monai.data import MetaTensor
+
+    seen: list[type] = []
+
+    class Recording(ProbUNet):
+        def forward(self, x, seg=None, **kwargs):
+            seen.extend([type(x), type(seg)])
+            return super().forward(x, seg=seg, **kwargs)
+
+    g = torch.Generator().manual_seed(0)
+    images, labels = torch.rand(3, 4, 1, 16, 16, generator=g), (torch.rand(3, 4, 1, 16, 16, generator=g) > 0.7).long()
+    weights = []
+    for wrap in (MetaTensor, lambda t: t):
+        set_determinism(seed=0)
+        net = Recording(2, 1, 2, channels=(8, 16), latent_dim=2)
+        _train(net, [{"image": wrap(i), "label": wrap(lab)} for i, lab in zip(images, labels)], 3)
+        weights.append(net.state_dict())
+    assert seen and set(seen) == {torch.Tensor}, seen
+    for name, value in weights[0].items():
+        assert torch.equal(value, weights[1][name]), name
+
+
 def _two_mode_batches(n: int, size: int = 16, seed: int = 0) -> list[dict[str, torch.Tensor]]:
     """Featureless images; a grader outlines the left half or the right half with probability 1/2 each."""
     g = torch.Generator().manual_seed(seed)
