@@ -58,7 +58,8 @@ class ProbUNetTrainer(SupervisedTrainer):
       ``graders_key``) to the loss (:class:`~monai_probunet.losses.ELBOLoss` with ``sample_weight > 0`` or
       ``empty_weight > 0``);
     - the batch's tensors reach the network as plain tensors: MONAI's random transforms return MetaTensors, whose
-      metadata dispatch on every operation they reach made a CPU training step about 10 % slower (the same weights);
+      metadata dispatch on every operation they reach makes a CPU training step of ``train.yaml`` 1.1-1.2x slower
+      (the same weights; ``benchmarks/default_epoch.py``);
     - gradients are reset to ``None`` before each step (``optim_set_to_none=True``, PyTorch's own default for
       ``zero_grad``; MONAI's is ``False``): no pass that fills every gradient with zeros before the backward adds
       into it (measured in docs/benchmarks.md). A parameter outside a step's graph is then left alone by the

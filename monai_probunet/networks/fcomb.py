@@ -32,7 +32,8 @@ def images_per_tile(device: torch.device, batch: int, num_samples: int, hidden: 
     """Images per tile: all, unless their ``num_samples x tile x hidden`` activations exceed 2^22 elements on the CPU.
 
     A validation batch of 32 images x 16 hypotheses at 128 hidden channels in one tile of 256 pixels is 67 MB of
-    activations: its sampling takes 2.4x (fp32) to 2.8x (bf16) the time it takes in tiles of 16 MB.
+    activations: its sampling takes 1.8x (fp32) to 1.9x (bf16) the time it takes in tiles of 16 MB
+    (``benchmarks/default_epoch.py``).
     """
     if device.type != "cpu":
         return batch
