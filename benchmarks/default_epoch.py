@@ -51,7 +51,7 @@ def main() -> None:
     from monai.bundle import ConfigParser
     from monai.engines import PrepareBatchExtraInput
 
-    import monai_probunet.networks.fcomb as fcomb
+    from monai_probunet.networks import fcomb
     from monai_probunet.engines import ProbUNetTrainer, resolve_precision
     from monai_probunet.engines.precision import cpu_model_name, native_bf16_text
 
@@ -109,7 +109,8 @@ def main() -> None:
 
     network.eval()
     inferer = config.get_parsed_content("validate#inferer")
-    val_batches = [b["image"] for b, _ in zip(config.get_parsed_content("validate#dataloader"), range(args.val_batches))]
+    val_loader = config.get_parsed_content("validate#dataloader")
+    val_batches = [b["image"] for b, _ in zip(val_loader, range(args.val_batches))]
     variants = {"one tile of 256 pixels per batch": (256, 1 << 62), "the tiles as they are": (None, None)}
     defaults = (fcomb._MIN_TILE, fcomb._MAX_TILE_ELEMENTS)
     val_times: dict[str, list[float]] = {k: [] for k in variants}
