@@ -51,9 +51,9 @@ def main() -> None:
     from monai.bundle import ConfigParser
     from monai.engines import PrepareBatchExtraInput
 
-    from monai_probunet.networks import fcomb
     from monai_probunet.engines import ProbUNetTrainer, resolve_precision
     from monai_probunet.engines.precision import cpu_model_name, native_bf16_text
+    from monai_probunet.networks import fcomb
 
     torch.set_num_threads(args.threads)
     config = ConfigParser()
