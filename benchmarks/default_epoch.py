@@ -84,7 +84,7 @@ def main() -> None:
             channels_last=False,
         )
         if "MetaTensor" in name:
-            trainer._plain = lambda x: x  # the batch handed on as the pipeline gives it
+            trainer._plain = lambda batchdata: batchdata  # the batch handed on as the pipeline gives it
         trainers[name] = trainer
     start = copy.deepcopy(network.state_dict())
     step_times: dict[str, list[float]] = {k: [] for k in trainers}

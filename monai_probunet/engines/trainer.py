@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -198,11 +198,16 @@ class ProbUNetTrainer(SupervisedTrainer):
         self.network.to(memory_format=fmt)
 
     @staticmethod
-    def _plain(x: Any) -> Any:
-        return x.as_tensor() if isinstance(x, MetaTensor) else x
+    def _plain(batchdata: Any) -> Any:
+        """The batch (a mapping, a sequence or a tensor) with each MetaTensor's plain tensor (no copy)."""
+        plain = lambda x: x.as_tensor() if isinstance(x, MetaTensor) else x
+        if isinstance(batchdata, Mapping):
+            return {k: plain(v) for k, v in batchdata.items()}
+        if isinstance(batchdata, (list, tuple)):
+            return type(batchdata)(plain(v) for v in batchdata)
+        return plain(batchdata)
 
     def _to_memory_format(self, x: Any) -> Any:
-        x = self._plain(x)
         if self.channels_last and isinstance(x, torch.Tensor) and x.ndim == 4:
             return x.contiguous(memory_format=torch.channels_last)
         return x
@@ -210,6 +215,7 @@ class ProbUNetTrainer(SupervisedTrainer):
     def _iteration(self, engine: ProbUNetTrainer, batchdata: dict[str, torch.Tensor]) -> dict:  # type: ignore[override]
         if batchdata is None:
             raise ValueError("Must provide batch data for current iteration.")
+        batchdata = self._plain(batchdata)
         batch = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
         if len(batch) == 2:
             inputs, targets = batch
@@ -218,8 +224,6 @@ class ProbUNetTrainer(SupervisedTrainer):
         else:
             inputs, targets, args, kwargs = batch
         inputs = self._to_memory_format(inputs)
-        targets, args = self._plain(targets), tuple(self._plain(a) for a in args)
-        kwargs = {k: self._plain(v) for k, v in kwargs.items()}
         loss_kwargs: dict = {}
         if self.prior_samples > 0:
             if self.graders_key not in batchdata:
@@ -228,7 +232,7 @@ class ProbUNetTrainer(SupervisedTrainer):
                     "(train.yaml: a CopyItemsd of the label before RandGraderd)."
                 )
             kwargs = {**kwargs, "num_prior_samples": self.prior_samples}
-            loss_kwargs["graders"] = self._plain(batchdata[self.graders_key].to(engine.state.device))
+            loss_kwargs["graders"] = batchdata[self.graders_key].to(engine.state.device)
         engine.state.output = {Keys.IMAGE: inputs, Keys.LABEL: targets}
         engine.network.train()
         engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
